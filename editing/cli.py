@@ -1,0 +1,157 @@
+"""`python -m editing`: inspect a video or edit it with a text prompt.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input or settings, 130 interrupted.
+Failures print one line on stderr; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from typing import Sequence
+
+from .config import EditConfig, FrameSelection, VideoLimits
+from .errors import EditingError
+from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
+
+log = logging.getLogger("editing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m editing", description="Edit videos with text over Stable Diffusion.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="print a video's metadata as JSON")
+    info.add_argument("video")
+
+    edit = commands.add_parser("edit", help="edit a video with a text prompt")
+    edit.add_argument("video")
+    edit.add_argument("--prompt", required=True, help="what the edited video should show")
+    edit.add_argument("--negative-prompt", default="", help="what it should not show")
+    edit.add_argument("--out", required=True, help="output file: .mp4, .gif or .zip (PNG frames)")
+    edit.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"Hub id, local diffusers folder, .safetensors file, or {'/'.join(BUILTIN_MODELS)} ({RANDOM_WEIGHTS_NOTE})",
+    )
+    edit.add_argument("--start", type=float, default=0.0, help="first second to keep")
+    edit.add_argument("--end", type=float, default=None, help="last second to keep (exclusive)")
+    edit.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    edit.add_argument("--frames", type=int, default=16, help="most frames to edit (0 = all)")
+    edit.add_argument("--size", type=int, default=512, help="long side of the output in pixels (multiple of 8)")
+    edit.add_argument("--steps", type=int, default=20, help="denoising steps")
+    edit.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    edit.add_argument("--strength", type=float, default=0.6, help="how much to change: 0 keeps the source, 1 ignores it")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--batch-size", type=int, default=8, help="frames per UNet call")
+    edit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
+    edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .video_io import probe
+
+    print(json.dumps(probe(args.video).to_dict(), indent=2))
+    return 0
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from .pipeline import EditRequest, edit_video
+
+    request = EditRequest(
+        video=args.video,
+        output=args.out,
+        edit=EditConfig(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            steps=args.steps,
+            guidance=args.guidance,
+            strength=args.strength,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        ),
+        selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=args.size),
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        limits=VideoLimits(),
+    )
+    if args.model in BUILTIN_MODELS:
+        print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
+    with TerminalProgress() as progress:
+        result = edit_video(request, progress)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height} at {result.fps:.3f} fps")
+    return 0
+
+
+class TerminalProgress:
+    """A tqdm bar on stderr per long stage; silent when stderr is not a terminal."""
+
+    def __init__(self):
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, disable=None)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        _quiet_libraries()
+    try:
+        return run_info(args) if args.command == "info" else run_edit(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except EditingError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the last line of defence: one line, traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split())[:300]
+        print(f"error: {type(exc).__name__}: {message} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party progress bars and advice off the terminal; our own errors stay one line."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")

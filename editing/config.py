@@ -1,0 +1,77 @@
+"""Frozen, self-validating settings. Every entry point turns its inputs into these once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """Bounds on what a user may upload; anything beyond is refused before decoding."""
+
+    max_file_mb: float = field(default=500.0, metadata={"help": "largest input file in MB"})
+    max_side: int = field(default=4096, metadata={"help": "largest input width or height in pixels"})
+    max_duration: float = field(default=600.0, metadata={"help": "longest input in seconds"})
+    max_source_frames: int = field(default=20000, metadata={"help": "most frames an input may hold"})
+
+    def __post_init__(self):
+        _check(self.max_file_mb > 0, f"max_file_mb must be positive, got {self.max_file_mb}")
+        _check(self.max_side >= 8, f"max_side must be at least 8, got {self.max_side}")
+        _check(self.max_duration > 0, f"max_duration must be positive, got {self.max_duration}")
+        _check(self.max_source_frames >= 2, f"max_source_frames must be at least 2, got {self.max_source_frames}")
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """Which source frames to edit and at what size."""
+
+    start: float = field(default=0.0, metadata={"help": "first kept time in seconds"})
+    end: float | None = field(default=None, metadata={"help": "end time in seconds (exclusive); None = clip end"})
+    stride: int = field(default=1, metadata={"help": "keep every n-th frame"})
+    max_frames: int | None = field(default=16, metadata={"help": "most frames to keep; None = all"})
+    size: int = field(default=512, metadata={"help": "long side of the edited frames, a multiple of 8"})
+
+    def __post_init__(self):
+        _check(math.isfinite(self.start) and self.start >= 0, f"start must be a time >= 0 s, got {self.start}")
+        if self.end is not None:
+            _check(math.isfinite(self.end), f"end must be a finite time, got {self.end}")
+            _check(self.end > self.start, f"end ({self.end} s) must be after start ({self.start} s)")
+        _check(self.stride >= 1, f"stride must be at least 1, got {self.stride}")
+        if self.max_frames is not None:
+            _check(self.max_frames >= 2, f"frames must be at least 2 for a video, got {self.max_frames}")
+        _check(64 <= self.size <= 2048, f"size must be between 64 and 2048 pixels, got {self.size}")
+        _check(self.size % 8 == 0, f"size must be a multiple of 8, got {self.size}")
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """What to generate: prompt, sampler and randomness."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = field(default=20, metadata={"help": "denoising steps"})
+    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it"})
+    strength: float = field(default=0.6, metadata={"help": "how far to re-noise the source: 0 keeps it, 1 ignores it"})
+    seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same output"})
+    batch_size: int = field(default=8, metadata={"help": "frames per UNet call"})
+
+    def __post_init__(self):
+        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt must not be empty")
+        _check(1 <= self.steps <= 1000, f"steps must be between 1 and 1000, got {self.steps}")
+        _check(math.isfinite(self.guidance) and 0 <= self.guidance <= 50, f"guidance must be between 0 and 50, got {self.guidance}")
+        _check(0 < self.strength <= 1, f"strength must be in (0, 1], got {self.strength}")
+        _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
+        _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+
+    @property
+    def uses_guidance(self) -> bool:
+        """Whether classifier-free guidance needs the unconditional branch."""
+        return self.guidance > 1.0
