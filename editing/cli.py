@@ -82,10 +82,10 @@ def run_edit(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         limits=VideoLimits(),
     )
-    if args.model in BUILTIN_MODELS:
-        print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
     with TerminalProgress() as progress:
         result = edit_video(request, progress)
+    if result.random_weights:
+        print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

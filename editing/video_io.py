@@ -122,12 +122,14 @@ def probe(path: str | os.PathLike, limits: VideoLimits = VideoLimits()) -> Video
         if fps is None:
             raise VideoError(f"{path.name} has no frame rate (zero or missing)")
         declared_frames = stream.frames
-        count = _count_frames(container, stream, path, limits)
+        count, timed = _count_frames(container, stream, path, limits)
         format_names = container.format.name.split(",")
         has_audio = bool(container.streams.audio)
         codec = stream.codec_context.name
     if declared_frames > count and any(name in _INDEXED_CONTAINERS for name in format_names):
         raise VideoError(f"{path.name} is truncated: its index lists {declared_frames} frames but only {count} are present")
+    if count and not timed:
+        raise VideoError(f"{path.name} has no frame rate: its frames carry no timestamps (a raw stream, not a video file)")
     if count < 2:
         raise VideoError(f"{path.name} has {count} frame{'s' * (count != 1)}; a video needs at least 2")
     duration = count / float(fps)
@@ -136,18 +138,19 @@ def probe(path: str | os.PathLike, limits: VideoLimits = VideoLimits()) -> Video
     return VideoInfo(str(path), float(fps), count, width, height, duration, has_audio, codec)
 
 
-def _count_frames(container, stream, path: Path, limits: VideoLimits) -> int:
-    """Count video packets by demuxing only (no decoding): one packet holds one frame."""
-    count = 0
+def _count_frames(container, stream, path: Path, limits: VideoLimits) -> tuple[int, bool]:
+    """Count video packets by demuxing only (one packet holds one frame); also tell if any has a timestamp."""
+    count, timed = 0, False
     try:
         for packet in container.demux(stream):
             if packet.size:
                 count += 1
+                timed = timed or packet.pts is not None or packet.dts is not None
                 if count > limits.max_source_frames:
                     raise VideoError(f"{path.name} has more than {limits.max_source_frames} frames, the limit")
     except av.error.FFmpegError as exc:
         raise VideoError(f"{path.name} is truncated or corrupt ({_reason(exc)})") from exc
-    return count
+    return count, timed
 
 
 def target_size(width: int, height: int, long_side: int) -> tuple[int, int]:

@@ -1,0 +1,63 @@
+"""The minimal app: importable without loading a model, served on localhost, driven by gradio_client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_importing_the_app_loads_no_model():
+    code = "import app, torch, editing.models as m; assert app.demo is not None; assert not m._cache; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-500:]
+
+
+@pytest.fixture(scope="module")
+def served():
+    from gradio_client import Client
+
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_app_edits_an_uploaded_clip(served, skiing):
+    from gradio_client import handle_file
+
+    from editing.video_io import probe
+
+    video, details = served.predict(
+        handle_file(str(skiing)), "a watercolor painting", "tiny", 0, None, 2, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit"
+    )
+    info = probe(video)
+    assert (info.codec, info.frame_count, info.width, info.has_audio) == ("h264", 4, 128, True)
+    assert details["random_weights"] and "noise-like" in details["note"]
+
+
+def test_app_reports_bad_input_as_a_message(served, skiing, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="prompt must not be empty"):
+        served.predict(handle_file(str(skiing)), "", "tiny", 0, None, 1, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video " * 50)
+    with pytest.raises(AppError, match="not a readable video"):
+        served.predict(handle_file(str(text)), "a cat", "tiny", 0, None, 1, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit")

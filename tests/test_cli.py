@@ -1,0 +1,82 @@
+"""`python -m editing`: JSON output, exit codes, one-line errors, no partial outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from editing.cli import main
+from editing.video_io import probe
+
+from .conftest import ROOT
+
+EDIT = ["--model", "tiny", "--size", "128", "--frames", "4", "--steps", "2", "--device", "cpu"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "editing", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_info_prints_metadata_json(skiing, capsys):
+    assert main(["info", str(skiing)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {**probe(skiing).to_dict()}
+    assert {"fps", "frame_count", "width", "height", "duration", "has_audio"} <= data.keys()
+
+
+def test_edit_json_reports_output_and_stage_times(tmp_path, skiing, capsys):
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(skiing), "--prompt", "a watercolor painting", "--out", str(out), "--stride", "3", "--json", *EDIT])
+    captured = capsys.readouterr()
+    assert code == 0
+    result = json.loads(captured.out)
+    assert result["output"] == str(out) and out.exists()
+    assert (result["frames"], result["width"], result["height"]) == (4, 128, 128)
+    assert result["fps"] == pytest.approx(probe(skiing).fps / 3, rel=1e-4)
+    assert {"decode", "encode_text", "invert", "denoise", "decode_latents", "encode_video"} <= result["seconds"].keys()
+    assert "random weights" in captured.err  # the user is told tiny makes noise-like images
+    info = probe(out)
+    assert (info.codec, info.has_audio, info.frame_count) == ("h264", True, 4)
+
+
+def test_module_entry_point_exit_codes_and_one_line_errors(tmp_path, bad_inputs):
+    ok = run_cli("info", str(ROOT / "assets" / "car-turn.mp4"))
+    assert ok.returncode == 0 and json.loads(ok.stdout)["frame_count"] == 80
+    out = tmp_path / "out.mp4"
+    failed = run_cli("edit", str(bad_inputs["truncated"]), "--prompt", "x", "--out", str(out), *EDIT)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {p.name for p in bad_inputs.values() if p.exists()}  # nothing written
+    debug = run_cli("--debug", "info", str(bad_inputs["text"]))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "single_frame", "no_frame_rate", "missing"])
+def test_every_bad_input_fails_cleanly_without_output(tmp_path, bad_inputs, kind, capsys):
+    out_dir = tmp_path / "results"
+    out = out_dir / "out.mp4"
+    assert main(["edit", str(bad_inputs[kind]), "--prompt", "a cat", "--out", str(out), *EDIT]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ")
+    assert not out.exists() and (not out_dir.exists() or list(out_dir.iterdir()) == [])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", ""], "prompt must not be empty"),
+        (["--prompt", "x", "--size", "100"], "multiple of 8"),
+        (["--prompt", "x", "--strength", "0"], "strength"),
+        (["--prompt", "x", "--model", "nonsense"], "not a Hub id"),
+    ],
+)
+def test_bad_settings_fail_with_one_line(tmp_path, car, capsys, args, message):
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(car), "--out", str(out), *EDIT, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err and not out.exists()

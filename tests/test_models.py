@@ -1,0 +1,136 @@
+"""Model loading: spec parsing, the offline built-ins, a real diffusers folder, offline errors, caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing import models
+from editing.errors import ModelLoadError
+from editing.models import ModelSpec, clip_tokenizer, load_backbone, load_controlnet, pick_dtype
+
+
+def test_tokenizer_matches_open_clip_reference():
+    import open_clip
+
+    ours = clip_tokenizer()
+    reference = open_clip.get_tokenizer("ViT-L-14")
+    prompts = ["a watercolor painting of a man skiing", "A BEAR instead of a dog!", "café — 東京 🐻 x2", "word " * 100]
+    for prompt in prompts:
+        ids = ours(prompt, padding="max_length", max_length=77, truncation=True).input_ids
+        expected = [token or ours.eos_token_id for token in reference([prompt])[0].tolist()]  # open_clip pads with 0
+        assert ids == expected
+    assert ours.model_max_length == 77
+
+
+def test_spec_parsing(tmp_path):
+    assert ModelSpec.parse("tiny") == ModelSpec("builtin", "tiny")
+    assert ModelSpec.parse(None).kind == "hub"
+    assert ModelSpec.parse("stable-diffusion-v1-5/stable-diffusion-v1-5") == ModelSpec("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert ModelSpec.parse(str(tmp_path)).kind == "folder"
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"")
+    assert ModelSpec.parse(str(checkpoint)).kind == "single_file"
+    pickle = tmp_path / "model.ckpt"
+    pickle.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="convert it to .safetensors"):
+        ModelSpec.parse(str(pickle))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        ModelSpec.parse(str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        ModelSpec.parse("./no/such/folder")
+    with pytest.raises(ModelLoadError, match="not a Hub id"):
+        ModelSpec.parse("sd15")
+
+
+def test_tiny_is_sd1_shaped_and_loads_offline(tiny, monkeypatch):
+    assert tiny.random_weights and tiny.device.type == "cpu" and tiny.dtype == torch.float32
+    assert tiny.vae_scale_factor == 8 and tiny.latent_channels == 4
+    assert tiny.unet.config.cross_attention_dim == tiny.text_encoder.config.hidden_size
+    names = tiny.unet.attn_processors.keys()
+    for place in ("down_blocks", "mid_block", "up_blocks"):
+        assert any(n.startswith(place) and "attn1" in n for n in names)
+        assert any(n.startswith(place) and "attn2" in n for n in names)
+    scheduler = tiny.scheduler()
+    assert type(scheduler).__name__ == "DDIMScheduler" and scheduler.config.beta_schedule == "scaled_linear"
+
+
+def test_built_in_weights_are_reproducible(tiny):
+    models.clear_cache()
+    again = load_backbone("tiny", device="cpu")
+    assert again is not tiny
+    for a, b in zip(tiny.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_loaded_models_are_cached_per_device_and_dtype():
+    first = load_backbone("tiny", device="cpu")
+    assert load_backbone("tiny", device="cpu") is first
+    half = load_backbone("tiny", device="cpu", dtype="bf16")
+    assert half is not first and half.dtype == torch.bfloat16 and next(half.unet.parameters()).dtype == torch.bfloat16
+
+
+def test_dtype_choice():
+    cpu = torch.device("cpu")
+    assert pick_dtype(cpu) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.float16
+    with pytest.raises(ModelLoadError, match="fp16 is not supported on the CPU"):
+        pick_dtype(cpu, "fp16")
+    with pytest.raises(ModelLoadError, match="dtype must be one of"):
+        pick_dtype(cpu, "int8")
+
+
+def test_hub_unreachable_gives_one_sentence_naming_offline_options(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as caught:  # a repo no cache holds, so nothing comes from disk either
+        load_backbone("offline-test/never-cached-model", device="cpu")
+    message = str(caught.value)
+    assert "cannot reach the Hugging Face Hub" in message
+    assert "local diffusers folder" in message and ".safetensors" in message and "'tiny'" in message
+    assert "\n" not in message
+
+
+def test_local_diffusers_folder_loads_through_the_real_path(tiny, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=tiny.vae,
+        text_encoder=tiny.text_encoder,
+        tokenizer=tiny.tokenizer,
+        unet=tiny.unet,
+        scheduler=tiny.scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp_path / "sd-folder")
+    loaded = load_backbone(str(tmp_path / "sd-folder"), device="cpu")
+    assert not loaded.random_weights
+    for a, b in zip(tiny.unet.parameters(), loaded.unet.parameters()):
+        assert torch.equal(a, b)
+    prompt = "a red car"
+    assert loaded.tokenizer(prompt).input_ids == tiny.tokenizer(prompt).input_ids
+
+
+def test_corrupt_single_file_gives_one_line_error(tmp_path):
+    checkpoint = tmp_path / "broken.safetensors"
+    checkpoint.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError) as caught:
+        load_backbone(str(checkpoint), device="cpu")
+    assert "\n" not in str(caught.value)
+
+
+def test_random_controlnet_matches_backbone_and_changes_the_unet(tiny):
+    controlnet = load_controlnet("random", tiny)
+    assert controlnet.config.cross_attention_dim == tiny.unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(1, 77, 32, generator=generator)
+    condition = torch.rand(1, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        down, mid = controlnet(latents, 10, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False)
+        plain = tiny.unet(latents, 10, encoder_hidden_states=text).sample
+        guided = tiny.unet(latents, 10, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert not torch.allclose(plain, guided)
+    with pytest.raises(ModelLoadError, match="backbone, not a ControlNet"):
+        load_controlnet("tiny", tiny)
