@@ -7,14 +7,15 @@ Failures print one line on stderr; `--debug` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import traceback
 from typing import Sequence
 
-from .config import EditConfig, FrameSelection, VideoLimits
-from .errors import EditingError
+from .config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, ControlSpec, EditConfig, EngineConfig, FrameSelection, VideoLimits
+from .errors import ConfigError, EditingError
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
 
 log = logging.getLogger("editing")
@@ -45,9 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--size", type=int, default=512, help="long side of the output in pixels (multiple of 8)")
     edit.add_argument("--steps", type=int, default=20, help="denoising steps")
     edit.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    edit.add_argument("--strength", type=float, default=0.6, help="how much to change: 0 keeps the source, 1 ignores it")
+    edit.add_argument("--strength", type=float, default=1.0, help="share of the steps to invert and re-run (lower keeps more of the source)")
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--batch-size", type=int, default=8, help="frames per UNet call")
+    edit.add_argument("--attention", default="first", choices=ATTENTION_MODES, help="cross-frame attention")
+    edit.add_argument("--window", type=int, default=2, help="neighbours on each side for --attention window")
+    edit.add_argument("--chunk", type=int, default=8, help="frames per UNet call; longer clips run in chunks sharing anchor frames")
+    edit.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="KIND[:SCALE[:START:END]]",
+        help=f"ControlNet conditioning, repeatable; KIND is one of {', '.join(CONTROL_KINDS)}",
+    )
+    edit.add_argument("--control-model", action="append", default=[], metavar="KIND=SPEC", help="ControlNet for a kind (Hub id, folder, file)")
+    edit.add_argument("--control-video", action="append", default=[], metavar="KIND=VIDEO", help="use a condition video instead of extracting")
+    edit.add_argument("--annotators", default="lllyasviel/Annotators", help="Hub id or folder of the depth / soft-edge annotators")
+    edit.add_argument("--inversion", default="ddim", choices=INVERSIONS, help="ddim: invert the source; none: noise it (SDEdit)")
+    edit.add_argument("--inversion-prompt", default="", help="prompt describing the source, used to invert it")
+    edit.add_argument("--smooth", default="", metavar="flow,color", help="temporal smoothing: flow (latent fusion), color (match first frame)")
+    edit.add_argument("--cache-dir", default=None, help="cache for inversions and condition maps")
     edit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -74,8 +91,8 @@ def run_edit(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             strength=args.strength,
             seed=args.seed,
-            batch_size=args.batch_size,
         ),
+        engine=engine_config(args),
         selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=args.size),
         model=args.model,
         device=args.device,
@@ -89,8 +106,45 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        print(f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height} at {result.fps:.3f} fps")
+        cached = " (inversion from cache)" if result.inversion_cached else ""
+        print(f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height} at {result.fps:.3f} fps{cached}")
     return 0
+
+
+def _per_kind(values: list[str], option: str) -> dict[str, str]:
+    """Parse repeated KIND=VALUE options."""
+    pairs = {}
+    for value in values:
+        kind, sep, rest = value.partition("=")
+        if not sep or not rest:
+            raise ConfigError(f"{option} takes KIND=VALUE, e.g. {option} depth=/path; got {value!r}")
+        pairs[kind.strip()] = rest.strip()
+    return pairs
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine settings the edit command's options describe."""
+    models, videos = _per_kind(args.control_model, "--control-model"), _per_kind(args.control_video, "--control-video")
+    controls = tuple(ControlSpec.parse(text) for text in args.control)
+    kinds = {c.kind for c in controls}
+    for kind in {*models, *videos} - kinds:
+        raise ConfigError(f"--control-model/--control-video name {kind!r}, which no --control asks for")
+    controls = tuple(dataclasses.replace(c, model=models.get(c.kind), video=videos.get(c.kind)) for c in controls)
+    from .temporal import SmoothingConfig
+
+    smoothing = SmoothingConfig.parse(args.smooth)
+    return EngineConfig(
+        attention=args.attention,
+        window=args.window,
+        chunk=args.chunk,
+        inversion=args.inversion,
+        inversion_prompt=args.inversion_prompt,
+        controls=controls,
+        smooth_flow=smoothing.flow,
+        smooth_color=smoothing.color,
+        cache_dir=args.cache_dir,
+        annotators=args.annotators,
+    )
 
 
 class TerminalProgress:

@@ -59,9 +59,8 @@ class EditConfig:
     negative_prompt: str = ""
     steps: int = field(default=20, metadata={"help": "denoising steps"})
     guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it"})
-    strength: float = field(default=0.6, metadata={"help": "how far to re-noise the source: 0 keeps it, 1 ignores it"})
+    strength: float = field(default=1.0, metadata={"help": "share of the steps to invert and re-run: lower keeps more of the source"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same output"})
-    batch_size: int = field(default=8, metadata={"help": "frames per UNet call"})
 
     def __post_init__(self):
         _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt must not be empty")
@@ -69,9 +68,68 @@ class EditConfig:
         _check(math.isfinite(self.guidance) and 0 <= self.guidance <= 50, f"guidance must be between 0 and 50, got {self.guidance}")
         _check(0 < self.strength <= 1, f"strength must be in (0, 1], got {self.strength}")
         _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
-        _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
 
     @property
     def uses_guidance(self) -> bool:
         """Whether classifier-free guidance needs the unconditional branch."""
         return self.guidance > 1.0
+
+
+ATTENTION_MODES = ("none", "first", "sparse-causal", "full", "window")
+CONTROL_KINDS = ("canny", "pose", "depth", "softedge")
+INVERSIONS = ("ddim", "none")
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One ControlNet: the condition kind, its weight, and the share of steps [start, end] it acts on."""
+
+    kind: str
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    model: str | None = field(default=None, metadata={"help": "ControlNet spec; None = the default for the kind"})
+    video: str | None = field(default=None, metadata={"help": "a condition video to use instead of extracting"})
+
+    def __post_init__(self):
+        _check(self.kind in CONTROL_KINDS, f"control must be one of {', '.join(CONTROL_KINDS)}; got {self.kind!r}")
+        _check(math.isfinite(self.scale) and 0 <= self.scale <= 5, f"control scale must be between 0 and 5, got {self.scale}")
+        _check(0 <= self.start < self.end <= 1, f"control steps must satisfy 0 <= start < end <= 1, got {self.start}..{self.end}")
+
+    @classmethod
+    def parse(cls, text: str, **extra) -> "ControlSpec":
+        """Read `kind[:scale[:start:end]]`, e.g. `depth:0.8` or `pose:1.0:0:0.6`."""
+        parts = text.strip().split(":")
+        _check(len(parts) in (1, 2, 4), f"control {text!r} must look like kind[:scale[:start:end]], e.g. depth:0.8")
+        try:
+            numbers = [float(p) for p in parts[1:]]
+        except ValueError:
+            raise ConfigError(f"control {text!r} has a value that is not a number") from None
+        values = dict(zip(("scale", "start", "end"), numbers))
+        return cls(parts[0].strip(), **values, **extra)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the video engine edits: inversion, cross-frame attention, chunking, ControlNets, smoothing."""
+
+    attention: str = field(default="first", metadata={"help": "cross-frame attention: " + ", ".join(ATTENTION_MODES)})
+    window: int = field(default=2, metadata={"help": "neighbours on each side for window attention"})
+    chunk: int = field(default=8, metadata={"help": "frames per UNet call; long clips run chunk by chunk"})
+    inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)"})
+    inversion_prompt: str = field(default="", metadata={"help": "prompt used to invert the source"})
+    controls: tuple[ControlSpec, ...] = ()
+    smooth_flow: bool = field(default=False, metadata={"help": "blend each frame's latent with the flow-warped previous one"})
+    smooth_color: bool = field(default=False, metadata={"help": "match every frame's colours to the first frame's"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where inversions and condition maps are cached"})
+    cache_bytes: int = field(default=4 * 1024**3, metadata={"help": "size cap of each on-disk cache"})
+    annotators: str = field(default="lllyasviel/Annotators", metadata={"help": "Hub id or folder of depth/soft-edge annotators"})
+
+    def __post_init__(self):
+        _check(self.attention in ATTENTION_MODES, f"attention must be one of {', '.join(ATTENTION_MODES)}; got {self.attention!r}")
+        _check(self.window >= 1, f"window must be at least 1, got {self.window}")
+        _check(self.chunk >= 1, f"chunk must be at least 1 frame, got {self.chunk}")
+        _check(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")
+        _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
+        kinds = [c.kind for c in self.controls]
+        _check(len(set(kinds)) == len(kinds), f"each control kind may appear once, got {', '.join(kinds)}")

@@ -347,10 +347,38 @@ def clear_cache() -> None:
     """Forget every loaded model (frees their memory once no edit holds them)."""
     with _cache_lock:
         _cache.clear()
+        _controlnets.clear()
+
+
+# SD-1.5 ControlNet 1.1 checkpoints for each condition kind.
+DEFAULT_CONTROLNETS = {
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "pose": "lllyasviel/control_v11p_sd15_openpose",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "softedge": "lllyasviel/control_v11p_sd15_softedge",
+}
+
+
+def default_controlnet(kind: str, backbone: Backbone) -> str:
+    """The ControlNet for a condition kind: the SD-1.5 one, or a random one for built-in backbones."""
+    return "random" if backbone.random_weights else DEFAULT_CONTROLNETS[kind]
+
+
+_controlnets: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
 
 
 def load_controlnet(spec: str, backbone: Backbone):
-    """Load a ControlNet: `random` (matching the backbone, random weights), a folder, a file or a Hub id."""
+    """Load (or reuse) a ControlNet: `random` (matching the backbone), a folder, a file or a Hub id."""
+    key = (spec, id(backbone), str(backbone.device), str(backbone.dtype))
+    with _cache_lock:
+        if key not in _controlnets:
+            _controlnets[key] = _load_controlnet(spec, backbone)
+            while len(_controlnets) > 2 * CACHE_SIZE:
+                _controlnets.popitem(last=False)
+        return _controlnets[key]
+
+
+def _load_controlnet(spec: str, backbone: Backbone):
     from diffusers import ControlNetModel
 
     if spec == "random":

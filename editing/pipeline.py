@@ -1,8 +1,9 @@
 """The library call behind the CLI and the app: read a clip, edit it, write the result.
 
-This is the plain per-frame edit (SDEdit: noise the source latents to `strength`, then denoise them
-under the prompt with DDIM), the baseline the video engine replaces. Every frame starts from the same
-seeded noise, which already keeps frames closer to each other than independent noise would.
+Stages: decode the clip; load the model; encode the prompts; extract condition maps (cached); DDIM-invert
+the source (cached by content, so a second prompt skips it) or noise it (SDEdit); denoise with
+cross-frame attention, chunk by chunk around shared anchor frames, with ControlNets and optional
+flow-guided fusion; decode; match colours (optional); write the video with the source's audio.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from typing import Callable, Iterator
 
 import torch
 
+import numpy as np
+
 from . import sampling, video_io
-from .config import EditConfig, FrameSelection, VideoLimits
+from .config import EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError
-from .models import DEFAULT_MODEL, ModelSpec, load_backbone
+from .inversion import TensorCache, cache_key, content_hash, ddim_invert, default_cache_dir, load_trajectory, save_trajectory
+from .models import DEFAULT_MODEL, ModelSpec, default_controlnet, load_backbone, load_controlnet
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "load_model", "encode_text", "invert", "denoise", "decode_latents", "encode_video")
+STAGES = ("decode", "load_model", "encode_text", "conditions", "invert", "denoise", "decode_latents", "encode_video")
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
 
 # progress(stage, done, total); raising Cancelled from it stops the edit.
@@ -38,6 +42,7 @@ class EditRequest:
     output: str
     edit: EditConfig
     selection: FrameSelection = FrameSelection()
+    engine: EngineConfig = EngineConfig()
     model: str = DEFAULT_MODEL
     device: str | None = None
     dtype: str | None = None
@@ -60,6 +65,8 @@ class EditResult:
     height: int
     model: str
     random_weights: bool
+    inversion: str = "ddim"
+    inversion_cached: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -71,6 +78,8 @@ class EditResult:
             "height": self.height,
             "model": self.model,
             "random_weights": self.random_weights,
+            "inversion": self.inversion,
+            "inversion_cached": self.inversion_cached,
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
         }
 
@@ -100,7 +109,7 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> EditResult:
     """Edit a clip end to end and write the result atomically to `request.output`."""
     timer = StageTimer()
-    config = request.edit
+    config, engine = request.edit, request.engine
     with timer.stage("decode"):
         progress("decode", 0, 1)
         clip = video_io.read_clip(request.video, request.selection, request.limits)
@@ -110,23 +119,27 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         timer.device = backbone.device
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
+    source = SourceKey(content_hash(request.video), clip.indices, clip.width, clip.height)
+    cache_root = engine.cache_dir or default_cache_dir()
+    with timer.stage("conditions"):
+        controls = prepare_controls(request, clip, backbone, source, cache_root, progress)
+    plan = sampling.plan_frames(clip.num_frames, engine.chunk, engine.attention, engine.window)
     scheduler = backbone.scheduler()
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     with timer.stage("invert"):
-        progress("invert", 0, 1)
-        source = sampling.encode_frames(backbone, clip.frames, config.batch_size)
-        noise = sampling.shared_noise(tuple(source.shape), config.seed, backbone.device, source.dtype)
-        latents = sampling.noise_to_timestep(scheduler, source, noise, timesteps[0])
-
-    def on_step(index: int, timestep: int, current: torch.Tensor) -> None:
-        progress("denoise", index + 1, len(timesteps))
-
+        latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+    callback = step_callback(request, clip, backbone, len(timesteps), progress)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
-        latents = sampling.denoise(backbone, scheduler, latents, timesteps, text, config.guidance, config.batch_size, on_step)
+        guidance = sampling.Guidance(text, config.guidance, controls)
+        latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback)
     with timer.stage("decode_latents"):
         progress("decode_latents", 0, 1)
-        frames = sampling.decode_latents(backbone, latents, config.batch_size)
+        frames = sampling.decode_latents(backbone, latents, engine.chunk)
+        if engine.smooth_color:
+            from .temporal import match_colors
+
+            frames = match_colors(frames)
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
         audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
@@ -139,6 +152,98 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         height=clip.height,
         model=backbone.name,
         random_weights=backbone.random_weights,
+        inversion=engine.inversion,
+        inversion_cached=cached,
         seconds=timer.seconds,
     )
 
+
+@dataclass(frozen=True)
+class SourceKey:
+    """What identifies the frames being edited, for cache keys: file content, frames kept, size."""
+
+    content: str
+    indices: tuple[int, ...]
+    width: int
+    height: int
+
+
+def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, timesteps, progress) -> tuple[torch.Tensor, bool]:
+    """The latents sampling starts from: the cached or new DDIM inversion, or noised source latents."""
+    config, engine = request.edit, request.engine
+    if engine.inversion == "none":
+        progress("invert", 0, 1)
+        clean = sampling.encode_frames(backbone, clip.frames, engine.chunk)
+        noise = sampling.shared_noise(tuple(clean.shape), config.seed, backbone.device, clean.dtype)
+        return sampling.noise_to_timestep(backbone.scheduler(), clean, noise, timesteps[0]), False
+    key = cache_key(
+        kind="ddim",
+        source=source,
+        model=backbone.name,
+        dtype=str(backbone.dtype),
+        steps=config.steps,
+        inverted_steps=len(timesteps),
+        prompt=engine.inversion_prompt,
+        attention=plan.mode,
+        window=plan.window,
+        chunk=engine.chunk,
+    )
+    cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
+    trajectory = load_trajectory(cache, key)
+    if trajectory is not None:
+        log.info("inversion from cache %s", key)
+        return trajectory.final.to(backbone.device, backbone.dtype), True
+    progress("invert", 0, len(timesteps))
+    clean = sampling.encode_frames(backbone, clip.frames, engine.chunk)
+    prompt = sampling.encode_text(backbone, engine.inversion_prompt, "", guided=False)
+
+    def report(index: int, timestep: int, latents: torch.Tensor) -> None:
+        progress("invert", index + 1, len(timesteps))
+
+    trajectory = ddim_invert(backbone, clean, request.edit.steps, request.edit.strength, prompt, plan, report)
+    save_trajectory(cache, key, trajectory)
+    return trajectory.final.to(backbone.device, backbone.dtype), False
+
+
+def prepare_controls(request, clip, backbone, source: SourceKey, cache_root, progress) -> tuple[sampling.ControlSignal, ...]:
+    """Condition images (extracted from the clip, or a given condition video) and their ControlNets."""
+    if not request.engine.controls:
+        return ()
+    from .control import conditions_from_video, extract_conditions
+
+    cache = TensorCache(cache_root, "conditions", request.engine.cache_bytes)
+    signals = []
+    for number, spec in enumerate(request.engine.controls):
+        progress("conditions", number, len(request.engine.controls))
+        if spec.video:
+            images = conditions_from_video(spec.video, clip.num_frames, clip.width, clip.height, request.selection)
+        else:
+            key = cache_key(kind="condition", control=spec.kind, source=source, annotators=request.engine.annotators)
+            stored = cache.load(key)
+            if stored is not None:
+                images = stored["images"].numpy()
+            else:
+                images = extract_conditions(spec.kind, clip.frames, annotator_source=request.engine.annotators)
+                cache.save(key, {"images": torch.from_numpy(images)})
+        model = load_controlnet(spec.model or default_controlnet(spec.kind, backbone), backbone)
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        signals.append(sampling.ControlSignal(model, tensor, spec.scale, spec.start, spec.end))
+    progress("conditions", len(signals), len(signals))
+    return tuple(signals)
+
+
+def step_callback(request, clip, backbone, total_steps: int, progress) -> sampling.StepCallback:
+    """After each denoising step: report progress and, when enabled, fuse latents along the source's flow."""
+    fuse = None
+    if request.engine.smooth_flow:
+        from .temporal import FlowFusion, make_flow_fusion_callback, source_flows
+
+        scale = backbone.vae_scale_factor
+        flows = source_flows(clip.frames).resized(clip.height // scale, clip.width // scale)
+        fuse = make_flow_fusion_callback(flows, FlowFusion(), total_steps)
+
+    def on_step(index: int, timestep: int, latents: torch.Tensor):
+        progress("denoise", index + 1, total_steps)
+        return fuse(index, timestep, latents) if fuse is not None else None
+
+    return on_step

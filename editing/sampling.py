@@ -5,12 +5,15 @@ Every pipeline is composed from these; none copies the loop.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .attention.cross_frame import MODES, FrameLayout, cross_frame_attention, layout_for
+from .errors import ConfigError
 from .models import Backbone
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
@@ -96,28 +99,132 @@ def noise_to_timestep(scheduler, latents: torch.Tensor, noise: torch.Tensor, tim
     return scheduler.add_noise(latents, noise, torch.as_tensor([timestep]))
 
 
-def guided_noise(
+@dataclass(frozen=True)
+class ControlSignal:
+    """One ControlNet and its condition images, with a strength and the share of steps it acts on."""
+
+    model: torch.nn.Module
+    images: torch.Tensor  # (frames, 3, H, W) in [0, 1], image resolution
+    scale: float = 1.0
+    start: float = 0.0  # fraction of the steps where it starts acting
+    end: float = 1.0  # fraction of the steps where it stops
+
+    def active(self, fraction: float) -> bool:
+        return self.scale != 0 and self.start <= fraction <= self.end
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Everything that steers the UNet: text (with classifier-free guidance scale) and ControlNets."""
+
+    text: TextConditioning
+    scale: float
+    controls: tuple[ControlSignal, ...] = ()
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """One UNet call: the clip frames it holds (sorted) and those whose results it produces."""
+
+    ids: tuple[int, ...]
+    targets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How a clip's frames are split into UNet calls and which frames each frame attends to."""
+
+    mode: str
+    batches: tuple[FrameBatch, ...]
+    anchors: tuple[int, ...] = (0,)
+    window: int = 2
+
+    def layout(self, batch: FrameBatch) -> FrameLayout:
+        return layout_for(self.mode, batch.ids, self.anchors, self.window)
+
+
+def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,)) -> FramePlan:
+    """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
+
+    Every chunk holds the shared anchor frames (so chunks of a long clip stay consistent with each
+    other), the previous frame for `sparse-causal`, and `window` neighbours on each side for `window`.
+    Peak memory is that of one chunk plus its context, whatever the clip length.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"attention must be one of {', '.join(MODES)}; got {mode}")
+    anchors = tuple(a for a in anchors if a < num_frames) or (0,)
+    batches = []
+    for start in range(0, num_frames, chunk):
+        targets = range(start, min(start + chunk, num_frames))
+        context: set[int] = set()
+        if mode in ("first", "sparse-causal", "full", "window"):
+            context |= set(anchors)
+        if mode == "sparse-causal" and start > 0:
+            context.add(start - 1)
+        if mode == "window":
+            context |= {f for f in range(start - window, targets[-1] + window + 1) if 0 <= f < num_frames}
+        batches.append(FrameBatch(tuple(sorted(context | set(targets))), tuple(targets)))
+    return FramePlan(mode, tuple(batches), anchors, window)
+
+
+def predict_noise(
     backbone: Backbone,
     scheduler,
     latents: torch.Tensor,
     timestep,
-    text: TextConditioning,
-    guidance: float,
+    guidance: Guidance,
+    layout: FrameLayout | None = None,
+    frame_ids: list[int] | None = None,
+    fraction: float = 0.0,
 ) -> torch.Tensor:
-    """Predicted noise with classifier-free guidance: e_u + g (e_c - e_u) (Ho and Salimans, 2022)."""
+    """Predicted noise of a batch of frames with classifier-free guidance, e_u + g (e_c - e_u)
+    (Ho and Salimans, 2022), ControlNet residuals added to the UNet's skip connections."""
     count = latents.shape[0]
+    text = guidance.text
     model_input = scheduler.scale_model_input(latents, timestep)
+    branches = 1 if text.negative is None else 2
     if text.negative is None:
         context = text.positive.expand(count, -1, -1)
     else:
         model_input = torch.cat([model_input, model_input])
         context = torch.cat([text.negative.expand(count, -1, -1), text.positive.expand(count, -1, -1)])
+    residuals = control_residuals(guidance.controls, model_input, timestep, context, frame_ids or list(range(count)), branches, fraction)
+    extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
     with torch.inference_mode():
-        noise = backbone.unet(model_input, timestep, encoder_hidden_states=context).sample
+        noise = backbone.unet(
+            model_input,
+            timestep,
+            encoder_hidden_states=context,
+            cross_attention_kwargs=None if layout is None else {"frames": layout},
+            **extra,
+        ).sample
     if text.negative is None:
         return noise
     unconditional, conditional = noise.chunk(2)
-    return unconditional + guidance * (conditional - unconditional)
+    return unconditional + guidance.scale * (conditional - unconditional)
+
+
+def control_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction):
+    """Sum of the active ControlNets' residuals for this batch, or None when none is active."""
+    total = None
+    for control in controls:
+        if not control.active(fraction):
+            continue
+        images = control.images[frame_ids].to(model_input.device, model_input.dtype).repeat(branches, 1, 1, 1)
+        with torch.inference_mode():
+            down, mid = control.model(
+                model_input,
+                timestep,
+                encoder_hidden_states=context,
+                controlnet_cond=images,
+                conditioning_scale=control.scale,
+                return_dict=False,
+            )
+        if total is None:
+            total = (list(down), mid)
+        else:
+            total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
+    return total
 
 
 def denoise(
@@ -125,25 +232,32 @@ def denoise(
     scheduler,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
-    text: TextConditioning,
-    guidance: float,
-    batch_size: int,
+    guidance: Guidance,
+    plan: FramePlan,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """The denoising loop: every step runs the frames through the UNet in batches and takes a DDIM step.
+    """The one denoising loop: each step runs every planned batch through the UNet and steps the scheduler.
 
+    With DDIMScheduler this samples; with DDIMInverseScheduler (and ascending timesteps) it inverts.
     `callback(step_index, timestep, latents)` runs after each step; it may return replacement latents
-    (for blending) or raise to cancel.
+    (blending, smoothing) or raise to cancel.
     """
-    for index, timestep in enumerate(timesteps):
-        stepped = torch.empty_like(latents)
-        for start in range(0, latents.shape[0], batch_size):
-            chunk = latents[start : start + batch_size]
-            noise = guided_noise(backbone, scheduler, chunk, timestep, text, guidance)
-            stepped[start : start + batch_size] = scheduler.step(noise, timestep, chunk).prev_sample
-        latents = stepped
-        if callback is not None:
-            replacement = callback(index, int(timestep), latents)
-            if replacement is not None:
-                latents = replacement
+    attention = cross_frame_attention(backbone.unet) if plan.mode != "none" else contextlib.nullcontext()
+    with attention:
+        for index, timestep in enumerate(timesteps):
+            fraction = index / max(1, len(timesteps) - 1)
+            stepped = latents.clone()
+            for batch in plan.batches:
+                ids = list(batch.ids)
+                chunk = latents[ids]
+                layout = plan.layout(batch) if plan.mode != "none" else None
+                noise = predict_noise(backbone, scheduler, chunk, timestep, guidance, layout, ids, fraction)
+                result = scheduler.step(noise, timestep, chunk).prev_sample
+                positions = [ids.index(t) for t in batch.targets]
+                stepped[list(batch.targets)] = result[positions]
+            latents = stepped
+            if callback is not None:
+                replacement = callback(index, int(timestep), latents)
+                if replacement is not None:
+                    latents = replacement
     return latents

@@ -1,0 +1,159 @@
+"""Cross-frame self-attention: each frame's queries attend to keys and values of chosen frames.
+
+Modes (frame ids are positions in the clip):
+  none           each frame attends to itself (plain per-frame image editing)
+  first          every frame attends to the first frame (Text2Video-Zero)
+  sparse-causal  first and previous frame (Tune-A-Video, Pix2Video)
+  full           every frame in the batch (ControlVideo, vid2vid-zero)
+  window         the anchor frames plus neighbours within k frames
+
+The processor is told the frame layout of each UNet call through `cross_attention_kwargs={"frames":
+layout}`; the number of frames per guidance branch is part of the layout, never derived from the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ATTENTION_MODES as MODES
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """For one UNet batch: which batch positions each frame attends to, per guidance branch."""
+
+    num_frames: int  # frames per guidance branch in this batch
+    kv_index: torch.Tensor  # (num_frames, m) long: positions of the key/value frames of each frame
+    kv_valid: torch.Tensor | None = None  # (num_frames, m) bool; None when every entry is used
+
+    def __post_init__(self):
+        if self.kv_index.shape[0] != self.num_frames:
+            raise ValueError(f"kv_index has {self.kv_index.shape[0]} rows for {self.num_frames} frames")
+
+
+def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2) -> FrameLayout:
+    """The attention layout of a batch holding the clip frames `frame_ids` (sorted, anchors included)."""
+    if mode not in MODES:
+        raise ConfigError(f"attention must be one of {', '.join(MODES)}; got {mode}")
+    position = {frame: i for i, frame in enumerate(frame_ids)}
+    anchor_positions = [position[a] for a in anchors if a in position]
+    if mode in ("first", "sparse-causal", "window") and not anchor_positions:
+        raise ValueError(f"batch {list(frame_ids)} holds none of the anchor frames {list(anchors)}")
+    rows: list[list[int]] = []
+    for frame in frame_ids:
+        if mode == "none":
+            rows.append([position[frame]])
+        elif mode == "first":
+            rows.append([anchor_positions[0]])
+        elif mode == "sparse-causal":
+            previous = position.get(frame - 1, position[frame])
+            rows.append([anchor_positions[0], previous])
+        elif mode == "full":
+            rows.append(list(range(len(frame_ids))))
+        else:
+            near = [position[f] for f in frame_ids if abs(f - frame) <= window]
+            rows.append(sorted(set(anchor_positions) | set(near)))
+    width = max(len(row) for row in rows)
+    valid = None
+    if any(len(row) != width for row in rows):
+        valid = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
+        rows = [row + [row[0]] * (width - len(row)) for row in rows]
+    return FrameLayout(len(frame_ids), torch.tensor(rows, dtype=torch.long), valid)
+
+
+def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, length, inner = tensor.shape
+    return tensor.view(batch, length, heads, inner // heads).transpose(1, 2)
+
+
+class CrossFrameAttnProcessor:
+    """Self-attention over the frames a FrameLayout names (fused SDPA); other attention unchanged."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frames: FrameLayout | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        spatial = hidden_states.ndim == 4
+        if spatial:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        batch, length, _ = hidden_states.shape
+
+        query = attn.to_q(hidden_states)
+        is_self = encoder_hidden_states is None
+        context = hidden_states if is_self else encoder_hidden_states
+        if not is_self and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+
+        mask = None
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
+            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+        if is_self and frames is not None:
+            key, value, mask = gather_frames(key, value, frames)
+
+        query, key, value = (_heads(t, attn.heads) for t in (query, key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if spatial:
+            out = out.transpose(1, 2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):
+    """Keys and values of the frames each frame attends to, concatenated along the token axis."""
+    batch, length, inner = key.shape
+    if batch % frames.num_frames:
+        raise ValueError(f"a batch of {batch} cannot hold whole guidance branches of {frames.num_frames} frames")
+    branches, count = batch // frames.num_frames, frames.kv_index.shape[1]
+    index = frames.kv_index.to(key.device)
+
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        per_frame = tensor.view(branches, frames.num_frames, length, inner)
+        return per_frame[:, index].reshape(batch, count * length, inner)
+
+    mask = None
+    if frames.kv_valid is not None:
+        valid = frames.kv_valid.to(key.device).repeat_interleave(length, dim=1)  # (num_frames, count * length)
+        mask = valid.repeat(branches, 1)[:, None, None, :]
+    return gather(key), gather(value), mask
+
+
+@contextlib.contextmanager
+def attention_processors(unet, processor) -> Iterator[None]:
+    """Install `processor` (one object or a {layer name: processor} dict) and restore the originals after."""
+    original = dict(unet.attn_processors)
+    try:
+        unet.set_attn_processor(processor)
+        yield
+    finally:
+        unet.set_attn_processor(original)
+
+
+def cross_frame_attention(unet) -> contextlib.AbstractContextManager:
+    """Swap every attention layer to the cross-frame processor for the duration of a block."""
+    return attention_processors(unet, CrossFrameAttnProcessor())

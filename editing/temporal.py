@@ -1,0 +1,299 @@
+"""Temporal smoothing: optical flow of the source clip, latent flow fusion, and colour matching.
+
+Flow convention (for the pair t-1 -> t, stored at index t-1): the backward flow b_t gives, for each
+pixel x of frame t, where it came from in frame t-1, so frame_t(x) ~ frame_{t-1}(x + b_t(x)) and
+`warp(frame_{t-1}, b_t)` lines frame t-1 up with frame t. The forward flow f_t is the same for the
+pixels of frame t-1. Vectors are (dx, dy) in pixels of the field's own resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .sampling import StepCallback
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_frames(frames: np.ndarray, minimum: int) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < minimum:
+        raise ValueError(f"frames must be an (N, H, W, 3) uint8 array with N >= {minimum}, got {frames.shape} {frames.dtype}")
+    return frames
+
+
+@dataclass(frozen=True, eq=False)
+class Flows:
+    """Optical flow between consecutive frames of a clip; index i holds the pair (i, i + 1)."""
+
+    backward: np.ndarray  # (N-1, H, W, 2) float32: frame i+1 at x came from frame i at x + backward[i](x)
+    forward: np.ndarray  # (N-1, H, W, 2) float32: frame i at x moves to frame i+1 at x + forward[i](x)
+    valid: np.ndarray  # (N-1, H, W) bool: pixels of frame i+1 whose backward flow is trustworthy
+
+    def __post_init__(self):
+        pairs, height, width = self.valid.shape
+        expected = (pairs, height, width, 2)
+        if self.backward.shape != expected or self.forward.shape != expected:
+            raise ValueError(
+                f"flow fields must be {expected} to match the mask, got {self.backward.shape} and {self.forward.shape}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.valid.shape[0]) + 1
+
+    @property
+    def height(self) -> int:
+        return int(self.valid.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.valid.shape[2])
+
+    def resized(self, height: int, width: int, min_valid: float = 0.5) -> Flows:
+        """The same flows at another resolution; a resized pixel is valid when >= `min_valid` of it was."""
+        if (height, width) == (self.height, self.width):
+            return self
+        share = _resize_fields(self.valid.astype(np.float32)[..., None], height, width)[..., 0]
+        return Flows(
+            resize_flow(self.backward, height, width),
+            resize_flow(self.forward, height, width),
+            share >= min_valid - 1e-6,
+        )
+
+
+def _resize_fields(fields: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (N, H, W, C) float fields: area average when shrinking, bilinear when enlarging."""
+    shrinking = height * width < fields.shape[1] * fields.shape[2]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = [cv2.resize(item, (width, height), interpolation=interpolation) for item in fields]
+    return np.stack([item.reshape(height, width, fields.shape[-1]) for item in resized])
+
+
+def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A flow field (H, W, 2) or (N, H, W, 2) resampled to (height, width), its vectors scaled to match."""
+    flow = np.asarray(flow, dtype=np.float32)
+    if flow.ndim not in (3, 4) or flow.shape[-1] != 2:
+        raise ValueError(f"flow must be (H, W, 2) or (N, H, W, 2), got {flow.shape}")
+    if height < 1 or width < 1:
+        raise ValueError(f"flow size must be positive, got {height}x{width}")
+    fields = flow[None] if flow.ndim == 3 else flow
+    source_height, source_width = fields.shape[1:3]
+    resized = _resize_fields(fields, height, width)
+    # A displacement of d pixels at the source size is d * (new size / old size) pixels at the new size.
+    resized = resized * np.array([width / source_width, height / source_height], dtype=np.float32)
+    return resized[0] if flow.ndim == 3 else resized
+
+
+def _consistent(
+    backward: np.ndarray,
+    forward: np.ndarray,
+    occlusion_rel: float,
+    occlusion_abs: float,
+) -> np.ndarray:
+    """Pixels of frame t whose backward flow, followed back by the forward flow, returns to where it started."""
+    height, width = backward.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
+    forward_there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Forward-backward check (Sundaram, Brox and Keutzer 2010; Ruder et al. 2016, eq. 2):
+    # |b + f(x + b)|^2 < rel (|b|^2 + |f(x + b)|^2) + abs.
+    round_trip = np.square(backward + forward_there).sum(-1)
+    magnitude = np.square(backward).sum(-1) + np.square(forward_there).sum(-1)
+    consistent = round_trip < occlusion_rel * magnitude + occlusion_abs
+    # A pixel that came from outside frame t-1 has nothing to be warped from.
+    inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
+    return consistent & inside
+
+
+def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Mean absolute RGB difference between frame t and frame t-1 warped onto it by the backward flow."""
+    height, width = backward.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
+    warped = cv2.remap(previous.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.abs(warped - current.astype(np.float32)).mean(-1)
+
+
+def source_flows(
+    frames: np.ndarray,
+    occlusion_rel: float = 0.01,
+    occlusion_abs: float = 0.5,
+    max_color_error: float | None = None,
+) -> Flows:
+    """DIS optical flow (Kroeger et al. 2016) of each consecutive pair of RGB frames, both ways, with validity masks.
+
+    A pixel is valid when the forward-backward check passes with the given relative and absolute
+    thresholds and, if `max_color_error` (0..255) is set, when warping frame t-1 onto it changes the
+    colour by at most that much.
+    """
+    frames = _check_frames(frames, 2)
+    _check(occlusion_rel >= 0 and math.isfinite(occlusion_rel), f"occlusion_rel must be >= 0, got {occlusion_rel}")
+    _check(occlusion_abs >= 0 and math.isfinite(occlusion_abs), f"occlusion_abs must be >= 0, got {occlusion_abs}")
+    _check(max_color_error is None or max_color_error >= 0, f"max_color_error must be >= 0, got {max_color_error}")
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
+    backward, forward, valid = [], [], []
+    for t in range(1, len(frames)):
+        # calc(I0, I1) returns u with I0(x) ~ I1(x + u(x)).
+        back = dis.calc(grey[t], grey[t - 1], None)
+        fore = dis.calc(grey[t - 1], grey[t], None)
+        mask = _consistent(back, fore, occlusion_rel, occlusion_abs)
+        if max_color_error is not None:
+            mask &= _colour_error(frames[t - 1], frames[t], back) <= max_color_error
+        backward.append(back)
+        forward.append(fore)
+        valid.append(mask)
+    return Flows(np.stack(backward), np.stack(forward), np.stack(valid))
+
+
+def _pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    ys = torch.arange(height, device=device, dtype=dtype)
+    xs = torch.arange(width, device=device, dtype=dtype)
+    return torch.meshgrid(ys, xs, indexing="ij")
+
+
+def warp(tensor: torch.Tensor, flow: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Backward warp: output(x) = tensor(x + flow(x)), bilinear, edges extended; tensor (C, H, W) or (N, C, H, W)."""
+    if tensor.dim() not in (3, 4):
+        raise ValueError(f"warp takes a (C, H, W) or (N, C, H, W) tensor, got {tuple(tensor.shape)}")
+    compute = tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
+    images = (tensor[None] if tensor.dim() == 3 else tensor).to(compute)
+    count, _, height, width = images.shape
+    flow = torch.as_tensor(flow, device=tensor.device).to(compute)
+    flow = flow[None] if flow.dim() == 3 else flow
+    if flow.dim() != 4 or flow.shape[1:] != (height, width, 2) or flow.shape[0] not in (1, count):
+        raise ValueError(f"flow must be ({height}, {width}, 2) or ({count}, {height}, {width}, 2), got {tuple(flow.shape)}")
+    ys, xs = _pixel_grid(height, width, tensor.device, compute)
+    # With align_corners=True, -1 and +1 are the centres of the first and last pixels.
+    grid_x = 2 * (xs + flow[..., 0]) / max(width - 1, 1) - 1
+    grid_y = 2 * (ys + flow[..., 1]) / max(height - 1, 1) - 1
+    grid = torch.stack((grid_x, grid_y), dim=-1).expand(count, -1, -1, -1)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    warped = warped.to(tensor.dtype)
+    return warped[0] if tensor.dim() == 3 else warped
+
+
+@dataclass(frozen=True)
+class FlowFusion:
+    """Blend each frame's latents with its predecessor's, warped by the source flow, early in denoising."""
+
+    strength: float = field(default=0.5, metadata={"help": "blend weight of the warped previous frame, 0..1"})
+    until: float = field(default=0.5, metadata={"help": "share of the denoising steps with fusion on, (0, 1]"})
+
+    def __post_init__(self):
+        _check(
+            math.isfinite(self.strength) and 0 <= self.strength <= 1,
+            f"flow fusion strength must be between 0 and 1, got {self.strength}",
+        )
+        _check(
+            math.isfinite(self.until) and 0 < self.until <= 1,
+            f"flow fusion 'until' must be a share of the steps in (0, 1], got {self.until}",
+        )
+
+
+def make_flow_fusion_callback(flows: Flows, fusion: FlowFusion, total_steps: int) -> StepCallback:
+    """A denoising-loop callback that fuses latents along the flow during the first `until` share of the steps.
+
+    `flows` must be at latent resolution (see `Flows.resized`). For t = 1..N-1 in order,
+    z_t <- where(valid_t, (1 - s) z_t + s warp(z_{t-1}, b_t), z_t), with z_{t-1} already fused, so
+    the first frame's content propagates down the clip.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+    backward = torch.from_numpy(np.ascontiguousarray(flows.backward, dtype=np.float32))
+    valid = torch.from_numpy(np.ascontiguousarray(flows.valid))[:, None]  # (N-1, 1, h, w), broadcast over channels
+    active_steps = fusion.until * total_steps
+    strength = fusion.strength
+
+    def fuse(step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor | None:
+        if step_index >= active_steps:
+            return None
+        if latents.shape[0] != flows.num_frames or tuple(latents.shape[-2:]) != (flows.height, flows.width):
+            raise ValueError(
+                f"latents {tuple(latents.shape)} do not match flows of {flows.num_frames} frames at {flows.height}x{flows.width}"
+            )
+        flow = backward.to(latents.device)
+        mask = valid.to(latents.device)
+        with torch.no_grad():
+            fused = [latents[0]]
+            for t in range(1, latents.shape[0]):
+                blended = (1 - strength) * latents[t] + strength * warp(fused[-1], flow[t - 1])
+                fused.append(torch.where(mask[t - 1], blended, latents[t]))
+            return torch.stack(fused)
+
+    return fuse
+
+
+def match_colors(frames: np.ndarray, reference_index: int = 0) -> np.ndarray:
+    """Frames whose per-channel LAB mean and standard deviation are moved to the reference frame's (Reinhard et al. 2001)."""
+    frames = _check_frames(frames, 1)
+    if not -len(frames) <= reference_index < len(frames):
+        raise ValueError(f"reference_index {reference_index} is out of range for {len(frames)} frames")
+    reference_index %= len(frames)
+    lab = [cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB) for frame in frames]
+    target_mean = lab[reference_index].reshape(-1, 3).mean(0)
+    target_std = lab[reference_index].reshape(-1, 3).std(0)
+    result = frames.copy()
+    for i, image in enumerate(lab):
+        if i == reference_index:
+            continue
+        mean = image.reshape(-1, 3).mean(0)
+        std = image.reshape(-1, 3).std(0)
+        # l' = (l - mu) * sigma_ref / sigma + mu_ref per channel; a flat channel only has its mean moved.
+        scale = np.where(std > 1e-6, target_std / np.maximum(std, 1e-6), 1.0).astype(np.float32)
+        matched = (image - mean) * scale + target_mean
+        rgb = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_LAB2RGB)
+        result[i] = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    return result
+
+
+_SMOOTHING_WORDS = ("flow", "color")
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Which temporal smoothing to apply: latent flow fusion, colour matching, both or neither."""
+
+    flow: bool = field(default=False, metadata={"help": "fuse latents along the source clip's optical flow"})
+    color: bool = field(default=False, metadata={"help": "match every frame's LAB colour statistics to the first"})
+    flow_strength: float = field(default=0.5, metadata={"help": "flow fusion blend weight, 0..1"})
+    flow_until: float = field(default=0.5, metadata={"help": "share of the denoising steps with flow fusion on"})
+
+    def __post_init__(self):
+        FlowFusion(self.flow_strength, self.flow_until)  # validates both even when flow fusion is off
+
+    @property
+    def fusion(self) -> FlowFusion:
+        """The flow fusion settings (used only when `flow` is on)."""
+        return FlowFusion(self.flow_strength, self.flow_until)
+
+    @property
+    def text(self) -> str:
+        """The CLI spelling of this choice: 'flow,color', 'flow', 'color' or 'none'."""
+        words = [word for word, on in zip(_SMOOTHING_WORDS, (self.flow, self.color)) if on]
+        return ",".join(words) or "none"
+
+    @classmethod
+    def parse(cls, text: str, flow_strength: float = 0.5, flow_until: float = 0.5) -> SmoothingConfig:
+        """The config a comma-separated CLI string names: any of 'flow' and 'color', or '' / 'none' for neither."""
+        _check(isinstance(text, str), f"smoothing must be text such as 'flow,color', got {text!r}")
+        words = {word.strip().lower() for word in text.split(",")} - {""}
+        unknown = sorted(words - {*_SMOOTHING_WORDS, "none"})
+        if unknown:
+            raise ConfigError(f"unknown smoothing {unknown[0]!r} in {text!r}: use flow, color, 'flow,color' or none")
+        _check(not ("none" in words and len(words) > 1), f"smoothing {text!r} combines 'none' with other choices")
+        return cls("flow" in words, "color" in words, flow_strength, flow_until)

@@ -1,0 +1,282 @@
+"""Temporal smoothing: DIS flow on real frames, occlusion masks, warping, latent flow fusion, colour matching."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from editing.config import FrameSelection
+from editing.errors import ConfigError
+from editing.temporal import (
+    FlowFusion,
+    Flows,
+    SmoothingConfig,
+    make_flow_fusion_callback,
+    match_colors,
+    resize_flow,
+    source_flows,
+    warp,
+)
+from editing.video_io import read_clip
+
+
+@pytest.fixture(scope="module")
+def car_pair(car) -> np.ndarray:
+    """Two consecutive real frames (40 and 41) of the turning car, where it moves a few pixels, at 256x256."""
+    return read_clip(car, FrameSelection(start=4.0, max_frames=2, size=256)).frames
+
+
+def as_tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frame).permute(2, 0, 1).float()
+
+
+def lab_stats(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lab = cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    return lab.mean(0), lab.std(0)
+
+
+def test_flow_recovers_a_known_translation(car_pair):
+    dx, dy = 5, -3
+    image, top, left, size = car_pair[0], 16, 16, 224
+    previous = image[top : top + size, left : left + size]
+    current = image[top - dy : top - dy + size, left - dx : left - dx + size]  # current(x) = previous(x - d)
+    flows = source_flows(np.stack([previous, current]))
+    assert (flows.num_frames, flows.height, flows.width) == (2, size, size)
+    np.testing.assert_allclose(np.median(flows.backward[0].reshape(-1, 2), axis=0), [-dx, -dy], atol=0.5)
+    np.testing.assert_allclose(np.median(flows.forward[0].reshape(-1, 2), axis=0), [dx, dy], atol=0.5)
+    valid = flows.valid[0]
+    assert valid.mean() > 0.9
+    # The columns that entered from the left edge had no source in the previous frame.
+    assert valid[:, : dx - 1].mean() < 0.1
+
+    region = torch.from_numpy(valid)
+    warped_error = (warp(as_tensor(previous), flows.backward[0]) - as_tensor(current)).abs().mean(0)[region].mean()
+    unwarped_error = (as_tensor(previous) - as_tensor(current)).abs().mean(0)[region].mean()
+    assert warped_error < 0.1 * unwarped_error
+
+
+def test_real_pair_is_mostly_valid_and_a_pasted_patch_is_not(car_pair):
+    assert source_flows(car_pair).valid.mean() > 0.85
+
+    current = car_pair[1].copy()
+    current[96:160, 96:160] = car_pair[0][8:72, 184:248]  # content that is nowhere near there in the previous frame
+    flows = source_flows(np.stack([car_pair[0], current]))
+    patch = flows.valid[0, 96:160, 96:160]
+    assert patch.mean() < 0.4
+    assert flows.valid.mean() > 0.8
+
+    checked = source_flows(np.stack([car_pair[0], current]), max_color_error=30)
+    assert not (checked.valid & ~flows.valid).any()  # the colour check only removes pixels
+    assert checked.valid[0, 96:160, 96:160].mean() < patch.mean()
+
+    lenient = source_flows(np.stack([car_pair[0], current]), occlusion_rel=0.5, occlusion_abs=50.0)
+    assert lenient.valid.mean() > flows.valid.mean()
+
+
+def test_source_flows_refuses_bad_input(car_pair):
+    with pytest.raises(ValueError, match="N >= 2"):
+        source_flows(car_pair[:1])
+    with pytest.raises(ValueError, match="uint8"):
+        source_flows(car_pair.astype(np.float32))
+    with pytest.raises(ConfigError, match="occlusion_abs"):
+        source_flows(car_pair, occlusion_abs=-1)
+
+
+def test_resize_flow_scales_vectors_with_the_resolution():
+    flow = np.empty((48, 64, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 3.0, -2.0
+    half = resize_flow(flow, 24, 32)
+    assert half.shape == (24, 32, 2)
+    np.testing.assert_allclose(half[..., 0], 1.5, atol=1e-6)
+    np.testing.assert_allclose(half[..., 1], -1.0, atol=1e-6)
+
+    narrow = resize_flow(np.stack([flow, 2 * flow]), 48, 16)  # only the width shrinks, by 4
+    assert narrow.shape == (2, 48, 16, 2)
+    np.testing.assert_allclose(narrow[1, ..., 0], 1.5, atol=1e-6)
+    np.testing.assert_allclose(narrow[1, ..., 1], -4.0, atol=1e-6)
+
+    ramp = np.zeros((64, 64, 2), np.float32)
+    ramp[..., 0] = np.arange(64, dtype=np.float32)[None, :]  # varies along x
+    assert np.allclose(resize_flow(ramp, 32, 32)[..., 0], cv2.resize(ramp[..., 0], (32, 32), interpolation=cv2.INTER_AREA) / 2)
+
+
+def test_flows_resize_to_latent_resolution(car_pair):
+    flows = source_flows(car_pair)
+    latent = flows.resized(32, 32)
+    assert latent.backward.shape == (1, 32, 32, 2) and latent.valid.shape == (1, 32, 32)
+    assert latent.valid.dtype == bool
+    expected = cv2.resize(flows.backward[0], (32, 32), interpolation=cv2.INTER_AREA) / 8
+    np.testing.assert_allclose(latent.backward[0], expected, atol=1e-5)
+    assert abs(latent.valid.mean() - flows.valid.mean()) < 0.05
+    assert flows.resized(flows.height, flows.width) is flows
+
+
+def test_warp_with_zero_flow_is_the_identity():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 4, 9, 11, generator=generator)
+    torch.testing.assert_close(warp(images, torch.zeros(9, 11, 2)), images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(warp(images[0], np.zeros((9, 11, 2), np.float32)), images[0], atol=1e-5, rtol=0)
+    half = images.to(torch.bfloat16)
+    assert warp(half, torch.zeros(2, 9, 11, 2)).dtype == torch.bfloat16
+
+
+def test_warp_by_an_integer_flow_equals_roll_in_the_interior():
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(4, 16, 20, generator=generator)
+    dx, dy = 3, -2
+    flow = torch.empty(16, 20, 2)
+    flow[..., 0], flow[..., 1] = -dx, -dy  # output(x) = image(x - d): the content moves by d
+    warped = warp(image, flow)
+    rolled = torch.roll(image, shifts=(dy, dx), dims=(-2, -1))
+    torch.testing.assert_close(warped[:, : 16 + dy, dx:], rolled[:, : 16 + dy, dx:], atol=1e-5, rtol=0)
+    assert not torch.allclose(warped, image)
+
+
+def test_warp_refuses_a_flow_of_the_wrong_size():
+    with pytest.raises(ValueError, match="flow must be"):
+        warp(torch.zeros(4, 8, 8), torch.zeros(8, 9, 2))
+
+
+def latent_flows(count: int, height: int, width: int, seed: int, valid: bool | np.ndarray = True) -> Flows:
+    rng = np.random.default_rng(seed)
+    backward = rng.uniform(-2, 2, (count - 1, height, width, 2)).astype(np.float32)
+    mask = np.broadcast_to(np.asarray(valid, bool), (count - 1, height, width)).copy()
+    return Flows(backward, -backward, mask)
+
+
+def test_fusion_with_strength_zero_changes_nothing():
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    fuse = make_flow_fusion_callback(latent_flows(4, 8, 8, seed=0), FlowFusion(strength=0.0, until=1.0), total_steps=5)
+    out = fuse(0, 981, latents)
+    assert torch.equal(out, latents)
+
+
+def test_fusion_stops_after_until():
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    fuse = make_flow_fusion_callback(latent_flows(3, 8, 8, seed=1), FlowFusion(strength=0.5, until=0.5), total_steps=10)
+    results = [fuse(step, 1000 - 100 * step, latents) for step in range(10)]
+    assert all(isinstance(result, torch.Tensor) for result in results[:5])
+    assert all(result is None for result in results[5:])
+    assert not torch.allclose(results[0], latents)
+    short = make_flow_fusion_callback(latent_flows(3, 8, 8, seed=1), FlowFusion(strength=0.5, until=0.01), total_steps=10)
+    assert short(0, 999, latents) is not None and short(1, 899, latents) is None  # the first step always fuses
+
+
+def test_fusion_of_identical_frames_with_zero_flow_is_the_identity():
+    frame = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    latents = frame.expand(5, -1, -1, -1).contiguous()
+    flows = Flows(np.zeros((4, 8, 8, 2), np.float32), np.zeros((4, 8, 8, 2), np.float32), np.ones((4, 8, 8), bool))
+    out = make_flow_fusion_callback(flows, FlowFusion(strength=0.7, until=1.0), total_steps=3)(0, 999, latents)
+    torch.testing.assert_close(out, latents, atol=1e-5, rtol=0)
+
+
+def test_fusion_at_full_strength_propagates_the_first_frame():
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    flows = latent_flows(4, 8, 8, seed=2)
+    out = make_flow_fusion_callback(flows, FlowFusion(strength=1.0, until=1.0), total_steps=1)(0, 999, latents)
+    assert out.dtype == latents.dtype and out.shape == latents.shape
+    torch.testing.assert_close(out[0], latents[0])
+    for t in range(1, 4):
+        torch.testing.assert_close(out[t], warp(out[t - 1], flows.backward[t - 1]))
+    # Sequential: frame 2 is frame 0 carried through both flows, not a warp of the original frame 1.
+    torch.testing.assert_close(out[2], warp(warp(latents[0], flows.backward[0]), flows.backward[1]))
+    assert torch.equal(latents, latents.clone())  # the input is not modified in place
+
+
+def test_fusion_leaves_invalid_pixels_alone():
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    mask = np.ones((2, 8, 8), bool)
+    mask[:, :, :4] = False
+    flows = latent_flows(3, 8, 8, seed=3, valid=mask)
+    out = make_flow_fusion_callback(flows, FlowFusion(strength=0.5, until=1.0), total_steps=1)(0, 999, latents)
+    torch.testing.assert_close(out[:, :, :, :4], latents[:, :, :, :4], atol=0, rtol=0)
+    assert not torch.allclose(out[1:, :, :, 4:], latents[1:, :, :, 4:])
+
+
+def test_fusion_refuses_latents_that_do_not_match_the_flows():
+    fuse = make_flow_fusion_callback(latent_flows(3, 8, 8, seed=4), FlowFusion(), total_steps=4)
+    with pytest.raises(ValueError, match="do not match"):
+        fuse(0, 999, torch.zeros(4, 4, 8, 8))
+    with pytest.raises(ValueError, match="total_steps"):
+        make_flow_fusion_callback(latent_flows(3, 8, 8, seed=4), FlowFusion(), total_steps=0)
+
+
+@pytest.mark.parametrize(
+    "strength, until, message",
+    [(-0.1, 0.5, "strength"), (1.5, 0.5, "strength"), (float("nan"), 0.5, "strength"), (0.5, 0.0, "until"), (0.5, 1.2, "until")],
+)
+def test_flow_fusion_refuses_out_of_range_settings(strength, until, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        FlowFusion(strength=strength, until=until)
+    assert "\n" not in str(error.value)
+
+
+def shift_lab(frame: np.ndarray, scale: tuple[float, float, float], offset: tuple[float, float, float]) -> np.ndarray:
+    lab = cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    lab = lab * np.float32(scale) + np.float32(offset)
+    rgb = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def test_match_colors_restores_the_reference_statistics(car_pair):
+    reference, other = car_pair
+    tinted = shift_lab(other, (0.8, 1.2, 0.9), (8.0, 6.0, -5.0))
+    frames = np.stack([reference, tinted, shift_lab(reference, (1.1, 0.8, 1.2), (-6.0, -4.0, 7.0))])
+    target_mean, target_std = lab_stats(reference)
+    before_mean, _ = lab_stats(tinted)
+    assert np.abs(before_mean - target_mean).max() > 4  # the tint is large enough to matter
+
+    out = match_colors(frames)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert np.array_equal(out[0], reference)
+    for matched in out[1:]:
+        mean, std = lab_stats(matched)
+        np.testing.assert_allclose(mean, target_mean, atol=1.0)
+        np.testing.assert_allclose(std, target_std, rtol=0.05, atol=0.5)
+    # A recoloured copy of the reference comes back to (nearly) the reference itself.
+    assert np.abs(out[2].astype(int) - reference.astype(int)).mean() < 3
+
+
+def test_match_colors_uses_the_chosen_reference(car_pair):
+    frames = np.stack([shift_lab(car_pair[0], (1.0, 1.0, 1.0), (10.0, 0.0, 0.0)), car_pair[1]])
+    out = match_colors(frames, reference_index=1)
+    assert np.array_equal(out[1], car_pair[1])
+    np.testing.assert_allclose(lab_stats(out[0])[0], lab_stats(car_pair[1])[0], atol=1.0)
+    with pytest.raises(ValueError, match="out of range"):
+        match_colors(frames, reference_index=2)
+
+
+@pytest.mark.parametrize(
+    "text, flow, color",
+    [
+        ("flow,color", True, True),
+        ("color, flow", True, True),
+        ("FLOW", True, False),
+        ("color", False, True),
+        ("", False, False),
+        ("none", False, False),
+        (" None ", False, False),
+    ],
+)
+def test_smoothing_parse_accepts_valid_strings(text, flow, color):
+    config = SmoothingConfig.parse(text)
+    assert (config.flow, config.color) == (flow, color)
+    assert SmoothingConfig.parse(config.text) == config
+
+
+@pytest.mark.parametrize(
+    "text, message", [("blur", "unknown smoothing 'blur'"), ("flow,colour", "'colour'"), ("none,flow", "none")]
+)
+def test_smoothing_parse_refuses_other_strings(text, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        SmoothingConfig.parse(text)
+    assert "\n" not in str(error.value)
+
+
+def test_smoothing_config_validates_fusion_settings():
+    config = SmoothingConfig.parse("flow", flow_strength=0.3, flow_until=0.25)
+    assert config.fusion == FlowFusion(strength=0.3, until=0.25)
+    with pytest.raises(ConfigError, match="strength"):
+        SmoothingConfig.parse("color", flow_strength=2.0)
