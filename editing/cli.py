@@ -208,4 +208,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's native logging
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
+    for name in ("huggingface_hub", "diffusers", "transformers", "controlnet_aux"):
+        logging.getLogger(name).setLevel(logging.ERROR)

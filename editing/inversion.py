@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -114,7 +115,7 @@ class TensorCache:
             log.warning("dropping unreadable cache entry %s: %s", path.name, exc)
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # mark as recently used
+        _touch(path)  # mark as recently used
         return data
 
     def save(self, key: str, data: dict) -> None:
@@ -123,19 +124,26 @@ class TensorCache:
         try:
             torch.save(data, partial)
             os.replace(partial, self._path(key))
+            _touch(self._path(key))
         finally:
             partial.unlink(missing_ok=True)
         self.evict()
 
     def evict(self) -> None:
         """Delete the least recently used entries until the total size is within the cap."""
-        entries = sorted(self.directory.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+        entries = sorted(self.directory.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
         total = sum(p.stat().st_size for p in entries)
         for path in entries:
             if total <= self.max_bytes:
                 break
             total -= path.stat().st_size
             path.unlink(missing_ok=True)
+
+
+def _touch(path: Path) -> None:
+    """Set a file's times to now with full precision (the file system's own clock is coarse)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
 
 
 def load_trajectory(cache: TensorCache, key: str) -> Trajectory | None:

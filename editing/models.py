@@ -262,7 +262,7 @@ def _assemble(name, tokenizer, text_encoder, vae, unet, scheduler_config, device
 # ---------------------------------------------------------------- pretrained models
 
 
-def _is_offline_error(exc: BaseException) -> bool:
+def is_offline_error(exc: BaseException) -> bool:
     """Whether an exception chain says the Hub could not be reached (no network or offline mode)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -283,7 +283,7 @@ def _load_from(spec: ModelSpec, what: str, loader: Callable[[], Any]) -> Any:
     except ModelLoadError:
         raise
     except Exception as exc:  # loaders raise many types; the user needs one sentence
-        if _is_offline_error(exc):
+        if is_offline_error(exc):
             raise ModelLoadError(
                 f"cannot reach the Hugging Face Hub to get {what} '{spec.source}'; use {OFFLINE_ALTERNATIVES}"
             ) from exc

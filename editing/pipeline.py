@@ -209,7 +209,7 @@ def prepare_controls(request, clip, backbone, source: SourceKey, cache_root, pro
     """Condition images (extracted from the clip, or a given condition video) and their ControlNets."""
     if not request.engine.controls:
         return ()
-    from .control import conditions_from_video, extract_conditions
+    from .control import condition_cache_key, conditions_from_video, extract_conditions
 
     cache = TensorCache(cache_root, "conditions", request.engine.cache_bytes)
     signals = []
@@ -218,12 +218,13 @@ def prepare_controls(request, clip, backbone, source: SourceKey, cache_root, pro
         if spec.video:
             images = conditions_from_video(spec.video, clip.num_frames, clip.width, clip.height, request.selection)
         else:
-            key = cache_key(kind="condition", control=spec.kind, source=source, annotators=request.engine.annotators)
+            options = {"annotator_source": request.engine.annotators}
+            key = condition_cache_key(spec.kind, source.content, request.selection, (clip.width, clip.height), options)
             stored = cache.load(key)
             if stored is not None:
                 images = stored["images"].numpy()
             else:
-                images = extract_conditions(spec.kind, clip.frames, annotator_source=request.engine.annotators)
+                images = extract_conditions(spec.kind, clip.frames, **options)
                 cache.save(key, {"images": torch.from_numpy(images)})
         model = load_controlnet(spec.model or default_controlnet(spec.kind, backbone), backbone)
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0

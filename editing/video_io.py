@@ -222,7 +222,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
-def _check_frames(frames: np.ndarray) -> np.ndarray:
+def check_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"frames must be a non-empty (N, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
@@ -237,7 +237,7 @@ def write_mp4(
     crf: int = 18,
 ) -> Path:
     """Write H.264/yuv420p mp4 that browsers play, with `audio`'s time span re-encoded as AAC."""
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     height, width = frames.shape[1:3]
     if width % 2 or height % 2:
         raise ValueError(f"H.264 in yuv420p needs even width and height, got {width}x{height}")
@@ -315,7 +315,7 @@ def _copy_audio(audio_in, audio_out, out, audio: AudioSource) -> None:
 
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: Fraction | float) -> Path:
     """Write a looping GIF at the given frame rate."""
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     images = [Image.fromarray(frame) for frame in frames]
     with atomic_output(path) as partial:
         images[0].save(partial, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / float(fps)), loop=0)
@@ -324,7 +324,7 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: Fraction | float
 
 def write_png_zip(path: str | os.PathLike, frames: np.ndarray) -> Path:
     """Write every frame as a numbered PNG inside one zip file."""
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     with atomic_output(path) as partial:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
             for i, frame in enumerate(frames):

@@ -80,3 +80,25 @@ def test_bad_settings_fail_with_one_line(tmp_path, car, capsys, args, message):
     code = main(["edit", str(car), "--out", str(out), *EDIT, *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err and not out.exists()
+
+
+def test_edit_with_controlnets_attention_and_smoothing(tmp_path, skiing, capsys):
+    out = tmp_path / "out.mp4"
+    args = ["edit", str(skiing), "--prompt", "an astronaut skiing", "--out", str(out), *EDIT, "--json"]
+    args += ["--control", "pose:1.0", "--control", "canny:0.5:0:0.5", "--attention", "sparse-causal", "--smooth", "flow,color"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["frames"] == 4 and result["seconds"]["conditions"] > 0 and not result["inversion_cached"]
+    again = main(["edit", str(skiing), "--prompt", "a robot skiing", "--out", str(tmp_path / "b.mp4"), *EDIT, "--json", "--attention", "sparse-causal"])
+    assert again == 0 and json.loads(capsys.readouterr().out)["inversion_cached"]
+
+
+def test_condition_video_replaces_extraction(tmp_path, skiing, car, capsys):
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(skiing), "--prompt", "a skier", "--out", str(out), *EDIT, "--control", "depth", "--control-video", f"depth={car}"])
+    assert code == 0 and probe(out).frame_count == 4  # no depth annotator was needed (none can be downloaded here)
+
+
+def test_control_options_must_name_a_requested_control(tmp_path, skiing, capsys):
+    code = main(["edit", str(skiing), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), *EDIT, "--control-video", "pose=a.mp4"])
+    assert code == 2 and "no --control asks for" in capsys.readouterr().err
