@@ -62,7 +62,7 @@ def request(args, out: Path, prompt: str, cache: str, frames: int | None = None,
         selection=FrameSelection(max_frames=frames or args.frames, size=args.size),
         model="sd15-random",
         device="cpu",
-        engine=EngineConfig(attention="first", chunk=args.frames, cache_dir=cache, controls=(ControlSpec("canny"),), **engine),
+        engine=EngineConfig(attention="first", chunk=args.chunk, cache_dir=cache, controls=(ControlSpec("canny"),), **engine),
     )
 
 
@@ -72,7 +72,7 @@ sys.path.insert(0, sys.argv[1])
 from benchmarks.edit_cost import request
 from editing.pipeline import edit_video
 import argparse
-args = argparse.Namespace(steps=int(sys.argv[2]), frames=int(sys.argv[3]), size=int(sys.argv[4]))
+args = argparse.Namespace(steps=int(sys.argv[2]), frames=int(sys.argv[3]), size=int(sys.argv[4]), chunk=int(sys.argv[7]))
 edit_video(request(args, sys.argv[5], "a watercolor painting", sys.argv[6]))
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -81,7 +81,7 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 def peak_rss(args, frames: int, workdir: Path) -> float:
     """Peak resident memory (MB) of a whole edit in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", PEAK, str(ROOT), str(args.memory_steps), str(frames), str(args.size), str(workdir / f"m{frames}.mp4"), str(workdir / f"c{frames}")],
+        [sys.executable, "-c", PEAK, str(ROOT), str(args.memory_steps), str(frames), str(args.size), str(workdir / f"m{frames}.mp4"), str(workdir / f"c{frames}"), str(args.chunk)],
         capture_output=True,
         text=True,
         check=True,
@@ -128,44 +128,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--chunk", type=int, default=8, help="frames per UNet call (the 32-frame memory run is chunked by this)")
+    parser.add_argument("--memory-only", action="store_true", help="only the 8- versus 32-frame peak memory rows")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps of the 8- vs 32-frame memory runs (memory does not grow with steps)")
     args = parser.parse_args()
 
     import torch
 
-    from editing.control import extract_conditions
     from editing.models import load_backbone, load_controlnet
-    from editing.video_io import read_clip
 
-    backbone = load_backbone("sd15-random", device="cpu")
-    controlnet = load_controlnet("random", backbone)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         workdir = Path(work)
-        unet_timer, cn_timer = CallTimer(), CallTimer()
-        with unet_timer.wrap(backbone.unet), cn_timer.wrap(controlnet):
-            first = edit_video(request(args, workdir / "a.mp4", "a watercolor painting", work))
-            inside_first = unet_timer.seconds + cn_timer.seconds
-            unet_first, cn_first = unet_timer.seconds, cn_timer.seconds
-            second = edit_video(request(args, workdir / "b.mp4", "an oil painting", work))
-        assert second.inversion_cached
-        sampled = first.seconds["invert"] + first.seconds["denoise"]
-        total_first, total_second = sum(first.seconds.values()), sum(second.seconds.values())
-        rows.append(("seconds per frame per denoising step (CFG + ControlNet)", f"{first.seconds['denoise'] / (args.frames * args.steps):.3f}"))
-        rows.append(("share of invert+denoise time inside UNet calls", f"{unet_first / sampled:.1%}"))
-        rows.append(("share of invert+denoise time inside ControlNet calls", f"{cn_first / sampled:.1%}"))
-        rows.append(("our overhead in invert+denoise (neither UNet nor ControlNet)", f"{1 - inside_first / sampled:.1%}"))
-        rows.append(("second prompt on cached inversion / first prompt (whole edit)", f"{total_second / total_first:.2f}"))
-
-        ours_from_noise = edit_video(request(args, workdir / "c.mp4", "a watercolor painting", work, inversion="none"))
-        clip = read_clip(CLIP, FrameSelection(max_frames=args.frames, size=args.size))
-        reference = diffusers_t2v_zero(args, backbone, controlnet, extract_conditions("canny", clip.frames))
-        ours = ours_from_noise.seconds["denoise"] + ours_from_noise.seconds["decode_latents"]
-        rows.append(("ours / diffusers Text2Video-Zero ControlNet pipeline (same steps, from noise, denoise + VAE decode)", f"{ours / reference:.2f}"))
-
+        if not args.memory_only:
+            backbone = load_backbone("sd15-random", device="cpu")
+            rows += timed_rows(args, backbone, load_controlnet("random", backbone), work, workdir)
         peak8, peak32 = peak_rss(args, 8, workdir), peak_rss(args, 32, workdir)
         rows.append((f"peak RSS, 8 frames (MB, {args.memory_steps} steps)", f"{peak8:.0f}"))
-        rows.append((f"peak RSS, 32 frames (MB, {args.memory_steps} steps)", f"{peak32:.0f}"))
+        rows.append((f"peak RSS, 32 frames in chunks of {args.chunk} (MB, {args.memory_steps} steps)", f"{peak32:.0f}"))
         rows.append(("peak RSS 32 / 8 frames", f"{peak32 / peak8:.2f}"))
 
     print(f"\nsd15-random on {torch.get_num_threads()} CPU threads, {args.size} px, {args.frames} frames, {args.steps} steps, first-frame attention + canny ControlNet\n")
@@ -174,6 +154,36 @@ def main() -> None:
     print(f"|{'-' * (width + 2)}|-------|")
     for name, value in rows:
         print(f"| {name:<{width}} | {value} |")
+
+
+def timed_rows(args, backbone, controlnet, work: str, workdir: Path) -> list[tuple[str, str]]:
+    """Speed rows: per-step cost, time inside the networks, cached second prompt, diffusers comparison."""
+    from editing.control import extract_conditions
+    from editing.video_io import read_clip
+
+    rows = []
+    unet_timer, cn_timer = CallTimer(), CallTimer()
+    with unet_timer.wrap(backbone.unet), cn_timer.wrap(controlnet):
+        first = edit_video(request(args, workdir / "a.mp4", "a watercolor painting", work))
+        inside_first = unet_timer.seconds + cn_timer.seconds
+        unet_first, cn_first = unet_timer.seconds, cn_timer.seconds
+        second = edit_video(request(args, workdir / "b.mp4", "an oil painting", work))
+    assert second.inversion_cached
+    sampled = first.seconds["invert"] + first.seconds["denoise"]
+    total_first, total_second = sum(first.seconds.values()), sum(second.seconds.values())
+    rows.append(("seconds per frame per denoising step (CFG + ControlNet)", f"{first.seconds['denoise'] / (args.frames * args.steps):.3f}"))
+    rows.append(("share of invert+denoise time inside UNet calls", f"{unet_first / sampled:.1%}"))
+    rows.append(("share of invert+denoise time inside ControlNet calls", f"{cn_first / sampled:.1%}"))
+    rows.append(("our overhead in invert+denoise (neither UNet nor ControlNet)", f"{1 - inside_first / sampled:.1%}"))
+    rows.append(("second prompt on cached inversion / first prompt (whole edit)", f"{total_second / total_first:.2f}"))
+
+    ours_from_noise = edit_video(request(args, workdir / "c.mp4", "a watercolor painting", work, inversion="none"))
+    clip = read_clip(CLIP, FrameSelection(max_frames=args.frames, size=args.size))
+    reference = diffusers_t2v_zero(args, backbone, controlnet, extract_conditions("canny", clip.frames))
+    ours = ours_from_noise.seconds["denoise"] + ours_from_noise.seconds["decode_latents"]
+    rows.append(("ours / diffusers Text2Video-Zero ControlNet pipeline (same steps, from noise, denoise + VAE decode)", f"{ours / reference:.2f}"))
+
+    return rows
 
 
 if __name__ == "__main__":
