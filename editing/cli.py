@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
+    evaluate.add_argument("spec", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
+    evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
+    evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
     return parser
 
 
@@ -78,8 +83,9 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_edit(args: argparse.Namespace) -> int:
-    from .pipeline import EditRequest, edit_video
+def edit_request(args: argparse.Namespace):
+    """The EditRequest the edit command's options describe (the eval command maps its spec through this too)."""
+    from .pipeline import EditRequest
 
     request = EditRequest(
         video=args.video,
@@ -99,6 +105,13 @@ def run_edit(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         limits=VideoLimits(),
     )
+    return request
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from .pipeline import edit_video
+
+    request = edit_request(args)
     with TerminalProgress() as progress:
         result = edit_video(request, progress)
     if result.random_weights:
@@ -108,6 +121,20 @@ def run_edit(args: argparse.Namespace) -> int:
     else:
         cached = " (inversion from cache)" if result.inversion_cached else ""
         print(f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height} at {result.fps:.3f} fps{cached}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import load_spec, run_evaluation
+
+    spec = load_spec(args.spec, clip=args.clip)
+    with TerminalProgress() as progress:
+        report = run_evaluation(spec, args.out, progress)
+    print(report.markdown, end="")
+    print(f"wrote {report.csv}, {report.md} and {len(report.rows)} contact sheets in {args.out}", file=sys.stderr)
+    if report.failures:
+        print(f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -183,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         _quiet_libraries()
     try:
-        return run_info(args) if args.command == "info" else run_edit(args)
+        return {"info": run_info, "edit": run_edit, "eval": run_eval}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,456 @@
+"""`python -m editing eval SPEC.yaml`: run a list of edits, measure them, tabulate the results.
+
+A spec is YAML with three top-level keys:
+
+    clip: random            # CLIP for the text scores: Hub id, folder, open_clip:NAME[@PRETRAINED], random, none
+    defaults: {model: tiny, frames: 4, size: 64, steps: 2}   # settings every edit starts from
+    edits:
+      - name: car-watercolor                 # file-safe; defaults to <video stem>-<number>
+        video: ../assets/car-turn.mp4        # relative to the spec file
+        prompt: a watercolor painting of a car turning
+        source_prompt: a car turning on a road  # inverts the source; frame accuracy compares with it
+        reconstruction: true                 # also measure how well the inversion reconstructs the source
+
+Settings are the `edit` command's options with `_` for `-` (`negative_prompt`, `control`, `smooth`,
+...), mapped through the same code as the CLI, so they validate the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import re
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import metrics, video_io
+from .config import EditConfig
+from .errors import ConfigError, EditingError, ModelLoadError
+from .pipeline import STAGES, EditRequest, ProgressFn, edit_video
+
+log = logging.getLogger(__name__)
+
+SPEC_KEYS = ("clip", "defaults", "edits")
+EVAL_KEYS = ("name", "video", "source_prompt", "reconstruction")
+_CLI_ONLY = ("debug", "command", "video", "out", "json")  # edit-command options a spec does not set
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CONTACT_COLUMNS = 8
+CONTACT_HEIGHT = 96
+
+
+@dataclass(frozen=True)
+class EvalEdit:
+    """One edit of an evaluation: the request the CLI would build, and what to measure about it."""
+
+    name: str
+    request: EditRequest
+    source_prompt: str = ""
+    reconstruction: bool = False
+
+    def __post_init__(self):
+        if not _NAME.match(self.name):
+            raise ConfigError(f"edit name {self.name!r} must be letters, digits, '.', '_' or '-' (it names files)")
+        if self.reconstruction and not self.source_prompt.strip():
+            raise ConfigError(f"edit {self.name!r}: reconstruction needs a source_prompt (the prompt it inverts and re-renders with)")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """A validated evaluation: the CLIP to score with (None = skip CLIP scores) and the edits."""
+
+    edits: tuple[EvalEdit, ...]
+    clip: str | None = "random"
+
+    def __post_init__(self):
+        if not self.edits:
+            raise ConfigError("the spec lists no edits")
+        names = [edit.name for edit in self.edits]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"edit names must be unique; {duplicates[0]!r} appears more than once")
+
+
+# ---------------------------------------------------------------- reading a spec
+
+
+def _edit_defaults() -> dict:
+    """Every setting the edit command has, with its default, keyed by option name (`_` for `-`)."""
+    from .cli import build_parser
+
+    namespace = build_parser().parse_args(["edit", "video", "--prompt", "prompt", "--out", "out.mp4"])
+    settings = {key: value for key, value in vars(namespace).items() if key not in _CLI_ONLY}
+    settings["prompt"] = None
+    return settings
+
+
+def _coerce(where: str, key: str, value, default):
+    """A spec value checked against the type of the CLI option's default (YAML already typed it)."""
+    if isinstance(default, list):
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in values):
+            raise ConfigError(f"{where}: {key} must be text or a list of texts, got {value!r}")
+        return values
+    if isinstance(default, bool) or isinstance(value, bool):
+        if not isinstance(value, bool) or not isinstance(default, bool):
+            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be a whole number, got {value!r}")
+        return value
+    if isinstance(default, float) or key == "end":
+        if value is None and key == "end":
+            return None
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be text, got {value!r}")
+    return value
+
+
+def _settings(where: str, entry, defaults: dict, known: dict) -> dict:
+    """Spec settings merged over `defaults`, keys normalised and checked, values coerced."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, got {type(entry).__name__}")
+    merged = dict(defaults)
+    for raw_key, value in entry.items():
+        key = str(raw_key).replace("-", "_")
+        if key in EVAL_KEYS:
+            merged[key] = value
+            continue
+        if key not in known:
+            choices = ", ".join(sorted([*known, *EVAL_KEYS]))
+            raise ConfigError(f"{where}: unknown setting {raw_key!r}; known settings: {choices}")
+        merged[key] = _coerce(where, key, value, known[key])
+    return merged
+
+
+def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
+    """One EvalEdit from merged settings, built through the CLI's own mapping."""
+    from .cli import edit_request
+
+    video = settings.get("video")
+    where = f"edit {index + 1}"
+    if not isinstance(video, str) or not video.strip():
+        raise ConfigError(f"{where} needs a video")
+    path = Path(video).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"{where}: video {video} does not exist (paths are relative to the spec file)")
+    name = str(settings.get("name") or f"{path.stem}-{index + 1}")
+    where = f"edit {name!r}"
+    source_prompt = settings.get("source_prompt") or ""
+    reconstruction = settings.get("reconstruction", False)
+    if not isinstance(source_prompt, str) or not isinstance(reconstruction, bool):
+        raise ConfigError(f"{where}: source_prompt must be text and reconstruction true or false")
+    if settings.get("prompt") is None:
+        raise ConfigError(f"{where} needs a prompt")
+    values = {key: settings[key] for key in known}
+    if not values["inversion_prompt"]:
+        values["inversion_prompt"] = source_prompt
+    if values["cache_dir"]:
+        values["cache_dir"] = str(base / Path(values["cache_dir"]).expanduser())
+    args = argparse.Namespace(**values, video=str(path.resolve()), out=f"{name}.zip")
+    try:
+        request = edit_request(args)
+    except EditingError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+    return EvalEdit(name, request, source_prompt, reconstruction)
+
+
+def parse_spec(data, base: Path, clip: str | None = None) -> EvalSpec:
+    """An EvalSpec from a parsed YAML document; relative paths are taken from `base`."""
+    if not isinstance(data, dict):
+        raise ConfigError("the spec must be a mapping with 'edits' (and optionally 'clip' and 'defaults')")
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown top-level key {unknown[0]!r} in the spec; use {', '.join(SPEC_KEYS)}")
+    known = _edit_defaults()
+    defaults = _settings("defaults", data.get("defaults") or {}, known, known)
+    edits = data.get("edits")
+    if not isinstance(edits, list):
+        raise ConfigError("'edits' must be a list of edits, each with at least a video and a prompt")
+    chosen = clip if clip is not None else data.get("clip", "random")
+    if chosen is not None and not isinstance(chosen, str):
+        raise ConfigError(f"clip must be a model spec or 'none', got {chosen!r}")
+    chosen = None if chosen is None or chosen.strip().lower() in ("", "none") else chosen.strip()
+    built = [_edit(i, _settings(f"edit {i + 1}", entry, defaults, known), base, known) for i, entry in enumerate(edits)]
+    return EvalSpec(tuple(built), chosen)
+
+
+def load_spec(path: str | Path, clip: str | None = None) -> EvalSpec:
+    """Read and validate a YAML spec file; `clip` overrides its CLIP choice."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"spec {path.name} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from exc
+    return parse_spec(data, path.resolve().parent, clip)
+
+
+# ---------------------------------------------------------------- running it
+
+
+@dataclass
+class EvalRow:
+    """What one edit measured: metric values (numbers, or text saying why not), timings, per-pair warp errors."""
+
+    name: str
+    values: dict = field(default_factory=dict)
+    warp_errors: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class EvalReport:
+    """The written tables and the rows behind them."""
+
+    rows: list[EvalRow]
+    csv: Path
+    md: Path
+    json: Path
+    markdown: str
+    notes: list[str]
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for row in self.rows if row.error)
+
+
+METRIC_COLUMNS = (
+    "warp_error",
+    "source_warp_error",
+    "clip_text",
+    "clip_consistency",
+    "frame_accuracy",
+    "recon_psnr",
+    "recon_ssim",
+    "vae_psnr",
+    "vae_ssim",
+)
+COLUMNS = (
+    "name",
+    "video",
+    "prompt",
+    "source_prompt",
+    "model",
+    "frames",
+    "width",
+    "height",
+    "steps",
+    *METRIC_COLUMNS,
+    "clip_model",
+    *(f"seconds_{stage}" for stage in STAGES),
+    "seconds_edit",
+    "seconds_reconstruction",
+    "seconds_metrics",
+    "inversion_cached",
+    "error",
+)
+
+
+def read_png_zip(path: str | Path) -> np.ndarray:
+    """The frames of a PNG zip written by `video_io.write_png_zip`, in order, as (N, H, W, 3) uint8."""
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(name for name in archive.namelist() if name.lower().endswith(".png"))
+        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")) for name in names])
+
+
+def contact_sheet(rows: list[tuple[str, np.ndarray]], columns: int = CONTACT_COLUMNS, height: int = CONTACT_HEIGHT) -> Image.Image:
+    """One labelled row of evenly spaced thumbnails per clip (e.g. source over output), same frames in every row."""
+    count = len(rows[0][1])
+    picks = np.unique(np.linspace(0, count - 1, min(columns, count)).round().astype(int))
+    frame_height, frame_width = rows[0][1].shape[1:3]
+    width = max(1, round(frame_width * height / frame_height))
+    label_width, gap = 72, 2
+    sheet = Image.new("RGB", (label_width + len(picks) * (width + gap), len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, frames) in enumerate(rows):
+        top = r * (height + gap)
+        draw.text((4, top + height // 2 - 6), label, fill="black")
+        for c, index in enumerate(picks):
+            thumb = Image.fromarray(frames[index]).resize((width, height), Image.Resampling.LANCZOS)
+            sheet.paste(thumb, (label_width + c * (width + gap), top))
+    return sheet
+
+
+def _load_scorer(spec: EvalSpec, device: str | None):
+    """The CLIP scorer, or None and the reason it is unavailable."""
+    if spec.clip is None:
+        return None, "not requested (clip: none)"
+    from .models import load_clip
+
+    try:
+        return load_clip(spec.clip, device), ""
+    except ModelLoadError as exc:
+        log.warning("CLIP metrics unavailable: %s", exc)
+        return None, str(exc)
+
+
+def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer, clip_reason: str, progress: ProgressFn) -> EvalRow:
+    """Run one edit (and its reconstruction), measure it, write its video and contact sheet."""
+    request = dataclasses.replace(edit.request, output=str(workdir / f"{edit.name}.zip"))
+    row = EvalRow(edit.name)
+    values = row.values
+    result = edit_video(request, progress)
+    output = read_png_zip(result.output)
+    clip = video_io.read_clip(request.video, request.selection, request.limits)
+    values.update(
+        model=result.model + (" (random weights)" if result.random_weights else ""),
+        frames=result.frames,
+        width=result.width,
+        height=result.height,
+        **{f"seconds_{stage}": result.seconds.get(stage, 0.0) for stage in STAGES},
+        seconds_edit=sum(result.seconds.values()),
+        inversion_cached=result.inversion_cached,
+    )
+    rows = [("source", clip.frames), ("output", output)]
+    if edit.reconstruction:
+        begin = time.perf_counter()
+        recon_frames = _reconstruct(edit, request, workdir, progress)
+        values["seconds_reconstruction"] = time.perf_counter() - begin
+        values["recon_psnr"], values["recon_ssim"] = metrics.frame_psnr_ssim(clip.frames, recon_frames)
+        values["vae_psnr"], values["vae_ssim"] = metrics.frame_psnr_ssim(clip.frames, _autoencode(request, clip.frames))
+        rows.append(("reconstr.", recon_frames))
+    else:
+        for column in ("recon_psnr", "recon_ssim", "vae_psnr", "vae_ssim"):
+            values[column] = "not requested"
+    begin = time.perf_counter()
+    from .temporal import source_flows
+
+    flows = source_flows(clip.frames)
+    row.warp_errors = [float(e) for e in metrics.warp_errors(clip.frames, output, flows)]
+    values["warp_error"] = metrics.mean_warp_error(np.array(row.warp_errors))
+    values["source_warp_error"] = metrics.mean_warp_error(metrics.warp_errors(clip.frames, clip.frames, flows))
+    if scorer is not None:
+        values.update(metrics.clip_scores(scorer, output, request.edit.prompt, edit.source_prompt))
+        values.setdefault("frame_accuracy", "needs a source_prompt")
+    else:
+        for column in ("clip_text", "clip_consistency", "frame_accuracy"):
+            values[column] = f"unavailable: {clip_reason}"
+    values["seconds_metrics"] = time.perf_counter() - begin
+    audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
+    video_io.write_video(out_dir / f"{edit.name}.mp4", output, clip.fps, audio)
+    contact_sheet(rows).save(out_dir / f"contact-{edit.name}.png")
+    return row
+
+
+def _reconstruct(edit: EvalEdit, request: EditRequest, workdir: Path, progress: ProgressFn) -> np.ndarray:
+    """Frames of the source inverted with the source prompt and re-rendered with it, unguided (guidance 1).
+
+    Controls and smoothing are left out, so only inversion (and the VAE) can lose detail; the
+    inversion comes from the cache the edit just filled.
+    """
+    config = dataclasses.replace(request.edit, prompt=edit.source_prompt, negative_prompt="", guidance=1.0)
+    engine = dataclasses.replace(request.engine, controls=(), smooth_flow=False, smooth_color=False)
+    output = workdir / f"{edit.name}-reconstruction.zip"
+    edit_video(dataclasses.replace(request, edit=config, engine=engine, output=str(output)), progress)
+    return read_png_zip(output)
+
+
+def _autoencode(request: EditRequest, frames: np.ndarray) -> np.ndarray:
+    """The frames through the model's VAE alone: the best any inversion can reconstruct."""
+    from . import sampling
+    from .models import load_backbone
+
+    backbone = load_backbone(request.model, request.device, request.dtype)
+    latents = sampling.encode_frames(backbone, frames, request.engine.chunk)
+    return sampling.decode_latents(backbone, latents, request.engine.chunk)
+
+
+def _cell(value, markdown: bool = False) -> str:
+    """A table cell: numbers rounded, reasons kept (shortened to 'unavailable' in Markdown; the notes hold them)."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if markdown else f"{value:.6g}"  # nan and inf print as such
+    text = str(value)
+    if markdown:
+        text = "unavailable" if text.startswith("unavailable:") else text
+        return text.replace("|", "\\|").replace("\n", " ")
+    return text
+
+
+def _table(rows: list[dict], columns: list[str], prefix: str = "") -> str:
+    """A GitHub Markdown table of the given columns, `prefix` left out of the headers."""
+    lines = ["| " + " | ".join(c.removeprefix(prefix) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c), markdown=True) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(rows: list[dict], notes: list[str]) -> str:
+    """Markdown: a metrics table, a stage-timing table (seconds), the notes, and any errors."""
+    timing = ["name", *(c for c in COLUMNS if c.startswith("seconds_")), "inversion_cached"]
+    text = "## Metrics\n\n" + _table(rows, ["name", "model", "frames", "width", "height", "steps", *METRIC_COLUMNS])
+    text += "\n## Stage timings (seconds)\n\n" + _table(rows, timing, prefix="seconds_")
+    text += "\n" + "".join(f"- {note}\n" for note in notes)
+    errors = [f"- {row['name']}: {row['error']}\n" for row in rows if row.get("error")]
+    return text + ("\n## Errors\n\n" + "".join(errors) if errors else "")
+
+
+def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | None = None) -> EvalReport:
+    """Run every edit of the spec and write results.csv, results.md, results.json, <name>.mp4 and contact-<name>.png."""
+    progress = progress or (lambda stage, done, total: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer, clip_reason = _load_scorer(spec, spec.edits[0].request.device)
+    notes = []
+    if scorer is None:
+        notes.append(f"CLIP metrics unavailable: {clip_reason}")
+    elif scorer.random_weights:
+        from .models import CLIP_RANDOM_NOTE
+
+        notes.append(f"CLIP metrics use random weights: {CLIP_RANDOM_NOTE}")
+    notes.append("warp errors are in 8-bit levels; CLIP scores are 100 x cosine similarity; frame accuracy is a percentage")
+    results: list[EvalRow] = []
+    table: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="eval-", dir=out) as workdir:
+        for edit in spec.edits:
+            log.info("eval: %s", edit.name)
+            try:
+                row = _measure(edit, Path(workdir), out, scorer, clip_reason, progress)
+            except EditingError as exc:
+                row = EvalRow(edit.name, error=str(exc))
+            results.append(row)
+            config: EditConfig = edit.request.edit
+            base = dict(name=edit.name, video=edit.request.video, prompt=config.prompt, source_prompt=edit.source_prompt, steps=config.steps)
+            base["clip_model"] = "" if scorer is None else scorer.name + (" (random weights)" if scorer.random_weights else "")
+            table.append({**base, **row.values, "error": row.error})
+    paths = out / "results.csv", out / "results.md", out / "results.json"
+    with open(paths[0], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: _cell(row.get(c)) for c in COLUMNS} for row in table)
+    markdown = _markdown(table, notes)
+    paths[1].write_text(markdown, encoding="utf-8")
+    document = [{**{c: _json_value(row.get(c)) for c in COLUMNS}, "warp_errors": [_json_value(e) for e in r.warp_errors]} for row, r in zip(table, results)]
+    paths[2].write_text(json.dumps({"rows": document, "notes": notes}, indent=2), encoding="utf-8")
+    return EvalReport(results, *paths, markdown, notes)
+
+
+def _json_value(value):
+    """A value strict JSON can hold: numpy scalars as numbers, nan and inf as text."""
+    value = value.item() if hasattr(value, "item") else value
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
