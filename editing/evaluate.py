@@ -61,8 +61,8 @@ class EvalEdit:
     def __post_init__(self):
         if not _NAME.match(self.name):
             raise ConfigError(f"edit name {self.name!r} must be letters, digits, '.', '_' or '-' (it names files)")
-        if self.reconstruction and not self.source_prompt.strip():
-            raise ConfigError(f"edit {self.name!r}: reconstruction needs a source_prompt (the prompt it inverts and re-renders with)")
+        if self.reconstruction and not self.request.engine.inversion_prompt.strip():
+            raise ConfigError(f"edit {self.name!r}: reconstruction needs a source_prompt (or inversion_prompt) to invert and re-render with")
 
 
 @dataclass(frozen=True)
@@ -310,12 +310,33 @@ def _load_scorer(spec: EvalSpec, device: str | None):
 def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer, clip_reason: str, progress: ProgressFn) -> EvalRow:
     """Run one edit (and its reconstruction), measure it, write its video and contact sheet."""
     request = dataclasses.replace(edit.request, output=str(workdir / f"{edit.name}.zip"))
-    row = EvalRow(edit.name)
-    values = row.values
     result = edit_video(request, progress)
     output = read_png_zip(result.output)
     clip = video_io.read_clip(request.video, request.selection, request.limits)
-    values.update(
+    row = EvalRow(edit.name, _edit_values(result))
+    sheet = [("source", clip.frames), ("output", output)]
+    if edit.reconstruction:
+        begin = time.perf_counter()
+        reconstruction = _reconstruct(edit, request, workdir, progress)
+        row.values["seconds_reconstruction"] = time.perf_counter() - begin
+        row.values.update(_reconstruction_values(request, clip.frames, reconstruction))
+        sheet.append(("reconstr.", reconstruction))
+    else:
+        row.values.update(dict.fromkeys(("recon_psnr", "recon_ssim", "vae_psnr", "vae_ssim"), "not requested"))
+    begin = time.perf_counter()
+    row.warp_errors, temporal = _temporal_values(clip.frames, output)
+    row.values.update(temporal)
+    row.values.update(_clip_values(scorer, clip_reason, output, request.edit.prompt, edit.source_prompt))
+    row.values["seconds_metrics"] = time.perf_counter() - begin
+    audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
+    video_io.write_video(out_dir / f"{edit.name}.mp4", output, clip.fps, audio)
+    contact_sheet(sheet).save(out_dir / f"contact-{edit.name}.png")
+    return row
+
+
+def _edit_values(result) -> dict:
+    """The table cells an EditResult fills: model, size, seconds per stage, cache use."""
+    return dict(
         model=result.model + (" (random weights)" if result.random_weights else ""),
         frames=result.frames,
         width=result.width,
@@ -324,44 +345,39 @@ def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer, clip_reason: 
         seconds_edit=sum(result.seconds.values()),
         inversion_cached=result.inversion_cached,
     )
-    rows = [("source", clip.frames), ("output", output)]
-    if edit.reconstruction:
-        begin = time.perf_counter()
-        recon_frames = _reconstruct(edit, request, workdir, progress)
-        values["seconds_reconstruction"] = time.perf_counter() - begin
-        values["recon_psnr"], values["recon_ssim"] = metrics.frame_psnr_ssim(clip.frames, recon_frames)
-        values["vae_psnr"], values["vae_ssim"] = metrics.frame_psnr_ssim(clip.frames, _autoencode(request, clip.frames))
-        rows.append(("reconstr.", recon_frames))
-    else:
-        for column in ("recon_psnr", "recon_ssim", "vae_psnr", "vae_ssim"):
-            values[column] = "not requested"
-    begin = time.perf_counter()
+
+
+def _reconstruction_values(request: EditRequest, source: np.ndarray, reconstruction: np.ndarray) -> dict:
+    """PSNR / SSIM of the reconstruction, and of the VAE alone (its ceiling), against the source frames."""
+    recon_psnr, recon_ssim = metrics.frame_psnr_ssim(source, reconstruction)
+    vae_psnr, vae_ssim = metrics.frame_psnr_ssim(source, _autoencode(request, source))
+    return dict(recon_psnr=recon_psnr, recon_ssim=recon_ssim, vae_psnr=vae_psnr, vae_ssim=vae_ssim)
+
+
+def _temporal_values(source: np.ndarray, output: np.ndarray) -> tuple[list[float], dict]:
+    """Per-pair warp errors of the output, and the mean for the output and for the source itself."""
     from .temporal import source_flows
 
-    flows = source_flows(clip.frames)
-    row.warp_errors = [float(e) for e in metrics.warp_errors(clip.frames, output, flows)]
-    values["warp_error"] = metrics.mean_warp_error(np.array(row.warp_errors))
-    values["source_warp_error"] = metrics.mean_warp_error(metrics.warp_errors(clip.frames, clip.frames, flows))
-    if scorer is not None:
-        values.update(metrics.clip_scores(scorer, output, request.edit.prompt, edit.source_prompt))
-        values.setdefault("frame_accuracy", "needs a source_prompt")
-    else:
-        for column in ("clip_text", "clip_consistency", "frame_accuracy"):
-            values[column] = f"unavailable: {clip_reason}"
-    values["seconds_metrics"] = time.perf_counter() - begin
-    audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
-    video_io.write_video(out_dir / f"{edit.name}.mp4", output, clip.fps, audio)
-    contact_sheet(rows).save(out_dir / f"contact-{edit.name}.png")
-    return row
+    flows = source_flows(source)
+    errors = metrics.warp_errors(source, output, flows)
+    floor = metrics.warp_errors(source, source, flows)
+    return [float(e) for e in errors], dict(warp_error=metrics.mean_warp_error(errors), source_warp_error=metrics.mean_warp_error(floor))
+
+
+def _clip_values(scorer, reason: str, output: np.ndarray, prompt: str, source_prompt: str) -> dict:
+    """CLIP text score, frame consistency and frame accuracy, or why they are missing."""
+    if scorer is None:
+        return dict.fromkeys(("clip_text", "clip_consistency", "frame_accuracy"), f"unavailable: {reason}")
+    return {"frame_accuracy": "needs a source_prompt", **metrics.clip_scores(scorer, output, prompt, source_prompt)}
 
 
 def _reconstruct(edit: EvalEdit, request: EditRequest, workdir: Path, progress: ProgressFn) -> np.ndarray:
-    """Frames of the source inverted with the source prompt and re-rendered with it, unguided (guidance 1).
+    """Frames of the source inverted with the inversion prompt and re-rendered with it, unguided (guidance 1).
 
     Controls and smoothing are left out, so only inversion (and the VAE) can lose detail; the
     inversion comes from the cache the edit just filled.
     """
-    config = dataclasses.replace(request.edit, prompt=edit.source_prompt, negative_prompt="", guidance=1.0)
+    config = dataclasses.replace(request.edit, prompt=request.engine.inversion_prompt, negative_prompt="", guidance=1.0)
     engine = dataclasses.replace(request.engine, controls=(), smooth_flow=False, smooth_color=False)
     output = workdir / f"{edit.name}-reconstruction.zip"
     edit_video(dataclasses.replace(request, edit=config, engine=engine, output=str(output)), progress)
@@ -422,7 +438,7 @@ def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | N
     elif scorer.random_weights:
         from .models import CLIP_RANDOM_NOTE
 
-        notes.append(f"CLIP metrics use random weights: {CLIP_RANDOM_NOTE}")
+        notes.append(f"CLIP metrics: {CLIP_RANDOM_NOTE}")
     notes.append("warp errors are in 8-bit levels; CLIP scores are 100 x cosine similarity; frame accuracy is a percentage")
     results: list[EvalRow] = []
     table: list[dict] = []
@@ -436,8 +452,13 @@ def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | N
             results.append(row)
             config: EditConfig = edit.request.edit
             base = dict(name=edit.name, video=edit.request.video, prompt=config.prompt, source_prompt=edit.source_prompt, steps=config.steps)
-            base["clip_model"] = "" if scorer is None else scorer.name + (" (random weights)" if scorer.random_weights else "")
+            base["clip_model"] = _clip_label(spec.clip, scorer)
             table.append({**base, **row.values, "error": row.error})
+    return _write_tables(out, table, results, notes)
+
+
+def _write_tables(out: Path, table: list[dict], results: list[EvalRow], notes: list[str]) -> EvalReport:
+    """Write results.csv, results.md and results.json (with the per-pair warp errors)."""
     paths = out / "results.csv", out / "results.md", out / "results.json"
     with open(paths[0], "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -445,9 +466,19 @@ def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | N
         writer.writerows({c: _cell(row.get(c)) for c in COLUMNS} for row in table)
     markdown = _markdown(table, notes)
     paths[1].write_text(markdown, encoding="utf-8")
-    document = [{**{c: _json_value(row.get(c)) for c in COLUMNS}, "warp_errors": [_json_value(e) for e in r.warp_errors]} for row, r in zip(table, results)]
+    document = [
+        {**{c: _json_value(row.get(c)) for c in COLUMNS}, "warp_errors": [_json_value(e) for e in result.warp_errors]}
+        for row, result in zip(table, results)
+    ]
     paths[2].write_text(json.dumps({"rows": document, "notes": notes}, indent=2), encoding="utf-8")
     return EvalReport(results, *paths, markdown, notes)
+
+
+def _clip_label(spec: str | None, scorer) -> str:
+    """The CLIP column: the model used, labelled when its weights are random, or why none was."""
+    if scorer is None:
+        return "none" if spec is None else f"{spec} (unavailable)"
+    return scorer.name + (" (random weights)" if scorer.random_weights else "")
 
 
 def _json_value(value):
