@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .temporal import Flows, source_flows, warp
 
@@ -87,10 +87,11 @@ def gaussian_window(sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS) -> np.
     return weights / weights.sum()
 
 
-def _filter(images: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable 'valid' Gaussian filtering of (B, 1, H, W) images (no padding, so no edge effects)."""
-    images = F.conv2d(images, window.view(1, 1, -1, 1))
-    return F.conv2d(images, window.view(1, 1, 1, -1))
+def _filter(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filtering of a float64 (H, W) image, keeping only the 'valid' region (no edge effects)."""
+    radius = len(window) // 2
+    filtered = cv2.sepFilter2D(image, cv2.CV_64F, window, window, borderType=cv2.BORDER_REFLECT)
+    return filtered[radius:-radius, radius:-radius]
 
 
 def ssim_map(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -100,17 +101,18 @@ def ssim_map(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
     size = 2 * SSIM_RADIUS + 1
     if reference.ndim not in (2, 3) or min(reference.shape[:2]) < size:
         raise ValueError(f"SSIM needs (H, W) or (H, W, C) images of at least {size}x{size} pixels, got {reference.shape}")
-    as_batch = lambda a: torch.from_numpy(a.astype(np.float64).reshape(*a.shape[:2], -1)).permute(2, 0, 1)[:, None]  # noqa: E731
-    x, y = as_batch(reference), as_batch(test)
-    window = torch.from_numpy(gaussian_window())
-    mu_x, mu_y = _filter(x, window), _filter(y, window)
-    # Population (not sample) moments under the window, as in the paper.
-    var_x = _filter(x * x, window) - mu_x**2
-    var_y = _filter(y * y, window) - mu_y**2
-    cov = _filter(x * y, window) - mu_x * mu_y
+    window = gaussian_window()
     c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
-    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim[:, 0].permute(1, 2, 0).numpy()
+    channels = []
+    for x, y in zip(np.atleast_3d(reference).transpose(2, 0, 1), np.atleast_3d(test).transpose(2, 0, 1)):
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        mu_x, mu_y = _filter(x, window), _filter(y, window)
+        # Population (not sample) moments under the window, as in the paper.
+        var_x = _filter(x * x, window) - mu_x**2
+        var_y = _filter(y * y, window) - mu_y**2
+        cov = _filter(x * y, window) - mu_x * mu_y
+        channels.append(((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+    return np.stack(channels, axis=-1)
 
 
 def ssim(reference: np.ndarray, test: np.ndarray) -> float:

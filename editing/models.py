@@ -348,6 +348,7 @@ def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
         _controlnets.clear()
+        _clips.clear()
 
 
 # SD-1.5 ControlNet 1.1 checkpoints for each condition kind.
