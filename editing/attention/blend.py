@@ -18,11 +18,13 @@ def word_map(maps: torch.Tensor, positions: list[int], latent_height: int, laten
 
 
 def blend_mask(maps: torch.Tensor, threshold: float, dilation: int = 1) -> torch.Tensor:
-    """Boolean (frames, 1, H, W) mask: each frame's map dilated (max-pool), scaled to max 1, above threshold."""
+    """Boolean (frames, 1, H, W) mask: each frame's map dilated (max-pool), scaled to [0, 1] between its
+    minimum and maximum (robust to near-uniform maps), above threshold."""
     if dilation > 0:
         maps = F.max_pool2d(maps, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
-    peak = maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return maps / peak > threshold
+    low = maps.flatten(1).amin(1).view(-1, 1, 1, 1)
+    span = (maps.flatten(1).amax(1).view(-1, 1, 1, 1) - low).clamp_min(1e-12)
+    return (maps - low) / span > threshold
 
 
 class LocalBlend:
