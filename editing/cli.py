@@ -14,6 +14,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from .config import PROMPT_EDITS, AttentionEditConfig
 from .config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, ControlSpec, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError, EditingError
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_attention_edit_options(edit)
 
     evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
     evaluate.add_argument("spec", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
@@ -104,6 +106,7 @@ def edit_request(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         limits=VideoLimits(),
+        attention_edit=attention_edit_config(args),
     )
     return request
 
@@ -136,6 +139,48 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_attention_edit_options(edit: argparse.ArgumentParser) -> None:
+    """Prompt-to-Prompt / FateZero options of the edit command (active when --source-prompt is given)."""
+    group = edit.add_argument_group("attention editing (Prompt-to-Prompt, FateZero, null-text inversion)")
+    group.add_argument("--source-prompt", default=None, help="what the source shows; enables attention editing (and inverts with it)")
+    group.add_argument("--edit", default="refine", choices=PROMPT_EDITS, dest="prompt_edit", help="swap: same word count; refine: added words; reweight")
+    group.add_argument("--cross-replace", type=float, default=0.8, help="share of the steps whose cross-attention comes from the source")
+    group.add_argument("--self-replace", type=float, default=0.4, help="share of the steps whose self-attention comes from the source")
+    group.add_argument("--blend-words", default="", metavar="W1,W2", help="words whose attention masks the edited region; the rest keeps the source")
+    group.add_argument("--blend-threshold", type=float, default=0.3, help="mask threshold on the blend words' normalised attention")
+    group.add_argument("--reweight", action="append", default=[], metavar="WORD=VALUE", help="scale a target word's attention (with --edit reweight), repeatable")
+    group.add_argument("--null-text", action="store_true", help="null-text inversion: fit per-step unconditional embeddings (slow, cached)")
+    group.add_argument("--null-text-iterations", type=int, default=10, help="Adam iterations per step of null-text inversion")
+
+
+def attention_edit_config(args: argparse.Namespace) -> AttentionEditConfig | None:
+    """The attention-edit settings, or None when --source-prompt is not given."""
+    if args.source_prompt is None:
+        if args.blend_words or args.reweight or args.null_text or args.prompt_edit != "refine":
+            raise ConfigError("--edit, --blend-words, --reweight and --null-text need --source-prompt")
+        return None
+    reweight = []
+    for text in args.reweight:
+        word, sep, value = text.rpartition("=")
+        try:
+            reweight.append((word.strip(), float(value)))
+        except ValueError:
+            raise ConfigError(f"--reweight takes WORD=VALUE, e.g. --reweight red=2; got {text!r}") from None
+        if not sep or not word.strip():
+            raise ConfigError(f"--reweight takes WORD=VALUE, e.g. --reweight red=2; got {text!r}")
+    return AttentionEditConfig(
+        source_prompt=args.source_prompt,
+        edit=args.prompt_edit,
+        cross_replace=args.cross_replace,
+        self_replace=args.self_replace,
+        blend_words=tuple(w.strip() for w in args.blend_words.split(",") if w.strip()),
+        blend_threshold=args.blend_threshold,
+        reweight=tuple(reweight),
+        null_text=args.null_text,
+        null_text_iterations=args.null_text_iterations,
+    )
 
 
 def _per_kind(values: list[str], option: str) -> dict[str, str]:

@@ -133,3 +133,36 @@ class EngineConfig:
         _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
         kinds = [c.kind for c in self.controls]
         _check(len(set(kinds)) == len(kinds), f"each control kind may appear once, got {', '.join(kinds)}")
+
+
+PROMPT_EDITS = ("swap", "refine", "reweight")
+
+
+@dataclass(frozen=True)
+class AttentionEditConfig:
+    """Prompt-to-Prompt / FateZero attention editing: what the source shows and how its attention is reused."""
+
+    source_prompt: str = field(metadata={"help": "prompt describing the source clip; the inversion uses it"})
+    edit: str = field(default="refine", metadata={"help": "swap (same word count), refine (added words) or reweight"})
+    cross_replace: float = field(default=0.8, metadata={"help": "share of the steps whose cross-attention comes from the source"})
+    self_replace: float = field(default=0.4, metadata={"help": "share of the steps whose self-attention comes from the source"})
+    blend_words: tuple[str, ...] = field(default=(), metadata={"help": "words whose attention masks the edited region (local blend)"})
+    blend_threshold: float = field(default=0.3, metadata={"help": "mask threshold on the blend words' normalised attention"})
+    reweight: tuple[tuple[str, float], ...] = field(default=(), metadata={"help": "(word, scale) pairs for --edit reweight"})
+    null_text: bool = field(default=False, metadata={"help": "optimise per-step unconditional embeddings (null-text inversion)"})
+    null_text_iterations: int = field(default=10, metadata={"help": "Adam iterations per step of null-text inversion"})
+    self_downsample: int = field(default=4, metadata={"help": "store self-attention only at layers this many times smaller than the latent"})
+
+    def __post_init__(self):
+        _check(isinstance(self.source_prompt, str) and self.source_prompt.strip() != "", "source prompt must not be empty for attention editing")
+        _check(self.edit in PROMPT_EDITS, f"edit must be one of {', '.join(PROMPT_EDITS)}; got {self.edit!r}")
+        _check(0 <= self.cross_replace <= 1, f"cross-replace must be in [0, 1], got {self.cross_replace}")
+        _check(0 <= self.self_replace <= 1, f"self-replace must be in [0, 1], got {self.self_replace}")
+        _check(0 <= self.blend_threshold < 1, f"blend threshold must be in [0, 1), got {self.blend_threshold}")
+        _check(all(w.strip() for w in self.blend_words), "blend words must not be empty")
+        _check(self.edit == "reweight" or not self.reweight, "reweight values need --edit reweight")
+        _check(self.edit != "reweight" or bool(self.reweight), "--edit reweight needs at least one --reweight WORD=VALUE")
+        for word, value in self.reweight:
+            _check(math.isfinite(value) and -10 <= value <= 10, f"reweight of {word!r} must be between -10 and 10, got {value}")
+        _check(1 <= self.null_text_iterations <= 100, f"null-text iterations must be between 1 and 100, got {self.null_text_iterations}")
+        _check(self.self_downsample >= 1 and not self.self_downsample & (self.self_downsample - 1), f"self_downsample must be a power of two, got {self.self_downsample}")

@@ -42,7 +42,7 @@ from .pipeline import STAGES, EditRequest, ProgressFn, edit_video
 log = logging.getLogger(__name__)
 
 SPEC_KEYS = ("clip", "defaults", "edits")
-EVAL_KEYS = ("name", "video", "source_prompt", "reconstruction")
+EVAL_KEYS = ("name", "video", "source_prompt", "reconstruction", "attention_edit")
 _CLI_ONLY = ("debug", "command", "video", "out", "json")  # edit-command options a spec does not set
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CONTACT_COLUMNS = 8
@@ -155,11 +155,15 @@ def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
     where = f"edit {name!r}"
     source_prompt = settings.get("source_prompt") or ""
     reconstruction = settings.get("reconstruction", False)
-    if not isinstance(source_prompt, str) or not isinstance(reconstruction, bool):
-        raise ConfigError(f"{where}: source_prompt must be text and reconstruction true or false")
+    attention_edit = settings.get("attention_edit", False)
+    if not isinstance(source_prompt, str) or not isinstance(reconstruction, bool) or not isinstance(attention_edit, bool):
+        raise ConfigError(f"{where}: source_prompt must be text, reconstruction and attention_edit true or false")
     if settings.get("prompt") is None:
         raise ConfigError(f"{where} needs a prompt")
     values = {key: settings[key] for key in known}
+    # source_prompt describes the source (inversion, frame accuracy); it drives a Prompt-to-Prompt /
+    # FateZero edit, as --source-prompt does on the command line, only with attention_edit: true.
+    values["source_prompt"] = source_prompt if attention_edit else None
     if not values["inversion_prompt"]:
         values["inversion_prompt"] = source_prompt
     if values["cache_dir"]:

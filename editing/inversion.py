@@ -51,6 +51,7 @@ def ddim_invert(
     text: TextConditioning,
     plan: FramePlan,
     callback: StepCallback | None = None,
+    control=None,
 ) -> Trajectory:
     """Invert clean latents along the DDIM path under `text` (no guidance), recording every state."""
     inverse = backbone.inverse_scheduler()
@@ -63,7 +64,7 @@ def ddim_invert(
         if callback is not None:
             callback(index, timestep, current)
 
-    denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record)
+    denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record, control)
     return Trajectory(timesteps.cpu(), torch.stack(states))
 
 

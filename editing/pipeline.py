@@ -20,7 +20,7 @@ import torch
 import numpy as np
 
 from . import sampling, video_io
-from .config import EditConfig, EngineConfig, FrameSelection, VideoLimits
+from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError
 from .inversion import TensorCache, cache_key, content_hash, ddim_invert, default_cache_dir, load_trajectory, save_trajectory
 from .models import DEFAULT_MODEL, ModelSpec, default_controlnet, load_backbone, load_controlnet
@@ -47,10 +47,15 @@ class EditRequest:
     device: str | None = None
     dtype: str | None = None
     limits: VideoLimits = VideoLimits()
+    attention_edit: AttentionEditConfig | None = None
 
     def __post_init__(self):
         if Path(self.output).suffix.lower() not in OUTPUT_SUFFIXES:
             raise ConfigError(f"output {Path(self.output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
+        if self.attention_edit is not None and self.engine.inversion != "ddim":
+            raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
+        if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
+            raise ConfigError(f"null-text inversion needs guidance above 1, got {self.edit.guidance}")
         ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
@@ -68,6 +73,7 @@ class EditResult:
     inversion: str = "ddim"
     inversion_cached: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    attention_edit: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -81,7 +87,7 @@ class EditResult:
             "inversion": self.inversion,
             "inversion_cached": self.inversion_cached,
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
-        }
+        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit})
 
 
 class StageTimer:
@@ -126,13 +132,22 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     plan = sampling.plan_frames(clip.num_frames, engine.chunk, engine.attention, engine.window)
     scheduler = backbone.scheduler()
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
+    prepared = None
     with timer.stage("invert"):
-        latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+        if request.attention_edit is None:
+            latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+        else:
+            from .prompt_edit import prepare_attention_edit
+
+            prepared = prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+            latents, cached = prepared.latents, False
     callback = step_callback(request, clip, backbone, len(timesteps), progress)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
-        guidance = sampling.Guidance(text, config.guidance, controls)
-        latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback)
+        guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
+        control = None if prepared is None else prepared.control
+        callback = callback if prepared is None else prepared.wrap(callback)
+        latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control)
     with timer.stage("decode_latents"):
         progress("decode_latents", 0, 1)
         frames = sampling.decode_latents(backbone, latents, engine.chunk)
@@ -155,6 +170,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         inversion=engine.inversion,
         inversion_cached=cached,
         seconds=timer.seconds,
+        attention_edit=None if prepared is None else prepared.summary(request.attention_edit),
     )
 
 

@@ -120,6 +120,14 @@ class Guidance:
     text: TextConditioning
     scale: float
     controls: tuple[ControlSignal, ...] = ()
+    negatives: tuple[torch.Tensor, ...] | None = None  # per-step unconditional embeddings (null-text inversion)
+
+    def at_step(self, index: int) -> "Guidance":
+        """The guidance of step `index`: its own unconditional embedding when per-step ones are given."""
+        if self.negatives is None or self.text.negative is None:
+            return self
+        text = TextConditioning(self.text.positive, self.negatives[min(index, len(self.negatives) - 1)])
+        return Guidance(text, self.scale, self.controls)
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,7 @@ def predict_noise(
     layout: FrameLayout | None = None,
     frame_ids: list[int] | None = None,
     fraction: float = 0.0,
+    attention_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """Predicted noise of a batch of frames with classifier-free guidance, e_u + g (e_c - e_u)
     (Ho and Salimans, 2022), ControlNet residuals added to the UNet's skip connections."""
@@ -195,13 +204,19 @@ def predict_noise(
             model_input,
             timestep,
             encoder_hidden_states=context,
-            cross_attention_kwargs=None if layout is None else {"frames": layout},
+            cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs),
             **extra,
         ).sample
     if text.negative is None:
         return noise
     unconditional, conditional = noise.chunk(2)
     return unconditional + guidance.scale * (conditional - unconditional)
+
+
+def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dict | None:
+    """The UNet's cross_attention_kwargs: the frame layout plus any attention-control state."""
+    kwargs = ({} if layout is None else {"frames": layout}) | (extra or {})
+    return kwargs or None
 
 
 def control_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction):
@@ -235,14 +250,18 @@ def denoise(
     guidance: Guidance,
     plan: FramePlan,
     callback: StepCallback | None = None,
+    control=None,
 ) -> torch.Tensor:
     """The one denoising loop: each step runs every planned batch through the UNet and steps the scheduler.
 
     With DDIMScheduler this samples; with DDIMInverseScheduler (and ascending timesteps) it inverts.
     `callback(step_index, timestep, latents)` runs after each step; it may return replacement latents
-    (blending, smoothing) or raise to cancel.
+    (blending, smoothing) or raise to cancel. An attention `control` (editing.attention.p2p) installs its
+    processors and is told each call's step and frames.
     """
     attention = cross_frame_attention(backbone.unet) if plan.mode != "none" else contextlib.nullcontext()
+    if control is not None:
+        attention = control.processors(backbone.unet)
     with attention:
         for index, timestep in enumerate(timesteps):
             fraction = index / max(1, len(timesteps) - 1)
@@ -251,7 +270,8 @@ def denoise(
                 ids = list(batch.ids)
                 chunk = latents[ids]
                 layout = plan.layout(batch) if plan.mode != "none" else None
-                noise = predict_noise(backbone, scheduler, chunk, timestep, guidance, layout, ids, fraction)
+                extra = None if control is None else control.call(index, batch.ids, batch.targets)
+                noise = predict_noise(backbone, scheduler, chunk, timestep, guidance.at_step(index), layout, ids, fraction, extra)
                 result = scheduler.step(noise, timestep, chunk).prev_sample
                 positions = [ids.index(t) for t in batch.targets]
                 stepped[list(batch.targets)] = result[positions]

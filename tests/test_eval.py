@@ -41,6 +41,15 @@ def test_spec_source_prompt_is_the_inversion_prompt_unless_one_is_given():
     assert parse_spec(spec_with(), ROOT).edits[0].name == "car-turn-1"
 
 
+def test_source_prompt_drives_an_attention_edit_only_when_asked():
+    plain = parse_spec(spec_with(source_prompt="a car"), ROOT).edits[0].request
+    assert plain.attention_edit is None
+    edit = parse_spec(spec_with(source_prompt="a car", attention_edit=True, prompt_edit="swap"), ROOT).edits[0].request
+    assert edit.attention_edit.source_prompt == "a car" and edit.attention_edit.edit == "swap"
+    with pytest.raises(ConfigError, match="attention_edit true or false"):
+        parse_spec(spec_with(source_prompt="a car", attention_edit="yes"), ROOT)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -84,6 +84,10 @@ class CrossFrameAttnProcessor:
         temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
     ) -> torch.Tensor:
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames)
+
+    def process(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, **extra):
+        """The attention layer's forward pass; `extra` per-call state is handed to `attend`."""
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -114,7 +118,7 @@ class CrossFrameAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        out = self.attend(attn, query, key, value, mask, is_self, **extra)
         out = out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if spatial:
@@ -122,6 +126,11 @@ class CrossFrameAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+    def attend(self, attn, query, key, value, mask, is_self: bool, **extra) -> torch.Tensor:
+        """softmax(Q K^T / sqrt(d)) V per head, fused; subclasses that need the probabilities override this."""
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
 
 def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):

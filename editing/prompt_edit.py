@@ -1,0 +1,174 @@
+"""The attention-editing stages of an edit (Prompt-to-Prompt, FateZero, null-text inversion).
+
+Stages: invert the source under the source prompt while recording its attention; optionally fit
+null-text embeddings (cached); build the controller the edit type asks for; wrap the step callback with
+the local blend. `editing.pipeline.edit_video` calls `prepare_attention_edit` instead of its plain
+inversion when the request has an `attention_edit` config.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import prompts, sampling
+from .attention.blend import LocalBlend, blend_latents
+from .attention.p2p import AttentionEdit, AttentionRecorder, RefineEdit, ReweightEdit, SwapEdit, replaced_steps
+from .attention.store import AttentionStore, StorePolicy
+from .config import AttentionEditConfig
+from .inversion import TensorCache, Trajectory, cache_key, ddim_invert
+from .nulltext import null_text_invert
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedEdit:
+    """What the denoising stage needs for an attention edit."""
+
+    latents: torch.Tensor
+    trajectory: Trajectory
+    control: AttentionEdit
+    blend: LocalBlend | None
+    negatives: tuple[torch.Tensor, ...] | None
+    store_bytes: int
+    null_text_cached: bool = False
+
+    def wrap(self, callback: sampling.StepCallback | None) -> sampling.StepCallback | None:
+        """The step callback followed by the local blend (source latents outside the mask)."""
+        if self.blend is None:
+            return callback
+        return blend_callback(self.blend, self.trajectory, callback)
+
+    def summary(self, config: AttentionEditConfig) -> dict:
+        return {
+            "edit": config.edit,
+            "source_prompt": config.source_prompt,
+            "cross_replace": config.cross_replace,
+            "self_replace": config.self_replace,
+            "blend": self.blend is not None,
+            "null_text": self.negatives is not None,
+            "null_text_cached": self.null_text_cached,
+            "store_bytes": self.store_bytes,
+        }
+
+
+def self_record_steps(self_replace: float, steps: int) -> set[int]:
+    """Inversion steps whose self-attention the edit replaces (edit step k reads inversion step n - 1 - k)."""
+    return {steps - 1 - k for k in range(replaced_steps(self_replace, steps))}
+
+
+def make_controller(config: AttentionEditConfig, target_prompt: str, tokenizer, store, policy, latent_size, steps: int, blend) -> AttentionEdit:
+    """The controller of the configured edit type, with its token alignment."""
+    common = dict(
+        store=store,
+        policy=policy,
+        latent_height=latent_size[0],
+        latent_width=latent_size[1],
+        inverted_steps=steps,
+        edit_steps=steps,
+        cross_replace=config.cross_replace,
+        self_replace=config.self_replace,
+        blend=blend,
+    )
+    if config.edit == "swap":
+        return SwapEdit(prompts.swap_mapper(tokenizer, config.source_prompt, target_prompt), **common)
+    index, alpha = prompts.refine_alignment(tokenizer, config.source_prompt, target_prompt)
+    if config.edit == "refine":
+        return RefineEdit(index, alpha, **common)
+    weights = prompts.reweight_vector(tokenizer, target_prompt, dict(config.reweight))
+    return ReweightEdit(weights, index=index, alpha=alpha, **common)
+
+
+def make_blend(config: AttentionEditConfig, target_prompt: str, tokenizer, latent_size) -> LocalBlend | None:
+    """The local blend of the configured words, or None when no blend word is given."""
+    if not config.blend_words:
+        return None
+    source = prompts.blend_positions(tokenizer, config.source_prompt, config.blend_words)
+    target = prompts.blend_positions(tokenizer, target_prompt, config.blend_words)
+    if not source and not target:
+        from .errors import ConfigError
+
+        raise ConfigError(f"blend words {', '.join(config.blend_words)} occur in neither prompt")
+    return LocalBlend(source, target, *latent_size, threshold=config.blend_threshold)
+
+
+def blend_callback(blend: LocalBlend, trajectory: Trajectory, inner: sampling.StepCallback | None = None) -> sampling.StepCallback:
+    """After edit step k: latents outside the blend mask become the inversion's state at the same timestep."""
+    steps = len(trajectory.timesteps)
+
+    def on_step(index: int, timestep: int, latents: torch.Tensor):
+        if inner is not None:
+            replaced = inner(index, timestep, latents)
+            latents = latents if replaced is None else replaced
+        mask = blend.mask(latents.shape[0])
+        if mask is None:
+            return latents
+        return blend_latents(latents, trajectory.states[steps - 1 - index], mask)
+
+    return on_step
+
+
+def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress) -> PreparedEdit:
+    """Invert the source under the source prompt, recording attention; fit null-text; build the controller."""
+    config: AttentionEditConfig = request.attention_edit
+    edit, engine = request.edit, request.engine
+    steps = len(timesteps)
+    progress("invert", 0, steps)
+    clean = sampling.encode_frames(backbone, clip.frames, engine.chunk)
+    latent_size = tuple(clean.shape[-2:])
+    source_text = sampling.encode_text(backbone, config.source_prompt, edit.negative_prompt, guided=True)
+    policy = StorePolicy(cross_downsample=1, self_downsample=config.self_downsample)
+    store = AttentionStore()
+    recorder = AttentionRecorder(store, policy, *latent_size, self_steps=self_record_steps(config.self_replace, steps))
+
+    def report(index: int, timestep: int, latents: torch.Tensor) -> None:
+        progress("invert", index + 1, steps)
+
+    positive = sampling.TextConditioning(source_text.positive, None)
+    trajectory = ddim_invert(backbone, clean, edit.steps, edit.strength, positive, plan, report, control=recorder)
+    log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
+    negatives, cached = None, False
+    if config.null_text:
+        negatives, cached = null_text_embeddings(request, backbone, plan, source, cache_root, trajectory, source_text, progress)
+    blend = make_blend(config, edit.prompt, backbone.tokenizer, latent_size)
+    control = make_controller(config, edit.prompt, backbone.tokenizer, store, policy, latent_size, steps, blend)
+    latents = trajectory.final.to(backbone.device, backbone.dtype)
+    return PreparedEdit(latents, trajectory, control, blend, negatives, store.nbytes(), cached)
+
+
+def null_text_embeddings(request, backbone, plan, source, cache_root, trajectory, source_text, progress):
+    """Per-step unconditional embeddings from the cache, or fitted now and cached."""
+    config, edit, engine = request.attention_edit, request.edit, request.engine
+    key = cache_key(
+        kind="null-text",
+        source=source,
+        model=backbone.name,
+        dtype=str(backbone.dtype),
+        steps=edit.steps,
+        strength=edit.strength,
+        prompt=config.source_prompt,
+        negative_prompt=edit.negative_prompt,
+        guidance=edit.guidance,
+        iterations=config.null_text_iterations,
+        attention=plan.mode,
+        window=plan.window,
+        chunk=engine.chunk,
+    )
+    cache = TensorCache(cache_root, "null-text", engine.cache_bytes)
+    stored = cache.load(key)
+    if stored is not None:
+        log.info("null-text embeddings from cache %s", key)
+        return tuple(e.to(backbone.device, backbone.dtype) for e in stored["embeddings"]), True
+
+    def report(done: int, total: int) -> None:
+        progress("null_text", done, total)
+
+    embeddings = null_text_invert(
+        backbone, trajectory, source_text.positive, source_text.negative, edit.guidance, edit.steps, edit.strength, plan,
+        iterations=config.null_text_iterations, progress=report,
+    )
+    cache.save(key, {"embeddings": torch.stack([e.cpu() for e in embeddings])})
+    return embeddings, False
