@@ -48,6 +48,7 @@ class EditRequest:
     dtype: str | None = None
     limits: VideoLimits = VideoLimits()
     attention_edit: AttentionEditConfig | None = None
+    tuned: str | None = None  # one-shot tuned weights (editing.tuning) to edit with
 
     def __post_init__(self):
         if Path(self.output).suffix.lower() not in OUTPUT_SUFFIXES:
@@ -56,6 +57,10 @@ class EditRequest:
             raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
         if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
             raise ConfigError(f"null-text inversion needs guidance above 1, got {self.edit.guidance}")
+        if self.tuned is not None and self.engine.attention == "none":
+            raise ConfigError("a tuned model needs cross-frame attention; use --attention sparse-causal, the mode it was tuned with")
+        if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
+            raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
         ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
@@ -123,6 +128,11 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         progress("load_model", 0, 1)
         backbone = load_backbone(request.model, request.device, request.dtype)
         timer.device = backbone.device
+        tuned = None
+        if request.tuned is not None:
+            from .tuning import load_tuned
+
+            tuned = load_tuned(request.tuned, backbone)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
     source = SourceKey(content_hash(request.video), clip.indices, clip.width, clip.height)
@@ -135,17 +145,17 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     prepared = None
     with timer.stage("invert"):
         if request.attention_edit is None:
-            latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+            latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress, tuned)
         else:
             from .prompt_edit import prepare_attention_edit
 
-            prepared = prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+            prepared = prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress, tuned)
             latents, cached = prepared.latents, False
     callback = step_callback(request, clip, backbone, len(timesteps), progress)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
         guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
-        control = None if prepared is None else prepared.control
+        control = tuned if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control)
     with timer.stage("decode_latents"):
@@ -184,8 +194,9 @@ class SourceKey:
     height: int
 
 
-def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, timesteps, progress) -> tuple[torch.Tensor, bool]:
-    """The latents sampling starts from: the cached or new DDIM inversion, or noised source latents."""
+def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:
+    """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
+    given), or noised source latents."""
     config, engine = request.edit, request.engine
     if engine.inversion == "none":
         progress("invert", 0, 1)
@@ -203,6 +214,7 @@ def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, 
         attention=plan.mode,
         window=plan.window,
         chunk=engine.chunk,
+        **({} if tuned is None else {"tuned": content_hash(request.tuned)}),
     )
     cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
     trajectory = load_trajectory(cache, key)
@@ -216,7 +228,7 @@ def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, 
     def report(index: int, timestep: int, latents: torch.Tensor) -> None:
         progress("invert", index + 1, len(timesteps))
 
-    trajectory = ddim_invert(backbone, clean, request.edit.steps, request.edit.strength, prompt, plan, report)
+    trajectory = ddim_invert(backbone, clean, request.edit.steps, request.edit.strength, prompt, plan, report, control=tuned)
     save_trajectory(cache, key, trajectory)
     return trajectory.final.to(backbone.device, backbone.dtype), False
 
