@@ -149,7 +149,7 @@ def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractC
     return torch.autocast("cuda", dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
 
 
-def denoising_loss(backbone: Backbone, control: TunedControl, latents, text, timestep, noise, layout) -> torch.Tensor:
+def denoising_loss(backbone: Backbone, latents, text, timestep, noise, layout) -> torch.Tensor:
     """MSE between the noise added to the clip's latents at `timestep` and the inflated UNet's prediction."""
     noisy = backbone.scheduler().add_noise(latents, noise, timestep)
     frames = latents.shape[0]
@@ -184,7 +184,7 @@ def tune_weights(
     with torch.inference_mode(False), torch.enable_grad(), control.processors(backbone.unet), gradient_checkpointing(backbone.unet, config.gradient_checkpointing):
         for step, (timestep, noise) in enumerate(training_draws(config, tuple(latents.shape), train_timesteps)):
             with autocast(backbone.device, config.mixed_precision):
-                loss = denoising_loss(backbone, control, latents, text, timestep, noise.to(latents), layout)
+                loss = denoising_loss(backbone, latents, text, timestep, noise.to(latents), layout)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
