@@ -79,6 +79,7 @@ class EditResult:
     inversion_cached: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     attention_edit: dict | None = None
+    tuned: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -92,7 +93,7 @@ class EditResult:
             "inversion": self.inversion,
             "inversion_cached": self.inversion_cached,
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
-        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit})
+        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | ({} if self.tuned is None else {"tuned": self.tuned})
 
 
 class StageTimer:
@@ -126,13 +127,13 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         clip = video_io.read_clip(request.video, request.selection, request.limits)
     with timer.stage("load_model"):
         progress("load_model", 0, 1)
+        if request.tuned is not None:
+            from .tuning import check_base, load_tuned
+
+            check_base(request.tuned, request.model)
         backbone = load_backbone(request.model, request.device, request.dtype)
         timer.device = backbone.device
-        tuned = None
-        if request.tuned is not None:
-            from .tuning import load_tuned
-
-            tuned = load_tuned(request.tuned, backbone)
+        tuned = None if request.tuned is None else load_tuned(request.tuned, backbone)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
     source = SourceKey(content_hash(request.video), clip.indices, clip.width, clip.height)
@@ -181,6 +182,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         inversion_cached=cached,
         seconds=timer.seconds,
         attention_edit=None if prepared is None else prepared.summary(request.attention_edit),
+        tuned=request.tuned,
     )
 
 

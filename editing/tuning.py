@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FORMAT = "editing-tuned/1"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TUNING_ATTENTION = "sparse-causal"
+JSON_FIELDS = ("settings", "source", "losses")  # metadata values stored as JSON text
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -231,8 +232,20 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise TuningError(f"{name} is not a readable .safetensors file: {' '.join(str(exc).split())[:120]}") from exc
     if raw.get("format") != FORMAT:
-        raise TuningError(f"{name} holds no tuned weights of this program (format {raw.get('format')!r}, expected {FORMAT})")
-    return {k: v if k in ("format", "base", "base_name", "clip", "key") else json.loads(v) for k, v in raw.items()}
+        raise TuningError(f"{name} holds no tuned weights of this program (format {raw.get('format')!r}, expected {FORMAT!r})")
+    try:
+        return {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
+    except json.JSONDecodeError as exc:
+        raise TuningError(f"{name} has damaged metadata: {exc}") from exc
+
+
+def check_base(path: str | os.PathLike, model: str) -> dict:
+    """The file's metadata, refusing early (before the model is loaded) a file tuned on a model of another name."""
+    metadata = read_metadata(path)
+    source = ModelSpec.parse(model).source
+    if metadata.get("base_name") != source:
+        raise TuningError(f"{Path(path).name} was tuned on model '{metadata.get('base_name')}', not on '{source}'; edit with --model {metadata.get('base_name')}")
+    return metadata
 
 
 def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
@@ -241,9 +254,9 @@ def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
 
     metadata = read_metadata(path)
     name, identity = Path(path).name, base_identity(backbone)
-    if metadata["base"] != identity:
+    if metadata.get("base") != identity:
         raise TuningError(f"{name} was tuned on model '{metadata.get('base_name')}' ({metadata['base']}), not on '{backbone.name}' ({identity}); edit with --model {metadata.get('base_name')}")
-    weights = inflate(backbone, int(metadata["settings"]["seed"]))
+    weights = inflate(backbone, seed=0)  # every parameter is then overwritten from the file
     try:
         weights.load_state_dict(load_file(str(path), device=str(backbone.device)))
     except RuntimeError as exc:

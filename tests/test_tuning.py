@@ -117,7 +117,7 @@ def test_save_then_load_gives_identical_outputs_and_other_bases_are_refused(tiny
     latents, text = clip_latents
     weights, _ = tune_weights(tiny, latents, text, TuneConfig("a car", SELECTION, steps=2, learning_rate=1e-2))
     path = tmp_path / "tuned.safetensors"
-    save_tuned(path, weights, {"format": "editing-tuned/1", "base": _identity(tiny), "base_name": tiny.name, "settings": {"seed": 0}})
+    save_tuned(path, weights, {"format": "editing-tuned/1", "base": _identity(tiny), "base_name": tiny.name, "settings": {"steps": 2}})
     tuned = unet_output(tiny, latents, text, TunedControl(weights))
     loaded = unet_output(tiny, latents, text, load_tuned(path, tiny))
     assert torch.equal(loaded, tuned)
@@ -204,11 +204,14 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert result["path"] == str(weights) and weights.exists() and not result["reused"]
     out = tmp_path / "edited.mp4"
     edit = ["edit", str(car), "--prompt", "a jeep", "--out", str(out), "--model", "tiny", "--frames", "4", "--size", "64", "--steps", "2"]
-    assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--cache-dir", str(tmp_path)]) == 0
-    assert probe(out).frame_count == 4
+    assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0
+    assert probe(out).frame_count == 4 and json.loads(capsys.readouterr().out)["tuned"] == str(weights)
     capsys.readouterr()
     assert main([*edit, "--tuned", str(tmp_path / "missing.safetensors"), "--attention", "sparse-causal", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "do not exist" in err and err.count("\n") == 1
     assert main([*tune, "--out", str(tmp_path / "x.pt"), "--model", "tiny"]) == 2
     assert ".safetensors" in capsys.readouterr().err
+    assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--model", "sd15-random"]) == 2
+    err = capsys.readouterr().err
+    assert "tuned on model 'tiny'" in err and err.count("\n") == 1
