@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -43,12 +45,28 @@ def test_app_edits_an_uploaded_clip(served, skiing):
 
     from editing.video_io import probe
 
-    video, details = served.predict(
+    video, gif, frames_zip, details, warp = served.predict(
         handle_file(str(skiing)), "a watercolor painting", "tiny", 0, None, 2, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit"
     )
     info = probe(video)
     assert (info.codec, info.frame_count, info.width, info.has_audio) == ("h264", 4, 128, True)
     assert details["random_weights"] and "noise-like" in details["note"]
+    assert Path(gif).read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    with zipfile.ZipFile(frames_zip) as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == info.frame_count
+    assert len(warp["data"]) == info.frame_count - 1  # one warp error per frame pair
+
+
+def test_app_takes_named_arguments_and_engine_options(served, car):
+    from gradio_client import handle_file
+
+    from editing.video_io import probe
+
+    video, _, _, details, _ = served.predict(
+        video=handle_file(str(car)), prompt="a red car", model="tiny", frames=3, size=64, steps=2,
+        attention="sparse-causal", inversion="none", control_kinds=["canny"], smooth=["color"], api_name="/edit",
+    )  # fmt: skip
+    assert probe(video).frame_count == 3 and details["inversion"] == "none"
 
 
 def test_app_reports_bad_input_as_a_message(served, skiing, tmp_path):
