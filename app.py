@@ -3,6 +3,7 @@
 import argparse
 import os
 
+from editing.config import VideoLimits
 from editing.models import DEFAULT_MODEL
 from ui import build_demo
 
@@ -24,4 +25,4 @@ if __name__ == "__main__":
     args = parse_args()
     if args.model:
         demo = build_demo(default_model=args.model)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{VideoLimits().max_file_mb:.0f}mb")
