@@ -109,14 +109,14 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     token = gr.State(CancelToken())
     with gr.Row():
         with gr.Column():
-            form["video"] = gr.Video(label="Source clip", sources=["upload"])
-            plan = gr.Markdown("Pick a clip to see how many frames it gives.")
-            form["prompt"] = gr.Textbox(label="Prompt", placeholder="a watercolor painting of a man skiing")
+            form["video"] = gr.Video(label="Source clip", sources=["upload"], elem_id="source-video")
+            plan = gr.Markdown("Pick a clip to see how many frames it gives.", elem_id="frame-plan")
+            form["prompt"] = gr.Textbox(label="Prompt", placeholder="a watercolor painting of a man skiing", elem_id="prompt")
             form["negative_prompt"] = gr.Textbox(label="Negative prompt")
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=True):
                 form |= widgets.frame_widgets()
-            with gr.Accordion("Sampler", open=False):
+            with gr.Accordion("Sampler", open=False, elem_id="sampler"):
                 form |= widgets.sampler_widgets()
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):
                 form |= widgets.engine_widgets()
@@ -126,16 +126,16 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 form |= widgets.attention_edit_widgets()
             with gr.Row():
                 preview_button = gr.Button("Preview first frame")
-                run = gr.Button("Edit the whole clip", variant="primary")
+                run = gr.Button("Edit the whole clip", variant="primary", elem_id="run-edit")
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column():
             first_frame = gr.Image(label="First frame preview", type="numpy", height=240)
-            output = gr.Video(label="Edited clip", autoplay=True)
+            output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video")
             with gr.Row():
                 gif = gr.File(label="GIF")
                 frames_zip = gr.File(label="Frames (zip of PNG)")
             warp = gr.LinePlot(x="frame pair", y="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=200)
-            details = gr.JSON(label="Details")
+            details = gr.JSON(label="Details", elem_id="details")
     if widgets.examples():
         gr.Examples([[path, "a watercolor painting"] for path in widgets.examples()], inputs=[form["video"], form["prompt"]])
 

@@ -43,8 +43,8 @@ def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.C
         end = gr.Number(None, label="End (s, empty = clip end)", minimum=0)
     with gr.Row():
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
-        count = gr.Slider(2, 64, value=frames, step=1, label="Frames")
-        long_side = gr.Slider(64, 768, value=size, step=64, label="Long side (px)")
+        count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
+        long_side = gr.Slider(64, 768, value=size, step=64, label="Long side (px)", elem_classes="size")
     return {"start": start, "end": end, "stride": stride, "frames": count, "size": long_side}
 
 
@@ -52,7 +52,7 @@ def sampler_widgets(steps: int = 10, strength: float = 0.6) -> dict[str, gr.comp
     """Steps, guidance, strength, seed."""
     defaults = default_values()
     with gr.Row():
-        step_count = gr.Slider(1, 50, value=steps, step=1, label="Steps")
+        step_count = gr.Slider(1, 50, value=steps, step=1, label="Steps", elem_classes="steps")
         guidance = gr.Slider(1, 15, value=defaults["guidance"], step=0.5, label="Guidance")
     with gr.Row():
         share = gr.Slider(0.05, 1.0, value=strength, step=0.05, label="Strength", info="share of the steps re-run; lower keeps more of the source")
