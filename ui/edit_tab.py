@@ -146,7 +146,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     inputs = [form[n] for n in API_FIELDS] + [token]
     defaults = widgets.initial_values(form)
     edit_event = run.click(
-        gpu(widgets.named_handler(handlers["edit"], names, defaults)),
+        widgets.named_handler(gpu(handlers["edit"]), names, defaults),
         inputs=inputs,
         outputs=[output, gif, frames_zip, details, warp],
         api_name="edit",
@@ -154,7 +154,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         concurrency_limit=1,
     )
     preview_event = preview_button.click(
-        gpu(widgets.named_handler(handlers["preview"], names, defaults)),
+        widgets.named_handler(gpu(handlers["preview"]), names, defaults),
         inputs=inputs,
         outputs=first_frame,
         api_name="preview_first_frame",

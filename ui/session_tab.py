@@ -187,8 +187,8 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
     defaults = widgets.initial_values(settings)
 
     def edit_event(button, prompts_of, api_name):
-        handler = widgets.named_handler(edit_with(prompts_of), edit_names, defaults)
-        return button.click(gpu(handler), edit_inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
+        handler = widgets.named_handler(gpu(edit_with(prompts_of)), edit_names, defaults)
+        return button.click(handler, edit_inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
     events = [edit_event(run_presets, preset_prompts, "session_presets"), edit_event(run_prompt, own_prompt, "session_edit")]
     stop.click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")

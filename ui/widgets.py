@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import inspect
 from pathlib import Path
 from typing import Any, Callable
@@ -83,19 +86,32 @@ def attention_edit_widgets() -> dict[str, gr.components.Component]:
     return {"source_prompt": source, "prompt_edit": kind, "blend_words": blend}
 
 
-def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, Any], progress: bool = True) -> Callable[..., Any]:
-    """`fn(values: dict, progress)` as a function whose parameters are `names`, so the API shows them by name."""
+def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, Any]) -> Callable[..., Any]:
+    """`fn(values: dict, progress)` as an event handler whose parameters are `names` (the API shows them by name).
 
-    def handler(*args, **kwargs):
+    `fn` runs in a worker thread. When Gradio cancels the event (the Stop button, a client's
+    `job.cancel()`), the handler sets the `token` value's CancelToken, so the edit stops at its next
+    step, and waits for the thread to end: the GPU queue slot is released only once the memory is.
+    """
+
+    async def handler(*args, **kwargs):
         bound = handler.__signature__.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
-        tracker = values.pop("progress", None)
-        return fn(values, tracker)
+        tracker = values.pop("progress")
+        context = contextvars.copy_context()
+        work = asyncio.get_running_loop().run_in_executor(None, context.run, fn, dict(values), tracker)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if values.get("token") is not None:
+                values["token"].cancel()
+            with contextlib.suppress(Exception):
+                await work
+            raise
 
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(n)) for n in names]
-    if progress:
-        params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     handler.__signature__ = inspect.Signature(params)
     handler.__name__ = getattr(fn, "__name__", "handler")
     return handler
