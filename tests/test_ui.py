@@ -242,3 +242,36 @@ def test_editing_errors_are_one_line():
 
     assert as_gradio_error(EditingError("bad\n  input")).message == "bad input"
     assert as_gradio_error(KeyError("x")).message == "the edit failed: KeyError: 'x'"
+
+
+def test_run_folders_older_than_the_limit_are_removed(tmp_path):
+    import os
+    import time
+
+    from ui.backend import OUTPUT_MAX_AGE, fresh_output_dir
+
+    old, recent = fresh_output_dir(tmp_path), fresh_output_dir(tmp_path)
+    (tmp_path / os.path.basename(old) / "clip.mp4").write_bytes(b"x")
+    past = time.time() - OUTPUT_MAX_AGE - 60
+    os.utime(old, (past, past))
+    new = fresh_output_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(os.path.basename(p) for p in (recent, new))
+
+
+def test_the_readme_client_example_matches_the_api():
+    import ast
+    import re
+
+    from .conftest import ROOT
+    from ui import build_demo
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("```bash\nbash scripts/install.sh && .venv/bin/python app.py\n")
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in block)
+    call = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "predict")
+    keywords = {k.arg: k.value for k in call.keywords}
+    api_name = ast.literal_eval(keywords.pop("api_name"))
+    endpoint = build_demo(default_model="tiny").get_api_info()["named_endpoints"][api_name]
+    assert set(keywords) <= {p["parameter_name"] for p in endpoint["parameters"]}
+    targets = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)).targets[0]
+    assert len(targets.elts) == len(endpoint["returns"])

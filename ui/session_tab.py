@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +170,7 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
     def export_session(name):
         if not name:
             raise EditingError("open a session to export it")
-        return str(store.export(name, Path(tempfile.mkdtemp(prefix="session-export-")) / f"{name}.zip"))
+        return str(store.export(name, Path(backend.output_dir()) / f"{name}.zip"))  # removed with other old runs
 
     @guarded
     def import_session(file, name):
