@@ -275,3 +275,21 @@ def test_the_readme_client_example_matches_the_api():
     assert set(keywords) <= {p["parameter_name"] for p in endpoint["parameters"]}
     targets = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)).targets[0]
     assert len(targets.elts) == len(endpoint["returns"])
+
+
+def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path):
+    from editing.pipeline import STAGES, edit_video
+    from ui.edit_tab import STAGE_LABELS, gradio_progress, request_from
+
+    shown = []
+
+    class Bar:
+        def __call__(self, fraction, desc=None):
+            shown.append((desc, fraction))
+
+    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL, str(tmp_path))
+    edit_video(request, gradio_progress(Bar()))
+    labels = {desc for desc, _ in shown}
+    assert {"decoding", "condition maps", "inversion", "editing", "encoding"} <= labels
+    assert labels <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
+    assert any(desc == "editing" and done == total > 0 for desc, (done, total) in shown)  # the bar reaches the end

@@ -28,12 +28,27 @@ API_FIELDS = [
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
+# What each pipeline stage is called on the progress bar.
+STAGE_LABELS = {
+    "decode": "decoding",
+    "load_model": "loading the model",
+    "conditions": "condition maps",
+    "invert": "inversion",
+    "null_text": "null-text inversion",
+    "denoise": "editing",
+    "decode_latents": "decoding frames",
+    "encode_video": "encoding",
+}
+
+
 def gradio_progress(progress: gr.Progress | None):
-    """Report library stages (decode, conditions, invert, denoise, encode video...) on Gradio's bar, by name."""
+    """Report library stages on Gradio's bar by name (decoding, condition maps, inversion, editing, encoding)."""
 
     def report(stage: str, done: int, total: int) -> None:
         if progress is not None:
-            progress((done, total), desc=stage.replace("_", " "))
+            prefix, _, name = stage.rpartition(": ")
+            label = STAGE_LABELS.get(name, name.replace("_", " "))
+            progress((done, total), desc=f"{prefix}: {label}" if prefix else label)
 
     return report
 
