@@ -293,3 +293,25 @@ def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path):
     assert {"decoding", "condition maps", "inversion", "editing", "encoding"} <= labels
     assert labels <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
     assert any(desc == "editing" and done == total > 0 for desc, (done, total) in shown)  # the bar reaches the end
+
+
+def test_extra_formats_come_from_the_same_frames(car, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from editing.errors import ConfigError
+    from editing.pipeline import edit_video
+    from editing.video_io import probe
+    from ui.backend import read_zip_frames
+    from ui.edit_tab import request_from
+
+    request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"frames": 3}, str(tmp_path))
+    result = edit_video(request)
+    frames = read_zip_frames(request.also_write[1])
+    gif = Image.open(request.also_write[0])
+    assert result.also_written == request.also_write and len(frames) == gif.n_frames == probe(result.output).frame_count == 3
+    gif.seek(0)
+    assert gif.size == (frames.shape[2], frames.shape[1])
+    with pytest.raises(ConfigError, match="must end in"):
+        dataclasses.replace(request, also_write=(str(tmp_path / "x.webm"),))
