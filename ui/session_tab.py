@@ -9,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 
+from editing.config import ATTENTION_MODES
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, preset_prompt
@@ -16,7 +17,7 @@ from editing.sessions import PRESETS, Entry, Session, SessionStore, preset_promp
 from . import widgets
 from .backend import Backend, CancelToken
 from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from
-from .forms import as_gradio_error
+from .forms import as_gradio_error, default_values
 from .gpu import gpu
 
 SETTINGS = ["model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed", "attention"]
@@ -98,7 +99,7 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
             with gr.Accordion("Frames and sampler", open=False):
                 settings |= widgets.frame_widgets()
                 settings |= widgets.sampler_widgets()
-                settings["attention"] = gr.Dropdown(["none", "first", "sparse-causal", "full", "window"], value="first", label="Cross-frame attention")
+                settings["attention"] = gr.Dropdown(list(ATTENTION_MODES), value=default_values()["attention"], label="Cross-frame attention")
             presets = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
             run_presets = gr.Button("Run selected styles", variant="primary")
             prompt = gr.Textbox(label="Or your own prompt")
