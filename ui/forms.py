@@ -24,30 +24,29 @@ RESERVED = frozenset({"video", "out", "command", "debug", "json", "cache_dir", "
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
-@functools.lru_cache(maxsize=1)
-def _edit_parser() -> argparse.ArgumentParser:
-    """The `edit` sub-command's parser."""
+@functools.lru_cache(maxsize=None)
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    """A sub-command's parser (`edit`, `tune`, ...)."""
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices["edit"]
+    return commands.choices[command]
 
 
-def _actions() -> dict[str, argparse.Action]:
-    return {action.dest: action for action in _edit_parser()._actions if action.dest != "help"}
+def _actions(command: str = "edit") -> dict[str, argparse.Action]:
+    return {action.dest: action for action in _command_parser(command)._actions if action.dest != "help"}
 
 
-def option_names() -> tuple[str, ...]:
-    """Every edit option a form may set."""
-    return tuple(name for name in _actions() if name not in RESERVED)
+def option_names(command: str = "edit") -> tuple[str, ...]:
+    """Every option of the command a form may set."""
+    return tuple(name for name in _actions(command) if name not in RESERVED)
 
 
-def default_values() -> dict[str, Any]:
+def default_values(command: str = "edit") -> dict[str, Any]:
     """The CLI's defaults for every form field."""
-    return {name: action.default for name, action in _actions().items() if name not in RESERVED}
+    return {name: action.default for name, action in _actions(command).items() if name not in RESERVED}
 
 
-def _convert(name: str, value: Any) -> Any:
+def _convert(action: argparse.Action, name: str, value: Any) -> Any:
     """A widget value in the type the CLI option takes (None and lists pass through)."""
-    action = _actions()[name]
     if value is None or isinstance(value, (list, tuple, bool)) or action.type is None:
         return list(value) if isinstance(value, tuple) else value
     if action.type is int and isinstance(value, float) and not value.is_integer():
@@ -58,19 +57,25 @@ def _convert(name: str, value: Any) -> Any:
         raise ConfigError(f"{name.replace('_', ' ')} must be a number, got {value!r}") from None
 
 
-def edit_namespace(values: Mapping[str, Any], video: str, output: str) -> argparse.Namespace:
-    """The parsed CLI arguments these form values stand for."""
-    unknown = sorted(set(values) - set(option_names()))
+def command_namespace(command: str, values: Mapping[str, Any], video: str, output: str) -> argparse.Namespace:
+    """The parsed CLI arguments of `command` these form values stand for."""
+    actions = _actions(command)
+    unknown = sorted(set(values) - set(option_names(command)))
     if unknown:
         raise ConfigError(f"unknown form fields: {', '.join(unknown)}")
-    args = argparse.Namespace(**{name: action.default for name, action in _actions().items()})
-    args.video, args.out, args.command = video, output, "edit"
+    args = argparse.Namespace(**{name: action.default for name, action in actions.items()})
+    args.video, args.out, args.command = video, output, command
     for name, value in values.items():
         if value is not None:  # a blank widget keeps the CLI's default
-            setattr(args, name, _convert(name, value))
-    if args.end is not None and args.end <= 0:
+            setattr(args, name, _convert(actions[name], name, value))
+    if getattr(args, "end", None) is not None and args.end <= 0:
         args.end = None  # an empty or zero end means "to the end of the clip"
     return args
+
+
+def edit_namespace(values: Mapping[str, Any], video: str, output: str) -> argparse.Namespace:
+    """The parsed `edit` arguments these form values stand for."""
+    return command_namespace("edit", values, video, output)
 
 
 def make_request(values: Mapping[str, Any], video: str | None, output_dir: str, formats: tuple[str, ...] = (".mp4",)) -> EditRequest:
