@@ -277,10 +277,11 @@ def test_the_readme_client_example_matches_the_api():
     assert len(targets.elts) == len(endpoint["returns"])
 
 
-def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path):
+def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path, monkeypatch):
     from editing.pipeline import STAGES, edit_video
     from ui.edit_tab import STAGE_LABELS, gradio_progress, request_from
 
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: the inversion runs
     shown = []
 
     class Bar:
