@@ -30,6 +30,11 @@ PALE = 0.55  # share of white mixed into a background colour's pale tone
 STRIPE_PERIOD = 12  # pixels per stripe pair at 64 px (scaled with the image)
 
 
+def article(word: str) -> str:
+    """'an' before a vowel, else 'a'."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 @dataclass(frozen=True)
 class ShapeObject:
     """One object: shape, colour name, size name, centre (x, y) in pixels, circumradius, angle (radians)."""
@@ -56,7 +61,7 @@ class ShapeObject:
         """'a red circle' (or 'a small red circle')."""
         words = [self.size] if with_size else []
         words = [*words, self.colour, self.shape]
-        return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
+        return f"{article(words[0])} {' '.join(words)}"
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,8 @@ class Scene:
         """'a red circle and a blue square on a striped green background'."""
         phrases = [o.phrase(with_size) for o in self.objects]
         things = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-        kind = "" if self.background.kind == "plain" else self.background.kind + " "
-        return f"{things} on a {kind}{self.background.colour} background"
+        words = ([] if self.background.kind == "plain" else [self.background.kind]) + [self.background.colour]
+        return f"{things} on {article(words[0])} {' '.join(words)} background"
 
 
 # ---------------------------------------------------------------- geometry
@@ -132,15 +137,19 @@ def pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(coords, coords)
 
 
-def object_mask(obj: ShapeObject, size: int) -> np.ndarray:
-    """Exact (size, size) bool mask of an unoccluded object: pixel centres inside the shape."""
-    x, y = pixel_centres(size)
+def inside_object(obj: ShapeObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which points (x, y), in pixel coordinates, lie inside the object's shape."""
     dx, dy = x - obj.x, y - obj.y
     if obj.shape == "circle":
         return dx * dx + dy * dy <= obj.radius**2
     cos, sin = math.cos(obj.angle), math.sin(obj.angle)
     u, v = (cos * dx + sin * dy) / obj.radius, (-sin * dx + cos * dy) / obj.radius  # undo the rotation
     return inside_polygon(u, v, polygon_vertices(obj.shape))
+
+
+def object_mask(obj: ShapeObject, size: int) -> np.ndarray:
+    """Exact (size, size) bool mask of an unoccluded object: pixel centres inside the shape."""
+    return inside_object(obj, *pixel_centres(size))
 
 
 def pale(colour: str) -> np.ndarray:
@@ -205,7 +214,7 @@ def held_out_captions(size: int = 64) -> list[str]:
     for colour, shape in sorted(HELD_OUT_PAIRS):
         for background in PALETTE:
             if background != colour:
-                captions.append(f"a {colour} {shape} on a {background} background")
+                captions.append(f"{article(colour)} {colour} {shape} on {article(background)} {background} background")
     return captions
 
 
