@@ -252,6 +252,7 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
     `loss_fn(step)` returns the step's loss; step numbers start at `start` (steps already done by the
     weights this run started from), so continued training sees fresh data.
     """
+    work.mkdir(parents=True, exist_ok=True)
     parameters = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
     state = load_checkpoint(work, stage, modules, optimizer)
