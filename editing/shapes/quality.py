@@ -86,6 +86,20 @@ def measure(backbone: Backbone, captions: list[str], label: str, per_caption: in
     return QualityReport(label, len(results), *(round(float(x), 4) for x in shares), round(seconds, 4)), images
 
 
+def reconstruction_ceiling(backbone: Backbone, count: int, seed: int) -> QualityReport:
+    """The judge on VAE reconstructions of one-object held-out renders: the best the UNet could reach."""
+    from .world import SceneSampler
+
+    samples = SceneSampler(size=backbone.unet.config.sample_size * backbone.vae_scale_factor, split="held_out", max_objects=1, backgrounds=("plain",)).batch(seed, count)
+    began = time.perf_counter()
+    latents = sampling.encode_frames(backbone, np.stack([s.image for s in samples]), count)
+    images = sampling.decode_latents(backbone, latents, count)
+    results = [score(image, sample.caption) for image, sample in zip(images, samples)]
+    shares = np.mean(np.array(results, dtype=float), axis=0)
+    seconds = (time.perf_counter() - began) / count
+    return QualityReport("vae-reconstruction", count, *(round(float(x), 4) for x in shares), round(seconds, 4))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m editing.shapes.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=SHAPES_MODEL_DIR, help="a shapes model folder")
@@ -113,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         backbone = load_shapes_model(args.model, torch.device("cpu"), torch.float32)
         held = held_out_captions()
-        reports = []
+        reports = [reconstruction_ceiling(backbone, 25 * args.per_caption, args.seed)]
+        print(json.dumps(asdict(reports[0])))
         for label, captions in (("held-out", held), ("seen", seen_captions(len(held), args.seed))):
             report, images = measure(backbone, captions, label, args.per_caption, args.steps, args.guidance, args.seed)
             reports.append(report)
