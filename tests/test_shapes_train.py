@@ -118,6 +118,7 @@ def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_pa
     more = T.TrainConfig(**{**config.__dict__, "vae_steps": 0, "unet_steps": 1, "control_steps": 0})
     again = T.train(more, tmp_path / "model2", tmp_path / "work2", init=tmp_path / "model")
     assert again["stages"]["unet"]["steps"] == 3 and again["stages"]["unet"]["steps_this_run"] == 1
+    assert again["latent_scaling_factor"] == record["latent_scaling_factor"]  # the UNet keeps its latent scale
 
 
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path):

@@ -290,6 +290,7 @@ class Components:
     unet: torch.nn.Module
     controlnet: torch.nn.Module | None
     tokenizer: object
+    scaled: bool = False  # the VAE's scaling factor is already derived (loaded from a saved folder)
 
 
 def fresh_components(config: TrainConfig) -> Components:
@@ -322,6 +323,7 @@ def load_components(folder: Path) -> Components:
         UNet2DConditionModel.from_pretrained(folder / "unet", **dtype),
         controlnet,
         clip_tokenizer(),
+        scaled=True,
     )
 
 
@@ -343,7 +345,9 @@ def train_vae(config: TrainConfig, parts: Components, work: Path, start: int) ->
         return vae_loss(parts.vae, pixels, generator, config.kl_weight)
 
     state = run_stage(config, "vae", work, {"vae": parts.vae}, loss, config.vae_lr, start)
-    parts.vae.register_to_config(scaling_factor=latent_scale(parts.vae, config))
+    if config.vae_steps > 0 or not parts.scaled:  # a VAE that did not change keeps the scale its UNet learnt on
+        parts.vae.register_to_config(scaling_factor=latent_scale(parts.vae, config))
+        parts.scaled = True
     return state
 
 
