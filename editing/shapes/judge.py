@@ -126,14 +126,25 @@ def background_colour(image: np.ndarray) -> str:
 
 
 def find_objects(image: np.ndarray, min_area: int | None = None) -> list[np.ndarray]:
-    """Masks of the connected regions whose colours are off the background's segment, largest first."""
-    distance, _ = segment_distance(image.astype(np.float64), background_colour(image))
-    foreground = (distance > FOREGROUND_DISTANCE).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=4)
+    """Masks of the objects, largest first: connected regions off the background's colour segment, each
+    grown or shrunk to the pixels nearer its own median colour than the background (the half-way
+    boundary, which keeps a blurred shape's outline where a sharp one would be)."""
+    pixels = image.astype(np.float64)
+    distance, _ = segment_distance(pixels, background_colour(image))
     smallest = MIN_OBJECT_AREA * (image.shape[0] / 64) ** 2 if min_area is None else min_area
-    regions = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= smallest]
-    regions.sort(key=lambda i: -stats[i, cv2.CC_STAT_AREA])
-    return [labels == i for i in regions]
+    masks = []
+    for seed in _regions(distance > FOREGROUND_DISTANCE, smallest):
+        colour = np.median(pixels[seed], axis=0)
+        nearer = np.linalg.norm(pixels - colour, axis=-1) < distance
+        grown = _regions(nearer, smallest)
+        masks += [region for region in grown if (region & seed).any()][:1]
+    return sorted(masks, key=lambda m: -int(m.sum()))
+
+
+def _regions(mask: np.ndarray, smallest: float) -> list[np.ndarray]:
+    """4-connected regions of a mask with at least `smallest` pixels."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    return [labels == i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= smallest]
 
 
 def _profile(tone: np.ndarray, keep: np.ndarray, axis: int) -> np.ndarray:
