@@ -55,3 +55,10 @@ def test_comparison_captions_avoid_the_held_out_pairs():
     captions = quality.seen_captions(25)
     assert len(set(captions)) == 25
     assert not any(f"{colour} {shape}" in caption for caption in captions for colour, shape in HELD_OUT_PAIRS)
+
+
+def test_quality_cli_measures_and_refuses_bad_settings(folder, tmp_path, capsys):
+    assert quality.main(["--model", str(folder), "--per-caption", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert quality.main(["--model", str(tmp_path), "--steps", "1"]) == 2
+    assert "shapes model is not in" in capsys.readouterr().err
