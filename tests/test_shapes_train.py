@@ -14,8 +14,8 @@ from editing.shapes import train as T
 
 TINY = T.TrainConfig(
     image_size=32, vae_channels=(16, 16), unet_channels=(16, 32), text_width=16, text_layers=1,
-    vae_steps=6, unet_steps=6, control_steps=6, vae_batch=4, unet_batch=4, control_batch=4,
-    vae_lr=3e-3, unet_lr=3e-3, control_lr=3e-3, warmup=1, checkpoint_every=3,
+    vae_steps=6, unet_steps=6, decoder_steps=6, control_steps=6, vae_batch=4, unet_batch=4, decoder_batch=4,
+    control_batch=4, vae_lr=3e-3, unet_lr=3e-3, decoder_lr=3e-3, control_lr=3e-3, warmup=1, checkpoint_every=3,
 )  # fmt: skip
 
 
@@ -56,6 +56,13 @@ def trained(tmp_path_factory):
     record["vae_after"], record["unet_before"] = losses()
     T.train_unet(TINY, parts, work, 0)
     record["unet_after"] = losses()[1]
+    with torch.no_grad():
+        record["decoder_before"] = float(T.decoder_loss(parts.vae, pixels, torch.Generator().manual_seed(0)))
+        record["latents_before"] = parts.vae.encode(pixels).latent_dist.mean
+    T.train_decoder(TINY, parts, work, 0)
+    with torch.no_grad():
+        record["decoder_after"] = float(T.decoder_loss(parts.vae, pixels, torch.Generator().manual_seed(0)))
+        record["latents_after"] = parts.vae.encode(pixels).latent_dist.mean
     T.train_control(TINY, parts, work, 0)
     return parts, record, work
 
@@ -68,6 +75,12 @@ def test_vae_stage_lowers_reconstruction_loss(trained):
 def test_unet_stage_lowers_noise_prediction_loss(trained):
     _, record, _ = trained
     assert record["unet_after"] < record["unet_before"]
+
+
+def test_decoder_stage_sharpens_without_moving_the_latent_space(trained):
+    _, record, _ = trained
+    assert record["decoder_after"] < record["decoder_before"]
+    assert torch.equal(record["latents_before"], record["latents_after"])
 
 
 def test_control_stage_trains_only_the_controlnet(trained, tmp_path):
@@ -103,7 +116,7 @@ def test_resuming_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_path):
     torch.set_num_threads(1)
-    config = T.TrainConfig(**{**TINY.__dict__, "vae_steps": 2, "unet_steps": 2, "control_steps": 2})
+    config = T.TrainConfig(**{**TINY.__dict__, "vae_steps": 2, "unet_steps": 2, "decoder_steps": 2, "control_steps": 2})
     record = T.train(config, tmp_path / "model", tmp_path / "work")
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
@@ -115,7 +128,7 @@ def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_pa
     ControlNetModel.from_pretrained(tmp_path / "model" / "controlnet-canny")
     saved = json.loads((tmp_path / "model" / "training.json").read_text())
     assert saved["stages"]["unet"]["steps"] == 2 and saved["config"]["seed"] == config.seed
-    more = T.TrainConfig(**{**config.__dict__, "vae_steps": 0, "unet_steps": 1, "control_steps": 0})
+    more = T.TrainConfig(**{**config.__dict__, "vae_steps": 0, "unet_steps": 1, "decoder_steps": 0, "control_steps": 0})
     again = T.train(more, tmp_path / "model2", tmp_path / "work2", init=tmp_path / "model")
     assert again["stages"]["unet"]["steps"] == 3 and again["stages"]["unet"]["steps_this_run"] == 1
     assert again["latent_scaling_factor"] == record["latent_scaling_factor"]  # the UNet keeps its latent scale

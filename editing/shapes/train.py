@@ -4,11 +4,13 @@ Three stages, each resumable from its last checkpoint in the work directory:
   vae      AutoencoderKL reconstructing rendered scenes (MSE + a small KL term);
   unet     CLIPTextModel (real CLIP tokenizer) and UNet2DConditionModel learn to predict DDPM noise on the
            frozen VAE's latents, with captions dropped (replaced by "") for classifier-free guidance;
+  decoder  the VAE's decoder alone, sharpened (L1 + MSE) on the frozen encoder's latents, so the latent space
+           the UNet learnt stays the same (as SD's fine-tuned VAE decoders do); it may run alongside `unet`;
   control  a ControlNetModel (initialised from the UNet) on Canny edges, UNet and text encoder frozen.
 Each step's data and noise come from generators seeded by (seed, stage, step), so a resumed run equals an
 uninterrupted one. The result is a diffusers folder (fp16 safetensors) plus training.json.
 
-    python -m editing.shapes.train --out DIR --work DIR [--vae-steps N --unet-steps N --control-steps N]
+    python -m editing.shapes.train --out DIR --work DIR [--vae-steps N --unet-steps N --decoder-steps N --control-steps N]
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from ..errors import EditingError
 from .world import SceneSampler
 
 log = logging.getLogger(__name__)
-STAGES = ("vae", "unet", "control")
-STAGE_IDS = {name: i + 1 for i, name in enumerate(STAGES)}
+STAGES = ("vae", "unet", "decoder", "control")
+STAGE_IDS = {"vae": 1, "unet": 2, "control": 3, "decoder": 4}  # seeds data; fixed when stages are added
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,15 @@ class TrainConfig:
     text_layers: int = 2
     vae_steps: int = 600
     unet_steps: int = 6000
+    decoder_steps: int = 2000
     control_steps: int = 1000
     vae_batch: int = 8
     unet_batch: int = 32
+    decoder_batch: int = 8
     control_batch: int = 8
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4
+    decoder_lr: float = 5e-4
     control_lr: float = 2e-4
     kl_weight: float = 1e-6
     caption_dropout: float = 0.1
@@ -62,11 +67,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.image_size % 2 ** (len(self.vae_channels) - 1):
             raise ValueError(f"image size {self.image_size} must be divisible by the VAE factor {2 ** (len(self.vae_channels) - 1)}")
-        if min(self.vae_steps, self.unet_steps, self.control_steps) < 0:
+        if min(self.vae_steps, self.unet_steps, self.decoder_steps, self.control_steps) < 0:
             raise ValueError("step counts cannot be negative")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption dropout must be in [0, 1); got {self.caption_dropout}")
-        if min(self.vae_batch, self.unet_batch, self.control_batch, self.checkpoint_every) < 1:
+        if min(self.vae_batch, self.unet_batch, self.decoder_batch, self.control_batch, self.checkpoint_every) < 1:
             raise ValueError("batch sizes and checkpoint interval must be at least 1")
 
     def steps(self, stage: str) -> int:
@@ -170,6 +175,14 @@ def vae_loss(vae, pixels: torch.Tensor, generator: torch.Generator, kl_weight: f
     return F.mse_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
 
 
+def decoder_loss(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """L1 + MSE reconstruction from a posterior sample of the frozen encoder (L1 keeps edges sharp)."""
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.sample(generator)
+    reconstruction = vae.decode(latents).sample
+    return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
+
+
 def noisy_latents(vae, scheduler, pixels, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy latents, noise, timesteps) for the DDPM objective on the frozen VAE's scaled latents."""
     with torch.no_grad():
@@ -260,7 +273,7 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
         state.step = start
     end = start + config.steps(stage)
     for module in modules.values():
-        module.train()
+        module.train().requires_grad_(True)
     while state.step < end:
         began = time.perf_counter()
         for group in optimizer.param_groups:
@@ -367,6 +380,20 @@ def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -
     return run_stage(config, "unet", work, {"text_encoder": parts.text_encoder, "unet": parts.unet}, loss, config.unet_lr, start)
 
 
+def train_decoder(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
+    """Stage 3: sharpen the decoder; the encoder (so the latent space and its scale) stays as it is."""
+    decoder = torch.nn.ModuleDict({"decoder": parts.vae.decoder, "post_quant_conv": parts.vae.post_quant_conv})
+
+    def loss(step):
+        rng, generator = step_rng(config, "decoder", step)
+        pixels, _, _ = scene_batch(config, rng, config.decoder_batch)
+        return decoder_loss(parts.vae, pixels, generator)
+
+    state = run_stage(config, "decoder", work, {"decoder": decoder}, loss, config.decoder_lr, start)
+    parts.vae.eval().requires_grad_(False)
+    return state
+
+
 def train_control(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
     """Stage 3: a Canny-edge ControlNet on the frozen model."""
     from diffusers import DDPMScheduler
@@ -449,7 +476,7 @@ def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None) 
     previous = previous_record(init)
     parts = load_components(init) if init is not None else fresh_components(config)
     record = {"config": asdict(config), "continued_from": str(init) if init else None, "stages": {}}
-    stages = {"vae": train_vae, "unet": train_unet, "control": train_control}
+    stages = {"vae": train_vae, "unet": train_unet, "decoder": train_decoder, "control": train_control}
     for name, run in stages.items():
         before = previous.get("stages", {}).get(name, {})
         start = int(before.get("steps", 0))
@@ -472,6 +499,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     parser.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    parser.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
     parser.add_argument("--control-steps", type=int, default=TrainConfig.control_steps)
     parser.add_argument("--unet-batch", type=int, default=TrainConfig.unet_batch)
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
@@ -484,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         config = TrainConfig(
-            seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, control_steps=args.control_steps,
+            seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, decoder_steps=args.decoder_steps, control_steps=args.control_steps,
             unet_batch=args.unet_batch, checkpoint_every=args.checkpoint_every, threads=args.threads,
         )  # fmt: skip
         if args.init is not None and not (args.init / "model_index.json").is_file():
