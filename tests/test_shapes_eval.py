@@ -145,3 +145,14 @@ def test_ci_slice_meets_the_stated_values(tmp_path):
     result = bench.run_benchmark(tuple(slice_["settings"]), slice_["clips"], slice_["steps"], "shapes", tmp_path)
     assert not [r for r in result.rows if r.get("error")]
     assert bench.slice_shortfalls(result.summary(), stated) == []
+
+
+def test_the_table_replaces_only_the_readme_block(tmp_path):
+    readme = tmp_path / "README.md"
+    begin, end = bench.README_MARKERS
+    readme.write_text(f"# Title\n\n{begin}\nold table\n{end}\n\nafter\n")
+    bench.put_in_readme(readme, "| new | table |\n")
+    assert readme.read_text() == f"# Title\n\n{begin}\n| new | table |\n{end}\n\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(bench.ConfigError, match="markers"):
+        bench.put_in_readme(readme, "x\n")

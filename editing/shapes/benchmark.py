@@ -442,6 +442,19 @@ def state_values(summary: dict[str, dict], stated: dict, path: Path = STATED_PAT
 
 # ---------------------------------------------------------------- command
 
+README_MARKERS = ("<!-- shapes-table -->", "<!-- /shapes-table -->")
+
+
+def put_in_readme(path: Path, table: str) -> None:
+    """Replace what lies between the README's shapes-table markers with the table."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    begin, end = README_MARKERS
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ConfigError(f"{path.name} must hold the markers {begin} and {end} once each, in that order")
+    head, rest = text.split(begin)
+    path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+
+
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The eval command's options for the shapes benchmark."""
@@ -453,6 +466,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (assets/shapes-model) or a folder from editing.shapes.train")
     group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
     group.add_argument("--state", action="store_true", help="with --slice: write the measured values into stated.json")
+    group.add_argument("--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers")
 
 
 def run_command(args: argparse.Namespace, progress=None) -> int:
@@ -487,6 +501,8 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     (out / "table.md").write_text(text, encoding="utf-8")
     document = {"model": args.model, "clips": clips, "steps": steps, "settings": list(settings), "summary": summary, "rows": result.rows, "notes": notes}
     (out / "table.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
+    if args.readme:
+        put_in_readme(Path(args.readme), text)
     print(text, end="")
     failures = [row for row in result.rows if row.get("error")]
     if failures:
