@@ -478,8 +478,8 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
         settings, clips, steps = parse_settings(args.settings), args.clips, args.steps
     if clips < 1 or steps < 1:
         raise ConfigError(f"--clips and --steps must be at least 1, got {clips} and {steps}")
-    if args.state and not args.slice:
-        raise ConfigError("--state writes the CI slice's values; use it with --slice")
+    if args.state and (not args.slice or args.model != "shapes"):
+        raise ConfigError("--state writes the CI slice's values for the committed weights; use it with --slice and --model shapes")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shapes-", dir=out) as work:
