@@ -49,10 +49,12 @@ class EditRequest:
     limits: VideoLimits = VideoLimits()
     attention_edit: AttentionEditConfig | None = None
     tuned: str | None = None  # one-shot tuned weights (editing.tuning) to edit with
+    also_write: tuple[str, ...] = ()  # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
 
     def __post_init__(self):
-        if Path(self.output).suffix.lower() not in OUTPUT_SUFFIXES:
-            raise ConfigError(f"output {Path(self.output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
+        for output in (self.output, *self.also_write):
+            if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+                raise ConfigError(f"output {Path(output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
         if self.attention_edit is not None and self.engine.inversion != "ddim":
             raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
         if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
@@ -80,6 +82,7 @@ class EditResult:
     seconds: dict[str, float] = field(default_factory=dict)
     attention_edit: dict | None = None
     tuned: str | None = None
+    also_written: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -93,7 +96,9 @@ class EditResult:
             "inversion": self.inversion,
             "inversion_cached": self.inversion_cached,
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
-        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | ({} if self.tuned is None else {"tuned": self.tuned})
+        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | (
+            {} if self.tuned is None else {"tuned": self.tuned}
+        ) | ({"also_written": list(self.also_written)} if self.also_written else {})
 
 
 class StageTimer:
@@ -169,7 +174,8 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
         audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
-        video_io.write_video(request.output, frames, clip.fps, audio)
+        for path in (request.output, *request.also_write):
+            video_io.write_video(path, frames, clip.fps, audio)
     return EditResult(
         output=str(request.output),
         frames=clip.num_frames,
@@ -183,6 +189,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         seconds=timer.seconds,
         attention_edit=None if prepared is None else prepared.summary(request.attention_edit),
         tuned=request.tuned,
+        also_written=tuple(request.also_write),
     )
 
 
