@@ -273,7 +273,7 @@ def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps
 
     options = dict(SETTINGS[setting])
     values = _edit_defaults() | {"prompt": edit.prompt, "model": model, "frames": 0, "size": SIZE, "steps": steps, "guidance": GUIDANCE}
-    values |= {"inversion_prompt": edit.source_prompt, "cache_dir": str(cache_dir), "device": "cpu", "dtype": "fp32"}
+    values |= {"inversion_prompt": edit.source_prompt, "cache_dir": str(cache_dir), "device": "auto", "dtype": "auto"}
     if options.pop("attention_edit", False):
         values |= {"source_prompt": edit.source_prompt, "prompt_edit": _prompt_edit(edit), "blend_words": ",".join(edit.blend_words)}
     if options.pop("tune", False):
@@ -289,7 +289,7 @@ def tune_clip(video: Path, clip: Clip, model: str, cache_dir: Path, steps: int =
 
     config = TuneConfig(prompt=clip.caption, selection=FrameSelection(max_frames=len(clip.frames), size=SIZE), steps=steps, learning_rate=TUNE_LR)
     begin = time.perf_counter()
-    result = tune_video(TuneRequest(str(video), config, None, model, "cpu", "fp32", str(cache_dir)))
+    result = tune_video(TuneRequest(str(video), config, None, model, "auto", "auto", str(cache_dir)))
     return Path(result.path), time.perf_counter() - begin
 
 
