@@ -156,3 +156,9 @@ def test_the_table_replaces_only_the_readme_block(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(bench.ConfigError, match="markers"):
         bench.put_in_readme(readme, "x\n")
+
+
+def test_the_table_names_the_training_steps_of_a_shapes_folder(tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps({"stages": {"vae": {"steps": 12}, "unet": {"steps": 34}}}))
+    assert bench.model_label(str(tmp_path)) == f"{tmp_path} (training steps: vae 12, unet 34)"
+    assert bench.model_label("tiny") == "tiny"

@@ -469,6 +469,19 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers")
 
 
+def model_label(model: str) -> str:
+    """The model's name and, for a shapes folder, the training steps of each stage (from its training.json)."""
+    from ..models import SHAPES_MODEL, SHAPES_MODEL_DIR
+
+    folder = SHAPES_MODEL_DIR if model == SHAPES_MODEL else Path(model)
+    try:
+        stages = json.loads((folder / "training.json").read_text(encoding="utf-8"))["stages"]
+        steps = ", ".join(f"{name} {entry['steps']}" for name, entry in stages.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return model
+    return f"{model} (training steps: {steps})"
+
+
 def run_command(args: argparse.Namespace, progress=None) -> int:
     """`eval --shapes`: run, print and write table.md, table.json and contact-<setting>.png (clip 0) in --out."""
     stated = load_stated()
@@ -489,7 +502,7 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
 
     for setting, rows in result.sheets.items():
         contact_sheet(rows).save(out / f"contact-{setting}.png")
-    header = f"Shapes benchmark: model {args.model}, {clips} clip(s) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
+    header = f"Shapes benchmark: model {model_label(args.model)}, {clips} clip(s) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
     notes = result.notes + [
         f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
         f"img2img and sparse-causal-noinv noise the source to strength {SDEDIT_STRENGTH} (no inversion); the others DDIM-invert with the source caption",
