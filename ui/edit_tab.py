@@ -53,12 +53,12 @@ def gradio_progress(progress: gr.Progress | None):
     return report
 
 
-def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS):
+def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS, tuned: str | None = None):
     """The validated request these widget values describe."""
     values = dict(values)
     video = values.pop("video", None)
     values.pop("token", None)
-    return make_request(option_values(values), video, output_dir, formats)
+    return make_request(option_values(values), video, output_dir, formats, tuned)
 
 
 def plan_text(video: str | None, start, end, stride, frames, size) -> str:
