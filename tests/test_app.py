@@ -140,3 +140,20 @@ def test_style_session_through_the_api(served, skiing, tmp_path):
     exported = served.predict(api_name="/export_session")
     with zipfile.ZipFile(exported) as archive:
         assert sum(n.endswith(".mp4") for n in archive.namelist()) == 3  # the source and two edits
+
+
+def test_one_shot_tune_then_edit_through_the_api(served, car):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from editing.video_io import probe
+
+    small = {"model": "tiny", "frames": 2, "size": 64}
+    with pytest.raises(AppError, match="tune on the clip first"):
+        served.predict(video=handle_file(str(car)), source_prompt="a car", prompt="a bear", **small, api_name="/edit_tuned")
+    info = served.predict(video=handle_file(str(car)), source_prompt="a car turning", tune_steps=2, **small, api_name="/tune")
+    assert info["weights"].endswith(".safetensors") and info["parameters"] > 0
+    video, details = served.predict(
+        video=handle_file(str(car)), source_prompt="a car turning", prompt="a bear", steps=2, tune_steps=2, **small, api_name="/edit_tuned"
+    )
+    assert details["tuned"].endswith(info["weights"]) and probe(video).frame_count == 2

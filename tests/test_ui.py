@@ -316,3 +316,34 @@ def test_extra_formats_come_from_the_same_frames(car, tmp_path):
     assert gif.size == (frames.shape[2], frames.shape[1])
     with pytest.raises(ConfigError, match="must end in"):
         dataclasses.replace(request, also_write=(str(tmp_path / "x.webm"),))
+
+
+def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, tmp_path, monkeypatch):
+    from editing.tuning import read_metadata
+    from ui.backend import Backend, CancelToken
+    from ui.oneshot_tab import edit_values, run_tuning
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
+    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 3, "learning_rate": 1e-4, "seed": 0}
+    stages = []
+    tuned = run_tuning(values, lambda stage, done, total: stages.append((stage, done, total)))
+    assert ("tune", 3, 3) in stages and not tuned["reused"]
+    assert read_metadata(tuned["path"])["settings"]["steps"] == 3
+    assert run_tuning(values, lambda *a: None)["reused"]  # the same clip and settings: no second tuning
+
+    from ui.edit_tab import make_handlers
+
+    edit = make_handlers(Backend())["edit"]
+    request_values = edit_values(values | {"prompt": "a bear", "steps": 2, "guidance": 1.0, "strength": 1.0, "token": CancelToken()})
+    video, _, _, details, _ = edit(request_values, None, tuned=tuned["path"])
+    assert details["tuned"] == tuned["path"] and details["frames"] == 2
+    with pytest.raises(EditingError, match="tuning prompt must not be empty"):
+        run_tuning(values | {"source_prompt": ""}, lambda *a: None)
+
+
+def test_the_form_cannot_point_an_edit_at_a_weights_file(car, tmp_path):
+    from editing.errors import ConfigError
+    from ui.edit_tab import request_from
+
+    with pytest.raises(ConfigError, match="unknown form fields: tuned"):
+        request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "tuned": "/etc/passwd"}, str(tmp_path))

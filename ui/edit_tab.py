@@ -36,6 +36,9 @@ STAGE_LABELS = {
     "invert": "inversion",
     "null_text": "null-text inversion",
     "denoise": "editing",
+    "encode": "encoding frames",
+    "tune": "tuning",
+    "save": "saving the tuned weights",
     "decode_latents": "decoding frames",
     "encode_video": "encoding",
 }
@@ -82,11 +85,11 @@ def warp_plot_data(errors: np.ndarray) -> pd.DataFrame:
 def make_handlers(backend: Backend):
     """The tab's handlers, each taking a dict of widget values."""
 
-    def edit(values: dict[str, Any], progress) -> tuple:
+    def edit(values: dict[str, Any], progress, tuned: str | None = None) -> tuple:
         token = values.get("token") or CancelToken()
         token.reset()
         try:
-            request = request_from(values, backend.output_dir())
+            request = request_from(values, backend.output_dir(), tuned=tuned)
             outputs = backend.edit(request, gradio_progress(progress), token)
             errors = backend.warp_errors(request, outputs)
         except Exception as exc:  # every failure is one sentence on screen; the app keeps serving
