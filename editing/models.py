@@ -3,6 +3,7 @@
 A model spec is one of
   - a built-in offline spec: `tiny` (small SD-1.x-shaped model, random weights, for tests and offline
     demos) or `sd15-random` (the full SD-1.5 architecture with random weights, for benchmarks);
+  - `shapes`: the small model trained on the shapes world (editing.shapes), from assets/shapes-model;
   - a local diffusers folder (holds `model_index.json`);
   - a single `.safetensors` checkpoint;
   - a Hugging Face Hub id such as `stable-diffusion-v1-5/stable-diffusion-v1-5`.
@@ -12,6 +13,7 @@ Built-in specs produce noise-like images: they exist to test and to measure cost
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import socket
@@ -45,6 +47,8 @@ SD1_SCHEDULER = dict(
     prediction_type="epsilon",
 )
 CACHE_SIZE = 2
+SHAPES_MODEL = "shapes"
+SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-model"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class ModelSpec:
         text = str(spec or DEFAULT_MODEL).strip()
         if text in BUILTIN_MODELS:
             return cls("builtin", text)
+        if text == SHAPES_MODEL:
+            return cls("shapes", text)
         path = Path(text).expanduser()
         if path.is_dir():
             return cls("folder", str(path.resolve()))
@@ -313,6 +319,25 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
     return _assemble(spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False)
 
 
+def load_shapes_model(folder: Path, device: torch.device, dtype: torch.dtype) -> Backbone:
+    """The shapes-world model: its components from `folder`, CLIP's tokenizer, its Canny ControlNet as default."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(f"the shapes model is not in {folder}; train it with: python -m editing.shapes.train --out {folder} --work DIR")
+    spec = ModelSpec("folder", str(folder))
+    unet = _load_from(spec, "shapes UNet", lambda: UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype))
+    vae = _load_from(spec, "shapes VAE", lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype))
+    text_encoder = _load_from(spec, "shapes text encoder", lambda: CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype))
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = {**SD1_SCHEDULER, **{k: v for k, v in scheduler.items() if k in SD1_SCHEDULER}}
+    backbone = _assemble(SHAPES_MODEL, clip_tokenizer(), text_encoder, vae, unet, scheduler_config, device, dtype, False)
+    if (folder / "controlnet-canny" / "config.json").is_file():
+        backbone.extras["controlnets"] = {"canny": str(folder / "controlnet-canny")}
+    return backbone
+
+
 # ---------------------------------------------------------------- cache and entry points
 
 _cache: "OrderedDict[tuple, Backbone]" = OrderedDict()
@@ -335,6 +360,8 @@ def load_backbone(spec: str | None = None, device: str | None = None, dtype: str
         if parsed.random_weights:
             log.warning("model '%s': %s", parsed.source, RANDOM_WEIGHTS_NOTE)
             backbone = _build_random(parsed.source, torch_device, torch_dtype)
+        elif parsed.kind == "shapes":
+            backbone = load_shapes_model(SHAPES_MODEL_DIR, torch_device, torch_dtype)
         else:
             backbone = _load_pretrained(parsed, torch_device, torch_dtype, config)
         _cache[key] = backbone
@@ -361,7 +388,9 @@ DEFAULT_CONTROLNETS = {
 
 
 def default_controlnet(kind: str, backbone: Backbone) -> str:
-    """The ControlNet for a condition kind: the SD-1.5 one, or a random one for built-in backbones."""
+    """The ControlNet for a condition kind: the backbone's own, the SD-1.5 one, or a random one for built-in backbones."""
+    if kind in backbone.extras.get("controlnets", {}):
+        return backbone.extras["controlnets"][kind]
     return "random" if backbone.random_weights else DEFAULT_CONTROLNETS[kind]
 
 

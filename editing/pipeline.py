@@ -96,9 +96,9 @@ class EditResult:
             "inversion": self.inversion,
             "inversion_cached": self.inversion_cached,
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
-        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | ({} if self.tuned is None else {"tuned": self.tuned}) | (
-            {"also_written": list(self.also_written)} if self.also_written else {}
-        )
+        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | (
+            {} if self.tuned is None else {"tuned": self.tuned}
+        ) | ({"also_written": list(self.also_written)} if self.also_written else {})
 
 
 class StageTimer:

@@ -1,0 +1,528 @@
+"""Train a small Stable-Diffusion-shaped model on the shapes world, from scratch, on the CPU.
+
+Three stages, each resumable from its last checkpoint in the work directory:
+  vae      AutoencoderKL reconstructing rendered scenes (MSE + a small KL term);
+  unet     CLIPTextModel (real CLIP tokenizer) and UNet2DConditionModel learn to predict DDPM noise on the
+           frozen VAE's latents, with captions dropped (replaced by "") for classifier-free guidance;
+  decoder  the VAE's decoder alone, sharpened (L1 + MSE) on the frozen encoder's latents, so the latent space
+           the UNet learnt stays the same (as SD's fine-tuned VAE decoders do); it may run alongside `unet`;
+  control  a ControlNetModel (initialised from the UNet) on Canny edges, UNet and text encoder frozen.
+Each step's data and noise come from generators seeded by (seed, stage, step), so a resumed run equals an
+uninterrupted one. The result is a diffusers folder (fp16 safetensors) plus training.json.
+
+    python -m editing.shapes.train --out DIR --work DIR [--vae-steps N --unet-steps N --decoder-steps N --control-steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import EditingError
+from .world import SceneSampler
+
+log = logging.getLogger(__name__)
+STAGES = ("vae", "unet", "decoder", "control")
+STAGE_IDS = {"vae": 1, "unet": 2, "control": 3, "decoder": 4}  # seeds data; fixed when stages are added
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Sizes, optimisation settings and step counts of the three training stages."""
+
+    seed: int = 0
+    image_size: int = 64
+    vae_channels: tuple[int, ...] = (16, 32, 64)  # len - 1 downsamplings: (a, b, c) is factor 4
+    latent_channels: int = 4
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    text_width: int = 32
+    text_layers: int = 2
+    vae_steps: int = 600
+    unet_steps: int = 6000
+    decoder_steps: int = 2000
+    control_steps: int = 1000
+    vae_batch: int = 8
+    unet_batch: int = 32
+    decoder_batch: int = 8
+    control_batch: int = 8
+    vae_lr: float = 1e-3
+    unet_lr: float = 5e-4
+    decoder_lr: float = 5e-4
+    control_lr: float = 2e-4
+    kl_weight: float = 1e-6
+    caption_dropout: float = 0.1
+    warmup: int = 100
+    checkpoint_every: int = 200
+    threads: int = 1  # on a shared 2-core machine one thread was 2-3x faster per step than two
+
+    def __post_init__(self):
+        if self.image_size % 2 ** (len(self.vae_channels) - 1):
+            raise ValueError(f"image size {self.image_size} must be divisible by the VAE factor {2 ** (len(self.vae_channels) - 1)}")
+        if min(self.vae_steps, self.unet_steps, self.decoder_steps, self.control_steps) < 0:
+            raise ValueError("step counts cannot be negative")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption dropout must be in [0, 1); got {self.caption_dropout}")
+        if min(self.vae_batch, self.unet_batch, self.decoder_batch, self.control_batch, self.checkpoint_every) < 1:
+            raise ValueError("batch sizes and checkpoint interval must be at least 1")
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, f"{stage}_steps")
+
+
+# ---------------------------------------------------------------- components
+
+
+def text_config(config: TrainConfig):
+    """CLIPTextConfig of the small text encoder (CLIP's vocabulary and 77 positions)."""
+    from transformers import CLIPTextConfig
+
+    width = config.text_width
+    return CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=config.text_layers,
+        num_attention_heads=max(1, width // 16), projection_dim=width,
+    )  # fmt: skip
+
+
+def build_vae(config: TrainConfig):
+    """A small AutoencoderKL of the SD-1.x family."""
+    from diffusers import AutoencoderKL
+
+    blocks = len(config.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=config.latent_channels, block_out_channels=config.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        layers_per_block=1, norm_num_groups=16, sample_size=config.image_size,
+    )  # fmt: skip
+
+
+def build_unet(config: TrainConfig):
+    """A small UNet2DConditionModel with cross-attention in its coarser levels (none at full latent size: 2x faster)."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(config.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=config.image_size // 2 ** (len(config.vae_channels) - 1), in_channels=config.latent_channels,
+        out_channels=config.latent_channels, layers_per_block=1, block_out_channels=config.unet_channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        cross_attention_dim=config.text_width, attention_head_dim=4, norm_num_groups=16,
+    )  # fmt: skip
+
+
+def build_controlnet(unet, config: TrainConfig):
+    """A ControlNetModel copying the UNet's encoder; its condition embedding downsamples by the VAE factor."""
+    from diffusers import ControlNetModel
+
+    factor_levels = len(config.vae_channels) - 1
+    embedding = tuple(16 * 2**i for i in range(factor_levels + 1))
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding, load_weights_from_unet=True)
+
+
+def scheduler_config() -> dict:
+    """The SD-1.x noise schedule: the product samples with DDIM on it."""
+    from ..models import SD1_SCHEDULER
+
+    return dict(SD1_SCHEDULER)
+
+
+# ---------------------------------------------------------------- data
+
+
+def step_rng(config: TrainConfig, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The numpy and torch generators of one step: a function of (seed, stage, step) only."""
+    key = [config.seed, STAGE_IDS[stage], step]
+    seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+    return np.random.default_rng(key), torch.Generator("cpu").manual_seed(seed)
+
+
+def scene_batch(config: TrainConfig, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """Training scenes (never a held-out pair): pixels in [-1, 1], captions, uint8 images."""
+    sampler = SceneSampler(size=config.image_size, split="train")
+    samples = [sampler.sample(rng) for _ in range(count)]
+    images = np.stack([s.image for s in samples])
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, [s.caption for s in samples], images
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids padded to 77, exactly as the product encodes prompts."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def drop_captions(captions: list[str], rng: np.random.Generator, rate: float) -> list[str]:
+    """Replace a share `rate` of captions with "" (the unconditional prompt of classifier-free guidance)."""
+    keep = rng.random(len(captions)) >= rate
+    return [c if k else "" for c, k in zip(captions, keep)]
+
+
+# ---------------------------------------------------------------- losses
+
+
+def vae_loss(vae, pixels: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+    """Reconstruction MSE of a posterior sample plus a small KL to the standard normal."""
+    posterior = vae.encode(pixels).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator)).sample
+    return F.mse_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
+
+
+def decoder_loss(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """L1 + MSE reconstruction from a posterior sample of the frozen encoder (L1 keeps edges sharp)."""
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.sample(generator)
+    reconstruction = vae.decode(latents).sample
+    return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
+
+
+def noisy_latents(vae, scheduler, pixels, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, noise, timesteps) for the DDPM objective on the frozen VAE's scaled latents."""
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def unet_loss(models, pixels, ids, generator) -> torch.Tensor:
+    """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) conditioned on the text encoder's hidden states."""
+    vae, text_encoder, unet, scheduler = models
+    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator)
+    context = text_encoder(ids)[0]
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
+
+
+def control_loss(models, pixels, ids, edges, generator) -> torch.Tensor:
+    """Epsilon-prediction MSE with the ControlNet's residuals added to the frozen UNet."""
+    vae, text_encoder, unet, scheduler, controlnet = models
+    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator)
+    with torch.no_grad():
+        context = text_encoder(ids)[0]
+    down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=edges, return_dict=False)
+    predicted = unet(noisy, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    return F.mse_loss(predicted, noise)
+
+
+def canny_edges(images: np.ndarray) -> torch.Tensor:
+    """The product's Canny condition images, (N, 3, H, W) in [0, 1]."""
+    from ..control.extractors import canny
+
+    return torch.from_numpy(canny(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+# ---------------------------------------------------------------- the training loop
+
+
+@dataclass
+class StageState:
+    """What a stage checkpoint holds: trained modules' weights, optimiser state, step, loss history."""
+
+    step: int = 0
+    losses: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def learning_rate(config: TrainConfig, base: float, step: int) -> float:
+    """Linear warm-up to the base rate, then constant (so training can always be continued)."""
+    return base * min(1.0, (step + 1) / config.warmup)
+
+
+def checkpoint_path(work: Path, stage: str) -> Path:
+    return work / f"{stage}.ckpt"
+
+
+def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: StageState) -> None:
+    """Atomically write a stage checkpoint."""
+    path = checkpoint_path(work, stage)
+    payload = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(), "state": asdict(state)}
+    torch.save(payload, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def load_checkpoint(work: Path, stage: str, modules: dict, optimizer) -> StageState:
+    """Restore a stage checkpoint into modules and optimiser; a fresh state when there is none."""
+    path = checkpoint_path(work, stage)
+    if not path.is_file():
+        return StageState()
+    payload = torch.load(path, weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(payload["modules"][name])
+    optimizer.load_state_dict(payload["optimizer"])
+    return StageState(**payload["state"])
+
+
+def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_fn, base_lr: float, start: int = 0) -> StageState:
+    """Train `modules` for the stage's steps (from its checkpoint if any), checkpointing as it goes.
+
+    `loss_fn(step)` returns the step's loss; step numbers start at `start` (steps already done by the
+    weights this run started from), so continued training sees fresh data.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    parameters = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
+    state = load_checkpoint(work, stage, modules, optimizer)
+    if state.step == 0:
+        state.step = start
+    end = start + config.steps(stage)
+    for module in modules.values():
+        module.train().requires_grad_(True)
+    while state.step < end:
+        began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, base_lr, state.step - start)
+        loss = loss_fn(state.step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        state.step += 1
+        state.losses.append(round(loss.item(), 6))
+        state.seconds += time.perf_counter() - began
+        if state.step % config.checkpoint_every == 0 or state.step == end:
+            save_checkpoint(work, stage, modules, optimizer, state)
+            log.info("%s step %d/%d loss %.5f (%.2f s/step)", stage, state.step, end, np.mean(state.losses[-50:]), state.seconds / max(1, state.step - start))
+    for module in modules.values():
+        module.eval().requires_grad_(False)
+    return state
+
+
+@dataclass
+class Components:
+    """The model being trained, stage by stage."""
+
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    controlnet: torch.nn.Module | None
+    tokenizer: object
+    scaled: bool = False  # the VAE's scaling factor is already derived (loaded from a saved folder)
+
+
+def fresh_components(config: TrainConfig) -> Components:
+    """Seeded random initialisation of every component (the ControlNet is made from the trained UNet later)."""
+    from transformers import CLIPTextModel
+
+    from ..models import clip_tokenizer
+
+    torch.manual_seed(config.seed)
+    vae = build_vae(config)
+    torch.manual_seed(config.seed + 1)
+    text_encoder = CLIPTextModel(text_config(config))
+    torch.manual_seed(config.seed + 2)
+    unet = build_unet(config)
+    return Components(vae, text_encoder, unet, None, clip_tokenizer())
+
+
+def load_components(folder: Path) -> Components:
+    """Components from a saved shapes folder (weights in fp32), to continue training."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from ..models import clip_tokenizer
+
+    dtype = dict(torch_dtype=torch.float32)
+    controlnet = ControlNetModel.from_pretrained(folder / "controlnet-canny", **dtype) if (folder / "controlnet-canny").is_dir() else None
+    return Components(
+        AutoencoderKL.from_pretrained(folder / "vae", **dtype),
+        CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
+        UNet2DConditionModel.from_pretrained(folder / "unet", **dtype),
+        controlnet,
+        clip_tokenizer(),
+        scaled=True,
+    )
+
+
+def latent_scale(vae, config: TrainConfig, count: int = 64) -> float:
+    """1 / std of the VAE's latents on seeded training scenes (SD's scaling_factor, derived the same way)."""
+    rng = np.random.default_rng([config.seed, 99])
+    pixels, _, _ = scene_batch(config, rng, count)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean
+    return float(1.0 / latents.std())
+
+
+def train_vae(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
+    """Stage 1: the autoencoder."""
+
+    def loss(step):
+        rng, generator = step_rng(config, "vae", step)
+        pixels, _, _ = scene_batch(config, rng, config.vae_batch)
+        return vae_loss(parts.vae, pixels, generator, config.kl_weight)
+
+    state = run_stage(config, "vae", work, {"vae": parts.vae}, loss, config.vae_lr, start)
+    if config.vae_steps > 0 or not parts.scaled:  # a VAE that did not change keeps the scale its UNet learnt on
+        parts.vae.register_to_config(scaling_factor=latent_scale(parts.vae, config))
+        parts.scaled = True
+    return state
+
+
+def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
+    """Stage 2: text encoder and UNet, with caption dropout."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(scheduler_config())
+    models = (parts.vae, parts.text_encoder, parts.unet, scheduler)
+
+    def loss(step):
+        rng, generator = step_rng(config, "unet", step)
+        pixels, captions, _ = scene_batch(config, rng, config.unet_batch)
+        ids = tokenize(parts.tokenizer, drop_captions(captions, rng, config.caption_dropout))
+        return unet_loss(models, pixels, ids, generator)
+
+    return run_stage(config, "unet", work, {"text_encoder": parts.text_encoder, "unet": parts.unet}, loss, config.unet_lr, start)
+
+
+def train_decoder(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
+    """Stage 3: sharpen the decoder; the encoder (so the latent space and its scale) stays as it is."""
+    decoder = torch.nn.ModuleDict({"decoder": parts.vae.decoder, "post_quant_conv": parts.vae.post_quant_conv})
+
+    def loss(step):
+        rng, generator = step_rng(config, "decoder", step)
+        pixels, _, _ = scene_batch(config, rng, config.decoder_batch)
+        return decoder_loss(parts.vae, pixels, generator)
+
+    state = run_stage(config, "decoder", work, {"decoder": decoder}, loss, config.decoder_lr, start)
+    parts.vae.eval().requires_grad_(False)
+    return state
+
+
+def train_control(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
+    """Stage 3: a Canny-edge ControlNet on the frozen model."""
+    from diffusers import DDPMScheduler
+
+    if parts.controlnet is None:
+        torch.manual_seed(config.seed + 3)
+        parts.controlnet = build_controlnet(parts.unet, config)
+    scheduler = DDPMScheduler.from_config(scheduler_config())
+    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, parts.controlnet)
+
+    def loss(step):
+        rng, generator = step_rng(config, "control", step)
+        pixels, captions, images = scene_batch(config, rng, config.control_batch)
+        ids = tokenize(parts.tokenizer, drop_captions(captions, rng, config.caption_dropout))
+        return control_loss(models, pixels, ids, canny_edges(images), generator)
+
+    return run_stage(config, "control", work, {"controlnet": parts.controlnet}, loss, config.control_lr, start)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save_folder(parts: Components, out: Path, record: dict) -> None:
+    """Write the diffusers folder (fp16 safetensors, model_index.json, DDIM scheduler) and training.json.
+
+    The tokenizer is not saved (3.5 MB): it is CLIP's, built offline by editing.models.clip_tokenizer()."""
+    from diffusers import DDIMScheduler
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("vae", "text_encoder", "unet", "controlnet"):
+        module = getattr(parts, name)
+        if module is not None:
+            folder = out / ("controlnet-canny" if name == "controlnet" else name)
+            module.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+            module.to(torch.float32)
+    DDIMScheduler.from_config(scheduler_config()).save_pretrained(out / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version(),
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": [None, None],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }  # fmt: skip
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def previous_record(folder: Path | None) -> dict:
+    """training.json of the folder training continues from (empty when starting from scratch)."""
+    if folder is None:
+        return {}
+    path = folder / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summarise(config: TrainConfig, name: str, state: StageState, start: int, before: dict) -> dict:
+    """A stage's record: steps, loss at the start and end (means of 50 steps), seconds per step, batch."""
+    losses, done = state.losses, state.step - start
+    return {
+        "steps": state.step,
+        "steps_this_run": done,
+        "batch": getattr(config, f"{name}_batch"),
+        "loss_first50": float(np.mean(losses[:50])) if losses else None,
+        "loss_last50": float(np.mean(losses[-50:])) if losses else None,
+        "seconds_per_step": state.seconds / done if done else None,
+        "earlier_runs": before or None,
+    }
+
+
+def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None) -> dict:
+    """Run the three stages (resuming from `work`, or continuing from the saved folder `init`) and save to `out`."""
+    torch.set_num_threads(config.threads)
+    work.mkdir(parents=True, exist_ok=True)
+    previous = previous_record(init)
+    parts = load_components(init) if init is not None else fresh_components(config)
+    record = {"config": asdict(config), "continued_from": str(init) if init else None, "stages": {}}
+    stages = {"vae": train_vae, "unet": train_unet, "decoder": train_decoder, "control": train_control}
+    for name, run in stages.items():
+        before = previous.get("stages", {}).get(name, {})
+        start = int(before.get("steps", 0))
+        state = run(config, parts, work, start)
+        record["stages"][name] = summarise(config, name, state, start, before)
+        log.info("stage %s done: %s", name, record["stages"][name])
+    record["latent_scaling_factor"] = float(parts.vae.config.scaling_factor)
+    save_folder(parts, out, record)
+    return record
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m editing.shapes.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
+    parser.add_argument("--work", type=Path, required=True, help="where stage checkpoints are kept (resumed from)")
+    parser.add_argument("--init", type=Path, help="a saved shapes folder to continue training from (optimiser reset)")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    parser.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    parser.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
+    parser.add_argument("--control-steps", type=int, default=TrainConfig.control_steps)
+    parser.add_argument("--unet-batch", type=int, default=TrainConfig.unet_batch)
+    parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        config = TrainConfig(
+            seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, decoder_steps=args.decoder_steps, control_steps=args.control_steps,
+            unet_batch=args.unet_batch, checkpoint_every=args.checkpoint_every, threads=args.threads,
+        )  # fmt: skip
+        if args.init is not None and not (args.init / "model_index.json").is_file():
+            raise EditingError(f"{args.init} is not a saved shapes model folder (no model_index.json)")
+        train(config, args.out, args.work, args.init)
+    except (ValueError, EditingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The `shapes` model spec and the held-out quality measurement, on a tiny freshly trained folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from editing import models
+from editing.errors import ModelLoadError
+from editing.shapes import quality
+from editing.shapes import train as T
+from editing.shapes.world import HELD_OUT_PAIRS
+from tests.test_shapes_train import TINY
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("shapes")
+    config = T.TrainConfig(**{**TINY.__dict__, "vae_steps": 1, "unet_steps": 1, "control_steps": 1})
+    T.train(config, root / "model", root / "work")
+    return root / "model"
+
+
+def test_shapes_spec_without_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "SHAPES_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="python -m editing.shapes.train"):
+        models.load_backbone("shapes", device="cpu")
+
+
+def test_shapes_spec_loads_the_folder_with_its_controlnet(monkeypatch, folder):
+    monkeypatch.setattr(models, "SHAPES_MODEL_DIR", folder)
+    models.clear_cache()
+    try:
+        backbone = models.load_backbone("shapes", device="cpu")
+        assert not backbone.random_weights and backbone.vae_scale_factor == 2
+        assert backbone.unet.config.cross_attention_dim == TINY.text_width
+        assert models.default_controlnet("canny", backbone) == str(folder / "controlnet-canny")
+        controlnet = models.load_controlnet(models.default_controlnet("canny", backbone), backbone)
+        assert list(controlnet.config.conditioning_embedding_out_channels) == [16, 32]
+    finally:
+        models.clear_cache()
+
+
+def test_text_to_image_makes_seeded_images_of_the_trained_size(folder):
+    backbone = models.load_shapes_model(folder, torch.device("cpu"), torch.float32)
+    first = quality.text_to_image(backbone, "a red circle on a blue background", 2, seed=3, steps=2)
+    again = quality.text_to_image(backbone, "a red circle on a blue background", 2, seed=3, steps=2)
+    assert first.shape == (2, TINY.image_size, TINY.image_size, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again) and not np.array_equal(first[0], first[1])
+
+
+def test_comparison_captions_avoid_the_held_out_pairs():
+    captions = quality.seen_captions(25)
+    assert len(set(captions)) == 25
+    assert not any(f"{colour} {shape}" in caption for caption in captions for colour, shape in HELD_OUT_PAIRS)
+
+
+def test_quality_cli_measures_and_refuses_bad_settings(folder, tmp_path, capsys):
+    assert quality.main(["--model", str(folder), "--per-caption", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert quality.main(["--model", str(tmp_path), "--steps", "1"]) == 2
+    assert "shapes model is not in" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""Training the shapes model: each stage learns, resuming equals not stopping, the folder loads with diffusers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from editing.shapes import train as T
+
+TINY = T.TrainConfig(
+    image_size=32, vae_channels=(16, 16), unet_channels=(16, 32), text_width=16, text_layers=1,
+    vae_steps=6, unet_steps=6, decoder_steps=6, control_steps=6, vae_batch=4, unet_batch=4, decoder_batch=4,
+    control_batch=4, vae_lr=3e-3, unet_lr=3e-3, decoder_lr=3e-3, control_lr=3e-3, warmup=1, checkpoint_every=3,
+)  # fmt: skip
+
+
+def fixed_batch(config, count=4):
+    """A batch never seen in training, with its own generator."""
+    pixels, captions, images = T.scene_batch(config, np.random.default_rng([7, 7]), count)
+    return pixels, captions, images
+
+
+def weights(module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Components after each stage, with fixed-batch losses measured before and after it."""
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("work")
+    parts = T.fresh_components(TINY)
+    pixels, captions, images = fixed_batch(TINY)
+    ids = T.tokenize(parts.tokenizer, captions)
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(T.scheduler_config())
+
+    def losses():
+        with torch.no_grad():
+            vae = T.vae_loss(parts.vae, pixels, torch.Generator().manual_seed(0), TINY.kl_weight)
+            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, scheduler), pixels, ids, torch.Generator().manual_seed(0))
+        return float(vae), float(unet)
+
+    record = {"vae_before": losses()[0]}
+    T.train_vae(TINY, parts, work, 0)
+    record["vae_after"], record["unet_before"] = losses()
+    T.train_unet(TINY, parts, work, 0)
+    record["unet_after"] = losses()[1]
+    with torch.no_grad():
+        record["decoder_before"] = float(T.decoder_loss(parts.vae, pixels, torch.Generator().manual_seed(0)))
+        record["latents_before"] = parts.vae.encode(pixels).latent_dist.mean
+    T.train_decoder(TINY, parts, work, 0)
+    with torch.no_grad():
+        record["decoder_after"] = float(T.decoder_loss(parts.vae, pixels, torch.Generator().manual_seed(0)))
+        record["latents_after"] = parts.vae.encode(pixels).latent_dist.mean
+    T.train_control(TINY, parts, work, 0)
+    return parts, record, work
+
+
+def test_vae_stage_lowers_reconstruction_loss(trained):
+    _, record, _ = trained
+    assert record["vae_after"] < record["vae_before"]
+
+
+def test_unet_stage_lowers_noise_prediction_loss(trained):
+    _, record, _ = trained
+    assert record["unet_after"] < record["unet_before"]
+
+
+def test_decoder_stage_sharpens_without_moving_the_latent_space(trained):
+    _, record, _ = trained
+    assert record["decoder_after"] < record["decoder_before"]
+    assert torch.equal(record["latents_before"], record["latents_after"])
+
+
+def test_control_stage_trains_only_the_controlnet(trained, tmp_path):
+    parts, _, work = trained
+    checkpoint = torch.load(work / "control.ckpt", weights_only=False)
+    assert set(checkpoint["modules"]) == {"controlnet"}
+    losses = checkpoint["state"]["losses"]
+    assert len(losses) == TINY.control_steps
+    # The zero convolutions have left zero: the ControlNet now changes the UNet's input.
+    assert any(float(block.weight.abs().max()) > 0 for block in parts.controlnet.controlnet_down_blocks)
+
+
+def test_latent_scaling_factor_is_derived_from_the_latents(trained):
+    parts, _, _ = trained
+    pixels, _, _ = T.scene_batch(TINY, np.random.default_rng([TINY.seed, 99]), 64)
+    with torch.no_grad():
+        latents = parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
+    assert abs(float(latents.std()) - 1.0) < 1e-3
+
+
+def test_resuming_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    config = T.TrainConfig(**{**TINY.__dict__, "vae_steps": 4, "checkpoint_every": 2})
+    straight = T.fresh_components(config)
+    T.train_vae(config, straight, tmp_path / "straight", 0)
+    halfway = T.TrainConfig(**{**config.__dict__, "vae_steps": 2})
+    T.train_vae(halfway, T.fresh_components(halfway), tmp_path / "stopped", 0)
+    resumed = T.fresh_components(config)  # a new process: fresh weights, then the checkpoint
+    T.train_vae(config, resumed, tmp_path / "stopped", 0)
+    assert same_weights(weights(straight.vae), weights(resumed.vae))
+    assert not same_weights(weights(straight.vae), weights(T.fresh_components(config).vae))
+
+
+def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_path):
+    torch.set_num_threads(1)
+    config = T.TrainConfig(**{**TINY.__dict__, "vae_steps": 2, "unet_steps": 2, "decoder_steps": 2, "control_steps": 2})
+    record = T.train(config, tmp_path / "model", tmp_path / "work")
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    from editing.models import clip_tokenizer
+
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None)
+    assert pipe.unet.config.cross_attention_dim == config.text_width and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.vae.config.scaling_factor == pytest.approx(record["latent_scaling_factor"])
+    ControlNetModel.from_pretrained(tmp_path / "model" / "controlnet-canny")
+    saved = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert saved["stages"]["unet"]["steps"] == 2 and saved["config"]["seed"] == config.seed
+    more = T.TrainConfig(**{**config.__dict__, "vae_steps": 0, "unet_steps": 1, "decoder_steps": 0, "control_steps": 0})
+    again = T.train(more, tmp_path / "model2", tmp_path / "work2", init=tmp_path / "model")
+    assert again["stages"]["unet"]["steps"] == 3 and again["stages"]["unet"]["steps_this_run"] == 1
+    assert again["latent_scaling_factor"] == record["latent_scaling_factor"]  # the UNet keeps its latent scale
+
+
+def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "editing.shapes.train", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--init", str(tmp_path)],
+        capture_output=True, text=True, cwd=T.__file__.rsplit("/editing/", 1)[0],
+    )  # fmt: skip
+    assert result.returncode == 2 and "not a saved shapes model" in result.stderr and "Traceback" not in result.stderr
