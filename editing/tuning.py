@@ -186,18 +186,23 @@ def tune_weights(
         for step, (timestep, noise) in enumerate(training_draws(config, tuple(latents.shape), train_timesteps)):
             with autocast(backbone.device, config.mixed_precision):
                 loss = denoising_loss(backbone, latents, text, timestep, noise.to(latents), layout)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss, optimizer, scaler, parameters, config.max_grad_norm)
             losses.append(float(loss.detach()))
             log.debug("tuning step %d: loss %.4f", step, losses[-1])
             if progress is not None:
                 progress("tune", step + 1, config.steps)
     weights.eval().requires_grad_(False)
     return weights, losses
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, parameters, max_grad_norm: float) -> None:
+    """Backpropagate the (scaled) loss, clip the gradients' norm and step the optimiser."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 # ---------------------------------------------------------------- files
@@ -298,7 +303,14 @@ def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> Tun
     begin = time.perf_counter()
     weights, losses = tune_weights(backbone, latents, text, config, progress)
     seconds = (time.perf_counter() - begin) / config.steps
-    metadata = {
+    progress("save", 0, 1)
+    save_tuned(cached, weights, tuning_metadata(backbone, identity, key, source, config, losses))
+    return _finish(request, cached, False, losses, seconds)
+
+
+def tuning_metadata(backbone: Backbone, identity: str, key: str, source: dict, config: TuneConfig, losses: list[float]) -> dict:
+    """What a tuned file says about itself: format, base model, clip, cache key, settings and losses."""
+    return {
         "format": FORMAT,
         "base": identity,
         "base_name": backbone.name,
@@ -308,9 +320,6 @@ def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> Tun
         "source": source,
         "losses": [round(v, 6) for v in losses],
     }
-    progress("save", 0, 1)
-    save_tuned(cached, weights, metadata)
-    return _finish(request, cached, False, losses, seconds)
 
 
 def _has_key(path: Path, key: str) -> bool:

@@ -111,7 +111,7 @@ def objective(backbone, weights, latents, text, config) -> float:
     layout = layout_for("sparse-causal", list(range(len(latents))))
     draws = training_draws(config, tuple(latents.shape), backbone.scheduler_config["num_train_timesteps"])
     with TunedControl(weights).processors(backbone.unet), torch.no_grad():
-        return sum(float(denoising_loss(backbone, latents, text, t, noise, layout)) for t, noise in draws) / config.steps
+        return sum(float(denoising_loss(backbone, latents, text, t, noise.to(latents), layout)) for t, noise in draws) / config.steps
 
 
 def test_gradient_checkpointing_gives_the_same_training(tiny, clip_latents):
@@ -225,3 +225,24 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--model", "sd15-random"]) == 2
     err = capsys.readouterr().err
     assert "tuned on model 'tiny'" in err and err.count("\n") == 1
+
+
+@pytest.mark.real_weights
+def test_tuning_real_weights_lowers_the_loss_and_edits(tmp_path, car):
+    """Run with RUN_REAL_WEIGHTS=1 HF_HUB_OFFLINE=0 (and EDITING_REAL_MODEL=/path for a local copy), ideally on a GPU."""
+    import os
+
+    from editing.models import load_backbone
+
+    model = os.environ.get("EDITING_REAL_MODEL", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    selection = FrameSelection(max_frames=8, size=512)
+    config = TuneConfig("a car turning on a road", selection, steps=100)
+    result = tune_video(TuneRequest(str(car), config, str(tmp_path / "car.safetensors"), model, cache_dir=str(tmp_path)))
+    backbone = load_backbone(model)
+    latents = sampling.encode_frames(backbone, read_clip(car, selection).frames, 8)
+    text = sampling.encode_prompts(backbone, [config.prompt])
+    tuned = load_tuned(result.path, backbone).weights
+    assert objective(backbone, tuned, latents, text, config) < objective(backbone, inflate(backbone, 0), latents, text, config)
+    engine = EngineConfig(attention="sparse-causal", inversion_prompt=config.prompt, cache_dir=str(tmp_path))
+    edited = EditRequest(str(car), str(tmp_path / "jeep.mp4"), EditConfig("a jeep driving on the moon", steps=30), selection, engine, model, tuned=result.path)
+    assert edit_video(edited).frames == 8
