@@ -126,3 +126,18 @@ def make_tune_request(values: Mapping[str, Any], video: str | None):
     if not video:
         raise EditingError("upload a video or pick an example first")
     return tune_request(command_namespace("tune", values, video, None))
+
+
+def one_sentence_errors(fn):
+    """`fn`, with any failure turned into a one-sentence gr.Error (so the app keeps serving)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise as_gradio_error(exc) from exc
+
+    return run

@@ -12,7 +12,7 @@ from editing.pipeline import ProgressFn
 from . import widgets
 from .backend import Backend, CancelToken, cancellable, free_memory
 from .edit_tab import GPU_QUEUE, gradio_progress, make_handlers
-from .forms import as_gradio_error, default_values, make_tune_request, option_values
+from .forms import default_values, make_tune_request, one_sentence_errors, option_values
 from .gpu import gpu
 
 TUNE_FIELDS = ["video", "source_prompt", "model", "start", "end", "stride", "frames", "size", "tune_steps", "learning_rate", "seed"]
@@ -82,13 +82,11 @@ def create_tab(backend: Backend, default_model: str) -> None:
 
     edit = make_handlers(backend)["edit"]
 
+    @one_sentence_errors
     def tune(values: dict[str, Any], progress) -> tuple[dict, str]:
         tok = values.get("token") or CancelToken()
         tok.reset()
-        try:
-            result = run_tuning(values, gradio_progress(progress), tok)
-        except Exception as exc:
-            raise as_gradio_error(exc) from exc
+        result = run_tuning(values, gradio_progress(progress), tok)
         path = result.pop("path")
         return result | {"weights": Path(path).name}, path  # no "path" key: clients would take the JSON for a file
 
