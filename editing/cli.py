@@ -20,6 +20,7 @@ from .errors import ConfigError, EditingError
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
 
 log = logging.getLogger("editing")
+DEFAULT_ATTENTION = "first"  # cross-frame attention of an edit without --attention or --tuned
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     edit.add_argument("--strength", type=float, default=1.0, help="share of the steps to invert and re-run (lower keeps more of the source)")
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--attention", default="first", choices=ATTENTION_MODES, help="cross-frame attention")
+    edit.add_argument(
+        "--attention", default=None, choices=ATTENTION_MODES, help=f"cross-frame attention (default: {DEFAULT_ATTENTION}; with --tuned, the mode it was tuned with)"
+    )
     edit.add_argument("--window", type=int, default=2, help="neighbours on each side for --attention window")
     edit.add_argument("--chunk", type=int, default=8, help="frames per UNet call; longer clips run in chunks sharing anchor frames")
     edit.add_argument(
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_attention_edit_options(edit)
-    edit.add_argument("--tuned", default=None, metavar="FILE", help="edit with one-shot tuned weights from `tune` (use with --attention sparse-causal)")
+    edit.add_argument("--tuned", default=None, metavar="FILE", help="edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)")
     add_tune_command(commands)
 
     evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
@@ -262,7 +265,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
     smoothing = SmoothingConfig.parse(args.smooth)
     return EngineConfig(
-        attention=args.attention,
+        attention=attention_mode(args),
         window=args.window,
         chunk=args.chunk,
         inversion=args.inversion,
@@ -273,6 +276,17 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         cache_dir=args.cache_dir,
         annotators=args.annotators,
     )
+
+
+def attention_mode(args: argparse.Namespace) -> str:
+    """--attention if given; else the mode a --tuned file was tuned with; else DEFAULT_ATTENTION."""
+    if args.attention is not None:
+        return args.attention
+    if getattr(args, "tuned", None) is not None:
+        from .tuning import tuned_attention
+
+        return tuned_attention(args.tuned)
+    return DEFAULT_ATTENTION
 
 
 class TerminalProgress:

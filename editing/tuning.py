@@ -253,6 +253,11 @@ def check_base(path: str | os.PathLike, model: str) -> dict:
     return metadata
 
 
+def tuned_attention(path: str | os.PathLike) -> str:
+    """The cross-frame attention mode a tuned file was tuned with (and is best edited with)."""
+    return read_metadata(path).get("settings", {}).get("attention", TUNING_ATTENTION)
+
+
 def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
     """Tuned weights from a file, on the backbone's device; refused when they were tuned on another base."""
     from safetensors.torch import load_file

@@ -214,7 +214,7 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert result["path"] == str(weights) and weights.exists() and not result["reused"]
     out = tmp_path / "edited.mp4"
     edit = ["edit", str(car), "--prompt", "a jeep", "--out", str(out), "--model", "tiny", "--frames", "4", "--size", "64", "--steps", "2"]
-    assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0
+    assert main([*edit, "--tuned", str(weights), "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0  # its own attention mode
     assert probe(out).frame_count == 4 and json.loads(capsys.readouterr().out)["tuned"] == str(weights)
     capsys.readouterr()
     assert main([*edit, "--tuned", str(tmp_path / "missing.safetensors"), "--attention", "sparse-causal", "--device", "cpu"]) == 2
@@ -225,6 +225,23 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--model", "sd15-random"]) == 2
     err = capsys.readouterr().err
     assert "tuned on model 'tiny'" in err and err.count("\n") == 1
+
+
+def test_an_edit_with_tuned_weights_takes_their_attention_mode_unless_told(tiny, tmp_path):
+    from editing.cli import DEFAULT_ATTENTION, build_parser, edit_request
+    from editing.tuning import FORMAT
+    from ui.edit_tab import request_from
+    from ui.oneshot_tab import edit_values
+
+    path = tmp_path / "t.safetensors"
+    save_tuned(path, inflate(tiny, 0), {"format": FORMAT, "base": _identity(tiny), "base_name": "tiny", "settings": {"attention": "full"}})
+    edit = ["edit", "clip.mp4", "--prompt", "a jeep", "--out", "o.mp4"]
+    attention = lambda *extra: edit_request(build_parser().parse_args([*edit, *extra])).engine.attention  # noqa: E731
+    assert attention() == DEFAULT_ATTENTION != "full"
+    assert attention("--tuned", str(path)) == "full"  # the mode recorded in the file
+    assert attention("--tuned", str(path), "--attention", "window") == "window"  # an explicit choice wins
+    values = edit_values({"video": "clip.mp4", "model": "tiny", "prompt": "a jeep", "source_prompt": "a car"})
+    assert request_from(values, str(tmp_path), tuned=str(path)).engine.attention == "full"  # the one-shot tab, the same way
 
 
 @pytest.mark.real_weights

@@ -17,7 +17,6 @@ from .gpu import gpu
 
 TUNE_FIELDS = ["video", "source_prompt", "model", "start", "end", "stride", "frames", "size", "tune_steps", "learning_rate", "seed"]
 EDIT_FIELDS = ["prompt", "steps", "guidance", "strength"]
-TUNED_ATTENTION = "sparse-causal"  # the attention mode tunings are trained with
 
 
 def tune_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +39,11 @@ def run_tuning(values: dict[str, Any], progress: ProgressFn, token: CancelToken 
 
 
 def edit_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Edit-tab values for an edit with the tuned model: the tuning's clip and trim, the tab's prompt and sampler."""
+    """Edit-tab values for an edit with the tuned model: the tuning's clip and trim, the tab's prompt and sampler.
+
+    No attention mode: as with `edit --tuned`, the edit takes the one the weights were tuned with."""
     edit = {k: values.get(k) for k in ("video", "model", "start", "end", "stride", "frames", "size", "seed", *EDIT_FIELDS)}
-    return edit | {"attention": TUNED_ATTENTION, "inversion_prompt": values.get("source_prompt") or "", "token": values.get("token")}
+    return edit | {"inversion_prompt": values.get("source_prompt") or "", "token": values.get("token")}
 
 
 def create_tab(backend: Backend, default_model: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from editing.cli import DEFAULT_ATTENTION
 from editing.config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, PROMPT_EDITS
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
 
@@ -67,7 +68,7 @@ def engine_widgets() -> dict[str, gr.components.Component]:
     """Attention mode, inversion, ControlNets, smoothing."""
     defaults = default_values()
     with gr.Row():
-        attention = gr.Dropdown(list(ATTENTION_MODES), value=defaults["attention"], label="Cross-frame attention")
+        attention = gr.Dropdown(list(ATTENTION_MODES), value=defaults["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
         inversion = gr.Dropdown(list(INVERSIONS), value=defaults["inversion"], label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
     with gr.Row():
         kinds = gr.CheckboxGroup(list(CONTROL_KINDS), label="ControlNets", info="depth and softedge need annotator weights")
