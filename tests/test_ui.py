@@ -46,6 +46,8 @@ def test_blank_widgets_keep_the_cli_defaults(car, tmp_path):
     app = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": None, "source_prompt": "  ", "negative_prompt": None}, str(tmp_path), (".mp4",))
     assert app == cli_request(str(car), "--out", app.output, "--prompt", "a cat", "--model", "tiny")
     assert app.attention_edit is None and app.selection.end is None
+    zero = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": 0}, str(tmp_path), (".mp4",))
+    assert zero.selection.end is None  # the End box shows 0, labelled '0 = clip end'
 
 
 def test_every_format_is_written_from_one_request(car, tmp_path):

@@ -44,7 +44,9 @@ def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.C
     """Trim and size: start, end, stride, frame count, long side."""
     with gr.Row():
         start = gr.Number(0, label="Start (s)", minimum=0)
-        end = gr.Number(None, label="End (s, empty = clip end)", minimum=0)
+        # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
+        # shown default and means the clip's end (forms.command_namespace maps end <= 0 to None).
+        end = gr.Number(0, label="End (s, 0 = clip end)", minimum=0, elem_classes="end")
     with gr.Row():
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
         count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
