@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -147,7 +148,7 @@ def _identity(backbone):
     return base_identity(backbone)
 
 
-def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path):
+def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path, monkeypatch):
     config = TuneConfig("a car turning", SELECTION, steps=2, learning_rate=1e-3)
     calls = []
     request = TuneRequest(str(car), config, str(tmp_path / "a.safetensors"), "tiny", "cpu", cache_dir=str(tmp_path / "cache"))
@@ -159,6 +160,26 @@ def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path):
     assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
     third = tune_video(dataclasses.replace(request, config=dataclasses.replace(config, seed=1)), lambda *args: calls.append(args))
     assert not third.reused  # other settings tune again
+    cached = sorted((tmp_path / "cache" / "tunings").glob("*.safetensors"))
+    assert len(cached) == 2
+    monkeypatch.setattr("editing.tuning.TUNINGS_MAX_BYTES", 1)
+    fourth = tune_video(dataclasses.replace(request, config=dataclasses.replace(config, seed=2)))
+    assert not fourth.reused
+    folder = tmp_path / "cache" / "tunings"  # over the cap, only the newest tuning (and its JSON) stays
+    assert sorted(p.name for p in folder.iterdir()) == [f"{fourth.metadata['key']}.json", f"{fourth.metadata['key']}.safetensors"]
+
+
+def test_the_tunings_cache_evicts_the_least_recently_used_beyond_its_cap(tmp_path):
+    from editing.tuning import evict_tunings
+
+    for age, name in enumerate("abc"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"x" * 100)
+        (tmp_path / f"{name}.json").write_text("{}")
+        os.utime(tmp_path / f"{name}.safetensors", ns=(age * 10**9, age * 10**9))  # a is the least recently used
+    evict_tunings(tmp_path, max_bytes=250)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.safetensors", "c.json", "c.safetensors"]
+    evict_tunings(tmp_path, max_bytes=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]  # the newest always stays
 
 
 def test_tune_config_and_request_refuse_bad_settings(tiny):
