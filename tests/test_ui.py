@@ -168,12 +168,17 @@ def test_condition_previews_show_each_map_on_the_first_frame(car):
 
 
 def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_path, monkeypatch):
+    import weakref
+
+    import torch
+
     import ui.backend as backend_module
+    from editing.pipeline import edit_video
     from ui.backend import Backend, CancelToken
     from ui.edit_tab import request_from
 
-    freed = []
-    monkeypatch.setattr(backend_module, "free_memory", lambda: freed.append(True))
+    run_tensors, alive_when_freed = [], []
+    monkeypatch.setattr(backend_module, "free_memory", lambda: alive_when_freed.append([r() is not None for r in run_tensors]))
     token, stages = CancelToken(), []
 
     def press_stop_during_denoise(stage, done, total):
@@ -181,13 +186,37 @@ def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_p
         if stage == "denoise" and done == 1:
             token.cancel()
 
+    def edit_holding_a_tensor(request, progress):
+        working = torch.zeros(1024, 1024)  # stands for the run's latents and activations, held by its frames
+        run_tensors.append(weakref.ref(working))
+        return edit_video(request, progress)
+
     request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
     with pytest.raises(Cancelled, match="cancelled during denoise"):
-        Backend(output_root=tmp_path).edit(request, press_stop_during_denoise, token)
-    assert freed == [True] and "encode_video" not in stages
+        Backend(edit_holding_a_tensor, output_root=tmp_path).edit(request, press_stop_during_denoise, token)
+    assert alive_when_freed == [[False]]  # when its memory was freed, the stopped run's tensors were already gone
+    assert "encode_video" not in stages
     assert not list(tmp_path.glob("*-edited.*"))
     token.reset()
     assert Backend().edit(request, lambda *a: None, token).result.frames == 2
+
+
+def test_stop_cancels_a_tuning_between_steps_and_saves_nothing(car, tmp_path, monkeypatch):
+    from ui.backend import CancelToken
+    from ui.oneshot_tab import run_tuning
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path))
+    token, steps = CancelToken(), []
+
+    def press_stop_after_one_step(stage, done, total):
+        if stage == "tune":
+            steps.append(done)
+            token.cancel()
+
+    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 5, "seed": 0}
+    with pytest.raises(Cancelled, match="cancelled during tune"):
+        run_tuning(values, press_stop_after_one_step, token)
+    assert steps == [1] and not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_each_user_gets_a_fresh_cancel_token():

@@ -10,7 +10,7 @@ import gradio as gr
 from editing.pipeline import ProgressFn
 
 from . import widgets
-from .backend import Backend, CancelToken, cancellable, free_memory
+from .backend import Backend, CancelToken, cancellable, freeing_memory
 from .edit_tab import GPU_QUEUE, gradio_progress, make_handlers
 from .forms import default_values, make_tune_request, one_sentence_errors, option_values
 from .gpu import gpu
@@ -32,10 +32,8 @@ def run_tuning(values: dict[str, Any], progress: ProgressFn, token: CancelToken 
     from editing.tuning import tune_video
 
     request = make_tune_request(tune_options({k: values.get(k) for k in TUNE_FIELDS if k != "video"}), values.get("video"))
-    try:
+    with freeing_memory():
         return (tune or tune_video)(request, cancellable(progress, token)).to_dict()
-    finally:
-        free_memory()
 
 
 def edit_values(values: dict[str, Any]) -> dict[str, Any]:
