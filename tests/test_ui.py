@@ -349,7 +349,7 @@ def test_extra_formats_come_from_the_same_frames(car, tmp_path):
         dataclasses.replace(request, also_write=(str(tmp_path / "x.webm"),))
 
 
-def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, tmp_path, monkeypatch):
+def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_path, monkeypatch):
     from editing.tuning import read_metadata
     from ui.backend import Backend, CancelToken
     from ui.oneshot_tab import edit_values, run_tuning
@@ -370,6 +370,14 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, tmp_path, mon
     assert details["tuned"] == tuned["path"] and details["frames"] == 2
     with pytest.raises(EditingError, match="tuning prompt must not be empty"):
         run_tuning(values | {"source_prompt": ""}, lambda *a: None)
+
+    from ui.oneshot_tab import check_tuned_for
+
+    check_tuned_for(tuned["path"], str(car))  # the clip it was tuned on
+    with pytest.raises(EditingError, match="made for another clip"):
+        check_tuned_for(tuned["path"], str(skiing))
+    with pytest.raises(EditingError, match="tune on the clip first"):
+        check_tuned_for(None, str(car))
 
 
 def test_the_form_cannot_point_an_edit_at_a_weights_file(car, tmp_path):

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from editing.errors import EditingError
 from editing.pipeline import ProgressFn
 
 from . import widgets
@@ -42,6 +43,17 @@ def edit_values(values: dict[str, Any]) -> dict[str, Any]:
     No attention mode: as with `edit --tuned`, the edit takes the one the weights were tuned with."""
     edit = {k: values.get(k) for k in ("video", "model", "start", "end", "stride", "frames", "size", "seed", *EDIT_FIELDS)}
     return edit | {"inversion_prompt": values.get("source_prompt") or "", "token": values.get("token")}
+
+
+def check_tuned_for(tuned: str | None, video: str | None) -> None:
+    """Refuse an edit whose tuned weights are missing or were tuned on another clip than the one shown."""
+    from editing.inversion import content_hash
+    from editing.tuning import read_metadata
+
+    if not tuned:
+        raise EditingError("tune on the clip first (step 1)")
+    if video and read_metadata(tuned).get("clip") != content_hash(video):
+        raise EditingError("the tuned weights were made for another clip; tune on this clip first (step 1)")
 
 
 def create_tab(backend: Backend, default_model: str) -> None:
@@ -89,9 +101,9 @@ def create_tab(backend: Backend, default_model: str) -> None:
         path = result.pop("path")
         return result | {"weights": Path(path).name}, path  # no "path" key: clients would take the JSON for a file
 
+    @one_sentence_errors
     def edit_tuned(values: dict[str, Any], progress) -> tuple:
-        if not values.get("tuned"):
-            raise gr.Error("tune on the clip first (step 1)")
+        check_tuned_for(values.get("tuned"), values.get("video"))
         video, _, _, summary, _ = edit(edit_values(values), progress, tuned=values["tuned"])
         return video, summary
 
