@@ -380,6 +380,23 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_p
         check_tuned_for(None, str(car))
 
 
+def test_one_shot_tab_passes_the_memory_options_to_the_tuning(car):
+    from ui import build_demo
+    from ui.oneshot_tab import MEMORY_FIELDS, run_tuning
+
+    class Tuned:
+        def to_dict(self):
+            return {}
+
+    requests = []
+    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 2}
+    for extra in ({}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}):
+        run_tuning(values | extra, lambda *a: None, tune=lambda request, progress: requests.append(request) or Tuned())
+    assert [(r.config.gradient_checkpointing, r.config.mixed_precision) for r in requests] == [(False, "no"), (True, "bf16")]
+    parameters = [p["parameter_name"] for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/tune"]["parameters"]]
+    assert parameters[-len(MEMORY_FIELDS):] == MEMORY_FIELDS  # last, so positional calls made before they existed still work
+
+
 def test_the_form_cannot_point_an_edit_at_a_weights_file(car, tmp_path):
     from editing.errors import ConfigError
     from ui.edit_tab import request_from

@@ -9,6 +9,7 @@ import gradio as gr
 
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
+from editing.tuning import MIXED_PRECISION
 
 from . import widgets
 from .backend import Backend, CancelToken, cancellable, freeing_memory
@@ -18,6 +19,7 @@ from .gpu import gpu
 
 TUNE_FIELDS = ["video", "source_prompt", "model", "start", "end", "stride", "frames", "size", "tune_steps", "learning_rate", "seed"]
 EDIT_FIELDS = ["prompt", "steps", "guidance", "strength"]
+MEMORY_FIELDS = ["gradient_checkpointing", "mixed_precision"]  # tuning options, last so positional API calls keep working
 
 
 def tune_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +34,8 @@ def run_tuning(values: dict[str, Any], progress: ProgressFn, token: CancelToken 
     """Tune on the clip (or reuse a tuning of the same clip and settings); the result describes the weights file."""
     from editing.tuning import tune_video
 
-    request = make_tune_request(tune_options({k: values.get(k) for k in TUNE_FIELDS if k != "video"}), values.get("video"))
+    fields = [k for k in (*TUNE_FIELDS, *MEMORY_FIELDS) if k != "video"]
+    request = make_tune_request(tune_options({k: values.get(k) for k in fields}), values.get("video"))
     with freeing_memory():
         return (tune or tune_video)(request, cancellable(progress, token)).to_dict()
 
@@ -77,6 +80,9 @@ def create_tab(backend: Backend, default_model: str) -> None:
                 form["tune_steps"] = gr.Slider(1, 1000, value=tune_defaults["steps"], step=1, label="Tuning steps")
                 form["learning_rate"] = gr.Number(tune_defaults["learning_rate"], label="Learning rate")
                 form["seed"] = gr.Number(tune_defaults["seed"], label="Seed", precision=0, minimum=0)
+            with gr.Row():
+                form["gradient_checkpointing"] = gr.Checkbox(tune_defaults["gradient_checkpointing"], label="Gradient checkpointing (less memory, slower)")
+                form["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISION), value=tune_defaults["mixed_precision"], label="Mixed precision (GPU only)")
             tune_button = gr.Button("1. Tune on the clip", variant="primary")
             tune_info = gr.JSON(label="Tuned weights")
         with gr.Column():
@@ -107,8 +113,8 @@ def create_tab(backend: Backend, default_model: str) -> None:
         video, _, _, summary, _ = edit(edit_values(values), progress, tuned=values["tuned"])
         return video, summary
 
-    names = [*TUNE_FIELDS, *EDIT_FIELDS, "token", "tuned"]
-    inputs = [*(form[n] for n in TUNE_FIELDS), *(form[n] for n in EDIT_FIELDS), token, tuned]
+    names = [*TUNE_FIELDS, *EDIT_FIELDS, *MEMORY_FIELDS, "token", "tuned"]
+    inputs = [*(form[n] for n in (*TUNE_FIELDS, *EDIT_FIELDS, *MEMORY_FIELDS)), token, tuned]
     defaults = widgets.initial_values(form)
     events = [
         tune_button.click(
