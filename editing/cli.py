@@ -77,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_command(commands)
 
     evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
-    evaluate.add_argument("spec", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
+    evaluate.add_argument("spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
     evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
     evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
+    from .shapes.benchmark import add_options
+
+    add_options(evaluate)
     return parser
 
 
@@ -136,6 +139,13 @@ def run_edit(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import load_spec, run_evaluation
 
+    if args.shapes:
+        from .shapes.benchmark import run_command
+
+        with TerminalProgress() as progress:
+            return run_command(args, progress)
+    if not args.spec:
+        raise ConfigError("eval needs a SPEC.yaml, or --shapes for the shapes benchmark")
     spec = load_spec(args.spec, clip=args.clip)
     with TerminalProgress() as progress:
         report = run_evaluation(spec, args.out, progress)
