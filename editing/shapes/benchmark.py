@@ -327,42 +327,53 @@ def _mean(values: list[float]) -> float | None:
 
 def run_benchmark(settings: tuple[str, ...], clips: int, steps: int, model: str, work: Path, progress=None) -> BenchmarkResult:
     """Edit every benchmark clip with every edit under every setting, through edit_video, and measure each."""
-    from ..evaluate import read_png_zip
-    from ..pipeline import edit_video
-
     progress = progress or (lambda stage, done, total: None)
-    result, cache, sheets = BenchmarkResult(), work / "cache", {}
+    result = BenchmarkResult()
     for index in range(clips):
         clip = benchmark_clip(index)
         video = write_lossless(work / f"clip-{index}.mp4", clip.frames)
         edits = derive_edits(clip)
         result.rows += [{"setting": REFERENCE, "clip": index, "kind": e.kind, "prompt": e.prompt, **measure(clip, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
         for setting in settings:
-            tuned, tune_seconds = (None, 0.0)
             try:
-                if SETTINGS[setting].get("tune"):
-                    tuned, tune_seconds = tune_clip(video, clip, model, cache)
-                    result.notes.append(f"tuned: clip {index} tuned in {tune_seconds:.1f} s ({TUNE_STEPS} steps), not counted in seconds per frame")
+                tuned = _tuned_for(setting, video, clip, model, work / "cache", result.notes)
             except EditingError as exc:
                 result.rows += [{"setting": setting, "clip": index, "kind": e.kind, "error": str(exc)} for e in edits]
                 continue
             for edit in edits:
-                row = {"setting": setting, "clip": index, "kind": edit.kind, "prompt": edit.prompt}
-                try:
-                    name = f"{setting}-{index}-{edit.kind}"  # its own cache: every edit pays its inversion
-                    request = edit_request(setting, edit, video, work / f"out-{name}.zip", steps, model, work / f"cache-{name}", tuned)
-                    edited = edit_video(request, progress)
-                    output = read_png_zip(edited.output)
-                    seconds = sum(v for stage, v in edited.seconds.items() if stage != "load_model")
-                    row |= measure(clip, output, edit) | {"seconds_per_frame": seconds / edited.frames}
-                    if index == 0:
-                        sheets.setdefault(setting, [("source", clip.frames)]).append((edit.kind, output))
-                except EditingError as exc:
-                    row["error"] = str(exc)
-                log.info("shapes benchmark %s", row)
+                row, output = edit_and_measure(setting, index, clip, edit, video, steps, model, work, tuned, progress)
                 result.rows.append(row)
-    result.sheets = sheets
+                if index == 0 and output is not None:
+                    result.sheets.setdefault(setting, [("source", clip.frames)]).append((edit.kind, output))
     return result
+
+
+def _tuned_for(setting: str, video: Path, clip: Clip, model: str, cache: Path, notes: list[str]) -> Path | None:
+    """The tuned weights a setting edits with (tuned now, noted with its time), or None."""
+    if not SETTINGS[setting].get("tune"):
+        return None
+    tuned, seconds = tune_clip(video, clip, model, cache)
+    notes.append(f"tuned: {clip.caption!r} tuned in {seconds:.1f} s ({TUNE_STEPS} steps), not counted in seconds per frame")
+    return tuned
+
+
+def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path, tuned, progress) -> tuple[dict, np.ndarray | None]:
+    """One edit through edit_video (with its own cache, so it pays its own inversion), its row and its frames."""
+    from ..evaluate import read_png_zip
+    from ..pipeline import edit_video
+
+    row = {"setting": setting, "clip": index, "kind": edit.kind, "prompt": edit.prompt}
+    name = f"{setting}-{index}-{edit.kind}"
+    try:
+        request = edit_request(setting, edit, video, work / f"out-{name}.zip", steps, model, work / f"cache-{name}", tuned)
+        edited = edit_video(request, progress)
+    except EditingError as exc:
+        return row | {"error": str(exc)}, None
+    output = read_png_zip(edited.output)
+    seconds = sum(v for stage, v in edited.seconds.items() if stage != "load_model")
+    row |= measure(clip, output, edit) | {"seconds_per_frame": seconds / edited.frames}
+    log.info("shapes benchmark %s", row)
+    return row, output
 
 
 COLUMNS = (
