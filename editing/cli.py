@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_attention_edit_options(edit)
+    edit.add_argument("--tuned", default=None, metavar="FILE", help="edit with one-shot tuned weights from `tune` (use with --attention sparse-causal)")
+    add_tune_command(commands)
 
     evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
     evaluate.add_argument("spec", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
@@ -107,6 +109,7 @@ def edit_request(args: argparse.Namespace):
         dtype=args.dtype,
         limits=VideoLimits(),
         attention_edit=attention_edit_config(args),
+        tuned=args.tuned,
     )
     return request
 
@@ -138,6 +141,52 @@ def run_eval(args: argparse.Namespace) -> int:
     if report.failures:
         print(f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr)
         return 2
+    return 0
+
+
+def add_tune_command(commands) -> None:
+    """The `tune` command: one-shot tuning of the inflated UNet on a clip (Tune-A-Video)."""
+    tune = commands.add_parser("tune", help="tune the model on one clip (Tune-A-Video) for edits of shape or motion")
+    tune.add_argument("video")
+    tune.add_argument("--prompt", required=True, help="what the source clip shows")
+    tune.add_argument("--out", required=True, help="tuned weights, a .safetensors file (its settings go beside it as .json)")
+    tune.add_argument("--model", default=DEFAULT_MODEL, help=f"base model: Hub id, folder, .safetensors file, or {'/'.join(BUILTIN_MODELS)}")
+    tune.add_argument("--steps", type=int, default=300, help="optimiser steps")
+    tune.add_argument("--learning-rate", type=float, default=3e-5, help="AdamW learning rate")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--start", type=float, default=0.0, help="first second to keep")
+    tune.add_argument("--end", type=float, default=None, help="last second to keep (exclusive)")
+    tune.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    tune.add_argument("--frames", type=int, default=8, help="frames to tune on")
+    tune.add_argument("--size", type=int, default=512, help="long side in pixels (multiple of 8)")
+    tune.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
+    tune.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision (GPU only)")
+    tune.add_argument("--cache-dir", default=None, help="where tunings are cached for reuse")
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    tune.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (of the frozen model)")
+    tune.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from .tuning import TuneConfig, TuneRequest, tune_video
+
+    config = TuneConfig(
+        prompt=args.prompt,
+        selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=args.size),
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+        mixed_precision=args.mixed_precision,
+    )
+    request = TuneRequest(args.video, config, args.out, args.model, args.device, args.dtype, args.cache_dir)
+    with TerminalProgress() as progress:
+        result = tune_video(request, progress)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        how = "reused an earlier tuning" if result.reused else f"{len(result.losses)} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
+        print(f"wrote {result.path}: {result.parameters} tuned parameters ({how})")
     return 0
 
 
@@ -255,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         _quiet_libraries()
     try:
-        return {"info": run_info, "edit": run_edit, "eval": run_eval}[args.command](args)
+        return {"info": run_info, "edit": run_edit, "eval": run_eval, "tune": run_tune}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -22,3 +22,7 @@ class ConfigError(EditingError, ValueError):
 
 class Cancelled(EditingError):
     """The user stopped a running edit."""
+
+
+class TuningError(EditingError):
+    """Tuned weights cannot be used: missing, unreadable, or tuned on another base model."""

@@ -48,14 +48,21 @@ class EditRequest:
     dtype: str | None = None
     limits: VideoLimits = VideoLimits()
     attention_edit: AttentionEditConfig | None = None
+    tuned: str | None = None  # one-shot tuned weights (editing.tuning) to edit with
+    also_write: tuple[str, ...] = ()  # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
 
     def __post_init__(self):
-        if Path(self.output).suffix.lower() not in OUTPUT_SUFFIXES:
-            raise ConfigError(f"output {Path(self.output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
+        for output in (self.output, *self.also_write):
+            if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+                raise ConfigError(f"output {Path(output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
         if self.attention_edit is not None and self.engine.inversion != "ddim":
             raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
         if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
             raise ConfigError(f"null-text inversion needs guidance above 1, got {self.edit.guidance}")
+        if self.tuned is not None and self.engine.attention == "none":
+            raise ConfigError("a tuned model needs cross-frame attention; use --attention sparse-causal, the mode it was tuned with")
+        if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
+            raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
         ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
@@ -74,6 +81,8 @@ class EditResult:
     inversion_cached: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     attention_edit: dict | None = None
+    tuned: str | None = None
+    also_written: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -87,7 +96,9 @@ class EditResult:
             "inversion": self.inversion,
             "inversion_cached": self.inversion_cached,
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
-        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit})
+        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | (
+            {} if self.tuned is None else {"tuned": self.tuned}
+        ) | ({"also_written": list(self.also_written)} if self.also_written else {})
 
 
 class StageTimer:
@@ -121,8 +132,13 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         clip = video_io.read_clip(request.video, request.selection, request.limits)
     with timer.stage("load_model"):
         progress("load_model", 0, 1)
+        if request.tuned is not None:
+            from .tuning import check_base, load_tuned
+
+            check_base(request.tuned, request.model)
         backbone = load_backbone(request.model, request.device, request.dtype)
         timer.device = backbone.device
+        tuned = None if request.tuned is None else load_tuned(request.tuned, backbone)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
     source = SourceKey(content_hash(request.video), clip.indices, clip.width, clip.height)
@@ -135,17 +151,17 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     prepared = None
     with timer.stage("invert"):
         if request.attention_edit is None:
-            latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+            latents, cached = start_latents(request, clip, backbone, plan, source, cache_root, timesteps, progress, tuned)
         else:
             from .prompt_edit import prepare_attention_edit
 
-            prepared = prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress)
+            prepared = prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress, tuned)
             latents, cached = prepared.latents, False
     callback = step_callback(request, clip, backbone, len(timesteps), progress)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
         guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
-        control = None if prepared is None else prepared.control
+        control = tuned if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control)
     with timer.stage("decode_latents"):
@@ -158,7 +174,8 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
         audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
-        video_io.write_video(request.output, frames, clip.fps, audio)
+        for path in (request.output, *request.also_write):
+            video_io.write_video(path, frames, clip.fps, audio)
     return EditResult(
         output=str(request.output),
         frames=clip.num_frames,
@@ -171,6 +188,8 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         inversion_cached=cached,
         seconds=timer.seconds,
         attention_edit=None if prepared is None else prepared.summary(request.attention_edit),
+        tuned=request.tuned,
+        also_written=tuple(request.also_write),
     )
 
 
@@ -184,8 +203,9 @@ class SourceKey:
     height: int
 
 
-def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, timesteps, progress) -> tuple[torch.Tensor, bool]:
-    """The latents sampling starts from: the cached or new DDIM inversion, or noised source latents."""
+def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:
+    """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
+    given), or noised source latents."""
     config, engine = request.edit, request.engine
     if engine.inversion == "none":
         progress("invert", 0, 1)
@@ -203,6 +223,7 @@ def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, 
         attention=plan.mode,
         window=plan.window,
         chunk=engine.chunk,
+        **({} if tuned is None else {"tuned": content_hash(request.tuned)}),
     )
     cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
     trajectory = load_trajectory(cache, key)
@@ -216,7 +237,7 @@ def start_latents(request, clip, backbone, plan, source: SourceKey, cache_root, 
     def report(index: int, timestep: int, latents: torch.Tensor) -> None:
         progress("invert", index + 1, len(timesteps))
 
-    trajectory = ddim_invert(backbone, clean, request.edit.steps, request.edit.strength, prompt, plan, report)
+    trajectory = ddim_invert(backbone, clean, request.edit.steps, request.edit.strength, prompt, plan, report, control=tuned)
     save_trajectory(cache, key, trajectory)
     return trajectory.final.to(backbone.device, backbone.dtype), False
 

@@ -111,8 +111,11 @@ def blend_callback(blend: LocalBlend, trajectory: Trajectory, inner: sampling.St
     return on_step
 
 
-def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress) -> PreparedEdit:
-    """Invert the source under the source prompt, recording attention; fit null-text; build the controller."""
+def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress, tuned=None) -> PreparedEdit:
+    """Invert the source under the source prompt, recording attention; fit null-text; build the controller.
+
+    With a tuned model (editing.attention.tuned.TunedControl) the recorder and the controller run inside
+    its processors, so attention editing composes with one-shot tuning."""
     config: AttentionEditConfig = request.attention_edit
     edit, engine = request.edit, request.engine
     steps = len(timesteps)
@@ -128,13 +131,15 @@ def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, ti
         progress("invert", index + 1, steps)
 
     positive = sampling.TextConditioning(source_text.positive, None)
-    trajectory = ddim_invert(backbone, clean, edit.steps, edit.strength, positive, plan, report, control=recorder)
+    recording = recorder if tuned is None else tuned.wrap(recorder)
+    trajectory = ddim_invert(backbone, clean, edit.steps, edit.strength, positive, plan, report, control=recording)
     log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
     negatives, cached = None, False
     if config.null_text:
         negatives, cached = null_text_embeddings(request, backbone, plan, source, cache_root, trajectory, source_text, progress)
     blend = make_blend(config, edit.prompt, backbone.tokenizer, latent_size)
     control = make_controller(config, edit.prompt, backbone.tokenizer, store, policy, latent_size, steps, blend)
+    control = control if tuned is None else tuned.wrap(control)
     latents = trajectory.final.to(backbone.device, backbone.dtype)
     return PreparedEdit(latents, trajectory, control, blend, negatives, store.nbytes(), cached)
 

@@ -209,6 +209,37 @@ def read_clip(
     return Clip(array, fps, start, end, info, tuple(indices))
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """What a selection of a video yields, known before decoding: source frame numbers, fps, output size."""
+
+    indices: tuple[int, ...]
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.indices)
+
+    def summary(self) -> str:
+        """One line for people: frame count, output size, frame rate and duration."""
+        seconds = self.num_frames / self.fps
+        return f"{self.num_frames} frames, {self.width}x{self.height} px at {self.fps:.2f} fps ({seconds:.2f} s)"
+
+
+def plan_frames(info: VideoInfo, selection: FrameSelection) -> FramePlan:
+    """The frames and size `read_clip(info.path, selection)` will return, from metadata alone."""
+    start_index = round(selection.start * info.fps)
+    end_index = info.frame_count if selection.end is None else min(info.frame_count, round(selection.end * info.fps))
+    indices = tuple(range(start_index, end_index, selection.stride))[: selection.max_frames or None]
+    if len(indices) < 2:
+        name = Path(info.path).name
+        raise VideoError(f"the selection keeps {len(indices)} frame{'s' * (len(indices) != 1)} of {name}; widen the time range or lower the stride")
+    width, height = target_size(info.width, info.height, selection.size)
+    return FramePlan(indices, info.fps / selection.stride, width, height)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""

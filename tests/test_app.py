@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -43,12 +45,28 @@ def test_app_edits_an_uploaded_clip(served, skiing):
 
     from editing.video_io import probe
 
-    video, details = served.predict(
+    video, gif, frames_zip, details, warp = served.predict(
         handle_file(str(skiing)), "a watercolor painting", "tiny", 0, None, 2, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit"
     )
     info = probe(video)
     assert (info.codec, info.frame_count, info.width, info.has_audio) == ("h264", 4, 128, True)
     assert details["random_weights"] and "noise-like" in details["note"]
+    assert Path(gif).read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    with zipfile.ZipFile(frames_zip) as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == info.frame_count
+    assert len(warp["data"]) == info.frame_count - 1  # one warp error per frame pair
+
+
+def test_app_takes_named_arguments_and_engine_options(served, car):
+    from gradio_client import handle_file
+
+    from editing.video_io import probe
+
+    video, _, _, details, _ = served.predict(
+        video=handle_file(str(car)), prompt="a red car", model="tiny", frames=3, size=64, steps=2,
+        attention="sparse-causal", inversion="none", control_kinds=["canny"], smooth=["color"], api_name="/edit",
+    )  # fmt: skip
+    assert probe(video).frame_count == 3 and details["inversion"] == "none"
 
 
 def test_app_reports_bad_input_as_a_message(served, skiing, tmp_path):
@@ -61,3 +79,64 @@ def test_app_reports_bad_input_as_a_message(served, skiing, tmp_path):
     text.write_text("not a video " * 50)
     with pytest.raises(AppError, match="not a readable video"):
         served.predict(handle_file(str(text)), "a cat", "tiny", 0, None, 1, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit")
+
+
+def test_cancelling_a_job_stops_the_edit_between_steps(car):
+    """A client's cancel reaches the worker: the edit raises Cancelled at its next step and writes nothing."""
+    import threading
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from editing.pipeline import edit_video
+    from ui import build_demo
+
+    outcome, denoising = [], threading.Event()
+
+    def observed(request, progress):
+        def report(stage, done, total):
+            if stage == "denoise" and done >= 1:
+                denoising.set()
+            progress(stage, done, total)
+
+        try:
+            result = edit_video(request, report)
+        except Exception as exc:
+            outcome.append(exc)
+            raise
+        outcome.append(result)
+        return result
+
+    demo = build_demo(edit_fn=observed, default_model="tiny")
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        job = client.submit(video=handle_file(str(car)), prompt="a red car", model="tiny", frames=4, size=64, steps=50, strength=1.0, api_name="/edit")
+        assert denoising.wait(120), "the edit never reached the denoising loop"
+        job.cancel()
+        deadline = time.monotonic() + 60
+        while not outcome and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert outcome and type(outcome[0]).__name__ == "Cancelled", outcome
+        assert "cancelled during denoise" in str(outcome[0])
+        video, *_ = client.predict(handle_file(str(car)), "a red car", "tiny", 0, None, 1, 2, 64, 2, 7.5, 0.6, 0, api_name="/edit")
+        assert video.endswith(".mp4")  # the app keeps serving after a cancel
+    finally:
+        demo.close()
+
+
+def test_style_session_through_the_api(served, skiing, tmp_path):
+    """Create a session, run two style presets in one call (two entries, one inversion), export it."""
+    from gradio_client import handle_file
+
+    name = f"api-{tmp_path.name[-12:]}"
+    status, gallery, entries, _ = served.predict(name, handle_file(str(skiing)), "a man skiing", api_name="/create_session")
+    assert name in status and gallery == [] and entries == []
+    small = {"model": "tiny", "frames": 2, "size": 64, "steps": 2, "guidance": 1.0, "strength": 0.5}
+    status, gallery, entries, _ = served.predict(presets=["watercolor", "pixel art"], prompt="", **small, api_name="/session_presets")
+    assert "2 edits" in status and len(gallery) == 2
+    assert [e["preset"] for e in entries] == ["watercolor", "pixel art"] and entries[1]["inversion_cached"]
+    exported = served.predict(api_name="/export_session")
+    with zipfile.ZipFile(exported) as archive:
+        assert sum(n.endswith(".mp4") for n in archive.namelist()) == 3  # the source and two edits

@@ -86,8 +86,9 @@ class CrossFrameAttnProcessor:
     ) -> torch.Tensor:
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames)
 
-    def process(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, **extra):
-        """The attention layer's forward pass; `extra` per-call state is handed to `attend`."""
+    def process(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, to_q=None, **extra):
+        """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
+        `extra` per-call state is handed to `attend`."""
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -99,7 +100,7 @@ class CrossFrameAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         batch, length, _ = hidden_states.shape
 
-        query = attn.to_q(hidden_states)
+        query = (to_q or attn.to_q)(hidden_states)
         is_self = encoder_hidden_states is None
         context = hidden_states if is_self else encoder_hidden_states
         if not is_self and attn.norm_cross:

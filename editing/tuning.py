@@ -1,0 +1,346 @@
+"""One-shot tuning (Tune-A-Video, Wu et al. 2023): fit the inflated UNet to one clip, then edit with it.
+
+Stages: decode the clip; load the frozen model; encode its frames to latents and the source prompt once;
+inflate (editing.attention.tuned: tuned query copies, zero-output temporal layers); train only those
+parameters with the denoising loss under sparse-causal attention; save them as a small `.safetensors`
+with the settings, the base model's identity and the clip's hash in its metadata (and a `.json` beside
+it for people). A tuning for the same base, clip and settings is found in the cache and reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from . import sampling, video_io
+from .attention.cross_frame import layout_for
+from .attention.tuned import InflatedWeights, TunedControl
+from .config import FrameSelection, VideoLimits
+from .errors import ConfigError, TuningError
+from .inversion import cache_key, content_hash, default_cache_dir
+from .models import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone
+
+log = logging.getLogger(__name__)
+
+FORMAT = "editing-tuned/1"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TUNING_ATTENTION = "sparse-causal"
+JSON_FIELDS = ("settings", "source", "losses")  # metadata values stored as JSON text
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How to tune: the source prompt, the frames, the optimiser and the memory savers."""
+
+    prompt: str = field(metadata={"help": "what the source clip shows; the tuning's text condition"})
+    selection: FrameSelection = field(default=FrameSelection(max_frames=8, size=512), metadata={"help": "frames and size to tune on"})
+    steps: int = field(default=300, metadata={"help": "optimiser steps (Tune-A-Video uses 300-500)"})
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
+    seed: int = field(default=0, metadata={"help": "seed of the temporal layers' initialisation, timesteps and noise"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 autocast (GPU only)"})
+
+    def __post_init__(self):
+        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "tuning prompt must not be empty")
+        _check(1 <= self.steps <= 100000, f"tuning steps must be between 1 and 100000, got {self.steps}")
+        _check(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1, f"learning rate must be in (0, 1], got {self.learning_rate}")
+        _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
+        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, f"max grad norm must be positive, got {self.max_grad_norm}")
+        _check(self.mixed_precision in MIXED_PRECISION, f"mixed precision must be one of {', '.join(MIXED_PRECISION)}; got {self.mixed_precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """One tuning: which clip, which model, how, and where to write the tuned weights."""
+
+    video: str
+    config: TuneConfig
+    output: str | None = None
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | None = None
+    limits: VideoLimits = VideoLimits()
+
+    def __post_init__(self):
+        if self.output is not None and Path(self.output).suffix != ".safetensors":
+            raise ConfigError(f"tuned weights {Path(self.output).name} must end in .safetensors")
+        ModelSpec.parse(self.model)
+
+
+@dataclass
+class TuneResult:
+    """What a tuning produced: the file, whether it was reused, the losses and the time per step."""
+
+    path: str
+    reused: bool
+    losses: list[float]
+    parameters: int
+    seconds_per_step: float | None
+    metadata: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "reused": self.reused,
+            "parameters": self.parameters,
+            "bytes": os.path.getsize(self.path),
+            "seconds_per_step": None if self.seconds_per_step is None else round(self.seconds_per_step, 4),
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+        }
+
+
+def base_identity(backbone: Backbone) -> str:
+    """The base model a tuning belongs to: its name and a hash of its UNet architecture."""
+    config = {k: v for k, v in dict(backbone.unet.config).items() if not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{backbone.name}#{digest}"
+
+
+def inflate(backbone: Backbone, seed: int) -> InflatedWeights:
+    """Untuned inflated weights (seeded temporal layers) for the backbone's UNet."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return InflatedWeights.inflate(backbone.unet)
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(unet, enabled: bool) -> Iterator[None]:
+    """Turn the UNet's gradient checkpointing on for a block, and off again after."""
+    if not enabled:
+        yield
+        return
+    unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        unet.disable_gradient_checkpointing()
+
+
+def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for mixed-precision training on a GPU; refused on the CPU."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ConfigError(f"mixed precision {mixed_precision} needs a CUDA GPU; use mixed precision 'no' on {device.type}")
+    return torch.autocast("cuda", dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
+
+
+def denoising_loss(backbone: Backbone, latents, text, timestep, noise, layout) -> torch.Tensor:
+    """MSE between the noise added to the clip's latents at `timestep` and the inflated UNet's prediction."""
+    noisy = backbone.scheduler().add_noise(latents, noise, timestep)
+    frames = latents.shape[0]
+    predicted = backbone.unet(
+        noisy, timestep.to(latents.device), encoder_hidden_states=text.expand(frames, -1, -1), cross_attention_kwargs={"frames": layout}
+    ).sample
+    return F.mse_loss(predicted.float(), noise.float())
+
+
+def training_draws(config: TuneConfig, shape: tuple[int, ...], train_timesteps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded (timestep, noise) pairs, one per step: one timestep for the clip, independent noise per frame."""
+    generator = torch.Generator("cpu").manual_seed(config.seed)
+    for _ in range(config.steps):
+        timestep = torch.randint(0, train_timesteps, (1,), generator=generator)
+        yield timestep, torch.randn(shape, generator=generator)
+
+
+def tune_weights(
+    backbone: Backbone, latents: torch.Tensor, text: torch.Tensor, config: TuneConfig, progress: ProgressFn | None = None
+) -> tuple[InflatedWeights, list[float]]:
+    """Train the inflated weights on one clip's latents under its prompt; return them and each step's loss."""
+    weights = inflate(backbone, config.seed)
+    control = TunedControl(weights)
+    parameters = [p for p in weights.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
+    latents, text = latents.clone(), text.clone()  # out of inference mode, usable by autograd
+    layout = layout_for(TUNING_ATTENTION, list(range(latents.shape[0])))
+    train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
+    losses = []
+    weights.train()
+    with torch.inference_mode(False), torch.enable_grad(), control.processors(backbone.unet), gradient_checkpointing(backbone.unet, config.gradient_checkpointing):
+        for step, (timestep, noise) in enumerate(training_draws(config, tuple(latents.shape), train_timesteps)):
+            with autocast(backbone.device, config.mixed_precision):
+                loss = denoising_loss(backbone, latents, text, timestep, noise.to(latents), layout)
+            optimizer_step(loss, optimizer, scaler, parameters, config.max_grad_norm)
+            losses.append(float(loss.detach()))
+            log.debug("tuning step %d: loss %.4f", step, losses[-1])
+            if progress is not None:
+                progress("tune", step + 1, config.steps)
+    weights.eval().requires_grad_(False)
+    return weights, losses
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, parameters, max_grad_norm: float) -> None:
+    """Backpropagate the (scaled) loss, clip the gradients' norm and step the optimiser."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+# ---------------------------------------------------------------- files
+
+
+def save_tuned(path: str | os.PathLike, weights: InflatedWeights, metadata: dict) -> None:
+    """Write the tuned parameters and their metadata (strings, the settings as JSON) atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.state_dict().items()}
+    try:
+        save_file(tensors, str(partial), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a tuned-weights file, JSON values decoded; TuningError when it is not one."""
+    from safetensors import safe_open
+
+    name = Path(path).name
+    if not Path(path).is_file():
+        raise TuningError(f"tuned weights {path} do not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise TuningError(f"{name} is not a readable .safetensors file: {' '.join(str(exc).split())[:120]}") from exc
+    if raw.get("format") != FORMAT:
+        raise TuningError(f"{name} holds no tuned weights of this program (format {raw.get('format')!r}, expected {FORMAT!r})")
+    try:
+        return {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
+    except json.JSONDecodeError as exc:
+        raise TuningError(f"{name} has damaged metadata: {exc}") from exc
+
+
+def check_base(path: str | os.PathLike, model: str) -> dict:
+    """The file's metadata, refusing early (before the model is loaded) a file tuned on a model of another name."""
+    metadata = read_metadata(path)
+    source = ModelSpec.parse(model).source
+    if metadata.get("base_name") != source:
+        raise TuningError(f"{Path(path).name} was tuned on model '{metadata.get('base_name')}', not on '{source}'; edit with --model {metadata.get('base_name')}")
+    return metadata
+
+
+def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
+    """Tuned weights from a file, on the backbone's device; refused when they were tuned on another base."""
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    name, identity = Path(path).name, base_identity(backbone)
+    if metadata.get("base") != identity:
+        raise TuningError(f"{name} was tuned on model '{metadata.get('base_name')}' ({metadata['base']}), not on '{backbone.name}' ({identity}); edit with --model {metadata.get('base_name')}")
+    weights = inflate(backbone, seed=0)  # every parameter is then overwritten from the file
+    try:
+        weights.load_state_dict(load_file(str(path), device=str(backbone.device)))
+    except RuntimeError as exc:
+        raise TuningError(f"{name} does not fit the model's attention layers: {' '.join(str(exc).split())[:160]}") from exc
+    return TunedControl(weights.eval().requires_grad_(False))
+
+
+# ---------------------------------------------------------------- the library call
+
+
+def tuning_key(identity: str, dtype: torch.dtype, clip: dict, config: TuneConfig) -> str:
+    """The cache key of a tuning: base model, dtype, clip (content and frames) and settings."""
+    return cache_key(kind="tuning", format=FORMAT, base=identity, dtype=str(dtype), clip=clip, settings=config.to_dict())
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> TuneResult:
+    """Tune on a clip (or reuse a tuning of the same base, clip and settings) and write the weights."""
+    config = request.config
+    progress("decode", 0, 1)
+    clip = video_io.read_clip(request.video, config.selection, request.limits)
+    progress("load_model", 0, 1)
+    backbone = load_backbone(request.model, request.device, request.dtype)
+    autocast(backbone.device, config.mixed_precision)  # refuse mixed precision on the CPU before any work
+    identity = base_identity(backbone)
+    source = {"content": content_hash(request.video), "indices": list(clip.indices), "width": clip.width, "height": clip.height}
+    key = tuning_key(identity, backbone.dtype, source, config)
+    cached = Path(request.cache_dir or default_cache_dir()) / "tunings" / f"{key}.safetensors"
+    for candidate in (Path(request.output) if request.output else None, cached):
+        if candidate is not None and candidate.is_file() and _has_key(candidate, key):
+            log.info("reusing tuning %s", candidate)
+            return _finish(request, candidate, True, [], None)
+    progress("encode", 0, 1)
+    latents = sampling.encode_frames(backbone, clip.frames, batch_size=8)
+    text = sampling.encode_prompts(backbone, [config.prompt])
+    begin = time.perf_counter()
+    weights, losses = tune_weights(backbone, latents, text, config, progress)
+    seconds = (time.perf_counter() - begin) / config.steps
+    progress("save", 0, 1)
+    save_tuned(cached, weights, tuning_metadata(backbone, identity, key, source, config, losses))
+    return _finish(request, cached, False, losses, seconds)
+
+
+def tuning_metadata(backbone: Backbone, identity: str, key: str, source: dict, config: TuneConfig, losses: list[float]) -> dict:
+    """What a tuned file says about itself: format, base model, clip, cache key, settings and losses."""
+    return {
+        "format": FORMAT,
+        "base": identity,
+        "base_name": backbone.name,
+        "clip": source["content"],
+        "key": key,
+        "settings": config.to_dict() | {"dtype": str(backbone.dtype), "attention": TUNING_ATTENTION},
+        "source": source,
+        "losses": [round(v, 6) for v in losses],
+    }
+
+
+def _has_key(path: Path, key: str) -> bool:
+    try:
+        return read_metadata(path).get("key") == key
+    except TuningError:
+        return False
+
+
+def _finish(request: TuneRequest, path: Path, reused: bool, losses: list[float], seconds: float | None) -> TuneResult:
+    """Copy the weights (and their JSON) to the requested output, and describe them."""
+    target = Path(request.output) if request.output else path
+    if target.resolve() != path.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        shutil.copyfile(path.with_suffix(".json"), target.with_suffix(".json"))
+    metadata = read_metadata(target)
+    if not losses:
+        losses = list(metadata.get("losses", []))
+    from safetensors import safe_open
+
+    with safe_open(str(target), framework="pt") as handle:
+        parameters = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    return TuneResult(str(target), reused, losses, parameters, seconds, metadata)

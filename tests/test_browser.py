@@ -1,0 +1,103 @@
+"""A real browser (Debian's headless chromium via Selenium) uploads a clip, edits it with `tiny`, plays the output."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT = 180  # seconds for the upload, the edit (tiny, 4 frames, 2 steps) and playback on a busy 2-core CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists():
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (in requirements.lock)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800", "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def _set_number(driver, css: str, value: int) -> None:
+    """Type a value into a slider's number box, as a person would."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element("css selector", css)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.TAB)
+
+
+def _wait_for(condition, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, tmp_path):
+    driver = browser
+    driver.get(app_url)
+    _wait_for(lambda: driver.find_elements("css selector", "#source-video input[type=file]"), "the upload box")
+    driver.find_element("css selector", "#source-video input[type=file]").send_keys(str(car))
+    _wait_for(lambda: driver.find_elements("css selector", "#source-video video"), "the uploaded clip to show")
+    plan = _wait_for(lambda: "frames," in driver.find_element("id", "frame-plan").text and driver.find_element("id", "frame-plan").text, "the frame plan")
+    assert "8 frames, 256x256 px" in plan  # the default trim of the 480x480 clip
+    _set_number(driver, ".frames input[type=number]", 4)
+    _set_number(driver, ".size input[type=number]", 128)
+    driver.find_element("css selector", "#sampler button").click()  # open the Sampler accordion
+    _wait_for(lambda: driver.find_elements("css selector", ".steps input[type=number]"), "the Steps slider")
+    _set_number(driver, ".steps input[type=number]", 2)
+    _wait_for(lambda: "4 frames, 128x128 px" in driver.find_element("id", "frame-plan").text, "the plan to follow the sliders")
+    driver.find_element("css selector", "#prompt textarea").send_keys("a watercolor painting of a car")
+    driver.find_element("id", "run-edit").click()
+
+    src = _wait_for(lambda: driver.execute_script("const v = document.querySelector('#edited-video video'); return v && v.currentSrc"), "the edited clip")
+    assert "-edited.mp4" in src
+    played = _wait_for(
+        lambda: driver.execute_script(
+            "const v = document.querySelector('#edited-video video'); v.muted = true; if (v.paused) v.play();"
+            "return v.readyState >= 2 && v.currentTime > 0 && [v.videoWidth, v.videoHeight, v.currentTime];"
+        ),
+        "the edited clip to play",
+    )
+    assert played[:2] == [128, 128]
+    driver.execute_script("window.scrollTo(0, 0)")  # source and output side by side in the picture
+    shot = tmp_path / "browser-edit.png"
+    driver.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 10_000

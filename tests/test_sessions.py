@@ -1,0 +1,145 @@
+"""Style sessions: saved on disk, resumed, exported to one zip and imported; names stay inside the root."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from editing.errors import ConfigError, EditingError
+from editing.sessions import PRESETS, SessionStore, check_name, preset_prompt
+
+SETTINGS = {"model": "tiny", "frames": 2, "size": 64, "steps": 3, "strength": 0.5, "guidance": 1.0, "seed": 1}
+
+
+@pytest.mark.parametrize("name", ["../escape", "..", "/etc", "a/b", "a\\b", ".hidden", "", "   ", "x" * 65, "ok.", "nul\0byte", "~root"])
+def test_names_that_could_escape_or_hide_are_refused(tmp_path, name):
+    store = SessionStore(tmp_path / "sessions")
+    with pytest.raises(ConfigError, match="session name"):
+        store.folder(name)
+    with pytest.raises(ConfigError):
+        store.create(name, __file__)
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
+
+
+def test_plain_names_stay_directly_under_the_root(tmp_path):
+    store = SessionStore(tmp_path)
+    for name in ("skier", "Skier styles 2", "car_turn-v1.2"):
+        assert check_name(name) == name and store.folder(name).parent == tmp_path.resolve()
+
+
+def test_presets_make_prompts_for_the_subject():
+    assert {"watercolor", "anime", "oil painting", "pixel art", "pencil sketch"} <= set(PRESETS)
+    assert preset_prompt("watercolor", "a man skiing") == f"{PRESETS['watercolor']} of a man skiing"
+    assert preset_prompt("anime") == PRESETS["anime"]
+    with pytest.raises(ConfigError, match="unknown style preset"):
+        preset_prompt("cubism")
+
+
+@pytest.fixture(scope="module")
+def edited_session(tmp_path_factory, skiing):
+    """A session on a real clip with two preset edits and one own prompt, made with `tiny`."""
+    from ui.backend import Backend
+    from ui.session_tab import run_in_session
+
+    root = tmp_path_factory.mktemp("sessions")
+    store = SessionStore(root)
+    store.create("skier", skiing, subject="a man skiing")
+    stages: list[list[str]] = []
+
+    def recorder(stage, done, total):
+        number = int(stage.split()[1].split("/")[0])
+        while len(stages) < number:
+            stages.append([])
+        stages[number - 1].append(stage.split(": ", 1)[1])
+
+    prompts = [(preset_prompt(p, "a man skiing"), p) for p in ("watercolor", "pixel art")]
+    entries = run_in_session(store, Backend(), "skier", prompts, SETTINGS, recorder)
+    entries += run_in_session(store, Backend(), "skier", [("a robot skiing", None)], SETTINGS | {"seed": 2})
+    return root, entries, stages
+
+
+def test_each_preset_is_its_own_entry_and_later_prompts_reuse_the_inversion(edited_session):
+    root, entries, stages = edited_session
+    assert [e.preset for e in entries] == ["watercolor", "pixel art", None]
+    assert len({e.id for e in entries}) == 3
+    assert "invert" not in stages[1] and "denoise" in stages[1]  # the second prompt skipped the inversion
+    assert entries[1].result["inversion_cached"] and entries[2].result["inversion_cached"]
+    session = SessionStore(root).open("skier")
+    for entry in session.entries:
+        assert {s: session.file(entry, s).is_file() for s in (".mp4", ".gif", ".zip")} == {".mp4": True, ".gif": True, ".zip": True}
+
+
+def test_sessions_resume_after_a_restart(edited_session):
+    root, entries, _ = edited_session
+    reopened = SessionStore(root).open("skier")  # a new store, as after restarting the app
+    assert [(e.id, e.prompt, e.settings) for e in reopened.entries] == [(e.id, e.prompt, e.settings) for e in entries]
+    assert reopened.subject == "a man skiing" and reopened.source_path.is_file()
+    assert "skier" in SessionStore(root).names()
+
+
+def test_export_then_import_gives_the_same_session(edited_session, tmp_path):
+    from ui.session_tab import gallery
+
+    root, _, _ = edited_session
+    store = SessionStore(root)
+    exported = store.export("skier", tmp_path / "skier.zip")
+    other = SessionStore(tmp_path / "elsewhere")
+    imported = other.import_zip(exported)
+    original = store.open("skier")
+    assert imported.name == "skier" and imported.folder.parent == (tmp_path / "elsewhere").resolve()
+    assert [e.prompt for e in imported.entries] == [e.prompt for e in original.entries]
+    for a, b in zip(original.entries, imported.entries):
+        assert original.file(a, ".mp4").read_bytes() == imported.file(b, ".mp4").read_bytes()
+    assert imported.source_path.read_bytes() == original.source_path.read_bytes()
+    assert len(gallery(imported)) == 3
+    with pytest.raises(ConfigError, match="exists already"):
+        other.import_zip(exported)
+    assert other.import_zip(exported, name="copy").name == "copy"
+
+
+def _evil_export(path, manifest, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("session.json", json.dumps(manifest))
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("manifest", "members", "message"),
+    [
+        ({"name": "../../outside", "source": "source.mp4"}, {"source.mp4": b"x"}, "session name"),
+        ({"name": "ok", "source": "../source.mp4"}, {"../source.mp4": b"x"}, "not a plain file name"),
+        ({"name": "ok", "source": "source.mp4", "entries": [{"id": "..", "files": {".mp4": "a.mp4"}}]}, {"source.mp4": b"x"}, "not a plain file name"),
+        ({"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {".mp4": "/etc/passwd"}}]}, {"source.mp4": b"x"}, "not a plain file name"),
+        ({"name": "ok", "source": "source.mp4"}, {}, "lacks source.mp4"),
+    ],
+)
+def test_imports_cannot_write_outside_the_root(tmp_path, manifest, members, message):
+    root = tmp_path / "root" / "sessions"
+    archive = _evil_export(tmp_path / "evil.zip", manifest, members)
+    with pytest.raises(EditingError, match=message):
+        SessionStore(root).import_zip(archive)
+    assert [p.name for p in tmp_path.rglob("*") if not p.is_dir()] == ["evil.zip"]  # nothing unpacked anywhere
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_a_non_zip_is_refused(tmp_path):
+    text = tmp_path / "notes.zip"
+    text.write_text("not a zip")
+    with pytest.raises(EditingError, match="not a session export"):
+        SessionStore(tmp_path / "s").import_zip(text)
+
+
+def test_a_failed_edit_leaves_no_entry(tmp_path, car):
+    from ui.backend import Backend
+    from ui.session_tab import run_in_session
+
+    store = SessionStore(tmp_path)
+    store.create("car", car)
+    with pytest.raises(EditingError, match="prompt must not be empty"):
+        run_in_session(store, Backend(), "car", [("", None)], SETTINGS)
+    session = store.open("car")
+    assert session.entries == [] and not list((session.folder / "entries").iterdir())

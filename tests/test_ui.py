@@ -1,0 +1,318 @@
+"""The app's handlers: widget values -> the CLI's validated request, one-sentence errors, plan, preview, cancel."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from editing.config import FrameSelection
+from editing.errors import Cancelled, EditingError
+
+SMALL = {"model": "tiny", "frames": 2, "size": 64, "steps": 2, "strength": 0.5, "guidance": 1.0}
+
+
+def cli_request(*argv: str):
+    from editing.cli import build_parser, edit_request
+
+    return edit_request(build_parser().parse_args(["edit", *argv]))
+
+
+def test_widget_values_make_the_same_request_as_the_cli(skiing, tmp_path):
+    from ui.edit_tab import request_from
+
+    widgets = {
+        "video": str(skiing), "prompt": "a bear", "negative_prompt": "blurry", "model": "tiny", "start": 0.5, "end": 2.0,
+        "stride": 2.0, "frames": 6.0, "size": 128.0, "steps": 3.0, "guidance": 5.0, "strength": 0.7, "seed": 4.0,
+        "attention": "window", "inversion": "ddim", "source_prompt": "a man skiing", "prompt_edit": "swap",
+        "blend_words": "man,bear", "control_kinds": ["canny", "pose"], "control_scale": 0.8, "smooth": ["flow", "color"],
+    }  # fmt: skip
+    app = request_from(widgets, str(tmp_path), (".mp4",))
+    cli = cli_request(
+        str(skiing), "--out", app.output, "--prompt", "a bear", "--negative-prompt", "blurry", "--model", "tiny",
+        "--start", "0.5", "--end", "2", "--stride", "2", "--frames", "6", "--size", "128", "--steps", "3",
+        "--guidance", "5", "--strength", "0.7", "--seed", "4", "--attention", "window", "--source-prompt", "a man skiing",
+        "--edit", "swap", "--blend-words", "man,bear", "--control", "canny:0.8", "--control", "pose:0.8", "--smooth", "flow,color",
+    )  # fmt: skip
+    assert app == cli
+
+
+def test_blank_widgets_keep_the_cli_defaults(car, tmp_path):
+    from ui.edit_tab import request_from
+
+    app = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": None, "source_prompt": "  ", "negative_prompt": None}, str(tmp_path), (".mp4",))
+    assert app == cli_request(str(car), "--out", app.output, "--prompt", "a cat", "--model", "tiny")
+    assert app.attention_edit is None and app.selection.end is None
+
+
+def test_every_format_is_written_from_one_request(car, tmp_path):
+    from ui.edit_tab import request_from
+
+    request = request_from({"video": str(car), "prompt": "a cat", "model": "tiny"}, str(tmp_path))
+    suffixes = [p.rsplit(".", 1)[1] for p in (request.output, *request.also_write)]
+    assert suffixes == ["mp4", "gif", "zip"] and len({request.output, *request.also_write}) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompt": ""}, "prompt must not be empty"),
+        ({"video": None}, "upload a video"),
+        ({"stride": 0}, "stride must be at least 1"),
+        ({"start": 3.0, "end": 1.0}, "must be after start"),
+        ({"frames": 2.5}, "frames must be a whole number"),
+        ({"size": 100}, "multiple of 8"),
+        ({"model": "/no/such/model.safetensors"}, "model"),
+        ({"attention": "sideways"}, "attention must be one of"),
+        ({"inversion": "none", "source_prompt": "a car"}, "needs --inversion ddim"),
+        ({"control_kinds": ["canny"], "control_scale": 9}, "control scale must be between"),
+        ({"start": 500.0}, "past the end"),
+    ],
+)
+def test_bad_widget_values_become_one_sentence_errors(car, change, message):
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    handlers = make_handlers(Backend())
+    values = {"video": str(car), "prompt": "a red car"} | SMALL | change
+    with pytest.raises(gr.Error) as caught:
+        handlers["edit"](values, None)
+    text = caught.value.message
+    assert message in text and "\n" not in text and "Traceback" not in text
+
+
+def test_an_unexpected_failure_is_one_sentence_and_the_app_keeps_serving(car):
+    from editing.pipeline import edit_video
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    calls = []
+
+    def flaky(request, progress):
+        calls.append(request)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        return edit_video(request, progress)
+
+    handlers = make_handlers(Backend(flaky))
+    values = {"video": str(car), "prompt": "a red car"} | SMALL
+    with pytest.raises(gr.Error, match="RuntimeError: CUDA out of memory. Tried to allocate") as caught:
+        handlers["edit"](values, None)
+    assert "\n" not in caught.value.message
+    video, gif, frames_zip, details, warp = handlers["edit"](values, None)
+    assert details["frames"] == 2 and len(warp) == 1
+
+
+def test_the_plan_matches_what_decoding_returns(skiing, tree):
+    from editing.video_io import plan_frames, probe, read_clip
+
+    for path, selection in [
+        (skiing, FrameSelection(start=0.4, end=2.1, stride=3, max_frames=None, size=128)),
+        (skiing, FrameSelection(stride=4, max_frames=5, size=200)),
+        (tree, FrameSelection(start=1.0, stride=2, max_frames=7, size=96)),
+    ]:
+        plan, clip = plan_frames(probe(path), selection), read_clip(path, selection)
+        assert plan.indices == clip.indices and (plan.width, plan.height) == (clip.width, clip.height)
+        assert plan.fps == pytest.approx(float(clip.fps), rel=1e-3)
+
+
+def test_the_plan_text_follows_the_trim_widgets(skiing):
+    from editing.video_io import plan_frames, probe
+    from ui.edit_tab import plan_text
+
+    expected = plan_frames(probe(skiing), FrameSelection(stride=3, max_frames=None, size=128))
+    text = plan_text(str(skiing), 0, None, 3, 0, 128)
+    assert f"{expected.num_frames} frames, {expected.width}x{expected.height} px" in text
+    assert "Cannot edit" in plan_text(str(skiing), 0, 0.05, 1, 8, 128)  # keeps 1 frame
+    assert "Pick a clip" in plan_text(None, 0, None, 1, 8, 128)
+
+
+def test_preview_first_frame_runs_the_pipeline_on_the_first_frames(car):
+    from editing.video_io import plan_frames, probe
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    seen = []
+
+    def recording(request, progress):
+        from editing.pipeline import edit_video
+
+        seen.append(request.selection.max_frames)
+        return edit_video(request, progress)
+
+    handlers = make_handlers(Backend(recording))
+    image = handlers["preview"]({"video": str(car), "prompt": "a red car"} | SMALL | {"frames": 8, "size": 96}, None)
+    plan = plan_frames(probe(car), FrameSelection(max_frames=8, size=96))
+    assert image.shape == (plan.height, plan.width, 3) and image.dtype == np.uint8
+    assert seen == [2]
+
+
+def test_condition_previews_show_each_map_on_the_first_frame(car):
+    from editing.control import extract_conditions
+    from editing.video_io import read_clip
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    handlers = make_handlers(Backend())
+    values = {"video": str(car), "prompt": "a car", "control_kinds": ["canny"], "control_scale": 0.5} | SMALL
+    (image, caption), = handlers["conditions"](values, None)
+    first = read_clip(car, FrameSelection(max_frames=2, size=64)).frames[:1]
+    assert np.array_equal(image, extract_conditions("canny", first)[0]) and caption == "canny (scale 0.5)"
+    with pytest.raises(gr.Error, match="tick at least one ControlNet"):
+        handlers["conditions"]({"video": str(car), "prompt": "a car"} | SMALL, None)
+
+
+def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_path, monkeypatch):
+    import ui.backend as backend_module
+    from ui.backend import Backend, CancelToken
+    from ui.edit_tab import request_from
+
+    freed = []
+    monkeypatch.setattr(backend_module, "free_memory", lambda: freed.append(True))
+    token, stages = CancelToken(), []
+
+    def press_stop_during_denoise(stage, done, total):
+        stages.append(stage)
+        if stage == "denoise" and done == 1:
+            token.cancel()
+
+    request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
+    with pytest.raises(Cancelled, match="cancelled during denoise"):
+        Backend(output_root=tmp_path).edit(request, press_stop_during_denoise, token)
+    assert freed == [True] and "encode_video" not in stages
+    assert not list(tmp_path.glob("*-edited.*"))
+    token.reset()
+    assert Backend().edit(request, lambda *a: None, token).result.frames == 2
+
+
+def test_each_user_gets_a_fresh_cancel_token():
+    import copy
+
+    from ui.backend import CancelToken
+
+    token = CancelToken()
+    token.cancel()
+    assert not copy.deepcopy(token).cancelled and token.cancelled
+
+
+def test_the_demo_builds_on_cpu_with_named_api_endpoints():
+    from ui import build_demo
+    from ui.edit_tab import API_FIELDS
+
+    demo = build_demo(default_model="tiny")
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == API_FIELDS
+    assert {"/edit", "/preview_first_frame", "/condition_maps", "/session_presets", "/export_session", "/import_session"} <= set(endpoints)
+    gpu_events = [d for d in demo.fns.values() if d.concurrency_id == "gpu"]
+    assert len(gpu_events) >= 5 and all(d.concurrency_limit == 1 for d in gpu_events)
+    assert demo.delete_cache and all(seconds > 0 for seconds in demo.delete_cache)  # served files are removed
+    assert demo._queue.max_size == 16
+
+
+def test_gpu_decorator_uses_spaces_only_when_installed(monkeypatch):
+    from ui.gpu import gpu
+
+    def work():
+        return 1
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # import fails as if not installed
+    assert gpu(work) is work
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda fn: ("on a GPU", fn)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert gpu(work) == ("on a GPU", work)
+
+
+def test_app_options_default_to_localhost(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    import app
+
+    args = app.parse_args([])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    args = app.parse_args(["--host", "0.0.0.0", "--port", "8000", "--share", "--model", "tiny"])
+    assert (args.host, args.port, args.share, args.model) == ("0.0.0.0", 8000, True, "tiny")
+
+
+def test_editing_errors_are_one_line():
+    from ui.forms import as_gradio_error
+
+    assert as_gradio_error(EditingError("bad\n  input")).message == "bad input"
+    assert as_gradio_error(KeyError("x")).message == "the edit failed: KeyError: 'x'"
+
+
+def test_run_folders_older_than_the_limit_are_removed(tmp_path):
+    import os
+    import time
+
+    from ui.backend import OUTPUT_MAX_AGE, fresh_output_dir
+
+    old, recent = fresh_output_dir(tmp_path), fresh_output_dir(tmp_path)
+    (tmp_path / os.path.basename(old) / "clip.mp4").write_bytes(b"x")
+    past = time.time() - OUTPUT_MAX_AGE - 60
+    os.utime(old, (past, past))
+    new = fresh_output_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(os.path.basename(p) for p in (recent, new))
+
+
+def test_the_readme_client_example_matches_the_api():
+    import ast
+    import re
+
+    from .conftest import ROOT
+    from ui import build_demo
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("```bash\nbash scripts/install.sh && .venv/bin/python app.py\n")
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in block)
+    call = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "predict")
+    keywords = {k.arg: k.value for k in call.keywords}
+    api_name = ast.literal_eval(keywords.pop("api_name"))
+    endpoint = build_demo(default_model="tiny").get_api_info()["named_endpoints"][api_name]
+    assert set(keywords) <= {p["parameter_name"] for p in endpoint["parameters"]}
+    targets = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)).targets[0]
+    assert len(targets.elts) == len(endpoint["returns"])
+
+
+def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path, monkeypatch):
+    from editing.pipeline import STAGES, edit_video
+    from ui.edit_tab import STAGE_LABELS, gradio_progress, request_from
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: the inversion runs
+    shown = []
+
+    class Bar:
+        def __call__(self, fraction, desc=None):
+            shown.append((desc, fraction))
+
+    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL, str(tmp_path))
+    edit_video(request, gradio_progress(Bar()))
+    labels = {desc for desc, _ in shown}
+    assert {"decoding", "condition maps", "inversion", "editing", "encoding"} <= labels
+    assert labels <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
+    assert any(desc == "editing" and done == total > 0 for desc, (done, total) in shown)  # the bar reaches the end
+
+
+def test_extra_formats_come_from_the_same_frames(car, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from editing.errors import ConfigError
+    from editing.pipeline import edit_video
+    from editing.video_io import probe
+    from ui.backend import read_zip_frames
+    from ui.edit_tab import request_from
+
+    request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"frames": 3}, str(tmp_path))
+    result = edit_video(request)
+    frames = read_zip_frames(request.also_write[1])
+    gif = Image.open(request.also_write[0])
+    assert result.also_written == request.also_write and len(frames) == gif.n_frames == probe(result.output).frame_count == 3
+    gif.seek(0)
+    assert gif.size == (frames.shape[2], frames.shape[1])
+    with pytest.raises(ConfigError, match="must end in"):
+        dataclasses.replace(request, also_write=(str(tmp_path / "x.webm"),))

@@ -1,0 +1,151 @@
+"""The adapter the tabs call: edit a clip, preview its first frame, preview condition maps, measure flicker.
+
+Handlers never touch the library directly, so tests can swap the edit function; every long call takes a
+progress callback and a CancelToken, and frees memory when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import io
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from editing.errors import Cancelled
+from editing.pipeline import EditRequest, EditResult, ProgressFn, edit_video
+
+EditFn = Callable[[EditRequest, ProgressFn], EditResult]
+OUTPUT_MAX_AGE = 3600  # seconds a run's files stay on disk (Gradio copies what it serves into its own cache)
+PREVIEW_FRAMES = 2  # the shortest clip the pipeline edits; the first of them is shown
+
+
+class CancelToken:
+    """Set by the Stop button; the edit's progress callback then raises Cancelled at the next step."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def __deepcopy__(self, memo) -> "CancelToken":
+        return CancelToken()  # gr.State copies its initial value per user: each user gets a fresh token
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def reset(self) -> None:
+        self._event.clear()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def cancellable(progress: ProgressFn, token: CancelToken | None) -> ProgressFn:
+    """`progress` that first raises Cancelled when the token has been set."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        if token is not None and token.cancelled:
+            raise Cancelled(f"the edit was cancelled during {stage.replace('_', ' ')}")
+        progress(stage, done, total)
+
+    return report
+
+
+def free_memory() -> None:
+    """Return the memory of a finished or stopped run: Python garbage, then the GPU allocator's cache."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fresh_output_dir(root: Path | None = None) -> str:
+    """A new folder for one run's files; folders of runs older than OUTPUT_MAX_AGE are removed."""
+    root = root or Path(tempfile.gettempdir()) / "video-edit-outputs"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.is_dir() and time.time() - old.stat().st_mtime > OUTPUT_MAX_AGE:
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix="run-", dir=root)
+
+
+def read_zip_frames(path: str | Path) -> np.ndarray:
+    """The frames of a zip of PNGs written by `write_png_zip`, in order."""
+    from PIL import Image
+
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB")) for n in names])
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where an edit's files are, grouped by format, plus the result it reported."""
+
+    result: EditResult
+    files: dict[str, str]
+
+    def get(self, suffix: str) -> str | None:
+        return self.files.get(suffix)
+
+
+class Backend:
+    """What the tabs call; `edit_fn` is the library's `edit_video` unless a test swaps it."""
+
+    def __init__(self, edit_fn: EditFn = edit_video, output_root: Path | None = None):
+        self.edit_fn = edit_fn
+        self.output_root = output_root
+
+    def output_dir(self) -> str:
+        return fresh_output_dir(self.output_root)
+
+    def edit(self, request: EditRequest, progress: ProgressFn, token: CancelToken | None = None) -> Outputs:
+        """Run one edit; memory is freed afterwards even when it fails or is cancelled."""
+        try:
+            result = self.edit_fn(request, cancellable(progress, token))
+        finally:
+            free_memory()
+        paths = [result.output, *result.also_written]
+        return Outputs(result, {Path(p).suffix.lower(): p for p in paths})
+
+    def preview_first_frame(self, request: EditRequest, progress: ProgressFn, token: CancelToken | None = None) -> np.ndarray:
+        """The first edited frame, from the same pipeline run on the selection's first frames only."""
+        selection = dataclasses.replace(request.selection, max_frames=PREVIEW_FRAMES)
+        output = str(Path(request.output).with_name(Path(request.output).stem + "-preview.zip"))
+        short = dataclasses.replace(request, selection=selection, output=output, also_write=())
+        outputs = self.edit(short, progress, token)
+        return read_zip_frames(outputs.result.output)[0]
+
+    def condition_previews(self, request: EditRequest, frame_count: int = 1) -> list[tuple[np.ndarray, str]]:
+        """The condition map of each requested ControlNet on the first selected frame(s), with captions."""
+        from editing.control import extract_conditions
+        from editing.video_io import read_clip
+
+        selection = dataclasses.replace(request.selection, max_frames=max(2, frame_count))
+        frames = read_clip(request.video, selection, request.limits).frames[:frame_count]
+        previews = []
+        for spec in request.engine.controls:
+            images = extract_conditions(spec.kind, frames, annotator_source=request.engine.annotators)
+            previews += [(image, f"{spec.kind} (scale {spec.scale:g})") for image in images]
+        return previews
+
+    def warp_errors(self, request: EditRequest, outputs: Outputs) -> np.ndarray:
+        """Per frame pair temporal warp error of the output, along the source's optical flow."""
+        from editing.metrics import warp_errors
+        from editing.video_io import read_clip
+
+        frames_zip = outputs.get(".zip")
+        if frames_zip is None:
+            return np.zeros(0)
+        source = read_clip(request.video, request.selection, request.limits).frames
+        return warp_errors(source, read_zip_frames(frames_zip))
+

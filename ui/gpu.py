@@ -1,0 +1,16 @@
+"""`gpu(fn)`: Hugging Face's ZeroGPU decorator when the `spaces` package is installed, else `fn` itself."""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+def gpu(fn: F) -> F:
+    """Ask a Space for a GPU while `fn` runs; a no-op anywhere `spaces` is not installed."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)

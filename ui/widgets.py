@@ -1,0 +1,122 @@
+"""Widgets named after the CLI options they set, and the glue that turns their values into a request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from editing.config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, PROMPT_EDITS
+from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
+
+from .forms import default_values
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SMOOTHING = ("flow", "color")
+
+
+def examples() -> list[str]:
+    """The example clips shipped in assets/."""
+    return sorted(str(p) for p in ASSETS.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".webm")) if ASSETS.is_dir() else []
+
+
+def model_choices(default_model: str) -> list[str]:
+    return list(dict.fromkeys([default_model, DEFAULT_MODEL, *BUILTIN_MODELS]))
+
+
+def model_widget(default_model: str) -> gr.Dropdown:
+    return gr.Dropdown(
+        model_choices(default_model),
+        value=default_model,
+        allow_custom_value=True,
+        label="Model",
+        info=f"Hub id, local folder or .safetensors file. tiny / sd15-random: {RANDOM_WEIGHTS_NOTE}.",
+    )
+
+
+def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.Component]:
+    """Trim and size: start, end, stride, frame count, long side."""
+    with gr.Row():
+        start = gr.Number(0, label="Start (s)", minimum=0)
+        end = gr.Number(None, label="End (s, empty = clip end)", minimum=0)
+    with gr.Row():
+        stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
+        count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
+        long_side = gr.Slider(64, 768, value=size, step=64, label="Long side (px)", elem_classes="size")
+    return {"start": start, "end": end, "stride": stride, "frames": count, "size": long_side}
+
+
+def sampler_widgets(steps: int = 10, strength: float = 0.6) -> dict[str, gr.components.Component]:
+    """Steps, guidance, strength, seed."""
+    defaults = default_values()
+    with gr.Row():
+        step_count = gr.Slider(1, 50, value=steps, step=1, label="Steps", elem_classes="steps")
+        guidance = gr.Slider(1, 15, value=defaults["guidance"], step=0.5, label="Guidance")
+    with gr.Row():
+        share = gr.Slider(0.05, 1.0, value=strength, step=0.05, label="Strength", info="share of the steps re-run; lower keeps more of the source")
+        seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0)
+    return {"steps": step_count, "guidance": guidance, "strength": share, "seed": seed}
+
+
+def engine_widgets() -> dict[str, gr.components.Component]:
+    """Attention mode, inversion, ControlNets, smoothing."""
+    defaults = default_values()
+    with gr.Row():
+        attention = gr.Dropdown(list(ATTENTION_MODES), value=defaults["attention"], label="Cross-frame attention")
+        inversion = gr.Dropdown(list(INVERSIONS), value=defaults["inversion"], label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
+    with gr.Row():
+        kinds = gr.CheckboxGroup(list(CONTROL_KINDS), label="ControlNets", info="depth and softedge need annotator weights")
+        scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale")
+    smooth = gr.CheckboxGroup(list(SMOOTHING), label="Temporal smoothing")
+    return {"attention": attention, "inversion": inversion, "control_kinds": kinds, "control_scale": scale, "smooth": smooth}
+
+
+def attention_edit_widgets() -> dict[str, gr.components.Component]:
+    """Prompt-to-Prompt / FateZero: source prompt (blank = off), edit kind, blend words."""
+    defaults = default_values()
+    source = gr.Textbox(label="Source prompt", placeholder="what the clip shows now; blank = no attention editing")
+    with gr.Row():
+        kind = gr.Dropdown(list(PROMPT_EDITS), value=defaults["prompt_edit"], label="Edit kind")
+        blend = gr.Textbox(label="Blend words", placeholder="jeep,porsche")
+    return {"source_prompt": source, "prompt_edit": kind, "blend_words": blend}
+
+
+def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, Any]) -> Callable[..., Any]:
+    """`fn(values: dict, progress)` as an event handler whose parameters are `names` (the API shows them by name).
+
+    `fn` runs in a worker thread. When Gradio cancels the event (the Stop button, a client's
+    `job.cancel()`), the handler sets the `token` value's CancelToken, so the edit stops at its next
+    step, and waits for the thread to end: the GPU queue slot is released only once the memory is.
+    """
+
+    async def handler(*args, **kwargs):
+        bound = handler.__signature__.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        tracker = values.pop("progress")
+        context = contextvars.copy_context()
+        work = asyncio.get_running_loop().run_in_executor(None, context.run, fn, dict(values), tracker)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if values.get("token") is not None:
+                values["token"].cancel()
+            with contextlib.suppress(Exception):
+                await work
+            raise
+
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(n)) for n in names]
+    params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    handler.__signature__ = inspect.Signature(params)
+    handler.__name__ = getattr(fn, "__name__", "handler")
+    return handler
+
+
+def initial_values(widgets: dict[str, gr.components.Component]) -> dict[str, Any]:
+    """Each widget's starting value, the API's default for that parameter."""
+    return {name: getattr(widget, "value", None) for name, widget in widgets.items()}
