@@ -21,8 +21,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def launch_options(args: argparse.Namespace, limits: VideoLimits = VideoLimits()) -> dict:
+    """demo.launch() keywords: the address, sharing, and uploads capped in bytes at the library's video file limit."""
+    return {"server_name": args.host, "server_port": args.port, "share": args.share, "max_file_size": int(limits.max_file_mb * 1e6)}
+
+
 if __name__ == "__main__":
     args = parse_args()
     if args.model:
         demo = build_demo(default_model=args.model)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{VideoLimits().max_file_mb:.0f}mb")
+    demo.launch(**launch_options(args))

@@ -20,6 +20,7 @@ from .errors import ConfigError, EditingError
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
 
 log = logging.getLogger("editing")
+DEFAULT_ATTENTION = "first"  # cross-frame attention of an edit without --attention or --tuned
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     edit.add_argument("--strength", type=float, default=1.0, help="share of the steps to invert and re-run (lower keeps more of the source)")
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--attention", default="first", choices=ATTENTION_MODES, help="cross-frame attention")
+    edit.add_argument(
+        "--attention", default=None, choices=ATTENTION_MODES, help=f"cross-frame attention (default: {DEFAULT_ATTENTION}; with --tuned, the mode it was tuned with)"
+    )
     edit.add_argument("--window", type=int, default=2, help="neighbours on each side for --attention window")
     edit.add_argument("--chunk", type=int, default=8, help="frames per UNet call; longer clips run in chunks sharing anchor frames")
     edit.add_argument(
@@ -70,13 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_attention_edit_options(edit)
-    edit.add_argument("--tuned", default=None, metavar="FILE", help="edit with one-shot tuned weights from `tune` (use with --attention sparse-causal)")
+    edit.add_argument("--tuned", default=None, metavar="FILE", help="edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)")
     add_tune_command(commands)
 
     evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
-    evaluate.add_argument("spec", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
+    evaluate.add_argument("spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
     evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
     evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
+    from .shapes.benchmark import add_options
+
+    add_options(evaluate)
     return parser
 
 
@@ -133,6 +139,13 @@ def run_edit(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import load_spec, run_evaluation
 
+    if args.shapes:
+        from .shapes.benchmark import run_command
+
+        with TerminalProgress() as progress:
+            return run_command(args, progress)
+    if not args.spec:
+        raise ConfigError("eval needs a SPEC.yaml, or --shapes for the shapes benchmark")
     spec = load_spec(args.spec, clip=args.clip)
     with TerminalProgress() as progress:
         report = run_evaluation(spec, args.out, progress)
@@ -167,8 +180,9 @@ def add_tune_command(commands) -> None:
     tune.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-def run_tune(args: argparse.Namespace) -> int:
-    from .tuning import TuneConfig, TuneRequest, tune_video
+def tune_request(args: argparse.Namespace):
+    """The TuneRequest the tune command's options describe (the app maps its form through this too)."""
+    from .tuning import TuneConfig, TuneRequest
 
     config = TuneConfig(
         prompt=args.prompt,
@@ -179,7 +193,13 @@ def run_tune(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         mixed_precision=args.mixed_precision,
     )
-    request = TuneRequest(args.video, config, args.out, args.model, args.device, args.dtype, args.cache_dir)
+    return TuneRequest(args.video, config, args.out, args.model, args.device, args.dtype, args.cache_dir)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune_video
+
+    request = tune_request(args)
     with TerminalProgress() as progress:
         result = tune_video(request, progress)
     if args.json:
@@ -255,7 +275,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
     smoothing = SmoothingConfig.parse(args.smooth)
     return EngineConfig(
-        attention=args.attention,
+        attention=attention_mode(args),
         window=args.window,
         chunk=args.chunk,
         inversion=args.inversion,
@@ -266,6 +286,17 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         cache_dir=args.cache_dir,
         annotators=args.annotators,
     )
+
+
+def attention_mode(args: argparse.Namespace) -> str:
+    """--attention if given; else the mode a --tuned file was tuned with; else DEFAULT_ATTENTION."""
+    if args.attention is not None:
+        return args.attention
+    if getattr(args, "tuned", None) is not None:
+        from .tuning import tuned_attention
+
+        return tuned_attention(args.tuned)
+    return DEFAULT_ATTENTION
 
 
 class TerminalProgress:

@@ -67,6 +67,8 @@ class ModelSpec:
         if text == SHAPES_MODEL:
             return cls("shapes", text)
         path = Path(text).expanduser()
+        if path.is_dir() and (path / "training.json").is_file():  # a folder written by editing.shapes.train
+            return cls("shapes", str(path.resolve()))
         if path.is_dir():
             return cls("folder", str(path.resolve()))
         if path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"):
@@ -319,7 +321,7 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
     return _assemble(spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False)
 
 
-def load_shapes_model(folder: Path, device: torch.device, dtype: torch.dtype) -> Backbone:
+def load_shapes_model(folder: Path, device: torch.device, dtype: torch.dtype, name: str = SHAPES_MODEL) -> Backbone:
     """The shapes-world model: its components from `folder`, CLIP's tokenizer, its Canny ControlNet as default."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -332,7 +334,7 @@ def load_shapes_model(folder: Path, device: torch.device, dtype: torch.dtype) ->
     text_encoder = _load_from(spec, "shapes text encoder", lambda: CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype))
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     scheduler_config = {**SD1_SCHEDULER, **{k: v for k, v in scheduler.items() if k in SD1_SCHEDULER}}
-    backbone = _assemble(SHAPES_MODEL, clip_tokenizer(), text_encoder, vae, unet, scheduler_config, device, dtype, False)
+    backbone = _assemble(name, clip_tokenizer(), text_encoder, vae, unet, scheduler_config, device, dtype, False)
     if (folder / "controlnet-canny" / "config.json").is_file():
         backbone.extras["controlnets"] = {"canny": str(folder / "controlnet-canny")}
     return backbone
@@ -361,7 +363,8 @@ def load_backbone(spec: str | None = None, device: str | None = None, dtype: str
             log.warning("model '%s': %s", parsed.source, RANDOM_WEIGHTS_NOTE)
             backbone = _build_random(parsed.source, torch_device, torch_dtype)
         elif parsed.kind == "shapes":
-            backbone = load_shapes_model(SHAPES_MODEL_DIR, torch_device, torch_dtype)
+            folder = SHAPES_MODEL_DIR if parsed.source == SHAPES_MODEL else Path(parsed.source)
+            backbone = load_shapes_model(folder, torch_device, torch_dtype, parsed.source)
         else:
             backbone = _load_pretrained(parsed, torch_device, torch_dtype, config)
         _cache[key] = backbone

@@ -30,7 +30,7 @@ from .attention.cross_frame import layout_for
 from .attention.tuned import InflatedWeights, TunedControl
 from .config import FrameSelection, VideoLimits
 from .errors import ConfigError, TuningError
-from .inversion import cache_key, content_hash, default_cache_dir
+from .inversion import DEFAULT_CACHE_BYTES, _touch, cache_key, content_hash, default_cache_dir
 from .models import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ FORMAT = "editing-tuned/1"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TUNING_ATTENTION = "sparse-causal"
 JSON_FIELDS = ("settings", "source", "losses")  # metadata values stored as JSON text
+TUNINGS_MAX_BYTES = DEFAULT_CACHE_BYTES  # the tunings cache keeps the most recently used files within this size
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -253,6 +254,11 @@ def check_base(path: str | os.PathLike, model: str) -> dict:
     return metadata
 
 
+def tuned_attention(path: str | os.PathLike) -> str:
+    """The cross-frame attention mode a tuned file was tuned with (and is best edited with)."""
+    return read_metadata(path).get("settings", {}).get("attention", TUNING_ATTENTION)
+
+
 def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
     """Tuned weights from a file, on the backbone's device; refused when they were tuned on another base."""
     from safetensors.torch import load_file
@@ -296,6 +302,8 @@ def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> Tun
     for candidate in (Path(request.output) if request.output else None, cached):
         if candidate is not None and candidate.is_file() and _has_key(candidate, key):
             log.info("reusing tuning %s", candidate)
+            if candidate == cached:
+                _touch(cached)  # recently used: evicted last
             return _finish(request, candidate, True, [], None)
     progress("encode", 0, 1)
     latents = sampling.encode_frames(backbone, clip.frames, batch_size=8)
@@ -305,7 +313,21 @@ def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> Tun
     seconds = (time.perf_counter() - begin) / config.steps
     progress("save", 0, 1)
     save_tuned(cached, weights, tuning_metadata(backbone, identity, key, source, config, losses))
+    evict_tunings(cached.parent, TUNINGS_MAX_BYTES)
     return _finish(request, cached, False, losses, seconds)
+
+
+def evict_tunings(folder: Path, max_bytes: int) -> None:
+    """Delete the least recently used cached tunings (and their JSON) beyond `max_bytes`; the newest always stays."""
+    entries = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+    total = sum(p.stat().st_size for p in entries)
+    for path in entries[:-1]:
+        if total <= max_bytes:
+            break
+        total -= path.stat().st_size
+        log.info("evicting cached tuning %s", path.name)
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
 
 
 def tuning_metadata(backbone: Backbone, identity: str, key: str, source: dict, config: TuneConfig, losses: list[float]) -> dict:

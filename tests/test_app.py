@@ -126,6 +126,30 @@ def test_cancelling_a_job_stops_the_edit_between_steps(car):
         demo.close()
 
 
+def test_uploads_beyond_the_video_size_limit_are_refused(car, skiing):
+    """The launch options cap uploads at VideoLimits.max_file_mb: a clip just over it is refused, one under it edits."""
+    from gradio_client import Client, handle_file
+
+    import app
+    from editing.config import VideoLimits
+    from ui import build_demo
+
+    assert app.launch_options(app.parse_args([]))["max_file_size"] == VideoLimits().max_file_mb * 1e6  # the real app's cap
+    small, large = sorted([car, skiing], key=lambda p: Path(p).stat().st_size)
+    limit_mb = (Path(small).stat().st_size + Path(large).stat().st_size) / 2 / 1e6  # between the two clips' sizes
+    demo = build_demo(default_model="tiny")
+    options = app.launch_options(app.parse_args(["--port", str(_free_port())]), VideoLimits(max_file_mb=limit_mb))
+    demo.launch(**options, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{options['server_port']}/", verbose=False)
+        with pytest.raises(ValueError, match="exceeds the maximum file size"):  # refused at upload, before any work
+            client.predict(video=handle_file(str(large)), prompt="a cat", model="tiny", frames=2, size=64, steps=1, api_name="/edit")
+        video, *_ = client.predict(video=handle_file(str(small)), prompt="a cat", model="tiny", frames=2, size=64, steps=1, api_name="/edit")
+        assert video.endswith(".mp4")
+    finally:
+        demo.close()
+
+
 def test_style_session_through_the_api(served, skiing, tmp_path):
     """Create a session, run two style presets in one call (two entries, one inversion), export it."""
     from gradio_client import handle_file
@@ -140,3 +164,20 @@ def test_style_session_through_the_api(served, skiing, tmp_path):
     exported = served.predict(api_name="/export_session")
     with zipfile.ZipFile(exported) as archive:
         assert sum(n.endswith(".mp4") for n in archive.namelist()) == 3  # the source and two edits
+
+
+def test_one_shot_tune_then_edit_through_the_api(served, car):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from editing.video_io import probe
+
+    small = {"model": "tiny", "frames": 2, "size": 64}
+    with pytest.raises(AppError, match="tune on the clip first"):
+        served.predict(video=handle_file(str(car)), source_prompt="a car", prompt="a bear", **small, api_name="/edit_tuned")
+    info = served.predict(video=handle_file(str(car)), source_prompt="a car turning", tune_steps=2, **small, api_name="/tune")
+    assert info["weights"].endswith(".safetensors") and info["parameters"] > 0
+    video, details = served.predict(
+        video=handle_file(str(car)), source_prompt="a car turning", prompt="a bear", steps=2, tune_steps=2, **small, api_name="/edit_tuned"
+    )
+    assert details["tuned"].endswith(info["weights"]) and probe(video).frame_count == 2

@@ -77,6 +77,8 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, tmp
     _wait_for(lambda: driver.find_elements("css selector", "#source-video video"), "the uploaded clip to show")
     plan = _wait_for(lambda: "frames," in driver.find_element("id", "frame-plan").text and driver.find_element("id", "frame-plan").text, "the frame plan")
     assert "8 frames, 256x256 px" in plan  # the default trim of the 480x480 clip
+    end = driver.find_element("css selector", ".end")
+    assert end.find_element("css selector", "input[type=number]").get_attribute("value") == "0" and "0 = clip end" in end.text
     _set_number(driver, ".frames input[type=number]", 4)
     _set_number(driver, ".size input[type=number]", 128)
     driver.find_element("css selector", "#sampler button").click()  # open the Sampler accordion

@@ -143,3 +143,24 @@ def test_a_failed_edit_leaves_no_entry(tmp_path, car):
         run_in_session(store, Backend(), "car", [("", None)], SETTINGS)
     session = store.open("car")
     assert session.entries == [] and not list((session.folder / "entries").iterdir())
+
+
+def test_the_tab_shows_session_mistakes_as_one_sentence(tmp_path, car):
+    import gradio as gr
+
+    from ui.backend import Backend
+    from ui.session_tab import SessionHandlers
+
+    handlers = SessionHandlers(SessionStore(tmp_path), Backend())
+    for call, message in [
+        (lambda: handlers.create("../up", str(car), ""), "session name"),
+        (lambda: handlers.create("ok", None, ""), "upload the session's source clip"),
+        (lambda: handlers.open("missing"), "no session named 'missing'"),
+        (lambda: handlers.export(None), "open a session"),
+        (lambda: handlers.edit_with(lambda *a: [])({"session": None, "token": None}, None), "create or open a session"),
+    ]:
+        with pytest.raises(gr.Error, match=message) as caught:
+            call()
+        assert "\n" not in caught.value.message
+    name, status, *_ = handlers.create("ok", str(car), "a car")
+    assert name == "ok" and "0 edits" in status and not list(tmp_path.glob("up*")) and not (tmp_path.parent / "up").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -147,7 +148,7 @@ def _identity(backbone):
     return base_identity(backbone)
 
 
-def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path):
+def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path, monkeypatch):
     config = TuneConfig("a car turning", SELECTION, steps=2, learning_rate=1e-3)
     calls = []
     request = TuneRequest(str(car), config, str(tmp_path / "a.safetensors"), "tiny", "cpu", cache_dir=str(tmp_path / "cache"))
@@ -159,6 +160,26 @@ def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path):
     assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
     third = tune_video(dataclasses.replace(request, config=dataclasses.replace(config, seed=1)), lambda *args: calls.append(args))
     assert not third.reused  # other settings tune again
+    cached = sorted((tmp_path / "cache" / "tunings").glob("*.safetensors"))
+    assert len(cached) == 2
+    monkeypatch.setattr("editing.tuning.TUNINGS_MAX_BYTES", 1)
+    fourth = tune_video(dataclasses.replace(request, config=dataclasses.replace(config, seed=2)))
+    assert not fourth.reused
+    folder = tmp_path / "cache" / "tunings"  # over the cap, only the newest tuning (and its JSON) stays
+    assert sorted(p.name for p in folder.iterdir()) == [f"{fourth.metadata['key']}.json", f"{fourth.metadata['key']}.safetensors"]
+
+
+def test_the_tunings_cache_evicts_the_least_recently_used_beyond_its_cap(tmp_path):
+    from editing.tuning import evict_tunings
+
+    for age, name in enumerate("abc"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"x" * 100)
+        (tmp_path / f"{name}.json").write_text("{}")
+        os.utime(tmp_path / f"{name}.safetensors", ns=(age * 10**9, age * 10**9))  # a is the least recently used
+    evict_tunings(tmp_path, max_bytes=250)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.safetensors", "c.json", "c.safetensors"]
+    evict_tunings(tmp_path, max_bytes=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]  # the newest always stays
 
 
 def test_tune_config_and_request_refuse_bad_settings(tiny):
@@ -214,7 +235,7 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert result["path"] == str(weights) and weights.exists() and not result["reused"]
     out = tmp_path / "edited.mp4"
     edit = ["edit", str(car), "--prompt", "a jeep", "--out", str(out), "--model", "tiny", "--frames", "4", "--size", "64", "--steps", "2"]
-    assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0
+    assert main([*edit, "--tuned", str(weights), "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0  # its own attention mode
     assert probe(out).frame_count == 4 and json.loads(capsys.readouterr().out)["tuned"] == str(weights)
     capsys.readouterr()
     assert main([*edit, "--tuned", str(tmp_path / "missing.safetensors"), "--attention", "sparse-causal", "--device", "cpu"]) == 2
@@ -225,6 +246,23 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--model", "sd15-random"]) == 2
     err = capsys.readouterr().err
     assert "tuned on model 'tiny'" in err and err.count("\n") == 1
+
+
+def test_an_edit_with_tuned_weights_takes_their_attention_mode_unless_told(tiny, tmp_path):
+    from editing.cli import DEFAULT_ATTENTION, build_parser, edit_request
+    from editing.tuning import FORMAT
+    from ui.edit_tab import request_from
+    from ui.oneshot_tab import edit_values
+
+    path = tmp_path / "t.safetensors"
+    save_tuned(path, inflate(tiny, 0), {"format": FORMAT, "base": _identity(tiny), "base_name": "tiny", "settings": {"attention": "full"}})
+    edit = ["edit", "clip.mp4", "--prompt", "a jeep", "--out", "o.mp4"]
+    attention = lambda *extra: edit_request(build_parser().parse_args([*edit, *extra])).engine.attention  # noqa: E731
+    assert attention() == DEFAULT_ATTENTION != "full"
+    assert attention("--tuned", str(path)) == "full"  # the mode recorded in the file
+    assert attention("--tuned", str(path), "--attention", "window") == "window"  # an explicit choice wins
+    values = edit_values({"video": "clip.mp4", "model": "tiny", "prompt": "a jeep", "source_prompt": "a car"})
+    assert request_from(values, str(tmp_path), tuned=str(path)).engine.attention == "full"  # the one-shot tab, the same way
 
 
 @pytest.mark.real_weights

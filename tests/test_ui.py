@@ -46,6 +46,8 @@ def test_blank_widgets_keep_the_cli_defaults(car, tmp_path):
     app = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": None, "source_prompt": "  ", "negative_prompt": None}, str(tmp_path), (".mp4",))
     assert app == cli_request(str(car), "--out", app.output, "--prompt", "a cat", "--model", "tiny")
     assert app.attention_edit is None and app.selection.end is None
+    zero = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": 0}, str(tmp_path), (".mp4",))
+    assert zero.selection.end is None  # the End box shows 0, labelled '0 = clip end'
 
 
 def test_every_format_is_written_from_one_request(car, tmp_path):
@@ -166,12 +168,17 @@ def test_condition_previews_show_each_map_on_the_first_frame(car):
 
 
 def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_path, monkeypatch):
+    import weakref
+
+    import torch
+
     import ui.backend as backend_module
+    from editing.pipeline import edit_video
     from ui.backend import Backend, CancelToken
     from ui.edit_tab import request_from
 
-    freed = []
-    monkeypatch.setattr(backend_module, "free_memory", lambda: freed.append(True))
+    run_tensors, alive_when_freed = [], []
+    monkeypatch.setattr(backend_module, "free_memory", lambda: alive_when_freed.append([r() is not None for r in run_tensors]))
     token, stages = CancelToken(), []
 
     def press_stop_during_denoise(stage, done, total):
@@ -179,13 +186,37 @@ def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_p
         if stage == "denoise" and done == 1:
             token.cancel()
 
+    def edit_holding_a_tensor(request, progress):
+        working = torch.zeros(1024, 1024)  # stands for the run's latents and activations, held by its frames
+        run_tensors.append(weakref.ref(working))
+        return edit_video(request, progress)
+
     request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
     with pytest.raises(Cancelled, match="cancelled during denoise"):
-        Backend(output_root=tmp_path).edit(request, press_stop_during_denoise, token)
-    assert freed == [True] and "encode_video" not in stages
+        Backend(edit_holding_a_tensor, output_root=tmp_path).edit(request, press_stop_during_denoise, token)
+    assert alive_when_freed == [[False]]  # when its memory was freed, the stopped run's tensors were already gone
+    assert "encode_video" not in stages
     assert not list(tmp_path.glob("*-edited.*"))
     token.reset()
     assert Backend().edit(request, lambda *a: None, token).result.frames == 2
+
+
+def test_stop_cancels_a_tuning_between_steps_and_saves_nothing(car, tmp_path, monkeypatch):
+    from ui.backend import CancelToken
+    from ui.oneshot_tab import run_tuning
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path))
+    token, steps = CancelToken(), []
+
+    def press_stop_after_one_step(stage, done, total):
+        if stage == "tune":
+            steps.append(done)
+            token.cancel()
+
+    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 5, "seed": 0}
+    with pytest.raises(Cancelled, match="cancelled during tune"):
+        run_tuning(values, press_stop_after_one_step, token)
+    assert steps == [1] and not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_each_user_gets_a_fresh_cancel_token():
@@ -316,3 +347,59 @@ def test_extra_formats_come_from_the_same_frames(car, tmp_path):
     assert gif.size == (frames.shape[2], frames.shape[1])
     with pytest.raises(ConfigError, match="must end in"):
         dataclasses.replace(request, also_write=(str(tmp_path / "x.webm"),))
+
+
+def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_path, monkeypatch):
+    from editing.tuning import read_metadata
+    from ui.backend import Backend, CancelToken
+    from ui.oneshot_tab import edit_values, run_tuning
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
+    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 3, "learning_rate": 1e-4, "seed": 0}
+    stages = []
+    tuned = run_tuning(values, lambda stage, done, total: stages.append((stage, done, total)))
+    assert ("tune", 3, 3) in stages and not tuned["reused"]
+    assert read_metadata(tuned["path"])["settings"]["steps"] == 3
+    assert run_tuning(values, lambda *a: None)["reused"]  # the same clip and settings: no second tuning
+
+    from ui.edit_tab import make_handlers
+
+    edit = make_handlers(Backend())["edit"]
+    request_values = edit_values(values | {"prompt": "a bear", "steps": 2, "guidance": 1.0, "strength": 1.0, "token": CancelToken()})
+    video, _, _, details, _ = edit(request_values, None, tuned=tuned["path"])
+    assert details["tuned"] == tuned["path"] and details["frames"] == 2
+    with pytest.raises(EditingError, match="tuning prompt must not be empty"):
+        run_tuning(values | {"source_prompt": ""}, lambda *a: None)
+
+    from ui.oneshot_tab import check_tuned_for
+
+    check_tuned_for(tuned["path"], str(car))  # the clip it was tuned on
+    with pytest.raises(EditingError, match="made for another clip"):
+        check_tuned_for(tuned["path"], str(skiing))
+    with pytest.raises(EditingError, match="tune on the clip first"):
+        check_tuned_for(None, str(car))
+
+
+def test_one_shot_tab_passes_the_memory_options_to_the_tuning(car):
+    from ui import build_demo
+    from ui.oneshot_tab import MEMORY_FIELDS, run_tuning
+
+    class Tuned:
+        def to_dict(self):
+            return {}
+
+    requests = []
+    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 2}
+    for extra in ({}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}):
+        run_tuning(values | extra, lambda *a: None, tune=lambda request, progress: requests.append(request) or Tuned())
+    assert [(r.config.gradient_checkpointing, r.config.mixed_precision) for r in requests] == [(False, "no"), (True, "bf16")]
+    parameters = [p["parameter_name"] for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/tune"]["parameters"]]
+    assert parameters[-len(MEMORY_FIELDS):] == MEMORY_FIELDS  # last, so positional calls made before they existed still work
+
+
+def test_the_form_cannot_point_an_edit_at_a_weights_file(car, tmp_path):
+    from editing.errors import ConfigError
+    from ui.edit_tab import request_from
+
+    with pytest.raises(ConfigError, match="unknown form fields: tuned"):
+        request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "tuned": "/etc/passwd"}, str(tmp_path))

@@ -6,6 +6,7 @@ progress callback and a CancelToken, and frees memory when it ends, however it e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import io
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,7 @@ def cancellable(progress: ProgressFn, token: CancelToken | None) -> ProgressFn:
 
     def report(stage: str, done: int, total: int) -> None:
         if token is not None and token.cancelled:
-            raise Cancelled(f"the edit was cancelled during {stage.replace('_', ' ')}")
+            raise Cancelled(f"the run was cancelled during {stage.replace('_', ' ')}")
         progress(stage, done, total)
 
     return report
@@ -66,6 +68,22 @@ def free_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def freeing_memory():
+    """Free a run's memory when it ends, however it ends.
+
+    A failure's traceback keeps every frame's locals (latents, frames, activations) alive, so those frames
+    are cleared first; otherwise a stopped run's tensors would outlive `free_memory`.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        free_memory()
 
 
 def fresh_output_dir(root: Path | None = None) -> str:
@@ -110,10 +128,8 @@ class Backend:
 
     def edit(self, request: EditRequest, progress: ProgressFn, token: CancelToken | None = None) -> Outputs:
         """Run one edit; memory is freed afterwards even when it fails or is cancelled."""
-        try:
+        with freeing_memory():
             result = self.edit_fn(request, cancellable(progress, token))
-        finally:
-            free_memory()
         paths = [result.output, *result.also_written]
         return Outputs(result, {Path(p).suffix.lower(): p for p in paths})
 

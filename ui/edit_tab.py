@@ -15,7 +15,7 @@ from editing.video_io import plan_frames, probe
 
 from . import widgets
 from .backend import Backend, CancelToken
-from .forms import as_gradio_error, make_request, option_values
+from .forms import make_request, one_sentence_errors, option_values
 from .gpu import gpu
 
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id, one at a time
@@ -36,6 +36,9 @@ STAGE_LABELS = {
     "invert": "inversion",
     "null_text": "null-text inversion",
     "denoise": "editing",
+    "encode": "encoding frames",
+    "tune": "tuning",
+    "save": "saving the tuned weights",
     "decode_latents": "decoding frames",
     "encode_video": "encoding",
 }
@@ -53,12 +56,12 @@ def gradio_progress(progress: gr.Progress | None):
     return report
 
 
-def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS):
+def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS, tuned: str | None = None):
     """The validated request these widget values describe."""
     values = dict(values)
     video = values.pop("video", None)
     values.pop("token", None)
-    return make_request(option_values(values), video, output_dir, formats)
+    return make_request(option_values(values), video, output_dir, formats, tuned)
 
 
 def plan_text(video: str | None, start, end, stride, frames, size) -> str:
@@ -80,39 +83,33 @@ def warp_plot_data(errors: np.ndarray) -> pd.DataFrame:
 
 
 def make_handlers(backend: Backend):
-    """The tab's handlers, each taking a dict of widget values."""
+    """The tab's handlers, each taking a dict of widget values; every failure is one sentence on screen."""
 
-    def edit(values: dict[str, Any], progress) -> tuple:
+    @one_sentence_errors
+    def edit(values: dict[str, Any], progress, tuned: str | None = None) -> tuple:
         token = values.get("token") or CancelToken()
         token.reset()
-        try:
-            request = request_from(values, backend.output_dir())
-            outputs = backend.edit(request, gradio_progress(progress), token)
-            errors = backend.warp_errors(request, outputs)
-        except Exception as exc:  # every failure is one sentence on screen; the app keeps serving
-            raise as_gradio_error(exc) from exc
+        request = request_from(values, backend.output_dir(), tuned=tuned)
+        outputs = backend.edit(request, gradio_progress(progress), token)
+        errors = backend.warp_errors(request, outputs)
         details = outputs.result.to_dict() | {"mean_warp_error": round(mean_warp_error(errors), 4) if len(errors) else None}
         if outputs.result.random_weights:
             details["note"] = RANDOM_WEIGHTS_NOTE
         return outputs.get(".mp4"), outputs.get(".gif"), outputs.get(".zip"), details, warp_plot_data(errors)
 
+    @one_sentence_errors
     def preview(values: dict[str, Any], progress) -> np.ndarray:
         token = values.get("token") or CancelToken()
         token.reset()
-        try:
-            request = request_from(values, backend.output_dir(), (".zip",))
-            return backend.preview_first_frame(request, gradio_progress(progress), token)
-        except Exception as exc:
-            raise as_gradio_error(exc) from exc
+        request = request_from(values, backend.output_dir(), (".zip",))
+        return backend.preview_first_frame(request, gradio_progress(progress), token)
 
+    @one_sentence_errors
     def conditions(values: dict[str, Any], progress) -> list:
-        try:
-            request = request_from(values, backend.output_dir(), (".zip",))
-            if not request.engine.controls:
-                raise EditingError("tick at least one ControlNet to preview its condition map")
-            return backend.condition_previews(request)
-        except Exception as exc:
-            raise as_gradio_error(exc) from exc
+        request = request_from(values, backend.output_dir(), (".zip",))
+        if not request.engine.controls:
+            raise EditingError("tick at least one ControlNet to preview its condition map")
+        return backend.condition_previews(request)
 
     return {"edit": edit, "preview": preview, "conditions": conditions}
 

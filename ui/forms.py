@@ -20,7 +20,7 @@ from editing.errors import ConfigError, EditingError
 from editing.pipeline import EditRequest
 
 # Options the app never takes from a form: files and places are the app's business.
-RESERVED = frozenset({"video", "out", "command", "debug", "json", "cache_dir", "control_video"})
+RESERVED = frozenset({"video", "out", "command", "debug", "json", "cache_dir", "control_video", "tuned"})
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
@@ -78,15 +78,19 @@ def edit_namespace(values: Mapping[str, Any], video: str, output: str) -> argpar
     return command_namespace("edit", values, video, output)
 
 
-def make_request(values: Mapping[str, Any], video: str | None, output_dir: str, formats: tuple[str, ...] = (".mp4",)) -> EditRequest:
-    """One validated EditRequest writing `formats` into `output_dir` (raises EditingError on bad values)."""
+def make_request(
+    values: Mapping[str, Any], video: str | None, output_dir: str, formats: tuple[str, ...] = (".mp4",), tuned: str | None = None
+) -> EditRequest:
+    """One validated EditRequest writing `formats` into `output_dir`, with the app's tuned weights if any (raises EditingError)."""
     if not video:
         raise EditingError("upload a video or pick an example first")
     if not formats or any(f not in OUTPUT_FORMATS for f in formats):
         raise ConfigError(f"output formats must be among {', '.join(OUTPUT_FORMATS)}, got {formats}")
     stem = Path(output_dir) / f"{Path(video).stem}-edited"
     outputs = [str(stem.with_suffix(suffix)) for suffix in formats]
-    request = edit_request(edit_namespace(values, video, outputs[0]))
+    args = edit_namespace(values, video, outputs[0])
+    args.tuned = tuned  # a file the app made, never a path from the form
+    request = edit_request(args)
     return dataclasses.replace(request, also_write=tuple(outputs[1:]))
 
 
@@ -113,3 +117,27 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
         if values["model"] is None:
             raise ConfigError("choose a model: a Hub id, a local folder or file, or a built-in one")
     return values
+
+
+def make_tune_request(values: Mapping[str, Any], video: str | None):
+    """One validated TuneRequest from the form's values; the weights stay in the tuning cache."""
+    from editing.cli import tune_request
+
+    if not video:
+        raise EditingError("upload a video or pick an example first")
+    return tune_request(command_namespace("tune", values, video, None))
+
+
+def one_sentence_errors(fn):
+    """`fn`, with any failure turned into a one-sentence gr.Error (so the app keeps serving)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise as_gradio_error(exc) from exc
+
+    return run

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
+from editing.cli import DEFAULT_ATTENTION
 from editing.config import ATTENTION_MODES
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
@@ -17,7 +17,7 @@ from editing.sessions import PRESETS, Entry, Session, SessionStore, preset_promp
 from . import widgets
 from .backend import Backend, CancelToken
 from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from
-from .forms import as_gradio_error, default_values
+from .forms import default_values, one_sentence_errors
 from .gpu import gpu
 
 SETTINGS = ["model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed", "attention"]
@@ -78,119 +78,131 @@ def summary(session: Session) -> list[dict[str, Any]]:
     ]
 
 
-def create_tab(backend: Backend, default_model: str, store: SessionStore | None = None) -> None:
-    """Lay out the Style sessions tab and wire its events."""
-    store = store or SessionStore()
-    current = gr.State(None)  # this user's open session name
-    token = gr.State(CancelToken())
+class SessionHandlers:
+    """The tab's handlers over one session store; each returns the view of the user's open session."""
+
+    def __init__(self, store: SessionStore, backend: Backend):
+        self.store, self.backend = store, backend
+
+    def show(self, name: str | None) -> tuple:
+        """(open session, status line, gallery, entries, saved-sessions dropdown update)."""
+        if not name:
+            return None, "No session open.", [], [], gr.update(choices=self.store.names())
+        session = self.store.open(name)
+        about = f" ({session.subject})" if session.subject else ""
+        text = f"Session **{session.name}**: {len(session.entries)} edits of `{session.source}`{about}"
+        return name, text, gallery(session), summary(session), gr.update(choices=self.store.names(), value=name)
+
+    @one_sentence_errors
+    def create(self, name: str, video: str | None, subject: str | None) -> tuple:
+        if not video:
+            raise EditingError("upload the session's source clip first")
+        return self.show(self.store.create(name, video, subject or "").name)
+
+    @one_sentence_errors
+    def open(self, name: str | None) -> tuple:
+        if not name:
+            raise EditingError("choose a saved session to open")
+        return self.show(self.store.open(name).name)
+
+    @one_sentence_errors
+    def export(self, name: str | None) -> str:
+        if not name:
+            raise EditingError("open a session to export it")
+        return str(self.store.export(name, Path(self.backend.output_dir()) / f"{name}.zip"))  # removed with other old runs
+
+    @one_sentence_errors
+    def import_zip(self, file: str | None, name: str | None) -> tuple:
+        if not file:
+            raise EditingError("choose a session zip to import")
+        return self.show(self.store.import_zip(file, (name or "").strip() or None).name)
+
+    def edit_with(self, prompts_of: Callable[[Session, list[str], str], list[tuple[str, str | None]]]):
+        """A handler editing the open session once per prompt that `prompts_of(session, presets, prompt)` gives."""
+
+        @one_sentence_errors
+        def run(values: dict[str, Any], progress) -> tuple:
+            name, token = values.pop("session"), values.pop("token")
+            if not name:
+                raise EditingError("create or open a session first")
+            prompts = prompts_of(self.store.open(name), values.pop("presets"), values.pop("prompt"))
+            token.reset()
+            run_in_session(self.store, self.backend, name, prompts, values, gradio_progress(progress), token)
+            return self.show(name)
+
+        return run
+
+
+def preset_prompts(session: Session, chosen: list[str] | None, text: str | None) -> list[tuple[str, str | None]]:
+    """One prompt per ticked style preset, for the session's subject."""
+    return [(preset_prompt(p, session.subject), p) for p in chosen or []]
+
+
+def own_prompt(session: Session, chosen: list[str] | None, text: str | None) -> list[tuple[str, str | None]]:
+    """The typed prompt, if any."""
+    return [(text, None)] if (text or "").strip() else []
+
+
+def _layout(default_model: str, store: SessionStore) -> dict[str, Any]:
+    """The tab's widgets by name; `settings` holds the edit settings by CLI option name."""
+    ui: dict[str, Any] = {}
     with gr.Row():
         with gr.Column():
             with gr.Accordion("New session", open=True):
-                new_name = gr.Textbox(label="Session name", placeholder="skier-styles")
-                new_video = gr.Video(label="Source clip", sources=["upload"])
-                subject = gr.Textbox(label="Subject", placeholder="a man skiing (style prompts say '... of <subject>')")
-                create = gr.Button("Create session")
+                ui["new_name"] = gr.Textbox(label="Session name", placeholder="skier-styles")
+                ui["new_video"] = gr.Video(label="Source clip", sources=["upload"])
+                ui["subject"] = gr.Textbox(label="Subject", placeholder="a man skiing (style prompts say '... of <subject>')")
+                ui["create"] = gr.Button("Create session")
             with gr.Row():
-                saved = gr.Dropdown(store.names(), label="Saved sessions", allow_custom_value=False)
-                refresh = gr.Button("Refresh", size="sm")
-                open_button = gr.Button("Open", size="sm")
-            status = gr.Markdown("No session open.")
-            settings: dict[str, gr.components.Component] = {"model": widgets.model_widget(default_model)}
+                ui["saved"] = gr.Dropdown(store.names(), label="Saved sessions", allow_custom_value=False)
+                ui["refresh"] = gr.Button("Refresh", size="sm")
+                ui["open"] = gr.Button("Open", size="sm")
+            ui["status"] = gr.Markdown("No session open.")
+            settings = ui["settings"] = {"model": widgets.model_widget(default_model)}
             with gr.Accordion("Frames and sampler", open=False):
                 settings |= widgets.frame_widgets()
                 settings |= widgets.sampler_widgets()
-                settings["attention"] = gr.Dropdown(list(ATTENTION_MODES), value=default_values()["attention"], label="Cross-frame attention")
-            presets = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
-            run_presets = gr.Button("Run selected styles", variant="primary")
-            prompt = gr.Textbox(label="Or your own prompt")
+                settings["attention"] = gr.Dropdown(list(ATTENTION_MODES), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
+            ui["presets"] = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
+            ui["run_presets"] = gr.Button("Run selected styles", variant="primary")
+            ui["prompt"] = gr.Textbox(label="Or your own prompt")
             with gr.Row():
-                run_prompt = gr.Button("Add edit")
-                stop = gr.Button("Stop", variant="stop")
+                ui["run_prompt"] = gr.Button("Add edit")
+                ui["stop"] = gr.Button("Stop", variant="stop")
         with gr.Column():
-            shown = gr.Gallery(label="Gallery (newest first)", columns=2, height=420)
-            entries = gr.JSON(label="Entries and their settings")
+            ui["gallery"] = gr.Gallery(label="Gallery (newest first)", columns=2, height=420)
+            ui["entries"] = gr.JSON(label="Entries and their settings")
             with gr.Row():
-                export = gr.Button("Export session")
-                exported = gr.File(label="Session file (zip)")
+                ui["export"] = gr.Button("Export session")
+                ui["exported"] = gr.File(label="Session file (zip)")
             with gr.Row():
-                upload = gr.File(label="Import a session zip", file_types=[".zip"])
-                import_name = gr.Textbox(label="Import as (blank = its name)")
-                import_button = gr.Button("Import")
+                ui["upload"] = gr.File(label="Import a session zip", file_types=[".zip"])
+                ui["import_name"] = gr.Textbox(label="Import as (blank = its name)")
+                ui["import"] = gr.Button("Import")
+    return ui
 
-    def show(name: str | None):
-        if not name:
-            return None, "No session open.", [], [], gr.update(choices=store.names())
-        session = store.open(name)
-        text = f"Session **{session.name}**: {len(session.entries)} edits of `{session.source}`" + (f" ({session.subject})" if session.subject else "")
-        return name, text, gallery(session), summary(session), gr.update(choices=store.names(), value=name)
 
-    view = [current, status, shown, entries, saved]
+def create_tab(backend: Backend, default_model: str, store: SessionStore | None = None) -> None:
+    """Lay out the Style sessions tab and wire its events."""
+    store = store or SessionStore()
+    handlers = SessionHandlers(store, backend)
+    current = gr.State(None)  # this user's open session name
+    token = gr.State(CancelToken())
+    ui = _layout(default_model, store)
+    view = [current, ui["status"], ui["gallery"], ui["entries"], ui["saved"]]
+    ui["create"].click(handlers.create, [ui["new_name"], ui["new_video"], ui["subject"]], view, api_name="create_session")
+    ui["refresh"].click(lambda: gr.update(choices=store.names()), None, ui["saved"], api_visibility="private")
+    ui["open"].click(handlers.open, ui["saved"], view, api_name="open_session")
+    ui["export"].click(handlers.export, current, ui["exported"], api_name="export_session")
+    ui["import"].click(handlers.import_zip, [ui["upload"], ui["import_name"]], view, api_name="import_session")
 
-    def guarded(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                raise as_gradio_error(exc) from exc
-
-        return run
-
-    @guarded
-    def create_session(name, video, about):
-        if not video:
-            raise EditingError("upload the session's source clip first")
-        return show(store.create(name, video, about or "").name)
-
-    @guarded
-    def open_session(name):
-        if not name:
-            raise EditingError("choose a saved session to open")
-        return show(store.open(name).name)
-
-    def edit_with(prompts_of):
-        @guarded
-        def run(values: dict[str, Any], progress):
-            name, tok = values.pop("session"), values.pop("token")
-            if not name:
-                raise EditingError("create or open a session first")
-            prompts = prompts_of(store.open(name), values.pop("presets"), values.pop("prompt"))
-            tok.reset()
-            run_in_session(store, backend, name, prompts, values, gradio_progress(progress), tok)
-            return show(name)
-
-        return run
-
-    def preset_prompts(session, chosen, text):
-        return [(preset_prompt(p, session.subject), p) for p in chosen or []]
-
-    def own_prompt(session, chosen, text):
-        return [(text, None)] if (text or "").strip() else []
-
-    @guarded
-    def export_session(name):
-        if not name:
-            raise EditingError("open a session to export it")
-        return str(store.export(name, Path(backend.output_dir()) / f"{name}.zip"))  # removed with other old runs
-
-    @guarded
-    def import_session(file, name):
-        if not file:
-            raise EditingError("choose a session zip to import")
-        return show(store.import_zip(file, (name or "").strip() or None).name)
-
-    create.click(create_session, [new_name, new_video, subject], view, api_name="create_session")
-    refresh.click(lambda: gr.update(choices=store.names()), None, saved, api_visibility="private")
-    open_button.click(open_session, saved, view, api_name="open_session")
-    edit_names = ["session", "presets", "prompt", "token", *SETTINGS]
-    edit_inputs = [current, presets, prompt, token, *(settings[n] for n in SETTINGS)]
-    defaults = widgets.initial_values(settings)
+    names = ["session", "presets", "prompt", "token", *SETTINGS]
+    inputs = [current, ui["presets"], ui["prompt"], token, *(ui["settings"][n] for n in SETTINGS)]
+    defaults = widgets.initial_values(ui["settings"])
 
     def edit_event(button, prompts_of, api_name):
-        handler = widgets.named_handler(gpu(edit_with(prompts_of)), edit_names, defaults)
-        return button.click(handler, edit_inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
+        handler = widgets.named_handler(gpu(handlers.edit_with(prompts_of)), names, defaults)
+        return button.click(handler, inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
-    events = [edit_event(run_presets, preset_prompts, "session_presets"), edit_event(run_prompt, own_prompt, "session_edit")]
-    stop.click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")
-    export.click(export_session, current, exported, api_name="export_session")
-    import_button.click(import_session, [upload, import_name], view, api_name="import_session")
+    events = [edit_event(ui["run_presets"], preset_prompts, "session_presets"), edit_event(ui["run_prompt"], own_prompt, "session_edit")]
+    ui["stop"].click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")

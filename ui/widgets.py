@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from editing.cli import DEFAULT_ATTENTION
 from editing.config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, PROMPT_EDITS
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
 
@@ -43,7 +44,9 @@ def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.C
     """Trim and size: start, end, stride, frame count, long side."""
     with gr.Row():
         start = gr.Number(0, label="Start (s)", minimum=0)
-        end = gr.Number(None, label="End (s, empty = clip end)", minimum=0)
+        # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
+        # shown default and means the clip's end (forms.command_namespace maps end <= 0 to None).
+        end = gr.Number(0, label="End (s, 0 = clip end)", minimum=0, elem_classes="end")
     with gr.Row():
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
         count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
@@ -67,7 +70,7 @@ def engine_widgets() -> dict[str, gr.components.Component]:
     """Attention mode, inversion, ControlNets, smoothing."""
     defaults = default_values()
     with gr.Row():
-        attention = gr.Dropdown(list(ATTENTION_MODES), value=defaults["attention"], label="Cross-frame attention")
+        attention = gr.Dropdown(list(ATTENTION_MODES), value=defaults["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
         inversion = gr.Dropdown(list(INVERSIONS), value=defaults["inversion"], label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
     with gr.Row():
         kinds = gr.CheckboxGroup(list(CONTROL_KINDS), label="ControlNets", info="depth and softedge need annotator weights")

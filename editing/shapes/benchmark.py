@@ -1,0 +1,514 @@
+"""Edit quality with ground truth: the product's edits of generated shapes clips, judged against the renders.
+
+    python -m editing eval --shapes --out DIR [--settings a,b] [--clips N] [--steps N] [--model shapes]
+
+A fixed, seeded set of clips (one or two moving shapes on a plain background, 8 frames at 64 px) is
+written to lossless mp4 and edited through `edit_video(EditRequest)` (requests built by the CLI's own
+mapping) under every pipeline setting. Four edits derive from each scene's caption:
+  colour      the first object's colour swapped ("a red circle" -> "a blue circle"), a local edit;
+  shape       the first object's shape swapped ("a red circle" -> "a red square"), a local edit;
+  background  the background's colour swapped, the objects kept;
+  add         the word "striped" added before the background ("on a green background" ->
+              "on a striped green background"): a refine edit whose asked attribute is the pattern.
+Metrics (pure functions below): edit accuracy (share of frames where the judge sees the asked attribute:
+the first object's colour or shape in the found region overlapping its source mask, or the background's
+colour or pattern), structure IoU (found objects vs the source's object masks), background PSNR outside
+the objects (dilated by one pixel; local edits), warp error along the TRUE motion, object colour
+flicker, and seconds per frame. The CI slice's stated values live in stated.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, EditingError
+from . import judge as judging
+from .world import PALETTE, SHAPES, Clip, Scene, SceneSampler, make_clip, random_motion
+
+log = logging.getLogger(__name__)
+
+EDIT_KINDS = ("colour", "shape", "background", "add")
+LOCAL_KINDS = ("colour", "shape")
+ADDED_WORD = "striped"  # the add-a-word edit: "on a green background" -> "on a striped green background"
+BASE_SEED = 1000  # clip i is drawn from seed BASE_SEED + i
+FRAMES, SIZE, FPS = 8, 64, 8
+GUIDANCE = 5.0  # the shapes model's text-to-image guidance (editing.shapes.quality)
+SDEDIT_STRENGTH = 0.7  # settings without inversion noise the source to this share of the steps
+TUNE_STEPS, TUNE_LR = 40, 1e-4
+STATED_PATH = Path(__file__).with_name("stated.json")
+REFERENCE = "source"  # the row measuring the unedited source frames as if they were an output
+
+
+# ---------------------------------------------------------------- clips and edits
+
+
+def benchmark_clip(index: int, frames: int = FRAMES, size: int = SIZE) -> Clip:
+    """Clip `index` of the fixed set: one or two shapes moving and turning on a plain background."""
+    rng = np.random.default_rng(BASE_SEED + index)
+    scene = SceneSampler(size=size, split="all", max_objects=2, backgrounds=("plain",)).scene(rng)
+    moved = [random_motion(rng, obj, frames, size, ("move", "turn")) for obj in scene.objects]
+    scene = dataclasses.replace(scene, objects=tuple(obj for _, obj in moved))
+    return make_clip(scene, tuple(m for m, _ in moved), frames)
+
+
+@dataclass(frozen=True)
+class ShapeEdit:
+    """One edit of a clip: the source caption, the scene it asks for, and the words marking the edited region."""
+
+    kind: str
+    source_prompt: str
+    target: Scene  # the source scene with the asked change: its caption is the prompt, its render the ideal output
+    blend_words: tuple[str, ...] = ()
+    prompt_edit: str = "swap"
+
+    def __post_init__(self):
+        if self.kind not in EDIT_KINDS:
+            raise ValueError(f"edit kind must be one of {', '.join(EDIT_KINDS)}; got {self.kind}")
+
+    @property
+    def prompt(self) -> str:
+        return self.target.caption()
+
+    @property
+    def local(self) -> bool:
+        """Whether the edit should leave the background as it was."""
+        return self.kind in LOCAL_KINDS
+
+
+def _next(options, current: str, avoid: set[str]) -> str:
+    """The first option after `current` (cyclically) not in `avoid`."""
+    options = list(options)
+    start = options.index(current)
+    return next(o for o in options[start + 1 :] + options[:start] if o not in avoid and o != current)
+
+
+def derive_edits(clip: Clip) -> tuple[ShapeEdit, ...]:
+    """The four edits of a clip's scene (colour, shape, background, add a word), deterministic in the scene."""
+    scene = clip.scene
+    first, background = scene.objects[0], scene.background
+    used = {o.colour for o in scene.objects} | {background.colour}
+    shape = _next(SHAPES, first.shape, set())
+
+    def with_first(**change) -> Scene:
+        return dataclasses.replace(scene, objects=(dataclasses.replace(first, **change), *scene.objects[1:]))
+
+    def with_background(**change) -> Scene:
+        return dataclasses.replace(scene, background=dataclasses.replace(background, **change))
+
+    source = scene.caption()
+    return (
+        ShapeEdit("colour", source, with_first(colour=_next(PALETTE, first.colour, used)), (first.shape,)),
+        ShapeEdit("shape", source, with_first(shape=shape, angle=0.0 if shape == "circle" else first.angle), (first.shape, shape)),
+        ShapeEdit("background", source, with_background(colour=_next(PALETTE, background.colour, used)), ("background",)),
+        ShapeEdit("add", source, with_background(kind=ADDED_WORD), ("background",), "refine"),
+    )
+
+
+def write_lossless(path: str | Path, frames: np.ndarray, fps: int = FPS) -> Path:
+    """Write frames to an mp4 the product reads back bit-exactly (H.264 RGB, crf 0)."""
+    import av
+
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264rgb", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "rgb24"
+        stream.options = {"crf": "0", "preset": "veryfast"}
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return Path(path)
+
+
+# ---------------------------------------------------------------- metrics (pure functions)
+
+
+def _matched_region(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The object the judge finds in `image` that overlaps `mask` most (None when none overlaps)."""
+    regions = judging.find_objects(image)
+    overlaps = [int((region & mask).sum()) for region in regions]
+    return regions[int(np.argmax(overlaps))] if overlaps and max(overlaps) > 0 else None
+
+
+def frame_correct(image: np.ndarray, target_mask: np.ndarray, edit: ShapeEdit) -> bool:
+    """Whether one output frame shows the attribute the edit asks for."""
+    asked, background = edit.target.objects[0], edit.target.background
+    if edit.kind in ("background", "add"):
+        verdict = judging.judge_background(image)
+        return verdict.colour == background.colour if edit.kind == "background" else verdict.kind == background.kind
+    region = _matched_region(image, target_mask)
+    if region is None:
+        return False
+    seen = judging.judge_object(image, region)
+    return seen.colour == asked.colour if edit.kind == "colour" else seen.shape == asked.shape
+
+
+def edit_accuracy(frames: np.ndarray, masks: np.ndarray, edit: ShapeEdit) -> float:
+    """Share of frames showing the asked attribute; masks are the source's (T, objects, H, W), object 0 edited."""
+    return float(np.mean([frame_correct(image, mask[0], edit) for image, mask in zip(frames, masks)]))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def structure_iou(frames: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over frames of the IoU between the objects the judge finds and the source's object masks."""
+    ious = []
+    for image, mask in zip(frames, masks):
+        found = judging.find_objects(image)
+        ious.append(mask_iou(np.any(found, axis=0) if found else np.zeros(mask.shape[1:], bool), mask.any(axis=0)))
+    return float(np.mean(ious))
+
+
+def background_psnr(source: np.ndarray, output: np.ndarray, masks: np.ndarray, grow: int = 1) -> float:
+    """PSNR (8-bit) over every frame's pixels outside the source's objects grown by `grow` pixels."""
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    outside = np.stack([cv2.dilate(m.any(axis=0).astype(np.uint8), kernel) == 0 for m in masks])
+    difference = source.astype(np.float64)[outside] - output.astype(np.float64)[outside]
+    mse = float(np.mean(difference**2)) if difference.size else math.nan
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def label_map(masks: np.ndarray) -> np.ndarray:
+    """(H, W) int map: the index of the object visible at each pixel, -1 for the background."""
+    return np.where(masks.any(axis=0), np.argmax(masks, axis=0), -1)
+
+
+def true_warp_errors(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per pair t -> t+1: mean |frame_{t+1}(x + flow_t(x)) - frame_t(x)| (8-bit, bilinear) over pixels of frame t
+    on a moving object whose true destination lies inside the image and on the same object (no occlusions)."""
+    height, width = frames.shape[1:3]
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    errors = []
+    for t in range(len(frames) - 1):
+        map_x, map_y = grid_x + flow[t, ..., 0].astype(np.float32), grid_y + flow[t, ..., 1].astype(np.float32)
+        moved = cv2.remap(frames[t + 1].astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+        rows, cols = np.clip(np.round(map_y), 0, height - 1).astype(int), np.clip(np.round(map_x), 0, width - 1).astype(int)
+        labels = label_map(masks[t])
+        valid = inside & (labels >= 0) & (label_map(masks[t + 1])[rows, cols] == labels)
+        error = np.abs(moved - frames[t].astype(np.float32)).mean(axis=-1)
+        errors.append(float(error[valid].mean()) if valid.any() else math.nan)
+    return np.array(errors)
+
+
+def colour_flicker(frames: np.ndarray, masks: np.ndarray, shrink: int = 1) -> float:
+    """Std over frames of the first object's mean colour (inside its source mask shrunk by `shrink` px), mean of R, G, B."""
+    kernel = np.ones((2 * shrink + 1, 2 * shrink + 1), np.uint8)
+    means = []
+    for image, mask in zip(frames, masks):
+        core = cv2.erode(mask[0].astype(np.uint8), kernel).astype(bool)
+        core = core if core.any() else mask[0]
+        means.append(image[core].reshape(-1, 3).astype(np.float64).mean(axis=0) if core.any() else np.full(3, np.nan))
+    return float(np.nanstd(np.stack(means), axis=0).mean())
+
+
+def measure(source: Clip, output: np.ndarray, edit: ShapeEdit) -> dict:
+    """Every ground-truth metric of one edited clip."""
+    return {
+        "edit_accuracy": edit_accuracy(output, source.masks, edit),
+        "structure_iou": structure_iou(output, source.masks),
+        "background_psnr": background_psnr(source.frames, output, source.masks) if edit.local else None,
+        "warp_error": float(np.nanmean(true_warp_errors(output, source.flow, source.masks))),
+        "flicker": colour_flicker(output, source.masks),
+    }
+
+
+# ---------------------------------------------------------------- pipeline settings
+
+# Each setting is the edit command's options (as the CLI parses them) over the benchmark's defaults:
+# DDIM inversion with the source caption at strength 1, guidance GUIDANCE, 64 px, every frame.
+SETTINGS: dict[str, dict] = {
+    "img2img": {"attention": "none", "inversion": "none", "strength": SDEDIT_STRENGTH},  # per-frame baseline
+    "first": {"attention": "first"},
+    "sparse-causal": {"attention": "sparse-causal"},
+    "full": {"attention": "full"},
+    "window": {"attention": "window"},
+    "sparse-causal-noinv": {"attention": "sparse-causal", "inversion": "none", "strength": SDEDIT_STRENGTH},
+    "blend": {"attention": "sparse-causal", "attention_edit": True},
+    "controlnet": {"attention": "sparse-causal", "control": ["canny"]},
+    "tuned": {"attention": "sparse-causal", "tune": True},
+}
+
+
+def parse_settings(text: str | None) -> tuple[str, ...]:
+    """Setting names from 'a,b' (None or empty: all of them), checked against SETTINGS."""
+    names = tuple(n.strip() for n in (text or "").split(",") if n.strip()) or tuple(SETTINGS)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
+    return names
+
+
+def _prompt_edit(edit: ShapeEdit) -> str:
+    """swap when both prompts have as many tokens (P2P's word swap), else refine (token alignment)."""
+    from ..models import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    same = len(tokenizer(edit.source_prompt).input_ids) == len(tokenizer(edit.prompt).input_ids)
+    return edit.prompt_edit if same else "refine"
+
+
+def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps: int, model: str, cache_dir: Path, tuned: Path | None = None):
+    """The EditRequest the `edit` command would build for this setting and edit."""
+    from ..cli import edit_request as cli_request
+    from ..evaluate import _edit_defaults
+
+    options = dict(SETTINGS[setting])
+    values = _edit_defaults() | {"prompt": edit.prompt, "model": model, "frames": 0, "size": SIZE, "steps": steps, "guidance": GUIDANCE}
+    values |= {"inversion_prompt": edit.source_prompt, "cache_dir": str(cache_dir), "device": "auto", "dtype": "auto"}
+    if options.pop("attention_edit", False):
+        values |= {"source_prompt": edit.source_prompt, "prompt_edit": _prompt_edit(edit), "blend_words": ",".join(edit.blend_words)}
+    if options.pop("tune", False):
+        values["tuned"] = None if tuned is None else str(tuned)
+    values |= options
+    return cli_request(argparse.Namespace(**values, video=str(video), out=str(output)))
+
+
+def tune_clip(video: Path, clip: Clip, model: str, cache_dir: Path, steps: int = TUNE_STEPS) -> tuple[Path, float]:
+    """One-shot tuned weights for a benchmark clip (cached), and the seconds tuning took."""
+    from ..config import FrameSelection
+    from ..tuning import TuneConfig, TuneRequest, tune_video
+
+    config = TuneConfig(prompt=clip.caption, selection=FrameSelection(max_frames=len(clip.frames), size=SIZE), steps=steps, learning_rate=TUNE_LR)
+    begin = time.perf_counter()
+    result = tune_video(TuneRequest(str(video), config, None, model, "auto", "auto", str(cache_dir)))
+    return Path(result.path), time.perf_counter() - begin
+
+
+# ---------------------------------------------------------------- running and tabulating
+
+
+@dataclass
+class BenchmarkResult:
+    """Per-edit rows (setting, clip, kind, metrics, seconds per frame) and the per-setting summary."""
+
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sheets: dict[str, list] = field(default_factory=dict)  # setting -> [(label, frames)] of clip 0: source, then each edit
+
+    def summary(self) -> dict[str, dict]:
+        """Per setting: accuracy per edit kind and the mean of every metric over its edits."""
+        table: dict[str, dict] = {}
+        for name in dict.fromkeys(row["setting"] for row in self.rows):
+            rows = [row for row in self.rows if row["setting"] == name and not row.get("error")]
+            if not rows:
+                table[name] = {"error": next(row["error"] for row in self.rows if row["setting"] == name)}
+                continue
+            entry = {f"accuracy_{kind}": _mean([r["edit_accuracy"] for r in rows if r["kind"] == kind]) for kind in EDIT_KINDS}
+            for key in ("edit_accuracy", "structure_iou", "background_psnr", "warp_error", "flicker", "seconds_per_frame"):
+                entry[key] = _mean([r[key] for r in rows if r.get(key) is not None])
+            entry["edits"] = len(rows)
+            table[name] = entry
+        return table
+
+
+def _mean(values: list[float]) -> float | None:
+    """Mean of the values (None when there are none; inf when any is inf, as PSNR of identical images is)."""
+    return float(np.mean(values)) if values else None
+
+
+def run_benchmark(settings: tuple[str, ...], clips: int, steps: int, model: str, work: Path, progress=None) -> BenchmarkResult:
+    """Edit every benchmark clip with every edit under every setting, through edit_video, and measure each."""
+    from ..evaluate import read_png_zip
+    from ..pipeline import edit_video
+
+    progress = progress or (lambda stage, done, total: None)
+    result, cache, sheets = BenchmarkResult(), work / "cache", {}
+    for index in range(clips):
+        clip = benchmark_clip(index)
+        video = write_lossless(work / f"clip-{index}.mp4", clip.frames)
+        edits = derive_edits(clip)
+        result.rows += [{"setting": REFERENCE, "clip": index, "kind": e.kind, "prompt": e.prompt, **measure(clip, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
+        for setting in settings:
+            tuned, tune_seconds = (None, 0.0)
+            try:
+                if SETTINGS[setting].get("tune"):
+                    tuned, tune_seconds = tune_clip(video, clip, model, cache)
+                    result.notes.append(f"tuned: clip {index} tuned in {tune_seconds:.1f} s ({TUNE_STEPS} steps), not counted in seconds per frame")
+            except EditingError as exc:
+                result.rows += [{"setting": setting, "clip": index, "kind": e.kind, "error": str(exc)} for e in edits]
+                continue
+            for edit in edits:
+                row = {"setting": setting, "clip": index, "kind": edit.kind, "prompt": edit.prompt}
+                try:
+                    name = f"{setting}-{index}-{edit.kind}"  # its own cache: every edit pays its inversion
+                    request = edit_request(setting, edit, video, work / f"out-{name}.zip", steps, model, work / f"cache-{name}", tuned)
+                    edited = edit_video(request, progress)
+                    output = read_png_zip(edited.output)
+                    seconds = sum(v for stage, v in edited.seconds.items() if stage != "load_model")
+                    row |= measure(clip, output, edit) | {"seconds_per_frame": seconds / edited.frames}
+                    if index == 0:
+                        sheets.setdefault(setting, [("source", clip.frames)]).append((edit.kind, output))
+                except EditingError as exc:
+                    row["error"] = str(exc)
+                log.info("shapes benchmark %s", row)
+                result.rows.append(row)
+    result.sheets = sheets
+    return result
+
+
+COLUMNS = (
+    ("accuracy_colour", "colour acc"),
+    ("accuracy_shape", "shape acc"),
+    ("accuracy_background", "background acc"),
+    ("accuracy_add", "add-word acc"),
+    ("edit_accuracy", "edit acc"),
+    ("structure_iou", "structure IoU"),
+    ("background_psnr", "background PSNR (dB)"),
+    ("warp_error", "true-motion warp error"),
+    ("flicker", "colour flicker"),
+    ("seconds_per_frame", "s / frame"),
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def markdown(summary: dict[str, dict], header: str, notes: list[str], stated: dict | None = None) -> str:
+    """The table (one row per setting), what produced it, its notes and the CI slice's stated values."""
+    lines = [header, "", "| setting | " + " | ".join(label for _, label in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, entry in summary.items():
+        cells = [entry.get("error", "")[:60]] + [""] * (len(COLUMNS) - 1) if "error" in entry else [_cell(entry.get(key)) for key, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)]
+    if stated is not None:
+        lines.append(f"- CI slice ({stated_description(stated)}): {stated_values_text(stated)}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the CI slice's stated values
+
+
+def load_stated(path: Path = STATED_PATH) -> dict:
+    """The CI slice (clips, settings, steps), the margin, and the values stated for each setting (None = not yet)."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stated_description(stated: dict) -> str:
+    slice_ = stated["slice"]
+    return f"{slice_['clips']} clip(s), settings {', '.join(slice_['settings'])}, {slice_['steps']} steps"
+
+
+def stated_values_text(stated: dict) -> str:
+    """'setting: edit acc >= x, IoU >= y' for every stated setting, with the margin."""
+    parts = []
+    for name, values in stated["values"].items():
+        if values.get("edit_accuracy") is None:
+            parts.append(f"{name}: not stated yet")
+        else:
+            parts.append(f"{name}: edit acc {values['edit_accuracy']:.3g}, structure IoU {values['structure_iou']:.3g}")
+    return "; ".join(parts) + f" (CI fails below these minus {stated['margin']})"
+
+
+def slice_shortfalls(summary: dict[str, dict], stated: dict) -> list[str]:
+    """Every stated value the measured slice falls below by more than the margin (empty when it passes)."""
+    failures = []
+    for name, values in stated["values"].items():
+        for key in ("edit_accuracy", "structure_iou"):
+            floor, measured = values.get(key), summary.get(name, {}).get(key)
+            if floor is not None and (measured is None or measured < floor - stated["margin"]):
+                failures.append(f"{name} {key} {measured} < stated {floor} - margin {stated['margin']}")
+    return failures
+
+
+def state_values(summary: dict[str, dict], stated: dict, path: Path = STATED_PATH) -> dict:
+    """Write the measured slice values as the stated ones (run with the committed weights)."""
+    values = {name: {key: round(summary[name][key], 3) for key in ("edit_accuracy", "structure_iou")} for name in stated["slice"]["settings"]}
+    updated = stated | {"values": values}
+    path.write_text(json.dumps(updated, indent=1) + "\n", encoding="utf-8")
+    return updated
+
+
+# ---------------------------------------------------------------- command
+
+README_MARKERS = ("<!-- shapes-table -->", "<!-- /shapes-table -->")
+
+
+def put_in_readme(path: Path, table: str) -> None:
+    """Replace what lies between the README's shapes-table markers with the table."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    begin, end = README_MARKERS
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ConfigError(f"{path.name} must hold the markers {begin} and {end} once each, in that order")
+    head, rest = text.split(begin)
+    path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The eval command's options for the shapes benchmark."""
+    group = parser.add_argument_group("shapes benchmark (ground-truth edit quality; editing.shapes.benchmark)")
+    group.add_argument("--shapes", action="store_true", help="run the shapes benchmark instead of a YAML spec")
+    group.add_argument("--settings", default=None, help=f"comma-separated settings (default all): {', '.join(SETTINGS)}")
+    group.add_argument("--clips", type=int, default=4, help="benchmark clips (8 frames, 64 px each)")
+    group.add_argument("--steps", type=int, default=20, help="denoising steps")
+    group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (assets/shapes-model) or a folder from editing.shapes.train")
+    group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
+    group.add_argument("--state", action="store_true", help="with --slice: write the measured values into stated.json")
+    group.add_argument("--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers")
+
+
+def run_command(args: argparse.Namespace, progress=None) -> int:
+    """`eval --shapes`: run, print and write table.md, table.json and contact-<setting>.png (clip 0) in --out."""
+    stated = load_stated()
+    if args.slice:
+        settings, clips, steps = tuple(stated["slice"]["settings"]), stated["slice"]["clips"], stated["slice"]["steps"]
+    else:
+        settings, clips, steps = parse_settings(args.settings), args.clips, args.steps
+    if clips < 1 or steps < 1:
+        raise ConfigError(f"--clips and --steps must be at least 1, got {clips} and {steps}")
+    if args.state and (not args.slice or args.model != "shapes"):
+        raise ConfigError("--state writes the CI slice's values for the committed weights; use it with --slice and --model shapes")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="shapes-", dir=out) as work:
+        result = run_benchmark(settings, clips, steps, args.model, Path(work), progress)
+    summary = result.summary()
+    from ..evaluate import contact_sheet
+
+    for setting, rows in result.sheets.items():
+        contact_sheet(rows).save(out / f"contact-{setting}.png")
+    header = f"Shapes benchmark: model {args.model}, {clips} clip(s) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
+    notes = result.notes + [
+        f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
+        f"img2img and sparse-causal-noinv noise the source to strength {SDEDIT_STRENGTH} (no inversion); the others DDIM-invert with the source caption",
+        "warp error: 8-bit levels along the true motion on the moving objects; flicker: std over frames of the first object's mean colour (8-bit)",
+    ]
+    if args.state:
+        stated = state_values(summary, stated)
+    text = markdown(summary, header, notes, stated)
+    (out / "table.md").write_text(text, encoding="utf-8")
+    document = {"model": args.model, "clips": clips, "steps": steps, "settings": list(settings), "summary": summary, "rows": result.rows, "notes": notes}
+    (out / "table.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
+    if args.readme:
+        put_in_readme(Path(args.readme), text)
+    print(text, end="")
+    failures = [row for row in result.rows if row.get("error")]
+    if failures:
+        print(f"error: {len(failures)} edits failed; see table.json (first: {failures[0]['error']})", file=sys.stderr)
+        return 2
+    shortfalls = slice_shortfalls(summary, stated) if args.slice else []
+    for line in shortfalls:
+        print(f"error: below the stated value: {line}", file=sys.stderr)
+    return 2 if shortfalls else 0
