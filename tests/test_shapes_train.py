@@ -127,7 +127,7 @@ def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_pa
     assert pipe.vae.config.scaling_factor == pytest.approx(record["latent_scaling_factor"])
     ControlNetModel.from_pretrained(tmp_path / "model" / "controlnet-canny")
     saved = json.loads((tmp_path / "model" / "training.json").read_text())
-    assert saved["stages"]["unet"]["steps"] == 2 and saved["config"]["seed"] == config.seed
+    assert saved["stages"]["unet"]["steps"] == 2 and saved["last_invocation"]["seed"] == config.seed and saved["stages"]["unet"]["batch"] == config.unet_batch
     more = T.TrainConfig(**{**config.__dict__, "vae_steps": 0, "unet_steps": 1, "decoder_steps": 0, "control_steps": 0})
     again = T.train(more, tmp_path / "model2", tmp_path / "work2", init=tmp_path / "model")
     assert again["stages"]["unet"]["steps"] == 3 and again["stages"]["unet"]["steps_this_run"] == 1

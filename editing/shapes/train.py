@@ -228,6 +228,7 @@ class StageState:
     step: int = 0
     losses: list = field(default_factory=list)
     seconds: float = 0.0
+    batch: int = 0  # the batch size of the last step taken
 
 
 def learning_rate(config: TrainConfig, base: float, step: int) -> float:
@@ -247,7 +248,7 @@ def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: Sta
     path.with_suffix(".tmp").replace(path)
 
 
-def load_checkpoint(work: Path, stage: str, modules: dict, optimizer) -> StageState:
+def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, optimizer) -> StageState:
     """Restore a stage checkpoint into modules and optimiser; a fresh state when there is none."""
     path = checkpoint_path(work, stage)
     if not path.is_file():
@@ -256,7 +257,8 @@ def load_checkpoint(work: Path, stage: str, modules: dict, optimizer) -> StageSt
     for name, module in modules.items():
         module.load_state_dict(payload["modules"][name])
     optimizer.load_state_dict(payload["optimizer"])
-    return StageState(**payload["state"])
+    state = {"batch": getattr(config, f"{stage}_batch"), **payload["state"]}  # checkpoints from before `batch` was kept
+    return StageState(**state)
 
 
 def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_fn, base_lr: float, start: int = 0) -> StageState:
@@ -268,7 +270,7 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
     work.mkdir(parents=True, exist_ok=True)
     parameters = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
-    state = load_checkpoint(work, stage, modules, optimizer)
+    state = load_checkpoint(config, work, stage, modules, optimizer)
     if state.step == 0:
         state.step = start
     end = start + config.steps(stage)
@@ -284,6 +286,7 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         state.step += 1
+        state.batch = getattr(config, f"{stage}_batch")
         state.losses.append(round(loss.item(), 6))
         state.seconds += time.perf_counter() - began
         if state.step % config.checkpoint_every == 0 or state.step == end:
@@ -461,7 +464,7 @@ def summarise(config: TrainConfig, name: str, state: StageState, start: int, bef
     return {
         "steps": state.step,
         "steps_this_run": done,
-        "batch": getattr(config, f"{name}_batch"),
+        "batch": state.batch,
         "loss_first50": float(np.mean(losses[:50])) if losses else None,
         "loss_last50": float(np.mean(losses[-50:])) if losses else None,
         "seconds_per_step": state.seconds / done if done else None,
@@ -475,7 +478,7 @@ def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None) 
     work.mkdir(parents=True, exist_ok=True)
     previous = previous_record(init)
     parts = load_components(init) if init is not None else fresh_components(config)
-    record = {"config": asdict(config), "continued_from": str(init) if init else None, "stages": {}}
+    record = {"last_invocation": asdict(config), "continued_from": str(init) if init else None, "stages": {}}
     stages = {"vae": train_vae, "unet": train_unet, "decoder": train_decoder, "control": train_control}
     for name, run in stages.items():
         before = previous.get("stages", {}).get(name, {})
