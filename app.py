@@ -3,6 +3,7 @@
 import argparse
 import os
 
+from editing import sessions
 from editing.config import VideoLimits
 from editing.models import DEFAULT_MODEL
 from ui import build_demo
@@ -22,8 +23,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def launch_options(args: argparse.Namespace, limits: VideoLimits = VideoLimits()) -> dict:
-    """demo.launch() keywords: the address, sharing, and uploads capped in bytes at the library's video file limit."""
-    return {"server_name": args.host, "server_port": args.port, "share": args.share, "max_file_size": int(limits.max_file_mb * 1e6)}
+    """demo.launch() keywords: the address, sharing, uploads capped at the library's video file limit, and the
+    sessions folder (outside the temp and working folders Gradio serves by default) allowed for galleries."""
+    return {
+        "server_name": args.host,
+        "server_port": args.port,
+        "share": args.share,
+        "max_file_size": int(limits.max_file_mb * 1e6),
+        "allowed_paths": [str(sessions.default_root())],
+    }
 
 
 if __name__ == "__main__":

@@ -181,3 +181,29 @@ def test_one_shot_tune_then_edit_through_the_api(served, car):
         video=handle_file(str(car)), source_prompt="a car turning", prompt="a bear", steps=2, tune_steps=2, **small, api_name="/edit_tuned"
     )
     assert details["tuned"].endswith(info["weights"]) and probe(video).frame_count == 2
+
+
+def test_session_gallery_is_served_from_a_sessions_folder_outside_temp_and_cwd(skiing, monkeypatch):
+    """The app's launch options allow the sessions folder, which by default lives in ~/.cache, not in /tmp."""
+    import shutil
+    import tempfile
+
+    from gradio_client import Client, handle_file
+
+    import app
+    from ui import build_demo
+
+    root = Path(tempfile.mkdtemp(prefix="sessions-", dir="/var/tmp"))  # neither the temp folder nor the working folder
+    monkeypatch.setenv("EDITING_SESSIONS_DIR", str(root))
+    demo = build_demo(default_model="tiny")
+    options = app.launch_options(app.parse_args(["--port", str(_free_port())]))
+    demo.launch(**options, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{options['server_port']}/", verbose=False)
+        client.predict("outside", handle_file(str(skiing)), "a man skiing", api_name="/create_session")
+        small = {"model": "tiny", "frames": 2, "size": 64, "steps": 1, "guidance": 1.0, "strength": 0.5}
+        status, gallery, entries, _ = client.predict(presets=["watercolor"], prompt="", **small, api_name="/session_presets")
+        assert len(gallery) == 1 and len(entries) == 1 and (root / "outside").is_dir()
+    finally:
+        demo.close()
+        shutil.rmtree(root, ignore_errors=True)
