@@ -403,3 +403,15 @@ def test_the_form_cannot_point_an_edit_at_a_weights_file(car, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown form fields: tuned"):
         request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "tuned": "/etc/passwd"}, str(tmp_path))
+
+
+def test_a_cancel_token_pickles_to_a_fresh_token():
+    """spaces.GPU pickles handler arguments into its worker; a token holds a lock, so it must pickle by itself."""
+    import pickle
+
+    from ui.backend import CancelToken
+
+    token = CancelToken()
+    token.cancel()
+    copy = pickle.loads(pickle.dumps({"token": token}))["token"]
+    assert isinstance(copy, CancelToken) and not copy.cancelled and token.cancelled

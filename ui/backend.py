@@ -39,6 +39,9 @@ class CancelToken:
     def __deepcopy__(self, memo) -> "CancelToken":
         return CancelToken()  # gr.State copies its initial value per user: each user gets a fresh token
 
+    def __reduce__(self):
+        return (CancelToken, ())  # spaces.GPU pickles handler arguments into its worker: a fresh token there
+
     def cancel(self) -> None:
         self._event.set()
 
