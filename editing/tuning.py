@@ -177,7 +177,7 @@ def tune_weights(
     control = TunedControl(weights)
     parameters = [p for p in weights.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
+    scaler = torch.amp.GradScaler(backbone.device.type, enabled=needs_loss_scaling(backbone.dtype, config.mixed_precision))
     latents, text = latents.clone(), text.clone()  # out of inference mode, usable by autograd
     layout = layout_for(TUNING_ATTENTION, list(range(latents.shape[0])))
     train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
@@ -194,6 +194,11 @@ def tune_weights(
                 progress("tune", step + 1, config.steps)
     weights.eval().requires_grad_(False)
     return weights, losses
+
+
+def needs_loss_scaling(dtype: torch.dtype, mixed_precision: str) -> bool:
+    """Whether gradients pass through fp16 (an fp16 model or fp16 autocast): tiny gradients then need loss scaling."""
+    return dtype == torch.float16 or mixed_precision == "fp16"
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, scaler, parameters, max_grad_norm: float) -> None:
@@ -222,7 +227,8 @@ def save_tuned(path: str | os.PathLike, weights: InflatedWeights, metadata: dict
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    with video_io.atomic_output(path.with_suffix(".json")) as partial_json:
+        partial_json.write_text(json.dumps(metadata, indent=2) + "\n")
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -279,8 +285,9 @@ def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
 
 
 def tuning_key(identity: str, dtype: torch.dtype, clip: dict, config: TuneConfig) -> str:
-    """The cache key of a tuning: base model, dtype, clip (content and frames) and settings."""
-    return cache_key(kind="tuning", format=FORMAT, base=identity, dtype=str(dtype), clip=clip, settings=config.to_dict())
+    """The cache key of a tuning: base model, dtype, clip (content and frames) and the settings that change the weights."""
+    settings = config.to_dict() | {"gradient_checkpointing": None}  # memory for time: the same weights either way
+    return cache_key(kind="tuning", format=FORMAT, base=identity, dtype=str(dtype), clip=clip, settings=settings)
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -356,8 +363,9 @@ def _finish(request: TuneRequest, path: Path, reused: bool, losses: list[float],
     target = Path(request.output) if request.output else path
     if target.resolve() != path.resolve():
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        shutil.copyfile(path.with_suffix(".json"), target.with_suffix(".json"))
+        for source, destination in ((path, target), (path.with_suffix(".json"), target.with_suffix(".json"))):
+            with video_io.atomic_output(destination) as partial:
+                shutil.copyfile(source, partial)
     metadata = read_metadata(target)
     if not losses:
         losses = list(metadata.get("losses", []))

@@ -21,7 +21,18 @@ from editing.cli import main
 from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection
 from editing.errors import ConfigError, TuningError
 from editing.pipeline import EditRequest, edit_video
-from editing.tuning import TuneConfig, TuneRequest, denoising_loss, inflate, load_tuned, save_tuned, training_draws, tune_video, tune_weights
+from editing.tuning import (
+    TuneConfig,
+    TuneRequest,
+    denoising_loss,
+    inflate,
+    load_tuned,
+    needs_loss_scaling,
+    save_tuned,
+    training_draws,
+    tune_video,
+    tune_weights,
+)
 from editing.video_io import probe, read_clip
 
 SELECTION = FrameSelection(max_frames=4, size=64)
@@ -124,6 +135,12 @@ def test_gradient_checkpointing_gives_the_same_training(tiny, clip_latents):
     assert not tiny.unet.is_gradient_checkpointing
 
 
+def test_gradients_through_fp16_are_loss_scaled():
+    assert needs_loss_scaling(torch.float16, "no")  # an fp16 model on a GPU, even without autocast
+    assert needs_loss_scaling(torch.float32, "fp16")
+    assert not needs_loss_scaling(torch.float32, "no") and not needs_loss_scaling(torch.bfloat16, "bf16")
+
+
 def test_save_then_load_gives_identical_outputs_and_other_bases_are_refused(tiny, clip_latents, tmp_path):
     latents, text = clip_latents
     weights, _ = tune_weights(tiny, latents, text, TuneConfig("a car", SELECTION, steps=2, learning_rate=1e-2))
@@ -158,6 +175,8 @@ def test_a_tuning_is_reused_for_the_same_clip_and_settings(car, tmp_path, monkey
     second = tune_video(dataclasses.replace(request, output=str(tmp_path / "b.safetensors")), lambda *args: calls.append(args))
     assert second.reused and not [c for c in calls if c[0] == "tune"]
     assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+    checkpointed = tune_video(dataclasses.replace(request, config=dataclasses.replace(config, gradient_checkpointing=True)))
+    assert checkpointed.reused  # checkpointing trades memory for time; the weights would be the same
     third = tune_video(dataclasses.replace(request, config=dataclasses.replace(config, seed=1)), lambda *args: calls.append(args))
     assert not third.reused  # other settings tune again
     cached = sorted((tmp_path / "cache" / "tunings").glob("*.safetensors"))
