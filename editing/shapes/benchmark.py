@@ -519,7 +519,8 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
         f"img2img and sparse-causal-noinv noise the source to strength {SDEDIT_STRENGTH} (no inversion); the others DDIM-invert with the source caption",
         "warp error: 8-bit levels along the true motion on the moving objects; flicker: std over frames of the first object's mean colour (8-bit)",
     ]
-    if args.state:
+    failures = [row for row in result.rows if row.get("error")]
+    if args.state and not failures:  # never state thresholds from a run with failed edits
         stated = state_values(summary, stated)
     text = markdown(summary, header, notes, stated)
     (out / "table.md").write_text(text, encoding="utf-8")
@@ -528,7 +529,6 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     if args.readme:
         put_in_readme(Path(args.readme), text)
     print(text, end="")
-    failures = [row for row in result.rows if row.get("error")]
     if failures:
         print(f"error: {len(failures)} edits failed; see table.json (first: {failures[0]['error']})", file=sys.stderr)
         return 2
