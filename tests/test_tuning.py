@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
-import zipfile
 
 import numpy as np
 
 import pytest
 import torch
-from PIL import Image
 
 from editing import sampling
 from editing.attention.cross_frame import CrossFrameAttnProcessor, cross_frame_attention, layout_for
@@ -20,6 +17,7 @@ from editing.attention.tuned import LayerWeights, TemporalAttention, TunedAttnPr
 from editing.cli import main
 from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection
 from editing.errors import ConfigError, TuningError
+from editing.evaluate import read_png_zip
 from editing.pipeline import EditRequest, edit_video
 from editing.tuning import (
     TuneConfig,
@@ -218,12 +216,6 @@ def test_tune_config_and_request_refuse_bad_settings(tiny):
         EditRequest("v.mp4", "o.mp4", EditConfig("x"), attention_edit=AttentionEditConfig("a car", null_text=True), tuned="t.safetensors")
 
 
-def zip_frames(path) -> np.ndarray:
-    """The frames of a PNG-zip output."""
-    with zipfile.ZipFile(path) as archive:
-        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(name)))) for name in sorted(archive.namelist())])
-
-
 @pytest.fixture(scope="module")
 def tuned_file(car, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tuned")
@@ -239,11 +231,11 @@ def test_tuned_edit_combines_with_controlnet_and_attention_editing(car, tuned_fi
     plain = edit_video(EditRequest(output=str(tmp_path / "plain.zip"), edit=edit, attention_edit=attention, **common))
     tuned = edit_video(EditRequest(output=str(tmp_path / "tuned.zip"), edit=edit, attention_edit=attention, tuned=tuned_file, **common))
     assert (tuned.frames, tuned.width) == (4, 64)
-    assert not np.array_equal(zip_frames(tmp_path / "tuned.zip"), zip_frames(tmp_path / "plain.zip"))
+    assert not np.array_equal(read_png_zip(tmp_path / "tuned.zip"), read_png_zip(tmp_path / "plain.zip"))
     first = edit_video(EditRequest(output=str(tmp_path / "a.zip"), edit=edit, tuned=tuned_file, **common))
     assert not first.inversion_cached  # a tuned inversion never comes from the plain one's cache
     again = edit_video(EditRequest(output=str(tmp_path / "b.zip"), edit=edit, tuned=tuned_file, **common))
-    assert again.inversion_cached and np.array_equal(zip_frames(tmp_path / "a.zip"), zip_frames(tmp_path / "b.zip"))
+    assert again.inversion_cached and np.array_equal(read_png_zip(tmp_path / "a.zip"), read_png_zip(tmp_path / "b.zip"))
 
 
 def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):

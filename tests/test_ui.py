@@ -335,12 +335,12 @@ def test_extra_formats_come_from_the_same_frames(car, tmp_path):
     from editing.errors import ConfigError
     from editing.pipeline import edit_video
     from editing.video_io import probe
-    from ui.backend import read_zip_frames
+    from editing.evaluate import read_png_zip
     from ui.edit_tab import request_from
 
     request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"frames": 3}, str(tmp_path))
     result = edit_video(request)
-    frames = read_zip_frames(request.also_write[1])
+    frames = read_png_zip(request.also_write[1])
     gif = Image.open(request.also_write[0])
     assert result.also_written == request.also_write and len(frames) == gif.n_frames == probe(result.output).frame_count == 3
     gif.seek(0)

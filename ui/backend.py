@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import io
 import shutil
 import tempfile
 import threading
 import time
 import traceback
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from editing.errors import Cancelled
+from editing.evaluate import read_png_zip
 from editing.pipeline import EditRequest, EditResult, ProgressFn, edit_video
 
 EditFn = Callable[[EditRequest, ProgressFn], EditResult]
@@ -99,15 +98,6 @@ def fresh_output_dir(root: Path | None = None) -> str:
     return tempfile.mkdtemp(prefix="run-", dir=root)
 
 
-def read_zip_frames(path: str | Path) -> np.ndarray:
-    """The frames of a zip of PNGs written by `write_png_zip`, in order."""
-    from PIL import Image
-
-    with zipfile.ZipFile(path) as archive:
-        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
-        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB")) for n in names])
-
-
 @dataclass(frozen=True)
 class Outputs:
     """Where an edit's files are, grouped by format, plus the result it reported."""
@@ -142,7 +132,7 @@ class Backend:
         output = str(Path(request.output).with_name(Path(request.output).stem + "-preview.zip"))
         short = dataclasses.replace(request, selection=selection, output=output, also_write=())
         outputs = self.edit(short, progress, token)
-        return read_zip_frames(outputs.result.output)[0]
+        return read_png_zip(outputs.result.output)[0]
 
     def condition_previews(self, request: EditRequest, frame_count: int = 1) -> list[tuple[np.ndarray, str]]:
         """The condition map of each requested ControlNet on the first selected frame(s), with captions."""
@@ -166,5 +156,5 @@ class Backend:
         if frames_zip is None:
             return np.zeros(0)
         source = read_clip(request.video, request.selection, request.limits).frames
-        return warp_errors(source, read_zip_frames(frames_zip))
+        return warp_errors(source, read_png_zip(frames_zip))
 

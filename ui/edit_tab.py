@@ -15,7 +15,7 @@ from editing.video_io import plan_frames, probe
 
 from . import widgets
 from .backend import Backend, CancelToken
-from .forms import make_request, one_sentence_errors, option_values
+from .forms import OUTPUT_FORMATS, make_request, one_sentence_errors, option_values
 from .gpu import gpu
 
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id, one at a time
@@ -25,7 +25,6 @@ API_FIELDS = [
     "negative_prompt", "attention", "inversion", "source_prompt", "prompt_edit", "blend_words",
     "control_kinds", "control_scale", "smooth",
 ]  # fmt: skip
-OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
 # What each pipeline stage is called on the progress bar.

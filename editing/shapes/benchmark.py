@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, EditingError
+from ..metrics import psnr
 from . import judge as judging
 from .world import PALETTE, SHAPES, Clip, Scene, SceneSampler, make_clip, random_motion
 
@@ -181,9 +182,7 @@ def background_psnr(source: np.ndarray, output: np.ndarray, masks: np.ndarray, g
     """PSNR (8-bit) over every frame's pixels outside the source's objects grown by `grow` pixels."""
     kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
     outside = np.stack([cv2.dilate(m.any(axis=0).astype(np.uint8), kernel) == 0 for m in masks])
-    difference = source.astype(np.float64)[outside] - output.astype(np.float64)[outside]
-    mse = float(np.mean(difference**2)) if difference.size else math.nan
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return psnr(source[outside], output[outside]) if outside.any() else math.nan
 
 
 def label_map(masks: np.ndarray) -> np.ndarray:
