@@ -133,7 +133,10 @@ def test_the_stated_slice_names_known_settings_and_shortfalls_are_found():
     bad = {name: {"edit_accuracy": 0.8 - 2 * stated["margin"], "structure_iou": 0.7} for name in values}
     assert bench.slice_shortfalls(good, claim) == []
     assert len(bench.slice_shortfalls(bad, claim)) == len(values)
-    assert "not stated yet" not in bench.stated_values_text(claim)
+    text = bench.stated_values_text(claim)
+    assert all(f"{name}: edit acc {v['edit_accuracy']:.3g}, structure IoU {v['structure_iou']:.3g}" in text for name, v in values.items())
+    unstated = claim | {"values": {name: {"edit_accuracy": None} for name in values}}
+    assert bench.stated_values_text(unstated).count("not stated yet") == len(values)
 
 
 @pytest.mark.skipif(not (SHAPES_MODEL_DIR / "model_index.json").is_file(), reason=f"needs the shapes model in {SHAPES_MODEL_DIR} (python -m editing.shapes.train, or merge the shapes branch)")

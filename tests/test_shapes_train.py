@@ -63,6 +63,7 @@ def trained(tmp_path_factory):
     with torch.no_grad():
         record["decoder_after"] = float(T.decoder_loss(parts.vae, pixels, torch.Generator().manual_seed(0)))
         record["latents_after"] = parts.vae.encode(pixels).latent_dist.mean
+    record["frozen_before"] = {name: weights(getattr(parts, name)) for name in ("vae", "text_encoder", "unet")}
     T.train_control(TINY, parts, work, 0)
     return parts, record, work
 
@@ -84,7 +85,8 @@ def test_decoder_stage_sharpens_without_moving_the_latent_space(trained):
 
 
 def test_control_stage_trains_only_the_controlnet(trained, tmp_path):
-    parts, _, work = trained
+    parts, record, work = trained
+    assert all(same_weights(before, weights(getattr(parts, name))) for name, before in record["frozen_before"].items())
     checkpoint = torch.load(work / "control.ckpt", weights_only=False)
     assert set(checkpoint["modules"]) == {"controlnet"}
     losses = checkpoint["state"]["losses"]

@@ -104,7 +104,7 @@ def test_held_out_captions_are_never_training_captions():
 
 def test_every_object_is_fully_inside_the_image():
     for sample in SceneSampler(split="all").batch(4, 100):
-        for obj, in_scene in zip(sample.scene.objects, sample.scene.objects):
+        for obj in sample.scene.objects:
             assert obj.radius < obj.x < 64 - obj.radius and obj.radius < obj.y < 64 - obj.radius
 
 
@@ -113,8 +113,13 @@ def test_clip_objects_move_turn_scale_and_stay_in_frame():
     assert clip.frames.shape == (12, 64, 64, 3) and clip.flow.shape == (11, 64, 64, 2)
     assert clip.masks.shape[:2] == (12, len(clip.scene.objects))
     assert clip.masks.sum(axis=(2, 3)).min() > 0
-    last = scene_at(clip.scene, clip.motions, 11)
-    assert any(abs(a.x - b.x) + abs(a.y - b.y) > 1 for a, b in zip(clip.scene.objects, last.objects))
+    scenes = [scene_at(clip.scene, clip.motions, t) for t in range(12)]
+    pairs = list(zip(clip.scene.objects, scenes[-1].objects))
+    assert any(abs(a.x - b.x) + abs(a.y - b.y) > 1 for a, b in pairs)
+    assert any(a.shape != "circle" for a, _ in pairs) and all(a.angle != b.angle for a, b in pairs if a.shape != "circle")
+    assert all(a.radius != b.radius for a, b in pairs)
+    size = clip.frames.shape[1]
+    assert all(o.radius < o.x < size - o.radius and o.radius < o.y < size - o.radius for scene in scenes for o in scene.objects)
 
 
 def test_true_flow_carries_object_points_into_the_object_and_leaves_the_background():
