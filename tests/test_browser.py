@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from editing.config import FrameSelection
+from editing.video_io import plan_frames, probe
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT = 180  # seconds for the upload, the edit (tiny, 4 frames, 2 steps) and playback on a busy 2-core CPU
@@ -76,7 +79,7 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, tmp
     driver.find_element("css selector", "#source-video input[type=file]").send_keys(str(car))
     _wait_for(lambda: driver.find_elements("css selector", "#source-video video"), "the uploaded clip to show")
     plan = _wait_for(lambda: "frames," in driver.find_element("id", "frame-plan").text and driver.find_element("id", "frame-plan").text, "the frame plan")
-    assert "8 frames, 256x256 px" in plan  # the default trim of the 480x480 clip
+    assert plan_frames(probe(car), FrameSelection(max_frames=8, size=256)).summary() in plan  # the default trim
     end = driver.find_element("css selector", ".end")
     assert end.find_element("css selector", "input[type=number]").get_attribute("value") == "0" and "0 = clip end" in end.text
     _set_number(driver, ".frames input[type=number]", 4)
@@ -84,7 +87,8 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, tmp
     driver.find_element("css selector", "#sampler button").click()  # open the Sampler accordion
     _wait_for(lambda: driver.find_elements("css selector", ".steps input[type=number]"), "the Steps slider")
     _set_number(driver, ".steps input[type=number]", 2)
-    _wait_for(lambda: "4 frames, 128x128 px" in driver.find_element("id", "frame-plan").text, "the plan to follow the sliders")
+    small = plan_frames(probe(car), FrameSelection(max_frames=4, size=128)).summary()
+    _wait_for(lambda: small in driver.find_element("id", "frame-plan").text, "the plan to follow the sliders")
     driver.find_element("css selector", "#prompt textarea").send_keys("a watercolor painting of a car")
     driver.find_element("id", "run-edit").click()
 

@@ -240,7 +240,9 @@ def test_the_demo_builds_on_cpu_with_named_api_endpoints():
     gpu_events = [d for d in demo.fns.values() if d.concurrency_id == "gpu"]
     assert len(gpu_events) >= 5 and all(d.concurrency_limit == 1 for d in gpu_events)
     assert demo.delete_cache and all(seconds > 0 for seconds in demo.delete_cache)  # served files are removed
-    assert demo._queue.max_size == 16
+    from ui.layout import QUEUE_SIZE
+
+    assert demo._queue.max_size == QUEUE_SIZE
 
 
 def test_gpu_decorator_uses_spaces_only_when_installed(monkeypatch):
