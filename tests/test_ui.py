@@ -291,6 +291,26 @@ def test_run_folders_older_than_the_limit_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(os.path.basename(p) for p in (recent, new))
 
 
+def test_a_run_folder_removed_by_another_run_meanwhile_is_skipped(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from ui.backend import fresh_output_dir
+
+    first = Path(fresh_output_dir(tmp_path))
+    is_dir = Path.is_dir
+
+    def removed_after_check(path):
+        found = is_dir(path)
+        if path == first:  # another run removes it between the check and the stat
+            shutil.rmtree(path)
+        return found
+
+    monkeypatch.setattr(Path, "is_dir", removed_after_check)
+    second = Path(fresh_output_dir(tmp_path))
+    assert second.is_dir() and not first.exists()
+
+
 def test_the_readme_client_example_matches_the_api():
     import ast
     import re

@@ -93,8 +93,9 @@ def fresh_output_dir(root: Path | None = None) -> str:
     root = root or Path(tempfile.gettempdir()) / "video-edit-outputs"
     root.mkdir(parents=True, exist_ok=True)
     for old in root.iterdir():
-        if old.is_dir() and time.time() - old.stat().st_mtime > OUTPUT_MAX_AGE:
-            shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # another run may be removing the same folder
+            if old.is_dir() and time.time() - old.stat().st_mtime > OUTPUT_MAX_AGE:
+                shutil.rmtree(old, ignore_errors=True)
     return tempfile.mkdtemp(prefix="run-", dir=root)
 
 
