@@ -140,9 +140,13 @@ class SessionStore:
             raise EditingError(f"{video.name} does not exist or is not a file")
         folder.mkdir(parents=True)
         source = "source" + (video.suffix.lower() or ".mp4")
-        shutil.copy2(video, folder / source)
         session = Session(folder.name, folder, source, subject.strip())
-        self.save(session)
+        try:
+            shutil.copy2(video, folder / source)
+            self.save(session)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # no half-made session blocks the name
+            raise
         return session
 
     def open(self, name: str) -> Session:
@@ -252,7 +256,23 @@ def _read_manifest(archive: zipfile.ZipFile, label: str) -> dict[str, Any]:
         raise EditingError(f"{label} has an unreadable {MANIFEST}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("source"), str):
         raise EditingError(f"{label} has an unreadable {MANIFEST}")
+    _parsed_entries(manifest, label)
     return manifest
+
+
+def _parsed_entries(manifest: dict[str, Any], label: str) -> list[Entry]:
+    """The manifest's entries as Entry records with plain file names; EditingError if any is malformed."""
+    entries = manifest.get("entries", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("files", {}), dict) for e in entries):
+        raise EditingError(f"{label} has an unreadable {MANIFEST} (entries must be a list of records)")
+    for entry in entries:
+        _plain_file_name(entry.get("id"))
+        for file_name in entry.get("files", {}).values():
+            _plain_file_name(file_name)
+    try:
+        return [Entry(**e) for e in entries]
+    except TypeError:
+        raise EditingError(f"{label} has an unreadable {MANIFEST} (an entry lacks or adds fields)") from None
 
 
 def _checked_members(archive: zipfile.ZipFile, manifest: dict[str, Any]) -> list[str]:

@@ -115,6 +115,9 @@ def _evil_export(path, manifest, members):
         ({"name": "ok", "source": "source.mp4", "entries": [{"id": "..", "files": {".mp4": "a.mp4"}}]}, {"source.mp4": b"x"}, "not a plain file name"),
         ({"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {".mp4": "/etc/passwd"}}]}, {"source.mp4": b"x"}, "not a plain file name"),
         ({"name": "ok", "source": "source.mp4"}, {}, "lacks source.mp4"),
+        ({"name": "ok", "source": "source.mp4", "entries": ["001"]}, {"source.mp4": b"x"}, "unreadable session.json"),
+        ({"name": "ok", "source": "source.mp4", "entries": {"id": "1"}}, {"source.mp4": b"x"}, "unreadable session.json"),
+        ({"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {}}]}, {"source.mp4": b"x"}, "unreadable session.json"),
     ],
 )
 def test_imports_cannot_write_outside_the_root(tmp_path, manifest, members, message):
@@ -124,6 +127,23 @@ def test_imports_cannot_write_outside_the_root(tmp_path, manifest, members, mess
         SessionStore(root).import_zip(archive)
     assert [p.name for p in tmp_path.rglob("*") if not p.is_dir()] == ["evil.zip"]  # nothing unpacked anywhere
     assert not root.exists() or not any(root.iterdir())
+
+
+@pytest.mark.parametrize("failing", ["copy2", "save"])
+def test_a_failed_create_leaves_no_folder_blocking_the_name(tmp_path, car, monkeypatch, failing):
+    import editing.sessions
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    store = SessionStore(tmp_path)
+    target = editing.sessions.shutil if failing == "copy2" else store
+    with monkeypatch.context() as patch:
+        patch.setattr(target, failing, fail)
+        with pytest.raises(OSError, match="disk full"):
+            store.create("car", car)
+    assert not store.folder("car").exists()
+    assert store.open(store.create("car", car).name).source_path.is_file()
 
 
 def test_a_non_zip_is_refused(tmp_path):
