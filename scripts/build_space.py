@@ -5,7 +5,7 @@
 
 The repository's README starts with its install commands, so the Space front matter lives in
 space/README.md, which becomes the Space's README.md; space/requirements.txt and space/packages.txt
-(apt packages OpenCV needs) go beside it.
+(apt packages OpenCV needs) go beside it, with a .gitattributes routing binary files to Git LFS.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = ("app.py", "editing", "ui", "assets")
 SPACE_FILES = ("README.md", "requirements.txt", "packages.txt")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+LFS_PATTERNS = ("*.mp4", "*.avi", "*.gif", "*.png", "*.safetensors", "*.zip")  # Hub Spaces take binary files only through LFS
 
 
 def build_space(out: Path, root: Path = ROOT) -> Path:
@@ -35,6 +36,7 @@ def build_space(out: Path, root: Path = ROOT) -> Path:
             shutil.copy2(source, out / name)
     for name in SPACE_FILES:
         shutil.copy2(root / "space" / name, out / name)
+    (out / ".gitattributes").write_text("".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS))
     return out
 
 

@@ -76,6 +76,17 @@ def test_the_assembled_space_runs_on_its_own(space):
     assert sorted(p.name for p in (space / "assets").glob("*.mp4")) == sorted(p.name for p in (ROOT / "assets").glob("*.mp4"))
 
 
+def test_every_binary_file_goes_through_git_lfs(tmp_path):
+    import fnmatch
+
+    space = builder().build_space(tmp_path / "fresh")  # as built, before running the app adds caches
+    rules = [line.split() for line in (space / ".gitattributes").read_text().splitlines() if line.strip()]
+    lfs = [pattern for pattern, *attributes in rules if {"filter=lfs", "diff=lfs", "merge=lfs", "-text"} <= set(attributes)]
+    binary = [p for p in space.rglob("*") if p.is_file() and b"\0" in p.read_bytes()[:8192]]
+    assert binary and all(any(fnmatch.fnmatch(p.name, pattern) for pattern in lfs) for p in binary)
+    assert set(builder().LFS_PATTERNS) <= set(lfs)
+
+
 def test_building_into_a_used_folder_is_refused(space):
     with pytest.raises(SystemExit, match="not empty"):
         builder().build_space(space)
