@@ -132,13 +132,21 @@ class TensorCache:
 
     def evict(self) -> None:
         """Delete the least recently used entries until the total size is within the cap."""
-        entries = sorted(self.directory.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in entries)
-        for path in entries:
-            if total <= self.max_bytes:
-                break
-            total -= path.stat().st_size
-            path.unlink(missing_ok=True)
+        evict_least_recent(sorted(self.directory.glob("*.pt")), self.max_bytes)
+
+
+def evict_least_recent(paths: list[Path], max_bytes: int, keep_newest: bool = False, companions: tuple[str, ...] = ()) -> None:
+    """Delete the least recently used files (and their companion files by suffix) until their total is within `max_bytes`."""
+    entries = sorted(paths, key=lambda p: p.stat().st_mtime_ns)
+    total = sum(p.stat().st_size for p in entries)
+    for path in entries[:-1] if keep_newest else entries:
+        if total <= max_bytes:
+            break
+        total -= path.stat().st_size
+        log.info("evicting cached %s", path.name)
+        path.unlink(missing_ok=True)
+        for suffix in companions:
+            path.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def _touch(path: Path) -> None:

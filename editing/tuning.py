@@ -30,7 +30,7 @@ from .attention.cross_frame import layout_for
 from .attention.tuned import InflatedWeights, TunedControl
 from .config import FrameSelection, VideoLimits
 from .errors import ConfigError, TuningError
-from .inversion import DEFAULT_CACHE_BYTES, _touch, cache_key, content_hash, default_cache_dir
+from .inversion import DEFAULT_CACHE_BYTES, _touch, cache_key, content_hash, default_cache_dir, evict_least_recent
 from .models import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone
 
 log = logging.getLogger(__name__)
@@ -326,15 +326,7 @@ def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> Tun
 
 def evict_tunings(folder: Path, max_bytes: int) -> None:
     """Delete the least recently used cached tunings (and their JSON) beyond `max_bytes`; the newest always stays."""
-    entries = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
-    total = sum(p.stat().st_size for p in entries)
-    for path in entries[:-1]:
-        if total <= max_bytes:
-            break
-        total -= path.stat().st_size
-        log.info("evicting cached tuning %s", path.name)
-        path.unlink(missing_ok=True)
-        path.with_suffix(".json").unlink(missing_ok=True)
+    evict_least_recent(list(folder.glob("*.safetensors")), max_bytes, keep_newest=True, companions=(".json",))
 
 
 def tuning_metadata(backbone: Backbone, identity: str, key: str, source: dict, config: TuneConfig, losses: list[float]) -> dict:

@@ -180,8 +180,7 @@ def read_clip(
     if selection.start >= info.duration:
         raise VideoError(f"start ({selection.start:g} s) is past the end of {path.name} ({info.duration:.2f} s)")
     frames, indices = [], []
-    start_index = round(selection.start * info.fps)
-    end_index = info.frame_count if selection.end is None else min(info.frame_count, round(selection.end * info.fps))
+    kept = selected_range(info, selection)
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -189,9 +188,9 @@ def read_clip(
         try:
             for frame in container.decode(stream):
                 index += 1
-                if index >= end_index or (selection.max_frames and len(frames) >= selection.max_frames):
+                if index >= kept.stop or (selection.max_frames and len(frames) >= selection.max_frames):
                     break
-                if index < start_index or (index - start_index) % selection.stride:
+                if index not in kept:
                     continue
                 frames.append(frame.to_ndarray(format="rgb24"))
                 indices.append(index)
@@ -228,11 +227,16 @@ class FramePlan:
         return f"{self.num_frames} frames, {self.width}x{self.height} px at {self.fps:.2f} fps ({seconds:.2f} s)"
 
 
+def selected_range(info: VideoInfo, selection: FrameSelection) -> range:
+    """The source frame indices the time range and stride keep (before the frame-count cap)."""
+    start = round(selection.start * info.fps)
+    end = info.frame_count if selection.end is None else min(info.frame_count, round(selection.end * info.fps))
+    return range(start, end, selection.stride)
+
+
 def plan_frames(info: VideoInfo, selection: FrameSelection) -> FramePlan:
     """The frames and size `read_clip(info.path, selection)` will return, from metadata alone."""
-    start_index = round(selection.start * info.fps)
-    end_index = info.frame_count if selection.end is None else min(info.frame_count, round(selection.end * info.fps))
-    indices = tuple(range(start_index, end_index, selection.stride))[: selection.max_frames or None]
+    indices = tuple(selected_range(info, selection))[: selection.max_frames or None]
     if len(indices) < 2:
         name = Path(info.path).name
         raise VideoError(f"the selection keeps {len(indices)} frame{'s' * (len(indices) != 1)} of {name}; widen the time range or lower the stride")
