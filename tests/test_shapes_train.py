@@ -15,7 +15,7 @@ from editing.shapes import train as T
 TINY = T.TrainConfig(
     image_size=32, vae_channels=(16, 16), unet_channels=(16, 32), text_width=16, text_layers=1,
     vae_steps=6, unet_steps=6, decoder_steps=6, control_steps=6, vae_batch=4, unet_batch=4, decoder_batch=4,
-    control_batch=4, vae_lr=3e-3, unet_lr=3e-3, decoder_lr=3e-3, control_lr=3e-3, warmup=1, checkpoint_every=3,
+    control_batch=4, vae_lr=1e-3, unet_lr=3e-3, decoder_lr=3e-3, control_lr=3e-3, warmup=1, checkpoint_every=3,
 )  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
     def losses():
         with torch.no_grad():
             vae = T.vae_loss(parts.vae, pixels, torch.Generator().manual_seed(0), TINY.kl_weight)
-            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, scheduler), pixels, ids, torch.Generator().manual_seed(0))
+            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, scheduler, TINY.offset_noise), pixels, ids, torch.Generator().manual_seed(0))
         return float(vae), float(unet)
 
     record = {"vae_before": losses()[0]}
@@ -134,6 +134,63 @@ def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_pa
     again = T.train(more, tmp_path / "model2", tmp_path / "work2", init=tmp_path / "model")
     assert again["stages"]["unet"]["steps"] == 3 and again["stages"]["unet"]["steps_this_run"] == 1
     assert again["latent_scaling_factor"] == record["latent_scaling_factor"]  # the UNet keeps its latent scale
+
+
+def test_offset_noise_adds_one_constant_per_sample_and_channel(trained):
+    parts, _, _ = trained
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(T.scheduler_config())
+    pixels, _, _ = fixed_batch(TINY)
+    _, plain, _ = T.noisy_latents(parts.vae, scheduler, pixels, torch.Generator().manual_seed(3))
+    _, offset, _ = T.noisy_latents(parts.vae, scheduler, pixels, torch.Generator().manual_seed(3), offset=0.5)
+    shift = offset - plain
+    assert torch.allclose(shift, shift[..., :1, :1].expand_as(shift), atol=1e-6)  # constant over each latent plane
+    assert float(shift[..., 0, 0].abs().min()) > 0  # and a different one per sample and channel
+    assert len(set(shift[..., 0, 0].flatten().tolist())) == shift.shape[0] * shift.shape[1]
+
+
+def test_averaged_stage_ends_with_the_moving_average_of_its_weights(tmp_path):
+    torch.manual_seed(0)
+    config = T.TrainConfig(**{**TINY.__dict__, "unet_steps": 5, "ema_decay": 0.6, "checkpoint_every": 100})
+    layer = torch.nn.Linear(3, 2)
+    trajectory = []
+
+    def loss(step):
+        trajectory.append([p.detach().clone() for p in layer.parameters()])  # the weights before this step
+        return (layer(torch.ones(4, 3) * (step + 1)) ** 2).mean()
+
+    T.run_stage(config, "unet", tmp_path, {"layer": layer}, loss, 0.1, average=True)
+    raw = torch.load(tmp_path / "unet.ckpt", weights_only=False)["modules"]["layer"]
+    trajectory.append([raw["weight"], raw["bias"]])
+    average = trajectory[0]
+    for k, weights_after in enumerate(trajectory[1:]):
+        rate = 1 - min(0.6, (1 + k) / (10 + k))
+        average = [a + rate * (w - a) for a, w in zip(average, weights_after)]
+    assert all(torch.allclose(p, a, atol=1e-6) for p, a in zip(layer.parameters(), average))
+    assert not torch.allclose(layer.weight, raw["weight"])  # the average, not the last step's weights
+
+
+def test_vae_from_takes_a_decoder_trained_alongside_and_refuses_another_encoder(tmp_path):
+    torch.set_num_threads(1)
+    base = T.TrainConfig(**{**TINY.__dict__, "vae_steps": 2, "unet_steps": 0, "decoder_steps": 0, "control_steps": 0})
+    T.train(base, tmp_path / "vae", tmp_path / "w0")
+    unet_only = T.TrainConfig(**{**base.__dict__, "vae_steps": 0, "unet_steps": 2})
+    T.train(unet_only, tmp_path / "unet", tmp_path / "w1", init=tmp_path / "vae")
+    decoder_only = T.TrainConfig(**{**base.__dict__, "vae_steps": 0, "decoder_steps": 2})
+    T.train(decoder_only, tmp_path / "decoder", tmp_path / "w2", init=tmp_path / "vae")
+    finish = T.TrainConfig(**{**base.__dict__, "vae_steps": 0})
+    record = T.train(finish, tmp_path / "model", tmp_path / "w3", init=tmp_path / "unet", vae_from=tmp_path / "decoder")
+    assert record["stages"]["unet"]["steps"] == 2 and record["stages"]["decoder"]["steps"] == 2 and record["stages"]["vae"]["steps"] == 2
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    saved, sharpened = (AutoencoderKL.from_pretrained(tmp_path / d / "vae") for d in ("model", "decoder"))
+    assert same_weights(saved.state_dict(), sharpened.state_dict())
+    assert same_weights(UNet2DConditionModel.from_pretrained(tmp_path / "model" / "unet").state_dict(), UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet").state_dict())
+    other = T.TrainConfig(**{**base.__dict__, "seed": 1})
+    T.train(other, tmp_path / "other", tmp_path / "w4")
+    with pytest.raises(T.EditingError, match="encoder"):
+        T.train(finish, tmp_path / "bad", tmp_path / "w5", init=tmp_path / "unet", vae_from=tmp_path / "other")
 
 
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path):

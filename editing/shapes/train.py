@@ -33,6 +33,7 @@ from .world import SceneSampler
 log = logging.getLogger(__name__)
 STAGES = ("vae", "unet", "decoder", "control")
 STAGE_IDS = {"vae": 1, "unet": 2, "control": 3, "decoder": 4}  # seeds data; fixed when stages are added
+LOGVAR_INIT = -8.0  # the VAE posterior's initial log-variance (std 0.018; see build_vae)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class TrainConfig:
     control_lr: float = 2e-4
     kl_weight: float = 1e-6
     caption_dropout: float = 0.1
+    offset_noise: float = 0.2  # std of a per-channel constant added to the training noise (see noisy_latents)
+    ema_decay: float = 0.999  # the saved UNet and text encoder are exponential moving averages of training
     warmup: int = 100
     checkpoint_every: int = 200
     threads: int = 1  # on a shared 2-core machine one thread was 2-3x faster per step than two
@@ -71,6 +74,10 @@ class TrainConfig:
             raise ValueError("step counts cannot be negative")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption dropout must be in [0, 1); got {self.caption_dropout}")
+        if self.offset_noise < 0:
+            raise ValueError(f"offset noise cannot be negative; got {self.offset_noise}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1) (0 = no averaging); got {self.ema_decay}")
         if min(self.vae_batch, self.unet_batch, self.decoder_batch, self.control_batch, self.checkpoint_every) < 1:
             raise ValueError("batch sizes and checkpoint interval must be at least 1")
 
@@ -94,15 +101,23 @@ def text_config(config: TrainConfig):
 
 
 def build_vae(config: TrainConfig):
-    """A small AutoencoderKL of the SD-1.x family."""
+    """A small AutoencoderKL of the SD-1.x family whose posterior starts narrow.
+
+    The posterior's log-variance starts at LOGVAR_INIT instead of about 0: with the small KL weight the
+    encoder has to shrink it anyway, and while it is near 0 the sampled latents are mostly noise and the
+    reconstruction loss stalls (measured: about 200 steps of no progress).
+    """
     from diffusers import AutoencoderKL
 
     blocks = len(config.vae_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=config.latent_channels, block_out_channels=config.vae_channels,
         down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
         layers_per_block=1, norm_num_groups=16, sample_size=config.image_size,
     )  # fmt: skip
+    with torch.no_grad():
+        vae.quant_conv.bias[config.latent_channels :] = LOGVAR_INIT  # the second half of the moments is the log-variance
+    return vae
 
 
 def build_unet(config: TrainConfig):
@@ -169,10 +184,10 @@ def drop_captions(captions: list[str], rng: np.random.Generator, rate: float) ->
 
 
 def vae_loss(vae, pixels: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
-    """Reconstruction MSE of a posterior sample plus a small KL to the standard normal."""
+    """Reconstruction L1 + MSE of a posterior sample (L1 keeps edges sharp) plus a small KL to the standard normal."""
     posterior = vae.encode(pixels).latent_dist
     reconstruction = vae.decode(posterior.sample(generator)).sample
-    return F.mse_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
+    return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
 
 
 def decoder_loss(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -183,27 +198,35 @@ def decoder_loss(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch
     return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
 
 
-def noisy_latents(vae, scheduler, pixels, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noisy latents, noise, timesteps) for the DDPM objective on the frozen VAE's scaled latents."""
+def noisy_latents(vae, scheduler, pixels, generator, offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, noise, timesteps) for the DDPM objective on the frozen VAE's scaled latents.
+
+    `offset` adds a per-sample, per-channel constant of that std to the noise ("offset noise"). The SD-1
+    schedule leaves sqrt(alpha_bar_T) = 0.068 of the image in its noisiest step, so on 16x16 latents the
+    latent's mean colour is about as visible as the noise's own mean: without the offset the model learns to
+    read the background colour from the starting noise and then ignores the caption's colour words.
+    """
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
 
 def unet_loss(models, pixels, ids, generator) -> torch.Tensor:
     """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) conditioned on the text encoder's hidden states."""
-    vae, text_encoder, unet, scheduler = models
-    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator)
+    vae, text_encoder, unet, scheduler, offset = models
+    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator, offset)
     context = text_encoder(ids)[0]
     return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
 
 
 def control_loss(models, pixels, ids, edges, generator) -> torch.Tensor:
     """Epsilon-prediction MSE with the ControlNet's residuals added to the frozen UNet."""
-    vae, text_encoder, unet, scheduler, controlnet = models
-    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator)
+    vae, text_encoder, unet, scheduler, controlnet, offset = models
+    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator, offset)
     with torch.no_grad():
         context = text_encoder(ids)[0]
     down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=edges, return_dict=False)
@@ -240,16 +263,16 @@ def checkpoint_path(work: Path, stage: str) -> Path:
     return work / f"{stage}.ckpt"
 
 
-def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: StageState) -> None:
-    """Atomically write a stage checkpoint."""
+def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: StageState, ema: list | None = None) -> None:
+    """Atomically write a stage checkpoint (with the moving averages of the parameters when kept)."""
     path = checkpoint_path(work, stage)
-    payload = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(), "state": asdict(state)}
+    payload = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(), "state": asdict(state), "ema": ema}
     torch.save(payload, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
 
 
-def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, optimizer) -> StageState:
-    """Restore a stage checkpoint into modules and optimiser; a fresh state when there is none."""
+def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, optimizer, ema: list | None = None) -> StageState:
+    """Restore a stage checkpoint into modules, optimiser and the moving averages; a fresh state when there is none."""
     path = checkpoint_path(work, stage)
     if not path.is_file():
         return StageState()
@@ -257,20 +280,31 @@ def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, 
     for name, module in modules.items():
         module.load_state_dict(payload["modules"][name])
     optimizer.load_state_dict(payload["optimizer"])
+    if ema is not None:
+        saved = payload.get("ema") or [p.detach() for m in modules.values() for p in m.parameters()]  # none kept: start from the weights
+        for average, value in zip(ema, saved):
+            average.copy_(value)
     state = {"batch": getattr(config, f"{stage}_batch"), **payload["state"]}  # checkpoints from before `batch` was kept
     return StageState(**state)
 
 
-def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_fn, base_lr: float, start: int = 0) -> StageState:
+def ema_decay(config: TrainConfig, steps_done: int) -> float:
+    """The averaging rate after `steps_done` steps: ramps up so early averages are not stuck at the initial weights."""
+    return min(config.ema_decay, (1 + steps_done) / (10 + steps_done))
+
+
+def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_fn, base_lr: float, start: int = 0, average: bool = False) -> StageState:
     """Train `modules` for the stage's steps (from its checkpoint if any), checkpointing as it goes.
 
     `loss_fn(step)` returns the step's loss; step numbers start at `start` (steps already done by the
-    weights this run started from), so continued training sees fresh data.
+    weights this run started from), so continued training sees fresh data. With `average` (and a
+    config.ema_decay above 0) the modules end holding the exponential moving average of their weights.
     """
     work.mkdir(parents=True, exist_ok=True)
     parameters = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
-    state = load_checkpoint(config, work, stage, modules, optimizer)
+    ema = [p.detach().clone() for p in parameters] if average and config.ema_decay > 0 else None
+    state = load_checkpoint(config, work, stage, modules, optimizer, ema)
     if state.step == 0:
         state.step = start
     end = start + config.steps(stage)
@@ -285,15 +319,23 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        if ema is not None:
+            rate = 1 - ema_decay(config, state.step - start)
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in parameters], rate)
         state.step += 1
         state.batch = getattr(config, f"{stage}_batch")
         state.losses.append(round(loss.item(), 6))
         state.seconds += time.perf_counter() - began
         if state.step % config.checkpoint_every == 0 or state.step == end:
-            save_checkpoint(work, stage, modules, optimizer, state)
+            save_checkpoint(work, stage, modules, optimizer, state, ema)
             log.info("%s step %d/%d loss %.5f (%.2f s/step)", stage, state.step, end, np.mean(state.losses[-50:]), state.seconds / max(1, state.step - start))
     for module in modules.values():
         module.eval().requires_grad_(False)
+    if ema is not None:
+        with torch.no_grad():
+            for parameter, value in zip(parameters, ema):
+                parameter.copy_(value)
     return state
 
 
@@ -372,7 +414,7 @@ def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(scheduler_config())
-    models = (parts.vae, parts.text_encoder, parts.unet, scheduler)
+    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, config.offset_noise)
 
     def loss(step):
         rng, generator = step_rng(config, "unet", step)
@@ -380,7 +422,7 @@ def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -
         ids = tokenize(parts.tokenizer, drop_captions(captions, rng, config.caption_dropout))
         return unet_loss(models, pixels, ids, generator)
 
-    return run_stage(config, "unet", work, {"text_encoder": parts.text_encoder, "unet": parts.unet}, loss, config.unet_lr, start)
+    return run_stage(config, "unet", work, {"text_encoder": parts.text_encoder, "unet": parts.unet}, loss, config.unet_lr, start, average=True)
 
 
 def train_decoder(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
@@ -405,7 +447,7 @@ def train_control(config: TrainConfig, parts: Components, work: Path, start: int
         torch.manual_seed(config.seed + 3)
         parts.controlnet = build_controlnet(parts.unet, config)
     scheduler = DDPMScheduler.from_config(scheduler_config())
-    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, parts.controlnet)
+    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, parts.controlnet, config.offset_noise)
 
     def loss(step):
         rng, generator = step_rng(config, "control", step)
@@ -472,13 +514,36 @@ def summarise(config: TrainConfig, name: str, state: StageState, start: int, bef
     }
 
 
-def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None) -> dict:
-    """Run the three stages (resuming from `work`, or continuing from the saved folder `init`) and save to `out`."""
+def take_vae(parts: Components, folder: Path, previous: dict) -> None:
+    """Use the VAE of another saved folder whose encoder is this model's (only its decoder was trained on,
+    e.g. by a decoder stage run alongside the UNet stage); its vae and decoder records come with it."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    mine, theirs = parts.vae.state_dict(), vae.state_dict()
+    encoder = [k for k in mine if k.startswith(("encoder.", "quant_conv."))]
+    if set(mine) != set(theirs) or any(not torch.equal(mine[k], theirs[k]) for k in encoder):
+        raise EditingError(f"the VAE in {folder} does not have this model's encoder: its latents would not be the ones the UNet learnt")
+    vae.register_to_config(scaling_factor=parts.vae.config.scaling_factor)
+    parts.vae = vae.eval().requires_grad_(False)
+    for stage in ("vae", "decoder"):
+        taken = previous_record(folder).get("stages", {}).get(stage)
+        if taken:
+            previous.setdefault("stages", {})[stage] = taken
+
+
+def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None, vae_from: Path | None = None) -> dict:
+    """Run the stages (resuming from `work`, or continuing from the saved folder `init`, optionally with the
+    VAE of the folder `vae_from`) and save to `out`."""
     torch.set_num_threads(config.threads)
     work.mkdir(parents=True, exist_ok=True)
     previous = previous_record(init)
     parts = load_components(init) if init is not None else fresh_components(config)
-    record = {"last_invocation": asdict(config), "continued_from": str(init) if init else None, "stages": {}}
+    if vae_from is not None:
+        if init is None:
+            raise EditingError("--vae-from needs --init: the VAE must match the encoder of the model being continued")
+        take_vae(parts, vae_from, previous)
+    record = {"last_invocation": asdict(config), "continued_from": str(init) if init else None, "vae_from": str(vae_from) if vae_from else None, "stages": {}}
     stages = {"vae": train_vae, "unet": train_unet, "decoder": train_decoder, "control": train_control}
     for name, run in stages.items():
         before = previous.get("stages", {}).get(name, {})
@@ -499,12 +564,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
     parser.add_argument("--work", type=Path, required=True, help="where stage checkpoints are kept (resumed from)")
     parser.add_argument("--init", type=Path, help="a saved shapes folder to continue training from (optimiser reset)")
+    parser.add_argument("--vae-from", type=Path, help="with --init: take the VAE of this saved folder (same encoder, e.g. a decoder stage run alongside)")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    sizes = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    parser.add_argument("--vae-channels", type=sizes, default=TrainConfig.vae_channels, help="e.g. 32,64,64 (len - 1 downsamplings)")
+    parser.add_argument("--latent-channels", type=int, default=TrainConfig.latent_channels)
+    parser.add_argument("--unet-channels", type=sizes, default=TrainConfig.unet_channels, help="e.g. 64,128,128")
+    parser.add_argument("--text-width", type=int, default=TrainConfig.text_width)
+    parser.add_argument("--offset-noise", type=float, default=TrainConfig.offset_noise)
+    parser.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     parser.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     parser.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
     parser.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
     parser.add_argument("--control-steps", type=int, default=TrainConfig.control_steps)
+    parser.add_argument("--vae-batch", type=int, default=TrainConfig.vae_batch)
     parser.add_argument("--unet-batch", type=int, default=TrainConfig.unet_batch)
+    parser.add_argument("--decoder-batch", type=int, default=TrainConfig.decoder_batch)
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     return parser.parse_args(argv)
@@ -515,12 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         config = TrainConfig(
-            seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, decoder_steps=args.decoder_steps, control_steps=args.control_steps,
-            unet_batch=args.unet_batch, checkpoint_every=args.checkpoint_every, threads=args.threads,
+            seed=args.seed, vae_channels=args.vae_channels, latent_channels=args.latent_channels, unet_channels=args.unet_channels,
+            text_width=args.text_width, offset_noise=args.offset_noise, ema_decay=args.ema_decay, vae_steps=args.vae_steps, unet_steps=args.unet_steps, decoder_steps=args.decoder_steps, control_steps=args.control_steps,
+            vae_batch=args.vae_batch, unet_batch=args.unet_batch, decoder_batch=args.decoder_batch, checkpoint_every=args.checkpoint_every, threads=args.threads,
         )  # fmt: skip
         if args.init is not None and not (args.init / "model_index.json").is_file():
             raise EditingError(f"{args.init} is not a saved shapes model folder (no model_index.json)")
-        train(config, args.out, args.work, args.init)
+        train(config, args.out, args.work, args.init, args.vae_from)
     except (ValueError, EditingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
