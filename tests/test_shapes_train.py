@@ -150,6 +150,20 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel(trained):
     assert len(set(shift[..., 0, 0].flatten().tolist())) == shift.shape[0] * shift.shape[1]
 
 
+def test_edge_weights_mark_only_the_outlines_of_objects():
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.equal(T.edge_weights(flat, 4.0), torch.ones(1, 1, 16, 16))
+    square = flat.clone()
+    square[:, 0, 5:11, 5:11] = -0.8
+    weights = T.edge_weights(square, 4.0)
+    outline = torch.zeros(16, 16, dtype=torch.bool)
+    outline[3:13, 3:13] = True
+    outline[7:9, 7:9] = False  # two pixels or more inside the square's edge: not an outline
+    outline[[3, 3, 12, 12], [3, 12, 3, 12]] = False  # diagonal to the square's corners: two pixels from any edge pixel
+    assert set(weights.unique().tolist()) == {1.0, 5.0}
+    assert torch.equal(weights[0, 0] > 1, outline)
+
+
 def test_averaged_stage_ends_with_the_moving_average_of_its_weights(tmp_path):
     torch.manual_seed(0)
     config = T.TrainConfig(**{**TINY.__dict__, "unet_steps": 5, "ema_decay": 0.6, "checkpoint_every": 100})

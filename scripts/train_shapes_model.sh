@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The commands that trained the committed shapes model (assets/shapes-model), with its step counts.
+# About 2 hours on 2 CPU cores. Every stage resumes from WORK if interrupted; run again to continue.
+#
+#   bash scripts/train_shapes_model.sh WORK [OUT]      # OUT defaults to assets/shapes-model
+#
+# Step counts can be overridden: VAE_STEPS, UNET_STEPS, DECODER_STEPS, CONTROL_STEPS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:?usage: bash scripts/train_shapes_model.sh WORK [OUT]}
+out=${2:-assets/shapes-model}
+py=${PYTHON:-.venv/bin/python}
+VAE_STEPS=${VAE_STEPS:-4000}
+UNET_STEPS=${UNET_STEPS:-9000}
+DECODER_STEPS=${DECODER_STEPS:-6000}
+CONTROL_STEPS=${CONTROL_STEPS:-1000}
+train=("$py" -m editing.shapes.train --vae-channels 32,64,64 --latent-channels 8 --unet-channels 64,128,128 --text-width 64)
+only() {  # the step flags that run one stage
+  local stage=$1 steps=$2 flags=(--vae-steps 0 --unet-steps 0 --decoder-steps 0 --control-steps 0)
+  for i in "${!flags[@]}"; do [ "${flags[$i]}" = "--$stage-steps" ] && flags[$((i + 1))]=$steps; done
+  echo "${flags[@]}"
+}
+
+# 1. The autoencoder, on both cores.
+"${train[@]}" --out "$work/vae-model" --work "$work/vae" $(only vae "$VAE_STEPS") --threads 2
+
+# 2. UNet + text encoder on one core and, on the other, the decoder alone (the encoder, so the latents
+#    the UNet learns on, stays fixed), then the two are joined (--vae-from checks the encoder is the same).
+"${train[@]}" --init "$work/vae-model" --out "$work/unet-model" --work "$work/unet" $(only unet "$UNET_STEPS") --threads 1 &
+unet=$!
+"${train[@]}" --init "$work/vae-model" --out "$work/decoder-model" --work "$work/decoder" $(only decoder "$DECODER_STEPS") --threads 1 &
+decoder=$!
+wait "$unet"
+wait "$decoder"
+
+# 3. The Canny ControlNet on the joined model, written to OUT; then the quality figure.
+"${train[@]}" --init "$work/unet-model" --vae-from "$work/decoder-model" --out "$out" --work "$work/control" $(only control "$CONTROL_STEPS") --threads 2
+"$py" -m editing.shapes.quality --model "$out" --per-caption 4 --sheet "$out/held-out-samples.png" --json "$out/quality.json"
