@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 work=${1:?usage: bash scripts/train_shapes_model.sh WORK [OUT]}
 out=${2:-assets/shapes-model}
 py=${PYTHON:-.venv/bin/python}
-VAE_STEPS=${VAE_STEPS:-4000}
+VAE_STEPS=${VAE_STEPS:-4200}
 UNET_STEPS=${UNET_STEPS:-9000}
 DECODER_STEPS=${DECODER_STEPS:-6000}
 CONTROL_STEPS=${CONTROL_STEPS:-1000}
@@ -24,15 +24,17 @@ only() {  # the step flags that run one stage
 # 1. The autoencoder, on both cores.
 "${train[@]}" --out "$work/vae-model" --work "$work/vae" $(only vae "$VAE_STEPS") --threads 2
 
-# 2. UNet + text encoder on one core and, on the other, the decoder alone (the encoder, so the latents
-#    the UNet learns on, stays fixed), then the two are joined (--vae-from checks the encoder is the same).
-"${train[@]}" --init "$work/vae-model" --out "$work/unet-model" --work "$work/unet" $(only unet "$UNET_STEPS") --threads 1 &
-unet=$!
+# 2. UNet + text encoder (batch 32), on both cores.
+"${train[@]}" --init "$work/vae-model" --out "$work/unet-model" --work "$work/unet" $(only unet "$UNET_STEPS") --threads 2
+
+# 3. The Canny ControlNet on one core and, on the other, the decoder alone (the encoder, so the latents
+#    the UNet and ControlNet learnt on, stays fixed); then the two are joined into OUT (--vae-from checks
+#    that the encoder is the same) and the quality figure is measured.
+"${train[@]}" --init "$work/unet-model" --out "$work/control-model" --work "$work/control" $(only control "$CONTROL_STEPS") --threads 1 &
+control=$!
 "${train[@]}" --init "$work/vae-model" --out "$work/decoder-model" --work "$work/decoder" $(only decoder "$DECODER_STEPS") --threads 1 &
 decoder=$!
-wait "$unet"
+wait "$control"
 wait "$decoder"
-
-# 3. The Canny ControlNet on the joined model, written to OUT; then the quality figure.
-"${train[@]}" --init "$work/unet-model" --vae-from "$work/decoder-model" --out "$out" --work "$work/control" $(only control "$CONTROL_STEPS") --threads 2
+"${train[@]}" --init "$work/control-model" --vae-from "$work/decoder-model" --out "$out" --work "$work/join" $(only none 0)
 "$py" -m editing.shapes.quality --model "$out" --per-caption 4 --sheet "$out/held-out-samples.png" --json "$out/quality.json"

@@ -193,11 +193,13 @@ def test_vae_from_takes_a_decoder_trained_alongside_and_refuses_another_encoder(
     T.train(unet_only, tmp_path / "unet", tmp_path / "w1", init=tmp_path / "vae")
     decoder_only = T.TrainConfig(**{**base.__dict__, "vae_steps": 0, "decoder_steps": 2})
     T.train(decoder_only, tmp_path / "decoder", tmp_path / "w2", init=tmp_path / "vae")
-    finish = T.TrainConfig(**{**base.__dict__, "vae_steps": 0})
+    finish = T.TrainConfig(**{**base.__dict__, "vae_steps": 0, "control_steps": 2})
     record = T.train(finish, tmp_path / "model", tmp_path / "w3", init=tmp_path / "unet", vae_from=tmp_path / "decoder")
     assert record["stages"]["unet"]["steps"] == 2 and record["stages"]["decoder"]["steps"] == 2 and record["stages"]["vae"]["steps"] == 2
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    assert not (tmp_path / "vae" / "controlnet-canny").exists()  # no ControlNet from an untrained UNet
+    assert (tmp_path / "model" / "controlnet-canny").is_dir()
     saved, sharpened = (AutoencoderKL.from_pretrained(tmp_path / d / "vae") for d in ("model", "decoder"))
     assert same_weights(saved.state_dict(), sharpened.state_dict())
     assert same_weights(UNet2DConditionModel.from_pretrained(tmp_path / "model" / "unet").state_dict(), UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet").state_dict())

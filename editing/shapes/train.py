@@ -465,6 +465,8 @@ def train_control(config: TrainConfig, parts: Components, work: Path, start: int
     from diffusers import DDPMScheduler
 
     if parts.controlnet is None:
+        if config.control_steps == 0:  # none yet and none asked for: a later run makes it from the trained UNet
+            return StageState(step=start)
         torch.manual_seed(config.seed + 3)
         parts.controlnet = build_controlnet(parts.unet, config)
     scheduler = DDPMScheduler.from_config(scheduler_config())
