@@ -11,8 +11,8 @@ work=${1:?usage: bash scripts/train_shapes_model.sh WORK [OUT]}
 out=${2:-assets/shapes-model}
 py=${PYTHON:-.venv/bin/python}
 VAE_STEPS=${VAE_STEPS:-4200}
-UNET_STEPS=${UNET_STEPS:-9000}
-DECODER_STEPS=${DECODER_STEPS:-6000}
+UNET_STEPS=${UNET_STEPS:-5800}
+DECODER_STEPS=${DECODER_STEPS:-2000}
 CONTROL_STEPS=${CONTROL_STEPS:-1000}
 train=("$py" -m editing.shapes.train --vae-channels 32,64,64 --latent-channels 8 --unet-channels 64,128,128 --text-width 64)
 only() {  # the step flags that run one stage
