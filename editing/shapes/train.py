@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +190,13 @@ def vae_loss(vae, pixels: torch.Tensor, generator: torch.Generator, kl_weight: f
     """Reconstruction L1 + MSE of a posterior sample (L1 keeps edges sharp) plus a small KL to the standard normal."""
     posterior = vae.encode(pixels).latent_dist
     reconstruction = vae.decode(posterior.sample(generator)).sample
-    return F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
+    return reconstruction_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, pixels: torch.Tensor, edge_weight: float = 0.0) -> torch.Tensor:
+    """Mean L1 + squared error (L1 keeps edges sharp), weighted up near the target's edges by `edge_weight`."""
+    error = (reconstruction - pixels).abs() + (reconstruction - pixels) ** 2
+    return (error * edge_weights(pixels, edge_weight)).mean() if edge_weight > 0 else error.mean()
 
 
 def edge_weights(pixels: torch.Tensor, weight: float) -> torch.Tensor:
@@ -210,13 +216,10 @@ def edge_weights(pixels: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def decoder_loss(vae, pixels: torch.Tensor, generator: torch.Generator, edge_weight: float = 0.0) -> torch.Tensor:
-    """L1 + MSE reconstruction from a posterior sample of the frozen encoder (L1 keeps edges sharp),
-    weighted up near the target's edges by `edge_weight` (see edge_weights)."""
+    """The reconstruction loss of a posterior sample of the frozen encoder (see reconstruction_loss)."""
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.sample(generator)
-    reconstruction = vae.decode(latents).sample
-    error = (reconstruction - pixels).abs() + (reconstruction - pixels) ** 2
-    return (error * edge_weights(pixels, edge_weight)).mean()
+    return reconstruction_loss(vae.decode(latents).sample, pixels, edge_weight)
 
 
 def noisy_latents(vae, scheduler, pixels, generator, offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -292,21 +295,18 @@ def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: Sta
     path.with_suffix(".tmp").replace(path)
 
 
-def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, optimizer, ema: list | None = None) -> StageState:
-    """Restore a stage checkpoint into modules, optimiser and the moving averages; a fresh state when there is none."""
+def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, optimizer) -> tuple[StageState, list | None]:
+    """Restore a stage checkpoint into modules and optimiser; return its state and the moving averages it
+    kept (None when it kept none); a fresh state when there is no checkpoint."""
     path = checkpoint_path(work, stage)
     if not path.is_file():
-        return StageState()
+        return StageState(), None
     payload = torch.load(path, weights_only=False)
     for name, module in modules.items():
         module.load_state_dict(payload["modules"][name])
     optimizer.load_state_dict(payload["optimizer"])
-    if ema is not None:
-        saved = payload.get("ema") or [p.detach() for m in modules.values() for p in m.parameters()]  # none kept: start from the weights
-        for average, value in zip(ema, saved):
-            average.copy_(value)
     state = {"batch": getattr(config, f"{stage}_batch"), **payload["state"]}  # checkpoints from before `batch` was kept
-    return StageState(**state)
+    return StageState(**state), payload.get("ema")
 
 
 def ema_decay(config: TrainConfig, steps_done: int) -> float:
@@ -324,8 +324,11 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
     work.mkdir(parents=True, exist_ok=True)
     parameters = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
-    ema = [p.detach().clone() for p in parameters] if average and config.ema_decay > 0 else None
-    state = load_checkpoint(config, work, stage, modules, optimizer, ema)
+    state, saved_ema = load_checkpoint(config, work, stage, modules, optimizer)
+    weights = [p.detach() for p in parameters]  # views: they follow the optimiser's updates
+    ema = None
+    if average and config.ema_decay > 0:
+        ema = saved_ema or [w.clone() for w in weights]  # none kept: start from the (loaded) weights
     if state.step == 0:
         state.step = start
     end = start + config.steps(stage)
@@ -343,7 +346,7 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
         if ema is not None:
             rate = 1 - ema_decay(config, state.step - start)
             with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in parameters], rate)
+                torch._foreach_lerp_(ema, weights, rate)
         state.step += 1
         state.batch = getattr(config, f"{stage}_batch")
         state.losses.append(round(loss.item(), 6))
@@ -355,8 +358,7 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
         module.eval().requires_grad_(False)
     if ema is not None:
         with torch.no_grad():
-            for parameter, value in zip(parameters, ema):
-                parameter.copy_(value)
+            torch._foreach_copy_(weights, ema)
     return state
 
 
@@ -549,8 +551,9 @@ def take_vae(parts: Components, folder: Path, previous: dict) -> None:
         raise EditingError(f"the VAE in {folder} does not have this model's encoder: its latents would not be the ones the UNet learnt")
     vae.register_to_config(scaling_factor=parts.vae.config.scaling_factor)
     parts.vae = vae.eval().requires_grad_(False)
+    record = previous_record(folder)
     for stage in ("vae", "decoder"):
-        taken = previous_record(folder).get("stages", {}).get(stage)
+        taken = record.get("stages", {}).get(stage)
         if taken:
             previous.setdefault("stages", {})[stage] = taken
 
@@ -612,11 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        config = TrainConfig(
-            seed=args.seed, vae_channels=args.vae_channels, latent_channels=args.latent_channels, unet_channels=args.unet_channels,
-            text_width=args.text_width, offset_noise=args.offset_noise, ema_decay=args.ema_decay, vae_steps=args.vae_steps, unet_steps=args.unet_steps, decoder_steps=args.decoder_steps, control_steps=args.control_steps,
-            vae_batch=args.vae_batch, unet_batch=args.unet_batch, decoder_batch=args.decoder_batch, checkpoint_every=args.checkpoint_every, threads=args.threads,
-        )  # fmt: skip
+        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
         if args.init is not None and not (args.init / "model_index.json").is_file():
             raise EditingError(f"{args.init} is not a saved shapes model folder (no model_index.json)")
         train(config, args.out, args.work, args.init, args.vae_from)
