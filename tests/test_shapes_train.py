@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
     def losses():
         with torch.no_grad():
             vae = T.vae_loss(parts.vae, pixels, torch.Generator().manual_seed(0), TINY.kl_weight)
-            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, scheduler, TINY.offset_noise), pixels, ids, torch.Generator().manual_seed(0))
+            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, scheduler, TINY.offset_noise, TINY.snr_gamma), pixels, ids, torch.Generator().manual_seed(0))
         return float(vae), float(unet)
 
     record = {"vae_before": losses()[0]}
@@ -150,6 +150,24 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel(trained):
     assert len(set(shift[..., 0, 0].flatten().tolist())) == shift.shape[0] * shift.shape[1]
 
 
+def test_min_snr_weights_cap_the_signal_to_noise_ratio_and_reweight_the_loss():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(T.scheduler_config())
+    timesteps = torch.tensor([0, 10, 100, 300, 700, 999])
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    weights = T.snr_weights(scheduler, timesteps, 5.0)
+    assert torch.allclose(weights * snr, torch.minimum(snr, torch.tensor(5.0)))  # the weighted SNR is capped at gamma
+    assert weights[0] < weights[1] < weights[2] < 1 and torch.equal(weights[3:], torch.ones(3))  # only low-noise steps shrink
+    assert torch.equal(T.snr_weights(scheduler, timesteps, 0.0), torch.ones(6))
+
+    predicted, noise = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 4, 8, 8)
+    assert torch.isclose(T.denoising_loss(predicted, noise, timesteps, scheduler, 0.0), torch.nn.functional.mse_loss(predicted, noise))
+    per_sample = (predicted**2).mean(dim=(1, 2, 3))
+    assert torch.isclose(T.denoising_loss(predicted, noise, timesteps, scheduler, 5.0), (weights * per_sample).mean())
+
+
 def test_edge_weights_mark_only_the_outlines_of_objects():
     flat = torch.full((1, 3, 16, 16), 0.3)
     assert torch.equal(T.edge_weights(flat, 4.0), torch.ones(1, 1, 16, 16))
@@ -215,3 +233,12 @@ def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path):
         capture_output=True, text=True, cwd=T.__file__.rsplit("/editing/", 1)[0],
     )  # fmt: skip
     assert result.returncode == 2 and "not a saved shapes model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"snr_gamma": -1.0}, "Min-SNR"), ({"offset_noise": -0.1}, "offset noise"), ({"ema_decay": 1.0}, "EMA"), ({"unet_batch": 0}, "batch"), ({"image_size": 31}, "divisible")],
+)
+def test_a_bad_training_setting_is_refused_with_its_reason(change, message):
+    with pytest.raises(ValueError, match=message):
+        T.TrainConfig(**{**TINY.__dict__, **change})

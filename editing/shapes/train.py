@@ -62,6 +62,7 @@ class TrainConfig:
     kl_weight: float = 1e-6
     caption_dropout: float = 0.1
     offset_noise: float = 0.2  # std of a per-channel constant added to the training noise (see noisy_latents)
+    snr_gamma: float = 0.0  # Min-SNR loss weighting min(SNR, gamma) / SNR (see denoising_loss); 0 = plain MSE
     ema_decay: float = 0.999  # the saved UNet and text encoder are exponential moving averages of training
     decoder_edge_weight: float = 4.0  # extra loss weight near colour edges in the decoder stage (see edge_weights)
     warmup: int = 100
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"caption dropout must be in [0, 1); got {self.caption_dropout}")
         if self.offset_noise < 0:
             raise ValueError(f"offset noise cannot be negative; got {self.offset_noise}")
+        if self.snr_gamma < 0:
+            raise ValueError(f"the Min-SNR gamma cannot be negative (0 = off); got {self.snr_gamma}")
         if self.decoder_edge_weight < 0:
             raise ValueError(f"decoder edge weight cannot be negative; got {self.decoder_edge_weight}")
         if not 0 <= self.ema_decay < 1:
@@ -239,23 +242,43 @@ def noisy_latents(vae, scheduler, pixels, generator, offset: float = 0.0) -> tup
     return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
 
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights for epsilon prediction, min(SNR(t), gamma) / SNR(t) (Hang et al. 2023).
+
+    Plain epsilon MSE is dominated by the least noisy steps (measured on the committed model: 0.85 at
+    t=10, 0.35 at t=100, under 0.09 from t=300 on), whose errors are a few hundredths in the latent and
+    do not change the decoded picture; the weights move the gradient to the noisier steps that lay out
+    the shapes. gamma = 0: all ones."""
+    if gamma <= 0:
+        return torch.ones(len(timesteps))
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    return snr.clamp(max=gamma) / snr
+
+
+def denoising_loss(predicted: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, scheduler, gamma: float) -> torch.Tensor:
+    """Epsilon-prediction MSE (Ho et al. 2020, eq. 14), per sample weighted by snr_weights."""
+    per_sample = ((predicted.float() - noise) ** 2).mean(dim=tuple(range(1, noise.ndim)))
+    return (snr_weights(scheduler, timesteps, gamma) * per_sample).mean()
+
+
 def unet_loss(models, pixels, ids, generator) -> torch.Tensor:
-    """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) conditioned on the text encoder's hidden states."""
-    vae, text_encoder, unet, scheduler, offset = models
+    """The denoising loss of the UNet conditioned on the text encoder's hidden states."""
+    vae, text_encoder, unet, scheduler, offset, gamma = models
     noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator, offset)
     context = text_encoder(ids)[0]
-    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
+    return denoising_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise, timesteps, scheduler, gamma)
 
 
 def control_loss(models, pixels, ids, edges, generator) -> torch.Tensor:
-    """Epsilon-prediction MSE with the ControlNet's residuals added to the frozen UNet."""
-    vae, text_encoder, unet, scheduler, controlnet, offset = models
+    """The denoising loss with the ControlNet's residuals added to the frozen UNet."""
+    vae, text_encoder, unet, scheduler, controlnet, offset, gamma = models
     noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator, offset)
     with torch.no_grad():
         context = text_encoder(ids)[0]
     down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=edges, return_dict=False)
     predicted = unet(noisy, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-    return F.mse_loss(predicted, noise)
+    return denoising_loss(predicted, noise, timesteps, scheduler, gamma)
 
 
 def canny_edges(images: np.ndarray) -> torch.Tensor:
@@ -437,7 +460,7 @@ def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(scheduler_config())
-    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, config.offset_noise)
+    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, config.offset_noise, config.snr_gamma)
 
     def loss(step):
         rng, generator = step_rng(config, "unet", step)
@@ -472,7 +495,7 @@ def train_control(config: TrainConfig, parts: Components, work: Path, start: int
         torch.manual_seed(config.seed + 3)
         parts.controlnet = build_controlnet(parts.unet, config)
     scheduler = DDPMScheduler.from_config(scheduler_config())
-    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, parts.controlnet, config.offset_noise)
+    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, parts.controlnet, config.offset_noise, config.snr_gamma)
 
     def loss(step):
         rng, generator = step_rng(config, "control", step)
@@ -598,11 +621,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unet-channels", type=sizes, default=TrainConfig.unet_channels, help="e.g. 64,128,128")
     parser.add_argument("--text-width", type=int, default=TrainConfig.text_width)
     parser.add_argument("--offset-noise", type=float, default=TrainConfig.offset_noise)
+    parser.add_argument("--snr-gamma", type=float, default=TrainConfig.snr_gamma, help="Min-SNR loss weighting (0 = plain MSE)")
     parser.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     parser.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     parser.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
     parser.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
     parser.add_argument("--control-steps", type=int, default=TrainConfig.control_steps)
+    parser.add_argument("--unet-lr", type=float, default=TrainConfig.unet_lr, help="the UNet stage's learning rate after warm-up")
     parser.add_argument("--vae-batch", type=int, default=TrainConfig.vae_batch)
     parser.add_argument("--unet-batch", type=int, default=TrainConfig.unet_batch)
     parser.add_argument("--decoder-batch", type=int, default=TrainConfig.decoder_batch)
