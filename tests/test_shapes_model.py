@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,8 +60,22 @@ def test_comparison_captions_avoid_the_held_out_pairs():
     assert not any(f"{colour} {shape}" in caption for caption in captions for colour, shape in HELD_OUT_PAIRS)
 
 
+def test_a_quality_report_gives_the_shares_overall_and_by_asked_pair():
+    captions = ["a red star on a blue background"] * 2 + ["a green hexagon on a red background"] * 3
+    results = [(True, True, True, True), (False, True, False, True), (True, True, True, True), (True, True, True, False), (False, False, True, True)]
+    report = quality.report("held-out", captions, results, 0.5)
+    assert (report.samples, report.object_right, report.colour_right, report.shape_right, report.background_right) == (5, 0.6, 0.8, 0.8, 0.8)
+    assert report.by_pair == {"green hexagon": round(2 / 3, 4), "red star": 0.5}
+
+
 def test_quality_cli_measures_and_refuses_bad_settings(folder, tmp_path, capsys):
     assert quality.main(["--model", str(folder), "--per-caption", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
     assert quality.main(["--model", str(tmp_path), "--steps", "1"]) == 2
     assert "shapes model is not in" in capsys.readouterr().err
+    out = tmp_path / "quality.json"
+    assert quality.main(["--model", str(folder), "--per-caption", "1", "--steps", "1", "--json", str(out)]) == 0
+    reports = {r["captions"]: r for r in json.loads(out.read_text())}
+    assert [reports[k]["samples"] for k in ("vae-reconstruction", "held-out", "seen")] == [25, 25, 25]
+    assert set(reports["held-out"]["by_pair"]) == {f"{colour} {shape}" for colour, shape in HELD_OUT_PAIRS}
+    assert all(0 <= share <= 1 for share in reports["held-out"]["by_pair"].values())

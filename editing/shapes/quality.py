@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from .world import HELD_OUT_PAIRS, PALETTE, SHAPES, article, held_out_captions
 
 @dataclass(frozen=True)
 class QualityReport:
-    """Shares of samples showing the asked object, its colour, its shape, and the asked background colour."""
+    """Shares of samples showing the asked object, its colour, its shape, and the asked background colour;
+    `by_pair`: the share showing the asked object for each asked colour+shape pair."""
 
     captions: str
     samples: int
@@ -37,6 +39,7 @@ class QualityReport:
     shape_right: float
     background_right: float
     seconds_per_image: float
+    by_pair: dict[str, float] = field(default_factory=dict)
 
 
 def text_to_image(backbone: Backbone, caption: str, count: int, seed: int, steps: int = 20, guidance: float = 5.0) -> np.ndarray:
@@ -74,6 +77,17 @@ def score(images: np.ndarray, caption: str) -> tuple[bool, bool, bool, bool]:
     return shows(verdict, caption), colour in colours, shape in shapes, verdict.background.colour == background.colour
 
 
+def report(label: str, captions: list[str], results: list[tuple[bool, ...]], seconds: float) -> QualityReport:
+    """The shares of `results` (one `score` per sample of the matching caption), overall and by pair."""
+    shares = np.mean(np.array(results, dtype=float), axis=0)
+    groups = defaultdict(list)
+    for caption, (right, *_) in zip(captions, results):
+        (colour, shape), = parse_caption(caption)[0].keys()
+        groups[f"{colour} {shape}"].append(right)
+    by_pair = {pair: round(float(np.mean(rights)), 4) for pair, rights in sorted(groups.items())}
+    return QualityReport(label, len(results), *(round(float(x), 4) for x in shares), round(seconds, 4), by_pair)
+
+
 def measure(backbone: Backbone, captions: list[str], label: str, per_caption: int, steps: int, guidance: float, seed: int) -> tuple[QualityReport, list]:
     """Judge `per_caption` samples of each caption; also return the images (for a contact sheet)."""
     results, images, began = [], [], time.perf_counter()
@@ -81,9 +95,8 @@ def measure(backbone: Backbone, captions: list[str], label: str, per_caption: in
         batch = text_to_image(backbone, caption, per_caption, seed + index, steps, guidance)
         images.append(batch)
         results += [score(image, caption) for image in batch]
-    shares = np.mean(np.array(results, dtype=float), axis=0)
     seconds = (time.perf_counter() - began) / max(1, len(results))
-    return QualityReport(label, len(results), *(round(float(x), 4) for x in shares), round(seconds, 4)), images
+    return report(label, [c for c in captions for _ in range(per_caption)], results, seconds), images
 
 
 def reconstruction_ceiling(backbone: Backbone, count: int, seed: int) -> QualityReport:
@@ -95,9 +108,7 @@ def reconstruction_ceiling(backbone: Backbone, count: int, seed: int) -> Quality
     latents = sampling.encode_frames(backbone, np.stack([s.image for s in samples]), count)
     images = sampling.decode_latents(backbone, latents, count)
     results = [score(image, sample.caption) for image, sample in zip(images, samples)]
-    shares = np.mean(np.array(results, dtype=float), axis=0)
-    seconds = (time.perf_counter() - began) / count
-    return QualityReport("vae-reconstruction", count, *(round(float(x), 4) for x in shares), round(seconds, 4))
+    return report("vae-reconstruction", [s.caption for s in samples], results, (time.perf_counter() - began) / count)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
