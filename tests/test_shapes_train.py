@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
     def losses():
         with torch.no_grad():
             vae = T.vae_loss(parts.vae, pixels, torch.Generator().manual_seed(0), TINY.kl_weight)
-            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, scheduler, TINY.offset_noise, TINY.snr_gamma), pixels, ids, torch.Generator().manual_seed(0))
+            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, T.Objective(scheduler, TINY.offset_noise, TINY.snr_gamma)), pixels, ids, torch.Generator().manual_seed(0))
         return float(vae), float(unet)
 
     record = {"vae_before": losses()[0]}

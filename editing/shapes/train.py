@@ -262,23 +262,44 @@ def denoising_loss(predicted: torch.Tensor, noise: torch.Tensor, timesteps: torc
     return (snr_weights(scheduler, timesteps, gamma) * per_sample).mean()
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What the UNet and ControlNet stages share: the DDPM noising (with offset noise) and its loss weighting."""
+
+    scheduler: object
+    offset: float = 0.0
+    gamma: float = 0.0
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "Objective":
+        from diffusers import DDPMScheduler
+
+        return cls(DDPMScheduler.from_config(scheduler_config()), config.offset_noise, config.snr_gamma)
+
+    def noisy(self, vae, pixels, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return noisy_latents(vae, self.scheduler, pixels, generator, self.offset)
+
+    def loss(self, predicted, noise, timesteps) -> torch.Tensor:
+        return denoising_loss(predicted, noise, timesteps, self.scheduler, self.gamma)
+
+
 def unet_loss(models, pixels, ids, generator) -> torch.Tensor:
     """The denoising loss of the UNet conditioned on the text encoder's hidden states."""
-    vae, text_encoder, unet, scheduler, offset, gamma = models
-    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator, offset)
+    vae, text_encoder, unet, objective = models
+    noisy, noise, timesteps = objective.noisy(vae, pixels, generator)
     context = text_encoder(ids)[0]
-    return denoising_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise, timesteps, scheduler, gamma)
+    return objective.loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise, timesteps)
 
 
 def control_loss(models, pixels, ids, edges, generator) -> torch.Tensor:
     """The denoising loss with the ControlNet's residuals added to the frozen UNet."""
-    vae, text_encoder, unet, scheduler, controlnet, offset, gamma = models
-    noisy, noise, timesteps = noisy_latents(vae, scheduler, pixels, generator, offset)
+    vae, text_encoder, unet, objective, controlnet = models
+    noisy, noise, timesteps = objective.noisy(vae, pixels, generator)
     with torch.no_grad():
         context = text_encoder(ids)[0]
     down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=edges, return_dict=False)
     predicted = unet(noisy, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-    return denoising_loss(predicted, noise, timesteps, scheduler, gamma)
+    return objective.loss(predicted, noise, timesteps)
 
 
 def canny_edges(images: np.ndarray) -> torch.Tensor:
@@ -457,10 +478,7 @@ def train_vae(config: TrainConfig, parts: Components, work: Path, start: int) ->
 
 def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
     """Stage 2: text encoder and UNet, with caption dropout."""
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(scheduler_config())
-    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, config.offset_noise, config.snr_gamma)
+    models = (parts.vae, parts.text_encoder, parts.unet, Objective.of(config))
 
     def loss(step):
         rng, generator = step_rng(config, "unet", step)
@@ -487,15 +505,12 @@ def train_decoder(config: TrainConfig, parts: Components, work: Path, start: int
 
 def train_control(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
     """Stage 3: a Canny-edge ControlNet on the frozen model."""
-    from diffusers import DDPMScheduler
-
     if parts.controlnet is None:
         if config.control_steps == 0:  # none yet and none asked for: a later run makes it from the trained UNet
             return StageState(step=start)
         torch.manual_seed(config.seed + 3)
         parts.controlnet = build_controlnet(parts.unet, config)
-    scheduler = DDPMScheduler.from_config(scheduler_config())
-    models = (parts.vae, parts.text_encoder, parts.unet, scheduler, parts.controlnet, config.offset_noise, config.snr_gamma)
+    models = (parts.vae, parts.text_encoder, parts.unet, Objective.of(config), parts.controlnet)
 
     def loss(step):
         rng, generator = step_rng(config, "control", step)
