@@ -26,6 +26,7 @@ from ..models import SHAPES_MODEL_DIR, Backbone, load_shapes_model
 from .judge import judge, parse_caption, shows
 from .world import HELD_OUT_PAIRS, PALETTE, SHAPES, article, held_out_captions
 
+QUALITY_BAR = 0.8  # issue 8: the share of held-out-caption samples that must show the asked colour and shape
 
 @dataclass(frozen=True)
 class QualityReport:
