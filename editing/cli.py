@@ -17,10 +17,11 @@ from typing import Sequence
 from .config import PROMPT_EDITS, AttentionEditConfig
 from .config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, ControlSpec, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError, EditingError
-from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
+from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, native_size
 
 log = logging.getLogger("editing")
 DEFAULT_ATTENTION = "first"  # cross-frame attention of an edit without --attention or --tuned
+SIZE_HELP = "long side in pixels, a multiple of 8 (default: the model's own size: 512 for SD 1.x, 64 for shapes)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"Hub id, local diffusers folder, .safetensors file, or {'/'.join(BUILTIN_MODELS)} ({RANDOM_WEIGHTS_NOTE})",
+        help=f"Hub id, local diffusers folder, .safetensors file, shapes ({SHAPES_NOTE}), or {'/'.join(BUILTIN_MODELS)} ({RANDOM_WEIGHTS_NOTE})",
     )
     edit.add_argument("--start", type=float, default=0.0, help="first second to keep")
     edit.add_argument("--end", type=float, default=None, help="last second to keep (exclusive)")
     edit.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
     edit.add_argument("--frames", type=int, default=16, help="most frames to edit (0 = all)")
-    edit.add_argument("--size", type=int, default=512, help="long side of the output in pixels (multiple of 8)")
+    edit.add_argument("--size", type=int, default=None, help=SIZE_HELP)
     edit.add_argument("--steps", type=int, default=20, help="denoising steps")
     edit.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     edit.add_argument("--strength", type=float, default=1.0, help="share of the steps to invert and re-run (lower keeps more of the source)")
@@ -109,7 +110,7 @@ def edit_request(args: argparse.Namespace):
             seed=args.seed,
         ),
         engine=engine_config(args),
-        selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=args.size),
+        selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=output_size(args)),
         model=args.model,
         device=args.device,
         dtype=args.dtype,
@@ -118,6 +119,11 @@ def edit_request(args: argparse.Namespace):
         tuned=args.tuned,
     )
     return request
+
+
+def output_size(args: argparse.Namespace) -> int:
+    """--size, or the size the model was trained at (a model drawn far from its size draws badly and slowly)."""
+    return args.size if args.size is not None else native_size(args.model)
 
 
 def run_edit(args: argparse.Namespace) -> int:
@@ -163,7 +169,7 @@ def add_tune_command(commands) -> None:
     tune.add_argument("video")
     tune.add_argument("--prompt", required=True, help="what the source clip shows")
     tune.add_argument("--out", required=True, help="tuned weights, a .safetensors file (its settings go beside it as .json)")
-    tune.add_argument("--model", default=DEFAULT_MODEL, help=f"base model: Hub id, folder, .safetensors file, or {'/'.join(BUILTIN_MODELS)}")
+    tune.add_argument("--model", default=DEFAULT_MODEL, help=f"base model: Hub id, folder, .safetensors file, shapes, or {'/'.join(BUILTIN_MODELS)}")
     tune.add_argument("--steps", type=int, default=300, help="optimiser steps")
     tune.add_argument("--learning-rate", type=float, default=3e-5, help="AdamW learning rate")
     tune.add_argument("--seed", type=int, default=0)
@@ -171,7 +177,7 @@ def add_tune_command(commands) -> None:
     tune.add_argument("--end", type=float, default=None, help="last second to keep (exclusive)")
     tune.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
     tune.add_argument("--frames", type=int, default=8, help="frames to tune on")
-    tune.add_argument("--size", type=int, default=512, help="long side in pixels (multiple of 8)")
+    tune.add_argument("--size", type=int, default=None, help=SIZE_HELP)
     tune.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
     tune.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision (GPU only)")
     tune.add_argument("--cache-dir", default=None, help="where tunings are cached for reuse")
@@ -186,7 +192,7 @@ def tune_request(args: argparse.Namespace):
 
     config = TuneConfig(
         prompt=args.prompt,
-        selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=args.size),
+        selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=output_size(args)),
         steps=args.steps,
         learning_rate=args.learning_rate,
         seed=args.seed,

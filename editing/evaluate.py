@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SPEC_KEYS = ("clip", "defaults", "edits")
 EVAL_KEYS = ("name", "video", "source_prompt", "reconstruction", "attention_edit")
 _CLI_ONLY = ("debug", "command", "video", "out", "json")  # edit-command options a spec does not set
+# Numeric edit options whose default None means "decided later": the clip's end, the model's own size.
+_OPTIONAL_NUMBERS = {"end": float, "size": int}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CONTACT_COLUMNS = 8
 CONTACT_HEIGHT = 96
@@ -105,13 +107,14 @@ def _coerce(where: str, key: str, value, default):
         if not isinstance(value, bool) or not isinstance(default, bool):
             raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
         return value
-    if isinstance(default, int):
+    optional = _OPTIONAL_NUMBERS.get(key)
+    if optional is not None and value is None:
+        return None
+    if isinstance(default, int) or optional is int:
         if not isinstance(value, int):
             raise ConfigError(f"{where}: {key} must be a whole number, got {value!r}")
         return value
-    if isinstance(default, float) or key == "end":
-        if value is None and key == "end":
-            return None
+    if isinstance(default, float) or optional is float:
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
         return float(value)

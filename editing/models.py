@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BUILTIN_MODELS = ("tiny", "sd15-random")
 RANDOM_WEIGHTS_NOTE = "built-in models have random weights and produce noise-like images; they exist for testing"
+SHAPES_NOTE = "a small model trained here on a world of coloured shapes, 64 px: real edits offline, of such scenes only"
 OFFLINE_ALTERNATIVES = "a local diffusers folder, a single .safetensors file, or the built-in 'tiny' model"
 
 # Stable Diffusion 1.x noise schedule (as shipped in the SD-1.5 scheduler config).
@@ -338,6 +339,24 @@ def load_shapes_model(folder: Path, device: torch.device, dtype: torch.dtype, na
     if (folder / "controlnet-canny" / "config.json").is_file():
         backbone.extras["controlnets"] = {"canny": str(folder / "controlnet-canny")}
     return backbone
+
+
+def native_size(spec: str | None) -> int:
+    """The image size (pixels) a model was trained at, read from configs without loading weights: the
+    UNet's sample size times the VAE's downsampling. SD-1.x checkpoints and Hub ids: 512."""
+    parsed = ModelSpec.parse(spec)
+    if parsed.random_weights:
+        configs = _builtin_configs(parsed.source)
+        return configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    if parsed.kind not in ("shapes", "folder"):  # a Hub id or a single file: no configs to read before loading
+        return 512
+    folder = SHAPES_MODEL_DIR if parsed.source == SHAPES_MODEL else Path(parsed.source)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError):  # not a diffusers folder (loading will say so)
+        return 512
 
 
 # ---------------------------------------------------------------- cache and entry points

@@ -1,4 +1,5 @@
-"""A real browser (Debian's headless chromium via Selenium) uploads a clip, edits it with `tiny`, plays the output."""
+"""A real browser (Debian's headless chromium via Selenium) uploads a clip, edits it with `tiny`, plays the output;
+and runs the shapes example with the shapes model."""
 
 from __future__ import annotations
 
@@ -107,3 +108,34 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, tmp
     driver.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+def test_a_browser_runs_the_shapes_example_with_the_shapes_model(browser, app_url, tmp_path):
+    """Clicking the shapes example sets clip, prompt, the shapes model and its 64 px; the edit plays."""
+    from editing.models import native_size
+    from ui.widgets import SHAPES_EXAMPLES
+
+    driver = browser
+    driver.get(app_url)
+    prompt = SHAPES_EXAMPLES["shapes-clip3.mp4"]
+    cell = _wait_for(lambda: [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{prompt}']") if e.is_displayed()], "the shapes example")[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
+    cell.click()
+    _wait_for(lambda: driver.find_element("css selector", "#prompt textarea").get_attribute("value") == prompt, "the example's prompt")
+    size = driver.find_element("css selector", ".size input[type=number]")
+    _wait_for(lambda: size.get_attribute("value") == str(native_size("shapes")), "Long side to follow the shapes model")
+    _wait_for(lambda: driver.find_elements("css selector", "#source-video video"), "the example clip to show")
+    driver.find_element("id", "run-edit").click()
+    played = _wait_for(
+        lambda: driver.execute_script(
+            "const v = document.querySelector('#edited-video video'); if (!v || !v.currentSrc) return false; v.muted = true; if (v.paused) v.play();"
+            "return v.readyState >= 2 && v.currentTime > 0 && [v.videoWidth, v.videoHeight];"
+        ),
+        "the edited shapes clip to play",
+    )
+    assert played == [native_size("shapes")] * 2
+    details = "".join(driver.find_element("id", "details").text.split())  # the JSON view puts keys and values on lines of their own
+    assert '"model":"shapes"' in details  # the app's default here is tiny
+    shot = tmp_path / "browser-shapes.png"
+    driver.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")

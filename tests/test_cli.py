@@ -102,3 +102,22 @@ def test_condition_video_replaces_extraction(tmp_path, skiing, car, capsys):
 def test_control_options_must_name_a_requested_control(tmp_path, skiing, capsys):
     code = main(["edit", str(skiing), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), *EDIT, "--control-video", "pose=a.mp4"])
     assert code == 2 and "no --control asks for" in capsys.readouterr().err
+
+
+def test_without_size_an_edit_runs_at_the_models_own_size(tmp_path, car, capsys):
+    """The shapes model draws 64 px scenes: without --size its edit is 64 px (not SD's 512), and the
+    output is the edited clip at that size; --size still wins."""
+    from editing.cli import build_parser, edit_request, tune_request
+    from editing.models import native_size
+
+    parse = build_parser().parse_args
+    for model in ("shapes", "tiny", "stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        args = parse(["edit", str(car), "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), "--model", model])
+        assert edit_request(args).selection.size == native_size(model)
+        assert tune_request(parse(["tune", str(car), "--prompt", "a car", "--out", str(tmp_path / "t.safetensors"), "--model", model])).config.selection.size == native_size(model)
+    assert edit_request(parse(["edit", str(car), "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), "--model", "shapes", "--size", "128"])).selection.size == 128
+    out = tmp_path / "shapes.mp4"
+    clip = ROOT / "assets" / "shapes-clip3.mp4"
+    assert main(["edit", str(clip), "--prompt", "a green square on an orange background", "--model", "shapes", "--steps", "2", "--frames", "2", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["width"], result["height"], result["random_weights"]) == (native_size("shapes"), native_size("shapes"), False)

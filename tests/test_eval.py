@@ -34,6 +34,16 @@ def test_spec_settings_map_like_the_edit_command():
     assert spec.clip is None and spec.edits[0].source_prompt == "a car"
 
 
+def test_a_spec_without_size_edits_at_the_models_own_size_as_the_command_does():
+    from editing.models import native_size
+
+    for model in ("tiny", "shapes"):
+        data = spec_with(model=model)
+        del data["defaults"]["size"]
+        assert parse_spec(data, ROOT).edits[0].request.selection.size == native_size(model)
+    assert parse_spec(spec_with(size=None), ROOT).edits[0].request.selection.size == native_size("tiny")
+
+
 def test_spec_source_prompt_is_the_inversion_prompt_unless_one_is_given():
     assert parse_spec(spec_with(source_prompt="a car"), ROOT).edits[0].request.engine.inversion_prompt == "a car"
     explicit = parse_spec(spec_with(source_prompt="a car", inversion_prompt="a photo"), ROOT).edits[0]
@@ -64,6 +74,7 @@ def test_source_prompt_drives_an_attention_edit_only_when_asked():
         (dict(top={"metric": 1}), "unknown top-level key 'metric'"),
         (dict(top={"edits": []}), "lists no edits"),
         (dict(top={"defaults": {"size": 100}}), "multiple of 8"),
+        (dict(edit={"size": "large"}), "size must be a whole number"),
     ],
 )
 def test_bad_specs_fail_with_one_line(change, message):

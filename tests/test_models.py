@@ -7,7 +7,7 @@ import torch
 
 from editing import models
 from editing.errors import ModelLoadError
-from editing.models import ModelSpec, clip_tokenizer, load_backbone, load_controlnet, pick_dtype
+from editing.models import ModelSpec, clip_tokenizer, load_backbone, load_controlnet, native_size, pick_dtype
 
 
 def test_tokenizer_matches_open_clip_reference():
@@ -110,6 +110,19 @@ def test_local_diffusers_folder_loads_through_the_real_path(tiny, tmp_path):
         assert torch.equal(a, b)
     prompt = "a red car"
     assert loaded.tokenizer(prompt).input_ids == tiny.tokenizer(prompt).input_ids
+    assert native_size(str(tmp_path / "sd-folder")) == loaded.unet.config.sample_size * loaded.vae_scale_factor
+
+
+def test_native_size_is_what_the_loaded_model_was_built_for(tiny):
+    from editing.models import SHAPES_MODEL, SHAPES_MODEL_DIR, load_shapes_model
+
+    shapes = load_shapes_model(SHAPES_MODEL_DIR, torch.device("cpu"), torch.float32)
+    for spec, backbone in (("tiny", tiny), (SHAPES_MODEL, shapes)):
+        assert native_size(spec) == backbone.unet.config.sample_size * backbone.vae_scale_factor
+    assert native_size(SHAPES_MODEL) < native_size("tiny") < native_size("sd15-random")
+    assert native_size("sd15-random") == native_size("stable-diffusion-v1-5/stable-diffusion-v1-5") == 512  # SD-1.x
+    with pytest.raises(ModelLoadError):
+        native_size("./no-such-folder")
 
 
 def test_corrupt_single_file_gives_one_line_error(tmp_path):

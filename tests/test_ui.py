@@ -437,3 +437,58 @@ def test_a_cancel_token_pickles_to_a_fresh_token():
     token.cancel()
     copy = pickle.loads(pickle.dumps({"token": token}))["token"]
     assert isinstance(copy, CancelToken) and not copy.cancelled and token.cancelled
+
+
+def test_the_long_side_follows_the_model_in_every_tab():
+    """Picking the shapes model sets Long side to the 64 px it draws; SD-1.x models keep the form's size;
+    a spec that does not parse leaves the slider alone (the edit itself says what is wrong)."""
+    from editing.models import native_size
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    labels = lambda blocks: [getattr(b, "label", None) for b in blocks]  # noqa: E731
+    follows = [d for d in demo.fns.values() if labels(d.inputs) == ["Model"] and labels(d.outputs) == ["Long side (px)"]]
+    assert len(follows) == 3  # the Edit, Style session and One-shot tabs
+    for event in follows:
+        form_size = event.outputs[0].value
+        assert event.fn("shapes") == native_size("shapes") < form_size
+        assert event.fn("stable-diffusion-v1-5/stable-diffusion-v1-5") == form_size
+        assert event.fn("./no-such-folder") == gr.update()
+
+
+def _first_frames(clip, count: int):
+    import dataclasses
+
+    return dataclasses.replace(clip, frames=clip.frames[:count], masks=clip.masks[:count], flow=clip.flow[: count - 1])
+
+
+def test_the_shapes_examples_are_generated_clips_that_the_shapes_model_edits_as_asked(tmp_path):
+    """The example rows: real clips with a style prompt for the app's model; the shapes clips are the
+    benchmark's own clips, with one of the edits it derives for them, for the shapes model at its size.
+    Run with the Edit tab's starting values, the example edit shows what it asks in most frames."""
+    from pathlib import Path
+
+    from editing.models import native_size
+    from editing.pipeline import edit_video
+    from editing.shapes import benchmark as bench
+    from editing.video_io import read_clip
+    from ui import widgets
+    from ui.backend import Backend
+    from ui.edit_tab import create_tab, request_from
+
+    rows = widgets.examples("tiny", 256)
+    shapes = [row for row in rows if row[2] == "shapes"]
+    assert all(row[1:] == ["a watercolor painting", "tiny", 256] for row in rows if row[2] != "shapes")
+    assert {Path(row[0]).name for row in shapes} == set(widgets.SHAPES_EXAMPLES)
+    with gr.Blocks():
+        form = create_tab(Backend(), "tiny")
+    values = widgets.initial_values(form)
+    for path, prompt, model, size in shapes:
+        assert size == native_size(model)
+        clip = bench.benchmark_clip(int(Path(path).stem.removeprefix("shapes-clip")), frames=16)
+        decoded = read_clip(path, FrameSelection(max_frames=None, size=size)).frames
+        assert decoded.shape == clip.frames.shape and np.abs(decoded.astype(int) - clip.frames).mean() < 4  # H.264 at crf 12
+        edit = next(e for e in bench.derive_edits(clip) if e.prompt == prompt)
+        request = request_from(values | {"video": path, "prompt": prompt, "model": model, "size": size}, str(tmp_path), (".mp4",))
+        output = read_clip(edit_video(request).output, FrameSelection(max_frames=None, size=size)).frames
+        assert bench.measure(_first_frames(clip, len(output)), output, edit)["edit_accuracy"] >= 0.75

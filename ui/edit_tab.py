@@ -127,6 +127,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=True):
                 form |= widgets.frame_widgets()
+            widgets.follow_model_size(form["model"], form["size"])
             with gr.Accordion("Sampler", open=False, elem_id="sampler"):
                 form |= widgets.sampler_widgets()
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):
@@ -147,8 +148,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 frames_zip = gr.File(label="Frames (zip of PNG)")
             warp = gr.LinePlot(x="frame pair", y="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=200)
             details = gr.JSON(label="Details", elem_id="details")
-    if widgets.examples():
-        gr.Examples([[path, "a watercolor painting"] for path in widgets.examples()], inputs=[form["video"], form["prompt"]])
+    rows = widgets.examples(default_model, int(form["size"].value))
+    if rows:
+        gr.Examples(rows, inputs=[form["video"], form["prompt"], form["model"], form["size"]])
 
     trims = [form[n] for n in ("video", "start", "end", "stride", "frames", "size")]
     gr.on([t.change for t in trims], plan_text, inputs=trims, outputs=plan, queue=False, api_visibility="private")

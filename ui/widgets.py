@@ -13,7 +13,8 @@ import gradio as gr
 
 from editing.cli import DEFAULT_ATTENTION
 from editing.config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, PROMPT_EDITS
-from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE
+from editing.errors import EditingError
+from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_MODEL, SHAPES_NOTE, native_size
 
 from .forms import default_values
 
@@ -21,13 +22,27 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SMOOTHING = ("flow", "color")
 
 
-def examples() -> list[str]:
-    """The example clips shipped in assets/."""
-    return sorted(str(p) for p in ASSETS.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".webm")) if ASSETS.is_dir() else []
+# Clips of the shapes world (editing.shapes.benchmark.benchmark_clip, assets/README.md) with an edit the
+# shapes model makes offline.
+SHAPES_EXAMPLES = {
+    "shapes-clip1.mp4": "an orange triangle and a yellow star on a green background",
+    "shapes-clip3.mp4": "a yellow triangle on an orange background",
+}
+
+
+def examples(default_model: str, size: int) -> list[list[Any]]:
+    """Example rows (clip, prompt, model, long side) from assets/: the real clips with a style prompt for
+    the app's model, the shapes clips with their edit for the shapes model at its own size."""
+    if not ASSETS.is_dir():
+        return []
+    clips = sorted(p for p in ASSETS.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".webm"))
+    real = [[str(p), "a watercolor painting", default_model, size] for p in clips if p.name not in SHAPES_EXAMPLES]
+    shapes = [[str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, native_size(SHAPES_MODEL)] for p in clips if p.name in SHAPES_EXAMPLES]
+    return real + shapes
 
 
 def model_choices(default_model: str) -> list[str]:
-    return list(dict.fromkeys([default_model, DEFAULT_MODEL, *BUILTIN_MODELS]))
+    return list(dict.fromkeys([default_model, DEFAULT_MODEL, SHAPES_MODEL, *BUILTIN_MODELS]))
 
 
 def model_widget(default_model: str) -> gr.Dropdown:
@@ -36,8 +51,24 @@ def model_widget(default_model: str) -> gr.Dropdown:
         value=default_model,
         allow_custom_value=True,
         label="Model",
-        info=f"Hub id, local folder or .safetensors file. tiny / sd15-random: {RANDOM_WEIGHTS_NOTE}.",
+        info=f"Hub id, local folder or .safetensors file. shapes: {SHAPES_NOTE}. tiny / sd15-random: {RANDOM_WEIGHTS_NOTE}.",
     )
+
+
+def size_for_model(model: str, form_size: int) -> Any:
+    """The Long side after the model changes: the model's own size where that is smaller than the form's
+    default (the shapes model draws 64 px scenes; drawn at 256 px they come out wrong and 16 times slower);
+    unchanged for a spec that does not parse (the edit will say why)."""
+    try:
+        return min(native_size(model), form_size)
+    except EditingError:
+        return gr.update()
+
+
+def follow_model_size(model: gr.Dropdown, size: gr.Slider) -> None:
+    """Set the Long side slider to suit the model whenever the model changes."""
+    form_size = int(size.value)
+    model.change(lambda spec: size_for_model(spec, form_size), inputs=model, outputs=size, queue=False, api_visibility="private")
 
 
 def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.Component]:
