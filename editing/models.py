@@ -34,7 +34,10 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BUILTIN_MODELS = ("tiny", "sd15-random")
 RANDOM_WEIGHTS_NOTE = "built-in models have random weights and produce noise-like images; they exist for testing"
 SHAPES_NOTE = "a small model trained here on a world of coloured shapes, 64 px: real edits offline, of such scenes only"
-OFFLINE_ALTERNATIVES = "a local diffusers folder, a single .safetensors file, or the built-in 'tiny' model"
+OFFLINE_ALTERNATIVES = (
+    "a local diffusers folder, a single .safetensors file, 'shapes' (the model trained here, for scenes of coloured shapes) "
+    "or the built-in 'tiny' model (random weights)"
+)
 
 # Stable Diffusion 1.x noise schedule (as shipped in the SD-1.5 scheduler config).
 SD1_SCHEDULER = dict(

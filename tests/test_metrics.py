@@ -119,7 +119,7 @@ def test_psnr_by_hand():
 
 
 def test_ssim_by_hand_on_flat_images():
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    c1 = (0.01 * 255) ** 2
     x, y = np.full((16, 16), 100, np.uint8), np.full((16, 16), 110, np.uint8)
     # No variance: SSIM reduces to the luminance term times (c2 / c2).
     expected = (2 * 100 * 110 + c1) / (100**2 + 110**2 + c1)

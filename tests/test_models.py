@@ -86,7 +86,7 @@ def test_hub_unreachable_gives_one_sentence_naming_offline_options(monkeypatch):
         load_backbone("offline-test/never-cached-model", device="cpu")
     message = str(caught.value)
     assert "cannot reach the Hugging Face Hub" in message
-    assert "local diffusers folder" in message and ".safetensors" in message and "'tiny'" in message
+    assert "local diffusers folder" in message and ".safetensors" in message and "'tiny'" in message and "'shapes'" in message
     assert "\n" not in message
 
 

@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention
 from editing import prompts, sampling
 from editing.attention.blend import LocalBlend, blend_mask
 from editing.attention.cross_frame import CrossFrameAttnProcessor, layout_for
-from editing.attention.p2p import AttentionControl, AttentionEdit, AttentionRecorder, ControlledAttnProcessor, RefineEdit, SwapEdit
+from editing.attention.p2p import AttentionControl, AttentionRecorder, ControlledAttnProcessor, RefineEdit, SwapEdit
 from editing.attention.store import AttentionStore, StorePolicy, store_nbytes
 from editing.cli import main
 from editing.config import AttentionEditConfig, FrameSelection

@@ -228,7 +228,7 @@ def test_tuned_edit_combines_with_controlnet_and_attention_editing(car, tuned_fi
     common = dict(video=str(car), selection=SELECTION, engine=engine, model="tiny", device="cpu")
     edit = EditConfig("a jeep turning", steps=2, guidance=2.0)
     attention = AttentionEditConfig("a car turning", edit="refine", blend_words=("car",))
-    plain = edit_video(EditRequest(output=str(tmp_path / "plain.zip"), edit=edit, attention_edit=attention, **common))
+    edit_video(EditRequest(output=str(tmp_path / "plain.zip"), edit=edit, attention_edit=attention, **common))
     tuned = edit_video(EditRequest(output=str(tmp_path / "tuned.zip"), edit=edit, attention_edit=attention, tuned=tuned_file, **common))
     assert (tuned.frames, tuned.width) == (4, 64)
     assert not np.array_equal(read_png_zip(tmp_path / "tuned.zip"), read_png_zip(tmp_path / "plain.zip"))

@@ -440,20 +440,23 @@ def test_a_cancel_token_pickles_to_a_fresh_token():
 
 
 def test_the_long_side_follows_the_model_in_every_tab():
-    """Picking the shapes model sets Long side to the 64 px it draws; SD-1.x models keep the form's size;
-    a spec that does not parse leaves the slider alone (the edit itself says what is wrong)."""
+    """Picking the shapes model sets Long side to the 64 px it draws; SD-1.x models and a spec that does
+    not parse get the form's size (the edit itself says what is wrong); the app started with the shapes
+    model starts its sliders at 64."""
     from editing.models import native_size
     from ui import build_demo
+    from ui.widgets import FORM_SIZE
 
     demo = build_demo(default_model="tiny")
     labels = lambda blocks: [getattr(b, "label", None) for b in blocks]  # noqa: E731
     follows = [d for d in demo.fns.values() if labels(d.inputs) == ["Model"] and labels(d.outputs) == ["Long side (px)"]]
     assert len(follows) == 3  # the Edit, Style session and One-shot tabs
     for event in follows:
-        form_size = event.outputs[0].value
-        assert event.fn("shapes") == native_size("shapes") < form_size
-        assert event.fn("stable-diffusion-v1-5/stable-diffusion-v1-5") == form_size
-        assert event.fn("./no-such-folder") == gr.update()
+        assert event.fn("shapes") == native_size("shapes") < FORM_SIZE
+        assert event.fn("stable-diffusion-v1-5/stable-diffusion-v1-5") == event.fn("./no-such-folder") == FORM_SIZE
+        assert event.outputs[0].value == FORM_SIZE  # the slider starts at the default model's size (tiny: 256)
+    shapes_default = build_demo(default_model="shapes")
+    assert [b.value for b in shapes_default.blocks.values() if getattr(b, "label", None) == "Long side (px)"] == [native_size("shapes")] * 3
 
 
 def _first_frames(clip, count: int):
@@ -476,7 +479,7 @@ def test_the_shapes_examples_are_generated_clips_that_the_shapes_model_edits_as_
     from ui.backend import Backend
     from ui.edit_tab import create_tab, request_from
 
-    rows = widgets.examples("tiny", 256)
+    rows = widgets.examples("tiny")
     shapes = [row for row in rows if row[2] == "shapes"]
     assert all(row[1:] == ["a watercolor painting", "tiny", 256] for row in rows if row[2] != "shapes")
     assert {Path(row[0]).name for row in shapes} == set(widgets.SHAPES_EXAMPLES)

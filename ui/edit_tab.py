@@ -126,8 +126,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             form["negative_prompt"] = gr.Textbox(label="Negative prompt")
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=True):
-                form |= widgets.frame_widgets()
-            widgets.follow_model_size(form["model"], form["size"])
+                form |= widgets.frame_widgets(form["model"])
             with gr.Accordion("Sampler", open=False, elem_id="sampler"):
                 form |= widgets.sampler_widgets()
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):
@@ -148,7 +147,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 frames_zip = gr.File(label="Frames (zip of PNG)")
             warp = gr.LinePlot(x="frame pair", y="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=200)
             details = gr.JSON(label="Details", elem_id="details")
-    rows = widgets.examples(default_model, int(form["size"].value))
+    rows = widgets.examples(default_model)
     if rows:
         gr.Examples(rows, inputs=[form["video"], form["prompt"], form["model"], form["size"]])
 

@@ -75,8 +75,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
             form["source_prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=False):
-                form |= widgets.frame_widgets(frames=tune_defaults["frames"], size=256)
-            widgets.follow_model_size(form["model"], form["size"])
+                form |= widgets.frame_widgets(form["model"], frames=tune_defaults["frames"])
             with gr.Row():
                 form["tune_steps"] = gr.Slider(1, 1000, value=tune_defaults["steps"], step=1, label="Tuning steps")
                 form["learning_rate"] = gr.Number(tune_defaults["learning_rate"], label="Learning rate")

@@ -160,9 +160,8 @@ def _layout(default_model: str, store: SessionStore) -> dict[str, Any]:
             ui["status"] = gr.Markdown("No session open.")
             settings = ui["settings"] = {"model": widgets.model_widget(default_model)}
             with gr.Accordion("Frames and sampler", open=False):
-                settings |= widgets.frame_widgets()
+                settings |= widgets.frame_widgets(settings["model"])
                 settings |= widgets.sampler_widgets()
-                widgets.follow_model_size(settings["model"], settings["size"])
                 settings["attention"] = gr.Dropdown(list(ATTENTION_MODES), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
             ui["presets"] = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
             ui["run_presets"] = gr.Button("Run selected styles", variant="primary")

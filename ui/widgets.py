@@ -19,6 +19,7 @@ from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, S
 from .forms import default_values
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+FORM_SIZE = 256  # the forms' Long side: SD-1.x models at half their size keep CPU edits short
 SMOOTHING = ("flow", "color")
 
 
@@ -30,14 +31,14 @@ SHAPES_EXAMPLES = {
 }
 
 
-def examples(default_model: str, size: int) -> list[list[Any]]:
+def examples(default_model: str) -> list[list[Any]]:
     """Example rows (clip, prompt, model, long side) from assets/: the real clips with a style prompt for
     the app's model, the shapes clips with their edit for the shapes model at its own size."""
     if not ASSETS.is_dir():
         return []
     clips = sorted(p for p in ASSETS.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".webm"))
-    real = [[str(p), "a watercolor painting", default_model, size] for p in clips if p.name not in SHAPES_EXAMPLES]
-    shapes = [[str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, native_size(SHAPES_MODEL)] for p in clips if p.name in SHAPES_EXAMPLES]
+    real = [[str(p), "a watercolor painting", default_model, size_for_model(default_model)] for p in clips if p.name not in SHAPES_EXAMPLES]
+    shapes = [[str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, size_for_model(SHAPES_MODEL)] for p in clips if p.name in SHAPES_EXAMPLES]
     return real + shapes
 
 
@@ -55,24 +56,18 @@ def model_widget(default_model: str) -> gr.Dropdown:
     )
 
 
-def size_for_model(model: str, form_size: int) -> Any:
-    """The Long side after the model changes: the model's own size where that is smaller than the form's
-    default (the shapes model draws 64 px scenes; drawn at 256 px they come out wrong and 16 times slower);
-    unchanged for a spec that does not parse (the edit will say why)."""
+def size_for_model(model: str) -> int:
+    """The Long side for a model: its own size where that is below the form's (the shapes model draws
+    64 px scenes; drawn at 256 px they come out wrong and 16 times slower), else the form's size, also for
+    a spec that does not parse (the edit will say why)."""
     try:
-        return min(native_size(model), form_size)
+        return min(native_size(model), FORM_SIZE)
     except EditingError:
-        return gr.update()
+        return FORM_SIZE
 
 
-def follow_model_size(model: gr.Dropdown, size: gr.Slider) -> None:
-    """Set the Long side slider to suit the model whenever the model changes."""
-    form_size = int(size.value)
-    model.change(lambda spec: size_for_model(spec, form_size), inputs=model, outputs=size, queue=False, api_visibility="private")
-
-
-def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.Component]:
-    """Trim and size: start, end, stride, frame count, long side."""
+def frame_widgets(model: gr.Dropdown, frames: int = 8) -> dict[str, gr.components.Component]:
+    """Trim and size: start, end, stride, frame count, and the long side, which follows `model`."""
     with gr.Row():
         start = gr.Number(0, label="Start (s)", minimum=0)
         # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
@@ -81,7 +76,8 @@ def frame_widgets(frames: int = 8, size: int = 256) -> dict[str, gr.components.C
     with gr.Row():
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
         count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
-        long_side = gr.Slider(64, 768, value=size, step=64, label="Long side (px)", elem_classes="size")
+        long_side = gr.Slider(64, 768, value=size_for_model(model.value), step=64, label="Long side (px)", elem_classes="size")
+    model.change(size_for_model, inputs=model, outputs=long_side, queue=False, api_visibility="private")
     return {"start": start, "end": end, "stride": stride, "frames": count, "size": long_side}
 
 
