@@ -58,7 +58,7 @@ def model_widget(default_model: str) -> gr.Dropdown:
 
 def size_for_model(model: str) -> int:
     """The Long side for a model: its own size where that is below the form's (the shapes model draws
-    64 px scenes; drawn at 256 px they come out wrong and 16 times slower), else the form's size, also for
+    64 px scenes; at 256 px, 16 times the pixels, it draws them wrong), else the form's size, also for
     a spec that does not parse (the edit will say why)."""
     try:
         return min(native_size(model), FORM_SIZE)

@@ -28,6 +28,7 @@ from .world import HELD_OUT_PAIRS, PALETTE, SHAPES, article, held_out_captions
 
 QUALITY_BAR = 0.8  # issue 8: the share of held-out-caption samples that must show the asked colour and shape
 
+
 @dataclass(frozen=True)
 class QualityReport:
     """Shares of samples showing the asked object, its colour, its shape, and the asked background colour;
