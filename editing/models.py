@@ -93,6 +93,13 @@ class ModelSpec:
     def random_weights(self) -> bool:
         return self.kind == "builtin"
 
+    @property
+    def folder(self) -> Path | None:
+        """The folder the weights are read from: a local diffusers folder's or a shapes model's."""
+        if self.kind == "shapes":
+            return SHAPES_MODEL_DIR if self.source == SHAPES_MODEL else Path(self.source)
+        return Path(self.source) if self.kind == "folder" else None
+
     def __str__(self) -> str:
         return self.source
 
@@ -350,16 +357,18 @@ def native_size(spec: str | None) -> int:
     parsed = ModelSpec.parse(spec)
     if parsed.random_weights:
         configs = _builtin_configs(parsed.source)
-        return configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
-    if parsed.kind not in ("shapes", "folder"):  # a Hub id or a single file: no configs to read before loading
+        return _image_size(configs["unet"], configs["vae"])
+    if parsed.folder is None:  # a Hub id or a single file: no configs to read before loading
         return 512
-    folder = SHAPES_MODEL_DIR if parsed.source == SHAPES_MODEL else Path(parsed.source)
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return _image_size(*(json.loads((parsed.folder / part / "config.json").read_text()) for part in ("unet", "vae")))
     except (OSError, ValueError, KeyError):  # not a diffusers folder (loading will say so)
         return 512
+
+
+def _image_size(unet: dict, vae: dict) -> int:
+    """Pixels per side of the UNet's sample: its latent size times the VAE's downsampling."""
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 # ---------------------------------------------------------------- cache and entry points
@@ -385,8 +394,7 @@ def load_backbone(spec: str | None = None, device: str | None = None, dtype: str
             log.warning("model '%s': %s", parsed.source, RANDOM_WEIGHTS_NOTE)
             backbone = _build_random(parsed.source, torch_device, torch_dtype)
         elif parsed.kind == "shapes":
-            folder = SHAPES_MODEL_DIR if parsed.source == SHAPES_MODEL else Path(parsed.source)
-            backbone = load_shapes_model(folder, torch_device, torch_dtype, parsed.source)
+            backbone = load_shapes_model(parsed.folder, torch_device, torch_dtype, parsed.source)
         else:
             backbone = _load_pretrained(parsed, torch_device, torch_dtype, config)
         _cache[key] = backbone

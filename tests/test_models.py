@@ -114,9 +114,9 @@ def test_local_diffusers_folder_loads_through_the_real_path(tiny, tmp_path):
 
 
 def test_native_size_is_what_the_loaded_model_was_built_for(tiny):
-    from editing.models import SHAPES_MODEL, SHAPES_MODEL_DIR, load_shapes_model
+    from editing.models import SHAPES_MODEL
 
-    shapes = load_shapes_model(SHAPES_MODEL_DIR, torch.device("cpu"), torch.float32)
+    shapes = load_backbone(SHAPES_MODEL, device="cpu")
     for spec, backbone in (("tiny", tiny), (SHAPES_MODEL, shapes)):
         assert native_size(spec) == backbone.unet.config.sample_size * backbone.vae_scale_factor
     assert native_size(SHAPES_MODEL) < native_size("tiny") < native_size("sd15-random")

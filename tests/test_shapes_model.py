@@ -85,7 +85,7 @@ def test_committed_shapes_model_clears_the_quality_bar_on_held_out_captions():
     """The committed weights, loaded as the app loads them, still draw the asked colour and shape for at
     least 80% of samples of captions whose colour+shape pairs training never showed (50 seeded samples;
     the README's figure uses 100)."""
-    backbone = models.load_shapes_model(models.SHAPES_MODEL_DIR, torch.device("cpu"), torch.float32)
+    backbone = models.load_backbone(models.SHAPES_MODEL, device="cpu")  # the app's path and its cache
     report, _ = quality.measure(backbone, quality.held_out_captions(), "held-out", 2, 20, 5.0, seed=0)
     assert report.samples == 50
     assert report.object_right >= quality.QUALITY_BAR, report
