@@ -15,7 +15,9 @@ import traceback
 from typing import Sequence
 
 from .config import PROMPT_EDITS, AttentionEditConfig
-from .config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, ControlSpec, EditConfig, EngineConfig, FrameSelection, VideoLimits
+from .attention.modes import attention_mode_names
+from .config import INVERSIONS, ControlSpec, EditConfig, EngineConfig, FrameSelection, VideoLimits
+from .control.kinds import condition_kind_names
 from .errors import ConfigError, EditingError
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, native_size
 
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--strength", type=float, default=1.0, help="share of the steps to invert and re-run (lower keeps more of the source)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument(
-        "--attention", default=None, choices=ATTENTION_MODES, help=f"cross-frame attention (default: {DEFAULT_ATTENTION}; with --tuned, the mode it was tuned with)"
+        "--attention", default=None, choices=attention_mode_names(), help=f"cross-frame attention (default: {DEFAULT_ATTENTION}; with --tuned, the mode it was tuned with)"
     )
     edit.add_argument("--window", type=int, default=2, help="neighbours on each side for --attention window")
     edit.add_argument("--chunk", type=int, default=8, help="frames per UNet call; longer clips run in chunks sharing anchor frames")
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND[:SCALE[:START:END]]",
-        help=f"ControlNet conditioning, repeatable; KIND is one of {', '.join(CONTROL_KINDS)}",
+        help=f"ControlNet conditioning, repeatable; KIND is one of {', '.join(condition_kind_names())}",
     )
     edit.add_argument("--control-model", action="append", default=[], metavar="KIND=SPEC", help="ControlNet for a kind (Hub id, folder, file)")
     edit.add_argument("--control-video", action="append", default=[], metavar="KIND=VIDEO", help="use a condition video instead of extracting")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .attention.modes import attention_mode_names
 from .errors import ConfigError
 
 
@@ -75,8 +76,6 @@ class EditConfig:
         return self.guidance > 1.0
 
 
-ATTENTION_MODES = ("none", "first", "sparse-causal", "full", "window")
-CONTROL_KINDS = ("canny", "pose", "depth", "softedge")
 INVERSIONS = ("ddim", "none")
 
 
@@ -92,7 +91,10 @@ class ControlSpec:
     video: str | None = field(default=None, metadata={"help": "a condition video to use instead of extracting"})
 
     def __post_init__(self):
-        _check(self.kind in CONTROL_KINDS, f"control must be one of {', '.join(CONTROL_KINDS)}; got {self.kind!r}")
+        from .control.kinds import condition_kind_names
+
+        kinds = condition_kind_names()
+        _check(self.kind in kinds, f"control must be one of {', '.join(kinds)}; got {self.kind!r}")
         _check(math.isfinite(self.scale) and 0 <= self.scale <= 5, f"control scale must be between 0 and 5, got {self.scale}")
         _check(0 <= self.start < self.end <= 1, f"control steps must satisfy 0 <= start < end <= 1, got {self.start}..{self.end}")
 
@@ -113,7 +115,7 @@ class ControlSpec:
 class EngineConfig:
     """How the video engine edits: inversion, cross-frame attention, chunking, ControlNets, smoothing."""
 
-    attention: str = field(default="first", metadata={"help": "cross-frame attention: " + ", ".join(ATTENTION_MODES)})
+    attention: str = field(default="first", metadata={"help": "cross-frame attention (editing.attention.modes)", "choices": attention_mode_names})
     window: int = field(default=2, metadata={"help": "neighbours on each side for window attention"})
     chunk: int = field(default=8, metadata={"help": "frames per UNet call; long clips run chunk by chunk"})
     inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)"})
@@ -126,7 +128,8 @@ class EngineConfig:
     annotators: str = field(default="lllyasviel/Annotators", metadata={"help": "Hub id or folder of depth/soft-edge annotators"})
 
     def __post_init__(self):
-        _check(self.attention in ATTENTION_MODES, f"attention must be one of {', '.join(ATTENTION_MODES)}; got {self.attention!r}")
+        modes = attention_mode_names()
+        _check(self.attention in modes, f"attention must be one of {', '.join(modes)}; got {self.attention!r}")
         _check(self.window >= 1, f"window must be at least 1, got {self.window}")
         _check(self.chunk >= 1, f"chunk must be at least 1 frame, got {self.chunk}")
         _check(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")

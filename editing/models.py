@@ -120,6 +120,11 @@ class Backbone:
     extras: dict = field(default_factory=dict)
 
     @property
+    def family(self) -> str:
+        """Which ControlNets, LoRAs and adapters fit: every backbone here is SD-1.x shaped."""
+        return "sd15"
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -411,20 +416,15 @@ def clear_cache() -> None:
         _clips.clear()
 
 
-# SD-1.5 ControlNet 1.1 checkpoints for each condition kind.
-DEFAULT_CONTROLNETS = {
-    "canny": "lllyasviel/control_v11p_sd15_canny",
-    "pose": "lllyasviel/control_v11p_sd15_openpose",
-    "depth": "lllyasviel/control_v11f1p_sd15_depth",
-    "softedge": "lllyasviel/control_v11p_sd15_softedge",
-}
-
-
 def default_controlnet(kind: str, backbone: Backbone) -> str:
-    """The ControlNet for a condition kind: the backbone's own, the SD-1.5 one, or a random one for built-in backbones."""
+    """The ControlNet for a condition kind: the backbone's own, a random one for built-in backbones, or the
+    kind's registered default for the backbone's family (SD-1.5 ControlNet 1.1 for SD-1.x)."""
+    from .control.kinds import get_condition_kind
+
     if kind in backbone.extras.get("controlnets", {}):
         return backbone.extras["controlnets"][kind]
-    return "random" if backbone.random_weights else DEFAULT_CONTROLNETS[kind]
+    registered = get_condition_kind(kind)
+    return "random" if backbone.random_weights else registered.default_controlnet(backbone.family)
 
 
 _controlnets: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()

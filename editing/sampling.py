@@ -6,15 +6,17 @@ Every pipeline is composed from these; none copies the loop.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .attention.cross_frame import MODES, FrameLayout, cross_frame_attention, layout_for
-from .errors import ConfigError
+from .attention.cross_frame import FrameLayout, cross_frame_attention, layout_for
+from .attention.modes import get_attention_mode
 from .models import Backbone
+from .samplers import sampler_of, set_timeline
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
@@ -81,10 +83,44 @@ def decode_latents(backbone: Backbone, latents: torch.Tensor, batch_size: int) -
 
 
 def sampling_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
-    """The DDIM timesteps left after skipping the first (1 - strength) share of a `steps` schedule."""
-    scheduler.set_timesteps(steps)
+    """The timesteps left after skipping the first (1 - strength) share of a `steps`-step DDIM schedule,
+    with `scheduler` set to step along exactly those (every sampler shares DDIM inversion's timeline)."""
+    from diffusers import DDIMScheduler
+
+    timeline = DDIMScheduler.from_config(scheduler.config)
+    timeline.set_timesteps(steps)
     skip = steps - max(1, round(steps * strength))
-    return scheduler.timesteps[skip:]
+    kept = [int(t) for t in timeline.timesteps[skip:]]
+    if isinstance(scheduler, DDIMScheduler):
+        scheduler.set_timesteps(steps)
+        return scheduler.timesteps[skip:]
+    set_timeline(scheduler, kept, steps)
+    return scheduler.timesteps[len(scheduler.timesteps) - len(kept) :]
+
+
+def vp_scale(scheduler, timestep) -> float:
+    """x_sampler / x_vp at `timestep`: sqrt(1 + sigma_t^2) = 1 / sqrt(alpha_bar_t) for sigma-space samplers
+    (Euler: x = x0 + sigma eps), 1 for samplers on variance-preserving latents (DDIM, DPM-Solver, LCM)."""
+    sampler = sampler_of(scheduler)
+    if sampler is None or not sampler.sigma_space or timestep is None:
+        return 1.0
+    alpha_bar = float(scheduler.alphas_cumprod[int(round(float(timestep)))])
+    return alpha_bar ** -0.5
+
+
+def step_generator(scheduler, seed: int, frames: int):
+    """Seeded noise for stochastic samplers: one generator per frame, all with the same seed, so every
+    frame gets the same fresh noise (as `shared_noise` does for the start); None for deterministic ones."""
+    sampler = sampler_of(scheduler)
+    if sampler is None or not sampler.stochastic:
+        return None
+    return [torch.Generator("cpu").manual_seed(seed + 1) for _ in range(frames)]
+
+
+def scheduler_step(scheduler, noise: torch.Tensor, timestep, latents: torch.Tensor, generator=None) -> torch.Tensor:
+    """One scheduler update of the whole clip's latents."""
+    extra = {} if generator is None or "generator" not in inspect.signature(scheduler.step).parameters else {"generator": generator}
+    return scheduler.step(noise, timestep, latents, **extra).prev_sample
 
 
 def shared_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -154,23 +190,17 @@ class FramePlan:
 def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,)) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
 
-    Every chunk holds the shared anchor frames (so chunks of a long clip stay consistent with each
-    other), the previous frame for `sparse-causal`, and `window` neighbours on each side for `window`.
-    Peak memory is that of one chunk plus its context, whatever the clip length.
+    The context is the mode's registered rule (editing.attention.modes): the shared anchor frames for
+    every cross-frame mode (so chunks of a long clip stay consistent with each other), the previous
+    frame for `sparse-causal`, `window` neighbours on each side for `window`. Peak memory is that of
+    one chunk plus its context, whatever the clip length.
     """
-    if mode not in MODES:
-        raise ConfigError(f"attention must be one of {', '.join(MODES)}; got {mode}")
+    rule = get_attention_mode(mode)
     anchors = tuple(a for a in anchors if a < num_frames) or (0,)
     batches = []
     for start in range(0, num_frames, chunk):
         targets = range(start, min(start + chunk, num_frames))
-        context: set[int] = set()
-        if mode in ("first", "sparse-causal", "full", "window"):
-            context |= set(anchors)
-        if mode == "sparse-causal" and start > 0:
-            context.add(start - 1)
-        if mode == "window":
-            context |= {f for f in range(start - window, targets[-1] + window + 1) if 0 <= f < num_frames}
+        context = {f for f in rule.context(targets, num_frames, anchors, window) if 0 <= f < num_frames}
         batches.append(FrameBatch(tuple(sorted(context | set(targets))), tuple(targets)))
     return FramePlan(mode, tuple(batches), anchors, window)
 
@@ -186,31 +216,60 @@ def predict_noise(
     fraction: float = 0.0,
     attention_kwargs: dict | None = None,
 ) -> torch.Tensor:
-    """Predicted noise of a batch of frames with classifier-free guidance, e_u + g (e_c - e_u)
-    (Ho and Salimans, 2022), ControlNet residuals added to the UNet's skip connections."""
-    count = latents.shape[0]
-    text = guidance.text
+    """Predicted noise of a batch of frames (scaled for the scheduler first), with guidance."""
     model_input = scheduler.scale_model_input(latents, timestep)
-    branches = 1 if text.negative is None else 2
+    return guided_noise(backbone, model_input, timestep, guidance, layout, frame_ids, fraction, attention_kwargs)
+
+
+def guided_noise(
+    backbone: Backbone,
+    model_input: torch.Tensor,
+    timestep,
+    guidance: Guidance,
+    layout: FrameLayout | None = None,
+    frame_ids: list[int] | None = None,
+    fraction: float = 0.0,
+    attention_kwargs: dict | None = None,
+    conditional: torch.Tensor | None = None,
+    differentiable: bool = False,
+) -> torch.Tensor:
+    """Classifier-free guidance e_u + g (e_c - e_u) (Ho and Salimans, 2022) of a batch of model inputs,
+    ControlNet residuals added to the UNet's skip connections.
+
+    Both branches run as one batch; with `differentiable` (null-text inversion) they run apart, the
+    unconditional one with gradients, and a given `conditional` prediction is reused.
+    """
+    text = guidance.text
+    frame_ids = frame_ids or list(range(model_input.shape[0]))
     if text.negative is None:
-        context = text.positive.expand(count, -1, -1)
+        return branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs)
+    if differentiable:
+        if conditional is None:
+            with torch.no_grad():
+                conditional = branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True)
+        unconditional = branch_noise(backbone, model_input, timestep, text.negative, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True)
     else:
-        model_input = torch.cat([model_input, model_input])
-        context = torch.cat([text.negative.expand(count, -1, -1), text.positive.expand(count, -1, -1)])
-    residuals = control_residuals(guidance.controls, model_input, timestep, context, frame_ids or list(range(count)), branches, fraction)
-    extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
-    with torch.inference_mode():
-        noise = backbone.unet(
+        both = torch.cat([model_input, model_input])
+        context = torch.cat([text.negative, text.positive])
+        unconditional, conditional = branch_noise(backbone, both, timestep, context, guidance.controls, layout, frame_ids, fraction, attention_kwargs, branches=2).chunk(2)
+    return unconditional + guidance.scale * (conditional - unconditional)
+
+
+def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_ids, fraction, attention_kwargs, branches: int = 1, grad: bool = False):
+    """The UNet's noise prediction for `branches` guidance branches stacked in the batch, each branch's
+    text embedding ((branches, tokens, width), broadcast over its frames) and the active ControlNets."""
+    count = model_input.shape[0] // branches
+    context = text.repeat_interleave(count, dim=0) if text.shape[0] == branches else text.expand(model_input.shape[0], -1, -1)
+    with contextlib.nullcontext() if grad else torch.inference_mode():
+        residuals = control_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction)
+        extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
+        return backbone.unet(
             model_input,
             timestep,
             encoder_hidden_states=context,
             cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs),
             **extra,
         ).sample
-    if text.negative is None:
-        return noise
-    unconditional, conditional = noise.chunk(2)
-    return unconditional + guidance.scale * (conditional - unconditional)
 
 
 def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dict | None:
@@ -226,20 +285,46 @@ def control_residuals(controls, model_input, timestep, context, frame_ids, branc
         if not control.active(fraction):
             continue
         images = control.images[frame_ids].to(model_input.device, model_input.dtype).repeat(branches, 1, 1, 1)
-        with torch.inference_mode():
-            down, mid = control.model(
-                model_input,
-                timestep,
-                encoder_hidden_states=context,
-                controlnet_cond=images,
-                conditioning_scale=control.scale,
-                return_dict=False,
-            )
+        down, mid = control.model(
+            model_input,
+            timestep,
+            encoder_hidden_states=context,
+            controlnet_cond=images,
+            conditioning_scale=control.scale,
+            return_dict=False,
+        )
         if total is None:
             total = (list(down), mid)
         else:
             total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
     return total
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a before-step hook (null-text inversion) sees: the step, the clip's latents (sampler space)
+    and the model input, and how to predict one planned batch's noise."""
+
+    backbone: Backbone
+    scheduler: object
+    plan: FramePlan
+    index: int
+    timestep: object
+    latents: torch.Tensor
+    model_input: torch.Tensor
+    fraction: float
+    control: object = None
+
+    def batch_noise(self, batch: FrameBatch, guidance: Guidance, conditional=None, differentiable: bool = False) -> torch.Tensor:
+        """Guided noise of one planned batch's frames (all of them, context included)."""
+        ids = list(batch.ids)
+        layout = self.plan.layout(batch) if get_attention_mode(self.plan.mode).cross_frame else None
+        extra = None if self.control is None else self.control.call(self.index, batch.ids, batch.targets)
+        return guided_noise(self.backbone, self.model_input[ids], self.timestep, guidance, layout, ids, self.fraction, extra, conditional, differentiable)
+
+
+# before_step(context, guidance) -> the guidance to step with (or None to keep it)
+BeforeStep = Callable[[StepContext, Guidance], "Guidance | None"]
 
 
 def denoise(
@@ -251,33 +336,47 @@ def denoise(
     plan: FramePlan,
     callback: StepCallback | None = None,
     control=None,
+    seed: int = 0,
+    before_step: BeforeStep | None = None,
 ) -> torch.Tensor:
-    """The one denoising loop: each step runs every planned batch through the UNet and steps the scheduler.
+    """The one denoising loop: each step runs every planned batch through the UNet, then steps the
+    scheduler once on the whole clip's latents (so multistep and stateful samplers see one step per
+    timestep, however the clip is chunked).
 
-    With DDIMScheduler this samples; with DDIMInverseScheduler (and ascending timesteps) it inverts.
-    `callback(step_index, timestep, latents)` runs after each step; it may return replacement latents
-    (blending, smoothing) or raise to cancel. An attention `control` (editing.attention.p2p) installs its
-    processors and is told each call's step and frames.
+    `latents` are variance-preserving (sqrt(a) x0 + sqrt(1 - a) eps, as DDIM inversion and SDEdit make
+    them) and so is the result; sigma-space samplers (Euler) are converted in and out. With
+    DDIMInverseScheduler (and ascending timesteps) the loop inverts. `callback(step_index, timestep,
+    latents)` runs after each step on variance-preserving latents; it may return replacement latents
+    (blending, smoothing) or raise to cancel. `before_step` may replace a step's guidance (null-text
+    inversion fits its unconditional embedding there). An attention `control` (editing.attention.p2p)
+    installs its processors and is told each call's step and frames.
     """
-    attention = cross_frame_attention(backbone.unet) if plan.mode != "none" else contextlib.nullcontext()
+    cross_frame = get_attention_mode(plan.mode).cross_frame
+    attention = cross_frame_attention(backbone.unet) if cross_frame else contextlib.nullcontext()
     if control is not None:
         attention = control.processors(backbone.unet)
+    generator = step_generator(scheduler, seed, latents.shape[0])
+    following = [*timesteps[1:], None]
+    x = latents * vp_scale(scheduler, timesteps[0]) if len(timesteps) else latents
     with attention:
         for index, timestep in enumerate(timesteps):
             fraction = index / max(1, len(timesteps) - 1)
-            stepped = latents.clone()
+            model_input = scheduler.scale_model_input(x, timestep)
+            step_guidance = guidance.at_step(index)
+            if before_step is not None:
+                context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control)
+                step_guidance = before_step(context, step_guidance) or step_guidance
+            noise = torch.empty_like(x)
             for batch in plan.batches:
                 ids = list(batch.ids)
-                chunk = latents[ids]
-                layout = plan.layout(batch) if plan.mode != "none" else None
+                layout = plan.layout(batch) if cross_frame else None
                 extra = None if control is None else control.call(index, batch.ids, batch.targets)
-                noise = predict_noise(backbone, scheduler, chunk, timestep, guidance.at_step(index), layout, ids, fraction, extra)
-                result = scheduler.step(noise, timestep, chunk).prev_sample
-                positions = [ids.index(t) for t in batch.targets]
-                stepped[list(batch.targets)] = result[positions]
-            latents = stepped
+                predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, layout, ids, fraction, extra)
+                noise[list(batch.targets)] = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
+            x = scheduler_step(scheduler, noise, timestep, x, generator)
             if callback is not None:
-                replacement = callback(index, int(timestep), latents)
+                scale = vp_scale(scheduler, following[index])
+                replacement = callback(index, int(timestep), x / scale if scale != 1.0 else x)
                 if replacement is not None:
-                    latents = replacement
-    return latents
+                    x = replacement * scale
+    return x / vp_scale(scheduler, None)

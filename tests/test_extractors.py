@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from editing.config import FrameSelection
-from editing.control import EXTRACTORS, condition_cache_key, conditions_from_video, extract_conditions, register_extractor
+from editing.control import CONDITION_KINDS, condition_cache_key, conditions_from_video, extract_conditions, register_extractor
 from editing.control import extractors
 from editing.control.extractors import BLAZEPOSE_TO_OPENPOSE, Point, blazepose_to_openpose, draw_openpose
 from editing.errors import ConfigError, ModelLoadError, VideoError
@@ -50,15 +50,15 @@ def skier_frames(skiing) -> np.ndarray:
 
 
 def test_registry_holds_the_four_kinds_and_refuses_duplicates():
-    assert set(EXTRACTORS) == {"canny", "pose", "depth", "softedge"}
+    assert {"canny", "pose", "depth", "softedge"} <= set(CONDITION_KINDS)
     with pytest.raises(ValueError, match="already registered"):
         register_extractor("canny")(lambda frames: frames)
-    assert EXTRACTORS["canny"] is extractors.canny
+    assert CONDITION_KINDS["canny"].load_extractor() is extractors.canny
 
 
 def test_unknown_kind_and_option_are_refused():
     frames = np.zeros((1, 32, 32, 3), np.uint8)
-    with pytest.raises(ConfigError, match="unknown condition 'segmentation'.*canny, pose, depth, softedge"):
+    with pytest.raises(ConfigError, match="control must be one of canny, pose, depth, softedge.*got 'segmentation'"):
         extract_conditions("segmentation", frames)
     with pytest.raises(ConfigError, match="no option low; its options are: low_threshold, high_threshold"):
         extract_conditions("canny", frames, low=10)

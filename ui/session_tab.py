@@ -9,7 +9,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from editing.cli import DEFAULT_ATTENTION
-from editing.config import ATTENTION_MODES
+from editing.attention.modes import attention_mode_names
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, preset_prompt
@@ -162,7 +162,7 @@ def _layout(default_model: str, store: SessionStore) -> dict[str, Any]:
             with gr.Accordion("Frames and sampler", open=False):
                 settings |= widgets.frame_widgets(settings["model"])
                 settings |= widgets.sampler_widgets()
-                settings["attention"] = gr.Dropdown(list(ATTENTION_MODES), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
+                settings["attention"] = gr.Dropdown(list(attention_mode_names()), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
             ui["presets"] = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
             ui["run_presets"] = gr.Button("Run selected styles", variant="primary")
             ui["prompt"] = gr.Textbox(label="Or your own prompt")

@@ -12,7 +12,9 @@ from typing import Any, Callable
 import gradio as gr
 
 from editing.cli import DEFAULT_ATTENTION
-from editing.config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, PROMPT_EDITS
+from editing.attention.modes import attention_mode_names
+from editing.config import INVERSIONS, PROMPT_EDITS
+from editing.control.kinds import condition_kind_names
 from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_MODEL, SHAPES_NOTE, native_size
 
@@ -97,10 +99,10 @@ def engine_widgets() -> dict[str, gr.components.Component]:
     """Attention mode, inversion, ControlNets, smoothing."""
     defaults = default_values()
     with gr.Row():
-        attention = gr.Dropdown(list(ATTENTION_MODES), value=defaults["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
+        attention = gr.Dropdown(list(attention_mode_names()), value=defaults["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
         inversion = gr.Dropdown(list(INVERSIONS), value=defaults["inversion"], label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
     with gr.Row():
-        kinds = gr.CheckboxGroup(list(CONTROL_KINDS), label="ControlNets", info="depth and softedge need annotator weights")
+        kinds = gr.CheckboxGroup(list(condition_kind_names()), label="ControlNets", info="depth and softedge need annotator weights")
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale")
     smooth = gr.CheckboxGroup(list(SMOOTHING), label="Temporal smoothing")
     return {"attention": attention, "inversion": inversion, "control_kinds": kinds, "control_scale": scale, "smooth": smooth}

@@ -1,11 +1,7 @@
 """Cross-frame self-attention: each frame's queries attend to keys and values of chosen frames.
 
-Modes (frame ids are positions in the clip):
-  none           each frame attends to itself (plain per-frame image editing)
-  first          every frame attends to the first frame (Text2Video-Zero)
-  sparse-causal  first and previous frame (Tune-A-Video, Pix2Video)
-  full           every frame in the batch (ControlVideo, vid2vid-zero)
-  window         the anchor frames plus neighbours within k frames
+Which frames each frame attends to is its mode's rule (`editing.attention.modes`: none, first,
+sparse-causal, full, window, and whatever else is registered there).
 
 The processor is told the frame layout of each UNet call through `cross_attention_kwargs={"frames":
 layout}`; the number of frames per guidance branch is part of the layout, never derived from the batch.
@@ -20,8 +16,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import ATTENTION_MODES as MODES
-from ..errors import ConfigError
+from .modes import get_attention_mode
 
 
 @dataclass(frozen=True)
@@ -39,26 +34,12 @@ class FrameLayout:
 
 def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2) -> FrameLayout:
     """The attention layout of a batch holding the clip frames `frame_ids` (sorted, anchors included)."""
-    if mode not in MODES:
-        raise ConfigError(f"attention must be one of {', '.join(MODES)}; got {mode}")
+    rule = get_attention_mode(mode)
     position = {frame: i for i, frame in enumerate(frame_ids)}
     anchor_positions = [position[a] for a in anchors if a in position]
-    if mode in ("first", "sparse-causal", "window") and not anchor_positions:
+    if rule.needs_anchor and not anchor_positions:
         raise ValueError(f"batch {list(frame_ids)} holds none of the anchor frames {list(anchors)}")
-    rows: list[list[int]] = []
-    for frame in frame_ids:
-        if mode == "none":
-            rows.append([position[frame]])
-        elif mode == "first":
-            rows.append([anchor_positions[0]])
-        elif mode == "sparse-causal":
-            previous = position.get(frame - 1, position[frame])
-            rows.append([anchor_positions[0], previous])
-        elif mode == "full":
-            rows.append(list(range(len(frame_ids))))
-        else:
-            near = [position[f] for f in frame_ids if abs(f - frame) <= window]
-            rows.append(sorted(set(anchor_positions) | set(near)))
+    rows = [list(row) for row in rule.rows(list(frame_ids), anchor_positions, window)]
     width = max(len(row) for row in rows)
     valid = None
     if any(len(row) != width for row in rows):

@@ -1,11 +1,18 @@
-"""ControlNet conditions: extract them from frames (canny, pose, depth, softedge) or read a user's video."""
+"""ControlNet conditions: kinds (editing.control.kinds, the registry), extractors (canny, pose, depth,
+softedge) and a user's condition video. Importing this package loads no extractor; its functions are
+imported on first use."""
 
-from .extractors import (
-    EXTRACTORS,
-    condition_cache_key,
-    conditions_from_video,
-    extract_conditions,
-    register_extractor,
-)
+from .kinds import CONDITION_KINDS, ConditionKind, condition_kind, condition_kind_names, get_condition_kind, register_condition_kind
 
-__all__ = ["EXTRACTORS", "condition_cache_key", "conditions_from_video", "extract_conditions", "register_extractor"]
+_LAZY = ("condition_cache_key", "conditions_from_video", "extract_conditions", "register_extractor")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import extractors
+
+        return getattr(extractors, name)
+    raise AttributeError(name)
+
+
+__all__ = ["CONDITION_KINDS", "ConditionKind", "condition_kind", "condition_kind_names", "get_condition_kind", "register_condition_kind", *_LAZY]

@@ -30,13 +30,13 @@ import numpy as np
 
 from ..config import FrameSelection, VideoLimits
 from ..errors import ConfigError, ModelLoadError, VideoError
+from .kinds import condition_kind, get_condition_kind
 from ..models import is_offline_error
 from ..video_io import check_frames, read_clip, resize_frames
 
 log = logging.getLogger(__name__)
 
 Extractor = Callable[..., np.ndarray]
-EXTRACTORS: dict[str, Extractor] = {}
 
 DEFAULT_ANNOTATORS = "lllyasviel/Annotators"
 OFFLINE_ALTERNATIVES = (
@@ -54,22 +54,13 @@ BLAZEPOSE_SHOULDERS = (11, 12)
 NUM_BLAZEPOSE_LANDMARKS = 33
 
 
-def register_extractor(name: str) -> Callable[[Extractor], Extractor]:
-    """Add an extractor to `EXTRACTORS` under `name`; a name can be taken only once."""
-
-    def register(function: Extractor) -> Extractor:
-        if name in EXTRACTORS:
-            raise ValueError(f"a condition extractor named '{name}' is already registered")
-        EXTRACTORS[name] = function
-        return function
-
-    return register
+def register_extractor(name: str, controlnets: dict[str, str] | None = None) -> Callable[[Extractor], Extractor]:
+    """Register the decorated extractor as the condition kind `name` (see editing.control.kinds)."""
+    return condition_kind(name, controlnets)
 
 
 def _get_extractor(kind: str) -> Extractor:
-    if kind not in EXTRACTORS:
-        raise ConfigError(f"unknown condition '{kind}'; choose one of {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[kind]
+    return get_condition_kind(kind).load_extractor()
 
 
 def _option_defaults(kind: str) -> dict[str, Any]:
@@ -97,7 +88,6 @@ def extract_conditions(kind: str, frames: np.ndarray, annotator_source: str | No
 # ---------------------------------------------------------------- canny
 
 
-@register_extractor("canny")
 def canny(frames: np.ndarray, low_threshold: float = 100, high_threshold: float = 200) -> np.ndarray:
     """White Canny edges on black, as 3 equal channels."""
     if not (0 <= low_threshold <= high_threshold):
@@ -171,7 +161,6 @@ def detect_pose(frames: np.ndarray, min_visibility: float = 0.3) -> list[list[Po
     return detected
 
 
-@register_extractor("pose")
 def pose(frames: np.ndarray, min_visibility: float = 0.3) -> np.ndarray:
     """OpenPose skeletons drawn from BlazePose landmarks; a frame without a person is black."""
     if not 0 <= min_visibility <= 1:
@@ -275,7 +264,6 @@ def _run_annotator(detector: Any, frames: np.ndarray, detect_resolution: int) ->
     return np.stack(maps).astype(np.uint8)
 
 
-@register_extractor("depth")
 def depth(
     frames: np.ndarray, annotator_source: str | None = None, detect_resolution: int = 512, device: str = "cpu"
 ) -> np.ndarray:
@@ -284,7 +272,6 @@ def depth(
     return _run_annotator(load_annotator("midas", annotator_source, device), frames, detect_resolution)
 
 
-@register_extractor("softedge")
 def softedge(
     frames: np.ndarray,
     annotator_source: str | None = None,
