@@ -19,6 +19,7 @@ from .attention.modes import attention_mode_names
 from .config import INVERSIONS, ControlSpec, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .control.kinds import condition_kind_names
 from .errors import ConfigError, EditingError
+from .samplers import sampler_names
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, native_size
 
 log = logging.getLogger("editing")
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     edit.add_argument("--strength", type=float, default=1.0, help="share of the steps to invert and re-run (lower keeps more of the source)")
     edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--sampler", default="ddim", help=f"sampler: {', '.join(sampler_names())}")
     edit.add_argument(
         "--attention", default=None, choices=attention_mode_names(), help=f"cross-frame attention (default: {DEFAULT_ATTENTION}; with --tuned, the mode it was tuned with)"
     )
@@ -110,6 +112,7 @@ def edit_request(args: argparse.Namespace):
             guidance=args.guidance,
             strength=args.strength,
             seed=args.seed,
+            sampler=args.sampler,
         ),
         engine=engine_config(args),
         selection=FrameSelection(start=args.start, end=args.end, stride=args.stride, max_frames=args.frames or None, size=output_size(args)),

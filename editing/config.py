@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .attention.modes import attention_mode_names
 from .errors import ConfigError
+from .samplers import sampler_names
 
 
 def _check(condition: bool, message: str) -> None:
@@ -62,6 +63,7 @@ class EditConfig:
     guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it"})
     strength: float = field(default=1.0, metadata={"help": "share of the steps to invert and re-run: lower keeps more of the source"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same output"})
+    sampler: str = field(default="ddim", metadata={"help": "sampler (editing.samplers); every one follows DDIM inversion's timesteps", "choices": sampler_names})
 
     def __post_init__(self):
         _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt must not be empty")
@@ -69,6 +71,7 @@ class EditConfig:
         _check(math.isfinite(self.guidance) and 0 <= self.guidance <= 50, f"guidance must be between 0 and 50, got {self.guidance}")
         _check(0 < self.strength <= 1, f"strength must be in (0, 1], got {self.strength}")
         _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
+        _check(self.sampler in sampler_names(), f"sampler must be one of {', '.join(sampler_names())}; got {self.sampler!r}")
 
     @property
     def uses_guidance(self) -> bool:

@@ -132,11 +132,11 @@ class Backbone:
     def latent_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
-    def scheduler(self):
-        """A fresh DDIM sampler with this model's noise schedule."""
-        from diffusers import DDIMScheduler
+    def scheduler(self, sampler: str = "ddim"):
+        """A fresh sampler (editing.samplers, DDIM by default) with this model's noise schedule."""
+        from .samplers import make_scheduler
 
-        return DDIMScheduler.from_config(self.scheduler_config)
+        return make_scheduler(sampler, self.scheduler_config)
 
     def inverse_scheduler(self):
         """A fresh DDIM inverse scheduler (noise the image along the deterministic DDIM path)."""

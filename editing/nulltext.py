@@ -1,95 +1,100 @@
 """Null-text inversion (Mokady et al., 2022): per-step unconditional embeddings that make guided DDIM
 sampling retrace the DDIM inversion trajectory.
 
-For each sampling step t (from the inverted latent z_T down), starting from the previous step's
-embedding, Adam minimises || z_{t-1}^inv - DDIM(z_t, e_u(o_t) + g (e_c - e_u(o_t))) ||^2 over the
-unconditional embedding o_t (eq. 3 of the paper), with early stop; z_t then advances with the optimised
-o_t. One embedding is shared by all frames of the clip (as in Video-P2P); chunks accumulate gradients.
+It runs through the one denoising loop (`sampling.denoise`) as a before-step hook: at sampling step t
+(from the inverted latent z_T down), starting from the previous step's embedding, Adam minimises
+|| z_{t-1}^inv - DDIM(z_t, e_u(o_t) + g (e_c - e_u(o_t))) ||^2 over the unconditional embedding o_t
+(eq. 3 of the paper), with early stop; the loop then steps with the optimised o_t. The noise
+predictions are the loop's own, ControlNet residuals of the request included, so the embeddings are
+fitted to the model that samples. One embedding is shared by all frames of the clip (as in Video-P2P);
+chunks accumulate gradients.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .attention.cross_frame import cross_frame_attention
+from . import sampling
 from .inversion import Trajectory
 from .models import Backbone
-from .sampling import FramePlan, attention_call_kwargs, sampling_timesteps
 
 log = logging.getLogger(__name__)
 
 
-def guided_step(backbone: Backbone, scheduler, latents, timestep, positive, negative, scale, layout, conditional=None):
-    """One guided DDIM step x_t -> x_{t-1} of a batch (differentiable in `negative`)."""
-    count = latents.shape[0]
-    kwargs = attention_call_kwargs(layout, None)
-    model_input = scheduler.scale_model_input(latents, timestep)
-    if conditional is None:
-        with torch.no_grad():
-            conditional = backbone.unet(model_input, timestep, encoder_hidden_states=positive.expand(count, -1, -1), cross_attention_kwargs=kwargs).sample
-    unconditional = backbone.unet(model_input, timestep, encoder_hidden_states=negative.expand(count, -1, -1), cross_attention_kwargs=kwargs).sample
-    noise = unconditional + scale * (conditional - unconditional)
-    return scheduler.step(noise, timestep, latents).prev_sample, conditional
+@dataclass
+class NullTextFit:
+    """The before-step hook: fits step k's unconditional embedding to the inversion's state z_{t-1}."""
+
+    trajectory: Trajectory
+    iterations: int = 10
+    learning_rate: float = 1e-2
+    tolerance: float = 1e-5
+    progress: object = None
+    embeddings: list[torch.Tensor] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def __call__(self, step: sampling.StepContext, guidance: sampling.Guidance) -> sampling.Guidance:
+        count = len(self.trajectory.timesteps)
+        index = step.index
+        target = self.trajectory.states[count - 1 - index].to(step.latents)
+        start = (self.embeddings[-1] if self.embeddings else guidance.text.negative).detach().clone()
+        embedding = start.requires_grad_(True)
+        optimizer = torch.optim.Adam([embedding], lr=self.learning_rate * (1.0 - index / (count + 10)))
+        conditionals: dict[int, torch.Tensor] = {}  # e_c of each batch: it does not depend on the embedding
+        positive = sampling.Guidance(sampling.TextConditioning(guidance.text.positive, None), 1.0, guidance.controls)
+        total = float("nan")
+        with torch.inference_mode(False), torch.enable_grad():
+            for _ in range(self.iterations):
+                optimizer.zero_grad()
+                total = 0.0
+                trial = sampling.Guidance(sampling.TextConditioning(guidance.text.positive, embedding), guidance.scale, guidance.controls)
+                for number, batch in enumerate(step.plan.batches):
+                    ids = list(batch.ids)
+                    if number not in conditionals:
+                        with torch.no_grad():
+                            conditionals[number] = step.batch_noise(batch, positive)
+                    noise = step.batch_noise(batch, trial, conditional=conditionals[number], differentiable=True)
+                    positions = [ids.index(t) for t in batch.targets]
+                    stepped = step.scheduler.step(noise[positions], step.timestep, step.latents[list(batch.targets)]).prev_sample
+                    loss = F.mse_loss(stepped, target[list(batch.targets)], reduction="sum") / target.numel()
+                    loss.backward()
+                    total += loss.item()
+                optimizer.step()
+                if total < self.tolerance:
+                    break
+        fitted = embedding.detach()
+        self.embeddings.append(fitted.clone())
+        self.losses.append(total)
+        log.debug("null-text step %d: loss %.3g", index, total)
+        if self.progress is not None:
+            self.progress(index + 1, count)
+        return sampling.Guidance(sampling.TextConditioning(guidance.text.positive, fitted), guidance.scale, guidance.controls)
 
 
 def null_text_invert(
     backbone: Backbone,
     trajectory: Trajectory,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
-    scale: float,
+    guidance: sampling.Guidance,
     steps: int,
     strength: float,
-    plan: FramePlan,
+    plan: sampling.FramePlan,
     iterations: int = 10,
     learning_rate: float = 1e-2,
     tolerance: float = 1e-5,
     progress=None,
-) -> tuple[torch.Tensor, ...]:
-    """Per-sampling-step unconditional embeddings (each (1, 77, width)) fitted to the trajectory."""
-    scheduler = backbone.scheduler()
-    timesteps = sampling_timesteps(scheduler, steps, strength)
-    count = len(timesteps)
-    if count != len(trajectory.timesteps):
-        raise ValueError(f"the trajectory has {len(trajectory.timesteps)} steps, sampling {count}")
-    attention = cross_frame_attention(backbone.unet) if plan.mode != "none" else contextlib.nullcontext()
-    latents = trajectory.final.to(backbone.device, backbone.dtype)
-    embedding = negative.detach().clone()
-    embeddings = []
-    with attention, torch.inference_mode(False):
-        for index, timestep in enumerate(timesteps):
-            target = trajectory.states[count - 1 - index].to(latents)
-            embedding = embedding.detach().clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([embedding], lr=learning_rate * (1.0 - index / (count + 10)))
-            conditionals = {}
-            for _ in range(iterations):
-                optimizer.zero_grad()
-                total = 0.0
-                for number, batch in enumerate(plan.batches):
-                    ids, positions = list(batch.ids), [list(batch.ids).index(t) for t in batch.targets]
-                    layout = plan.layout(batch) if plan.mode != "none" else None
-                    stepped, conditionals[number] = guided_step(backbone, scheduler, latents[ids], timestep, positive, embedding, scale, layout, conditionals.get(number))
-                    loss = F.mse_loss(stepped[positions], target[list(batch.targets)], reduction="sum") / target.numel()
-                    loss.backward()
-                    total += loss.item()
-                optimizer.step()
-                if total < tolerance:
-                    break
-            embedding = embedding.detach()
-            embeddings.append(embedding.clone())
-            with torch.no_grad():
-                stepped = latents.clone()
-                for number, batch in enumerate(plan.batches):
-                    ids, positions = list(batch.ids), [list(batch.ids).index(t) for t in batch.targets]
-                    layout = plan.layout(batch) if plan.mode != "none" else None
-                    result, _ = guided_step(backbone, scheduler, latents[ids], timestep, positive, embedding, scale, layout, conditionals.get(number))
-                    stepped[list(batch.targets)] = result[positions]
-                latents = stepped
-            log.debug("null-text step %d: loss %.3g", index, total)
-            if progress is not None:
-                progress(index + 1, count)
-    return tuple(embeddings)
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Per-sampling-step unconditional embeddings (each (1, 77, width)) fitted to the trajectory, and the
+    clip the guided DDIM loop reconstructs with them. `guidance` holds the source prompt, its plain
+    negative (the starting point), the scale and the request's ControlNets."""
+    scheduler = backbone.scheduler("ddim")
+    timesteps = sampling.sampling_timesteps(scheduler, steps, strength)
+    if len(timesteps) != len(trajectory.timesteps):
+        raise ValueError(f"the trajectory has {len(trajectory.timesteps)} steps, sampling {len(timesteps)}")
+    fit = NullTextFit(trajectory, iterations, learning_rate, tolerance, progress)
+    start = trajectory.final.to(backbone.device, backbone.dtype)
+    reconstruction = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, before_step=fit)
+    return tuple(fit.embeddings), reconstruction

@@ -2,7 +2,7 @@
 
 Stages: invert the source under the source prompt while recording its attention; optionally fit
 null-text embeddings (cached); build the controller the edit type asks for; wrap the step callback with
-the local blend. `editing.pipeline.edit_video` calls `prepare_attention_edit` instead of its plain
+the local blend. `editing.core.edit_frames` calls `prepare_attention_edit` instead of its plain
 inversion when the request has an `attention_edit` config.
 """
 
@@ -111,16 +111,16 @@ def blend_callback(blend: LocalBlend, trajectory: Trajectory, inner: sampling.St
     return on_step
 
 
-def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, timesteps, progress, tuned=None) -> PreparedEdit:
+def prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned=None) -> PreparedEdit:
     """Invert the source under the source prompt, recording attention; fit null-text; build the controller.
 
     With a tuned model (editing.attention.tuned.TunedControl) the recorder and the controller run inside
     its processors, so attention editing composes with one-shot tuning."""
-    config: AttentionEditConfig = request.attention_edit
-    edit, engine = request.edit, request.engine
+    config: AttentionEditConfig = parts.attention_edit
+    edit, engine = parts.edit, parts.engine
     steps = len(timesteps)
     progress("invert", 0, steps)
-    clean = sampling.encode_frames(backbone, clip.frames, engine.chunk)
+    clean = sampling.encode_frames(backbone, frames, engine.chunk)
     latent_size = tuple(clean.shape[-2:])
     source_text = sampling.encode_text(backbone, config.source_prompt, edit.negative_prompt, guided=True)
     policy = StorePolicy(cross_downsample=1, self_downsample=config.self_downsample)
@@ -136,7 +136,7 @@ def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, ti
     log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
     negatives, cached = None, False
     if config.null_text:
-        negatives, cached = null_text_embeddings(request, backbone, plan, source, cache_root, trajectory, source_text, progress)
+        negatives, cached = null_text_embeddings(parts, backbone, plan, source, cache_root, trajectory, source_text, controls, progress)
     blend = make_blend(config, edit.prompt, backbone.tokenizer, latent_size)
     control = make_controller(config, edit.prompt, backbone.tokenizer, store, policy, latent_size, steps, blend)
     control = control if tuned is None else tuned.wrap(control)
@@ -144,9 +144,9 @@ def prepare_attention_edit(request, clip, backbone, plan, source, cache_root, ti
     return PreparedEdit(latents, trajectory, control, blend, negatives, store.nbytes(), cached)
 
 
-def null_text_embeddings(request, backbone, plan, source, cache_root, trajectory, source_text, progress):
-    """Per-step unconditional embeddings from the cache, or fitted now and cached."""
-    config, edit, engine = request.attention_edit, request.edit, request.engine
+def null_text_embeddings(parts, backbone, plan, source, cache_root, trajectory, source_text, controls, progress):
+    """Per-step unconditional embeddings from the cache, or fitted now (with the request's ControlNets) and cached."""
+    config, edit, engine = parts.attention_edit, parts.edit, parts.engine
     key = cache_key(
         kind="null-text",
         source=source,
@@ -161,6 +161,7 @@ def null_text_embeddings(request, backbone, plan, source, cache_root, trajectory
         attention=plan.mode,
         window=plan.window,
         chunk=engine.chunk,
+        controls=[(c.kind, c.scale, c.start, c.end, c.model, c.video) for c in engine.controls],
     )
     cache = TensorCache(cache_root, "null-text", engine.cache_bytes)
     stored = cache.load(key)
@@ -171,9 +172,9 @@ def null_text_embeddings(request, backbone, plan, source, cache_root, trajectory
     def report(done: int, total: int) -> None:
         progress("null_text", done, total)
 
-    embeddings = null_text_invert(
-        backbone, trajectory, source_text.positive, source_text.negative, edit.guidance, edit.steps, edit.strength, plan,
-        iterations=config.null_text_iterations, progress=report,
+    guidance = sampling.Guidance(source_text, edit.guidance, controls)
+    embeddings, _ = null_text_invert(
+        backbone, trajectory, guidance, edit.steps, edit.strength, plan, iterations=config.null_text_iterations, progress=report
     )
     cache.save(key, {"embeddings": torch.stack([e.cpu() for e in embeddings])})
     return embeddings, False

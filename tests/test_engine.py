@@ -127,7 +127,7 @@ def _request(tmp_path, name, prompt="a watercolor painting", **engine) -> EditRe
 def test_second_prompt_reuses_the_cached_inversion(tmp_path, monkeypatch):
     first = edit_video(_request(tmp_path, "a.zip"))
     assert not first.inversion_cached
-    monkeypatch.setattr("editing.pipeline.ddim_invert", lambda *a, **k: pytest.fail("inversion ran again"))
+    monkeypatch.setattr("editing.core.ddim_invert", lambda *a, **k: pytest.fail("inversion ran again"))
     second = edit_video(_request(tmp_path, "b.zip", prompt="a bear in the snow"))
     assert second.inversion_cached
     monkeypatch.undo()

@@ -210,23 +210,59 @@ def test_blend_mask_is_the_dilated_thresholded_peak():
     assert torch.equal(mask, expected)
 
 
-def test_null_text_inversion_reconstructs_better_than_ddim_with_guidance(tiny):
+@pytest.mark.parametrize("control", [False, True], ids=["plain", "canny"])
+def test_null_text_inversion_reconstructs_better_than_ddim_with_guidance(tiny, control):
+    """Through the one loop, with the request's ControlNet residuals when there is one: the fitted
+    embeddings make guided sampling retrace the inversion better than the plain negative prompt."""
+    from editing.control import extract_conditions
+    from editing.models import load_controlnet
+
     clip = read_clip(ASSETS / "car-turn.mp4", FrameSelection(max_frames=2, stride=4, size=64))
     clean = sampling.encode_frames(tiny, clip.frames, batch_size=2)
     steps, scale = 2, 7.5
     text = sampling.encode_text(tiny, SOURCE, "", guided=True)
     plan = sampling.plan_frames(2, 2, "first")
+    controls = ()
+    if control:
+        images = torch.from_numpy(extract_conditions("canny", clip.frames)).permute(0, 3, 1, 2).float() / 255
+        controls = (sampling.ControlSignal(load_controlnet("random", tiny), images, 1.0),)
     trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
-    negatives = null_text_invert(tiny, trajectory, text.positive, text.negative, scale, steps, 1.0, plan, iterations=3)
+    negatives, reconstruction = null_text_invert(tiny, trajectory, sampling.Guidance(text, scale, controls), steps, 1.0, plan, iterations=3)
     assert len(negatives) == steps and not torch.equal(negatives[0], text.negative)
     errors = []
     for per_step in (None, negatives):
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
-        out = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, negatives=per_step), plan)
+        out = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=per_step), plan)
         errors.append((out - clean).pow(2).mean().item())
+    assert torch.allclose(out, reconstruction, atol=1e-5)  # the fitting run's own output is the same loop's
     ddim_error, null_text_error = errors
     assert null_text_error < ddim_error
+
+
+def test_null_text_fitted_without_the_controlnet_reconstructs_the_controlled_model_worse(tiny):
+    """Control for the test above: embeddings fitted with no ControlNet, then sampled with one, retrace
+    the inversion worse than embeddings fitted with it (the defect the loop's residuals fix)."""
+    from editing.control import extract_conditions
+    from editing.models import load_controlnet
+
+    clip = read_clip(ASSETS / "car-turn.mp4", FrameSelection(max_frames=2, stride=4, size=64))
+    clean = sampling.encode_frames(tiny, clip.frames, batch_size=2)
+    steps, scale = 2, 7.5
+    text = sampling.encode_text(tiny, SOURCE, "", guided=True)
+    plan = sampling.plan_frames(2, 2, "first")
+    images = torch.from_numpy(extract_conditions("canny", clip.frames)).permute(0, 3, 1, 2).float() / 255
+    controls = (sampling.ControlSignal(load_controlnet("random", tiny), images, 1.0),)
+    trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
+    errors = []
+    for fitted_with in ((), controls):
+        negatives, _ = null_text_invert(tiny, trajectory, sampling.Guidance(text, scale, fitted_with), steps, 1.0, plan, iterations=3)
+        scheduler = tiny.scheduler()
+        timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
+        out = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=negatives), plan)
+        errors.append((out - clean).pow(2).mean().item())
+    without, with_control = errors
+    assert with_control < without
 
 
 # ---------------------------------------------------------------- config and CLI

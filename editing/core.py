@@ -1,0 +1,248 @@
+"""The editing core: frames in, frames out.
+
+`edit_frames` takes decoded RGB frames and the request's parts (what to make, how the engine edits,
+attention editing, tuned weights) and returns the edited frames. Stages: load tuned weights; encode the
+prompts; extract condition maps (cached by frame content); DDIM-invert the source (cached by content,
+so a second prompt skips it) or noise it (SDEdit); denoise with the request's sampler, cross-frame
+attention, chunk by chunk around shared anchor frames, with ControlNets and optional flow-guided
+fusion; decode; match colours (optional). Reading and writing files is `editing.pipeline`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import sampling
+from .inversion import TensorCache, cache_key, content_hash, default_cache_dir
+from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection
+from .inversion import ddim_invert, load_trajectory, save_trajectory
+from .models import Backbone, default_controlnet, load_controlnet
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "load_model", "encode_text", "conditions", "invert", "denoise", "decode_latents", "encode_video")
+
+# progress(stage, done, total); raising Cancelled from it stops the edit.
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage (synchronising the GPU so its time is not misattributed)."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.seconds = {name: 0.0 for name in STAGES}
+        self.device = device
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
+
+
+@dataclass(frozen=True)
+class SourceKey:
+    """What identifies the frames being edited, for cache keys: their content and size."""
+
+    content: str
+    indices: tuple[int, ...]
+    width: int
+    height: int
+
+
+def frames_key(frames: np.ndarray) -> SourceKey:
+    """The cache identity of an (N, H, W, 3) uint8 frame array: SHA-256 of its bytes and shape."""
+    frames = np.ascontiguousarray(frames)
+    digest = hashlib.sha256(repr(frames.shape).encode() + frames.tobytes()).hexdigest()
+    return SourceKey(digest, tuple(range(len(frames))), int(frames.shape[2]), int(frames.shape[1]))
+
+
+@dataclass
+class EditedFrames:
+    """What `edit_frames` made: the frames, and how."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
+    inversion_cached: bool = False
+    attention_edit: dict | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EditParts:
+    """The parts of a request the core needs (the clip's file, output and model spec stay outside)."""
+
+    edit: EditConfig
+    engine: EngineConfig = EngineConfig()
+    attention_edit: AttentionEditConfig | None = None
+    tuned: str | None = None  # one-shot tuned weights (editing.tuning)
+    selection: FrameSelection = FrameSelection()  # how the frames were selected (condition videos follow it)
+
+    @classmethod
+    def of(cls, request) -> "EditParts":
+        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection)
+
+
+def edit_frames(
+    frames: np.ndarray,
+    parts: EditParts,
+    backbone: Backbone,
+    progress: ProgressFn = _no_progress,
+    timer: StageTimer | None = None,
+) -> EditedFrames:
+    """Edit (N, H, W, 3) uint8 RGB frames (sides multiples of 8) and return the edited frames."""
+    from .video_io import check_frames
+
+    frames = check_frames(frames)
+    timer = timer or StageTimer(backbone.device)
+    timer.device = backbone.device
+    config, engine = parts.edit, parts.engine
+    with timer.stage("load_model"):
+        tuned = None
+        if parts.tuned is not None:
+            from .tuning import load_tuned
+
+            tuned = load_tuned(parts.tuned, backbone)
+    with timer.stage("encode_text"):
+        text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
+    source = frames_key(frames)
+    cache_root = engine.cache_dir or default_cache_dir()
+    with timer.stage("conditions"):
+        controls = prepare_controls(parts, frames, backbone, source, cache_root, progress)
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window)
+    scheduler = backbone.scheduler(config.sampler)
+    timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
+    prepared = None
+    with timer.stage("invert"):
+        if parts.attention_edit is None:
+            latents, cached = start_latents(parts, frames, backbone, plan, source, cache_root, timesteps, progress, tuned)
+        else:
+            from .prompt_edit import prepare_attention_edit
+
+            prepared = prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned)
+            latents, cached = prepared.latents, False
+    callback = step_callback(engine, frames, backbone, len(timesteps), progress)
+    with timer.stage("denoise"):
+        progress("denoise", 0, len(timesteps))
+        guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
+        control = tuned if prepared is None else prepared.control
+        callback = callback if prepared is None else prepared.wrap(callback)
+        latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
+    with timer.stage("decode_latents"):
+        progress("decode_latents", 0, 1)
+        edited = sampling.decode_latents(backbone, latents, engine.chunk)
+        if engine.smooth_color:
+            from .temporal import match_colors
+
+            edited = match_colors(edited)
+    summary = None if prepared is None else prepared.summary(parts.attention_edit)
+    return EditedFrames(edited, cached, summary, timer.seconds)
+
+
+def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:
+    """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
+    given), or noised source latents."""
+    config, engine = parts.edit, parts.engine
+    if engine.inversion == "none":
+        progress("invert", 0, 1)
+        clean = sampling.encode_frames(backbone, frames, engine.chunk)
+        noise = sampling.shared_noise(tuple(clean.shape), config.seed, backbone.device, clean.dtype)
+        return sampling.noise_to_timestep(backbone.scheduler(), clean, noise, timesteps[0]), False
+    key = inversion_key(parts, backbone, plan, source, len(timesteps))
+    cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
+    trajectory = load_trajectory(cache, key)
+    if trajectory is not None:
+        log.info("inversion from cache %s", key)
+        return trajectory.final.to(backbone.device, backbone.dtype), True
+    progress("invert", 0, len(timesteps))
+    clean = sampling.encode_frames(backbone, frames, engine.chunk)
+    prompt = sampling.encode_text(backbone, engine.inversion_prompt, "", guided=False)
+
+    def report(index: int, timestep: int, latents: torch.Tensor) -> None:
+        progress("invert", index + 1, len(timesteps))
+
+    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=tuned)
+    save_trajectory(cache, key, trajectory)
+    return trajectory.final.to(backbone.device, backbone.dtype), False
+
+
+def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_steps: int) -> str:
+    """The cache key of a DDIM inversion: everything that changes the inverted latents, and nothing else
+    (not the edit prompt, guidance, seed or sampler: inversion is deterministic DDIM whatever samples after)."""
+    config, engine = parts.edit, parts.engine
+    return cache_key(
+        kind="ddim",
+        source=source,
+        model=backbone.name,
+        dtype=str(backbone.dtype),
+        steps=config.steps,
+        inverted_steps=inverted_steps,
+        prompt=engine.inversion_prompt,
+        attention=plan.mode,
+        window=plan.window,
+        chunk=engine.chunk,
+        **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
+    )
+
+
+def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cache_root, progress) -> tuple[sampling.ControlSignal, ...]:
+    """Condition images (extracted from the frames, or a given condition video) and their ControlNets."""
+    engine = parts.engine
+    if not engine.controls:
+        return ()
+    from .control import condition_cache_key, conditions_from_video, extract_conditions
+
+    cache = TensorCache(cache_root, "conditions", engine.cache_bytes)
+    height, width = frames.shape[1:3]
+    signals = []
+    for number, spec in enumerate(engine.controls):
+        progress("conditions", number, len(engine.controls))
+        if spec.video:
+            images = conditions_from_video(spec.video, len(frames), width, height, parts.selection)
+        else:
+            options = {"annotator_source": engine.annotators}
+            key = condition_cache_key(spec.kind, source.content, parts.selection, (width, height), options)
+            stored = cache.load(key)
+            if stored is not None:
+                images = stored["images"].numpy()
+            else:
+                images = extract_conditions(spec.kind, frames, **options)
+                cache.save(key, {"images": torch.from_numpy(images)})
+        model = load_controlnet(spec.model or default_controlnet(spec.kind, backbone), backbone)
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        signals.append(sampling.ControlSignal(model, tensor, spec.scale, spec.start, spec.end))
+    progress("conditions", len(signals), len(signals))
+    return tuple(signals)
+
+
+def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, progress) -> sampling.StepCallback:
+    """After each denoising step: report progress and, when enabled, fuse latents along the source's flow."""
+    fuse = None
+    if engine.smooth_flow:
+        from .temporal import FlowFusion, make_flow_fusion_callback, source_flows
+
+        scale = backbone.vae_scale_factor
+        height, width = frames.shape[1:3]
+        flows = source_flows(frames).resized(height // scale, width // scale)
+        fuse = make_flow_fusion_callback(flows, FlowFusion(), total_steps)
+
+    def on_step(index: int, timestep: int, latents: torch.Tensor):
+        progress("denoise", index + 1, total_steps)
+        return fuse(index, timestep, latents) if fuse is not None else None
+
+    return on_step

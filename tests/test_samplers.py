@@ -1,0 +1,143 @@
+"""Samplers as components: every registered sampler runs through the one loop; the scheduler steps once
+per timestep on the whole clip, so a stateful sampler gives the same frames chunked as unchunked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from editing import sampling
+from editing.config import EditConfig
+from editing.errors import ConfigError
+from editing.samplers import SAMPLERS, get_sampler, sampler_names
+
+from .conftest import ASSETS
+
+BUILT_IN = ("ddim", "dpm-solver++", "euler", "euler-ancestral", "lcm", "tcd")
+
+
+def _start(tiny, frames=4):
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((frames, tiny.latent_channels, 8, 8), generator=generator)
+
+
+def _sample(tiny, name, latents, chunk, steps=4, mode="first", strength=1.0):
+    text = sampling.encode_text(tiny, "a red car", "", guided=True)
+    scheduler = tiny.scheduler(name)
+    timesteps = sampling.sampling_timesteps(scheduler, steps, strength)
+    plan = sampling.plan_frames(latents.shape[0], chunk, mode)
+    return sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan, seed=7)
+
+
+def test_the_six_samplers_are_registered():
+    assert set(BUILT_IN) <= set(sampler_names())
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_each_sampler_runs_through_the_one_loop_on_ddim_timesteps(tiny, name):
+    scheduler = tiny.scheduler(name)
+    timesteps = sampling.sampling_timesteps(scheduler, 4, 1.0)
+    reference = sampling.sampling_timesteps(tiny.scheduler("ddim"), 4, 1.0)
+    assert [int(t) for t in timesteps] == [int(t) for t in reference]  # inversion's timeline, so an inverted clip samples back
+    out = _sample(tiny, name, _start(tiny), chunk=4)
+    assert out.shape == (4, tiny.latent_channels, 8, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["dpm-solver++", "euler", "euler-ancestral", "lcm"])
+def test_stateful_sampler_chunked_equals_unchunked(tiny, name):
+    """`first` attention does not depend on the chunking (every chunk holds the anchor frame)."""
+    latents = _start(tiny, frames=4)
+    whole = _sample(tiny, name, latents, chunk=4)
+    chunked = _sample(tiny, name, latents, chunk=2)
+    assert torch.allclose(whole, chunked, atol=1e-4), (whole - chunked).abs().max()
+
+
+@pytest.mark.parametrize("name", ["euler", "dpm-solver++"])
+def test_stepping_each_chunk_separately_would_break_a_stateful_sampler(tiny, name):
+    """Control for the test above: the old loop's per-chunk scheduler.step advances the sampler's step
+    index once per chunk, so a two-chunk clip runs off the end of its schedule (Euler) or mixes chunks
+    of different sizes in its history (DPM-Solver): never the unchunked result."""
+    latents = _start(tiny, frames=4)
+    text = sampling.encode_text(tiny, "a red car", "", guided=True)
+    guidance = sampling.Guidance(text, 3.0)
+    scheduler = tiny.scheduler(name)
+    timesteps = sampling.sampling_timesteps(scheduler, 4, 1.0)
+    plan = sampling.plan_frames(4, 2, "first")
+    x = latents.clone() * sampling.vp_scale(scheduler, timesteps[0])
+    try:
+        with sampling.cross_frame_attention(tiny.unet):
+            for t in timesteps:
+                stepped = x.clone()
+                for batch in plan.batches:
+                    ids = list(batch.ids)
+                    noise = sampling.predict_noise(tiny, scheduler, x[ids], t, guidance, plan.layout(batch), ids)
+                    result = scheduler.step(noise, t, x[ids]).prev_sample
+                    stepped[list(batch.targets)] = result[[ids.index(f) for f in batch.targets]]
+                x = stepped
+    except (IndexError, RuntimeError):
+        return  # broke outright
+    assert not torch.allclose(x, _sample(tiny, name, latents, chunk=4), atol=1e-3)
+
+
+def test_strength_starts_every_sampler_part_way(tiny):
+    for name in BUILT_IN:
+        scheduler = tiny.scheduler(name)
+        assert len(sampling.sampling_timesteps(scheduler, 10, 0.5)) == 5
+
+
+def test_identity_inversion_round_trip_is_sampler_independent_for_deterministic_samplers(tiny):
+    """DDIM inversion then sampling with the inversion prompt and no guidance reproduces the clip's latents
+    about as well with Euler as with DDIM: the loop converts sigma-space latents in and out."""
+    from editing.inversion import ddim_invert
+    from editing.video_io import read_clip
+    from editing.config import FrameSelection
+
+    clip = read_clip(ASSETS / "car-turn.mp4", FrameSelection(max_frames=2, stride=4, size=64))
+    clean = sampling.encode_frames(tiny, clip.frames, 2)
+    text = sampling.encode_text(tiny, "", "", guided=False)
+    plan = sampling.plan_frames(2, 2, "first")
+    trajectory = ddim_invert(tiny, clean, 10, 1.0, text, plan)
+    errors = {}
+    for name in ("ddim", "euler"):
+        scheduler = tiny.scheduler(name)
+        timesteps = sampling.sampling_timesteps(scheduler, 10, 1.0)
+        out = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, 1.0), plan)
+        errors[name] = (out - clean).pow(2).mean().item()
+    noise_level = clean.pow(2).mean().item()
+    assert errors["euler"] < 0.5 * noise_level, errors  # without the VP/sigma conversion Euler starts 8x too small
+
+
+def test_unknown_sampler_is_refused_in_one_sentence():
+    with pytest.raises(ConfigError) as caught:
+        EditConfig(prompt="a car", sampler="heun-3000")
+    message = str(caught.value)
+    assert message.startswith("sampler must be one of ddim") and "heun-3000" in message and "\n" not in message
+    with pytest.raises(ConfigError, match="sampler must be one of"):
+        get_sampler("heun-3000")
+
+
+def test_unknown_sampler_through_the_cli_exits_2_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "editing", "edit", str(ASSETS / "car-turn.mp4"), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--model", "tiny", "--sampler", "nope"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and "sampler" in lines[0] and "nope" in lines[0], result.stderr
+
+
+def test_a_sampler_registered_by_a_test_is_accepted(tiny):
+    from editing.samplers import Sampler, register_sampler
+
+    register_sampler(Sampler("test-ddim-again", "DDIMScheduler"))
+    try:
+        assert EditConfig(prompt="x", sampler="test-ddim-again").sampler == "test-ddim-again"
+        out = _sample(tiny, "test-ddim-again", _start(tiny, 2), chunk=2, steps=2)
+        assert torch.allclose(out, _sample(tiny, "ddim", _start(tiny, 2), chunk=2, steps=2))
+        with pytest.raises(ValueError, match="already registered"):
+            register_sampler(Sampler("ddim", "DDIMScheduler"))
+    finally:
+        SAMPLERS.pop("test-ddim-again", None)
