@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--window", type=int, default=2, help="neighbours on each side for --attention window")
     edit.add_argument("--chunk", type=int, default=8, help="frames per UNet call; longer clips run in chunks sharing anchor frames")
+    edit.add_argument("--feature-bank", type=int, default=0, help="frames of earlier chunks that later chunks also attend to (StreamV2V); 0 = off")
     edit.add_argument(
         "--control",
         action="append",
@@ -289,6 +290,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         attention=attention_mode(args),
         window=args.window,
         chunk=args.chunk,
+        feature_bank=args.feature_bank,
         inversion=args.inversion,
         inversion_prompt=args.inversion_prompt,
         controls=controls,

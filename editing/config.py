@@ -121,6 +121,7 @@ class EngineConfig:
     attention: str = field(default="first", metadata={"help": "cross-frame attention (editing.attention.modes)", "choices": attention_mode_names})
     window: int = field(default=2, metadata={"help": "neighbours on each side for window attention"})
     chunk: int = field(default=8, metadata={"help": "frames per UNet call; long clips run chunk by chunk"})
+    feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})
     inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)"})
     inversion_prompt: str = field(default="", metadata={"help": "prompt used to invert the source"})
     controls: tuple[ControlSpec, ...] = ()
@@ -135,6 +136,8 @@ class EngineConfig:
         _check(self.attention in modes, f"attention must be one of {', '.join(modes)}; got {self.attention!r}")
         _check(self.window >= 1, f"window must be at least 1, got {self.window}")
         _check(self.chunk >= 1, f"chunk must be at least 1 frame, got {self.chunk}")
+        _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
+        _check(self.feature_bank == 0 or self.attention != "none", "feature_bank needs cross-frame attention, not --attention none")
         _check(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")
         _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
         kinds = [c.kind for c in self.controls]

@@ -109,6 +109,7 @@ def edit_frames(
     from .video_io import check_frames
 
     frames = check_frames(frames)
+    check_parts(parts)
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
     config, engine = parts.edit, parts.engine
@@ -140,7 +141,7 @@ def edit_frames(
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
         guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
-        control = tuned if prepared is None else prepared.control
+        control = attention_control(parts, tuned) if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
     with timer.stage("decode_latents"):
@@ -152,6 +153,23 @@ def edit_frames(
             edited = match_colors(edited)
     summary = None if prepared is None else prepared.summary(parts.attention_edit)
     return EditedFrames(edited, cached, summary, timer.seconds)
+
+
+def check_parts(parts: EditParts) -> None:
+    """Refuse combinations the engine cannot run yet, before any work."""
+    from .errors import ConfigError
+
+    if parts.engine.feature_bank and (parts.tuned is not None or parts.attention_edit is not None):
+        raise ConfigError("feature_bank cannot be combined with --tuned or attention editing (--source-prompt) yet")
+
+
+def attention_control(parts: EditParts, tuned=None):
+    """The attention control of a plain edit: the tuned model's, a fresh feature bank, or None."""
+    if parts.engine.feature_bank:
+        from .attention.bank import FeatureBankControl
+
+        return FeatureBankControl(parts.engine.feature_bank)
+    return tuned
 
 
 def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:
@@ -176,7 +194,7 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
     def report(index: int, timestep: int, latents: torch.Tensor) -> None:
         progress("invert", index + 1, len(timesteps))
 
-    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=tuned)
+    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=attention_control(parts, tuned))
     save_trajectory(cache, key, trajectory)
     return trajectory.final.to(backbone.device, backbone.dtype), False
 
@@ -197,6 +215,7 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         window=plan.window,
         chunk=engine.chunk,
         **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
+        **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank}),
     )
 
 

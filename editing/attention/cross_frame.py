@@ -93,7 +93,9 @@ class CrossFrameAttnProcessor:
             mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
             mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
         if is_self and frames is not None:
+            own = (key, value)
             key, value, mask = gather_frames(key, value, frames)
+            key, value, mask = self.extend_context(own, key, value, mask, frames, **extra)
 
         query, key, value = (_heads(t, attn.heads) for t in (query, key, value))
         if attn.norm_q is not None:
@@ -109,6 +111,11 @@ class CrossFrameAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
+
+    def extend_context(self, own, key, value, mask, frames: FrameLayout, **extra):
+        """Self-attention keys/values beyond the batch's own frames (a feature bank adds earlier chunks'
+        here); `own` is the batch's (key, value) before gathering. Unchanged by default."""
+        return key, value, mask
 
     def attend(self, attn, query, key, value, mask, is_self: bool, **extra) -> torch.Tensor:
         """softmax(Q K^T / sqrt(d)) V per head, fused; subclasses that need the probabilities override this."""
