@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--window", type=int, default=2, help="neighbours on each side for --attention window")
     edit.add_argument("--chunk", type=int, default=8, help="frames per UNet call; longer clips run in chunks sharing anchor frames")
+    edit.add_argument("--token-merge", type=float, default=0.0, help="share of cross-frame context tokens merged (VidToMe); 0 = off")
     edit.add_argument("--feature-bank", type=int, default=0, help="frames of earlier chunks that later chunks also attend to (StreamV2V); 0 = off")
     edit.add_argument(
         "--control",
@@ -291,6 +292,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         window=args.window,
         chunk=args.chunk,
         feature_bank=args.feature_bank,
+        token_merge=args.token_merge,
         inversion=args.inversion,
         inversion_prompt=args.inversion_prompt,
         controls=controls,

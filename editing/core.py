@@ -125,7 +125,7 @@ def edit_frames(
     cache_root = engine.cache_dir or default_cache_dir()
     with timer.stage("conditions"):
         controls = prepare_controls(parts, frames, backbone, source, cache_root, progress)
-    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window)
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, merge=engine.token_merge)
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None
@@ -161,6 +161,8 @@ def check_parts(parts: EditParts) -> None:
 
     if parts.engine.feature_bank and (parts.tuned is not None or parts.attention_edit is not None):
         raise ConfigError("feature_bank cannot be combined with --tuned or attention editing (--source-prompt) yet")
+    if parts.engine.token_merge and parts.attention_edit is not None:
+        raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
 
 
 def attention_control(parts: EditParts, tuned=None):
@@ -216,6 +218,7 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         chunk=engine.chunk,
         **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
         **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank}),
+        **({} if not engine.token_merge else {"token_merge": engine.token_merge}),
     )
 
 

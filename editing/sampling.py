@@ -182,12 +182,13 @@ class FramePlan:
     batches: tuple[FrameBatch, ...]
     anchors: tuple[int, ...] = (0,)
     window: int = 2
+    merge: float = 0.0  # token merging ratio inside self-attention (editing.attention.merge)
 
     def layout(self, batch: FrameBatch) -> FrameLayout:
-        return layout_for(self.mode, batch.ids, self.anchors, self.window)
+        return layout_for(self.mode, batch.ids, self.anchors, self.window, self.merge)
 
 
-def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,)) -> FramePlan:
+def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
 
     The context is the mode's registered rule (editing.attention.modes): the shared anchor frames for
@@ -202,7 +203,7 @@ def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2
         targets = range(start, min(start + chunk, num_frames))
         context = {f for f in rule.context(targets, num_frames, anchors, window) if 0 <= f < num_frames}
         batches.append(FrameBatch(tuple(sorted(context | set(targets))), tuple(targets)))
-    return FramePlan(mode, tuple(batches), anchors, window)
+    return FramePlan(mode, tuple(batches), anchors, window, merge)
 
 
 def predict_noise(

@@ -26,13 +26,14 @@ class FrameLayout:
     num_frames: int  # frames per guidance branch in this batch
     kv_index: torch.Tensor  # (num_frames, m) long: positions of the key/value frames of each frame
     kv_valid: torch.Tensor | None = None  # (num_frames, m) bool; None when every entry is used
+    merge: float = 0.0  # share of the context tokens beyond the first context frame merged away (editing.attention.merge)
 
     def __post_init__(self):
         if self.kv_index.shape[0] != self.num_frames:
             raise ValueError(f"kv_index has {self.kv_index.shape[0]} rows for {self.num_frames} frames")
 
 
-def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2) -> FrameLayout:
+def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2, merge: float = 0.0) -> FrameLayout:
     """The attention layout of a batch holding the clip frames `frame_ids` (sorted, anchors included)."""
     rule = get_attention_mode(mode)
     position = {frame: i for i, frame in enumerate(frame_ids)}
@@ -45,7 +46,7 @@ def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,
     if any(len(row) != width for row in rows):
         valid = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
         rows = [row + [row[0]] * (width - len(row)) for row in rows]
-    return FrameLayout(len(frame_ids), torch.tensor(rows, dtype=torch.long), valid)
+    return FrameLayout(len(frame_ids), torch.tensor(rows, dtype=torch.long), valid, merge)
 
 
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
@@ -96,6 +97,10 @@ class CrossFrameAttnProcessor:
             own = (key, value)
             key, value, mask = gather_frames(key, value, frames)
             key, value, mask = self.extend_context(own, key, value, mask, frames, **extra)
+            if frames.merge > 0 and mask is None:  # rows of unequal width (window mode at the clip's ends) stay unmerged
+                from .merge import merge_context
+
+                key, value, mask = merge_context(key, value, key.shape[1] // length, frames.merge)
 
         query, key, value = (_heads(t, attn.heads) for t in (query, key, value))
         if attn.norm_q is not None:
