@@ -141,7 +141,7 @@ def edit_frames(
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
         guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
-        control = attention_control(parts, tuned) if prepared is None else prepared.control
+        control = attention_control(parts, frames, backbone, tuned) if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
     with timer.stage("decode_latents"):
@@ -157,21 +157,28 @@ def edit_frames(
 
 def check_parts(parts: EditParts) -> None:
     """Refuse combinations the engine cannot run yet, before any work."""
+    from .attention.modes import get_attention_mode
     from .errors import ConfigError
 
     if parts.engine.feature_bank and (parts.tuned is not None or parts.attention_edit is not None):
         raise ConfigError("feature_bank cannot be combined with --tuned or attention editing (--source-prompt) yet")
+    if get_attention_mode(parts.engine.attention).make_control is not None and (parts.tuned is not None or parts.attention_edit is not None or parts.engine.feature_bank):
+        raise ConfigError(f"attention {parts.engine.attention} cannot be combined with --tuned, --feature-bank or attention editing (--source-prompt) yet")
     if parts.engine.token_merge and parts.attention_edit is not None:
         raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
 
 
-def attention_control(parts: EditParts, tuned=None):
-    """The attention control of a plain edit: the tuned model's, a fresh feature bank, or None."""
+def attention_control(parts: EditParts, frames, backbone, tuned=None):
+    """The attention control of a plain edit: the tuned model's, a fresh feature bank, the mode's own
+    (flow trajectories), or None for the plain cross-frame processor."""
+    from .attention.modes import mode_control
+
     if parts.engine.feature_bank:
         from .attention.bank import FeatureBankControl
 
         return FeatureBankControl(parts.engine.feature_bank)
-    return tuned
+    scale = backbone.vae_scale_factor
+    return mode_control(parts.engine.attention, frames, frames.shape[1] // scale, frames.shape[2] // scale) or tuned
 
 
 def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:
@@ -196,7 +203,7 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
     def report(index: int, timestep: int, latents: torch.Tensor) -> None:
         progress("invert", index + 1, len(timesteps))
 
-    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=attention_control(parts, tuned))
+    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=attention_control(parts, frames, backbone, tuned))
     save_trajectory(cache, key, trajectory)
     return trajectory.final.to(backbone.device, backbone.dtype), False
 

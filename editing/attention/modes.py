@@ -34,6 +34,9 @@ class AttentionMode:
     context: ContextFn = _anchors_only
     needs_anchor: bool = True  # a batch without an anchor frame is an error
     cross_frame: bool = True  # False: plain per-frame self-attention, no processor is installed
+    # an attention control the loop installs instead of the plain cross-frame processor, built per edit:
+    # make_control(source frames, latent height, latent width); a callable or "module:function"
+    make_control: Callable | str | None = None
     help: str = field(default="", compare=False)
 
 
@@ -57,6 +60,19 @@ def unregister_attention_mode(name: str) -> None:
 
 def attention_mode_names() -> tuple[str, ...]:
     return tuple(ATTENTION_MODES)
+
+
+def mode_control(name: str, frames, latent_height: int, latent_width: int):
+    """The attention control a mode needs for this clip, or None for modes that need none."""
+    factory = get_attention_mode(name).make_control
+    if factory is None:
+        return None
+    if isinstance(factory, str):
+        import importlib
+
+        module, _, function = factory.partition(":")
+        factory = getattr(importlib.import_module(module), function)
+    return factory(frames, latent_height, latent_width)
 
 
 def get_attention_mode(name: str) -> AttentionMode:
@@ -106,3 +122,17 @@ register_attention_mode(AttentionMode("first", _first_rows, help="every frame at
 register_attention_mode(AttentionMode("sparse-causal", _sparse_causal_rows, _sparse_causal_context, help="first and previous frame (Tune-A-Video)"))
 register_attention_mode(AttentionMode("full", _full_rows, needs_anchor=False, help="all frames of a chunk (ControlVideo)"))
 register_attention_mode(AttentionMode("window", _window_rows, _window_context, help="the anchor plus neighbours within --window"))
+
+
+def _flow_rows(frame_ids, anchors, window):
+    return [sorted({anchors[0], i}) for i in range(len(frame_ids))]
+
+
+register_attention_mode(
+    AttentionMode(
+        "flow",
+        _flow_rows,
+        help="own frame and anchor, then attention along the source's optical-flow trajectories (FLATTEN)",
+        make_control="editing.attention.flow:make_flow_control",
+    )
+)
