@@ -22,7 +22,8 @@ import numpy as np
 from . import sampling, video_io
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError
-from .inversion import TensorCache, cache_key, content_hash, ddim_invert, default_cache_dir, load_trajectory, save_trajectory
+from .cache import TensorCache, cache_key, content_hash, default_cache_dir
+from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .models import DEFAULT_MODEL, ModelSpec, default_controlnet, load_backbone, load_controlnet
 
 log = logging.getLogger(__name__)
