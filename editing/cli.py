@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
     evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
     evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
-    from .shapes.benchmark import add_options
+    from shapes_world.benchmark import add_options
 
     add_options(evaluate)
     return parser
@@ -146,7 +146,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import load_spec, run_evaluation
 
     if args.shapes:
-        from .shapes.benchmark import run_command
+        from shapes_world.benchmark import run_command
 
         with TerminalProgress() as progress:
             return run_command(args, progress)
