@@ -30,8 +30,8 @@ import numpy as np
 
 from ..config import FrameSelection, VideoLimits
 from ..errors import ConfigError, ModelLoadError, VideoError
-from ..frames import check_frames
 from ..models import is_offline_error
+from ..frames import check_frames
 from ..video_io import read_clip, resize_frames
 
 log = logging.getLogger(__name__)
