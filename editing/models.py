@@ -329,7 +329,8 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
         source = str(spec.folder or spec.source)
         if spec.folder is not None:
             if not (spec.folder / "model_index.json").is_file():
-                raise ModelLoadError(f"model folder {spec.folder} ('{spec.source}') has no model_index.json: it is not a diffusers folder")
+                named = f" (the '{spec.source}' model)" if spec.source != source else ""
+                raise ModelLoadError(f"model folder {spec.folder}{named} has no model_index.json: it is not a diffusers folder")
             manifest = read_manifest(spec.folder)
             if manifest is not None:
                 options["tokenizer"] = manifest_tokenizer(spec.folder, manifest["tokenizer"])

@@ -36,6 +36,7 @@ import numpy as np
 
 from editing.errors import ConfigError, EditingError
 from editing.metrics import psnr
+
 from . import judge as judging
 from .world import PALETTE, SHAPES, Clip, Scene, SceneSampler, make_clip, random_motion
 

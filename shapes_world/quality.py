@@ -23,6 +23,7 @@ import torch
 from editing import sampling
 from editing.errors import EditingError
 from editing.models import SHAPES_MODEL_DIR, Backbone, load_backbone
+
 from .judge import judge, parse_caption, shows
 from .world import HELD_OUT_PAIRS, PALETTE, SHAPES, article, held_out_captions
 

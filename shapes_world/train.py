@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from editing.errors import EditingError
 from editing.files import atomic_output
+
 from .world import SceneSampler
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ def folder(tmp_path_factory):
 def test_shapes_spec_without_weights_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "SHAPES_MODEL_DIR", tmp_path / "absent")
     models.clear_cache()  # an earlier test may have loaded the committed shapes model
-    with pytest.raises(ModelLoadError, match="absent .'shapes'. has no model_index.json"):
+    with pytest.raises(ModelLoadError, match="absent .the 'shapes' model. has no model_index.json"):
         models.load_backbone("shapes", device="cpu")
 
 
