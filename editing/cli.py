@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
     evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
     evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
-    from .shapes.benchmark import add_options
+    if importlib.util.find_spec("shapes_world") is None:  # an installed wheel or the Space: no development package
+        return parser
+    from shapes_world.benchmark import add_options
 
     add_options(evaluate)
     return parser
@@ -152,8 +155,8 @@ def run_edit(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import load_spec, run_evaluation
 
-    if args.shapes:
-        from .shapes.benchmark import run_command
+    if getattr(args, "shapes", False):
+        from shapes_world.benchmark import run_command
 
         with TerminalProgress() as progress:
             return run_command(args, progress)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import sampling
-from .inversion import TensorCache, cache_key, content_hash, default_cache_dir
+from .cache import TensorCache, cache_key, content_hash, default_cache_dir
+from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .models import Backbone, default_controlnet, load_controlnet
@@ -106,8 +107,6 @@ def edit_frames(
     timer: StageTimer | None = None,
 ) -> EditedFrames:
     """Edit (N, H, W, 3) uint8 RGB frames (sides multiples of 8) and return the edited frames."""
-    from .video_io import check_frames
-
     frames = check_frames(frames)
     check_parts(parts)
     timer = timer or StageTimer(backbone.device)

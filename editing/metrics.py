@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from .frames import check_frames
 from .temporal import Flows, source_flows, warp
 
 if TYPE_CHECKING:
@@ -26,10 +27,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def _frames(frames: np.ndarray, name: str) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"{name} must be an (N, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
-    return frames
+    return check_frames(frames, name, minimum=0)
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray) -> None:

@@ -3,8 +3,10 @@
 A model spec is one of
   - a built-in offline spec: `tiny` (small SD-1.x-shaped model, random weights, for tests and offline
     demos) or `sd15-random` (the full SD-1.5 architecture with random weights, for benchmarks);
-  - `shapes`: the small model trained on the shapes world (editing.shapes), from assets/shapes-model;
-  - a local diffusers folder (holds `model_index.json`);
+  - a local diffusers folder (holds `model_index.json`), optionally with a `manifest.json` naming its
+    tokenizer and its ControlNets (see `read_manifest`);
+  - `shapes`: the name of such a folder shipped in the package (editing/assets/shapes-model), a small
+    model trained on a world of coloured shapes (the development package `shapes_world` trains it);
   - a single `.safetensors` checkpoint;
   - a Hugging Face Hub id such as `stable-diffusion-v1-5/stable-diffusion-v1-5`.
 Built-in specs produce noise-like images: they exist to test and to measure cost, not to make art.
@@ -52,7 +54,9 @@ SD1_SCHEDULER = dict(
 )
 CACHE_SIZE = 2
 SHAPES_MODEL = "shapes"
-SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-model"
+SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-model"  # package data: found from a wheel too
+MANIFEST = "manifest.json"  # in a local diffusers folder: {"tokenizer": ..., "controlnets": {kind: subfolder}}
+BUILTIN_TOKENIZERS = ("clip",)  # a manifest's tokenizer: one of these, or a subfolder of the model folder
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,8 @@ class ModelSpec:
         if text in BUILTIN_MODELS:
             return cls("builtin", text)
         if text == SHAPES_MODEL:
-            return cls("shapes", text)
+            return cls("folder", text)
         path = Path(text).expanduser()
-        if path.is_dir() and (path / "training.json").is_file():  # a folder written by editing.shapes.train
-            return cls("shapes", str(path.resolve()))
         if path.is_dir():
             return cls("folder", str(path.resolve()))
         if path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"):
@@ -95,10 +97,10 @@ class ModelSpec:
 
     @property
     def folder(self) -> Path | None:
-        """The folder the weights are read from: a local diffusers folder's or a shapes model's."""
-        if self.kind == "shapes":
-            return SHAPES_MODEL_DIR if self.source == SHAPES_MODEL else Path(self.source)
-        return Path(self.source) if self.kind == "folder" else None
+        """The local diffusers folder the weights are read from (the name `shapes` names the shipped one)."""
+        if self.kind != "folder":
+            return None
+        return SHAPES_MODEL_DIR if self.source == SHAPES_MODEL else Path(self.source)
 
     def __str__(self) -> str:
         return self.source
@@ -321,6 +323,7 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
     from diffusers import StableDiffusionPipeline
 
     options = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    manifest = None
     if spec.kind == "single_file":
         if config:
             options["config"] = config
@@ -328,32 +331,62 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
         def load():
             return StableDiffusionPipeline.from_single_file(spec.source, **options)
     else:
+        source = str(spec.folder or spec.source)
+        if spec.folder is not None:
+            if not (spec.folder / "model_index.json").is_file():
+                named = f" (the '{spec.source}' model)" if spec.source != source else ""
+                raise ModelLoadError(f"model folder {spec.folder}{named} has no model_index.json: it is not a diffusers folder")
+            manifest = read_manifest(spec.folder)
+            if manifest is not None:
+                options["tokenizer"] = manifest_tokenizer(spec.folder, manifest["tokenizer"])
 
         def load():
-            return StableDiffusionPipeline.from_pretrained(spec.source, **options)
+            return StableDiffusionPipeline.from_pretrained(source, **options)
 
     pipe = _load_from(spec, "model", load)
     scheduler_config = {**SD1_SCHEDULER, **{k: v for k, v in pipe.scheduler.config.items() if k in SD1_SCHEDULER}}
-    return _assemble(spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False)
-
-
-def load_shapes_model(folder: Path, device: torch.device, dtype: torch.dtype, name: str = SHAPES_MODEL) -> Backbone:
-    """The shapes-world model: its components from `folder`, CLIP's tokenizer, its Canny ControlNet as default."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"the shapes model is not in {folder}; train it with: python -m editing.shapes.train --out {folder} --work DIR")
-    spec = ModelSpec("folder", str(folder))
-    unet = _load_from(spec, "shapes UNet", lambda: UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype))
-    vae = _load_from(spec, "shapes VAE", lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype))
-    text_encoder = _load_from(spec, "shapes text encoder", lambda: CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype))
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    scheduler_config = {**SD1_SCHEDULER, **{k: v for k, v in scheduler.items() if k in SD1_SCHEDULER}}
-    backbone = _assemble(name, clip_tokenizer(), text_encoder, vae, unet, scheduler_config, device, dtype, False)
-    if (folder / "controlnet-canny" / "config.json").is_file():
-        backbone.extras["controlnets"] = {"canny": str(folder / "controlnet-canny")}
+    backbone = _assemble(spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False)
+    if manifest is not None and manifest["controlnets"]:
+        backbone.extras["controlnets"] = {kind: str(spec.folder / sub) for kind, sub in manifest["controlnets"].items()}
     return backbone
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """A model folder's manifest.json, checked, or None when it has none.
+
+    {"tokenizer": "clip" (CLIP's BPE vocabulary, built by `clip_tokenizer`) or a subfolder with tokenizer
+    files, "controlnets": {condition kind: subfolder holding that kind's ControlNet}}; the ControlNets
+    become the folder's defaults for their kinds (`default_controlnet`).
+    """
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or set(manifest) - {"tokenizer", "controlnets"}:
+        raise ModelLoadError(f"{path} must be an object with the keys tokenizer and controlnets; got {manifest!r:.100}")
+    manifest = {"tokenizer": manifest.get("tokenizer", "clip"), "controlnets": manifest.get("controlnets", {})}
+    if not isinstance(manifest["tokenizer"], str) or not manifest["tokenizer"]:
+        raise ModelLoadError(f"{path}: tokenizer must be one of {', '.join(BUILTIN_TOKENIZERS)} or a subfolder name")
+    if not isinstance(manifest["controlnets"], dict):
+        raise ModelLoadError(f"{path}: controlnets must map condition kinds to subfolders")
+    for kind, sub in manifest["controlnets"].items():
+        if not isinstance(sub, str) or not (folder / sub / "config.json").is_file():
+            raise ModelLoadError(f"{path}: the {kind} ControlNet {sub!r} is not a subfolder holding a ControlNet (config.json)")
+    return manifest
+
+
+def manifest_tokenizer(folder: Path, name: str):
+    """The tokenizer a manifest names: a built-in one, or the tokenizer files in a subfolder."""
+    if name in BUILTIN_TOKENIZERS:  # "clip"
+        return clip_tokenizer()
+    from transformers import CLIPTokenizer
+
+    if not (folder / name).is_dir():
+        raise ModelLoadError(f"{folder / MANIFEST}: tokenizer must be one of {', '.join(BUILTIN_TOKENIZERS)} or a subfolder; {name!r} is neither")
+    return _load_from(ModelSpec("folder", str(folder)), "tokenizer", lambda: CLIPTokenizer.from_pretrained(folder / name))
 
 
 def native_size(spec: str | None) -> int:
@@ -398,8 +431,6 @@ def load_backbone(spec: str | None = None, device: str | None = None, dtype: str
         if parsed.random_weights:
             log.warning("model '%s': %s", parsed.source, RANDOM_WEIGHTS_NOTE)
             backbone = _build_random(parsed.source, torch_device, torch_dtype)
-        elif parsed.kind == "shapes":
-            backbone = load_shapes_model(parsed.folder, torch_device, torch_dtype, parsed.source)
         else:
             backbone = _load_pretrained(parsed, torch_device, torch_dtype, config)
         _cache[key] = backbone

@@ -18,7 +18,8 @@ from .attention.blend import LocalBlend, blend_latents
 from .attention.p2p import AttentionEdit, AttentionRecorder, RefineEdit, ReweightEdit, SwapEdit, replaced_steps
 from .attention.store import AttentionStore, StorePolicy
 from .config import AttentionEditConfig
-from .inversion import TensorCache, Trajectory, cache_key, ddim_invert
+from .cache import TensorCache, cache_key
+from .inversion import Trajectory, ddim_invert
 from .nulltext import null_text_invert
 
 log = logging.getLogger(__name__)

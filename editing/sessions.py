@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError, EditingError
+from .files import atomic_output
 
 MANIFEST = "session.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
@@ -63,7 +64,7 @@ def default_root() -> Path:
     """$EDITING_SESSIONS_DIR, else `sessions/` in the editing cache folder."""
     if os.environ.get("EDITING_SESSIONS_DIR"):
         return Path(os.environ["EDITING_SESSIONS_DIR"])
-    from .inversion import default_cache_dir
+    from .cache import default_cache_dir
 
     return default_cache_dir() / "sessions"
 
@@ -169,9 +170,8 @@ class SessionStore:
 
     def save(self, session: Session) -> None:
         """Write the manifest atomically."""
-        partial = session.folder / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.partial"
-        partial.write_text(json.dumps(session.to_json(), indent=2))
-        os.replace(partial, session.folder / MANIFEST)
+        with atomic_output(session.folder / MANIFEST) as partial:
+            partial.write_text(json.dumps(session.to_json(), indent=2))
 
     def new_entry_dir(self, session: Session) -> tuple[str, Path]:
         """A fresh id and empty folder for the next edit's files."""
@@ -193,18 +193,13 @@ class SessionStore:
         """The whole session (manifest, source, every entry's files) as one zip."""
         session = self.open(name)
         destination = Path(destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
+        with atomic_output(destination) as partial:
             with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(MANIFEST, json.dumps(session.to_json(), indent=2))
                 archive.write(session.source_path, session.source)
                 for entry in session.entries:
                     for file_name in entry.files.values():
                         archive.write(session.entry_dir(entry.id) / file_name, f"entries/{entry.id}/{file_name}")
-            os.replace(partial, destination)
-        finally:
-            partial.unlink(missing_ok=True)
         return destination
 
     def import_zip(self, archive_path: str | os.PathLike, name: str | None = None) -> Session:

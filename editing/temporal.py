@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .frames import check_frames
 
 if TYPE_CHECKING:
     from .sampling import StepCallback
@@ -26,13 +27,6 @@ if TYPE_CHECKING:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
-
-
-def _check_frames(frames: np.ndarray, minimum: int) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < minimum:
-        raise ValueError(f"frames must be an (N, H, W, 3) uint8 array with N >= {minimum}, got {frames.shape} {frames.dtype}")
-    return frames
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +134,7 @@ def source_flows(
     thresholds and, if `max_color_error` (0..255) is set, when warping frame t-1 onto it changes the
     colour by at most that much.
     """
-    frames = _check_frames(frames, 2)
+    frames = check_frames(frames, minimum=2)
     _check(occlusion_rel >= 0 and math.isfinite(occlusion_rel), f"occlusion_rel must be >= 0, got {occlusion_rel}")
     _check(occlusion_abs >= 0 and math.isfinite(occlusion_abs), f"occlusion_abs must be >= 0, got {occlusion_abs}")
     _check(max_color_error is None or max_color_error >= 0, f"max_color_error must be >= 0, got {max_color_error}")
@@ -240,7 +234,7 @@ def make_flow_fusion_callback(flows: Flows, fusion: FlowFusion, total_steps: int
 
 def match_colors(frames: np.ndarray, reference_index: int = 0) -> np.ndarray:
     """Frames whose per-channel LAB mean and standard deviation are moved to the reference frame's (Reinhard et al. 2001)."""
-    frames = _check_frames(frames, 1)
+    frames = check_frames(frames)
     if not -len(frames) <= reference_index < len(frames):
         raise ValueError(f"reference_index {reference_index} is out of range for {len(frames)} frames")
     reference_index %= len(frames)

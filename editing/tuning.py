@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,9 +27,10 @@ import torch.nn.functional as F
 from . import sampling, video_io
 from .attention.cross_frame import layout_for
 from .attention.tuned import InflatedWeights, TunedControl
+from .cache import DEFAULT_CACHE_BYTES, cache_key, content_hash, default_cache_dir, evict_least_recent, touch
 from .config import FrameSelection, VideoLimits
 from .errors import ConfigError, TuningError
-from .inversion import DEFAULT_CACHE_BYTES, _touch, cache_key, content_hash, default_cache_dir, evict_least_recent
+from .files import atomic_output
 from .models import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone
 
 log = logging.getLogger(__name__)
@@ -219,15 +219,10 @@ def save_tuned(path: str | os.PathLike, weights: InflatedWeights, metadata: dict
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.state_dict().items()}
-    try:
+    with atomic_output(path) as partial:
         save_file(tensors, str(partial), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    with video_io.atomic_output(path.with_suffix(".json")) as partial_json:
+    with atomic_output(path.with_suffix(".json")) as partial_json:
         partial_json.write_text(json.dumps(metadata, indent=2) + "\n")
 
 
@@ -310,7 +305,7 @@ def tune_video(request: TuneRequest, progress: ProgressFn = _no_progress) -> Tun
         if candidate is not None and candidate.is_file() and _has_key(candidate, key):
             log.info("reusing tuning %s", candidate)
             if candidate == cached:
-                _touch(cached)  # recently used: evicted last
+                touch(cached)  # recently used: evicted last
             return _finish(request, candidate, True, [], None)
     progress("encode", 0, 1)
     latents = sampling.encode_frames(backbone, clip.frames, batch_size=8)
@@ -356,7 +351,7 @@ def _finish(request: TuneRequest, path: Path, reused: bool, losses: list[float],
     if target.resolve() != path.resolve():
         target.parent.mkdir(parents=True, exist_ok=True)
         for source, destination in ((path, target), (path.with_suffix(".json"), target.with_suffix(".json"))):
-            with video_io.atomic_output(destination) as partial:
+            with atomic_output(destination) as partial:
                 shutil.copyfile(source, partial)
     metadata = read_metadata(target)
     if not losses:

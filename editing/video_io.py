@@ -1,21 +1,18 @@
 """Video in and out: probe, select and resize frames, write mp4 (with the source's audio), gif, png zip.
 
 Decoding and encoding use PyAV, whose wheels bundle FFmpeg with libx264 and AAC, so no system
-ffmpeg is needed. Every writer goes through `atomic_output`, so a failed write leaves nothing behind.
+ffmpeg is needed. Every writer goes through `editing.files.atomic_output`, so a failed write leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import cv2
@@ -24,6 +21,8 @@ from PIL import Image
 
 from .config import FrameSelection, VideoLimits
 from .errors import VideoError
+from .files import atomic_output
+from .frames import check_frames
 
 log = logging.getLogger(__name__)
 
@@ -242,26 +241,6 @@ def plan_frames(info: VideoInfo, selection: FrameSelection) -> FramePlan:
         raise VideoError(f"the selection keeps {len(indices)} frame{'s' * (len(indices) != 1)} of {name}; widen the time range or lower the stride")
     width, height = target_size(info.width, info.height, selection.size)
     return FramePlan(indices, info.fps / selection.stride, width, height)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.partial{final.suffix}")
-    try:
-        yield partial
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def check_frames(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"frames must be a non-empty (N, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
-    return frames
 
 
 def write_mp4(

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The commands that trained the committed shapes model (assets/shapes-model), with its step counts.
+# The commands that trained the committed shapes model (editing/assets/shapes-model), with its step counts.
 # About 4 hours on 2 CPU cores. Every stage resumes from WORK if interrupted; run again to continue.
 #
-#   bash scripts/train_shapes_model.sh WORK [OUT]      # OUT defaults to assets/shapes-model
+#   bash scripts/train_shapes_model.sh WORK [OUT]      # OUT defaults to editing/assets/shapes-model
 #
 # Step counts can be overridden: VAE_STEPS, UNET_STEPS, DECODER_STEPS, CONTROL_STEPS, and the UNet's
 # continuation: MORE_PLAIN, MORE_MINSNR, MORE_LOWLR (steps of each of its three phases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:?usage: bash scripts/train_shapes_model.sh WORK [OUT]}
-out=${2:-assets/shapes-model}
+out=${2:-editing/assets/shapes-model}
 py=${PYTHON:-.venv/bin/python}
 VAE_STEPS=${VAE_STEPS:-4200}
 UNET_STEPS=${UNET_STEPS:-5800}
@@ -18,7 +18,7 @@ MORE_MINSNR=${MORE_MINSNR:-5800}
 MORE_LOWLR=${MORE_LOWLR:-1000}
 DECODER_STEPS=${DECODER_STEPS:-2000}
 CONTROL_STEPS=${CONTROL_STEPS:-1000}
-train=("$py" -m editing.shapes.train --vae-channels 32,64,64 --latent-channels 8 --unet-channels 64,128,128 --text-width 64)
+train=("$py" -m shapes_world.train --vae-channels 32,64,64 --latent-channels 8 --unet-channels 64,128,128 --text-width 64)
 only() {  # the step flags that run one stage
   local stage=$1 steps=$2 flags=(--vae-steps 0 --unet-steps 0 --decoder-steps 0 --control-steps 0)
   for i in "${!flags[@]}"; do [ "${flags[$i]}" = "--$stage-steps" ] && flags[$((i + 1))]=$steps; done
@@ -49,4 +49,4 @@ decoder=$!
 wait "$control"
 wait "$decoder"
 "${train[@]}" --init "$work/control-model" --vae-from "$work/decoder-model" --out "$out" --work "$work/join" $(only none 0)
-"$py" -m editing.shapes.quality --model "$out" --per-caption 4 --sheet "$out/held-out-samples.png" --json "$out/quality.json"
+"$py" -m shapes_world.quality --model "$out" --per-caption 4 --sheet "$out/held-out-samples.png" --json "$out/quality.json"

@@ -9,10 +9,11 @@ import sys
 import pytest
 import torch
 
-from editing import inversion, sampling
+from editing import sampling
+from editing.cache import TensorCache, cache_key
 from editing.config import ControlSpec, EditConfig, EngineConfig, FrameSelection
 from editing.errors import ConfigError
-from editing.inversion import TensorCache, ddim_invert
+from editing.inversion import ddim_invert
 from editing.models import load_controlnet
 from editing.pipeline import EditRequest, edit_video
 from editing.video_io import read_clip
@@ -150,9 +151,9 @@ def test_cache_evicts_least_recently_used_entries_beyond_its_cap(tmp_path):
 
 def test_cache_keys_follow_every_part():
     base = dict(source="abc", steps=10, prompt="")
-    assert inversion.cache_key(**base) == inversion.cache_key(**dict(reversed(base.items())))
+    assert cache_key(**base) == cache_key(**dict(reversed(base.items())))
     for change in ({"source": "abd"}, {"steps": 11}, {"prompt": "a car"}):
-        assert inversion.cache_key(**{**base, **change}) != inversion.cache_key(**base)
+        assert cache_key(**{**base, **change}) != cache_key(**base)
 
 
 def test_flow_smoothing_and_color_matching_run_in_the_engine(tmp_path):

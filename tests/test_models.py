@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from editing import models
 from editing.errors import ModelLoadError
-from editing.models import ModelSpec, clip_tokenizer, load_backbone, load_controlnet, native_size, pick_dtype
+from editing.models import ModelSpec, clip_tokenizer, default_controlnet, load_backbone, load_controlnet, native_size, pick_dtype
+
+from .conftest import ROOT
 
 
 def test_tokenizer_matches_open_clip_reference():
@@ -147,3 +156,106 @@ def test_random_controlnet_matches_backbone_and_changes_the_unet(tiny):
     assert not torch.allclose(plain, guided)
     with pytest.raises(ModelLoadError, match="backbone, not a ControlNet"):
         load_controlnet("tiny", tiny)
+
+
+def _folder_without_tokenizer(tiny, folder: Path) -> Path:
+    """The tiny model saved as a diffusers folder with no tokenizer files, and a ControlNet subfolder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=None, unet=tiny.unet, scheduler=tiny.scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    load_controlnet("random", tiny).save_pretrained(folder / "edges")
+    return folder
+
+
+def test_a_folder_with_a_manifest_loads_with_the_tokenizer_and_controlnets_it_names(tiny, tmp_path):
+    """Any local folder, not only the shipped one: the manifest supplies the tokenizer a folder lacks and
+    makes its ControlNet the default for its kind. Without the manifest (the control) the folder cannot load."""
+    folder = _folder_without_tokenizer(tiny, tmp_path / "model")
+    models.clear_cache()
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        load_backbone(str(folder), device="cpu")
+    (folder / models.MANIFEST).write_text(json.dumps({"tokenizer": "clip", "controlnets": {"canny": "edges"}}))
+    models.clear_cache()
+    loaded = load_backbone(str(folder), device="cpu")
+    assert loaded.tokenizer("a red car").input_ids == clip_tokenizer()("a red car").input_ids
+    assert default_controlnet("canny", loaded) == str(folder / "edges")
+    assert not default_controlnet("depth", loaded).startswith(str(folder))  # a kind it does not name: not from the folder
+    for a, b in zip(tiny.unet.parameters(), loaded.unet.parameters()):
+        assert torch.equal(a, b)
+    assert load_controlnet(default_controlnet("canny", loaded), loaded).config.cross_attention_dim == tiny.unet.config.cross_attention_dim
+    models.clear_cache()
+
+
+@pytest.mark.parametrize(
+    "manifest, words",
+    [
+        ({"tokenizer": "clip", "controlnets": {"canny": "missing"}}, "canny ControlNet 'missing' is not a subfolder"),
+        ({"tokenizer": "no-such-tokenizer"}, "tokenizer must be one of clip or a subfolder"),
+        ({"tokenizer": "clip", "controlnet": {}}, "keys tokenizer and controlnets"),
+        ("not an object", "keys tokenizer and controlnets"),
+    ],
+)
+def test_a_bad_manifest_is_one_line_naming_what_is_wrong(tiny, tmp_path, manifest, words):
+    folder = _folder_without_tokenizer(tiny, tmp_path / "model")
+    (folder / models.MANIFEST).write_text(json.dumps(manifest))
+    models.clear_cache()
+    with pytest.raises(ModelLoadError, match=words) as caught:
+        load_backbone(str(folder), device="cpu")
+    assert "\n" not in str(caught.value)
+
+
+def test_the_name_shapes_is_the_shipped_folder_with_a_manifest():
+    """The product's one shapes case: the name resolves to a folder inside the package, which carries its
+    manifest like any other; a folder elsewhere is just a folder."""
+    spec = ModelSpec.parse(models.SHAPES_MODEL)
+    assert spec.kind == "folder" and spec.folder == models.SHAPES_MODEL_DIR
+    assert spec.folder.is_relative_to(Path(models.__file__).parent)
+    assert models.read_manifest(spec.folder) == {"tokenizer": "clip", "controlnets": {"canny": "controlnet-canny"}}
+
+
+def _can_build_wheels() -> bool:
+    """Whether setuptools here has bdist_wheel without downloading anything (its own since 70.1, else the wheel package)."""
+    import setuptools
+
+    return importlib.util.find_spec("wheel") is not None or tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1)
+
+
+def _install_like_a_wheel(target: Path, scratch: Path) -> str:
+    """Install the package into `target` as a non-editable wheel does, offline. With a setuptools that can
+    build wheels: `pip wheel --no-build-isolation` then `pip install --target`. Otherwise (setuptools 65 in
+    a fresh venv has no bdist_wheel) setuptools' build_py, the step of a wheel build that selects the
+    packages and their package data: a wheel is a zip of the tree it writes."""
+    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    if _can_build_wheels():
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(scratch), "."], **run)
+        wheel = next(scratch.glob("*.whl"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], **run)
+        return "wheel"
+    setup = [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q"]
+    subprocess.run([*setup, "egg_info", "--egg-base", str(scratch), "build_py", "--build-lib", str(target)], **run)
+    return "build_py"
+
+
+def test_shapes_is_found_from_an_installed_package_outside_the_source_tree(tmp_path):
+    """From an installed (non-editable) package and another working directory, `shapes` names the folder
+    shipped as package data and loads; the development package `shapes_world` is not installed."""
+    target, scratch, elsewhere = tmp_path / "site", tmp_path / "scratch", tmp_path / "elsewhere"
+    for folder in (scratch, elsewhere):
+        folder.mkdir()
+    how = _install_like_a_wheel(target, scratch)
+    code = (
+        "import importlib.util, json, editing.models as m; b = m.load_backbone('shapes', device='cpu'); "
+        "print(json.dumps({'module': m.__file__, 'folder': str(m.ModelSpec.parse('shapes').folder), 'canny': m.default_controlnet('canny', b), "
+        "'size': m.native_size('shapes'), 'dev': importlib.util.find_spec('shapes_world') is not None}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (how, result.stderr[-800:])
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(found["module"]).is_relative_to(target) and Path(found["folder"]).is_relative_to(target), (how, found)
+    assert Path(found["canny"]).is_relative_to(target) and found["size"] == native_size(models.SHAPES_MODEL)
+    assert not found["dev"], "shapes_world must not be installed with the product"

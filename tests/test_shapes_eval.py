@@ -11,8 +11,8 @@ from editing import video_io
 from editing.cli import main
 from editing.config import FrameSelection
 from editing.models import SHAPES_MODEL_DIR
-from editing.shapes import benchmark as bench
-from editing.shapes.world import make_clip
+from shapes_world import benchmark as bench
+from shapes_world.world import make_clip
 
 CLIPS = [bench.benchmark_clip(i) for i in range(4)]
 
@@ -139,7 +139,7 @@ def test_the_stated_slice_names_known_settings_and_shortfalls_are_found():
     assert bench.stated_values_text(unstated).count("not stated yet") == len(values)
 
 
-@pytest.mark.skipif(not (SHAPES_MODEL_DIR / "model_index.json").is_file(), reason=f"needs the shapes model in {SHAPES_MODEL_DIR} (python -m editing.shapes.train, or merge the shapes branch)")
+@pytest.mark.skipif(not (SHAPES_MODEL_DIR / "model_index.json").is_file(), reason=f"needs the shapes model in {SHAPES_MODEL_DIR} (python -m shapes_world.train, or merge the shapes branch)")
 def test_ci_slice_meets_the_stated_values(tmp_path):
     stated = bench.load_stated()
     if any(v.get("edit_accuracy") is None for v in stated["values"].values()):

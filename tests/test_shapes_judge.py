@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from editing.shapes.judge import judge, judge_background, parse_caption, shows
-from editing.shapes.world import PALETTE, SHAPES, Background, Scene, SceneSampler, ShapeObject, render, render_background
+from shapes_world.judge import judge, judge_background, parse_caption, shows
+from shapes_world.world import PALETTE, SHAPES, Background, Scene, SceneSampler, ShapeObject, render, render_background
 
 SAMPLES = SceneSampler(split="all").batch(2024, 200)
 

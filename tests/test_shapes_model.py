@@ -10,9 +10,9 @@ import torch
 
 from editing import models
 from editing.errors import ModelLoadError
-from editing.shapes import quality
-from editing.shapes import train as T
-from editing.shapes.world import HELD_OUT_PAIRS
+from shapes_world import quality
+from shapes_world import train as T
+from shapes_world.world import HELD_OUT_PAIRS
 from tests.test_shapes_train import TINY
 
 
@@ -28,7 +28,7 @@ def folder(tmp_path_factory):
 def test_shapes_spec_without_weights_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "SHAPES_MODEL_DIR", tmp_path / "absent")
     models.clear_cache()  # an earlier test may have loaded the committed shapes model
-    with pytest.raises(ModelLoadError, match="python -m editing.shapes.train"):
+    with pytest.raises(ModelLoadError, match="absent .the 'shapes' model. has no model_index.json"):
         models.load_backbone("shapes", device="cpu")
 
 
@@ -39,7 +39,8 @@ def test_shapes_spec_loads_the_folder_with_its_controlnet(monkeypatch, folder):
         backbone = models.load_backbone("shapes", device="cpu")
         assert not backbone.random_weights and backbone.vae_scale_factor == 2
         assert backbone.unet.config.cross_attention_dim == TINY.text_width
-        assert models.default_controlnet("canny", backbone) == str(folder / "controlnet-canny")
+        assert models.default_controlnet("canny", backbone) == str(folder / "controlnet-canny")  # from the manifest
+        assert json.loads((folder / models.MANIFEST).read_text()) == {"tokenizer": "clip", "controlnets": {"canny": "controlnet-canny"}}
         controlnet = models.load_controlnet(models.default_controlnet("canny", backbone), backbone)
         assert list(controlnet.config.conditioning_embedding_out_channels) == [16, 32]
     finally:
@@ -47,7 +48,7 @@ def test_shapes_spec_loads_the_folder_with_its_controlnet(monkeypatch, folder):
 
 
 def test_text_to_image_makes_seeded_images_of_the_trained_size(folder):
-    backbone = models.load_shapes_model(folder, torch.device("cpu"), torch.float32)
+    backbone = models.load_backbone(str(folder), device="cpu")  # a trained folder is an ordinary model folder
     first = quality.text_to_image(backbone, "a red circle on a blue background", 2, seed=3, steps=2)
     again = quality.text_to_image(backbone, "a red circle on a blue background", 2, seed=3, steps=2)
     assert first.shape == (2, TINY.image_size, TINY.image_size, 3) and first.dtype == np.uint8

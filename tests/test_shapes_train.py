@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from editing.shapes import train as T
+from shapes_world import train as T
+
+from .conftest import ROOT
 
 TINY = T.TrainConfig(
     image_size=32, vae_channels=(16, 16), unet_channels=(16, 32), text_width=16, text_layers=1,
@@ -229,8 +231,8 @@ def test_vae_from_takes_a_decoder_trained_alongside_and_refuses_another_encoder(
 
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "editing.shapes.train", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--init", str(tmp_path)],
-        capture_output=True, text=True, cwd=T.__file__.rsplit("/editing/", 1)[0],
+        [sys.executable, "-m", "shapes_world.train", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--init", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 2 and "not a saved shapes model" in result.stderr and "Traceback" not in result.stderr
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from editing.shapes.world import (
+from shapes_world.world import (
     HELD_OUT_PAIRS,
     PALETTE,
     SHAPES,

@@ -473,7 +473,7 @@ def test_the_shapes_examples_are_generated_clips_that_the_shapes_model_edits_as_
 
     from editing.models import native_size
     from editing.pipeline import edit_video
-    from editing.shapes import benchmark as bench
+    from shapes_world import benchmark as bench
     from editing.video_io import read_clip
     from ui import widgets
     from ui.backend import Backend

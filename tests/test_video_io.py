@@ -13,9 +13,9 @@ from PIL import Image
 
 from editing.config import FrameSelection, VideoLimits
 from editing.errors import ConfigError, VideoError
+from editing.files import atomic_output
 from editing.video_io import (
     AudioSource,
-    atomic_output,
     probe,
     read_clip,
     target_size,

@@ -50,7 +50,7 @@ def edit_values(values: dict[str, Any]) -> dict[str, Any]:
 
 def check_tuned_for(tuned: str | None, video: str | None) -> None:
     """Refuse an edit whose tuned weights are missing or were tuned on another clip than the one shown."""
-    from editing.inversion import content_hash
+    from editing.cache import content_hash
     from editing.tuning import read_metadata
 
     if not tuned:

@@ -25,7 +25,7 @@ FORM_SIZE = 256  # the forms' Long side: SD-1.x models at half their size keep C
 SMOOTHING = ("flow", "color")
 
 
-# Clips of the shapes world (editing.shapes.benchmark.benchmark_clip, assets/README.md) with an edit the
+# Clips of the shapes world (shapes_world.benchmark.benchmark_clip, assets/README.md) with an edit the
 # shapes model makes offline.
 SHAPES_EXAMPLES = {
     "shapes-clip1.mp4": "an orange triangle and a yellow star on a green background",

@@ -32,7 +32,8 @@ from ..config import FrameSelection, VideoLimits
 from ..errors import ConfigError, ModelLoadError, VideoError
 from .kinds import condition_kind, get_condition_kind
 from ..models import is_offline_error
-from ..video_io import check_frames, read_clip, resize_frames
+from ..frames import check_frames
+from ..video_io import read_clip, resize_frames
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ Three stages, each resumable from its last checkpoint in the work directory:
            the UNet learnt stays the same (as SD's fine-tuned VAE decoders do); it may run alongside `unet`;
   control  a ControlNetModel (initialised from the UNet) on Canny edges, UNet and text encoder frozen.
 Each step's data and noise come from generators seeded by (seed, stage, step), so a resumed run equals an
-uninterrupted one. The result is a diffusers folder (fp16 safetensors) plus training.json.
+uninterrupted one. The result is a diffusers folder (fp16 safetensors) with its manifest.json (tokenizer and
+ControlNets, see editing.models.read_manifest), loadable as `--model FOLDER`, plus training.json.
 
-    python -m editing.shapes.train --out DIR --work DIR [--vae-steps N --unet-steps N --decoder-steps N --control-steps N]
+    python -m shapes_world.train --out DIR --work DIR [--vae-steps N --unet-steps N --decoder-steps N --control-steps N]
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import EditingError
+from editing.errors import EditingError
+from editing.files import atomic_output
+
 from .world import SceneSampler
 
 log = logging.getLogger(__name__)
@@ -151,7 +154,7 @@ def build_controlnet(unet, config: TrainConfig):
 
 def scheduler_config() -> dict:
     """The SD-1.x noise schedule: the product samples with DDIM on it."""
-    from ..models import SD1_SCHEDULER
+    from editing.models import SD1_SCHEDULER
 
     return dict(SD1_SCHEDULER)
 
@@ -304,7 +307,7 @@ def control_loss(models, pixels, ids, edges, generator) -> torch.Tensor:
 
 def canny_edges(images: np.ndarray) -> torch.Tensor:
     """The product's Canny condition images, (N, 3, H, W) in [0, 1]."""
-    from ..control.extractors import canny
+    from editing.control.extractors import canny
 
     return torch.from_numpy(canny(images)).permute(0, 3, 1, 2).float() / 255.0
 
@@ -335,8 +338,8 @@ def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: Sta
     """Atomically write a stage checkpoint (with the moving averages of the parameters when kept)."""
     path = checkpoint_path(work, stage)
     payload = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(), "state": asdict(state), "ema": ema}
-    torch.save(payload, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    with atomic_output(path) as partial:
+        torch.save(payload, partial)
 
 
 def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, optimizer) -> tuple[StageState, list | None]:
@@ -422,7 +425,7 @@ def fresh_components(config: TrainConfig) -> Components:
     """Seeded random initialisation of every component (the ControlNet is made from the trained UNet later)."""
     from transformers import CLIPTextModel
 
-    from ..models import clip_tokenizer
+    from editing.models import clip_tokenizer
 
     torch.manual_seed(config.seed)
     vae = build_vae(config)
@@ -438,7 +441,7 @@ def load_components(folder: Path) -> Components:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from ..models import clip_tokenizer
+    from editing.models import clip_tokenizer
 
     dtype = dict(torch_dtype=torch.float32)
     controlnet = ControlNetModel.from_pretrained(folder / "controlnet-canny", **dtype) if (folder / "controlnet-canny").is_dir() else None
@@ -525,10 +528,13 @@ def train_control(config: TrainConfig, parts: Components, work: Path, start: int
 
 
 def save_folder(parts: Components, out: Path, record: dict) -> None:
-    """Write the diffusers folder (fp16 safetensors, model_index.json, DDIM scheduler) and training.json.
+    """Write the diffusers folder (fp16 safetensors, model_index.json, DDIM scheduler), its manifest and training.json.
 
-    The tokenizer is not saved (3.5 MB): it is CLIP's, built offline by editing.models.clip_tokenizer()."""
+    The tokenizer is not saved (3.5 MB): it is CLIP's, built offline by editing.models.clip_tokenizer(), and
+    the manifest says so; it also names the Canny ControlNet's subfolder, the folder's default for canny."""
     from diffusers import DDIMScheduler
+
+    from editing.models import MANIFEST
 
     out.mkdir(parents=True, exist_ok=True)
     for name in ("vae", "text_encoder", "unet", "controlnet"):
@@ -546,6 +552,8 @@ def save_folder(parts: Components, out: Path, record: dict) -> None:
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
     }  # fmt: skip
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    controlnets = {"canny": "controlnet-canny"} if parts.controlnet is not None else {}
+    (out / MANIFEST).write_text(json.dumps({"tokenizer": "clip", "controlnets": controlnets}, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -624,7 +632,7 @@ def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None, 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m editing.shapes.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes_world.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
     parser.add_argument("--work", type=Path, required=True, help="where stage checkpoints are kept (resumed from)")
     parser.add_argument("--init", type=Path, help="a saved shapes folder to continue training from (optimiser reset)")

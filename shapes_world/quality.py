@@ -1,10 +1,10 @@
 """How well a shapes model draws what a caption asks: text-to-image samples judged against the caption.
 
-    python -m editing.shapes.quality [--model FOLDER] [--per-caption 4] [--steps 20] [--guidance 5]
+    python -m shapes_world.quality [--model FOLDER] [--per-caption 4] [--steps 20] [--guidance 5]
 
 Samples are drawn with the product's own stages (editing.sampling: DDIM, classifier-free guidance) for
 the held-out captions (colour+shape pairs never seen in training) and, for comparison, for as many
-training-distribution captions; the judge (editing.shapes.judge) finds the objects without masks.
+training-distribution captions; the judge (shapes_world.judge) finds the objects without masks.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import sampling
-from ..errors import EditingError
-from ..models import SHAPES_MODEL_DIR, Backbone, load_shapes_model
+from editing import sampling
+from editing.errors import EditingError
+from editing.models import SHAPES_MODEL_DIR, Backbone, load_backbone
+
 from .judge import judge, parse_caption, shows
 from .world import HELD_OUT_PAIRS, PALETTE, SHAPES, article, held_out_captions
 
@@ -114,7 +115,7 @@ def reconstruction_ceiling(backbone: Backbone, count: int, seed: int) -> Quality
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m editing.shapes.quality", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes_world.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=SHAPES_MODEL_DIR, help="a shapes model folder")
     parser.add_argument("--per-caption", type=int, default=4, help="samples per caption (25 held-out captions)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.per_caption < 1 or args.steps < 1:
             raise EditingError("--per-caption and --steps must be at least 1")
         torch.set_num_threads(1)
-        backbone = load_shapes_model(args.model, torch.device("cpu"), torch.float32)
+        if not (args.model / "model_index.json").is_file():
+            raise EditingError(f"the shapes model is not in {args.model}; train it with: python -m shapes_world.train --out {args.model} --work DIR")
+        backbone = load_backbone(str(args.model), device="cpu", dtype="fp32")
         held = held_out_captions()
         reports = [reconstruction_ceiling(backbone, 25 * args.per_caption, args.seed)]
         print(json.dumps(asdict(reports[0])))

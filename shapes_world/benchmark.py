@@ -34,8 +34,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, EditingError
-from ..metrics import psnr
+from editing.errors import ConfigError, EditingError
+from editing.metrics import psnr
+
 from . import judge as judging
 from .world import PALETTE, SHAPES, Clip, Scene, SceneSampler, make_clip, random_motion
 
@@ -46,7 +47,7 @@ LOCAL_KINDS = ("colour", "shape")
 ADDED_WORD = "striped"  # the add-a-word edit: "on a green background" -> "on a striped green background"
 BASE_SEED = 1000  # clip i is drawn from seed BASE_SEED + i
 FRAMES, SIZE, FPS = 8, 64, 8
-GUIDANCE = 5.0  # the shapes model's text-to-image guidance (editing.shapes.quality)
+GUIDANCE = 5.0  # the shapes model's text-to-image guidance (shapes_world.quality)
 SDEDIT_STRENGTH = 0.7  # settings without inversion noise the source to this share of the steps
 TUNE_STEPS, TUNE_LR = 40, 1e-4
 STATED_PATH = Path(__file__).with_name("stated.json")
@@ -258,7 +259,7 @@ def parse_settings(text: str | None) -> tuple[str, ...]:
 
 def _prompt_edit(edit: ShapeEdit) -> str:
     """swap when both prompts have as many tokens (P2P's word swap), else refine (token alignment)."""
-    from ..models import clip_tokenizer
+    from editing.models import clip_tokenizer
 
     tokenizer = clip_tokenizer()
     same = len(tokenizer(edit.source_prompt).input_ids) == len(tokenizer(edit.prompt).input_ids)
@@ -267,8 +268,8 @@ def _prompt_edit(edit: ShapeEdit) -> str:
 
 def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps: int, model: str, cache_dir: Path, tuned: Path | None = None):
     """The EditRequest the `edit` command would build for this setting and edit."""
-    from ..cli import edit_request as cli_request
-    from ..evaluate import _edit_defaults
+    from editing.cli import edit_request as cli_request
+    from editing.evaluate import _edit_defaults
 
     options = dict(SETTINGS[setting])
     values = _edit_defaults() | {"prompt": edit.prompt, "model": model, "frames": 0, "size": SIZE, "steps": steps, "guidance": GUIDANCE}
@@ -283,8 +284,8 @@ def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps
 
 def tune_clip(video: Path, clip: Clip, model: str, cache_dir: Path, steps: int = TUNE_STEPS) -> tuple[Path, float]:
     """One-shot tuned weights for a benchmark clip (cached), and the seconds tuning took."""
-    from ..config import FrameSelection
-    from ..tuning import TuneConfig, TuneRequest, tune_video
+    from editing.config import FrameSelection
+    from editing.tuning import TuneConfig, TuneRequest, tune_video
 
     config = TuneConfig(prompt=clip.caption, selection=FrameSelection(max_frames=len(clip.frames), size=SIZE), steps=steps, learning_rate=TUNE_LR)
     begin = time.perf_counter()
@@ -358,8 +359,8 @@ def _tuned_for(setting: str, video: Path, clip: Clip, model: str, cache: Path, n
 
 def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path, tuned, progress) -> tuple[dict, np.ndarray | None]:
     """One edit through edit_video (with its own cache, so it pays its own inversion), its row and its frames."""
-    from ..evaluate import read_png_zip
-    from ..pipeline import edit_video
+    from editing.evaluate import read_png_zip
+    from editing.pipeline import edit_video
 
     row = {"setting": setting, "clip": index, "kind": edit.kind, "prompt": edit.prompt}
     name = f"{setting}-{index}-{edit.kind}"
@@ -468,12 +469,12 @@ def put_in_readme(path: Path, table: str) -> None:
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The eval command's options for the shapes benchmark."""
-    group = parser.add_argument_group("shapes benchmark (ground-truth edit quality; editing.shapes.benchmark)")
+    group = parser.add_argument_group("shapes benchmark (ground-truth edit quality; shapes_world.benchmark)")
     group.add_argument("--shapes", action="store_true", help="run the shapes benchmark instead of a YAML spec")
     group.add_argument("--settings", default=None, help=f"comma-separated settings (default all): {', '.join(SETTINGS)}")
     group.add_argument("--clips", type=int, default=4, help="benchmark clips (8 frames, 64 px each)")
     group.add_argument("--steps", type=int, default=20, help="denoising steps")
-    group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (assets/shapes-model) or a folder from editing.shapes.train")
+    group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (editing/assets/shapes-model) or a folder from shapes_world.train")
     group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
     group.add_argument("--state", action="store_true", help="with --slice: write the measured values into stated.json")
     group.add_argument("--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers")
@@ -481,13 +482,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def model_label(model: str) -> str:
     """The model's name and, for a shapes folder, the training steps of each stage (from its training.json)."""
-    from ..models import SHAPES_MODEL, SHAPES_MODEL_DIR
+    from editing.models import ModelSpec
 
-    folder = SHAPES_MODEL_DIR if model == SHAPES_MODEL else Path(model)
     try:
+        folder = ModelSpec.parse(model).folder or Path(model)
         stages = json.loads((folder / "training.json").read_text(encoding="utf-8"))["stages"]
         steps = ", ".join(f"{name} {entry['steps']}" for name, entry in stages.items())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (EditingError, OSError, ValueError, KeyError, TypeError):
         return model
     return f"{model} (training steps: {steps})"
 
@@ -508,7 +509,7 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     with tempfile.TemporaryDirectory(prefix="shapes-", dir=out) as work:
         result = run_benchmark(settings, clips, steps, args.model, Path(work), progress)
     summary = result.summary()
-    from ..evaluate import contact_sheet
+    from editing.evaluate import contact_sheet
 
     for setting, rows in result.sheets.items():
         contact_sheet(rows).save(out / f"contact-{setting}.png")

@@ -1,0 +1,29 @@
+"""Writing files atomically: a failed or interrupted write leaves nothing behind and never a half file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+PARTIAL_PREFIX = "."  # partial files are hidden, so folder listings and cache eviction pass them by
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); rename it into place only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f"{PARTIAL_PREFIX}{final.stem}.{uuid.uuid4().hex[:8]}.partial{final.suffix}")
+    try:
+        yield partial
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def is_partial(path: Path) -> bool:
+    """Whether a file is a write in progress (or one left by a crash) rather than a finished file."""
+    return path.name.startswith(PARTIAL_PREFIX) and ".partial" in path.name
