@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -20,50 +19,16 @@ import torch
 import numpy as np
 
 from . import sampling, video_io
-from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
-from .errors import ConfigError
 from .inversion import TensorCache, cache_key, content_hash, ddim_invert, default_cache_dir, load_trajectory, save_trajectory
-from .models import DEFAULT_MODEL, ModelSpec, default_controlnet, load_backbone, load_controlnet
+from .models import default_controlnet, load_backbone, load_controlnet
+from .requests import OUTPUT_SUFFIXES, EditRequest  # noqa: F401 (EditRequest moved to editing.requests; old imports work)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "load_model", "encode_text", "conditions", "invert", "denoise", "decode_latents", "encode_video")
-OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
 
 # progress(stage, done, total); raising Cancelled from it stops the edit.
 ProgressFn = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """One edit: which clip, which frames, which model, what to make, where to write it."""
-
-    video: str
-    output: str
-    edit: EditConfig
-    selection: FrameSelection = FrameSelection()
-    engine: EngineConfig = EngineConfig()
-    model: str = DEFAULT_MODEL
-    device: str | None = None
-    dtype: str | None = None
-    limits: VideoLimits = VideoLimits()
-    attention_edit: AttentionEditConfig | None = None
-    tuned: str | None = None  # one-shot tuned weights (editing.tuning) to edit with
-    also_write: tuple[str, ...] = ()  # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
-
-    def __post_init__(self):
-        for output in (self.output, *self.also_write):
-            if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-                raise ConfigError(f"output {Path(output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
-        if self.attention_edit is not None and self.engine.inversion != "ddim":
-            raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
-        if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
-            raise ConfigError(f"null-text inversion needs guidance above 1, got {self.edit.guidance}")
-        if self.tuned is not None and self.engine.attention == "none":
-            raise ConfigError("a tuned model needs cross-frame attention; use --attention sparse-causal, the mode it was tuned with")
-        if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
-            raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
-        ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
 @dataclass
