@@ -486,9 +486,9 @@ def _switch_words(text: Any, option: Option) -> set[str]:
     words = {word.strip().lower() for word in text.split(",")} - {""}
     unknown = sorted(words - {*option.words, "none"})
     if unknown:
-        raise ConfigError(f"unknown {option.name} {unknown[0]!r} in {text!r}: use {', '.join(option.words)}, {','.join(option.words)!r} or none")
+        raise ConfigError(f"unknown {option.flag} value {unknown[0]!r} in {text!r}: use {', '.join(option.words)}, {','.join(option.words)!r} or none")
     if "none" in words and len(words) > 1:
-        raise ConfigError(f"{option.name} {text!r} combines 'none' with other choices")
+        raise ConfigError(f"{option.flag} {text!r} combines 'none' with other choices")
     return words
 
 

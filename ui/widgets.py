@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from editing.cli import DEFAULT_ATTENTION
+from editing.requests import DEFAULT_ATTENTION
 from editing.config import ATTENTION_MODES, CONTROL_KINDS, INVERSIONS, PROMPT_EDITS
 from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_MODEL, SHAPES_NOTE, native_size
@@ -71,7 +71,7 @@ def frame_widgets(model: gr.Dropdown, frames: int = 8) -> dict[str, gr.component
     with gr.Row():
         start = gr.Number(0, label="Start (s)", minimum=0)
         # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
-        # shown default and means the clip's end (forms.command_namespace maps end <= 0 to None).
+        # shown default and means the clip's end (forms.command_values maps end <= 0 to None).
         end = gr.Number(0, label="End (s, 0 = clip end)", minimum=0, elem_classes="end")
     with gr.Row():
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
