@@ -162,7 +162,8 @@ class Option:
     help: str = ""
     choices: Any = None  # a tuple, or a zero-argument callable returning one
     metavar: str | None = None
-    required: bool = False
+    required: bool = False  # the command line must give it
+    needed: bool = False  # the request must have it (its field has no default)
     repeat: bool = False
     nullable: bool = False  # None is a value (the clip's end, no cache folder, decided later)
     group: str | None = None
@@ -264,7 +265,7 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
     common = dict(
         name=name, flags=flags, help=meta.get("help", ""), choices=meta.get("choices"), metavar=meta.get("metavar"), group=group,
         paths=(path,), field_default=None if missing else default, within=within, enables=missing and within is not None,
-        required=bool(meta.get("required")) or (missing and within is None),
+        required=bool(meta.get("required")) or (missing and within is None), needed=missing and within is None,
     )  # fmt: skip
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
@@ -409,8 +410,8 @@ def build_request(command: str, values: Mapping[str, Any] | Any):
     schema = options(command)
     values = defaults(command) | {option.name: given[option.name] for option in schema if option.name in given}
     for option in schema:
-        if option.required and values[option.name] is None:
-            raise ConfigError(f"{option.flag} is required")
+        if option.needed and values[option.name] is None:
+            raise ConfigError(f"{option.name} is required")
     assigned: dict[tuple[str, ...], Any] = {}
     per_item: dict[tuple[str, ...], list[tuple[Option, dict[str, str]]]] = {}
     for option in schema:

@@ -116,6 +116,21 @@ def attention_edit_widgets() -> dict[str, gr.components.Component]:
     return {"source_prompt": source, "prompt_edit": kind, "blend_words": blend}
 
 
+def option_widget(option) -> gr.components.Component:
+    """A hidden widget holding a schema option's default (`editing.requests.Option`), so that the option is
+    an API parameter even before the form lays out a widget for it."""
+    choices = option.choice_values()
+    if option.repeat:
+        return gr.JSON(list(option.default), label=option.name, visible=False)
+    if option.type is bool:
+        return gr.Checkbox(option.default, label=option.name, visible=False)
+    if choices is not None:
+        return gr.Dropdown(list(choices), value=option.default, label=option.name, visible=False)
+    if option.type in (int, float):
+        return gr.Number(option.default, label=option.name, precision=0 if option.type is int else None, visible=False)
+    return gr.Textbox(option.default, label=option.name, visible=False)
+
+
 def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, Any]) -> Callable[..., Any]:
     """`fn(values: dict, progress)` as an event handler whose parameters are `names` (the API shows them by name).
 
