@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def _item_choices(option: Option) -> tuple | None:
 def _unwrap(hint) -> tuple[Any, bool]:
     """(the type inside `X | None`, whether None is allowed)."""
     args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else hint), True
     return hint, False
@@ -291,10 +292,10 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
             key = dataclasses.fields(element)[0].name.upper()
             for sub in dataclasses.fields(element):
                 if "flag" in sub.metadata:
-                    sub_name = sub.metadata.get("dest", sub.name)
+                    sub_name = sub.metadata.get("dest", f"{name}_{sub.name}")  # control_model, control_video
                     found.append(
                         Option(
-                            name=f"{name}_{sub_name}" if "dest" not in sub.metadata else sub_name, flags=_flags(sub.metadata, sub_name),
+                            name=sub_name, flags=_flags(sub.metadata, sub_name),
                             type=str, default=[], help=sub.metadata.get("help", ""), metavar=sub.metadata.get("metavar") or f"{key}={sub.name.upper()}",
                             repeat=True, group=group, kind="per_item", paths=(path,), item=element, item_field=sub.name, within=within,
                         )
@@ -376,6 +377,9 @@ def coerce(option: Option, value: Any) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be text, got {value!r}")
+    choices = option.choice_values()
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
     return value
 
 

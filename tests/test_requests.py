@@ -162,6 +162,9 @@ def test_a_field_added_to_a_config_is_an_eval_spec_setting(monkeypatch):
     data["edits"][0]["sharpness"] = "very"
     with pytest.raises(ConfigError, match="sharpness must be a number"):
         parse_spec(data, ROOT)
+    data["edits"][0] |= {"sharpness": 0.5, "look": "wavy"}
+    with pytest.raises(ConfigError, match="look must be one of plain, crisp; got 'wavy'"):
+        parse_spec(data, ROOT)
 
 
 def test_a_field_added_to_a_config_is_an_app_form_field_and_api_parameter(monkeypatch, tmp_path):
