@@ -252,3 +252,62 @@ def test_help_and_build_parser_import_no_benchmark_judge_training_or_evaluation(
 def test_eval_shapes_reads_its_options_in_any_order(tmp_path, capsys):
     assert main(["eval", "--settings", "nope", "--out", str(tmp_path), "--shapes"]) == 2
     assert "unknown setting 'nope'" in capsys.readouterr().err
+
+
+def _import_graph(packages=("editing", "ui")) -> dict[str, set[str]]:
+    """Module -> the modules of `packages` it imports anywhere in its source (function-level imports too)."""
+    import ast
+
+    files = {}
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for module, path in files.items():
+        here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                target = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+                submodules = {f"{target}.{alias.name}" for alias in node.names}
+                found |= submodules & files.keys()
+                if not submodules <= files.keys():  # names from the module itself, not only its submodules
+                    found.add(target)
+        graph[module] = {m for m in found if m in files and m != module}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of the graph, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(module):
+        state[module] = 1
+        path.append(module)
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == 1:
+                return path[path.index(other) :] + [other]
+            if other not in state and (found := visit(other)):
+                return found
+        state[module] = 2
+        path.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_no_import_circle_inside_editing_or_ui():
+    graph = _import_graph()
+    assert {"editing.cli", "editing.requests", "editing.evaluate", "ui.forms"} <= graph.keys()
+    assert "editing.requests" in graph["editing.cli"] and "editing.requests" in graph["ui.forms"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    # the control: the circle this schema removed (cli -> evaluate -> shapes.benchmark -> cli) is found
+    old = graph | {"editing.evaluate": graph["editing.evaluate"] | {"editing.cli"}}
+    assert _cycle(old) is not None
