@@ -129,7 +129,7 @@ REGISTRY = ["plain", "crisp"]
 def _with_new_fields(monkeypatch):
     """The edit command's request with two fields added to its EngineConfig, as a contributor would add them."""
     extra = [
-        ("sharpness", float, field(default=0.25, metadata={"help": "how sharp the edit is"})),
+        ("sharpness", float, field(default=0.25, metadata={"help": "how sharp the edit is", "flag": ("--sharpness", "--crispness")})),
         ("look", str, field(default="plain", metadata={"help": "a look: {choices}", "choices": lambda: tuple(REGISTRY)})),
     ]
     engine = dataclasses.make_dataclass("EngineConfigPlus", extra, bases=(EngineConfig,), frozen=True)
@@ -143,6 +143,7 @@ def test_a_field_added_to_a_config_is_a_cli_option(monkeypatch, capsys):
     assert parsed(EDIT).engine.sharpness == 0.25 and parsed(EDIT).engine.look == "plain"  # the dataclass defaults
     request = parsed(EDIT + ["--sharpness", "0.5", "--look", "crisp", "--steps", "3"])
     assert (request.engine.sharpness, request.engine.look, request.edit.steps) == (0.5, "crisp", 3)
+    assert parsed(EDIT + ["--crispness", "0.75"]).engine.sharpness == 0.75  # a second spelling is an alias
     with pytest.raises(SystemExit):
         build_parser().parse_args(EDIT + ["--look", "wavy"])
     REGISTRY.append("wavy")  # choices given as a callable are read when the parser is built
