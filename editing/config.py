@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from .attention.modes import attention_mode_names
+from .control.kinds import condition_kind_names
 from .errors import ConfigError
 from .samplers import sampler_names
 
@@ -35,11 +36,11 @@ class VideoLimits:
 class FrameSelection:
     """Which source frames to edit and at what size."""
 
-    start: float = field(default=0.0, metadata={"help": "first kept time in seconds"})
-    end: float | None = field(default=None, metadata={"help": "end time in seconds (exclusive); None = clip end"})
+    start: float = field(default=0.0, metadata={"help": "first second to keep"})
+    end: float | None = field(default=None, metadata={"help": "last second to keep (exclusive)"})
     stride: int = field(default=1, metadata={"help": "keep every n-th frame"})
-    max_frames: int | None = field(default=16, metadata={"help": "most frames to keep; None = all"})
-    size: int = field(default=512, metadata={"help": "long side of the edited frames, a multiple of 8"})
+    max_frames: int | None = field(default=16, metadata={"help": "most frames to edit (0 = all)", "flag": "--frames", "dest": "frames", "none_as": 0})
+    size: int = field(default=512, metadata={"help": "long side in pixels, a multiple of 8 (default: the model's own size: 512 for SD 1.x, 64 for shapes)", "resolve": "native_size"})
 
     def __post_init__(self):
         _check(math.isfinite(self.start) and self.start >= 0, f"start must be a time >= 0 s, got {self.start}")
@@ -57,8 +58,8 @@ class FrameSelection:
 class EditConfig:
     """What to generate: prompt, sampler and randomness."""
 
-    prompt: str
-    negative_prompt: str = ""
+    prompt: str = field(metadata={"help": "what the edited video should show"})
+    negative_prompt: str = field(default="", metadata={"help": "what it should not show"})
     steps: int = field(default=20, metadata={"help": "denoising steps"})
     guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it"})
     strength: float = field(default=1.0, metadata={"help": "share of the steps to invert and re-run: lower keeps more of the source"})
@@ -86,16 +87,14 @@ INVERSIONS = ("ddim", "none")
 class ControlSpec:
     """One ControlNet: the condition kind, its weight, and the share of steps [start, end] it acts on."""
 
-    kind: str
+    kind: str = field(metadata={"choices": condition_kind_names})
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
-    model: str | None = field(default=None, metadata={"help": "ControlNet spec; None = the default for the kind"})
-    video: str | None = field(default=None, metadata={"help": "a condition video to use instead of extracting"})
+    model: str | None = field(default=None, metadata={"help": "ControlNet for a kind (Hub id, folder, file)", "flag": "--control-model", "metavar": "KIND=SPEC"})
+    video: str | None = field(default=None, metadata={"help": "use a condition video instead of extracting", "flag": "--control-video", "metavar": "KIND=VIDEO"})
 
     def __post_init__(self):
-        from .control.kinds import condition_kind_names
-
         kinds = condition_kind_names()
         _check(self.kind in kinds, f"control must be one of {', '.join(kinds)}; got {self.kind!r}")
         _check(math.isfinite(self.scale) and 0 <= self.scale <= 5, f"control scale must be between 0 and 5, got {self.scale}")
@@ -118,19 +117,24 @@ class ControlSpec:
 class EngineConfig:
     """How the video engine edits: inversion, cross-frame attention, chunking, ControlNets, smoothing."""
 
-    attention: str = field(default="first", metadata={"help": "cross-frame attention (editing.attention.modes)", "choices": attention_mode_names})
-    window: int = field(default=2, metadata={"help": "neighbours on each side for window attention"})
-    chunk: int = field(default=8, metadata={"help": "frames per UNet call; long clips run chunk by chunk"})
+    attention: str = field(
+        default="first",
+        metadata={"help": "cross-frame attention (default: {default}; with --tuned, the mode it was tuned with)", "choices": attention_mode_names, "resolve": "tuned_attention"},
+    )
+    window: int = field(default=2, metadata={"help": "neighbours on each side for --attention window"})
+    chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames"})
     token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off"})
     feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})
-    inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)"})
-    inversion_prompt: str = field(default="", metadata={"help": "prompt used to invert the source"})
-    controls: tuple[ControlSpec, ...] = ()
-    smooth_flow: bool = field(default=False, metadata={"help": "blend each frame's latent with the flow-warped previous one"})
-    smooth_color: bool = field(default=False, metadata={"help": "match every frame's colours to the first frame's"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where inversions and condition maps are cached"})
-    cache_bytes: int = field(default=4 * 1024**3, metadata={"help": "size cap of each on-disk cache"})
-    annotators: str = field(default="lllyasviel/Annotators", metadata={"help": "Hub id or folder of depth/soft-edge annotators"})
+    inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)", "choices": INVERSIONS})
+    inversion_prompt: str = field(default="", metadata={"help": "prompt describing the source, used to invert it"})
+    controls: tuple[ControlSpec, ...] = field(
+        default=(), metadata={"help": "ControlNet conditioning, repeatable; KIND is one of {choices}", "flag": "--control", "dest": "control", "metavar": "KIND[:SCALE[:START:END]]"}
+    )
+    smooth_flow: bool = field(default=False, metadata={"help": "latent fusion along the optical flow", "flag": "--smooth", "dest": "smooth", "word": "flow"})
+    smooth_color: bool = field(default=False, metadata={"help": "match every frame's colours to the first frame's", "flag": "--smooth", "dest": "smooth", "word": "color"})
+    cache_dir: str | None = field(default=None, metadata={"help": "cache for inversions and condition maps"})
+    cache_bytes: int = field(default=4 * 1024**3, metadata={"help": "size cap of each on-disk cache", "option": False})
+    annotators: str = field(default="lllyasviel/Annotators", metadata={"help": "Hub id or folder of the depth / soft-edge annotators"})
 
     def __post_init__(self):
         modes = attention_mode_names()
@@ -153,16 +157,16 @@ PROMPT_EDITS = ("swap", "refine", "reweight")
 class AttentionEditConfig:
     """Prompt-to-Prompt / FateZero attention editing: what the source shows and how its attention is reused."""
 
-    source_prompt: str = field(metadata={"help": "prompt describing the source clip; the inversion uses it"})
-    edit: str = field(default="refine", metadata={"help": "swap (same word count), refine (added words) or reweight"})
+    source_prompt: str = field(metadata={"help": "what the source shows; enables attention editing (and inverts with it)"})
+    edit: str = field(default="refine", metadata={"help": "swap: same word count; refine: added words; reweight", "flag": "--edit", "dest": "prompt_edit", "choices": PROMPT_EDITS})
     cross_replace: float = field(default=0.8, metadata={"help": "share of the steps whose cross-attention comes from the source"})
     self_replace: float = field(default=0.4, metadata={"help": "share of the steps whose self-attention comes from the source"})
-    blend_words: tuple[str, ...] = field(default=(), metadata={"help": "words whose attention masks the edited region (local blend)"})
+    blend_words: tuple[str, ...] = field(default=(), metadata={"help": "words whose attention masks the edited region; the rest keeps the source"})
     blend_threshold: float = field(default=0.3, metadata={"help": "mask threshold on the blend words' normalised attention"})
-    reweight: tuple[tuple[str, float], ...] = field(default=(), metadata={"help": "(word, scale) pairs for --edit reweight"})
-    null_text: bool = field(default=False, metadata={"help": "optimise per-step unconditional embeddings (null-text inversion)"})
+    reweight: tuple[tuple[str, float], ...] = field(default=(), metadata={"help": "scale a target word's attention (with --edit reweight), repeatable"})
+    null_text: bool = field(default=False, metadata={"help": "null-text inversion: fit per-step unconditional embeddings (slow, cached)"})
     null_text_iterations: int = field(default=10, metadata={"help": "Adam iterations per step of null-text inversion"})
-    self_downsample: int = field(default=4, metadata={"help": "store self-attention only at layers this many times smaller than the latent"})
+    self_downsample: int = field(default=4, metadata={"help": "store self-attention only at layers this many times smaller than the latent", "option": False})
 
     def __post_init__(self):
         _check(isinstance(self.source_prompt, str) and self.source_prompt.strip() != "", "source prompt must not be empty for attention editing")

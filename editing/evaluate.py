@@ -17,7 +17,6 @@ Settings are the `edit` command's options with `_` for `-` (`negative_prompt`, `
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -34,18 +33,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import metrics, video_io
+from . import metrics, requests, video_io
 from .config import EditConfig
 from .errors import ConfigError, EditingError, ModelLoadError
-from .pipeline import STAGES, EditRequest, ProgressFn, edit_video
+from .pipeline import STAGES, ProgressFn, edit_video
+from .requests import EditRequest
 
 log = logging.getLogger(__name__)
 
 SPEC_KEYS = ("clip", "defaults", "edits")
 EVAL_KEYS = ("name", "video", "source_prompt", "reconstruction", "attention_edit")
-_CLI_ONLY = ("debug", "command", "video", "out", "json")  # edit-command options a spec does not set
-# Numeric edit options whose default None means "decided later": the clip's end, the model's own size.
-_OPTIONAL_NUMBERS = {"end": float, "size": int}
+_CLI_ONLY = ("video", "out")  # edit options a spec does not set (the spec names its videos; outputs are the runner's)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CONTACT_COLUMNS = 8
 CONTACT_HEIGHT = 96
@@ -86,43 +84,17 @@ class EvalSpec:
 # ---------------------------------------------------------------- reading a spec
 
 
-def _edit_defaults() -> dict:
-    """Every setting the edit command has, with its default, keyed by option name (`_` for `-`)."""
-    from .cli import build_parser
-
-    namespace = build_parser().parse_args(["edit", "video", "--prompt", "prompt", "--out", "out.mp4"])
-    settings = {key: value for key, value in vars(namespace).items() if key not in _CLI_ONLY}
-    settings["prompt"] = None
-    return settings
+def _edit_options() -> dict[str, requests.Option]:
+    """Every option of the edit command a spec may set, by name (the request schema's own list)."""
+    return {option.name: option for option in requests.options("edit") if option.name not in _CLI_ONLY}
 
 
-def _coerce(where: str, key: str, value, default):
-    """A spec value checked against the type of the CLI option's default (YAML already typed it)."""
-    if isinstance(default, list):
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(item, str) for item in values):
-            raise ConfigError(f"{where}: {key} must be text or a list of texts, got {value!r}")
-        return values
-    if isinstance(default, bool) or isinstance(value, bool):
-        if not isinstance(value, bool) or not isinstance(default, bool):
-            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
-        return value
-    optional = _OPTIONAL_NUMBERS.get(key)
-    if optional is not None and value is None:
-        return None
-    if isinstance(default, int) or optional is int:
-        if not isinstance(value, int):
-            raise ConfigError(f"{where}: {key} must be a whole number, got {value!r}")
-        return value
-    if isinstance(default, float) or optional is float:
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
-        return float(value)
-    if value is None and default is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be text, got {value!r}")
-    return value
+def _coerce(where: str, option: requests.Option, value):
+    """A spec value in the option's form (YAML already typed it), checked as the app's forms check it."""
+    try:
+        return requests.coerce(option, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _settings(where: str, entry, defaults: dict, known: dict) -> dict:
@@ -138,14 +110,12 @@ def _settings(where: str, entry, defaults: dict, known: dict) -> dict:
         if key not in known:
             choices = ", ".join(sorted([*known, *EVAL_KEYS]))
             raise ConfigError(f"{where}: unknown setting {raw_key!r}; known settings: {choices}")
-        merged[key] = _coerce(where, key, value, known[key])
+        merged[key] = _coerce(where, known[key], value)
     return merged
 
 
 def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
-    """One EvalEdit from merged settings, built through the CLI's own mapping."""
-    from .cli import edit_request
-
+    """One EvalEdit from merged settings, built through the request schema, as the CLI and the app build theirs."""
     video = settings.get("video")
     where = f"edit {index + 1}"
     if not isinstance(video, str) or not video.strip():
@@ -171,9 +141,8 @@ def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
         values["inversion_prompt"] = source_prompt
     if values["cache_dir"]:
         values["cache_dir"] = str(base / Path(values["cache_dir"]).expanduser())
-    args = argparse.Namespace(**values, video=str(path.resolve()), out=f"{name}.zip")
     try:
-        request = edit_request(args)
+        request = requests.edit_request(values | {"video": str(path.resolve()), "out": f"{name}.zip"})
     except EditingError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
     return EvalEdit(name, request, source_prompt, reconstruction)
@@ -186,8 +155,8 @@ def parse_spec(data, base: Path, clip: str | None = None) -> EvalSpec:
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"unknown top-level key {unknown[0]!r} in the spec; use {', '.join(SPEC_KEYS)}")
-    known = _edit_defaults()
-    defaults = _settings("defaults", data.get("defaults") or {}, known, known)
+    known = _edit_options()
+    defaults = _settings("defaults", data.get("defaults") or {}, requests.defaults("edit"), known)
     edits = data.get("edits")
     if not isinstance(edits, list):
         raise ConfigError("'edits' must be a list of edits, each with at least a video and a prompt")

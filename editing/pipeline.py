@@ -9,54 +9,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from . import video_io
-from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .core import STAGES, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
-from .errors import ConfigError
-from .models import DEFAULT_MODEL, ModelSpec, load_backbone
+from .models import load_backbone
+from .requests import EditRequest  # noqa: F401 (EditRequest lives in editing.requests; old imports work)
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
 __all__ = ["STAGES", "EditRequest", "EditResult", "ProgressFn", "edit_video"]
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """One edit: which clip, which frames, which model, what to make, where to write it."""
-
-    video: str
-    output: str
-    edit: EditConfig
-    selection: FrameSelection = FrameSelection()
-    engine: EngineConfig = EngineConfig()
-    model: str = DEFAULT_MODEL
-    device: str | None = None
-    dtype: str | None = None
-    limits: VideoLimits = VideoLimits()
-    attention_edit: AttentionEditConfig | None = None
-    tuned: str | None = None  # one-shot tuned weights (editing.tuning) to edit with
-    also_write: tuple[str, ...] = ()  # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
-
-    def __post_init__(self):
-        for output in (self.output, *self.also_write):
-            if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-                raise ConfigError(f"output {Path(output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
-        if self.attention_edit is not None and self.engine.inversion != "ddim":
-            raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
-        if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
-            raise ConfigError(f"null-text inversion needs guidance above 1, got {self.edit.guidance}")
-        if self.tuned is not None and self.engine.attention == "none":
-            raise ConfigError("a tuned model needs cross-frame attention; use --attention sparse-causal, the mode it was tuned with")
-        if self.attention_edit is not None and self.attention_edit.null_text and self.edit.sampler != "ddim":
-            raise ConfigError(f"null-text inversion fits DDIM steps; use sampler ddim, not {self.edit.sampler}")
-        if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
-            raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
-        ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
 @dataclass

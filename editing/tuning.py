@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,17 +28,14 @@ from . import sampling, video_io
 from .attention.cross_frame import layout_for
 from .attention.tuned import InflatedWeights, TunedControl
 from .cache import DEFAULT_CACHE_BYTES, cache_key, content_hash, default_cache_dir, evict_least_recent, touch
-from .config import FrameSelection, VideoLimits
 from .errors import ConfigError, TuningError
 from .files import atomic_output
-from .models import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone
+from .models import Backbone, ModelSpec, load_backbone
+from .requests import MIXED_PRECISION, TuneConfig, TuneRequest  # noqa: F401 (TuneConfig, TuneRequest moved; old imports work)
+from .tuned_file import FORMAT, JSON_FIELDS, TUNING_ATTENTION, read_metadata, tuned_attention  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-FORMAT = "editing-tuned/1"
-MIXED_PRECISION = ("no", "fp16", "bf16")
-TUNING_ATTENTION = "sparse-causal"
-JSON_FIELDS = ("settings", "source", "losses")  # metadata values stored as JSON text
 TUNINGS_MAX_BYTES = DEFAULT_CACHE_BYTES  # the tunings cache keeps the most recently used files within this size
 ProgressFn = Callable[[str, int, int], None]
 
@@ -46,50 +43,6 @@ ProgressFn = Callable[[str, int, int], None]
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """How to tune: the source prompt, the frames, the optimiser and the memory savers."""
-
-    prompt: str = field(metadata={"help": "what the source clip shows; the tuning's text condition"})
-    selection: FrameSelection = field(default=FrameSelection(max_frames=8, size=512), metadata={"help": "frames and size to tune on"})
-    steps: int = field(default=300, metadata={"help": "optimiser steps (Tune-A-Video uses 300-500)"})
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
-    seed: int = field(default=0, metadata={"help": "seed of the temporal layers' initialisation, timesteps and noise"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 autocast (GPU only)"})
-
-    def __post_init__(self):
-        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "tuning prompt must not be empty")
-        _check(1 <= self.steps <= 100000, f"tuning steps must be between 1 and 100000, got {self.steps}")
-        _check(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1, f"learning rate must be in (0, 1], got {self.learning_rate}")
-        _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
-        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, f"max grad norm must be positive, got {self.max_grad_norm}")
-        _check(self.mixed_precision in MIXED_PRECISION, f"mixed precision must be one of {', '.join(MIXED_PRECISION)}; got {self.mixed_precision!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TuneRequest:
-    """One tuning: which clip, which model, how, and where to write the tuned weights."""
-
-    video: str
-    config: TuneConfig
-    output: str | None = None
-    model: str = DEFAULT_MODEL
-    device: str | None = None
-    dtype: str | None = None
-    cache_dir: str | None = None
-    limits: VideoLimits = VideoLimits()
-
-    def __post_init__(self):
-        if self.output is not None and Path(self.output).suffix != ".safetensors":
-            raise ConfigError(f"tuned weights {Path(self.output).name} must end in .safetensors")
-        ModelSpec.parse(self.model)
 
 
 @dataclass
@@ -226,26 +179,6 @@ def save_tuned(path: str | os.PathLike, weights: InflatedWeights, metadata: dict
         partial_json.write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata of a tuned-weights file, JSON values decoded; TuningError when it is not one."""
-    from safetensors import safe_open
-
-    name = Path(path).name
-    if not Path(path).is_file():
-        raise TuningError(f"tuned weights {path} do not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise TuningError(f"{name} is not a readable .safetensors file: {' '.join(str(exc).split())[:120]}") from exc
-    if raw.get("format") != FORMAT:
-        raise TuningError(f"{name} holds no tuned weights of this program (format {raw.get('format')!r}, expected {FORMAT!r})")
-    try:
-        return {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
-    except json.JSONDecodeError as exc:
-        raise TuningError(f"{name} has damaged metadata: {exc}") from exc
-
-
 def check_base(path: str | os.PathLike, model: str) -> dict:
     """The file's metadata, refusing early (before the model is loaded) a file tuned on a model of another name."""
     metadata = read_metadata(path)
@@ -253,11 +186,6 @@ def check_base(path: str | os.PathLike, model: str) -> dict:
     if metadata.get("base_name") != source:
         raise TuningError(f"{Path(path).name} was tuned on model '{metadata.get('base_name')}', not on '{source}'; edit with --model {metadata.get('base_name')}")
     return metadata
-
-
-def tuned_attention(path: str | os.PathLike) -> str:
-    """The cross-frame attention mode a tuned file was tuned with (and is best edited with)."""
-    return read_metadata(path).get("settings", {}).get("attention", TUNING_ATTENTION)
 
 
 def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:

@@ -268,18 +268,17 @@ def _prompt_edit(edit: ShapeEdit) -> str:
 
 def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps: int, model: str, cache_dir: Path, tuned: Path | None = None):
     """The EditRequest the `edit` command would build for this setting and edit."""
-    from editing.cli import edit_request as cli_request
-    from editing.evaluate import _edit_defaults
+    from editing.requests import defaults, edit_request as schema_request
 
     options = dict(SETTINGS[setting])
-    values = _edit_defaults() | {"prompt": edit.prompt, "model": model, "frames": 0, "size": SIZE, "steps": steps, "guidance": GUIDANCE}
+    values = defaults("edit") | {"prompt": edit.prompt, "model": model, "frames": 0, "size": SIZE, "steps": steps, "guidance": GUIDANCE}
     values |= {"inversion_prompt": edit.source_prompt, "cache_dir": str(cache_dir), "device": "auto", "dtype": "auto"}
     if options.pop("attention_edit", False):
         values |= {"source_prompt": edit.source_prompt, "prompt_edit": _prompt_edit(edit), "blend_words": ",".join(edit.blend_words)}
     if options.pop("tune", False):
         values["tuned"] = None if tuned is None else str(tuned)
     values |= options
-    return cli_request(argparse.Namespace(**values, video=str(video), out=str(output)))
+    return schema_request(values | {"video": str(video), "out": str(output)})
 
 
 def tune_clip(video: Path, clip: Clip, model: str, cache_dir: Path, steps: int = TUNE_STEPS) -> tuple[Path, float]:

@@ -15,7 +15,7 @@ from editing.video_io import plan_frames, probe
 
 from . import widgets
 from .backend import Backend, CancelToken
-from .forms import OUTPUT_FORMATS, make_request, one_sentence_errors, option_values
+from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu
 
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id, one at a time
@@ -25,6 +25,17 @@ API_FIELDS = [
     "negative_prompt", "attention", "inversion", "source_prompt", "prompt_edit", "blend_words",
     "control_kinds", "control_scale", "smooth",
 ]  # fmt: skip
+# Edit options the app keeps off its /edit API (set through other widgets, or left at their defaults).
+# Every other option, e.g. a field added to a config, is an /edit parameter after API_FIELDS.
+OFF_API = (
+    "control", "control_model", "window", "chunk", "inversion_prompt", "annotators", "device", "dtype",
+    "cross_replace", "self_replace", "blend_threshold", "reweight", "null_text", "null_text_iterations",
+)  # fmt: skip
+
+
+def api_fields() -> list[str]:
+    """The /edit API's parameters: API_FIELDS, then every other option of the request schema not in OFF_API."""
+    return API_FIELDS + [name for name in option_names() if name not in API_FIELDS and name not in OFF_API]
 
 
 # What each pipeline stage is called on the progress bar.
@@ -154,8 +165,12 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     trims = [form[n] for n in ("video", "start", "end", "stride", "frames", "size")]
     gr.on([t.change for t in trims], plan_text, inputs=trims, outputs=plan, queue=False, api_visibility="private")
 
-    names = API_FIELDS + ["token"]
-    inputs = [form[n] for n in API_FIELDS] + [token]
+    fields = api_fields()
+    for option in form_options():
+        if option.name in fields and option.name not in form:
+            form[option.name] = widgets.option_widget(option)  # an option the form shows no widget for yet
+    names = fields + ["token"]
+    inputs = [form[n] for n in fields] + [token]
     defaults = widgets.initial_values(form)
     edit_event = run.click(
         widgets.named_handler(gpu(handlers["edit"]), names, defaults),

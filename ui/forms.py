@@ -1,13 +1,13 @@
-"""Widget values -> one validated EditRequest, through the same option mapping as `python -m editing edit`.
+"""Widget values -> one validated EditRequest, through the same option schema as `python -m editing edit`.
 
-The form's field names are the CLI's option names (argparse `dest`s), so the app cannot drift from the
-command line: defaults come from the parser, values are converted with the option's own type, and
-`editing.cli.edit_request` builds and validates the request.
+The form's field names are the request schema's option names (`editing.requests.options`: the CLI's
+argparse `dest`s, the eval spec's keys), so the app cannot drift from the command line: defaults come
+from the configs, values are checked by `editing.requests.coerce`, and `editing.requests.edit_request`
+builds and validates the request.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from pathlib import Path
@@ -15,67 +15,44 @@ from typing import Any, Mapping
 
 import gradio as gr
 
-from editing.cli import build_parser, edit_request
+from editing import requests
 from editing.errors import ConfigError, EditingError
-from editing.pipeline import EditRequest
+from editing.requests import EditRequest
 
 # Options the app never takes from a form: files and places are the app's business.
-RESERVED = frozenset({"video", "out", "command", "debug", "json", "cache_dir", "control_video", "tuned"})
+RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned"})
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
-@functools.lru_cache(maxsize=None)
-def _command_parser(command: str) -> argparse.ArgumentParser:
-    """A sub-command's parser (`edit`, `tune`, ...)."""
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices[command]
-
-
-def _actions(command: str = "edit") -> dict[str, argparse.Action]:
-    return {action.dest: action for action in _command_parser(command)._actions if action.dest != "help"}
+def form_options(command: str = "edit") -> tuple[requests.Option, ...]:
+    """The schema's options of `command` a form may set."""
+    return tuple(option for option in requests.options(command) if option.name not in RESERVED)
 
 
 def option_names(command: str = "edit") -> tuple[str, ...]:
     """Every option of the command a form may set."""
-    return tuple(name for name in _actions(command) if name not in RESERVED)
+    return tuple(option.name for option in form_options(command))
 
 
 def default_values(command: str = "edit") -> dict[str, Any]:
-    """The CLI's defaults for every form field."""
-    return {name: action.default for name, action in _actions(command).items() if name not in RESERVED}
+    """The schema's defaults for every form field."""
+    return {option.name: option.default for option in form_options(command)}
 
 
-def _convert(action: argparse.Action, name: str, value: Any) -> Any:
-    """A widget value in the type the CLI option takes (None and lists pass through)."""
-    if value is None or isinstance(value, (list, tuple, bool)) or action.type is None:
-        return list(value) if isinstance(value, tuple) else value
-    if action.type is int and isinstance(value, float) and not value.is_integer():
-        raise ConfigError(f"{name.replace('_', ' ')} must be a whole number, got {value}")
-    try:
-        return action.type(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name.replace('_', ' ')} must be a number, got {value!r}") from None
-
-
-def command_namespace(command: str, values: Mapping[str, Any], video: str, output: str) -> argparse.Namespace:
-    """The parsed CLI arguments of `command` these form values stand for."""
-    actions = _actions(command)
+def command_values(command: str, values: Mapping[str, Any], video: str, output: str | None) -> dict[str, Any]:
+    """Every option value of `command` these form values stand for (a blank widget keeps the default)."""
     unknown = sorted(set(values) - set(option_names(command)))
     if unknown:
         raise ConfigError(f"unknown form fields: {', '.join(unknown)}")
-    args = argparse.Namespace(**{name: action.default for name, action in actions.items()})
-    args.video, args.out, args.command = video, output, command
-    for name, value in values.items():
-        if value is not None:  # a blank widget keeps the CLI's default
-            setattr(args, name, _convert(actions[name], name, value))
-    if getattr(args, "end", None) is not None and args.end <= 0:
-        args.end = None  # an empty or zero end means "to the end of the clip"
-    return args
+    given = dict(values)
+    if isinstance(given.get("end"), (int, float)) and given["end"] <= 0:
+        given["end"] = None  # an empty or zero end means "to the end of the clip"
+    return requests.complete(command, given, keep_none=False) | {"video": video, "out": output}
 
 
-def edit_namespace(values: Mapping[str, Any], video: str, output: str) -> argparse.Namespace:
-    """The parsed `edit` arguments these form values stand for."""
-    return command_namespace("edit", values, video, output)
+def edit_values(values: Mapping[str, Any], video: str, output: str) -> dict[str, Any]:
+    """The `edit` option values these form values stand for."""
+    return command_values("edit", values, video, output)
 
 
 def make_request(
@@ -88,9 +65,9 @@ def make_request(
         raise ConfigError(f"output formats must be among {', '.join(OUTPUT_FORMATS)}, got {formats}")
     stem = Path(output_dir) / f"{Path(video).stem}-edited"
     outputs = [str(stem.with_suffix(suffix)) for suffix in formats]
-    args = edit_namespace(values, video, outputs[0])
-    args.tuned = tuned  # a file the app made, never a path from the form
-    request = edit_request(args)
+    options = edit_values(values, video, outputs[0])
+    options["tuned"] = tuned  # a file the app made, never a path from the form
+    request = requests.edit_request(options)
     return dataclasses.replace(request, also_write=tuple(outputs[1:]))
 
 
@@ -121,11 +98,9 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
 
 def make_tune_request(values: Mapping[str, Any], video: str | None):
     """One validated TuneRequest from the form's values; the weights stay in the tuning cache."""
-    from editing.cli import tune_request
-
     if not video:
         raise EditingError("upload a video or pick an example first")
-    return tune_request(command_namespace("tune", values, video, None))
+    return requests.tune_request(command_values("tune", values, video, None))
 
 
 def one_sentence_errors(fn):

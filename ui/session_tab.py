@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from editing.cli import DEFAULT_ATTENTION
+from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn

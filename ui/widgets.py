@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from editing.cli import DEFAULT_ATTENTION
+from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
 from editing.config import INVERSIONS, PROMPT_EDITS
 from editing.control.kinds import condition_kind_names
@@ -73,7 +73,7 @@ def frame_widgets(model: gr.Dropdown, frames: int = 8) -> dict[str, gr.component
     with gr.Row():
         start = gr.Number(0, label="Start (s)", minimum=0)
         # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
-        # shown default and means the clip's end (forms.command_namespace maps end <= 0 to None).
+        # shown default and means the clip's end (forms.command_values maps end <= 0 to None).
         end = gr.Number(0, label="End (s, 0 = clip end)", minimum=0, elem_classes="end")
     with gr.Row():
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
@@ -116,6 +116,21 @@ def attention_edit_widgets() -> dict[str, gr.components.Component]:
         kind = gr.Dropdown(list(PROMPT_EDITS), value=defaults["prompt_edit"], label="Edit kind")
         blend = gr.Textbox(label="Blend words", placeholder="jeep,porsche")
     return {"source_prompt": source, "prompt_edit": kind, "blend_words": blend}
+
+
+def option_widget(option) -> gr.components.Component:
+    """A hidden widget holding a schema option's default (`editing.requests.Option`), so that the option is
+    an API parameter even before the form lays out a widget for it."""
+    choices = option.choice_values()
+    if option.repeat:
+        return gr.JSON(list(option.default), label=option.name, visible=False)
+    if option.type is bool:
+        return gr.Checkbox(option.default, label=option.name, visible=False)
+    if choices is not None:
+        return gr.Dropdown(list(choices), value=option.default, label=option.name, visible=False)
+    if option.type in (int, float):
+        return gr.Number(option.default, label=option.name, precision=0 if option.type is int else None, visible=False)
+    return gr.Textbox(option.default, label=option.name, visible=False)
 
 
 def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, Any]) -> Callable[..., Any]:
