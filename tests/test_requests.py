@@ -45,6 +45,7 @@ HAND_BUILT_EDITS = [
     (["--frames", "6"], edit(selection=FrameSelection(max_frames=6, size=SIZE))),
     (["--model", "tiny"], edit(model="tiny", selection=FrameSelection(size=native_size("tiny")))),
     (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4))),
+    (["--sampler", "euler", "--token-merge", "0.5", "--feature-bank", "4"], edit(edit=EditConfig("a cat", sampler="euler"), engine=EngineConfig(token_merge=0.5, feature_bank=4))),
     (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car"))),
     (
         ["--control", "canny:0.5", "--control", "depth:1:0:0.5", "--control-model", "depth=some/net", "--control-video", "canny=c.mp4"],
@@ -247,7 +248,7 @@ def test_help_and_build_parser_import_no_benchmark_judge_training_or_evaluation(
         assert "editing.cli" in modules and "editing.requests" in modules
         assert not [m for m in modules if DEV.search(m)], args
     # the control: asking for the shapes benchmark does import it (so the check above sees such imports)
-    assert "editing.shapes.benchmark" in _imported("-m", "editing", "eval", "--shapes", "--help")
+    assert "shapes_world.benchmark" in _imported("-m", "editing", "eval", "--shapes", "--help")
 
 
 def test_eval_shapes_reads_its_options_in_any_order(tmp_path, capsys):
