@@ -113,6 +113,8 @@ def probe(path: str | os.PathLike, limits: VideoLimits = VideoLimits()) -> Video
         if not container.streams.video:
             raise VideoError(f"{path.name} has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # e.g. an SVG: FFmpeg sees an image stream it has no decoder for
+            raise VideoError(f"{path.name} is not a readable video (no decoder for its picture stream)")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise VideoError(f"{path.name} has no frame size")
