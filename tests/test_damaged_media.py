@@ -168,3 +168,13 @@ def test_write_mp4_keeps_fraction_rates(tmp_path):
     frames = np.zeros((3, 16, 16, 3), np.uint8)
     out = video_io.write_mp4(tmp_path / "a.mp4", frames, Fraction(30000, 1001))
     assert video_io.probe(out).frame_count == 3
+
+
+def test_the_cli_says_what_was_left_out_and_exits_non_zero_when_the_output_is_not_the_one_asked(car, tmp_path, monkeypatch, capsys):
+    from editing import cli
+
+    monkeypatch.setattr(video_io, "write_mp4", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    code = cli.main(["edit", str(car), "--model", "tiny", "--prompt", "a cat", "--frames", "4", "--size", "64", "--steps", "1", "--out", str(tmp_path / "out.mp4")])
+    err = capsys.readouterr().err
+    assert code == 1 and "warning: out.mp4 could not be written (No space left on device)" in err and "out-frames.zip" in err
+    assert (tmp_path / "out-frames.zip").is_file() and not (tmp_path / "out.mp4").exists()
