@@ -117,7 +117,7 @@ def probe(path: str | os.PathLike, limits: VideoLimits = VideoLimits()) -> Video
             raise VideoError(f"{path.name} is not a readable video (no decoder for its picture stream)")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
-            raise VideoError(f"{path.name} has no frame size")
+            raise VideoError(f"{path.name} has no usable frame size (none, or larger than FFmpeg decodes)")
         if max(width, height) > limits.max_side:
             raise VideoError(f"{path.name} is {width}x{height}; the largest side allowed is {limits.max_side} px")
         fps = _stream_fps(stream)
