@@ -270,6 +270,23 @@ def test_a_browser_gets_its_own_sessions_on_page_load(tmp_path, car):
     assert forged not in (owner, "../" + owner) and saved["choices"] == []
 
 
+def test_sessions_from_before_owners_become_the_local_browsers_but_never_a_public_visitors(tmp_path, car):
+    from ui.backend import Backend
+    from ui.serving import ServePolicy
+    from ui.session_tab import SessionHandlers
+
+    SessionStore(tmp_path).create("old", car)  # as an earlier version stored it: directly in the root
+    visitor, _, saved = SessionHandlers(SessionStore(tmp_path), Backend(policy=ServePolicy(public=True))).on_load(None)
+    assert saved["choices"] == [] and (tmp_path / "old" / "session.json").is_file()
+    handlers = SessionHandlers(SessionStore(tmp_path), Backend())
+    owner, _, saved = handlers.on_load(None)
+    assert saved["choices"] == ["old"] and not (tmp_path / "old").exists()
+    name, _, status, *_ = handlers.open("old", owner)
+    assert name == "old" and "0 edits" in status
+    with pytest.raises(Exception, match="no session named 'old'"):
+        SessionHandlers(SessionStore(tmp_path), Backend()).open("old", visitor)
+
+
 def test_only_the_hash_of_an_owner_key_is_stored(tmp_path, car):
     key = new_owner_key()
     session = SessionStore(tmp_path).owned(key).create("s", car)

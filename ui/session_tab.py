@@ -136,8 +136,11 @@ class SessionHandlers:
         return name, owner, text, shown, summary(session), gr.update(choices=store.names(), value=name)
 
     def on_load(self, key: str | None) -> tuple:
-        """Page load: the browser's owner key (a new one the first time), kept in State and BrowserState, and its sessions."""
+        """Page load: the browser's owner key (a new one the first time), kept in State and BrowserState, and its
+        sessions. Served on this machine only, sessions made before owners existed become this browser's."""
         owner = self.owner_of(key)
+        if not self.backend.policy.public:
+            self.store.adopt_unowned(self.mine(owner))
         return owner, owner, gr.update(choices=self.mine(owner).names(), value=None)
 
     @one_sentence_errors
