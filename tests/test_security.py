@@ -253,6 +253,58 @@ def test_a_session_made_after_start_up_reaches_the_apps_own_check(served, owned)
     assert "skier" in status and len(gallery) == 1 and ["skier", "skier"] in saved["choices"]
 
 
+class _Page:
+    """What the browser page does, over the same HTTP queue: run events by index in one connection."""
+
+    def __init__(self, url: str):
+        import uuid
+
+        import httpx
+
+        self.base, self.session = f"{url}gradio_api", uuid.uuid4().hex
+        config = httpx.get(f"{url}config").json()
+        self.dependencies = config["dependencies"]
+        types = {c["id"]: c["type"] for c in config["components"]}
+        self.load = next(
+            i for i, d in enumerate(self.dependencies) if any(t[1] == "load" for t in d["targets"]) and any(types[x] == "browserstate" for x in d["inputs"])
+        )
+
+    def index(self, api_name: str) -> int:
+        return next(i for i, d in enumerate(self.dependencies) if d.get("api_name") == api_name)
+
+    def run(self, fn_index: int, data: list) -> dict:
+        import httpx
+
+        body = {"data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None, "trigger_id": None}
+        httpx.post(f"{self.base}/queue/join", json=body).raise_for_status()
+        with httpx.stream("GET", f"{self.base}/queue/data", params={"session_hash": self.session}, timeout=120) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                    return json.loads(line[5:])["output"]
+        raise AssertionError("no answer")
+
+
+def test_a_browser_page_keeps_its_sessions_across_reloads_and_sees_nobody_elses(served, car):
+    """Through the served app's own queue, as the page calls it: the load event turns the browser's stored
+    key into its owner and fills Saved sessions; a reload (a new connection, the same stored key) lists and
+    opens the session made after start-up; another browser gets neither."""
+    import httpx
+
+    url, _ = served
+    page = _Page(url)
+    key = page.run(page.load, [None])["data"][1]  # a first visit: a new key, stored by the browser
+    upload = httpx.post(f"{page.base}/upload", files={"files": ("car.mp4", car.read_bytes(), "video/mp4")}).json()[0]
+    created = page.run(page.index("create_session"), ["page-made", {"path": upload, "meta": {"_type": "gradio.FileData"}}, "a car", None])
+    assert "page-made" in created["data"][2]
+    reloaded = _Page(url)
+    listed = reloaded.run(reloaded.load, [key])["data"]
+    assert listed[1] == key and listed[2]["choices"] == [["page-made", "page-made"]]  # no Refresh needed
+    assert "page-made" in reloaded.run(reloaded.index("open_session"), ["page-made", None])["data"][2]
+    other = _Page(url)
+    assert other.run(other.load, [None])["data"][2]["choices"] == []
+    assert other.run(other.index("open_session"), ["page-made", None])["error"] == "no session named 'page-made'"
+
+
 def test_a_browser_gets_its_own_sessions_on_page_load(tmp_path, car):
     """The load event turns the browser's stored key (or a new one) into its sessions list, no Refresh needed."""
     from ui.backend import Backend
