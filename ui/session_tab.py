@@ -41,12 +41,12 @@ def run_in_session(
     session = store.open(name)
     if not prompts:
         raise EditingError("choose a style preset or type a prompt first")
-    settings = backend.checked(settings)
+    allowed = backend.checked(settings)  # the entry records the settings as given, not the server's paths
     made = []
     for number, (prompt, preset) in enumerate(prompts):
         entry_id, folder = store.new_entry_dir(session)
         try:
-            request = request_from(settings | {"video": str(session.source_path), "prompt": prompt}, str(folder), OUTPUT_FORMATS)
+            request = request_from(allowed | {"video": str(session.source_path), "prompt": prompt}, str(folder), OUTPUT_FORMATS)
             outputs = backend.edit(request, _numbered(progress, number, len(prompts)), token)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
