@@ -1,16 +1,14 @@
-"""Start the web app: `python app.py` serves it on http://127.0.0.1:7860 (`--host`, `--port`, `--share`, `--model`)."""
+"""Start the web app: `python app.py` serves it on http://127.0.0.1:7860 (`--host`, `--port`, `--share`, `--model`, `--model-dir`)."""
 
 import argparse
 import os
 
-from editing import sessions
 from editing.config import VideoLimits
 from editing.models import DEFAULT_MODEL
 from ui import build_demo
+from ui.serving import ServePolicy
 
-# No model is loaded here: the first Run loads it. EDITING_MODEL=tiny suits machines without the Hub.
-# `demo` is built at import so `gradio app.py` and Hugging Face Spaces find it.
-demo = build_demo(default_model=os.environ.get("EDITING_MODEL", DEFAULT_MODEL))
+MODEL_DIRS_ENV = "EDITING_MODEL_DIRS"  # model roots, separated by os.pathsep, for a Space (no command line)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,23 +17,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)), help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--model", default=None, help="default model in the Model box (default $EDITING_MODEL or SD 1.5)")
+    parser.add_argument(
+        "--model-dir",
+        action="append",
+        default=None,
+        dest="model_dirs",
+        metavar="DIR",
+        help="served beyond this machine, the Model box loads local folders and files only from under DIR (repeatable; "
+        f"default ${MODEL_DIRS_ENV}); Hub ids and the built-in models are always allowed",
+    )
     return parser.parse_args(argv)
 
 
+def default_model(args: argparse.Namespace | None = None) -> str:
+    return (args.model if args is not None and args.model else None) or os.environ.get("EDITING_MODEL", DEFAULT_MODEL)
+
+
+def serve_policy(args: argparse.Namespace) -> ServePolicy:
+    """What the forms accept: anything on loopback; beyond it (--host, --share, a Space) only Hub ids, built-in
+    names, the default model and files under the model roots."""
+    roots = args.model_dirs if args.model_dirs is not None else [d for d in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if d]
+    return ServePolicy.for_launch(args.host, args.share, roots, default_model(args))
+
+
 def launch_options(args: argparse.Namespace, limits: VideoLimits = VideoLimits()) -> dict:
-    """demo.launch() keywords: the address, sharing, uploads capped at the library's video file limit, and the
-    sessions folder (outside the temp and working folders Gradio serves by default) allowed for galleries."""
+    """demo.launch() keywords: the address, sharing, uploads capped at the library's video file limit.
+
+    No `allowed_paths`: Gradio then serves only its own cache (each file under a hash of its content and
+    the server's secret seed, HTML, SVG and scripts as downloads, never inline). Session files are handed
+    out as copies that Gradio puts in that cache, so no user folder is ever served by path."""
     return {
         "server_name": args.host,
         "server_port": args.port,
         "share": args.share,
         "max_file_size": int(limits.max_file_mb * 1e6),
-        "allowed_paths": [str(sessions.default_root())],
     }
+
+
+# No model is loaded here: the first Run loads it. EDITING_MODEL=tiny suits machines without the Hub.
+# `demo` is built at import so `gradio app.py` and Hugging Face Spaces find it, with the policy the
+# environment gives (a Space sets SPACE_ID, so the Space's app is built as a public one).
+demo = build_demo(default_model=default_model(), policy=serve_policy(parse_args([])))
 
 
 if __name__ == "__main__":
     args = parse_args()
-    if args.model:
-        demo = build_demo(default_model=args.model)
+    demo = build_demo(default_model=default_model(args), policy=serve_policy(args))
     demo.launch(**launch_options(args))

@@ -91,7 +91,9 @@ def run_edit(args: argparse.Namespace) -> int:
     else:
         cached = " (inversion from cache)" if result.inversion_cached else ""
         print(f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height} at {result.fps:.3f} fps{cached}")
-    return 0
+    for warning in result.warnings:  # damaged audio left out, a file replaced by the frames as PNGs
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0 if result.output == str(request.output) else 1  # the frames were kept, but not as asked
 
 
 def run_eval(args: argparse.Namespace) -> int:

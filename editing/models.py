@@ -18,6 +18,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from collections import OrderedDict
@@ -54,6 +55,8 @@ SD1_SCHEDULER = dict(
 )
 CACHE_SIZE = 2
 SHAPES_MODEL = "shapes"
+HUB_PREFIX = "hub:"
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-model"  # package data: found from a wheel too
 MANIFEST = "manifest.json"  # in a local diffusers folder: {"tokenizer": ..., "controlnets": {kind: subfolder}}
 BUILTIN_TOKENIZERS = ("clip",)  # a manifest's tokenizer: one of these, or a subfolder of the model folder
@@ -70,6 +73,11 @@ class ModelSpec:
     def parse(cls, spec: str | os.PathLike | None) -> "ModelSpec":
         """Tell a built-in name, a local folder, a single file and a Hub id apart."""
         text = str(spec or DEFAULT_MODEL).strip()
+        if text.startswith(HUB_PREFIX):  # a Hub id, never a local path (how the app passes Hub ids when served)
+            hub_id = text[len(HUB_PREFIX) :]
+            if not HUB_ID.fullmatch(hub_id) or ".." in hub_id or "--" in hub_id:
+                raise ModelLoadError(f"model '{text}' is not a Hub id (hub:owner/name)")
+            return cls("hub", hub_id)
         if text in BUILTIN_MODELS:
             return cls("builtin", text)
         if text == SHAPES_MODEL:

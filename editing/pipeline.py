@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import video_io
 from .core import STAGES, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
+from .errors import EditingError
 from .models import load_backbone
 from .requests import EditRequest  # noqa: F401 (EditRequest lives in editing.requests; old imports work)
 
@@ -40,6 +42,7 @@ class EditResult:
     tuned: str | None = None
     also_written: tuple[str, ...] = ()
     images: np.ndarray | None = field(default=None, repr=False)  # the edited (N, H, W, 3) uint8 frames, as written
+    warnings: tuple[str, ...] = ()  # what was left out (damaged audio, a file that could not be written), one sentence each
 
     def to_dict(self) -> dict:
         return {
@@ -55,7 +58,9 @@ class EditResult:
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
         } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | (
             {} if self.tuned is None else {"tuned": self.tuned}
-        ) | ({"also_written": list(self.also_written)} if self.also_written else {})
+        ) | ({"also_written": list(self.also_written)} if self.also_written else {}) | (
+            {"warnings": list(self.warnings)} if self.warnings else {}
+        )
 
 
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> EditResult:
@@ -75,10 +80,9 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
         audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
-        for path in (request.output, *request.also_write):
-            video_io.write_video(path, edited.frames, clip.fps, audio)
+        written, notes = write_outputs([request.output, *request.also_write], edited.frames, clip.fps, audio)
     return EditResult(
-        output=str(request.output),
+        output=written[0],
         frames=clip.num_frames,
         fps=float(clip.fps),
         width=clip.width,
@@ -90,6 +94,40 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         seconds=timer.seconds,
         attention_edit=edited.attention_edit,
         tuned=request.tuned,
-        also_written=tuple(request.also_write),
+        also_written=tuple(written[1:]),
+        warnings=tuple(notes),
         images=edited.frames,
     )
+
+
+def write_outputs(paths: list[str], frames: np.ndarray, fps, audio) -> tuple[list[str], list[str]]:
+    """Write the edited frames to each path: (files written, notes for the user).
+
+    Nothing after denoising may lose the edit: a file that cannot be written is left out with the reason in
+    the notes, and when no zip of the frames was written the frames go to `<output>-frames.zip` (PNG); only
+    when that fails too is the edit lost, with both reasons."""
+    written, notes, failures = [], [], []
+    for path in paths:
+        try:
+            video_io.write_video(path, frames, fps, audio, notes)
+            written.append(str(path))
+        except Exception as exc:  # a full disk, an encoder failure: keep the frames whatever happened
+            log.warning("could not write %s: %s", path, exc, exc_info=True)
+            failures.append(f"{Path(path).name} could not be written ({_reason(exc)})")
+    if failures and not any(Path(p).suffix.lower() == ".zip" for p in written):
+        fallback = Path(paths[0]).with_name(Path(paths[0]).stem + "-frames.zip")
+        try:
+            video_io.write_png_zip(fallback, frames)
+        except Exception as exc:
+            raise EditingError(f"{'; '.join(failures)}, nor could the frames be saved as PNGs ({_reason(exc)})") from exc
+        written.append(str(fallback))
+        failures[-1] += f"; the edited frames are saved as PNGs in {fallback.name}"
+    for text in failures:
+        log.warning(text)
+    return written, failures + notes
+
+
+def _reason(exc: Exception) -> str:
+    """The failure in a few words, without the server's paths (an OSError's own text names the file)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(str(text).split())[:160] or type(exc).__name__

@@ -112,9 +112,11 @@ def probe(path: str | os.PathLike, limits: VideoLimits = VideoLimits()) -> Video
         if not container.streams.video:
             raise VideoError(f"{path.name} has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # e.g. an SVG: FFmpeg sees an image stream it has no decoder for
+            raise VideoError(f"{path.name} is not a readable video (no decoder for its picture stream)")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
-            raise VideoError(f"{path.name} has no frame size")
+            raise VideoError(f"{path.name} has no usable frame size (none, or larger than FFmpeg decodes)")
         if max(width, height) > limits.max_side:
             raise VideoError(f"{path.name} is {width}x{height}; the largest side allowed is {limits.max_side} px")
         fps = _stream_fps(stream)
@@ -249,8 +251,23 @@ def write_mp4(
     fps: Fraction | float,
     audio: AudioSource | None = None,
     crf: int = 18,
+    notes: list[str] | None = None,
 ) -> Path:
-    """Write H.264/yuv420p mp4 that browsers play, with `audio`'s time span re-encoded as AAC."""
+    """Write H.264/yuv420p mp4 that browsers play, with `audio`'s time span re-encoded as AAC.
+
+    Damaged audio packets are skipped; audio that cannot be kept at all is left out and the video written
+    without it. Either is said in one sentence appended to `notes`; the video itself is never lost to its audio.
+    """
+    if audio is not None:
+        try:
+            return _write_mp4(path, frames, fps, audio, crf, notes)
+        except AudioError as exc:
+            log.warning("%s: %s", Path(path).name, exc)
+            _note(notes, f"the source's audio could not be kept ({exc}); {Path(path).name} is written without it")
+    return _write_mp4(path, frames, fps, None, crf, notes)
+
+
+def _write_mp4(path, frames, fps, audio: AudioSource | None, crf: int, notes: list[str] | None) -> Path:
     frames = check_frames(frames)
     height, width = frames.shape[1:3]
     if width % 2 or height % 2:
@@ -271,17 +288,29 @@ def write_mp4(
                     out.mux(video.encode(frame))
                 out.mux(video.encode())
                 if audio_in:
-                    _copy_audio(audio_in, audio_out, out, audio)
+                    _copy_audio(audio_in, audio_out, out, audio, notes)
             finally:
                 if audio_in:
                     audio_in.close()
         return Path(path)
 
 
+class AudioError(Exception):
+    """The source's audio cannot be put under the output; the video is then written without it."""
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    if notes is not None:
+        notes.append(text)
+
+
 def _open_audio(audio: AudioSource | None):
     if audio is None:
         return None
-    container = _open(Path(audio.path))
+    try:
+        container = _open(Path(audio.path))
+    except VideoError as exc:
+        raise AudioError(str(exc)) from exc
     if not container.streams.audio:
         container.close()
         return None
@@ -290,41 +319,78 @@ def _open_audio(audio: AudioSource | None):
 
 def _add_audio_stream(out, audio_in):
     source = audio_in.streams.audio[0]
-    stream = out.add_stream("aac", rate=source.codec_context.sample_rate or 44100)
-    stream.layout = "stereo" if source.codec_context.channels >= 2 else "mono"
+    try:
+        stream = out.add_stream("aac", rate=source.codec_context.sample_rate or 44100)
+        stream.layout = "stereo" if source.codec_context.channels >= 2 else "mono"
+    except (av.error.FFmpegError, ValueError, TypeError, AttributeError) as exc:
+        raise AudioError(f"its audio stream cannot be re-encoded: {_reason(exc)}") from exc
     return stream
 
 
-def _copy_audio(audio_in, audio_out, out, audio: AudioSource) -> None:
-    """Decode the source audio in [start, end), relative to the video's start, and encode it as AAC."""
+def _copy_audio(audio_in, audio_out, out, audio: AudioSource, notes: list[str] | None = None) -> None:
+    """Decode the source audio in [start, end), relative to the video's start, and encode it as AAC.
+
+    Packets the decoder refuses (damaged bytes) are skipped, and counted in `notes`; any other failure, or
+    audio of which nothing decodes, raises AudioError."""
+    try:
+        written, skipped, ended_early = _copy_audio_samples(audio_in, audio_out, out, audio)
+    except AudioError:
+        raise
+    except (av.error.FFmpegError, ValueError, TypeError, AttributeError, OSError) as exc:
+        raise AudioError(_reason(exc)) from exc
+    name = Path(audio.path).name
+    if written == 0 and (skipped or ended_early):
+        raise AudioError(f"none of the audio of {name} in the kept time range decodes")
+    if skipped:
+        _note(notes, f"{skipped} damaged audio packet{'s' * (skipped != 1)} of {name} skipped; the audio has gaps there")
+    if ended_early:
+        _note(notes, f"the audio of {name} is cut short where it stops being readable ({ended_early})")
+
+
+def _copy_audio_samples(audio_in, audio_out, out, audio: AudioSource) -> tuple[int, int, str]:
+    """(samples written, damaged packets skipped, why reading stopped early or '')."""
     source = audio_in.streams.audio[0]
     video = audio_in.streams.video[0] if audio_in.streams.video else None
     origin = float(video.start_time * video.time_base) if video is not None and video.start_time is not None else 0.0
     rate = audio_out.codec_context.sample_rate
     resampler = av.AudioResampler(format="fltp", layout=audio_out.layout.name, rate=rate)
     first, last = round(audio.start * rate), round(audio.end * rate)  # sample window, source time
-    written = 0
-    for frame in audio_in.decode(source):
-        if frame.pts is None:
+    written, skipped, ended_early = 0, 0, ""
+    packets = audio_in.demux(source)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as exc:  # the container itself is damaged from here on
+            ended_early = _reason(exc)
+            break
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError:  # a damaged packet: skip it, keep the rest
+            skipped += 1
             continue
-        for chunk in resampler.resample(frame):
-            begin = round((float(frame.pts * frame.time_base) - origin) * rate)
-            samples = chunk.to_ndarray()
-            lo, hi = max(first - begin, 0), min(last - begin, samples.shape[1])
-            if hi <= lo:
-                if begin >= last:
-                    break
+        done = False
+        for frame in decoded:
+            if frame.pts is None:
                 continue
-            piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, lo:hi]), format="fltp", layout=audio_out.layout.name)
-            piece.sample_rate = rate
-            piece.pts = written
-            piece.time_base = Fraction(1, rate)
-            written += hi - lo
-            out.mux(audio_out.encode(piece))
-        else:
-            continue
-        break
+            for chunk in resampler.resample(frame):
+                begin = round((float(frame.pts * frame.time_base) - origin) * rate)
+                samples = chunk.to_ndarray()
+                lo, hi = max(first - begin, 0), min(last - begin, samples.shape[1])
+                if hi <= lo:
+                    done = done or begin >= last
+                    continue
+                piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, lo:hi]), format="fltp", layout=audio_out.layout.name)
+                piece.sample_rate = rate
+                piece.pts = written
+                piece.time_base = Fraction(1, rate)
+                written += hi - lo
+                out.mux(audio_out.encode(piece))
+        if done:
+            break
     out.mux(audio_out.encode())
+    return written, skipped, ended_early
 
 
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: Fraction | float) -> Path:
@@ -348,11 +414,14 @@ def write_png_zip(path: str | os.PathLike, frames: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_video(path: str | os.PathLike, clip_frames: np.ndarray, fps: Fraction, audio: AudioSource | None = None) -> Path:
-    """Write frames in the format the file extension names: .mp4, .gif or .zip (PNG frames)."""
+def write_video(
+    path: str | os.PathLike, clip_frames: np.ndarray, fps: Fraction, audio: AudioSource | None = None, notes: list[str] | None = None
+) -> Path:
+    """Write frames in the format the file extension names: .mp4, .gif or .zip (PNG frames); what was left
+    out (damaged audio) is said in `notes`."""
     suffix = Path(path).suffix.lower()
     if suffix == ".mp4":
-        return write_mp4(path, clip_frames, fps, audio)
+        return write_mp4(path, clip_frames, fps, audio, notes=notes)
     if suffix == ".gif":
         return write_gif(path, clip_frames, fps)
     if suffix == ".zip":

@@ -348,7 +348,7 @@ def load_checkpoint(config: TrainConfig, work: Path, stage: str, modules: dict, 
     path = checkpoint_path(work, stage)
     if not path.is_file():
         return StageState(), None
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
     for name, module in modules.items():
         module.load_state_dict(payload["modules"][name])
     optimizer.load_state_dict(payload["optimizer"])

@@ -182,5 +182,5 @@ def test_the_tab_shows_session_mistakes_as_one_sentence(tmp_path, car):
         with pytest.raises(gr.Error, match=message) as caught:
             call()
         assert "\n" not in caught.value.message
-    name, status, *_ = handlers.create("ok", str(car), "a car")
-    assert name == "ok" and "0 edits" in status and not list(tmp_path.glob("up*")) and not (tmp_path.parent / "up").exists()
+    name, _owner, status, *_ = handlers.create("ok", str(car), "a car")
+    assert name == "ok" and "0 edits" in status and not list(tmp_path.rglob("up*")) and not (tmp_path.parent / "up").exists()

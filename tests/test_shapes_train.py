@@ -89,7 +89,7 @@ def test_decoder_stage_sharpens_without_moving_the_latent_space(trained):
 def test_control_stage_trains_only_the_controlnet(trained, tmp_path):
     parts, record, work = trained
     assert all(same_weights(before, weights(getattr(parts, name))) for name, before in record["frozen_before"].items())
-    checkpoint = torch.load(work / "control.ckpt", weights_only=False)
+    checkpoint = torch.load(work / "control.ckpt", weights_only=True)
     assert set(checkpoint["modules"]) == {"controlnet"}
     losses = checkpoint["state"]["losses"]
     assert len(losses) == TINY.control_steps
@@ -195,7 +195,7 @@ def test_averaged_stage_ends_with_the_moving_average_of_its_weights(tmp_path):
         return (layer(torch.ones(4, 3) * (step + 1)) ** 2).mean()
 
     T.run_stage(config, "unet", tmp_path, {"layer": layer}, loss, 0.1, average=True)
-    raw = torch.load(tmp_path / "unet.ckpt", weights_only=False)["modules"]["layer"]
+    raw = torch.load(tmp_path / "unet.ckpt", weights_only=True)["modules"]["layer"]
     trajectory.append([raw["weight"], raw["bias"]])
     average = trajectory[0]
     for k, weights_after in enumerate(trajectory[1:]):

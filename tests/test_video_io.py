@@ -209,8 +209,30 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
-def test_writer_failure_midway_leaves_no_output(tmp_path, car):
+def test_writer_failure_midway_leaves_no_output(tmp_path, car, monkeypatch):
+    import av
+
     frames = read_clip(car, FrameSelection(max_frames=3, size=64)).frames
-    with pytest.raises(VideoError):  # the audio source is missing: the write fails inside atomic_output
-        write_mp4(tmp_path / "out.mp4", frames, 10, AudioSource(str(tmp_path / "gone.mp4"), 0, 1))
+    real, made = av.VideoFrame, []
+
+    class FailingSecondFrame:  # the encoder's input fails on the second frame: inside atomic_output
+        @staticmethod
+        def from_ndarray(*args, **kwargs):
+            made.append(1)
+            if len(made) == 2:
+                raise RuntimeError("failed midway")
+            return real.from_ndarray(*args, **kwargs)
+
+    monkeypatch.setattr(av, "VideoFrame", FailingSecondFrame)
+    with pytest.raises(RuntimeError, match="failed midway"):
+        write_mp4(tmp_path / "out.mp4", frames, 10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_audio_source_leaves_the_audio_out_and_says_so(tmp_path, car):
+    """Issue 18: audio that cannot be kept never costs the video (it used to fail the whole write)."""
+    frames = read_clip(car, FrameSelection(max_frames=3, size=64)).frames
+    notes: list[str] = []
+    out = write_mp4(tmp_path / "out.mp4", frames, 10, AudioSource(str(tmp_path / "gone.mp4"), 0, 1), notes=notes)
+    assert not probe(out).has_audio and len(notes) == 1 and "written without it" in notes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

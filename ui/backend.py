@@ -24,6 +24,8 @@ from editing.errors import Cancelled
 from editing.evaluate import read_png_zip
 from editing.pipeline import EditRequest, EditResult, ProgressFn, edit_video
 
+from .serving import LOCAL, ServePolicy
+
 EditFn = Callable[[EditRequest, ProgressFn], EditResult]
 OUTPUT_MAX_AGE = 3600  # seconds a run's files stay on disk (Gradio copies what it serves into its own cache)
 PREVIEW_FRAMES = 2  # the shortest clip the pipeline edits; the first of them is shown
@@ -109,13 +111,38 @@ class Outputs:
     def get(self, suffix: str) -> str | None:
         return self.files.get(suffix)
 
+    def details(self) -> dict:
+        """The result for people: file names only, never the server's paths."""
+        return public_details(self.result.to_dict())
+
+
+PATH_FIELDS = ("output", "tuned", "path", "weights")  # result fields holding one server path
+PATHS_FIELDS = ("also_written",)  # result fields holding a list of them
+
+
+def public_details(result: dict) -> dict:
+    """A result dict with every server path replaced by its file name (what the Details panel shows)."""
+    shown = dict(result)
+    for name in PATH_FIELDS:
+        if isinstance(shown.get(name), str):
+            shown[name] = Path(shown[name]).name
+    for name in PATHS_FIELDS:
+        if isinstance(shown.get(name), (list, tuple)):
+            shown[name] = [Path(p).name for p in shown[name]]
+    return shown
+
 
 class Backend:
     """What the tabs call; `edit_fn` is the library's `edit_video` unless a test swaps it."""
 
-    def __init__(self, edit_fn: EditFn = edit_video, output_root: Path | None = None):
+    def __init__(self, edit_fn: EditFn = edit_video, output_root: Path | None = None, policy: ServePolicy = LOCAL):
         self.edit_fn = edit_fn
         self.output_root = output_root
+        self.policy = policy  # what the forms may ask for when the app is served to others
+
+    def checked(self, values: dict) -> dict:
+        """Form values as the serving policy allows them (the Model field); ConfigError otherwise."""
+        return self.policy.checked(values)
 
     def output_dir(self) -> str:
         return fresh_output_dir(self.output_root)

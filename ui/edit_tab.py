@@ -99,10 +99,10 @@ def make_handlers(backend: Backend):
     def edit(values: dict[str, Any], progress, tuned: str | None = None) -> tuple:
         token = values.get("token") or CancelToken()
         token.reset()
-        request = request_from(values, backend.output_dir(), tuned=tuned)
+        request = request_from(backend.checked(values), backend.output_dir(), tuned=tuned)
         outputs = backend.edit(request, gradio_progress(progress), token)
         errors = backend.warp_errors(request, outputs)
-        details = outputs.result.to_dict() | {"mean_warp_error": round(mean_warp_error(errors), 4) if len(errors) else None}
+        details = outputs.details() | {"mean_warp_error": round(mean_warp_error(errors), 4) if len(errors) else None}
         if outputs.result.random_weights:
             details["note"] = RANDOM_WEIGHTS_NOTE
         return outputs.get(".mp4"), outputs.get(".gif"), outputs.get(".zip"), details, warp_plot_data(errors)
@@ -111,12 +111,12 @@ def make_handlers(backend: Backend):
     def preview(values: dict[str, Any], progress) -> np.ndarray:
         token = values.get("token") or CancelToken()
         token.reset()
-        request = request_from(values, backend.output_dir(), (".zip",))
+        request = request_from(backend.checked(values), backend.output_dir(), (".zip",))
         return backend.preview_first_frame(request, gradio_progress(progress), token)
 
     @one_sentence_errors
     def conditions(values: dict[str, Any], progress) -> list:
-        request = request_from(values, backend.output_dir(), (".zip",))
+        request = request_from(backend.checked(values), backend.output_dir(), (".zip",))
         if not request.engine.controls:
             raise EditingError("tick at least one ControlNet to preview its condition map")
         return backend.condition_previews(request)
@@ -137,7 +137,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             form["negative_prompt"] = gr.Textbox(label="Negative prompt")
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=True):
-                form |= widgets.frame_widgets(form["model"])
+                form |= widgets.frame_widgets(form["model"], policy=backend.policy)
             with gr.Accordion("Sampler", open=False, elem_id="sampler"):
                 form |= widgets.sampler_widgets()
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):

@@ -8,14 +8,18 @@ from editing.models import DEFAULT_MODEL
 
 from . import edit_tab, oneshot_tab, session_tab
 from .backend import Backend, EditFn
+from .serving import LOCAL, ServePolicy
 
 QUEUE_SIZE = 16  # jobs waiting for the GPU beyond this are refused with a message
 CACHE_MAX_AGE = 3600  # seconds Gradio keeps the files it served (checked every hour)
 
 
-def build_demo(edit_fn: EditFn | None = None, default_model: str = DEFAULT_MODEL, backend: Backend | None = None) -> gr.Blocks:
-    """The whole app; `edit_fn` (or a whole `backend`) replaces the library call in tests."""
-    backend = backend or (Backend(edit_fn) if edit_fn else Backend())
+def build_demo(
+    edit_fn: EditFn | None = None, default_model: str = DEFAULT_MODEL, backend: Backend | None = None, policy: ServePolicy = LOCAL
+) -> gr.Blocks:
+    """The whole app; `edit_fn` (or a whole `backend`) replaces the library call in tests; `policy` says what
+    the forms accept when the app is served beyond this machine (app.py builds it from the launch options)."""
+    backend = backend or (Backend(edit_fn, policy=policy) if edit_fn else Backend(policy=policy))
     with gr.Blocks(title="Text-driven video editing", delete_cache=(CACHE_MAX_AGE, CACHE_MAX_AGE)) as demo:
         gr.Markdown("## Edit a video with text\nUpload a clip or pick an example, describe the result, preview the first frame, then edit the clip.")
         with gr.Tab("Edit"):

@@ -75,7 +75,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
             form["source_prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=False):
-                form |= widgets.frame_widgets(form["model"], frames=tune_defaults["frames"])
+                form |= widgets.frame_widgets(form["model"], frames=tune_defaults["frames"], policy=backend.policy)
             with gr.Row():
                 form["tune_steps"] = gr.Slider(1, 1000, value=tune_defaults["steps"], step=1, label="Tuning steps")
                 form["learning_rate"] = gr.Number(tune_defaults["learning_rate"], label="Learning rate")
@@ -103,7 +103,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
     def tune(values: dict[str, Any], progress) -> tuple[dict, str]:
         tok = values.get("token") or CancelToken()
         tok.reset()
-        result = run_tuning(values, gradio_progress(progress), tok)
+        result = run_tuning(backend.checked(values), gradio_progress(progress), tok)
         path = result.pop("path")
         return result | {"weights": Path(path).name}, path  # no "path" key: clients would take the JSON for a file
 

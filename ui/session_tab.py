@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,7 @@ from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
-from editing.sessions import PRESETS, Entry, Session, SessionStore, preset_prompt
+from editing.sessions import PRESETS, Entry, Session, SessionStore, check_name, is_owner_key, new_owner_key, preset_prompt
 
 from . import widgets
 from .backend import Backend, CancelToken
@@ -20,6 +21,10 @@ from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from
 from .forms import default_values, one_sentence_errors
 from .gpu import gpu
 
+# Where the browser keeps its owner key (localStorage). The value is the secret; this key only names and
+# obfuscates the slot (Gradio sends it to the page), and must stay the same across restarts.
+OWNER_STORAGE_KEY = "video-edit-session-owner"
+OWNER_STORAGE_SECRET = "video-edit-session-owner-v1"
 SETTINGS = ["model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed", "attention"]
 
 
@@ -36,17 +41,18 @@ def run_in_session(
     session = store.open(name)
     if not prompts:
         raise EditingError("choose a style preset or type a prompt first")
+    allowed = backend.checked(settings)  # the entry records the settings as given, not the server's paths
     made = []
     for number, (prompt, preset) in enumerate(prompts):
         entry_id, folder = store.new_entry_dir(session)
         try:
-            request = request_from(settings | {"video": str(session.source_path), "prompt": prompt}, str(folder), OUTPUT_FORMATS)
+            request = request_from(allowed | {"video": str(session.source_path), "prompt": prompt}, str(folder), OUTPUT_FORMATS)
             outputs = backend.edit(request, _numbered(progress, number, len(prompts)), token)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         files = {suffix: Path(path).name for suffix, path in outputs.files.items()}
-        made.append(store.add_entry(session, Entry(entry_id, prompt, dict(settings), files, outputs.result.to_dict(), preset)))
+        made.append(store.add_entry(session, Entry(entry_id, prompt, dict(settings), files, outputs.details(), preset)))
     return made
 
 
@@ -78,57 +84,106 @@ def summary(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+def handed_out(paths: list[str], folder: str) -> list[str]:
+    """Copies of session files in a fresh run folder (linked where the disk allows), for Gradio to serve.
+
+    The sessions folder is never in `allowed_paths`: Gradio serves only its own cache, under a hash of
+    each file's content and the server's secret seed, so session files cannot be fetched by path, and
+    its cache serves nothing as HTML, SVG or script."""
+    copies = []
+    for number, path in enumerate(paths):
+        target = Path(folder) / f"{number:03d}-{Path(path).name}"
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        copies.append(str(target))
+    return copies
+
+
 class SessionHandlers:
-    """The tab's handlers over one session store; each returns the view of the user's open session."""
+    """The tab's handlers over one session store; each sees only the sessions of the caller's owner key.
+
+    The key is a random secret: the browser keeps it in gr.BrowserState (localStorage) and the page's
+    load event puts it in a gr.State; an API client that has none gets a fresh one on its first call,
+    kept in its connection's gr.State. The server stores only its hash (`SessionStore.owned`)."""
 
     def __init__(self, store: SessionStore, backend: Backend):
         self.store, self.backend = store, backend
 
-    def show(self, name: str | None) -> tuple:
-        """(open session, status line, gallery, entries, saved-sessions dropdown update)."""
+    @staticmethod
+    def owner_of(owner: str | None) -> str:
+        """The caller's owner key; a fresh one when it has none (or sent something that is not a key)."""
+        return owner if is_owner_key(owner) else new_owner_key()
+
+    def mine(self, owner: str) -> SessionStore:
+        return self.store.owned(owner)
+
+    def names(self, owner: str | None) -> list[str]:
+        return self.mine(owner).names() if is_owner_key(owner) else []
+
+    def show(self, owner: str, name: str | None) -> tuple:
+        """(open session, owner, status line, gallery, entries, saved-sessions dropdown update)."""
+        store = self.mine(owner)
         if not name:
-            return None, "No session open.", [], [], gr.update(choices=self.store.names())
-        session = self.store.open(name)
+            return None, owner, "No session open.", [], [], gr.update(choices=store.names())
+        session = store.open(name)
         about = f" ({session.subject})" if session.subject else ""
-        text = f"Session **{session.name}**: {len(session.entries)} edits of `{session.source}`{about}"
-        return name, text, gallery(session), summary(session), gr.update(choices=self.store.names(), value=name)
+        text = f"Session **{session.name}**: {len(session.entries)} edits{about}"
+        items = gallery(session)
+        served = handed_out([path for path, _ in items], self.backend.output_dir()) if items else []
+        shown = [(copy, caption) for copy, (_, caption) in zip(served, items)]
+        return name, owner, text, shown, summary(session), gr.update(choices=store.names(), value=name)
+
+    def on_load(self, key: str | None) -> tuple:
+        """Page load: the browser's owner key (a new one the first time), kept in State and BrowserState, and its
+        sessions. Served on this machine only, sessions made before owners existed become this browser's."""
+        owner = self.owner_of(key)
+        if not self.backend.policy.public:
+            self.store.adopt_unowned(self.mine(owner))
+        return owner, owner, gr.update(choices=self.mine(owner).names(), value=None)
 
     @one_sentence_errors
-    def create(self, name: str, video: str | None, subject: str | None) -> tuple:
+    def create(self, name: str, video: str | None, subject: str | None, owner: str | None = None) -> tuple:
+        owner = self.owner_of(owner)
         if not video:
             raise EditingError("upload the session's source clip first")
-        return self.show(self.store.create(name, video, subject or "").name)
+        return self.show(owner, self.mine(owner).create(name, video, subject or "").name)
 
     @one_sentence_errors
-    def open(self, name: str | None) -> tuple:
+    def open(self, name: str | None, owner: str | None = None) -> tuple:
+        owner = self.owner_of(owner)
         if not name:
             raise EditingError("choose a saved session to open")
-        return self.show(self.store.open(name).name)
+        return self.show(owner, self.mine(owner).open(name).name)
 
     @one_sentence_errors
-    def export(self, name: str | None) -> str:
-        if not name:
+    def export(self, name: str | None, owner: str | None = None) -> str:
+        if not name or not is_owner_key(owner):
             raise EditingError("open a session to export it")
-        return str(self.store.export(name, Path(self.backend.output_dir()) / f"{name}.zip"))  # removed with other old runs
+        folder = self.backend.output_dir()  # removed with other old runs
+        return str(self.mine(owner).export(name, Path(folder) / f"{check_name(name)}.zip"))
 
     @one_sentence_errors
-    def import_zip(self, file: str | None, name: str | None) -> tuple:
+    def import_zip(self, file: str | None, name: str | None, owner: str | None = None) -> tuple:
+        owner = self.owner_of(owner)
         if not file:
             raise EditingError("choose a session zip to import")
-        return self.show(self.store.import_zip(file, (name or "").strip() or None).name)
+        return self.show(owner, self.mine(owner).import_zip(file, (name or "").strip() or None).name)
 
     def edit_with(self, prompts_of: Callable[[Session, list[str], str], list[tuple[str, str | None]]]):
         """A handler editing the open session once per prompt that `prompts_of(session, presets, prompt)` gives."""
 
         @one_sentence_errors
         def run(values: dict[str, Any], progress) -> tuple:
-            name, token = values.pop("session"), values.pop("token")
-            if not name:
+            name, owner, token = values.pop("session"), values.pop("owner", None), values.pop("token")
+            if not name or not is_owner_key(owner):
                 raise EditingError("create or open a session first")
-            prompts = prompts_of(self.store.open(name), values.pop("presets"), values.pop("prompt"))
+            store = self.mine(owner)
+            prompts = prompts_of(store.open(name), values.pop("presets"), values.pop("prompt"))
             token.reset()
-            run_in_session(self.store, self.backend, name, prompts, values, gradio_progress(progress), token)
-            return self.show(name)
+            run_in_session(store, self.backend, name, prompts, values, gradio_progress(progress), token)
+            return self.show(owner, name)
 
         return run
 
@@ -143,7 +198,7 @@ def own_prompt(session: Session, chosen: list[str] | None, text: str | None) -> 
     return [(text, None)] if (text or "").strip() else []
 
 
-def _layout(default_model: str, store: SessionStore) -> dict[str, Any]:
+def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
     """The tab's widgets by name; `settings` holds the edit settings by CLI option name."""
     ui: dict[str, Any] = {}
     with gr.Row():
@@ -154,13 +209,15 @@ def _layout(default_model: str, store: SessionStore) -> dict[str, Any]:
                 ui["subject"] = gr.Textbox(label="Subject", placeholder="a man skiing (style prompts say '... of <subject>')")
                 ui["create"] = gr.Button("Create session")
             with gr.Row():
-                ui["saved"] = gr.Dropdown(store.names(), label="Saved sessions", allow_custom_value=False)
+                # Filled on page load with this browser's sessions only; any name may be typed (the
+                # handler checks it against the caller's own sessions), so the page lists nobody else's.
+                ui["saved"] = gr.Dropdown([], value=None, label="Saved sessions", allow_custom_value=True)
                 ui["refresh"] = gr.Button("Refresh", size="sm")
                 ui["open"] = gr.Button("Open", size="sm")
             ui["status"] = gr.Markdown("No session open.")
             settings = ui["settings"] = {"model": widgets.model_widget(default_model)}
             with gr.Accordion("Frames and sampler", open=False):
-                settings |= widgets.frame_widgets(settings["model"])
+                settings |= widgets.frame_widgets(settings["model"], policy=backend.policy)
                 settings |= widgets.sampler_widgets()
                 settings["attention"] = gr.Dropdown(list(attention_mode_names()), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
             ui["presets"] = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
@@ -187,17 +244,22 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
     store = store or SessionStore()
     handlers = SessionHandlers(store, backend)
     current = gr.State(None)  # this user's open session name
+    owner = gr.State(None)  # this user's owner key (from the browser's storage, or made on first use)
+    remembered = gr.BrowserState(None, storage_key=OWNER_STORAGE_KEY, secret=OWNER_STORAGE_SECRET)
     token = gr.State(CancelToken())
-    ui = _layout(default_model, store)
-    view = [current, ui["status"], ui["gallery"], ui["entries"], ui["saved"]]
-    ui["create"].click(handlers.create, [ui["new_name"], ui["new_video"], ui["subject"]], view, api_name="create_session")
-    ui["refresh"].click(lambda: gr.update(choices=store.names()), None, ui["saved"], api_visibility="private")
-    ui["open"].click(handlers.open, ui["saved"], view, api_name="open_session")
-    ui["export"].click(handlers.export, current, ui["exported"], api_name="export_session")
-    ui["import"].click(handlers.import_zip, [ui["upload"], ui["import_name"]], view, api_name="import_session")
+    ui = _layout(default_model, backend)
+    view = [current, owner, ui["status"], ui["gallery"], ui["entries"], ui["saved"]]
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(handlers.on_load, remembered, [owner, remembered, ui["saved"]], api_visibility="private")
+    ui["create"].click(handlers.create, [ui["new_name"], ui["new_video"], ui["subject"], owner], view, api_name="create_session")
+    ui["refresh"].click(lambda key: gr.update(choices=handlers.names(key)), owner, ui["saved"], api_visibility="private")
+    ui["open"].click(handlers.open, [ui["saved"], owner], view, api_name="open_session")
+    ui["export"].click(handlers.export, [current, owner], ui["exported"], api_name="export_session")
+    ui["import"].click(handlers.import_zip, [ui["upload"], ui["import_name"], owner], view, api_name="import_session")
 
-    names = ["session", "presets", "prompt", "token", *SETTINGS]
-    inputs = [current, ui["presets"], ui["prompt"], token, *(ui["settings"][n] for n in SETTINGS)]
+    names = ["session", "owner", "presets", "prompt", "token", *SETTINGS]
+    inputs = [current, owner, ui["presets"], ui["prompt"], token, *(ui["settings"][n] for n in SETTINGS)]
     defaults = widgets.initial_values(ui["settings"])
 
     def edit_event(button, prompts_of, api_name):

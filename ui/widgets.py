@@ -19,6 +19,7 @@ from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_MODEL, SHAPES_NOTE, native_size
 
 from .forms import default_values
+from .serving import LOCAL, ServePolicy
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FORM_SIZE = 256  # the forms' Long side: SD-1.x models at half their size keep CPU edits short
@@ -58,18 +59,19 @@ def model_widget(default_model: str) -> gr.Dropdown:
     )
 
 
-def size_for_model(model: str) -> int:
+def size_for_model(model: str, policy: ServePolicy = LOCAL) -> int:
     """The Long side for a model: its own size where that is below the form's (the shapes model draws
     64 px scenes; at 256 px, 16 times the pixels, it draws them wrong), else the form's size, also for
-    a spec that does not parse (the edit will say why)."""
+    a spec that does not parse or that the serving policy refuses (the edit will say why)."""
     try:
-        return min(native_size(model), FORM_SIZE)
+        return min(native_size(policy.check_model(model)), FORM_SIZE)
     except EditingError:
         return FORM_SIZE
 
 
-def frame_widgets(model: gr.Dropdown, frames: int = 8) -> dict[str, gr.components.Component]:
-    """Trim and size: start, end, stride, frame count, and the long side, which follows `model`."""
+def frame_widgets(model: gr.Dropdown, frames: int = 8, policy: ServePolicy = LOCAL) -> dict[str, gr.components.Component]:
+    """Trim and size: start, end, stride, frame count, and the long side, which follows `model` (as far as
+    the serving policy lets a model be looked at)."""
     with gr.Row():
         start = gr.Number(0, label="Start (s)", minimum=0)
         # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
@@ -79,7 +81,11 @@ def frame_widgets(model: gr.Dropdown, frames: int = 8) -> dict[str, gr.component
         stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
         count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
         long_side = gr.Slider(64, 768, value=size_for_model(model.value), step=64, label="Long side (px)", elem_classes="size")
-    model.change(size_for_model, inputs=model, outputs=long_side, queue=False, api_visibility="private")
+
+    def follow(spec: str) -> int:
+        return size_for_model(spec, policy)
+
+    model.change(follow, inputs=model, outputs=long_side, queue=False, api_visibility="private")
     return {"start": start, "end": end, "stride": stride, "frames": count, "size": long_side}
 
 
