@@ -174,8 +174,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
         audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
-        for path in (request.output, *request.also_write):
-            video_io.write_video(path, frames, clip.fps, audio)
+        video_io.write_videos((request.output, *request.also_write), frames, clip.fps, audio)  # all or none
     return EditResult(
         output=str(request.output),
         frames=clip.num_frames,

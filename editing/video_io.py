@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import av
 import cv2
@@ -379,3 +379,15 @@ def write_video(path: str | os.PathLike, clip_frames: np.ndarray, fps: Fraction,
     if suffix == ".zip":
         return write_png_zip(path, clip_frames)
     raise VideoError(f"cannot write {Path(path).name}: the output must end in .mp4, .gif or .zip")
+
+
+def write_videos(paths: Sequence[str | os.PathLike], clip_frames: np.ndarray, fps: Fraction, audio: AudioSource | None = None) -> list[Path]:
+    """Write the same frames to every path (format by extension): all files appear, or none does.
+
+    Each file is written to a temporary name first; they are renamed into place only after the last one is
+    written, so a failure of a later format (the GIF, the zip) leaves no earlier one (the mp4) behind."""
+    with contextlib.ExitStack() as stack:
+        partials = [stack.enter_context(atomic_output(path)) for path in paths]
+        for partial in partials:
+            write_video(partial, clip_frames, fps, audio)
+    return [Path(path) for path in paths]
