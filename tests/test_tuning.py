@@ -142,7 +142,7 @@ def test_gradients_through_fp16_are_loss_scaled(tiny, clip_latents, monkeypatch)
     assert not needs_loss_scaling(torch.float32, "no") and not needs_loss_scaling(torch.bfloat16, "bf16")
     latents, text = clip_latents
     config = TuneConfig("a car turning", SELECTION, steps=1, learning_rate=1e-2)
-    seen = {}
+    seen = []  # (gradient norm before unscaling, after, scale) of each run's one step
     unscale = torch.amp.GradScaler.unscale_
 
     def gradient_norm(optimizer) -> float:
@@ -152,14 +152,14 @@ def test_gradients_through_fp16_are_loss_scaled(tiny, clip_latents, monkeypatch)
     def recording_unscale(scaler, optimizer):
         before = gradient_norm(optimizer)
         unscale(scaler, optimizer)
-        seen[scaler.is_enabled()] = (before, gradient_norm(optimizer), scaler.get_scale() if scaler.is_enabled() else 1.0)
+        seen.append((before, gradient_norm(optimizer), scaler.get_scale() if scaler.is_enabled() else 1.0))
 
     monkeypatch.setattr(torch.amp.GradScaler, "unscale_", recording_unscale)
     for scaled in (False, True):
         monkeypatch.setattr("editing.tuning.needs_loss_scaling", lambda dtype, mixed_precision: scaled)
         tune_weights(tiny, latents, text, config)
-    plain_backward, plain_step, _ = seen[False]
-    scaled_backward, scaled_step, scale = seen[True]
+    assert len(seen) == 2, "the gradients are not unscaled before clipping and the step"
+    (plain_backward, plain_step, _), (scaled_backward, scaled_step, scale) = seen
     assert scale > 1 and plain_backward == plain_step
     assert scaled_backward == pytest.approx(scale * plain_backward, rel=1e-4)  # backward saw the scaled loss
     assert scaled_step == pytest.approx(plain_step, rel=1e-4)  # the optimiser sees the true gradients
