@@ -104,6 +104,9 @@ def test_chunked_attention_equals_one_batch_when_each_chunk_holds_the_context_of
     deep = context_plan(frames, 4, mode, window, depth)
     assert len(deep.batches) == 4 and any(len(batch.ids) < frames for batch in deep.batches)  # really chunked
     torch.testing.assert_close(run(deep), whole, atol=1e-4, rtol=1e-4)
+    # plan_frames gives these modes one layer of context: chunked runs approximate the one-batch run (with
+    # the tiny model the error falls about tenfold per extra layer of context). Should plan_frames ever hold
+    # the full depth, take it out of this control.
     for shallow in (context_plan(frames, 4, mode, window, 1), sampling.plan_frames(frames, 4, mode, window)):
         assert not torch.allclose(run(shallow), whole, atol=1e-4, rtol=1e-4)
 
