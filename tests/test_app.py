@@ -81,8 +81,9 @@ def test_app_reports_bad_input_as_a_message(served, skiing, tmp_path):
         served.predict(handle_file(str(text)), "a cat", "tiny", 0, None, 1, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit")
 
 
-def test_cancelling_a_job_stops_the_edit_between_steps(car):
-    """A client's cancel reaches the worker: the edit raises Cancelled at its next step and writes nothing."""
+def test_cancelling_a_job_stops_the_edit_between_steps(car, tmp_path):
+    """A client's cancel reaches the worker: the edit raises Cancelled at its next step and writes nothing
+    (no output, GIF, zip or partial file in the run folder); the next edit writes its files there."""
     import threading
     import time
 
@@ -90,10 +91,13 @@ def test_cancelling_a_job_stops_the_edit_between_steps(car):
 
     from editing.pipeline import edit_video
     from ui import build_demo
+    from ui.backend import Backend
 
-    outcome, denoising = [], threading.Event()
+    outcome, requested, denoising = [], [], threading.Event()
 
     def observed(request, progress):
+        requested.append(request)
+
         def report(stage, done, total):
             if stage == "denoise" and done >= 1:
                 denoising.set()
@@ -107,11 +111,17 @@ def test_cancelling_a_job_stops_the_edit_between_steps(car):
         outcome.append(result)
         return result
 
-    demo = build_demo(edit_fn=observed, default_model="tiny")
+    runs = tmp_path / "runs"
+
+    def written() -> list[Path]:
+        return sorted(p for p in runs.rglob("*") if p.is_file()) if runs.exists() else []
+
+    demo = build_demo(default_model="tiny", backend=Backend(observed, output_root=runs))
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        assert written() == []
         job = client.submit(video=handle_file(str(car)), prompt="a red car", model="tiny", frames=4, size=64, steps=50, strength=1.0, api_name="/edit")
         assert denoising.wait(120), "the edit never reached the denoising loop"
         job.cancel()
@@ -120,8 +130,14 @@ def test_cancelling_a_job_stops_the_edit_between_steps(car):
             time.sleep(0.2)
         assert outcome and type(outcome[0]).__name__ == "Cancelled", outcome
         assert "cancelled during denoise" in str(outcome[0])
+        cancelled = requested[0]
+        assert Path(cancelled.output).parent.is_relative_to(runs) and len(cancelled.also_write) == 2
+        assert not any(Path(p).exists() for p in (cancelled.output, *cancelled.also_write))
+        assert written() == []  # nothing at all: no output, no partial file
         video, *_ = client.predict(handle_file(str(car)), "a red car", "tiny", 0, None, 1, 2, 64, 2, 7.5, 0.6, 0, api_name="/edit")
         assert video.endswith(".mp4")  # the app keeps serving after a cancel
+        # Control: the same listing sees a finished edit's files (Gradio serves copies of them).
+        assert {p.suffix for p in written()} == {".mp4", ".gif", ".zip"} and all(p.parent != Path(cancelled.output).parent for p in written())
     finally:
         demo.close()
 

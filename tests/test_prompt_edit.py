@@ -127,21 +127,21 @@ def car_latents(tiny):
     return sampling.encode_frames(tiny, clip.frames, batch_size=4)
 
 
-def invert_recording(tiny, clean, prompt, steps, policy, chunk=4, self_steps=None):
+def invert_recording(tiny, clean, prompt, steps, policy, chunk=4, self_steps=None, mode="first"):
     """DDIM inversion under `prompt` that stores its attention."""
     store = AttentionStore()
     height, width = clean.shape[-2:]
     recorder = AttentionRecorder(store, policy, height, width, set(range(steps)) if self_steps is None else self_steps)
     text = sampling.encode_text(tiny, prompt, "", guided=False)
-    plan = sampling.plan_frames(clean.shape[0], chunk, "first")
+    plan = sampling.plan_frames(clean.shape[0], chunk, mode)
     return ddim_invert(tiny, clean, steps, 1.0, text, plan, control=recorder), store
 
 
-def edit(tiny, start, prompt, steps, guidance, control=None, callback=None, chunk=4):
+def edit(tiny, start, prompt, steps, guidance, control=None, callback=None, chunk=4, mode="first"):
     scheduler = tiny.scheduler()
     timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
     text = sampling.encode_text(tiny, prompt, "", guided=guidance > 1)
-    plan = sampling.plan_frames(start.shape[0], chunk, "first")
+    plan = sampling.plan_frames(start.shape[0], chunk, mode)
     return sampling.denoise(tiny, scheduler, start, timesteps, sampling.Guidance(text, guidance), plan, callback, control)
 
 
@@ -197,6 +197,30 @@ def test_outside_the_blend_mask_the_output_is_the_reconstruction(tiny, car_laten
     assert 0 < mask.float().mean() < 1  # the mask selects a region, not nothing or everything
     assert torch.equal(out[~mask], car_latents[~mask])
     assert not torch.allclose(out[mask], car_latents[mask])
+
+
+@pytest.mark.parametrize("mode", ["first", "sparse-causal"])
+def test_a_chunked_prompt_to_prompt_edit_equals_the_unchunked_one(tiny, car_latents, mode):
+    """Word swap with stored self- and cross-attention and a local blend, inverted and edited one frame per
+    UNet call, equals the one-batch run. The store is keyed per clip frame, so a context frame of a later chunk
+    reads what its own chunk recorded. (3 frames: every chunk holds all the frames before its target, the
+    context both modes need, see test_engine.) Control: the controller changes the result."""
+    steps, policy, target = 3, StorePolicy(1, 1), "a red porsche driving"
+    height, width = car_latents.shape[-2:]
+    positions = prompts.blend_positions(tiny.tokenizer, SOURCE, ("jeep",)), prompts.blend_positions(tiny.tokenizer, target, ("porsche",))
+    mapper = prompts.swap_mapper(tiny.tokenizer, SOURCE, target)
+    results, masks = {}, {}  # by chunk size
+    for chunk in (1, car_latents.shape[0]):
+        trajectory, store = invert_recording(tiny, car_latents, SOURCE, steps, policy, chunk=chunk, mode=mode)
+        blend = LocalBlend(*positions, height, width, threshold=0.5)
+        control = SwapEdit(mapper, store=store, policy=policy, latent_height=height, latent_width=width, inverted_steps=steps, edit_steps=steps, cross_replace=0.8, self_replace=0.7, blend=blend)
+        results[chunk] = edit(tiny, trajectory.final, target, steps, 5.0, control, blend_callback(blend, trajectory), chunk=chunk, mode=mode)
+        masks[chunk] = blend.mask(car_latents.shape[0])
+    chunked, whole = results.values()
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
+    assert 0 < masks[1].float().mean() < 1  # the blend selects a region: it took part
+    plain = edit(tiny, trajectory.final, target, steps, 5.0, chunk=1, mode=mode)
+    assert not torch.allclose(plain, whole, atol=1e-3)
 
 
 def test_blend_mask_is_the_dilated_thresholded_peak():

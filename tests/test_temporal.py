@@ -174,6 +174,7 @@ def test_fusion_of_identical_frames_with_zero_flow_is_the_identity():
 
 def test_fusion_at_full_strength_propagates_the_first_frame():
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    original = latents.clone()  # kept before the call, to check the input is not modified in place
     flows = latent_flows(4, 8, 8, seed=2)
     out = make_flow_fusion_callback(flows, FlowFusion(strength=1.0, until=1.0), total_steps=1)(0, 999, latents)
     assert out.dtype == latents.dtype and out.shape == latents.shape
@@ -182,7 +183,7 @@ def test_fusion_at_full_strength_propagates_the_first_frame():
         torch.testing.assert_close(out[t], warp(out[t - 1], flows.backward[t - 1]))
     # Sequential: frame 2 is frame 0 carried through both flows, not a warp of the original frame 1.
     torch.testing.assert_close(out[2], warp(warp(latents[0], flows.backward[0]), flows.backward[1]))
-    assert torch.equal(latents, latents.clone())  # the input is not modified in place
+    assert torch.equal(latents, original) and out.data_ptr() != latents.data_ptr()  # the input is not modified in place
 
 
 def test_fusion_leaves_invalid_pixels_alone():

@@ -133,10 +133,36 @@ def test_gradient_checkpointing_gives_the_same_training(tiny, clip_latents):
     assert not tiny.unet.is_gradient_checkpointing
 
 
-def test_gradients_through_fp16_are_loss_scaled():
+def test_gradients_through_fp16_are_loss_scaled(tiny, clip_latents, monkeypatch):
+    """When loss scaling is needed, backward runs on the scaled loss (gradients times the scale) and the
+    gradients are unscaled before clipping and the step. An fp16 model needs a GPU, so on the CPU the
+    decision is forced and the gradients of one training step are compared with an unscaled run."""
     assert needs_loss_scaling(torch.float16, "no")  # an fp16 model on a GPU, even without autocast
     assert needs_loss_scaling(torch.float32, "fp16")
     assert not needs_loss_scaling(torch.float32, "no") and not needs_loss_scaling(torch.bfloat16, "bf16")
+    latents, text = clip_latents
+    config = TuneConfig("a car turning", SELECTION, steps=1, learning_rate=1e-2)
+    seen = []  # (gradient norm before unscaling, after, scale) of each run's one step
+    unscale = torch.amp.GradScaler.unscale_
+
+    def gradient_norm(optimizer) -> float:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return float(torch.stack([g.norm() for g in grads]).norm())
+
+    def recording_unscale(scaler, optimizer):
+        before = gradient_norm(optimizer)
+        unscale(scaler, optimizer)
+        seen.append((before, gradient_norm(optimizer), scaler.get_scale() if scaler.is_enabled() else 1.0))
+
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", recording_unscale)
+    for scaled in (False, True):
+        monkeypatch.setattr("editing.tuning.needs_loss_scaling", lambda dtype, mixed_precision: scaled)
+        tune_weights(tiny, latents, text, config)
+    assert len(seen) == 2, "the gradients are not unscaled before clipping and the step"
+    (plain_backward, plain_step, _), (scaled_backward, scaled_step, scale) = seen
+    assert scale > 1 and plain_backward == plain_step
+    assert scaled_backward == pytest.approx(scale * plain_backward, rel=1e-4)  # backward saw the scaled loss
+    assert scaled_step == pytest.approx(plain_step, rel=1e-4)  # the optimiser sees the true gradients
 
 
 def test_save_then_load_gives_identical_outputs_and_other_bases_are_refused(tiny, clip_latents, tmp_path):
