@@ -104,8 +104,8 @@ def write_outputs(paths: list[str], frames: np.ndarray, fps, audio) -> tuple[lis
     """Write the edited frames to each path: (files written, notes for the user).
 
     Nothing after denoising may lose the edit: a file that cannot be written is left out with the reason in
-    the notes, and when no zip of the frames was written the frames go to `<output>-frames.zip` (PNG); only
-    when that fails too is the edit lost, with both reasons."""
+    the notes, and when no file at all was written the frames go to `<output>-frames.zip` (PNG); only when
+    that fails too is the edit lost, with both reasons."""
     written, notes, failures = [], [], []
     for path in paths:
         try:
@@ -114,7 +114,7 @@ def write_outputs(paths: list[str], frames: np.ndarray, fps, audio) -> tuple[lis
         except Exception as exc:  # a full disk, an encoder failure: keep the frames whatever happened
             log.warning("could not write %s: %s", path, exc, exc_info=True)
             failures.append(f"{Path(path).name} could not be written ({_reason(exc)})")
-    if failures and not any(Path(p).suffix.lower() == ".zip" for p in written):
+    if failures and not written:
         fallback = Path(paths[0]).with_name(Path(paths[0]).stem + "-frames.zip")
         try:
             video_io.write_png_zip(fallback, frames)
