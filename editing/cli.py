@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     edit.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_speed_options(edit)
     add_attention_edit_options(edit)
     edit.add_argument("--tuned", default=None, metavar="FILE", help="edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)")
     add_tune_command(commands)
@@ -91,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_speed_options(edit: argparse.ArgumentParser) -> None:
+    """LoRAs, the autoencoder and the speed presets (editing.lora, editing.presets)."""
+    from .lora import VAE_CHOICES
+    from .presets import PRESETS
+
+    group = edit.add_argument_group("speed: LoRAs, autoencoder, presets")
+    group.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="SPEC[:SCALE]",
+        help="a LoRA, repeatable: Hub id (owner/name[/file.safetensors]), local folder, .safetensors file, or random (random weights); SCALE defaults to 1",
+    )
+    group.add_argument("--lora-fuse", action="store_true", help="merge the LoRAs into the weights (faster steps; the default keeps separate LoRA layers)")
+    group.add_argument("--vae", default="model", choices=VAE_CHOICES, help="autoencoder: model (its own) or tiny (AutoencoderTiny / TAESD: fast, a little blurrier)")
+    group.add_argument(
+        "--preset",
+        default=None,
+        choices=tuple(PRESETS),
+        help="speed preset setting defaults that explicit options override: " + "; ".join(f"{p.name}: {p.help}" for p in PRESETS.values()),
+    )
+
+
 def run_info(args: argparse.Namespace) -> int:
     from .video_io import probe
 
@@ -100,8 +124,11 @@ def run_info(args: argparse.Namespace) -> int:
 
 def edit_request(args: argparse.Namespace):
     """The EditRequest the edit command's options describe (the eval command maps its spec through this too)."""
+    from .lora import model_options
     from .pipeline import EditRequest
+    from .presets import apply_preset
 
+    args = apply_preset(args)
     request = EditRequest(
         video=args.video,
         output=args.out,
@@ -122,6 +149,7 @@ def edit_request(args: argparse.Namespace):
         limits=VideoLimits(),
         attention_edit=attention_edit_config(args),
         tuned=args.tuned,
+        model_options=model_options(getattr(args, "lora", ()), getattr(args, "lora_fuse", False), getattr(args, "vae", None)),
     )
     return request
 
@@ -137,8 +165,13 @@ def run_edit(args: argparse.Namespace) -> int:
     request = edit_request(args)
     with TerminalProgress() as progress:
         result = edit_video(request, progress)
+    from .presets import preset_note
+
     if result.random_weights:
         print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
+    for note in (preset_note(args), *result.notes):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -342,6 +375,10 @@ class TerminalProgress:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "edit":
+        from .presets import given_options
+
+        args.given_options = given_options(parser, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         _quiet_libraries()

@@ -323,7 +323,8 @@ def tiny_vae(backbone, dtype, device):
         vae = _load_from(ModelSpec("hub", TINY_VAE), "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(TINY_VAE, torch_dtype=dtype), TINY_VAE_OFFLINE_ALTERNATIVES)
     if int(vae.config.latent_channels) != int(backbone.unet.config.in_channels):
         raise ModelLoadError(f"the tiny autoencoder has {vae.config.latent_channels} latent channels but the model's UNet takes {backbone.unet.config.in_channels}")
-    return vae.requires_grad_(False).eval().to(device=device, dtype=dtype)
+    vae.requires_grad_(False).eval()
+    return vae.to(device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)
 
 
 def _is_shapes(backbone) -> bool:

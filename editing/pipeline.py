@@ -17,7 +17,9 @@ from . import video_io
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .core import STAGES, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
 from .errors import ConfigError
+from .lora import ModelOptions
 from .models import DEFAULT_MODEL, ModelSpec, load_backbone
+from .samplers import follows_inversion
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class EditRequest:
     attention_edit: AttentionEditConfig | None = None
     tuned: str | None = None  # one-shot tuned weights (editing.tuning) to edit with
     also_write: tuple[str, ...] = ()  # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
+    model_options: ModelOptions = ModelOptions()  # LoRAs (fused or not) and the autoencoder (editing.lora)
+    decode_frames: tuple[int, ...] | None = None  # decode (and write) only these edited frames, e.g. a preview's; None = all
 
     def __post_init__(self):
         for output in (self.output, *self.also_write):
@@ -56,6 +60,8 @@ class EditRequest:
             raise ConfigError(f"null-text inversion fits DDIM steps; use sampler ddim, not {self.edit.sampler}")
         if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
             raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
+        if self.engine.inversion == "ddim" and not follows_inversion(self.edit.sampler):
+            raise ConfigError(f"sampler {self.edit.sampler} steps on its own timesteps, not DDIM inversion's; use --inversion none (SDEdit)")
         ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
@@ -77,6 +83,7 @@ class EditResult:
     tuned: str | None = None
     also_written: tuple[str, ...] = ()
     images: np.ndarray | None = field(default=None, repr=False)  # the edited (N, H, W, 3) uint8 frames, as written
+    notes: tuple[str, ...] = ()  # what the user should know about the output (e.g. a random LoRA's effect means nothing)
 
     def to_dict(self) -> dict:
         return {
@@ -92,7 +99,7 @@ class EditResult:
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
         } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | (
             {} if self.tuned is None else {"tuned": self.tuned}
-        ) | ({"also_written": list(self.also_written)} if self.also_written else {})
+        ) | ({"also_written": list(self.also_written)} if self.also_written else {}) | ({"notes": list(self.notes)} if self.notes else {})
 
 
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> EditResult:
@@ -107,7 +114,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
             from .tuning import check_base
 
             check_base(request.tuned, request.model)
-        backbone = load_backbone(request.model, request.device, request.dtype)
+        backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
     edited = edit_frames(clip.frames, EditParts.of(request), backbone, progress, timer)
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
@@ -116,7 +123,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
             video_io.write_video(path, edited.frames, clip.fps, audio)
     return EditResult(
         output=str(request.output),
-        frames=clip.num_frames,
+        frames=len(edited.frames),
         fps=float(clip.fps),
         width=clip.width,
         height=clip.height,
@@ -129,4 +136,5 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         tuned=request.tuned,
         also_written=tuple(request.also_write),
         images=edited.frames,
+        notes=tuple(backbone.extras.get("notes", ())),
     )
