@@ -62,9 +62,10 @@ class LoraSpec:
         head, sep, tail = text.rpartition(":")
         if sep and head:
             try:
-                return cls(head.strip(), float(tail))
-            except ValueError:
-                pass  # a colon that is part of the path (e.g. C:\\loras\\x.safetensors): no scale given
+                scale = float(tail)
+            except ValueError:  # a colon that is part of the path (e.g. C:\\loras\\x.safetensors): no scale given
+                return cls(text)
+            return cls(head.strip(), scale)
         return cls(text)
 
     @property
