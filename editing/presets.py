@@ -151,6 +151,8 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
         defaults = edit_defaults()
         given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
     values = preset.values(model.random_weights)
+    if getattr(args, "tuned", None) is not None:
+        values.pop("attention")  # tuned weights keep the attention mode they were tuned with
     merged = {**vars(args), **{k: v for k, v in values.items() if k not in given}}
     return argparse.Namespace(**merged)
 

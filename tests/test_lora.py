@@ -164,3 +164,24 @@ def test_the_cli_loads_a_lora_file_and_refuses_a_bad_one_with_exit_2(lora_file, 
     bad = subprocess.run([*base, "--out", str(tmp_path / "p.zip"), "--lora", str(tmp_path / "bad.safetensors")], capture_output=True, text=True, timeout=300)
     lines = [line for line in bad.stderr.strip().splitlines() if line and not line.startswith("note:")]
     assert bad.returncode == 2 and len(lines) == 1 and "bad.safetensors" in lines[0], bad.stderr
+
+
+def test_a_lora_that_adapts_the_text_encoder_goes_into_a_copy_of_it(tiny, tmp_path):
+    import copy
+
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from editing import sampling
+
+    shaped = copy.deepcopy(tiny.text_encoder)
+    shaped.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights="gaussian"))
+    generator = torch.Generator().manual_seed(0)
+    state = {f"text_encoder.{k}": torch.randn(v.shape, generator=generator) * 0.3 for k, v in get_peft_model_state_dict(shaped).items()}
+    path = save_lora(tmp_path / "text.safetensors", {**state, **random_lora_state_dict(tiny.unet)})
+    plain = sampling.encode_prompts(tiny, ["a red car"])
+    zero, one = (_with(path, scale) for scale in (0.0, 1.0))
+    assert one.text_encoder is not tiny.text_encoder and not hasattr(tiny.text_encoder, "peft_config")
+    assert torch.allclose(sampling.encode_prompts(zero, ["a red car"]), plain, atol=1e-6)
+    assert (sampling.encode_prompts(one, ["a red car"]) - plain).abs().max() > 1e-2  # the control
+    assert torch.equal(sampling.encode_prompts(tiny, ["a red car"]), plain)
