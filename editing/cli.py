@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -128,7 +129,7 @@ def edit_request(args: argparse.Namespace):
     from .pipeline import EditRequest
     from .presets import apply_preset
 
-    args = apply_preset(args)
+    args = apply_preset(args, edit_defaults())
     request = EditRequest(
         video=args.video,
         output=args.out,
@@ -152,6 +153,12 @@ def edit_request(args: argparse.Namespace):
         model_options=model_options(getattr(args, "lora", ()), getattr(args, "lora_fuse", False), getattr(args, "vae", None)),
     )
     return request
+
+
+@functools.lru_cache(maxsize=1)
+def edit_defaults() -> dict:
+    """The edit command's default option values (what a preset replaces when no record of the given options exists)."""
+    return vars(build_parser().parse_args(["edit", "video", "--prompt", "prompt", "--out", "out.mp4"]))
 
 
 def output_size(args: argparse.Namespace) -> int:

@@ -167,41 +167,29 @@ def _hub_location(source: str) -> tuple[str, str | None]:
     return source, None
 
 
-def read_lora(spec: LoraSpec, unet) -> tuple[dict[str, Any], dict[str, float] | None]:
-    """The LoRA's weights in diffusers' layout, read through diffusers' `lora_state_dict` (which also
-    converts kohya / A1111 files, whose per-layer alphas come back as the second item); refused in one
-    sentence when the file holds no LoRA."""
-    from diffusers import StableDiffusionPipeline
-
-    from .models import ModelSpec, _load_from
-
-    if spec.random:
-        return random_lora_state_dict(unet), None
+def lora_location(spec: LoraSpec) -> tuple[str, str, dict[str, str]]:
+    """Where a LoRA's file is: (kind, folder or Hub repo, diffusers' loader options), kind being
+    `single_file`, `folder` or `hub`; a missing local file or folder is refused in one sentence."""
     path = Path(spec.source).expanduser()
     hub_file = path.suffix == ".safetensors" and not path.exists() and spec.source.count("/") >= 2 and not spec.source.startswith((".", "/", "~"))
     if path.suffix == ".safetensors" and not hub_file:
         if not path.is_file():
             raise ModelLoadError(f"LoRA file {spec.source} does not exist")
-        where, options, parsed = str(path.parent), {"weight_name": path.name}, ModelSpec("single_file", str(path))
-    elif path.is_dir():
-        where, options, parsed = str(path), {}, ModelSpec("folder", str(path.resolve()))
-    elif spec.source.startswith((".", "/", "~")):
+        return "single_file", str(path.parent), {"weight_name": path.name}
+    if path.is_dir():
+        return "folder", str(path.resolve()), {}
+    if spec.source.startswith((".", "/", "~")):
         raise ModelLoadError(f"LoRA folder {spec.source} does not exist")
-    else:
-        repo, weight = _hub_location(spec.source)
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise ModelLoadError(f"lora '{spec.source}' is not a Hub id (owner/name[/file.safetensors]), a local folder, a .safetensors file, or 'random'")
-        where, options, parsed = repo, {"weight_name": weight or HUB_LORA_FILE}, ModelSpec("hub", spec.source)
+    repo, weight = _hub_location(spec.source)
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ModelLoadError(f"lora '{spec.source}' is not a Hub id (owner/name[/file.safetensors]), a local folder, a .safetensors file, or 'random'")
+    return "hub", repo, {"weight_name": weight or HUB_LORA_FILE}
 
-    def load():
-        state, alphas = StableDiffusionPipeline.lora_state_dict(where, **options)
-        return state, alphas
 
-    state, alphas = _load_from(parsed, "LoRA", load, LORA_OFFLINE_ALTERNATIVES)
-    name = Path(spec.source).name
+def check_lora_state(state: dict[str, Any], name: str) -> None:
+    """Refuse, in one sentence, weights that are not LoRA layers."""
     if not state or not all("lora" in key for key in state):
         raise ModelLoadError(f"{name} is not a LoRA: its weights are not LoRA layers (no 'lora' in their names)")
-    return state, alphas or None
 
 
 # ---------------------------------------------------------------- applying LoRAs to copies of a backbone
@@ -253,16 +241,18 @@ def _misfit(exc: BaseException) -> str:
     return text[:160]
 
 
-def apply_loras(unet, text_encoder, specs: tuple[LoraSpec, ...], fuse: bool) -> tuple[list[str], list[str]]:
+def apply_loras(unet, text_encoder, specs: tuple[LoraSpec, ...], fuse: bool, read) -> tuple[list[str], list[str]]:
     """Load `specs` into `unet` and `text_encoder` (copies the caller owns), set their scales, and merge
-    them into the weights when `fuse`. Returns the adapter names in the UNet and in the text encoder."""
+    them into the weights when `fuse`. `read(spec, unet)` returns a LoRA's (state dict, alphas) (it is
+    `editing.models.read_lora`, the one place weights are read). Returns the adapter names in the UNet
+    and in the text encoder."""
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
     unet_names, text_names = [], []
     unet_scales, text_scales = [], []
     for number, spec in enumerate(specs):
         adapter = f"lora{number}"
-        state, alphas = read_lora(spec, unet)
+        state, alphas = read(spec, unet)
         name = "the random LoRA" if spec.random else Path(spec.source).name
         known = [k for k in state if k.startswith(("unet.", "text_encoder."))]
         if not known:
@@ -304,35 +294,3 @@ def random_tiny_vae_config(name: str) -> dict:
     if name == "tiny":
         return dict(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16), num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
     return dict(latent_channels=4)  # diffusers' defaults are TAESD's
-
-
-def tiny_vae(backbone, dtype, device):
-    """The tiny autoencoder for a backbone: a seeded random one for the built-in random models, TAESD
-    (`madebyollin/taesd`) for real SD-1.x models; the shapes model has its own latent space and is refused."""
-    import torch
-    from diffusers import AutoencoderTiny
-
-    from .models import ModelSpec, _load_from
-
-    if backbone.random_weights:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(4)
-            vae = AutoencoderTiny(**random_tiny_vae_config(backbone.name))
-    elif _is_shapes(backbone):
-        raise ModelLoadError("the tiny autoencoder (TAESD) is trained on SD-1.x latents; the shapes model has its own autoencoder, use --vae model")
-    else:
-        vae = _load_from(ModelSpec("hub", TINY_VAE), "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(TINY_VAE, torch_dtype=dtype), TINY_VAE_OFFLINE_ALTERNATIVES)
-    if int(vae.config.latent_channels) != int(backbone.unet.config.in_channels):
-        raise ModelLoadError(f"the tiny autoencoder has {vae.config.latent_channels} latent channels but the model's UNet takes {backbone.unet.config.in_channels}")
-    vae.requires_grad_(False).eval()
-    return vae.to(device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)
-
-
-def _is_shapes(backbone) -> bool:
-    """Whether a backbone is a shapes-world model (its latent space is its own, not SD's)."""
-    from .models import ModelSpec
-
-    try:
-        return ModelSpec.parse(backbone.name).kind == "shapes"
-    except ModelLoadError:
-        return False

@@ -433,13 +433,13 @@ def derive_backbone(base: Backbone, options) -> Backbone:
     import copy
     import dataclasses
 
-    from .lora import RANDOM_LORA_NOTE, apply_loras, tiny_vae
+    from .lora import RANDOM_LORA_NOTE, apply_loras
 
     unet, text_encoder, vae = base.unet, base.text_encoder, base.vae
     notes = list(base.extras.get("notes", ()))
     if options.loras:
         unet, text_encoder = copy.deepcopy(base.unet), copy.deepcopy(base.text_encoder)
-        unet_names, text_names = apply_loras(unet, text_encoder, options.loras, options.fuse)
+        unet_names, text_names = apply_loras(unet, text_encoder, options.loras, options.fuse, read_lora)
         if not text_names:  # no LoRA adapts the text encoder: share the base's, not a copy
             text_encoder = base.text_encoder
         for module in (unet, text_encoder):
@@ -447,9 +447,57 @@ def derive_backbone(base: Backbone, options) -> Backbone:
         if any(s.random for s in options.loras):
             notes.append(RANDOM_LORA_NOTE)
     if options.vae == "tiny":
-        vae = tiny_vae(base, base.dtype, base.device)
+        vae = tiny_vae(base)
     extras = {**base.extras, "notes": tuple(notes), "options": options}
     return dataclasses.replace(base, name=base.name + options.suffix(), text_encoder=text_encoder, unet=unet, vae=vae, extras=extras)
+
+
+def read_lora(spec, unet) -> tuple[dict, dict | None]:
+    """A LoRA's weights (editing.lora.LoraSpec) in diffusers' layout, read through diffusers'
+    `lora_state_dict` (which converts kohya / A1111 files, whose per-layer alphas come back second);
+    `random` builds a seeded random LoRA for `unet`. Refused in one sentence when the file holds no LoRA."""
+    from diffusers import StableDiffusionPipeline
+
+    from .lora import LORA_OFFLINE_ALTERNATIVES, check_lora_state, lora_location, random_lora_state_dict
+
+    if spec.random:
+        return random_lora_state_dict(unet), None
+    kind, where, options = lora_location(spec)
+    parsed = ModelSpec(kind, spec.source)
+    state, alphas = _load_from(parsed, "LoRA", lambda: StableDiffusionPipeline.lora_state_dict(where, **options), LORA_OFFLINE_ALTERNATIVES)
+    check_lora_state(state, Path(spec.source).name)
+    return state, alphas or None
+
+
+def tiny_vae(backbone: Backbone):
+    """The tiny autoencoder (AutoencoderTiny) for a backbone: a seeded random one for the built-in random
+    models, TAESD (`madebyollin/taesd`) for real SD-1.x models; the shapes model has its own latent space
+    and is refused."""
+    from diffusers import AutoencoderTiny
+
+    from .lora import TINY_VAE, TINY_VAE_OFFLINE_ALTERNATIVES, random_tiny_vae_config
+
+    if backbone.random_weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(4)
+            vae = AutoencoderTiny(**random_tiny_vae_config(backbone.name))
+    elif _is_shapes(backbone):
+        raise ModelLoadError("the tiny autoencoder (TAESD) is trained on SD-1.x latents; the shapes model has its own autoencoder, use --vae model")
+    else:
+        load = lambda: AutoencoderTiny.from_pretrained(TINY_VAE, torch_dtype=backbone.dtype)
+        vae = _load_from(ModelSpec("hub", TINY_VAE), "tiny autoencoder", load, TINY_VAE_OFFLINE_ALTERNATIVES)
+    if int(vae.config.latent_channels) != int(backbone.unet.config.in_channels):
+        raise ModelLoadError(f"the tiny autoencoder has {vae.config.latent_channels} latent channels but the model's UNet takes {backbone.unet.config.in_channels}")
+    vae.requires_grad_(False).eval()
+    return vae.to(backbone.device) if vae.dtype == backbone.dtype else vae.to(device=backbone.device, dtype=backbone.dtype)
+
+
+def _is_shapes(backbone: Backbone) -> bool:
+    """Whether a backbone is a shapes-world model (its latent space is its own, not SD's)."""
+    try:
+        return ModelSpec.parse(backbone.name).kind == "shapes"
+    except ModelLoadError:
+        return False
 
 
 def clear_cache() -> None:

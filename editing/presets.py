@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from .errors import ConfigError
@@ -105,15 +104,6 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-@lru_cache(maxsize=1)
-def edit_defaults() -> dict[str, Any]:
-    """The edit command's default option values (what a preset may replace when the caller gave no record
-    of the options set explicitly)."""
-    from .cli import build_parser
-
-    return vars(build_parser().parse_args(["edit", "video", "--prompt", "prompt", "--out", "out.mp4"]))
-
-
 def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The option names (dests) a command line sets explicitly: `parser` re-run with every default suppressed."""
     import copy
@@ -132,11 +122,11 @@ def _all_actions(parser: argparse.ArgumentParser):
                 yield from _all_actions(sub)
 
 
-def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+def apply_preset(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
     """`args` with the preset's values (`args.preset`) for every option not set explicitly.
 
     Explicit options are `args.given_options` when the CLI recorded them; otherwise (the app's form, an
-    eval spec) the options whose value differs from the edit command's default."""
+    eval spec) the options whose value differs from `defaults` (the edit command's defaults)."""
     name = getattr(args, "preset", None)
     if not name:
         return args
@@ -148,7 +138,6 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA and its own autoencoder")
     given = getattr(args, "given_options", None)
     if given is None:
-        defaults = edit_defaults()
         given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
     values = preset.values(model.random_weights)
     if getattr(args, "tuned", None) is not None:

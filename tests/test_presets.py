@@ -83,14 +83,14 @@ def test_the_tiny_vae_is_cheaper_than_the_kl_vae_of_the_same_backbone(tiny, tiny
 def test_the_tiny_vae_is_refused_for_the_shapes_model_and_offline_for_real_models():
     from types import SimpleNamespace
 
-    from editing.lora import tiny_vae
+    from editing.models import tiny_vae
 
-    shapes = SimpleNamespace(name="shapes", random_weights=False, extras={})
+    shapes = SimpleNamespace(name="shapes", random_weights=False, extras={}, dtype=torch.float32, device=torch.device("cpu"))
     with pytest.raises(ModelLoadError, match="shapes model has its own autoencoder"):
-        tiny_vae(shapes, torch.float32, torch.device("cpu"))
-    real = SimpleNamespace(name="owner/model", random_weights=False, extras={})
+        tiny_vae(shapes)
+    real = SimpleNamespace(name="owner/model", random_weights=False, extras={}, dtype=torch.float32, device=torch.device("cpu"))
     with pytest.raises(ModelLoadError) as caught:  # conftest sets HF_HUB_OFFLINE=1
-        tiny_vae(real, torch.float32, torch.device("cpu"))
+        tiny_vae(real)
     assert str(caught.value).startswith("cannot reach the Hugging Face Hub to get tiny autoencoder 'madebyollin/taesd'")
 
 
@@ -140,6 +140,12 @@ def _parse(*argv: str) -> argparse.Namespace:
     return args
 
 
+def _apply(args: argparse.Namespace) -> argparse.Namespace:
+    from editing.cli import edit_defaults
+
+    return apply_preset(args, edit_defaults())
+
+
 def test_presets_are_registered_with_their_samplers_and_one_attention_setting():
     assert {"fast", "tcd", "hyper-sd-1", "hyper-sd-2", "hyper-sd-4", "hyper-sd-8"} <= set(PRESETS)
     assert (get_preset("fast").lora, get_preset("fast").sampler) == ("latent-consistency/lcm-lora-sdv1-5", "lcm")
@@ -152,15 +158,15 @@ def test_presets_are_registered_with_their_samplers_and_one_attention_setting():
 def test_a_preset_sets_defaults_that_explicit_options_override():
     from editing.cli import edit_request
 
-    fast = apply_preset(_parse("--preset", "fast", "--model", "tiny"))
+    fast = _apply(_parse("--preset", "fast", "--model", "tiny"))
     assert (fast.sampler, fast.steps, fast.strength, fast.guidance, fast.inversion, fast.vae) == ("lcm", 8, 0.5, 1.0, "none", "tiny")
     assert fast.lora == ["random:1"] and fast.lora_fuse  # the built-in random model gets the random LoRA
-    real = apply_preset(_parse("--preset", "fast", "--model", "owner/model"))
+    real = _apply(_parse("--preset", "fast", "--model", "owner/model"))
     assert real.lora == ["latent-consistency/lcm-lora-sdv1-5:1"]
-    mine = apply_preset(_parse("--preset", "fast", "--model", "tiny", "--steps", "20", "--strength", "0.8", "--vae", "model"))
+    mine = _apply(_parse("--preset", "fast", "--model", "tiny", "--steps", "20", "--strength", "0.8", "--vae", "model"))
     assert (mine.steps, mine.strength, mine.vae, mine.sampler) == (20, 0.8, "model", "lcm")
     # an explicit value equal to the default still wins (the CLI records what was given)
-    same = apply_preset(_parse("--preset", "fast", "--model", "tiny", "--steps", "20"))
+    same = _apply(_parse("--preset", "fast", "--model", "tiny", "--steps", "20"))
     assert same.steps == 20
     request = edit_request(_parse("--preset", "fast", "--model", "tiny", "--size", "64"))
     assert request.edit.sampler == "lcm" and request.model_options.vae == "tiny" and request.engine.inversion == "none"
@@ -169,7 +175,7 @@ def test_a_preset_sets_defaults_that_explicit_options_override():
 def test_without_a_record_of_given_options_values_off_the_default_count_as_given():
     args = _parse("--preset", "fast", "--model", "tiny", "--steps", "3")
     del args.given_options  # as from the app's form or an eval spec
-    resolved = apply_preset(args)
+    resolved = _apply(args)
     assert resolved.steps == 3 and resolved.sampler == "lcm"
 
 
@@ -188,7 +194,7 @@ def test_the_shapes_model_and_trailing_ddim_after_an_inversion_are_refused():
     from editing.cli import edit_request
 
     with pytest.raises(ConfigError, match="shapes model has no distilled LoRA"):
-        apply_preset(_parse("--preset", "fast", "--model", "shapes"))
+        _apply(_parse("--preset", "fast", "--model", "shapes"))
     with pytest.raises(ConfigError, match="use --inversion none"):
         edit_request(_parse("--preset", "hyper-sd-4", "--model", "tiny", "--inversion", "ddim"))
 
