@@ -84,8 +84,13 @@ def run_edit(args: argparse.Namespace) -> int:
     request = edit_request(args)
     with TerminalProgress() as progress:
         result = edit_video(request, progress)
+    from .presets import preset_note
+
     if result.random_weights:
         print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
+    for note in (preset_note(args), *result.notes):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -164,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(shapes=asks_for_shapes(argv))
     args = parser.parse_args(argv)
+    if args.command == "edit":
+        from .presets import given_options
+
+        args.given_options = given_options(parser, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         _quiet_libraries()

@@ -25,6 +25,7 @@ from .cache import TensorCache, cache_key, content_hash, default_cache_dir
 from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection
 from .inversion import ddim_invert, load_trajectory, save_trajectory
+from .errors import ConfigError
 from .models import Backbone, default_controlnet, load_controlnet
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,11 @@ class EditParts:
     attention_edit: AttentionEditConfig | None = None
     tuned: str | None = None  # one-shot tuned weights (editing.tuning)
     selection: FrameSelection = FrameSelection()  # how the frames were selected (condition videos follow it)
+    decode_frames: tuple[int, ...] | None = None  # decode only these frames (a preview's); None = all
 
     @classmethod
     def of(cls, request) -> "EditParts":
-        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection)
+        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection, getattr(request, "decode_frames", None))
 
 
 def edit_frames(
@@ -145,7 +147,7 @@ def edit_frames(
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
     with timer.stage("decode_latents"):
         progress("decode_latents", 0, 1)
-        edited = sampling.decode_latents(backbone, latents, engine.chunk)
+        edited = sampling.decode_latents(backbone, latents, engine.chunk, decoded_indices(parts.decode_frames, len(frames)))
         if engine.smooth_color:
             from .temporal import match_colors
 
@@ -178,6 +180,15 @@ def attention_control(parts: EditParts, frames, backbone, tuned=None):
         return FeatureBankControl(parts.engine.feature_bank)
     scale = backbone.vae_scale_factor
     return mode_control(parts.engine.attention, frames, frames.shape[1] // scale, frames.shape[2] // scale) or tuned
+
+
+def decoded_indices(wanted: tuple[int, ...] | None, count: int) -> tuple[int, ...] | None:
+    """The frames to decode (None = all), checked against the clip's frame count."""
+    if wanted is None:
+        return None
+    if not wanted or any(not 0 <= i < count for i in wanted):
+        raise ConfigError(f"decode_frames must name frames 0 to {count - 1}, got {list(wanted)}")
+    return tuple(wanted)
 
 
 def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:

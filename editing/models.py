@@ -136,7 +136,7 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)  # AutoencoderTiny records its decoder's as block_out_channels too
 
     @property
     def latent_channels(self) -> int:
@@ -423,11 +423,15 @@ _cache: "OrderedDict[tuple, Backbone]" = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def load_backbone(spec: str | None = None, device: str | None = None, dtype: str | None = None, config: str | None = None) -> Backbone:
+def load_backbone(spec: str | None = None, device: str | None = None, dtype: str | None = None, config: str | None = None, options=None) -> Backbone:
     """Load (or fetch from the in-process cache) the model a spec names, on the chosen device and dtype.
 
     `config` is a diffusers folder or Hub id describing a single-file checkpoint's architecture.
+    `options` (editing.lora.ModelOptions: LoRAs, fused or not, the autoencoder) give a backbone of its
+    own, cached under its own key; the plain backbone it derives from is never changed.
     """
+    if options is not None and not options.plain:
+        return _load_with_options(spec, device, dtype, config, options)
     parsed = ModelSpec.parse(spec)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
@@ -445,6 +449,88 @@ def load_backbone(spec: str | None = None, device: str | None = None, dtype: str
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
         return backbone
+
+
+def _load_with_options(spec, device, dtype, config, options) -> Backbone:
+    """The backbone with LoRAs and/or another autoencoder: built on copies of the cached plain one's parts."""
+    base = load_backbone(spec, device, dtype, config)
+    key = (ModelSpec.parse(spec), str(base.device), str(base.dtype), config, options)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        backbone = derive_backbone(base, options)
+        _cache[key] = backbone
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return backbone
+
+
+def derive_backbone(base: Backbone, options) -> Backbone:
+    """A new backbone from `base` with `options` applied: LoRAs go into copies of the UNet (and the text
+    encoder, when a LoRA adapts it), the tiny autoencoder replaces the VAE; untouched parts are shared."""
+    import copy
+    import dataclasses
+
+    from .lora import RANDOM_LORA_NOTE, apply_loras
+
+    unet, text_encoder, vae = base.unet, base.text_encoder, base.vae
+    notes = list(base.extras.get("notes", ()))
+    if options.loras:
+        unet, text_encoder = copy.deepcopy(base.unet), copy.deepcopy(base.text_encoder)
+        unet_names, text_names = apply_loras(unet, text_encoder, options.loras, options.fuse, read_lora)
+        if not text_names:  # no LoRA adapts the text encoder: share the base's, not a copy
+            text_encoder = base.text_encoder
+        for module in (unet, text_encoder):
+            module.requires_grad_(False).eval()
+        if any(s.random for s in options.loras):
+            notes.append(RANDOM_LORA_NOTE)
+    if options.vae == "tiny":
+        vae = tiny_vae(base)
+    extras = {**base.extras, "notes": tuple(notes), "options": options}
+    return dataclasses.replace(base, name=base.name + options.suffix(), text_encoder=text_encoder, unet=unet, vae=vae, extras=extras)
+
+
+def read_lora(spec, unet) -> tuple[dict, dict | None]:
+    """A LoRA's weights (editing.lora.LoraSpec) in diffusers' layout, read through diffusers'
+    `lora_state_dict` (which converts kohya / A1111 files, whose per-layer alphas come back second);
+    `random` builds a seeded random LoRA for `unet`. Refused in one sentence when the file holds no LoRA."""
+    from diffusers import StableDiffusionPipeline
+
+    from .lora import LORA_OFFLINE_ALTERNATIVES, check_lora_state, lora_location, random_lora_state_dict
+
+    if spec.random:
+        return random_lora_state_dict(unet), None
+    kind, where, options = lora_location(spec)
+    parsed = ModelSpec(kind, spec.source)
+    state, alphas = _load_from(parsed, "LoRA", lambda: StableDiffusionPipeline.lora_state_dict(where, **options), LORA_OFFLINE_ALTERNATIVES)
+    check_lora_state(state, Path(spec.source).name)
+    return state, alphas or None
+
+
+def tiny_vae(backbone: Backbone):
+    """The tiny autoencoder (AutoencoderTiny) for a backbone: a seeded random one for the built-in random
+    models, TAESD (`madebyollin/taesd`) for real SD-1.x models; the shapes model has its own latent space
+    and is refused."""
+    from diffusers import AutoencoderTiny
+
+    from .lora import TINY_VAE, TINY_VAE_OFFLINE_ALTERNATIVES, random_tiny_vae_config
+
+    if backbone.random_weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(4)
+            vae = AutoencoderTiny(**random_tiny_vae_config(backbone.name))
+    elif backbone.latent_channels != 4:
+        raise ModelLoadError(
+            f"the tiny autoencoder (TAESD) makes SD-1.x's 4-channel latents; {backbone.name}'s autoencoder has {backbone.latent_channels}, use --vae model"
+        )
+    else:
+        load = lambda: AutoencoderTiny.from_pretrained(TINY_VAE, torch_dtype=backbone.dtype)
+        vae = _load_from(ModelSpec("hub", TINY_VAE), "tiny autoencoder", load, TINY_VAE_OFFLINE_ALTERNATIVES)
+    if int(vae.config.latent_channels) != int(backbone.unet.config.in_channels):
+        raise ModelLoadError(f"the tiny autoencoder has {vae.config.latent_channels} latent channels but the model's UNet takes {backbone.unet.config.in_channels}")
+    vae.requires_grad_(False).eval()
+    return vae.to(backbone.device) if vae.dtype == backbone.dtype else vae.to(device=backbone.device, dtype=backbone.dtype)
 
 
 def clear_cache() -> None:

@@ -43,6 +43,7 @@ class EditResult:
     also_written: tuple[str, ...] = ()
     images: np.ndarray | None = field(default=None, repr=False)  # the edited (N, H, W, 3) uint8 frames, as written
     warnings: tuple[str, ...] = ()  # what was left out (damaged audio, a file that could not be written), one sentence each
+    notes: tuple[str, ...] = ()  # what the user should know about the output (e.g. a random LoRA's effect means nothing)
 
     def to_dict(self) -> dict:
         return {
@@ -60,7 +61,7 @@ class EditResult:
             {} if self.tuned is None else {"tuned": self.tuned}
         ) | ({"also_written": list(self.also_written)} if self.also_written else {}) | (
             {"warnings": list(self.warnings)} if self.warnings else {}
-        )
+        ) | ({"notes": list(self.notes)} if self.notes else {})
 
 
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> EditResult:
@@ -75,7 +76,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
             from .tuning import check_base
 
             check_base(request.tuned, request.model)
-        backbone = load_backbone(request.model, request.device, request.dtype)
+        backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
     edited = edit_frames(clip.frames, EditParts.of(request), backbone, progress, timer)
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
@@ -83,7 +84,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         written, notes = write_outputs([request.output, *request.also_write], edited.frames, clip.fps, audio)
     return EditResult(
         output=written[0],
-        frames=clip.num_frames,
+        frames=len(edited.frames),
         fps=float(clip.fps),
         width=clip.width,
         height=clip.height,
@@ -97,6 +98,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         also_written=tuple(written[1:]),
         warnings=tuple(notes),
         images=edited.frames,
+        notes=tuple(backbone.extras.get("notes", ())),
     )
 
 

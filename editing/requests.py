@@ -46,6 +46,9 @@ from typing import Any, Callable, Mapping
 
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError
+from .lora import ModelOptions
+from .presets import preset_names
+from .samplers import follows_inversion
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
@@ -81,6 +84,13 @@ class EditRequest:
     )
     # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
     also_write: tuple[str, ...] = field(default=(), metadata={"option": False})
+    model_options: ModelOptions = ModelOptions()  # LoRAs (fused or not) and the autoencoder (editing.lora)
+    # decode (and write) only these edited frames, e.g. a preview's; None = all
+    decode_frames: tuple[int, ...] | None = field(default=None, metadata={"option": False})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "speed preset (editing.presets) setting defaults that explicit options override: {choices}", "choices": preset_names},
+    )
 
     def __post_init__(self):
         for output in (self.output, *self.also_write):
@@ -96,6 +106,8 @@ class EditRequest:
             raise ConfigError(f"null-text inversion fits DDIM steps; use sampler ddim, not {self.edit.sampler}")
         if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
             raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
+        if self.engine.inversion == "ddim" and not follows_inversion(self.edit.sampler):
+            raise ConfigError(f"sampler {self.edit.sampler} steps on its own timesteps, not DDIM inversion's; use --inversion none (SDEdit)")
         ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
@@ -401,7 +413,8 @@ def complete(command: str, given: Mapping[str, Any], keep_none: bool = True) -> 
 
 
 def edit_request(values: Mapping[str, Any] | Any) -> EditRequest:
-    """The EditRequest these option values describe (a dict or an argparse Namespace; missing options keep their defaults)."""
+    """The EditRequest these option values describe (a dict or an argparse Namespace; missing options keep their
+    defaults). A `preset` fills in its values for every option not given explicitly (editing.presets)."""
     return build_request("edit", values)
 
 
@@ -413,6 +426,12 @@ def tune_request(values: Mapping[str, Any] | Any) -> TuneRequest:
 def build_request(command: str, values: Mapping[str, Any] | Any):
     """`command`'s request from option values: each option converted to its fields, the configs built and validated."""
     given = values if isinstance(values, Mapping) else vars(values)
+    if command == "edit" and given.get("preset"):
+        import argparse
+
+        from .presets import apply_preset
+
+        given = vars(apply_preset(argparse.Namespace(**given), defaults("edit")))
     schema = options(command)
     values = defaults(command) | {option.name: given[option.name] for option in schema if option.name in given}
     for option in schema:

@@ -74,6 +74,11 @@ def make_scheduler(name: str, config: Mapping[str, Any]):
     return scheduler
 
 
+def follows_inversion(name: str) -> bool:
+    """Whether a sampler steps along DDIM inversion's (leading) timesteps, so it can sample an inverted clip back."""
+    return get_sampler(name).settings.get("timestep_spacing", "leading") == "leading"
+
+
 def set_timeline(scheduler, timesteps: list[int], steps: int) -> None:
     """Make `scheduler` step along exactly `timesteps` (a tail of the `steps`-step DDIM schedule)."""
     accepts = inspect.signature(scheduler.set_timesteps).parameters
@@ -102,3 +107,6 @@ register_sampler(Sampler("euler", "EulerDiscreteScheduler", sigma_space=True, he
 register_sampler(Sampler("euler-ancestral", "EulerAncestralDiscreteScheduler", sigma_space=True, stochastic=True, help="Euler ancestral"))
 register_sampler(Sampler("lcm", "LCMScheduler", stochastic=True, help="latent consistency (for LCM-distilled weights)"))
 register_sampler(Sampler("tcd", "TCDScheduler", stochastic=True, help="trajectory consistency distillation"))
+register_sampler(
+    Sampler("ddim-trailing", "DDIMScheduler", {"timestep_spacing": "trailing"}, help="DDIM on trailing timesteps (Hyper-SD's); its own timeline, so SDEdit start only (--inversion none)")
+)

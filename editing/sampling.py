@@ -64,17 +64,28 @@ def tensor_to_frames(images: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def encode_frames(backbone: Backbone, frames: np.ndarray, batch_size: int) -> torch.Tensor:
-    """VAE latents (mean of the posterior, times the scaling factor) of RGB frames."""
+    """VAE latents of RGB frames, times the scaling factor: the posterior's mean for AutoencoderKL, the
+    encoder's output for AutoencoderTiny (whose latents are already on SD's scale: factor 1)."""
     latents = []
     for start in range(0, len(frames), batch_size):
         images = frames_to_tensor(frames[start : start + batch_size]).to(backbone.device, backbone.dtype)
-        latents.append(backbone.vae.encode(images).latent_dist.mean * backbone.vae.config.scaling_factor)
+        latents.append(encoded_latents(backbone.vae.encode(images)) * backbone.vae.config.scaling_factor)
     return torch.cat(latents)
 
 
+def encoded_latents(output) -> torch.Tensor:
+    """The latents an autoencoder's `encode` returns: a posterior's mean (AutoencoderKL) or `.latents` (AutoencoderTiny)."""
+    if hasattr(output, "latent_dist"):
+        return output.latent_dist.mean
+    return output.latents
+
+
 @torch.inference_mode()
-def decode_latents(backbone: Backbone, latents: torch.Tensor, batch_size: int) -> np.ndarray:
-    """RGB uint8 frames from latents, decoded a batch at a time."""
+def decode_latents(backbone: Backbone, latents: torch.Tensor, batch_size: int, indices: tuple[int, ...] | None = None) -> np.ndarray:
+    """RGB uint8 frames from latents, decoded a batch at a time (AutoencoderKL or AutoencoderTiny: both
+    decode `latents / scaling_factor` to [-1, 1]); `indices` decodes only those frames."""
+    if indices is not None:
+        latents = latents[list(indices)]
     frames = []
     for start in range(0, len(latents), batch_size):
         chunk = latents[start : start + batch_size].to(backbone.dtype) / backbone.vae.config.scaling_factor

@@ -17,6 +17,7 @@ from editing.cli import build_parser, main
 from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection
 from editing.errors import ConfigError
 from editing.evaluate import parse_spec
+from editing.lora import LoraSpec, ModelOptions
 from editing.models import native_size
 from editing.requests import EditRequest, TuneConfig, TuneRequest
 
@@ -45,6 +46,18 @@ HAND_BUILT_EDITS = [
     (["--frames", "6"], edit(selection=FrameSelection(max_frames=6, size=SIZE))),
     (["--model", "tiny"], edit(model="tiny", selection=FrameSelection(size=native_size("tiny")))),
     (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4))),
+    (["--lora", "a/b:0.5", "--lora", "x.safetensors", "--lora-fuse", "--vae", "tiny"], edit(model_options=ModelOptions((LoraSpec("a/b", 0.5), LoraSpec("x.safetensors")), True, "tiny"))),
+    (
+        ["--preset", "fast", "--model", "tiny", "--steps", "6"],  # the preset's values for every option not given
+        edit(
+            edit=EditConfig("a cat", steps=6, guidance=1.0, strength=0.5, sampler="lcm"),
+            engine=EngineConfig(inversion="none", attention="first"),
+            model="tiny",
+            selection=FrameSelection(size=native_size("tiny")),
+            model_options=ModelOptions((LoraSpec("random", 1.0),), True, "tiny"),
+            preset="fast",
+        ),
+    ),
     (["--sampler", "euler", "--token-merge", "0.5", "--feature-bank", "4"], edit(edit=EditConfig("a cat", sampler="euler"), engine=EngineConfig(token_merge=0.5, feature_bank=4))),
     (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car"))),
     (

@@ -158,7 +158,7 @@ class Backend:
         """The first edited frame, from the same pipeline run on the selection's first frames only."""
         selection = dataclasses.replace(request.selection, max_frames=PREVIEW_FRAMES)
         output = str(Path(request.output).with_name(Path(request.output).stem + "-preview.zip"))
-        short = dataclasses.replace(request, selection=selection, output=output, also_write=())
+        short = dataclasses.replace(request, selection=selection, output=output, also_write=(), decode_frames=(0,))  # decode only the frame shown
         outputs = self.edit(short, progress, token)
         return read_png_zip(outputs.result.output)[0]
 

@@ -1,0 +1,171 @@
+"""Speed presets (`--preset fast`, ...): few-step distilled LoRAs with their samplers, an SDEdit start and
+the tiny autoencoder, set as defaults that explicit options still override.
+
+| preset | LoRA (real SD-1.x models) | sampler | steps run |
+|---|---|---|---|
+| `fast` | LCM-LoRA `latent-consistency/lcm-lora-sdv1-5` | `lcm` | 4 |
+| `tcd` | TCD `h1t/TCD-SD15-LoRA` | `tcd` | 4 |
+| `hyper-sd-N` (N = 1, 2, 4, 8) | Hyper-SD `ByteDance/Hyper-SD` `Hyper-SD15-N…-lora.safetensors` | `ddim-trailing` | N |
+
+Every preset: guidance 1 (no unconditional branch: one UNet evaluation per frame and step), no
+inversion (SDEdit: the source's latents noised to the first kept step), strength 0.5 on a schedule twice
+the steps run (so `fast` runs the 4 last of 8 steps: t = 376, 251, 126, 1; `hyper-sd-4` runs the trailing
+schedule's t = 499, 374, 249, 124), the tiny autoencoder
+(AutoencoderTiny), LoRAs fused into the weights, and `PRESET_ATTENTION` as the cross-frame attention.
+
+Why strength 0.5: at t = 376 the start latents keep sqrt(alpha_bar) = 0.68 of the source's signal, so
+each frame keeps the source's layout and motion, which is what keeps the frames consistent with one
+another when only the anchor frame is shared; at 0.6 the 8-step schedule would run 5 steps, over the
+issue's budget of 4 UNet evaluations per frame. Lower keeps more of the source, higher edits more.
+
+With the built-in random models (`tiny`, `sd15-random`) the same code runs with the `random` LoRA
+(random weights built from a peft LoraConfig, loaded and fused through the same loaders) and a random
+AutoencoderTiny; the result carries a note that its output means nothing. The shapes model has no
+distilled LoRA and its own latent space, so the presets refuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+# The presets' cross-frame attention: one named setting, so a feature-bank mode can replace it in one place.
+PRESET_ATTENTION = "first"
+PRESET_NOTE = "preset {name} on the built-in random model '{model}': a random LoRA stands in for {lora}; the same code runs, its output means nothing"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A speed preset: the defaults it sets (CLI option names, with _ for -)."""
+
+    name: str
+    lora: str = field(metadata={"help": "the distilled LoRA for real SD-1.x models (Hub id[/file])"})
+    sampler: str = field(metadata={"help": "the sampler the LoRA was distilled for"})
+    steps: int = field(default=8, metadata={"help": "length of the DDIM schedule; strength picks its tail"})
+    strength: float = field(default=0.5, metadata={"help": "SDEdit strength: share of the schedule run"})
+    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance (1: off, one UNet call per step)"})
+    lora_scale: float = field(default=1.0, metadata={"help": "the LoRA's weight"})
+    vae: str = field(default="tiny", metadata={"help": "autoencoder"})
+    attention: str = field(default=PRESET_ATTENTION, metadata={"help": "cross-frame attention"})
+    help: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        from .samplers import sampler_names
+
+        if self.sampler not in sampler_names():
+            raise ValueError(f"preset {self.name}: sampler must be one of {', '.join(sampler_names())}; got {self.sampler!r}")
+        if not (0 < self.strength <= 1 and self.steps >= 1 and self.guidance >= 0):
+            raise ValueError(f"preset {self.name}: steps, strength or guidance out of range")
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps (= UNet evaluations per frame, guidance 1) the preset runs."""
+        return max(1, round(self.steps * self.strength))
+
+    def values(self, random_weights: bool) -> dict[str, Any]:
+        """The option values this preset sets, with the `random` LoRA for the built-in random models."""
+        lora = "random" if random_weights else self.lora
+        return dict(
+            lora=[f"{lora}:{self.lora_scale:g}"],
+            lora_fuse=True,
+            vae=self.vae,
+            sampler=self.sampler,
+            steps=self.steps,
+            strength=self.strength,
+            guidance=self.guidance,
+            inversion="none",
+            attention=self.attention,
+        )
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add a preset to the registry; a name can be registered only once."""
+    if not preset.name or preset.name != preset.name.strip():
+        raise ValueError(f"a preset needs a plain name, got {preset.name!r}")
+    if preset.name in PRESETS:
+        raise ValueError(f"a preset named '{preset.name}' is already registered")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return PRESETS[name]
+
+
+def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The option names (dests) a command line sets explicitly: `parser` re-run with every default suppressed."""
+    import copy
+
+    quiet = copy.deepcopy(parser)
+    for action in _all_actions(quiet):
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_known_args(list(argv))[0]))
+
+
+def _all_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_actions(sub)
+
+
+def apply_preset(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
+    """`args` with the preset's values (`args.preset`) for every option not set explicitly.
+
+    Explicit options are `args.given_options` when the CLI recorded them; otherwise (the app's form, an
+    eval spec) the options whose value differs from `defaults` (the edit command's defaults)."""
+    name = getattr(args, "preset", None)
+    if not name:
+        return args
+    from .models import SHAPES_MODEL_DIR, ModelSpec
+
+    preset = get_preset(name)
+    model = ModelSpec.parse(getattr(args, "model", None))
+    if model.source == "shapes" or model.folder == SHAPES_MODEL_DIR:
+        raise ConfigError(f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA and its own autoencoder")
+    given = getattr(args, "given_options", None)
+    if given is None:
+        given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+    values = preset.values(model.random_weights)
+    if getattr(args, "tuned", None) is not None:
+        values.pop("attention")  # tuned weights keep the attention mode they were tuned with
+    merged = {**vars(args), **{k: v for k, v in values.items() if k not in given}}
+    return argparse.Namespace(**merged)
+
+
+def preset_note(args: argparse.Namespace) -> str | None:
+    """The note that a preset on a built-in random model makes output that means nothing (None otherwise)."""
+    name = getattr(args, "preset", None)
+    if not name:
+        return None
+    from .models import ModelSpec
+
+    model = ModelSpec.parse(getattr(args, "model", None))
+    return PRESET_NOTE.format(name=name, model=model.source, lora=get_preset(name).lora) if model.random_weights else None
+
+
+register_preset(Preset("fast", "latent-consistency/lcm-lora-sdv1-5", "lcm", help="LCM-LoRA, 4 LCM steps, guidance 1, SDEdit, tiny autoencoder"))
+register_preset(Preset("tcd", "h1t/TCD-SD15-LoRA", "tcd", help="TCD LoRA, 4 TCD steps, guidance 1, SDEdit, tiny autoencoder"))
+for _steps, _file in ((1, "1step"), (2, "2steps"), (4, "4steps"), (8, "8steps")):
+    register_preset(
+        Preset(
+            f"hyper-sd-{_steps}",
+            f"ByteDance/Hyper-SD/Hyper-SD15-{_file}-lora.safetensors",
+            "ddim-trailing",
+            steps=2 * _steps,
+            help=f"Hyper-SD {_steps}-step LoRA, {_steps} trailing-DDIM step(s), guidance 1, SDEdit, tiny autoencoder",
+        )
+    )
