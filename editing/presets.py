@@ -11,7 +11,8 @@ Every preset: guidance 1 (no unconditional branch: one UNet evaluation per frame
 inversion (SDEdit: the source's latents noised to the first kept step), strength 0.5 on a schedule twice
 the steps run (so `fast` runs the 4 last of 8 steps: t = 376, 251, 126, 1; `hyper-sd-4` runs the trailing
 schedule's t = 499, 374, 249, 124), the tiny autoencoder
-(AutoencoderTiny), LoRAs fused into the weights, and `PRESET_ATTENTION` as the cross-frame attention.
+(AutoencoderTiny), LoRAs fused into the weights, `PRESET_ATTENTION` as the cross-frame attention and
+StreamV2V's bounded feature bank of `PRESET_BANK` frames (chunks after the first attend to the frames before them).
 
 Why strength 0.5: at t = 376 the start latents keep sqrt(alpha_bar) = 0.68 of the source's signal, so
 each frame keeps the source's layout and motion, which is what keeps the frames consistent with one
@@ -32,8 +33,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-# The presets' cross-frame attention: one named setting, so a feature-bank mode can replace it in one place.
+# The presets' cross-frame attention and feature bank: one named setting each.
 PRESET_ATTENTION = "first"
+PRESET_BANK = 4  # StreamV2V's bounded feature bank: chunks after the first also attend to the last 4 frames before them
 PRESET_NOTE = "preset {name} on the built-in random model '{model}': a random LoRA stands in for {lora}; the same code runs, its output means nothing"
 
 
@@ -50,6 +52,7 @@ class Preset:
     lora_scale: float = field(default=1.0, metadata={"help": "the LoRA's weight"})
     vae: str = field(default="tiny", metadata={"help": "autoencoder"})
     attention: str = field(default=PRESET_ATTENTION, metadata={"help": "cross-frame attention"})
+    feature_bank: int = field(default=PRESET_BANK, metadata={"help": "frames of earlier chunks later chunks attend to (StreamV2V's bank)"})
     help: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -78,6 +81,7 @@ class Preset:
             guidance=self.guidance,
             inversion="none",
             attention=self.attention,
+            feature_bank=self.feature_bank,
         )
 
 
@@ -142,6 +146,7 @@ def apply_preset(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse
     values = preset.values(model.random_weights)
     if getattr(args, "tuned", None) is not None:
         values.pop("attention")  # tuned weights keep the attention mode they were tuned with
+        values.pop("feature_bank")  # which the bank cannot be combined with
     merged = {**vars(args), **{k: v for k, v in values.items() if k not in given}}
     return argparse.Namespace(**merged)
 

@@ -51,7 +51,7 @@ HAND_BUILT_EDITS = [
         ["--preset", "fast", "--model", "tiny", "--steps", "6"],  # the preset's values for every option not given
         edit(
             edit=EditConfig("a cat", steps=6, guidance=1.0, strength=0.5, sampler="lcm"),
-            engine=EngineConfig(inversion="none", attention="first"),
+            engine=EngineConfig(inversion="none", attention="first", feature_bank=4),
             model="tiny",
             selection=FrameSelection(size=native_size("tiny")),
             model_options=ModelOptions((LoraSpec("random", 1.0),), True, "tiny"),
