@@ -287,7 +287,7 @@ def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer, clip_reason: 
     """Run one edit (and its reconstruction), measure it, write its video and contact sheet."""
     request = dataclasses.replace(edit.request, output=str(workdir / f"{edit.name}.zip"))
     result = edit_video(request, progress)
-    output = read_png_zip(result.output)
+    output = result.images  # the edited frames, as written (the zip is not read back)
     clip = video_io.read_clip(request.video, request.selection, request.limits)
     row = EvalRow(edit.name, _edit_values(result))
     sheet = [("source", clip.frames), ("output", output)]
@@ -356,8 +356,7 @@ def _reconstruct(edit: EvalEdit, request: EditRequest, workdir: Path, progress: 
     config = dataclasses.replace(request.edit, prompt=request.engine.inversion_prompt, negative_prompt="", guidance=1.0)
     engine = dataclasses.replace(request.engine, controls=(), smooth_flow=False, smooth_color=False)
     output = workdir / f"{edit.name}-reconstruction.zip"
-    edit_video(dataclasses.replace(request, edit=config, engine=engine, output=str(output)), progress)
-    return read_png_zip(output)
+    return edit_video(dataclasses.replace(request, edit=config, engine=engine, output=str(output)), progress).images
 
 
 def _autoencode(request: EditRequest, frames: np.ndarray) -> np.ndarray:

@@ -245,6 +245,10 @@ SETTINGS: dict[str, dict] = {
     "blend": {"attention": "sparse-causal", "attention_edit": True},
     "controlnet": {"attention": "sparse-causal", "control": ["canny"]},
     "tuned": {"attention": "sparse-causal", "tune": True},
+    "flow": {"attention": "flow"},  # FLATTEN-style trajectory attention along the source's optical flow
+    "full-merge": {"attention": "full", "token_merge": 0.5},  # VidToMe-style token merging across frames
+    "first-bank": {"attention": "first", "chunk": 4, "feature_bank": 4},  # two chunks, the second attends to the first's frames
+    "first-dpm": {"attention": "first", "sampler": "dpm-solver++"},  # the default mode with DPM-Solver++
 }
 
 
@@ -358,7 +362,6 @@ def _tuned_for(setting: str, video: Path, clip: Clip, model: str, cache: Path, n
 
 def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path, tuned, progress) -> tuple[dict, np.ndarray | None]:
     """One edit through edit_video (with its own cache, so it pays its own inversion), its row and its frames."""
-    from editing.evaluate import read_png_zip
     from editing.pipeline import edit_video
 
     row = {"setting": setting, "clip": index, "kind": edit.kind, "prompt": edit.prompt}
@@ -368,7 +371,7 @@ def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path
         edited = edit_video(request, progress)
     except EditingError as exc:
         return row | {"error": str(exc)}, None
-    output = read_png_zip(edited.output)
+    output = edited.images  # the edited frames, as written (the zip is not read back)
     seconds = sum(v for stage, v in edited.seconds.items() if stage != "load_model")
     row |= measure(clip, output, edit) | {"seconds_per_frame": seconds / edited.frames}
     log.info("shapes benchmark %s", row)

@@ -160,7 +160,7 @@ class Backend:
         output = str(Path(request.output).with_name(Path(request.output).stem + "-preview.zip"))
         short = dataclasses.replace(request, selection=selection, output=output, also_write=(), decode_frames=(0,))  # decode only the frame shown
         outputs = self.edit(short, progress, token)
-        return read_png_zip(outputs.result.output)[0]
+        return outputs.result.images[0]
 
     def condition_previews(self, request: EditRequest, frame_count: int = 1) -> list[tuple[np.ndarray, str]]:
         """The condition map of each requested ControlNet on the first selected frame(s), with captions."""
