@@ -83,6 +83,7 @@ class EditedFrames:
     inversion_cached: bool = False
     attention_edit: dict | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the user should be told, one sentence each (a prompt that was cut)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,12 @@ def edit_frames(
             tuned = load_tuned(parts.tuned, backbone)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
+        prompts = [(config.prompt, "prompt"), (config.negative_prompt, "negative prompt"), (engine.inversion_prompt, "inversion prompt")]
+        if parts.attention_edit is not None:
+            prompts.append((parts.attention_edit.source_prompt, "source prompt"))
+        warnings = [cut for cut in (sampling.prompt_cut(backbone.tokenizer, p, name) for p, name in prompts if p) if cut]
+        for warning in warnings:
+            log.warning(warning)
     source = frames_key(frames)
     cache_root = engine.cache_dir or default_cache_dir()
     with timer.stage("conditions"):
@@ -153,7 +160,7 @@ def edit_frames(
 
             edited = match_colors(edited)
     summary = None if prepared is None else prepared.summary(parts.attention_edit)
-    return EditedFrames(edited, cached, summary, timer.seconds)
+    return EditedFrames(edited, cached, summary, timer.seconds, tuple(warnings))
 
 
 def check_parts(parts: EditParts) -> None:

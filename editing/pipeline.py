@@ -96,7 +96,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         attention_edit=edited.attention_edit,
         tuned=request.tuned,
         also_written=tuple(written[1:]),
-        warnings=tuple(notes),
+        warnings=(*edited.warnings, *notes),
         images=edited.frames,
         notes=tuple(backbone.extras.get("notes", ())),
     )

@@ -43,6 +43,26 @@ def encode_prompts(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
     return hidden.to(backbone.dtype)
 
 
+def prompt_cut(tokenizer, prompt: str, name: str = "prompt") -> str | None:
+    """One sentence saying where a prompt longer than the text encoder's window is cut, or None when it fits."""
+    import logging
+
+    limit = tokenizer.model_max_length  # 77 for CLIP: 75 text tokens between the start and end tokens
+    quiet = logging.getLogger("transformers.tokenization_utils_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # transformers' own warning about the length says it less clearly
+    try:
+        ids = tokenizer(prompt, truncation=False).input_ids
+    finally:
+        quiet.setLevel(level)
+    if len(ids) <= limit:
+        return None
+    kept = tokenizer.decode(ids[1 : limit - 1]).strip()
+    dropped = tokenizer.decode(ids[limit - 1 : -1]).strip()
+    tail = " ".join(kept.split()[-4:])
+    return f"the {name} is longer than the text encoder's {limit - 2} tokens: it was cut after '...{tail}', dropping '{dropped}'"
+
+
 def encode_text(backbone: Backbone, prompt: str, negative_prompt: str, guided: bool) -> TextConditioning:
     """Embeddings of the prompt and, for classifier-free guidance, of the negative prompt."""
     if not guided:
