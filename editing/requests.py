@@ -433,7 +433,8 @@ def build_request(command: str, values: Mapping[str, Any] | Any):
 
         given = vars(apply_preset(argparse.Namespace(**given), defaults("edit")))
     schema = options(command)
-    values = defaults(command) | {option.name: given[option.name] for option in schema if option.name in given}
+    # every given value in its option's form, or one sentence naming the option (an API client may send anything)
+    values = defaults(command) | {o.name: given[o.name] if given[o.name] is None else coerce(o, given[o.name]) for o in schema if o.name in given}
     for option in schema:
         if option.needed and values[option.name] is None:
             raise ConfigError(f"{option.name} is required")

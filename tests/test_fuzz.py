@@ -30,12 +30,6 @@ def _request(values: dict, video: str, out: str):
     return make_request(option_values(values), video, out, (".mp4",))
 
 
-@pytest.mark.xfail(
-    reason="issue 18 defect 5: the option schema is being rewritten on another branch so that every refusal is one "
-    "sentence naming the field; until it lands, a list or NaN in some fields raises TypeError/AttributeError. "
-    "Remove this mark after the merge.",
-    strict=False,
-)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(FIELDS), value=HOSTILE)
 def test_any_value_in_any_field_gives_a_request_or_one_sentence(car, tmp_path, field, value):

@@ -232,11 +232,13 @@ def test_each_user_gets_a_fresh_cancel_token():
 
 def test_the_demo_builds_on_cpu_with_named_api_endpoints():
     from ui import build_demo
-    from ui.edit_tab import API_FIELDS
+    from ui.edit_tab import API_FIELDS, api_fields
 
     demo = build_demo(default_model="tiny")
     endpoints = demo.get_api_info()["named_endpoints"]
-    assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == API_FIELDS
+    names = [p["parameter_name"] for p in endpoints["/edit"]["parameters"]]
+    assert names[: len(API_FIELDS)] == API_FIELDS and names == api_fields()  # then every other schema option
+    assert {"sampler", "token_merge", "feature_bank", "preset"} <= set(names)
     assert {"/edit", "/preview_first_frame", "/condition_maps", "/session_presets", "/export_session", "/import_session"} <= set(endpoints)
     gpu_events = [d for d in demo.fns.values() if d.concurrency_id == "gpu"]
     assert len(gpu_events) >= 5 and all(d.concurrency_limit == 1 for d in gpu_events)

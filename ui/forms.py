@@ -8,6 +8,8 @@ builds and validates the request.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import functools
 from pathlib import Path
@@ -83,9 +85,18 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
     """CLI option values from widget values: ControlNet checkboxes and one scale, smoothing checkboxes, blanks."""
     values = dict(widgets)
     kinds, scale = values.pop("control_kinds", None) or [], values.pop("control_scale", 1.0)
+    if not isinstance(kinds, (list, tuple)) or not all(isinstance(kind, str) for kind in kinds):
+        raise ConfigError(f"control_kinds must be a list of condition kinds, got {kinds!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ConfigError(f"control_scale must be a number, got {scale!r}")
     if kinds:
         values["control"] = [f"{kind}:{float(scale):g}" for kind in kinds]
+    for name in ("source_prompt", "model"):
+        if values.get(name) is not None and not isinstance(values[name], str):
+            raise ConfigError(f"{name} must be text, got {values[name]!r}")
     if isinstance(values.get("smooth"), (list, tuple)):
+        if not all(isinstance(word, str) for word in values["smooth"]):
+            raise ConfigError(f"smooth must be a list of flow and color, got {values['smooth']!r}")
         values["smooth"] = ",".join(values["smooth"])
     if "source_prompt" in values and not (values["source_prompt"] or "").strip():
         values["source_prompt"] = None  # blank = no attention editing, as when --source-prompt is left out
