@@ -45,8 +45,10 @@ class ImageCounter:
 # ---------------------------------------------------------------- the tiny autoencoder
 
 
-def test_the_tiny_vae_is_an_autoencoder_tiny_that_shares_the_rest(tiny, tiny_vae_backbone):
+def test_the_tiny_vae_is_an_autoencoder_tiny_that_shares_the_rest(tiny_vae_backbone):
     from diffusers import AutoencoderKL, AutoencoderTiny
+
+    tiny = load_backbone("tiny", device="cpu")  # the cached one now (an earlier test's model may have evicted the fixture's)
 
     assert isinstance(tiny_vae_backbone.vae, AutoencoderTiny) and isinstance(tiny.vae, AutoencoderKL)  # the plain one keeps its VAE
     assert tiny_vae_backbone.unet is tiny.unet and tiny_vae_backbone.text_encoder is tiny.text_encoder
@@ -107,7 +109,8 @@ def test_decode_latents_decodes_only_the_asked_frames(tiny):
     assert np.abs(one[0].astype(int) - full[1]).max() <= 1  # the same frame (batch size changes float rounding)
 
 
-def test_the_first_frame_preview_decodes_only_the_frame_it_shows(tiny, skiing, tmp_path):
+def test_the_first_frame_preview_decodes_only_the_frame_it_shows(skiing, tmp_path):
+    tiny = load_backbone("tiny", device="cpu")  # the one the backend will fetch from the cache
     from editing.config import EditConfig, FrameSelection
     from editing.pipeline import EditRequest
     from ui.backend import PREVIEW_FRAMES, Backend
