@@ -51,6 +51,21 @@ def tiny():
     return load_backbone("tiny", device="cpu")
 
 
+def small_edit(tmp_path: Path, name: str, frames: int = 3, **engine):
+    """A 2-step tiny-model edit of a few 64 px frames of car-turn.mp4, sharing tmp_path's cache."""
+    from editing.config import EditConfig, EngineConfig, FrameSelection
+    from editing.pipeline import EditRequest
+
+    return EditRequest(
+        video=str(ASSETS / "car-turn.mp4"),
+        output=str(tmp_path / f"{name}.mp4"),
+        edit=EditConfig(prompt="a red car", steps=2, guidance=3.0),
+        selection=FrameSelection(max_frames=frames, stride=4, size=64),
+        engine=EngineConfig(cache_dir=str(tmp_path / "cache"), **engine),
+        model="tiny",
+    )
+
+
 def encode_frames(path: Path, frames: np.ndarray, fps, codec: str, pix_fmt: str = "yuv420p", fmt: str | None = None) -> Path:
     """Write frames with an arbitrary codec and container (for testing readers, not the product writer)."""
     with av.open(str(path), "w", format=fmt) as out:

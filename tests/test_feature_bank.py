@@ -55,22 +55,11 @@ def test_bank_settings_are_validated():
 
 
 def test_an_edit_with_a_feature_bank_runs_end_to_end_and_inverts_with_it(tmp_path):
-    from editing.config import EditConfig, FrameSelection
-    from editing.pipeline import EditRequest, edit_video
+    from editing.pipeline import edit_video
 
-    from .conftest import ASSETS
+    from .conftest import small_edit
 
-    def request(bank):
-        return EditRequest(
-            video=str(ASSETS / "car-turn.mp4"),
-            output=str(tmp_path / f"bank{bank}.mp4"),
-            edit=EditConfig(prompt="a red car", steps=2, guidance=3.0),
-            selection=FrameSelection(max_frames=4, stride=4, size=64),
-            engine=EngineConfig(cache_dir=str(tmp_path / "cache"), chunk=2, feature_bank=bank),
-            model="tiny",
-        )
-
-    plain = edit_video(request(0))
-    banked = edit_video(request(2))
+    plain = edit_video(small_edit(tmp_path, "plain", frames=4, chunk=2))
+    banked = edit_video(small_edit(tmp_path, "banked", frames=4, chunk=2, feature_bank=2))
     assert not banked.inversion_cached  # the bank changes the inversion, so it has its own cache entry
     assert not (plain.images == banked.images).all()

@@ -56,20 +56,9 @@ def test_tokens_on_one_trajectory_are_mixed():
 
 
 def test_an_edit_with_flow_attention_runs_end_to_end(tmp_path):
-    from editing.config import EditConfig, EngineConfig, FrameSelection
-    from editing.pipeline import EditRequest, edit_video
+    from editing.pipeline import edit_video
 
-    from .conftest import ASSETS
+    from .conftest import small_edit
 
-    def request(mode):
-        return EditRequest(
-            video=str(ASSETS / "car-turn.mp4"),
-            output=str(tmp_path / f"{mode}.mp4"),
-            edit=EditConfig(prompt="a red car", steps=2, guidance=3.0),
-            selection=FrameSelection(max_frames=3, stride=4, size=64),
-            engine=EngineConfig(cache_dir=str(tmp_path / "cache"), attention=mode),
-            model="tiny",
-        )
-
-    flow, first = edit_video(request("flow")), edit_video(request("first"))
+    flow, first = edit_video(small_edit(tmp_path, "flow", attention="flow")), edit_video(small_edit(tmp_path, "first", attention="first"))
     assert flow.images.shape == first.images.shape and not np.array_equal(flow.images, first.images)

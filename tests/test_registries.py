@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from editing.attention.modes import AttentionMode, attention_mode_names, register_attention_mode, unregister_attention_mode
-from editing.config import ControlSpec, EditConfig, EngineConfig, FrameSelection
+from editing.config import ControlSpec, EngineConfig
 from editing.control.kinds import condition_kind, condition_kind_names, unregister_condition_kind
 from editing.errors import ConfigError
-from editing.pipeline import EditRequest, edit_video
+from editing.pipeline import edit_video
 from editing.sampling import plan_frames
 
-from .conftest import ASSETS
+from .conftest import small_edit
 
 
 def _previous_only_rows(frame_ids, anchors, window):
@@ -44,14 +44,7 @@ def grey_kind():
 
 
 def _request(tmp_path, name, **engine):
-    return EditRequest(
-        video=str(ASSETS / "car-turn.mp4"),
-        output=str(tmp_path / f"{name}.mp4"),
-        edit=EditConfig(prompt="a red car", steps=2, guidance=3.0),
-        selection=FrameSelection(max_frames=4, stride=4, size=64),
-        engine=EngineConfig(cache_dir=str(tmp_path / "cache"), **engine),
-        model="tiny",
-    )
+    return small_edit(tmp_path, name, frames=4, **engine)
 
 
 def test_a_registered_attention_mode_is_validated_planned_and_edits(tmp_path, previous_mode):

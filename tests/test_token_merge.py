@@ -86,20 +86,10 @@ def test_token_merge_is_validated():
 def test_an_edit_with_token_merging_runs_end_to_end(tmp_path):
     import numpy as np
 
-    from editing.config import EditConfig, FrameSelection
-    from editing.pipeline import EditRequest, edit_video
+    from editing.pipeline import edit_video
 
-    from .conftest import ASSETS
+    from .conftest import small_edit
 
-    def request(ratio):
-        return EditRequest(
-            video=str(ASSETS / "car-turn.mp4"),
-            output=str(tmp_path / f"merge{ratio}.mp4"),
-            edit=EditConfig(prompt="a red car", steps=2, guidance=3.0),
-            selection=FrameSelection(max_frames=3, stride=4, size=64),
-            engine=EngineConfig(cache_dir=str(tmp_path / "cache"), attention="full", token_merge=ratio),
-            model="tiny",
-        )
-
-    plain, merged = edit_video(request(0.0)), edit_video(request(0.5))
+    plain = edit_video(small_edit(tmp_path, "plain", attention="full"))
+    merged = edit_video(small_edit(tmp_path, "merged", attention="full", token_merge=0.5))
     assert not merged.inversion_cached and not np.array_equal(plain.images, merged.images)
