@@ -411,4 +411,4 @@ def denoise(
                 replacement = callback(index, int(timestep), x / scale if scale != 1.0 else x)
                 if replacement is not None:
                     x = replacement * scale
-    return x / vp_scale(scheduler, None)
+    return x  # the last step ends at sigma 0 (x0), where every sampler's latents are the same

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
 
-from editing.attention.cross_frame import CrossFrameAttnProcessor, layout_for
+from editing.attention.cross_frame import layout_for
 from editing.attention.merge import merge_context, merged_share
 from editing.config import EngineConfig
 from editing.errors import ConfigError
 
-HEADS, DIM_HEAD, TOKENS = 2, 8, 16
+from .test_attention import DIM_HEAD, HEADS, attn  # noqa: F401 (the one small Attention module fixture)
 
-
-@pytest.fixture
-def attn() -> Attention:
-    torch.manual_seed(0)
-    module = Attention(query_dim=HEADS * DIM_HEAD, heads=HEADS, dim_head=DIM_HEAD)
-    module.set_processor(CrossFrameAttnProcessor())
-    return module.eval()
+TOKENS = 16
 
 
 def _frames(count, identical=False):
