@@ -125,6 +125,11 @@ class EngineConfig:
     chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames"})
     token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off"})
     feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})
+    keyframes: str | None = field(
+        default=None,
+        metadata={"help": "edit only every N-th frame (or 'auto': where the scene changes) jointly, then propagate them to the other frames along the source's optical flow, re-diffusing only what no keyframe sees", "metavar": "EVERY|auto"},
+    )
+    keyframe_refine: float = field(default=0.1, metadata={"help": "with --keyframes: share of the steps re-run, at low noise, on the regions no keyframe sees; 0 = none"})
     inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)", "choices": INVERSIONS})
     inversion_prompt: str = field(default="", metadata={"help": "prompt describing the source, used to invert it"})
     controls: tuple[ControlSpec, ...] = field(
@@ -144,10 +149,21 @@ class EngineConfig:
         _check(math.isfinite(self.token_merge) and 0 <= self.token_merge < 1, f"token_merge must be in [0, 1), got {self.token_merge}")
         _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
         _check(self.feature_bank == 0 or self.attention != "none", "feature_bank needs cross-frame attention, not --attention none")
+        from .keyframes import parse_keyframes
+
+        parse_keyframes(self.keyframes)
+        _check(math.isfinite(self.keyframe_refine) and 0 <= self.keyframe_refine <= 1, f"keyframe_refine must be in [0, 1], got {self.keyframe_refine}")
         _check(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")
         _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
         kinds = [c.kind for c in self.controls]
         _check(len(set(kinds)) == len(kinds), f"each control kind may appear once, got {', '.join(kinds)}")
+
+    @property
+    def keyframes_every(self) -> int:
+        """--keyframes as a number: 0 = edit every frame, -1 = auto, N = every N-th frame."""
+        from .keyframes import parse_keyframes
+
+        return parse_keyframes(self.keyframes)
 
 
 PROMPT_EDITS = ("swap", "refine", "reweight")

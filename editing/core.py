@@ -30,7 +30,7 @@ from .models import Backbone, default_controlnet, load_controlnet
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "load_model", "encode_text", "conditions", "invert", "denoise", "decode_latents", "encode_video")
+STAGES = ("decode", "load_model", "encode_text", "conditions", "invert", "denoise", "decode_latents", "propagate", "refine", "encode_video")
 
 # progress(stage, done, total); raising Cancelled from it stops the edit.
 ProgressFn = Callable[[str, int, int], None]
@@ -84,6 +84,7 @@ class EditedFrames:
     attention_edit: dict | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # what the user should be told, one sentence each (a prompt that was cut)
+    keyframes: tuple[int, ...] | None = None  # with --keyframes: the frames that were edited, the rest propagated
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ def edit_frames(
     check_parts(parts)
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
+    if parts.engine.keyframes_every:
+        return edit_by_keyframes(frames, parts, backbone, progress, timer)
     config, engine = parts.edit, parts.engine
     with timer.stage("load_model"):
         tuned = None
@@ -163,6 +166,19 @@ def edit_frames(
     return EditedFrames(edited, cached, summary, timer.seconds, tuple(warnings))
 
 
+def edit_by_keyframes(frames, parts: EditParts, backbone, progress, timer) -> EditedFrames:
+    """Keyframes, then propagation (editing.keyframes): edit the keyframes jointly, then make the
+    other frames from them along the source's flow."""
+    from .keyframes import edit_keyframes, propagate
+
+    keyframes = edit_keyframes(frames, parts, backbone, progress, timer)
+    edited = propagate(frames, keyframes, parts, backbone, progress, timer)
+    wanted = decoded_indices(parts.decode_frames, len(frames))
+    if wanted is not None:
+        edited = edited[list(wanted)]
+    return EditedFrames(edited, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices)
+
+
 def check_parts(parts: EditParts) -> None:
     """Refuse combinations the engine cannot run yet, before any work."""
     from .attention.modes import get_attention_mode
@@ -172,6 +188,8 @@ def check_parts(parts: EditParts) -> None:
         raise ConfigError("feature_bank cannot be combined with --tuned or attention editing (--source-prompt) yet")
     if get_attention_mode(parts.engine.attention).make_control is not None and (parts.tuned is not None or parts.attention_edit is not None or parts.engine.feature_bank):
         raise ConfigError(f"attention {parts.engine.attention} cannot be combined with --tuned, --feature-bank or attention editing (--source-prompt) yet")
+    if parts.engine.keyframes_every and (parts.tuned is not None or any(c.video for c in parts.engine.controls)):
+        raise ConfigError("keyframes cannot be combined with --tuned or a --control-video yet")
     if parts.engine.token_merge and parts.attention_edit is not None:
         raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
 

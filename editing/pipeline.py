@@ -44,6 +44,7 @@ class EditResult:
     images: np.ndarray | None = field(default=None, repr=False)  # the edited (N, H, W, 3) uint8 frames, as written
     warnings: tuple[str, ...] = ()  # what was left out (damaged audio, a file that could not be written), one sentence each
     notes: tuple[str, ...] = ()  # what the user should know about the output (e.g. a random LoRA's effect means nothing)
+    keyframes: tuple[int, ...] | None = None  # with --keyframes: the frames edited; the others were propagated from them
 
     def to_dict(self) -> dict:
         return {
@@ -61,7 +62,7 @@ class EditResult:
             {} if self.tuned is None else {"tuned": self.tuned}
         ) | ({"also_written": list(self.also_written)} if self.also_written else {}) | (
             {"warnings": list(self.warnings)} if self.warnings else {}
-        ) | ({"notes": list(self.notes)} if self.notes else {})
+        ) | ({"notes": list(self.notes)} if self.notes else {}) | ({} if self.keyframes is None else {"keyframes": list(self.keyframes)})
 
 
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> EditResult:
@@ -99,6 +100,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         warnings=(*edited.warnings, *notes),
         images=edited.frames,
         notes=tuple(backbone.extras.get("notes", ())),
+        keyframes=edited.keyframes,
     )
 
 

@@ -92,13 +92,14 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[0] if flow.ndim == 3 else resized
 
 
-def _consistent(
+def consistent(
     backward: np.ndarray,
     forward: np.ndarray,
-    occlusion_rel: float,
-    occlusion_abs: float,
+    occlusion_rel: float = 0.01,
+    occlusion_abs: float = 0.5,
 ) -> np.ndarray:
-    """Pixels of frame t whose backward flow, followed back by the forward flow, returns to where it started."""
+    """Pixels of frame t whose backward flow, followed back by the forward flow, returns to where it
+    started (swap the arguments for the pixels of frame t-1 and their forward flow)."""
     height, width = backward.shape[:2]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
@@ -145,7 +146,7 @@ def source_flows(
         # calc(I0, I1) returns u with I0(x) ~ I1(x + u(x)).
         back = dis.calc(grey[t], grey[t - 1], None)
         fore = dis.calc(grey[t - 1], grey[t], None)
-        mask = _consistent(back, fore, occlusion_rel, occlusion_abs)
+        mask = consistent(back, fore, occlusion_rel, occlusion_abs)
         if max_color_error is not None:
             mask &= _colour_error(frames[t - 1], frames[t], back) <= max_color_error
         backward.append(back)

@@ -1,0 +1,281 @@
+"""Keyframes, then propagation: the economics of Rerender-A-Video, FRESCO and TokenFlow.
+
+1. **Choose** keyframes: every N-th frame, or `auto`: a new keyframe wherever the share of a frame that
+   the last keyframe cannot see (followed along the source's chained optical flow) passes
+   `AUTO_UNSEEN`, or the gap reaches `AUTO_MAX_GAP`.
+2. **Edit** the keyframes alone, jointly: the core (`editing.core.edit_frames`) on the keyframe
+   sub-clip, with the request's cross-frame attention among the keyframes. Its inversion and condition
+   maps are cached by content like any edit's, so redoing the keyframes with another prompt or seed
+   pays only for denoising.
+3. **Propagate**: every other frame is its two nearest edited keyframes warped along the source's
+   optical flow, chained through the frames between them (DIS flow of each consecutive pair, followed
+   pixel by pixel), blended with weights of temporal distance times forward-backward validity
+   (occlusion-aware: a keyframe contributes only where the path to it is trusted).
+4. **Refine** what no keyframe sees (disoccluded pixels): a few low-noise steps from an SDEdit start on
+   the fused frame (the last `refine` share of the request's steps, with its sampler, prompt and
+   guidance), the seen region held to the fused frame at every step (blended latent diffusion,
+   Avrahami et al. 2023), each refined frame attending to its nearest edited keyframe. Only the
+   disoccluded latents change; the seen pixels stay the warped keyframes' own, exactly.
+
+Pixel space, not latent space, is where the keyframes are warped: a warped latent is blurred by
+bilinear resampling of a code the decoder reads non-linearly, so latent propagation needs every frame
+re-diffused and decoded (more UNet evaluations, and a VAE decode per frame), while pixel warps keep the
+keyframes' exact colours and need the UNet only for the holes.
+
+Stages, so the app can show keyframes before propagating: `edit_keyframes` then `propagate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
+AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
+REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
+
+
+def parse_keyframes(text: str | None) -> int | None:
+    """`--keyframes`: None or '' (edit every frame) -> 0; 'auto' -> -1; 'N' (N >= 2) -> N."""
+    if text is None or str(text).strip() in ("", "0", "off"):
+        return 0
+    text = str(text).strip().lower()
+    if text == "auto":
+        return -1
+    try:
+        every = int(text)
+    except ValueError:
+        raise ConfigError(f"keyframes must be a number of frames (e.g. 8) or 'auto', got {text!r}") from None
+    if not 2 <= every <= 1000:
+        raise ConfigError(f"keyframes must be every 2 to 1000 frames (or 'auto'), got {every}")
+    return every
+
+
+@dataclass(frozen=True)
+class ClipFlows:
+    """Optical flow of each consecutive pair, both ways, each with its own validity mask."""
+
+    backward: np.ndarray  # (N-1, H, W, 2): frame i+1 at x came from frame i at x + backward[i](x)
+    forward: np.ndarray  # (N-1, H, W, 2): frame i at x moves to frame i+1 at x + forward[i](x)
+    backward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i+1
+    forward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i
+
+
+def clip_flows(frames: np.ndarray) -> ClipFlows:
+    """DIS flow of the source clip's consecutive pairs with forward-backward validity both ways."""
+    from .temporal import consistent, source_flows
+
+    flows = source_flows(frames)
+    forward_valid = np.stack([consistent(f, b) for f, b in zip(flows.forward, flows.backward)])
+    return ClipFlows(flows.backward, flows.forward, flows.valid, forward_valid)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Where each pixel of a frame is found in another frame, and whether the path there is trusted."""
+
+    x: np.ndarray  # (H, W) float32 column in the other frame
+    y: np.ndarray  # (H, W) float32 row in the other frame
+    valid: np.ndarray  # (H, W) bool
+
+
+def _sample(field: np.ndarray, x: np.ndarray, y: np.ndarray, nearest: bool = False) -> np.ndarray:
+    mode = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.remap(field, x, y, mode, borderMode=cv2.BORDER_REPLICATE)
+
+
+def chain(flows: ClipFlows, target: int, key: int) -> Chain:
+    """Follow each pixel of frame `target` to frame `key` through the consecutive flows between them; a
+    pixel stays valid only if every hop passes the forward-backward check and stays inside the frame."""
+    height, width = flows.backward.shape[1:3]
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    valid = np.ones((height, width), bool)
+    step = -1 if key < target else 1
+    for frame in range(target, key, step):
+        if step < 0:  # frame -> frame - 1 along pair frame - 1
+            hop, hop_valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
+        else:  # frame -> frame + 1 along pair frame
+            hop, hop_valid = flows.forward[frame], flows.forward_valid[frame]
+        valid &= _sample(hop_valid.astype(np.uint8), x, y, nearest=True).astype(bool)
+        moved = _sample(hop, x, y)
+        x, y = x + moved[..., 0], y + moved[..., 1]
+        valid &= (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+    return Chain(x, y, valid)
+
+
+def choose_keyframes(count: int, every: int, flows: ClipFlows | None = None) -> tuple[int, ...]:
+    """Keyframe indices: 0, every, 2 every, ...; or with every = -1 (auto), where the scene changes."""
+    if every > 0:
+        return tuple(range(0, count, every))
+    if flows is None:
+        raise ValueError("auto keyframes need the clip's flows")
+    keys = [0]
+    for frame in range(1, count):
+        if frame - keys[-1] >= AUTO_MAX_GAP or 1 - chain(flows, frame, keys[-1]).valid.mean() > AUTO_UNSEEN:
+            keys.append(frame)
+    return tuple(keys)
+
+
+@dataclass
+class Keyframes:
+    """Edited keyframes: the stage between 'Edit keyframes' and 'Propagate'."""
+
+    indices: tuple[int, ...]
+    frames: np.ndarray  # (K, H, W, 3) uint8, the edited keyframes in index order
+    inversion_cached: bool = False
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A non-keyframe made from its keyframes: the blended warps and what no keyframe sees."""
+
+    frame: np.ndarray  # (H, W, 3) uint8
+    unseen: np.ndarray  # (H, W) bool
+    nearest: int  # the nearest keyframe (its index in the clip)
+
+
+def neighbours(frame: int, keys: tuple[int, ...]) -> tuple[int | None, int | None]:
+    """The nearest keyframe at or before `frame` and the nearest after it (None where there is none)."""
+    before = [k for k in keys if k <= frame]
+    after = [k for k in keys if k > frame]
+    return (before[-1] if before else None), (after[0] if after else None)
+
+
+def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
+    """Warp the nearest edited keyframes on each side onto `frame` and blend them: weight of each is its
+    temporal closeness (1 - distance / gap) times the validity of the path to it."""
+    keys = keyframes.indices
+    left, right = neighbours(frame, keys)
+    sides = [k for k in (left, right) if k is not None]
+    warped, weights = [], []
+    for key in sides:
+        path = chain(flows, frame, key)
+        image = keyframes.frames[keys.index(key)].astype(np.float32)
+        warped.append(_sample(image, path.x, path.y))
+        closeness = 1.0 if len(sides) == 1 else 1.0 - abs(frame - key) / (right - left)
+        weights.append((closeness, path.valid))
+    seen_weight = sum(c * v.astype(np.float32) for c, v in weights)
+    guess_weight = sum(c for c, _ in weights)  # where no path is trusted: the distance blend, refined later
+    seen = seen_weight > 0
+    numerator = sum(np.where(v, c, 0.0)[..., None] * w for (c, v), w in zip(weights, warped))
+    guess = sum(c * w for (c, _), w in zip(weights, warped)) / guess_weight
+    fused = np.where(seen[..., None], numerator / np.maximum(seen_weight, 1e-6)[..., None], guess)
+    nearest = min(sides, key=lambda k: (abs(frame - k), k))
+    return Fused(np.clip(fused.round(), 0, 255).astype(np.uint8), ~seen, nearest)
+
+
+def latent_mask(unseen: np.ndarray, scale: int, dilate: int = REFINE_DILATE) -> np.ndarray:
+    """(h, w) bool: latent pixels any of whose `scale` x `scale` image pixels is unseen, dilated."""
+    height, width = unseen.shape
+    blocks = unseen.reshape(height // scale, scale, width // scale, scale).any(axis=(1, 3))
+    if dilate and blocks.any():
+        blocks = cv2.dilate(blocks.astype(np.uint8), np.ones((2 * dilate + 1,) * 2, np.uint8)).astype(bool)
+    return blocks
+
+
+def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=None, keys: tuple[int, ...] | None = None) -> Keyframes:
+    """Stage 1: choose the keyframes (unless given) and edit them jointly with the core."""
+    from .core import edit_frames
+
+    every = parse_keyframes(parts.engine.keyframes)
+    if keys is None:
+        keys = choose_keyframes(len(frames), every or 8, clip_flows(frames) if every < 0 else None)
+    if any(not 0 <= k < len(frames) for k in keys) or list(keys) != sorted(set(keys)) or not keys:
+        raise ConfigError(f"keyframes must be distinct frames 0 to {len(frames) - 1} in order, got {list(keys)}")
+    report = _prefixed(progress, "keyframes")
+    engine = dataclasses.replace(parts.engine, keyframes=None)
+    sub = dataclasses.replace(parts, engine=engine, decode_frames=None)
+    edited = edit_frames(frames[list(keys)], sub, backbone, report, timer)
+    return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings)
+
+
+def _prefixed(progress, prefix: str):
+    if progress is None:
+        return lambda stage, done, total: None
+    return lambda stage, done, total: progress(f"{prefix}: {stage}", done, total)
+
+
+def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progress=None, timer=None) -> np.ndarray:
+    """Stage 2: every other frame from its keyframes, its disoccluded regions re-diffused; returns all frames."""
+    from .core import StageTimer
+
+    progress = progress or (lambda stage, done, total: None)
+    timer = timer or StageTimer(backbone.device)
+    out = np.empty_like(frames)
+    for index, key in enumerate(keyframes.indices):
+        out[key] = keyframes.frames[index]
+    others = [f for f in range(len(frames)) if f not in keyframes.indices]
+    with timer.stage("propagate"):
+        progress("propagate", 0, max(1, len(others)))
+        flows = clip_flows(frames) if others else None
+        fused = {}
+        for done, frame in enumerate(others):
+            fused[frame] = fuse_frame(frame, keyframes, flows)
+            out[frame] = fused[frame].frame
+            progress("propagate", done + 1, len(others))
+    holes = [f for f in others if fused[f].unseen.any()]
+    if holes and parts.engine.keyframe_refine > 0:
+        with timer.stage("refine"):
+            refine(out, keyframes, {f: fused[f] for f in holes}, parts, backbone, progress)
+    return out
+
+
+def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts, backbone, progress) -> None:
+    """Re-diffuse the unseen regions of the fused frames in `out` (in place), grouped by nearest keyframe:
+    each group is one clip [keyframe, frames...] where every frame attends to the keyframe (anchor), the
+    keyframe and every seen latent held to their fused values at every step."""
+    from . import sampling
+
+    config, engine = parts.edit, parts.engine
+    scale = backbone.vae_scale_factor
+    scheduler = backbone.scheduler(config.sampler)
+    steps = max(1, math.ceil(config.steps * engine.keyframe_refine))
+    timesteps = sampling.sampling_timesteps(scheduler, config.steps, steps / config.steps)
+    text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
+    guidance = sampling.Guidance(text, config.guidance)
+    groups: dict[int, list[int]] = {}
+    for frame, made in sorted(fused.items()):
+        groups.setdefault(made.nearest, []).append(frame)
+    total = len(groups) * len(timesteps)
+    progress("refine", 0, total)
+    for number, (key, members) in enumerate(groups.items()):
+        clip = np.stack([out[key], *(out[f] for f in members)])
+        clean = sampling.encode_frames(backbone, clip, engine.chunk)
+        masks = [np.zeros(clean.shape[-2:], bool)] + [latent_mask(fused[f].unseen, scale) for f in members]
+        keep = torch.from_numpy(~np.stack(masks))[:, None].to(clean.device)  # (n, 1, h, w): held latents
+        noise = sampling.shared_noise(tuple(clean.shape), config.seed, clean.device, clean.dtype)
+        noising = backbone.scheduler()
+        following = [*(int(t) for t in timesteps[1:]), None]
+
+        def hold(index: int, timestep: int, latents: torch.Tensor, done=number * len(timesteps)) -> torch.Tensor:
+            progress("refine", done + index + 1, total)
+            nxt = following[index]
+            target = clean if nxt is None else sampling.noise_to_timestep(noising, clean, noise, nxt)
+            return torch.where(keep, target.to(latents.dtype), latents)
+
+        start = sampling.noise_to_timestep(noising, clean, noise, timesteps[0])
+        plan = sampling.plan_frames(len(clip), engine.chunk, "first")
+        latents = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, hold, seed=config.seed)
+        decoded = sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(clip))))
+        for row, frame in enumerate(members):
+            soft = composite_mask(masks[row + 1], scale)
+            blended = soft[..., None] * decoded[row].astype(np.float32) + (1 - soft[..., None]) * out[frame].astype(np.float32)
+            out[frame] = np.clip(blended.round(), 0, 255).astype(np.uint8)
+
+
+def composite_mask(mask: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W) float weight of the refined pixels: the refined latents' pixels, feathered by one latent
+    pixel on the inside so no seam shows where the re-diffused region meets the warped one."""
+    pixels = np.kron(mask.astype(np.float32), np.ones((scale, scale), np.float32))
+    if not mask.any():
+        return pixels
+    inner = cv2.erode(pixels, np.ones((scale + 1, scale + 1), np.uint8))
+    return np.maximum(inner, cv2.GaussianBlur(inner, (0, 0), scale / 2) * pixels)
