@@ -1,0 +1,233 @@
+"""Keyframes, then propagation (editing.keyframes): choice, flow chains, fusion, refinement, the core path."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from editing.errors import ConfigError
+from editing.keyframes import (
+    AUTO_MAX_GAP,
+    Keyframes,
+    chain,
+    choose_keyframes,
+    clip_flows,
+    composite_mask,
+    fuse_frame,
+    latent_mask,
+    parse_keyframes,
+    propagate,
+)
+
+from .conftest import ROOT, small_edit
+
+
+def panning_clip(frames: int = 6, size: int = 64, step: tuple[int, int] = (2, 1), seed: int = 0) -> np.ndarray:
+    """A window moving over a large smooth random texture: frame t is the texture shifted by t * step."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.uniform(0, 255, (size * 3, size * 3, 3)).astype(np.float32), (0, 0), 2.0)
+    big = cv2.normalize(big, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    dx, dy = step
+    return np.stack([big[size + t * dy : 2 * size + t * dy, size + t * dx : 2 * size + t * dx] for t in range(frames)])
+
+
+def test_parse_keyframes_reads_every_auto_and_off():
+    assert parse_keyframes(None) == 0 and parse_keyframes("") == 0 and parse_keyframes("off") == 0
+    assert parse_keyframes("8") == 8 and parse_keyframes(" auto ") == -1
+    for bad in ("1", "x", "8.5", "-3"):
+        with pytest.raises(ConfigError, match="keyframes"):
+            parse_keyframes(bad)
+
+
+def test_keyframes_option_reaches_the_cli_and_refuses_bad_values_in_one_sentence():
+    from editing.requests import build_request
+
+    values = {"video": "clip.mp4", "out": "o.mp4", "prompt": "p", "model": "tiny"}
+    request = build_request("edit", values | {"keyframes": "4", "keyframe_refine": 0.2})
+    assert request.engine.keyframes == "4" and request.engine.keyframes_every == 4 and request.engine.keyframe_refine == 0.2
+    with pytest.raises(ConfigError, match="keyframes") as bad:
+        build_request("edit", values | {"keyframes": "sometimes"})
+    assert "\n" not in str(bad.value)
+    with pytest.raises(ConfigError, match="keyframe_refine"):
+        build_request("edit", values | {"keyframe_refine": 2.0})
+
+
+def test_every_n_keyframes_start_at_zero():
+    assert choose_keyframes(17, 8) == (0, 8, 16)
+    assert choose_keyframes(5, 8) == (0,)
+
+
+def test_auto_keyframes_follow_scene_changes():
+    clip = panning_clip(12)
+    steady = choose_keyframes(len(clip), -1, clip_flows(clip))
+    assert steady[0] == 0 and all(b - a <= AUTO_MAX_GAP for a, b in zip(steady, steady[1:]))
+    cut = np.concatenate([clip[:5], panning_clip(7, seed=9)])  # a hard cut to another scene at frame 5
+    keys = choose_keyframes(len(cut), -1, clip_flows(cut))
+    assert 5 in keys, keys
+
+
+def test_chain_follows_the_motion_through_the_frames_between():
+    clip = panning_clip(5, step=(2, 1))
+    flows = clip_flows(clip)
+    back = chain(flows, 4, 0)  # frame 4 at x shows frame 0 at x + 4 * (2, 1)
+    ys, xs = np.mgrid[0:64, 0:64]
+    inner = (slice(12, 52), slice(12, 52))
+    assert back.valid[inner].mean() > 0.95
+    np.testing.assert_allclose(back.x[inner], xs[inner] + 8, atol=0.6)
+    np.testing.assert_allclose(back.y[inner], ys[inner] + 4, atol=0.6)
+    ahead = chain(flows, 0, 4)  # and frame 0 at x is frame 4 at x - 4 * (2, 1)
+    np.testing.assert_allclose(ahead.x[inner], xs[inner] - 8, atol=0.6)
+    # pixels of frame 4 whose content was outside frame 0 (the right and bottom edges) have no path
+    assert not back.valid[:, -4:].any() and not back.valid[-2:, :].any()
+
+
+def test_fusing_unedited_keyframes_reproduces_the_source():
+    """An identity edit: with the source frames as 'edited' keyframes, each fused frame is the source frame
+    wherever a keyframe sees it, and only the unseen pixels are marked for refinement."""
+    clip = panning_clip(9)
+    keys = (0, 8)
+    made = Keyframes(keys, clip[list(keys)])
+    flows = clip_flows(clip)
+    for frame in range(1, 8):
+        fused = fuse_frame(frame, made, flows)
+        seen = ~fused.unseen
+        assert seen.mean() > 0.9
+        error = np.abs(fused.frame.astype(float) - clip[frame].astype(float)).mean(-1)
+        assert np.median(error[seen]) < 2.0 and error[seen].mean() < 4.0
+        assert fused.nearest == (0 if frame <= 4 else 8)
+
+
+def test_two_keyframes_are_blended_by_temporal_distance():
+    """On a static clip every path is valid: frame t of a gap [0, 4] is (4 - t)/4 of keyframe 0 plus t/4 of keyframe 4."""
+    clip = np.repeat(panning_clip(1), 5, axis=0)
+    dark, bright = np.full_like(clip[0], 40), np.full_like(clip[0], 200)
+    made = Keyframes((0, 4), np.stack([dark, bright]))
+    flows = clip_flows(clip)
+    for frame in (1, 2, 3):
+        fused = fuse_frame(frame, made, flows)
+        assert not fused.unseen.any()
+        np.testing.assert_allclose(fused.frame, 40 + (200 - 40) * frame / 4, atol=1)
+
+
+def test_masks_mark_the_latents_that_hold_unseen_pixels():
+    unseen = np.zeros((32, 32), bool)
+    unseen[9, 17] = True  # latent (1, 2) at scale 8
+    mask = latent_mask(unseen, 8, dilate=0)
+    assert mask.shape == (4, 4) and mask.sum() == 1 and mask[1, 2]
+    assert latent_mask(unseen, 8, dilate=1).sum() == 9
+    soft = composite_mask(latent_mask(unseen, 8, dilate=1), 8)
+    assert soft.shape == (32, 32) and soft[9, 17] == 1.0 and soft[31, 0] == 0.0 and soft.max() <= 1.0
+    assert not composite_mask(np.zeros((4, 4), bool), 8).any()
+
+
+class UnetImages:
+    """Counts UNet image evaluations (batch items) by wrapping the instance's forward."""
+
+    def __init__(self, unet):
+        self.unet, self.images = unet, 0
+
+    @contextlib.contextmanager
+    def counting(self):
+        original = self.unet.forward
+
+        def counted(sample, *args, **kwargs):
+            self.images += sample.shape[0]
+            return original(sample, *args, **kwargs)
+
+        self.unet.forward = counted
+        try:
+            yield self
+        finally:
+            del self.unet.forward
+
+
+def _parts(tmp_path, **engine):
+    from editing.core import EditParts
+    from editing.requests import build_request
+
+    request = small_edit(tmp_path, "kf", frames=5, **engine)
+    return EditParts.of(request), request
+
+
+def _frames(request):
+    from editing.video_io import read_clip
+
+    return read_clip(request.video, request.selection, request.limits).frames
+
+
+def test_keyframes_of_the_output_are_the_joint_keyframe_edit(tmp_path, tiny):
+    """The core with --keyframes 2 returns, at frames 0, 2 and 4, exactly what editing those three frames
+    together gives; the other frames come from propagation."""
+    from editing.core import edit_frames
+
+    parts, request = _parts(tmp_path, keyframes="2")
+    frames = _frames(request)
+    edited = edit_frames(frames, parts, tiny)
+    assert edited.keyframes == (0, 2, 4) and edited.frames.shape == frames.shape
+    alone = edit_frames(frames[[0, 2, 4]], dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframes=None)), tiny)
+    np.testing.assert_array_equal(edited.frames[[0, 2, 4]], alone.frames)
+
+
+def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_path, tiny):
+    from editing.core import edit_frames
+    from editing.keyframes import edit_keyframes
+
+    parts, request = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    frames = _frames(request)
+    counter = UnetImages(tiny.unet)
+    with counter.counting():
+        keyframes = edit_keyframes(frames, parts, tiny)
+    assert counter.images > 0
+    keyframe_cost, counter.images = counter.images, 0
+    none_refined = dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframe_refine=0.0))
+    with counter.counting():
+        unrefined = propagate(frames, keyframes, none_refined, tiny)
+    assert counter.images == 0
+    with counter.counting():
+        refined = propagate(frames, keyframes, parts, tiny)
+    flows = clip_flows(frames)
+    holes = [f for f in range(1, 5) if f != 4 and fuse_frame(f, keyframes, flows).unseen.any()]
+    # each refined frame: one step (2 steps x 0.5) x 2 guidance branches, plus its group's keyframe anchor
+    groups = {fuse_frame(f, keyframes, flows).nearest for f in holes}
+    assert holes, "the clip should have disoccluded pixels to refine"
+    assert counter.images == 2 * (len(holes) + len(groups))
+    for frame in range(5):
+        if frame in holes:
+            mask = composite_mask(latent_mask(fuse_frame(frame, keyframes, flows).unseen, 8), 8)
+            np.testing.assert_array_equal(refined[frame][mask == 0], unrefined[frame][mask == 0])
+        else:
+            np.testing.assert_array_equal(refined[frame], unrefined[frame])
+    # a whole clip edited every frame costs more than keyframes + refinement
+    with counter.counting():
+        counter.images = 0
+        edit_frames(frames, dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframes=None)), tiny)
+    assert counter.images > keyframe_cost
+
+
+def test_keyframes_refuse_what_they_cannot_run_yet(tmp_path, tiny):
+    from editing.core import edit_frames
+
+    parts, request = _parts(tmp_path, keyframes="2")
+    with pytest.raises(ConfigError, match="keyframes"):
+        edit_frames(_frames(request), dataclasses.replace(parts, tuned=str(tmp_path / "t.safetensors")), tiny)
+
+
+def test_cli_edit_with_keyframes_reports_them(tmp_path):
+    out = tmp_path / "kf.mp4"
+    command = [sys.executable, "-m", "editing", "edit", str(ROOT / "assets" / "car-turn.mp4"), "--prompt", "a red car", "--model", "tiny"]
+    command += ["--steps", "2", "--frames", "5", "--stride", "4", "--size", "64", "--keyframes", "auto", "--out", str(out), "--json"]
+    command += ["--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["keyframes"][0] == 0 and result["frames"] == 5 and out.exists()
+    bad = subprocess.run(command[:-6] + ["--keyframes", "1", "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and "keyframes" in bad.stderr and "Traceback" not in bad.stderr
