@@ -180,8 +180,8 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     from editing.core import edit_frames
     from editing.keyframes import edit_keyframes
 
-    parts, request = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
-    frames = _frames(request)
+    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    frames = panning_clip(6)  # keyframes 0 and 4; frame 5 sees new content at its edges that no keyframe has
     counter = UnetImages(tiny.unet)
     with counter.counting():
         keyframes = edit_keyframes(frames, parts, tiny)
@@ -194,12 +194,12 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     with counter.counting():
         refined = propagate(frames, keyframes, parts, tiny)
     flows = clip_flows(frames)
-    holes = [f for f in range(1, 5) if f != 4 and fuse_frame(f, keyframes, flows).unseen.any()]
+    holes = [f for f in (1, 2, 3, 5) if fuse_frame(f, keyframes, flows).unseen.any()]
     # each refined frame: one step (2 steps x 0.5) x 2 guidance branches, plus its group's keyframe anchor
     groups = {fuse_frame(f, keyframes, flows).nearest for f in holes}
     assert holes, "the clip should have disoccluded pixels to refine"
     assert counter.images == 2 * (len(holes) + len(groups))
-    for frame in range(5):
+    for frame in range(6):
         if frame in holes:
             mask = composite_mask(latent_mask(fuse_frame(frame, keyframes, flows).unseen, 8), 8)
             np.testing.assert_array_equal(refined[frame][mask == 0], unrefined[frame][mask == 0])
