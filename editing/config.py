@@ -114,6 +114,34 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class KeyframeImage:
+    """An edited frame the user supplies (AnyV2V): it replaces frame `index`'s result and anchors the rest."""
+
+    index: int
+    path: str
+    given_index: int | None = None  # the index the user gave, for messages, when `index` is remapped into a sub-clip (keyframes)
+
+    @property
+    def name(self) -> str:
+        return f"keyframe_image {self.index if self.given_index is None else self.given_index}"
+
+    def __post_init__(self):
+        _check(isinstance(self.index, int) and self.index >= 0, f"keyframe_image index must be a frame number >= 0, got {self.index!r}")
+        _check(isinstance(self.path, str) and self.path.strip() != "", "keyframe_image needs a file after INDEX=")
+
+    @classmethod
+    def parse(cls, text: str) -> "KeyframeImage":
+        """Read `INDEX=PATH`, e.g. `0=first_edited.png`."""
+        index, sep, path = text.partition("=")
+        try:
+            number = int(index.strip())
+        except ValueError:
+            number = None
+        _check(bool(sep) and number is not None, f"keyframe_image {text!r} must look like INDEX=PATH, e.g. 0=first_edited.png")
+        return cls(number, path.strip())
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """How the video engine edits: inversion, cross-frame attention, chunking, ControlNets, smoothing."""
 
@@ -129,6 +157,15 @@ class EngineConfig:
         default=None,
         metadata={"help": "edit only every N-th frame (or 'auto': where the scene changes) jointly, then propagate them to the other frames along the source's optical flow, re-diffusing only what no keyframe sees", "metavar": "EVERY|auto"},
     )
+    keyframe_images: tuple[KeyframeImage, ...] = field(
+        default=(),
+        metadata={"help": "an edited frame of your own that replaces frame INDEX of the selected clip and anchors the others' attention, repeatable", "flag": "--keyframe-image", "dest": "keyframe_image", "metavar": "INDEX=PATH"},
+    )
+    keyframe_guidance: float = field(
+        default=1.0,
+        metadata={"help": "classifier-free guidance of an edit with a --keyframe-image: 1 (no guidance) lets the supplied frames, not the prompt, decide what the other frames show; higher lets the prompt steer too"},
+    )
+    keyframe_fit: str = field(default="refuse", metadata={"help": "a --keyframe-image of another size: refuse it, resize it, or crop it (scale to cover, centre-crop)", "choices": ("refuse", "resize", "crop")})
     keyframe_refine: float = field(default=0.1, metadata={"help": "with --keyframes: share of the steps re-run, at low noise, on the regions no keyframe sees; 0 = none"})
     inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)", "choices": INVERSIONS})
     inversion_prompt: str = field(default="", metadata={"help": "prompt describing the source, used to invert it"})
@@ -152,6 +189,10 @@ class EngineConfig:
         from .keyframes import parse_keyframes
 
         parse_keyframes(self.keyframes)
+        indices = [image.index for image in self.keyframe_images]
+        _check(len(set(indices)) == len(indices), f"each keyframe_image index may appear once, got {', '.join(map(str, indices))}")
+        _check(math.isfinite(self.keyframe_guidance) and 0 <= self.keyframe_guidance <= 50, f"keyframe_guidance must be between 0 and 50, got {self.keyframe_guidance}")
+        _check(self.keyframe_fit in ("refuse", "resize", "crop"), f"keyframe_fit must be one of refuse, resize, crop; got {self.keyframe_fit!r}")
         _check(math.isfinite(self.keyframe_refine) and 0 <= self.keyframe_refine <= 1, f"keyframe_refine must be in [0, 1], got {self.keyframe_refine}")
         _check(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")
         _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")

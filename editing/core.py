@@ -11,6 +11,7 @@ fusion; decode; match colours (optional). Reading and writing files is `editing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -109,14 +110,21 @@ def edit_frames(
     backbone: Backbone,
     progress: ProgressFn = _no_progress,
     timer: StageTimer | None = None,
+    start: np.ndarray | None = None,
 ) -> EditedFrames:
-    """Edit (N, H, W, 3) uint8 RGB frames (sides multiples of 8) and return the edited frames."""
+    """Edit (N, H, W, 3) uint8 RGB frames (sides multiples of 8) and return the edited frames.
+
+    `start`, when given, is what is inverted (or noised) instead of the frames themselves; the frames
+    still give the structure (condition maps, flow). Supplied keyframes make it themselves (editing.pinned).
+    """
     frames = check_frames(frames)
     check_parts(parts)
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
     if parts.engine.keyframes_every:
         return edit_by_keyframes(frames, parts, backbone, progress, timer)
+    if parts.engine.keyframe_images:  # the frames follow the supplied images, with the guidance chosen for that
+        parts = dataclasses.replace(parts, edit=dataclasses.replace(parts.edit, guidance=parts.engine.keyframe_guidance))
     config, engine = parts.edit, parts.engine
     with timer.stage("load_model"):
         tuned = None
@@ -136,19 +144,37 @@ def edit_frames(
     cache_root = engine.cache_dir or default_cache_dir()
     with timer.stage("conditions"):
         controls = prepare_controls(parts, frames, backbone, source, cache_root, progress)
-    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, merge=engine.token_merge)
+    pins, fitted = (), ()
+    if engine.keyframe_images:
+        from .pinned import pinned_frames
+
+        pins, fitted = pinned_frames(engine, frames)
+        warnings.extend(fitted)
+        if start is None:
+            from .pinned import guided_start
+
+            start = guided_start(frames, pins)
+    start = frames if start is None else check_frames(start)
+    start_key = source if start is frames else frames_key(start)
+    anchors = tuple(index for index, _ in pins) or (0,)
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge)
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None
     with timer.stage("invert"):
         if parts.attention_edit is None:
-            latents, cached = start_latents(parts, frames, backbone, plan, source, cache_root, timesteps, progress, tuned)
+            latents, cached = start_latents(parts, start, backbone, plan, start_key, cache_root, timesteps, progress, tuned)
         else:
             from .prompt_edit import prepare_attention_edit
 
             prepared = prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned)
             latents, cached = prepared.latents, False
     callback = step_callback(engine, frames, backbone, len(timesteps), progress)
+    if pins:
+        from .pinned import Pinning
+
+        pinning = Pinning.make(pins, backbone, parts, timesteps)
+        latents, callback = pinning.start(latents), pinning.wrap(callback)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
         guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
@@ -162,6 +188,10 @@ def edit_frames(
             from .temporal import match_colors
 
             edited = match_colors(edited)
+    wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
+    for index, image in pins:
+        if index in wanted:
+            edited[wanted.index(index)] = image  # the supplied frame is the result, exactly
     summary = None if prepared is None else prepared.summary(parts.attention_edit)
     return EditedFrames(edited, cached, summary, timer.seconds, tuple(warnings))
 
@@ -190,6 +220,8 @@ def check_parts(parts: EditParts) -> None:
         raise ConfigError(f"attention {parts.engine.attention} cannot be combined with --tuned, --feature-bank or attention editing (--source-prompt) yet")
     if parts.engine.keyframes_every and (parts.tuned is not None or any(c.video for c in parts.engine.controls)):
         raise ConfigError("keyframes cannot be combined with --tuned or a --control-video yet")
+    if parts.engine.keyframe_images and (parts.tuned is not None or parts.attention_edit is not None):
+        raise ConfigError("keyframe_image cannot be combined with --tuned or attention editing (--source-prompt) yet")
     if parts.engine.token_merge and parts.attention_edit is not None:
         raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
 
@@ -261,6 +293,7 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
         **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank}),
         **({} if not engine.token_merge else {"token_merge": engine.token_merge}),
+        **({} if plan.anchors == (0,) else {"anchors": plan.anchors}),
     )
 
 

@@ -86,7 +86,7 @@ class Chain:
     valid: np.ndarray  # (H, W) bool
 
 
-def _sample(field: np.ndarray, x: np.ndarray, y: np.ndarray, nearest: bool = False) -> np.ndarray:
+def remap(field: np.ndarray, x: np.ndarray, y: np.ndarray, nearest: bool = False) -> np.ndarray:
     mode = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     return cv2.remap(field, x, y, mode, borderMode=cv2.BORDER_REPLICATE)
 
@@ -103,8 +103,8 @@ def chain(flows: ClipFlows, target: int, key: int) -> Chain:
             hop, hop_valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
         else:  # frame -> frame + 1 along pair frame
             hop, hop_valid = flows.forward[frame], flows.forward_valid[frame]
-        valid &= _sample(hop_valid.astype(np.uint8), x, y, nearest=True).astype(bool)
-        moved = _sample(hop, x, y)
+        valid &= remap(hop_valid.astype(np.uint8), x, y, nearest=True).astype(bool)
+        moved = remap(hop, x, y)
         x, y = x + moved[..., 0], y + moved[..., 1]
         valid &= (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
     return Chain(x, y, valid)
@@ -159,7 +159,7 @@ def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
     for key in sides:
         path = chain(flows, frame, key)
         image = keyframes.frames[keys.index(key)].astype(np.float32)
-        warped.append(_sample(image, path.x, path.y))
+        warped.append(remap(image, path.x, path.y))
         closeness = 1.0 if len(sides) == 1 else 1.0 - abs(frame - key) / (right - left)
         weights.append((closeness, path.valid))
     seen_weight = sum(c * v.astype(np.float32) for c, v in weights)
@@ -186,14 +186,27 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     from .core import edit_frames
 
     every = parse_keyframes(parts.engine.keyframes)
+    supplied = parts.engine.keyframe_images
+    for image in supplied:
+        if image.index >= len(frames):
+            raise ConfigError(f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}")
     if keys is None:
         keys = choose_keyframes(len(frames), every or 8, clip_flows(frames) if every < 0 else None)
+        keys = tuple(sorted(set(keys) | {image.index for image in supplied}))  # a supplied frame is a keyframe
     if any(not 0 <= k < len(frames) for k in keys) or list(keys) != sorted(set(keys)) or not keys:
         raise ConfigError(f"keyframes must be distinct frames 0 to {len(frames) - 1} in order, got {list(keys)}")
+    if any(image.index not in keys for image in supplied):
+        raise ConfigError(f"every keyframe_image must be one of the keyframes {list(keys)}")
     report = _prefixed(progress, "keyframes")
-    engine = dataclasses.replace(parts.engine, keyframes=None)
+    remapped = tuple(dataclasses.replace(image, index=keys.index(image.index), given_index=image.index) for image in supplied)
+    engine = dataclasses.replace(parts.engine, keyframes=None, keyframe_images=remapped)
     sub = dataclasses.replace(parts, engine=engine, decode_frames=None)
-    edited = edit_frames(frames[list(keys)], sub, backbone, report, timer)
+    start = None
+    if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
+        from .pinned import guided_start, pinned_frames
+
+        start = guided_start(frames, pinned_frames(parts.engine, frames)[0])[list(keys)]
+    edited = edit_frames(frames[list(keys)], sub, backbone, report, timer, start=start)
     return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings)
 
 

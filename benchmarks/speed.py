@@ -1,0 +1,140 @@
+"""Interactive speed, measured side by side in one run: seconds and UNet image evaluations per output frame
+for the default edit, each consistency mode, keyframes then propagation, and the fast preset (alone and
+with keyframes), with the full SD-1.5 architecture (`sd15-random`: cost does not depend on weight values).
+
+Every setting edits the same clip from an empty cache, so inversion is counted. A UNet image evaluation
+is one frame through the UNet once (a guided step costs two); the autoencoder's share is the time inside
+VAE encode and decode calls.
+
+    python benchmarks/speed.py                        # 16 frames, 128 px, 10 steps
+    python benchmarks/speed.py --frames 16 --size 256 --steps 10
+    python benchmarks/speed.py --settings default,keyframes-8,fast   # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLIP = ROOT / "assets" / "man-skiing.mp4"
+
+# setting -> the edit command's options over the defaults (first-frame attention, DDIM inversion, guidance 7.5)
+SETTINGS: dict[str, dict] = {
+    "default": {},
+    "flow": {"attention": "flow"},
+    "token-merge-0.5": {"attention": "full", "token_merge": 0.5},
+    "feature-bank-4": {"feature_bank": 4},
+    "tokenflow": {"attention": "tokenflow"},
+    "keyframes-8": {"keyframes": "8"},
+    "fast": {"preset": "fast"},
+    "fast-keyframes-8": {"preset": "fast", "keyframes": "8"},
+}
+
+
+class Counter:
+    """UNet image evaluations (batch items through the UNet's forward) and seconds inside modules' forwards."""
+
+    def __init__(self):
+        self.images = 0
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def watching(self, backbone):
+        unet, vae = backbone.unet, backbone.vae
+        originals = [(unet, "forward", unet.forward), (vae, "encode", vae.encode), (vae, "decode", vae.decode)]
+
+        def timed(name, function, count=False):
+            def call(sample, *args, **kwargs):
+                if count:
+                    self.images += sample.shape[0]
+                begin = time.perf_counter()
+                try:
+                    return function(sample, *args, **kwargs)
+                finally:
+                    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
+
+            return call
+
+        unet.forward = timed("unet", unet.forward, count=True)
+        vae.encode, vae.decode = timed("vae", vae.encode), timed("vae", vae.decode)
+        try:
+            yield self
+        finally:
+            for module, name, _ in originals:
+                delattr(module, name)  # back to the class's method
+
+
+def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
+    from editing.core import EditParts, edit_frames
+    from editing.models import load_backbone
+    from editing.requests import build_request
+
+    values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": "cpu", "dtype": "fp32"}
+    values |= {"steps": args.steps, "frames": args.frames, "size": args.size, "cache_dir": str(cache / setting)} | SETTINGS[setting]
+    request = build_request("edit", values)
+    key = repr(request.model_options)
+    if key not in backbones:
+        backbones[key] = load_backbone(request.model, "cpu", "fp32", options=request.model_options)
+    backbone = backbones[key]
+    counter = Counter()
+    with counter.watching(backbone):
+        begin = time.perf_counter()
+        edited = edit_frames(frames, EditParts.of(request), backbone)
+        seconds = time.perf_counter() - begin
+    count = len(frames)
+    return {
+        "setting": setting,
+        "s/frame": seconds / count,
+        "UNet evals/frame": counter.images / count,
+        "VAE share": counter.seconds.get("vae", 0.0) / seconds,
+        "keyframes": "-" if edited.keyframes is None else len(edited.keyframes),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
+    args = parser.parse_args()
+
+    import torch
+
+    from editing.attention.modes import attention_mode_names
+    from editing.config import FrameSelection
+    from editing.video_io import read_clip
+
+    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    names = [n for n in names if SETTINGS[n].get("attention", "first") in attention_mode_names()]
+    frames = read_clip(CLIP, FrameSelection(max_frames=args.frames, size=args.size)).frames
+    rows, backbones = {}, {}
+    with tempfile.TemporaryDirectory() as work:
+        for name in names:
+            rows[name] = run(name, args, backbones, frames, Path(work))
+            print(f"  {name}: {rows[name]['s/frame']:.3f} s/frame, {rows[name]['UNet evals/frame']:.2f} UNet evals/frame", file=sys.stderr, flush=True)
+
+    height, width = frames.shape[1:3]
+    print(f"\nsd15-random, fp32 on {torch.get_num_threads()} CPU threads, {len(frames)} frames at {width}x{height}, {args.steps} steps\n")
+    print("| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |")
+    print("|---|---|---|---|---|")
+    for row in rows.values():
+        print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['VAE share']:.0%} | {row['keyframes']} |")
+    base = rows.get("default")
+    if base:
+        print("\n| ratio (same run) | value |\n|---|---|")
+        for name, row in rows.items():
+            if name != "default":
+                print(f"| {name} / default, wall time per frame | {row['s/frame'] / base['s/frame']:.3f} |")
+                print(f"| {name} / default, UNet evals per frame | {row['UNet evals/frame'] / base['UNet evals/frame']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
