@@ -113,6 +113,22 @@ class ControlSpec:
         return cls(parts[0].strip(), **values, **extra)
 
 
+def parse_keyframes(text: str | None) -> int | None:
+    """`--keyframes`: None or '' (edit every frame) -> 0; 'auto' -> -1; 'N' (N >= 2) -> N."""
+    if text is None or str(text).strip() in ("", "0", "off"):
+        return 0
+    text = str(text).strip().lower()
+    if text == "auto":
+        return -1
+    try:
+        every = int(text)
+    except ValueError:
+        raise ConfigError(f"keyframes must be a number of frames (e.g. 8) or 'auto', got {text!r}") from None
+    if not 2 <= every <= 1000:
+        raise ConfigError(f"keyframes must be every 2 to 1000 frames (or 'auto'), got {every}")
+    return every
+
+
 @dataclass(frozen=True)
 class KeyframeImage:
     """An edited frame the user supplies (AnyV2V): it replaces frame `index`'s result and anchors the rest."""
@@ -186,8 +202,6 @@ class EngineConfig:
         _check(math.isfinite(self.token_merge) and 0 <= self.token_merge < 1, f"token_merge must be in [0, 1), got {self.token_merge}")
         _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
         _check(self.feature_bank == 0 or self.attention != "none", "feature_bank needs cross-frame attention, not --attention none")
-        from .keyframes import parse_keyframes
-
         parse_keyframes(self.keyframes)
         indices = [image.index for image in self.keyframe_images]
         _check(len(set(indices)) == len(indices), f"each keyframe_image index may appear once, got {', '.join(map(str, indices))}")
@@ -202,8 +216,6 @@ class EngineConfig:
     @property
     def keyframes_every(self) -> int:
         """--keyframes as a number: 0 = edit every frame, -1 = auto, N = every N-th frame."""
-        from .keyframes import parse_keyframes
-
         return parse_keyframes(self.keyframes)
 
 

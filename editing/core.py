@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,10 +24,13 @@ import torch
 from . import sampling
 from .cache import TensorCache, cache_key, content_hash, default_cache_dir
 from .frames import check_frames
-from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection
+from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, parse_keyframes
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .errors import ConfigError
 from .models import Backbone, default_controlnet, load_controlnet
+
+if TYPE_CHECKING:
+    from .keyframes import Keyframes
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +202,7 @@ def edit_frames(
 def edit_by_keyframes(frames, parts: EditParts, backbone, progress, timer) -> EditedFrames:
     """Keyframes, then propagation (editing.keyframes): edit the keyframes jointly, then make the
     other frames from them along the source's flow."""
-    from .keyframes import edit_keyframes, propagate
+    from .keyframes import propagate
 
     keyframes = edit_keyframes(frames, parts, backbone, progress, timer)
     edited = propagate(frames, keyframes, parts, backbone, progress, timer)
@@ -207,6 +210,43 @@ def edit_by_keyframes(frames, parts: EditParts, backbone, progress, timer) -> Ed
     if wanted is not None:
         edited = edited[list(wanted)]
     return EditedFrames(edited, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices)
+
+
+def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=None, keys: tuple[int, ...] | None = None) -> "Keyframes":
+    """Stage 1: choose the keyframes (unless given) and edit them jointly with the core."""
+    from .keyframes import choose_keyframes, clip_flows
+
+    every = parse_keyframes(parts.engine.keyframes)
+    supplied = parts.engine.keyframe_images
+    for image in supplied:
+        if image.index >= len(frames):
+            raise ConfigError(f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}")
+    if keys is None:
+        keys = choose_keyframes(len(frames), every or 8, clip_flows(frames) if every < 0 else None)
+        keys = tuple(sorted(set(keys) | {image.index for image in supplied}))  # a supplied frame is a keyframe
+    if any(not 0 <= k < len(frames) for k in keys) or list(keys) != sorted(set(keys)) or not keys:
+        raise ConfigError(f"keyframes must be distinct frames 0 to {len(frames) - 1} in order, got {list(keys)}")
+    if any(image.index not in keys for image in supplied):
+        raise ConfigError(f"every keyframe_image must be one of the keyframes {list(keys)}")
+    report = _prefixed(progress, "keyframes")
+    remapped = tuple(dataclasses.replace(image, index=keys.index(image.index), given_index=image.index) for image in supplied)
+    engine = dataclasses.replace(parts.engine, keyframes=None, keyframe_images=remapped)
+    sub = dataclasses.replace(parts, engine=engine, decode_frames=None)
+    start = None
+    if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
+        from .pinned import guided_start, pinned_frames
+
+        start = guided_start(frames, pinned_frames(parts.engine, frames)[0])[list(keys)]
+    edited = edit_frames(frames[list(keys)], sub, backbone, report, timer, start=start)
+    from .keyframes import Keyframes
+
+    return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings)
+
+
+def _prefixed(progress, prefix: str):
+    if progress is None:
+        return lambda stage, done, total: None
+    return lambda stage, done, total: progress(f"{prefix}: {stage}", done, total)
 
 
 def check_parts(parts: EditParts) -> None:

@@ -22,12 +22,13 @@ bilinear resampling of a code the decoder reads non-linearly, so latent propagat
 re-diffused and decoded (more UNet evaluations, and a VAE decode per frame), while pixel warps keep the
 keyframes' exact colours and need the UNet only for the holes.
 
-Stages, so the app can show keyframes before propagating: `edit_keyframes` then `propagate`.
+Stages, so the app can show keyframes before propagating: `editing.core.edit_keyframes` (the core on
+the keyframe sub-clip), then `propagate`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -35,27 +36,10 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import ConfigError
 
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
-
-
-def parse_keyframes(text: str | None) -> int | None:
-    """`--keyframes`: None or '' (edit every frame) -> 0; 'auto' -> -1; 'N' (N >= 2) -> N."""
-    if text is None or str(text).strip() in ("", "0", "off"):
-        return 0
-    text = str(text).strip().lower()
-    if text == "auto":
-        return -1
-    try:
-        every = int(text)
-    except ValueError:
-        raise ConfigError(f"keyframes must be a number of frames (e.g. 8) or 'auto', got {text!r}") from None
-    if not 2 <= every <= 1000:
-        raise ConfigError(f"keyframes must be every 2 to 1000 frames (or 'auto'), got {every}")
-    return every
 
 
 @dataclass(frozen=True)
@@ -181,52 +165,15 @@ def latent_mask(unseen: np.ndarray, scale: int, dilate: int = REFINE_DILATE) -> 
     return blocks
 
 
-def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=None, keys: tuple[int, ...] | None = None) -> Keyframes:
-    """Stage 1: choose the keyframes (unless given) and edit them jointly with the core."""
-    from .core import edit_frames
-
-    every = parse_keyframes(parts.engine.keyframes)
-    supplied = parts.engine.keyframe_images
-    for image in supplied:
-        if image.index >= len(frames):
-            raise ConfigError(f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}")
-    if keys is None:
-        keys = choose_keyframes(len(frames), every or 8, clip_flows(frames) if every < 0 else None)
-        keys = tuple(sorted(set(keys) | {image.index for image in supplied}))  # a supplied frame is a keyframe
-    if any(not 0 <= k < len(frames) for k in keys) or list(keys) != sorted(set(keys)) or not keys:
-        raise ConfigError(f"keyframes must be distinct frames 0 to {len(frames) - 1} in order, got {list(keys)}")
-    if any(image.index not in keys for image in supplied):
-        raise ConfigError(f"every keyframe_image must be one of the keyframes {list(keys)}")
-    report = _prefixed(progress, "keyframes")
-    remapped = tuple(dataclasses.replace(image, index=keys.index(image.index), given_index=image.index) for image in supplied)
-    engine = dataclasses.replace(parts.engine, keyframes=None, keyframe_images=remapped)
-    sub = dataclasses.replace(parts, engine=engine, decode_frames=None)
-    start = None
-    if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
-        from .pinned import guided_start, pinned_frames
-
-        start = guided_start(frames, pinned_frames(parts.engine, frames)[0])[list(keys)]
-    edited = edit_frames(frames[list(keys)], sub, backbone, report, timer, start=start)
-    return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings)
-
-
-def _prefixed(progress, prefix: str):
-    if progress is None:
-        return lambda stage, done, total: None
-    return lambda stage, done, total: progress(f"{prefix}: {stage}", done, total)
-
-
 def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progress=None, timer=None) -> np.ndarray:
     """Stage 2: every other frame from its keyframes, its disoccluded regions re-diffused; returns all frames."""
-    from .core import StageTimer
-
     progress = progress or (lambda stage, done, total: None)
-    timer = timer or StageTimer(backbone.device)
+    stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
     out = np.empty_like(frames)
     for index, key in enumerate(keyframes.indices):
         out[key] = keyframes.frames[index]
     others = [f for f in range(len(frames)) if f not in keyframes.indices]
-    with timer.stage("propagate"):
+    with stage("propagate"):
         progress("propagate", 0, max(1, len(others)))
         flows = clip_flows(frames) if others else None
         fused = {}
@@ -236,7 +183,7 @@ def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progres
             progress("propagate", done + 1, len(others))
     holes = [f for f in others if fused[f].unseen.any()]
     if holes and parts.engine.keyframe_refine > 0:
-        with timer.stage("refine"):
+        with stage("refine"):
             refine(out, keyframes, {f: fused[f] for f in holes}, parts, backbone, progress)
     return out
 

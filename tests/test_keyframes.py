@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from editing.errors import ConfigError
+from editing.config import parse_keyframes
+from editing.core import edit_keyframes
 from editing.keyframes import (
     AUTO_MAX_GAP,
     Keyframes,
@@ -21,7 +23,6 @@ from editing.keyframes import (
     composite_mask,
     fuse_frame,
     latent_mask,
-    parse_keyframes,
     propagate,
 )
 
@@ -151,7 +152,6 @@ class UnetImages:
 
 def _parts(tmp_path, **engine):
     from editing.core import EditParts
-    from editing.requests import build_request
 
     request = small_edit(tmp_path, "kf", frames=5, **engine)
     return EditParts.of(request), request
@@ -178,7 +178,6 @@ def test_keyframes_of_the_output_are_the_joint_keyframe_edit(tmp_path, tiny):
 
 def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_path, tiny):
     from editing.core import edit_frames
-    from editing.keyframes import edit_keyframes
 
     parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
     frames = panning_clip(6)  # keyframes 0 and 4; frame 5 sees new content at its edges that no keyframe has

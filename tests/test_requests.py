@@ -14,7 +14,7 @@ import pytest
 
 from editing import requests
 from editing.cli import build_parser, main
-from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection
+from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection, KeyframeImage
 from editing.errors import ConfigError
 from editing.evaluate import parse_spec
 from editing.lora import LoraSpec, ModelOptions
@@ -59,6 +59,10 @@ HAND_BUILT_EDITS = [
         ),
     ),
     (["--sampler", "euler", "--token-merge", "0.5", "--feature-bank", "4"], edit(edit=EditConfig("a cat", sampler="euler"), engine=EngineConfig(token_merge=0.5, feature_bank=4))),
+    (
+        ["--keyframes", "auto", "--keyframe-refine", "0.2", "--keyframe-image", "0=a.png", "--keyframe-image", "8=b.png", "--keyframe-fit", "crop", "--keyframe-guidance", "2"],
+        edit(engine=EngineConfig(keyframes="auto", keyframe_refine=0.2, keyframe_images=(KeyframeImage(0, "a.png"), KeyframeImage(8, "b.png")), keyframe_fit="crop", keyframe_guidance=2.0)),
+    ),
     (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car"))),
     (
         ["--control", "canny:0.5", "--control", "depth:1:0:0.5", "--control-model", "depth=some/net", "--control-video", "canny=c.mp4"],
