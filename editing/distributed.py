@@ -69,23 +69,21 @@ def placement(workers: int | None = None) -> tuple[int, dict]:
 class EditWorker:
     """One worker: runs the core on frames sent to it, keeping the backbones it loaded between edits."""
 
-    def __init__(self, editor: FramesEditor | None = None):
-        self.editor = editor or edit_here
-
     def info(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "gpus": ray.get_gpu_ids()}
 
-    def edit(self, frames: np.ndarray, request) -> dict:
-        """Edit the frames; a failure comes back as its message (the worker keeps serving)."""
+    def edit(self, frames: np.ndarray, request, editor: FramesEditor | None = None) -> dict:
+        """Edit the frames (with `editor`, edit_here by default); a failure comes back as its message (the
+        worker keeps serving)."""
         timer = StageTimer()
         try:
-            edited, model = self.editor(frames, request, lambda stage, done, total: None, timer)
+            edited, model = (editor or edit_here)(frames, request, lambda stage, done, total: None, timer)
         except Exception as exc:
             log.debug("edit failed", exc_info=True)
             return {"status": "failed", "error": describe(exc)}
         return {"status": "ok", "edited": edited, "model": model}
 
-    def edit_stream(self, frames: np.ndarray, request):
+    def edit_stream(self, frames: np.ndarray, request, editor: FramesEditor | None = None):
         """Edit the frames, yielding ("progress", stage, done, total) as it goes and ("done", result dict) last.
 
         `ray.cancel` on the stream sets the task's cancel flag; the edit then stops at its next step."""
@@ -100,7 +98,7 @@ class EditWorker:
         def run() -> None:
             timer = StageTimer()
             try:
-                edited, model = self.editor(frames, request, progress, timer)
+                edited, model = (editor or edit_here)(frames, request, progress, timer)
                 events.put(("done", {"status": "ok", "edited": edited, "model": model}))
             except Cancelled as exc:
                 events.put(("done", {"status": "cancelled", "error": str(exc)}))
@@ -110,27 +108,29 @@ class EditWorker:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         context = ray.get_runtime_context()
-        while True:
-            try:
-                event = events.get(timeout=0.1)
-            except queue.Empty:
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=0.1)
+                except queue.Empty:
+                    if context.is_canceled():
+                        stop.set()
+                    continue
                 if context.is_canceled():
                     stop.set()
-                continue
-            if context.is_canceled():
-                stop.set()
-            yield event
-            if event[0] == "done":
-                thread.join()
-                return
+                yield event
+                if event[0] == "done":
+                    return
+        finally:  # also when Ray closes the stream after ray.cancel: the edit stops at its next step
+            stop.set()
+            thread.join()
 
 
 class WorkerPool:
     """The batch's or the app's workers; a dead one is replaced by a fresh one."""
 
-    def __init__(self, workers: int | None = None, editor: FramesEditor | None = None):
+    def __init__(self, workers: int | None = None):
         self.count, self.resources = placement(workers)
-        self.editor = editor
         self.serial = 0
         self.idle: queue.Queue = queue.Queue()
         self.names: dict = {}
@@ -139,7 +139,7 @@ class WorkerPool:
 
     def _start(self):
         self.serial += 1
-        actor = EditWorker.options(**self.resources, max_restarts=0).remote(self.editor)
+        actor = EditWorker.options(**self.resources, max_restarts=0).remote()
         self.names[actor] = f"worker-{self.serial}"
         return actor
 
@@ -188,26 +188,36 @@ class _Job:
     failed: bool = False
 
 
-def batch_runner(workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None):
-    """A runner for `editing.batch.run_batch` that runs the edits on this process's Ray cluster."""
+def batch_runner(workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
+    """A runner for `editing.batch.run_batch` that runs the edits on this process's Ray cluster, on
+    `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them."""
 
     def run(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
-        pool = WorkerPool(workers, editor)
+        workers_used = pool or WorkerPool(workers)
         try:
-            return _schedule(edits, pool, progress, on_done, retries)
+            return _schedule(edits, workers_used, progress, on_done, retries, editor)
         finally:
-            pool.close()
+            if pool is None:
+                workers_used.close()
 
     return run
 
 
-def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress, on_done, retries: int) -> list[str]:
+def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress, on_done, retries: int, editor=None) -> list[str]:
     """Hand tasks to idle workers, collect results, retry a dead worker's task, finish each edit."""
     notes: list[str] = []
     waiting = list(edits)  # not decoded yet: a clip is decoded when a worker is free for it
     tasks: list[tuple[_Job, int, int]] = []  # (job, segment, attempt) ready to run
     running: dict = {}  # object ref -> (actor, job, segment, attempt)
     idle = [pool.idle.get() for _ in range(pool.count)]
+    try:
+        return _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes)
+    finally:  # the workers go back to the pool (a dead one was replaced already)
+        for actor in [*idle, *(entry[0] for entry in running.values())]:
+            pool.idle.put(actor)
+
+
+def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes) -> list[str]:
 
     def fail(job: _Job, error: str) -> None:
         job.failed = True
@@ -229,7 +239,7 @@ def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress,
             segment = job.tasks.segments[number]
             frames = job.clip.frames[list(segment.frames)]
             request = segment_request(job.edit.request, segment) if len(job.tasks.segments) > 1 else job.edit.request
-            running[actor.edit.remote(frames, request)] = (actor, job, number, attempt)
+            running[actor.edit.remote(frames, request, editor)] = (actor, job, number, attempt)
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
@@ -242,10 +252,11 @@ def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress,
                 idle.append(pool.replace(actor))
                 if job.failed:
                     continue
-                job.attempts = max(job.attempts, attempt + 1)
                 if attempt > retries:
+                    job.attempts = max(job.attempts, attempt)
                     fail(job, f"its worker died {attempt} times ({type(exc).__name__})")
                 else:
+                    job.attempts = max(job.attempts, attempt + 1)
                     progress.line(f"[retry] {job.edit.name}: {name} died; attempt {attempt + 1} of {retries + 1}")
                     tasks.insert(0, (job, number, attempt + 1))
                 continue
@@ -326,9 +337,11 @@ class RayEditor:
     Cancelled (Stop), the Ray task is cancelled and the worker stops at its next step. A worker that
     dies is replaced and the edit re-run on a free worker, up to `retries` times."""
 
-    def __init__(self, workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None):
-        self.pool = WorkerPool(workers, editor)
+    def __init__(self, workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
+        self.pool = pool or WorkerPool(workers)
+        self.owned = pool is None
         self.retries = retries
+        self.editor = editor
 
     @property
     def slots(self) -> int:
@@ -353,7 +366,7 @@ class RayEditor:
         raise AssertionError("unreachable")
 
     def _run(self, actor, frames, request, progress) -> dict:
-        stream = actor.edit_stream.options(num_returns="streaming").remote(frames, request)
+        stream = actor.edit_stream.options(num_returns="streaming").remote(frames, request, self.editor)
         try:
             while True:
                 try:
@@ -370,5 +383,6 @@ class RayEditor:
             raise Cancelled("the run was cancelled") from None
 
     def close(self) -> None:
-        self.pool.close()
+        if self.owned:
+            self.pool.close()
 

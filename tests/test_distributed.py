@@ -119,7 +119,19 @@ def cluster():
         ray.shutdown()
 
 
-def test_batch_on_two_workers_reports_a_failure_and_resumes(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def pool(cluster):
+    """Two CPU workers shared by the tests (each worker imports torch and builds the tiny model once)."""
+    from editing.distributed import WorkerPool
+
+    workers = WorkerPool(2)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+def test_batch_on_two_workers_reports_a_failure_and_resumes(pool, tmp_path):
     from editing import distributed
     from editing.batch import run_batch
 
@@ -131,25 +143,25 @@ def test_batch_on_two_workers_reports_a_failure_and_resumes(cluster, tmp_path):
     ]
     out = tmp_path / "out"
     edits = _edits(_spec(tmp_path, clips), out)
-    report = run_batch(edits, out, distributed.batch_runner(2))
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
     rows = {row["name"]: row for row in report.rows}
     assert [rows[n]["status"] for n in ("car", "skier", "broken")] == ["ok", "ok", "failed"]
     assert "no model_index.json" in rows["broken"]["error"]
-    assert {rows["car"]["worker"], rows["skier"]["worker"]} == {"worker-1", "worker-2"}  # both workers ran edits
+    assert len({rows["car"]["worker"], rows["skier"]["worker"]}) == 2  # both workers ran edits
     for edit in edits[:2]:
         assert _close(_frames(edit.request.output), _single_process(edit, tmp_path))
     assert (out / "results.csv").read_text().count("\n") == 4 and report.failures == 1
 
     # Rerun: the done edits are skipped (outputs untouched), the failed one runs again.
     stamp = {e.name: os.stat(e.request.output).st_mtime_ns for e in edits[:2]}
-    report = run_batch(edits, out, distributed.batch_runner(2))
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
     assert [r["status"] for r in report.rows] == ["skipped", "skipped", "failed"]
     assert {e.name: os.stat(e.request.output).st_mtime_ns for e in edits[:2]} == stamp
     # Another prompt for the skier, and a damaged output for the car: both are edited again.
     clips[1]["prompt"] = "a pencil sketch"
     Path(edits[0].request.output).write_bytes(b"damaged")
     edits = _edits(_spec(tmp_path, clips[:2], "changed.yaml"), out)
-    report = run_batch(edits, out, distributed.batch_runner(2))
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
     assert [r["status"] for r in report.rows] == ["ok", "ok"]
     assert _close(_frames(edits[1].request.output), _single_process(edits[1], tmp_path))
 
@@ -168,7 +180,7 @@ def dying_editor(frames, request, progress, timer):
     return edit_here(frames, request, progress, timer)
 
 
-def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_times(cluster, tmp_path):
+def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_times(pool, tmp_path):
     from editing import distributed
     from editing.batch import run_batch
 
@@ -176,7 +188,7 @@ def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_time
     clips = [{"name": n, "video": car, "prompt": p} for n, p in (("once", "die once"), ("always", "die always"), ("fine", "a red car"))]
     out = tmp_path / "out"
     edits = _edits(_spec(tmp_path, clips), out)
-    report = run_batch(edits, out, distributed.batch_runner(2, retries=1, editor=dying_editor))
+    report = run_batch(edits, out, distributed.batch_runner(retries=1, editor=dying_editor, pool=pool))
     rows = {row["name"]: row for row in report.rows}
     assert (rows["once"]["status"], rows["once"]["attempts"]) == ("ok", 2)
     assert (rows["always"]["status"], rows["always"]["attempts"]) == ("failed", 2)
@@ -185,7 +197,7 @@ def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_time
     assert _close(_frames(edits[0].request.output), _single_process(edits[0], tmp_path))
 
 
-def test_a_long_clip_split_across_workers_equals_the_single_process_edit(cluster, tmp_path):
+def test_a_long_clip_split_across_workers_equals_the_single_process_edit(pool, tmp_path):
     """5 frames in chunks of 2 under `first` run as 2 segments on 2 workers; sparse-causal runs in order
     as one task and the batch says so; both equal the edit made in one process."""
     from editing import distributed
@@ -199,7 +211,7 @@ def test_a_long_clip_split_across_workers_equals_the_single_process_edit(cluster
     ]
     out = tmp_path / "out"
     edits = _edits(_spec(tmp_path, clips, frames=5, chunk=2), out)
-    report = run_batch(edits, out, distributed.batch_runner(2))
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
     rows = {row["name"]: row for row in report.rows}
     assert [rows[n]["segments"] for n in ("first", "causal", "sdedit")] == [2, 1, 2]
     assert len(rows["first"]["worker"].split(",")) == 2  # the two segments ran on both workers
@@ -223,7 +235,7 @@ def _recording_editor(record: str, frames, request, progress, timer):
     return result
 
 
-def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(cluster, tmp_path, car):
+def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(pool, tmp_path, car):
     from gradio_client import Client, handle_file
 
     from editing.errors import Cancelled
@@ -233,8 +245,8 @@ def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(cluster, 
     from .test_app import _free_port
 
     record = tmp_path / "record.txt"
-    backend = ray_backend("auto", 1, editor=functools.partial(_recording_editor, str(record)))
-    assert backend.concurrency == 1
+    backend = ray_backend("auto", editor=functools.partial(_recording_editor, str(record)), pool=pool)
+    assert backend.concurrency == 2  # one GPU job per worker at once
     demo = build_demo(default_model="tiny", backend=backend)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -266,5 +278,4 @@ def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(cluster, 
         assert not Path(long_edit.output).exists()
     finally:
         demo.close()
-        backend.edit_fn.keywords["editor"].close()
 

@@ -189,7 +189,7 @@ class Backend:
 
 
 
-def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = LOCAL, editor=None) -> Backend:
+def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = LOCAL, editor=None, pool=None) -> Backend:
     """A Backend whose edits run on the Ray cluster at `address` (`local`, `auto` or an address), one at a
     time per worker; decoding, writing and the rest of the app stay in this process. Imports Ray."""
     import functools
@@ -197,5 +197,5 @@ def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = 
     from editing import distributed
 
     distributed.connect(address, workers)
-    remote = distributed.RayEditor(workers, editor=editor)
+    remote = distributed.RayEditor(workers, editor=editor, pool=pool)
     return Backend(functools.partial(edit_video, editor=remote), policy=policy, concurrency=remote.slots)
