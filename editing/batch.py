@@ -144,10 +144,10 @@ def _sequential_reason(request: EditRequest) -> str:
 
 
 def segment_request(request: EditRequest, segment: Segment) -> EditRequest:
-    """The request one segment's task runs: one chunk holding all its frames (they are independent, so
-    the grouping does not change them), and only its own condition maps are extracted."""
-    engine = dataclasses.replace(request.engine, chunk=max(len(segment.frames), 1))
-    return dataclasses.replace(request, engine=engine)
+    """The request one segment's task runs on its frames: the same request (chunk size and so memory
+    included), since its frames do not depend on how they are grouped; conditions are extracted from
+    the frames the task gets."""
+    return request
 
 
 def assemble(frame_count: int, segments: tuple[Segment, ...], outputs: list[np.ndarray]) -> np.ndarray:

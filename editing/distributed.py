@@ -116,6 +116,8 @@ class EditWorker:
                     if context.is_canceled():
                         stop.set()
                     continue
+                while event[0] != "done" and not events.empty():  # only the latest progress matters
+                    event = events.get_nowait()
                 if context.is_canceled():
                     stop.set()
                 yield event
