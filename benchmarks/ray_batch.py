@@ -4,7 +4,7 @@ streamed one) against a direct call.
 
     python benchmarks/ray_batch.py [--model tiny] [--edits 4] [--frames 4] [--size 64] [--steps 4] [--runs 3]
 
-Workers are CPU actors (one core each: Ray sets OMP_NUM_THREADS=1); each pool is warmed up (model loaded,
+Workers are CPU actors (one thread each: Ray sets OMP_NUM_THREADS=1); each pool is warmed up (model loaded,
 one edit run) before it is timed, and every timed edit inverts afresh (its own cache folder). The direct
 call runs with one torch thread too, so both sides do the same compute.
 """
@@ -37,21 +37,28 @@ def edits(args, root: Path, count: int, tag: str):
     return batch_edits(parse_spec({"defaults": defaults, "edits": entries}, ROOT, clip="none"), root / f"out-{tag}", ".zip")
 
 
-def batch_seconds(args, root: Path, workers: int) -> float:
-    """Wall seconds of a batch of `args.edits` edits on a warm pool of `workers` workers."""
+def batch_seconds(args, root: Path) -> dict[int, float]:
+    """Median wall seconds of a batch of `args.edits` edits on a warm pool of 1 and of 2 workers, the
+    runs interleaved (so a change in the shared machine's load hits both alike)."""
     from editing import distributed
     from editing.batch import run_batch
 
-    pool = distributed.WorkerPool(workers)
+    pools = {workers: distributed.WorkerPool(workers) for workers in (1, 2)}
+    times: dict[int, list[float]] = {workers: [] for workers in pools}
     try:
-        run_batch(edits(args, root, workers, f"warm{workers}"), root / f"warm{workers}", distributed.batch_runner(pool=pool))
-        begin = time.perf_counter()
-        report = run_batch(edits(args, root, args.edits, f"timed{workers}"), root / f"timed{workers}", distributed.batch_runner(pool=pool))
-        seconds = time.perf_counter() - begin
-        assert all(row["status"] == "ok" for row in report.rows), report.rows
-        return seconds
+        for workers, pool in pools.items():
+            run_batch(edits(args, root, workers, f"warm{workers}"), root / f"warm{workers}", distributed.batch_runner(pool=pool))
+        for run in range(args.runs):
+            for workers, pool in pools.items():
+                tag = f"timed{workers}-{run}"
+                begin = time.perf_counter()
+                report = run_batch(edits(args, root, args.edits, tag), root / tag, distributed.batch_runner(pool=pool))
+                times[workers].append(time.perf_counter() - begin)
+                assert all(row["status"] == "ok" for row in report.rows), report.rows
     finally:
-        pool.close()
+        for pool in pools.values():
+            pool.close()
+    return {workers: statistics.median(values) for workers, values in times.items()}
 
 
 def overhead(args, root: Path) -> dict[str, float]:
@@ -99,13 +106,14 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False, log_to_driver=False)
+    ray.init(num_cpus=3,  # 3 logical CPUs: both pools stay up (1 + 2 workers); the machine's 2 cores run them
+              include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
-            one = batch_seconds(args, root, 1)
-            two = batch_seconds(args, root, 2)
-            print(f"batch of {args.edits} edits ({args.model}, {args.frames} frames, {args.size} px, {args.steps} steps):")
+            batch = batch_seconds(args, root)
+            one, two = batch[1], batch[2]
+            print(f"batch of {args.edits} edits ({args.model}, {args.frames} frames, {args.size} px, {args.steps} steps), median of {args.runs}:")
             print(f"  1 worker  {one:.2f} s ({args.edits / one:.3f} edits/s)")
             print(f"  2 workers {two:.2f} s ({args.edits / two:.3f} edits/s); speed-up {one / two:.2f}x")
             seconds = overhead(args, root)

@@ -9,6 +9,7 @@ condition videos) must be readable on every node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -148,7 +149,7 @@ class WorkerPool:
     def replace(self, actor):
         """A fresh worker in place of one that died."""
         self.names.pop(actor, None)
-        with _quiet():
+        with contextlib.suppress(Exception):  # already dead
             ray.kill(actor, no_restart=True)
         return self._start()
 
@@ -157,17 +158,9 @@ class WorkerPool:
 
     def close(self) -> None:
         for actor in list(self.names):
-            with _quiet():
+            with contextlib.suppress(Exception):  # already dead
                 ray.kill(actor, no_restart=True)
         self.names.clear()
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], Exception)
 
 
 # ---------------------------------------------------------------- the batch
@@ -220,6 +213,7 @@ def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress,
 
 
 def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes) -> list[str]:
+    """The scheduler's loop over the shared state `_schedule` set up."""
 
     def fail(job: _Job, error: str) -> None:
         job.failed = True
@@ -240,7 +234,7 @@ def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, edito
             actor = idle.pop(0)
             segment = job.tasks.segments[number]
             frames = job.clip.frames[list(segment.frames)]
-            request = segment_request(job.edit.request, segment) if len(job.tasks.segments) > 1 else job.edit.request
+            request = segment_request(job.edit.request, segment)
             running[actor.edit.remote(frames, request, editor)] = (actor, job, number, attempt)
         if not running:
             continue
