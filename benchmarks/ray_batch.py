@@ -12,6 +12,7 @@ call runs with one torch thread too, so both sides do the same compute.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main() -> None:
             root = Path(folder)
             batch = batch_seconds(args, root)
             one, two = batch[1], batch[2]
+            print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             print(f"batch of {args.edits} edits ({args.model}, {args.frames} frames, {args.size} px, {args.steps} steps), median of {args.runs}:")
             print(f"  1 worker  {one:.2f} s ({args.edits / one:.3f} edits/s)")
             print(f"  2 workers {two:.2f} s ({args.edits / two:.3f} edits/s); speed-up {one / two:.2f}x")
@@ -121,6 +123,7 @@ def main() -> None:
             print(f"one edit, median of {args.runs}: direct call {direct:.3f} s")
             for kind, label in (("task", "one Ray task (batch)"), ("stream", "streamed Ray task (app)")):
                 print(f"  {label}: {seconds[kind]:.3f} s; ratio {seconds[kind] / direct:.3f} (+{seconds[kind] - direct:.3f} s)")
+            print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         ray.shutdown()
 

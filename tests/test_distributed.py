@@ -81,6 +81,15 @@ def test_batch_without_ray_runs_here_and_never_imports_ray(tmp_path):
     assert (tmp_path / "out" / "car.zip").is_file() and "[ok] car" in result.stderr
 
 
+def test_the_app_without_ray_is_unchanged_and_never_imports_ray():
+    code = (
+        "import sys, app; from editing.pipeline import edit_video; backend = app.build_backend(app.parse_args([]));"
+        "print(backend.concurrency, backend.edit_fn is edit_video, 'ray' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.split()[-3:] == ["1", "True", "False"], result.stderr[-800:]
+
+
 def test_split_edit_splits_independent_modes_only():
     """`first` and `none` split into segments of whole chunks, each holding the anchor, that keep every
     frame exactly once; sequential modes and settings stay one task and say why."""
@@ -117,6 +126,38 @@ def cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+def test_a_long_clip_split_across_workers_equals_the_single_process_edit(cluster, tmp_path):
+    """5 frames in chunks of 2 under `first` run as 2 segments on 2 workers; sparse-causal runs in order
+    as one task and the batch says so; both equal the edit made in one process.
+
+    Through the command line, which starts its own 2 workers: it runs before the shared `pool` below
+    takes the cluster's 2 CPUs (pytest keeps the file's order)."""
+    import json
+
+    from editing.cli import main
+
+    car = str(ASSETS / "car-turn.mp4")
+    clips = [
+        {"name": "first", "video": car, "prompt": "a red car", "attention": "first"},
+        {"name": "causal", "video": car, "prompt": "a red car", "attention": "sparse-causal"},
+        {"name": "sdedit", "video": car, "prompt": "a red car", "attention": "first", "inversion": "none", "strength": 0.7, "seed": 3},
+    ]
+    out = tmp_path / "out"
+    spec = _spec(tmp_path, clips, frames=5, chunk=2)
+    edits = _edits(spec, out)
+    # The command line's path: `batch --ray local` joins the cluster this process already runs.
+    assert main(["batch", str(spec), "--out", str(out), "--format", "zip", "--ray", "local", "--workers", "2"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert (report["ray"], report["workers"]) == ("local", 2)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert [rows[n]["segments"] for n in ("first", "causal", "sdedit")] == [2, 1, 2]
+    assert len(rows["first"]["worker"].split(",")) == 2  # the two segments ran on both workers
+    assert any("causal" in note and "run in order" in note for note in report["notes"])
+    for edit in edits:
+        assert rows[edit.name]["status"] == "ok", rows[edit.name]
+        assert _close(_frames(edit.request.output), _single_process(edit, tmp_path)), edit.name
 
 
 @pytest.fixture(scope="module")
@@ -195,30 +236,6 @@ def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_time
     assert "worker died 2 times" in rows["always"]["error"]
     assert rows["fine"]["status"] == "ok" and _close(_frames(edits[2].request.output), _single_process(edits[2], tmp_path))
     assert _close(_frames(edits[0].request.output), _single_process(edits[0], tmp_path))
-
-
-def test_a_long_clip_split_across_workers_equals_the_single_process_edit(pool, tmp_path):
-    """5 frames in chunks of 2 under `first` run as 2 segments on 2 workers; sparse-causal runs in order
-    as one task and the batch says so; both equal the edit made in one process."""
-    from editing import distributed
-    from editing.batch import run_batch
-
-    car = str(ASSETS / "car-turn.mp4")
-    clips = [
-        {"name": "first", "video": car, "prompt": "a red car", "attention": "first"},
-        {"name": "causal", "video": car, "prompt": "a red car", "attention": "sparse-causal"},
-        {"name": "sdedit", "video": car, "prompt": "a red car", "attention": "first", "inversion": "none", "strength": 0.7, "seed": 3},
-    ]
-    out = tmp_path / "out"
-    edits = _edits(_spec(tmp_path, clips, frames=5, chunk=2), out)
-    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
-    rows = {row["name"]: row for row in report.rows}
-    assert [rows[n]["segments"] for n in ("first", "causal", "sdedit")] == [2, 1, 2]
-    assert len(rows["first"]["worker"].split(",")) == 2  # the two segments ran on both workers
-    assert any("causal" in note and "run in order" in note for note in report.notes)
-    for edit in edits:
-        assert rows[edit.name]["status"] == "ok", rows[edit.name]
-        assert _close(_frames(edit.request.output), _single_process(edit, tmp_path)), edit.name
 
 
 def _recording_editor(record: str, frames, request, progress, timer):
