@@ -18,7 +18,7 @@ from .backend import Backend, CancelToken
 from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu
 
-GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id, one at a time
+GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
 # The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
 API_FIELDS = [
     "video", "prompt", "model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed",
