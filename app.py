@@ -1,4 +1,5 @@
-"""Start the web app: `python app.py` serves it on http://127.0.0.1:7860 (`--host`, `--port`, `--share`, `--model`, `--model-dir`)."""
+"""Start the web app: `python app.py` serves it on http://127.0.0.1:7860 (`--host`, `--port`, `--share`, `--model`, `--model-dir`,
+`--ray`)."""
 
 import argparse
 import os
@@ -26,6 +27,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="served beyond this machine, the Model box loads local folders and files only from under DIR (repeatable; "
         f"default ${MODEL_DIRS_ENV}); Hub ids and the built-in models are always allowed",
     )
+    parser.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the app's edits on a Ray cluster ('local' starts one here, 'auto' joins the one running here, or an address): "
+        "one edit at a time per worker, one worker per GPU",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)")
     return parser.parse_args(argv)
 
 
@@ -38,6 +47,14 @@ def serve_policy(args: argparse.Namespace) -> ServePolicy:
     names, the default model and files under the model roots."""
     roots = args.model_dirs if args.model_dirs is not None else [d for d in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if d]
     return ServePolicy.for_launch(args.host, args.share, roots, default_model(args))
+
+
+def build_backend(args: argparse.Namespace):
+    """The backend for these options: edits in this process, or on the Ray cluster `--ray` names."""
+    from ui.backend import Backend, ray_backend
+
+    policy = serve_policy(args)
+    return ray_backend(args.ray, args.workers, policy) if args.ray else Backend(policy=policy)
 
 
 def launch_options(args: argparse.Namespace, limits: VideoLimits = VideoLimits()) -> dict:
@@ -62,5 +79,5 @@ demo = build_demo(default_model=default_model(), policy=serve_policy(parse_args(
 
 if __name__ == "__main__":
     args = parse_args()
-    demo = build_demo(default_model=default_model(args), policy=serve_policy(args))
+    demo = build_demo(default_model=default_model(args), backend=build_backend(args))
     demo.launch(**launch_options(args))

@@ -44,6 +44,19 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     evaluate.add_argument("spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
     evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
     evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
+    batch = commands.add_parser("batch", help="run every edit of a YAML spec (the eval format) and write the outputs with results.csv / results.json")
+    batch.add_argument("spec", help="YAML file: default settings and a list of edits (the eval spec; its clip key is ignored)")
+    batch.add_argument("--out", required=True, help="folder for the outputs, results.csv, results.json and manifest.json (a rerun skips edits already done)")
+    batch.add_argument("--format", default="mp4", choices=("mp4", "zip", "gif"), help="output format of each edit (default mp4; zip = lossless PNG frames)")
+    batch.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster: 'local' starts one on this machine, 'auto' joins the one running here, or a cluster address; "
+        "without it the edits run one after another in this process",
+    )
+    batch.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)")
+    batch.add_argument("--retries", type=int, default=2, help="with --ray: times an edit is re-run when its worker dies (default 2)")
     # Only then is the benchmark imported (a development tool, not the product); an installed wheel or the
     # Space has no shapes_world, and `eval --shapes` is then an ordinary argparse error.
     if shapes and importlib.util.find_spec("shapes_world") is not None:
@@ -122,6 +135,34 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_batch(args: argparse.Namespace) -> int:
+    from .batch import batch_edits, run_batch as run
+    from .evaluate import load_spec
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {args.workers}")
+    if args.retries < 0:
+        raise ConfigError(f"retries must be 0 or more, got {args.retries}")
+    edits = batch_edits(load_spec(args.spec, clip="none"), args.out, "." + args.format)
+    if args.ray is None:
+        report = run(edits, args.out)
+    else:
+        from . import distributed  # Ray is imported only here
+
+        distributed.connect(args.ray, args.workers)
+        workers, _ = distributed.placement(args.workers)
+        runner = distributed.batch_runner(args.workers, args.retries)
+        report = run(edits, args.out, runner, {"ray": args.ray, "workers": workers})
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    counts = {status: sum(1 for row in report.rows if row["status"] == status) for status in ("ok", "skipped", "failed")}
+    print(f"{counts['ok']} edited, {counts['skipped']} up to date, {counts['failed']} failed in {report.seconds:.1f} s; wrote {report.csv} and {report.json}")
+    if report.failures:
+        print(f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from .tuning import tune_video
 
@@ -177,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         _quiet_libraries()
     try:
-        return {"info": run_info, "edit": run_edit, "eval": run_eval, "tune": run_tune}[args.command](args)
+        return {"info": run_info, "edit": run_edit, "eval": run_eval, "batch": run_batch, "tune": run_tune}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

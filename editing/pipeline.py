@@ -10,18 +10,46 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import video_io
-from .core import STAGES, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
+from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
 from .errors import EditingError
 from .models import load_backbone
 from .requests import EditRequest  # noqa: F401 (EditRequest lives in editing.requests; old imports work)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "EditRequest", "EditResult", "ProgressFn", "edit_video"]
+__all__ = ["STAGES", "EditRequest", "EditResult", "FramesEditor", "ModelInfo", "ProgressFn", "edit_here", "edit_video"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a result says about the backbone that made it (the backbone itself may live in another process)."""
+
+    name: str
+    random_weights: bool
+    notes: tuple[str, ...] = ()
+
+
+# editor(frames, request, progress, timer) -> the edited frames and the model that made them: where the
+# core runs (this process by default; editing.distributed sends it to a Ray worker)
+FramesEditor = Callable[[np.ndarray, "EditRequest", ProgressFn, StageTimer], tuple[EditedFrames, ModelInfo]]
+
+
+def edit_here(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
+    """Load the request's model in this process and run the core on the frames."""
+    with timer.stage("load_model"):
+        progress("load_model", 0, 1)
+        if request.tuned is not None:
+            from .tuning import check_base
+
+            check_base(request.tuned, request.model)
+        backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
+    edited = edit_frames(frames, EditParts.of(request), backbone, progress, timer)
+    return edited, ModelInfo(backbone.name, backbone.random_weights, tuple(backbone.extras.get("notes", ())))
 
 
 @dataclass
@@ -65,20 +93,17 @@ class EditResult:
         ) | ({"notes": list(self.notes)} if self.notes else {}) | ({} if self.keyframes is None else {"keyframes": list(self.keyframes)})
 
 
-def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> EditResult:
-    """Edit a clip end to end and write the result atomically to `request.output`."""
+def edit_video(request: EditRequest, progress: ProgressFn = _no_progress, editor: FramesEditor = edit_here) -> EditResult:
+    """Edit a clip end to end and write the result atomically to `request.output`; `editor` runs the core
+    (here by default), so decoding and writing stay in this process wherever the frames are edited."""
     timer = StageTimer()
     with timer.stage("decode"):
         progress("decode", 0, 1)
         clip = video_io.read_clip(request.video, request.selection, request.limits)
-    with timer.stage("load_model"):
-        progress("load_model", 0, 1)
-        if request.tuned is not None:
-            from .tuning import check_base
-
-            check_base(request.tuned, request.model)
-        backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
-    edited = edit_frames(clip.frames, EditParts.of(request), backbone, progress, timer)
+    edited, model = editor(clip.frames, request, progress, timer)
+    if edited.seconds is not timer.seconds:  # timed elsewhere (a worker): add its stages to ours
+        for stage, seconds in edited.seconds.items():
+            timer.seconds[stage] = timer.seconds.get(stage, 0.0) + seconds
     with timer.stage("encode_video"):
         progress("encode_video", 0, 1)
         audio = video_io.AudioSource(request.video, clip.start, clip.end) if clip.source.has_audio else None
@@ -89,8 +114,8 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         fps=float(clip.fps),
         width=clip.width,
         height=clip.height,
-        model=backbone.name,
-        random_weights=backbone.random_weights,
+        model=model.name,
+        random_weights=model.random_weights,
         inversion=request.engine.inversion,
         inversion_cached=edited.inversion_cached,
         seconds=timer.seconds,
@@ -99,7 +124,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress) -> Edi
         also_written=tuple(written[1:]),
         warnings=(*edited.warnings, *notes),
         images=edited.frames,
-        notes=tuple(backbone.extras.get("notes", ())),
+        notes=model.notes,
         keyframes=edited.keyframes,
     )
 

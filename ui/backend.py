@@ -135,10 +135,11 @@ def public_details(result: dict) -> dict:
 class Backend:
     """What the tabs call; `edit_fn` is the library's `edit_video` unless a test swaps it."""
 
-    def __init__(self, edit_fn: EditFn = edit_video, output_root: Path | None = None, policy: ServePolicy = LOCAL):
+    def __init__(self, edit_fn: EditFn = edit_video, output_root: Path | None = None, policy: ServePolicy = LOCAL, concurrency: int = 1):
         self.edit_fn = edit_fn
         self.output_root = output_root
         self.policy = policy  # what the forms may ask for when the app is served to others
+        self.concurrency = concurrency  # GPU jobs run at once (the app's GPU queue): 1 here, one per worker on a cluster
 
     def checked(self, values: dict) -> dict:
         """Form values as the serving policy allows them (the Model field); ConfigError otherwise."""
@@ -186,3 +187,15 @@ class Backend:
         source = read_clip(request.video, request.selection, request.limits).frames
         return warp_errors(source, read_png_zip(frames_zip))
 
+
+
+def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = LOCAL, editor=None, pool=None) -> Backend:
+    """A Backend whose edits run on the Ray cluster at `address` (`local`, `auto` or an address), one at a
+    time per worker; decoding, writing and the rest of the app stay in this process. Imports Ray."""
+    import functools
+
+    from editing import distributed
+
+    distributed.connect(address, workers)
+    remote = distributed.RayEditor(workers, editor=editor, pool=pool)
+    return Backend(functools.partial(edit_video, editor=remote), policy=policy, concurrency=remote.slots)

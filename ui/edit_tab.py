@@ -18,7 +18,7 @@ from .backend import Backend, CancelToken
 from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu
 
-GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id, one at a time
+GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
 # The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
 API_FIELDS = [
     "video", "prompt", "model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed",
@@ -178,7 +178,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         outputs=[output, gif, frames_zip, details, warp],
         api_name="edit",
         concurrency_id=GPU_QUEUE,
-        concurrency_limit=1,
+        concurrency_limit=backend.concurrency,
     )
     preview_event = preview_button.click(
         widgets.named_handler(gpu(handlers["preview"]), names, defaults),
@@ -186,7 +186,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         outputs=first_frame,
         api_name="preview_first_frame",
         concurrency_id=GPU_QUEUE,
-        concurrency_limit=1,
+        concurrency_limit=backend.concurrency,
     )
     condition_event = show_conditions.click(
         widgets.named_handler(handlers["conditions"], names, defaults),
@@ -194,7 +194,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         outputs=condition_gallery,
         api_name="condition_maps",
         concurrency_id=GPU_QUEUE,
-        concurrency_limit=1,
+        concurrency_limit=backend.concurrency,
     )
     stop.click(CancelToken.cancel, inputs=token, outputs=None, cancels=[edit_event, preview_event, condition_event], queue=False, api_visibility="private")
     return form

@@ -118,10 +118,10 @@ def create_tab(backend: Backend, default_model: str) -> None:
     defaults = widgets.initial_values(form)
     events = [
         tune_button.click(
-            widgets.named_handler(gpu(tune), names, defaults), inputs, [tune_info, tuned], api_name="tune", concurrency_id=GPU_QUEUE, concurrency_limit=1
+            widgets.named_handler(gpu(tune), names, defaults), inputs, [tune_info, tuned], api_name="tune", concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency
         ),
         edit_button.click(
-            widgets.named_handler(gpu(edit_tuned), names, defaults), inputs, [output, details], api_name="edit_tuned", concurrency_id=GPU_QUEUE, concurrency_limit=1
+            widgets.named_handler(gpu(edit_tuned), names, defaults), inputs, [output, details], api_name="edit_tuned", concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency
         ),
     ]
     stop.click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")

@@ -264,7 +264,7 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
 
     def edit_event(button, prompts_of, api_name):
         handler = widgets.named_handler(gpu(handlers.edit_with(prompts_of)), names, defaults)
-        return button.click(handler, inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
+        return button.click(handler, inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency)
 
     events = [edit_event(ui["run_presets"], preset_prompts, "session_presets"), edit_event(ui["run_prompt"], own_prompt, "session_edit")]
     ui["stop"].click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")

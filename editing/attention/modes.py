@@ -37,6 +37,9 @@ class AttentionMode:
     # an attention control the loop installs instead of the plain cross-frame processor, built per edit:
     # make_control(source frames, latent height, latent width); a callable or "module:function"
     make_control: Callable | str | None = None
+    # each frame's result depends only on itself and the anchors: a long clip may be split into chunks
+    # that run on different workers (editing.batch.split_edit), each chunk holding the anchors
+    independent_chunks: bool = False
     help: str = field(default="", compare=False)
 
 
@@ -117,8 +120,8 @@ def _no_context(targets, num_frames, anchors, window):
     return set()
 
 
-register_attention_mode(AttentionMode("none", _none_rows, _no_context, needs_anchor=False, cross_frame=False, help="per-frame attention"))
-register_attention_mode(AttentionMode("first", _first_rows, help="every frame attends to the first (Text2Video-Zero)"))
+register_attention_mode(AttentionMode("none", _none_rows, _no_context, needs_anchor=False, cross_frame=False, independent_chunks=True, help="per-frame attention"))
+register_attention_mode(AttentionMode("first", _first_rows, independent_chunks=True, help="every frame attends to the first (Text2Video-Zero)"))
 register_attention_mode(AttentionMode("sparse-causal", _sparse_causal_rows, _sparse_causal_context, help="first and previous frame (Tune-A-Video)"))
 register_attention_mode(AttentionMode("full", _full_rows, needs_anchor=False, help="all frames of a chunk (ControlVideo)"))
 register_attention_mode(AttentionMode("window", _window_rows, _window_context, help="the anchor plus neighbours within --window"))

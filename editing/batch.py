@@ -1,0 +1,336 @@
+"""`python -m editing batch SPEC.yaml --out DIR`: run every edit of an eval spec, write the outputs and
+results.csv / results.json with each edit's status and timings.
+
+Without `--ray` the edits run one after another in this process (this module never imports Ray). With
+`--ray` they run on Ray workers (`editing.distributed`), and a long clip whose attention mode allows it is
+split into segments that run on several workers (`split_edit`).
+
+Re-running the same command skips edits whose output exists and was made from the same request: the
+manifest (`DIR/manifest.json`) records, per edit, a key of everything that changes its output
+(`request_key`) and the output's SHA-256.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cache import cache_key, content_hash
+from .core import STAGES
+from .errors import ConfigError, EditingError
+from .requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMATS = (".mp4", ".zip", ".gif")
+COLUMNS = ("name", "status", "error", "attempts", "worker", "segments", "frames", "output", "seconds_wall", *(f"seconds_{s}" for s in STAGES), "note")
+
+
+@dataclass(frozen=True)
+class BatchEdit:
+    """One edit of a batch: its name, the request (output under the batch folder) and its manifest key."""
+
+    name: str
+    request: EditRequest
+    key: str
+
+
+def batch_edits(spec, out_dir: str | Path, suffix: str = ".mp4") -> list[BatchEdit]:
+    """The spec's edits (editing.evaluate.EvalSpec) with outputs `<out>/<name><suffix>` and their keys."""
+    if suffix not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(s[1:] for s in FORMATS)}, got {suffix.lstrip('.')!r}")
+    out = Path(out_dir)
+    edits = []
+    for edit in spec.edits:
+        request = dataclasses.replace(edit.request, output=str(out / f"{edit.name}{suffix}"), also_write=())
+        edits.append(BatchEdit(edit.name, request, request_key(request)))
+    return edits
+
+
+def request_key(request: EditRequest) -> str:
+    """What the output depends on: every setting of the request (not where it is written) and the content
+    of the files it reads (the clip, tuned weights, condition videos)."""
+    settings = dataclasses.asdict(dataclasses.replace(request, output="edit" + Path(request.output).suffix, also_write=()))
+    settings.pop("output")
+    files = {"video": content_hash(request.video)}
+    if request.tuned:
+        files["tuned"] = content_hash(request.tuned)
+    for number, control in enumerate(request.engine.controls):
+        if control.video:
+            files[f"control_video_{number}"] = content_hash(control.video)
+    return cache_key(settings=settings, files=files, suffix=Path(request.output).suffix)
+
+
+# ---------------------------------------------------------------- splitting an edit into tasks
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One task of an edit: the clip frames it edits (anchors included) and those whose output it keeps."""
+
+    frames: tuple[int, ...]
+    keeps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EditTasks:
+    """How one edit runs: its segments (one = the whole clip in one task) and why it was not split, if not."""
+
+    segments: tuple[Segment, ...]
+    note: str = ""
+
+
+def split_edit(request: EditRequest, frame_count: int, workers: int) -> EditTasks:
+    """The tasks an edit of `frame_count` frames runs as on `workers` workers.
+
+    A clip longer than one chunk whose attention mode makes chunks independent given the anchor frame
+    (`first`, `none`: `AttentionMode.independent_chunks`) is split into up to `workers` segments of whole
+    chunks; each segment also holds the anchor, whose trajectory (inversion and denoising) is the same in
+    every segment because it attends only to itself. Everything else runs as one task whose chunks run in
+    order, and the note says why.
+
+    Keyframes then propagation (`--keyframes`, `--keyframe-image`) runs as one task for now; it belongs
+    here: a first task edits the keyframes, then one task per propagation segment (each needing only its
+    bounding keyframes and the flow between them) could run in parallel.
+    """
+    from .sampling import plan_frames
+
+    whole = EditTasks((Segment(tuple(range(frame_count)), tuple(range(frame_count))),))
+    engine = request.engine
+    plan = plan_frames(frame_count, engine.chunk, engine.attention, engine.window, merge=engine.token_merge)
+    if workers <= 1 or len(plan.batches) <= 1:
+        return whole
+    reason = _sequential_reason(request)
+    if reason:
+        return dataclasses.replace(whole, note=f"{reason}; its {len(plan.batches)} chunks run in order on one worker")
+    groups = np.array_split(np.arange(len(plan.batches)), min(workers, len(plan.batches)))
+    segments = []
+    for group in groups:
+        keeps = tuple(t for b in group for t in plan.batches[b].targets)
+        frames = tuple(sorted(set(keeps) | set(plan.anchors)))
+        segments.append(Segment(frames, keeps))
+    return EditTasks(tuple(segments), f"split into {len(segments)} segments of whole chunks, each with the anchor frame")
+
+
+def _sequential_reason(request: EditRequest) -> str:
+    """Why an edit's chunks cannot run apart ('' when they can)."""
+    from .attention.modes import get_attention_mode
+
+    engine = request.engine
+    if engine.keyframes_every or engine.keyframe_images:
+        return "keyframes then propagation needs the whole clip's keyframes and flow (not split across workers yet)"
+    if engine.feature_bank:
+        return "the feature bank carries each chunk's keys and values into the next"
+    if not get_attention_mode(engine.attention).independent_chunks:
+        return f"attention {engine.attention} needs the context of neighbouring chunks"
+    if engine.smooth_flow:
+        return "flow smoothing fuses neighbouring frames"
+    if request.attention_edit is not None:
+        return "attention editing (--source-prompt) runs on the whole clip"
+    if request.tuned is not None:
+        return "a tuned model runs on the whole clip"
+    if any(control.video for control in engine.controls):
+        return "a condition video is read for the whole clip"
+    return ""
+
+
+def segment_request(request: EditRequest, segment: Segment) -> EditRequest:
+    """The request one segment's task runs on its frames: the same request (chunk size and so memory
+    included), since its frames do not depend on how they are grouped; conditions are extracted from
+    the frames the task gets."""
+    return request
+
+
+def assemble(frame_count: int, segments: tuple[Segment, ...], outputs: list[np.ndarray]) -> np.ndarray:
+    """The clip's edited frames from each segment's output (in its frames' order), each frame from the
+    segment that keeps it."""
+    first = outputs[0]
+    clip = np.empty((frame_count, *first.shape[1:]), dtype=first.dtype)
+    done = np.zeros(frame_count, dtype=bool)
+    for segment, frames in zip(segments, outputs):
+        position = {frame: i for i, frame in enumerate(segment.frames)}
+        for frame in segment.keeps:
+            clip[frame] = frames[position[frame]]
+            done[frame] = True
+    if not done.all():
+        raise EditingError(f"segments left frames {np.flatnonzero(~done).tolist()} unedited")
+    return clip
+
+
+# ---------------------------------------------------------------- manifest and results
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Manifest:
+    """`DIR/manifest.json`: per edit name, the request key and the SHA-256 of the output it made."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / MANIFEST
+        try:
+            self.entries = json.loads(self.path.read_text(encoding="utf-8")).get("edits", {})
+        except (OSError, ValueError, AttributeError):
+            self.entries = {}
+
+    def done(self, edit: BatchEdit) -> dict | None:
+        """The recorded row when the edit's output exists and was made from this request, else None."""
+        entry = self.entries.get(edit.name)
+        output = Path(edit.request.output)
+        if not isinstance(entry, dict) or entry.get("key") != edit.key or not output.is_file():
+            return None
+        return entry.get("row") if entry.get("sha256") == file_sha256(output) else None
+
+    def record(self, edit: BatchEdit, row: dict) -> None:
+        self.entries[edit.name] = {"key": edit.key, "sha256": file_sha256(edit.request.output), "row": row}
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps({"edits": self.entries}, indent=2), encoding="utf-8")
+        os.replace(temporary, self.path)  # a killed batch never leaves half a manifest
+
+
+def result_row(edit: BatchEdit, result, attempts: int = 1, worker: str = "local", segments: int = 1, wall: float = 0.0, note: str = "") -> dict:
+    """The results row of a finished edit (an editing.pipeline.EditResult)."""
+    return dict(
+        name=edit.name,
+        status="ok",
+        error="",
+        attempts=attempts,
+        worker=worker,
+        segments=segments,
+        frames=result.frames,
+        output=str(Path(result.output).name),
+        seconds_wall=round(wall, 4),
+        **{f"seconds_{stage}": round(result.seconds.get(stage, 0.0), 4) for stage in STAGES},
+        note="; ".join(n for n in (note, *result.warnings) if n),
+    )
+
+
+def failed_row(edit: BatchEdit, error: str, attempts: int = 1, worker: str = "", wall: float = 0.0, note: str = "") -> dict:
+    return dict(name=edit.name, status="failed", error=error, attempts=attempts, worker=worker, seconds_wall=round(wall, 4), note=note)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed edit: our errors as they are, anything else with its type."""
+    text = " ".join(str(exc).split())[:300]
+    return text if isinstance(exc, EditingError) else f"{type(exc).__name__}: {text}"
+
+
+@dataclass
+class BatchReport:
+    rows: list[dict]
+    csv: Path
+    json: Path
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for row in self.rows if row["status"] == "failed")
+
+
+def write_results(out: Path, rows: list[dict], seconds: float, notes: list[str], runner: dict) -> BatchReport:
+    """results.csv (one row per edit) and results.json (the rows, the notes, how the batch ran)."""
+    paths = out / "results.csv", out / "results.json"
+    with open(paths[0], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    document = {"rows": rows, "notes": notes, "seconds": round(seconds, 4), **runner}
+    paths[1].write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return BatchReport(rows, *paths, seconds, notes)
+
+
+class BatchProgress:
+    """A bar over all edits on stderr, and one line per finished, failed, skipped or retried edit."""
+
+    def __init__(self, total: int, stream=None):
+        from tqdm.auto import tqdm
+
+        self.stream = stream or sys.stderr
+        self.bar = tqdm(total=total, desc="edits", unit="edit", file=self.stream, disable=None)
+
+    def line(self, text: str) -> None:
+        self.bar.write(text, file=self.stream)
+
+    def finished(self, row: dict) -> None:
+        if row["status"] == "failed":
+            self.line(f"[failed] {row['name']}: {row['error']}")
+        elif row["status"] == "skipped":
+            self.line(f"[skipped] {row['name']}: its output is up to date")
+        else:
+            worker = f" on {row['worker']}" if row.get("worker") else ""
+            self.line(f"[ok] {row['name']}: {row['frames']} frames in {row['seconds_wall']:.2f} s{worker}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------- running a batch
+
+# runner(pending edits, progress, on_done(edit, row)) -> notes; on_done records each finished edit
+Runner = Callable[[list[BatchEdit], BatchProgress, Callable[[BatchEdit, dict], None]], list[str]]
+
+
+def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
+    """Run the edits one after another in this process (the batch without --ray)."""
+    from .pipeline import edit_video
+
+    for edit in edits:
+        begin = time.perf_counter()
+        try:
+            result = edit_video(edit.request)
+            row = result_row(edit, result, wall=time.perf_counter() - begin)
+        except Exception as exc:  # one failed edit is reported and the others still run
+            log.debug("edit %s failed", edit.name, exc_info=True)
+            row = failed_row(edit, describe(exc), wall=time.perf_counter() - begin)
+        on_done(edit, row)
+    return []
+
+
+def run_batch(edits: list[BatchEdit], out_dir: str | Path, runner: Runner = run_here, runner_info: dict | None = None, stream=None) -> BatchReport:
+    """Skip the edits the manifest shows done, run the others with `runner`, write the results."""
+    begin = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    rows: dict[str, dict] = {}
+    progress = BatchProgress(len(edits), stream)
+    pending = []
+    for edit in edits:
+        earlier = manifest.done(edit)
+        if earlier is None:
+            pending.append(edit)
+            continue
+        rows[edit.name] = {**earlier, "status": "skipped"}
+        progress.finished(rows[edit.name])
+
+    def on_done(edit: BatchEdit, row: dict) -> None:
+        if row["status"] == "ok":
+            manifest.record(edit, row)
+        rows[edit.name] = row
+        progress.finished(row)
+
+    try:
+        notes = runner(pending, progress, on_done) if pending else []
+    finally:
+        progress.close()
+    ordered = [rows[edit.name] for edit in edits if edit.name in rows]
+    return write_results(out, ordered, time.perf_counter() - begin, notes, runner_info or {"ray": None, "workers": 1})

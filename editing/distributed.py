@@ -1,0 +1,384 @@
+"""Edits on a Ray cluster: the batch's edits (and the segments of a long clip) and the app's GPU jobs.
+
+Imported only with `--ray`. Each worker is a Ray actor that keeps its loaded backbones (the in-process
+model cache of `editing.models`), one per GPU (`num_gpus=1`), or `workers` CPU actors on a cluster
+without GPUs. Frames travel to the workers and back through Ray's object store; the driver decodes the
+clips and writes the outputs, so only paths the request itself names (local models, tuned weights,
+condition videos) must be readable on every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, TaskCancelledError
+
+from . import video_io
+from .batch import BatchEdit, BatchProgress, EditTasks, assemble, describe, failed_row, result_row, segment_request, split_edit
+from .core import StageTimer
+from .errors import Cancelled, EditingError
+from .pipeline import EditResult, FramesEditor, ModelInfo, edit_here, write_outputs
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2  # times an edit (or a segment) is re-run after its worker died
+WAIT_SECONDS = 0.5  # how often the driver looks for finished tasks (and Stop) while none reports
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def connect(address: str, workers: int | None = None, object_store_mb: int | None = None) -> None:
+    """Join the cluster at `address` (`auto`: the one this machine runs), or start one here (`local`).
+
+    A cluster already joined by this process (a test's `ray.init`) is used as it is."""
+    if ray.is_initialized():
+        return
+    options = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    if address == "local":
+        if workers:
+            options["num_cpus"] = max(workers, os.cpu_count() or 1)
+        if object_store_mb:
+            options["object_store_memory"] = object_store_mb * 2**20
+        ray.init(**options)
+    else:
+        options.pop("include_dashboard")
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise EditingError(f"could not join the Ray cluster at {address}: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def placement(workers: int | None = None) -> tuple[int, dict]:
+    """How many workers to start and the resources each asks for: one per GPU of the cluster (at most
+    `workers`), else `workers` (default 2) CPU workers."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return min(gpus, workers or gpus), {"num_gpus": 1, "num_cpus": 0}
+    return max(1, workers or 2), {"num_cpus": 1}
+
+
+@ray.remote
+class EditWorker:
+    """One worker: runs the core on frames sent to it, keeping the backbones it loaded between edits."""
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "gpus": ray.get_gpu_ids()}
+
+    def edit(self, frames: np.ndarray, request, editor: FramesEditor | None = None) -> dict:
+        """Edit the frames (with `editor`, edit_here by default); a failure comes back as its message (the
+        worker keeps serving)."""
+        timer = StageTimer()
+        try:
+            edited, model = (editor or edit_here)(frames, request, lambda stage, done, total: None, timer)
+        except Exception as exc:
+            log.debug("edit failed", exc_info=True)
+            return {"status": "failed", "error": describe(exc)}
+        return {"status": "ok", "edited": edited, "model": model}
+
+    def edit_stream(self, frames: np.ndarray, request, editor: FramesEditor | None = None):
+        """Edit the frames, yielding ("progress", stage, done, total) as it goes and ("done", result dict) last.
+
+        `ray.cancel` on the stream sets the task's cancel flag; the edit then stops at its next step."""
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stop.is_set():
+                raise Cancelled(f"the run was cancelled during {stage.replace('_', ' ')}")
+            events.put(("progress", stage, done, total))
+
+        def run() -> None:
+            timer = StageTimer()
+            try:
+                edited, model = (editor or edit_here)(frames, request, progress, timer)
+                events.put(("done", {"status": "ok", "edited": edited, "model": model}))
+            except Cancelled as exc:
+                events.put(("done", {"status": "cancelled", "error": str(exc)}))
+            except Exception as exc:
+                events.put(("done", {"status": "failed", "error": describe(exc)}))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        context = ray.get_runtime_context()
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=0.1)
+                except queue.Empty:
+                    if context.is_canceled():
+                        stop.set()
+                    continue
+                while event[0] != "done" and not events.empty():  # only the latest progress matters
+                    event = events.get_nowait()
+                if context.is_canceled():
+                    stop.set()
+                yield event
+                if event[0] == "done":
+                    return
+        finally:  # also when Ray closes the stream after ray.cancel: the edit stops at its next step
+            stop.set()
+            thread.join()
+
+
+class WorkerPool:
+    """The batch's or the app's workers; a dead one is replaced by a fresh one."""
+
+    def __init__(self, workers: int | None = None):
+        self.count, self.resources = placement(workers)
+        self.serial = 0
+        self.idle: queue.Queue = queue.Queue()
+        self.names: dict = {}
+        for _ in range(self.count):
+            self.idle.put(self._start())
+
+    def _start(self):
+        self.serial += 1
+        actor = EditWorker.options(**self.resources, max_restarts=0).remote()
+        self.names[actor] = f"worker-{self.serial}"
+        return actor
+
+    def replace(self, actor):
+        """A fresh worker in place of one that died."""
+        self.names.pop(actor, None)
+        with contextlib.suppress(Exception):  # already dead
+            ray.kill(actor, no_restart=True)
+        return self._start()
+
+    def name(self, actor) -> str:
+        return self.names.get(actor, "worker")
+
+    def close(self) -> None:
+        for actor in list(self.names):
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(actor, no_restart=True)
+        self.names.clear()
+
+
+# ---------------------------------------------------------------- the batch
+
+
+@dataclass
+class _Job:
+    """One edit in flight: its decoded clip, its tasks and what came back."""
+
+    edit: BatchEdit
+    clip: video_io.Clip
+    tasks: EditTasks
+    begin: float
+    outputs: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    workers: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    model: ModelInfo | None = None
+    attempts: int = 1
+    failed: bool = False
+
+
+def batch_runner(workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
+    """A runner for `editing.batch.run_batch` that runs the edits on this process's Ray cluster, on
+    `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them."""
+
+    def run(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
+        workers_used = pool or WorkerPool(workers)
+        try:
+            return _schedule(edits, workers_used, progress, on_done, retries, editor)
+        finally:
+            if pool is None:
+                workers_used.close()
+
+    return run
+
+
+def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress, on_done, retries: int, editor=None) -> list[str]:
+    """Hand tasks to idle workers, collect results, retry a dead worker's task, finish each edit."""
+    notes: list[str] = []
+    waiting = list(edits)  # not decoded yet: a clip is decoded when a worker is free for it
+    tasks: list[tuple[_Job, int, int]] = []  # (job, segment, attempt) ready to run
+    running: dict = {}  # object ref -> (actor, job, segment, attempt)
+    idle = [pool.idle.get() for _ in range(pool.count)]
+    try:
+        return _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes)
+    finally:  # the workers go back to the pool (a dead one was replaced already)
+        for actor in [*idle, *(entry[0] for entry in running.values())]:
+            pool.idle.put(actor)
+
+
+def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes) -> list[str]:
+    """The scheduler's loop over the shared state `_schedule` set up."""
+
+    def fail(job: _Job, error: str) -> None:
+        job.failed = True
+        tasks[:] = [t for t in tasks if t[0] is not job]
+        on_done(job.edit, failed_row(job.edit, error, job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note))
+
+    while waiting or tasks or running:
+        while idle and (tasks or waiting):
+            if not tasks:
+                job = _start_job(waiting.pop(0), pool.count, on_done)
+                if job is not None:
+                    if job.tasks.note:
+                        notes.append(f"{job.edit.name}: {job.tasks.note}")
+                        progress.line(f"[note] {job.edit.name}: {job.tasks.note}")
+                    tasks += [(job, number, 1) for number in range(len(job.tasks.segments))]
+                continue
+            job, number, attempt = tasks.pop(0)
+            actor = idle.pop(0)
+            segment = job.tasks.segments[number]
+            frames = job.clip.frames[list(segment.frames)]
+            request = segment_request(job.edit.request, segment)
+            running[actor.edit.remote(frames, request, editor)] = (actor, job, number, attempt)
+        if not running:
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
+        for ref in ready:
+            actor, job, number, attempt = running.pop(ref)
+            try:
+                payload = ray.get(ref)
+            except RayActorError as exc:
+                name = pool.name(actor)
+                idle.append(pool.replace(actor))
+                if job.failed:
+                    continue
+                if attempt > retries:
+                    job.attempts = max(job.attempts, attempt)
+                    fail(job, f"its worker died {attempt} times ({type(exc).__name__})")
+                else:
+                    job.attempts = max(job.attempts, attempt + 1)
+                    progress.line(f"[retry] {job.edit.name}: {name} died; attempt {attempt + 1} of {retries + 1}")
+                    tasks.insert(0, (job, number, attempt + 1))
+                continue
+            except Exception as exc:  # the task itself could not run (e.g. the frames could not be sent)
+                idle.append(actor)
+                if not job.failed:
+                    fail(job, describe(exc))
+                continue
+            idle.append(actor)
+            if job.failed:
+                continue
+            if payload["status"] != "ok":
+                job.workers.append(pool.name(actor))
+                fail(job, payload["error"])
+                continue
+            _collect(job, number, payload, pool.name(actor))
+            if len(job.outputs) == len(job.tasks.segments):
+                _finish(job, on_done)
+    return notes
+
+
+def _start_job(edit: BatchEdit, workers: int, on_done) -> _Job | None:
+    """Decode an edit's clip and split it into tasks; a clip that cannot be read fails the edit here."""
+    begin = time.perf_counter()
+    try:
+        request = edit.request
+        clip = video_io.read_clip(request.video, request.selection, request.limits)
+        tasks = split_edit(request, len(clip.frames), workers)
+    except Exception as exc:
+        on_done(edit, failed_row(edit, describe(exc), wall=time.perf_counter() - begin))
+        return None
+    job = _Job(edit, clip, tasks, begin)
+    job.seconds["decode"] = time.perf_counter() - begin
+    return job
+
+
+def _collect(job: _Job, number: int, payload: dict, worker: str) -> None:
+    edited = payload["edited"]
+    job.outputs[number] = edited.frames
+    job.model = payload["model"]
+    job.workers.append(worker)
+    job.warnings += [w for w in edited.warnings if w not in job.warnings]
+    for stage, seconds in edited.seconds.items():  # summed over segments: the work done, not the wall time
+        job.seconds[stage] = job.seconds.get(stage, 0.0) + seconds
+
+
+def _finish(job: _Job, on_done) -> None:
+    """Assemble the segments, write the output, report the edit."""
+    edit, clip = job.edit, job.clip
+    try:
+        segments = job.tasks.segments
+        frames = assemble(len(clip.frames), segments, [job.outputs[i] for i in range(len(segments))])
+        begin = time.perf_counter()
+        audio = video_io.AudioSource(edit.request.video, clip.start, clip.end) if clip.source.has_audio else None
+        written, notes = write_outputs([edit.request.output], frames, clip.fps, audio)
+        job.seconds["encode_video"] = time.perf_counter() - begin
+    except Exception as exc:
+        on_done(edit, failed_row(edit, describe(exc), job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note))
+        return
+    result = EditResult(
+        written[0], len(frames), float(clip.fps), clip.width, clip.height, job.model.name, job.model.random_weights,
+        seconds=job.seconds, warnings=(*job.warnings, *notes), images=frames,
+    )
+    if written[0] != edit.request.output:
+        on_done(edit, failed_row(edit, "; ".join(notes), job.attempts, ",".join(job.workers), time.perf_counter() - job.begin))
+        return
+    workers = ",".join(dict.fromkeys(job.workers))
+    on_done(edit, result_row(edit, result, job.attempts, workers, len(job.tasks.segments), time.perf_counter() - job.begin, job.tasks.note))
+
+
+# ---------------------------------------------------------------- the app's jobs
+
+
+class RayEditor:
+    """A FramesEditor (editing.pipeline) that runs each edit on a free worker of the cluster.
+
+    Progress comes back from the worker as the edit goes; when the app's progress callback raises
+    Cancelled (Stop), the Ray task is cancelled and the worker stops at its next step. A worker that
+    dies is replaced and the edit re-run on a free worker, up to `retries` times."""
+
+    def __init__(self, workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
+        self.pool = pool or WorkerPool(workers)
+        self.owned = pool is None
+        self.retries = retries
+        self.editor = editor
+
+    @property
+    def slots(self) -> int:
+        """How many edits can run at once (the app's GPU queue serves this many)."""
+        return self.pool.count
+
+    def __call__(self, frames: np.ndarray, request, progress, timer: StageTimer):
+        for attempt in range(1, self.retries + 2):
+            actor = self.pool.idle.get()
+            try:
+                payload = self._run(actor, frames, request, progress)
+            except RayActorError:
+                actor = self.pool.replace(actor)
+                if attempt > self.retries:
+                    raise EditingError(f"the worker running this edit died {attempt} times") from None
+                continue
+            finally:
+                self.pool.idle.put(actor)
+            if payload["status"] == "ok":
+                return payload["edited"], payload["model"]
+            raise (Cancelled if payload["status"] == "cancelled" else EditingError)(payload["error"])
+        raise AssertionError("unreachable")
+
+    def _run(self, actor, frames, request, progress) -> dict:
+        stream = actor.edit_stream.options(num_returns="streaming").remote(frames, request, self.editor)
+        try:
+            while True:
+                try:
+                    event = ray.get(next(stream))
+                except StopIteration:
+                    raise EditingError("the worker ended the edit without a result") from None
+                if event[0] == "done":
+                    return event[1]
+                progress(*event[1:])
+        except Cancelled:
+            ray.cancel(stream)
+            raise
+        except TaskCancelledError:
+            raise Cancelled("the run was cancelled") from None
+
+    def close(self) -> None:
+        if self.owned:
+            self.pool.close()
+

@@ -1,0 +1,298 @@
+"""The batch command and the app on a Ray cluster the tests start here (2 CPUs, tiny model, 2-5 frames, 2 steps).
+
+Properties: a batch on two workers gives each edit what the single-process edit gives; a failed edit is
+reported and the others finish; a worker that dies is replaced and its edit re-run, a bounded number of
+times; a rerun skips what is done (and only that); a long clip split across workers equals the
+single-process edit; the app with --ray serves an edit and Stop cancels the Ray task. Without --ray the
+batch never imports Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import ASSETS, ROOT, small_edit
+
+BASE = {"model": "tiny", "device": "cpu", "size": 64, "steps": 2, "guidance": 3.0, "stride": 4}
+
+
+def _spec(tmp_path: Path, edits: list[dict], name: str = "spec.yaml", **defaults) -> Path:
+    import yaml
+
+    path = tmp_path / name
+    settings = {**BASE, "frames": 2, "cache_dir": str(tmp_path / "cache"), **defaults}
+    path.write_text(yaml.safe_dump({"defaults": settings, "edits": edits}), encoding="utf-8")
+    return path
+
+
+def _edits(spec: Path, out: Path):
+    from editing.batch import batch_edits
+    from editing.evaluate import load_spec
+
+    return batch_edits(load_spec(spec, clip="none"), out, ".zip")
+
+
+def _single_process(edit, tmp_path: Path) -> np.ndarray:
+    """The same request edited in this process, from a cache of its own (nothing shared with the batch)."""
+    from editing.pipeline import edit_video
+
+    engine = dataclasses.replace(edit.request.engine, cache_dir=str(tmp_path / "own-cache"))
+    request = dataclasses.replace(edit.request, engine=engine, output=str(tmp_path / f"single-{edit.name}.zip"))
+    return edit_video(request).images
+
+
+def _frames(path) -> np.ndarray:
+    from editing.evaluate import read_png_zip
+
+    return read_png_zip(path)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal within 1 level of 255 (float sums may round differently in another batch composition)."""
+    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
+def test_batch_without_ray_runs_here_and_never_imports_ray(tmp_path):
+    spec = _spec(tmp_path, [{"name": "car", "video": str(ASSETS / "car-turn.mp4"), "prompt": "a red car"}])
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from editing.cli import main
+        code = main(["batch", {str(spec)!r}, "--out", {str(tmp_path / 'out')!r}, "--format", "zip"])
+        print(code, "ray" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-800:]
+    import json
+
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [(r["name"], r["status"], r["worker"]) for r in rows] == [("car", "ok", "local")]
+    assert (tmp_path / "out" / "car.zip").is_file() and "[ok] car" in result.stderr
+
+
+def test_the_app_without_ray_is_unchanged_and_never_imports_ray():
+    code = (
+        "import sys, app; from editing.pipeline import edit_video; backend = app.build_backend(app.parse_args([]));"
+        "print(backend.concurrency, backend.edit_fn is edit_video, 'ray' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.split()[-3:] == ["1", "True", "False"], result.stderr[-800:]
+
+
+def test_split_edit_splits_independent_modes_only():
+    """`first` and `none` split into segments of whole chunks, each holding the anchor, that keep every
+    frame exactly once; sequential modes and settings stay one task and say why."""
+    from editing.batch import assemble, split_edit
+
+    request = small_edit(Path("/tmp"), "x", chunk=3)
+    for attention in ("first", "none"):
+        tasks = split_edit(dataclasses.replace(request, engine=dataclasses.replace(request.engine, attention=attention)), 10, 3)
+        assert len(tasks.segments) == 3
+        assert sorted(f for s in tasks.segments for f in s.keeps) == list(range(10))
+        assert all(0 in s.frames and set(s.keeps) <= set(s.frames) for s in tasks.segments)
+        outputs = [np.array(s.frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8) for s in tasks.segments]
+        assert assemble(10, tasks.segments, outputs)[:, 0, 0, 0].tolist() == list(range(10))
+    assert len(split_edit(request, 3, 4).segments) == 1  # one chunk: nothing to split
+    assert len(split_edit(request, 10, 1).segments) == 1  # one worker
+    for engine, reason in (
+        ({"attention": "sparse-causal"}, "sparse-causal needs"),
+        ({"attention": "window"}, "window needs"),
+        ({"feature_bank": 2}, "feature bank"),
+        ({"smooth_flow": True}, "flow smoothing"),
+    ):
+        tasks = split_edit(dataclasses.replace(request, engine=dataclasses.replace(request.engine, **engine)), 10, 3)
+        assert len(tasks.segments) == 1 and reason in tasks.note and "run in order" in tasks.note
+
+
+# ---------------------------------------------------------------- on a local Ray cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_a_long_clip_split_across_workers_equals_the_single_process_edit(cluster, tmp_path):
+    """5 frames in chunks of 2 under `first` run as 2 segments on 2 workers; sparse-causal runs in order
+    as one task and the batch says so; both equal the edit made in one process.
+
+    Through the command line, which starts its own 2 workers: it runs before the shared `pool` below
+    takes the cluster's 2 CPUs (pytest keeps the file's order)."""
+    import json
+
+    from editing.cli import main
+
+    car = str(ASSETS / "car-turn.mp4")
+    clips = [
+        {"name": "first", "video": car, "prompt": "a red car", "attention": "first"},
+        {"name": "causal", "video": car, "prompt": "a red car", "attention": "sparse-causal"},
+        {"name": "sdedit", "video": car, "prompt": "a red car", "attention": "first", "inversion": "none", "strength": 0.7, "seed": 3},
+    ]
+    out = tmp_path / "out"
+    spec = _spec(tmp_path, clips, frames=5, chunk=2)
+    edits = _edits(spec, out)
+    # The command line's path: `batch --ray local` joins the cluster this process already runs.
+    assert main(["batch", str(spec), "--out", str(out), "--format", "zip", "--ray", "local", "--workers", "2"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert (report["ray"], report["workers"]) == ("local", 2)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert [rows[n]["segments"] for n in ("first", "causal", "sdedit")] == [2, 1, 2]
+    assert len(rows["first"]["worker"].split(",")) == 2  # the two segments ran on both workers
+    assert any("causal" in note and "run in order" in note for note in report["notes"])
+    for edit in edits:
+        assert rows[edit.name]["status"] == "ok", rows[edit.name]
+        assert _close(_frames(edit.request.output), _single_process(edit, tmp_path)), edit.name
+
+
+@pytest.fixture(scope="module")
+def pool(cluster):
+    """Two CPU workers shared by the tests (each worker imports torch and builds the tiny model once)."""
+    from editing.distributed import WorkerPool
+
+    workers = WorkerPool(2)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+def test_batch_on_two_workers_reports_a_failure_and_resumes(pool, tmp_path):
+    from editing import distributed
+    from editing.batch import run_batch
+
+    (tmp_path / "not-a-model").mkdir()
+    clips = [
+        {"name": "car", "video": str(ASSETS / "car-turn.mp4"), "prompt": "a red car"},
+        {"name": "skier", "video": str(ASSETS / "man-skiing.mp4"), "prompt": "an oil painting"},
+        {"name": "broken", "video": str(ASSETS / "car-turn.mp4"), "prompt": "a car", "model": str(tmp_path / "not-a-model")},
+    ]
+    out = tmp_path / "out"
+    edits = _edits(_spec(tmp_path, clips), out)
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
+    rows = {row["name"]: row for row in report.rows}
+    assert [rows[n]["status"] for n in ("car", "skier", "broken")] == ["ok", "ok", "failed"]
+    assert "no model_index.json" in rows["broken"]["error"]
+    assert len({rows["car"]["worker"], rows["skier"]["worker"]}) == 2  # both workers ran edits
+    for edit in edits[:2]:
+        assert _close(_frames(edit.request.output), _single_process(edit, tmp_path))
+    assert (out / "results.csv").read_text().count("\n") == 4 and report.failures == 1
+
+    # Rerun: the done edits are skipped (outputs untouched), the failed one runs again.
+    stamp = {e.name: os.stat(e.request.output).st_mtime_ns for e in edits[:2]}
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
+    assert [r["status"] for r in report.rows] == ["skipped", "skipped", "failed"]
+    assert {e.name: os.stat(e.request.output).st_mtime_ns for e in edits[:2]} == stamp
+    # Another prompt for the skier, and a damaged output for the car: both are edited again.
+    clips[1]["prompt"] = "a pencil sketch"
+    Path(edits[0].request.output).write_bytes(b"damaged")
+    edits = _edits(_spec(tmp_path, clips[:2], "changed.yaml"), out)
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
+    assert [r["status"] for r in report.rows] == ["ok", "ok"]
+    assert _close(_frames(edits[1].request.output), _single_process(edits[1], tmp_path))
+
+
+def dying_editor(frames, request, progress, timer):
+    """Runs the edit, except that the worker process dies for prompts starting with 'die': once for
+    'die once' (a marker in the cache folder remembers), always for 'die always'."""
+    from editing.pipeline import edit_here
+
+    prompt = request.edit.prompt
+    marker = Path(request.engine.cache_dir) / f"died-{prompt.replace(' ', '-')}"
+    if prompt == "die always" or (prompt == "die once" and not marker.exists()):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(1)
+    return edit_here(frames, request, progress, timer)
+
+
+def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_times(pool, tmp_path):
+    from editing import distributed
+    from editing.batch import run_batch
+
+    car = str(ASSETS / "car-turn.mp4")
+    clips = [{"name": n, "video": car, "prompt": p} for n, p in (("once", "die once"), ("always", "die always"), ("fine", "a red car"))]
+    out = tmp_path / "out"
+    edits = _edits(_spec(tmp_path, clips), out)
+    report = run_batch(edits, out, distributed.batch_runner(retries=1, editor=dying_editor, pool=pool))
+    rows = {row["name"]: row for row in report.rows}
+    assert (rows["once"]["status"], rows["once"]["attempts"]) == ("ok", 2)
+    assert (rows["always"]["status"], rows["always"]["attempts"]) == ("failed", 2)
+    assert "worker died 2 times" in rows["always"]["error"]
+    assert rows["fine"]["status"] == "ok" and _close(_frames(edits[2].request.output), _single_process(edits[2], tmp_path))
+    assert _close(_frames(edits[0].request.output), _single_process(edits[0], tmp_path))
+
+
+def _recording_editor(record: str, frames, request, progress, timer):
+    """The worker's edit, writing to `record` how it ended (done, or the Cancelled message)."""
+    from editing.errors import Cancelled
+    from editing.pipeline import edit_here
+
+    try:
+        result = edit_here(frames, request, progress, timer)
+    except Cancelled as exc:
+        Path(record).write_text(f"cancelled: {exc}")
+        raise
+    Path(record).write_text("done")
+    return result
+
+
+def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(pool, tmp_path, car):
+    from gradio_client import Client, handle_file
+
+    from editing.errors import Cancelled
+    from ui import build_demo
+    from ui.backend import CancelToken, ray_backend
+
+    from .test_app import _free_port
+
+    record = tmp_path / "record.txt"
+    backend = ray_backend("auto", editor=functools.partial(_recording_editor, str(record)), pool=pool)
+    assert backend.concurrency == 2  # one GPU job per worker at once
+    demo = build_demo(default_model="tiny", backend=backend)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        video, gif, frames_zip, details, warp = client.predict(
+            video=handle_file(str(car)), prompt="a red car", model="tiny", frames=2, size=64, steps=2, api_name="/edit"
+        )
+        assert video.endswith(".mp4") and record.read_text() == "done"  # a worker made it
+        assert details["frames"] == 2 and len(_frames(frames_zip)) == 2
+
+        # Stop: the app's token makes its progress callback raise Cancelled; the Ray task is cancelled
+        # and the worker's edit stops at its next step (it records Cancelled, not done).
+        token, stages = CancelToken(), []
+
+        def progress(stage, done, total):
+            stages.append(stage)
+            if stage == "denoise" and done >= 1:
+                token.cancel()
+
+        long_edit = dataclasses.replace(small_edit(tmp_path, "stopped", frames=2), edit=dataclasses.replace(small_edit(tmp_path, "x").edit, steps=40))
+        with pytest.raises(Cancelled):
+            backend.edit(long_edit, progress, token)
+        assert "load_model" in stages and "denoise" in stages  # the worker's progress reached the app
+        deadline = time.monotonic() + 60
+        while not record.read_text().startswith("cancelled") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert record.read_text().startswith("cancelled: the run was cancelled during denoise")
+        assert not Path(long_edit.output).exists()
+    finally:
+        demo.close()
+
