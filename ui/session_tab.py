@@ -220,7 +220,13 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 settings |= widgets.frame_widgets(settings["model"], policy=backend.policy)
                 settings |= widgets.sampler_widgets()
                 settings["attention"] = gr.Dropdown(list(attention_mode_names()), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
-            ui["presets"] = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
+            photo = widgets.model_kind(default_model) == "photo"  # the presets are photo styles
+            ui["presets"] = gr.CheckboxGroup(
+                list(PRESETS),
+                value=["watercolor"] if photo else [],
+                label="Style presets",
+                info=None if photo else f"photo styles, which {default_model} cannot make: choose Stable Diffusion 1.5 as the Model for them",
+            )
             ui["run_presets"] = gr.Button("Run selected styles", variant="primary")
             ui["prompt"] = gr.Textbox(label="Or your own prompt")
             with gr.Row():
