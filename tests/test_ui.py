@@ -105,8 +105,8 @@ def test_an_unexpected_failure_is_one_sentence_and_the_app_keeps_serving(car):
     with pytest.raises(gr.Error, match="RuntimeError: CUDA out of memory. Tried to allocate") as caught:
         handlers["edit"](values, None)
     assert "\n" not in caught.value.message
-    video, gif, frames_zip, details, warp = handlers["edit"](values, None)
-    assert details["frames"] == 2 and len(warp) == 1
+    video, gif, frames_zip, details, warp, run = handlers["edit"](values, None)
+    assert details["frames"] == 2 and len(warp) == 1 and run["message"] == ""
 
 
 def test_the_plan_matches_what_decoding_returns(skiing, tree):

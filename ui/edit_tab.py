@@ -140,16 +140,18 @@ def frame_of(frames_zip: str, index: int) -> np.ndarray:
 def check_clip(video: str | None, start, end, stride, frames, size) -> tuple:
     """On a new clip: what the browser plays (the clip, or its H.264 preview), the plan line, and whether
     Edit and Preview may be pressed. A file that is not a readable video is said once, in the plan line."""
+    off = gr.update(interactive=False)
     if not video:
-        return None, plan_text(None, start, end, stride, frames, size), gr.update(interactive=False), gr.update(interactive=False)
+        return gr.update(value=None, visible=False), plan_text(None, start, end, stride, frames, size), off, off
     try:
         probe(video)
     except EditingError as exc:
-        return None, f"**{exc}.** Upload another clip (mp4, webm, mov or avi).", gr.update(interactive=False), gr.update(interactive=False)
+        return gr.update(value=None, visible=False), f"**{exc}.** Upload another clip (mp4, webm, mov or avi).", off, off
     from .backend import fresh_output_dir
 
     shown = preview_for(video, fresh_output_dir())
-    return shown, plan_text(video, start, end, stride, frames, size), gr.update(interactive=True), gr.update(interactive=True)
+    on = gr.update(interactive=True)
+    return gr.update(value=shown, visible=True), plan_text(video, start, end, stride, frames, size), on, on
 
 
 def make_handlers(backend: Backend):
@@ -206,7 +208,7 @@ def show_run(run: dict | None) -> tuple:
         return message, gr.skip(), gr.skip()
     pair = (frame_of(run["source"], 0), frame_of(run["edited"], 0))
     last = max(int(run.get("frames") or 1) - 1, 1)
-    return message, pair, gr.update(value=0, maximum=last, interactive=run.get("frames", 1) > 1, visible=True)
+    return message, gr.update(value=pair, visible=True), gr.update(value=0, maximum=last, interactive=run.get("frames", 1) > 1, visible=True)
 
 
 def show_frame(index, run: dict | None):
@@ -234,8 +236,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     run_state = gr.State(None)  # the last run: its message and the frames the before/after view shows
     with gr.Row():
         with gr.Column():
-            form["video"] = gr.File(label="Upload a clip", file_types=["video"], elem_id="source-file", height=90)
-            shown = gr.Video(label="Source clip", interactive=False, elem_id="source-video", height=260)
+            form["video"] = gr.File(label="Upload a clip", file_types=["video"], elem_id="source-file", height=130)
+            shown = gr.Video(label="Source clip", interactive=False, elem_id="source-video", height=260, visible=False)  # shown once a readable clip is there
             plan = gr.Markdown("Pick a clip to see how many frames it gives.", elem_id="frame-plan")
             examples_box = gr.Column()  # filled below, once the widgets the examples set exist
             form["prompt"] = gr.Textbox(label="Prompt", placeholder="a watercolor painting of a man skiing", elem_id="prompt")
@@ -258,8 +260,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             status = gr.Markdown("", elem_id="run-status")
             output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video")
-            compare = gr.ImageSlider(label="Before / after (drag the divider)", type="numpy", elem_id="compare", max_height=360)
-            scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-scrubber")
+            # shown with the first result
+            compare = gr.ImageSlider(label="Before / after (drag the divider)", type="numpy", elem_id="compare", max_height=360, visible=False)
+            scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-scrubber", visible=False)
             first_frame = gr.Image(label="First frame preview", type="numpy", height=240)
             with gr.Row():
                 gif = gr.File(label="GIF")
@@ -275,8 +278,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         photo_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.photo_examples(default_model)]
         shapes_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.shapes_examples()]
         photo = widgets.model_kind(default_model) == "photo"
-        photo_examples = gr.Examples(photo_rows, inputs, label="Examples: photos", visible_columns=[1, 2], visible=photo and bool(photo_rows)) if photo_rows else None
-        shapes_examples = gr.Examples(shapes_rows, inputs, label="Examples: the shapes model", visible_columns=[1, 2, 3], visible=not photo) if shapes_rows else None
+        photo_examples = gr.Examples(photo_rows, inputs, label="Examples: photos", elem_id="examples-photos", visible_columns=[1, 2], visible=photo and bool(photo_rows)) if photo_rows else None
+        shapes_examples = gr.Examples(shapes_rows, inputs, label="Examples: the shapes model", elem_id="examples-shapes", visible_columns=[1, 2, 3], visible=not photo) if shapes_rows else None
     if photo_examples is not None and shapes_examples is not None:
         form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
 
