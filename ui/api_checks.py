@@ -58,8 +58,8 @@ def server_paths(value: Any) -> list[str]:
 
 
 class CheckedBlocks(gr.Blocks):
-    """gr.Blocks whose events refuse, before Gradio's own checks, a number outside its widget's range and
-    a file that was not uploaded, each with one sentence naming the API parameter. The file sentence is
+    """gr.Blocks whose events refuse, before Gradio's own checks, a number outside its widget's range (in
+    the events clients may call) and a file that was not uploaded, each with one sentence naming the API parameter. The file sentence is
     the same for any path, so it tells nothing about the server's file system."""
 
     def validate_inputs(self, block_fn, inputs: list[Any]):
@@ -67,7 +67,9 @@ class CheckedBlocks(gr.Blocks):
         names = field_names(block_fn, len(block_fn.inputs))
         for component, value, name in zip(block_fn.inputs, inputs, names):
             name = name or getattr(component, "label", None) or "a field"
-            if isinstance(component, (gr.Slider, gr.Number)):
+            if isinstance(component, (gr.Slider, gr.Number)) and block_fn.api_visibility != "private":
+                # (a private event's widget may have had its range changed for this page, e.g. the frame
+                # scrubber's; Gradio checks those against the page's own range)
                 message = range_refusal(name, component, value)
                 if message:
                     raise gr.Error(message)

@@ -67,13 +67,18 @@ def steps_text(total: int, request=None) -> str:
     return f"{total} of {request.edit.steps} steps (strength {request.edit.strength:g})"
 
 
-def stage_label(stage: str, total: int = 0, request=None) -> str:
-    """A stage's name on the progress bar, e.g. "editing: 6 of 10 steps (strength 0.6)"."""
+def stage_name(stage: str) -> str:
+    """A pipeline stage as people call it ("entry 2/3: editing" for a session's second prompt)."""
     prefix, _, name = stage.rpartition(": ")
     label = STAGE_LABELS.get(name, name.replace("_", " "))
-    if name in STEPPED and total > 1:
-        label = f"{label}: {steps_text(total, request)}"
     return f"{prefix}: {label}" if prefix else label
+
+
+def stage_label(stage: str, total: int = 0, request=None) -> str:
+    """A stage's name on the progress bar, e.g. "editing: 6 of 10 steps (strength 0.6)"."""
+    if stage.rpartition(": ")[2] in STEPPED and total > 1:
+        return f"{stage_name(stage)}: {steps_text(total, request)}"
+    return stage_name(stage)
 
 
 def gradio_progress(progress: gr.Progress | None, request=None):
@@ -92,8 +97,10 @@ def stopped_text(token: CancelToken, request=None) -> str:
     if token.reached is None:
         return "Stopped before the edit began; the last result is kept."
     stage, done, total = token.reached
-    label = stage_label(stage, total, request)
-    return f"Stopped at step {done}/{total} ({label}); the last result is kept."
+    share = ""
+    if stage.rpartition(": ")[2] in STEPPED and request is not None and total != request.edit.steps:
+        share = f" ({total} of the {request.edit.steps} steps at strength {request.edit.strength:g})"
+    return f"Stopped at step {done}/{total} of {stage_name(stage)}{share}; the last result is kept."
 
 
 def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS, tuned: str | None = None):
@@ -259,9 +266,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 run = gr.Button("Edit the whole clip", variant="primary", interactive=False, elem_id="run-edit")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             status = gr.Markdown("", elem_id="run-status")
-            output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video")
+            output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video", height=360)
             # shown with the first result
-            compare = gr.ImageSlider(label="Before / after (drag the divider)", type="numpy", elem_id="compare", max_height=360, visible=False)
+            compare = gr.ImageSlider(label="Before (left) and after (right): drag the divider", type="numpy", elem_id="compare", max_height=360, visible=False)
             scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-scrubber", visible=False)
             first_frame = gr.Image(label="First frame preview", type="numpy", height=240)
             with gr.Row():
