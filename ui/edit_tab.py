@@ -301,7 +301,6 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     names = fields + ["token"]
     inputs = [form[n] for n in fields] + [token]
     defaults = widgets.initial_values(form)
-    stopping = dict(cancels=[], queue=False)
 
     def started(button):
         """A click that first clears this user's Stop (so a Stop pressed while the job waits still counts)."""
@@ -337,6 +336,6 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     )
     # Stop sets the token: a running edit stops at its next step and says where; on a Space (ZeroGPU runs
     # the handler in another process, where the token does not reach) the events are cancelled instead.
-    stopping["cancels"] = [condition_event] + ([edit_event, preview_event] if on_spaces() else [])
-    stop.click(CancelToken.cancel, inputs=token, outputs=None, api_visibility="private", **stopping)
+    cancels = [condition_event] + ([edit_event, preview_event] if on_spaces() else [])
+    stop.click(CancelToken.cancel, inputs=token, outputs=None, cancels=cancels, queue=False, api_visibility="private")
     return form
