@@ -215,6 +215,10 @@ def test_a_browser_runs_the_shapes_example_then_stops_a_second_edit(browser, app
     first_result = driver.execute_script("return document.querySelector('#edited-video video').currentSrc")
     driver.execute_script("document.querySelector('#compare').scrollIntoView({block: 'center'})")
     screens(driver, "shapes-example-edited")
+    driver.execute_script("document.querySelector('#warp-plot').scrollIntoView({block: 'center'})")
+    _wait_for(lambda: driver.find_elements("css selector", "#warp-plot canvas, #warp-plot svg"), "the warp-error plot")
+    time.sleep(1)  # the plot draws after its element appears
+    screens(driver, "shapes-example-warp-plot")
 
     _small_edit_settings(driver, frames=4, size=64, steps=50)
     driver.execute_script("window.scrollTo(0, 0)")
