@@ -92,15 +92,15 @@ def gradio_progress(progress: gr.Progress | None, request=None):
     return report
 
 
-def stopped_text(token: CancelToken, request=None) -> str:
-    """What the page says after Stop: where the run stopped ("stopped at step k/n")."""
+def stopped_text(token: CancelToken, request=None, kept: str = "the last result is kept") -> str:
+    """What the page says after Stop: where the run stopped ("stopped at step k/n") and what stays."""
     if token.reached is None:
-        return "Stopped before the edit began; the last result is kept."
+        return f"Stopped before the edit began; {kept}."
     stage, done, total = token.reached
     share = ""
     if stage.rpartition(": ")[2] in STEPPED and request is not None and total != request.edit.steps:
         share = f" ({total} of the {request.edit.steps} steps at strength {request.edit.strength:g})"
-    return f"Stopped at step {done}/{total} of {stage_name(stage)}{share}; the last result is kept."
+    return f"Stopped at step {done}/{total} of {stage_name(stage)}{share}; {kept}."
 
 
 def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS, tuned: str | None = None):
@@ -275,7 +275,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 gif = gr.File(label="GIF")
                 frames_zip = gr.File(label="Frames (zip of PNG)")
             warp = gr.BarPlot(
-                x="frame pair", y="warp error", x_title="frame pair (t to t+1)", y_title="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=200, elem_id="warp-plot"
+                x="frame pair", y="warp error", x_title="frame pair (t to t+1)", y_title="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=260, elem_id="warp-plot"
             )
             details = gr.JSON(label="Details", elem_id="details")
     with examples_box:
