@@ -454,7 +454,7 @@ def test_the_details_panel_shows_file_names_only(car):
     from ui.edit_tab import make_handlers
 
     backend = Backend()
-    video, gif, frames_zip, details, _ = make_handlers(backend)["edit"]({"video": str(car), "prompt": "a cat", **SMALL}, None)
+    video, gif, frames_zip, details, *_ = make_handlers(backend)["edit"]({"video": str(car), "prompt": "a cat", **SMALL}, None)
     folder = str(Path(video).parent)
     assert details["output"] == Path(video).name and details["also_written"] == [Path(gif).name, Path(frames_zip).name]
     assert folder not in json.dumps(details) and "video-edit-outputs" not in json.dumps(details)
