@@ -275,7 +275,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 gif = gr.File(label="GIF")
                 frames_zip = gr.File(label="Frames (zip of PNG)")
             warp = gr.BarPlot(
-                x="frame pair", y="warp error", x_title="frame pair (t to t+1)", y_title="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=260, elem_id="warp-plot"
+                x="frame pair", y="warp error", x_title="frame pair (t to t+1)", y_title="warp error", label="Temporal warp error per frame pair (lower = steadier)", y_lim=[0, None], elem_id="warp-plot"
             )
             details = gr.JSON(label="Details", elem_id="details")
     with examples_box:
