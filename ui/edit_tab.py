@@ -19,7 +19,7 @@ from . import widgets
 from .backend import Backend, CancelToken
 from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu, on_spaces
-from .preview import preview_for
+from .preview import browser_playable, preview_for
 
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id, one at a time
 # The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
@@ -156,7 +156,7 @@ def check_clip(video: str | None, start, end, stride, frames, size) -> tuple:
         return gr.update(value=None, visible=False), f"**{exc}.** Upload another clip (mp4, webm, mov or avi).", off, off
     from .backend import fresh_output_dir
 
-    shown = preview_for(video, fresh_output_dir())
+    shown = video if browser_playable(video) else preview_for(video, fresh_output_dir())  # a run folder only for a preview
     on = gr.update(interactive=True)
     return gr.update(value=shown, visible=True), plan_text(video, start, end, stride, frames, size), on, on
 
