@@ -454,7 +454,7 @@ def test_the_details_panel_shows_file_names_only(car):
     from ui.edit_tab import make_handlers
 
     backend = Backend()
-    video, gif, frames_zip, details, _ = make_handlers(backend)["edit"]({"video": str(car), "prompt": "a cat", **SMALL}, None)
+    video, gif, frames_zip, details, *_ = make_handlers(backend)["edit"]({"video": str(car), "prompt": "a cat", **SMALL}, None)
     folder = str(Path(video).parent)
     assert details["output"] == Path(video).name and details["also_written"] == [Path(gif).name, Path(frames_zip).name]
     assert folder not in json.dumps(details) and "video-edit-outputs" not in json.dumps(details)
@@ -503,3 +503,71 @@ def test_no_code_loads_pickles_with_weights_only_false():
     files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     offenders = [f for f in files if "weights_only=False" in (ROOT / f).read_text() and f != "tests/test_security.py"]
     assert offenders == []
+
+
+# ---------------------------------------------------------------- defect 5: API refusals name the field
+
+
+def _raw_call(url: str, api_name: str, changes: dict) -> str:
+    """Call an endpoint over plain HTTP, as any client could (no gradio_client upload), with the endpoint's
+    defaults and `changes`; the event's final message as text."""
+    import httpx
+
+    from ui import build_demo
+
+    params = build_demo(default_model="tiny").get_api_info()["named_endpoints"][f"/{api_name}"]["parameters"]
+    data = [changes.get(p["parameter_name"], p.get("parameter_default")) for p in params]
+    base = f"{url}gradio_api/call/{api_name}"
+    event = httpx.post(base, json={"data": data}, timeout=30).json()["event_id"]
+    with httpx.stream("GET", f"{base}/{event}", timeout=120) as stream:
+        return "".join(stream.iter_text())
+
+
+def _error_of(stream: str) -> str | None:
+    assert "event: error" in stream, stream[:300]
+    return json.loads(stream.split("data:", 1)[1].strip().splitlines()[0])["error"]
+
+
+@pytest.mark.parametrize(("api_name", "field"), [("edit", "video"), ("create_session", "video")])
+def test_a_server_path_given_as_a_file_is_refused_naming_the_field_alike_for_any_path(served, tmp_path, car, api_name, field):
+    url, _ = served
+    messages = set()
+    for path in (str(car), "/etc/passwd", "/no/such/file.mp4", "/tmp", str(tmp_path)):
+        payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        messages.add(_error_of(_raw_call(url, api_name, {field: payload, "prompt": "a cat", "name": "probe"})))
+    assert len(messages) == 1  # the same sentence whether the path exists, is a folder or a readable clip
+    (message,) = messages
+    assert message.startswith(f"{field} must be a file uploaded to this app") and message.count(".") <= 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"frames": 100000}, "frames must be between 2 and 64 in this app, got 100000"),
+        ({"steps": 0}, "steps must be between 1 and 50 in this app, got 0"),
+        ({"guidance": 99.5}, "guidance must be between 1 and 15 in this app, got 99.5"),
+        ({"seed": -3}, "seed must be at least 0, got -3"),
+    ],
+)
+def test_a_value_outside_a_widgets_range_is_refused_naming_the_field(served, car, change, message):
+    from gradio_client import handle_file
+
+    url, _ = served
+    with pytest.raises(Exception) as caught:
+        _client(url).predict(video=handle_file(str(car)), prompt="a cat", **(SMALL | change), api_name="/edit")
+    assert str(caught.value) == message
+
+
+def test_the_api_and_the_cli_refuse_an_out_of_range_value_in_the_same_words(served, car):
+    """steps=0: the CLI's sentence and the app's start alike, naming the field the same way."""
+    from gradio_client import handle_file
+
+    from editing.cli import build_parser, edit_request
+
+    with pytest.raises(ConfigError) as cli:
+        edit_request(build_parser().parse_args(["edit", str(car), "--prompt", "a cat", "--steps", "0", "--out", "x.mp4"]))
+    url, _ = served
+    with pytest.raises(Exception) as app:
+        _client(url).predict(video=handle_file(str(car)), prompt="a cat", **(SMALL | {"steps": 0}), api_name="/edit")
+    assert str(cli.value) == "steps must be between 1 and 1000, got 0"
+    assert str(app.value).startswith("steps must be between 1 and ") and str(app.value).endswith(", got 0")

@@ -184,3 +184,29 @@ def test_the_tab_shows_session_mistakes_as_one_sentence(tmp_path, car):
         assert "\n" not in caught.value.message
     name, _owner, status, *_ = handlers.create("ok", str(car), "a car")
     assert name == "ok" and "0 edits" in status and not list(tmp_path.rglob("up*")) and not (tmp_path.parent / "up").exists()
+
+
+def test_stop_during_a_session_edit_says_where_it_stopped_and_keeps_the_edits_before_it(tmp_path, car):
+    from editing.pipeline import edit_video
+    from ui.backend import Backend, CancelToken
+    from ui.session_tab import SessionHandlers, preset_prompts
+
+    token, calls = CancelToken(), []
+
+    def second_edit_stopped(request, progress):
+        calls.append(request)
+
+        def report(stage, done, total):
+            if len(calls) == 2 and stage == "denoise" and done == 1:
+                token.cancel()  # what the Stop button does
+            progress(stage, done, total)
+
+        return edit_video(request, report)
+
+    handlers = SessionHandlers(SessionStore(tmp_path), Backend(second_edit_stopped))
+    name, owner, *_ = handlers.create("car", str(car), "a car")
+    values = {"session": name, "owner": owner, "presets": ["watercolor", "anime"], "prompt": "", "token": token} | SETTINGS
+    _, _, status, gallery, entries, _ = handlers.edit_with(preset_prompts)(values, None)
+    assert status.startswith("Session **car**: 1 edits") and len(gallery) == 1 and len(entries) == 1
+    assert "Stopped at step 1/" in status and "of edit 2/2: editing" in status and status.endswith("the edits made before it are kept.")
+    assert not token.cancelled  # the next run starts clear

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -105,8 +106,8 @@ def test_an_unexpected_failure_is_one_sentence_and_the_app_keeps_serving(car):
     with pytest.raises(gr.Error, match="RuntimeError: CUDA out of memory. Tried to allocate") as caught:
         handlers["edit"](values, None)
     assert "\n" not in caught.value.message
-    video, gif, frames_zip, details, warp = handlers["edit"](values, None)
-    assert details["frames"] == 2 and len(warp) == 1
+    video, gif, frames_zip, details, warp, run = handlers["edit"](values, None)
+    assert details["frames"] == 2 and len(warp) == 1 and run["message"] == ""
 
 
 def test_the_plan_matches_what_decoding_returns(skiing, tree):
@@ -344,12 +345,17 @@ def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path, 
         def __call__(self, fraction, desc=None):
             shown.append((desc, fraction))
 
-    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL, str(tmp_path))
-    edit_video(request, gradio_progress(Bar()))
+    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL | {"steps": 4}, str(tmp_path))
+    edit_video(request, gradio_progress(Bar(), request))
     labels = {desc for desc, _ in shown}
-    assert {"decoding", "condition maps", "inversion", "editing", "encoding"} <= labels
-    assert labels <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
-    assert any(desc == "editing" and done == total > 0 for desc, (done, total) in shown)  # the bar reaches the end
+    share = "2 of 4 steps (strength 0.5)"  # what runs of the Steps slider's 4, and why
+    assert {"decoding", "condition maps", f"inversion: {share}", f"editing: {share}", "encoding"} <= labels
+    assert {label.split(":")[0] for label in labels} <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
+    assert any(desc == f"editing: {share}" and done == total == 2 for desc, (done, total) in shown)  # the bar reaches the end
+    full = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
+    shown.clear()
+    gradio_progress(Bar(), full)("denoise", 1, 4)
+    assert shown == [("editing: 4 steps", (1, 4))]
 
 
 def test_extra_formats_come_from_the_same_frames(car, tmp_path):
@@ -391,7 +397,7 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_p
 
     edit = make_handlers(Backend())["edit"]
     request_values = edit_values(values | {"prompt": "a bear", "steps": 2, "guidance": 1.0, "strength": 1.0, "token": CancelToken()})
-    video, _, _, details, _ = edit(request_values, None, tuned=tuned["path"])
+    video, _, _, details, *_ = edit(request_values, None, tuned=tuned["path"])
     assert details["tuned"] == os.path.basename(tuned["path"]) and details["frames"] == 2  # the file name only (issue 18, defect 8)
     with pytest.raises(EditingError, match="tuning prompt must not be empty"):
         run_tuning(values | {"source_prompt": ""}, lambda *a: None)
@@ -482,10 +488,8 @@ def test_the_shapes_examples_are_generated_clips_that_the_shapes_model_edits_as_
     from ui.backend import Backend
     from ui.edit_tab import create_tab, request_from
 
-    rows = widgets.examples("tiny")
-    shapes = [row for row in rows if row[2] == "shapes"]
-    assert all(row[1:] == ["a watercolor painting", "tiny", 256] for row in rows if row[2] != "shapes")
-    assert {Path(row[0]).name for row in shapes} == set(widgets.SHAPES_EXAMPLES)
+    shapes = widgets.examples("shapes")
+    assert {Path(row[0]).name for row in shapes} == set(widgets.SHAPES_EXAMPLES) and widgets.examples("tiny") == shapes
     with gr.Blocks():
         form = create_tab(Backend(), "tiny")
     values = widgets.initial_values(form)
@@ -498,3 +502,145 @@ def test_the_shapes_examples_are_generated_clips_that_the_shapes_model_edits_as_
         request = request_from(values | {"video": path, "prompt": prompt, "model": model, "size": size}, str(tmp_path), (".mp4",))
         output = read_clip(edit_video(request).output, FrameSelection(max_frames=None, size=size)).frames
         assert bench.measure(_first_frames(clip, len(output)), output, edit)["edit_accuracy"] >= 0.75
+
+
+# --- the app as a new user meets it (issue 20) ---------------------------------------------------------
+
+
+def test_examples_suit_the_model_and_a_model_without_photo_weights_says_so():
+    from editing.models import DEFAULT_MODEL, SHAPES_MODEL
+    from ui import widgets
+
+    photo = widgets.examples(DEFAULT_MODEL)
+    assert photo and all(row[2] == DEFAULT_MODEL and row[1] == widgets.PHOTO_PROMPT for row in photo)
+    assert not {Path(row[0]).name for row in photo} & set(widgets.SHAPES_EXAMPLES)
+    for model in (SHAPES_MODEL, "tiny", "sd15-random"):
+        rows = widgets.examples(model)
+        assert rows and all(row[2] == SHAPES_MODEL for row in rows)  # no watercolor photo edit offered
+        assert "cannot make a photo edit" in widgets.model_note(model)
+    assert widgets.model_note(DEFAULT_MODEL) == "" and widgets.model_note("someone/sd-finetune") == ""
+
+
+def test_the_style_tab_preselects_a_photo_style_only_for_a_photo_model():
+    from editing.models import DEFAULT_MODEL
+    from ui import build_demo
+
+    def presets(model):
+        return [b for b in build_demo(default_model=model).blocks.values() if getattr(b, "label", None) == "Style presets"][0]
+
+    assert presets(DEFAULT_MODEL).value == ["watercolor"]
+    shapes = presets("shapes")
+    assert shapes.value == [] and "cannot make" in shapes.info
+
+
+def test_the_model_choices_say_what_each_gives_and_keep_their_names():
+    from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, SHAPES_MODEL
+    from ui import widgets
+
+    choices = widgets.model_choices("tiny")
+    assert [name for _, name in choices] == ["tiny", DEFAULT_MODEL, SHAPES_MODEL, *[m for m in BUILTIN_MODELS if m != "tiny"]]
+    assert all(label != name and "\n" not in label and len(label) <= 70 for label, name in choices)
+    assert widgets.model_choices("me/my-model")[0] == ("me/my-model", "me/my-model")  # a custom default shows as itself
+
+
+CLIPS = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "assets").iterdir() if p.suffix in (".mp4", ".avi"))
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_every_example_clip_is_shown_through_a_preview_browsers_play(name, tmp_path):
+    """A clip browsers play is shown as it is; any other (tree.avi: Cinepak in AVI) through an H.264 copy
+    with the same frames, rate and size, made once per content."""
+    from editing.video_io import probe, read_clip
+    from ui.preview import browser_playable, preview_for
+
+    clip = Path(__file__).resolve().parent.parent / "assets" / name
+    shown = preview_for(clip, tmp_path)
+    assert browser_playable(shown)
+    if browser_playable(clip):
+        assert shown == str(clip) and not list(tmp_path.iterdir())
+        return
+    source, preview = probe(clip), probe(shown)
+    assert (preview.frame_count, preview.width, preview.height) == (source.frame_count, source.width, source.height)
+    assert preview.fps == pytest.approx(source.fps, rel=1e-3)
+    first = FrameSelection(max_frames=4, size=128)
+    difference = np.abs(read_clip(shown, first).frames.astype(int) - read_clip(clip, first).frames).mean()
+    assert difference < 3  # visually the same frames
+    mtime = Path(shown).stat().st_mtime_ns
+    assert preview_for(clip, tmp_path) == shown and Path(shown).stat().st_mtime_ns == mtime  # reused, not redone
+
+
+def test_a_new_clip_shows_its_preview_or_says_once_what_is_wrong_with_the_file(tree, tmp_path):
+    from ui.edit_tab import check_clip
+
+    trim = (0, 0, 1, 8, 256)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(4096))
+    shown, plan, run, preview = check_clip(str(bad), *trim)
+    assert shown["visible"] is False and run["interactive"] is False and preview["interactive"] is False
+    assert plan.count("bad.mp4 is not a readable video") == 1 and "settings" not in plan
+    shown, plan, run, _ = check_clip(str(tree), *trim)
+    assert shown["value"].endswith("-tree-preview.mp4") and shown["visible"] and run["interactive"]
+    assert "from 68 source frames (320x240)" in plan  # the uploaded clip's own plan
+    shown, plan, run, _ = check_clip(None, *trim)
+    assert shown["visible"] is False and run["interactive"] is False and plan.startswith("Pick a clip")
+
+
+def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(car, tmp_path):
+    from editing.pipeline import edit_video
+    from ui.backend import Backend, CancelToken
+    from ui.edit_tab import make_handlers
+
+    token = CancelToken()
+
+    def stopped_at_step_two(request, progress):
+        def report(stage, done, total):
+            if stage == "denoise" and done == 2:
+                token.cancel()  # what the Stop button does
+            progress(stage, done, total)
+
+        return edit_video(request, report)
+
+    edit = make_handlers(Backend(stopped_at_step_two, output_root=tmp_path))["edit"]
+    values = {"video": str(car), "prompt": "a red car", "token": token} | SMALL | {"steps": 10, "strength": 0.6}
+    *shown, run = edit(values, None)
+    assert all(isinstance(value, type(gr.skip())) for value in shown)  # the page keeps the last result
+    assert run == {"message": "Stopped at step 2/6 of editing (6 of the 10 steps at strength 0.6); the last result is kept."}
+    assert not token.cancelled  # the next edit starts clear
+    *_, run = edit(values | {"steps": 2}, None)
+    assert run["message"] == ""
+
+
+def test_the_before_after_view_and_scrubber_show_the_same_frame_of_source_and_edit(car, tmp_path):
+    from editing.evaluate import read_png_zip
+    from editing.video_io import read_clip
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers, request_from, show_frame, show_run
+
+    values = {"video": str(car), "prompt": "a red car"} | SMALL | {"frames": 3}
+    video, gif, frames_zip, details, warp, run = make_handlers(Backend(output_root=tmp_path))["edit"](values, None)
+    source = read_clip(str(car), request_from(values, str(tmp_path)).selection).frames
+    edited = read_png_zip(frames_zip)
+    message, pair, scrubber = show_run(run)
+    assert message == "" and pair["visible"] and scrubber["maximum"] == 2 and scrubber["interactive"]
+    np.testing.assert_array_equal(pair["value"][0], source[0])
+    np.testing.assert_array_equal(pair["value"][1], edited[0])
+    before, after = show_frame(2, run)
+    np.testing.assert_array_equal(before, source[2])
+    np.testing.assert_array_equal(after, edited[2])
+    assert list(warp["frame pair"]) == ["0-1", "1-2"]  # whole frame pairs on the plot's axis
+
+
+def test_the_one_shot_tab_lays_out_step_one_before_step_two():
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    tab = next(b for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.label == "One-shot tuning")
+
+    def section(label):
+        """The tab's child (a row of the page) holding the button, read top to bottom."""
+        block = next(b for b in demo.blocks.values() if isinstance(b, gr.Button) and b.value == label)
+        while block.parent is not tab:
+            block = block.parent
+        return tab.children.index(block)
+
+    assert section("1. Tune on the clip") < section("2. Edit with the tuned model")  # stacked, not side by side

@@ -36,6 +36,7 @@ class CancelToken:
 
     def __init__(self):
         self._event = threading.Event()
+        self.reached: tuple[str, int, int] | None = None  # the last (stage, done, total) a run reported
 
     def __deepcopy__(self, memo) -> "CancelToken":
         return CancelToken()  # gr.State copies its initial value per user: each user gets a fresh token
@@ -48,6 +49,7 @@ class CancelToken:
 
     def reset(self) -> None:
         self._event.clear()
+        self.reached = None
 
     @property
     def cancelled(self) -> bool:
@@ -58,8 +60,10 @@ def cancellable(progress: ProgressFn, token: CancelToken | None) -> ProgressFn:
     """`progress` that first raises Cancelled when the token has been set."""
 
     def report(stage: str, done: int, total: int) -> None:
-        if token is not None and token.cancelled:
-            raise Cancelled(f"the run was cancelled during {stage.replace('_', ' ')}")
+        if token is not None:
+            token.reached = (stage, done, total)  # where a stop leaves the run
+            if token.cancelled:
+                raise Cancelled(f"the run was cancelled during {stage.replace('_', ' ')}")
         progress(stage, done, total)
 
     return report
@@ -176,16 +180,20 @@ class Backend:
             previews += [(image, f"{spec.kind} (scale {spec.scale:g})") for image in images]
         return previews
 
-    def warp_errors(self, request: EditRequest, outputs: Outputs) -> np.ndarray:
+    def source_frames(self, request: EditRequest) -> np.ndarray:
+        """The selected source frames at the output's size (what each edited frame is compared with)."""
+        from editing.video_io import read_clip
+
+        return read_clip(request.video, request.selection, request.limits).frames
+
+    def warp_errors(self, request: EditRequest, outputs: Outputs, source: np.ndarray | None = None) -> np.ndarray:
         """Per frame pair temporal warp error of the output, along the source's optical flow."""
         from editing.metrics import warp_errors
-        from editing.video_io import read_clip
 
         frames_zip = outputs.get(".zip")
         if frames_zip is None:
             return np.zeros(0)
-        source = read_clip(request.video, request.selection, request.limits).frames
-        return warp_errors(source, read_png_zip(frames_zip))
+        return warp_errors(self.source_frames(request) if source is None else source, read_png_zip(frames_zip))
 
 
 

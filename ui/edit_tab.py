@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 
-from editing.errors import EditingError
+from editing.errors import Cancelled, EditingError
 from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
-from editing.video_io import plan_frames, probe
+from editing.video_io import plan_frames, probe, write_png_zip
 
 from . import widgets
 from .backend import Backend, CancelToken
 from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
-from .gpu import gpu
+from .gpu import gpu, on_spaces
+from .preview import browser_playable, preview_for
 
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
 # The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
@@ -54,16 +57,50 @@ STAGE_LABELS = {
 }
 
 
-def gradio_progress(progress: gr.Progress | None):
-    """Report library stages on Gradio's bar by name (decoding, condition maps, inversion, editing, encoding)."""
+STEPPED = ("invert", "denoise")  # stages that run the strength's share of the steps
+
+
+def steps_text(total: int, request=None) -> str:
+    """"6 of 10 steps (strength 0.6)": the steps a stage runs, out of the Steps set, and why."""
+    if request is None or total == request.edit.steps:
+        return f"{total} steps"
+    return f"{total} of {request.edit.steps} steps (strength {request.edit.strength:g})"
+
+
+def stage_name(stage: str) -> str:
+    """A pipeline stage as people call it ("entry 2/3: editing" for a session's second prompt)."""
+    prefix, _, name = stage.rpartition(": ")
+    label = STAGE_LABELS.get(name, name.replace("_", " "))
+    return f"{prefix}: {label}" if prefix else label
+
+
+def stage_label(stage: str, total: int = 0, request=None) -> str:
+    """A stage's name on the progress bar, e.g. "editing: 6 of 10 steps (strength 0.6)"."""
+    if stage.rpartition(": ")[2] in STEPPED and total > 1:
+        return f"{stage_name(stage)}: {steps_text(total, request)}"
+    return stage_name(stage)
+
+
+def gradio_progress(progress: gr.Progress | None, request=None):
+    """Report library stages on Gradio's bar by name (decoding, condition maps, inversion, editing, encoding),
+    with the steps a stepped stage runs out of those set."""
 
     def report(stage: str, done: int, total: int) -> None:
         if progress is not None:
-            prefix, _, name = stage.rpartition(": ")
-            label = STAGE_LABELS.get(name, name.replace("_", " "))
-            progress((done, total), desc=f"{prefix}: {label}" if prefix else label)
+            progress((done, total), desc=stage_label(stage, total, request))
 
     return report
+
+
+def stopped_text(token: CancelToken, request=None, kept: str = "the last result is kept") -> str:
+    """What the page says after Stop: where the run stopped ("stopped at step k/n") and what stays."""
+    if token.reached is None:
+        return f"Stopped before the edit began; {kept}."
+    stage, done, total = token.reached
+    share = ""
+    if stage.rpartition(": ")[2] in STEPPED and request is not None and total != request.edit.steps:
+        share = f" ({total} of the {request.edit.steps} steps at strength {request.edit.strength:g})"
+    return f"Stopped at step {done}/{total} of {stage_name(stage)}{share}; {kept}."
 
 
 def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ...] = OUTPUT_FORMATS, tuned: str | None = None):
@@ -88,8 +125,40 @@ def plan_text(video: str | None, start, end, stride, frames, size) -> str:
 
 
 def warp_plot_data(errors: np.ndarray) -> pd.DataFrame:
-    """Rows (pair, warp error) for the plot: pair t is frames t -> t+1."""
-    return pd.DataFrame({"frame pair": np.arange(len(errors)), "warp error": np.asarray(errors, dtype=float)})
+    """Rows (pair, warp error) for the plot: pair "t-t+1" is frames t -> t+1, a category, so that the axis
+    ticks are whole frame pairs."""
+    pairs = [f"{t}-{t + 1}" for t in range(len(errors))]
+    return pd.DataFrame({"frame pair": pairs, "warp error": np.asarray(errors, dtype=float)})
+
+
+def frame_of(frames_zip: str, index: int) -> np.ndarray:
+    """Frame `index` of a PNG zip (written by `video_io.write_png_zip`), read alone."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(frames_zip) as archive:
+        names = sorted(name for name in archive.namelist() if name.lower().endswith(".png"))
+        index = min(max(int(index), 0), len(names) - 1)
+        return np.asarray(Image.open(io.BytesIO(archive.read(names[index]))).convert("RGB"))
+
+
+def check_clip(video: str | None, start, end, stride, frames, size) -> tuple:
+    """On a new clip: what the browser plays (the clip, or its H.264 preview), the plan line, and whether
+    Edit and Preview may be pressed. A file that is not a readable video is said once, in the plan line."""
+    off = gr.update(interactive=False)
+    if not video:
+        return gr.update(value=None, visible=False), plan_text(None, start, end, stride, frames, size), off, off
+    try:
+        probe(video)
+    except EditingError as exc:
+        return gr.update(value=None, visible=False), f"**{exc}.** Upload another clip (mp4, webm, mov or avi).", off, off
+    from .backend import fresh_output_dir
+
+    shown = video if browser_playable(video) else preview_for(video, fresh_output_dir())  # a run folder only for a preview
+    on = gr.update(interactive=True)
+    return gr.update(value=shown, visible=True), plan_text(video, start, end, stride, frames, size), on, on
 
 
 def make_handlers(backend: Backend):
@@ -97,22 +166,35 @@ def make_handlers(backend: Backend):
 
     @one_sentence_errors
     def edit(values: dict[str, Any], progress, tuned: str | None = None) -> tuple:
+        """The five API outputs (video, GIF, zip, details, warp plot), then the run for the page: its
+        message and the frames to compare. A stopped run keeps the outputs shown before."""
         token = values.get("token") or CancelToken()
-        token.reset()
         request = request_from(backend.checked(values), backend.output_dir(), tuned=tuned)
-        outputs = backend.edit(request, gradio_progress(progress), token)
-        errors = backend.warp_errors(request, outputs)
+        try:
+            outputs = backend.edit(request, gradio_progress(progress, request), token)
+        except Cancelled:
+            message = stopped_text(token, request)
+            token.reset()
+            return (gr.skip(),) * 5 + ({"message": message},)
+        source = backend.source_frames(request)
+        errors = backend.warp_errors(request, outputs, source)
         details = outputs.details() | {"mean_warp_error": round(mean_warp_error(errors), 4) if len(errors) else None}
         if outputs.result.random_weights:
             details["note"] = RANDOM_WEIGHTS_NOTE
-        return outputs.get(".mp4"), outputs.get(".gif"), outputs.get(".zip"), details, warp_plot_data(errors)
+        run = {"message": "", "source": None, "edited": outputs.get(".zip"), "frames": outputs.result.frames}
+        if run["edited"]:
+            run["source"] = str(write_png_zip(Path(run["edited"]).with_name(Path(request.video).stem + "-source.zip"), source))
+        return outputs.get(".mp4"), outputs.get(".gif"), outputs.get(".zip"), details, warp_plot_data(errors), run
 
     @one_sentence_errors
     def preview(values: dict[str, Any], progress) -> np.ndarray:
         token = values.get("token") or CancelToken()
-        token.reset()
         request = request_from(backend.checked(values), backend.output_dir(), (".zip",))
-        return backend.preview_first_frame(request, gradio_progress(progress), token)
+        try:
+            return backend.preview_first_frame(request, gradio_progress(progress, request), token)
+        except Cancelled:
+            token.reset()
+            return gr.skip()
 
     @one_sentence_errors
     def conditions(values: dict[str, Any], progress) -> list:
@@ -124,15 +206,47 @@ def make_handlers(backend: Backend):
     return {"edit": edit, "preview": preview, "conditions": conditions}
 
 
+def show_run(run: dict | None) -> tuple:
+    """The run's message, the before/after view of its first frame and the frame scrubber."""
+    if not run:
+        return gr.skip(), gr.skip(), gr.skip()
+    message = run.get("message") or ""
+    if not run.get("edited") or not run.get("source"):
+        return message, gr.skip(), gr.skip()
+    pair = (frame_of(run["source"], 0), frame_of(run["edited"], 0))
+    last = max(int(run.get("frames") or 1) - 1, 1)
+    return message, gr.update(value=pair, visible=True), gr.update(value=0, maximum=last, interactive=run.get("frames", 1) > 1, visible=True)
+
+
+def show_frame(index, run: dict | None):
+    """Source and edit of frame `index`, for the before/after view."""
+    if not run or not run.get("edited") or not run.get("source"):
+        return gr.skip()
+    return frame_of(run["source"], index or 0), frame_of(run["edited"], index or 0)
+
+
+def examples_shown(model: str) -> tuple:
+    """The note on what the model can do, and which example table suits it."""
+    note = widgets.model_note(model)
+    photo = widgets.model_kind(model) == "photo"
+    return gr.update(value=note, visible=bool(note)), gr.Dataset(visible=photo), gr.Dataset(visible=not photo)
+
+
 def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.Component]:
-    """Lay out the Edit tab inside the current Blocks and wire its events; returns its widgets by name."""
+    """Lay out the Edit tab inside the current Blocks and wire its events; returns its widgets by name.
+
+    The form's option widgets sit in accordions; an option of the request schema the form lays out no
+    widget for is still an /edit parameter (a hidden widget holding its default)."""
     handlers = make_handlers(backend)
     form: dict[str, gr.components.Component] = {}
     token = gr.State(CancelToken())
+    run_state = gr.State(None)  # the last run: its message and the frames the before/after view shows
     with gr.Row():
         with gr.Column():
-            form["video"] = gr.Video(label="Source clip", sources=["upload"], elem_id="source-video")
+            form["video"] = gr.File(label="Upload a clip", file_types=["video"], elem_id="source-file", height=130)
+            shown = gr.Video(label="Source clip", interactive=False, elem_id="source-video", height=260, visible=False)  # shown once a readable clip is there
             plan = gr.Markdown("Pick a clip to see how many frames it gives.", elem_id="frame-plan")
+            examples_box = gr.Column()  # filled below, once the widgets the examples set exist
             form["prompt"] = gr.Textbox(label="Prompt", placeholder="a watercolor painting of a man skiing", elem_id="prompt")
             form["negative_prompt"] = gr.Textbox(label="Negative prompt")
             form["model"] = widgets.model_widget(default_model)
@@ -146,24 +260,39 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 condition_gallery = gr.Gallery(label="Condition maps (first frame)", columns=4, height=200)
             with gr.Accordion("Attention editing (Prompt-to-Prompt)", open=False):
                 form |= widgets.attention_edit_widgets()
-            with gr.Row():
-                preview_button = gr.Button("Preview first frame")
-                run = gr.Button("Edit the whole clip", variant="primary", elem_id="run-edit")
-                stop = gr.Button("Stop", variant="stop")
         with gr.Column():
+            with gr.Row():
+                preview_button = gr.Button("Preview first frame", interactive=False, elem_id="run-preview")
+                run = gr.Button("Edit the whole clip", variant="primary", interactive=False, elem_id="run-edit")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            status = gr.Markdown("", elem_id="run-status")
+            output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video", height=360)
+            # shown with the first result
+            compare = gr.ImageSlider(label="Before (left) and after (right): drag the divider", type="numpy", elem_id="compare", max_height=360, visible=False)
+            scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-scrubber", visible=False)
             first_frame = gr.Image(label="First frame preview", type="numpy", height=240)
-            output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video")
             with gr.Row():
                 gif = gr.File(label="GIF")
                 frames_zip = gr.File(label="Frames (zip of PNG)")
-            warp = gr.LinePlot(x="frame pair", y="warp error", label="Temporal warp error per frame pair (lower = steadier)", height=200)
+            warp = gr.BarPlot(
+                x="frame pair", y="warp error", x_title="frame pair (t to t+1)", y_title="warp error", label="Temporal warp error per frame pair (lower = steadier)", y_lim=[0, None], elem_id="warp-plot"
+            )
             details = gr.JSON(label="Details", elem_id="details")
-    rows = widgets.examples(default_model)
-    if rows:
-        gr.Examples(rows, inputs=[form["video"], form["prompt"], form["model"], form["size"]])
+    with examples_box:
+        note = gr.Markdown(widgets.model_note(default_model), visible=bool(widgets.model_note(default_model)), elem_id="model-note")
+        preview_dir = Path(tempfile.gettempdir()) / "video-edit-previews"
+        inputs = [form["video"], shown, form["prompt"], form["model"], form["size"]]
+        photo_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.photo_examples(default_model)]
+        shapes_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.shapes_examples()]
+        photo = widgets.model_kind(default_model) == "photo"
+        photo_examples = gr.Examples(photo_rows, inputs, label="Examples: photos", elem_id="examples-photos", visible_columns=[1, 2], visible=photo and bool(photo_rows)) if photo_rows else None
+        shapes_examples = gr.Examples(shapes_rows, inputs, label="Examples: the shapes model", elem_id="examples-shapes", visible_columns=[1, 2, 3], visible=not photo) if shapes_rows else None
+    if photo_examples is not None and shapes_examples is not None:
+        form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
 
     trims = [form[n] for n in ("video", "start", "end", "stride", "frames", "size")]
-    gr.on([t.change for t in trims], plan_text, inputs=trims, outputs=plan, queue=False, api_visibility="private")
+    form["video"].change(check_clip, inputs=trims, outputs=[shown, plan, run, preview_button], api_visibility="private")
+    gr.on([t.change for t in trims[1:]], plan_text, inputs=trims, outputs=plan, queue=False, api_visibility="private")
 
     fields = api_fields()
     for option in form_options():
@@ -172,21 +301,30 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     names = fields + ["token"]
     inputs = [form[n] for n in fields] + [token]
     defaults = widgets.initial_values(form)
-    edit_event = run.click(
+
+    def started(button):
+        """A click that first clears this user's Stop (so a Stop pressed while the job waits still counts)."""
+        return button.click(CancelToken.reset, token, None, queue=False, api_visibility="private")
+
+    edit_event = started(run).then(
         widgets.named_handler(gpu(handlers["edit"]), names, defaults),
         inputs=inputs,
-        outputs=[output, gif, frames_zip, details, warp],
+        outputs=[output, gif, frames_zip, details, warp, run_state],
         api_name="edit",
         concurrency_id=GPU_QUEUE,
         concurrency_limit=backend.concurrency,
+        show_progress_on=output,
     )
-    preview_event = preview_button.click(
+    edit_event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
+    scrubber.change(show_frame, [scrubber, run_state], compare, queue=False, show_progress="hidden", api_visibility="private")
+    preview_event = started(preview_button).then(
         widgets.named_handler(gpu(handlers["preview"]), names, defaults),
         inputs=inputs,
         outputs=first_frame,
         api_name="preview_first_frame",
         concurrency_id=GPU_QUEUE,
         concurrency_limit=backend.concurrency,
+        show_progress_on=first_frame,
     )
     condition_event = show_conditions.click(
         widgets.named_handler(handlers["conditions"], names, defaults),
@@ -196,5 +334,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         concurrency_id=GPU_QUEUE,
         concurrency_limit=backend.concurrency,
     )
-    stop.click(CancelToken.cancel, inputs=token, outputs=None, cancels=[edit_event, preview_event, condition_event], queue=False, api_visibility="private")
+    # Stop sets the token: a running edit stops at its next step and says where; on a Space (ZeroGPU runs
+    # the handler in another process, where the token does not reach) the events are cancelled instead.
+    cancels = [condition_event] + ([edit_event, preview_event] if on_spaces() else [])
+    stop.click(CancelToken.cancel, inputs=token, outputs=None, cancels=cancels, queue=False, api_visibility="private")
     return form

@@ -14,3 +14,12 @@ def gpu(fn: F) -> F:
     except ImportError:
         return fn
     return spaces.GPU(fn)
+
+
+def on_spaces() -> bool:
+    """Whether handlers run through `spaces.GPU` (in another process, on a Space)."""
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        return False
+    return True

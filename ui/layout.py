@@ -7,6 +7,7 @@ import gradio as gr
 from editing.models import DEFAULT_MODEL
 
 from . import edit_tab, oneshot_tab, session_tab
+from .api_checks import CheckedBlocks
 from .backend import Backend, EditFn
 from .serving import LOCAL, ServePolicy
 
@@ -20,7 +21,7 @@ def build_demo(
     """The whole app; `edit_fn` (or a whole `backend`) replaces the library call in tests; `policy` says what
     the forms accept when the app is served beyond this machine (app.py builds it from the launch options)."""
     backend = backend or (Backend(edit_fn, policy=policy) if edit_fn else Backend(policy=policy))
-    with gr.Blocks(title="Text-driven video editing", delete_cache=(CACHE_MAX_AGE, CACHE_MAX_AGE)) as demo:
+    with CheckedBlocks(title="Text-driven video editing", delete_cache=(CACHE_MAX_AGE, CACHE_MAX_AGE)) as demo:
         gr.Markdown("## Edit a video with text\nUpload a clip or pick an example, describe the result, preview the first frame, then edit the clip.")
         with gr.Tab("Edit"):
             edit_tab.create_tab(backend, default_model)

@@ -69,11 +69,13 @@ def create_tab(backend: Backend, default_model: str) -> None:
         "Tune the model on this clip first (only small attention layers are trained), then edit it with the tuned "
         "model for changes of shape or motion. A tuning of the same clip and settings is reused."
     )
+    gr.Markdown("### 1. Tune on the clip")
     with gr.Row():
         with gr.Column():
             form["video"] = gr.Video(label="Source clip", sources=["upload"])
             form["source_prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
             form["model"] = widgets.model_widget(default_model)
+        with gr.Column():
             with gr.Accordion("Frames", open=False):
                 form |= widgets.frame_widgets(form["model"], frames=tune_defaults["frames"], policy=backend.policy)
             with gr.Row():
@@ -85,6 +87,8 @@ def create_tab(backend: Backend, default_model: str) -> None:
                 form["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISION), value=tune_defaults["mixed_precision"], label="Mixed precision (GPU only)")
             tune_button = gr.Button("1. Tune on the clip", variant="primary")
             tune_info = gr.JSON(label="Tuned weights")
+    gr.Markdown("### 2. Edit with the tuned model")
+    with gr.Row():
         with gr.Column():
             form["prompt"] = gr.Textbox(label="Edit prompt", placeholder="a bear skiing")
             with gr.Row():
@@ -94,6 +98,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
             with gr.Row():
                 edit_button = gr.Button("2. Edit with the tuned model", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
+        with gr.Column():
             output = gr.Video(label="Edited clip", autoplay=True)
             details = gr.JSON(label="Details")
 
@@ -110,7 +115,9 @@ def create_tab(backend: Backend, default_model: str) -> None:
     @one_sentence_errors
     def edit_tuned(values: dict[str, Any], progress) -> tuple:
         check_tuned_for(values.get("tuned"), values.get("video"))
-        video, _, _, summary, _ = edit(edit_values(values), progress, tuned=values["tuned"])
+        if values.get("token") is not None:
+            values["token"].reset()
+        video, _, _, summary, *_ = edit(edit_values(values), progress, tuned=values["tuned"])
         return video, summary
 
     names = [*TUNE_FIELDS, *EDIT_FIELDS, *MEMORY_FIELDS, "token", "tuned"]

@@ -11,15 +11,15 @@ import gradio as gr
 
 from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
-from editing.errors import EditingError
+from editing.errors import Cancelled, EditingError
 from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, check_name, is_owner_key, new_owner_key, preset_prompt
 
 from . import widgets
 from .backend import Backend, CancelToken
-from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from
+from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from, stopped_text
 from .forms import default_values, one_sentence_errors
-from .gpu import gpu
+from .gpu import gpu, on_spaces
 
 # Where the browser keeps its owner key (localStorage). The value is the secret; this key only names and
 # obfuscates the slot (Gradio sends it to the page), and must stay the same across restarts.
@@ -181,8 +181,18 @@ class SessionHandlers:
                 raise EditingError("create or open a session first")
             store = self.mine(owner)
             prompts = prompts_of(store.open(name), values.pop("presets"), values.pop("prompt"))
-            token.reset()
-            run_in_session(store, self.backend, name, prompts, values, gradio_progress(progress), token)
+            token = token or CancelToken()
+            before = len(store.open(name).entries)
+            try:
+                run_in_session(store, self.backend, name, prompts, values, gradio_progress(progress), token)
+            except Cancelled:
+                which = f"edit {len(store.open(name).entries) - before + 1}/{len(prompts)}: "
+                if token.reached is not None:
+                    token.reached = (which + token.reached[0], *token.reached[1:])
+                message = stopped_text(token, kept="the edits made before it are kept")
+                token.reset()
+                view = self.show(owner, name)
+                return (*view[:2], f"{view[2]}. {message}", *view[3:])
             return self.show(owner, name)
 
         return run
@@ -220,7 +230,13 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 settings |= widgets.frame_widgets(settings["model"], policy=backend.policy)
                 settings |= widgets.sampler_widgets()
                 settings["attention"] = gr.Dropdown(list(attention_mode_names()), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
-            ui["presets"] = gr.CheckboxGroup(list(PRESETS), value=["watercolor"], label="Style presets")
+            photo = widgets.model_kind(default_model) == "photo"  # the presets are photo styles
+            ui["presets"] = gr.CheckboxGroup(
+                list(PRESETS),
+                value=["watercolor"] if photo else [],
+                label="Style presets",
+                info=None if photo else f"photo styles, which {default_model} cannot make: choose Stable Diffusion 1.5 as the Model for them",
+            )
             ui["run_presets"] = gr.Button("Run selected styles", variant="primary")
             ui["prompt"] = gr.Textbox(label="Or your own prompt")
             with gr.Row():
@@ -264,7 +280,10 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
 
     def edit_event(button, prompts_of, api_name):
         handler = widgets.named_handler(gpu(handlers.edit_with(prompts_of)), names, defaults)
-        return button.click(handler, inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency)
+        cleared = button.click(CancelToken.reset, token, None, queue=False, api_visibility="private")  # a Stop pressed while queued counts
+        return cleared.then(handler, inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency, show_progress_on=ui["gallery"])
 
     events = [edit_event(ui["run_presets"], preset_prompts, "session_presets"), edit_event(ui["run_prompt"], own_prompt, "session_edit")]
-    ui["stop"].click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")
+    # Stop sets the token: the running edit stops at its next step and the status line says where; on a
+    # Space (the handler runs in another process) the events are cancelled instead.
+    ui["stop"].click(CancelToken.cancel, token, None, cancels=events if on_spaces() else [], queue=False, api_visibility="private")

@@ -16,7 +16,7 @@ from editing.attention.modes import attention_mode_names
 from editing.config import INVERSIONS, PROMPT_EDITS
 from editing.control.kinds import condition_kind_names
 from editing.errors import EditingError
-from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_MODEL, SHAPES_NOTE, native_size
+from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, SHAPES_MODEL, native_size
 
 from .forms import default_values
 from .serving import LOCAL, ServePolicy
@@ -34,29 +34,70 @@ SHAPES_EXAMPLES = {
 }
 
 
-def examples(default_model: str) -> list[list[Any]]:
-    """Example rows (clip, prompt, model, long side) from assets/: the real clips with a style prompt for
-    the app's model, the shapes clips with their edit for the shapes model at its own size."""
+PHOTO_PROMPT = "a watercolor painting"
+# What each model choice gives, for a person choosing one (the value stays the model's name or Hub id).
+MODEL_LABELS = {
+    DEFAULT_MODEL: "Stable Diffusion 1.5: photo edits (downloads about 4 GB once)",
+    SHAPES_MODEL: "shapes: scenes of coloured shapes only; works offline",
+    "tiny": "tiny: random weights, draws noise; for testing the app",
+    "sd15-random": "sd15-random: SD 1.5's size, random weights, draws noise; for testing",
+}
+MODEL_INFO = "Or type a Hub id (owner/name); on this machine also a model folder or .safetensors file."
+
+
+def model_kind(spec: str | None) -> str:
+    """What a model can edit: "shapes" (the shapes world only), "random" (random weights: noise) or
+    "photo" (any other model, taken to be a Stable Diffusion 1.x checkpoint)."""
+    text = (spec or "").strip()
+    if text == SHAPES_MODEL:
+        return "shapes"
+    return "random" if text in BUILTIN_MODELS else "photo"
+
+
+def model_note(spec: str | None) -> str:
+    """One line under the examples saying what the chosen model can do, when it cannot edit photos."""
+    kind = model_kind(spec)
+    if kind == "shapes":
+        return "The **shapes** model draws scenes of coloured shapes only, so it cannot make a photo edit: try its examples."
+    if kind == "random":
+        return (
+            f"**{(spec or '').strip()}** has random weights and draws noise, so it cannot make a photo edit. For a real edit "
+            "offline, pick a shapes example (it switches to the shapes model); for photos, choose Stable Diffusion 1.5."
+        )
+    return ""
+
+
+def clips() -> list[Path]:
+    """The example clips in assets/."""
     if not ASSETS.is_dir():
         return []
-    clips = sorted(p for p in ASSETS.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".webm"))
-    real = [[str(p), "a watercolor painting", default_model, size_for_model(default_model)] for p in clips if p.name not in SHAPES_EXAMPLES]
-    shapes = [[str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, size_for_model(SHAPES_MODEL)] for p in clips if p.name in SHAPES_EXAMPLES]
-    return real + shapes
+    return sorted(p for p in ASSETS.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".webm"))
 
 
-def model_choices(default_model: str) -> list[str]:
-    return list(dict.fromkeys([default_model, DEFAULT_MODEL, SHAPES_MODEL, *BUILTIN_MODELS]))
+def photo_examples(model: str) -> list[list[Any]]:
+    """Example rows (clip, prompt, model, long side) for a photo model: the real clips with a style prompt."""
+    return [[str(p), PHOTO_PROMPT, model, size_for_model(model)] for p in clips() if p.name not in SHAPES_EXAMPLES]
+
+
+def shapes_examples() -> list[list[Any]]:
+    """Example rows for the shapes model: the shapes clips with their edit, at the model's own size."""
+    return [[str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, size_for_model(SHAPES_MODEL)] for p in clips() if p.name in SHAPES_EXAMPLES]
+
+
+def examples(model: str) -> list[list[Any]]:
+    """The example rows that suit `model`: photo clips for a photo model, else the shapes clips (the only
+    real edit a model without photo weights offers is the shapes model's)."""
+    return photo_examples(model) if model_kind(model) == "photo" else shapes_examples()
+
+
+def model_choices(default_model: str) -> list[tuple[str, str]]:
+    """(what it gives, name) for each offered model, the app's default first."""
+    names = dict.fromkeys([default_model, DEFAULT_MODEL, SHAPES_MODEL, *BUILTIN_MODELS])
+    return [(MODEL_LABELS.get(name, name), name) for name in names]
 
 
 def model_widget(default_model: str) -> gr.Dropdown:
-    return gr.Dropdown(
-        model_choices(default_model),
-        value=default_model,
-        allow_custom_value=True,
-        label="Model",
-        info=f"Hub id, local folder or .safetensors file. shapes: {SHAPES_NOTE}. tiny / sd15-random: {RANDOM_WEIGHTS_NOTE}.",
-    )
+    return gr.Dropdown(model_choices(default_model), value=default_model, allow_custom_value=True, label="Model", info=MODEL_INFO)
 
 
 def size_for_model(model: str, policy: ServePolicy = LOCAL) -> int:
@@ -161,6 +202,8 @@ def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, 
                 values["token"].cancel()
             with contextlib.suppress(Exception):
                 await work
+            if values.get("token") is not None:
+                values["token"].reset()  # the cancel was this run's; the user's next run starts clear
             raise
 
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(n)) for n in names]
