@@ -2,23 +2,29 @@
 
 `edit_video` decodes the selected frames, loads the model, hands the frames to the core
 (`editing.core.edit_frames`: frames in, frames out) and writes the video with the source's audio. The
-result carries the edited frames, so callers need not read the written file back.
+result carries the edited frames, so callers need not read the written file back. A staged edit
+(the app's "Edit keyframes", then "Propagate") is `edit_keyframes_of`, then `edit_video` with the
+`propagating` editor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import video_io
 from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
-from .errors import EditingError
+from .errors import ConfigError, EditingError
 from .models import load_backbone
 from .requests import EditRequest  # noqa: F401 (EditRequest lives in editing.requests; old imports work)
+
+if TYPE_CHECKING:
+    from .keyframes import Keyframes
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +166,49 @@ def _reason(exc: Exception) -> str:
     """The failure in a few words, without the server's paths (an OSError's own text names the file)."""
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return " ".join(str(text).split())[:160] or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class StagedKeyframes:
+    """Edited keyframes waiting for propagation (the app's 'Edit keyframes', then 'Propagate'), with the
+    content key of the frames they were made from, so propagation refuses another clip or selection."""
+
+    keyframes: "Keyframes"
+    source: str
+
+
+def staged_request(request: EditRequest) -> EditRequest:
+    """The request with keyframes on (`auto` unless it names its own)."""
+    if request.engine.keyframes_every:
+        return request
+    return dataclasses.replace(request, engine=dataclasses.replace(request.engine, keyframes="auto"))
+
+
+def edit_keyframes_of(request: EditRequest, progress: ProgressFn = _no_progress) -> StagedKeyframes:
+    """Stage 1 of a staged edit: decode the clip and edit its keyframes only."""
+    from .core import edit_keyframes, frames_key
+
+    request = staged_request(request)
+    progress("decode", 0, 1)
+    clip = video_io.read_clip(request.video, request.selection, request.limits)
+    progress("load_model", 0, 1)
+    backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
+    keyframes = edit_keyframes(clip.frames, EditParts.of(request), backbone, progress)
+    return StagedKeyframes(keyframes, frames_key(clip.frames).content)
+
+
+def propagating(staged: StagedKeyframes) -> FramesEditor:
+    """An editor (for `edit_video`) that fills in the frames around staged keyframes (stage 2)."""
+    from .core import frames_key
+    from .keyframes import propagate
+
+    def editor(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
+        if frames_key(frames).content != staged.source:
+            raise ConfigError("the clip or its frame selection changed since the keyframes were edited: edit the keyframes again")
+        with timer.stage("load_model"):
+            backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
+        made = propagate(frames, staged.keyframes, EditParts.of(staged_request(request)), backbone, progress, timer)
+        edited = EditedFrames(made, staged.keyframes.inversion_cached, None, timer.seconds, staged.keyframes.warnings, staged.keyframes.indices)
+        return edited, ModelInfo(backbone.name, backbone.random_weights, tuple(backbone.extras.get("notes", ())))
+
+    return editor

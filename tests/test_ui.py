@@ -644,3 +644,36 @@ def test_the_one_shot_tab_lays_out_step_one_before_step_two():
         return tab.children.index(block)
 
     assert section("1. Tune on the clip") < section("2. Edit with the tuned model")  # stacked, not side by side
+
+
+def test_keyframes_are_edited_then_propagated_in_two_stages(car, tmp_path):
+    """'Edit keyframes' shows the keyframes and keeps them; 'Propagate' fills in the rest, its keyframe
+    frames exactly the ones shown; another clip, or Propagate before any keyframes, is one sentence."""
+    from PIL import Image
+
+    import gradio as gr
+
+    from editing.evaluate import read_png_zip
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    handlers = make_handlers(Backend(output_root=tmp_path))
+    values = {"video": str(car), "prompt": "a red car"} | SMALL | {"frames": 5, "stride": 3, "keyframes": "2"}
+    gallery, staged, message = handlers["keyframes"](dict(values), None)
+    assert [caption for _, caption in gallery] == ["frame 0", "frame 2", "frame 4"] and "Propagate" in message
+    video, gif, frames_zip, details, warp, run = handlers["propagate"](dict(values) | {"staged": staged}, None)
+    frames = read_png_zip(frames_zip)
+    assert len(frames) == 5 and details["keyframes"] == [0, 2, 4]
+    for (image, _), index in zip(gallery, (0, 2, 4)):
+        np.testing.assert_array_equal(frames[index], image)
+    with pytest.raises(gr.Error, match="edit the keyframes first"):
+        handlers["propagate"](dict(values), None)
+    with pytest.raises(gr.Error, match="changed since the keyframes were edited"):
+        handlers["propagate"](dict(values) | {"start": 1.0, "staged": staged}, None)
+    # an uploaded edited keyframe for frame 2 is that keyframe, exactly
+    red = np.tile(np.array([200, 30, 30], np.uint8), (64, 64, 1))
+    Image.fromarray(red).save(tmp_path / "red.png")
+    gallery, _, _ = handlers["keyframes"](dict(values) | {"keyframe_upload": str(tmp_path / "red.png"), "keyframe_index": 2}, None)
+    np.testing.assert_array_equal(gallery[1][0], red)
+    with pytest.raises(gr.Error, match="keyframe_index"):
+        handlers["keyframes"](dict(values) | {"keyframe_upload": str(tmp_path / "red.png"), "keyframe_index": -1}, None)

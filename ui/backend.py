@@ -159,6 +159,22 @@ class Backend:
         paths = [result.output, *result.also_written]
         return Outputs(result, {Path(p).suffix.lower(): p for p in paths})
 
+    def edit_keyframes(self, request: EditRequest, progress: ProgressFn, token: CancelToken | None = None):
+        """Stage 1 of a staged edit: the clip's keyframes only (in this process, also with --ray)."""
+        from editing.pipeline import edit_keyframes_of
+
+        with freeing_memory():
+            return edit_keyframes_of(request, cancellable(progress, token))
+
+    def propagate(self, request: EditRequest, staged, progress: ProgressFn, token: CancelToken | None = None) -> Outputs:
+        """Stage 2: the other frames from the staged keyframes, written like an edit."""
+        from editing.pipeline import edit_video, propagating
+
+        with freeing_memory():
+            result = edit_video(request, cancellable(progress, token), editor=propagating(staged))
+        paths = [result.output, *result.also_written]
+        return Outputs(result, {Path(p).suffix.lower(): p for p in paths})
+
     def preview_first_frame(self, request: EditRequest, progress: ProgressFn, token: CancelToken | None = None) -> np.ndarray:
         """The first edited frame, from the same pipeline run on the selection's first frames only."""
         selection = dataclasses.replace(request.selection, max_frames=PREVIEW_FRAMES)

@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from editing.errors import Cancelled, EditingError
+from editing.errors import Cancelled, ConfigError, EditingError
 from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
 from editing.video_io import plan_frames, probe, write_png_zip
@@ -108,7 +108,21 @@ def request_from(values: dict[str, Any], output_dir: str, formats: tuple[str, ..
     values = dict(values)
     video = values.pop("video", None)
     values.pop("token", None)
-    return make_request(option_values(values), video, output_dir, formats, tuned)
+    upload, index = values.pop("keyframe_upload", None), values.pop("keyframe_index", 0)
+    return make_request(option_values(values), video, output_dir, formats, tuned, keyframe_image_of(upload, index))
+
+
+def keyframe_image_of(upload, index) -> str | None:
+    """The `INDEX=PATH` of an uploaded edited keyframe (None without an upload); one sentence if the index is no frame number."""
+    if not upload:
+        return None
+    if not isinstance(upload, str):
+        raise ConfigError(f"keyframe_upload must be an uploaded image, got {type(upload).__name__}")
+    if isinstance(index, float) and index.is_integer():
+        index = int(index)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"keyframe_index must be a frame number 0 or more, got {index!r}")
+    return f"{index}={upload}"
 
 
 def plan_text(video: str | None, start, end, stride, frames, size) -> str:
@@ -176,6 +190,42 @@ def make_handlers(backend: Backend):
             message = stopped_text(token, request)
             token.reset()
             return (gr.skip(),) * 5 + ({"message": message},)
+        return shown_outputs(request, outputs)
+
+    @one_sentence_errors
+    def keyframes(values: dict[str, Any], progress) -> tuple:
+        """Stage 1: edit the keyframes only; shows them and keeps them for Propagate."""
+        token = values.get("token") or CancelToken()
+        values.pop("staged", None)
+        request = request_from(backend.checked(values), backend.output_dir())
+        try:
+            staged = backend.edit_keyframes(request, gradio_progress(progress, request), token)
+        except Cancelled:
+            message = stopped_text(token, request, kept="the keyframes shown before are kept")
+            token.reset()
+            return gr.skip(), gr.skip(), message
+        made = staged.keyframes
+        shown = [(frame, f"frame {index}") for index, frame in zip(made.indices, made.frames)]
+        others = "no other frames" if len(made.indices) == request.selection.max_frames else "then Propagate fills in the other frames"
+        return shown, staged, f"Edited keyframes {', '.join(map(str, made.indices))}: change the prompt or seed and edit them again, or {others}."
+
+    @one_sentence_errors
+    def propagate(values: dict[str, Any], progress) -> tuple:
+        """Stage 2: the other frames from the kept keyframes, shown like an edit."""
+        token = values.get("token") or CancelToken()
+        staged = values.pop("staged", None)
+        if staged is None:
+            raise EditingError("edit the keyframes first, then propagate them")
+        request = request_from(backend.checked(values), backend.output_dir())
+        try:
+            outputs = backend.propagate(request, staged, gradio_progress(progress, request), token)
+        except Cancelled:
+            message = stopped_text(token, request)
+            token.reset()
+            return (gr.skip(),) * 5 + ({"message": message},)
+        return shown_outputs(request, outputs)
+
+    def shown_outputs(request, outputs) -> tuple:
         source = backend.source_frames(request)
         errors = backend.warp_errors(request, outputs, source)
         details = outputs.details() | {"mean_warp_error": round(mean_warp_error(errors), 4) if len(errors) else None}
@@ -203,7 +253,7 @@ def make_handlers(backend: Backend):
             raise EditingError("tick at least one ControlNet to preview its condition map")
         return backend.condition_previews(request)
 
-    return {"edit": edit, "preview": preview, "conditions": conditions}
+    return {"edit": edit, "preview": preview, "conditions": conditions, "keyframes": keyframes, "propagate": propagate}
 
 
 def show_run(run: dict | None) -> tuple:
@@ -265,6 +315,15 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 preview_button = gr.Button("Preview first frame", interactive=False, elem_id="run-preview")
                 run = gr.Button("Edit the whole clip", variant="primary", interactive=False, elem_id="run-edit")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Accordion("Keyframes, then propagation", open=False, elem_id="keyframes-stage"):
+                gr.Markdown("Edit a few keyframes first and look at them; change the prompt or seed and edit them again; then Propagate fills in the other frames along the source's motion.")
+                with gr.Row():
+                    keyframe_upload = gr.Image(label="Upload an edited keyframe (optional)", type="filepath", sources=["upload"], height=140, elem_id="keyframe-upload")
+                    keyframe_index = gr.Number(label="for frame", value=0, precision=0, minimum=0, elem_id="keyframe-index")
+                with gr.Row():
+                    keys_button = gr.Button("Edit keyframes", interactive=False, elem_id="run-keyframes")
+                    propagate_button = gr.Button("Propagate", interactive=False, elem_id="run-propagate")
+                keyframe_gallery = gr.Gallery(label="Edited keyframes", columns=4, height=180, elem_id="keyframes")
             status = gr.Markdown("", elem_id="run-status")
             output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video", height=360)
             # shown with the first result
@@ -292,15 +351,17 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
 
     trims = [form[n] for n in ("video", "start", "end", "stride", "frames", "size")]
     form["video"].change(check_clip, inputs=trims, outputs=[shown, plan, run, preview_button], api_visibility="private")
+    form["video"].change(lambda video: gr.update(interactive=bool(video)), form["video"], keys_button, queue=False, api_visibility="private")
     gr.on([t.change for t in trims[1:]], plan_text, inputs=trims, outputs=plan, queue=False, api_visibility="private")
 
     fields = api_fields()
     for option in form_options():
         if option.name in fields and option.name not in form:
             form[option.name] = widgets.option_widget(option)  # an option the form shows no widget for yet
-    names = fields + ["token"]
-    inputs = [form[n] for n in fields] + [token]
-    defaults = widgets.initial_values(form)
+    names = fields + ["keyframe_upload", "keyframe_index", "token"]
+    inputs = [form[n] for n in fields] + [keyframe_upload, keyframe_index, token]
+    defaults = widgets.initial_values(form) | {"keyframe_upload": None, "keyframe_index": 0}
+    staged = gr.State(None)  # the keyframes 'Edit keyframes' made, for 'Propagate
 
     def started(button):
         """A click that first clears this user's Stop (so a Stop pressed while the job waits still counts)."""
@@ -326,6 +387,26 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         concurrency_limit=backend.concurrency,
         show_progress_on=first_frame,
     )
+    keys_event = started(keys_button).then(
+        widgets.named_handler(gpu(handlers["keyframes"]), names, defaults),
+        inputs=inputs,
+        outputs=[keyframe_gallery, staged, status],
+        api_name="edit_keyframes",
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=backend.concurrency,
+        show_progress_on=keyframe_gallery,
+    )
+    keys_event.then(lambda kept: gr.update(interactive=kept is not None), staged, propagate_button, queue=False, api_visibility="private")
+    propagate_event = started(propagate_button).then(
+        widgets.named_handler(gpu(handlers["propagate"]), names + ["staged"], defaults | {"staged": None}),
+        inputs=inputs + [staged],
+        outputs=[output, gif, frames_zip, details, warp, run_state],
+        api_visibility="private",  # the staged keyframes live in this page's state
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=backend.concurrency,
+        show_progress_on=output,
+    )
+    propagate_event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
     condition_event = show_conditions.click(
         widgets.named_handler(handlers["conditions"], names, defaults),
         inputs=inputs,
@@ -336,6 +417,6 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     )
     # Stop sets the token: a running edit stops at its next step and says where; on a Space (ZeroGPU runs
     # the handler in another process, where the token does not reach) the events are cancelled instead.
-    cancels = [condition_event] + ([edit_event, preview_event] if on_spaces() else [])
+    cancels = [condition_event] + ([edit_event, preview_event, keys_event, propagate_event] if on_spaces() else [])
     stop.click(CancelToken.cancel, inputs=token, outputs=None, cancels=cancels, queue=False, api_visibility="private")
     return form

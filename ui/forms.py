@@ -22,7 +22,7 @@ from editing.errors import ConfigError, EditingError
 from editing.requests import EditRequest
 
 # Options the app never takes from a form: files and places are the app's business.
-RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned"})
+RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "keyframe_image"})  # keyframe_image: the Edit tab's own upload
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
@@ -58,9 +58,10 @@ def edit_values(values: Mapping[str, Any], video: str, output: str) -> dict[str,
 
 
 def make_request(
-    values: Mapping[str, Any], video: str | None, output_dir: str, formats: tuple[str, ...] = (".mp4",), tuned: str | None = None
+    values: Mapping[str, Any], video: str | None, output_dir: str, formats: tuple[str, ...] = (".mp4",), tuned: str | None = None, keyframe_image: str | None = None
 ) -> EditRequest:
-    """One validated EditRequest writing `formats` into `output_dir`, with the app's tuned weights if any (raises EditingError)."""
+    """One validated EditRequest writing `formats` into `output_dir`, with the app's tuned weights and an
+    uploaded edited keyframe (`INDEX=PATH` of a file Gradio received) if any (raises EditingError)."""
     if not video:
         raise EditingError("upload a video or pick an example first")
     if not formats or any(f not in OUTPUT_FORMATS for f in formats):
@@ -69,6 +70,8 @@ def make_request(
     outputs = [str(stem.with_suffix(suffix)) for suffix in formats]
     options = edit_values(values, video, outputs[0])
     options["tuned"] = tuned  # a file the app made, never a path from the form
+    if keyframe_image:
+        options["keyframe_image"] = [keyframe_image]  # an upload the app received, never a path from the form
     request = requests.edit_request(options)
     return dataclasses.replace(request, also_write=tuple(outputs[1:]))
 
