@@ -121,6 +121,9 @@ def edit_frames(
             from .tuning import load_tuned
 
             tuned = load_tuned(parts.tuned, backbone)
+        from .reference import prepare_reference
+
+        reference = prepare_reference(engine, backbone)  # read, its IP-Adapter loaded, embedded once (None without one)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
         prompts = [(config.prompt, "prompt"), (config.negative_prompt, "negative prompt"), (engine.inversion_prompt, "inversion prompt")]
@@ -148,7 +151,7 @@ def edit_frames(
     callback = step_callback(engine, frames, backbone, len(timesteps), progress)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
-        guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
+        guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives, reference)
         control = attention_control(parts, frames, backbone, tuned) if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
