@@ -173,7 +173,9 @@ def parse_reference(text: str) -> tuple[str, float]:
     _check(isinstance(text, str) and text.strip() != "", "reference_image must name an image file, got nothing")
     path, sep, tail = text.strip().rpartition(":")
     scale = REFERENCE_SCALE
-    if sep:
+    if not sep:
+        path = tail
+    else:
         try:
             scale = float(tail)
         except ValueError:

@@ -618,7 +618,7 @@ def load_image_adapter(spec: str, backbone: Backbone):
 
 
 def _load_image_adapter(spec: str, backbone: Backbone):
-    from .reference import ADAPTER_OFFLINE_ALTERNATIVES, DEFAULT_ADAPTER, build_image_adapter, random_adapter_state, random_image_encoder
+    from .reference import ADAPTER_OFFLINE_ALTERNATIVES, DEFAULT_ADAPTER, build_image_adapter, check_adapter_state, random_adapter_state, random_image_encoder
 
     device, dtype = backbone.device, backbone.dtype
     if spec == "random":
@@ -631,6 +631,7 @@ def _load_image_adapter(spec: str, backbone: Backbone):
         weights = _adapter_file(path, spec)
         name = weights.name
         state = _read_adapter_state(weights)
+        check_adapter_state(name, state, backbone.unet)  # before the (large) image encoder is read
         encoder_dir = weights.parent / "image_encoder"
         if not (encoder_dir / "config.json").is_file():
             raise ModelLoadError(f"IP-Adapter {name} needs its image encoder in an image_encoder folder beside it")
@@ -648,10 +649,12 @@ def _load_image_adapter(spec: str, backbone: Backbone):
 
     hub = ModelSpec("hub", spec)
     weights = Path(_load_from(hub, "IP-Adapter", lambda: hf_hub_download(repo, filename), ADAPTER_OFFLINE_ALTERNATIVES))
+    state = _read_adapter_state(weights)
+    check_adapter_state(spec, state, backbone.unet)
     subfolder = "/".join([*filename.split("/")[:-1], "image_encoder"])
     load = lambda: CLIPVisionModelWithProjection.from_pretrained(repo, subfolder=subfolder, torch_dtype=dtype)
     encoder = _load_from(hub, "IP-Adapter image encoder", load, ADAPTER_OFFLINE_ALTERNATIVES)
-    return build_image_adapter(spec, _read_adapter_state(weights), encoder, backbone.unet, device, dtype)
+    return build_image_adapter(spec, state, encoder, backbone.unet, device, dtype)
 
 
 def _adapter_file(path: Path, spec: str) -> Path:

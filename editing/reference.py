@@ -165,12 +165,8 @@ def random_image_encoder(embed_dim: int = RANDOM_EMBED_DIM, seed: int = 5):
         return CLIPVisionModelWithProjection(config)
 
 
-def build_image_adapter(name: str, state: dict, image_encoder, unet, device, dtype, random_weights: bool = False) -> ImageAdapter:
-    """An ImageAdapter from an IP-Adapter checkpoint ({"image_proj": ..., "ip_adapter": ...}) through diffusers'
-    converters; refused in one sentence when it is not a plain IP-Adapter for this UNet."""
-    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
-    from transformers import CLIPImageProcessor
-
+def check_adapter_state(name: str, state, unet) -> None:
+    """Refuse, in one sentence, a checkpoint that is not a plain IP-Adapter made for this UNet's text width."""
     if not isinstance(state, dict) or not {"image_proj", "ip_adapter"} <= set(state):
         raise ModelLoadError(f"{name} is not an IP-Adapter: it has no image_proj and ip_adapter weights")
     if "proj.weight" not in state["image_proj"]:
@@ -180,6 +176,15 @@ def build_image_adapter(name: str, state: dict, image_encoder, unet, device, dty
     if first is None or first.shape[-1] != width:
         made_for = "another model" if first is None else f"a text width of {first.shape[-1]}"
         raise ModelLoadError(f"IP-Adapter {name} was made for {made_for}, but the model uses {width}")
+
+
+def build_image_adapter(name: str, state: dict, image_encoder, unet, device, dtype, random_weights: bool = False) -> ImageAdapter:
+    """An ImageAdapter from an IP-Adapter checkpoint ({"image_proj": ..., "ip_adapter": ...}) through diffusers'
+    converters; refused in one sentence when it is not a plain IP-Adapter for this UNet."""
+    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+    from transformers import CLIPImageProcessor
+
+    check_adapter_state(name, state, unet)
     try:
         processors = unet._convert_ip_adapter_attn_to_diffusers([state], low_cpu_mem_usage=False)
         projection = unet._convert_ip_adapter_image_proj_to_diffusers(state["image_proj"], low_cpu_mem_usage=False)
