@@ -26,7 +26,7 @@ from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .errors import ConfigError
-from .models import Backbone, default_controlnet, load_controlnet
+from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def edit_frames(
             tuned = load_tuned(parts.tuned, backbone)
         from .reference import prepare_reference
 
-        reference = prepare_reference(engine, backbone)  # read, its IP-Adapter loaded, embedded once (None without one)
+        reference = prepare_reference(engine, backbone, load_image_adapter)  # read, its IP-Adapter loaded, embedded once (None without one)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
         prompts = [(config.prompt, "prompt"), (config.negative_prompt, "negative prompt"), (engine.inversion_prompt, "inversion prompt")]

@@ -11,7 +11,8 @@ puts the processors and the projection in for one denoising loop and takes them 
 cross-frame processors swapped in over them keep their image attention (editing.attention.cross_frame).
 The reference is embedded once per edit; the conditional guidance branch gets its embedding, the
 unconditional one zeros (as diffusers' pipelines do), through `added_cond_kwargs={"image_embeds": ...}`.
-Reading files and the Hub is `editing.models.load_image_adapter`'s job.
+Reading files and the Hub is `editing.models.load_image_adapter`'s job (this module imports nothing of
+editing.models: the core hands the loader in).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -116,15 +117,14 @@ def default_image_adapter(backbone) -> str:
     return "random" if backbone.random_weights else DEFAULT_ADAPTER
 
 
-def prepare_reference(engine, backbone) -> ImagePrompt | None:
-    """The edit's reference image, read, its adapter loaded and embedded once; None without one."""
+def prepare_reference(engine, backbone, load_adapter: Callable[[str, Any], ImageAdapter]) -> ImagePrompt | None:
+    """The edit's reference image, read, its adapter loaded (`load_adapter(spec, backbone)`:
+    editing.models.load_image_adapter) and embedded once; None without one."""
     if engine.reference is None:
         return None
-    from .models import load_image_adapter
-
     path, scale = engine.reference
     image = read_reference_image(path)
-    adapter = load_image_adapter(engine.reference_adapter or default_image_adapter(backbone), backbone)
+    adapter = load_adapter(engine.reference_adapter or default_image_adapter(backbone), backbone)
     positive = adapter.embed(image).to(backbone.dtype)
     return ImagePrompt(positive, torch.zeros_like(positive), adapter, scale)
 

@@ -217,3 +217,24 @@ def test_the_option_reaches_the_cli_eval_specs_and_the_app_api(tmp_path):
     from ui.edit_tab import api_fields
 
     assert "reference_image" in api_fields()
+
+
+def test_the_app_form_uploads_the_reference_and_keeps_the_adapter_choice_off(car, dog, tmp_path):
+    from ui.edit_tab import request_from
+
+    widgets = {"video": str(car), "prompt": "a dog", "model": "tiny", "reference_image": dog, "reference_scale": 0.35}
+    request = request_from(dict(widgets), str(tmp_path), (".mp4",))
+    assert request.engine.reference == (dog, 0.35)
+    assert request_from(widgets | {"reference_image": None}, str(tmp_path), (".mp4",)).engine.reference is None
+    with pytest.raises(ConfigError, match="unknown form fields: reference_adapter"):
+        request_from(widgets | {"reference_adapter": "/srv/weights"}, str(tmp_path), (".mp4",))
+    with pytest.raises(ConfigError, match="reference_scale must be a number"):
+        request_from(widgets | {"reference_scale": "lots"}, str(tmp_path), (".mp4",))
+
+
+def test_the_edit_api_takes_the_reference_as_an_uploaded_image():
+    from ui import build_demo
+
+    parameters = {p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]}
+    assert parameters["reference_image"]["component"] == "Image" and parameters["reference_scale"]["component"] == "Slider"
+    assert "reference_adapter" not in parameters
