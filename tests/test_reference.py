@@ -238,3 +238,17 @@ def test_the_edit_api_takes_the_reference_as_an_uploaded_image():
     parameters = {p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]}
     assert parameters["reference_image"]["component"] == "Image" and parameters["reference_scale"]["component"] == "Slider"
     assert "reference_adapter" not in parameters
+
+
+def test_an_eval_spec_reads_the_reference_relative_to_the_spec_file(tmp_path):
+    from editing.evaluate import parse_spec
+
+    from .conftest import ROOT
+
+    spec = {"clip": "none", "defaults": {"model": "tiny"}, "edits": [{"video": "assets/car-turn.mp4", "prompt": "a dog", "reference_image": "assets/dog.png:0.4"}]}
+    assert parse_spec(spec, ROOT).edits[0].request.engine.reference == (str(ROOT / "assets" / "dog.png"), 0.4)
+    spec["edits"][0]["reference_image"] = "/photos/dog.png"
+    assert parse_spec(spec, ROOT).edits[0].request.engine.reference == ("/photos/dog.png", 0.6)
+    spec["edits"][0]["reference_image"] = "dog.png:7"
+    with pytest.raises(ConfigError, match="edit 'car-turn-1': reference_image scale must be between 0 and 2"):
+        parse_spec(spec, ROOT)
