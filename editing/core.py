@@ -1,7 +1,8 @@
 """The editing core: frames in, frames out.
 
 `edit_frames` takes decoded RGB frames and the request's parts (what to make, how the engine edits,
-attention editing, tuned weights) and returns the edited frames. Stages: load tuned weights; encode the
+attention editing, tuned weights) and returns the edited frames. Stages: load tuned weights and a
+reference image's IP-Adapter (embedding the reference once, editing.reference); encode the
 prompts; extract condition maps (cached by frame content); DDIM-invert the source (cached by content,
 so a second prompt skips it) or noise it (SDEdit); denoise with the request's sampler, cross-frame
 attention, chunk by chunk around shared anchor frames, with ControlNets and optional flow-guided

@@ -389,7 +389,8 @@ def denoise(
     latents)` runs after each step on variance-preserving latents; it may return replacement latents
     (blending, smoothing) or raise to cancel. `before_step` may replace a step's guidance (null-text
     inversion fits its unconditional embedding there). An attention `control` (editing.attention.p2p)
-    installs its processors and is told each call's step and frames.
+    installs its processors and is told each call's step and frames. A reference image in `guidance`
+    (editing.reference) has its IP-Adapter installed in the UNet for the loop, under the attention processors.
     """
     cross_frame = get_attention_mode(plan.mode).cross_frame
     attention = cross_frame_attention(backbone.unet) if cross_frame else contextlib.nullcontext()
