@@ -18,6 +18,15 @@ from editing.errors import Cancelled, ConfigError, ModelLoadError
 from editing.video_io import read_clip
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine two spinning threads cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def frames(car) -> np.ndarray:
     return read_clip(car, FrameSelection(max_frames=3, stride=4, size=64)).frames
@@ -115,6 +124,30 @@ def test_a_reference_combines_with_prompt_to_prompt(tiny, frames, dog, tmp_path)
     one = edit(frames, tiny, tmp_path, f"{dog}:1", attention_edit=p2p)
     assert np.array_equal(none, zero)
     assert not np.array_equal(none, one)
+
+
+def test_a_reference_combines_with_tuned_attention_processors(tiny, frames, dog):
+    """The one-shot tuned model's processors (editing.attention.tuned) bind the adapter too."""
+    from editing import sampling
+    from editing.attention.tuned import TunedControl
+    from editing.models import load_image_adapter
+    from editing.reference import prepare_reference
+    from editing.tuning import inflate
+
+    control = TunedControl(inflate(tiny, seed=0))
+    latents = sampling.encode_frames(tiny, frames, 3)
+    text = sampling.encode_text(tiny, "a red car", "", guided=True)
+    plan = sampling.plan_frames(len(frames), 3, "sparse-causal")
+
+    def run(reference=None):
+        prompt = None if reference is None else prepare_reference(EngineConfig(reference_image=reference), tiny, load_image_adapter)
+        scheduler = tiny.scheduler()
+        timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
+        return sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0, reference=prompt), plan, control=control)
+
+    none = run()
+    assert torch.equal(none, run(f"{dog}:0"))
+    assert not torch.allclose(none, run(f"{dog}:1"))
 
 
 def test_stop_during_denoising_leaves_the_unet_as_it_was(tiny, frames, dog, tmp_path):
