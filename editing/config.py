@@ -81,6 +81,8 @@ class EditConfig:
 
 
 INVERSIONS = ("ddim", "none")
+REFERENCE_SCALE = 0.6  # IP-Adapter's weight against the prompt when --reference-image gives none
+REFERENCE_MAX_SCALE = 2.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,14 @@ class EngineConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "cache for inversions and condition maps"})
     cache_bytes: int = field(default=4 * 1024**3, metadata={"help": "size cap of each on-disk cache", "option": False})
     annotators: str = field(default="lllyasviel/Annotators", metadata={"help": "Hub id or folder of the depth / soft-edge annotators"})
+    reference_image: str | None = field(
+        default=None,
+        metadata={"help": f"an image of the subject the edit should show (IP-Adapter); SCALE weighs it against the prompt (default {REFERENCE_SCALE:g}, 0 = no effect)", "metavar": "PATH[:SCALE]", "file": "image"},
+    )
+    reference_adapter: str | None = field(
+        default=None,
+        metadata={"help": "IP-Adapter for --reference-image: Hub id[/file in the repo], local .safetensors/.bin file or folder, or random (default: h94/IP-Adapter's SD-1.5 adapter; a random one for tiny and sd15-random)", "metavar": "SPEC"},
+    )
 
     def __post_init__(self):
         modes = attention_mode_names()
@@ -212,6 +222,32 @@ class EngineConfig:
         _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
         kinds = [c.kind for c in self.controls]
         _check(len(set(kinds)) == len(kinds), f"each control kind may appear once, got {', '.join(kinds)}")
+        if self.reference_image is not None:
+            parse_reference(self.reference_image)
+        _check(self.reference_adapter is None or self.reference_image is not None, "reference_adapter needs a reference_image")
+
+    @property
+    def reference(self) -> tuple[str, float] | None:
+        """(path, scale) of the reference image, or None."""
+        return None if self.reference_image is None else parse_reference(self.reference_image)
+
+
+def parse_reference(text: str) -> tuple[str, float]:
+    """Read `PATH[:SCALE]` (a path such as `C:\\dog.png` keeps its colon: only a number after the last one is a scale)."""
+    _check(isinstance(text, str) and text.strip() != "", "reference_image must name an image file, got nothing")
+    path, sep, tail = text.strip().rpartition(":")
+    scale = REFERENCE_SCALE
+    if not sep:
+        path = tail
+    else:
+        try:
+            scale = float(tail)
+        except ValueError:
+            path = text.strip()  # no number after the colon: part of the path
+        else:
+            _check(path.strip() != "", f"reference_image {text!r} must look like PATH[:SCALE], e.g. dog.png:0.6")
+            _check(math.isfinite(scale) and 0 <= scale <= REFERENCE_MAX_SCALE, f"reference_image scale must be between 0 and {REFERENCE_MAX_SCALE:g}, got {tail.strip()}")
+    return path.strip(), scale
 
     @property
     def keyframes_every(self) -> int:

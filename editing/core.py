@@ -1,7 +1,8 @@
 """The editing core: frames in, frames out.
 
 `edit_frames` takes decoded RGB frames and the request's parts (what to make, how the engine edits,
-attention editing, tuned weights) and returns the edited frames. Stages: load tuned weights; encode the
+attention editing, tuned weights) and returns the edited frames. Stages: load tuned weights and a
+reference image's IP-Adapter (embedding the reference once, editing.reference); encode the
 prompts; extract condition maps (cached by frame content); DDIM-invert the source (cached by content,
 so a second prompt skips it) or noise it (SDEdit); denoise with the request's sampler, cross-frame
 attention, chunk by chunk around shared anchor frames, with ControlNets and optional flow-guided
@@ -27,7 +28,7 @@ from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, parse_keyframes
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .errors import ConfigError
-from .models import Backbone, default_controlnet, load_controlnet
+from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
 
 if TYPE_CHECKING:
     from .keyframes import Keyframes
@@ -135,6 +136,9 @@ def edit_frames(
             from .tuning import load_tuned
 
             tuned = load_tuned(parts.tuned, backbone)
+        from .reference import prepare_reference
+
+        reference = prepare_reference(engine, backbone, load_image_adapter)  # read, its IP-Adapter loaded, embedded once (None without one)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
         prompts = [(config.prompt, "prompt"), (config.negative_prompt, "negative prompt"), (engine.inversion_prompt, "inversion prompt")]
@@ -180,7 +184,7 @@ def edit_frames(
         latents, callback = pinning.start(latents), pinning.wrap(callback)
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
-        guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives)
+        guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives, reference)
         control = attention_control(parts, frames, backbone, tuned) if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import metrics, requests, video_io
-from .config import EditConfig
+from .config import EditConfig, parse_reference
 from .errors import ConfigError, EditingError, ModelLoadError
 from .pipeline import STAGES, ProgressFn, edit_video
 from .requests import EditRequest
@@ -142,6 +142,9 @@ def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
     if values["cache_dir"]:
         values["cache_dir"] = str(base / Path(values["cache_dir"]).expanduser())
     try:
+        if values.get("reference_image"):  # PATH[:SCALE], the path relative to the spec file
+            image, scale = parse_reference(values["reference_image"])
+            values["reference_image"] = f"{base / Path(image).expanduser()}:{scale:g}"
         request = requests.edit_request(values | {"video": str(path.resolve()), "out": f"{name}.zip"})
     except EditingError as exc:
         raise type(exc)(f"{where}: {exc}") from exc

@@ -539,6 +539,7 @@ def clear_cache() -> None:
         _cache.clear()
         _controlnets.clear()
         _clips.clear()
+        _image_adapters.clear()
 
 
 def default_controlnet(kind: str, backbone: Backbone) -> str:
@@ -593,6 +594,102 @@ def _load_controlnet(spec: str, backbone: Backbone):
                 f"but the model uses {backbone.unet.config.cross_attention_dim}"
             )
     return controlnet.requires_grad_(False).eval().to(device=backbone.device, dtype=backbone.dtype)
+
+
+# ---------------------------------------------------------------- IP-Adapters (editing.reference)
+
+_image_adapters: "OrderedDict[tuple, Any]" = OrderedDict()
+IP_ADAPTER_SUFFIXES = (".safetensors", ".bin")
+IP_ADAPTER_FILES = ("ip-adapter_sd15.safetensors", "ip-adapter_sd15.bin")
+
+
+def load_image_adapter(spec: str, backbone: Backbone):
+    """Load (or reuse) an IP-Adapter and its image encoder for a backbone (editing.reference.ImageAdapter):
+    `random`, a Hub id (`owner/name` reads `models/ip-adapter_sd15.safetensors`; `owner/name/PATH` another
+    file), a local .safetensors / .bin file, or a folder holding one; the image encoder is the
+    `image_encoder` folder beside the adapter file, as in h94/IP-Adapter."""
+    key = (spec, id(backbone), str(backbone.device), str(backbone.dtype))
+    with _cache_lock:
+        if key not in _image_adapters:
+            _image_adapters[key] = _load_image_adapter(spec, backbone)
+            while len(_image_adapters) > CACHE_SIZE:
+                _image_adapters.popitem(last=False)
+        return _image_adapters[key]
+
+
+def _load_image_adapter(spec: str, backbone: Backbone):
+    from .reference import ADAPTER_OFFLINE_ALTERNATIVES, DEFAULT_ADAPTER, build_image_adapter, check_adapter_state, random_adapter_state, random_image_encoder
+
+    device, dtype = backbone.device, backbone.dtype
+    if spec == "random":
+        return build_image_adapter("random", random_adapter_state(backbone.unet), random_image_encoder(), backbone.unet, device, dtype, random_weights=True)
+    from transformers import CLIPVisionModelWithProjection
+
+    path = Path(spec).expanduser()
+    local = path.exists() or spec.startswith((".", "/", "~"))
+    if local:
+        weights = _adapter_file(path, spec)
+        name = weights.name
+        state = _read_adapter_state(weights)
+        check_adapter_state(name, state, backbone.unet)  # before the (large) image encoder is read
+        encoder_dir = weights.parent / "image_encoder"
+        if not (encoder_dir / "config.json").is_file():
+            raise ModelLoadError(f"IP-Adapter {name} needs its image encoder in an image_encoder folder beside it")
+        where = ModelSpec("folder", str(encoder_dir))
+        encoder = _load_from(where, "IP-Adapter image encoder", lambda: CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), torch_dtype=dtype))
+        return build_image_adapter(name, state, encoder, backbone.unet, device, dtype)
+    parts = spec.split("/")
+    if len(parts) < 2 or not HUB_ID.fullmatch("/".join(parts[:2])):
+        raise ModelLoadError(f"reference adapter '{spec}' is not a Hub id (owner/name[/file]), a local file or folder, or 'random'")
+    repo = "/".join(parts[:2])
+    filename = "/".join(parts[2:]) or DEFAULT_ADAPTER.split("/", 2)[2]
+    if not filename.endswith(IP_ADAPTER_SUFFIXES):
+        raise ModelLoadError(f"reference adapter file {filename} must be a .safetensors or .bin file")
+    from huggingface_hub import hf_hub_download
+
+    hub = ModelSpec("hub", spec)
+    weights = Path(_load_from(hub, "IP-Adapter", lambda: hf_hub_download(repo, filename), ADAPTER_OFFLINE_ALTERNATIVES))
+    state = _read_adapter_state(weights)
+    check_adapter_state(spec, state, backbone.unet)
+    subfolder = "/".join([*filename.split("/")[:-1], "image_encoder"])
+    load = lambda: CLIPVisionModelWithProjection.from_pretrained(repo, subfolder=subfolder, torch_dtype=dtype)
+    encoder = _load_from(hub, "IP-Adapter image encoder", load, ADAPTER_OFFLINE_ALTERNATIVES)
+    return build_image_adapter(spec, state, encoder, backbone.unet, device, dtype)
+
+
+def _adapter_file(path: Path, spec: str) -> Path:
+    """The IP-Adapter weights a local spec names: the file itself, or the one adapter file in a folder (or its models/)."""
+    if path.is_file():
+        if path.suffix not in IP_ADAPTER_SUFFIXES:
+            raise ModelLoadError(f"IP-Adapter {path.name} must be a .safetensors or .bin file")
+        return path
+    if not path.is_dir():
+        raise ModelLoadError(f"IP-Adapter {Path(spec).name} does not exist")
+    for folder in (path, path / "models"):
+        for name in IP_ADAPTER_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    found = sorted(p for p in path.iterdir() if p.suffix in IP_ADAPTER_SUFFIXES and p.is_file())
+    if len(found) != 1:
+        raise ModelLoadError(f"IP-Adapter folder {path.name} must hold one .safetensors or .bin adapter file, found {len(found)}")
+    return found[0]
+
+
+def _read_adapter_state(weights: Path) -> dict:
+    """An IP-Adapter checkpoint as {"image_proj": {...}, "ip_adapter": {...}}: safetensors keys split on their
+    first dot (as diffusers' load_ip_adapter does), a .bin read with torch.load(weights_only=True)."""
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: dict = {}
+            for key, tensor in load_file(str(weights)).items():
+                group, _, rest = key.partition(".")
+                state.setdefault(group, {})[rest] = tensor
+            return state
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: one sentence
+        raise ModelLoadError(f"IP-Adapter {weights.name} cannot be read ({type(exc).__name__})") from exc
 
 
 # ---------------------------------------------------------------- CLIP, for quality metrics

@@ -23,6 +23,7 @@ Field metadata keys (all optional):
   word        bool fields sharing one `dest` form one comma-separated option (`--smooth flow,color`);
               the field is True when its word is listed
   group       the argparse group of a nested config's options (default GROUPS[config class])
+  file        the option names a file of this kind ("image"): forms give it an upload widget, never a path box
 
 Field types: str, int, float, bool (a store_true flag; `--no-NAME` when the default is True), and
 `X | None`; `tuple[str, ...]` is comma-separated text (`--blend-words W1,W2`); `tuple[tuple[str, float],
@@ -192,6 +193,7 @@ class Option:
     item_field: str | None = None  # per_item: the item's field it sets
     within: tuple[str, ...] | None = None  # the optional config (e.g. ("attention_edit",)) it belongs to
     enables: bool = False  # a field without default of that optional config: giving it builds the config
+    file: str | None = None  # the kind of file the option names ("image"), for forms' upload widgets
 
     @property
     def flag(self) -> str:
@@ -281,6 +283,7 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
         name=name, flags=flags, help=meta.get("help", ""), choices=meta.get("choices"), metavar=meta.get("metavar"), group=group,
         paths=(path,), field_default=None if missing else default, within=within, enables=missing and within is not None,
         required=bool(meta.get("required")) or (missing and within is None), needed=missing and within is None,
+        file=meta.get("file"),
     )  # fmt: skip
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)

@@ -6,6 +6,7 @@ Every pipeline is composed from these; none copies the loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -182,19 +183,21 @@ class ControlSignal:
 
 @dataclass(frozen=True)
 class Guidance:
-    """Everything that steers the UNet: text (with classifier-free guidance scale) and ControlNets."""
+    """Everything that steers the UNet: text (with classifier-free guidance scale), ControlNets and a
+    reference image (editing.reference.ImagePrompt: IP-Adapter image embeddings per guidance branch)."""
 
     text: TextConditioning
     scale: float
     controls: tuple[ControlSignal, ...] = ()
     negatives: tuple[torch.Tensor, ...] | None = None  # per-step unconditional embeddings (null-text inversion)
+    reference: object = None  # editing.reference.ImagePrompt, or None
 
     def at_step(self, index: int) -> "Guidance":
         """The guidance of step `index`: its own unconditional embedding when per-step ones are given."""
         if self.negatives is None or self.text.negative is None:
             return self
         text = TextConditioning(self.text.positive, self.negatives[min(index, len(self.negatives) - 1)])
-        return Guidance(text, self.scale, self.controls)
+        return dataclasses.replace(self, text=text, negatives=None)
 
 
 @dataclass(frozen=True)
@@ -271,30 +274,35 @@ def guided_noise(
     Both branches run as one batch; with `differentiable` (null-text inversion) they run apart, the
     unconditional one with gradients, and a given `conditional` prediction is reused.
     """
-    text = guidance.text
+    text, image = guidance.text, guidance.reference  # the reference's unconditional branch is zero image embeddings
     frame_ids = frame_ids or list(range(model_input.shape[0]))
     if text.negative is None:
-        return branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs)
+        return branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs, image=image and image.positive)
     if differentiable:
         if conditional is None:
             with torch.no_grad():
-                conditional = branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True)
-        unconditional = branch_noise(backbone, model_input, timestep, text.negative, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True)
+                conditional = branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True, image=image and image.positive)
+        unconditional = branch_noise(backbone, model_input, timestep, text.negative, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True, image=image and image.negative)
     else:
         both = torch.cat([model_input, model_input])
         context = torch.cat([text.negative, text.positive])
-        unconditional, conditional = branch_noise(backbone, both, timestep, context, guidance.controls, layout, frame_ids, fraction, attention_kwargs, branches=2).chunk(2)
+        images = None if image is None else torch.cat([image.negative, image.positive])
+        unconditional, conditional = branch_noise(backbone, both, timestep, context, guidance.controls, layout, frame_ids, fraction, attention_kwargs, branches=2, image=images).chunk(2)
     return unconditional + guidance.scale * (conditional - unconditional)
 
 
-def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_ids, fraction, attention_kwargs, branches: int = 1, grad: bool = False):
+def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_ids, fraction, attention_kwargs, branches: int = 1, grad: bool = False, image=None):
     """The UNet's noise prediction for `branches` guidance branches stacked in the batch, each branch's
-    text embedding ((branches, tokens, width), broadcast over its frames) and the active ControlNets."""
+    text embedding ((branches, tokens, width), broadcast over its frames), the active ControlNets and, with
+    a reference, each branch's IP-Adapter image embedding ((branches, images, width), as `added_cond_kwargs`;
+    the ControlNets see the text only, as in diffusers' ControlNet pipelines)."""
     count = model_input.shape[0] // branches
     context = text.repeat_interleave(count, dim=0) if text.shape[0] == branches else text.expand(model_input.shape[0], -1, -1)
     with contextlib.nullcontext() if grad else torch.inference_mode():
         residuals = control_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction)
         extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
+        if image is not None:
+            extra["added_cond_kwargs"] = {"image_embeds": [image.to(model_input.dtype).repeat_interleave(count, dim=0)]}
         return backbone.unet(
             model_input,
             timestep,
@@ -381,16 +389,19 @@ def denoise(
     latents)` runs after each step on variance-preserving latents; it may return replacement latents
     (blending, smoothing) or raise to cancel. `before_step` may replace a step's guidance (null-text
     inversion fits its unconditional embedding there). An attention `control` (editing.attention.p2p)
-    installs its processors and is told each call's step and frames.
+    installs its processors and is told each call's step and frames. A reference image in `guidance`
+    (editing.reference) has its IP-Adapter installed in the UNet for the loop, under the attention processors.
     """
     cross_frame = get_attention_mode(plan.mode).cross_frame
     attention = cross_frame_attention(backbone.unet) if cross_frame else contextlib.nullcontext()
     if control is not None:
         attention = control.processors(backbone.unet)
+    # a reference image's IP-Adapter goes in first, so the attention processors swapped in over it keep it
+    adapter = contextlib.nullcontext() if guidance.reference is None else guidance.reference.installed(backbone.unet)
     generator = step_generator(scheduler, seed, latents.shape[0])
     following = [*timesteps[1:], None]
     x = latents * vp_scale(scheduler, timesteps[0]) if len(timesteps) else latents
-    with attention:
+    with adapter, attention:
         for index, timestep in enumerate(timesteps):
             fraction = index / max(1, len(timesteps) - 1)
             model_input = scheduler.scale_model_input(x, timestep)

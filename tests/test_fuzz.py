@@ -16,6 +16,7 @@ from editing.errors import EditingError  # noqa: E402
 FIELDS = [
     "model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed",
     "negative_prompt", "attention", "inversion", "source_prompt", "prompt_edit", "blend_words", "control_kinds", "control_scale", "smooth",
+    "reference_image", "reference_scale",
 ]  # fmt: skip
 HOSTILE = st.one_of(
     st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.just(10**30), st.just(-(10**30)), st.just(2**63), st.just(-1), st.just(-0.5),

@@ -72,6 +72,7 @@ HAND_BUILT_EDITS = [
     (["--smooth", "color"], edit(engine=EngineConfig(smooth_color=True))),
     (["--smooth", "none"], edit()),
     (["--cache-dir", "/tmp/c", "--annotators", "a/b"], edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b"))),
+    (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random"))),
     (["--device", "cpu", "--dtype", "fp32"], edit(device="cpu", dtype="fp32")),
     (["--tuned", "w.safetensors", "--attention", "sparse-causal"], edit(tuned="w.safetensors", engine=EngineConfig(attention="sparse-causal"))),
     (["--source-prompt", "a car"], edit(attention_edit=AttentionEditConfig("a car"))),

@@ -571,3 +571,45 @@ def test_the_api_and_the_cli_refuse_an_out_of_range_value_in_the_same_words(serv
         _client(url).predict(video=handle_file(str(car)), prompt="a cat", **(SMALL | {"steps": 0}), api_name="/edit")
     assert str(cli.value) == "steps must be between 1 and 1000, got 0"
     assert str(app.value).startswith("steps must be between 1 and ") and str(app.value).endswith(", got 0")
+
+
+def test_the_reference_image_is_an_upload_never_a_server_path_and_never_served_back(served, car, tmp_path):
+    """/edit's reference_image takes an uploaded image only (Gradio re-encodes it into its cache); a client
+    naming a file on the server is refused, an SVG upload is refused, and no output holds the reference."""
+    import numpy as np
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    url, root = served
+    client = _client(url, download_files=False)
+    secret = Path(root).parent / f"{Path(root).name}-secret.png"  # outside Gradio's folders, like any server file
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(secret)
+    try:  # raw HTTP: gradio_client would upload a local path itself
+        refused = _raw_edit(url, car, reference_image={"path": str(secret), "meta": {"_type": "gradio.FileData"}})
+        assert "event: error" in refused and "event: complete" not in refused, refused
+        assert "event: complete" in _raw_edit(url, car)  # the control: the same call without it runs
+    finally:
+        secret.unlink()
+    svg = tmp_path / "dog.svg"
+    svg.write_text(SVG)
+    with pytest.raises(AppError):
+        client.predict(video=handle_file(str(car)), prompt="a dog", reference_image=handle_file(str(svg)), **SMALL, api_name="/edit")
+    dog = tmp_path / "dog.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(dog)
+    video, gif, frames_zip, details, warp = client.predict(video=handle_file(str(car)), prompt="a dog", reference_image=handle_file(str(dog)), reference_scale=0.5, **SMALL, api_name="/edit")
+    assert details["frames"] == 2 and "dog" not in json.dumps(details)
+
+
+def _raw_edit(url: str, video: Path, **given) -> str:
+    """The /edit call's event stream, its parameters posted by hand (uploaded video, defaults, `given`)."""
+    import httpx
+
+    from ui import build_demo
+
+    parameters = build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]
+    uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": (video.name, video.read_bytes(), "video/mp4")}).json()[0]
+    values = {p["parameter_name"]: p.get("parameter_default") for p in parameters} | SMALL | {"prompt": "a dog"} | given
+    values["video"] = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+    event = httpx.post(f"{url}gradio_api/call/edit", json={"data": [values[p["parameter_name"]] for p in parameters]}).json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/edit/{event}", timeout=120).text

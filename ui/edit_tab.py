@@ -26,7 +26,7 @@ GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: b
 API_FIELDS = [
     "video", "prompt", "model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed",
     "negative_prompt", "attention", "inversion", "source_prompt", "prompt_edit", "blend_words",
-    "control_kinds", "control_scale", "smooth",
+    "control_kinds", "control_scale", "smooth", "reference_scale",
 ]  # fmt: skip
 # Edit options the app keeps off its /edit API (set through other widgets, or left at their defaults).
 # Every other option, e.g. a field added to a config, is an /edit parameter after API_FIELDS.
@@ -306,6 +306,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 form |= widgets.sampler_widgets()
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):
                 form |= widgets.engine_widgets()
+                form |= widgets.reference_widgets()
                 show_conditions = gr.Button("Preview condition maps")
                 condition_gallery = gr.Gallery(label="Condition maps (first frame)", columns=4, height=200)
             with gr.Accordion("Attention editing (Prompt-to-Prompt)", open=False):

@@ -22,7 +22,7 @@ from editing.errors import ConfigError, EditingError
 from editing.requests import EditRequest
 
 # Options the app never takes from a form: files and places are the app's business.
-RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "keyframe_image"})  # keyframe_image: the Edit tab's own upload
+RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "reference_adapter", "keyframe_image"})  # keyframe_image: the Edit tab's own upload
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
@@ -94,6 +94,7 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"control_scale must be a number, got {scale!r}")
     if kinds:
         values["control"] = [f"{kind}:{float(scale):g}" for kind in kinds]
+    values |= reference_value(values.pop("reference_image", None), values.pop("reference_scale", None))
     for name in ("source_prompt", "model"):
         if values.get(name) is not None and not isinstance(values[name], str):
             raise ConfigError(f"{name} must be text, got {values[name]!r}")
@@ -108,6 +109,20 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
         if values["model"] is None:
             raise ConfigError("choose a model: a Hub id, a local folder or file, or a built-in one")
     return values
+
+
+def reference_value(image: Any, scale: Any) -> dict[str, Any]:
+    """The reference_image option from the form's upload (a file Gradio received, re-encoded by gr.Image) and
+    its scale slider: PATH:SCALE, or nothing when no image is given."""
+    if image is None or image == "":
+        return {}
+    if not isinstance(image, str):
+        raise ConfigError(f"reference_image must be an uploaded image, got {type(image).__name__}")
+    if scale is None:
+        return {"reference_image": image}
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ConfigError(f"reference_scale must be a number, got {scale!r}")
+    return {"reference_image": f"{image}:{float(scale):g}"}
 
 
 def make_tune_request(values: Mapping[str, Any], video: str | None):

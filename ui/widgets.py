@@ -165,9 +165,22 @@ def attention_edit_widgets() -> dict[str, gr.components.Component]:
     return {"source_prompt": source, "prompt_edit": kind, "blend_words": blend}
 
 
+def reference_widgets() -> dict[str, gr.components.Component]:
+    """The reference image of the subject (IP-Adapter): an upload (Gradio re-encodes it into its own cache,
+    so the edit reads a copy, never a path a client names) and its weight against the prompt."""
+    from editing.config import REFERENCE_MAX_SCALE, REFERENCE_SCALE
+
+    with gr.Row():
+        image = gr.Image(label="Reference image of the subject (optional)", type="filepath", sources=["upload"], height=160)
+        scale = gr.Slider(0, REFERENCE_MAX_SCALE, value=REFERENCE_SCALE, step=0.05, label="Reference weight", info="0 = no effect")
+    return {"reference_image": image, "reference_scale": scale}
+
+
 def option_widget(option) -> gr.components.Component:
     """A hidden widget holding a schema option's default (`editing.requests.Option`), so that the option is
-    an API parameter even before the form lays out a widget for it."""
+    an API parameter even before the form lays out a widget for it; a file option gets an upload."""
+    if option.file == "image":
+        return gr.Image(label=option.name, type="filepath", sources=["upload"], visible=False)
     choices = option.choice_values()
     if option.repeat:
         return gr.JSON(list(option.default), label=option.name, visible=False)

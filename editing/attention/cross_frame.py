@@ -5,11 +5,18 @@ sparse-causal, full, window, and whatever else is registered there).
 
 The processor is told the frame layout of each UNet call through `cross_attention_kwargs={"frames":
 layout}`; the number of frames per guidance branch is part of the layout, never derived from the batch.
+
+An IP-Adapter (editing.reference) lives in the cross-attention layers' processors (diffusers'
+IPAdapterAttnProcessor2_0, holding its `to_k_ip` / `to_v_ip` weights). `attention_processors` keeps it:
+a layer whose current processor is one gets the new processor bound to it (`with_image_adapter`), and
+`process` adds its image attention (Ye et al. 2023, eq. 5: Attn(Q, K_t, V_t) + scale Attn(Q, K_i, V_i))
+to the text attention, whatever the new processor does with the text.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -57,6 +64,14 @@ def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
 class CrossFrameAttnProcessor:
     """Self-attention over the frames a FrameLayout names (fused SDPA); other attention unchanged."""
 
+    image_adapter = None  # a layer's IP-Adapter processor (its image keys, values and scale), set by with_image_adapter
+
+    def with_image_adapter(self, adapter) -> "CrossFrameAttnProcessor":
+        """A copy of this processor that also attends to the IP-Adapter image tokens with `adapter`'s weights."""
+        bound = copy.copy(self)
+        bound.image_adapter = adapter
+        return bound
+
     def __call__(
         self,
         attn,
@@ -72,6 +87,7 @@ class CrossFrameAttnProcessor:
         """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
         `extra` per-call state is handed to `attend`."""
         residual = hidden_states
+        encoder_hidden_states, images = split_image_tokens(encoder_hidden_states)
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         spatial = hidden_states.ndim == 4
@@ -108,6 +124,8 @@ class CrossFrameAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         out = self.attend(attn, query, key, value, mask, is_self, **extra)
+        if images is not None and self.image_adapter is not None:
+            out = out + image_attention(self.image_adapter, query, images, attn.heads)
         out = out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if spatial:
@@ -125,6 +143,39 @@ class CrossFrameAttnProcessor:
     def attend(self, attn, query, key, value, mask, is_self: bool, **extra) -> torch.Tensor:
         """softmax(Q K^T / sqrt(d)) V per head, fused; subclasses that need the probabilities override this."""
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+
+
+def split_image_tokens(encoder_hidden_states):
+    """(text states, IP-Adapter image tokens or None): a UNet with an IP-Adapter's image projection hands its
+    cross-attention layers the tuple (text, [image tokens of each adapter])."""
+    if isinstance(encoder_hidden_states, tuple):
+        return encoder_hidden_states[0], encoder_hidden_states[1]
+    return encoder_hidden_states, None
+
+
+def image_attention(adapter, query: torch.Tensor, images, heads: int) -> torch.Tensor:
+    """sum over adapters of scale * softmax(Q K_i^T / sqrt(d)) V_i, per head: the image half of IP-Adapter's
+    decoupled cross-attention, with the layer's `to_k_ip` / `to_v_ip` (query: (batch, heads, length, d))."""
+    total = torch.zeros_like(query)
+    for tokens, scale, to_k, to_v in zip(images, adapter.scale, adapter.to_k_ip, adapter.to_v_ip):
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1]).to(query.dtype)  # (batch, images x tokens, width)
+        key, value = _heads(to_k(tokens), heads), _heads(to_v(tokens), heads)
+        total = total + float(scale) * F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+    return total
+
+
+def bind_image_adapters(installed: dict, current: dict) -> dict:
+    """`installed` with each processor bound to the IP-Adapter of its layer, where the layer has one now."""
+    bound = {}
+    for name, processor in installed.items():
+        adapter = current.get(name)
+        if adapter is None or not hasattr(adapter, "to_k_ip"):
+            bound[name] = processor
+        elif hasattr(processor, "with_image_adapter"):
+            bound[name] = processor.with_image_adapter(adapter)
+        else:
+            raise TypeError(f"{type(processor).__name__} cannot replace the IP-Adapter processor of {name}: it has no with_image_adapter")
+    return bound
 
 
 def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):
@@ -148,10 +199,12 @@ def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):
 
 @contextlib.contextmanager
 def attention_processors(unet, processor) -> Iterator[None]:
-    """Install `processor` (one object or a {layer name: processor} dict) and restore the originals after."""
+    """Install `processor` (one object or a {layer name: processor} dict) and restore the originals after;
+    layers holding an IP-Adapter keep its image attention (`bind_image_adapters`)."""
     original = dict(unet.attn_processors)
+    installed = processor if isinstance(processor, dict) else {name: processor for name in original}
     try:
-        unet.set_attn_processor(processor)
+        unet.set_attn_processor(bind_image_adapters(installed, original))
         yield
     finally:
         unet.set_attn_processor(original)

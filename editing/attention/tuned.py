@@ -120,6 +120,10 @@ class TunedAttnProcessor:
     def __init__(self, weights: LayerWeights, base: CrossFrameAttnProcessor):
         self.weights, self.base = weights, base
 
+    def with_image_adapter(self, adapter) -> "TunedAttnProcessor":
+        """The same layer whose base also attends to an IP-Adapter's image tokens (editing.reference)."""
+        return TunedAttnProcessor(self.weights, self.base.with_image_adapter(adapter))
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames: FrameLayout | None = None, control=None):
         extra = {} if control is None else {"control": control}
         out = self.base.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, to_q=self.weights.query, **extra)
