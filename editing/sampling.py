@@ -398,6 +398,8 @@ def denoise(
             if before_step is not None:
                 context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control)
                 step_guidance = before_step(context, step_guidance) or step_guidance
+            if control is not None and hasattr(control, "begin_step"):  # a pass of the control's own first (TokenFlow's keyframes)
+                control.begin_step(StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control), step_guidance)
             noise = torch.empty_like(x)
             for batch in plan.batches:
                 ids = list(batch.ids)
