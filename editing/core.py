@@ -137,8 +137,8 @@ def edit_frames(
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None
-    control = attention_control(parts, frames, backbone, tuned) if parts.attention_edit is None else None
     with timer.stage("invert"):
+        control = attention_control(parts, frames, backbone, tuned) if parts.attention_edit is None else None
         if parts.attention_edit is None:
             latents, cached = start_latents(parts, frames, backbone, plan, source, cache_root, timesteps, progress, tuned, control)
         else:

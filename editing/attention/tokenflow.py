@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
 
 FEATURE_DIMS = 64  # stored channels per token: wider layers are projected (seeded Gaussian, cosine kept in expectation)
-STORE_CAP = 1 << 30  # bytes of source features kept for one inversion (in memory and in its cache entry)
+STORE_CAP = 2 << 30  # bytes of source features kept for one inversion (in memory and in its cache entry)
 BYTES_PER_VALUE = 2  # fp16
 KEYFRAME_SEED = 0  # the per-step keyframe offsets come from this seed and the step index
 PROJECTION_SEED = 1234
