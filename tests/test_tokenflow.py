@@ -202,3 +202,13 @@ def test_tokenflow_is_refused_where_it_cannot_work(tmp_path, engine, attention_e
     with pytest.raises(ConfigError, match=message):
         edit_video(request)
     assert not (tmp_path / "refused.mp4").exists()
+
+
+def test_a_longer_clip_keeps_the_unet_batch_and_attention_length_of_a_16_frame_one(tmp_path):
+    """The keyframe pass runs in groups of at most one chunk (8 keyframes at --window 2 for 16 frames, 24 in
+    three groups for 48), so memory does not grow with the clip."""
+    from .test_engine import _measured_edit
+
+    sixteen = _measured_edit(tmp_path, 16, 8, "tokenflow")
+    longer = _measured_edit(tmp_path, 48, 8, "tokenflow")
+    assert (longer["batch"], longer["keys"]) == (sixteen["batch"], sixteen["keys"]) and longer["unet_calls"] > sixteen["unet_calls"]

@@ -5,14 +5,14 @@ self-attention features, the input tokens of one self-attention layer per UNet r
 per inversion step (`SourceFeatures`, bounded: see `store_nbytes` and `STORE_CAP`). Each denoising step
 then runs in two passes:
 
-1. Keyframes. One keyframe per window of `--window` frames, at an offset drawn per step from a seeded
-   generator (the same offset in every window, as TokenFlow does). The keyframes run through the UNet
-   together, their self-attention joint across all of them (extended attention), and each
-   self-attention layer keeps the keyframes' attention outputs.
+1. Keyframes. One keyframe per window of `--window` frames, at an offset drawn per step from a
+   generator seeded by the edit's `--seed` (the same offset in every window, as TokenFlow does). The
+   keyframes run through the UNet together, their self-attention joint across all of them (extended
+   attention), in groups of at most one chunk; each self-attention layer keeps their attention outputs.
 2. Propagation. The clip's planned batches run as usual, but no self-attention is computed: a keyframe
    takes its own output, every other frame the blend of its two nearest keyframes' outputs, each
-   gathered at the token's nearest neighbour (cosine similarity of the stored source features of that
-   step) in that keyframe. The weights are linear in temporal distance: d_next / (d_prev + d_next) for
+   gathered at the token's nearest neighbour (cosine similarity of the stored source features of the
+   inversion step at the same timestep) in that keyframe. The weights are linear in temporal distance: d_next / (d_prev + d_next) for
    the previous keyframe. Frames before the first or after the last keyframe take that one keyframe.
 
 Attention outputs are blended before the output projection (an affine map, so blending after it with
@@ -38,7 +38,7 @@ from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_process
 FEATURE_DIMS = 64  # stored channels per token: wider layers are projected (seeded Gaussian, cosine kept in expectation)
 STORE_CAP = 2 << 30  # bytes of source features kept for one inversion (in memory and in its cache entry)
 BYTES_PER_VALUE = 2  # fp16
-KEYFRAME_SEED = 0  # the per-step keyframe offsets come from this seed and the step index
+KEYFRAME_SEED = 0  # the per-step keyframe offsets come from the edit's seed (this by default) and the step index
 PROJECTION_SEED = 1234
 
 
@@ -340,7 +340,7 @@ class TokenFlowControl:
             state.step = context.index
             return
         window = context.plan.window
-        state.begin(context.index, keyframes(state.num_frames, window, context.index))
+        state.begin(context.index, keyframes(state.num_frames, window, context.index, context.seed))
         group = max(len(batch.ids) for batch in context.plan.batches)  # memory: one chunk's worth of keyframes at a time
         self._phase = "keyframes"
         try:
