@@ -115,6 +115,17 @@ def test_one_keyframe_per_window_at_a_seeded_offset_per_step():
     assert keyframes(3, 8, 0) in ((0,), (1,), (2,))
 
 
+def test_wide_features_are_stored_projected_and_keep_their_correspondences():
+    hidden = torch.randn(2, TOKENS, 256, generator=torch.Generator().manual_seed(8))
+    order = torch.randperm(TOKENS, generator=torch.Generator().manual_seed(9))
+    hidden[1] = hidden[0][order]
+    store = SourceFeatures(2)
+    store.put(0, (0, 1), hidden)
+    stored = store.get(0, TOKENS)
+    assert stored.shape == (2, TOKENS, 64) and stored.dtype == torch.float16 and store.nbytes() == 2 * TOKENS * 64 * 2
+    assert torch.equal(nearest_tokens(stored[1], stored[0]), order)  # frame 1's token i is frame 0's token order[i]
+
+
 def test_coarse_correspondences_upsample_to_finer_grids():
     identity = torch.arange(2 * 3)
     assert torch.equal(upsample_matches(identity, (2, 3), (4, 6)), torch.arange(24))

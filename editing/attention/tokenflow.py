@@ -24,6 +24,7 @@ correspondences, upsampled (nearest).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -156,6 +157,7 @@ class SourceFeatures:
         return cls(num_frames, features)
 
 
+@functools.lru_cache(maxsize=16)
 def projection(channels: int, dims: int) -> torch.Tensor:
     """A fixed (channels, dims) Gaussian projection, scaled by 1/sqrt(dims) (Johnson-Lindenstrauss)."""
     generator = torch.Generator().manual_seed(PROJECTION_SEED + channels)
