@@ -167,7 +167,7 @@ class EngineConfig:
         default="first",
         metadata={"help": "cross-frame attention (default: {default}; with --tuned, the mode it was tuned with)", "choices": attention_mode_names, "resolve": "tuned_attention"},
     )
-    window: int = field(default=2, metadata={"help": "neighbours on each side for --attention window"})
+    window: int = field(default=2, metadata={"help": "neighbours on each side for --attention window; frames per keyframe window for --attention tokenflow"})
     chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames"})
     token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off"})
     feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})

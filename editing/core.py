@@ -169,8 +169,9 @@ def edit_frames(
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None
     with timer.stage("invert"):
+        control = attention_control(parts, frames, backbone, tuned) if parts.attention_edit is None else None
         if parts.attention_edit is None:
-            latents, cached = start_latents(parts, start, backbone, plan, start_key, cache_root, timesteps, progress, tuned)
+            latents, cached = start_latents(parts, start, backbone, plan, start_key, cache_root, timesteps, progress, tuned, control)
         else:
             from .prompt_edit import prepare_attention_edit
 
@@ -185,7 +186,7 @@ def edit_frames(
     with timer.stage("denoise"):
         progress("denoise", 0, len(timesteps))
         guidance = sampling.Guidance(text, config.guidance, controls, None if prepared is None else prepared.negatives, reference)
-        control = attention_control(parts, frames, backbone, tuned) if prepared is None else prepared.control
+        control = control if prepared is None else prepared.control
         callback = callback if prepared is None else prepared.wrap(callback)
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
     with timer.stage("decode_latents"):
@@ -266,6 +267,8 @@ def check_parts(parts: EditParts) -> None:
         raise ConfigError("keyframes cannot be combined with --tuned or a --control-video yet")
     if parts.engine.keyframe_images and (parts.tuned is not None or parts.attention_edit is not None):
         raise ConfigError("keyframe_image cannot be combined with --tuned or attention editing (--source-prompt) yet")
+    if parts.engine.attention == "tokenflow" and parts.engine.inversion == "none":
+        raise ConfigError("attention tokenflow needs DDIM inversion (its correspondences come from the inverted source's features), not --inversion none")
     if parts.engine.token_merge and parts.attention_edit is not None:
         raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
 
@@ -292,20 +295,25 @@ def decoded_indices(wanted: tuple[int, ...] | None, count: int) -> tuple[int, ..
     return tuple(wanted)
 
 
-def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None) -> tuple[torch.Tensor, bool]:
+def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None, sampling_control=None) -> tuple[torch.Tensor, bool]:
     """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
-    given), or noised source latents."""
+    given), or noised source latents. A `sampling_control` with `use_source` receives what the inversion's
+    control recorded (TokenFlow's source features), from the cache or from the new inversion."""
     config, engine = parts.edit, parts.engine
     if engine.inversion == "none":
         progress("invert", 0, 1)
         clean = sampling.encode_frames(backbone, frames, engine.chunk)
         noise = sampling.shared_noise(tuple(clean.shape), config.seed, backbone.device, clean.dtype)
         return sampling.noise_to_timestep(backbone.scheduler(), clean, noise, timesteps[0]), False
-    key = inversion_key(parts, backbone, plan, source, len(timesteps))
+    inverting = attention_control(parts, frames, backbone, tuned)
+    key = inversion_key(parts, backbone, plan, source, len(timesteps), getattr(inverting, "cache_key", lambda: None)())
     cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
     trajectory = load_trajectory(cache, key)
+    receive = getattr(sampling_control, "use_source", None)
     if trajectory is not None:
         log.info("inversion from cache %s", key)
+        if receive is not None:
+            receive(trajectory.features, len(trajectory.timesteps))
         return trajectory.final.to(backbone.device, backbone.dtype), True
     progress("invert", 0, len(timesteps))
     clean = sampling.encode_frames(backbone, frames, engine.chunk)
@@ -314,14 +322,17 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
     def report(index: int, timestep: int, latents: torch.Tensor) -> None:
         progress("invert", index + 1, len(timesteps))
 
-    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=attention_control(parts, frames, backbone, tuned))
+    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=inverting)
     save_trajectory(cache, key, trajectory)
+    if receive is not None:
+        receive(trajectory.features, len(trajectory.timesteps))
     return trajectory.final.to(backbone.device, backbone.dtype), False
 
 
-def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_steps: int) -> str:
+def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_steps: int, recorded: str | None = None) -> str:
     """The cache key of a DDIM inversion: everything that changes the inverted latents, and nothing else
-    (not the edit prompt, guidance, seed or sampler: inversion is deterministic DDIM whatever samples after)."""
+    (not the edit prompt, guidance, seed or sampler: inversion is deterministic DDIM whatever samples after);
+    `recorded` names what else the entry holds (the inversion control's record, e.g. TokenFlow's store)."""
     config, engine = parts.edit, parts.engine
     return cache_key(
         kind="ddim",
@@ -338,6 +349,7 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank}),
         **({} if not engine.token_merge else {"token_merge": engine.token_merge}),
         **({} if plan.anchors == (0,) else {"anchors": plan.anchors}),
+        **({} if recorded is None else {"recorded": recorded}),
     )
 
 

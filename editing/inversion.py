@@ -8,7 +8,8 @@ which is what makes edits keep the source's layout. It runs through the same loo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +24,7 @@ class Trajectory:
 
     timesteps: torch.Tensor  # (k,) ascending inverse timesteps
     states: torch.Tensor  # (k + 1, frames, channels, h, w)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # what the inversion's attention control recorded (tokenflow)
 
     @property
     def final(self) -> torch.Tensor:
@@ -42,7 +44,8 @@ def ddim_invert(
     callback: StepCallback | None = None,
     control=None,
 ) -> Trajectory:
-    """Invert clean latents along the DDIM path under `text` (no guidance), recording every state."""
+    """Invert clean latents along the DDIM path under `text` (no guidance), recording every state (and
+    what an attention control with `recording(unet, steps)` records, e.g. TokenFlow's source features)."""
     inverse = backbone.inverse_scheduler()
     inverse.set_timesteps(steps)
     timesteps = inverse.timesteps[: max(1, round(steps * strength))]
@@ -53,16 +56,20 @@ def ddim_invert(
         if callback is not None:
             callback(index, timestep, current)
 
-    denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record, control)
-    return Trajectory(timesteps.cpu(), torch.stack(states))
+    recording = control.recording(backbone.unet, len(timesteps)) if hasattr(control, "recording") else contextlib.nullcontext({})
+    with recording as features:
+        denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record, control)
+    return Trajectory(timesteps.cpu(), torch.stack(states), dict(features))
 
 
 def load_trajectory(cache: TensorCache, key: str) -> Trajectory | None:
     """The trajectory stored under `key`, or None."""
     data = cache.load(key)
-    return None if data is None else Trajectory(data["timesteps"], data["states"])
+    if data is None:
+        return None
+    return Trajectory(data["timesteps"], data["states"], {name: t for name, t in data.items() if name not in ("timesteps", "states")})
 
 
 def save_trajectory(cache: TensorCache, key: str, trajectory: Trajectory) -> None:
     """Store a trajectory under `key`."""
-    cache.save(key, {"timesteps": trajectory.timesteps, "states": trajectory.states})
+    cache.save(key, {"timesteps": trajectory.timesteps, "states": trajectory.states, **trajectory.features})

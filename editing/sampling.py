@@ -354,6 +354,7 @@ class StepContext:
     model_input: torch.Tensor
     fraction: float
     control: object = None
+    seed: int = 0  # the edit's seed (TokenFlow's keyframe offsets)
 
     def batch_noise(self, batch: FrameBatch, guidance: Guidance, conditional=None, differentiable: bool = False) -> torch.Tensor:
         """Guided noise of one planned batch's frames (all of them, context included)."""
@@ -409,6 +410,8 @@ def denoise(
             if before_step is not None:
                 context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control)
                 step_guidance = before_step(context, step_guidance) or step_guidance
+            if control is not None and hasattr(control, "begin_step"):  # a pass of the control's own first (TokenFlow's keyframes)
+                control.begin_step(StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control, seed), step_guidance)
             noise = torch.empty_like(x)
             for batch in plan.batches:
                 ids = list(batch.ids)

@@ -249,6 +249,7 @@ SETTINGS: dict[str, dict] = {
     "full-merge": {"attention": "full", "token_merge": 0.5},  # VidToMe-style token merging across frames
     "first-bank": {"attention": "first", "chunk": 4, "feature_bank": 4},  # two chunks, the second attends to the first's frames
     "first-dpm": {"attention": "first", "sampler": "dpm-solver++"},  # the default mode with DPM-Solver++
+    "tokenflow": {"attention": "tokenflow", "window": 4},  # TokenFlow: 2 keyframes per step, the other frames propagated from them
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},  # frames 0 and 4 edited, the rest propagated along the flow
     "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # frame 0 edited, the rest propagated from it
 }

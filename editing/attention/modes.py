@@ -139,3 +139,15 @@ register_attention_mode(
         make_control="editing.attention.flow:make_flow_control",
     )
 )
+
+
+register_attention_mode(
+    AttentionMode(
+        "tokenflow",
+        _none_rows,
+        _no_context,
+        needs_anchor=False,
+        help="keyframes (one per --window frames) attend jointly; other frames blend their nearest keyframes' outputs along the source's correspondences (TokenFlow)",
+        make_control="editing.attention.tokenflow:make_tokenflow_control",
+    )
+)
