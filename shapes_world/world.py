@@ -356,6 +356,7 @@ class Clip:
     caption: str = field(default="")
     pan: tuple[float, float] = (0.0, 0.0)
     occluded: np.ndarray | None = None
+    subject: int = 0  # the object an edit of the clip is about (the front one of an occlusion clip)
 
 
 def scene_at(scene: Scene, motions: tuple[Motion, ...], frame: int) -> Scene:
@@ -470,7 +471,7 @@ def pan_clip(seed: int, frames: int = 8, size: int = 64, speed: int = 2) -> Clip
 
 def occlusion_clip(seed: int, frames: int = 8, size: int = 64) -> Clip:
     """A small object (the first, drawn below) crossing the image behind a large still one (drawn above),
-    off its centre so that part of it stays in view."""
+    off its centre so that part of it stays in view; the front object is the clip's subject."""
     rng = np.random.default_rng(seed)
     background = Background(str(rng.choice(("plain", "striped"))), str(rng.choice(list(PALETTE))), int(rng.integers(2)))
     colours = [c for c in PALETTE if c != background.colour]
@@ -485,7 +486,7 @@ def occlusion_clip(seed: int, frames: int = 8, size: int = 64) -> Clip:
     back = ShapeObject(back_shape, back_colour, "small", float(x_start), float(y_start), small, 0.0)
     step = 1 / max(1, frames - 1)
     motion = Motion((x_end - x_start) * step, (y_end - y_start) * step)
-    return make_clip(Scene((back, front), background, size), (motion, Motion()), frames)
+    return replace(make_clip(Scene((back, front), background, size), (motion, Motion()), frames), subject=1)
 
 
 def kind_clip(kind: str, seed: int, frames: int = 8, size: int = 64) -> Clip:
