@@ -362,8 +362,9 @@ class BenchmarkResult:
             entry = {f"accuracy_{kind}": _mean([r["edit_accuracy"] for r in rows if r["kind"] == kind]) for kind in EDIT_KINDS}
             for key in ("edit_accuracy", "structure_iou", "background_psnr", "warp_error", "flicker", "seconds_per_frame"):
                 entry[key] = _mean([r[key] for r in rows if r.get(key) is not None])
-            for key in INTERVAL_KEYS:
-                entry[f"{key}_interval"] = bootstrap_interval(per_clip_means(rows, key))
+            for key in INTERVAL_KEYS:  # one clip has no spread to resample: no interval, no rank
+                means = per_clip_means(rows, key)
+                entry[f"{key}_interval"] = bootstrap_interval(means) if len(means) >= 2 else None
             entry["edits"] = len(rows)
             entry["clips"] = len({r["clip"] for r in rows})
             table[name] = entry
@@ -516,7 +517,7 @@ def _cell(value) -> str:
 def _interval_cell(entry: dict, key: str) -> str:
     """'mean [low, high]' (the bootstrap interval over clips) or the plain mean when there is no interval."""
     interval = entry.get(f"{key}_interval")
-    if entry.get(key) is None or interval is None or entry.get("clips", 0) < 2:
+    if entry.get(key) is None or interval is None:
         return _cell(entry.get(key))
     return f"{_cell(entry[key])} [{interval[0]:.3g}, {interval[1]:.3g}]"
 

@@ -230,3 +230,11 @@ def test_the_summary_carries_intervals_over_clips_and_the_table_shows_them():
     assert ranks["warp_error"] == {"good": "1", "bad": "2"} and ranks["edit_accuracy"] == {"good": "1=", "bad": "1="}
     text = bench.markdown(summary, "header", [], None, {"good": {"plain": "2 / 1"}, "bad": {"plain": "8 / 4"}})
     assert f"| good | " in text and f"[{low:.3g}, {high:.3g}]" in text and "warp rank" in text and "| bad | 8 / 4 |" in text
+
+
+def test_one_clip_gives_neither_an_interval_nor_a_rank():
+    rows = [{"setting": name, "clip": 0, "clip_kind": "plain", "kind": kind, "edit_accuracy": 1.0, "structure_iou": 0.9, "background_psnr": None,
+             "warp_error": value, "flicker": value, "seconds_per_frame": 0.1} for name, value in (("a", 1.0), ("b", 9.0)) for kind in bench.EDIT_KINDS]
+    summary = bench.BenchmarkResult(rows).summary()
+    assert summary["a"]["warp_error_interval"] is None
+    assert bench.setting_ranks(summary)["warp_error"] == {}
