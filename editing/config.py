@@ -192,6 +192,7 @@ class EngineConfig:
     )
     smooth_flow: bool = field(default=False, metadata={"help": "latent fusion along the optical flow", "flag": "--smooth", "dest": "smooth", "word": "flow"})
     smooth_color: bool = field(default=False, metadata={"help": "match every frame's colours to the first frame's", "flag": "--smooth", "dest": "smooth", "word": "color"})
+    smooth_pixel: bool = field(default=False, metadata={"help": "occlusion-aware pixel fusion of the previous output frame in the late steps (Rerender)", "flag": "--smooth", "dest": "smooth", "word": "pixel"})
     cache_dir: str | None = field(default=None, metadata={"help": "cache for inversions and condition maps"})
     cache_bytes: int = field(default=4 * 1024**3, metadata={"help": "size cap of each on-disk cache", "option": False})
     annotators: str = field(default="lllyasviel/Annotators", metadata={"help": "Hub id or folder of the depth / soft-edge annotators"})

@@ -177,7 +177,7 @@ def edit_frames(
 
             prepared = prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned)
             latents, cached = prepared.latents, False
-    callback = step_callback(engine, frames, backbone, len(timesteps), progress)
+    callback = step_callback(engine, frames, backbone, len(timesteps), progress, scheduler, timesteps)
     if pins:
         from .pinned import Pinning
 
@@ -383,19 +383,33 @@ def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cach
     return tuple(signals)
 
 
-def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, progress) -> sampling.StepCallback:
-    """After each denoising step: report progress and, when enabled, fuse latents along the source's flow."""
-    fuse = None
+def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, progress, scheduler=None, timesteps=None) -> sampling.StepCallback:
+    """After each denoising step: report progress and, when enabled, fuse latents along the source's flow
+    (early steps) and fuse the predicted frames in pixel space (late steps; needs the scheduler and timesteps)."""
+    fusions = []
+    if engine.smooth_flow or engine.smooth_pixel:
+        from .temporal import source_flows
+
+        flows = source_flows(frames)
     if engine.smooth_flow:
-        from .temporal import FlowFusion, make_flow_fusion_callback, source_flows
+        from .temporal import FlowFusion, make_flow_fusion_callback
 
         scale = backbone.vae_scale_factor
         height, width = frames.shape[1:3]
-        flows = source_flows(frames).resized(height // scale, width // scale)
-        fuse = make_flow_fusion_callback(flows, FlowFusion(), total_steps)
+        fusions.append(make_flow_fusion_callback(flows.resized(height // scale, width // scale), FlowFusion(), total_steps))
+    if engine.smooth_pixel:
+        from .temporal import PixelFusion, make_pixel_fusion_callback, step_alphas, vae_codec
+
+        if scheduler is None or timesteps is None:
+            raise ConfigError("pixel fusion needs the scheduler and its timesteps")
+        fusions.append(make_pixel_fusion_callback(flows, PixelFusion(), step_alphas(scheduler, timesteps), *vae_codec(backbone, engine.chunk)))
 
     def on_step(index: int, timestep: int, latents: torch.Tensor):
         progress("denoise", index + 1, total_steps)
-        return fuse(index, timestep, latents) if fuse is not None else None
+        changed = None
+        for fuse in fusions:
+            replacement = fuse(index, timestep, latents if changed is None else changed)
+            changed = changed if replacement is None else replacement
+        return changed
 
     return on_step

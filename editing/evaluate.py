@@ -357,7 +357,7 @@ def _reconstruct(edit: EvalEdit, request: EditRequest, workdir: Path, progress: 
     inversion comes from the cache the edit just filled.
     """
     config = dataclasses.replace(request.edit, prompt=request.engine.inversion_prompt, negative_prompt="", guidance=1.0)
-    engine = dataclasses.replace(request.engine, controls=(), smooth_flow=False, smooth_color=False)
+    engine = dataclasses.replace(request.engine, controls=(), smooth_flow=False, smooth_color=False, smooth_pixel=False)
     output = workdir / f"{edit.name}-reconstruction.zip"
     return edit_video(dataclasses.replace(request, edit=config, engine=engine, output=str(output)), progress).images
 

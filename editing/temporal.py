@@ -233,6 +233,110 @@ def make_flow_fusion_callback(flows: Flows, fusion: FlowFusion, total_steps: int
     return fuse
 
 
+@dataclass(frozen=True)
+class PixelFusion:
+    """Rerender-style fusion late in denoising: each step's predicted clean frames are decoded, the
+    previous (already fused) frame is warped onto the next along the source flow and blended in pixel
+    space where the flow passes the forward-backward check, and the change is put back into the latents."""
+
+    strength: float = field(default=0.8, metadata={"help": "blend weight of the warped previous output frame, 0..1"})
+    start: float = field(default=0.5, metadata={"help": "share of the denoising steps before pixel fusion starts, [0, 1)"})
+
+    def __post_init__(self):
+        _check(math.isfinite(self.strength) and 0 <= self.strength <= 1, f"pixel fusion strength must be between 0 and 1, got {self.strength}")
+        _check(math.isfinite(self.start) and 0 <= self.start < 1, f"pixel fusion 'start' must be a share of the steps in [0, 1), got {self.start}")
+
+
+def fuse_frames(images: torch.Tensor, backward: torch.Tensor, valid: torch.Tensor, strength: float) -> torch.Tensor:
+    """Sequential occlusion-aware fusion of (N, C, H, W) frames: frame 0 is kept and, for t = 1..N-1,
+    y_t = where(valid_t, (1 - s) x_t + s warp(y_{t-1}, b_t), x_t), so the fused previous frame carries
+    on down the clip and pixels failing the forward-backward check (occlusions, new content) keep x_t."""
+    if images.dim() != 4 or backward.shape != (images.shape[0] - 1, *images.shape[-2:], 2) or valid.shape != (images.shape[0] - 1, *images.shape[-2:]):
+        raise ValueError(f"frames {tuple(images.shape)} do not match flows {tuple(backward.shape)} and masks {tuple(valid.shape)}")
+    fused = [images[0]]
+    for t in range(1, images.shape[0]):
+        blended = images[t] + strength * (warp(fused[-1], backward[t - 1]) - images[t])
+        fused.append(torch.where(valid[t - 1][None], blended, images[t]))
+    return torch.stack(fused)
+
+
+def split_step(x_t: torch.Tensor, x_next: torch.Tensor, alpha_t: float, alpha_next: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean latents x0 and noise eps of one step from x_t (alpha_bar_t) to x_next (alpha_bar_next):
+    the solution of x = sqrt(a) x0 + sqrt(1 - a) eps at both ends (DDIM, Song et al. 2021, eq. 12 with
+    sigma 0: exact for DDIM; for other samplers the DDIM step that lands on the same latents)."""
+    if not 0 < alpha_t < alpha_next <= 1:
+        raise ValueError(f"a denoising step needs 0 < alpha_bar_t < alpha_bar_next <= 1, got {alpha_t} and {alpha_next}")
+    a, b = math.sqrt(alpha_t), math.sqrt(1 - alpha_t)
+    c, d = math.sqrt(alpha_next), math.sqrt(1 - alpha_next)
+    determinant = a * d - b * c
+    return (d * x_t - b * x_next) / determinant, (a * x_next - c * x_t) / determinant
+
+
+def make_pixel_fusion_callback(flows: Flows, fusion: PixelFusion, alphas: list[float], decode, encode) -> StepCallback:
+    """A denoising-loop callback fusing the predicted clean frames in pixel space from step
+    `start * steps` on (never at step 0, whose input latents it has not seen). `flows` are at pixel
+    resolution; `alphas` are `step_alphas` (alpha_bar before the first step, then after each step);
+    `decode` maps latents to [-1, 1] images and `encode` images to latents.
+
+    At a fused step: x0 and eps are split from the step's two latents (`split_step`), x0 is decoded to
+    D, D is fused (`fuse_frames`) to F, and x0 <- x0 + E(F) - E(D) (so the VAE round trip cancels: where
+    nothing was fused the latents do not move), x_next <- sqrt(alpha_next) x0 + sqrt(1 - alpha_next) eps.
+    """
+    steps = len(alphas) - 1  # alphas[0]: alpha_bar of the first timestep; alphas[i + 1]: after step i
+    backward = torch.from_numpy(np.ascontiguousarray(flows.backward, dtype=np.float32))
+    valid = torch.from_numpy(np.ascontiguousarray(flows.valid))
+    first = math.ceil(fusion.start * steps - 1e-9)
+    state: dict[str, torch.Tensor] = {}
+
+    def fuse(step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor | None:
+        previous, state["latents"] = state.get("latents"), latents
+        if step_index < max(first, 1 if previous is None else 0) or previous is None or fusion.strength == 0:
+            return None
+        if latents.shape[0] != flows.num_frames:
+            raise ValueError(f"latents of {latents.shape[0]} frames do not match flows of {flows.num_frames} frames")
+        alpha_t, alpha_next = alphas[step_index], alphas[step_index + 1]
+        if alpha_next <= alpha_t:  # a step that does not denoise (DDIM from t = 0 to its final alpha): nothing to split
+            return None
+        with torch.no_grad():
+            clean, noise = split_step(previous.float(), latents.float(), alpha_t, alpha_next)
+            decoded = decode(clean.to(latents.dtype)).float()
+            if tuple(decoded.shape[-2:]) != (flows.height, flows.width):
+                raise ValueError(f"decoded frames {tuple(decoded.shape[-2:])} do not match flows at {flows.height}x{flows.width}")
+            fused = fuse_frames(decoded, backward.to(decoded.device), valid.to(decoded.device), fusion.strength)
+            change = torch.zeros_like(clean)
+            change[1:] = encode(fused[1:].to(latents.dtype)).float() - encode(decoded[1:].to(latents.dtype)).float()
+            result = (math.sqrt(alpha_next) * (clean + change) + math.sqrt(1 - alpha_next) * noise).to(latents.dtype)
+        state["latents"] = result
+        return result
+
+    return fuse
+
+
+def step_alphas(scheduler, timesteps) -> list[float]:
+    """alpha_bar before the first step, then after each step of `timesteps` (1 after the last for
+    samplers that end at sigma 0; DDIM's own final alpha for DDIM)."""
+    table = scheduler.alphas_cumprod
+    after_last = float(getattr(scheduler, "final_alpha_cumprod", 1.0))
+    return [float(table[int(t)]) for t in timesteps] + [after_last]
+
+
+def vae_codec(backbone, batch_size: int):
+    """(decode, encode) for pixel fusion: scaled latents to [-1, 1] image tensors and back, a batch at a time."""
+    from .sampling import encoded_latents
+
+    factor = backbone.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return torch.cat([backbone.vae.decode(latents[i : i + batch_size].to(backbone.dtype) / factor).sample for i in range(0, len(latents), batch_size)])
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([encoded_latents(backbone.vae.encode(images[i : i + batch_size].to(backbone.dtype))) * factor for i in range(0, len(images), batch_size)])
+
+    return decode, encode
+
+
 def match_colors(frames: np.ndarray, reference_index: int = 0) -> np.ndarray:
     """Frames whose per-channel LAB mean and standard deviation are moved to the reference frame's (Reinhard et al. 2001)."""
     frames = check_frames(frames)

@@ -1,15 +1,20 @@
 """Edit quality with ground truth: the product's edits of generated shapes clips, judged against the renders.
 
-    python -m editing eval --shapes --out DIR [--settings a,b] [--clips N] [--steps N] [--model shapes]
+    python -m editing eval --shapes --out DIR [--settings a,b] [--clips N] [--clip-kinds k,..] [--steps N] [--model shapes]
 
-A fixed, seeded set of clips (one or two moving shapes on a plain background, 8 frames at 64 px) is
-written to lossless mp4 and edited through `edit_video(EditRequest)` (requests built by the CLI's own
-mapping) under every pipeline setting. Four edits derive from each scene's caption:
+A fixed, seeded set of clips (8 frames at 64 px) is written to lossless mp4 and edited through
+`edit_video(EditRequest)` (requests built by the CLI's own mapping) under every pipeline setting. Clips
+0-3 are the original set (one or two moving shapes on a plain background); from clip 4 on the kinds
+cycle through textured (striped or gradient objects on striped or gradient backgrounds), pan (the
+camera moves: the whole scene shifts), occlusion (an object passing behind another) and plain, so the
+first four clips alone reproduce the earlier tables. Each cell of the table is the mean over clips with a
+seeded bootstrap interval over clips; settings are ranked only where the intervals separate. Four edits derive from each scene's caption:
   colour      the first object's colour swapped ("a red circle" -> "a blue circle"), a local edit;
   shape       the first object's shape swapped ("a red circle" -> "a red square"), a local edit;
   background  the background's colour swapped, the objects kept;
   add         the word "striped" added before the background ("on a green background" ->
-              "on a striped green background"): a refine edit whose asked attribute is the pattern.
+              "on a striped green background"): a refine edit whose asked attribute is the pattern
+              (a background that is striped already is asked to become a gradient).
 Metrics (pure functions below): edit accuracy (share of frames where the judge sees the asked attribute:
 the first object's colour or shape in the found region overlapping its source mask, or the background's
 colour or pattern), structure IoU (found objects vs the source's object masks), background PSNR outside
@@ -38,7 +43,7 @@ from editing.errors import ConfigError, EditingError
 from editing.metrics import psnr
 
 from . import judge as judging
-from .world import PALETTE, SHAPES, Clip, Scene, SceneSampler, make_clip, random_motion
+from .world import CLIP_KINDS, PALETTE, SHAPES, Clip, Scene, SceneSampler, kind_clip, make_clip, random_motion
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +57,44 @@ SDEDIT_STRENGTH = 0.7  # settings without inversion noise the source to this sha
 TUNE_STEPS, TUNE_LR = 40, 1e-4
 STATED_PATH = Path(__file__).with_name("stated.json")
 REFERENCE = "source"  # the row measuring the unedited source frames as if they were an output
+IDEAL = "ideal"  # the row measuring perfect edits (the target scenes rendered with the clip's motion): the judge's ceiling
+ORIGINAL_CLIPS = 4  # clips 0-3: the original plain set (the earlier tables' clips)
+DEFAULT_CLIPS = 16
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_LEVEL, BOOTSTRAP_SEED = 2000, 0.95, 0
 
 
 # ---------------------------------------------------------------- clips and edits
 
 
+def clip_kind(index: int) -> str:
+    """The kind of clip `index`: plain for the original four, then textured, pan, occlusion, plain in turn."""
+    if index < 0:
+        raise ValueError(f"clip index must be >= 0; got {index}")
+    cycle = (*CLIP_KINDS[1:], "plain")
+    return "plain" if index < ORIGINAL_CLIPS else cycle[(index - ORIGINAL_CLIPS) % len(cycle)]
+
+
+def clip_indices(count: int, kinds: tuple[str, ...] | None = None) -> tuple[int, ...]:
+    """The first `count` clips of the fixed set, or the first `count` of the given kinds."""
+    if kinds is None:
+        return tuple(range(count))
+    unknown = sorted(set(kinds) - set(CLIP_KINDS))
+    if unknown:
+        raise ConfigError(f"unknown clip kind {unknown[0]!r}; choose from {', '.join(CLIP_KINDS)}")
+    chosen, index = [], 0
+    while len(chosen) < count:
+        if clip_kind(index) in kinds:
+            chosen.append(index)
+        index += 1
+    return tuple(chosen)
+
+
 def benchmark_clip(index: int, frames: int = FRAMES, size: int = SIZE) -> Clip:
-    """Clip `index` of the fixed set: one or two shapes moving and turning on a plain background."""
+    """Clip `index` of the fixed set, of kind `clip_kind(index)`; a plain clip is one or two shapes moving
+    and turning on a plain background (the original set's recipe)."""
+    kind = clip_kind(index)
+    if kind != "plain":
+        return kind_clip(kind, BASE_SEED + index, frames, size)
     rng = np.random.default_rng(BASE_SEED + index)
     scene = SceneSampler(size=size, split="all", max_objects=2, backgrounds=("plain",)).scene(rng)
     moved = [random_motion(rng, obj, frames, size, ("move", "turn")) for obj in scene.objects]
@@ -75,6 +111,7 @@ class ShapeEdit:
     target: Scene  # the source scene with the asked change: its caption is the prompt, its render the ideal output
     blend_words: tuple[str, ...] = ()
     prompt_edit: str = "swap"
+    subject: int = 0  # the object the local edits change (and whose colour flicker is measured)
 
     def __post_init__(self):
         if self.kind not in EDIT_KINDS:
@@ -98,24 +135,28 @@ def _next(options, current: str, avoid: set[str]) -> str:
 
 
 def derive_edits(clip: Clip) -> tuple[ShapeEdit, ...]:
-    """The four edits of a clip's scene (colour, shape, background, add a word), deterministic in the scene."""
-    scene = clip.scene
-    first, background = scene.objects[0], scene.background
+    """The four edits of a clip's scene (colour, shape, background, add a word), deterministic in the
+    scene; the local ones change the clip's subject (the first object, or the front one of an occlusion clip)."""
+    scene, subject = clip.scene, clip.subject
+    first, background = scene.objects[subject], scene.background
     used = {o.colour for o in scene.objects} | {background.colour}
     shape = _next(SHAPES, first.shape, set())
 
     def with_first(**change) -> Scene:
-        return dataclasses.replace(scene, objects=(dataclasses.replace(first, **change), *scene.objects[1:]))
+        objects = list(scene.objects)
+        objects[subject] = dataclasses.replace(first, **change)
+        return dataclasses.replace(scene, objects=tuple(objects))
 
     def with_background(**change) -> Scene:
         return dataclasses.replace(scene, background=dataclasses.replace(background, **change))
 
     source = scene.caption()
+    pattern = ADDED_WORD if background.kind != ADDED_WORD else "gradient"  # a striped background gets a gradient instead
     return (
-        ShapeEdit("colour", source, with_first(colour=_next(PALETTE, first.colour, used)), (first.shape,)),
-        ShapeEdit("shape", source, with_first(shape=shape, angle=0.0 if shape == "circle" else first.angle), (first.shape, shape)),
-        ShapeEdit("background", source, with_background(colour=_next(PALETTE, background.colour, used)), ("background",)),
-        ShapeEdit("add", source, with_background(kind=ADDED_WORD), ("background",), "refine"),
+        ShapeEdit("colour", source, with_first(colour=_next(PALETTE, first.colour, used)), (first.shape,), subject=subject),
+        ShapeEdit("shape", source, with_first(shape=shape, angle=0.0 if shape == "circle" else first.angle), (first.shape, shape), subject=subject),
+        ShapeEdit("background", source, with_background(colour=_next(PALETTE, background.colour, used)), ("background",), subject=subject),
+        ShapeEdit("add", source, with_background(kind=pattern), ("background",), "refine", subject),
     )
 
 
@@ -148,7 +189,7 @@ def _matched_region(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 
 def frame_correct(image: np.ndarray, target_mask: np.ndarray, edit: ShapeEdit) -> bool:
     """Whether one output frame shows the attribute the edit asks for."""
-    asked, background = edit.target.objects[0], edit.target.background
+    asked, background = edit.target.objects[edit.subject], edit.target.background
     if edit.kind in ("background", "add"):
         verdict = judging.judge_background(image)
         return verdict.colour == background.colour if edit.kind == "background" else verdict.kind == background.kind
@@ -160,8 +201,8 @@ def frame_correct(image: np.ndarray, target_mask: np.ndarray, edit: ShapeEdit) -
 
 
 def edit_accuracy(frames: np.ndarray, masks: np.ndarray, edit: ShapeEdit) -> float:
-    """Share of frames showing the asked attribute; masks are the source's (T, objects, H, W), object 0 edited."""
-    return float(np.mean([frame_correct(image, mask[0], edit) for image, mask in zip(frames, masks)]))
+    """Share of frames showing the asked attribute; masks are the source's (T, objects, H, W), the edit's subject edited."""
+    return float(np.mean([frame_correct(image, mask[edit.subject], edit) for image, mask in zip(frames, masks)]))
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -209,13 +250,13 @@ def true_warp_errors(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray) ->
     return np.array(errors)
 
 
-def colour_flicker(frames: np.ndarray, masks: np.ndarray, shrink: int = 1) -> float:
-    """Std over frames of the first object's mean colour (inside its source mask shrunk by `shrink` px), mean of R, G, B."""
+def colour_flicker(frames: np.ndarray, masks: np.ndarray, shrink: int = 1, subject: int = 0) -> float:
+    """Std over frames of one object's mean colour (inside its source mask shrunk by `shrink` px), mean of R, G, B."""
     kernel = np.ones((2 * shrink + 1, 2 * shrink + 1), np.uint8)
     means = []
     for image, mask in zip(frames, masks):
-        core = cv2.erode(mask[0].astype(np.uint8), kernel).astype(bool)
-        core = core if core.any() else mask[0]
+        core = cv2.erode(mask[subject].astype(np.uint8), kernel).astype(bool)
+        core = core if core.any() else mask[subject]
         means.append(image[core].reshape(-1, 3).astype(np.float64).mean(axis=0) if core.any() else np.full(3, np.nan))
     return float(np.nanstd(np.stack(means), axis=0).mean())
 
@@ -227,7 +268,7 @@ def measure(source: Clip, output: np.ndarray, edit: ShapeEdit) -> dict:
         "structure_iou": structure_iou(output, source.masks),
         "background_psnr": background_psnr(source.frames, output, source.masks) if edit.local else None,
         "warp_error": float(np.nanmean(true_warp_errors(output, source.flow, source.masks))),
-        "flicker": colour_flicker(output, source.masks),
+        "flicker": colour_flicker(output, source.masks, subject=edit.subject),
     }
 
 
@@ -252,6 +293,8 @@ SETTINGS: dict[str, dict] = {
     "tokenflow": {"attention": "tokenflow", "window": 4},  # TokenFlow: 2 keyframes per step, the other frames propagated from them
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},  # frames 0 and 4 edited, the rest propagated along the flow
     "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # frame 0 edited, the rest propagated from it
+    "first-latent-fusion": {"attention": "first", "smooth": "flow"},  # early-step latent fusion along the source's flow
+    "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
 }
 
 
@@ -311,7 +354,8 @@ class BenchmarkResult:
     sheets: dict[str, list] = field(default_factory=dict)  # setting -> [(label, frames)] of clip 0: source, then each edit
 
     def summary(self) -> dict[str, dict]:
-        """Per setting: accuracy per edit kind and the mean of every metric over its edits."""
+        """Per setting: accuracy per edit kind and the mean of every metric over its edits; for the
+        INTERVAL_KEYS, the bootstrap interval over clips (`KEY_interval`) of the mean of per-clip means."""
         table: dict[str, dict] = {}
         for name in dict.fromkeys(row["setting"] for row in self.rows):
             rows = [row for row in self.rows if row["setting"] == name and not row.get("error")]
@@ -321,9 +365,73 @@ class BenchmarkResult:
             entry = {f"accuracy_{kind}": _mean([r["edit_accuracy"] for r in rows if r["kind"] == kind]) for kind in EDIT_KINDS}
             for key in ("edit_accuracy", "structure_iou", "background_psnr", "warp_error", "flicker", "seconds_per_frame"):
                 entry[key] = _mean([r[key] for r in rows if r.get(key) is not None])
+            for key in INTERVAL_KEYS:  # one clip has no spread to resample: no interval, no rank
+                means = per_clip_means(rows, key)
+                entry[f"{key}_interval"] = bootstrap_interval(means) if len(means) >= 2 else None
             entry["edits"] = len(rows)
+            entry["clips"] = len({r["clip"] for r in rows})
             table[name] = entry
         return table
+
+    def by_clip_kind(self, key: str) -> dict[str, dict[str, float | None]]:
+        """Per setting, the mean of one metric over the edits of each clip kind."""
+        kinds = [k for k in CLIP_KINDS if any(r.get("clip_kind") == k for r in self.rows)]
+        table = {}
+        for name in dict.fromkeys(row["setting"] for row in self.rows):
+            rows = [r for r in self.rows if r["setting"] == name and not r.get("error") and r.get(key) is not None]
+            table[name] = {kind: _mean([r[key] for r in rows if r.get("clip_kind") == kind]) for kind in kinds}
+        return table
+
+
+INTERVAL_KEYS = ("edit_accuracy", "structure_iou", "warp_error", "flicker")
+RANKED = (("warp_error", "warp rank"), ("flicker", "flicker rank"), ("edit_accuracy", "acc rank"))
+LOWER_IS_BETTER = {"warp_error": True, "flicker": True, "edit_accuracy": False, "structure_iou": False}
+
+
+def per_clip_means(rows: list[dict], key: str) -> list[float]:
+    """The mean of one metric over each clip's edits, in clip order (clips without a value are left out)."""
+    values: dict[int, list[float]] = {}
+    for row in rows:
+        if row.get(key) is not None and not math.isnan(row[key]):
+            values.setdefault(row["clip"], []).append(row[key])
+    return [float(np.mean(v)) for _, v in sorted(values.items())]
+
+
+def bootstrap_interval(values, level: float = BOOTSTRAP_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of `values` (one per clip): resample the clips with
+    replacement `resamples` times from a seeded generator (the same draws for every setting with as many
+    clips) and take the central `level` share of the resampled means. None when there are no values."""
+    values = np.asarray(values, dtype=np.float64)
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    if values.size == 0:
+        return None
+    if not np.isfinite(values).all():  # PSNR of identical frames is inf: no spread to speak of
+        mean = float(values.mean())
+        return (mean, mean)
+    draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def rank_with_ties(intervals: dict[str, tuple[float, float] | None], lower_is_better: bool) -> dict[str, str]:
+    """Ranks that count only separated intervals: a setting's rank is 1 + the number of settings whose
+    whole interval is better than its whole interval; '=' marks a setting whose interval overlaps another's."""
+    known = {name: iv for name, iv in intervals.items() if iv is not None}
+    ranks = {}
+    for name, (low, high) in known.items():
+        better = overlaps = 0
+        for other, (o_low, o_high) in known.items():
+            if other == name:
+                continue
+            if (o_high < low) if lower_is_better else (o_low > high):
+                better += 1
+            elif not ((o_low > high) if lower_is_better else (o_high < low)):
+                overlaps += 1
+        ranks[name] = f"{better + 1}{'=' if overlaps else ''}"
+    return ranks
 
 
 def _mean(values: list[float]) -> float | None:
@@ -331,20 +439,28 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def run_benchmark(settings: tuple[str, ...], clips: int, steps: int, model: str, work: Path, progress=None) -> BenchmarkResult:
-    """Edit every benchmark clip with every edit under every setting, through edit_video, and measure each."""
+def ideal_frames(clip: Clip, edit: ShapeEdit) -> np.ndarray:
+    """A perfect edit: the edit's target scene rendered with the clip's motion and pan."""
+    return make_clip(edit.target, clip.motions, len(clip.frames), clip.pan).frames
+
+
+def run_benchmark(settings: tuple[str, ...], clips, steps: int, model: str, work: Path, progress=None) -> BenchmarkResult:
+    """Edit every benchmark clip (a count: the first N; or clip indices) with every edit under every
+    setting, through edit_video, and measure each."""
     progress = progress or (lambda stage, done, total: None)
     result = BenchmarkResult()
-    for index in range(clips):
+    for index in (range(clips) if isinstance(clips, int) else clips):
         clip = benchmark_clip(index)
         video = write_lossless(work / f"clip-{index}.mp4", clip.frames)
         edits = derive_edits(clip)
-        result.rows += [{"setting": REFERENCE, "clip": index, "kind": e.kind, "prompt": e.prompt, **measure(clip, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
+        kind = clip_kind(index)
+        result.rows += [{"setting": REFERENCE, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure(clip, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
+        result.rows += [{"setting": IDEAL, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure(clip, ideal_frames(clip, e), e), "seconds_per_frame": 0.0} for e in edits]
         for setting in settings:
             try:
                 tuned = _tuned_for(setting, video, clip, model, work / "cache", result.notes)
             except EditingError as exc:
-                result.rows += [{"setting": setting, "clip": index, "kind": e.kind, "error": str(exc)} for e in edits]
+                result.rows += [{"setting": setting, "clip": index, "clip_kind": kind, "kind": e.kind, "error": str(exc)} for e in edits]
                 continue
             for edit in edits:
                 row, output = edit_and_measure(setting, index, clip, edit, video, steps, model, work, tuned, progress)
@@ -367,7 +483,7 @@ def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path
     """One edit through edit_video (with its own cache, so it pays its own inversion), its row and its frames."""
     from editing.pipeline import edit_video
 
-    row = {"setting": setting, "clip": index, "kind": edit.kind, "prompt": edit.prompt}
+    row = {"setting": setting, "clip": index, "clip_kind": clip_kind(index), "kind": edit.kind, "prompt": edit.prompt}
     name = f"{setting}-{index}-{edit.kind}"
     try:
         request = edit_request(setting, edit, video, work / f"out-{name}.zip", steps, model, work / f"cache-{name}", tuned)
@@ -401,12 +517,39 @@ def _cell(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def markdown(summary: dict[str, dict], header: str, notes: list[str], stated: dict | None = None) -> str:
-    """The table (one row per setting), what produced it, its notes and the CI slice's stated values."""
-    lines = [header, "", "| setting | " + " | ".join(label for _, label in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+def _interval_cell(entry: dict, key: str) -> str:
+    """'mean [low, high]' (the bootstrap interval over clips) or the plain mean when there is no interval."""
+    interval = entry.get(f"{key}_interval")
+    if entry.get(key) is None or interval is None:
+        return _cell(entry.get(key))
+    return f"{_cell(entry[key])} [{interval[0]:.3g}, {interval[1]:.3g}]"
+
+
+def setting_ranks(summary: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Per ranked metric, each setting's rank among the edited settings (not the source or ideal rows)."""
+    edited = {name: entry for name, entry in summary.items() if name not in (REFERENCE, IDEAL) and "error" not in entry}
+    return {key: rank_with_ties({n: e.get(f"{key}_interval") for n, e in edited.items()}, LOWER_IS_BETTER[key]) for key, _ in RANKED}
+
+
+def markdown(summary: dict[str, dict], header: str, notes: list[str], stated: dict | None = None, by_kind: dict[str, dict] | None = None) -> str:
+    """The table (one row per setting; interval columns show the bootstrap interval over clips, rank
+    columns count only separated intervals), the per-clip-kind table, the notes and the CI slice's values."""
+    ranks = setting_ranks(summary)
+    labels = [label for _, label in COLUMNS] + [label for _, label in RANKED]
+    lines = [header, "", "| setting | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for name, entry in summary.items():
-        cells = [entry.get("error", "")[:60]] + [""] * (len(COLUMNS) - 1) if "error" in entry else [_cell(entry.get(key)) for key, _ in COLUMNS]
+        if "error" in entry:
+            cells = [entry["error"][:60]] + [""] * (len(labels) - 1)
+        else:
+            cells = [_interval_cell(entry, key) if key in INTERVAL_KEYS else _cell(entry.get(key)) for key, _ in COLUMNS]
+            cells += [ranks[key].get(name, "") for key, _ in RANKED]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if by_kind:
+        kinds = list(next(iter(by_kind.values())))
+        lines += ["", "By clip kind (true-motion warp error / colour flicker, means over each kind's edits):", "",
+                  "| setting | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for name, cells in by_kind.items():
+            lines.append(f"| {name} | " + " | ".join(cells[k] for k in kinds) + " |")
     lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)]
     if stated is not None:
         lines.append(f"- CI slice ({stated_description(stated)}): {stated_values_text(stated)}")
@@ -477,7 +620,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("shapes benchmark (ground-truth edit quality; shapes_world.benchmark)")
     group.add_argument("--shapes", action="store_true", help="run the shapes benchmark instead of a YAML spec")
     group.add_argument("--settings", default=None, help=f"comma-separated settings (default all): {', '.join(SETTINGS)}")
-    group.add_argument("--clips", type=int, default=4, help="benchmark clips (8 frames, 64 px each)")
+    group.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"benchmark clips (8 frames, 64 px each; the first {ORIGINAL_CLIPS} are the original plain set)")
+    group.add_argument("--clip-kinds", default=None, help=f"comma-separated clip kinds to take the clips from (default all): {', '.join(CLIP_KINDS)}")
     group.add_argument("--steps", type=int, default=20, help="denoising steps")
     group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (editing/assets/shapes-model) or a folder from shapes_world.train")
     group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
@@ -507,29 +651,41 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
         settings, clips, steps = parse_settings(args.settings), args.clips, args.steps
     if clips < 1 or steps < 1:
         raise ConfigError(f"--clips and --steps must be at least 1, got {clips} and {steps}")
+    kinds_text = None if args.slice else getattr(args, "clip_kinds", None)
+    kinds = tuple(k.strip() for k in kinds_text.split(",") if k.strip()) if kinds_text else None
+    indices = clip_indices(clips, kinds)
     if args.state and (not args.slice or args.model != "shapes"):
         raise ConfigError("--state writes the CI slice's values for the committed weights; use it with --slice and --model shapes")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shapes-", dir=out) as work:
-        result = run_benchmark(settings, clips, steps, args.model, Path(work), progress)
+        result = run_benchmark(settings, indices, steps, args.model, Path(work), progress)
+    minutes = (time.perf_counter() - began) / 60
     summary = result.summary()
     from editing.evaluate import contact_sheet
 
     for setting, rows in result.sheets.items():
         contact_sheet(rows).save(out / f"contact-{setting}.png")
-    header = f"Shapes benchmark: model {model_label(args.model)}, {clips} clip(s) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
+    counts = ", ".join(f"{sum(clip_kind(i) == k for i in indices)} {k}" for k in CLIP_KINDS if any(clip_kind(i) == k for i in indices))
+    header = f"Shapes benchmark: model {model_label(args.model)}, {clips} clip(s) ({counts}) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
     notes = result.notes + [
         f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
         f"img2img and sparse-causal-noinv noise the source to strength {SDEDIT_STRENGTH} (no inversion); the others DDIM-invert with the source caption",
         "warp error: 8-bit levels along the true motion on the moving objects; flicker: std over frames of the first object's mean colour (8-bit)",
+        f"'{IDEAL}' measures perfect edits (the target scenes rendered with the clip's motion): the judge's ceiling on these clips",
+        f"[low, high]: {BOOTSTRAP_LEVEL:.0%} bootstrap interval over clips ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the mean of per-clip means; "
+        "ranks (among edited settings) count only settings whose whole interval is better, '=' marks an interval that overlaps another's",
+        f"this run: {minutes:.1f} min for {len(settings)} setting(s) x {len(indices)} clip(s) on this machine",
     ]
     failures = [row for row in result.rows if row.get("error")]
     if args.state and not failures:  # never state thresholds from a run with failed edits
         stated = state_values(summary, stated)
-    text = markdown(summary, header, notes, stated)
+    warp, flicker = result.by_clip_kind("warp_error"), result.by_clip_kind("flicker")
+    by_kind = {name: {k: f"{_cell(warp[name][k])} / {_cell(flicker[name][k])}" for k in warp[name]} for name in warp}
+    text = markdown(summary, header, notes, stated, by_kind if len(next(iter(warp.values()), {})) > 1 else None)
     (out / "table.md").write_text(text, encoding="utf-8")
-    document = {"model": args.model, "clips": clips, "steps": steps, "settings": list(settings), "summary": summary, "rows": result.rows, "notes": notes}
+    document = {"model": args.model, "clips": list(indices), "steps": steps, "settings": list(settings), "summary": summary, "rows": result.rows, "notes": notes}
     (out / "table.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
     if args.readme:
         put_in_readme(Path(args.readme), text)

@@ -1,7 +1,10 @@
 """The shapes world: captioned images and clips of coloured shapes with exact masks and true motion.
 
 Pure numpy. Every object is a shape (circle, square, triangle, star, hexagon) of a named colour, size
-and position; backgrounds are plain, striped or gradient in a pale or full named colour. Masks are
+and position, filled plain (the training world) or with a texture (stripes or a gradient toward a darker
+shade, fixed to the object so it moves, turns and scales with it); backgrounds are plain, striped or
+gradient in a pale or full named colour. Clips may pan the camera (the whole scene moves) and objects may
+pass behind others; each clip carries its true flow and which pixels are hidden in the next frame. Masks are
 exact (a pixel belongs to an object when its centre lies inside the shape; no anti-aliasing), so the
 generator's own renders are the ground truth for judging a model's output.
 """
@@ -28,6 +31,9 @@ SIZES = {"small": 0.14, "large": 0.22}  # circumradius as a share of the image s
 HELD_OUT_PAIRS = frozenset({("red", "star"), ("blue", "triangle"), ("green", "hexagon"), ("yellow", "square"), ("purple", "circle")})
 PALE = 0.55  # share of white mixed into a background colour's pale tone
 STRIPE_PERIOD = 12  # pixels per stripe pair at 64 px (scaled with the image)
+TEXTURES = ("plain", "striped", "gradient")  # object fills; only plain ones are in the training world
+DARK = 0.3  # share of black in a textured object's dark shade (its gradient's far end, its narrow stripes)
+OBJECT_STRIPE_PERIOD = 0.8  # object stripe pairs per circumradius; the dark stripe is a third of each pair
 
 
 def article(word: str) -> str:
@@ -46,6 +52,7 @@ class ShapeObject:
     y: float
     radius: float
     angle: float = 0.0
+    texture: str = "plain"
 
     def __post_init__(self):
         if self.shape not in SHAPES:
@@ -56,6 +63,8 @@ class ShapeObject:
             raise ValueError(f"size must be one of {', '.join(SIZES)}; got {self.size}")
         if self.radius <= 0:
             raise ValueError(f"radius must be positive; got {self.radius}")
+        if self.texture not in TEXTURES:
+            raise ValueError(f"texture must be one of {', '.join(TEXTURES)}; got {self.texture}")
 
     def phrase(self, with_size: bool = False) -> str:
         """'a red circle' (or 'a small red circle')."""
@@ -142,9 +151,29 @@ def inside_object(obj: ShapeObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     dx, dy = x - obj.x, y - obj.y
     if obj.shape == "circle":
         return dx * dx + dy * dy <= obj.radius**2
-    cos, sin = math.cos(obj.angle), math.sin(obj.angle)
-    u, v = (cos * dx + sin * dy) / obj.radius, (-sin * dx + cos * dy) / obj.radius  # undo the rotation
+    u, v = object_coordinates(obj, x, y)
     return inside_polygon(u, v, polygon_vertices(obj.shape))
+
+
+def object_coordinates(obj: ShapeObject, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points (x, y) in the object's own frame: centred, rotation undone, in circumradii."""
+    dx, dy = x - obj.x, y - obj.y
+    cos, sin = math.cos(obj.angle), math.sin(obj.angle)
+    return (cos * dx + sin * dy) / obj.radius, (-sin * dx + cos * dy) / obj.radius
+
+
+def object_colours(obj: ShapeObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(..., 3) float colours of the object's fill at points (x, y): its palette colour, or its texture,
+    which lives in the object's frame (so the object's similarity motion carries it exactly)."""
+    full = np.asarray(PALETTE[obj.colour], dtype=np.float64)
+    if obj.texture == "plain":
+        return np.broadcast_to(full, (*np.shape(x), 3))
+    u, _ = object_coordinates(obj, x, y)
+    if obj.texture == "striped":  # two thirds full colour, one third dark: the fill's median is the colour
+        dark = (np.mod(u + 1.0, OBJECT_STRIPE_PERIOD) >= OBJECT_STRIPE_PERIOD * 2 / 3).astype(np.float64)
+    else:
+        dark = np.clip((u + 1.0) / 2.0, 0.0, 1.0)
+    return full * (1 - DARK * dark[..., None])
 
 
 def object_mask(obj: ShapeObject, size: int) -> np.ndarray:
@@ -157,10 +186,15 @@ def pale(colour: str) -> np.ndarray:
     return np.asarray(PALETTE[colour], dtype=np.float64) * (1 - PALE) + 255 * PALE
 
 
-def render_background(background: Background, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 background: varies along rows (axis 0) or columns (axis 1) only."""
+def render_background(background: Background, size: int, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """(size, size, 3) uint8 background: varies along rows (axis 0) or columns (axis 1) only. With an
+    `offset` (dx, dy) the camera has panned: pixel x shows the background's point x - offset (a gradient
+    stays at its end colours beyond the first frame's view)."""
     full, light = np.asarray(PALETTE[background.colour], dtype=np.float64), pale(background.colour)
     position = np.arange(size) + 0.5
+    shift = offset[1] if background.axis == 0 else offset[0]
+    if shift:
+        position = position - shift
     if background.kind == "plain":
         weight = np.ones(size)
     elif background.kind == "striped":
@@ -168,6 +202,7 @@ def render_background(background: Background, size: int) -> np.ndarray:
         weight = ((position // (period / 2)) % 2 == 0).astype(np.float64)
     else:
         weight = 1 - position / size
+        weight = np.clip(weight, 0.0, 1.0) if shift else weight
     profile = weight[:, None] * full + (1 - weight[:, None]) * light
     image = np.broadcast_to(profile[:, None, :], (size, size, 3)) if background.axis == 0 else np.broadcast_to(profile[None], (size, size, 3))
     return np.round(image).astype(np.uint8)
@@ -181,12 +216,17 @@ def visible_masks(scene: Scene) -> np.ndarray:
     return masks
 
 
-def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """The scene's (size, size, 3) uint8 image and its (objects, size, size) visible masks."""
-    image = render_background(scene.background, scene.size).copy()
+def render(scene: Scene, offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's (size, size, 3) uint8 image and its (objects, size, size) visible masks; `offset` pans
+    the background (objects carry their own positions)."""
+    image = render_background(scene.background, scene.size, offset).copy()
     masks = visible_masks(scene)
     for obj, mask in zip(scene.objects, masks):
-        image[mask] = PALETTE[obj.colour]
+        if obj.texture == "plain":
+            image[mask] = PALETTE[obj.colour]
+        else:
+            x, y = pixel_centres(scene.size)
+            image[mask] = np.round(object_colours(obj, x[mask], y[mask])).astype(np.uint8)
     return image, masks
 
 
@@ -304,7 +344,9 @@ class Motion:
 
 @dataclass(frozen=True)
 class Clip:
-    """A moving scene: frames (T, H, W, 3), visible masks (T, objects, H, W), flow (T-1, H, W, 2) as (dx, dy)."""
+    """A moving scene: frames (T, H, W, 3), visible masks (T, objects, H, W), flow (T-1, H, W, 2) as (dx, dy);
+    `pan` is the camera's per-frame content shift (dx, dy) and `occluded` (T-1, H, W) marks the pixels of
+    frame t whose content is not visible in frame t+1 (hidden behind an object drawn above it, or out of view)."""
 
     scene: Scene
     motions: tuple[Motion, ...]
@@ -312,6 +354,9 @@ class Clip:
     masks: np.ndarray
     flow: np.ndarray
     caption: str = field(default="")
+    pan: tuple[float, float] = (0.0, 0.0)
+    occluded: np.ndarray | None = None
+    subject: int = 0  # the object an edit of the clip is about (the front one of an occlusion clip)
 
 
 def scene_at(scene: Scene, motions: tuple[Motion, ...], frame: int) -> Scene:
@@ -319,11 +364,13 @@ def scene_at(scene: Scene, motions: tuple[Motion, ...], frame: int) -> Scene:
     return replace(scene, objects=tuple(m.at(o, frame) for o, m in zip(scene.objects, motions)))
 
 
-def true_flow(scene: Scene, motions: tuple[Motion, ...], frame: int, masks: np.ndarray) -> np.ndarray:
+def true_flow(scene: Scene, motions: tuple[Motion, ...], frame: int, masks: np.ndarray, pan: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """(H, W, 2) forward flow from `frame` to the next: each visible object pixel follows its object's
-    similarity transform (about the object's centre); the static background does not move."""
+    similarity transform (about the object's centre); the background moves by the camera's `pan`."""
     x, y = pixel_centres(scene.size)
     flow = np.zeros((scene.size, scene.size, 2))
+    if pan != (0.0, 0.0):
+        flow[...] = pan
     for obj, motion, mask in zip(scene_at(scene, motions, frame).objects, motions, masks):
         cos, sin = math.cos(motion.turn), math.sin(motion.turn)
         dx, dy = x - obj.x, y - obj.y
@@ -349,15 +396,33 @@ def random_motion(rng: np.random.Generator, obj: ShapeObject, frames: int, size:
     return Motion(dx, dy, turn, scale), obj
 
 
-def make_clip(scene: Scene, motions: tuple[Motion, ...], frames: int) -> Clip:
-    """Render a scene moving for `frames` frames, with per-frame visible masks and the true flow."""
+def make_clip(scene: Scene, motions: tuple[Motion, ...], frames: int, pan: tuple[float, float] = (0.0, 0.0)) -> Clip:
+    """Render a scene moving for `frames` frames, with per-frame visible masks, the true flow and the
+    occlusions; a camera `pan` (dx, dy per frame) moves the background and adds to every object's motion."""
     if not 2 <= frames <= 64:
         raise ValueError(f"a clip has 2 to 64 frames; got {frames}")
     if len(motions) != len(scene.objects):
         raise ValueError(f"one motion per object: {len(scene.objects)} objects, {len(motions)} motions")
-    images, masks = zip(*(render(scene_at(scene, motions, t)) for t in range(frames)))
-    flow = np.stack([true_flow(scene, motions, t, masks[t]) for t in range(frames - 1)])
-    return Clip(scene, tuple(motions), np.stack(images), np.stack(masks), flow, scene.caption())
+    pan = (float(pan[0]), float(pan[1]))
+    seen = tuple(replace(m, dx=m.dx + pan[0], dy=m.dy + pan[1]) for m in motions) if pan != (0.0, 0.0) else tuple(motions)
+    images, masks = zip(*(render(scene_at(scene, seen, t), (pan[0] * t, pan[1] * t)) for t in range(frames)))
+    flow = np.stack([true_flow(scene, seen, t, masks[t], pan) for t in range(frames - 1)])
+    occluded = np.stack([hidden_next(scene_at(scene, seen, t + 1), masks[t], flow[t]) for t in range(frames - 1)])
+    return Clip(scene, tuple(motions), np.stack(images), np.stack(masks), flow, scene.caption(), pan, occluded)
+
+
+def hidden_next(following: Scene, masks: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of a frame (its visible `masks`, forward `flow`) whose true destination in the
+    `following` scene is out of view or covered by an object drawn above the pixel's own layer (objects
+    are drawn in order; the background is below all). Exact: destinations are points, not pixels."""
+    size = following.size
+    x, y = pixel_centres(size)
+    to_x, to_y = x + flow[..., 0], y + flow[..., 1]
+    hidden = (to_x < 0) | (to_x > size) | (to_y < 0) | (to_y > size)
+    layer = np.where(masks.any(axis=0), np.argmax(masks, axis=0), -1)
+    for index, obj in enumerate(following.objects):
+        hidden |= (layer < index) & inside_object(obj, to_x, to_y)
+    return hidden
 
 
 def random_clip(seed: int, frames: int = 8, size: int = 64, kinds: tuple[str, ...] = ("move", "turn", "scale"), split: str = "all") -> Clip:
@@ -369,3 +434,64 @@ def random_clip(seed: int, frames: int = 8, size: int = 64, kinds: tuple[str, ..
     moved = [random_motion(rng, obj, frames, size, kinds) for obj in scene.objects]
     scene = replace(scene, objects=tuple(obj for _, obj in moved))
     return make_clip(scene, tuple(m for m, _ in moved), frames)
+
+
+# ---------------------------------------------------------------- clips per-frame editing fails on
+
+CLIP_KINDS = ("plain", "textured", "pan", "occlusion")
+
+
+def textured_clip(seed: int, frames: int = 8, size: int = 64) -> Clip:
+    """One or two striped or gradient objects moving and turning on a striped or gradient background."""
+    rng = np.random.default_rng(seed)
+    scene = SceneSampler(size=size, split="all", max_objects=2, backgrounds=("striped", "gradient")).scene(rng)
+    objects = [replace(o, texture=str(rng.choice(TEXTURES[1:]))) for o in scene.objects]
+    moved = [random_motion(rng, obj, frames, size, ("move", "turn")) for obj in objects]
+    scene = replace(scene, objects=tuple(obj for _, obj in moved))
+    return make_clip(scene, tuple(m for m, _ in moved), frames)
+
+
+def pan_clip(seed: int, frames: int = 8, size: int = 64, speed: int = 2) -> Clip:
+    """A camera pan: a striped or gradient background and objects still in the world, all moving by a
+    whole number of pixels per frame along the background's axis (plus one pixel across it, or none)."""
+    rng = np.random.default_rng(seed)
+    scene = SceneSampler(size=size, split="all", max_objects=2, backgrounds=("striped", "gradient")).scene(rng)
+    along, across = speed * float(rng.choice((-1, 1))), float(rng.integers(-1, 2))
+    pan = (across, along) if scene.background.axis == 0 else (along, across)
+    travel = np.abs(pan) * (frames - 1)
+    objects = []
+    for obj in scene.objects:  # keep every object in view for the whole pan: start it away from the side it moves to
+        low = obj.radius + 1 + np.where(np.array(pan) < 0, travel, 0)
+        high = size - obj.radius - 1 - np.where(np.array(pan) > 0, travel, 0)
+        x, y = np.clip([obj.x, obj.y], low, np.maximum(low, high))
+        objects.append(replace(obj, x=float(x), y=float(y)))
+    scene = replace(scene, objects=tuple(objects))
+    return make_clip(scene, tuple(Motion() for _ in objects), frames, pan)
+
+
+def occlusion_clip(seed: int, frames: int = 8, size: int = 64) -> Clip:
+    """A small object (the first, drawn below) crossing the image behind a large still one (drawn above),
+    off its centre so that part of it stays in view; the front object is the clip's subject."""
+    rng = np.random.default_rng(seed)
+    background = Background(str(rng.choice(("plain", "striped"))), str(rng.choice(list(PALETTE))), int(rng.integers(2)))
+    colours = [c for c in PALETTE if c != background.colour]
+    back_colour, front_colour = (str(c) for c in rng.choice(colours, size=2, replace=False))
+    back_shape, front_shape = (str(rng.choice(SHAPES)) for _ in range(2))
+    small, large = SIZES["small"] * size, SIZES["large"] * size
+    front = ShapeObject(front_shape, front_colour, "large", size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2), large, 0.0 if front_shape == "circle" else float(rng.uniform(-0.3, 0.3)))
+    reach = small + 1
+    side = float(rng.choice((-1, 1)))  # pass above or below the front object's centre, so part of it stays in view
+    y_start, y_end = front.y + side * 0.75 * large + rng.uniform(-1, 1, size=2)
+    x_start, x_end = (reach, size - reach) if rng.integers(2) else (size - reach, reach)
+    back = ShapeObject(back_shape, back_colour, "small", float(x_start), float(y_start), small, 0.0)
+    step = 1 / max(1, frames - 1)
+    motion = Motion((x_end - x_start) * step, (y_end - y_start) * step)
+    return replace(make_clip(Scene((back, front), background, size), (motion, Motion()), frames), subject=1)
+
+
+def kind_clip(kind: str, seed: int, frames: int = 8, size: int = 64) -> Clip:
+    """A clip of a named kind: textured, pan or occlusion (plain clips are the benchmark's own)."""
+    makers = {"textured": textured_clip, "pan": pan_clip, "occlusion": occlusion_clip}
+    if kind not in makers:
+        raise ValueError(f"clip kind must be one of {', '.join(makers)}; got {kind}")
+    return makers[kind](seed, frames, size)

@@ -148,3 +148,124 @@ def test_clip_length_is_checked():
         make_clip(scene, (Motion(),), 1)
     with pytest.raises(ValueError, match="one motion per object"):
         make_clip(scene, (), 4)
+
+
+# ---------------------------------------------------------------- clips per-frame editing fails on (issue 16)
+
+import hashlib
+
+from shapes_world.world import CLIP_KINDS, TEXTURES, kind_clip, occlusion_clip, pan_clip, pixel_centres
+
+
+def _digest(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(repr((array.shape, str(array.dtype))).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_the_training_world_and_the_old_benchmark_clips_render_bit_identically():
+    """Digests recorded from the world before textures, pans and occlusions were added (commit 75a2f71):
+    the trained model's data and the old benchmark rows must not change."""
+    from shapes_world.benchmark import benchmark_clip
+
+    old = ["3e89621ed6c13f57", "53f63448a70e2381", "36d24825a034ef7b", "ca549a1f8040e28d"]
+    assert [_digest(c.frames, c.masks, c.flow) for c in map(benchmark_clip, range(4))] == old
+    clip = random_clip(7)
+    assert _digest(clip.frames, clip.masks, clip.flow) == "5fa6a71e706b94dd"
+    samples = SceneSampler().batch(3, 16)
+    assert _digest(*[s.image for s in samples], *[s.masks for s in samples]) == "7febf43a9aac7b50"
+
+
+def _warp_back(frames: np.ndarray, flow: np.ndarray, t: int) -> np.ndarray:
+    """Frame t+1 sampled at x + flow_t(x) (nearest pixel): frame t where the flow is right."""
+    size = frames.shape[1]
+    x, y = pixel_centres(size)
+    cols = np.clip(np.floor(x + flow[t, ..., 0]), 0, size - 1).astype(int)
+    rows = np.clip(np.floor(y + flow[t, ..., 1]), 0, size - 1).astype(int)
+    return frames[t + 1][rows, cols]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_whole_pixel_motion_warps_each_frame_exactly_onto_the_next_where_not_occluded(seed):
+    rng = np.random.default_rng(seed)
+    background = Background(str(rng.choice(["striped", "gradient"])), "green", int(rng.integers(2)))
+    back = ShapeObject("square", "red", "small", 14.0, 30.0, 9.0, 0.2, "striped")
+    front = ShapeObject("circle", "blue", "large", 34.0, 32.0, 14.0, 0.0, "gradient")
+    motion = Motion(float(rng.integers(2, 5)), float(rng.integers(-1, 2)))
+    clip = make_clip(Scene((back, front), background, 64), (motion, Motion()), 8, pan=(float(rng.integers(-2, 3)), 1.0))
+    for t in range(len(clip.frames) - 1):
+        seen = ~clip.occluded[t]
+        assert np.array_equal(_warp_back(clip.frames, clip.flow, t)[seen], clip.frames[t][seen])
+    assert clip.occluded.any(), "the back object passes behind the front one"
+
+
+@pytest.mark.parametrize("kind", CLIP_KINDS[1:])
+def test_the_true_flow_of_every_new_kind_warps_frame_t_onto_t_plus_1(kind):
+    """Fractional motion and turns: bilinear warping along the true flow matches where not occluded,
+    except along edges (pixel-centre sampling is not anti-aliased): the median error is near zero."""
+    import cv2
+
+    for seed in range(3):
+        clip = kind_clip(kind, 2000 + seed)
+        x, y = np.meshgrid(np.arange(64, dtype=np.float32), np.arange(64, dtype=np.float32))
+        for t in range(len(clip.frames) - 1):
+            moved = cv2.remap(clip.frames[t + 1].astype(np.float32), x + clip.flow[t, ..., 0].astype(np.float32), y + clip.flow[t, ..., 1].astype(np.float32), cv2.INTER_LINEAR)
+            error = np.abs(moved - clip.frames[t]).mean(-1)
+            seen = ~clip.occluded[t]
+            assert np.median(error[seen]) < 1.0 and np.mean(error[seen]) < 12
+            if clip.occluded[t].any():  # hidden pixels land on something else: the warp cannot match them
+                assert np.mean(error[clip.occluded[t]]) > np.mean(error[seen])
+
+
+def test_occlusion_masks_mark_what_the_front_object_hides_next():
+    clip = occlusion_clip(1005)
+    front = clip.masks[:, 1]
+    hidden_any = False
+    for t in range(len(clip.frames) - 1):
+        back_now = clip.masks[t, 0]
+        # Pixels of the back object whose next position is inside the front object are exactly the occluded back pixels.
+        size = 64
+        x, y = pixel_centres(size)
+        to_x, to_y = x + clip.flow[t, ..., 0], y + clip.flow[t, ..., 1]
+        inside_front = inside_object(scene_at(clip.scene, clip.motions, t + 1).objects[1], to_x, to_y)
+        assert np.array_equal(clip.occluded[t] & back_now, back_now & inside_front)
+        assert not (clip.occluded[t] & front[t]).any(), "the front object is drawn above everything: never hidden"
+        hidden_any |= bool((clip.occluded[t] & back_now).any())
+        # Background pixels are hidden exactly where either object lies next (the background does not move here).
+        background = ~clip.masks[t].any(axis=0)
+        covered = np.logical_or.reduce([inside_object(o, x, y) for o in scene_at(clip.scene, clip.motions, t + 1).objects])
+        assert np.array_equal(clip.occluded[t] & background, background & covered)
+    assert hidden_any, "the back object passes behind the front one"
+    assert (clip.masks[:, 0].sum(axis=(1, 2)) > 0).all(), "part of the back object stays in view"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_pan_moves_everything_and_keeps_the_objects_in_view(seed):
+    clip = pan_clip(3000 + seed)
+    assert clip.pan != (0.0, 0.0) and all(float(v).is_integer() for v in clip.pan)
+    assert np.allclose(clip.flow, np.array(clip.pan)), "every pixel (background and objects) moves by the pan"
+    assert (clip.masks.sum(axis=(2, 3)) > 0).all(), "every object stays in view"
+    along = clip.pan[1] if clip.scene.background.axis == 0 else clip.pan[0]
+    assert along != 0 and not np.array_equal(clip.frames[0], clip.frames[1])
+
+
+def test_textures_move_with_their_object_and_keep_its_colour_the_median():
+    obj = ShapeObject("square", "yellow", "large", 32.0, 32.0, 14.0, 0.3, "striped")
+    image, masks = render(Scene((obj,), Background("plain", "blue"), 64))
+    assert (np.median(image[masks[0]], axis=0) == PALETTE["yellow"]).all()
+    assert len({tuple(p) for p in image[masks[0]]}) == 2
+    for texture in TEXTURES[1:]:
+        a = render(Scene((replace_texture(obj, texture),), Background("plain", "blue"), 64))[0]
+        b = render(Scene((replace_texture(obj, texture, x=36.0),), Background("plain", "blue"), 64))[0]
+        assert np.array_equal(a[10:54, 10:50], b[10:54, 14:54]), "a 4-pixel move shifts the texture with the object"
+    with pytest.raises(ValueError, match="texture"):
+        ShapeObject("square", "red", "small", 10, 10, 5, texture="dotted")
+
+
+def replace_texture(obj, texture, **change):
+    from dataclasses import replace
+
+    return replace(obj, texture=texture, **change)

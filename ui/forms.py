@@ -100,7 +100,7 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name} must be text, got {values[name]!r}")
     if isinstance(values.get("smooth"), (list, tuple)):
         if not all(isinstance(word, str) for word in values["smooth"]):
-            raise ConfigError(f"smooth must be a list of flow and color, got {values['smooth']!r}")
+            raise ConfigError(f"smooth must be a list of flow, color and pixel, got {values['smooth']!r}")
         values["smooth"] = ",".join(values["smooth"])
     if "source_prompt" in values and not (values["source_prompt"] or "").strip():
         values["source_prompt"] = None  # blank = no attention editing, as when --source-prompt is left out

@@ -23,7 +23,7 @@ from .serving import LOCAL, ServePolicy
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FORM_SIZE = 256  # the forms' Long side: SD-1.x models at half their size keep CPU edits short
-SMOOTHING = ("flow", "color")
+SMOOTHING = ("flow", "color", "pixel")
 
 
 # Clips of the shapes world (shapes_world.benchmark.benchmark_clip, assets/README.md) with an edit the
