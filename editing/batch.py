@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMATS = (".mp4", ".zip", ".gif")
+BATCH_DEFAULTS = {"format": "mp4", "retries": 2}  # the batch command's option defaults (editing.cli reads them)
 COLUMNS = ("name", "status", "error", "attempts", "worker", "segments", "frames", "output", "seconds_wall", *(f"seconds_{s}" for s in STAGES), "note")
 
 

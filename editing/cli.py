@@ -15,6 +15,7 @@ import traceback
 from typing import Sequence
 
 from . import requests
+from .batch import BATCH_DEFAULTS
 from .errors import ConfigError, EditingError
 from .models import RANDOM_WEIGHTS_NOTE
 from .requests import DEFAULT_ATTENTION, output_size  # noqa: F401 (the app and tests read them here too)
@@ -47,7 +48,7 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="run every edit of a YAML spec (the eval format) and write the outputs with results.csv / results.json")
     batch.add_argument("spec", help="YAML file: default settings and a list of edits (the eval spec; its clip key is ignored)")
     batch.add_argument("--out", required=True, help="folder for the outputs, results.csv, results.json and manifest.json (a rerun skips edits already done)")
-    batch.add_argument("--format", default="mp4", choices=("mp4", "zip", "gif"), help="output format of each edit (default mp4; zip = lossless PNG frames)")
+    batch.add_argument("--format", choices=("mp4", "zip", "gif"), help="output format of each edit (default mp4; zip = lossless PNG frames)")
     batch.add_argument(
         "--ray",
         default=None,
@@ -56,7 +57,8 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
         "without it the edits run one after another in this process",
     )
     batch.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)")
-    batch.add_argument("--retries", type=int, default=2, help="with --ray: times an edit is re-run when its worker dies (default 2)")
+    batch.add_argument("--retries", type=int, help="with --ray: times an edit is re-run when its worker dies (default 2)")
+    batch.set_defaults(**BATCH_DEFAULTS)  # the batch module's own defaults
     # Only then is the benchmark imported (a development tool, not the product); an installed wheel or the
     # Space has no shapes_world, and `eval --shapes` is then an ordinary argparse error.
     if shapes and importlib.util.find_spec("shapes_world") is not None:

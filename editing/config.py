@@ -228,6 +228,11 @@ class EngineConfig:
         _check(self.reference_adapter is None or self.reference_image is not None, "reference_adapter needs a reference_image")
 
     @property
+    def keyframes_every(self) -> int:
+        """--keyframes as a number: 0 = edit every frame, -1 = auto, N = every N-th frame."""
+        return parse_keyframes(self.keyframes)
+
+    @property
     def reference(self) -> tuple[str, float] | None:
         """(path, scale) of the reference image, or None."""
         return None if self.reference_image is None else parse_reference(self.reference_image)
@@ -249,11 +254,6 @@ def parse_reference(text: str) -> tuple[str, float]:
             _check(path.strip() != "", f"reference_image {text!r} must look like PATH[:SCALE], e.g. dog.png:0.6")
             _check(math.isfinite(scale) and 0 <= scale <= REFERENCE_MAX_SCALE, f"reference_image scale must be between 0 and {REFERENCE_MAX_SCALE:g}, got {tail.strip()}")
     return path.strip(), scale
-
-    @property
-    def keyframes_every(self) -> int:
-        """--keyframes as a number: 0 = edit every frame, -1 = auto, N = every N-th frame."""
-        return parse_keyframes(self.keyframes)
 
 
 PROMPT_EDITS = ("swap", "refine", "reweight")
