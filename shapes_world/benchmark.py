@@ -672,7 +672,7 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     notes = result.notes + [
         f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
         f"img2img and sparse-causal-noinv noise the source to strength {SDEDIT_STRENGTH} (no inversion); the others DDIM-invert with the source caption",
-        "warp error: 8-bit levels along the true motion on the moving objects; flicker: std over frames of the first object's mean colour (8-bit)",
+        "warp error: 8-bit levels along the true motion on the moving objects; flicker: std over frames of the edited object's mean colour (8-bit)",
         f"'{IDEAL}' measures perfect edits (the target scenes rendered with the clip's motion): the judge's ceiling on these clips",
         f"[low, high]: {BOOTSTRAP_LEVEL:.0%} bootstrap interval over clips ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the mean of per-clip means; "
         "ranks (among edited settings) count only settings whose whole interval is better, '=' marks an interval that overlaps another's",
