@@ -77,7 +77,9 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     from editing.requests import build_request
 
     values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": "cpu", "dtype": "fp32"}
-    values |= {"steps": args.steps, "frames": args.frames, "size": args.size, "cache_dir": str(cache / setting)} | SETTINGS[setting]
+    values |= {"frames": args.frames, "size": args.size, "cache_dir": str(cache / setting)} | SETTINGS[setting]
+    if "preset" not in SETTINGS[setting]:
+        values["steps"] = args.steps  # a preset runs its own steps (fast: the last 4 of 8)
     request = build_request("edit", values)
     key = repr(request.model_options)
     if key not in backbones:
