@@ -36,9 +36,14 @@ OFF_API = (
 )  # fmt: skip
 
 
+# The tab's own upload of an edited keyframe (the schema's keyframe_image takes paths, so the form reserves it).
+KEYFRAME_FIELDS = ["keyframe_upload", "keyframe_index"]
+
+
 def api_fields() -> list[str]:
-    """The /edit API's parameters: API_FIELDS, then every other option of the request schema not in OFF_API."""
-    return API_FIELDS + [name for name in option_names() if name not in API_FIELDS and name not in OFF_API]
+    """The /edit API's parameters: API_FIELDS, then every other option of the request schema not in
+    OFF_API, then the edited-keyframe upload."""
+    return API_FIELDS + [name for name in option_names() if name not in API_FIELDS and name not in OFF_API] + KEYFRAME_FIELDS
 
 
 # What each pipeline stage is called on the progress bar.
@@ -53,6 +58,8 @@ STAGE_LABELS = {
     "tune": "tuning",
     "save": "saving the tuned weights",
     "decode_latents": "decoding frames",
+    "propagate": "propagating the keyframes",
+    "refine": "re-diffusing what no keyframe sees",
     "encode_video": "encoding",
 }
 
@@ -319,8 +326,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             with gr.Accordion("Keyframes, then propagation", open=False, elem_id="keyframes-stage"):
                 gr.Markdown("Edit a few keyframes first and look at them; change the prompt or seed and edit them again; then Propagate fills in the other frames along the source's motion.")
                 with gr.Row():
-                    keyframe_upload = gr.Image(label="Upload an edited keyframe (optional)", type="filepath", sources=["upload"], height=140, elem_id="keyframe-upload")
-                    keyframe_index = gr.Number(label="for frame", value=0, precision=0, minimum=0, elem_id="keyframe-index")
+                    form["keyframe_upload"] = gr.Image(label="Upload an edited keyframe (optional)", type="filepath", sources=["upload"], height=140, elem_id="keyframe-upload")
+                    form["keyframe_index"] = gr.Number(label="for frame", value=0, precision=0, minimum=0, elem_id="keyframe-index")
                 with gr.Row():
                     keys_button = gr.Button("Edit keyframes", interactive=False, elem_id="run-keyframes")
                     propagate_button = gr.Button("Propagate", interactive=False, elem_id="run-propagate")
@@ -359,9 +366,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     for option in form_options():
         if option.name in fields and option.name not in form:
             form[option.name] = widgets.option_widget(option)  # an option the form shows no widget for yet
-    names = fields + ["keyframe_upload", "keyframe_index", "token"]
-    inputs = [form[n] for n in fields] + [keyframe_upload, keyframe_index, token]
-    defaults = widgets.initial_values(form) | {"keyframe_upload": None, "keyframe_index": 0}
+    names = fields + ["token"]
+    inputs = [form[n] for n in fields] + [token]
+    defaults = widgets.initial_values(form)
     staged = gr.State(None)  # the keyframes 'Edit keyframes' made, for 'Propagate
 
     def started(button):
