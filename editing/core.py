@@ -191,12 +191,13 @@ def edit_frames(
         latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, callback, control, seed=config.seed)
     with timer.stage("decode_latents"):
         progress("decode_latents", 0, 1)
-        edited = sampling.decode_latents(backbone, latents, engine.chunk, decoded_indices(parts.decode_frames, len(frames)))
+        wanted = decoded_indices(parts.decode_frames, len(frames))
+        edited = sampling.decode_latents(backbone, latents, engine.chunk, wanted)
         if engine.smooth_color:
             from .temporal import match_colors
 
             edited = match_colors(edited)
-    wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
+    wanted = wanted or tuple(range(len(frames)))
     for index, image in pins:
         if index in wanted:
             edited[wanted.index(index)] = image  # the supplied frame is the result, exactly
@@ -226,8 +227,9 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     for image in supplied:
         if image.index >= len(frames):
             raise ConfigError(f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}")
+    flows = clip_flows(frames) if every < 0 or supplied else None  # once, for the choice, the supplied frames' warps and propagation
     if keys is None:
-        keys = choose_keyframes(len(frames), every or 8, clip_flows(frames) if every < 0 else None)
+        keys = choose_keyframes(len(frames), every or 8, flows)
         keys = tuple(sorted(set(keys) | {image.index for image in supplied}))  # a supplied frame is a keyframe
     if any(not 0 <= k < len(frames) for k in keys) or list(keys) != sorted(set(keys)) or not keys:
         raise ConfigError(f"keyframes must be distinct frames 0 to {len(frames) - 1} in order, got {list(keys)}")
@@ -241,11 +243,11 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
         from .pinned import guided_start, pinned_frames
 
-        start = guided_start(frames, pinned_frames(parts.engine, frames)[0])[list(keys)]
+        start = guided_start(frames, pinned_frames(parts.engine, frames)[0], flows)[list(keys)]
     edited = edit_frames(frames[list(keys)], sub, backbone, report, timer, start=start)
     from .keyframes import Keyframes
 
-    return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings)
+    return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings, flows)
 
 
 def _prefixed(progress, prefix: str):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -115,6 +115,7 @@ class Keyframes:
     frames: np.ndarray  # (K, H, W, 3) uint8, the edited keyframes in index order
     inversion_cached: bool = False
     warnings: tuple[str, ...] = ()
+    flows: ClipFlows | None = field(default=None, repr=False)  # the source's flows, when stage 1 already computed them
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progres
     others = [f for f in range(len(frames)) if f not in keyframes.indices]
     with stage("propagate"):
         progress("propagate", 0, max(1, len(others)))
-        flows = clip_flows(frames) if others else None
+        flows = keyframes.flows if keyframes.flows is not None or not others else clip_flows(frames)
         fused = {}
         for done, frame in enumerate(others):
             fused[frame] = fuse_frame(frame, keyframes, flows)

@@ -41,7 +41,7 @@ def pinned_frames(engine, frames: np.ndarray) -> tuple[tuple[tuple[int, np.ndarr
     return tuple(pins), tuple(notes)
 
 
-def guided_start(frames: np.ndarray, pins) -> np.ndarray:
+def guided_start(frames: np.ndarray, pins, flows=None) -> np.ndarray:
     """What to invert instead of the source: each frame with its nearest supplied frame warped onto it
     along the source's chained optical flow, where the path is trusted; the source elsewhere (where the
     supplied frame cannot see). So the inverted latents already carry the supplied edit, and the
@@ -50,7 +50,7 @@ def guided_start(frames: np.ndarray, pins) -> np.ndarray:
 
     if len(frames) < 2:
         return frames
-    flows = clip_flows(frames)
+    flows = clip_flows(frames) if flows is None else flows
     start = frames.copy()
     supplied = dict(pins)
     for frame in range(len(frames)):

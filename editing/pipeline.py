@@ -9,6 +9,7 @@ result carries the edited frames, so callers need not read the written file back
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -47,15 +48,24 @@ FramesEditor = Callable[[np.ndarray, "EditRequest", ProgressFn, StageTimer], tup
 
 def edit_here(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
     """Load the request's model in this process and run the core on the frames."""
-    with timer.stage("load_model"):
+    backbone = request_backbone(request, progress, timer)
+    edited = edit_frames(frames, EditParts.of(request), backbone, progress, timer)
+    return edited, model_info(backbone)
+
+
+def request_backbone(request: EditRequest, progress: ProgressFn = _no_progress, timer: StageTimer | None = None):
+    """The request's model, loaded (or cached) in this process, with its tuned weights' base checked."""
+    with timer.stage("load_model") if timer is not None else contextlib.nullcontext():
         progress("load_model", 0, 1)
         if request.tuned is not None:
             from .tuning import check_base
 
             check_base(request.tuned, request.model)
-        backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
-    edited = edit_frames(frames, EditParts.of(request), backbone, progress, timer)
-    return edited, ModelInfo(backbone.name, backbone.random_weights, tuple(backbone.extras.get("notes", ())))
+        return load_backbone(request.model, request.device, request.dtype, options=request.model_options)
+
+
+def model_info(backbone) -> ModelInfo:
+    return ModelInfo(backbone.name, backbone.random_weights, tuple(backbone.extras.get("notes", ())))
 
 
 @dataclass
@@ -191,8 +201,7 @@ def edit_keyframes_of(request: EditRequest, progress: ProgressFn = _no_progress)
     request = staged_request(request)
     progress("decode", 0, 1)
     clip = video_io.read_clip(request.video, request.selection, request.limits)
-    progress("load_model", 0, 1)
-    backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
+    backbone = request_backbone(request, progress)
     keyframes = edit_keyframes(clip.frames, EditParts.of(request), backbone, progress)
     return StagedKeyframes(keyframes, frames_key(clip.frames).content)
 
@@ -205,10 +214,9 @@ def propagating(staged: StagedKeyframes) -> FramesEditor:
     def editor(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
         if frames_key(frames).content != staged.source:
             raise ConfigError("the clip or its frame selection changed since the keyframes were edited: edit the keyframes again")
-        with timer.stage("load_model"):
-            backbone = load_backbone(request.model, request.device, request.dtype, options=request.model_options)
+        backbone = request_backbone(request, progress, timer)
         made = propagate(frames, staged.keyframes, EditParts.of(staged_request(request)), backbone, progress, timer)
         edited = EditedFrames(made, staged.keyframes.inversion_cached, None, timer.seconds, staged.keyframes.warnings, staged.keyframes.indices)
-        return edited, ModelInfo(backbone.name, backbone.random_weights, tuple(backbone.extras.get("notes", ())))
+        return edited, model_info(backbone)
 
     return editor
