@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -627,6 +628,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
     group.add_argument("--state", action="store_true", help="with --slice: write the measured values into stated.json")
     group.add_argument("--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers")
+    group.add_argument("--shard", default=None, help="K/N: edit only every N-th of the chosen clips from the K-th (run N shards side by side, then --merge)")
+    group.add_argument("--merge", default=None, help="comma-separated --out folders (or table.json files) of shards: write their table as one, without editing")
 
 
 def model_label(model: str) -> str:
@@ -642,9 +645,75 @@ def model_label(model: str) -> str:
     return f"{model} (training steps: {steps})"
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'K/N' (0 <= K < N): this run edits every N-th of the chosen clips, from the K-th; None: all of them."""
+    if not text:
+        return 0, 1
+    try:
+        part, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be K/N, e.g. 0/2; got {text!r}") from None
+    if not 0 <= part < count:
+        raise ConfigError(f"--shard K/N needs 0 <= K < N; got {text!r}")
+    return part, count
+
+
+def merge_tables(paths: list[Path]) -> tuple[dict, BenchmarkResult]:
+    """The run documents (table.json) of parts of one benchmark, as one: shards of the clips, or runs of
+    other settings on the same clips. Refused unless the parts share model and steps, no setting edited a
+    clip in two parts, and every setting covers the same clips."""
+    documents = []
+    for path in paths:
+        path = path / "table.json" if path.is_dir() else path
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--merge: cannot read {path.name}: {exc}") from None
+    first = documents[0]
+    for key in ("model", "steps"):
+        if any(d.get(key) != first.get(key) for d in documents):
+            raise ConfigError(f"--merge: the parts differ in {key}; merge only parts of one benchmark")
+    covered: dict[str, set[int]] = {}
+    for document in documents:
+        for setting in document["settings"]:
+            twice = covered.setdefault(setting, set()) & set(document["clips"])
+            if twice:
+                raise ConfigError(f"--merge: setting {setting} edited clip {min(twice)} in more than one part")
+            covered[setting] |= set(document["clips"])
+    clips = sorted(set().union(*covered.values()))
+    short = [name for name, got in covered.items() if got != set(clips)]
+    if short:
+        raise ConfigError(f"--merge: setting {short[0]} lacks clips {sorted(set(clips) - covered[short[0]])}")
+    references, rows = {}, []
+    for row in (r for d in documents for r in d["rows"]):
+        if row["setting"] in (REFERENCE, IDEAL):  # every part measured the source and ideal rows of its clips
+            references.setdefault((row["setting"], row["clip"], row["kind"]), row)
+        else:
+            rows.append(row)
+    settings = list(dict.fromkeys(s for d in documents for s in d["settings"]))
+    position = {name: i for i, name in enumerate((REFERENCE, IDEAL, *settings))}
+    result = BenchmarkResult(rows=sorted([*references.values(), *rows], key=lambda r: (r["clip"], position[r["setting"]])))
+    result.notes = [n for d in documents for n in d.get("notes", []) if n.startswith("tuned:")]
+    minutes = sum(d.get("minutes", 0.0) for d in documents)
+    return {"model": first["model"], "steps": first["steps"], "settings": settings, "clips": clips, "minutes": minutes, "shards": len(documents)}, result
+
+
 def run_command(args: argparse.Namespace, progress=None) -> int:
     """`eval --shapes`: run, print and write table.md, table.json and contact-<setting>.png (clip 0) in --out."""
     stated = load_stated()
+    out = Path(args.out)
+    if getattr(args, "merge", None):
+        if args.slice or args.state:
+            raise ConfigError("--merge rebuilds a table from shards' table.json; it does not run the slice")
+        run, result = merge_tables([Path(p) for p in args.merge.split(",") if p])
+        out.mkdir(parents=True, exist_ok=True)
+        for path in args.merge.split(","):  # clip 0's contact sheets come from the shard that edited it
+            for sheet in Path(path).glob("contact-*.png") if Path(path).is_dir() else ():
+                if Path(path).resolve() != out.resolve():
+                    shutil.copyfile(sheet, out / sheet.name)
+        settings, indices, steps, model = tuple(run["settings"]), tuple(run["clips"]), run["steps"], run["model"]
+        timing = f"this run: {run['minutes']:.1f} min of edits for {len(settings)} setting(s) x {len(indices)} clip(s) on this machine, in {run['shards']} parts (summed; parts may have run side by side)"
+        return _report(args, stated, result, settings, indices, steps, model, run["minutes"], timing)
     if args.slice:
         settings, clips, steps = tuple(stated["slice"]["settings"]), stated["slice"]["clips"], stated["slice"]["steps"]
     else:
@@ -653,22 +722,31 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
         raise ConfigError(f"--clips and --steps must be at least 1, got {clips} and {steps}")
     kinds_text = None if args.slice else getattr(args, "clip_kinds", None)
     kinds = tuple(k.strip() for k in kinds_text.split(",") if k.strip()) if kinds_text else None
-    indices = clip_indices(clips, kinds)
+    part, count = parse_shard(None if args.slice else getattr(args, "shard", None))
+    indices = clip_indices(clips, kinds)[part::count]
+    if not indices:
+        raise ConfigError(f"--shard {part}/{count} has no clips of the {clips} chosen")
     if args.state and (not args.slice or args.model != "shapes"):
         raise ConfigError("--state writes the CI slice's values for the committed weights; use it with --slice and --model shapes")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shapes-", dir=out) as work:
         result = run_benchmark(settings, indices, steps, args.model, Path(work), progress)
     minutes = (time.perf_counter() - began) / 60
-    summary = result.summary()
     from editing.evaluate import contact_sheet
 
     for setting, rows in result.sheets.items():
         contact_sheet(rows).save(out / f"contact-{setting}.png")
+    timing = f"this run: {minutes:.1f} min for {len(settings)} setting(s) x {len(indices)} clip(s) on this machine"
+    return _report(args, stated, result, settings, indices, steps, args.model, minutes, timing)
+
+
+def _report(args, stated: dict, result: BenchmarkResult, settings, indices, steps: int, model: str, minutes: float, timing: str) -> int:
+    """Write table.md and table.json (and the README block), print the table; 2 when edits failed or the slice fell short."""
+    out = Path(args.out)
+    summary = result.summary()
     counts = ", ".join(f"{sum(clip_kind(i) == k for i in indices)} {k}" for k in CLIP_KINDS if any(clip_kind(i) == k for i in indices))
-    header = f"Shapes benchmark: model {model_label(args.model)}, {clips} clip(s) ({counts}) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
+    header = f"Shapes benchmark: model {model_label(model)}, {len(indices)} clip(s) ({counts}) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
     notes = result.notes + [
         f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
         f"img2img and sparse-causal-noinv noise the source to strength {SDEDIT_STRENGTH} (no inversion); the others DDIM-invert with the source caption",
@@ -676,7 +754,7 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
         f"'{IDEAL}' measures perfect edits (the target scenes rendered with the clip's motion): the judge's ceiling on these clips",
         f"[low, high]: {BOOTSTRAP_LEVEL:.0%} bootstrap interval over clips ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the mean of per-clip means; "
         "ranks (among edited settings) count only settings whose whole interval is better, '=' marks an interval that overlaps another's",
-        f"this run: {minutes:.1f} min for {len(settings)} setting(s) x {len(indices)} clip(s) on this machine",
+        timing,
     ]
     failures = [row for row in result.rows if row.get("error")]
     if args.state and not failures:  # never state thresholds from a run with failed edits
@@ -685,7 +763,7 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     by_kind = {name: {k: f"{_cell(warp[name][k])} / {_cell(flicker[name][k])}" for k in warp[name]} for name in warp}
     text = markdown(summary, header, notes, stated, by_kind if len(next(iter(warp.values()), {})) > 1 else None)
     (out / "table.md").write_text(text, encoding="utf-8")
-    document = {"model": args.model, "clips": list(indices), "steps": steps, "settings": list(settings), "summary": summary, "rows": result.rows, "notes": notes}
+    document = {"model": model, "clips": list(indices), "steps": steps, "settings": list(settings), "minutes": minutes, "summary": summary, "rows": result.rows, "notes": notes}
     (out / "table.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
     if args.readme:
         put_in_readme(Path(args.readme), text)

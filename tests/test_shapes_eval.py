@@ -238,3 +238,38 @@ def test_one_clip_gives_neither_an_interval_nor_a_rank():
     summary = bench.BenchmarkResult(rows).summary()
     assert summary["a"]["warp_error_interval"] is None
     assert bench.setting_ranks(summary)["warp_error"] == {}
+
+
+def test_shards_merge_into_the_table_of_one_run(tmp_path):
+    def run(*extra):
+        out = tmp_path / "-".join(extra or ("all",)).replace("/", "of")
+        assert main(["eval", "--shapes", "--model", "tiny", "--clips", "3", "--steps", "1", "--settings", "img2img", "--out", str(out), *extra]) == 0
+        return out
+
+    whole, first, second = run(), run("--shard", "0/2"), run("--shard", "1/2")
+    assert json.loads((first / "table.json").read_text())["clips"] == [0, 2]
+    merged = tmp_path / "merged"
+    assert main(["eval", "--shapes", "--merge", f"{second},{first}", "--out", str(merged)]) == 0
+    one, both = (json.loads((d / "table.json").read_text()) for d in (whole, merged))
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds_per_frame"} for r in rows]
+    assert both["clips"] == [0, 1, 2] and drop(both["rows"]) == drop(one["rows"])
+    for key in ("edit_accuracy", "structure_iou", "warp_error", "flicker", "edit_accuracy_interval"):
+        assert both["summary"]["img2img"][key] == one["summary"]["img2img"][key]
+    assert (merged / "contact-img2img.png").is_file()
+    assert main(["eval", "--shapes", "--merge", f"{first},{first}", "--out", str(tmp_path / "twice")]) == 2  # a clip in two shards
+    assert main(["eval", "--shapes", "--shard", "2/2", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_runs_of_other_settings_on_the_same_clips_merge_and_gaps_are_refused(tmp_path):
+    def run(settings, clips):
+        out = tmp_path / f"{settings}-{clips}"
+        assert main(["eval", "--shapes", "--model", "tiny", "--clips", clips, "--steps", "1", "--settings", settings, "--out", str(out)]) == 0
+        return out
+
+    one, other, short = run("img2img", "2"), run("first-keyframes-8", "2"), run("first", "1")
+    merged = tmp_path / "merged"
+    assert main(["eval", "--shapes", "--merge", f"{one},{other}", "--out", str(merged)]) == 0
+    document = json.loads((merged / "table.json").read_text())
+    assert document["settings"] == ["img2img", "first-keyframes-8"] and set(document["summary"]) == {bench.REFERENCE, bench.IDEAL, "img2img", "first-keyframes-8"}
+    assert sum(r["setting"] == bench.REFERENCE for r in document["rows"]) == 2 * len(bench.EDIT_KINDS)  # measured by both parts, kept once
+    assert main(["eval", "--shapes", "--merge", f"{one},{short}", "--out", str(tmp_path / "gap")]) == 2
