@@ -294,6 +294,7 @@ SETTINGS: dict[str, dict] = {
     "tokenflow": {"attention": "tokenflow", "window": 4},  # TokenFlow: 2 keyframes per step, the other frames propagated from them
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},  # frames 0 and 4 edited, the rest propagated along the flow
     "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # frame 0 edited, the rest propagated from it
+    "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},  # a keyframe where the scene changes (15% unseen) or after 16 frames
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},  # early-step latent fusion along the source's flow
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
 }
