@@ -190,7 +190,9 @@ class _Job:
 
 def batch_runner(workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
     """A runner for `editing.batch.run_batch` that runs the edits on this process's Ray cluster, on
-    `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them."""
+    `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them (whole
+    edits and segments of whole chunks; a split keyframe edit's stages run the library's own stage
+    editors, `keyframes_here` and `propagating`)."""
 
     def run(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
         workers_used = pool or WorkerPool(workers)
