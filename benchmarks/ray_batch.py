@@ -1,8 +1,10 @@
 """What Ray gives and costs, measured in one run on a local Ray cluster: batch throughput on 2 workers
-against 1 on the same edits, and one edit through a Ray worker (the batch's plain task, the app's
-streamed one) against a direct call.
+against 1 on the same edits, one edit through a Ray worker (the batch's plain task, the app's
+streamed one) against a direct call, and one long keyframe edit on 2 workers (keyframes in one task,
+then 2 propagation segments) against 1 (the whole edit in one task).
 
     python benchmarks/ray_batch.py [--model tiny] [--edits 4] [--frames 4] [--size 64] [--steps 4] [--runs 3]
+                                   [--keyframes 4 --keyframe-frames 17 --keyframe-refine 0.5 | --only-keyframes]
 
 Workers are CPU actors (one thread each: Ray sets OMP_NUM_THREADS=1); each pool is warmed up (model loaded,
 one edit run) before it is timed, and every timed edit inverts afresh (its own cache folder). The direct
@@ -25,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 CLIPS = ("car-turn.mp4", "man-skiing.mp4")
 
 
-def edits(args, root: Path, count: int, tag: str):
+def edits(args, root: Path, count: int, tag: str, **settings):
     """`count` batch edits (alternating clips and prompts), each with a fresh cache folder."""
     from editing.batch import batch_edits
     from editing.evaluate import parse_spec
 
-    defaults = {"model": args.model, "device": "cpu", "frames": args.frames, "size": args.size, "steps": args.steps, "stride": 4}
+    defaults = {"model": args.model, "device": "cpu", "frames": args.frames, "size": args.size, "steps": args.steps, "stride": 4, **settings}
     entries = [
         {"name": f"{tag}-{i}", "video": str(ROOT / "assets" / CLIPS[i % 2]), "prompt": f"a painting, style {i}", "cache_dir": str(root / f"cache-{tag}-{i}")}
         for i in range(count)
@@ -60,6 +62,33 @@ def batch_seconds(args, root: Path) -> dict[int, float]:
         for pool in pools.values():
             pool.close()
     return {workers: statistics.median(values) for workers, values in times.items()}
+
+
+def keyframe_seconds(args, root: Path) -> tuple[dict[int, float], str]:
+    """Median wall seconds of one keyframe edit of `args.keyframe_frames` frames on a warm pool of 1 worker
+    (one task) and of 2 (keyframes, then the propagation segments on both), interleaved; and the split's note."""
+    from editing import distributed
+    from editing.batch import run_batch
+
+    settings = {"frames": args.keyframe_frames, "stride": 2, "keyframes": args.keyframes, "keyframe_refine": args.keyframe_refine}
+    pools = {workers: distributed.WorkerPool(workers) for workers in (1, 2)}
+    times: dict[int, list[float]] = {workers: [] for workers in pools}
+    note = ""
+    try:
+        for workers, pool in pools.items():  # warm: model loaded, and the pool's workers started
+            run_batch(edits(args, root, workers, f"kwarm{workers}", **settings), root / f"kwarm{workers}", distributed.batch_runner(pool=pool))
+        for run in range(args.runs):
+            for workers, pool in pools.items():
+                tag = f"ktimed{workers}-{run}"
+                begin = time.perf_counter()
+                report = run_batch(edits(args, root, 1, tag, **settings), root / tag, distributed.batch_runner(pool=pool))
+                times[workers].append(time.perf_counter() - begin)
+                assert all(row["status"] == "ok" for row in report.rows), report.rows
+                note = report.rows[0]["note"] if workers == 2 else note
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return {workers: statistics.median(values) for workers, values in times.items()}, note
 
 
 def overhead(args, root: Path) -> dict[str, float]:
@@ -104,6 +133,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keyframes", default="4", help="the long keyframe edit's --keyframes")
+    parser.add_argument("--keyframe-frames", type=int, default=17, help="its frame count (every 2nd frame of the clip)")
+    parser.add_argument("--keyframe-refine", type=float, default=0.5)
+    parser.add_argument("--only-keyframes", action="store_true", help="measure the long keyframe edit only")
     args = parser.parse_args()
     import ray
 
@@ -112,9 +145,17 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
+            print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            seconds, note = keyframe_seconds(args, root)
+            print(f"one keyframe edit ({args.model}, {args.keyframe_frames} frames, --keyframes {args.keyframes}, refine {args.keyframe_refine}, "
+                  f"{args.size} px, {args.steps} steps), median of {args.runs}:")
+            print(f"  1 worker  {seconds[1]:.2f} s (one task)")
+            print(f"  2 workers {seconds[2]:.2f} s ({note}); speed-up {seconds[1] / seconds[2]:.2f}x")
+            if args.only_keyframes:
+                print(f"load average after: {os.getloadavg()[0]:.1f}")
+                return
             batch = batch_seconds(args, root)
             one, two = batch[1], batch[2]
-            print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             print(f"batch of {args.edits} edits ({args.model}, {args.frames} frames, {args.size} px, {args.steps} steps), median of {args.runs}:")
             print(f"  1 worker  {one:.2f} s ({args.edits / one:.3f} edits/s)")
             print(f"  2 workers {two:.2f} s ({args.edits / two:.3f} edits/s); speed-up {one / two:.2f}x")

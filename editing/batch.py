@@ -79,37 +79,47 @@ def request_key(request: EditRequest) -> str:
 
 @dataclass(frozen=True)
 class Segment:
-    """One task of an edit: the clip frames it edits (anchors included) and those whose output it keeps."""
+    """One task of an edit: the clip frames it gets (anchors and bounding keyframes included), those whose
+    output it keeps, and what it runs on them: `edit` (the core), `keyframes` (choose and edit the
+    keyframes only: its output is the keyframes, in order) or `propagate` (the other frames from the
+    edited keyframes among its frames)."""
 
     frames: tuple[int, ...]
     keeps: tuple[int, ...]
+    kind: str = "edit"
 
 
 @dataclass(frozen=True)
 class EditTasks:
-    """How one edit runs: its segments (one = the whole clip in one task) and why it was not split, if not."""
+    """How one edit runs: its segments (one = the whole clip in one task) and how it was split, or why not."""
 
     segments: tuple[Segment, ...]
     note: str = ""
 
 
+KEYFRAMES_NOTE = "keyframes then propagation: the keyframes are edited in one task, then the frames between them in propagation segments in parallel"
+
+
 def split_edit(request: EditRequest, frame_count: int, workers: int) -> EditTasks:
     """The tasks an edit of `frame_count` frames runs as on `workers` workers.
+
+    Keyframes then propagation (`--keyframes`, with or without `--keyframe-image`) runs as two stages:
+    one task chooses and edits the keyframes (they attend to each other, so they stay together), then
+    `propagation_tasks` splits the other frames by the keyframes they lie between, each segment needing
+    only its bounding keyframes and the source frames (and so the flow) between them.
 
     A clip longer than one chunk whose attention mode makes chunks independent given the anchor frame
     (`first`, `none`: `AttentionMode.independent_chunks`) is split into up to `workers` segments of whole
     chunks; each segment also holds the anchor, whose trajectory (inversion and denoising) is the same in
     every segment because it attends only to itself. Everything else runs as one task whose chunks run in
     order, and the note says why.
-
-    Keyframes then propagation (`--keyframes`, `--keyframe-image`) runs as one task for now; it belongs
-    here: a first task edits the keyframes, then one task per propagation segment (each needing only its
-    bounding keyframes and the flow between them) could run in parallel.
     """
     from .sampling import plan_frames
 
     whole = EditTasks((Segment(tuple(range(frame_count)), tuple(range(frame_count))),))
     engine = request.engine
+    if engine.keyframes_every and workers > 1 and frame_count > 1 and request.decode_frames is None:
+        return EditTasks((Segment(tuple(range(frame_count)), (), "keyframes"),), KEYFRAMES_NOTE)
     plan = plan_frames(frame_count, engine.chunk, engine.attention, engine.window, merge=engine.token_merge)
     if workers <= 1 or len(plan.batches) <= 1:
         return whole
@@ -125,13 +135,73 @@ def split_edit(request: EditRequest, frame_count: int, workers: int) -> EditTask
     return EditTasks(tuple(segments), f"split into {len(segments)} segments of whole chunks, each with the anchor frame")
 
 
+def propagation_tasks(keys: tuple[int, ...], frame_count: int, workers: int) -> EditTasks:
+    """Stage 2 of a split keyframe edit, once the keyframes `keys` are edited: the keyframes' segment (its
+    output is the edited keyframes) and up to `workers` propagation segments.
+
+    A span is the frames between two consecutive keyframes, with both (or, before the first keyframe or
+    after the last, the one keyframe it has). Each non-keyframe is made from its nearest keyframe on each
+    side along the source's flow between them, and its unseen regions are refined attending to its
+    nearest keyframe alone, with the same noise in every frame: so a frame needs nothing outside its span.
+    Consecutive spans are grouped into segments of about equal numbers of frames to propagate."""
+    keys = tuple(sorted(keys))
+    spans = [(a, b) for a, b in zip(keys, keys[1:]) if b - a > 1]
+    if keys[0] > 0:
+        spans.insert(0, (0, keys[0]))
+    if keys[-1] < frame_count - 1:
+        spans.append((keys[-1], frame_count - 1))
+    keyframes = Segment(keys, keys, "keyframes")
+    if not spans:
+        return EditTasks((keyframes,), f"all {len(keys)} frames are keyframes, edited in one task; nothing to propagate")
+    work = [len(_between(span, keys)) for span in spans]
+    total, count, done = sum(work), min(max(1, workers), len(spans)), 0
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for span, size in zip(spans, work):  # each span to the group its middle frame falls in
+        groups.setdefault(min(count - 1, int((done + size / 2) * count / total)), []).append(span)
+        done += size
+    segments = []
+    for members in groups.values():
+        frames = tuple(range(members[0][0], members[-1][1] + 1))
+        segments.append(Segment(frames, tuple(f for f in frames if f not in keys), "propagate"))
+    ranges = ", ".join(f"{s.frames[0]}-{s.frames[-1]}" for s in segments)
+    parallel = "1 propagation segment" if len(segments) == 1 else f"{len(segments)} propagation segments in parallel"
+    note = f"keyframes {_listed(keys)} edited in one task, then {parallel} (frames {ranges})"
+    return EditTasks((keyframes, *segments), note)
+
+
+def _between(span: tuple[int, int], keys: tuple[int, ...]) -> list[int]:
+    return [f for f in range(span[0], span[1] + 1) if f not in keys]
+
+
+def _listed(keys: tuple[int, ...], most: int = 12) -> str:
+    shown = ", ".join(map(str, keys[:most]))
+    return shown if len(keys) <= most else f"{shown}, ... ({len(keys)} in all)"
+
+
+def propagation_input(segment: Segment, keys: tuple[int, ...], edited_keys: np.ndarray, frames: np.ndarray):
+    """What a propagation segment's task gets: its source frames and the edited keyframes among them,
+    staged (editing.pipeline.StagedKeyframes) for `propagating`, their indices counted from the segment's
+    first frame."""
+    from .core import frames_key
+    from .keyframes import Keyframes
+    from .pipeline import StagedKeyframes
+
+    source = frames[list(segment.frames)]
+    inside = [k for k in keys if k in segment.frames]
+    start = segment.frames[0]
+    staged = Keyframes(tuple(k - start for k in inside), edited_keys[[keys.index(k) for k in inside]])
+    return source, StagedKeyframes(staged, frames_key(source).content)
+
+
 def _sequential_reason(request: EditRequest) -> str:
     """Why an edit's chunks cannot run apart ('' when they can)."""
     from .attention.modes import get_attention_mode
 
     engine = request.engine
-    if engine.keyframes_every or engine.keyframe_images:
-        return "keyframes then propagation needs the whole clip's keyframes and flow (not split across workers yet)"
+    if engine.keyframes_every:
+        return "a preview of keyframes then propagation runs as one task"
+    if engine.keyframe_images:
+        return "a --keyframe-image without --keyframes is followed along the whole clip's flow"
     if engine.feature_bank:
         return "the feature bank carries each chunk's keys and values into the next"
     if not get_attention_mode(engine.attention).independent_chunks:

@@ -22,10 +22,12 @@ import ray
 from ray.exceptions import RayActorError, TaskCancelledError
 
 from . import video_io
-from .batch import BatchEdit, BatchProgress, EditTasks, assemble, describe, failed_row, result_row, segment_request, split_edit
+from .batch import (
+    BatchEdit, BatchProgress, EditTasks, assemble, describe, failed_row, propagation_input, propagation_tasks, result_row, segment_request, split_edit,
+)
 from .core import StageTimer
 from .errors import Cancelled, EditingError
-from .pipeline import EditResult, FramesEditor, ModelInfo, edit_here, write_outputs
+from .pipeline import EditResult, FramesEditor, ModelInfo, edit_here, keyframes_here, propagating, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +170,15 @@ class WorkerPool:
 
 @dataclass
 class _Job:
-    """One edit in flight: its decoded clip, its tasks and what came back."""
+    """One edit in flight: its decoded clip, its tasks and what came back (a split keyframe edit: the
+    keyframes' task first, then `tasks` becomes the keyframes and the propagation segments)."""
 
     edit: BatchEdit
     clip: video_io.Clip
     tasks: EditTasks
     begin: float
+    slots: int = 1  # the pool's workers, for splitting stage 2
+    keys: tuple[int, ...] = ()  # the edited keyframes of a keyframe edit
     outputs: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     workers: list = field(default_factory=list)
@@ -185,7 +190,9 @@ class _Job:
 
 def batch_runner(workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
     """A runner for `editing.batch.run_batch` that runs the edits on this process's Ray cluster, on
-    `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them."""
+    `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them (whole
+    edits and segments of whole chunks; a split keyframe edit's stages run the library's own stage
+    editors, `keyframes_here` and `propagating`)."""
 
     def run(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
         workers_used = pool or WorkerPool(workers)
@@ -232,10 +239,7 @@ def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, edito
                 continue
             job, number, attempt = tasks.pop(0)
             actor = idle.pop(0)
-            segment = job.tasks.segments[number]
-            frames = job.clip.frames[list(segment.frames)]
-            request = segment_request(job.edit.request, segment)
-            running[actor.edit.remote(frames, request, editor)] = (actor, job, number, attempt)
+            running[actor.edit.remote(*_task_input(job, number, editor))] = (actor, job, number, attempt)
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
@@ -269,9 +273,27 @@ def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, edito
                 fail(job, payload["error"])
                 continue
             _collect(job, number, payload, pool.name(actor))
+            if job.tasks.segments[number].kind == "keyframes" and not job.keys:  # stage 2: the propagation segments
+                job.keys = tuple(payload["edited"].keyframes)
+                job.tasks = propagation_tasks(job.keys, len(job.clip.frames), job.slots)
+                notes.append(f"{job.edit.name}: {job.tasks.note}")
+                progress.line(f"[note] {job.edit.name}: {job.tasks.note}")
+                tasks[:0] = [(job, n, 1) for n in range(1, len(job.tasks.segments))]  # ahead of other edits' tasks
             if len(job.outputs) == len(job.tasks.segments):
                 _finish(job, on_done)
     return notes
+
+
+def _task_input(job: _Job, number: int, editor: FramesEditor | None) -> tuple:
+    """What segment `number` of the job's tasks is sent: its frames, the request and the editor that runs it."""
+    segment = job.tasks.segments[number]
+    request = job.edit.request
+    if segment.kind == "keyframes":
+        return job.clip.frames, request, keyframes_here
+    if segment.kind == "propagate":
+        frames, staged = propagation_input(segment, job.keys, job.outputs[0], job.clip.frames)
+        return frames, request, propagating(staged)
+    return job.clip.frames[list(segment.frames)], segment_request(request, segment), editor
 
 
 def _start_job(edit: BatchEdit, workers: int, on_done) -> _Job | None:
@@ -284,7 +306,7 @@ def _start_job(edit: BatchEdit, workers: int, on_done) -> _Job | None:
     except Exception as exc:
         on_done(edit, failed_row(edit, describe(exc), wall=time.perf_counter() - begin))
         return None
-    job = _Job(edit, clip, tasks, begin)
+    job = _Job(edit, clip, tasks, begin, slots=workers)
     job.seconds["decode"] = time.perf_counter() - begin
     return job
 

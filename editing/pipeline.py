@@ -206,6 +206,22 @@ def edit_keyframes_of(request: EditRequest, progress: ProgressFn = _no_progress)
     return StagedKeyframes(keyframes, frames_key(clip.frames).content)
 
 
+def keyframes_here(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
+    """Stage 1 as an editor: the request's keyframes chosen and edited in this process, and only those
+    (`EditedFrames.frames` holds them in the order of `EditedFrames.keyframes`). A batch's worker runs it
+    before the propagation segments (editing.batch.propagation_tasks)."""
+    from .core import check_parts, edit_keyframes
+    from .frames import check_frames
+
+    parts = EditParts.of(staged_request(request))
+    check_parts(parts)
+    backbone = request_backbone(request, progress, timer)
+    timer.device = backbone.device
+    keyframes = edit_keyframes(check_frames(frames), parts, backbone, progress, timer)
+    edited = EditedFrames(keyframes.frames, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices)
+    return edited, model_info(backbone)
+
+
 def propagating(staged: StagedKeyframes) -> FramesEditor:
     """An editor (for `edit_video`) that fills in the frames around staged keyframes (stage 2)."""
     from .core import frames_key

@@ -2,9 +2,10 @@
 
 Properties: a batch on two workers gives each edit what the single-process edit gives; a failed edit is
 reported and the others finish; a worker that dies is replaced and its edit re-run, a bounded number of
-times; a rerun skips what is done (and only that); a long clip split across workers equals the
-single-process edit; the app with --ray serves an edit and Stop cancels the Ray task. Without --ray the
-batch never imports Ray.
+times; a rerun skips what is done (and only that); a long clip split across workers (segments of whole
+chunks, or keyframes then propagation segments) equals the single-process edit; on a cluster with GPUs
+each worker holds one; the app with --ray serves an edit and Stop cancels the Ray task. Without --ray
+the batch never imports Ray.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from editing.config import KeyframeImage
 
 from .conftest import ASSETS, ROOT, small_edit
 
@@ -115,7 +118,115 @@ def test_split_edit_splits_independent_modes_only():
         assert len(tasks.segments) == 1 and reason in tasks.note and "run in order" in tasks.note
 
 
+def test_propagation_tasks_give_each_segment_its_bounding_keyframes_and_the_frames_between():
+    from editing.batch import assemble, propagation_tasks
+
+    tasks = propagation_tasks((0, 4, 8), 11, 2)
+    keyframes, *segments = tasks.segments
+    assert (keyframes.kind, keyframes.frames, keyframes.keeps) == ("keyframes", (0, 4, 8), (0, 4, 8))
+    assert [(s.kind, s.frames, s.keeps) for s in segments] == [
+        ("propagate", (0, 1, 2, 3, 4), (1, 2, 3)),
+        ("propagate", (4, 5, 6, 7, 8, 9, 10), (5, 6, 7, 9, 10)),  # the frames after the last keyframe too
+    ]
+    assert "keyframes 0, 4, 8 edited in one task, then 2 propagation segments in parallel (frames 0-4, 4-10)" == tasks.note
+    outputs = [np.array(s.frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8) for s in tasks.segments]
+    assert assemble(11, tasks.segments, outputs)[:, 0, 0, 0].tolist() == list(range(11))
+    # more spans than workers: consecutive spans grouped by frames to propagate; fewer: one span each
+    assert [s.frames[::len(s.frames) - 1] for s in propagation_tasks((0, 8, 16, 24), 30, 3).segments[1:]] == [(0, 8), (8, 16), (16, 29)]
+    assert [s.frames for s in propagation_tasks((2, 5), 9, 8).segments[1:]] == [(0, 1, 2), (2, 3, 4, 5), (5, 6, 7, 8)]
+    assert [s.frames for s in propagation_tasks((0,), 4, 2).segments[1:]] == [(0, 1, 2, 3)]
+    assert propagation_tasks((0, 1, 2), 3, 2).segments == (propagation_tasks((0, 1, 2), 3, 2).segments[0],)  # nothing to propagate
+
+
+def test_split_edit_runs_keyframes_first_when_there_are_workers_to_share():
+    from editing.batch import KEYFRAMES_NOTE, split_edit
+
+    request = small_edit(Path("/tmp"), "x", chunk=3, keyframes="4")
+    tasks = split_edit(request, 10, 2)
+    assert [(s.kind, s.frames) for s in tasks.segments] == [("keyframes", tuple(range(10)))] and tasks.note == KEYFRAMES_NOTE
+    causal = dataclasses.replace(request, engine=dataclasses.replace(request.engine, attention="sparse-causal", keyframes="auto"))
+    assert split_edit(causal, 10, 2).segments[0].kind == "keyframes"  # the keyframes' attention stays inside their task
+    assert [s.kind for s in split_edit(request, 10, 1).segments] == ["edit"]  # one worker: the whole edit in one task
+    pinned = dataclasses.replace(request, engine=dataclasses.replace(request.engine, keyframes=None, keyframe_images=(KeyframeImage(0, "k.png"),)))
+    tasks = split_edit(pinned, 10, 2)
+    assert len(tasks.segments) == 1 and "keyframe-image without --keyframes" in tasks.note
+
+
+KEYFRAME_EDIT = {"video": str(ASSETS / "man-skiing.mp4"), "keyframes": "3", "keyframe_refine": 0.5}  # 5 frames: keys 0, 3
+
+
+def test_keyframes_then_propagation_segments_in_one_process_equal_the_whole_edit(tmp_path):
+    """The split's stages run here one after another (no Ray): keyframes, each propagation segment on its
+    own frames, assembled. Equal to the edit in one call: bit for bit except where refinement batched
+    other frames together. Keyframe 3's refinement group holds frames 2 and 4, of both segments: in one
+    batch of 3 in the whole edit, in two batches of 2 when split, so float sums run in another order
+    there (within 1 level, and only in the refined pixels)."""
+    from editing.batch import assemble, propagation_input, propagation_tasks
+    from editing.core import StageTimer
+    from editing.keyframes import Keyframes, clip_flows, composite_mask, fuse_frame, latent_mask
+    from editing.pipeline import edit_here, keyframes_here, propagating
+    from editing.video_io import read_clip
+
+    request = dataclasses.replace(small_edit(tmp_path, "kf", frames=5, keyframes="3", keyframe_refine=0.5), video=KEYFRAME_EDIT["video"])
+    frames = read_clip(request.video, request.selection, request.limits).frames
+    quiet = lambda stage, done, total: None  # noqa: E731
+    whole = edit_here(frames, request, quiet, StageTimer())[0].frames
+    keyed, _ = keyframes_here(frames, request, quiet, StageTimer())
+    assert keyed.keyframes == (0, 3) and len(keyed.frames) == 2
+    tasks = propagation_tasks(keyed.keyframes, len(frames), 2)
+    assert [s.frames for s in tasks.segments[1:]] == [(0, 1, 2, 3), (3, 4)]
+    outputs = [keyed.frames]
+    for segment in tasks.segments[1:]:
+        source, staged = propagation_input(segment, keyed.keyframes, keyed.frames, frames)
+        outputs.append(propagating(staged)(source, request, quiet, StageTimer())[0].frames)
+    split = assemble(5, tasks.segments, outputs)
+
+    flows, made = clip_flows(frames), Keyframes(keyed.keyframes, keyed.frames)
+    fused = {f: fuse_frame(f, made, flows) for f in (1, 2, 4)}
+    assert [(fused[f].nearest, bool(fused[f].unseen.any())) for f in (1, 2, 4)] == [(0, True), (3, True), (3, True)]
+    np.testing.assert_array_equal(split[[0, 1, 3]], whole[[0, 1, 3]])  # keyframes; frame 1's group (keyframe 0) is the same
+    assert _close(split, whole)
+    for frame in (2, 4):
+        refined = composite_mask(latent_mask(fused[frame].unseen, 8), 8) > 0
+        np.testing.assert_array_equal(split[frame][~refined], whole[frame][~refined])
+
+
 # ---------------------------------------------------------------- on a local Ray cluster
+
+
+def test_on_a_cluster_with_gpus_each_worker_holds_one(tmp_path):
+    """A CPU machine declaring 2 logical GPUs: the pool starts one worker per GPU (each asking for
+    num_gpus=1, no CPU), Ray gives each its own GPU, and an edit on CPU still runs on them. In its own
+    process, on its own cluster (the module's cluster has no GPUs)."""
+    pytest.importorskip("ray")
+    code = textwrap.dedent(
+        f"""
+        import json, ray
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20, configure_logging=False, log_to_driver=False)
+        from editing.distributed import WorkerPool, placement
+        from editing.video_io import read_clip
+        from tests.conftest import small_edit
+        pool = WorkerPool()
+        actors = [pool.idle.get() for _ in range(pool.count)]
+        gpus = sorted(str(i["gpus"]) for i in ray.get([a.info.remote() for a in actors]))
+        request = small_edit(__import__("pathlib").Path({str(tmp_path)!r}), "gpu", frames=2)
+        frames = read_clip(request.video, request.selection, request.limits).frames
+        payload = ray.get(actors[1].edit.remote(frames, request))
+        print(json.dumps({{"count": pool.count, "resources": pool.resources, "capped": placement(1), "gpus": gpus,
+                          "status": payload["status"], "shape": list(payload["edited"].frames.shape) if payload["status"] == "ok" else payload}}))
+        pool.close()
+        ray.shutdown()
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    import json
+
+    assert result.returncode == 0, result.stderr[-1500:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["count"], report["resources"]) == (2, {"num_gpus": 1, "num_cpus": 0})
+    assert report["capped"] == [1, {"num_gpus": 1, "num_cpus": 0}]  # --workers 1 on 2 GPUs: one worker
+    assert report["gpus"] == ["[0]", "[1]"]  # one GPU each, not shared
+    assert (report["status"], report["shape"]) == ("ok", [2, 64, 64, 3])  # the edit itself on the CPU (device cpu)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +316,30 @@ def test_batch_on_two_workers_reports_a_failure_and_resumes(pool, tmp_path):
     report = run_batch(edits, out, distributed.batch_runner(pool=pool))
     assert [r["status"] for r in report.rows] == ["ok", "ok"]
     assert _close(_frames(edits[1].request.output), _single_process(edits[1], tmp_path))
+
+
+def test_a_keyframe_edit_split_over_two_workers_equals_the_single_process_edit(pool, tmp_path):
+    """Keyframes in one task, then the propagation segments on both workers, assembled: equal to the
+    edit made in one process, and the results say how it was split. A second keyframe edit (auto) runs
+    alongside, so one edit's stages interleave with the other's."""
+    from editing import distributed
+    from editing.batch import run_batch
+
+    clips = [
+        {"name": "every3", "prompt": "an oil painting", **KEYFRAME_EDIT},
+        {"name": "auto", "video": str(ASSETS / "car-turn.mp4"), "prompt": "a red car", "keyframes": "auto", "seed": 5},
+    ]
+    out = tmp_path / "out"
+    edits = _edits(_spec(tmp_path, clips, frames=5), out)
+    report = run_batch(edits, out, distributed.batch_runner(pool=pool))
+    rows = {row["name"]: row for row in report.rows}
+    assert [rows[n]["status"] for n in ("every3", "auto")] == ["ok", "ok"], rows
+    assert rows["every3"]["segments"] == 3  # the keyframes' task and 2 propagation segments
+    assert "keyframes 0, 3 edited in one task, then 2 propagation segments in parallel (frames 0-3, 3-4)" in rows["every3"]["note"]
+    assert any(n.startswith("every3: keyframes 0, 3 edited in one task") for n in report.notes)
+    assert "edited in one task, then" in rows["auto"]["note"]
+    for edit in edits:
+        assert _close(_frames(edit.request.output), _single_process(edit, tmp_path)), edit.name
 
 
 def dying_editor(frames, request, progress, timer):
