@@ -119,7 +119,8 @@ TABS = {"Edit": ("", "run-edit"), "Style sessions": ("session-", "session-create
 
 def _open_tab(driver, tab: str) -> None:
     if tab != "Edit":
-        [button for button in driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{tab}']") if button.is_displayed()][0].click()
+        tabs = lambda: [button for button in driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{tab}']") if button.is_displayed()]  # noqa: E731
+        _wait_for(tabs, f"the {tab} tab's button")[0].click()
     _wait_for(lambda: [e for e in driver.find_elements("id", f"{TABS[tab][0]}source-file") if e.is_displayed()], f"the {tab} tab's upload")
 
 
@@ -203,6 +204,7 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, scr
     _wait_for(lambda: "Frames: type a number from 2 to 64" in _text(driver, "frame-plan"), "the hint for an unfinished number")
     time.sleep(1)  # a failed event would have badged its outputs by now
     assert not _error_badges(driver) and not _toasts(driver) and not _edit_enabled(driver)
+    driver.execute_script("document.querySelector('#frame-plan').scrollIntoView({block: 'start'})")  # the line and the box in one picture
     screens(driver, "frames-retyped")
     frames.send_keys(Keys.CONTROL, "a")
     frames.send_keys("12")

@@ -595,6 +595,16 @@ def _upload_events(demo, prefix: str):
     return arrived, follow[0], arrived.outputs[1], follow[0].outputs[1:], arrived.outputs[3:]
 
 
+def _returns(event, *args) -> list:
+    """What `event`'s handler returns for each of its outputs (Gradio takes a lone output's value as it is)."""
+    value = event.fn(*args)
+    if len(event.outputs) == 1:
+        assert not isinstance(value, (tuple, list)), value
+        return [value]
+    assert len(value) == len(event.outputs)
+    return list(value)
+
+
 def _buttons(demo, prefix: str) -> dict[str, gr.Button]:
     return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Button) and (b.elem_id or "").startswith(prefix or "run-")}
 
@@ -616,18 +626,18 @@ def test_each_tab_says_once_what_is_wrong_with_a_bad_upload_and_runs_only_a_read
     trims = [b.value for b in follow.inputs[1:]]  # start, end, stride, frames, size as the tab starts
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(4096))
-    shown, said, clip, *enabled = arrived.fn(str(bad))
+    shown, said, clip, *enabled = _returns(arrived, str(bad))
     assert shown["visible"] is False and clip is None and said.count("not a readable video") == 1
     assert all(update["interactive"] is False for update in enabled)
-    kept, *enabled = follow.fn(clip, *trims)
+    kept, *enabled = _returns(follow, clip, *trims)
     assert isinstance(kept, type(gr.skip())) and all(update["interactive"] is False for update in enabled)  # the message stays
-    shown, said, clip, *enabled = arrived.fn(str(tree))
+    shown, said, clip, *enabled = _returns(arrived, str(tree))
     assert shown["value"].endswith("-tree-preview.mp4") and shown["visible"] and clip == str(tree)
     assert all(update["interactive"] for update in enabled)
-    plan, *enabled = follow.fn(clip, *trims)
+    plan, *enabled = _returns(follow, clip, *trims)
     assert "from 68 source frames (320x240)" in plan and all(update["interactive"] for update in enabled)
-    _, _, clip, *_ = arrived.fn(str(car))
-    plan, *_ = follow.fn(clip, 0, 0, 2, 5, 128)
+    _, _, clip, *_ = _returns(arrived, str(car))
+    plan, *_ = _returns(follow, clip, 0, 0, 2, 5, 128)
     assert plan_frames(probe(car), FrameSelection(stride=2, max_frames=5, size=128)).summary() in plan
 
 
@@ -639,16 +649,16 @@ def test_a_number_still_being_typed_gets_a_hint_not_an_error(car):
 
     demo = build_demo(default_model="tiny")
     arrived, follow, _, needs_plan, _ = _upload_events(demo, "")
-    _, _, clip, *_ = arrived.fn(str(car))
+    _, _, clip, *_ = _returns(arrived, str(car))
     for frames in (1, None, 65, float("nan"), "1-"):
-        hint, *enabled = follow.fn(clip, 0, 0, 1, frames, 256)
+        hint, *enabled = _returns(follow, clip, 0, 0, 1, frames, 256)
         assert hint == "Frames: type a number from 2 to 64 to see the plan.", frames
         assert all(update["interactive"] is False for update in enabled)
-    hint, *_ = follow.fn(clip, -1, 0, 1, 8, 256)
+    hint, *_ = _returns(follow, clip, -1, 0, 1, 8, 256)
     assert hint.startswith("Start (s): type a number of 0 or more")
-    plan, *enabled = follow.fn(clip, None, None, 1, 16, 256)  # blank number boxes keep their defaults
+    plan, *enabled = _returns(follow, clip, None, None, 1, 16, 256)  # blank number boxes keep their defaults
     assert "**16 frames" in plan and all(update["interactive"] for update in enabled)
-    plan, *enabled = follow.fn(clip, 0, 0.05, 1, 8, 256)  # a trim that keeps 1 frame: no plan, no edit
+    plan, *enabled = _returns(follow, clip, 0, 0.05, 1, 8, 256)  # a trim that keeps 1 frame: no plan, no edit
     assert plan.startswith("Cannot edit with these settings") and all(update["interactive"] is False for update in enabled)
 
 
@@ -660,7 +670,7 @@ def test_the_style_tab_runs_styles_only_with_a_session_open():
     runs = [buttons["session-run-presets"], buttons["session-run-prompt"]]
     assert all(not b.interactive for b in runs)
     follow = next(d for d in demo.fns.values() if d.outputs == runs)
-    assert [u["interactive"] for u in follow.fn("skier")] == [True, True] and [u["interactive"] for u in follow.fn(None)] == [False, False]
+    assert [u["interactive"] for u in _returns(follow, "skier")] == [True, True] and [u["interactive"] for u in _returns(follow, None)] == [False, False]
 
 
 def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(car, tmp_path):

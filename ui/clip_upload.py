@@ -121,7 +121,8 @@ class ClipUpload:
 
         def follow(clip, *values):
             line, ok = follow_plan(widgets, clip, dict(zip(TRIMS, values)))
-            return (gr.skip() if line is None else line, *(gr.update(interactive=ok) for _ in needs_plan))
+            shown = gr.skip() if line is None else line
+            return (shown, *(gr.update(interactive=ok) for _ in needs_plan)) if needs_plan else shown  # one output: its value alone
 
         followers = [self.plan, *needs_plan]
         checked = self.file.change(arrived, self.file, [self.shown, self.plan, self.clip, *needs_clip], api_visibility="private")
