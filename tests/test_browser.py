@@ -204,7 +204,7 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, scr
     _wait_for(lambda: "Frames: type a number from 2 to 64" in _text(driver, "frame-plan"), "the hint for an unfinished number")
     time.sleep(1)  # a failed event would have badged its outputs by now
     assert not _error_badges(driver) and not _toasts(driver) and not _edit_enabled(driver)
-    driver.execute_script("document.querySelector('#frame-plan').scrollIntoView({block: 'start'})")  # the line and the box in one picture
+    driver.execute_script("document.querySelector('#frame-plan').scrollIntoView({block: 'start'}); window.scrollBy(0, -30)")  # the hint, and the Frames accordion below it
     screens(driver, "frames-retyped")
     frames.send_keys(Keys.CONTROL, "a")
     frames.send_keys("12")

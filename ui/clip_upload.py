@@ -69,17 +69,17 @@ def unfinished(widgets: dict[str, gr.components.Component], values: dict[str, An
             continue  # a blank number box keeps the option's default
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not number or (low is not None and value < low) or (high is not None and value > high):
-            span = f"from {low:g} to {high:g}" if low is not None and high is not None else f"of {low:g} or more" if low is not None else ""
-            return f"{widget.label}: type a number {span} to see the plan.".replace("  ", " ")
+            span = f" from {low:g} to {high:g}" if low is not None and high is not None else f" of {low:g} or more" if low is not None else ""
+            return f"{widget.label}: type a number{span} to see the plan."
     return None
 
 
 def follow_plan(widgets: dict[str, gr.components.Component], clip: str | None, values: dict[str, Any]) -> tuple[str | None, bool]:
     """The plan line for raw trim values (as the browser sent them, unchecked) and whether they give frames;
     None for the line when there is no readable clip (the line says why already)."""
-    hint = unfinished(widgets, values)
     if clip is None:
         return None, False
+    hint = unfinished(widgets, values)
     if hint is not None:
         return hint, False
     checked = {name: widgets[name].preprocess(value) for name, value in values.items()}  # what an event gets
@@ -97,9 +97,9 @@ class ClipUpload:
     clip: gr.State
 
     @classmethod
-    def create(cls, prefix: str = "", label: str = "Upload a clip") -> ClipUpload:
+    def create(cls, prefix: str = "") -> ClipUpload:
         """Lay out the upload in the current block; element ids are `prefix` + source-file, source-video, frame-plan."""
-        file = gr.File(label=label, file_types=["video"], elem_id=f"{prefix}source-file", height=130)
+        file = gr.File(label="Upload a clip", file_types=["video"], elem_id=f"{prefix}source-file", height=130)
         shown = gr.Video(label="Source clip", interactive=False, elem_id=f"{prefix}source-video", height=260, visible=False)  # once a readable clip is there
         plan = gr.Markdown(PICK, elem_id=f"{prefix}frame-plan")
         return cls(file, shown, plan, gr.State(None))

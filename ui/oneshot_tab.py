@@ -73,7 +73,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
     gr.Markdown("### 1. Tune on the clip")
     with gr.Row():
         with gr.Column():
-            upload = ClipUpload.create("oneshot-", label="Source clip")
+            upload = ClipUpload.create("oneshot-")
             form["video"] = upload.file
             form["source_prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
             form["model"] = widgets.model_widget(default_model)

@@ -216,7 +216,7 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
         with gr.Column():
             with gr.Accordion("New session", open=True):
                 ui["new_name"] = gr.Textbox(label="Session name", placeholder="skier-styles", elem_id="session-name")
-                ui["upload"] = ClipUpload.create("session-", label="Source clip")
+                ui["upload"] = ClipUpload.create("session-")
                 ui["new_video"] = ui["upload"].file
                 ui["subject"] = gr.Textbox(label="Subject", placeholder="a man skiing (style prompts say '... of <subject>')")
                 ui["create"] = gr.Button("Create session", interactive=False, elem_id="session-create")  # once a readable clip is there
