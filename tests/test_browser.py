@@ -3,6 +3,9 @@ an uploaded clip edits with `tiny` and plays, the shapes example edits with the 
 before/after, Stop during an edit says where it stopped and keeps the last result, a clip browsers cannot
 play shows through its H.264 preview, and a bad file is said once.
 
+Every tab takes its clip through the same upload (ui/clip_upload.py), so the preview and the bad-file
+message are checked in each; retyping the Frames box gives a hint, not Gradio's red Error badge.
+
 Screenshots go to the `screens` folder each test names (a tmp dir; set BROWSER_SCREENS=DIR to keep copies)."""
 
 from __future__ import annotations
@@ -109,9 +112,27 @@ def _toasts(driver) -> list[str]:
     return [t.text for t in driver.find_elements("css selector", ".toast-body") if t.is_displayed()]
 
 
-def _upload(driver, path: Path) -> None:
-    _wait_for(lambda: driver.find_elements("css selector", "#source-file input[type=file]"), "the upload box")
-    driver.find_element("css selector", "#source-file input[type=file]").send_keys(str(path))
+# Each tab: the prefix of its upload's element ids (source-file, source-video, frame-plan) and the button
+# that runs on the uploaded clip.
+TABS = {"Edit": ("", "run-edit"), "Style sessions": ("session-", "session-create"), "One-shot tuning": ("oneshot-", "oneshot-tune")}
+
+
+def _open_tab(driver, tab: str) -> None:
+    if tab != "Edit":
+        tabs = lambda: [button for button in driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{tab}']") if button.is_displayed()]  # noqa: E731
+        _wait_for(tabs, f"the {tab} tab's button")[0].click()
+    _wait_for(lambda: [e for e in driver.find_elements("id", f"{TABS[tab][0]}source-file") if e.is_displayed()], f"the {tab} tab's upload")
+
+
+def _upload(driver, path: Path, prefix: str = "") -> None:
+    css = f"#{prefix}source-file input[type=file]"
+    _wait_for(lambda: driver.find_elements("css selector", css), "the upload box")
+    driver.find_element("css selector", css).send_keys(str(path))
+
+
+def _error_badges(driver) -> list:
+    """Gradio's red "Error" badges on the page (an event that failed marks each of its outputs)."""
+    return [e for e in driver.find_elements("xpath", "//*[normalize-space(text())='Error']") if e.is_displayed()]
 
 
 def _playing(driver, element_id: str):
@@ -122,8 +143,8 @@ def _playing(driver, element_id: str):
     )
 
 
-def _edit_enabled(driver) -> bool:
-    button = _wait_for(lambda: driver.find_elements("id", "run-edit"), "the Edit button")[0]
+def _edit_enabled(driver, button_id: str = "run-edit") -> bool:
+    button = _wait_for(lambda: driver.find_elements("id", button_id), f"the {button_id} button")[0]
     return button.is_enabled()
 
 
@@ -150,8 +171,9 @@ def test_each_tab_loads_with_its_steps_in_order(browser, app_url, screens):
     assert not _edit_enabled(driver)  # nothing to edit yet
     screens(driver, "tab-edit")
     for tab, marker in (("Style sessions", "Create session"), ("One-shot tuning", "1. Tune on the clip")):
-        [button for button in driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{tab}']") if button.is_displayed()][0].click()
+        _open_tab(driver, tab)
         _wait_for(lambda: [e for e in driver.find_elements("xpath", f"//button[normalize-space()='{marker}']") if e.is_displayed()], f"the {tab} tab")
+        assert not _edit_enabled(driver, TABS[tab][1]) and "Pick a clip" in _text(driver, f"{TABS[tab][0]}frame-plan")
         if tab == "One-shot tuning":
             first = driver.find_element("xpath", "//button[normalize-space()='1. Tune on the clip']").location["y"]
             second = driver.find_element("xpath", "//button[normalize-space()='2. Edit with the tuned model']").location["y"]
@@ -172,6 +194,22 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, scr
     plan = _wait_for(lambda: "frames," in _text(driver, "frame-plan") and _text(driver, "frame-plan"), "the frame plan")
     assert plan_frames(probe(car), FrameSelection(max_frames=8, size=256)).summary() in plan  # the default trim
     _wait_for(lambda: _edit_enabled(driver), "Edit to be enabled")
+    # retyping Frames passes through values the slider refuses: a calm hint, no red Error badge, Edit waits
+    from selenium.webdriver.common.keys import Keys
+
+    frames = driver.find_element("css selector", ".frames input[type=number]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", frames)
+    frames.send_keys(Keys.CONTROL, "a")
+    frames.send_keys("1-")
+    _wait_for(lambda: "Frames: type a number from 2 to 64" in _text(driver, "frame-plan"), "the hint for an unfinished number")
+    time.sleep(1)  # a failed event would have badged its outputs by now
+    assert not _error_badges(driver) and not _toasts(driver) and not _edit_enabled(driver)
+    driver.execute_script("document.querySelector('#frame-plan').scrollIntoView({block: 'start'}); window.scrollBy(0, -30)")  # the hint, and the Frames accordion below it
+    screens(driver, "frames-retyped")
+    frames.send_keys(Keys.CONTROL, "a")
+    frames.send_keys("12")
+    _wait_for(lambda: "12 frames" in _text(driver, "frame-plan") and _edit_enabled(driver), "the plan and Edit back")
+    assert not _error_badges(driver) and not _toasts(driver)
     end = driver.find_element("css selector", ".end")
     assert end.find_element("css selector", "input[type=number]").get_attribute("value") == "0" and "0 = clip end" in end.text
     _small_edit_settings(driver, frames=4, size=128, steps=2)
@@ -236,28 +274,41 @@ def test_a_browser_runs_the_shapes_example_then_stops_a_second_edit(browser, app
     screens(driver, "second-edit-stopped")
 
 
-def test_a_clip_browsers_cannot_play_shows_through_its_preview(browser, app_url, tree, screens):
-    """tree.avi (Cinepak) plays in the page through the H.264 preview made on upload; its plan is the clip's."""
+@pytest.mark.parametrize("tab", TABS)
+def test_a_clip_browsers_cannot_play_shows_through_its_preview(browser, app_url, tree, screens, tab):
+    """In every tab tree.avi (Cinepak) plays in the page through the H.264 preview made on upload; its plan is the clip's."""
     driver = browser
     driver.get(app_url)
-    _upload(driver, tree)
-    assert _wait_for(lambda: _playing(driver, "source-video"), "the preview to play") == [probe(tree).width, probe(tree).height]
-    assert f"from {probe(tree).frame_count} source frames" in _text(driver, "frame-plan")
-    assert _edit_enabled(driver) and not _toasts(driver)
-    screens(driver, "tree-avi-preview")
+    _open_tab(driver, tab)
+    prefix, button = TABS[tab]
+    _upload(driver, tree, prefix)
+    assert _wait_for(lambda: _playing(driver, f"{prefix}source-video"), "the preview to play") == [probe(tree).width, probe(tree).height]
+    assert f"from {probe(tree).frame_count} source frames" in _text(driver, f"{prefix}frame-plan")
+    _wait_for(lambda: _edit_enabled(driver, button), f"{button} to be enabled")
+    assert not _toasts(driver) and not _error_badges(driver)
+    driver.execute_script(f"document.querySelector('#{prefix}source-video').scrollIntoView({{block: 'center'}})")
+    screens(driver, f"tree-avi-preview-{prefix or 'edit-'}tab")
+    if tab == "Style sessions":  # its style buttons wait for a session, which the readable clip makes
+        assert not _edit_enabled(driver, "session-run-presets")
+        driver.find_element("css selector", "#session-name textarea").send_keys(f"tree-{time.time_ns()}")
+        driver.find_element("id", "session-create").click()
+        _wait_for(lambda: _edit_enabled(driver, "session-run-presets") and _edit_enabled(driver, "session-run-prompt"), "the style buttons to be enabled")
 
 
-def test_a_bad_file_is_said_once_and_edit_stays_disabled(browser, app_url, tmp_path, screens):
+@pytest.mark.parametrize("tab", TABS)
+def test_a_bad_file_is_said_once_and_edit_stays_disabled(browser, app_url, tmp_path, screens, tab):
     driver = browser
     driver.get(app_url)
+    _open_tab(driver, tab)
+    prefix, button = TABS[tab]
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(50_000))  # seeded: some random bytes parse as a container with no video stream, another sentence
-    _upload(driver, bad)
-    plan = _wait_for(lambda: "bad.mp4" in _text(driver, "frame-plan") and _text(driver, "frame-plan"), "the plan line to say what is wrong")
+    _upload(driver, bad, prefix)
+    plan = _wait_for(lambda: "bad.mp4" in _text(driver, f"{prefix}frame-plan") and _text(driver, f"{prefix}frame-plan"), "the plan line to say what is wrong")
     assert "is not a readable video" in plan and "settings" not in plan
     time.sleep(2)  # any toast (Gradio's "Video not playable", an error) would be up by now
     page = driver.find_element("tag name", "body").text
     assert page.count("not a readable video") == 1 and not _toasts(driver)
-    assert not [e for e in driver.find_elements("xpath", "//*[normalize-space(text())='Error']") if e.is_displayed()]  # no red badges
-    assert not _edit_enabled(driver) and not driver.find_elements("css selector", "#source-video video")
-    screens(driver, "bad-upload")
+    assert not _error_badges(driver)  # no red badges
+    assert not _edit_enabled(driver, button) and not driver.find_elements("css selector", f"#{prefix}source-video video")
+    screens(driver, f"bad-upload-{prefix or 'edit-'}tab")

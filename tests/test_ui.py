@@ -125,7 +125,7 @@ def test_the_plan_matches_what_decoding_returns(skiing, tree):
 
 def test_the_plan_text_follows_the_trim_widgets(skiing):
     from editing.video_io import plan_frames, probe
-    from ui.edit_tab import plan_text
+    from ui.clip_upload import plan_text
 
     expected = plan_frames(probe(skiing), FrameSelection(stride=3, max_frames=None, size=128))
     text = plan_text(str(skiing), 0, None, 3, 0, 128)
@@ -570,19 +570,107 @@ def test_every_example_clip_is_shown_through_a_preview_browsers_play(name, tmp_p
 
 
 def test_a_new_clip_shows_its_preview_or_says_once_what_is_wrong_with_the_file(tree, tmp_path):
-    from ui.edit_tab import check_clip
+    from ui.clip_upload import check_clip
 
-    trim = (0, 0, 1, 8, 256)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(4096))
-    shown, plan, run, preview = check_clip(str(bad), *trim)
-    assert shown["visible"] is False and run["interactive"] is False and preview["interactive"] is False
-    assert plan.count("bad.mp4 is not a readable video") == 1 and "settings" not in plan
-    shown, plan, run, _ = check_clip(str(tree), *trim)
-    assert shown["value"].endswith("-tree-preview.mp4") and shown["visible"] and run["interactive"]
-    assert "from 68 source frames (320x240)" in plan  # the uploaded clip's own plan
-    shown, plan, run, _ = check_clip(None, *trim)
-    assert shown["visible"] is False and run["interactive"] is False and plan.startswith("Pick a clip")
+    shown, line, clip = check_clip(str(bad), str(tmp_path))
+    assert shown is None and clip is None
+    assert line.count("bad.mp4 is not a readable video") == 1 and "settings" not in line
+    shown, line, clip = check_clip(str(tree), str(tmp_path))
+    assert shown.endswith("-tree-preview.mp4") and line is None and clip == str(tree)  # edits read the upload itself
+    assert check_clip(None) == (None, "Pick a clip to see how many frames it gives.", None)
+
+
+TABS = {"Edit": "", "Style sessions": "session-", "One-shot tuning": "oneshot-"}
+
+
+def _upload_events(demo, prefix: str):
+    """A tab's upload: (the handler checking a new file, the handler keeping the line and buttons in step
+    with the trim widgets, the Markdown line, the buttons that need a plan, those that need a clip)."""
+    upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == f"{prefix}source-file")
+    arrived = next(d for d in demo.fns.values() if d.inputs == [upload])
+    follow = [d for d in demo.fns.values() if d.inputs and d.inputs[0] is arrived.outputs[2]]  # the readable clip's State
+    assert len({d.fn for d in follow}) == 1 and all(d.preprocess is False and d.queue is False for d in follow)  # raw values, no Error badge
+    return arrived, follow[0], arrived.outputs[1], follow[0].outputs[1:], arrived.outputs[3:]
+
+
+def _returns(event, *args) -> list:
+    """What `event`'s handler returns for each of its outputs (Gradio takes a lone output's value as it is)."""
+    value = event.fn(*args)
+    if len(event.outputs) == 1:
+        assert not isinstance(value, (tuple, list)), value
+        return [value]
+    assert len(value) == len(event.outputs)
+    return list(value)
+
+
+def _buttons(demo, prefix: str) -> dict[str, gr.Button]:
+    return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Button) and (b.elem_id or "").startswith(prefix or "run-")}
+
+
+@pytest.mark.parametrize("tab", TABS)
+def test_each_tab_says_once_what_is_wrong_with_a_bad_upload_and_runs_only_a_readable_clip(tab, tree, car, tmp_path):
+    """Every tab takes its clip through the same upload: a bad file is said once, in the line under it, and
+    the tab's run buttons stay off; tree.avi (Cinepak) shows through its H.264 preview and turns them on;
+    the line follows the trim widgets and the buttons follow the line."""
+    from editing.video_io import plan_frames, probe
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    prefix = TABS[tab]
+    arrived, follow, line, needs_plan, needs_clip = _upload_events(demo, prefix)
+    buttons = needs_plan + needs_clip
+    assert buttons and all(not b.interactive for b in buttons)  # nothing to run before a clip
+    assert {b.elem_id for b in buttons} >= {"Edit": {"run-edit", "run-preview"}, "Style sessions": {"session-create"}, "One-shot tuning": {"oneshot-tune", "oneshot-edit"}}[tab]
+    trims = [b.value for b in follow.inputs[1:]]  # start, end, stride, frames, size as the tab starts
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(4096))
+    shown, said, clip, *enabled = _returns(arrived, str(bad))
+    assert shown["visible"] is False and clip is None and said.count("not a readable video") == 1
+    assert all(update["interactive"] is False for update in enabled)
+    kept, *enabled = _returns(follow, clip, *trims)
+    assert isinstance(kept, type(gr.skip())) and all(update["interactive"] is False for update in enabled)  # the message stays
+    shown, said, clip, *enabled = _returns(arrived, str(tree))
+    assert shown["value"].endswith("-tree-preview.mp4") and shown["visible"] and clip == str(tree)
+    assert all(update["interactive"] for update in enabled)
+    plan, *enabled = _returns(follow, clip, *trims)
+    assert "from 68 source frames (320x240)" in plan and all(update["interactive"] for update in enabled)
+    _, _, clip, *_ = _returns(arrived, str(car))
+    plan, *_ = _returns(follow, clip, 0, 0, 2, 5, 128)
+    assert plan_frames(probe(car), FrameSelection(stride=2, max_frames=5, size=128)).summary() in plan
+
+
+def test_a_number_still_being_typed_gets_a_hint_not_an_error(car):
+    """Retyping the Frames box passes through values its slider refuses ("1" on the way to "16", an empty box
+    for "1-"): the line says what to type and the plan buttons wait, and no event fails (Gradio would badge
+    the line "Error")."""
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    arrived, follow, _, needs_plan, _ = _upload_events(demo, "")
+    _, _, clip, *_ = _returns(arrived, str(car))
+    for frames in (1, None, 65, float("nan"), "1-"):
+        hint, *enabled = _returns(follow, clip, 0, 0, 1, frames, 256)
+        assert hint == "Frames: type a number from 2 to 64 to see the plan.", frames
+        assert all(update["interactive"] is False for update in enabled)
+    hint, *_ = _returns(follow, clip, -1, 0, 1, 8, 256)
+    assert hint.startswith("Start (s): type a number of 0 or more")
+    plan, *enabled = _returns(follow, clip, None, None, 1, 16, 256)  # blank number boxes keep their defaults
+    assert "**16 frames" in plan and all(update["interactive"] for update in enabled)
+    plan, *enabled = _returns(follow, clip, 0, 0.05, 1, 8, 256)  # a trim that keeps 1 frame: no plan, no edit
+    assert plan.startswith("Cannot edit with these settings") and all(update["interactive"] is False for update in enabled)
+
+
+def test_the_style_tab_runs_styles_only_with_a_session_open():
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    buttons = _buttons(demo, "session-")
+    runs = [buttons["session-run-presets"], buttons["session-run-prompt"]]
+    assert all(not b.interactive for b in runs)
+    follow = next(d for d in demo.fns.values() if d.outputs == runs)
+    assert [u["interactive"] for u in _returns(follow, "skier")] == [True, True] and [u["interactive"] for u in _returns(follow, None)] == [False, False]
 
 
 def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(car, tmp_path):

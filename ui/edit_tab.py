@@ -13,13 +13,14 @@ import pandas as pd
 from editing.errors import Cancelled, ConfigError, EditingError
 from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
-from editing.video_io import plan_frames, probe, write_png_zip
+from editing.video_io import write_png_zip
 
 from . import widgets
 from .backend import Backend, CancelToken
 from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu, on_spaces
-from .preview import browser_playable, preview_for
+from .clip_upload import ClipUpload
+from .preview import preview_for
 
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
 # The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
@@ -132,19 +133,6 @@ def keyframe_image_of(upload, index) -> str | None:
     return f"{index}={upload}"
 
 
-def plan_text(video: str | None, start, end, stride, frames, size) -> str:
-    """The frame count and output size the trim settings give, or why they give nothing."""
-    if not video:
-        return "Pick a clip to see how many frames it gives."
-    trim = {"start": start, "end": end, "stride": stride, "frames": frames, "size": size, "prompt": "plan", "model": "tiny"}
-    try:
-        selection = make_request(option_values(trim), video, "plan").selection
-        info = probe(video)
-        return f"**{plan_frames(info, selection).summary()}** from {info.frame_count} source frames ({info.width}x{info.height})"
-    except EditingError as exc:
-        return f"Cannot edit with these settings: {exc}"
-
-
 def warp_plot_data(errors: np.ndarray) -> pd.DataFrame:
     """Rows (pair, warp error) for the plot: pair "t-t+1" is frames t -> t+1, a category, so that the axis
     ticks are whole frame pairs."""
@@ -163,23 +151,6 @@ def frame_of(frames_zip: str, index: int) -> np.ndarray:
         names = sorted(name for name in archive.namelist() if name.lower().endswith(".png"))
         index = min(max(int(index), 0), len(names) - 1)
         return np.asarray(Image.open(io.BytesIO(archive.read(names[index]))).convert("RGB"))
-
-
-def check_clip(video: str | None, start, end, stride, frames, size) -> tuple:
-    """On a new clip: what the browser plays (the clip, or its H.264 preview), the plan line, and whether
-    Edit and Preview may be pressed. A file that is not a readable video is said once, in the plan line."""
-    off = gr.update(interactive=False)
-    if not video:
-        return gr.update(value=None, visible=False), plan_text(None, start, end, stride, frames, size), off, off
-    try:
-        probe(video)
-    except EditingError as exc:
-        return gr.update(value=None, visible=False), f"**{exc}.** Upload another clip (mp4, webm, mov or avi).", off, off
-    from .backend import fresh_output_dir
-
-    shown = video if browser_playable(video) else preview_for(video, fresh_output_dir())  # a run folder only for a preview
-    on = gr.update(interactive=True)
-    return gr.update(value=shown, visible=True), plan_text(video, start, end, stride, frames, size), on, on
 
 
 def make_handlers(backend: Backend):
@@ -300,9 +271,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     run_state = gr.State(None)  # the last run: its message and the frames the before/after view shows
     with gr.Row():
         with gr.Column():
-            form["video"] = gr.File(label="Upload a clip", file_types=["video"], elem_id="source-file", height=130)
-            shown = gr.Video(label="Source clip", interactive=False, elem_id="source-video", height=260, visible=False)  # shown once a readable clip is there
-            plan = gr.Markdown("Pick a clip to see how many frames it gives.", elem_id="frame-plan")
+            upload = ClipUpload.create()
+            form["video"] = upload.file
             examples_box = gr.Column()  # filled below, once the widgets the examples set exist
             form["prompt"] = gr.Textbox(label="Prompt", placeholder="a watercolor painting of a man skiing", elem_id="prompt")
             form["negative_prompt"] = gr.Textbox(label="Negative prompt")
@@ -348,7 +318,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     with examples_box:
         note = gr.Markdown(widgets.model_note(default_model), visible=bool(widgets.model_note(default_model)), elem_id="model-note")
         preview_dir = Path(tempfile.gettempdir()) / "video-edit-previews"
-        inputs = [form["video"], shown, form["prompt"], form["model"], form["size"]]
+        inputs = [form["video"], upload.shown, form["prompt"], form["model"], form["size"]]
         photo_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.photo_examples(default_model)]
         shapes_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.shapes_examples()]
         photo = widgets.model_kind(default_model) == "photo"
@@ -357,10 +327,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     if photo_examples is not None and shapes_examples is not None:
         form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
 
-    trims = [form[n] for n in ("video", "start", "end", "stride", "frames", "size")]
-    form["video"].change(check_clip, inputs=trims, outputs=[shown, plan, run, preview_button], api_visibility="private")
-    form["video"].change(lambda video: gr.update(interactive=bool(video)), form["video"], keys_button, queue=False, api_visibility="private")
-    gr.on([t.change for t in trims[1:]], plan_text, inputs=trims, outputs=plan, queue=False, api_visibility="private")
+    upload.wire(form, needs_plan=[run, preview_button, keys_button])
 
     fields = api_fields()
     for option in form_options():

@@ -12,6 +12,7 @@ from editing.pipeline import ProgressFn
 from editing.tuning import MIXED_PRECISION
 
 from . import widgets
+from .clip_upload import ClipUpload
 from .backend import Backend, CancelToken, cancellable, freeing_memory
 from .edit_tab import GPU_QUEUE, gradio_progress, make_handlers
 from .forms import default_values, make_tune_request, one_sentence_errors, option_values
@@ -72,7 +73,8 @@ def create_tab(backend: Backend, default_model: str) -> None:
     gr.Markdown("### 1. Tune on the clip")
     with gr.Row():
         with gr.Column():
-            form["video"] = gr.Video(label="Source clip", sources=["upload"])
+            upload = ClipUpload.create("oneshot-")
+            form["video"] = upload.file
             form["source_prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
             form["model"] = widgets.model_widget(default_model)
         with gr.Column():
@@ -85,7 +87,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
             with gr.Row():
                 form["gradient_checkpointing"] = gr.Checkbox(tune_defaults["gradient_checkpointing"], label="Gradient checkpointing (less memory, slower)")
                 form["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISION), value=tune_defaults["mixed_precision"], label="Mixed precision (GPU only)")
-            tune_button = gr.Button("1. Tune on the clip", variant="primary")
+            tune_button = gr.Button("1. Tune on the clip", variant="primary", interactive=False, elem_id="oneshot-tune")  # once a readable clip is there
             tune_info = gr.JSON(label="Tuned weights")
     gr.Markdown("### 2. Edit with the tuned model")
     with gr.Row():
@@ -96,12 +98,13 @@ def create_tab(backend: Backend, default_model: str) -> None:
                 form["guidance"] = gr.Slider(1, 15, value=7.5, step=0.5, label="Guidance")
                 form["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength")
             with gr.Row():
-                edit_button = gr.Button("2. Edit with the tuned model", variant="primary")
+                edit_button = gr.Button("2. Edit with the tuned model", variant="primary", interactive=False, elem_id="oneshot-edit")
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column():
             output = gr.Video(label="Edited clip", autoplay=True)
             details = gr.JSON(label="Details")
 
+    upload.wire(form, needs_plan=[tune_button, edit_button])
     edit = make_handlers(backend)["edit"]
 
     @one_sentence_errors

@@ -16,6 +16,7 @@ from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, check_name, is_owner_key, new_owner_key, preset_prompt
 
 from . import widgets
+from .clip_upload import ClipUpload
 from .backend import Backend, CancelToken
 from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from, stopped_text
 from .forms import default_values, one_sentence_errors
@@ -214,10 +215,11 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
     with gr.Row():
         with gr.Column():
             with gr.Accordion("New session", open=True):
-                ui["new_name"] = gr.Textbox(label="Session name", placeholder="skier-styles")
-                ui["new_video"] = gr.Video(label="Source clip", sources=["upload"])
+                ui["new_name"] = gr.Textbox(label="Session name", placeholder="skier-styles", elem_id="session-name")
+                ui["upload"] = ClipUpload.create("session-")
+                ui["new_video"] = ui["upload"].file
                 ui["subject"] = gr.Textbox(label="Subject", placeholder="a man skiing (style prompts say '... of <subject>')")
-                ui["create"] = gr.Button("Create session")
+                ui["create"] = gr.Button("Create session", interactive=False, elem_id="session-create")  # once a readable clip is there
             with gr.Row():
                 # Filled on page load with this browser's sessions only; any name may be typed (the
                 # handler checks it against the caller's own sessions), so the page lists nobody else's.
@@ -237,10 +239,10 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 label="Style presets",
                 info=None if photo else f"photo styles, which {default_model} cannot make: choose Stable Diffusion 1.5 as the Model for them",
             )
-            ui["run_presets"] = gr.Button("Run selected styles", variant="primary")
+            ui["run_presets"] = gr.Button("Run selected styles", variant="primary", interactive=False, elem_id="session-run-presets")  # once a session is open
             ui["prompt"] = gr.Textbox(label="Or your own prompt")
             with gr.Row():
-                ui["run_prompt"] = gr.Button("Add edit")
+                ui["run_prompt"] = gr.Button("Add edit", interactive=False, elem_id="session-run-prompt")
                 ui["stop"] = gr.Button("Stop", variant="stop")
         with gr.Column():
             ui["gallery"] = gr.Gallery(label="Gallery (newest first)", columns=2, height=420)
@@ -249,7 +251,7 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 ui["export"] = gr.Button("Export session")
                 ui["exported"] = gr.File(label="Session file (zip)")
             with gr.Row():
-                ui["upload"] = gr.File(label="Import a session zip", file_types=[".zip"])
+                ui["zip"] = gr.File(label="Import a session zip", file_types=[".zip"])
                 ui["import_name"] = gr.Textbox(label="Import as (blank = its name)")
                 ui["import"] = gr.Button("Import")
     return ui
@@ -272,7 +274,11 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
     ui["refresh"].click(lambda key: gr.update(choices=handlers.names(key)), owner, ui["saved"], api_visibility="private")
     ui["open"].click(handlers.open, [ui["saved"], owner], view, api_name="open_session")
     ui["export"].click(handlers.export, [current, owner], ui["exported"], api_name="export_session")
-    ui["import"].click(handlers.import_zip, [ui["upload"], ui["import_name"], owner], view, api_name="import_session")
+    ui["import"].click(handlers.import_zip, [ui["zip"], ui["import_name"], owner], view, api_name="import_session")
+
+    ui["upload"].wire(ui["settings"], needs_clip=[ui["create"]])
+    opened = [ui["run_presets"], ui["run_prompt"]]
+    current.change(lambda name: [gr.update(interactive=bool(name))] * len(opened), current, opened, queue=False, api_visibility="private")
 
     names = ["session", "owner", "presets", "prompt", "token", *SETTINGS]
     inputs = [current, owner, ui["presets"], ui["prompt"], token, *(ui["settings"][n] for n in SETTINGS)]
