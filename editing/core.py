@@ -348,7 +348,7 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         window=plan.window,
         chunk=engine.chunk,
         **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
-        **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank}),
+        **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank, "anchor": "shared"}),  # later chunks borrow the first chunk's anchor (editing.attention.anchor)
         **({} if not engine.token_merge else {"token_merge": engine.token_merge}),
         **({} if plan.anchors == (0,) else {"anchors": plan.anchors}),
         **({} if recorded is None else {"recorded": recorded}),
