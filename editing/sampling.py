@@ -32,7 +32,24 @@ class TextConditioning:
 
 
 def encode_prompts(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
-    """CLIP text-encoder hidden states for each prompt, padded to the tokenizer's 77 tokens."""
+    """CLIP text-encoder hidden states for each prompt, padded to the tokenizer's 77 tokens; inside a
+    session's `remembering` (editing.memo) prompts encoded before are not encoded again."""
+    from .memo import current_memo, text_key
+
+    memo = current_memo()
+    if memo is None:
+        return _encode(backbone, prompts)
+    keys = [text_key(backbone, p) for p in prompts]
+    known = {p: memo.get(k) for p, k in zip(prompts, keys)}
+    missing = list(dict.fromkeys(p for p in prompts if known[p] is None))
+    if missing:
+        for prompt, hidden in zip(missing, _encode(backbone, missing)):
+            known[prompt] = hidden[None]
+            memo.put(text_key(backbone, prompt), known[prompt])
+    return torch.cat([known[p] for p in prompts])
+
+
+def _encode(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
     tokens = backbone.tokenizer(
         prompts,
         padding="max_length",
