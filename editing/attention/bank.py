@@ -105,7 +105,9 @@ class FeatureBankControl:
 
     @contextlib.contextmanager
     def processors(self, unet) -> Iterator[None]:
-        installed = {name: BankAttnProcessor(name) if name.endswith("attn1.processor") else CrossFrameAttnProcessor() for name in unet.attn_processors}
+        # every layer takes the call's `bank` (diffusers warns on each call of a processor that does not);
+        # only self-attention (attn1) reads and writes it
+        installed = {name: BankAttnProcessor(name) for name in unet.attn_processors}
         with attention_processors(unet, installed):
             yield
 
