@@ -348,7 +348,7 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         window=plan.window,
         chunk=engine.chunk,
         **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
-        **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank}),
+        **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank, "anchor": "shared"}),  # later chunks borrow the first chunk's anchor (editing.attention.anchor)
         **({} if not engine.token_merge else {"token_merge": engine.token_merge}),
         **({} if plan.anchors == (0,) else {"anchors": plan.anchors}),
         **({} if recorded is None else {"recorded": recorded}),
@@ -361,8 +361,10 @@ def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cach
     if not engine.controls:
         return ()
     from .control import condition_cache_key, conditions_from_video, extract_conditions
+    from .memo import current_memo
 
     cache = TensorCache(cache_root, "conditions", engine.cache_bytes)
+    memo = current_memo()
     height, width = frames.shape[1:3]
     signals = []
     for number, spec in enumerate(engine.controls):
@@ -372,12 +374,16 @@ def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cach
         else:
             options = {"annotator_source": engine.annotators}
             key = condition_cache_key(spec.kind, source.content, parts.selection, (width, height), options)
-            stored = cache.load(key)
-            if stored is not None:
-                images = stored["images"].numpy()
-            else:
-                images = extract_conditions(spec.kind, frames, **options)
-                cache.save(key, {"images": torch.from_numpy(images)})
+            images = None if memo is None else memo.get(("conditions", key))  # a session's clip: kept in memory (editing.memo)
+            if images is None:
+                stored = cache.load(key)
+                if stored is not None:
+                    images = stored["images"].numpy()
+                else:
+                    images = extract_conditions(spec.kind, frames, **options)
+                    cache.save(key, {"images": torch.from_numpy(images)})
+                if memo is not None:
+                    memo.put(("conditions", key), images)
         model = load_controlnet(spec.model or default_controlnet(spec.kind, backbone), backbone)
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
         signals.append(sampling.ControlSignal(model, tensor, spec.scale, spec.start, spec.end))

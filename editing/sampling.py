@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .attention.anchor import AnchorCall, AnchorStore
 from .attention.cross_frame import FrameLayout, cross_frame_attention, layout_for
 from .attention.modes import get_attention_mode
 from .models import Backbone
@@ -31,7 +32,24 @@ class TextConditioning:
 
 
 def encode_prompts(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
-    """CLIP text-encoder hidden states for each prompt, padded to the tokenizer's 77 tokens."""
+    """CLIP text-encoder hidden states for each prompt, padded to the tokenizer's 77 tokens; inside a
+    session's `remembering` (editing.memo) prompts encoded before are not encoded again."""
+    from .memo import current_memo, text_key
+
+    memo = current_memo()
+    if memo is None:
+        return _encode(backbone, prompts)
+    keys = [text_key(backbone, p) for p in prompts]
+    known = {p: memo.get(k) for p, k in zip(prompts, keys)}
+    missing = list(dict.fromkeys(p for p in prompts if known[p] is None))
+    if missing:
+        for prompt, hidden in zip(missing, _encode(backbone, missing)):
+            known[prompt] = hidden[None]
+            memo.put(text_key(backbone, prompt), known[prompt])
+    return torch.cat([known[p] for p in prompts])
+
+
+def _encode(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
     tokens = backbone.tokenizer(
         prompts,
         padding="max_length",
@@ -206,6 +224,7 @@ class FrameBatch:
 
     ids: tuple[int, ...]
     targets: tuple[int, ...]
+    borrowed: tuple[int, ...] = ()  # anchor frames it attends to without holding them: their keys/values come from the step's anchor store
 
 
 @dataclass(frozen=True)
@@ -219,7 +238,42 @@ class FramePlan:
     merge: float = 0.0  # token merging ratio inside self-attention (editing.attention.merge)
 
     def layout(self, batch: FrameBatch) -> FrameLayout:
-        return layout_for(self.mode, batch.ids, self.anchors, self.window, self.merge)
+        return layout_for(self.mode, batch.ids, self.anchors, self.window, self.merge, batch.borrowed)
+
+    def sharing_anchors(self) -> "FramePlan":
+        """This plan with the anchors computed once per step: the first batch keeps their self-attention
+        keys and values (editing.attention.anchor) and the later batches, which no longer hold the anchors
+        they do not produce, borrow them. The plan itself where that would change what any frame computes:
+        one batch, a mode without cross-frame attention, or anchors whose own attention differs between
+        batches or names frames other than anchors (window and full attention, a sparse-causal anchor
+        after frame 0)."""
+        if not self.shares_anchors():
+            return self
+        batches = [self.batches[0]]
+        for batch in self.batches[1:]:
+            borrowed = tuple(a for a in self.anchors if a not in batch.targets)
+            batches.append(FrameBatch(tuple(f for f in batch.ids if f not in borrowed), batch.targets, borrowed))
+        return dataclasses.replace(self, batches=tuple(batches))
+
+    def shares_anchors(self) -> bool:
+        """Whether every batch holds every anchor and each anchor attends to the same anchors in every batch
+        (so an anchor is computed from the same inputs wherever it is)."""
+        rule = get_attention_mode(self.mode)
+        anchors = set(self.anchors)
+        if not rule.cross_frame or len(self.batches) < 2 or any(batch.borrowed for batch in self.batches):
+            return False
+        seen = None
+        for batch in self.batches:
+            ids = list(batch.ids)
+            if not anchors <= set(ids):
+                return False
+            position = {frame: i for i, frame in enumerate(ids)}
+            rows = rule.rows(ids, [position[a] for a in self.anchors], self.window)
+            attended = {a: frozenset(ids[p] for p in rows[position[a]]) for a in self.anchors}
+            if any(not row <= anchors for row in attended.values()) or seen not in (None, attended):
+                return False
+            seen = attended
+        return True
 
 
 def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0) -> FramePlan:
@@ -360,8 +414,25 @@ class StepContext:
         """Guided noise of one planned batch's frames (all of them, context included)."""
         ids = list(batch.ids)
         layout = self.plan.layout(batch) if get_attention_mode(self.plan.mode).cross_frame else None
-        extra = None if self.control is None else self.control.call(self.index, batch.ids, batch.targets)
+        extra = control_call(self.control, self.index, batch)
         return guided_noise(self.backbone, self.model_input[ids], self.timestep, guidance, layout, ids, self.fraction, extra, conditional, differentiable)
+
+
+def control_call(control, index: int, batch: FrameBatch) -> dict | None:
+    """The attention control's per-call state for one batch (None without a control); a batch that
+    borrows anchors tells the control which (the feature bank leaves them out of what it adds)."""
+    if control is None:
+        return None
+    if batch.borrowed:
+        return control.call(index, batch.ids, batch.targets, borrowed=batch.borrowed)
+    return control.call(index, batch.ids, batch.targets)
+
+
+def anchor_call(store: AnchorStore, anchors: tuple[int, ...], batch: FrameBatch) -> AnchorCall:
+    """What one batch does with the anchor store: keep the anchors it holds (the first batch) or borrow the others."""
+    if batch.borrowed:
+        return AnchorCall(store, borrows=batch.borrowed)
+    return AnchorCall(store, keeps=tuple((a, batch.ids.index(a)) for a in anchors if a in batch.ids))
 
 
 # before_step(context, guidance) -> the guidance to step with (or None to keep it)
@@ -379,6 +450,7 @@ def denoise(
     control=None,
     seed: int = 0,
     before_step: BeforeStep | None = None,
+    share_anchors: bool = True,
 ) -> torch.Tensor:
     """The one denoising loop: each step runs every planned batch through the UNet, then steps the
     scheduler once on the whole clip's latents (so multistep and stateful samplers see one step per
@@ -392,8 +464,16 @@ def denoise(
     inversion fits its unconditional embedding there). An attention `control` (editing.attention.p2p)
     installs its processors and is told each call's step and frames. A reference image in `guidance`
     (editing.reference) has its IP-Adapter installed in the UNet for the loop, under the attention processors.
+
+    With `share_anchors` the anchor frames are computed once per step, by the first batch, and the other
+    batches read their self-attention keys and values (`FramePlan.sharing_anchors`, editing.attention.anchor):
+    with the plain cross-frame processor and with controls that say they can (`shares_anchors`, the feature bank).
     """
     cross_frame = get_attention_mode(plan.mode).cross_frame
+    batches = plan.batches
+    if share_anchors and cross_frame and (control is None or getattr(control, "shares_anchors", False)):
+        batches = plan.sharing_anchors().batches
+    store = AnchorStore() if any(batch.borrowed for batch in batches) else None
     attention = cross_frame_attention(backbone.unet) if cross_frame else contextlib.nullcontext()
     if control is not None:
         attention = control.processors(backbone.unet)
@@ -413,10 +493,12 @@ def denoise(
             if control is not None and hasattr(control, "begin_step"):  # a pass of the control's own first (TokenFlow's keyframes)
                 control.begin_step(StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control, seed), step_guidance)
             noise = torch.empty_like(x)
-            for batch in plan.batches:
+            for batch in batches:
                 ids = list(batch.ids)
                 layout = plan.layout(batch) if cross_frame else None
-                extra = None if control is None else control.call(index, batch.ids, batch.targets)
+                extra = control_call(control, index, batch)
+                if store is not None:
+                    extra = (extra or {}) | {"anchor_kv": anchor_call(store, plan.anchors, batch)}
                 predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, layout, ids, fraction, extra)
                 noise[list(batch.targets)] = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
             x = scheduler_step(scheduler, noise, timestep, x, generator)

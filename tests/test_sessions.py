@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import zipfile
 
 import pytest
+import torch
 
 from editing.errors import ConfigError, EditingError
 from editing.sessions import PRESETS, SessionStore, check_name, preset_prompt
@@ -210,3 +213,49 @@ def test_stop_during_a_session_edit_says_where_it_stopped_and_keeps_the_edits_be
     assert status.startswith("Session **car**: 1 edits") and len(gallery) == 1 and len(entries) == 1
     assert "Stopped at step 1/" in status and "of edit 2/2: editing" in status and status.endswith("the edits made before it are kept.")
     assert not token.cancelled  # the next run starts clear
+
+
+@contextlib.contextmanager
+def text_encoder_batches():
+    """The number of prompts in each CLIP text-encoder forward made inside the block (a global module
+    pre-hook, removed in `finally`)."""
+    sizes = []
+
+    def on_forward(module, args):
+        if type(module).__name__ == "CLIPTextModel":
+            sizes.append(args[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(on_forward)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+def test_a_sessions_second_prompt_encodes_only_its_own_text_and_no_condition_map(tmp_path, car, monkeypatch):
+    """The session's memo keeps the negative and inversion prompts' encodings and the canny maps: the second
+    prompt encodes one text and extracts nothing, even with the on-disk condition cache emptied. Control: the
+    same edit outside the session encodes the negative prompt again and extracts the maps again."""
+    import editing.control as control
+    from ui.backend import Backend
+    from ui.edit_tab import OUTPUT_FORMATS, request_from
+    from ui.session_tab import run_in_session
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
+    extracted = []
+    extract = control.extract_conditions
+    monkeypatch.setattr(control, "extract_conditions", lambda kind, frames, **kw: extracted.append(kind) or extract(kind, frames, **kw))
+    store, backend = SessionStore(tmp_path / "sessions"), Backend()
+    store.create("car", car, subject="a car")
+    settings = SETTINGS | {"guidance": 5.0, "control_kinds": ["canny"], "control_scale": 0.5}
+    with text_encoder_batches() as first:
+        run_in_session(store, backend, "car", [("a red car", None)], settings)
+    assert first == [2] and extracted == ["canny"]  # negative + prompt; the inversion prompt ("", as the negative) from the memo
+    shutil.rmtree(tmp_path / "cache" / "conditions")
+    with text_encoder_batches() as second:
+        (entry,) = run_in_session(store, backend, "car", [("a blue car", None)], settings)
+    assert second == [1] and extracted == ["canny"] and entry.result["inversion_cached"]
+    request = request_from(settings | {"video": str(store.open("car").source_path), "prompt": "a green car"}, str(tmp_path / "out"), OUTPUT_FORMATS)
+    with text_encoder_batches() as outside:
+        backend.edit(request, lambda *a: None)
+    assert outside == [2] and extracted == ["canny", "canny"]

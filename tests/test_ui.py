@@ -765,3 +765,34 @@ def test_keyframes_are_edited_then_propagated_in_two_stages(car, tmp_path):
     np.testing.assert_array_equal(gallery[1][0], red)
     with pytest.raises(gr.Error, match="keyframe_index"):
         handlers["keyframes"](dict(values) | {"keyframe_upload": str(tmp_path / "red.png"), "keyframe_index": -1}, None)
+
+
+def test_fast_preview_runs_the_same_edit_with_the_fast_preset_and_says_its_output_means_nothing(car, tmp_path):
+    """The button's handler runs one edit of the form's clip and prompt with `--preset fast`: the preset's
+    sampler, steps, guidance, SDEdit start, LoRA and tiny autoencoder replace the form's (here 2 DDIM steps,
+    strength 0.5), and with the built-in random model the status line and details carry the preset's note."""
+    from editing.pipeline import edit_video
+    from editing.presets import PRESET_NOTE, get_preset
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    seen = []
+
+    def recording(request, progress):
+        seen.append(request)
+        return edit_video(request, progress)
+
+    handlers = make_handlers(Backend(recording, output_root=tmp_path))
+    values = {"video": str(car), "prompt": "a red car", "seed": 3} | SMALL | {"sampler": "ddim", "inversion": "ddim"}
+    video, gif, frames_zip, details, _warp, run = handlers["fast_preview"](values, None)
+    (request,) = seen
+    fast = get_preset("fast")
+    assert (request.edit.sampler, request.edit.steps, request.edit.strength, request.edit.guidance) == (fast.sampler, fast.steps, fast.strength, fast.guidance)
+    assert request.engine.inversion == "none" and request.engine.feature_bank == fast.feature_bank and request.model_options.vae == "tiny"
+    assert (request.edit.prompt, request.edit.seed, request.selection.max_frames) == ("a red car", 3, 2)  # the form's own
+    note = PRESET_NOTE.format(name="fast", model="tiny", lora=fast.lora)
+    assert details["preset_note"] == note and note in run["message"] and "means nothing" in run["message"]
+    assert "lora=random" in details["model"] and Path(video).is_file() and Path(frames_zip).is_file() and run["frames"] == 2
+    # the plain edit of the same values is not the preset's, and carries no preset note
+    *_, plain_details, _, plain_run = handlers["edit"](values, None)
+    assert seen[-1].edit.sampler == "ddim" and "preset_note" not in plain_details and plain_run["message"] == ""

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from editing.errors import Cancelled
+from editing.memo import ClipMemo
 from editing.evaluate import read_png_zip
 from editing.pipeline import EditRequest, EditResult, ProgressFn, edit_video
 
@@ -29,6 +31,7 @@ from .serving import LOCAL, ServePolicy
 EditFn = Callable[[EditRequest, ProgressFn], EditResult]
 OUTPUT_MAX_AGE = 3600  # seconds a run's files stay on disk (Gradio copies what it serves into its own cache)
 PREVIEW_FRAMES = 2  # the shortest clip the pipeline edits; the first of them is shown
+SESSION_MEMOS = 4  # style sessions whose text encodings and condition maps stay in memory (at most 256 MB each)
 
 
 class CancelToken:
@@ -144,6 +147,18 @@ class Backend:
         self.output_root = output_root
         self.policy = policy  # what the forms may ask for when the app is served to others
         self.concurrency = concurrency  # GPU jobs run at once (the app's GPU queue): 1 here, one per worker on a cluster
+        self._memos: OrderedDict[str, ClipMemo] = OrderedDict()
+        self._memos_lock = threading.Lock()
+
+    def session_memo(self, session: str) -> ClipMemo:
+        """The in-memory memo of one session's clip (editing.memo: text encodings, condition maps), kept
+        for the SESSION_MEMOS most recently used sessions; `session` is its folder (unique per owner)."""
+        with self._memos_lock:
+            memo = self._memos.pop(session, None) or ClipMemo()
+            self._memos[session] = memo
+            while len(self._memos) > SESSION_MEMOS:
+                self._memos.popitem(last=False)
+            return memo
 
     def checked(self, values: dict) -> dict:
         """Form values as the serving policy allows them (the Model field); ConfigError otherwise."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from editing.errors import Cancelled, ConfigError, EditingError
+from editing.presets import get_preset, preset_note
 from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
 from editing.video_io import write_png_zip
@@ -22,6 +24,7 @@ from .gpu import gpu, on_spaces
 from .clip_upload import ClipUpload
 from .preview import preview_for
 
+FAST_PREVIEW = "fast"  # the preset the Fast preview button runs (editing.presets)
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
 # The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
 API_FIELDS = [
@@ -171,6 +174,18 @@ def make_handlers(backend: Backend):
         return shown_outputs(request, outputs)
 
     @one_sentence_errors
+    def fast_preview(values: dict[str, Any], progress) -> tuple:
+        """The same edit with the fast preset (FAST_PREVIEW): its sampler, steps, guidance, start, LoRA and
+        autoencoder replace the form's; the prompt, seed, frames and ControlNets stay. Its note (a random
+        model's output means nothing) is in the details and the status line."""
+        shown = edit(fast_values(values), progress)
+        note = preset_note(argparse.Namespace(preset=FAST_PREVIEW, model=values.get("model")))
+        *outputs, details, warp, run = shown
+        if note and isinstance(details, dict) and isinstance(run, dict):
+            details, run = details | {"preset_note": note}, run | {"message": f"Fast preview ({FAST_PREVIEW} preset): {note}."}
+        return (*outputs, details, warp, run)
+
+    @one_sentence_errors
     def keyframes(values: dict[str, Any], progress) -> tuple:
         """Stage 1: edit the keyframes only; shows them and keeps them for Propagate."""
         token = values.get("token") or CancelToken()
@@ -231,7 +246,13 @@ def make_handlers(backend: Backend):
             raise EditingError("tick at least one ControlNet to preview its condition map")
         return backend.condition_previews(request)
 
-    return {"edit": edit, "preview": preview, "conditions": conditions, "keyframes": keyframes, "propagate": propagate}
+    return {"edit": edit, "fast_preview": fast_preview, "preview": preview, "conditions": conditions, "keyframes": keyframes, "propagate": propagate}
+
+
+def fast_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The form's values for the Fast preview: the preset named, every option it sets left to it."""
+    preset = get_preset(FAST_PREVIEW)
+    return {name: value for name, value in values.items() if name not in preset.values(random_weights=True)} | {"preset": FAST_PREVIEW}
 
 
 def show_run(run: dict | None) -> tuple:
@@ -291,6 +312,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         with gr.Column():
             with gr.Row():
                 preview_button = gr.Button("Preview first frame", interactive=False, elem_id="run-preview")
+                fast_button = gr.Button("Fast preview", interactive=False, elem_id="run-fast-preview")
                 run = gr.Button("Edit the whole clip", variant="primary", interactive=False, elem_id="run-edit")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Accordion("Keyframes, then propagation", open=False, elem_id="keyframes-stage"):
@@ -327,7 +349,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     if photo_examples is not None and shapes_examples is not None:
         form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
 
-    upload.wire(form, needs_plan=[run, preview_button, keys_button])
+    upload.wire(form, needs_plan=[run, preview_button, keys_button, fast_button])
 
     fields = api_fields()
     for option in form_options():
@@ -353,6 +375,16 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     )
     edit_event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
     scrubber.change(show_frame, [scrubber, run_state], compare, queue=False, show_progress="hidden", api_visibility="private")
+    fast_event = started(fast_button).then(
+        widgets.named_handler(gpu(handlers["fast_preview"]), names, defaults),
+        inputs=inputs,
+        outputs=[output, gif, frames_zip, details, warp, run_state],
+        api_name="fast_preview",
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=backend.concurrency,
+        show_progress_on=output,
+    )
+    fast_event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
     preview_event = started(preview_button).then(
         widgets.named_handler(gpu(handlers["preview"]), names, defaults),
         inputs=inputs,
@@ -392,6 +424,6 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     )
     # Stop sets the token: a running edit stops at its next step and says where; on a Space (ZeroGPU runs
     # the handler in another process, where the token does not reach) the events are cancelled instead.
-    cancels = [condition_event] + ([edit_event, preview_event, keys_event, propagate_event] if on_spaces() else [])
+    cancels = [condition_event] + ([edit_event, fast_event, preview_event, keys_event, propagate_event] if on_spaces() else [])
     stop.click(CancelToken.cancel, inputs=token, outputs=None, cancels=cancels, queue=False, api_visibility="private")
     return form

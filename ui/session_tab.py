@@ -12,6 +12,7 @@ import gradio as gr
 from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
 from editing.errors import Cancelled, EditingError
+from editing.memo import remembering
 from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, check_name, is_owner_key, new_owner_key, preset_prompt
 
@@ -38,17 +39,22 @@ def run_in_session(
     progress: ProgressFn | None = None,
     token: CancelToken | None = None,
 ) -> list[Entry]:
-    """Edit the session's clip once per (prompt, preset); each edit becomes a gallery entry, saved at once."""
+    """Edit the session's clip once per (prompt, preset); each edit becomes a gallery entry, saved at once.
+
+    The session's memo (Backend.session_memo) keeps the text encodings and condition maps between its
+    edits, also across calls, so later prompts encode only their own text; the inversion comes from the cache."""
     session = store.open(name)
     if not prompts:
         raise EditingError("choose a style preset or type a prompt first")
     allowed = backend.checked(settings)  # the entry records the settings as given, not the server's paths
+    memo = backend.session_memo(str(session.folder))
     made = []
     for number, (prompt, preset) in enumerate(prompts):
         entry_id, folder = store.new_entry_dir(session)
         try:
             request = request_from(allowed | {"video": str(session.source_path), "prompt": prompt}, str(folder), OUTPUT_FORMATS)
-            outputs = backend.edit(request, _numbered(progress, number, len(prompts)), token)
+            with remembering(memo):
+                outputs = backend.edit(request, _numbered(progress, number, len(prompts)), token)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -6,6 +6,10 @@ self-attention layer appends its target frames' keys and values to the bank (per
 keeping the last `frames` of them. The next chunk's frames attend to their mode's frames plus the bank.
 The bank is emptied at each step, so every entry is from the same noise level. It is a sequential
 mode: a chunk needs the chunks before it. Memory: `bank_nbytes` (per step, all layers).
+
+The anchors are computed once per step (editing.attention.anchor): later chunks borrow the first
+chunk's anchor keys and values, which saw an empty bank, and leave the anchors out of what the bank adds.
+(Before, each later chunk recomputed the anchor, and that copy of the anchor also attended to the bank.)
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class BankCall:
     bank: FeatureBank
     frames: tuple[int, ...]
     targets: tuple[int, ...]
+    borrowed: tuple[int, ...] = ()  # anchors the call attends to without holding them (already in its context)
 
 
 class BankAttnProcessor(CrossFrameAttnProcessor):
@@ -58,8 +63,8 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
     def __init__(self, layer: str):
         self.layer = layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, bank: BankCall | None = None, **extra):
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, bank=bank, **extra)
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, bank: BankCall | None = None, anchor_kv=None, **extra):
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, bank=bank, anchor_kv=anchor_kv, **extra)
 
     def extend_context(self, own, key, value, mask, frames: FrameLayout, bank: BankCall | None = None, **extra):
         if bank is None:
@@ -69,7 +74,7 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
         branches = batch // frames.num_frames
         per_frame_key = own_key.view(branches, frames.num_frames, length, inner)
         per_frame_value = own_value.view(branches, frames.num_frames, length, inner)
-        past = bank.bank.read(self.layer, set(bank.frames))
+        past = bank.bank.read(self.layer, set(bank.frames) | set(bank.borrowed))
         if past:
             extra_key = torch.cat([k for _, k, _ in past], dim=1).to(key.dtype)  # (branches, m * length, inner)
             extra_value = torch.cat([v for _, _, v in past], dim=1).to(value.dtype)
@@ -86,18 +91,23 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
 
 class FeatureBankControl:
     """The loop's attention control for `--feature-bank N`: installs bank processors on self-attention
-    and hands each UNet call the bank; the bank starts empty at every step."""
+    and hands each UNet call the bank; the bank starts empty at every step. The loop may share the
+    anchors' keys and values across chunks with it (`shares_anchors`)."""
+
+    shares_anchors = True
 
     def __init__(self, frames: int):
         self.bank = FeatureBank(frames)
 
-    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...]) -> dict:
+    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...], borrowed: tuple[int, ...] = ()) -> dict:
         self.bank.begin(step)
-        return {"bank": BankCall(self.bank, tuple(frames), tuple(targets))}
+        return {"bank": BankCall(self.bank, tuple(frames), tuple(targets), tuple(borrowed))}
 
     @contextlib.contextmanager
     def processors(self, unet) -> Iterator[None]:
-        installed = {name: BankAttnProcessor(name) if name.endswith("attn1.processor") else CrossFrameAttnProcessor() for name in unet.attn_processors}
+        # every layer takes the call's `bank` (diffusers warns on each call of a processor that does not);
+        # only self-attention (attn1) reads and writes it
+        installed = {name: BankAttnProcessor(name) for name in unet.attn_processors}
         with attention_processors(unet, installed):
             yield
 

@@ -34,26 +34,41 @@ class FrameLayout:
     kv_index: torch.Tensor  # (num_frames, m) long: positions of the key/value frames of each frame
     kv_valid: torch.Tensor | None = None  # (num_frames, m) bool; None when every entry is used
     merge: float = 0.0  # share of the context tokens beyond the first context frame merged away (editing.attention.merge)
+    borrowed: int = 0  # key/value frames after the batch's own, read from the step's anchor store (editing.attention.anchor)
 
     def __post_init__(self):
         if self.kv_index.shape[0] != self.num_frames:
             raise ValueError(f"kv_index has {self.kv_index.shape[0]} rows for {self.num_frames} frames")
 
+    @property
+    def kv_frames(self) -> int:
+        """Frames the key/value positions index: the batch's own, then the borrowed anchors."""
+        return self.num_frames + self.borrowed
 
-def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2, merge: float = 0.0) -> FrameLayout:
-    """The attention layout of a batch holding the clip frames `frame_ids` (sorted, anchors included)."""
+
+def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2, merge: float = 0.0, borrowed: Sequence[int] = ()) -> FrameLayout:
+    """The attention layout of a batch holding the clip frames `frame_ids` (sorted, anchors included).
+
+    `borrowed` anchor frames are not in the batch: their keys and values come from the step's anchor
+    store (editing.attention.anchor), after the batch's own frames. The rows are those of the batch that
+    holds them, so every frame attends to the same frames in the same order."""
     rule = get_attention_mode(mode)
-    position = {frame: i for i, frame in enumerate(frame_ids)}
+    full = sorted(set(frame_ids) | set(borrowed))
+    position = {frame: i for i, frame in enumerate(full)}
     anchor_positions = [position[a] for a in anchors if a in position]
     if rule.needs_anchor and not anchor_positions:
         raise ValueError(f"batch {list(frame_ids)} holds none of the anchor frames {list(anchors)}")
-    rows = [list(row) for row in rule.rows(list(frame_ids), anchor_positions, window)]
+    rows = [list(row) for row in rule.rows(full, anchor_positions, window)]
+    if borrowed:
+        source = list(frame_ids) + list(borrowed)  # the key/value frames: own, then borrowed
+        moved = {position[frame]: source.index(frame) for frame in full}
+        rows = [[moved[p] for p in rows[position[frame]]] for frame in frame_ids]
     width = max(len(row) for row in rows)
     valid = None
     if any(len(row) != width for row in rows):
         valid = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
         rows = [row + [row[0]] * (width - len(row)) for row in rows]
-    return FrameLayout(len(frame_ids), torch.tensor(rows, dtype=torch.long), valid, merge)
+    return FrameLayout(len(frame_ids), torch.tensor(rows, dtype=torch.long), valid, merge, len(borrowed))
 
 
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
@@ -80,12 +95,14 @@ class CrossFrameAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
+        anchor_kv=None,
     ) -> torch.Tensor:
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames)
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, anchor_kv=anchor_kv)
 
-    def process(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, to_q=None, **extra):
+    def process(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, to_q=None, anchor_kv=None, **extra):
         """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
-        `extra` per-call state is handed to `attend`."""
+        `anchor_kv` (editing.attention.anchor.AnchorCall) keeps or supplies the anchors' self-attention keys
+        and values; `extra` per-call state is handed to `extend_context` and `attend`."""
         residual = hidden_states
         encoder_hidden_states, images = split_image_tokens(encoder_hidden_states)
         if attn.spatial_norm is not None:
@@ -111,6 +128,8 @@ class CrossFrameAttnProcessor:
             mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
         if is_self and frames is not None:
             own = (key, value)
+            if anchor_kv is not None:
+                key, value = anchor_kv.exchange(attn, key, value, frames)
             key, value, mask = gather_frames(key, value, frames)
             key, value, mask = self.extend_context(own, key, value, mask, frames, **extra)
             if frames.merge > 0 and mask is None:  # rows of unequal width (window mode at the clip's ends) stay unmerged
@@ -179,15 +198,19 @@ def bind_image_adapters(installed: dict, current: dict) -> dict:
 
 
 def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):
-    """Keys and values of the frames each frame attends to, concatenated along the token axis."""
-    batch, length, inner = key.shape
-    if batch % frames.num_frames:
-        raise ValueError(f"a batch of {batch} cannot hold whole guidance branches of {frames.num_frames} frames")
-    branches, count = batch // frames.num_frames, frames.kv_index.shape[1]
+    """Keys and values of the frames each frame attends to, concatenated along the token axis.
+
+    key, value: (branches x kv_frames, tokens, inner), the batch's own frames then any borrowed anchors
+    per branch; the result has one row per frame of the batch: (branches x num_frames, m x tokens, inner)."""
+    rows, length, inner = key.shape
+    if rows % frames.kv_frames:
+        raise ValueError(f"a batch of {rows} cannot hold whole guidance branches of {frames.kv_frames} frames")
+    branches, count = rows // frames.kv_frames, frames.kv_index.shape[1]
+    batch = branches * frames.num_frames
     index = frames.kv_index.to(key.device)
 
     def gather(tensor: torch.Tensor) -> torch.Tensor:
-        per_frame = tensor.view(branches, frames.num_frames, length, inner)
+        per_frame = tensor.view(branches, frames.kv_frames, length, inner)
         return per_frame[:, index].reshape(batch, count * length, inner)
 
     mask = None
