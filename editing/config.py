@@ -115,6 +115,24 @@ class ControlSpec:
         return cls(parts[0].strip(), **values, **extra)
 
 
+# --keyframes when left out: the best consistency setting of the shapes benchmark that edits as well as
+# editing every frame (README, "Edit quality with ground truth").
+DEFAULT_KEYFRAMES = "auto"
+NO_DEFAULT_KEYFRAMES_ATTENTION = ("none", "tokenflow")  # per-frame editing; TokenFlow propagates keyframes itself
+
+
+def default_keyframes(values) -> str | None:
+    """--keyframes left out: DEFAULT_KEYFRAMES where keyframes then propagation can run the edit, else every
+    frame (None): not with a --tuned model, a --control-video (conditions for every frame), a feature bank
+    (a streaming mode of its own) or --attention none / tokenflow."""
+    controls = values.get("control_video") or ()
+    if values.get("tuned") is not None or any(controls) or (values.get("feature_bank") or 0) > 0:
+        return None
+    if (values.get("attention") or "first") in NO_DEFAULT_KEYFRAMES_ATTENTION:
+        return None
+    return DEFAULT_KEYFRAMES
+
+
 def parse_keyframes(text: str | None) -> int | None:
     """`--keyframes`: None or '' (edit every frame) -> 0; 'auto' -> -1; 'N' (N >= 2) -> N."""
     if text is None or str(text).strip() in ("", "0", "off"):
@@ -173,7 +191,12 @@ class EngineConfig:
     feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})
     keyframes: str | None = field(
         default=None,
-        metadata={"help": "edit only every N-th frame (or 'auto': where the scene changes) jointly, then propagate them to the other frames along the source's optical flow, re-diffusing only what no keyframe sees", "metavar": "EVERY|auto"},
+        metadata={
+            "help": "edit only every N-th frame (or 'auto': where the scene changes) jointly, then propagate them to the other frames along the source's optical flow, re-diffusing only what no keyframe sees; 'off' edits every frame "
+            f"(default: {DEFAULT_KEYFRAMES} where the edit allows it: not with --tuned, a --control-video, a --feature-bank or --attention none/tokenflow)",
+            "metavar": "EVERY|auto|off",
+            "resolve": "default_keyframes",
+        },
     )
     keyframe_images: tuple[KeyframeImage, ...] = field(
         default=(),

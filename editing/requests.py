@@ -577,7 +577,13 @@ def _tuned_or_default(values: Mapping[str, Any], option: Option) -> Any:
     return option.field_default
 
 
-RESOLVERS: dict[str, Callable[[Mapping[str, Any], Option], Any]] = {"native_size": _native_size, "tuned_attention": _tuned_or_default}
+def _default_keyframes(values: Mapping[str, Any], option: Option) -> Any:
+    from .config import default_keyframes
+
+    return default_keyframes(values)
+
+
+RESOLVERS: dict[str, Callable[[Mapping[str, Any], Option], Any]] = {"native_size": _native_size, "tuned_attention": _tuned_or_default, "default_keyframes": _default_keyframes}
 
 
 def field_default(cls: type, name: str) -> Any:

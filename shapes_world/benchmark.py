@@ -329,6 +329,7 @@ def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps
         values |= {"source_prompt": edit.source_prompt, "prompt_edit": _prompt_edit(edit), "blend_words": ",".join(edit.blend_words)}
     if options.pop("tune", False):
         values["tuned"] = None if tuned is None else str(tuned)
+    values["keyframes"] = "off"  # a setting edits every frame unless it names its keyframes (the CLI's default would propagate)
     values |= options
     return schema_request(values | {"video": str(video), "out": str(output)})
 

@@ -34,7 +34,9 @@ def parsed(argv: list[str]):
 
 
 def edit(**parts) -> EditRequest:
-    """An EditRequest built by hand from the dataclasses (the default model, so size 512)."""
+    """An EditRequest built by hand from the dataclasses (the default model, so size 512; keyframes then
+    propagation, the edit command's default where the edit allows it)."""
+    parts.setdefault("engine", EngineConfig(keyframes="auto"))
     return EditRequest(VIDEO, "o.mp4", parts.pop("edit", EditConfig("a cat")), **parts)
 
 
@@ -45,7 +47,7 @@ HAND_BUILT_EDITS = [
     (["--start", "0.5", "--end", "2", "--stride", "2", "--frames", "0", "--size", "128"], edit(selection=FrameSelection(0.5, 2.0, 2, None, 128))),
     (["--frames", "6"], edit(selection=FrameSelection(max_frames=6, size=SIZE))),
     (["--model", "tiny"], edit(model="tiny", selection=FrameSelection(size=native_size("tiny")))),
-    (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4))),
+    (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4, keyframes="auto"))),
     (["--lora", "a/b:0.5", "--lora", "x.safetensors", "--lora-fuse", "--vae", "tiny"], edit(model_options=ModelOptions((LoraSpec("a/b", 0.5), LoraSpec("x.safetensors")), True, "tiny"))),
     (
         ["--preset", "fast", "--model", "tiny", "--steps", "6"],  # the preset's values for every option not given
@@ -63,16 +65,19 @@ HAND_BUILT_EDITS = [
         ["--keyframes", "auto", "--keyframe-refine", "0.2", "--keyframe-image", "0=a.png", "--keyframe-image", "8=b.png", "--keyframe-fit", "crop", "--keyframe-guidance", "2"],
         edit(engine=EngineConfig(keyframes="auto", keyframe_refine=0.2, keyframe_images=(KeyframeImage(0, "a.png"), KeyframeImage(8, "b.png")), keyframe_fit="crop", keyframe_guidance=2.0)),
     ),
-    (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car"))),
+    (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car", keyframes="auto"))),
     (
         ["--control", "canny:0.5", "--control", "depth:1:0:0.5", "--control-model", "depth=some/net", "--control-video", "canny=c.mp4"],
         edit(engine=EngineConfig(controls=(ControlSpec("canny", 0.5, video="c.mp4"), ControlSpec("depth", 1.0, 0.0, 0.5, model="some/net")))),
     ),
-    (["--smooth", "flow,color"], edit(engine=EngineConfig(smooth_flow=True, smooth_color=True))),
-    (["--smooth", "color"], edit(engine=EngineConfig(smooth_color=True))),
+    (["--smooth", "flow,color"], edit(engine=EngineConfig(smooth_flow=True, smooth_color=True, keyframes="auto"))),
+    (["--smooth", "color"], edit(engine=EngineConfig(smooth_color=True, keyframes="auto"))),
     (["--smooth", "none"], edit()),
-    (["--cache-dir", "/tmp/c", "--annotators", "a/b"], edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b"))),
-    (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random"))),
+    (["--keyframes", "off"], edit(engine=EngineConfig(keyframes="off"))),  # every frame edited
+    (["--attention", "none"], edit(engine=EngineConfig(attention="none"))),  # per frame: no keyframes by default
+    (["--attention", "tokenflow"], edit(engine=EngineConfig(attention="tokenflow"))),  # TokenFlow propagates keyframes itself
+    (["--cache-dir", "/tmp/c", "--annotators", "a/b"], edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b", keyframes="auto"))),
+    (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random", keyframes="auto"))),
     (["--device", "cpu", "--dtype", "fp32"], edit(device="cpu", dtype="fp32")),
     (["--tuned", "w.safetensors", "--attention", "sparse-causal"], edit(tuned="w.safetensors", engine=EngineConfig(attention="sparse-causal"))),
     (["--source-prompt", "a car"], edit(attention_edit=AttentionEditConfig("a car"))),

@@ -101,6 +101,7 @@ def test_every_setting_becomes_the_request_the_cli_would_build(tmp_path):
     assert requests["tuned"].tuned == str(tmp_path / "t.safetensors")
     assert all(r.edit.prompt == edit.prompt and r.edit.steps == 3 and r.selection.size == bench.SIZE for r in requests.values())
     assert all(r.attention_edit is None for s, r in requests.items() if s != "blend")
+    assert {s: r.engine.keyframes_every for s, r in requests.items() if r.engine.keyframes_every} == {"first-keyframes-4": 4, "first-keyframes-8": 8, "first-keyframes-auto": -1}
 
 
 def test_unknown_settings_and_a_missing_spec_are_one_line_errors(tmp_path, capsys):
@@ -273,3 +274,18 @@ def test_runs_of_other_settings_on_the_same_clips_merge_and_gaps_are_refused(tmp
     assert document["settings"] == ["img2img", "first-keyframes-8"] and set(document["summary"]) == {bench.REFERENCE, bench.IDEAL, "img2img", "first-keyframes-8"}
     assert sum(r["setting"] == bench.REFERENCE for r in document["rows"]) == 2 * len(bench.EDIT_KINDS)  # measured by both parts, kept once
     assert main(["eval", "--shapes", "--merge", f"{one},{short}", "--out", str(tmp_path / "gap")]) == 2
+
+
+def test_the_ci_slice_covers_the_edit_commands_default(tmp_path):
+    """The setting `edit` runs with every option left out (keyframes then propagation, README) is a
+    benchmark setting, and the CI slice measures it."""
+    import dataclasses
+
+    from editing.requests import defaults, edit_request
+
+    edit = bench.derive_edits(CLIPS[0])[0]
+    plain = lambda engine: dataclasses.replace(engine, inversion_prompt="", cache_dir=None)
+    default = edit_request(defaults("edit") | {"prompt": edit.prompt, "video": "v.mp4", "out": "o.zip"}).engine
+    named = [s for s in bench.SETTINGS if plain(bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path).engine) == plain(default)]
+    assert default.keyframes_every != 0 and named == ["first-keyframes-auto"]
+    assert "first-keyframes-auto" in bench.load_stated()["slice"]["settings"]

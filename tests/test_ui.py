@@ -185,7 +185,7 @@ def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_p
 
     def press_stop_during_denoise(stage, done, total):
         stages.append(stage)
-        if stage == "denoise" and done == 1:
+        if stage.endswith("denoise") and done == 1:
             token.cancel()
 
     def edit_holding_a_tensor(request, progress):
@@ -194,7 +194,7 @@ def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_p
         return edit_video(request, progress)
 
     request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
-    with pytest.raises(Cancelled, match="cancelled during denoise"):
+    with pytest.raises(Cancelled, match="cancelled during (keyframes: )?denoise"):
         Backend(edit_holding_a_tensor, output_root=tmp_path).edit(request, press_stop_during_denoise, token)
     assert alive_when_freed == [[False]]  # when its memory was freed, the stopped run's tensors were already gone
     assert "encode_video" not in stages
@@ -345,13 +345,17 @@ def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path, 
         def __call__(self, fraction, desc=None):
             shown.append((desc, fraction))
 
-    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL | {"steps": 4}, str(tmp_path))
+    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL | {"steps": 4, "keyframes": "off"}, str(tmp_path))
     edit_video(request, gradio_progress(Bar(), request))
     labels = {desc for desc, _ in shown}
     share = "2 of 4 steps (strength 0.5)"  # what runs of the Steps slider's 4, and why
     assert {"decoding", "condition maps", f"inversion: {share}", f"editing: {share}", "encoding"} <= labels
     assert {label.split(":")[0] for label in labels} <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
     assert any(desc == f"editing: {share}" and done == total == 2 for desc, (done, total) in shown)  # the bar reaches the end
+    keyed = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4}, str(tmp_path))  # the default: keyframes, then propagation
+    shown.clear()
+    edit_video(keyed, gradio_progress(Bar(), keyed))
+    assert {f"keyframes: inversion: {share}", f"keyframes: editing: {share}", "propagating the keyframes"} <= {desc for desc, _ in shown}
     full = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
     shown.clear()
     gradio_progress(Bar(), full)("denoise", 1, 4)
@@ -682,7 +686,7 @@ def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(c
 
     def stopped_at_step_two(request, progress):
         def report(stage, done, total):
-            if stage == "denoise" and done == 2:
+            if stage.endswith("denoise") and done == 2:
                 token.cancel()  # what the Stop button does
             progress(stage, done, total)
 
@@ -692,7 +696,7 @@ def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(c
     values = {"video": str(car), "prompt": "a red car", "token": token} | SMALL | {"steps": 10, "strength": 0.6}
     *shown, run = edit(values, None)
     assert all(isinstance(value, type(gr.skip())) for value in shown)  # the page keeps the last result
-    assert run == {"message": "Stopped at step 2/6 of editing (6 of the 10 steps at strength 0.6); the last result is kept."}
+    assert run == {"message": "Stopped at step 2/6 of keyframes: editing (6 of the 10 steps at strength 0.6); the last result is kept."}  # the default: keyframes first
     assert not token.cancelled  # the next edit starts clear
     *_, run = edit(values | {"steps": 2}, None)
     assert run["message"] == ""
