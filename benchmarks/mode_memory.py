@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "assets" / "man-skiing.mp4"
 
-# setting -> the edit command's options over the defaults (DDIM inversion, guidance 7.5, chunks of 8)
+# setting -> the edit command's options over the defaults (DDIM inversion, guidance 7.5, chunks of 8); the
+# settings without keyframes edit every frame (child: keyframes "off" unless named)
 SETTINGS: dict[str, dict] = {
-    "first": {"attention": "first"},
+    "first": {"attention": "first", "keyframes": "off"},
     "sparse-causal": {"attention": "sparse-causal"},
     "full": {"attention": "full"},
     "flow": {"attention": "flow"},
@@ -32,6 +33,7 @@ SETTINGS: dict[str, dict] = {
     "first-bank": {"attention": "first", "feature_bank": 4},
     "tokenflow": {"attention": "tokenflow"},
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},
+    "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},
 }
@@ -62,7 +64,7 @@ def peak_mb(setting: str, frames: int, args, cache: Path) -> float:
     """Peak RSS (MB) of one edit of `frames` frames under `setting`, in a fresh process."""
     values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": "cpu", "dtype": "fp32"}
     values |= {"frames": frames, "size": args.size, "steps": args.steps, "chunk": args.chunk, "cache_dir": str(cache / f"{setting}-{frames}"), "count": frames}
-    values |= SETTINGS[setting]
+    values |= {"keyframes": "off"} | SETTINGS[setting]
     done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), json.dumps(values)], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"error: {setting} at {frames} frames failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")

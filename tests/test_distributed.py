@@ -26,7 +26,7 @@ from editing.config import KeyframeImage
 
 from .conftest import ASSETS, ROOT, small_edit
 
-BASE = {"model": "tiny", "device": "cpu", "size": 64, "steps": 2, "guidance": 3.0, "stride": 4}
+BASE = {"model": "tiny", "device": "cpu", "size": 64, "steps": 2, "guidance": 3.0, "stride": 4, "keyframes": "off"}  # every frame unless an edit names its keyframes
 
 
 def _spec(tmp_path: Path, edits: list[dict], name: str = "spec.yaml", **defaults) -> Path:

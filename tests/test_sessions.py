@@ -13,7 +13,7 @@ import torch
 from editing.errors import ConfigError, EditingError
 from editing.sessions import PRESETS, SessionStore, check_name, preset_prompt
 
-SETTINGS = {"model": "tiny", "frames": 2, "size": 64, "steps": 3, "strength": 0.5, "guidance": 1.0, "seed": 1}
+SETTINGS = {"model": "tiny", "frames": 2, "size": 64, "steps": 3, "strength": 0.5, "guidance": 1.0, "seed": 1, "keyframes": "off"}  # every frame: these tests count inversions and steps
 
 
 @pytest.mark.parametrize("name", ["../escape", "..", "/etc", "a/b", "a\\b", ".hidden", "", "   ", "x" * 65, "ok.", "nul\0byte", "~root"])

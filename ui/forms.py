@@ -47,6 +47,8 @@ def command_values(command: str, values: Mapping[str, Any], video: str, output: 
     if unknown:
         raise ConfigError(f"unknown form fields: {', '.join(unknown)}")
     given = dict(values)
+    resolved = {option.name for option in form_options(command) if option.resolve}
+    given |= {name: None for name in resolved if given.get(name) == ""}  # blank: the value the schema works out
     if isinstance(given.get("end"), (int, float)) and given["end"] <= 0:
         given["end"] = None  # an empty or zero end means "to the end of the clip"
     return requests.complete(command, given, keep_none=False) | {"video": video, "out": output}

@@ -142,6 +142,16 @@ def sampler_widgets(steps: int = 10, strength: float = 0.6) -> dict[str, gr.comp
     return {"steps": step_count, "guidance": guidance, "strength": share, "seed": seed}
 
 
+# The Keyframes box (--keyframes): blank is the edit command's default (editing.config.default_keyframes)
+KEYFRAME_CHOICES = [
+    ("default: auto where the edit allows it", ""),
+    ("off: edit every frame", "off"),
+    ("auto: where the scene changes", "auto"),
+    ("every 4th frame", "4"),
+    ("every 8th frame", "8"),
+]
+
+
 def engine_widgets() -> dict[str, gr.components.Component]:
     """Attention mode, inversion, ControlNets, smoothing."""
     defaults = default_values()
@@ -151,8 +161,10 @@ def engine_widgets() -> dict[str, gr.components.Component]:
     with gr.Row():
         kinds = gr.CheckboxGroup(list(condition_kind_names()), label="ControlNets", info="depth and softedge need annotator weights")
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale")
-    smooth = gr.CheckboxGroup(list(SMOOTHING), label="Temporal smoothing")
-    return {"attention": attention, "inversion": inversion, "control_kinds": kinds, "control_scale": scale, "smooth": smooth}
+    with gr.Row():
+        smooth = gr.CheckboxGroup(list(SMOOTHING), label="Temporal smoothing")
+        keyframes = gr.Dropdown(KEYFRAME_CHOICES, value="", label="Keyframes", info="edit these frames, then propagate them along the motion", allow_custom_value=True)
+    return {"attention": attention, "inversion": inversion, "control_kinds": kinds, "control_scale": scale, "smooth": smooth, "keyframes": keyframes}
 
 
 def attention_edit_widgets() -> dict[str, gr.components.Component]:
