@@ -124,9 +124,10 @@ NO_DEFAULT_KEYFRAMES_ATTENTION = ("none", "tokenflow")  # per-frame editing; Tok
 def default_keyframes(values) -> str | None:
     """--keyframes left out: DEFAULT_KEYFRAMES where keyframes then propagation can run the edit, else every
     frame (None): not with a --tuned model, a --control-video (conditions for every frame), a feature bank
-    (a streaming mode of its own) or --attention none / tokenflow."""
+    (a streaming mode of its own), attention editing (--source-prompt: every frame keeps the source's
+    attention) or --attention none / tokenflow."""
     controls = values.get("control_video") or ()
-    if values.get("tuned") is not None or any(controls) or (values.get("feature_bank") or 0) > 0:
+    if values.get("tuned") is not None or any(controls) or (values.get("feature_bank") or 0) > 0 or values.get("source_prompt"):
         return None
     if (values.get("attention") or "first") in NO_DEFAULT_KEYFRAMES_ATTENTION:
         return None
@@ -193,7 +194,7 @@ class EngineConfig:
         default=None,
         metadata={
             "help": "edit only every N-th frame (or 'auto': where the scene changes) jointly, then propagate them to the other frames along the source's optical flow, re-diffusing only what no keyframe sees; 'off' edits every frame "
-            f"(default: {DEFAULT_KEYFRAMES} where the edit allows it: not with --tuned, a --control-video, a --feature-bank or --attention none/tokenflow)",
+            f"(default: {DEFAULT_KEYFRAMES} where the edit allows it: not with --tuned, a --control-video, a --feature-bank, --source-prompt or --attention none/tokenflow)",
             "metavar": "EVERY|auto|off",
             "resolve": "default_keyframes",
         },

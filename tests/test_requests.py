@@ -80,13 +80,13 @@ HAND_BUILT_EDITS = [
     (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random", keyframes="auto"))),
     (["--device", "cpu", "--dtype", "fp32"], edit(device="cpu", dtype="fp32")),
     (["--tuned", "w.safetensors", "--attention", "sparse-causal"], edit(tuned="w.safetensors", engine=EngineConfig(attention="sparse-causal"))),
-    (["--source-prompt", "a car"], edit(attention_edit=AttentionEditConfig("a car"))),
+    (["--source-prompt", "a car"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car"))),
     (
         ["--source-prompt", "a car", "--edit", "swap", "--cross-replace", "0.5", "--self-replace", "0.2", "--blend-words", "car, cat", "--blend-threshold", "0.4"],
-        edit(attention_edit=AttentionEditConfig("a car", "swap", 0.5, 0.2, ("car", "cat"), 0.4)),
+        edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", "swap", 0.5, 0.2, ("car", "cat"), 0.4)),
     ),
-    (["--source-prompt", "a car", "--edit", "reweight", "--reweight", "cat=2", "--reweight", "a=-1.5"], edit(attention_edit=AttentionEditConfig("a car", "reweight", reweight=(("cat", 2.0), ("a", -1.5))))),
-    (["--source-prompt", "a car", "--null-text", "--null-text-iterations", "3"], edit(attention_edit=AttentionEditConfig("a car", null_text=True, null_text_iterations=3))),
+    (["--source-prompt", "a car", "--edit", "reweight", "--reweight", "cat=2", "--reweight", "a=-1.5"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", "reweight", reweight=(("cat", 2.0), ("a", -1.5))))),
+    (["--source-prompt", "a car", "--null-text", "--null-text-iterations", "3"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", null_text=True, null_text_iterations=3))),
 ]
 HAND_BUILT_TUNES = [
     ([], TuneRequest(VIDEO, TuneConfig("a car", FrameSelection(max_frames=8, size=SIZE)), "t.safetensors")),
@@ -128,7 +128,7 @@ def test_option_defaults_are_the_dataclass_defaults(command):
     assert base == hand
     args = vars(build_parser().parse_args(EDIT if command == "edit" else TUNE))
     checked = 0
-    enabled = edit(attention_edit=AttentionEditConfig("a car"))  # the optional config's defaults, once it is asked for
+    enabled = edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car"))  # the optional config's defaults, once it is asked for
     for option in requests.options(command):
         if option.kind == "value" and not option.resolve and not option.needed and not option.enables and option.none_as is None:
             assert args[option.name] == _at(enabled if option.within else hand, option.paths[0]), option.name
