@@ -364,27 +364,23 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         """A click that first clears this user's Stop (so a Stop pressed while the job waits still counts)."""
         return button.click(CancelToken.reset, token, None, queue=False, api_visibility="private")
 
-    edit_event = started(run).then(
-        widgets.named_handler(gpu(handlers["edit"]), names, defaults),
-        inputs=inputs,
-        outputs=[output, gif, frames_zip, details, warp, run_state],
-        api_name="edit",
-        concurrency_id=GPU_QUEUE,
-        concurrency_limit=backend.concurrency,
-        show_progress_on=output,
-    )
-    edit_event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
+    def whole_clip(button, handler: str):
+        """A button that edits the whole clip with `handler` (Edit, Fast preview): the same outputs, then the result shown."""
+        event = started(button).then(
+            widgets.named_handler(gpu(handlers[handler]), names, defaults),
+            inputs=inputs,
+            outputs=[output, gif, frames_zip, details, warp, run_state],
+            api_name=handler,
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=backend.concurrency,
+            show_progress_on=output,
+        )
+        event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
+        return event
+
+    edit_event = whole_clip(run, "edit")
+    fast_event = whole_clip(fast_button, "fast_preview")
     scrubber.change(show_frame, [scrubber, run_state], compare, queue=False, show_progress="hidden", api_visibility="private")
-    fast_event = started(fast_button).then(
-        widgets.named_handler(gpu(handlers["fast_preview"]), names, defaults),
-        inputs=inputs,
-        outputs=[output, gif, frames_zip, details, warp, run_state],
-        api_name="fast_preview",
-        concurrency_id=GPU_QUEUE,
-        concurrency_limit=backend.concurrency,
-        show_progress_on=output,
-    )
-    fast_event.then(show_run, run_state, [status, compare, scrubber], queue=False, api_visibility="private")
     preview_event = started(preview_button).then(
         widgets.named_handler(gpu(handlers["preview"]), names, defaults),
         inputs=inputs,
