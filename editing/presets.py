@@ -14,6 +14,12 @@ schedule's t = 499, 374, 249, 124), the tiny autoencoder
 (AutoencoderTiny), LoRAs fused into the weights, `PRESET_ATTENTION` as the cross-frame attention and
 StreamV2V's bounded feature bank of `PRESET_BANK` frames (chunks after the first attend to the frames before them).
 
+With `--keyframes`, a preset propagates the keyframes without re-diffusing what no keyframe sees
+(`keyframe_refine` 0, as Rerender's non-keyframes, which are warped, not diffused): the default refine
+share (0.1) of an 8-step schedule is its last step, t = 1, where the noise (std 0.04 against the signal's 1) is too
+small to change the warped guess, so it would cost one UNet evaluation per propagated frame (and one per
+keyframe group) for nothing. `--keyframe-refine` still sets it: 0.25 re-runs t = 126 and 1.
+
 Why strength 0.5: at t = 376 the start latents keep sqrt(alpha_bar) = 0.68 of the source's signal, so
 each frame keeps the source's layout and motion, which is what keeps the frames consistent with one
 another when only the anchor frame is shared; at 0.6 the 8-step schedule would run 5 steps, over the
@@ -53,6 +59,7 @@ class Preset:
     vae: str = field(default="tiny", metadata={"help": "autoencoder"})
     attention: str = field(default=PRESET_ATTENTION, metadata={"help": "cross-frame attention"})
     feature_bank: int = field(default=PRESET_BANK, metadata={"help": "frames of earlier chunks later chunks attend to (StreamV2V's bank)"})
+    keyframe_refine: float = field(default=0.0, metadata={"help": "with --keyframes: share of the schedule re-run on what no keyframe sees (0: the warped keyframes alone, as Rerender's non-keyframes)"})
     help: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -82,6 +89,7 @@ class Preset:
             inversion="none",
             attention=self.attention,
             feature_bank=self.feature_bank,
+            keyframe_refine=self.keyframe_refine,
         )
 
 

@@ -230,3 +230,25 @@ def test_the_cli_prints_the_presets_note(skiing, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "preset fast on the built-in random model 'tiny'" in run.stderr and "means nothing" in run.stderr
+
+
+def test_the_fast_preset_propagates_keyframes_without_re_diffusing_unless_asked(skiing, tmp_path):
+    """With --keyframes a preset runs the keyframes alone (its refine share is 0: the default share of its
+    8-step schedule is the step at t = 1, too little noise to change anything); --keyframe-refine still
+    re-diffuses what no keyframe sees."""
+    from editing.cli import edit_request
+    from editing.pipeline import edit_video
+
+    common = ("--preset", "fast", "--model", "tiny", "--device", "cpu", "--size", "64", "--frames", "6", "--keyframes", "4")
+    assert _apply(_parse(*common)).keyframe_refine == 0.0
+    assert _apply(_parse(*common, "--keyframe-refine", "0.25")).keyframe_refine == 0.25
+    counts = {}
+    for name, extra in (("off", ()), ("on", ("--keyframe-refine", "0.25"))):
+        request = dataclasses.replace(edit_request(_parse(*common, *extra)), video=str(skiing), output=str(tmp_path / f"{name}.zip"))
+        backbone = load_backbone("tiny", device="cpu", options=request.model_options)
+        with ImageCounter(backbone.unet) as evaluations:
+            result = edit_video(request, lambda *a: None)
+        assert result.frames == 6
+        counts[name] = evaluations.images
+    assert counts["off"] == 4 * 2  # keyframes 0 and 4, 4 steps each, guidance 1
+    assert counts["on"] > counts["off"]  # the skiing clip's camera moves: every propagated frame has unseen pixels

@@ -60,6 +60,8 @@ class BankCall:
 class BankAttnProcessor(CrossFrameAttnProcessor):
     """Cross-frame self-attention that also attends to the bank's frames, then banks its target frames."""
 
+    every_frame_kv = True  # extend_context reads the batch's own keys and values
+
     def __init__(self, layer: str):
         self.layer = layer
 

@@ -120,7 +120,7 @@ class CrossFrameAttnProcessor:
         context = hidden_states if is_self else encoder_hidden_states
         if not is_self and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
+        key, value = self.project_kv(attn, context, frames if is_self else None, anchor_kv)
 
         mask = None
         if attention_mask is not None:
@@ -153,6 +153,30 @@ class CrossFrameAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
+
+    def project_kv(self, attn, context: torch.Tensor, frames: FrameLayout | None, anchor_kv=None):
+        """The layer's keys and values of `context`. In self-attention only the frames some frame attends to
+        (or whose keys the anchor store keeps) are projected, the others left zero and never read: with
+        `first`, one frame's keys and values per branch instead of every frame's. Processors whose context
+        reads every frame's own keys (a feature bank, TokenFlow) set `every_frame_kv`."""
+        if frames is None or self.every_frame_kv:
+            return attn.to_k(context), attn.to_v(context)
+        used = set(frames.kv_index[frames.kv_index < frames.num_frames].unique().tolist())
+        used |= {position for _, position in getattr(anchor_kv, "keeps", ())}
+        if len(used) == frames.num_frames:
+            return attn.to_k(context), attn.to_v(context)
+        rows, length, width = context.shape
+        branches, positions = rows // frames.num_frames, sorted(used)
+        picked = context.view(branches, frames.num_frames, length, width)[:, positions].reshape(-1, length, width)
+        projected = []
+        for project in (attn.to_k, attn.to_v):
+            out = project(picked)
+            full = out.new_zeros(branches, frames.num_frames, length, out.shape[-1])
+            full[:, positions] = out.view(branches, len(positions), length, -1)
+            projected.append(full.view(rows, length, -1))
+        return projected[0], projected[1]
+
+    every_frame_kv = False  # True where extend_context reads every frame's own keys and values
 
     def extend_context(self, own, key, value, mask, frames: FrameLayout, **extra):
         """Self-attention keys/values beyond the batch's own frames (a feature bank adds earlier chunks'

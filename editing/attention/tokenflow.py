@@ -248,6 +248,8 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
     """Self-attention of one layer: records source features (inversion), joint attention among the
     keyframes (keyframe pass), or keyframe outputs propagated along the source's correspondences."""
 
+    every_frame_kv = True  # extend_context reads the batch's own keys and values
+
     def __init__(self, layer: str):
         self.layer = layer
 
