@@ -67,6 +67,23 @@ def test_sparse_causal_full_and_window_equal_explicit_computation(attn):
 
 
 @torch.no_grad()
+def test_keys_and_values_are_projected_only_for_the_frames_attended_to(attn):
+    """`first` projects one frame's keys and values per guidance branch, sparse-causal the frames its rows
+    name; the output equals projecting every frame (the feature bank and TokenFlow still project all)."""
+    rows = []
+    original = attn.to_k.forward
+    attn.to_k.forward = lambda x: rows.append(x.shape[0]) or original(x)
+    x = frames(4, branches=2)
+    first = attn(x, frames=layout_for("first", [0, 1, 2, 3]))
+    causal = attn(x, frames=layout_for("sparse-causal", [0, 1, 2, 3]))
+    assert rows == [2, 6]  # first: frame 0 of each branch; sparse-causal: frames 0, 1 and 2 (no frame attends to frame 3)
+    attn.set_processor(type("EveryFrame", (CrossFrameAttnProcessor,), {"every_frame_kv": True})())
+    torch.testing.assert_close(first, attn(x, frames=layout_for("first", [0, 1, 2, 3])), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(causal, attn(x, frames=layout_for("sparse-causal", [0, 1, 2, 3])), atol=1e-6, rtol=1e-5)
+    assert rows[2:] == [8, 8]
+
+
+@torch.no_grad()
 def test_guidance_branches_attend_within_their_own_branch(attn):
     x = frames(3, branches=2)
     layout = layout_for("full", [0, 1, 2])

@@ -159,8 +159,8 @@ class CrossFrameAttnProcessor:
         (or whose keys the anchor store keeps) are projected, the others left zero and never read: with
         `first`, one frame's keys and values per branch instead of every frame's. Processors whose context
         reads every frame's own keys (a feature bank, TokenFlow) set `every_frame_kv`."""
-        if frames is None or self.every_frame_kv:
-            return attn.to_k(context), attn.to_v(context)
+        if frames is None or self.every_frame_kv or context.shape[0] % frames.num_frames:
+            return attn.to_k(context), attn.to_v(context)  # (a batch of broken branches is refused by gather_frames)
         used = set(frames.kv_index[frames.kv_index < frames.num_frames].unique().tolist())
         used |= {position for _, position in getattr(anchor_kv, "keeps", ())}
         if len(used) == frames.num_frames:
@@ -172,7 +172,8 @@ class CrossFrameAttnProcessor:
         for project in (attn.to_k, attn.to_v):
             out = project(picked)
             full = out.new_zeros(branches, frames.num_frames, length, out.shape[-1])
-            full[:, positions] = out.view(branches, len(positions), length, -1)
+            if positions:  # a chunk that reads only borrowed anchors projects none of its own frames
+                full[:, positions] = out.view(branches, len(positions), length, out.shape[-1])
             projected.append(full.view(rows, length, -1))
         return projected[0], projected[1]
 
