@@ -297,7 +297,6 @@ SETTINGS: dict[str, dict] = {
     "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},  # a keyframe where the scene changes (15% unseen) or after 16 frames
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},  # early-step latent fusion along the source's flow
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
-    "x-auto-pixel": {"attention": "first", "keyframes": "auto", "smooth": "pixel"},
 }
 
 
