@@ -53,7 +53,7 @@ HAND_BUILT_EDITS = [
         ["--preset", "fast", "--model", "tiny", "--steps", "6"],  # the preset's values for every option not given
         edit(
             edit=EditConfig("a cat", steps=6, guidance=1.0, strength=0.5, sampler="lcm"),
-            engine=EngineConfig(inversion="none", attention="first", feature_bank=4),
+            engine=EngineConfig(inversion="none", attention="first", feature_bank=4, keyframe_refine=0.0),
             model="tiny",
             selection=FrameSelection(size=native_size("tiny")),
             model_options=ModelOptions((LoraSpec("random", 1.0),), True, "tiny"),
