@@ -395,18 +395,19 @@ def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, prog
     """After each denoising step: report progress and, when enabled, fuse latents along the source's flow
     (early steps) and fuse the predicted frames in pixel space (late steps; needs the scheduler and timesteps)."""
     fusions = []
-    smooth = len(frames) > 1  # one frame (e.g. the only keyframe) has no neighbour to fuse with
-    if smooth and (engine.smooth_flow or engine.smooth_pixel):
+    # one frame (e.g. the only keyframe) has no neighbour to fuse with
+    smooth_flow, smooth_pixel = (engine.smooth_flow, engine.smooth_pixel) if len(frames) > 1 else (False, False)
+    if smooth_flow or smooth_pixel:
         from .temporal import source_flows
 
         flows = source_flows(frames)
-    if smooth and engine.smooth_flow:
+    if smooth_flow:
         from .temporal import FlowFusion, make_flow_fusion_callback
 
         scale = backbone.vae_scale_factor
         height, width = frames.shape[1:3]
         fusions.append(make_flow_fusion_callback(flows.resized(height // scale, width // scale), FlowFusion(), total_steps))
-    if smooth and engine.smooth_pixel:
+    if smooth_pixel:
         from .temporal import PixelFusion, make_pixel_fusion_callback, step_alphas, vae_codec
 
         if scheduler is None or timesteps is None:

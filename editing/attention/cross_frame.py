@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -39,6 +40,11 @@ class FrameLayout:
     def __post_init__(self):
         if self.kv_index.shape[0] != self.num_frames:
             raise ValueError(f"kv_index has {self.kv_index.shape[0]} rows for {self.num_frames} frames")
+
+    @functools.cached_property
+    def read_positions(self) -> frozenset[int]:
+        """The batch's own frame positions some frame attends to (the layout's, computed once per UNet call)."""
+        return frozenset(self.kv_index[self.kv_index < self.num_frames].unique().tolist())
 
     @property
     def kv_frames(self) -> int:
@@ -80,6 +86,7 @@ class CrossFrameAttnProcessor:
     """Self-attention over the frames a FrameLayout names (fused SDPA); other attention unchanged."""
 
     image_adapter = None  # a layer's IP-Adapter processor (its image keys, values and scale), set by with_image_adapter
+    every_frame_kv = False  # True where extend_context reads every frame's own keys and values (project_kv)
 
     def with_image_adapter(self, adapter) -> "CrossFrameAttnProcessor":
         """A copy of this processor that also attends to the IP-Adapter image tokens with `adapter`'s weights."""
@@ -161,8 +168,7 @@ class CrossFrameAttnProcessor:
         reads every frame's own keys (a feature bank, TokenFlow) set `every_frame_kv`."""
         if frames is None or self.every_frame_kv or context.shape[0] % frames.num_frames:
             return attn.to_k(context), attn.to_v(context)  # (a batch of broken branches is refused by gather_frames)
-        used = set(frames.kv_index[frames.kv_index < frames.num_frames].unique().tolist())
-        used |= {position for _, position in getattr(anchor_kv, "keeps", ())}
+        used = frames.read_positions | {position for _, position in getattr(anchor_kv, "keeps", ())}
         if len(used) == frames.num_frames:
             return attn.to_k(context), attn.to_v(context)
         rows, length, width = context.shape
@@ -176,8 +182,6 @@ class CrossFrameAttnProcessor:
                 full[:, positions] = out.view(branches, len(positions), length, out.shape[-1])
             projected.append(full.view(rows, length, -1))
         return projected[0], projected[1]
-
-    every_frame_kv = False  # True where extend_context reads every frame's own keys and values
 
     def extend_context(self, own, key, value, mask, frames: FrameLayout, **extra):
         """Self-attention keys/values beyond the batch's own frames (a feature bank adds earlier chunks'
