@@ -8,6 +8,7 @@ values, so `sd15-random` measures the real cost.
 
     python benchmarks/edit_cost.py                 # 256 px, 8 frames, 20 steps (about 20 min on 2 cores)
     python benchmarks/edit_cost.py --steps 4       # a quick look
+    python benchmarks/edit_cost.py --steps 5 --compare-only   # only the Text2Video-Zero row
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8, help="frames per UNet call (the 32-frame memory run is chunked by this)")
     parser.add_argument("--memory-only", action="store_true", help="only the 8- versus 32-frame peak memory rows")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps of the 8- vs 32-frame memory runs (memory does not grow with steps)")
+    parser.add_argument("--compare-only", action="store_true", help="only the row against diffusers' Text2Video-Zero")
     args = parser.parse_args()
 
     import torch
@@ -142,11 +144,15 @@ def main() -> None:
         workdir = Path(work)
         if not args.memory_only:
             backbone = load_backbone("sd15-random", device="cpu")
-            rows += timed_rows(args, backbone, load_controlnet("random", backbone), work, workdir)
-        peak8, peak32 = peak_rss(args, 8, workdir), peak_rss(args, 32, workdir)
-        rows.append((f"peak RSS, 8 frames (MB, {args.memory_steps} steps)", f"{peak8:.0f}"))
-        rows.append((f"peak RSS, 32 frames in chunks of {args.chunk} (MB, {args.memory_steps} steps)", f"{peak32:.0f}"))
-        rows.append(("peak RSS 32 / 8 frames", f"{peak32 / peak8:.2f}"))
+            controlnet = load_controlnet("random", backbone)
+            if not args.compare_only:
+                rows += timed_rows(args, backbone, controlnet, work, workdir)
+            rows += comparison_rows(args, backbone, controlnet, work, workdir)
+        if not args.compare_only:
+            peak8, peak32 = peak_rss(args, 8, workdir), peak_rss(args, 32, workdir)
+            rows.append((f"peak RSS, 8 frames (MB, {args.memory_steps} steps)", f"{peak8:.0f}"))
+            rows.append((f"peak RSS, 32 frames in chunks of {args.chunk} (MB, {args.memory_steps} steps)", f"{peak32:.0f}"))
+            rows.append(("peak RSS 32 / 8 frames", f"{peak32 / peak8:.2f}"))
 
     print(f"\nsd15-random on {torch.get_num_threads()} CPU threads, {args.size} px, {args.frames} frames, {args.steps} steps, first-frame attention + canny ControlNet\n")
     width = max(len(name) for name, _ in rows)
@@ -157,10 +163,7 @@ def main() -> None:
 
 
 def timed_rows(args, backbone, controlnet, work: str, workdir: Path) -> list[tuple[str, str]]:
-    """Speed rows: per-step cost, time inside the networks, cached second prompt, diffusers comparison."""
-    from editing.control import extract_conditions
-    from editing.video_io import read_clip
-
+    """Speed rows: per-step cost, time inside the networks, cached second prompt."""
     rows = []
     unet_timer, cn_timer, vae_timer, text_timer = CallTimer(), CallTimer(), CallTimer(), CallTimer()
     with unet_timer.wrap(backbone.unet), cn_timer.wrap(controlnet), vae_timer.wrap(backbone.vae, "encode"), text_timer.wrap(backbone.text_encoder):
@@ -179,13 +182,19 @@ def timed_rows(args, backbone, controlnet, work: str, workdir: Path) -> list[tup
     rows.append(("the same, counted as before (neither UNet nor ControlNet: VAE encoding counted as overhead)", f"{1 - (unet_first + cn_first) / sampled:.1%}"))
     rows.append(("second prompt on cached inversion / first prompt (whole edit)", f"{total_second / total_first:.2f}"))
 
+    return rows
+
+
+def comparison_rows(args, backbone, controlnet, work: str, workdir: Path) -> list[tuple[str, str]]:
+    """The same first-frame + ControlNet edit from noise, ours against diffusers' Text2Video-Zero processor."""
+    from editing.control import extract_conditions
+    from editing.video_io import read_clip
+
     ours_from_noise = edit_video(request(args, workdir / "c.mp4", "a watercolor painting", work, inversion="none"))
     clip = read_clip(CLIP, FrameSelection(max_frames=args.frames, size=args.size))
     reference = diffusers_t2v_zero(args, backbone, controlnet, extract_conditions("canny", clip.frames))
     ours = ours_from_noise.seconds["denoise"] + ours_from_noise.seconds["decode_latents"]
-    rows.append(("ours / diffusers Text2Video-Zero ControlNet pipeline (same steps, from noise, denoise + VAE decode)", f"{ours / reference:.2f}"))
-
-    return rows
+    return [("ours / diffusers Text2Video-Zero ControlNet pipeline (same steps, from noise, denoise + VAE decode)", f"{ours / reference:.2f}")]
 
 
 if __name__ == "__main__":

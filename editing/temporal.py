@@ -123,6 +123,24 @@ def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarra
     return np.abs(warped - current.astype(np.float32)).mean(-1)
 
 
+FLOW_MIN_SIDE = 256  # DIS runs on frames whose short side is at least this: smaller clips are upscaled for the flow
+
+
+def flow_upscale(height: int, width: int) -> int:
+    """The integer factor small frames are enlarged by before DIS flow: its 8-pixel patches on 4-pixel
+    strides see too little of a 64 px frame (on the shapes benchmark, propagating the source's own frame 0
+    along the chained flow misses the true motion by 16.2 levels on striped clips at 64 px, 9.4 upscaled
+    4x; 4.2 against 2.7 on plain ones). Frames of FLOW_MIN_SIDE px and more are used as they are."""
+    return max(1, math.ceil(FLOW_MIN_SIDE / max(1, min(height, width))))
+
+
+def _downscaled(flow: np.ndarray, scale: int, height: int, width: int) -> np.ndarray:
+    """A flow computed on frames enlarged `scale` times, at the frames' own size and in their pixels."""
+    if scale == 1:
+        return flow
+    return (cv2.resize(flow, (width, height), interpolation=cv2.INTER_AREA) / scale).astype(np.float32)
+
+
 def source_flows(
     frames: np.ndarray,
     occlusion_rel: float = 0.01,
@@ -140,12 +158,16 @@ def source_flows(
     _check(occlusion_abs >= 0 and math.isfinite(occlusion_abs), f"occlusion_abs must be >= 0, got {occlusion_abs}")
     _check(max_color_error is None or max_color_error >= 0, f"max_color_error must be >= 0, got {max_color_error}")
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    height, width = frames.shape[1:3]
+    scale = flow_upscale(height, width)
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
+    if scale > 1:
+        grey = [cv2.resize(g, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for g in grey]
     backward, forward, valid = [], [], []
     for t in range(1, len(frames)):
         # calc(I0, I1) returns u with I0(x) ~ I1(x + u(x)).
-        back = dis.calc(grey[t], grey[t - 1], None)
-        fore = dis.calc(grey[t - 1], grey[t], None)
+        back = _downscaled(dis.calc(grey[t], grey[t - 1], None), scale, height, width)
+        fore = _downscaled(dis.calc(grey[t - 1], grey[t], None), scale, height, width)
         mask = consistent(back, fore, occlusion_rel, occlusion_abs)
         if max_color_error is not None:
             mask &= _colour_error(frames[t - 1], frames[t], back) <= max_color_error

@@ -281,3 +281,24 @@ def test_smoothing_config_validates_fusion_settings():
     assert config.fusion == FlowFusion(strength=0.3, until=0.25)
     with pytest.raises(ConfigError, match="strength"):
         SmoothingConfig.parse("color", flow_strength=2.0)
+
+
+def test_small_frames_get_their_flow_from_enlarged_copies_and_it_is_closer_to_the_true_motion(car_pair, monkeypatch):
+    import editing.temporal as temporal
+
+    assert temporal.flow_upscale(64, 96) == 4 and temporal.flow_upscale(256, 480) == 1 and temporal.flow_upscale(100, 100) == 3
+    small = cv2.resize(car_pair[0], (80, 80), interpolation=cv2.INTER_AREA)
+    dx, dy = 2, 1
+    previous, current = small[8:72, 8:72], small[8 - dy : 72 - dy, 8 - dx : 72 - dx]  # current(x) = previous(x - d)
+    pair = np.stack([previous, current])
+
+    def error(flows: Flows) -> float:
+        inner = flows.backward[0][8:-8, 8:-8].reshape(-1, 2)
+        return float(np.abs(inner - [-dx, -dy]).sum(-1).mean())
+
+    enlarged = source_flows(pair)
+    assert enlarged.backward.shape == (1, 64, 64, 2)  # in the frames' own pixels
+    monkeypatch.setattr(temporal, "FLOW_MIN_SIDE", 1)  # DIS on the 64 px frames themselves
+    native = source_flows(pair)
+    assert error(enlarged) < error(native)
+    assert error(enlarged) < 0.5
