@@ -117,7 +117,7 @@ class ControlSpec:
 
 # --keyframes when left out: the best consistency setting of the shapes benchmark that edits as well as
 # editing every frame (README, "Edit quality with ground truth").
-DEFAULT_KEYFRAMES = "auto"
+DEFAULT_KEYFRAMES = "8"
 NO_DEFAULT_KEYFRAMES_ATTENTION = ("none", "tokenflow")  # per-frame editing; TokenFlow propagates keyframes itself
 
 

@@ -227,7 +227,7 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     for image in supplied:
         if image.index >= len(frames):
             raise ConfigError(f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}")
-    flows = clip_flows(frames) if every < 0 or supplied else None  # once, for the choice, the supplied frames' warps and propagation
+    flows = clip_flows(frames) if keys is None or supplied else None  # once, for the choice (cuts), the supplied frames' warps and propagation
     if keys is None:
         keys = choose_keyframes(len(frames), every or 8, flows)
         keys = tuple(sorted(set(keys) | {image.index for image in supplied}))  # a supplied frame is a keyframe

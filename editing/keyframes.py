@@ -2,7 +2,8 @@
 
 1. **Choose** keyframes: every N-th frame, or `auto`: a new keyframe wherever the share of a frame that
    the last keyframe cannot see (followed along the source's chained optical flow) passes
-   `AUTO_UNSEEN`, or the gap reaches `AUTO_MAX_GAP`.
+   `AUTO_UNSEEN`, or the gap reaches `AUTO_MAX_GAP`. Either way a cut (`CUT_UNSEEN` of a frame unseen
+   from the frame before) starts a keyframe.
 2. **Edit** the keyframes alone, jointly: the core (`editing.core.edit_frames`) on the keyframe
    sub-clip, with the request's cross-frame attention among the keyframes. Its inversion and condition
    maps are cached by content like any edit's, so redoing the keyframes with another prompt or seed
@@ -39,6 +40,7 @@ import torch
 
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
+CUT_UNSEEN = 0.8  # a frame this much of which its previous frame cannot see is a cut: it starts a keyframe (every N too)
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
 
 
@@ -95,14 +97,21 @@ def chain(flows: ClipFlows, target: int, key: int) -> Chain:
 
 
 def choose_keyframes(count: int, every: int, flows: ClipFlows | None = None) -> tuple[int, ...]:
-    """Keyframe indices: 0, every, 2 every, ...; or with every = -1 (auto), where the scene changes."""
-    if every > 0:
-        return tuple(range(0, count, every))
-    if flows is None:
+    """Keyframe indices: 0, every, 2 every, ...; or with every = -1 (auto), where the scene changes.
+
+    With the clip's flows, a cut (more than CUT_UNSEEN of a frame unseen from the frame before it: a cut
+    measures about 0.97, the shapes benchmark's clips and real camera motion at most about 0.5) is a
+    keyframe whatever `every` says, and every-N counts on from it: nothing is propagated across a cut."""
+    if every <= 0 and flows is None:
         raise ValueError("auto keyframes need the clip's flows")
     keys = [0]
     for frame in range(1, count):
-        if frame - keys[-1] >= AUTO_MAX_GAP or 1 - chain(flows, frame, keys[-1]).valid.mean() > AUTO_UNSEEN:
+        cut = flows is not None and 1 - flows.backward_valid[frame - 1].mean() > CUT_UNSEEN
+        if every > 0:
+            new = cut or frame - keys[-1] >= every
+        else:
+            new = cut or frame - keys[-1] >= AUTO_MAX_GAP or 1 - chain(flows, frame, keys[-1]).valid.mean() > AUTO_UNSEEN
+        if new:
             keys.append(frame)
     return tuple(keys)
 

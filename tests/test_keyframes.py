@@ -75,6 +75,14 @@ def test_auto_keyframes_follow_scene_changes():
     assert 5 in keys, keys
 
 
+def test_every_n_keyframes_also_start_at_a_cut_and_count_on_from_it():
+    clip = panning_clip(5)
+    cut = np.concatenate([clip, panning_clip(11, seed=9)])  # a hard cut to another scene at frame 5
+    assert choose_keyframes(len(cut), 4, clip_flows(cut)) == (0, 4, 5, 9, 13)
+    assert choose_keyframes(len(cut), 4) == (0, 4, 8, 12)  # without the flows, every 4th
+    assert choose_keyframes(16, 8, clip_flows(panning_clip(16))) == (0, 8)  # a pan is not a cut
+
+
 def test_chain_follows_the_motion_through_the_frames_between():
     clip = panning_clip(5, step=(2, 1))
     flows = clip_flows(clip)

@@ -14,7 +14,7 @@ import pytest
 
 from editing import requests
 from editing.cli import build_parser, main
-from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection, KeyframeImage
+from editing.config import DEFAULT_KEYFRAMES, AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection, KeyframeImage
 from editing.errors import ConfigError
 from editing.evaluate import parse_spec
 from editing.lora import LoraSpec, ModelOptions
@@ -36,7 +36,7 @@ def parsed(argv: list[str]):
 def edit(**parts) -> EditRequest:
     """An EditRequest built by hand from the dataclasses (the default model, so size 512; keyframes then
     propagation, the edit command's default where the edit allows it)."""
-    parts.setdefault("engine", EngineConfig(keyframes="auto"))
+    parts.setdefault("engine", EngineConfig(keyframes=DEFAULT_KEYFRAMES))
     return EditRequest(VIDEO, "o.mp4", parts.pop("edit", EditConfig("a cat")), **parts)
 
 
@@ -47,7 +47,7 @@ HAND_BUILT_EDITS = [
     (["--start", "0.5", "--end", "2", "--stride", "2", "--frames", "0", "--size", "128"], edit(selection=FrameSelection(0.5, 2.0, 2, None, 128))),
     (["--frames", "6"], edit(selection=FrameSelection(max_frames=6, size=SIZE))),
     (["--model", "tiny"], edit(model="tiny", selection=FrameSelection(size=native_size("tiny")))),
-    (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4, keyframes="auto"))),
+    (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4, keyframes=DEFAULT_KEYFRAMES))),
     (["--lora", "a/b:0.5", "--lora", "x.safetensors", "--lora-fuse", "--vae", "tiny"], edit(model_options=ModelOptions((LoraSpec("a/b", 0.5), LoraSpec("x.safetensors")), True, "tiny"))),
     (
         ["--preset", "fast", "--model", "tiny", "--steps", "6"],  # the preset's values for every option not given
@@ -65,19 +65,19 @@ HAND_BUILT_EDITS = [
         ["--keyframes", "auto", "--keyframe-refine", "0.2", "--keyframe-image", "0=a.png", "--keyframe-image", "8=b.png", "--keyframe-fit", "crop", "--keyframe-guidance", "2"],
         edit(engine=EngineConfig(keyframes="auto", keyframe_refine=0.2, keyframe_images=(KeyframeImage(0, "a.png"), KeyframeImage(8, "b.png")), keyframe_fit="crop", keyframe_guidance=2.0)),
     ),
-    (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car", keyframes="auto"))),
+    (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car", keyframes=DEFAULT_KEYFRAMES))),
     (
         ["--control", "canny:0.5", "--control", "depth:1:0:0.5", "--control-model", "depth=some/net", "--control-video", "canny=c.mp4"],
         edit(engine=EngineConfig(controls=(ControlSpec("canny", 0.5, video="c.mp4"), ControlSpec("depth", 1.0, 0.0, 0.5, model="some/net")))),
     ),
-    (["--smooth", "flow,color"], edit(engine=EngineConfig(smooth_flow=True, smooth_color=True, keyframes="auto"))),
-    (["--smooth", "color"], edit(engine=EngineConfig(smooth_color=True, keyframes="auto"))),
+    (["--smooth", "flow,color"], edit(engine=EngineConfig(smooth_flow=True, smooth_color=True, keyframes=DEFAULT_KEYFRAMES))),
+    (["--smooth", "color"], edit(engine=EngineConfig(smooth_color=True, keyframes=DEFAULT_KEYFRAMES))),
     (["--smooth", "none"], edit()),
     (["--keyframes", "off"], edit(engine=EngineConfig(keyframes="off"))),  # every frame edited
     (["--attention", "none"], edit(engine=EngineConfig(attention="none"))),  # per frame: no keyframes by default
     (["--attention", "tokenflow"], edit(engine=EngineConfig(attention="tokenflow"))),  # TokenFlow propagates keyframes itself
-    (["--cache-dir", "/tmp/c", "--annotators", "a/b"], edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b", keyframes="auto"))),
-    (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random", keyframes="auto"))),
+    (["--cache-dir", "/tmp/c", "--annotators", "a/b"], edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b", keyframes=DEFAULT_KEYFRAMES))),
+    (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random", keyframes=DEFAULT_KEYFRAMES))),
     (["--device", "cpu", "--dtype", "fp32"], edit(device="cpu", dtype="fp32")),
     (["--tuned", "w.safetensors", "--attention", "sparse-causal"], edit(tuned="w.safetensors", engine=EngineConfig(attention="sparse-causal"))),
     (["--source-prompt", "a car"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car"))),

@@ -287,5 +287,5 @@ def test_the_ci_slice_covers_the_edit_commands_default(tmp_path):
     plain = lambda engine: dataclasses.replace(engine, inversion_prompt="", cache_dir=None)
     default = edit_request(defaults("edit") | {"prompt": edit.prompt, "video": "v.mp4", "out": "o.zip"}).engine
     named = [s for s in bench.SETTINGS if plain(bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path).engine) == plain(default)]
-    assert default.keyframes_every != 0 and named == ["first-keyframes-auto"]
-    assert "first-keyframes-auto" in bench.load_stated()["slice"]["settings"]
+    assert default.keyframes_every != 0 and named == ["first-keyframes-8"]
+    assert "first-keyframes-8" in bench.load_stated()["slice"]["settings"]

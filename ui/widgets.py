@@ -13,7 +13,7 @@ import gradio as gr
 
 from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
-from editing.config import INVERSIONS, PROMPT_EDITS
+from editing.config import DEFAULT_KEYFRAMES, INVERSIONS, PROMPT_EDITS
 from editing.control.kinds import condition_kind_names
 from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, SHAPES_MODEL, native_size
@@ -144,7 +144,7 @@ def sampler_widgets(steps: int = 10, strength: float = 0.6) -> dict[str, gr.comp
 
 # The Keyframes box (--keyframes): blank is the edit command's default (editing.config.default_keyframes)
 KEYFRAME_CHOICES = [
-    ("default: auto where the edit allows it", ""),
+    (f"default: every {DEFAULT_KEYFRAMES}th frame where the edit allows it", ""),
     ("off: edit every frame", "off"),
     ("auto: where the scene changes", "auto"),
     ("every 4th frame", "4"),
