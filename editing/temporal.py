@@ -134,13 +134,6 @@ def flow_upscale(height: int, width: int) -> int:
     return max(1, math.ceil(FLOW_MIN_SIDE / max(1, min(height, width))))
 
 
-def _downscaled(flow: np.ndarray, scale: int, height: int, width: int) -> np.ndarray:
-    """A flow computed on frames enlarged `scale` times, at the frames' own size and in their pixels."""
-    if scale == 1:
-        return flow
-    return (cv2.resize(flow, (width, height), interpolation=cv2.INTER_AREA) / scale).astype(np.float32)
-
-
 def source_flows(
     frames: np.ndarray,
     occlusion_rel: float = 0.01,
@@ -163,11 +156,15 @@ def source_flows(
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
     if scale > 1:
         grey = [cv2.resize(g, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for g in grey]
+
+    def calc(first: int, second: int) -> np.ndarray:
+        """DIS flow u with I_first(x) ~ I_second(x + u(x)), at the frames' own size and in their pixels."""
+        flow = dis.calc(grey[first], grey[second], None)
+        return flow if scale == 1 else resize_flow(flow, height, width)
+
     backward, forward, valid = [], [], []
     for t in range(1, len(frames)):
-        # calc(I0, I1) returns u with I0(x) ~ I1(x + u(x)).
-        back = _downscaled(dis.calc(grey[t], grey[t - 1], None), scale, height, width)
-        fore = _downscaled(dis.calc(grey[t - 1], grey[t], None), scale, height, width)
+        back, fore = calc(t, t - 1), calc(t - 1, t)
         mask = consistent(back, fore, occlusion_rel, occlusion_abs)
         if max_color_error is not None:
             mask &= _colour_error(frames[t - 1], frames[t], back) <= max_color_error
