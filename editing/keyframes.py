@@ -17,6 +17,10 @@
    guidance), the seen region held to the fused frame at every step (blended latent diffusion,
    Avrahami et al. 2023), each refined frame attending to its nearest edited keyframe. Only the
    disoccluded latents change; the seen pixels stay the warped keyframes' own, exactly.
+5. **Carry** what was re-diffused: in frame order, an unseen pixel that the previous frame sees (one
+   trusted hop of the source's flow) takes the previous output frame's pixel, so a region revealed at
+   frame t is made once there and moves with the scene after it, instead of being re-diffused anew in
+   every later frame (which flickers).
 
 Pixel space, not latent space, is where the keyframes are warped: a warped latent is blurred by
 bilinear resampling of a code the decoder reads non-linearly, so latent propagation needs every frame
@@ -195,7 +199,28 @@ def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progres
     if holes and parts.engine.keyframe_refine > 0:
         with stage("refine"):
             refine(out, keyframes, {f: fused[f] for f in holes}, parts, backbone, progress)
+    if holes:
+        with stage("propagate"):
+            carry_forward(out, {f: fused[f].unseen for f in holes}, flows)
     return out
+
+
+def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlows) -> None:
+    """What no keyframe sees is made once, where it first appears, then carried: in frame order, each
+    unseen pixel that the previous frame sees (its one-hop flow passes the forward-backward check) takes
+    the previous output frame's pixel along that flow, so a disoccluded region is the same content moving
+    with the scene instead of a new re-diffusion in every frame (in place)."""
+    height, width = out.shape[1:3]
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    for frame in sorted(unseen):
+        if frame == 0:
+            continue
+        hop, valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
+        sx, sy = x + hop[..., 0], y + hop[..., 1]
+        take = unseen[frame] & valid & (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
+        if take.any():
+            carried = remap(out[frame - 1].astype(np.float32), sx, sy)
+            out[frame][take] = np.clip(carried[take].round(), 0, 255).astype(np.uint8)
 
 
 def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts, backbone, progress) -> None:

@@ -16,7 +16,9 @@ from editing.config import parse_keyframes
 from editing.core import edit_keyframes
 from editing.keyframes import (
     AUTO_MAX_GAP,
+    ClipFlows,
     Keyframes,
+    carry_forward,
     chain,
     choose_keyframes,
     clip_flows,
@@ -24,6 +26,7 @@ from editing.keyframes import (
     fuse_frame,
     latent_mask,
     propagate,
+    remap,
 )
 
 from .conftest import ROOT, small_edit
@@ -217,6 +220,63 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
         counter.images = 0
         edit_frames(frames, dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframes=None)), tiny)
     assert counter.images > keyframe_cost
+
+
+def _translation_flows(frames: int, size: int, dx: int, invalid_columns: int = 0) -> ClipFlows:
+    """Exact flows of a scene moving by (-dx, 0) per frame: frame i+1 at x came from frame i at x + dx;
+    the last `invalid_columns` columns of every hop fail the forward-backward check."""
+    backward = np.zeros((frames - 1, size, size, 2), np.float32)
+    backward[..., 0] = dx
+    valid = np.ones((frames - 1, size, size), bool)
+    if invalid_columns:
+        valid[:, :, -invalid_columns:] = False
+    return ClipFlows(backward, -backward, valid, valid.copy())
+
+
+def test_carry_forward_moves_a_revealed_region_with_the_scene_instead_of_remaking_it():
+    """What frame t-1 shows of frame t's unseen pixels is carried along the one-hop flow; the seen pixels,
+    and unseen pixels the previous frame cannot see either, are left as they are."""
+    size, dx = 16, 2
+    rng = np.random.default_rng(0)
+    out = rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    before = out.copy()
+    unseen = {f: np.zeros((size, size), bool) for f in (1, 2, 3)}
+    for frame in unseen:
+        unseen[frame][:, -6:] = True  # the right edge: new to the keyframe in every frame
+    carry_forward(out, unseen, _translation_flows(4, size, dx, invalid_columns=1))
+    for frame in (1, 2, 3):
+        take = unseen[frame].copy()
+        take[:, -dx:] = False  # its source is outside the previous frame
+        take[:, -1:] = False  # its hop fails the check
+        xs = np.arange(size)[take[0]]
+        # frame order: frame t takes frame t-1's pixels after t-1 took its own
+        np.testing.assert_array_equal(out[frame][:, xs], out[frame - 1][:, xs + dx])
+        np.testing.assert_array_equal(out[frame][~take], before[frame][~take])
+    np.testing.assert_array_equal(out[0], before[0])
+
+
+def test_a_revealed_region_is_refined_once_and_carried_through_the_later_frames(tmp_path, tiny):
+    """Keyframe 0 of a pan: every later frame reveals a strip at its edges. A strip revealed at frame t
+    and still in view at t+1 is, at t+1, frame t's output moved along the source's flow, not a new
+    re-diffusion (which would differ from frame to frame)."""
+    parts, _ = _parts(tmp_path, keyframes="8", keyframe_refine=0.5)
+    frames = panning_clip(5)
+    keyframes = edit_keyframes(frames, parts, tiny)
+    assert keyframes.indices == (0,)
+    out = propagate(frames, keyframes, parts, tiny)
+    flows = clip_flows(frames)
+    height, width = frames.shape[1:3]
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    checked = 0
+    for frame in range(2, 5):
+        hop = flows.backward[frame - 1]
+        sx, sy = x + hop[..., 0], y + hop[..., 1]
+        inside = (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
+        take = fuse_frame(frame, keyframes, flows).unseen & flows.backward_valid[frame - 1] & inside
+        carried = np.clip(remap(out[frame - 1].astype(np.float32), sx, sy).round(), 0, 255)
+        np.testing.assert_array_equal(out[frame][take], carried[take])
+        checked += int(take.sum())
+    assert checked > 0, "the pan should reveal pixels that the next frame still shows"
 
 
 def test_keyframes_refuse_what_they_cannot_run_yet(tmp_path, tiny):
