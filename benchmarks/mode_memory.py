@@ -33,6 +33,7 @@ SETTINGS: dict[str, dict] = {
     "first-bank": {"attention": "first", "feature_bank": 4},
     "tokenflow": {"attention": "tokenflow"},
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},
+    "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # the edit command's default
     "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},

@@ -297,7 +297,10 @@ SETTINGS: dict[str, dict] = {
     "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},  # a keyframe where the scene changes (15% unseen) or after 16 frames
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},  # early-step latent fusion along the source's flow
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
+    "first-strength-0.9": {"attention": "first", "strength": 0.9},  # every frame, inverted to 0.9 of the schedule
+    "first-keyframes-8-strength-0.9": {"attention": "first", "keyframes": "8", "strength": 0.9},  # the CLI's default edit
 }
+DEFAULT_SETTING = "first-keyframes-8-strength-0.9"  # what `edit` does with nothing chosen (a test holds them equal)
 
 
 def parse_settings(text: str | None) -> tuple[str, ...]:
@@ -330,6 +333,7 @@ def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps
     if options.pop("tune", False):
         values["tuned"] = None if tuned is None else str(tuned)
     values["keyframes"] = "off"  # a setting edits every frame unless it names its keyframes (the CLI's default would propagate)
+    values["strength"] = 1.0  # and inverts to the end of the schedule unless it names its strength (the CLI's default is DEFAULT_STRENGTH)
     values |= options
     return schema_request(values | {"video": str(video), "out": str(output)})
 

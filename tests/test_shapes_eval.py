@@ -101,7 +101,12 @@ def test_every_setting_becomes_the_request_the_cli_would_build(tmp_path):
     assert requests["tuned"].tuned == str(tmp_path / "t.safetensors")
     assert all(r.edit.prompt == edit.prompt and r.edit.steps == 3 and r.selection.size == bench.SIZE for r in requests.values())
     assert all(r.attention_edit is None for s, r in requests.items() if s != "blend")
-    assert {s: r.engine.keyframes_every for s, r in requests.items() if r.engine.keyframes_every} == {"first-keyframes-4": 4, "first-keyframes-8": 8, "first-keyframes-auto": -1}
+    assert {s: r.engine.keyframes_every for s, r in requests.items() if r.engine.keyframes_every} == {
+        "first-keyframes-4": 4, "first-keyframes-8": 8, "first-keyframes-auto": -1, "first-keyframes-8-strength-0.9": 8,
+    }
+    assert {s: r.edit.strength for s, r in requests.items() if r.edit.strength != 1.0} == {
+        "img2img": bench.SDEDIT_STRENGTH, "sparse-causal-noinv": bench.SDEDIT_STRENGTH, "first-strength-0.9": 0.9, "first-keyframes-8-strength-0.9": 0.9,
+    }
 
 
 def test_unknown_settings_and_a_missing_spec_are_one_line_errors(tmp_path, capsys):
@@ -285,7 +290,9 @@ def test_the_ci_slice_covers_the_edit_commands_default(tmp_path):
 
     edit = bench.derive_edits(CLIPS[0])[0]
     plain = lambda engine: dataclasses.replace(engine, inversion_prompt="", cache_dir=None)
-    default = edit_request(defaults("edit") | {"prompt": edit.prompt, "video": "v.mp4", "out": "o.zip"}).engine
-    named = [s for s in bench.SETTINGS if plain(bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path).engine) == plain(default)]
-    assert default.keyframes_every != 0 and named == ["first-keyframes-8"]
-    assert "first-keyframes-8" in bench.load_stated()["slice"]["settings"]
+    cli = edit_request(defaults("edit") | {"prompt": edit.prompt, "video": "v.mp4", "out": "o.zip"})
+    default = cli.engine
+    built = {s: bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path) for s in bench.SETTINGS}
+    named = [s for s, r in built.items() if plain(r.engine) == plain(default) and r.edit.strength == cli.edit.strength]
+    assert default.keyframes_every != 0 and cli.edit.strength < 1 and named == [bench.DEFAULT_SETTING]
+    assert bench.DEFAULT_SETTING in bench.load_stated()["slice"]["settings"]
