@@ -15,8 +15,9 @@
 4. **Refine** what no keyframe sees (disoccluded pixels): a few low-noise steps from an SDEdit start on
    the fused frame (the last `refine` share of the request's steps, with its sampler, prompt and
    guidance), the seen region held to the fused frame at every step (blended latent diffusion,
-   Avrahami et al. 2023), each refined frame attending to its nearest edited keyframe. Only the
-   disoccluded latents change; the seen pixels stay the warped keyframes' own, exactly.
+   Avrahami et al. 2023), each refined frame attending to its nearest edited keyframe. The latents
+   around a hole change with it (one latent pixel is 8 x 8 image pixels), but the decoded result is
+   pasted back on the unseen pixels only: the seen pixels stay the warped keyframes' own, exactly.
 5. **Carry** what was re-diffused: in frame order, an unseen pixel that the previous frame sees (one
    trusted hop of the source's flow) takes the previous output frame's pixel, so a region revealed at
    frame t is made once there and moves with the scene after it, instead of being re-diffused anew in
@@ -261,16 +262,17 @@ def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts
         latents = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, hold, seed=config.seed)
         decoded = sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(clip))))
         for row, frame in enumerate(members):
-            soft = composite_mask(masks[row + 1], scale)
+            soft = composite_mask(fused[frame].unseen)
             blended = soft[..., None] * decoded[row].astype(np.float32) + (1 - soft[..., None]) * out[frame].astype(np.float32)
             out[frame] = np.clip(blended.round(), 0, 255).astype(np.uint8)
 
 
-def composite_mask(mask: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W) float weight of the refined pixels: the refined latents' pixels, feathered by one latent
-    pixel on the inside so no seam shows where the re-diffused region meets the warped one."""
-    pixels = np.kron(mask.astype(np.float32), np.ones((scale, scale), np.float32))
-    if not mask.any():
+def composite_mask(unseen: np.ndarray) -> np.ndarray:
+    """(H, W) float weight of the refined pixels: the unseen pixels only, so every seen pixel stays the
+    warped keyframes' own exactly (the re-diffused latents around a hole reach far past it: one latent
+    pixel is 8 x 8 image pixels); an unseen pixel next to a seen one takes half of each, so no seam shows."""
+    pixels = unseen.astype(np.float32)
+    if not unseen.any():
         return pixels
-    inner = cv2.erode(pixels, np.ones((scale + 1, scale + 1), np.uint8))
-    return np.maximum(inner, cv2.GaussianBlur(inner, (0, 0), scale / 2) * pixels)
+    inner = cv2.erode(pixels, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return pixels * (0.5 + 0.5 * inner)

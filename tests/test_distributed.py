@@ -163,7 +163,7 @@ def test_keyframes_then_propagation_segments_in_one_process_equal_the_whole_edit
     there (within 1 level, and only in the refined pixels)."""
     from editing.batch import assemble, propagation_input, propagation_tasks
     from editing.core import StageTimer
-    from editing.keyframes import Keyframes, clip_flows, composite_mask, fuse_frame, latent_mask
+    from editing.keyframes import Keyframes, clip_flows, composite_mask, fuse_frame
     from editing.pipeline import edit_here, keyframes_here, propagating
     from editing.video_io import read_clip
 
@@ -187,7 +187,7 @@ def test_keyframes_then_propagation_segments_in_one_process_equal_the_whole_edit
     np.testing.assert_array_equal(split[[0, 1, 3]], whole[[0, 1, 3]])  # keyframes; frame 1's group (keyframe 0) is the same
     assert _close(split, whole)
     for frame in (2, 4):
-        refined = composite_mask(latent_mask(fused[frame].unseen, 8), 8) > 0
+        refined = composite_mask(fused[frame].unseen) > 0
         np.testing.assert_array_equal(split[frame][~refined], whole[frame][~refined])
 
 

@@ -135,9 +135,19 @@ def test_masks_mark_the_latents_that_hold_unseen_pixels():
     mask = latent_mask(unseen, 8, dilate=0)
     assert mask.shape == (4, 4) and mask.sum() == 1 and mask[1, 2]
     assert latent_mask(unseen, 8, dilate=1).sum() == 9
-    soft = composite_mask(latent_mask(unseen, 8, dilate=1), 8)
-    assert soft.shape == (32, 32) and soft[9, 17] == 1.0 and soft[31, 0] == 0.0 and soft.max() <= 1.0
-    assert not composite_mask(np.zeros((4, 4), bool), 8).any()
+    assert not composite_mask(np.zeros((4, 4), bool)).any()
+
+
+def test_refined_pixels_are_pasted_only_where_no_keyframe_sees():
+    """The re-diffused latents reach past a hole (8 x 8 pixels each), but only its unseen pixels take
+    them: fully inside it, half at its edge, and not at all on any seen pixel."""
+    unseen = np.zeros((32, 32), bool)
+    unseen[8:14, 16:22] = True
+    soft = composite_mask(unseen)
+    assert soft.shape == (32, 32)
+    assert (soft[~unseen] == 0).all()
+    assert (soft[9:13, 17:21] == 1.0).all()
+    assert soft[8, 16] == soft[13, 21] == soft[10, 16] == 0.5
 
 
 class UnetImages:
@@ -211,8 +221,8 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     assert counter.images == 2 * (len(holes) + len(groups))
     for frame in range(6):
         if frame in holes:
-            mask = composite_mask(latent_mask(fuse_frame(frame, keyframes, flows).unseen, 8), 8)
-            np.testing.assert_array_equal(refined[frame][mask == 0], unrefined[frame][mask == 0])
+            mask = composite_mask(fuse_frame(frame, keyframes, flows).unseen)
+            np.testing.assert_array_equal(refined[frame][mask == 0], unrefined[frame][mask == 0])  # every seen pixel
         else:
             np.testing.assert_array_equal(refined[frame], unrefined[frame])
     # a whole clip edited every frame costs more than keyframes + refinement
