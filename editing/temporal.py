@@ -134,6 +134,25 @@ def flow_upscale(height: int, width: int) -> int:
     return max(1, math.ceil(FLOW_MIN_SIDE / max(1, min(height, width))))
 
 
+ENLARGED_PATCH_STRIDE = 1  # DIS patch stride on enlarged small frames (the medium preset's is 3)
+ENLARGED_SMOOTHNESS = 10.0  # DIS variational refinement alpha on enlarged small frames (the preset's is 20)
+
+
+def dis_flow(enlarged: bool) -> cv2.DISOpticalFlow:
+    """OpenCV's DIS at its medium preset; on enlarged small frames, a patch at every pixel and half of the
+    preset's smoothness, so the flow keeps to the motion boundaries of objects a few dozen pixels wide. On
+    the shapes benchmark (16 clips, each edit's ideal frame 0 propagated along the chained flow, true-motion
+    warp error) this took the mean from 4.21 to 3.81 (textured clips 10.1 to 8.47, occlusion 4.38 to 3.71,
+    plain 3.42 to 3.49). A quarter of the smoothness scored 3.74 but let a few border pixels of a pan keep a
+    path to content outside the frame. At 512 px the dense setting would cost 0.11 s a pair against 0.027 s,
+    so frames large enough to need no enlarging keep the preset."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    if enlarged:
+        dis.setPatchStride(ENLARGED_PATCH_STRIDE)
+        dis.setVariationalRefinementAlpha(ENLARGED_SMOOTHNESS)
+    return dis
+
+
 def source_flows(
     frames: np.ndarray,
     occlusion_rel: float = 0.01,
@@ -150,9 +169,9 @@ def source_flows(
     _check(occlusion_rel >= 0 and math.isfinite(occlusion_rel), f"occlusion_rel must be >= 0, got {occlusion_rel}")
     _check(occlusion_abs >= 0 and math.isfinite(occlusion_abs), f"occlusion_abs must be >= 0, got {occlusion_abs}")
     _check(max_color_error is None or max_color_error >= 0, f"max_color_error must be >= 0, got {max_color_error}")
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     height, width = frames.shape[1:3]
     scale = flow_upscale(height, width)
+    dis = dis_flow(enlarged=scale > 1)
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
     if scale > 1:
         grey = [cv2.resize(g, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for g in grey]

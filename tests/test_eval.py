@@ -128,7 +128,9 @@ def test_eval_sample_spec_writes_tables_videos_and_contact_sheets(tmp_path, caps
     assert [row["name"] for row in rows] == names and list(rows[0]) == list(COLUMNS)
     for row in rows:
         assert (row["frames"], row["width"], row["height"], row["error"]) == ("4", "64", "64", "")
-        assert float(row["warp_error"]) > float(row["source_warp_error"]) >= 0  # random weights make noise, the source is smooth
+        # Both are measured (no order holds: under the default keyframes the propagated frames are the
+        # keyframe warped along the source's own flow, smoother by that flow than the source itself).
+        assert 0 <= float(row["warp_error"]) < 255 and 0 < float(row["source_warp_error"]) < 255
         assert -100 <= float(row["clip_text"]) <= 100 and 0 <= float(row["frame_accuracy"]) <= 100
         assert float(row["seconds_denoise"]) > 0 and row["clip_model"] == "random (random weights)"
     recon, plain = rows
