@@ -9,6 +9,10 @@ VAE encode and decode calls.
     python benchmarks/speed.py                        # 16 frames, 128 px, 10 steps
     python benchmarks/speed.py --frames 16 --size 256 --steps 10
     python benchmarks/speed.py --settings every-frame,keyframes-8,fast   # a subset
+    python benchmarks/speed.py --device cuda --dtype fp16 --size 512 --settings default,fast   # on a GPU (benchmarks/gpu_check.sh)
+
+On a CUDA device the timers synchronise the device around each timed call, and each setting's peak GPU
+memory (torch.cuda.max_memory_allocated, model weights included) is a column of its own.
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ SETTINGS: dict[str, dict] = {
 class Counter:
     """UNet image evaluations (batch items through the UNet's forward) and seconds inside modules' forwards."""
 
-    def __init__(self):
+    def __init__(self, sync=lambda: None):
         self.images = 0
         self.seconds: dict[str, float] = {}
+        self.sync = sync  # waits for the device's queued work, so the timers time it (CUDA runs asynchronously)
 
     @contextlib.contextmanager
     def watching(self, backbone):
@@ -59,10 +64,12 @@ class Counter:
             def call(sample, *args, **kwargs):
                 if count:
                     self.images += sample.shape[0]
+                self.sync()
                 begin = time.perf_counter()
                 try:
                     return function(sample, *args, **kwargs)
                 finally:
+                    self.sync()
                     self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
 
             return call
@@ -81,7 +88,9 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     from editing.models import load_backbone
     from editing.requests import build_request
 
-    values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": "cpu", "dtype": "fp32"}
+    import torch
+
+    values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": args.device, "dtype": args.dtype}
     values |= {"frames": args.frames, "size": args.size, "cache_dir": str(cache / setting), "keyframes": "off"} | SETTINGS[setting]
     if "preset" not in SETTINGS[setting]:
         values["steps"] = args.steps  # a preset runs its own steps (fast: the last 4 of 8)
@@ -90,12 +99,19 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     request = build_request("edit", values)
     key = repr(request.model_options)
     if key not in backbones:
-        backbones[key] = load_backbone(request.model, "cpu", "fp32", options=request.model_options)
+        backbones[key] = load_backbone(request.model, args.device, args.dtype, options=request.model_options)
     backbone = backbones[key]
-    counter = Counter()
+    cuda = backbone.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    counter = Counter(sync)
     with counter.watching(backbone):
+        sync()
         begin = time.perf_counter()
         edited = edit_frames(frames, EditParts.of(request), backbone)
+        sync()
         seconds = time.perf_counter() - begin
     count = len(frames)
     return {
@@ -104,6 +120,7 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
         "UNet evals/frame": counter.images / count,
         "VAE share": counter.seconds.get("vae", 0.0) / seconds,
         "keyframes": "-" if edited.keyframes is None else len(edited.keyframes),
+        "peak GPU MB": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
 
 
@@ -112,6 +129,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", help="fp32 (the CPU: bf16 is emulated there), fp16 on a GPU")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
     args = parser.parse_args()
 
@@ -131,11 +150,14 @@ def main() -> None:
             print(f"  {name}: {rows[name]['s/frame']:.3f} s/frame, {rows[name]['UNet evals/frame']:.2f} UNet evals/frame", file=sys.stderr, flush=True)
 
     height, width = frames.shape[1:3]
-    print(f"\nsd15-random, fp32 on {torch.get_num_threads()} CPU threads, {len(frames)} frames at {width}x{height}, {args.steps} steps\n")
-    print("| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |")
-    print("|---|---|---|---|---|")
+    gpu = any(row["peak GPU MB"] is not None for row in rows.values())
+    where = torch.cuda.get_device_name() if gpu else f"{torch.get_num_threads()} CPU threads"
+    print(f"\nsd15-random, {args.dtype} on {where}, {len(frames)} frames at {width}x{height}, {args.steps} steps\n")
+    print("| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |" + (" peak GPU MB |" if gpu else ""))
+    print("|---|---|---|---|---|" + ("---|" if gpu else ""))
     for row in rows.values():
-        print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['VAE share']:.0%} | {row['keyframes']} |")
+        memory = f" {row['peak GPU MB']:.0f} |" if gpu else ""
+        print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['VAE share']:.0%} | {row['keyframes']} |{memory}")
     base = rows.get(BASE)
     if base:
         print("\n| ratio (same run) | value |\n|---|---|")
