@@ -10,8 +10,9 @@
    pays only for denoising.
 3. **Propagate**: every other frame is its two nearest edited keyframes warped along the source's
    optical flow, chained through the frames between them (DIS flow of each consecutive pair, followed
-   pixel by pixel), blended with weights of temporal distance times forward-backward validity
-   (occlusion-aware: a keyframe contributes only where the path to it is trusted).
+   pixel by pixel), blended with weights of temporal distance times validity (occlusion-aware: a
+   keyframe contributes only where the path to it is trusted: each hop passes the forward-backward check
+   or, in flat regions where the flow is ambiguous, the source's colours agree along it).
 4. **Refine** what no keyframe sees (disoccluded pixels): a few low-noise steps from an SDEdit start on
    the fused frame (the last `refine` share of the request's steps, with its sampler, prompt and
    guidance), the seen region held to the fused frame at every step (blended latent diffusion,
@@ -46,6 +47,7 @@ import torch
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
 CUT_UNSEEN = 0.8  # a frame this much of which its previous frame cannot see is a cut: it starts a keyframe (every N too)
+MATCH_LEVELS = 8.0  # a pixel failing the forward-backward check is still valid where its source colour and the one its flow points at differ by at most this (mean of RGB, 8-bit)
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
 
 
@@ -60,12 +62,20 @@ class ClipFlows:
 
 
 def clip_flows(frames: np.ndarray) -> ClipFlows:
-    """DIS flow of the source clip's consecutive pairs with forward-backward validity both ways."""
-    from .temporal import consistent, source_flows
+    """DIS flow of the source clip's consecutive pairs with validity both ways. A pixel is valid where the
+    forward-backward check passes or, failing it, where the source's colour there and the one its flow
+    points at agree within MATCH_LEVELS: in a flat region (snow, sky, a plain background) the flow is
+    ambiguous and fails the check, but warping along it moves like colour onto like. A disoccluded pixel
+    fails both, as the colour its flow points at is the occluder's."""
+    from .temporal import colour_match, consistent, source_flows
 
     flows = source_flows(frames)
-    forward_valid = np.stack([consistent(f, b) for f, b in zip(flows.forward, flows.backward)])
-    return ClipFlows(flows.backward, flows.forward, flows.valid, forward_valid)
+    pairs = range(len(frames) - 1)
+    backward_valid = np.stack([flows.valid[t] | colour_match(frames[t], frames[t + 1], flows.backward[t], MATCH_LEVELS) for t in pairs])
+    forward_valid = np.stack([
+        consistent(flows.forward[t], flows.backward[t]) | colour_match(frames[t + 1], frames[t], flows.forward[t], MATCH_LEVELS) for t in pairs
+    ])
+    return ClipFlows(flows.backward, flows.forward, backward_valid, forward_valid)
 
 
 @dataclass(frozen=True)

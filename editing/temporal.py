@@ -123,6 +123,16 @@ def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarra
     return np.abs(warped - current.astype(np.float32)).mean(-1)
 
 
+def colour_match(source: np.ndarray, target: np.ndarray, flow: np.ndarray, tolerance: float) -> np.ndarray:
+    """(H, W) bool, pixels of `target`: its flow into `source` stays inside the frame and the colour found
+    there differs from the pixel's own by at most `tolerance` (mean absolute RGB, 8-bit)."""
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    map_x, map_y = xs + flow[..., 0], ys + flow[..., 1]
+    inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
+    return inside & (_colour_error(source, target, flow) <= tolerance)
+
+
 FLOW_MIN_SIDE = 256  # DIS runs on frames whose short side is at least this: smaller clips are upscaled for the flow
 
 

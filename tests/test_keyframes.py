@@ -86,6 +86,40 @@ def test_every_n_keyframes_also_start_at_a_cut_and_count_on_from_it():
     assert choose_keyframes(16, 8, clip_flows(panning_clip(16))) == (0, 8)  # a pan is not a cut
 
 
+def test_colour_match_trusts_a_hop_only_between_like_colours_inside_the_frame():
+    from editing.temporal import colour_match
+
+    source = np.zeros((8, 8, 3), np.uint8)
+    source[:, 4:] = 200  # left half black, right half light
+    target = np.zeros_like(source)
+    flow = np.zeros((8, 8, 2), np.float32)
+    flow[..., 0] = 2.0  # every pixel of the target points 2 px to the right in the source
+    matched = colour_match(source, target, flow, tolerance=8)
+    assert matched[:, :2].all()  # black onto black
+    assert not matched[:, 2:].any()  # black onto light, or (the last two columns) off the frame's edge
+    assert colour_match(source, target, flow, tolerance=255)[:, :6].all() and not colour_match(source, target, flow, tolerance=255)[:, 6:].any()
+
+
+def test_a_hop_failing_the_flow_check_is_trusted_only_where_the_source_colours_agree_along_it():
+    """On a real clip (a skier on snow, whose flat snow fails DIS's forward-backward check in places):
+    every pixel the check trusts stays trusted, and each pixel trusted besides is one whose source colour
+    matches the colour its flow points at within MATCH_LEVELS; those extra pixels are a real share."""
+    from editing.config import FrameSelection
+    from editing.keyframes import MATCH_LEVELS
+    from editing.temporal import colour_match, source_flows
+    from editing.video_io import read_clip
+
+    clip = read_clip(ROOT / "assets" / "man-skiing.mp4", FrameSelection(max_frames=4, size=128)).frames
+    flows, checked = clip_flows(clip), source_flows(clip)
+    for t in range(len(clip) - 1):
+        valid, passed = flows.backward_valid[t], checked.valid[t]
+        assert valid[passed].all()
+        extra = valid & ~passed
+        assert extra.mean() > 0.02
+        assert colour_match(clip[t], clip[t + 1], flows.backward[t], MATCH_LEVELS)[extra].all()
+        assert not colour_match(clip[t], clip[t + 1], flows.backward[t], MATCH_LEVELS)[~valid].any()
+
+
 def test_chain_follows_the_motion_through_the_frames_between():
     clip = panning_clip(5, step=(2, 1))
     flows = clip_flows(clip)
