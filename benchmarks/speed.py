@@ -32,7 +32,7 @@ CLIP = ROOT / "assets" / "man-skiing.mp4"
 # setting -> the edit command's options over the defaults (first-frame attention, DDIM inversion, guidance 7.5);
 # every setting edits every frame unless it names its keyframes. `every-frame` (the default before keyframes
 # then propagation became it, at --strength 1) is the base of the ratios; `default` is the edit command's
-# default now (keyframes 8, strength 0.9); the others run the whole schedule (strength 1) like the base.
+# default now (keyframes 8, at the default strength); the others run the whole schedule (strength 1) like the base.
 BASE = "every-frame"
 SETTINGS: dict[str, dict] = {
     "every-frame": {},
@@ -95,7 +95,7 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     if "preset" not in SETTINGS[setting]:
         values["steps"] = args.steps  # a preset runs its own steps (fast: the last 4 of 8)
         if setting != "default":
-            values["strength"] = 1.0  # the whole schedule, as before the default became 0.9; a preset keeps its own
+            values["strength"] = 1.0  # the whole schedule, whatever the default strength; a preset keeps its own
     request = build_request("edit", values)
     key = repr(request.model_options)
     if key not in backbones:

@@ -69,7 +69,7 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     fails both, as the colour its flow points at is the occluder's."""
     from .temporal import colour_match, consistent, source_flows
 
-    flows = source_flows(frames)
+    flows = source_flows(frames, colour_candidates=True)
     pairs = range(len(frames) - 1)
     backward_valid = np.stack([flows.valid[t] | colour_match(frames[t], frames[t + 1], flows.backward[t], MATCH_LEVELS) for t in pairs])
     forward_valid = np.stack([

@@ -163,17 +163,39 @@ def dis_flow(enlarged: bool) -> cv2.DISOpticalFlow:
     return dis
 
 
+def flow_channels(frame: np.ndarray, colour: bool) -> list[np.ndarray]:
+    """The single-channel images DIS runs on: grey, and with `colour` also Lab's two chroma channels."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    if not colour:
+        return [grey]
+    lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB)
+    return [grey, np.ascontiguousarray(lab[..., 1]), np.ascontiguousarray(lab[..., 2])]
+
+
+def pick_per_pixel(candidates: list[np.ndarray], frame: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Of candidate flows u (frame(x) ~ other(x + u(x))), each pixel's whose warp of `other` explains
+    `frame` best: the least RGB error, averaged over the pixel's 3 x 3 neighbourhood so one noisy match
+    does not win (the fusion of flow candidates by their data cost)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    errors = np.stack([cv2.blur(_colour_error(other, frame, flow), (3, 3)) for flow in candidates])
+    return np.take_along_axis(np.stack(candidates), errors.argmin(0)[None, ..., None], 0)[0]
+
+
 def source_flows(
     frames: np.ndarray,
     occlusion_rel: float = 0.01,
     occlusion_abs: float = 0.5,
     max_color_error: float | None = None,
+    colour_candidates: bool = False,
 ) -> Flows:
     """DIS optical flow (Kroeger et al. 2016) of each consecutive pair of RGB frames, both ways, with validity masks.
 
     A pixel is valid when the forward-backward check passes with the given relative and absolute
     thresholds and, if `max_color_error` (0..255) is set, when warping frame t-1 onto it changes the
-    colour by at most that much.
+    colour by at most that much. With `colour_candidates` DIS also runs on the Lab chroma channels and
+    each pixel takes the candidate that explains its colour best (`pick_per_pixel`): grey alone loses
+    objects whose grey level is close to what they move over (a green circle on red and pink stripes).
     """
     frames = check_frames(frames, minimum=2)
     _check(occlusion_rel >= 0 and math.isfinite(occlusion_rel), f"occlusion_rel must be >= 0, got {occlusion_rel}")
@@ -182,14 +204,17 @@ def source_flows(
     height, width = frames.shape[1:3]
     scale = flow_upscale(height, width)
     dis = dis_flow(enlarged=scale > 1)
-    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
+    channels = [flow_channels(frame, colour_candidates) for frame in frames]
     if scale > 1:
-        grey = [cv2.resize(g, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for g in grey]
+        channels = [[cv2.resize(c, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for c in cs] for cs in channels]
 
     def calc(first: int, second: int) -> np.ndarray:
         """DIS flow u with I_first(x) ~ I_second(x + u(x)), at the frames' own size and in their pixels."""
-        flow = dis.calc(grey[first], grey[second], None)
-        return flow if scale == 1 else resize_flow(flow, height, width)
+        candidates = []
+        for one, two in zip(channels[first], channels[second]):
+            flow = dis.calc(one, two, None)
+            candidates.append(flow if scale == 1 else resize_flow(flow, height, width))
+        return pick_per_pixel(candidates, frames[first], frames[second])
 
     backward, forward, valid = [], [], []
     for t in range(1, len(frames)):

@@ -293,14 +293,14 @@ SETTINGS: dict[str, dict] = {
     "first-dpm": {"attention": "first", "sampler": "dpm-solver++"},  # the default mode with DPM-Solver++
     "tokenflow": {"attention": "tokenflow", "window": 4},  # TokenFlow: 2 keyframes per step, the other frames propagated from them
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},  # frames 0 and 4 edited, the rest propagated along the flow
-    "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # frame 0 edited, the rest propagated from it
+    "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # frame 0 edited, the rest propagated from it: the CLI's default edit
     "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},  # a keyframe where the scene changes (15% unseen) or after 16 frames
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},  # early-step latent fusion along the source's flow
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
     "first-strength-0.9": {"attention": "first", "strength": 0.9},  # every frame, inverted to 0.9 of the schedule
-    "first-keyframes-8-strength-0.9": {"attention": "first", "keyframes": "8", "strength": 0.9},  # the CLI's default edit
+    "first-keyframes-8-strength-0.9": {"attention": "first", "keyframes": "8", "strength": 0.9},  # the default before the colour candidates
 }
-DEFAULT_SETTING = "first-keyframes-8-strength-0.9"  # what `edit` does with nothing chosen (a test holds them equal)
+DEFAULT_SETTING = "first-keyframes-8"  # what `edit` does with nothing chosen (a test holds them equal)
 
 
 def parse_settings(text: str | None) -> tuple[str, ...]:

@@ -110,7 +110,7 @@ def test_a_hop_failing_the_flow_check_is_trusted_only_where_the_source_colours_a
     from editing.video_io import read_clip
 
     clip = read_clip(ROOT / "assets" / "man-skiing.mp4", FrameSelection(max_frames=4, size=128)).frames
-    flows, checked = clip_flows(clip), source_flows(clip)
+    flows, checked = clip_flows(clip), source_flows(clip, colour_candidates=True)
     for t in range(len(clip) - 1):
         valid, passed = flows.backward_valid[t], checked.valid[t]
         assert valid[passed].all()

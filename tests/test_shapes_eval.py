@@ -286,6 +286,7 @@ def test_the_ci_slice_covers_the_edit_commands_default(tmp_path):
     benchmark setting, and the CI slice measures it."""
     import dataclasses
 
+    from editing.config import DEFAULT_STRENGTH
     from editing.requests import defaults, edit_request
 
     edit = bench.derive_edits(CLIPS[0])[0]
@@ -294,5 +295,5 @@ def test_the_ci_slice_covers_the_edit_commands_default(tmp_path):
     default = cli.engine
     built = {s: bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path) for s in bench.SETTINGS}
     named = [s for s, r in built.items() if plain(r.engine) == plain(default) and r.edit.strength == cli.edit.strength]
-    assert default.keyframes_every != 0 and cli.edit.strength < 1 and named == [bench.DEFAULT_SETTING]
+    assert default.keyframes_every != 0 and cli.edit.strength == DEFAULT_STRENGTH and named == [bench.DEFAULT_SETTING]
     assert bench.DEFAULT_SETTING in bench.load_stated()["slice"]["settings"]

@@ -326,3 +326,41 @@ def test_dense_flow_on_enlarged_frames_follows_a_textured_clip_closer_than_the_p
     monkeypatch.setattr(temporal, "ENLARGED_SMOOTHNESS", 20.0)
     preset = [propagated_error(clip) for clip in clips]
     assert all(d < p for d, p in zip(dense, preset)), (dense, preset)
+
+
+def test_pick_per_pixel_takes_the_candidate_that_explains_each_pixel():
+    from editing.temporal import pick_per_pixel
+
+    other = np.zeros((12, 12, 3), np.uint8)
+    other[:, 6:] = 255
+    frame = np.zeros_like(other)
+    frame[:, :3] = 255  # the left columns are white in frame, found 6 px to the right in other
+    still, moved = np.zeros((12, 12, 2), np.float32), np.zeros((12, 12, 2), np.float32)
+    moved[..., 0] = 6.0
+    picked = pick_per_pixel([still, moved], frame, other)
+    assert (picked[:, :2, 0] == 6).all()  # white from 6 px right (the 3 x 3 blur leaves the edge column mixed)
+    assert (picked[:, 4:6, 0] == 0).all()  # black where it is: other's black columns 4-5
+    assert pick_per_pixel([moved], frame, other) is moved
+
+
+def test_colour_candidates_track_an_object_grey_alone_cannot_see():
+    """A square whose grey level equals the background's, moving 3 px a frame: DIS on grey sees a flat
+    image; with the chroma channels as candidates the flow carries the square, so frame 0 warped along
+    it explains frame 1 on the square."""
+    size, side, step = 64, 16, 3
+    clip = np.full((2, size, size, 3), 128, np.uint8)
+    colour = np.array([200, 90, 135], np.uint8)  # grey 0.299 R + 0.587 G + 0.114 B = 128
+    assert abs(int(cv2.cvtColor(colour[None, None], cv2.COLOR_RGB2GRAY)[0, 0]) - 128) <= 1
+    for t in range(2):
+        clip[t, 24 : 24 + side, 20 + t * step : 20 + t * step + side] = colour
+    square = np.zeros((size, size), bool)
+    square[26 : 22 + side, 22 + step : 18 + step + side] = True  # frame 1's square, 2 px in from its edges
+
+    def error(flows):
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+        back = flows.backward[0]
+        warped = cv2.remap(clip[0].astype(np.float32), xs + back[..., 0], ys + back[..., 1], cv2.INTER_LINEAR)
+        return np.abs(warped - clip[1]).mean(-1)[square].mean()
+
+    grey, colour_flow = error(source_flows(clip)), error(source_flows(clip, colour_candidates=True))
+    assert colour_flow < 0.25 * grey
