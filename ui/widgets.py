@@ -30,7 +30,7 @@ SMOOTHING = ("flow", "color", "pixel")
 # shapes model makes offline.
 SHAPES_EXAMPLES = {
     "shapes-clip1.mp4": "an orange triangle and a yellow star on a green background",
-    "shapes-clip3.mp4": "a yellow triangle on an orange background",
+    "shapes-clip3.mp4": "a yellow square on a striped orange background",
 }
 
 
