@@ -92,6 +92,15 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[0] if flow.ndim == 3 else resized
 
 
+def _landing(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each pixel's flow lands (columns, rows) and whether that lies inside the frame."""
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    map_x, map_y = xs + flow[..., 0], ys + flow[..., 1]
+    inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
+    return map_x, map_y, inside
+
+
 def consistent(
     backward: np.ndarray,
     forward: np.ndarray,
@@ -100,9 +109,7 @@ def consistent(
 ) -> np.ndarray:
     """Pixels of frame t whose backward flow, followed back by the forward flow, returns to where it
     started (swap the arguments for the pixels of frame t-1 and their forward flow)."""
-    height, width = backward.shape[:2]
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
+    map_x, map_y, inside = _landing(backward)
     forward_there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # Forward-backward check (Sundaram, Brox and Keutzer 2010; Ruder et al. 2016, eq. 2):
     # |b + f(x + b)|^2 < rel (|b|^2 + |f(x + b)|^2) + abs.
@@ -110,15 +117,13 @@ def consistent(
     magnitude = np.square(backward).sum(-1) + np.square(forward_there).sum(-1)
     consistent = round_trip < occlusion_rel * magnitude + occlusion_abs
     # A pixel that came from outside frame t-1 has nothing to be warped from.
-    inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
     return consistent & inside
 
 
-def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """Mean absolute RGB difference between frame t and frame t-1 warped onto it by the backward flow."""
-    height, width = backward.shape[:2]
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
+def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarray, landing=None) -> np.ndarray:
+    """Mean absolute RGB difference between frame t and frame t-1 warped onto it by the backward flow
+    (`landing`: the flow's `_landing`, where the caller has it already)."""
+    map_x, map_y, _ = _landing(backward) if landing is None else landing
     warped = cv2.remap(previous.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.abs(warped - current.astype(np.float32)).mean(-1)
 
@@ -126,11 +131,8 @@ def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarra
 def colour_match(source: np.ndarray, target: np.ndarray, flow: np.ndarray, tolerance: float) -> np.ndarray:
     """(H, W) bool, pixels of `target`: its flow into `source` stays inside the frame and the colour found
     there differs from the pixel's own by at most `tolerance` (mean absolute RGB, 8-bit)."""
-    height, width = flow.shape[:2]
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x, map_y = xs + flow[..., 0], ys + flow[..., 1]
-    inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
-    return inside & (_colour_error(source, target, flow) <= tolerance)
+    landing = _landing(flow)
+    return landing[2] & (_colour_error(source, target, flow, landing) <= tolerance)
 
 
 FLOW_MIN_SIDE = 256  # DIS runs on frames whose short side is at least this: smaller clips are upscaled for the flow
