@@ -811,3 +811,96 @@ def test_the_keyframes_box_blank_is_the_commands_default_and_off_edits_every_fra
     cli = build_request("edit", {"video": str(car), "out": "o.mp4", "prompt": "a car"}).engine.keyframes_every
     chosen = {value: make_request({"prompt": "a car", "keyframes": value} | SMALL, str(car), str(tmp_path)).engine.keyframes_every for _, value in KEYFRAME_CHOICES}
     assert chosen == {"": cli, "off": 0, "auto": -1, "4": 4, "8": 8} and cli == parse_keyframes(DEFAULT_KEYFRAMES) != 0
+
+
+# ---------------------------------------------------------------- issue 32, item 11: app state and words
+
+
+def test_a_new_upload_clears_the_edited_keyframes_and_turns_propagate_off():
+    """The previous clip's edited keyframes are neither shown nor kept for Propagate once another clip is uploaded."""
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "source-file")
+    gallery = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "keyframes")
+    propagate = _buttons(demo, "run-")["run-propagate"]
+    cleared = [d for d in demo.fns.values() if (upload._id, "change") in d.targets and gallery in d.outputs]
+    assert len(cleared) == 1
+    (event,) = cleared
+    values = dict(zip(event.outputs, _returns(event)))
+    assert values[gallery] == [] and values[propagate]["interactive"] is False
+    staged = next(b for b in event.outputs if isinstance(b, gr.State))
+    assert values[staged] is None
+
+
+def test_a_runs_warnings_are_shown_as_warnings_and_details_name_the_controlnet(car, tmp_path, monkeypatch):
+    """A warning the edit reports (damaged audio left out) is a toast, not only a line inside Details, and
+    Details says which ControlNet ran for each ticked kind."""
+    import dataclasses
+
+    from editing.pipeline import edit_video
+    from ui import details as shown
+    from ui.backend import Backend
+    from ui.edit_tab import make_handlers
+
+    said = "the source's audio could not be kept (damaged); car-turn-edited.mp4 is written without it"
+
+    def with_damaged_audio(request, progress):
+        return dataclasses.replace(edit_video(request, progress), warnings=(said,))
+
+    toasts = []
+    monkeypatch.setattr(shown.gr, "Warning", lambda message, *a, **k: toasts.append(message))
+    handlers = make_handlers(Backend(with_damaged_audio, output_root=tmp_path))
+    values = {"video": str(car), "prompt": "a red car", "control_kinds": ["canny"]} | SMALL
+    *_, details, _, _ = handlers["edit"](values, None)
+    assert toasts == [said] and details["warnings"] == [said]
+    assert set(details["controlnets"]) == {"canny"} and details["controlnets"]["canny"].startswith("random")
+    *_, details, _, _ = handlers["edit"](values | {"control_kinds": []}, None)
+    assert "controlnets" not in details
+
+
+def test_details_name_the_controlnet_each_model_runs(car, tmp_path):
+    """Without loading anything: the shapes folder's own ControlNet, SD-1.5's registered default, a named one."""
+    from editing.control.kinds import get_condition_kind
+    from editing.models import DEFAULT_MODEL
+    from ui.details import controlnet_names
+    from ui.forms import make_request
+
+    from ui.forms import option_values
+
+    def request_names(values):
+        return controlnet_names(make_request(option_values({"prompt": "a car", "control_kinds": ["canny"]} | values), str(car), str(tmp_path)))
+
+    assert request_names({"model": "shapes"}) == {"canny": "shapes/controlnet-canny"}
+    assert request_names({"model": DEFAULT_MODEL}) == {"canny": get_condition_kind("canny").default_controlnet("sd15")}
+    assert request_names({"model": DEFAULT_MODEL, "control_model": ["canny=owner/my-canny"]}) == {"canny": "owner/my-canny"}
+
+
+def test_the_prompt_placeholder_suits_the_model():
+    from ui import build_demo
+    from ui.widgets import SHAPES_EXAMPLES
+
+    demo = build_demo(default_model="shapes")
+    prompt = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "prompt")
+    assert prompt.placeholder in SHAPES_EXAMPLES.values()
+    follow = next(d for d in demo.fns.values() if d.outputs == [prompt])
+    assert _returns(follow, "shapes")[0]["placeholder"] in SHAPES_EXAMPLES.values()
+    photo = _returns(follow, "stable-diffusion-v1-5/stable-diffusion-v1-5")[0]["placeholder"]
+    assert photo not in SHAPES_EXAMPLES.values() and "watercolor" in photo
+
+
+def test_a_session_with_one_edit_says_one_edit(tmp_path, car):
+    from editing.sessions import Entry, SessionStore
+    from ui.backend import Backend
+    from ui.session_tab import SessionHandlers
+
+    store = SessionStore(tmp_path / "sessions")
+    handlers = SessionHandlers(store, Backend(output_root=tmp_path / "runs"))
+    owner = handlers.owner_of(None)
+    session = store.owned(owner).create("cars", car, "a car")
+    assert "0 edits" in handlers.show(owner, "cars")[2]
+    entry_id, folder = store.owned(owner).new_entry_dir(session)
+    (folder / "edit.mp4").write_bytes(car.read_bytes())
+    store.owned(owner).add_entry(session, Entry(entry_id, "a red car", {}, {".mp4": "edit.mp4"}, {}, None))
+    status = handlers.show(owner, "cars")[2]
+    assert "1 edit" in status and "1 edits" not in status

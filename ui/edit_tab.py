@@ -22,6 +22,7 @@ from .backend import Backend, CancelToken
 from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu, on_spaces
 from .clip_upload import ClipUpload
+from .details import controlnet_names, warn
 from .preview import preview_for
 
 FAST_PREVIEW = "fast"  # the preset the Fast preview button runs (editing.presets)
@@ -224,6 +225,9 @@ def make_handlers(backend: Backend):
         details = outputs.details() | {"mean_warp_error": round(mean_warp_error(errors), 4) if len(errors) else None}
         if outputs.result.random_weights:
             details["note"] = RANDOM_WEIGHTS_NOTE
+        if request.engine.controls:
+            details["controlnets"] = controlnet_names(request)
+        warn(details)
         run = {"message": "", "source": None, "edited": outputs.get(".zip"), "frames": outputs.result.frames}
         if run["edited"]:
             run["source"] = str(write_png_zip(Path(run["edited"]).with_name(Path(request.video).stem + "-source.zip"), source))
@@ -253,6 +257,11 @@ def fast_values(values: dict[str, Any]) -> dict[str, Any]:
     """The form's values for the Fast preview: the preset named, every option it sets left to it."""
     preset = get_preset(FAST_PREVIEW)
     return {name: value for name, value in values.items() if name not in preset.values(random_weights=True)} | {"preset": FAST_PREVIEW}
+
+
+def forget_keyframes() -> tuple:
+    """An empty keyframe gallery, no kept keyframes, Propagate off (a new clip was uploaded)."""
+    return [], None, gr.update(interactive=False)
 
 
 def show_run(run: dict | None) -> tuple:
@@ -295,7 +304,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             upload = ClipUpload.create()
             form["video"] = upload.file
             examples_box = gr.Column()  # filled below, once the widgets the examples set exist
-            form["prompt"] = gr.Textbox(label="Prompt", placeholder="a watercolor painting of a man skiing", elem_id="prompt")
+            form["prompt"] = gr.Textbox(label="Prompt", placeholder=widgets.prompt_placeholder(default_model), elem_id="prompt")
             form["negative_prompt"] = gr.Textbox(label="Negative prompt")
             form["model"] = widgets.model_widget(default_model)
             with gr.Accordion("Frames", open=True):
@@ -350,6 +359,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
 
     upload.wire(form, needs_plan=[run, preview_button, keys_button, fast_button])
+    form["model"].change(lambda spec: gr.update(placeholder=widgets.prompt_placeholder(spec)), form["model"], form["prompt"], queue=False, api_visibility="private")
 
     fields = api_fields()
     for option in form_options():
@@ -359,6 +369,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     inputs = [form[n] for n in fields] + [token]
     defaults = widgets.initial_values(form)
     staged = gr.State(None)  # the keyframes 'Edit keyframes' made, for 'Propagate
+    # a new clip: the previous clip's keyframes are no longer shown nor kept for Propagate
+    form["video"].change(forget_keyframes, None, [keyframe_gallery, staged, propagate_button], queue=False, api_visibility="private")
 
     def started(button):
         """A click that first clears this user's Stop (so a Stop pressed while the job waits still counts)."""

@@ -136,7 +136,8 @@ class SessionHandlers:
             return None, owner, "No session open.", [], [], gr.update(choices=store.names())
         session = store.open(name)
         about = f" ({session.subject})" if session.subject else ""
-        text = f"Session **{session.name}**: {len(session.entries)} edits{about}"
+        count = len(session.entries)
+        text = f"Session **{session.name}**: {count} edit{'' if count == 1 else 's'}{about}"
         items = gallery(session)
         served = handed_out([path for path, _ in items], self.backend.output_dir()) if items else []
         shown = [(copy, caption) for copy, (_, caption) in zip(served, items)]

@@ -67,6 +67,13 @@ def model_note(spec: str | None) -> str:
     return ""
 
 
+def prompt_placeholder(spec: str | None) -> str:
+    """An example prompt for the Prompt box that the model can make: a shapes scene for `shapes`, else a photo style."""
+    if model_kind(spec) == "shapes":
+        return next(iter(SHAPES_EXAMPLES.values()))
+    return f"{PHOTO_PROMPT} of a man skiing"
+
+
 def clips() -> list[Path]:
     """The example clips in assets/."""
     if not ASSETS.is_dir():
