@@ -223,3 +223,31 @@ def test_session_gallery_is_served_from_a_sessions_folder_outside_temp_and_cwd(s
     finally:
         demo.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_user_error_is_one_line_in_the_terminal_and_a_real_failure_keeps_its_traceback(served, skiing, capfd, caplog):
+    """Issue 32 item 10: a refused edit prints no traceback (one log line says it); a real failure does."""
+    import logging
+
+    import gradio as gr
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from ui.forms import one_sentence_errors
+
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="ui"):
+        with pytest.raises(AppError, match="prompt must not be empty"):
+            served.predict(handle_file(str(skiing)), "", "tiny", 0, None, 1, 4, 128, 2, 7.5, 0.6, 0, api_name="/edit")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    said = [r.getMessage() for r in caplog.records if "prompt must not be empty" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0]
+
+    @one_sentence_errors
+    def broken():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(gr.Error) as failure:
+        broken()
+    assert failure.value.print_exception and "RuntimeError: a bug" in str(failure.value)

@@ -12,6 +12,8 @@ import gradio as gr
 from gradio import processing_utils, utils
 from gradio_client import utils as client_utils
 
+from .forms import user_error
+
 
 def field_names(block_fn, count: int) -> list[str | None]:
     """The parameter names an event's handler takes its inputs under (the API's names), where it tells them."""
@@ -72,6 +74,6 @@ class CheckedBlocks(gr.Blocks):
                 # scrubber's; Gradio checks those against the page's own range)
                 message = range_refusal(name, component, value)
                 if message:
-                    raise gr.Error(message)
+                    raise user_error(message)
             elif self.has_launched and server_paths(value):
-                raise gr.Error(f"{name} must be a file uploaded to this app (gradio_client: handle_file), not a path on the server")
+                raise user_error(f"{name} must be a file uploaded to this app (gradio_client: handle_file), not a path on the server")

@@ -12,6 +12,7 @@ import math
 
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +21,8 @@ import gradio as gr
 from editing import requests
 from editing.errors import ConfigError, EditingError
 from editing.requests import EditRequest
+
+log = logging.getLogger(__name__)
 
 # Options the app never takes from a form: files and places are the app's business.
 RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "reference_adapter", "keyframe_image"})  # keyframe_image: the Edit tab's own upload
@@ -78,10 +81,18 @@ def make_request(
     return dataclasses.replace(request, also_write=tuple(outputs[1:]))
 
 
+def user_error(message: str) -> gr.Error:
+    """The gr.Error for something the user can fix: one line in the terminal's log, no traceback."""
+    message = " ".join(str(message).split())
+    log.warning("refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def as_gradio_error(exc: Exception) -> gr.Error:
-    """One sentence for the user: the library's own message, or the failure's type and first line."""
+    """One sentence for the user: the library's own message (logged as one line), or the failure's type and
+    first line (a real failure: Gradio prints its traceback in the terminal)."""
     if isinstance(exc, EditingError):
-        return gr.Error(str(exc))
+        return user_error(str(exc))
     text = " ".join(str(exc).split())[:200]
     return gr.Error(f"the edit failed: {type(exc).__name__}: {text}" if text else f"the edit failed: {type(exc).__name__}")
 
