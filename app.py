@@ -42,6 +42,14 @@ def default_model(args: argparse.Namespace | None = None) -> str:
     return (args.model if args is not None and args.model else None) or os.environ.get("EDITING_MODEL", DEFAULT_MODEL)
 
 
+def startup_model(args: argparse.Namespace | None = None, available=None) -> tuple[str, str | None]:
+    """The model the app starts on and, when the default cannot be had offline, the line saying so (ui.startup;
+    `available` replaces its check in tests)."""
+    from ui.startup import first_model, model_available
+
+    return first_model(default_model(args), available or model_available)
+
+
 def serve_policy(args: argparse.Namespace) -> ServePolicy:
     """What the forms accept: anything on loopback; beyond it (--host, --share, a Space) only Hub ids, built-in
     names, the default model and files under the model roots."""
@@ -74,10 +82,13 @@ def launch_options(args: argparse.Namespace, limits: VideoLimits = VideoLimits()
 # No model is loaded here: the first Run loads it. EDITING_MODEL=tiny suits machines without the Hub.
 # `demo` is built at import so `gradio app.py` and Hugging Face Spaces find it, with the policy the
 # environment gives (a Space sets SPACE_ID, so the Space's app is built as a public one).
-demo = build_demo(default_model=default_model(), policy=serve_policy(parse_args([])))
+# Without the Hub or a cached copy of the default model, it starts on `shapes` and says so (ui.startup).
+_started_on = startup_model()
+demo = build_demo(default_model=_started_on[0], policy=serve_policy(parse_args([])), notice=_started_on[1])
 
 
 if __name__ == "__main__":
     args = parse_args()
-    demo = build_demo(default_model=default_model(args), backend=build_backend(args))
+    model, notice = _started_on if default_model(args) == default_model() else startup_model(args)
+    demo = build_demo(default_model=model, backend=build_backend(args), notice=notice)
     demo.launch(**launch_options(args))

@@ -251,3 +251,51 @@ def test_a_user_error_is_one_line_in_the_terminal_and_a_real_failure_keeps_its_t
     with pytest.raises(gr.Error) as failure:
         broken()
     assert failure.value.print_exception and "RuntimeError: a bug" in str(failure.value)
+
+
+# ---------------------------------------------------------------- issue 32 item 3: the first click offline
+
+
+def test_without_the_hub_or_a_cached_model_the_app_starts_on_shapes_and_says_so_in_one_line(caplog):
+    import logging
+
+    import app
+    from editing.models import DEFAULT_MODEL
+    from ui import build_demo
+    from ui.widgets import SHAPES_EXAMPLES
+
+    asked = []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ui.startup"):
+        model, notice = app.startup_model(app.parse_args([]), available=lambda spec: asked.append(spec) or False)
+    assert asked == [DEFAULT_MODEL] and model == "shapes"
+    assert "\n" not in notice and DEFAULT_MODEL in notice and "shapes" in notice
+    assert [r.getMessage() for r in caplog.records] == [notice]  # the terminal's one line
+    demo = build_demo(default_model=model, notice=notice)
+    shown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "startup-notice")
+    assert notice in shown.value
+    examples = {b.elem_id: b for b in demo.blocks.values() if (getattr(b, "elem_id", None) or "").startswith("examples-")}
+    assert examples["examples-shapes"].visible and not examples["examples-photos"].visible
+    rows = examples["examples-shapes"].samples
+    assert rows and all("shapes" in row and any(prompt in row for prompt in SHAPES_EXAMPLES.values()) for row in rows)  # its prompts and model
+    # with the Hub or a cached model nothing changes
+    assert app.startup_model(app.parse_args([]), available=lambda spec: True) == (DEFAULT_MODEL, None)
+    assert app.startup_model(app.parse_args(["--model", "tiny"])) == ("tiny", None)  # nothing to download
+
+
+def test_the_start_up_check_reads_the_hub_cache_and_honours_offline_mode(tmp_path, monkeypatch):
+    """A model in the local Hugging Face cache can be had offline; with HF_HUB_OFFLINE and no cached copy, it
+    cannot, and the Hub is never asked."""
+    from ui import startup
+
+    snapshot = tmp_path / "models--owner--model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (tmp_path / "models--owner--model" / "refs").mkdir()
+    (tmp_path / "models--owner--model" / "refs" / "main").write_text("abc123")
+    assert startup.in_hub_cache("owner/model", cache_dir=str(tmp_path))
+    assert not startup.in_hub_cache("owner/other", cache_dir=str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(startup, "hub_answers", lambda *a, **k: pytest.fail("the Hub was asked in offline mode"))
+    assert not startup.model_available("owner/not-cached-anywhere")
+    assert startup.model_available("tiny") and startup.model_available("shapes")

@@ -16,13 +16,20 @@ CACHE_MAX_AGE = 3600  # seconds Gradio keeps the files it served (checked every 
 
 
 def build_demo(
-    edit_fn: EditFn | None = None, default_model: str = DEFAULT_MODEL, backend: Backend | None = None, policy: ServePolicy = LOCAL
+    edit_fn: EditFn | None = None,
+    default_model: str = DEFAULT_MODEL,
+    backend: Backend | None = None,
+    policy: ServePolicy = LOCAL,
+    notice: str | None = None,
 ) -> gr.Blocks:
     """The whole app; `edit_fn` (or a whole `backend`) replaces the library call in tests; `policy` says what
-    the forms accept when the app is served beyond this machine (app.py builds it from the launch options)."""
+    the forms accept when the app is served beyond this machine (app.py builds it from the launch options);
+    `notice` is a line shown above the tabs (why the app starts on another model, ui.startup)."""
     backend = backend or (Backend(edit_fn, policy=policy) if edit_fn else Backend(policy=policy))
     with CheckedBlocks(title="Text-driven video editing", delete_cache=(CACHE_MAX_AGE, CACHE_MAX_AGE)) as demo:
         gr.Markdown("## Edit a video with text\nUpload a clip or pick an example, describe the result, preview the first frame, then edit the clip.")
+        if notice:
+            gr.Markdown(f"**{notice}**", elem_id="startup-notice")
         with gr.Tab("Edit"):
             edit_tab.create_tab(backend, default_model)
         with gr.Tab("Style sessions"):
