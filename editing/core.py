@@ -24,11 +24,13 @@ import torch
 
 from . import sampling
 from .cache import TensorCache, cache_key, content_hash, default_cache_dir
+from .compat import check as check_combination
 from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, parse_keyframes
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .errors import ConfigError
 from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
+from .windows import edit_context
 
 if TYPE_CHECKING:
     from .keyframes import Keyframes
@@ -102,10 +104,14 @@ class EditParts:
     tuned: str | None = None  # one-shot tuned weights (editing.tuning)
     selection: FrameSelection = FrameSelection()  # how the frames were selected (condition videos follow it)
     decode_frames: tuple[int, ...] | None = None  # decode only these frames (a preview's); None = all
+    masking: object = None  # editing.masks.MaskConfig: a mask and what to do in it (region edit, removal); None = none
+    held: object = None  # editing.region.HeldRegion: the region an edit may change, the rest held to the source
 
     @classmethod
     def of(cls, request) -> "EditParts":
-        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection, getattr(request, "decode_frames", None))
+        masking = getattr(request, "masking", None)
+        masking = masking if masking is not None and masking.given else None
+        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection, getattr(request, "decode_frames", None), masking)
 
 
 def edit_frames(
@@ -122,9 +128,13 @@ def edit_frames(
     still give the structure (condition maps, flow). Supplied keyframes make it themselves (editing.pinned).
     """
     frames = check_frames(frames)
-    check_parts(parts)
+    check_combination(parts)
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
+    if parts.masking is not None:  # a mask: region edit or removal (editing.region), which come back here without it
+        from .region import masked_edit
+
+        return masked_edit(frames, parts, backbone, progress, timer)
     if parts.engine.keyframes_every:
         return edit_by_keyframes(frames, parts, backbone, progress, timer)
     if parts.engine.keyframe_images:  # the frames follow the supplied images, with the guidance chosen for that
@@ -164,7 +174,8 @@ def edit_frames(
     start = frames if start is None else check_frames(start)
     start_key = source if start is frames else frames_key(start)
     anchors = tuple(index for index, _ in pins) or (0,)
-    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge)
+    context = edit_context(engine.context, backbone.unet)  # context windows (editing.windows), by default with a motion module
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge, context=context)
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None
@@ -178,6 +189,8 @@ def edit_frames(
             prepared = prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned)
             latents, cached = prepared.latents, False
     callback = step_callback(engine, frames, backbone, len(timesteps), progress, scheduler, timesteps)
+    if parts.held is not None:  # outside the region, the source's latents at every step (editing.region)
+        callback = hold_outside(parts, start, backbone, plan, start_key, cache_root, timesteps, tuned, prepared, scheduler, callback)
     if pins:
         from .pinned import Pinning
 
@@ -238,7 +251,7 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     report = _prefixed(progress, "keyframes")
     remapped = tuple(dataclasses.replace(image, index=keys.index(image.index), given_index=image.index) for image in supplied)
     engine = dataclasses.replace(parts.engine, keyframes=None, keyframe_images=remapped)
-    sub = dataclasses.replace(parts, engine=engine, decode_frames=None)
+    sub = dataclasses.replace(parts, engine=engine, decode_frames=None, held=None if parts.held is None else parts.held.subset(keys))
     start = None
     if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
         from .pinned import guided_start, pinned_frames
@@ -254,25 +267,6 @@ def _prefixed(progress, prefix: str):
     if progress is None:
         return lambda stage, done, total: None
     return lambda stage, done, total: progress(f"{prefix}: {stage}", done, total)
-
-
-def check_parts(parts: EditParts) -> None:
-    """Refuse combinations the engine cannot run yet, before any work."""
-    from .attention.modes import get_attention_mode
-    from .errors import ConfigError
-
-    if parts.engine.feature_bank and (parts.tuned is not None or parts.attention_edit is not None):
-        raise ConfigError("feature_bank cannot be combined with --tuned or attention editing (--source-prompt) yet")
-    if get_attention_mode(parts.engine.attention).make_control is not None and (parts.tuned is not None or parts.attention_edit is not None or parts.engine.feature_bank):
-        raise ConfigError(f"attention {parts.engine.attention} cannot be combined with --tuned, --feature-bank or attention editing (--source-prompt) yet")
-    if parts.engine.keyframes_every and (parts.tuned is not None or any(c.video for c in parts.engine.controls)):
-        raise ConfigError("keyframes cannot be combined with --tuned or a --control-video yet")
-    if parts.engine.keyframe_images and (parts.tuned is not None or parts.attention_edit is not None):
-        raise ConfigError("keyframe_image cannot be combined with --tuned or attention editing (--source-prompt) yet")
-    if parts.engine.attention == "tokenflow" and parts.engine.inversion == "none":
-        raise ConfigError("attention tokenflow needs DDIM inversion (its correspondences come from the inverted source's features), not --inversion none")
-    if parts.engine.token_merge and parts.attention_edit is not None:
-        raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
 
 
 def attention_control(parts: EditParts, frames, backbone, tuned=None):
@@ -299,7 +293,7 @@ def decoded_indices(wanted: tuple[int, ...] | None, count: int) -> tuple[int, ..
 
 def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None, sampling_control=None) -> tuple[torch.Tensor, bool]:
     """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
-    given), or noised source latents. A `sampling_control` with `use_source` receives what the inversion's
+    given), or noised source latents. A `sampling_control` receives (`use_source`) what the inversion's
     control recorded (TokenFlow's source features), from the cache or from the new inversion."""
     config, engine = parts.edit, parts.engine
     if engine.inversion == "none":
@@ -308,14 +302,13 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
         noise = sampling.shared_noise(tuple(clean.shape), config.seed, backbone.device, clean.dtype)
         return sampling.noise_to_timestep(backbone.scheduler(), clean, noise, timesteps[0]), False
     inverting = attention_control(parts, frames, backbone, tuned)
-    key = inversion_key(parts, backbone, plan, source, len(timesteps), getattr(inverting, "cache_key", lambda: None)())
+    key = inversion_key(parts, backbone, plan, source, len(timesteps), None if inverting is None else inverting.cache_key())
     cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
     trajectory = load_trajectory(cache, key)
-    receive = getattr(sampling_control, "use_source", None)
     if trajectory is not None:
         log.info("inversion from cache %s", key)
-        if receive is not None:
-            receive(trajectory.features, len(trajectory.timesteps))
+        if sampling_control is not None:
+            sampling_control.use_source(trajectory.features, len(trajectory.timesteps))
         return trajectory.final.to(backbone.device, backbone.dtype), True
     progress("invert", 0, len(timesteps))
     clean = sampling.encode_frames(backbone, frames, engine.chunk)
@@ -326,9 +319,32 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
 
     trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=inverting)
     save_trajectory(cache, key, trajectory)
-    if receive is not None:
-        receive(trajectory.features, len(trajectory.timesteps))
+    if sampling_control is not None:
+        sampling_control.use_source(trajectory.features, len(trajectory.timesteps))
     return trajectory.final.to(backbone.device, backbone.dtype), False
+
+
+def hold_outside(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, tuned, prepared, scheduler, callback):
+    """The step callback with the region hold (editing.region): outside the region the source's inversion
+    trajectory (the attention edit's own, or the cached one), or without inversion the source noised with the edit's noise."""
+    from .region import hold_callback, noised_states, trajectory_states
+
+    if prepared is not None:
+        states = trajectory_states(prepared.trajectory)
+    elif parts.engine.inversion == "none":
+        clean = sampling.encode_frames(backbone, frames, parts.engine.chunk)
+        noise = sampling.shared_noise(tuple(clean.shape), parts.edit.seed, backbone.device, clean.dtype)
+        states = noised_states(backbone.scheduler(), clean, noise, timesteps)
+    else:
+        inverting = attention_control(parts, frames, backbone, tuned)
+        key = inversion_key(parts, backbone, plan, source, len(timesteps), None if inverting is None else inverting.cache_key())
+        trajectory = load_trajectory(TensorCache(cache_root, "inversions", parts.engine.cache_bytes), key)
+        if trajectory is None:  # not kept by the cache (too small): invert again, deterministically the same
+            clean = sampling.encode_frames(backbone, frames, parts.engine.chunk)
+            prompt = sampling.encode_text(backbone, parts.engine.inversion_prompt, "", guided=False)
+            trajectory = ddim_invert(backbone, clean, parts.edit.steps, parts.edit.strength, prompt, plan, control=inverting)
+        states = trajectory_states(trajectory)
+    return hold_callback(parts.held, backbone.vae_scale_factor, states, callback)
 
 
 def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_steps: int, recorded: str | None = None) -> str:

@@ -48,6 +48,7 @@ from typing import Any, Callable, Mapping
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError
 from .lora import ModelOptions
+from .masks.options import MaskConfig
 from .presets import preset_names
 from .samplers import follows_inversion
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
@@ -80,6 +81,7 @@ class EditRequest:
     dtype: str | None = field(default="auto", metadata={"help": "auto, fp32, fp16 or bf16"})
     limits: VideoLimits = field(default=VideoLimits(), metadata={"option": False})
     attention_edit: AttentionEditConfig | None = None
+    masking: MaskConfig = field(default=MaskConfig(), metadata={"group": "regions and removal (editing.region, editing.removal)"})
     tuned: str | None = field(
         default=None, metadata={"metavar": "FILE", "help": "edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)"}
     )

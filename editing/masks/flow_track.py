@@ -1,0 +1,101 @@
+"""Mask source `flow`: one frame's mask (IMAGE@FRAME) carried through the clip along the source's own
+optical flow (the DIS flow and validity keyframe propagation uses, editing.keyframes.clip_flows).
+
+Each frame's mask is the neighbouring frame's, followed back along the flow where the flow is trusted.
+Where it is not (a region revealed from behind an occluder, a pixel whose colour the flow does not
+explain) the pixel is given to whichever it looks like: the object's colours, seen on the given frame
+and the frames tracked so far, or the colours just around the object, nearest colour wins; only pixels
+near the object can join it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError
+from . import MaskInputs, MaskSource, register_mask_source
+from .options import parse_mask_file
+
+SAMPLES = 256  # colour samples kept of the object and of its surroundings
+RING = 3  # pixels around the object whose colours stand for its surroundings
+REACH = 2  # pixels beyond the farthest flow vector that a revealed pixel may be from the object
+
+
+def frame_mask(inputs: MaskInputs) -> tuple[np.ndarray, int]:
+    """The (H, W) bool mask of IMAGE@FRAME, at the clip's size, and its frame."""
+    from ..images import read_image
+    from .video import binary
+
+    path, index = parse_mask_file(inputs.config.mask)
+    frames = inputs.frames
+    if index is None or not 0 <= index < len(frames):
+        raise ConfigError(f"mask frame must be one of the clip's frames 0 to {len(frames) - 1}, got {index}")
+    image = read_image(path, "mask")
+    height, width = frames.shape[1:3]
+    if image.shape[:2] != (height, width):
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
+    return binary(image), index
+
+
+def _samples(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if len(pixels) > SAMPLES:
+        pixels = pixels[rng.choice(len(pixels), SAMPLES, replace=False)]
+    return pixels
+
+
+def _nearest_is_object(colours: np.ndarray, inside: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """For each colour, whether its nearest sample is an object sample."""
+    if len(inside) == 0:
+        return np.zeros(len(colours), bool)
+    if len(outside) == 0:
+        return np.ones(len(colours), bool)
+    near_in = ((colours[:, None] - inside[None]) ** 2).sum(-1).min(1)
+    near_out = ((colours[:, None] - outside[None]) ** 2).sum(-1).min(1)
+    return near_in < near_out
+
+
+def step_mask(previous: np.ndarray, frame: np.ndarray, back: np.ndarray, valid: np.ndarray, object_colours: np.ndarray, rng) -> np.ndarray:
+    """The mask of `frame` from the neighbour's mask `previous`, `back` (frame(x) ~ neighbour(x + back(x)))
+    and where that flow is trusted (`valid`)."""
+    height, width = previous.shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    carried = cv2.remap(previous.astype(np.float32), xs + back[..., 0], ys + back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.5
+    mask = carried & valid
+    reach = int(np.ceil(np.abs(back).max())) + REACH
+    near = cv2.dilate(previous.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)) > 0
+    doubtful = ~valid & near
+    if doubtful.any():
+        lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB).astype(np.float32)
+        ring = (cv2.dilate(carried.astype(np.uint8), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)) > 0) & ~carried & valid
+        outside = _samples(lab[ring], rng)
+        mask[doubtful] = _nearest_is_object(lab[doubtful], object_colours, outside)
+    return mask
+
+
+def track_by_flow(frames: np.ndarray, mask: np.ndarray, index: int, flows=None) -> np.ndarray:
+    """(N, H, W) bool: `mask` of frame `index` carried forward and backward through the clip."""
+    from ..keyframes import clip_flows
+
+    frames = np.asarray(frames)
+    out = np.zeros(frames.shape[:3], bool)
+    out[index] = mask
+    if len(frames) < 2:
+        return out
+    flows = flows or clip_flows(frames)
+    rng = np.random.default_rng(0)
+    lab = lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2LAB).astype(np.float32)  # noqa: E731
+    seen = [_samples(lab(frames[index])[mask], rng)]
+    for t in range(index + 1, len(frames)):  # pixel of t came from t - 1 at x + backward[t - 1](x)
+        out[t] = step_mask(out[t - 1], frames[t], flows.backward[t - 1], flows.backward_valid[t - 1], np.concatenate(seen), rng)
+    for t in range(index - 1, -1, -1):  # pixel of t goes to t + 1 at x + forward[t](x)
+        out[t] = step_mask(out[t + 1], frames[t], flows.forward[t], flows.forward_valid[t], np.concatenate(seen), rng)
+    return out
+
+
+def flow_masks(inputs: MaskInputs) -> np.ndarray:
+    mask, index = frame_mask(inputs)
+    return track_by_flow(inputs.frames, mask, index)
+
+
+register_mask_source(MaskSource("flow", flow_masks, help="one frame's mask carried along the source's optical flow"))
