@@ -904,3 +904,59 @@ def test_a_session_with_one_edit_says_one_edit(tmp_path, car):
     store.owned(owner).add_entry(session, Entry(entry_id, "a red car", {}, {".mp4": "edit.mp4"}, {}, None))
     status = handlers.show(owner, "cars")[2]
     assert "1 edit" in status and "1 edits" not in status
+
+
+# ---------------------------------------------------------------- issue 32, item 5: every upload plays or gets a sentence
+
+
+def _h264_clip(path: Path, damage: str | None = None) -> Path:
+    """A 20-frame 64x64 H.264 mp4 (yuv420p: the container, codec and pixel format browsers play); `damage`
+    "slices": random bytes over three of its slices (FFmpeg conceals them, Chromium stops with a decode
+    error); "stream": the whole coded stream replaced by random bytes (the headers still probe)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": "5", "crf": "20"}
+        for i in range(20):
+            frame = np.zeros((64, 64, 3), np.uint8) + np.array([i * 10, 100, 200], np.uint8)
+            frame[10 + i : 30 + i, 10:30] = 255
+            picture = av.VideoFrame.from_ndarray((frame + rng.integers(0, 30, frame.shape)).astype(np.uint8), format="rgb24")
+            picture.pts = i
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    mdat, moov = data.find(b"mdat"), data.find(b"moov")
+    end = moov - 4 if moov > mdat else len(data)
+    if damage == "slices":
+        for k in range(3):
+            data[mdat + 200 + 700 * k : mdat + 240 + 700 * k] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+    elif damage == "stream":
+        data[mdat + 4 : end] = rng.integers(0, 256, end - mdat - 4, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_h264_clip_with_stream_errors_is_shown_through_a_clean_preview_and_an_undecodable_one_gets_a_sentence(tmp_path):
+    """Playability is judged by decoding: an mp4/H.264/yuv420p clip with damaged slices (FFmpeg conceals
+    them, a browser refuses the file) is shown through a re-encoded preview that decodes with no error; a
+    clip none of whose frames decode gets one sentence, and no button turns on."""
+    from editing.video_io import probe
+    from ui.clip_upload import check_clip
+    from ui.preview import browser_playable, decodes_cleanly
+
+    good = _h264_clip(tmp_path / "good.mp4")
+    assert browser_playable(good) and check_clip(str(good), str(tmp_path)) == (str(good), None, str(good))
+    damaged = _h264_clip(tmp_path / "damaged.mp4", "slices")
+    assert probe(damaged).codec == "h264" and not decodes_cleanly(damaged) and not browser_playable(damaged)
+    shown, line, clip = check_clip(str(damaged), str(tmp_path / "previews"))
+    assert line is None and clip == str(damaged) and shown != str(damaged)
+    assert decodes_cleanly(shown) and probe(shown).frame_count == 20
+    noise = _h264_clip(tmp_path / "noise.mp4", "stream")
+    assert probe(noise).frame_count == 20  # its headers still describe a clip
+    shown, line, clip = check_clip(str(noise), str(tmp_path / "previews"))
+    assert shown is None and clip is None
+    assert line.count("noise.mp4 cannot be shown") == 1 and "\n" not in line

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
+import av
 import gradio as gr
 
 from editing.errors import EditingError
@@ -56,7 +58,11 @@ def check_clip(video: str | None, preview_folder: str | None = None) -> tuple[An
         return video, None, video
     from .backend import fresh_output_dir
 
-    return preview_for(video, preview_folder or fresh_output_dir()), None, video  # a run folder only for a preview
+    try:
+        return preview_for(video, preview_folder or fresh_output_dir()), None, video  # a run folder only for a preview
+    except (EditingError, av.error.FFmpegError) as exc:
+        reason = str(exc) if isinstance(exc, EditingError) else f"its video stream is damaged ({exc.strerror or type(exc).__name__})"
+        return None, f"**{Path(video).name} cannot be shown or edited: {reason}.** Upload another clip (mp4, webm, mov or avi).", None
 
 
 def unfinished(widgets: dict[str, gr.components.Component], values: dict[str, Any]) -> str | None:
