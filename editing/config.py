@@ -9,6 +9,7 @@ from .attention.modes import attention_mode_names
 from .control.kinds import condition_kind_names
 from .errors import ConfigError
 from .samplers import sampler_names
+from .windows import CONTEXT_HELP, ContextWindows
 
 
 def _check(condition: bool, message: str) -> None:
@@ -136,6 +137,8 @@ def default_keyframes(values) -> str | None:
     controls = values.get("control_video") or ()
     if values.get("tuned") is not None or any(controls) or (values.get("feature_bank") or 0) > 0 or values.get("source_prompt"):
         return None
+    if values.get("motion_adapter"):  # a motion module denoises runs of consecutive frames, not keyframes 8 apart
+        return None
     if (values.get("attention") or "first") in NO_DEFAULT_KEYFRAMES_ATTENTION:
         return None
     return DEFAULT_KEYFRAMES
@@ -197,6 +200,7 @@ class EngineConfig:
     chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames"})
     token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off"})
     feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})
+    context: str | None = field(default=None, metadata={"help": CONTEXT_HELP, "metavar": "LENGTH[:OVERLAP[:SCHEDULE]]|off"})  # editing.windows
     keyframes: str | None = field(
         default=None,
         metadata={
@@ -245,6 +249,9 @@ class EngineConfig:
         _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
         _check(self.feature_bank == 0 or self.attention != "none", "feature_bank needs cross-frame attention, not --attention none")
         parse_keyframes(self.keyframes)
+        if ContextWindows.parse(self.context) is not None:
+            _check(self.attention != "tokenflow", "context windows cannot be combined with --attention tokenflow, which plans its own keyframe windows")
+            _check(self.feature_bank == 0, "context windows cannot be combined with --feature-bank, which streams chunk after chunk")
         indices = [image.index for image in self.keyframe_images]
         _check(len(set(indices)) == len(indices), f"each keyframe_image index may appear once, got {', '.join(map(str, indices))}")
         _check(math.isfinite(self.keyframe_guidance) and 0 <= self.keyframe_guidance <= 50, f"keyframe_guidance must be between 0 and 50, got {self.keyframe_guidance}")

@@ -29,6 +29,7 @@ from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelectio
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .errors import ConfigError
 from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
+from .windows import edit_context
 
 if TYPE_CHECKING:
     from .keyframes import Keyframes
@@ -172,7 +173,8 @@ def edit_frames(
     start = frames if start is None else check_frames(start)
     start_key = source if start is frames else frames_key(start)
     anchors = tuple(index for index, _ in pins) or (0,)
-    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge)
+    context = edit_context(engine.context, backbone.unet)  # context windows (editing.windows), by default with a motion module
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge, context=context)
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelLoadError
+from .motion import MOTION_HELP, MotionSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class ModelOptions:
     )
     fuse: bool = field(default=False, metadata={"help": "merge the LoRAs into the weights (faster steps) instead of keeping separate LoRA layers", "flag": "--lora-fuse", "dest": "lora_fuse"})
     vae: str = field(default="model", metadata={"help": "autoencoder: model (the model's own) or tiny (AutoencoderTiny, TAESD: fast, a little blurrier)", "choices": VAE_CHOICES})
+    motion_adapter: str | None = field(default=None, metadata={"help": MOTION_HELP, "metavar": "SPEC"})  # editing.motion
 
     def __post_init__(self):
         _check(isinstance(self.loras, tuple) and all(isinstance(s, LoraSpec) for s in self.loras), "loras must be a tuple of LoraSpec")
@@ -94,16 +96,19 @@ class ModelOptions:
         _check(len(self.loras) <= 8, f"at most 8 loras, got {len(self.loras)}")
         _check(self.vae in VAE_CHOICES, f"vae must be one of {', '.join(VAE_CHOICES)}; got {self.vae!r}")
         _check(bool(self.loras) or not self.fuse, "lora fuse needs at least one --lora")
+        if self.motion_adapter is not None:
+            MotionSpec.parse(self.motion_adapter)  # a malformed spec fails now
 
     @property
     def plain(self) -> bool:
         """Whether the backbone is the model's own, unchanged."""
-        return not self.loras and self.vae == "model"
+        return not self.loras and self.vae == "model" and self.motion_adapter is None
 
     def suffix(self) -> str:
         """What these options add to a backbone's name (and so to every cache key that holds the name)."""
         parts = [f"lora={','.join(map(str, self.loras))}{'(fused)' if self.fuse else ''}"] if self.loras else []
         parts += [f"vae={self.vae}"] if self.vae != "model" else []
+        parts += [f"motion={self.motion_adapter}"] if self.motion_adapter is not None else []
         return "".join(f"+{p}" for p in parts)
 
 

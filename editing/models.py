@@ -476,8 +476,17 @@ def derive_backbone(base: Backbone, options) -> Backbone:
 
     unet, text_encoder, vae = base.unet, base.text_encoder, base.vae
     notes = list(base.extras.get("notes", ()))
+    extras = {}
+    if options.motion_adapter is not None:  # motion modules first, so LoRAs adapt the inflated UNet's spatial layers
+        from .motion import RANDOM_MOTION, RANDOM_MOTION_NOTE, MotionSpec, inflate, load_motion_adapter
+
+        spec = MotionSpec.parse(options.motion_adapter)
+        unet = inflate(base.unet, load_motion_adapter(spec, base.unet.config, base.name))
+        extras["image_unet"] = base.unet  # what a random ControlNet is shaped from
+        if spec.kind == RANDOM_MOTION:
+            notes.append(RANDOM_MOTION_NOTE)
     if options.loras:
-        unet, text_encoder = copy.deepcopy(base.unet), copy.deepcopy(base.text_encoder)
+        unet, text_encoder = copy.deepcopy(unet), copy.deepcopy(base.text_encoder)
         unet_names, text_names = apply_loras(unet, text_encoder, options.loras, options.fuse, read_lora)
         if not text_names:  # no LoRA adapts the text encoder: share the base's, not a copy
             text_encoder = base.text_encoder
@@ -487,7 +496,7 @@ def derive_backbone(base: Backbone, options) -> Backbone:
             notes.append(RANDOM_LORA_NOTE)
     if options.vae == "tiny":
         vae = tiny_vae(base)
-    extras = {**base.extras, "notes": tuple(notes), "options": options}
+    extras = {**base.extras, **extras, "notes": tuple(notes), "options": options}
     return dataclasses.replace(base, name=base.name + options.suffix(), text_encoder=text_encoder, unet=unet, vae=vae, extras=extras)
 
 
@@ -573,7 +582,7 @@ def _load_controlnet(spec: str, backbone: Backbone):
     if spec == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            controlnet = ControlNetModel.from_unet(backbone.unet, load_weights_from_unet=False)
+            controlnet = ControlNetModel.from_unet(backbone.extras.get("image_unet", backbone.unet), load_weights_from_unet=False)
         # A fresh ControlNet's zero convolutions output zeros; give them small random weights so a
         # random ControlNet really changes the UNet's input, as a trained one does.
         with torch.random.fork_rng(devices=[]):

@@ -18,6 +18,7 @@ from .attention.anchor import AnchorCall, AnchorStore
 from .attention.cross_frame import FrameLayout, cross_frame_attention, layout_for
 from .attention.modes import get_attention_mode
 from .models import Backbone
+from .motion import run_unet
 from .samplers import sampler_of, set_timeline
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
@@ -225,6 +226,7 @@ class FrameBatch:
     ids: tuple[int, ...]
     targets: tuple[int, ...]
     borrowed: tuple[int, ...] = ()  # anchor frames it attends to without holding them: their keys/values come from the step's anchor store
+    weights: tuple[float, ...] | None = None  # per target: its share of the frame's noise (context windows' blending); None = all of it
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,14 @@ class FramePlan:
     anchors: tuple[int, ...] = (0,)
     window: int = 2
     merge: float = 0.0  # token merging ratio inside self-attention (editing.attention.merge)
+    context: object = None  # editing.windows.ContextWindows: the batches are overlapping windows, blended (may move per step)
+    num_frames: int = 0
+
+    def at_step(self, index: int) -> "FramePlan":
+        """The plan of denoising step `index`: the same plan, or with context windows that step's windows."""
+        if self.context is None or index == 0:
+            return self
+        return dataclasses.replace(self, batches=window_batches(self.num_frames, self.context, self.mode, self.window, self.anchors, index))
 
     def layout(self, batch: FrameBatch) -> FrameLayout:
         return layout_for(self.mode, batch.ids, self.anchors, self.window, self.merge, batch.borrowed)
@@ -252,7 +262,7 @@ class FramePlan:
         batches = [self.batches[0]]
         for batch in self.batches[1:]:
             borrowed = tuple(a for a in self.anchors if a not in batch.targets)
-            batches.append(FrameBatch(tuple(f for f in batch.ids if f not in borrowed), batch.targets, borrowed))
+            batches.append(dataclasses.replace(batch, ids=tuple(f for f in batch.ids if f not in borrowed), borrowed=borrowed))
         return dataclasses.replace(self, batches=tuple(batches))
 
     def shares_anchors(self) -> bool:
@@ -276,22 +286,43 @@ class FramePlan:
         return True
 
 
-def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0) -> FramePlan:
+def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0, context=None) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
 
     The context is the mode's registered rule (editing.attention.modes): the shared anchor frames for
     every cross-frame mode (so chunks of a long clip stay consistent with each other), the previous
     frame for `sparse-causal`, `window` neighbours on each side for `window`. Peak memory is that of
     one chunk plus its context, whatever the clip length.
+
+    With `context` (editing.windows.ContextWindows) the calls are overlapping windows instead, each
+    frame's noise the pyramid-weighted blend of its windows' (`window_batches`); `chunk` is not used.
     """
     rule = get_attention_mode(mode)
     anchors = tuple(a for a in anchors if a < num_frames) or (0,)
+    if context is not None:
+        return FramePlan(mode, window_batches(num_frames, context, mode, window, anchors, 0), anchors, window, merge, context, num_frames)
     batches = []
     for start in range(0, num_frames, chunk):
         targets = range(start, min(start + chunk, num_frames))
         context = {f for f in rule.context(targets, num_frames, anchors, window) if 0 <= f < num_frames}
         batches.append(FrameBatch(tuple(sorted(context | set(targets))), tuple(targets)))
     return FramePlan(mode, tuple(batches), anchors, window, merge)
+
+
+def window_batches(num_frames: int, context, mode: str, window: int, anchors: tuple[int, ...], step: int) -> tuple[FrameBatch, ...]:
+    """One UNet call per context window of step `step` (editing.windows): the window's frames are its
+    targets, weighted, plus the context the attention mode needs."""
+    from .windows import window_starts, window_weights
+
+    rule = get_attention_mode(mode)
+    starts = window_starts(num_frames, context, step)
+    length = min(context.length, num_frames)
+    batches = []
+    for start, weights in zip(starts, window_weights(num_frames, starts, length)):
+        targets = range(start, start + length)
+        extra = {f for f in rule.context(targets, num_frames, anchors, window) if 0 <= f < num_frames}
+        batches.append(FrameBatch(tuple(sorted(extra | set(targets))), tuple(targets), weights=tuple(weights)))
+    return tuple(batches)
 
 
 def predict_noise(
@@ -357,13 +388,7 @@ def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_
         extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
         if image is not None:
             extra["added_cond_kwargs"] = {"image_embeds": [image.to(model_input.dtype).repeat_interleave(count, dim=0)]}
-        return backbone.unet(
-            model_input,
-            timestep,
-            encoder_hidden_states=context,
-            cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs),
-            **extra,
-        ).sample
+        return run_unet(backbone.unet, model_input, timestep, branches, context, cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs), **extra)
 
 
 def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dict | None:
@@ -473,6 +498,7 @@ def denoise(
     batches = plan.batches
     if share_anchors and cross_frame and (control is None or getattr(control, "shares_anchors", False)):
         batches = plan.sharing_anchors().batches
+    sharing = batches is not plan.batches  # the anchors are computed once per step (so in every step's windows too)
     store = AnchorStore() if any(batch.borrowed for batch in batches) else None
     attention = cross_frame_attention(backbone.unet) if cross_frame else contextlib.nullcontext()
     if control is not None:
@@ -492,7 +518,10 @@ def denoise(
                 step_guidance = before_step(context, step_guidance) or step_guidance
             if control is not None and hasattr(control, "begin_step"):  # a pass of the control's own first (TokenFlow's keyframes)
                 control.begin_step(StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control, seed), step_guidance)
-            noise = torch.empty_like(x)
+            if plan.context is not None:  # context windows (editing.windows): this step's, their shares summed into zeros
+                step_plan = plan.at_step(index)
+                batches = step_plan.sharing_anchors().batches if sharing else step_plan.batches
+            noise = torch.empty_like(x) if plan.context is None else torch.zeros_like(x)
             for batch in batches:
                 ids = list(batch.ids)
                 layout = plan.layout(batch) if cross_frame else None
@@ -500,7 +529,11 @@ def denoise(
                 if store is not None:
                     extra = (extra or {}) | {"anchor_kv": anchor_call(store, plan.anchors, batch)}
                 predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, layout, ids, fraction, extra)
-                noise[list(batch.targets)] = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
+                produced = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
+                if batch.weights is None:
+                    noise[list(batch.targets)] = produced
+                else:  # a context window's pyramid-weighted share of its frames' noise
+                    noise[list(batch.targets)] += torch.tensor(batch.weights, dtype=noise.dtype, device=noise.device).view(-1, 1, 1, 1) * produced
             x = scheduler_step(scheduler, noise, timestep, x, generator)
             if callback is not None:
                 scale = vp_scale(scheduler, following[index])

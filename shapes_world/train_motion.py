@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from editing.errors import EditingError
+from editing.motion import build_adapter
 
 from .train import StageState, load_checkpoint, load_components, save_checkpoint, tokenize
 from .world import random_clip, kind_clip
@@ -82,30 +83,6 @@ def training_clip(config: MotionTrainConfig, step: int, index: int, size: int):
     if recipe == "plain":
         return random_clip(seed, config.frames, size, ("move", "turn", "scale"), split="train")
     return kind_clip(recipe, seed, config.frames, size)
-
-
-def build_adapter(unet_config: dict, heads: int, max_frames: int):
-    """A MotionAdapter shaped for a UNet2DConditionModel config, its motion modules' output projections zero
-    (AnimateDiff's initialisation: the inflated UNet starts as the image model)."""
-    from diffusers import MotionAdapter
-
-    layers = unet_config["layers_per_block"]
-    adapter = MotionAdapter(
-        block_out_channels=tuple(unet_config["block_out_channels"]), motion_layers_per_block=layers,
-        motion_num_attention_heads=heads, motion_norm_num_groups=unet_config["norm_num_groups"],
-        motion_max_seq_length=max_frames, use_motion_mid_block=True,
-    )  # fmt: skip
-    zero_output(adapter)
-    return adapter
-
-
-def zero_output(module: torch.nn.Module) -> None:
-    """Zero every motion transformer's output projection inside `module`."""
-    with torch.no_grad():
-        for name, child in module.named_modules():
-            if name.endswith("proj_out") and isinstance(child, torch.nn.Linear):
-                child.weight.zero_()
-                child.bias.zero_()
 
 
 def motion_parameters(unet) -> torch.nn.ModuleDict:

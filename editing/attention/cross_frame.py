@@ -252,9 +252,13 @@ def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):
 @contextlib.contextmanager
 def attention_processors(unet, processor) -> Iterator[None]:
     """Install `processor` (one object or a {layer name: processor} dict) and restore the originals after;
-    layers holding an IP-Adapter keep its image attention (`bind_image_adapters`)."""
+    layers holding an IP-Adapter keep its image attention (`bind_image_adapters`); a motion UNet's motion
+    modules (editing.motion) keep their own temporal attention: only spatial layers are swapped."""
+    from ..motion import spatial_layer
+
     original = dict(unet.attn_processors)
     installed = processor if isinstance(processor, dict) else {name: processor for name in original}
+    installed = {name: installed[name] if spatial_layer(name) else original[name] for name in original}
     try:
         unet.set_attn_processor(bind_image_adapters(installed, original))
         yield
