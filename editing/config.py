@@ -39,9 +39,9 @@ class FrameSelection:
 
     start: float = field(default=0.0, metadata={"help": "first second to keep"})
     end: float | None = field(default=None, metadata={"help": "last second to keep (exclusive)"})
-    stride: int = field(default=1, metadata={"help": "keep every n-th frame"})
-    max_frames: int | None = field(default=16, metadata={"help": "most frames to edit (0 = all)", "flag": "--frames", "dest": "frames", "none_as": 0})
-    size: int = field(default=512, metadata={"help": "long side in pixels, a multiple of 8 (default: the model's own size: 512 for SD 1.x, 64 for shapes)", "resolve": "native_size"})
+    stride: int = field(default=1, metadata={"help": "keep every n-th frame", "range": "[1, inf)"})
+    max_frames: int | None = field(default=16, metadata={"help": "most frames to edit (0 = all)", "flag": "--frames", "dest": "frames", "none_as": 0, "range": "[2, inf) or 0"})
+    size: int = field(default=512, metadata={"help": "long side in pixels, a multiple of 8 (default: the model's own size: 512 for SD 1.x, 64 for shapes)", "resolve": "native_size", "range": "[64, 2048], a multiple of 8"})
 
     def __post_init__(self):
         _check(math.isfinite(self.start) and self.start >= 0, f"start must be a time >= 0 s, got {self.start}")
@@ -68,9 +68,9 @@ class EditConfig:
 
     prompt: str = field(metadata={"help": "what the edited video should show"})
     negative_prompt: str = field(default="", metadata={"help": "what it should not show"})
-    steps: int = field(default=20, metadata={"help": "denoising steps"})
-    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it"})
-    strength: float = field(default=DEFAULT_STRENGTH, metadata={"help": "share of the steps to invert and re-run: lower keeps more of the source (default: {default})"})
+    steps: int = field(default=20, metadata={"help": "denoising steps", "range": "[1, 1000]"})
+    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it", "range": "[0, 50]"})
+    strength: float = field(default=DEFAULT_STRENGTH, metadata={"help": "share of the steps to invert and re-run: lower keeps more of the source (default: {default})", "range": "(0, 1]"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same output"})
     sampler: str = field(default="ddim", metadata={"help": "sampler (editing.samplers); every one follows DDIM inversion's timesteps", "choices": sampler_names})
 
@@ -196,10 +196,10 @@ class EngineConfig:
         default="first",
         metadata={"help": "cross-frame attention (default: {default}; with --tuned, the mode it was tuned with)", "choices": attention_mode_names, "resolve": "tuned_attention"},
     )
-    window: int = field(default=2, metadata={"help": "neighbours on each side for --attention window; frames per keyframe window for --attention tokenflow"})
-    chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames"})
-    token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off"})
-    feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off"})
+    window: int = field(default=2, metadata={"help": "neighbours on each side for --attention window; frames per keyframe window for --attention tokenflow", "range": "[1, inf)"})
+    chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames", "range": "[1, inf)"})
+    token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off", "range": "[0, 1)"})
+    feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off", "range": "[0, 64]"})
     context: str | None = field(default=None, metadata={"help": CONTEXT_HELP, "metavar": "LENGTH[:OVERLAP[:SCHEDULE]]|off"})  # editing.windows
     keyframes: str | None = field(
         default=None,
@@ -216,10 +216,10 @@ class EngineConfig:
     )
     keyframe_guidance: float = field(
         default=1.0,
-        metadata={"help": "classifier-free guidance of an edit with a --keyframe-image: 1 (no guidance) lets the supplied frames, not the prompt, decide what the other frames show; higher lets the prompt steer too"},
+        metadata={"help": "classifier-free guidance of an edit with a --keyframe-image: 1 (no guidance) lets the supplied frames, not the prompt, decide what the other frames show; higher lets the prompt steer too", "range": "[0, 50]"},
     )
     keyframe_fit: str = field(default="refuse", metadata={"help": "a --keyframe-image of another size: refuse it, resize it, or crop it (scale to cover, centre-crop)", "choices": ("refuse", "resize", "crop")})
-    keyframe_refine: float = field(default=0.1, metadata={"help": "with --keyframes: share of the steps re-run, at low noise, on the regions no keyframe sees; 0 = none"})
+    keyframe_refine: float = field(default=0.1, metadata={"help": "with --keyframes: share of the steps re-run, at low noise, on the regions no keyframe sees; 0 = none", "range": "[0, 1]"})
     inversion: str = field(default="ddim", metadata={"help": "ddim: invert the source; none: noise it (SDEdit)", "choices": INVERSIONS})
     inversion_prompt: str = field(default="", metadata={"help": "prompt describing the source, used to invert it"})
     controls: tuple[ControlSpec, ...] = field(
@@ -303,13 +303,13 @@ class AttentionEditConfig:
 
     source_prompt: str = field(metadata={"help": "what the source shows; enables attention editing (and inverts with it)"})
     edit: str = field(default="refine", metadata={"help": "swap: same word count; refine: added words; reweight", "flag": "--edit", "dest": "prompt_edit", "choices": PROMPT_EDITS})
-    cross_replace: float = field(default=0.8, metadata={"help": "share of the steps whose cross-attention comes from the source"})
-    self_replace: float = field(default=0.4, metadata={"help": "share of the steps whose self-attention comes from the source"})
+    cross_replace: float = field(default=0.8, metadata={"help": "share of the steps whose cross-attention comes from the source", "range": "[0, 1]"})
+    self_replace: float = field(default=0.4, metadata={"help": "share of the steps whose self-attention comes from the source", "range": "[0, 1]"})
     blend_words: tuple[str, ...] = field(default=(), metadata={"help": "words whose attention masks the edited region; the rest keeps the source"})
-    blend_threshold: float = field(default=0.3, metadata={"help": "mask threshold on the blend words' normalised attention"})
+    blend_threshold: float = field(default=0.3, metadata={"help": "mask threshold on the blend words' normalised attention", "range": "[0, 1)"})
     reweight: tuple[tuple[str, float], ...] = field(default=(), metadata={"help": "scale a target word's attention (with --edit reweight), repeatable"})
     null_text: bool = field(default=False, metadata={"help": "null-text inversion: fit per-step unconditional embeddings (slow, cached)"})
-    null_text_iterations: int = field(default=10, metadata={"help": "Adam iterations per step of null-text inversion"})
+    null_text_iterations: int = field(default=10, metadata={"help": "Adam iterations per step of null-text inversion", "range": "[1, 100]"})
     self_downsample: int = field(default=4, metadata={"help": "store self-attention only at layers this many times smaller than the latent", "option": False})
 
     def __post_init__(self):

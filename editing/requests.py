@@ -13,7 +13,10 @@ Field metadata keys (all optional):
   flag        the command-line spelling, or a tuple of spellings (the first is shown, the rest are aliases);
               default "--" + the option's name with "-" for "_"
   dest        the option's name (argparse dest, spec key, form field); default the field's name
-  choices     a tuple, or a zero-argument callable returning one (called when a parser or form is built)
+  choices     a tuple, or a zero-argument callable returning one (called when a parser or form is built); a
+              registry's names function (editing.registries) also gives each choice's help to --help and the docs
+  range       the accepted values as text, for --help's reference and the docs, e.g. "[1, 1000]", "(0, 1]",
+              "[2, inf) or 0" (the config's __post_init__ enforces it; tests/test_docs.py checks they agree)
   metavar     argparse's metavar
   positional  True: a positional argument (the video)
   required    True: the command line must give it even though the field has a default
@@ -196,6 +199,7 @@ class Option:
     within: tuple[str, ...] | None = None  # the optional config (e.g. ("attention_edit",)) it belongs to
     enables: bool = False  # a field without default of that optional config: giving it builds the config
     file: str | None = None  # the kind of file the option names ("image"), for forms' upload widgets
+    range: str | None = None  # the accepted values as text, e.g. "[1, 1000]" (metadata "range")
 
     @property
     def flag(self) -> str:
@@ -213,6 +217,16 @@ class Option:
             choices = self.choice_values() if self.choices is not None else _item_choices(self)
             text = text.replace("{choices}", ", ".join(map(str, choices or ())))
         return text.replace("{default}", str(self.field_default))
+
+    def choice_help(self) -> dict[str, str]:
+        """Each choice's help when the choices come from a registry (editing.registries), else {}."""
+        from .registries import choice_help
+
+        if self.choices is not None:
+            return choice_help(self.choices)
+        if self.item is not None:
+            return choice_help(dataclasses.fields(self.item)[0].metadata.get("choices"))
+        return {}
 
 
 def _item_choices(option: Option) -> tuple | None:
@@ -285,7 +299,7 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
         name=name, flags=flags, help=meta.get("help", ""), choices=meta.get("choices"), metavar=meta.get("metavar"), group=group,
         paths=(path,), field_default=None if missing else default, within=within, enables=missing and within is not None,
         required=bool(meta.get("required")) or (missing and within is None), needed=missing and within is None,
-        file=meta.get("file"),
+        file=meta.get("file"), range=meta.get("range"),
     )  # fmt: skip
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
@@ -604,7 +618,9 @@ def add_arguments(parser, command: str) -> None:
     groups: dict[str, Any] = {}
     for option in options(command):
         target = parser if option.group is None else groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
-        text = option.help_text().replace("%", "%%") or None
+        described = " | ".join(f"{name}: {help}" if help else name for name, help in option.choice_help().items())
+        text = option.help_text() + (f" (accepts {option.range})" if option.range else "") + (f" [{described}]" if described else "")
+        text = text.replace("%", "%%") or None
         if not option.flags:
             target.add_argument(option.name, help=text)
             continue

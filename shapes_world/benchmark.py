@@ -263,12 +263,14 @@ def colour_flicker(frames: np.ndarray, masks: np.ndarray, shrink: int = 1, subje
 
 
 def measure(source: Clip, output: np.ndarray, edit: ShapeEdit) -> dict:
-    """Every ground-truth metric of one edited clip."""
+    """Every ground-truth metric of one edited clip (the warp error also per frame pair, for the docs' plots)."""
+    pairs = true_warp_errors(output, source.flow, source.masks)
     return {
         "edit_accuracy": edit_accuracy(output, source.masks, edit),
         "structure_iou": structure_iou(output, source.masks),
         "background_psnr": background_psnr(source.frames, output, source.masks) if edit.local else None,
-        "warp_error": float(np.nanmean(true_warp_errors(output, source.flow, source.masks))),
+        "warp_error": float(np.nanmean(pairs)),
+        "warp_errors": [None if math.isnan(v) else round(float(v), 4) for v in pairs],
         "flicker": colour_flicker(output, source.masks, subject=edit.subject),
     }
 
@@ -608,6 +610,19 @@ def state_values(summary: dict[str, dict], stated: dict, path: Path = STATED_PAT
 
 # ---------------------------------------------------------------- command
 
+def provenance() -> dict:
+    """The command line, UTC date and git commit of this run (commit None outside a git checkout)."""
+    import datetime
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        commit = None
+    command = "python -m editing eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
+    return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": commit}
+
+
 README_MARKERS = ("<!-- shapes-table -->", "<!-- /shapes-table -->")
 
 
@@ -770,6 +785,7 @@ def _report(args, stated: dict, result: BenchmarkResult, settings, indices, step
     text = markdown(summary, header, notes, stated, by_kind if len(next(iter(warp.values()), {})) > 1 else None)
     (out / "table.md").write_text(text, encoding="utf-8")
     document = {"model": model, "clips": list(indices), "steps": steps, "settings": list(settings), "minutes": minutes, "summary": summary, "rows": result.rows, "notes": notes}
+    document |= provenance()  # the docs' benchmark pages print the command, date and commit of each run
     (out / "table.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
     if args.readme:
         put_in_readme(Path(args.readme), text)

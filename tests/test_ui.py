@@ -315,25 +315,6 @@ def test_a_run_folder_removed_by_another_run_meanwhile_is_skipped(tmp_path, monk
     assert second.is_dir() and not first.exists()
 
 
-def test_the_readme_client_example_matches_the_api():
-    import ast
-    import re
-
-    from .conftest import ROOT
-    from ui import build_demo
-
-    readme = (ROOT / "README.md").read_text()
-    assert readme.startswith("```bash\nbash scripts/install.sh && .venv/bin/python app.py\n")
-    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in block)
-    call = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "predict")
-    keywords = {k.arg: k.value for k in call.keywords}
-    api_name = ast.literal_eval(keywords.pop("api_name"))
-    endpoint = build_demo(default_model="tiny").get_api_info()["named_endpoints"][api_name]
-    assert set(keywords) <= {p["parameter_name"] for p in endpoint["parameters"]}
-    targets = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)).targets[0]
-    assert len(targets.elts) == len(endpoint["returns"])
-
-
 def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path, monkeypatch):
     from editing.pipeline import STAGES, edit_video
     from ui.edit_tab import STAGE_LABELS, gradio_progress, request_from

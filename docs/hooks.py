@@ -1,0 +1,267 @@
+"""MkDocs hooks: pages written from the code and from saved results at build time, never kept by hand.
+
+- reference/options.md: every option of `edit` and `tune` from the one option schema (editing.requests);
+- reference/registries.md: every registry's entries with their help (editing.registries);
+- benchmarks/shapes.md and its plots: from the result files the shapes benchmark saves
+  (`python -m editing eval --shapes --out DIR` writes DIR/table.json; copied to benchmarks/results/).
+
+mkdocs.yml names this file under `hooks:`; tests/test_docs.py calls the page functions directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:  # the docs build imports the library from this checkout
+    sys.path.insert(0, str(ROOT))
+
+OPTIONS_PAGE = "reference/options.md"
+REGISTRIES_PAGE = "reference/registries.md"
+SHAPES_PAGE = "benchmarks/shapes.md"
+
+
+def _cell(value) -> str:
+    """A table cell: Markdown's pipes escaped, nothing empty."""
+    text = str(value).replace("|", "\\|").replace("\n", " ").strip()
+    return text if text else "-"
+
+
+def _default(option) -> str:
+    if option.required or option.needed:
+        return "required"
+    if option.resolve:
+        return "decided per edit (see help)"
+    value = option.default
+    if value in ("", [], None):
+        return "none" if option.none_as is None else f"{option.none_as!r} (none)"
+    return f"`{value}`"
+
+
+def _accepts(option) -> str:
+    choices = option.choice_values() if option.choices is not None else None
+    if choices is None and option.item is not None:
+        from editing.requests import _item_choices
+
+        choices = _item_choices(option)
+    parts = []
+    if option.range:
+        parts.append(option.range)
+    if choices:
+        parts.append(", ".join(f"`{c}`" for c in choices))
+    if option.kind in ("words", "switches"):
+        parts.append("comma-separated")
+    if option.repeat:
+        parts.append("repeatable")
+    return "; ".join(parts) or "-"
+
+
+def _type_name(option) -> str:
+    names = {str: "text", int: "integer", float: "number", bool: "switch"}
+    return names.get(option.type, option.type.__name__) + (" or none" if option.nullable else "")
+
+
+def option_reference() -> str:
+    """The option reference page: every option of `edit` and `tune`, grouped as `--help` groups them."""
+    from editing.requests import options
+
+    try:
+        from ui.edit_tab import api_fields
+
+        api = set(api_fields())
+    except ImportError:  # the app's packages missing: the API column says so
+        api = None
+    lines = [
+        "# Option reference",
+        "",
+        "Generated from the one option schema (`editing/requests.py`, the config dataclasses' fields and their",
+        "`metadata`) each time the site is built: an option added to a config appears here with no docs edit.",
+        "The same schema makes `python -m editing edit --help`, the keys of eval and batch specs, and the app's",
+        "`/edit` API parameters (the *API name*; `-` where the app keeps an option off its API).",
+        "",
+    ]
+    for command, title in (("edit", "`python -m editing edit`"), ("tune", "`python -m editing tune`")):
+        lines += [f"## {title}", ""]
+        groups: dict[str, list] = {}
+        for option in options(command):
+            groups.setdefault(option.group or "general", []).append(option)
+        for group, members in groups.items():
+            lines += [f"### {group}", "", "| flag | API name | type | default | accepts | help |", "|---|---|---|---|---|---|"]
+            for option in members:
+                flag = f"`{option.flag}`" if option.flags else f"`{option.name}` (positional)"
+                if len(option.flags) > 1:
+                    flag += " (also " + ", ".join(f"`{f}`" for f in option.flags[1:]) + ")"
+                name = option.name if command == "edit" and (api is None or option.name in api) else "-"
+                described = option.choice_help()
+                text = option.help_text() + ("<br>" + "<br>".join(f"`{k}`: {v}" for k, v in described.items()) if described else "")
+                lines.append(
+                    f"| {flag} | {_cell(name if name == '-' else f'`{name}`')} | {_type_name(option)} | {_cell(_default(option))} | {_cell(_accepts(option))} | {_cell(text)} |"
+                )
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def registries_page() -> str:
+    """The registries page: every registered entry with its help, and the call that adds one."""
+    from editing.registries import REGISTRIES
+
+    lines = [
+        "# Registered modes, samplers, presets, condition kinds and styles",
+        "",
+        "Generated from the registries (`editing/registries.py` lists them) each time the site is built.",
+        "Adding an entry is one call; [Extending](../extending.md) shows a worked example.",
+        "",
+    ]
+    for registry in REGISTRIES:
+        lines += [f"## {registry.title.capitalize()}", "", f"Picked with {registry.option}; added with `{registry.register}`.", ""]
+        lines += ["| name | what it is |", "|---|---|"]
+        lines += [f"| `{name}` | {_cell(text)} |" for name, text in registry.described().items()]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- benchmark pages
+
+
+def shapes_results(folder: Path = RESULTS) -> list[tuple[str, dict]]:
+    """The shapes benchmark's saved runs (table.json documents), newest first, by file stem."""
+    found = []
+    for path in sorted(folder.glob("shapes-*.json"), reverse=True):
+        found.append((path.stem, json.loads(path.read_text(encoding="utf-8"))))
+    return found
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _interval(summary: dict, key: str) -> str:
+    interval = summary.get(key + "_interval")
+    value = _fmt(summary.get(key))
+    return value if not interval else f"{value} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def _pair_means(document: dict) -> dict[str, list[float]]:
+    """Per setting, the mean true-motion warp error of each frame pair over its edits (rows carry `warp_errors`)."""
+    import numpy as np
+
+    sums: dict[str, list[list[float]]] = {}
+    for row in document.get("rows", []):
+        pairs = row.get("warp_errors")
+        if pairs:
+            sums.setdefault(row["setting"], []).append([np.nan if v is None else v for v in pairs])
+    with warnings.catch_warnings():  # a pair no edit measured (nothing visible moved) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {setting: [float(v) for v in np.nanmean(np.array(values, dtype=float), axis=0)] for setting, values in sums.items()}
+
+
+def shapes_plots(document: dict) -> dict[str, bytes]:
+    """PNG plots of one run: quality against cost per setting, warp error per frame pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = {k: v for k, v in document["summary"].items() if v.get("seconds_per_frame")}
+    plots = {}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, label in ((axes[0], "edit_accuracy", "edit accuracy (higher is better)"), (axes[1], "warp_error", "true-motion warp error (lower is better)")):
+        for name, values in summary.items():
+            axis.scatter(values["seconds_per_frame"], values[key])
+            axis.annotate(name, (values["seconds_per_frame"], values[key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        axis.set_xlabel("seconds per frame")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle("Quality against cost, per setting")
+    figure.tight_layout()
+    plots["quality-cost"] = _png(figure)
+    plt.close(figure)
+    pairs = _pair_means(document)
+    if pairs:
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for name, values in pairs.items():
+            axis.plot(range(len(values)), values, marker="o", label=name)
+        axis.set_xticks(range(len(next(iter(pairs.values())))))
+        axis.set_xticklabels([f"{t}-{t + 1}" for t in range(len(next(iter(pairs.values()))))])
+        axis.set_xlabel("frame pair")
+        axis.set_ylabel("true-motion warp error (8-bit levels)")
+        axis.set_title("Warp error per frame pair (mean over clips and edits)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        plots["warp-pairs"] = _png(figure)
+        plt.close(figure)
+    return plots
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def shapes_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]:
+    """The shapes benchmark page (Markdown) and its images (name -> PNG), from the saved runs."""
+    lines = [
+        "# Shapes benchmark results",
+        "",
+        "Generated at build time from the result files in `benchmarks/results/` (the `table.json` that",
+        "`python -m editing eval --shapes --out DIR` writes, copied there). Each run states its command, date and",
+        "commit; what the columns mean is on [The shapes world and benchmark](../shapes.md).",
+        "",
+    ]
+    images: dict[str, bytes] = {}
+    if not results:
+        lines += ["No saved run yet."]
+    for stem, document in results:
+        clips = document.get("clips", [])
+        lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
+        lines += [
+            f"Run on {document.get('date', 'an unrecorded date')} at commit `{document.get('commit') or 'unknown'}`: model `{document.get('model')}`, "
+            f"{len(clips)} clips, {document.get('steps')} steps, {_fmt(document.get('minutes'))} minutes of edits.",
+            "",
+            "| setting | edit acc | structure IoU | true-motion warp error | colour flicker | s / frame |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, values in document["summary"].items():
+            lines.append(
+                f"| {name} | {_interval(values, 'edit_accuracy')} | {_interval(values, 'structure_iou')} | {_interval(values, 'warp_error')} | "
+                f"{_interval(values, 'flicker')} | {_fmt(values.get('seconds_per_frame'))} |"
+            )
+        lines += ["", "[low, high]: 95% bootstrap interval over clips. Seconds per frame compare only within one run.", ""]
+        for name, data in shapes_plots(document).items():
+            images[f"{stem}-{name}.png"] = data
+            lines += [f"![{name} of {stem}]({stem}-{name}.png)", ""]
+        notes = [n for n in document.get("notes", []) if not n.startswith("tuned:")]
+        if notes:
+            lines += ["Notes the run printed:", ""] + [f"- {_cell(n)}" for n in notes] + [""]
+    return "\n".join(lines) + "\n", images
+
+
+# ---------------------------------------------------------------- mkdocs
+
+
+def on_files(files, config):
+    """Add the generated pages (and the benchmark plots) to the build."""
+    from mkdocs.structure.files import File
+
+    generated = {OPTIONS_PAGE: option_reference(), REGISTRIES_PAGE: registries_page()}
+    page, images = shapes_page(shapes_results())
+    generated[SHAPES_PAGE] = page
+    for name, data in images.items():
+        generated[str(Path(SHAPES_PAGE).parent / name)] = data
+    for path, content in generated.items():
+        old = files.get_file_from_path(path)
+        if old is not None:
+            files.remove(old)
+        files.append(File.generated(config, path, content=content))
+    return files

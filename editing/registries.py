@@ -1,0 +1,64 @@
+"""The registries a user picks from by name, listed in one place with how each is extended.
+
+`--help` shows each registered choice with its `help` (editing.requests.add_arguments reads
+`choice_help`), and the docs site's registry page is generated from `REGISTRIES` (docs/hooks.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def _resolve(path: str) -> Any:
+    """The object a "module:attribute" path names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """One registry: its title, the function listing its names, its entries and how to add one."""
+
+    title: str
+    names: str  # "module:function" returning the registered names (loading built-in entries), or "module:dict"
+    entries: str  # "module:attribute": name -> entry with a `help` field, or name -> text
+    register: str  # the call that adds an entry
+    option: str  # the option (or app control) that picks an entry
+
+    def described(self) -> dict[str, str]:
+        """Every registered name with its help, in registration order."""
+        names = _resolve(self.names)
+        names = names() if callable(names) else tuple(names)
+        entries = _resolve(self.entries)
+        return {name: _help_of(entries[name]) for name in names}
+
+
+def _help_of(entry: Any) -> str:
+    return entry if isinstance(entry, str) else str(getattr(entry, "help", "") or "")
+
+
+REGISTRIES: tuple[Registry, ...] = (
+    Registry(
+        "attention modes", "editing.attention.modes:attention_mode_names", "editing.attention.modes:ATTENTION_MODES",
+        "editing.attention.modes.register_attention_mode(AttentionMode(...))", "--attention",
+    ),
+    Registry("samplers", "editing.samplers:sampler_names", "editing.samplers:SAMPLERS", "editing.samplers.register_sampler(Sampler(...))", "--sampler"),
+    Registry("speed presets", "editing.presets:preset_names", "editing.presets:PRESETS", "editing.presets.register_preset(Preset(...))", "--preset"),
+    Registry(
+        "condition kinds", "editing.control.kinds:condition_kind_names", "editing.control.kinds:CONDITION_KINDS",
+        "editing.control.kinds.register_condition_kind(ConditionKind(...)) or @condition_kind(name, controlnets=...)", "--control KIND",
+    ),
+    Registry("styles", "editing.sessions:PRESETS", "editing.sessions:PRESETS", "an entry of editing.sessions.PRESETS (name -> prompt)", "the Style sessions tab"),
+)  # fmt: skip
+
+
+def choice_help(choices: Callable | Any) -> dict[str, str]:
+    """The help of each choice when `choices` is a registry's names function, else {}."""
+    if not callable(choices):
+        return {}
+    for registry in REGISTRIES:
+        if _resolve(registry.names) is choices:
+            return registry.described()
+    return {}
