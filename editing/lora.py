@@ -1,7 +1,8 @@
 """LoRAs and the autoencoder choice: what a backbone is loaded with besides its own weights.
 
 `--lora SPEC[:SCALE]` (repeatable) names a LoRA: a Hub id (`owner/name`, whose
-`pytorch_lora_weights.safetensors` is read, or `owner/name/FILE.safetensors`), a local folder, a `.safetensors` file, or `random` (a seeded random LoRA
+`pytorch_lora_weights.safetensors` is read, or `owner/name/FILE.safetensors`), a local folder, a `.safetensors` file, the name of
+a LoRA shipped in the package (`editing/assets/NAME-lora`, e.g. `shapes-lcm-lora`), or `random` (a seeded random LoRA
 built from a peft `LoraConfig` for whatever UNet it is applied to: it exercises the loading path on the
 built-in random models, and its effect means nothing). LoRAs are loaded through diffusers' LoRA loaders
 into peft layers, fused into the weights or kept as separate layers (`fuse`).
@@ -33,6 +34,7 @@ VAE_CHOICES = ("model", "tiny")
 TINY_VAE = "madebyollin/taesd"
 HUB_LORA_FILE = "pytorch_lora_weights.safetensors"  # the file a Hub id without a file names (diffusers' name)
 LORA_OFFLINE_ALTERNATIVES = "a local LoRA folder or .safetensors file, or 'random' (random weights) on the built-in models"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # LoRAs shipped with the package, named NAME-lora (e.g. shapes-lcm-lora)
 TINY_VAE_OFFLINE_ALTERNATIVES = "--vae model (the model's own autoencoder) or a local AutoencoderTiny folder"
 
 
@@ -186,6 +188,9 @@ def lora_location(spec: LoraSpec) -> tuple[str, str, dict[str, str]]:
         return "single_file", str(path.parent), {"weight_name": path.name}
     if path.is_dir():
         return "folder", str(path.resolve()), {}
+    shipped = ASSETS_DIR / spec.source
+    if "/" not in spec.source and spec.source.endswith("-lora") and shipped.is_dir():
+        return "folder", str(shipped), {}
     if spec.source.startswith((".", "/", "~")):
         raise ModelLoadError(f"LoRA folder {spec.source} does not exist")
     repo, weight = _hub_location(spec.source)

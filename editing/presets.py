@@ -27,8 +27,13 @@ issue's budget of 4 UNet evaluations per frame. Lower keeps more of the source, 
 
 With the built-in random models (`tiny`, `sd15-random`) the same code runs with the `random` LoRA
 (random weights built from a peft LoraConfig, loaded and fused through the same loaders) and a random
-AutoencoderTiny; the result carries a note that its output means nothing. The shapes model has no
-distilled LoRA and its own latent space, so the presets refuse it.
+AutoencoderTiny; the result carries a note that its output means nothing.
+
+The shapes model has its own latent space (no tiny autoencoder) and its own distilled LoRAs, found by
+name: a preset whose LoRA kind (`Preset.distilled`) is K uses `editing/assets/shapes-K-lora` (a folder
+with `pytorch_lora_weights.safetensors` and a manifest.json stating its training, made by
+`scripts/train_shapes_lcm.sh`), with the model's own autoencoder. A preset without such a folder refuses
+the shapes model in one sentence.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compat import kept_options
 from .errors import ConfigError
 
 # The presets' cross-frame attention and feature bank: one named setting each.
@@ -60,6 +66,7 @@ class Preset:
     attention: str = field(default=PRESET_ATTENTION, metadata={"help": "cross-frame attention"})
     feature_bank: int = field(default=PRESET_BANK, metadata={"help": "frames of earlier chunks later chunks attend to (StreamV2V's bank)"})
     keyframe_refine: float = field(default=0.0, metadata={"help": "with --keyframes: share of the schedule re-run on what no keyframe sees (0: the warped keyframes alone, as Rerender's non-keyframes)"})
+    distilled: str = field(default="", metadata={"help": "the kind of distilled LoRA (e.g. lcm): names the shapes model's own LoRA folder, shapes-KIND-lora"})
     help: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -75,13 +82,14 @@ class Preset:
         """Denoising steps (= UNet evaluations per frame, guidance 1) the preset runs."""
         return max(1, round(self.steps * self.strength))
 
-    def values(self, random_weights: bool) -> dict[str, Any]:
-        """The option values this preset sets, with the `random` LoRA for the built-in random models."""
-        lora = "random" if random_weights else self.lora
+    def values(self, random_weights: bool, own_lora: str | None = None) -> dict[str, Any]:
+        """The option values this preset sets, with the `random` LoRA for the built-in random models, or a
+        model's `own_lora` folder (the shapes model's, see shapes_lora) with the model's own autoencoder."""
+        lora = own_lora or ("random" if random_weights else self.lora)
         return dict(
             lora=[f"{lora}:{self.lora_scale:g}"],
             lora_fuse=True,
-            vae=self.vae,
+            vae="model" if own_lora else self.vae,
             sampler=self.sampler,
             steps=self.steps,
             strength=self.strength,
@@ -116,6 +124,22 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def shapes_lora(preset: Preset):
+    """The shapes model's distilled LoRA folder for `preset` (editing/assets/shapes-KIND-lora), or None."""
+    from .models import SHAPES_MODEL_DIR
+
+    if not preset.distilled:
+        return None
+    folder = SHAPES_MODEL_DIR.parent / f"shapes-{preset.distilled}-lora"
+    return folder if (folder / "pytorch_lora_weights.safetensors").is_file() else None
+
+
+def _is_shapes(model) -> bool:
+    from .models import SHAPES_MODEL, SHAPES_MODEL_DIR
+
+    return model.source == SHAPES_MODEL or model.folder == SHAPES_MODEL_DIR
+
+
 def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The option names (dests) a command line sets explicitly: `parser` re-run with every default suppressed."""
     import copy
@@ -142,19 +166,21 @@ def apply_preset(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse
     name = getattr(args, "preset", None)
     if not name:
         return args
-    from .models import SHAPES_MODEL_DIR, ModelSpec
+    from .models import ModelSpec
 
     preset = get_preset(name)
     model = ModelSpec.parse(getattr(args, "model", None))
-    if model.source == "shapes" or model.folder == SHAPES_MODEL_DIR:
-        raise ConfigError(f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA and its own autoencoder")
+    own = None
+    if _is_shapes(model):
+        own = shapes_lora(preset)
+        if own is None:
+            raise ConfigError(f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA for it (it has one for --preset fast)")
     given = getattr(args, "given_options", None)
     if given is None:
         given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
-    values = preset.values(model.random_weights)
-    if getattr(args, "tuned", None) is not None:
-        values.pop("attention")  # tuned weights keep the attention mode they were tuned with
-        values.pop("feature_bank")  # which the bank cannot be combined with
+    values = preset.values(model.random_weights, own.name if own else None)  # a shipped LoRA's name (editing.lora.ASSETS_DIR)
+    for option in kept_options(vars(args)):  # editing.compat: e.g. a tuned model keeps its attention mode
+        values.pop(option, None)
     merged = {**vars(args), **{k: v for k, v in values.items() if k not in given}}
     return argparse.Namespace(**merged)
 
@@ -170,7 +196,7 @@ def preset_note(args: argparse.Namespace) -> str | None:
     return PRESET_NOTE.format(name=name, model=model.source, lora=get_preset(name).lora) if model.random_weights else None
 
 
-register_preset(Preset("fast", "latent-consistency/lcm-lora-sdv1-5", "lcm", help="LCM-LoRA, 4 LCM steps, guidance 1, SDEdit, tiny autoencoder"))
+register_preset(Preset("fast", "latent-consistency/lcm-lora-sdv1-5", "lcm", distilled="lcm", help="LCM-LoRA, 4 LCM steps, guidance 1, SDEdit, tiny autoencoder"))
 register_preset(Preset("tcd", "h1t/TCD-SD15-LoRA", "tcd", help="TCD LoRA, 4 TCD steps, guidance 1, SDEdit, tiny autoencoder"))
 for _steps, _file in ((1, "1step"), (2, "2steps"), (4, "4steps"), (8, "8steps")):
     register_preset(

@@ -11,5 +11,6 @@ out=${2:-editing/assets/shapes-lcm-lora}
 py=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-1200}
 BATCH=${BATCH:-8}
+MINUTES=${MINUTES:-0}  # stop (saved, resumable) after this many minutes of wall time; 0 = run all STEPS
 OMP_NUM_THREADS=1 nice -n 19 "$py" -m shapes_world.train_lcm --out "$out" --work "$work" \
-  --steps "$STEPS" --batch "$BATCH" --lr 5e-4 --rank 16 --guidance 5 --threads 1 --checkpoint-every 100
+  --steps "$STEPS" --batch "$BATCH" --lr 1e-3 --warmup 20 --rank 16 --guidance 5 --threads 1 --checkpoint-every 100 --minutes "$MINUTES"

@@ -14,7 +14,7 @@ A share of the captions is swapped for another sample's, so the student also lea
 does when the prompt disagrees with the latents: the SDEdit regime of the fast preset.
 
 Resumable: the LoRA, optimiser, step and loss history are checkpointed to WORK every `checkpoint_every`
-steps, and each step's data and noise come from generators seeded by (seed, step), so a resumed run equals
+steps (and every `checkpoint_minutes` of wall time); `minutes` stops a run early, saved; and each step's data and noise come from generators seeded by (seed, step), so a resumed run equals
 an uninterrupted one. The result is one fp16 `pytorch_lora_weights.safetensors` in diffusers' LoRA layout
 plus manifest.json (steps, seconds, teacher, command).
 
@@ -69,6 +69,8 @@ class LcmConfig:
     clip_share: float = 0.5  # share of the batch taken from frames of moving clips
     warmup: int = 50
     checkpoint_every: int = 100
+    checkpoint_minutes: float = 5.0  # also checkpoint after this much wall time since the last (a busy shared machine)
+    minutes: float = 0.0  # stop (checkpointed and saved, resumable) after this much wall time in this run; 0 = no limit
     threads: int = 1
 
     def __post_init__(self):
@@ -261,7 +263,12 @@ def distil(config: LcmConfig, work: Path) -> tuple[Parts, dict]:
     if state["step"]:
         log.info("resumed at step %d (%.0f s so far)", state["step"], state["seconds"])
     parts.student.train()
+    run_began = last_saved = time.monotonic()
     while state["step"] < config.steps:
+        if config.minutes and time.monotonic() - run_began > 60 * config.minutes:
+            log.info("stopping at step %d after %.0f minutes (run again to continue)", state["step"], config.minutes)
+            save_checkpoint(path, parts, optimizer, state)
+            break
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (state["step"] + 1) / config.warmup)
@@ -275,8 +282,10 @@ def distil(config: LcmConfig, work: Path) -> tuple[Parts, dict]:
         state["losses"].append(round(loss.item(), 6))
         state["seconds"] += seconds
         log.info("step %d/%d loss %.5f %.2f s/step", state["step"], config.steps, loss.item(), seconds)
-        if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
+        due = time.monotonic() - last_saved > 60 * config.checkpoint_minutes
+        if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps or due:
             save_checkpoint(path, parts, optimizer, state)
+            last_saved = time.monotonic()
             log.info("checkpoint at step %d: mean loss of the last 50 %.5f, %.2f s/step on average", state["step"], np.mean(state["losses"][-50:]), state["seconds"] / state["step"])
     parts.student.eval()
     return parts, state
