@@ -941,3 +941,74 @@ def test_an_h264_clip_with_stream_errors_is_shown_through_a_clean_preview_and_an
     shown, line, clip = check_clip(str(noise), str(tmp_path / "previews"))
     assert shown is None and clip is None
     assert line.count("noise.mp4 cannot be shown") == 1 and "\n" not in line
+
+
+# ---------------------------------------------------------------- issue 32, item 4: a button that cannot run says why first
+
+
+def _gate(demo):
+    """The Edit tab's event keeping Fast preview, Propagate and the line under the buttons in step with the model and plan."""
+    fast = _buttons(demo, "run-")["run-fast-preview"]
+    return next(d for d in demo.fns.values() if d.outputs and d.outputs[0] is fast)
+
+
+def test_fast_preview_is_off_and_says_why_where_its_preset_cannot_run(car, monkeypatch):
+    """The button follows the preset's own check (editing.presets.apply_preset): with a preset the shapes model
+    has no distilled LoRA for, it is off and the line under the buttons gives the preset's sentence before any
+    click; with a model the preset runs on, it turns on with the plan."""
+    from ui import build_demo, edit_tab
+
+    monkeypatch.setattr(edit_tab, "FAST_PREVIEW", "tcd")  # a preset without a shapes LoRA
+    refused = edit_tab.preset_refusal("shapes")
+    assert refused.startswith("preset tcd needs an SD-1.x model") and edit_tab.preset_refusal("tiny") is None
+    demo = build_demo(default_model="shapes")
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "button-note")
+    assert note.visible and refused in note.value  # said before any click
+    gate = _gate(demo)
+    arrived, *_ = _upload_events(demo, "")
+    _, _, clip, *_ = _returns(arrived, str(car))
+    fast, propagate, line = _returns(gate, "shapes", None, clip, 0, 0, 1, 4, 64)
+    assert fast["interactive"] is False and propagate["interactive"] is False and refused in line["value"] and line["visible"]
+    fast, _, line = _returns(gate, "tiny", None, clip, 0, 0, 1, 4, 64)
+    assert fast["interactive"] is True and line["visible"] is False
+    fast, _, _ = _returns(gate, "tiny", None, None, 0, 0, 1, 4, 64)  # no clip yet: off, as every run button
+    assert fast["interactive"] is False
+
+
+def test_propagate_and_condition_maps_stay_off_for_a_clip_that_gives_one_frame(tmp_path):
+    """A one-frame clip is refused at upload (the line says why): Propagate and Preview condition maps are off
+    like the run buttons, also when keyframes of an earlier clip are kept."""
+    import av
+
+    from ui import build_demo
+
+    one = tmp_path / "one.mp4"
+    with av.open(str(one), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")))
+        out.mux(stream.encode())
+    demo = build_demo(default_model="tiny")
+    arrived, follow, _, needs_plan, _ = _upload_events(demo, "")
+    buttons = _buttons(demo, "run-")
+    assert buttons["run-conditions"] in needs_plan and not buttons["run-conditions"].interactive
+    _, line, clip, *_ = _returns(arrived, str(one))
+    assert line.count("has 1 frame") == 1 and clip is None
+    _, *enabled = _returns(follow, clip, 0, 0, 1, 8, 64)
+    assert all(update["interactive"] is False for update in enabled)
+    fast, propagate, _ = _returns(_gate(demo), "tiny", object(), clip, 0, 0, 1, 8, 64)  # keyframes kept from before
+    assert fast["interactive"] is False and propagate["interactive"] is False
+
+
+def test_style_presets_say_before_running_what_they_give_with_the_model():
+    from editing.models import DEFAULT_MODEL
+    from ui import build_demo
+
+    demo = build_demo(default_model="shapes")
+    presets = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "session-presets")
+    assert "return the source unchanged" in presets.info
+    follow = next(d for d in demo.fns.values() if d.outputs == [presets])
+    assert "return the source unchanged" in _returns(follow, "shapes")[0]["info"]
+    assert "draws noise" in _returns(follow, "tiny")[0]["info"]
+    assert _returns(follow, DEFAULT_MODEL)[0]["info"] == ""

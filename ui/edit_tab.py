@@ -12,16 +12,17 @@ import numpy as np
 import pandas as pd
 
 from editing.errors import Cancelled, ConfigError, EditingError
-from editing.presets import get_preset, preset_note
+from editing.presets import apply_preset, get_preset, preset_note
 from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
 from editing.video_io import write_png_zip
 
 from . import widgets
 from .backend import Backend, CancelToken
-from .forms import OUTPUT_FORMATS, form_options, make_request, one_sentence_errors, option_names, option_values
+from .serving import LOCAL, ServePolicy
+from .forms import OUTPUT_FORMATS, default_values, form_options, make_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu, on_spaces
-from .clip_upload import ClipUpload
+from .clip_upload import TRIMS, ClipUpload, follow_plan
 from .details import controlnet_names, warn
 from .preview import preview_for
 
@@ -253,6 +254,28 @@ def make_handlers(backend: Backend):
     return {"edit": edit, "fast_preview": fast_preview, "preview": preview, "conditions": conditions, "keyframes": keyframes, "propagate": propagate}
 
 
+def preset_refusal(model: str | None, policy: ServePolicy = LOCAL, preset: str | None = None) -> str | None:
+    """Why the preset (default FAST_PREVIEW) cannot run with `model`, in the preset's own words (editing.presets.apply_preset, so a
+    model that gains the preset's path enables its button), or None; None too for a model the serving policy
+    refuses or that does not parse (the run itself says why)."""
+    try:
+        spec = policy.check_model((model or "").strip() or None)
+    except EditingError:
+        return None
+    try:
+        apply_preset(argparse.Namespace(preset=preset or FAST_PREVIEW, model=spec), default_values())
+    except ConfigError as exc:
+        return str(exc)
+    except EditingError:
+        return None
+    return None
+
+
+def refused_text(refused: str | None) -> str:
+    """The line under the buttons for a Fast preview that cannot run."""
+    return f"Fast preview is off: {refused}." if refused else ""
+
+
 def fast_values(values: dict[str, Any]) -> dict[str, Any]:
     """The form's values for the Fast preview: the preset named, every option it sets left to it."""
     preset = get_preset(FAST_PREVIEW)
@@ -314,7 +337,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):
                 form |= widgets.engine_widgets()
                 form |= widgets.reference_widgets()
-                show_conditions = gr.Button("Preview condition maps")
+                show_conditions = gr.Button("Preview condition maps", interactive=False, elem_id="run-conditions")  # once the clip gives a plan
                 condition_gallery = gr.Gallery(label="Condition maps (first frame)", columns=4, height=200)
             with gr.Accordion("Attention editing (Prompt-to-Prompt)", open=False):
                 form |= widgets.attention_edit_widgets()
@@ -324,6 +347,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 fast_button = gr.Button("Fast preview", interactive=False, elem_id="run-fast-preview")
                 run = gr.Button("Edit the whole clip", variant="primary", interactive=False, elem_id="run-edit")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            refused = preset_refusal(default_model, backend.policy)
+            button_note = gr.Markdown(refused_text(refused), visible=bool(refused), elem_id="button-note")  # why a button is off
             with gr.Accordion("Keyframes, then propagation", open=False, elem_id="keyframes-stage"):
                 gr.Markdown("Edit a few keyframes first and look at them; change the prompt or seed and edit them again; then Propagate fills in the other frames along the source's motion.")
                 with gr.Row():
@@ -358,7 +383,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     if photo_examples is not None and shapes_examples is not None:
         form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
 
-    upload.wire(form, needs_plan=[run, preview_button, keys_button, fast_button])
+    upload.wire(form, needs_plan=[run, preview_button, keys_button, show_conditions])
     form["model"].change(lambda spec: gr.update(placeholder=widgets.prompt_placeholder(spec)), form["model"], form["prompt"], queue=False, api_visibility="private")
 
     fields = api_fields()
@@ -412,6 +437,17 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         show_progress_on=keyframe_gallery,
     )
     keys_event.then(lambda kept: gr.update(interactive=kept is not None), staged, propagate_button, queue=False, api_visibility="private")
+    # Fast preview runs only where its preset can (said under the buttons), Propagate only with a plan and kept keyframes
+    trims = [form[name] for name in TRIMS]
+
+    def gate(model, kept, clip, *values):
+        _, ok = follow_plan(dict(zip(TRIMS, trims)), clip, dict(zip(TRIMS, values)))
+        refused = preset_refusal(model, backend.policy)
+        note = gr.update(value=refused_text(refused), visible=bool(refused))
+        return gr.update(interactive=ok and not refused), gr.update(interactive=ok and kept is not None), note
+
+    gate_triggers = [upload.clip.change, form["model"].change, *(widget.change for widget in trims)]
+    gr.on(gate_triggers, gate, [form["model"], staged, upload.clip, *trims], [fast_button, propagate_button, button_note], queue=False, preprocess=False, show_progress="hidden", api_visibility="private")
     propagate_event = started(propagate_button).then(
         widgets.named_handler(gpu(handlers["propagate"]), names + ["staged"], defaults | {"staged": None}),
         inputs=inputs + [staged],

@@ -244,8 +244,10 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 list(PRESETS),
                 value=["watercolor"] if photo else [],
                 label="Style presets",
-                info=None if photo else f"photo styles, which {default_model} cannot make: choose Stable Diffusion 1.5 as the Model for them",
+                info=widgets.style_presets_info(default_model),
+                elem_id="session-presets",
             )
+            settings["model"].change(lambda spec: gr.update(info=widgets.style_presets_info(spec) or ""), settings["model"], ui["presets"], queue=False, api_visibility="private")
             ui["run_presets"] = gr.Button("Run selected styles", variant="primary", interactive=False, elem_id="session-run-presets")  # once a session is open
             ui["prompt"] = gr.Textbox(label="Or your own prompt")
             with gr.Row():

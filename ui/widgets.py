@@ -67,6 +67,16 @@ def model_note(spec: str | None) -> str:
     return ""
 
 
+def style_presets_info(spec: str | None) -> str | None:
+    """What the photo style presets give with this model, said before they run (None for a photo model)."""
+    kind, name = model_kind(spec), (spec or "").strip()
+    if kind == "shapes":
+        return "photo styles, which the shapes model cannot make: with it they return the source unchanged; choose Stable Diffusion 1.5 as the Model for them"
+    if kind == "random":
+        return f"photo styles, which {name} cannot make: it has random weights and draws noise; choose Stable Diffusion 1.5 as the Model for them"
+    return None
+
+
 def prompt_placeholder(spec: str | None) -> str:
     """An example prompt for the Prompt box that the model can make: a shapes scene for `shapes`, else a photo style."""
     if model_kind(spec) == "shapes":
