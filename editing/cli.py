@@ -23,10 +23,30 @@ from .requests import DEFAULT_ATTENTION, output_size  # noqa: F401 (the app and 
 log = logging.getLogger("editing")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with short errors: one usage line, the error and where the options are listed (exit 2),
+    instead of the whole usage of a command with dozens of options."""
+
+    def error(self, message: str):
+        self.exit(2, f"usage: {self.short_usage()}\nerror: {message}\nrun `{self.prog} --help` for the options\n")
+
+    def short_usage(self) -> str:
+        """`prog [options] POSITIONALS` in one line (the subcommands as {a,b,...} ...)."""
+        words = [self.prog, "[options]"]
+        for action in self._get_positional_actions():
+            if isinstance(action, argparse._SubParsersAction):
+                words.append("{" + ",".join(action.choices) + "} ...")
+            elif action.nargs == argparse.OPTIONAL:
+                words.append(f"[{action.metavar or action.dest}]")
+            else:
+                words.append(str(action.metavar or action.dest))
+        return " ".join(words)
+
+
 def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     """The command line: every edit and tune option comes from the request schema (editing.requests);
     `shapes` adds the shapes benchmark's options to `eval` (importing it)."""
-    parser = argparse.ArgumentParser(prog="python -m editing", description="Edit videos with text over Stable Diffusion.")
+    parser = Parser(prog="python -m editing", description="Edit videos with text over Stable Diffusion.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", required=True)
 

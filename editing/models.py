@@ -310,10 +310,45 @@ def is_offline_error(exc: BaseException) -> bool:
     return False
 
 
+class quiet_loading:
+    """Diffusers' and transformers' loading bars ("Loading pipeline components...") off while any load
+    runs, so a failed load prints its one-line error alone; the libraries' settings are restored when the
+    last concurrent load ends. Hub download bars are left as they are."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: tuple[bool, bool] = (True, True)
+
+    def __enter__(self):
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        with quiet_loading._lock:
+            if quiet_loading._depth == 0:
+                libraries = (diffusers_logging, transformers_logging)
+                quiet_loading._saved = tuple(library.is_progress_bar_enabled() for library in libraries)
+                diffusers_logging.disable_progress_bar()
+                transformers_logging.disable_progress_bar()
+            quiet_loading._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        with quiet_loading._lock:
+            quiet_loading._depth -= 1
+            if quiet_loading._depth == 0:
+                for enabled, library in zip(quiet_loading._saved, (diffusers_logging, transformers_logging)):
+                    if enabled:
+                        library.enable_progress_bar()
+
+
 def _load_from(spec: ModelSpec, what: str, loader: Callable[[], Any], alternatives: str = OFFLINE_ALTERNATIVES) -> Any:
-    """Run a diffusers/transformers loader and turn its failures into one-line ModelLoadErrors."""
+    """Run a diffusers/transformers loader (their progress bars off) and turn its failures into one-line ModelLoadErrors."""
     try:
-        return loader()
+        with quiet_loading():
+            return loader()
     except ModelLoadError:
         raise
     except Exception as exc:  # loaders raise many types; the user needs one sentence

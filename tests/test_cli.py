@@ -121,3 +121,41 @@ def test_without_size_an_edit_runs_at_the_models_own_size(tmp_path, car, capsys)
     assert main(["edit", str(clip), "--prompt", "a green square on an orange background", "--model", "shapes", "--steps", "2", "--frames", "2", "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["width"], result["height"], result["random_weights"]) == (native_size("shapes"), native_size("shapes"), False)
+
+
+@pytest.mark.parametrize(
+    "argv, usage, error",
+    [
+        (["edit", "clip.mp4", "--prompt", "x", "--out", "o.mp4", "--attention", "bogus"], "python -m editing edit [options] video", "invalid choice: 'bogus'"),
+        (["bogus"], "python -m editing [options] {info,edit,tune,eval,batch} ...", "invalid choice: 'bogus'"),
+        (["batch", "--format", "avi"], "python -m editing batch [options] spec", "argument --format"),
+    ],
+)
+def test_a_bad_choice_prints_one_usage_line_the_error_and_where_help_is(capsys, argv, usage, error):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    command = usage.split(" [options]")[0]
+    assert exited.value.code == 2 and len(lines) == 3, lines
+    assert lines[0] == f"usage: {usage}" and lines[1].startswith("error: ") and error in lines[1]
+    assert lines[2] == f"run `{command} --help` for the options"
+
+
+def test_a_model_that_fails_late_prints_its_error_alone(tmp_path, car, capsys):
+    """A model folder whose last component (the VAE) is damaged: diffusers' "Loading pipeline components"
+    bar must not reach the terminal before the one-line error."""
+    from editing.models import SHAPES_MODEL_DIR
+
+    folder = tmp_path / "damaged-model"
+    for source in SHAPES_MODEL_DIR.rglob("*"):
+        if source.is_file():
+            (folder / source.relative_to(SHAPES_MODEL_DIR)).parent.mkdir(parents=True, exist_ok=True)
+            (folder / source.relative_to(SHAPES_MODEL_DIR)).symlink_to(source)
+    vae = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    vae.unlink()
+    vae.write_bytes(b"\0" * 1000)
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(car), "--prompt", "a red car", "--out", str(out), "--model", str(folder), "--frames", "2", "--size", "64", "--steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: could not load model from") and "\n" not in err and "Loading" not in err, err
+    assert not out.exists()
