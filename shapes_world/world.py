@@ -495,3 +495,19 @@ def kind_clip(kind: str, seed: int, frames: int = 8, size: int = 64) -> Clip:
     if kind not in makers:
         raise ValueError(f"clip kind must be one of {', '.join(makers)}; got {kind}")
     return makers[kind](seed, frames, size)
+
+
+def without_object(clip: Clip, index: int) -> np.ndarray:
+    """(T, H, W, 3) frames of `clip` rendered without object `index` (the ground truth of removing it):
+    the other objects keep their motion, the camera its pan."""
+    if not 0 <= index < len(clip.scene.objects):
+        raise ValueError(f"object index must be 0 to {len(clip.scene.objects) - 1}; got {index}")
+    pan = clip.pan
+    seen = tuple(replace(m, dx=m.dx + pan[0], dy=m.dy + pan[1]) for m in clip.motions) if pan != (0.0, 0.0) else clip.motions
+    frames = []
+    for t in range(len(clip.frames)):
+        scene = scene_at(clip.scene, seen, t)
+        kept = tuple(o for i, o in enumerate(scene.objects) if i != index)
+        offset = (pan[0] * t, pan[1] * t)
+        frames.append(render(replace(scene, objects=kept), offset)[0] if kept else render_background(scene.background, scene.size, offset))
+    return np.stack(frames)

@@ -1,0 +1,254 @@
+"""Object removal: fill the hole from the frames that see behind it, diffuse only what none of them shows.
+
+1. **Complete the flow.** Inside the hole the source's flow is the removed object's motion, not the
+   background's; each flow field is completed inside the hole from its values around it (OpenCV's
+   Telea inpainting of each flow component), so the hole follows the background's motion (a pan, a
+   still scene), as flow-guided video inpainting does (FGVC, ProPainter's flow completion).
+2. **Fill from frames.** Each hole pixel is followed along the completed flows, one frame at a time,
+   forward and backward, until it lands on a pixel that the other frame shows outside its own hole;
+   it takes that frame's colour there (the nearest such frame in time; both directions averaged on a tie).
+3. **Diffuse the rest.** Pixels no frame shows are made by an inpainting model (`--inpaint-model`,
+   diffusers' 9-channel SD inpainting UNet through `StableDiffusionInpaintPipeline`) or, by default,
+   by blended latent diffusion with the backbone prompted with the background's description (the
+   prompt): every latent outside them held to the filled clip, noised to each step's timestep.
+
+Every pixel outside the hole is the source's own, exactly. `Filled.counts` says how many hole pixels
+came from other frames and how many were diffused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+INPAINT_RADIUS = 3  # Telea's neighbourhood (pixels) for the rough fill diffusion starts from
+FLOW_MARGIN = 1 / 16  # share of the short side around a hole skipped: DIS smooths the object's motion past its edge
+FLOW_RING = 1 / 8  # share of the short side beyond the margin whose flow the background's motion is fitted to
+MIN_RING = 12  # pixels the fit needs; fewer and all pixels away from the hole are used
+BACKGROUND_TOLERANCE = 1.0  # pixels a landing point's own flow may differ from the background's motion
+
+
+def _ring(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the hole grown by the margin, the ring of pixels beyond it)."""
+    side = min(hole.shape)
+    margin, ring = max(1, round(side * FLOW_MARGIN)), max(2, round(side * FLOW_RING))
+    near = cv2.dilate(hole.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
+    far = cv2.dilate(near.astype(np.uint8), np.ones((2 * ring + 1, 2 * ring + 1), np.uint8)) > 0
+    return near, far & ~near
+
+
+def background_motion(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """(3, 2) affine coefficients of the background's motion around `hole` (the whole frame when it is
+    empty): flow(x, y) ~ [x, y, 1] @ coefficients, least squares on the flow in a ring beyond a margin
+    around the hole, refitted on the better half so an object's motion smoothed into the ring (or
+    another object in it) does not count: camera motion, zoom or stillness, continued through the hole."""
+    ring = _ring(hole)[1] if hole.any() else np.ones(hole.shape, bool)
+    if ring.sum() < MIN_RING:
+        ring = ~_ring(hole)[0]
+    if ring.sum() < MIN_RING:
+        return np.zeros((3, 2))
+    ys, xs = np.nonzero(ring)
+    design = np.stack([xs, ys, np.ones_like(xs)], -1).astype(np.float64)
+    values = flow[ring].astype(np.float64)
+    keep = np.ones(len(xs), bool)
+    for _ in range(2):
+        coefficients, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        residual = np.abs(design @ coefficients - values).sum(-1)
+        keep = residual <= np.median(residual)
+    return coefficients
+
+
+def motion_at(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, 2) flow of an affine motion at points (x, y)."""
+    return np.stack([x, y, np.ones_like(x)], -1).astype(np.float64) @ coefficients
+
+
+def complete_flow(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """(H, W, 2) flow with its values inside `hole` and a margin around it replaced by the background's motion."""
+    if not hole.any():
+        return flow
+    near = _ring(hole)[0]
+    ny, nx = np.nonzero(near)
+    out = flow.copy()
+    out[near] = motion_at(background_motion(flow, hole), nx.astype(np.float64), ny.astype(np.float64)).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class Filled:
+    """A clip with its holes filled from other frames where they show the background."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8: the source outside the holes, filled colours inside
+    unfilled: np.ndarray  # (N, H, W) bool: hole pixels no frame shows
+
+    def counts(self, holes: np.ndarray) -> dict[str, int]:
+        """Hole pixels filled from other frames and left to diffusion."""
+        return {"hole_pixels": int(holes.sum()), "from_frames": int((holes & ~self.unfilled).sum()), "diffused": int(self.unfilled.sum())}
+
+
+def _shown(hole: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether positions (x, y) lie inside the frame with every pixel bilinear sampling reads outside `hole`."""
+    height, width = hole.shape
+    inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    x0 = np.clip(np.floor(x), 0, width - 1).astype(int)
+    y0 = np.clip(np.floor(y), 0, height - 1).astype(int)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    return inside & ~(hole[y0, x0] | hole[y0, x1] | hole[y1, x0] | hole[y1, x1])
+
+
+def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None) -> Filled:
+    """Fill each frame's hole with the background other frames show, followed along the completed flows."""
+    from .keyframes import clip_flows
+
+    frames = np.asarray(frames)
+    count, height, width = holes.shape
+    out = frames.copy()
+    unfilled = holes.copy()
+    if count < 2 or not holes.any():
+        return Filled(out, unfilled)
+    flows = flows or clip_flows(frames)
+    # the background's motion around each frame's hole: t -> t + 1 (forward[t]) and t -> t - 1 (backward[t - 1])
+    ahead = [background_motion(flows.forward[t], holes[t]) for t in range(count - 1)]
+    behind = [None] + [background_motion(flows.backward[t - 1], holes[t]) for t in range(1, count)]
+
+    def moves_like_background(s: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Whether the source's own flow at points of frame s agrees with the background's motion there."""
+        flow, model = (flows.forward[s], ahead[s]) if s < count - 1 else (flows.backward[s - 1], behind[s])
+        own = np.stack([cv2.remap(flow[..., c], x[None].astype(np.float32), y[None].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0] for c in range(2)], -1)
+        return np.abs(own - motion_at(model, x, y)).max(-1) <= BACKGROUND_TOLERANCE
+
+    for t in range(count):
+        rows, cols = np.nonzero(holes[t])
+        if len(rows) == 0:
+            continue
+        found = {}
+        for step in (1, -1):  # follow the pixels one frame at a time until each lands on background shown there
+            x, y = cols.astype(np.float64), rows.astype(np.float64)
+            alive = np.ones(len(rows), bool)
+            colour = np.zeros((len(rows), 3), np.float32)
+            distance = np.full(len(rows), np.inf)
+            s = t
+            while alive.any() and 0 <= s + step < count:
+                moved = motion_at(ahead[s] if step > 0 else behind[s], x, y)
+                x, y = x + moved[:, 0], y + moved[:, 1]
+                s += step
+                alive &= (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+                hit = alive & _shown(holes[s], x, y)
+                if hit.any():
+                    hit[hit] = moves_like_background(s, x[hit], y[hit])
+                if hit.any():
+                    sampled = cv2.remap(frames[s].astype(np.float32), x[hit][None].astype(np.float32), y[hit][None].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+                    colour[hit] = sampled
+                    distance[hit] = abs(s - t)
+                    alive &= ~hit
+            found[step] = (colour, distance)
+        (ahead_colour, ahead_distance), (behind_colour, behind_distance) = found[1], found[-1]
+        best = np.minimum(ahead_distance, behind_distance)
+        seen = np.isfinite(best)
+        use_ahead = (ahead_distance == best)[:, None].astype(np.float32)
+        use_behind = (behind_distance == best)[:, None].astype(np.float32)
+        mixed = (ahead_colour * use_ahead + behind_colour * use_behind) / np.maximum(use_ahead + use_behind, 1)
+        out[t, rows[seen], cols[seen]] = np.rint(mixed[seen]).clip(0, 255).astype(np.uint8)
+        unfilled[t, rows[seen], cols[seen]] = False
+    return Filled(out, unfilled)
+
+
+def rough_fill(frames: np.ndarray, unfilled: np.ndarray) -> np.ndarray:
+    """Frames with the unfilled pixels painted from around them (Telea): the start diffusion refines."""
+    out = frames.copy()
+    for t in range(len(frames)):
+        if unfilled[t].any() and not unfilled[t].all():
+            out[t] = cv2.inpaint(frames[t], unfilled[t].astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
+    return out
+
+
+def diffuse_blended(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, progress) -> np.ndarray:
+    """The unfilled pixels made by the backbone, prompted with the background's description (the prompt):
+    blended latent diffusion, every latent pixel away from them held to the filled frames noised to each step."""
+    from . import sampling
+    from .region import HeldRegion, hold_callback, noised_states
+
+    config, engine = parts.edit, parts.engine
+    todo = [t for t in range(len(frames)) if unfilled[t].any()]
+    start = rough_fill(frames, unfilled)
+    clip = start[todo]
+    scheduler = backbone.scheduler(config.sampler)
+    timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
+    text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
+    clean = sampling.encode_frames(backbone, clip, engine.chunk)
+    noise = sampling.shared_noise(tuple(clean.shape), config.seed, clean.device, clean.dtype)
+    noising = backbone.scheduler()
+    region = HeldRegion(unfilled[todo].astype(np.float32))
+
+    def report(index: int, timestep: int, latents: torch.Tensor) -> None:
+        progress("denoise", index + 1, len(timesteps))
+
+    hold = hold_callback(region, backbone.vae_scale_factor, noised_states(noising, clean, noise, timesteps), report)
+    plan = sampling.plan_frames(len(clip), engine.chunk, engine.attention if engine.attention != "tokenflow" else "first", engine.window)
+    latents = sampling.denoise(backbone, scheduler, sampling.noise_to_timestep(noising, clean, noise, timesteps[0]), timesteps, sampling.Guidance(text, config.guidance), plan, hold, seed=config.seed)
+    decoded = sampling.decode_latents(backbone, latents, engine.chunk)
+    out = frames.copy()
+    for row, t in enumerate(todo):
+        out[t][unfilled[t]] = decoded[row][unfilled[t]]
+    return out
+
+
+def load_inpainting(spec: str, backbone):
+    """diffusers' SD inpainting pipeline (a 9-channel UNet: latents, mask, masked-image latents) from a Hub id or folder."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    try:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(spec, torch_dtype=backbone.dtype, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"inpaint_model {spec} cannot be loaded (no inpainting checkpoint there, and the Hugging Face Hub is not reachable to download it): leave --inpaint-model out to diffuse with the backbone") from exc
+    if pipe.unet.config.in_channels != 9:
+        raise ConfigError(f"inpaint_model {spec} has a UNet of {pipe.unet.config.in_channels} input channels, not an inpainting UNet's 9")
+    return pipe.to(backbone.device)
+
+
+def diffuse_inpainting(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, progress) -> np.ndarray:
+    """The unfilled pixels made by the inpainting model, frame by frame, with the same seed."""
+    from PIL import Image
+
+    pipe = load_inpainting(parts.masking.inpaint_model, backbone)
+    config = parts.edit
+    out = frames.copy()
+    todo = [t for t in range(len(frames)) if unfilled[t].any()]
+    height, width = frames.shape[1:3]
+    for done, t in enumerate(todo):
+        image = pipe(
+            prompt=config.prompt, negative_prompt=config.negative_prompt or None, image=Image.fromarray(frames[t]),
+            mask_image=Image.fromarray(unfilled[t].astype(np.uint8) * 255), height=height, width=width,
+            num_inference_steps=config.steps, guidance_scale=config.guidance, generator=torch.Generator("cpu").manual_seed(config.seed),
+        ).images[0]  # fmt: skip
+        out[t][unfilled[t]] = np.asarray(image.convert("RGB"))[unfilled[t]]
+        progress("denoise", done + 1, len(todo))
+    return out
+
+
+def remove_object(frames: np.ndarray, mask, parts, backbone, progress, timer):
+    """The clip with what `mask` (editing.region.ClipMask) covers removed: filled from frames, the rest diffused."""
+    from .core import EditedFrames, decoded_indices
+
+    holes = mask.grown
+    with timer.stage("propagate"):
+        progress("propagate", 0, 1)
+        filled = fill_from_frames(frames, holes)
+        progress("propagate", 1, 1)
+    out = filled.frames
+    if filled.unfilled.any():
+        with timer.stage("denoise"):
+            diffuse = diffuse_inpainting if parts.masking.inpaint_model else diffuse_blended
+            out = diffuse(out, filled.unfilled, parts, backbone, progress)
+    counts = filled.counts(holes)
+    log.info("removal: %d hole pixels, %d filled from other frames, %d diffused", counts["hole_pixels"], counts["from_frames"], counts["diffused"])
+    wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
+    return EditedFrames(out[list(wanted)], seconds=timer.seconds, removal=counts)
