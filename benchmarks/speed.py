@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", help="fp32 (the CPU: bf16 is emulated there), fp16 on a GPU")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also save the rows with the command, date and commit (copy to benchmarks/results/speed-*.json for the docs)")
     args = parser.parse_args()
 
     import torch
@@ -158,6 +160,12 @@ def main() -> None:
     for row in rows.values():
         memory = f" {row['peak GPU MB']:.0f} |" if gpu else ""
         print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['VAE share']:.0%} | {row['keyframes']} |{memory}")
+    if args.json:
+        from shapes_world.benchmark import provenance
+
+        document = {"model": "sd15-random", "device": where, "dtype": args.dtype, "frames": len(frames), "size": [width, height], "steps": args.steps, "rows": list(rows.values())}
+        document |= provenance() | {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
+        Path(args.json).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     base = rows.get(BASE)
     if base:
         print("\n| ratio (same run) | value |\n|---|---|")

@@ -3,7 +3,8 @@
 - reference/options.md: every option of `edit` and `tune` from the one option schema (editing.requests);
 - reference/registries.md: every registry's entries with their help (editing.registries);
 - benchmarks/shapes.md and its plots: from the result files the shapes benchmark saves
-  (`python -m editing eval --shapes --out DIR` writes DIR/table.json; copied to benchmarks/results/).
+  (`python -m editing eval --shapes --out DIR` writes DIR/table.json; copied to benchmarks/results/);
+- benchmarks/speed.md and its plot: from `python benchmarks/speed.py --json PATH` files in benchmarks/results/.
 
 mkdocs.yml names this file under `hooks:`; tests/test_docs.py calls the page functions directly.
 """
@@ -24,6 +25,7 @@ if str(ROOT) not in sys.path:  # the docs build imports the library from this ch
 OPTIONS_PAGE = "reference/options.md"
 REGISTRIES_PAGE = "reference/registries.md"
 SHAPES_PAGE = "benchmarks/shapes.md"
+SPEED_PAGE = "benchmarks/speed.md"
 
 
 def _cell(value) -> str:
@@ -247,6 +249,65 @@ def shapes_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]
     return "\n".join(lines) + "\n", images
 
 
+def speed_results(folder: Path = RESULTS) -> list[tuple[str, dict]]:
+    """The speed benchmark's saved runs (benchmarks/speed.py --json), newest first, by file stem."""
+    return [(path.stem, json.loads(path.read_text(encoding="utf-8"))) for path in sorted(folder.glob("speed-*.json"), reverse=True)]
+
+
+def speed_plot(document: dict) -> bytes:
+    """Seconds and UNet evaluations per frame of each setting, as ratios of the first row (the base)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = document["rows"]
+    base = rows[0]
+    names = [row["setting"] for row in rows]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    positions = range(len(rows))
+    axis.bar([p - 0.2 for p in positions], [row["s/frame"] / base["s/frame"] for row in rows], width=0.4, label="wall time per frame")
+    axis.bar([p + 0.2 for p in positions], [row["UNet evals/frame"] / base["UNet evals/frame"] for row in rows], width=0.4, label="UNet evaluations per frame")
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel(f"ratio to {base['setting']}")
+    axis.set_title("Cost per setting, same run")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def speed_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]:
+    """The speed results page (Markdown) and its plots, from the saved runs."""
+    lines = [
+        "# Speed results",
+        "",
+        "Generated at build time from the result files in `benchmarks/results/` that `python benchmarks/speed.py",
+        "--json PATH` writes. Each run states its command, date and commit; ratios compare settings within one run.",
+        "What the settings are: [Speed presets and LoRAs](../speed.md).",
+        "",
+    ]
+    images: dict[str, bytes] = {}
+    if not results:
+        lines += ["No saved run yet."]
+    for stem, document in results:
+        lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
+        lines += [
+            f"Run on {document.get('date', 'an unrecorded date')} at commit `{document.get('commit') or 'unknown'}`: `{document.get('model')}`, "
+            f"{document.get('dtype')} on {document.get('device')}, {document.get('frames')} frames, {document.get('steps')} steps.",
+            "",
+            "| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {r['setting']} | {r['s/frame']:.3f} | {r['UNet evals/frame']:.2f} | {r['VAE share']:.0%} | {r['keyframes']} |" for r in document["rows"]]
+        images[f"{stem}-cost.png"] = speed_plot(document)
+        lines += ["", f"![cost of {stem}]({stem}-cost.png)", ""]
+    return "\n".join(lines) + "\n", images
+
+
 # ---------------------------------------------------------------- mkdocs
 
 
@@ -255,10 +316,10 @@ def on_files(files, config):
     from mkdocs.structure.files import File
 
     generated = {OPTIONS_PAGE: option_reference(), REGISTRIES_PAGE: registries_page()}
-    page, images = shapes_page(shapes_results())
-    generated[SHAPES_PAGE] = page
-    for name, data in images.items():
-        generated[str(Path(SHAPES_PAGE).parent / name)] = data
+    for path, (page, images) in ((SHAPES_PAGE, shapes_page(shapes_results())), (SPEED_PAGE, speed_page(speed_results()))):
+        generated[path] = page
+        for name, data in images.items():
+            generated[str(Path(path).parent / name)] = data
     for path, content in generated.items():
         old = files.get_file_from_path(path)
         if old is not None:

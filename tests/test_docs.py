@@ -143,3 +143,16 @@ def test_the_benchmark_page_is_written_from_a_result_file_with_its_command_and_p
     assert set(images) == {"shapes-2026-12-07-probe-quality-cost.png", "shapes-2026-12-07-probe-warp-pairs.png"}
     assert all(data.startswith(b"\x89PNG") for data in images.values())
     assert hooks._pair_means(document)["first"] == [2.5, 4.5, pytest.approx(float("nan"), nan_ok=True)]
+
+
+def test_the_speed_page_is_written_from_a_result_file(hooks, tmp_path):
+    import json
+
+    rows = [{"setting": name, "s/frame": t, "UNet evals/frame": e, "VAE share": 0.1, "keyframes": k} for name, t, e, k in (("every-frame", 2.0, 30.0, "-"), ("keyframes-8", 0.8, 5.75, 2))]
+    document = {"command": "python benchmarks/speed.py --frames 16 --json x.json", "date": "2026-12-07", "commit": "abc1234", "model": "sd15-random",
+                "device": "2 CPU threads", "dtype": "fp32", "frames": 16, "steps": 10, "rows": rows}  # fmt: skip
+    (tmp_path / "speed-2026-12-07-probe.json").write_text(json.dumps(document))
+    page, images = hooks.speed_page(hooks.speed_results(tmp_path))
+    assert "`python benchmarks/speed.py --frames 16 --json x.json`" in page and "abc1234" in page
+    assert "| keyframes-8 | 0.800 | 5.75 | 10% | 2 |" in page
+    assert list(images) == ["speed-2026-12-07-probe-cost.png"] and images["speed-2026-12-07-probe-cost.png"].startswith(b"\x89PNG")
