@@ -55,10 +55,8 @@ class FrameSelection:
         _check(self.size % 8 == 0, f"size must be a multiple of 8, got {self.size}")
 
 
-# --strength when left out: the whole schedule. With the keyframes default and the flow's colour
-# candidates, the shapes benchmark's default setting holds every temporal target at 1.0 (structure IoU
-# 0.756, warp error 3.05); 0.9 keeps more structure (0.779) but misses the warp target by 0.02 (README,
-# "Edit quality with ground truth").
+# --strength when left out: the whole schedule (why, with the measurements: docs/consistency.md, "What the
+# default was chosen on").
 DEFAULT_STRENGTH = 1.0
 
 
@@ -124,7 +122,7 @@ class ControlSpec:
 
 
 # --keyframes when left out: the best consistency setting of the shapes benchmark that edits as well as
-# editing every frame (README, "Edit quality with ground truth").
+# editing every frame (docs/consistency.md, "What the default was chosen on").
 DEFAULT_KEYFRAMES = "8"
 NO_DEFAULT_KEYFRAMES_ATTENTION = ("none", "tokenflow")  # per-frame editing; TokenFlow propagates keyframes itself
 
