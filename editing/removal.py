@@ -104,15 +104,24 @@ def _shown(hole: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return inside & ~(hole[y0, x0] | hole[y0, x1] | hole[y1, x0] | hole[y1, x1])
 
 
-def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None) -> Filled:
-    """Fill each frame's hole with the background other frames show, followed along the completed flows."""
+def _in(region: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether the nearest pixel of points (x, y) lies in `region`."""
+    height, width = region.shape
+    return region[np.clip(np.rint(y), 0, height - 1).astype(int), np.clip(np.rint(x), 0, width - 1).astype(int)]
+
+
+def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None, todo: np.ndarray | None = None) -> Filled:
+    """Fill each frame's hole with the background other frames show, followed along the background's motion
+    around the holes. `flows` are the source's (editing.keyframes.clip_flows); `todo` (default: the holes)
+    are the pixels still to fill, when part of the holes was filled already (then those parts can be read)."""
     from .keyframes import clip_flows
 
     frames = np.asarray(frames)
     count, height, width = holes.shape
     out = frames.copy()
-    unfilled = holes.copy()
-    if count < 2 or not holes.any():
+    todo = holes if todo is None else todo
+    unfilled = todo.copy()
+    if count < 2 or not todo.any():
         return Filled(out, unfilled)
     flows = flows or clip_flows(frames)
     # the background's motion around each frame's hole: t -> t + 1 (forward[t]) and t -> t - 1 (backward[t - 1])
@@ -126,7 +135,7 @@ def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None) -> Fille
         return np.abs(own - motion_at(model, x, y)).max(-1) <= BACKGROUND_TOLERANCE
 
     for t in range(count):
-        rows, cols = np.nonzero(holes[t])
+        rows, cols = np.nonzero(todo[t])
         if len(rows) == 0:
             continue
         found = {}
@@ -141,9 +150,9 @@ def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None) -> Fille
                 x, y = x + moved[:, 0], y + moved[:, 1]
                 s += step
                 alive &= (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
-                hit = alive & _shown(holes[s], x, y)
-                if hit.any():
-                    hit[hit] = moves_like_background(s, x[hit], y[hit])
+                hit = alive & _shown(todo[s], x, y)
+                if hit.any():  # a filled hole pixel is background by now; elsewhere the source must move like the background
+                    hit[hit] = _in(holes[s] & ~todo[s], x[hit], y[hit]) | moves_like_background(s, x[hit], y[hit])
                 if hit.any():
                     sampled = cv2.remap(frames[s].astype(np.float32), x[hit][None].astype(np.float32), y[hit][None].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
                     colour[hit] = sampled
@@ -235,20 +244,33 @@ def diffuse_inpainting(frames: np.ndarray, unfilled: np.ndarray, parts, backbone
 
 
 def remove_object(frames: np.ndarray, mask, parts, backbone, progress, timer):
-    """The clip with what `mask` (editing.region.ClipMask) covers removed: filled from frames, the rest diffused."""
+    """The clip with what `mask` (editing.region.ClipMask) covers removed: each hole filled from the frames
+    that show its background; then, while some pixels are shown by no frame, the frame with most of them is
+    diffused and what it made is carried to the others the same way (one made background moving with the
+    scene, not one per frame)."""
     from .core import EditedFrames, decoded_indices
+    from .keyframes import clip_flows
 
     holes = mask.grown
     with timer.stage("propagate"):
         progress("propagate", 0, 1)
-        filled = fill_from_frames(frames, holes)
+        flows = clip_flows(frames) if len(frames) > 1 else None
+        filled = fill_from_frames(frames, holes, flows)
         progress("propagate", 1, 1)
-    out = filled.frames
-    if filled.unfilled.any():
-        with timer.stage("denoise"):
-            diffuse = diffuse_inpainting if parts.masking.inpaint_model else diffuse_blended
-            out = diffuse(out, filled.unfilled, parts, backbone, progress)
     counts = filled.counts(holes)
-    log.info("removal: %d hole pixels, %d filled from other frames, %d diffused", counts["hole_pixels"], counts["from_frames"], counts["diffused"])
+    out, todo, made = filled.frames, filled.unfilled, []
+    diffuse = diffuse_inpainting if parts.masking.inpaint_model else diffuse_blended
+    while todo.any():
+        key = int(todo.reshape(len(todo), -1).sum(1).argmax())
+        with timer.stage("denoise"):
+            out[key] = diffuse(out[[key]], todo[[key]], parts, backbone, progress)[0]
+        made.append(key)
+        todo = todo.copy()
+        todo[key] = False
+        with timer.stage("propagate"):
+            again = fill_from_frames(out, holes, flows, todo)
+        out, todo = again.frames, again.unfilled
+    counts["diffused_frames"] = sorted(made)
+    log.info("removal: %d hole pixels, %d filled from other frames, %d shown by no frame (made in frames %s)", counts["hole_pixels"], counts["from_frames"], counts["diffused"], made)
     wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
     return EditedFrames(out[list(wanted)], seconds=timer.seconds, removal=counts)
