@@ -9,6 +9,7 @@ from .attention.modes import attention_mode_names
 from .control.kinds import condition_kind_names
 from .errors import ConfigError
 from .samplers import sampler_names
+from .stepcache import parse_step_caches, step_cache_help
 from .windows import CONTEXT_HELP, ContextWindows
 
 
@@ -198,6 +199,7 @@ class EngineConfig:
     chunk: int = field(default=8, metadata={"help": "frames per UNet call; longer clips run in chunks sharing anchor frames", "range": "[1, inf)"})
     token_merge: float = field(default=0.0, metadata={"help": "share of cross-frame attention context tokens merged into their nearest first-frame token (VidToMe); 0 = off", "range": "[0, 1)"})
     feature_bank: int = field(default=0, metadata={"help": "frames of earlier chunks whose self-attention keys and values later chunks also attend to (StreamV2V); 0 = off", "range": "[0, 64]"})
+    step_cache: str | None = field(default=None, metadata={"help": step_cache_help(), "metavar": "KIND[:VALUE][,...]"})  # editing.stepcache
     context: str | None = field(default=None, metadata={"help": CONTEXT_HELP, "metavar": "LENGTH[:OVERLAP[:SCHEDULE]]|off"})  # editing.windows
     keyframes: str | None = field(
         default=None,
@@ -245,6 +247,7 @@ class EngineConfig:
         _check(self.chunk >= 1, f"chunk must be at least 1 frame, got {self.chunk}")
         _check(math.isfinite(self.token_merge) and 0 <= self.token_merge < 1, f"token_merge must be in [0, 1), got {self.token_merge}")
         _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
+        parse_step_caches(self.step_cache)
         _check(self.feature_bank == 0 or self.attention != "none", "feature_bank needs cross-frame attention, not --attention none")
         parse_keyframes(self.keyframes)
         if ContextWindows.parse(self.context) is not None:

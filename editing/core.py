@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import sampling
+from .stepcache import parse_step_caches
 from .cache import TensorCache, cache_key, content_hash, default_cache_dir
 from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, parse_keyframes
@@ -175,7 +176,7 @@ def edit_frames(
     start_key = source if start is frames else frames_key(start)
     anchors = tuple(index for index, _ in pins) or (0,)
     context = edit_context(engine.context, backbone.unet)  # context windows (editing.windows), by default with a motion module
-    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge, context=context)
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge, context=context, step_cache=parse_step_caches(engine.step_cache))
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None

@@ -239,6 +239,7 @@ def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts
     each group is one clip [keyframe, frames...] where every frame attends to the keyframe (anchor), the
     keyframe and every seen latent held to their fused values at every step."""
     from . import sampling
+    from .stepcache import parse_step_caches
 
     config, engine = parts.edit, parts.engine
     scale = backbone.vae_scale_factor
@@ -268,7 +269,7 @@ def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts
             return torch.where(keep, target.to(latents.dtype), latents)
 
         start = sampling.noise_to_timestep(noising, clean, noise, timesteps[0])
-        plan = sampling.plan_frames(len(clip), engine.chunk, "first")
+        plan = sampling.plan_frames(len(clip), engine.chunk, "first", step_cache=parse_step_caches(engine.step_cache))
         latents = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, hold, seed=config.seed)
         decoded = sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(clip))))
         for row, frame in enumerate(members):

@@ -20,6 +20,7 @@ from .attention.modes import get_attention_mode
 from .models import Backbone
 from .motion import run_unet
 from .samplers import sampler_of, set_timeline
+from .stepcache import build_step_caches
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
@@ -240,6 +241,7 @@ class FramePlan:
     merge: float = 0.0  # token merging ratio inside self-attention (editing.attention.merge)
     context: object = None  # editing.windows.ContextWindows: the batches are overlapping windows, blended (may move per step)
     num_frames: int = 0
+    step_cache: tuple = ()  # editing.stepcache specs the loop installs on the UNet (not while inverting)
 
     def at_step(self, index: int) -> "FramePlan":
         """The plan of denoising step `index`: the same plan, or with context windows that step's windows."""
@@ -286,7 +288,7 @@ class FramePlan:
         return True
 
 
-def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0, context=None) -> FramePlan:
+def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0, context=None, step_cache: tuple = ()) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
 
     The context is the mode's registered rule (editing.attention.modes): the shared anchor frames for
@@ -300,13 +302,13 @@ def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2
     rule = get_attention_mode(mode)
     anchors = tuple(a for a in anchors if a < num_frames) or (0,)
     if context is not None:
-        return FramePlan(mode, window_batches(num_frames, context, mode, window, anchors, 0), anchors, window, merge, context, num_frames)
+        return FramePlan(mode, window_batches(num_frames, context, mode, window, anchors, 0), anchors, window, merge, context, num_frames, step_cache)
     batches = []
     for start in range(0, num_frames, chunk):
         targets = range(start, min(start + chunk, num_frames))
         context = {f for f in rule.context(targets, num_frames, anchors, window) if 0 <= f < num_frames}
         batches.append(FrameBatch(tuple(sorted(context | set(targets))), tuple(targets)))
-    return FramePlan(mode, tuple(batches), anchors, window, merge)
+    return FramePlan(mode, tuple(batches), anchors, window, merge, step_cache=step_cache)
 
 
 def window_batches(num_frames: int, context, mode: str, window: int, anchors: tuple[int, ...], step: int) -> tuple[FrameBatch, ...]:
@@ -460,6 +462,11 @@ def anchor_call(store: AnchorStore, anchors: tuple[int, ...], batch: FrameBatch)
     return AnchorCall(store, keeps=tuple((a, batch.ids.index(a)) for a in anchors if a in batch.ids))
 
 
+def inverting(timesteps) -> bool:
+    """Whether a loop over `timesteps` inverts (ascending timesteps, DDIMInverseScheduler's)."""
+    return len(timesteps) > 1 and float(timesteps[0]) < float(timesteps[-1])
+
+
 # before_step(context, guidance) -> the guidance to step with (or None to keep it)
 BeforeStep = Callable[[StepContext, Guidance], "Guidance | None"]
 
@@ -508,7 +515,8 @@ def denoise(
     generator = step_generator(scheduler, seed, latents.shape[0])
     following = [*timesteps[1:], None]
     x = latents * vp_scale(scheduler, timesteps[0]) if len(timesteps) else latents
-    with adapter, attention:
+    caches = build_step_caches(() if inverting(timesteps) else plan.step_cache)  # installed over the attention processors
+    with adapter, attention, caches.installed(backbone.unet):
         for index, timestep in enumerate(timesteps):
             fraction = index / max(1, len(timesteps) - 1)
             model_input = scheduler.scale_model_input(x, timestep)
@@ -528,6 +536,7 @@ def denoise(
                 extra = control_call(control, index, batch)
                 if store is not None:
                     extra = (extra or {}) | {"anchor_kv": anchor_call(store, plan.anchors, batch)}
+                caches.begin_call(index, (batch.ids, batch.borrowed))
                 predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, layout, ids, fraction, extra)
                 produced = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
                 if batch.weights is None:
