@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .cache import cache_key, content_hash
+from .compat import sequential_reason
 from .core import STAGES
 from .errors import ConfigError, EditingError
 from .requests import EditRequest
@@ -123,7 +124,7 @@ def split_edit(request: EditRequest, frame_count: int, workers: int) -> EditTask
     plan = plan_frames(frame_count, engine.chunk, engine.attention, engine.window, merge=engine.token_merge)
     if workers <= 1 or len(plan.batches) <= 1:
         return whole
-    reason = _sequential_reason(request)
+    reason = sequential_reason(request)
     if reason:
         return dataclasses.replace(whole, note=f"{reason}; its {len(plan.batches)} chunks run in order on one worker")
     groups = np.array_split(np.arange(len(plan.batches)), min(workers, len(plan.batches)))
@@ -191,30 +192,6 @@ def propagation_input(segment: Segment, keys: tuple[int, ...], edited_keys: np.n
     start = segment.frames[0]
     staged = Keyframes(tuple(k - start for k in inside), edited_keys[[keys.index(k) for k in inside]])
     return source, StagedKeyframes(staged, frames_key(source).content)
-
-
-def _sequential_reason(request: EditRequest) -> str:
-    """Why an edit's chunks cannot run apart ('' when they can)."""
-    from .attention.modes import get_attention_mode
-
-    engine = request.engine
-    if engine.keyframes_every:
-        return "a preview of keyframes then propagation runs as one task"
-    if engine.keyframe_images:
-        return "a --keyframe-image without --keyframes is followed along the whole clip's flow"
-    if engine.feature_bank:
-        return "the feature bank carries each chunk's keys and values into the next"
-    if not get_attention_mode(engine.attention).independent_chunks:
-        return f"attention {engine.attention} needs the context of neighbouring chunks"
-    if engine.smooth_flow:
-        return "flow smoothing fuses neighbouring frames"
-    if request.attention_edit is not None:
-        return "attention editing (--source-prompt) runs on the whole clip"
-    if request.tuned is not None:
-        return "a tuned model runs on the whole clip"
-    if any(control.video for control in engine.controls):
-        return "a condition video is read for the whole clip"
-    return ""
 
 
 def segment_request(request: EditRequest, segment: Segment) -> EditRequest:

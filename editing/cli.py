@@ -123,7 +123,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
     if result.random_weights:
         print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
-    for note in (preset_note(args), *result.notes):
+    for note in (preset_note(vars(args)), *result.notes):
         if note:
             print(f"note: {note}", file=sys.stderr)
     if args.json:
@@ -233,9 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(shapes=asks_for_shapes(argv))
     args = parser.parse_args(argv)
     if args.command == "edit":
-        from .presets import given_options
-
-        args.given_options = given_options(parser, sys.argv[1:] if argv is None else argv)
+        args.given_options = requests.explicit_options("edit", argv[argv.index("edit") + 1 :])
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         _quiet_libraries()

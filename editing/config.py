@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass, field
 
 from .attention.modes import attention_mode_names
+from .compat import keyframes_by_default
 from .control.kinds import condition_kind_names
 from .errors import ConfigError
-from .samplers import sampler_names
+from .samplers import DEFAULT_SAMPLER, sampler_names
 from .stepcache import parse_step_caches, step_cache_help
 from .windows import CONTEXT_HELP, ContextWindows
 
@@ -71,7 +72,7 @@ class EditConfig:
     guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale; 1 disables it", "range": "[0, 50]"})
     strength: float = field(default=DEFAULT_STRENGTH, metadata={"help": "share of the steps to invert and re-run: lower keeps more of the source (default: {default})", "range": "(0, 1]"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same output"})
-    sampler: str = field(default="ddim", metadata={"help": "sampler (editing.samplers); every one follows DDIM inversion's timesteps", "choices": sampler_names})
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata={"help": "sampler (editing.samplers); every one follows DDIM inversion's timesteps", "choices": sampler_names})
 
     def __post_init__(self):
         _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt must not be empty")
@@ -125,20 +126,15 @@ class ControlSpec:
 # --keyframes when left out: the best consistency setting of the shapes benchmark that edits as well as
 # editing every frame (docs/consistency.md, "What the default was chosen on").
 DEFAULT_KEYFRAMES = "8"
-NO_DEFAULT_KEYFRAMES_ATTENTION = ("none", "tokenflow")  # per-frame editing; TokenFlow propagates keyframes itself
 
 
 def default_keyframes(values) -> str | None:
     """--keyframes left out: DEFAULT_KEYFRAMES where keyframes then propagation can run the edit, else every
-    frame (None): not with a --tuned model, a --control-video (conditions for every frame), a feature bank
-    (a streaming mode of its own), attention editing (--source-prompt: every frame keeps the source's
-    attention) or --attention none / tokenflow."""
-    controls = values.get("control_video") or ()
-    if values.get("tuned") is not None or any(controls) or (values.get("feature_bank") or 0) > 0 or values.get("source_prompt"):
+    frame (None) where a feature of the edit turns them off (editing.compat: a --tuned model, a --control-video,
+    a feature bank, attention editing, --attention none / tokenflow)."""
+    if not keyframes_by_default(values):
         return None
     if values.get("motion_adapter"):  # a motion module denoises runs of consecutive frames, not keyframes 8 apart
-        return None
-    if (values.get("attention") or "first") in NO_DEFAULT_KEYFRAMES_ATTENTION:
         return None
     return DEFAULT_KEYFRAMES
 
@@ -248,7 +244,6 @@ class EngineConfig:
         _check(math.isfinite(self.token_merge) and 0 <= self.token_merge < 1, f"token_merge must be in [0, 1), got {self.token_merge}")
         _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
         parse_step_caches(self.step_cache)
-        _check(self.feature_bank == 0 or self.attention != "none", "feature_bank needs cross-frame attention, not --attention none")
         parse_keyframes(self.keyframes)
         if ContextWindows.parse(self.context) is not None:
             _check(self.attention != "tokenflow", "context windows cannot be combined with --attention tokenflow, which plans its own keyframe windows")

@@ -25,6 +25,7 @@ import torch
 from . import sampling
 from .stepcache import parse_step_caches
 from .cache import TensorCache, cache_key, content_hash, default_cache_dir
+from .compat import check as check_combination
 from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, parse_keyframes
 from .inversion import ddim_invert, load_trajectory, save_trajectory
@@ -129,7 +130,7 @@ def edit_frames(
     still give the structure (condition maps, flow). Supplied keyframes make it themselves (editing.pinned).
     """
     frames = check_frames(frames)
-    check_parts(parts)
+    check_combination(parts)
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
     if parts.masking is not None:  # a mask: region edit or removal (editing.region), which come back here without it
@@ -270,25 +271,6 @@ def _prefixed(progress, prefix: str):
     return lambda stage, done, total: progress(f"{prefix}: {stage}", done, total)
 
 
-def check_parts(parts: EditParts) -> None:
-    """Refuse combinations the engine cannot run yet, before any work."""
-    from .attention.modes import get_attention_mode
-    from .errors import ConfigError
-
-    if parts.engine.feature_bank and (parts.tuned is not None or parts.attention_edit is not None):
-        raise ConfigError("feature_bank cannot be combined with --tuned or attention editing (--source-prompt) yet")
-    if get_attention_mode(parts.engine.attention).make_control is not None and (parts.tuned is not None or parts.attention_edit is not None or parts.engine.feature_bank):
-        raise ConfigError(f"attention {parts.engine.attention} cannot be combined with --tuned, --feature-bank or attention editing (--source-prompt) yet")
-    if parts.engine.keyframes_every and (parts.tuned is not None or any(c.video for c in parts.engine.controls)):
-        raise ConfigError("keyframes cannot be combined with --tuned or a --control-video yet")
-    if parts.engine.keyframe_images and (parts.tuned is not None or parts.attention_edit is not None):
-        raise ConfigError("keyframe_image cannot be combined with --tuned or attention editing (--source-prompt) yet")
-    if parts.engine.attention == "tokenflow" and parts.engine.inversion == "none":
-        raise ConfigError("attention tokenflow needs DDIM inversion (its correspondences come from the inverted source's features), not --inversion none")
-    if parts.engine.token_merge and parts.attention_edit is not None:
-        raise ConfigError("token_merge cannot be combined with attention editing (--source-prompt): it changes the stored attention maps")
-
-
 def attention_control(parts: EditParts, frames, backbone, tuned=None):
     """The attention control of a plain edit: the tuned model's, a fresh feature bank, the mode's own
     (flow trajectories), or None for the plain cross-frame processor."""
@@ -313,7 +295,7 @@ def decoded_indices(wanted: tuple[int, ...] | None, count: int) -> tuple[int, ..
 
 def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None, sampling_control=None) -> tuple[torch.Tensor, bool]:
     """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
-    given), or noised source latents. A `sampling_control` with `use_source` receives what the inversion's
+    given), or noised source latents. A `sampling_control` receives (`use_source`) what the inversion's
     control recorded (TokenFlow's source features), from the cache or from the new inversion."""
     config, engine = parts.edit, parts.engine
     if engine.inversion == "none":
@@ -322,14 +304,13 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
         noise = sampling.shared_noise(tuple(clean.shape), config.seed, backbone.device, clean.dtype)
         return sampling.noise_to_timestep(backbone.scheduler(), clean, noise, timesteps[0]), False
     inverting = attention_control(parts, frames, backbone, tuned)
-    key = inversion_key(parts, backbone, plan, source, len(timesteps), getattr(inverting, "cache_key", lambda: None)())
+    key = inversion_key(parts, backbone, plan, source, len(timesteps), None if inverting is None else inverting.cache_key())
     cache = TensorCache(cache_root, "inversions", engine.cache_bytes)
     trajectory = load_trajectory(cache, key)
-    receive = getattr(sampling_control, "use_source", None)
     if trajectory is not None:
         log.info("inversion from cache %s", key)
-        if receive is not None:
-            receive(trajectory.features, len(trajectory.timesteps))
+        if sampling_control is not None:
+            sampling_control.use_source(trajectory.features, len(trajectory.timesteps))
         return trajectory.final.to(backbone.device, backbone.dtype), True
     progress("invert", 0, len(timesteps))
     clean = sampling.encode_frames(backbone, frames, engine.chunk)
@@ -338,10 +319,10 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
     def report(index: int, timestep: int, latents: torch.Tensor) -> None:
         progress("invert", index + 1, len(timesteps))
 
-    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, control=inverting)
+    trajectory = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan, report, attention_control=inverting)
     save_trajectory(cache, key, trajectory)
-    if receive is not None:
-        receive(trajectory.features, len(trajectory.timesteps))
+    if sampling_control is not None:
+        sampling_control.use_source(trajectory.features, len(trajectory.timesteps))
     return trajectory.final.to(backbone.device, backbone.dtype), False
 
 
@@ -363,7 +344,7 @@ def hold_outside(parts: EditParts, frames, backbone, plan, source: SourceKey, ca
         if trajectory is None:  # not kept by the cache (too small): invert again, deterministically the same
             clean = sampling.encode_frames(backbone, frames, parts.engine.chunk)
             prompt = sampling.encode_text(backbone, parts.engine.inversion_prompt, "", guided=False)
-            trajectory = ddim_invert(backbone, clean, parts.edit.steps, parts.edit.strength, prompt, plan, control=inverting)
+            trajectory = ddim_invert(backbone, clean, parts.edit.steps, parts.edit.strength, prompt, plan, attention_control=inverting)
         states = trajectory_states(trajectory)
     return hold_callback(parts.held, backbone.vae_scale_factor, states, callback)
 

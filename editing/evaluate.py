@@ -277,7 +277,7 @@ def _load_scorer(spec: EvalSpec, device: str | None):
     """The CLIP scorer, or None and the reason it is unavailable."""
     if spec.clip is None:
         return None, "not requested (clip: none)"
-    from .models import load_clip
+    from .clip_score import load_clip
 
     try:
         return load_clip(spec.clip, device), ""
@@ -414,7 +414,7 @@ def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | N
     if scorer is None:
         notes.append(f"CLIP metrics unavailable: {clip_reason}")
     elif scorer.random_weights:
-        from .models import CLIP_RANDOM_NOTE
+        from .clip_score import CLIP_RANDOM_NOTE
 
         notes.append(f"CLIP metrics: {CLIP_RANDOM_NOTE}")
     notes.append("warp errors are in 8-bit levels; CLIP scores are 100 x cosine similarity; frame accuracy is a percentage")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .attention.control import AttentionControl
 from .cache import TensorCache
 from .models import Backbone
 from .sampling import FramePlan, Guidance, StepCallback, TextConditioning, denoise
@@ -42,10 +43,10 @@ def ddim_invert(
     text: TextConditioning,
     plan: FramePlan,
     callback: StepCallback | None = None,
-    control=None,
+    attention_control: AttentionControl | None = None,
 ) -> Trajectory:
     """Invert clean latents along the DDIM path under `text` (no guidance), recording every state (and
-    what an attention control with `recording(unet, steps)` records, e.g. TokenFlow's source features)."""
+    what the attention control's `recording` records, e.g. TokenFlow's source features)."""
     inverse = backbone.inverse_scheduler()
     inverse.set_timesteps(steps)
     timesteps = inverse.timesteps[: max(1, round(steps * strength))]
@@ -56,9 +57,9 @@ def ddim_invert(
         if callback is not None:
             callback(index, timestep, current)
 
-    recording = control.recording(backbone.unet, len(timesteps)) if hasattr(control, "recording") else contextlib.nullcontext({})
+    recording = contextlib.nullcontext({}) if attention_control is None else attention_control.recording(backbone.unet, len(timesteps))
     with recording as features:
-        denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record, control)
+        denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record, attention_control)
     return Trajectory(timesteps.cpu(), torch.stack(states), dict(features))
 
 

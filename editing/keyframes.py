@@ -1,36 +1,12 @@
-"""Keyframes, then propagation: the economics of Rerender-A-Video, FRESCO and TokenFlow.
+"""Keyframes, then propagation (after Rerender-A-Video, FRESCO and TokenFlow).
 
-1. **Choose** keyframes: every N-th frame, or `auto`: a new keyframe wherever the share of a frame that
-   the last keyframe cannot see (followed along the source's chained optical flow) passes
-   `AUTO_UNSEEN`, or the gap reaches `AUTO_MAX_GAP`. Either way a cut (`CUT_UNSEEN` of a frame unseen
-   from the frame before) starts a keyframe.
-2. **Edit** the keyframes alone, jointly: the core (`editing.core.edit_frames`) on the keyframe
-   sub-clip, with the request's cross-frame attention among the keyframes. Its inversion and condition
-   maps are cached by content like any edit's, so redoing the keyframes with another prompt or seed
-   pays only for denoising.
-3. **Propagate**: every other frame is its two nearest edited keyframes warped along the source's
-   optical flow, chained through the frames between them (DIS flow of each consecutive pair, followed
-   pixel by pixel), blended with weights of temporal distance times validity (occlusion-aware: a
-   keyframe contributes only where the path to it is trusted: each hop passes the forward-backward check
-   or, in flat regions where the flow is ambiguous, the source's colours agree along it).
-4. **Refine** what no keyframe sees (disoccluded pixels): a few low-noise steps from an SDEdit start on
-   the fused frame (the last `refine` share of the request's steps, with its sampler, prompt and
-   guidance), the seen region held to the fused frame at every step (blended latent diffusion,
-   Avrahami et al. 2023), each refined frame attending to its nearest edited keyframe. The latents
-   around a hole change with it (one latent pixel is 8 x 8 image pixels), but the decoded result is
-   pasted back on the unseen pixels only: the seen pixels stay the warped keyframes' own, exactly.
-5. **Carry** what was re-diffused: in frame order, an unseen pixel that the previous frame sees (one
-   trusted hop of the source's flow) takes the previous output frame's pixel, so a region revealed at
-   frame t is made once there and moves with the scene after it, instead of being re-diffused anew in
-   every later frame (which flickers).
-
-Pixel space, not latent space, is where the keyframes are warped: a warped latent is blurred by
-bilinear resampling of a code the decoder reads non-linearly, so latent propagation needs every frame
-re-diffused and decoded (more UNet evaluations, and a VAE decode per frame), while pixel warps keep the
-keyframes' exact colours and need the UNet only for the holes.
-
-Stages, so the app can show keyframes before propagating: `editing.core.edit_keyframes` (the core on
-the keyframe sub-clip), then `propagate`.
+1. Choose keyframes: every N-th frame, or `auto` where the last keyframe stops seeing the frame; a cut
+   starts one either way.
+2. Edit the keyframes jointly with the core (`editing.core.edit_keyframes`).
+3. Propagate: warp the two nearest edited keyframes along the source's chained optical flow, blended by
+   distance and validity, in pixel space.
+4. Refine what no keyframe sees with a few low-noise steps, the seen pixels held; carry what was made
+   forward along the flow so a revealed region is made once. How and why: docs/consistency.md.
 """
 
 from __future__ import annotations

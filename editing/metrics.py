@@ -2,7 +2,7 @@
 
 Frames are (N, H, W, 3) uint8 RGB arrays. Errors and PSNR are in 8-bit levels (0..255); CLIP scores
 are 100 x cosine similarity, as Tune-A-Video and FateZero report them. Everything here is a pure
-function of its inputs; loading a CLIP model is `editing.models.load_clip`'s job.
+function of its inputs; loading a CLIP model is `editing.clip_score.load_clip`'s job.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .frames import check_frames
 from .temporal import Flows, source_flows, warp
 
 if TYPE_CHECKING:
-    from .models import ClipScorer
+    from .clip_score import ClipScorer
 
 DATA_RANGE = 255.0
 SSIM_SIGMA = 1.5

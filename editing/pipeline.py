@@ -22,7 +22,7 @@ from . import video_io
 from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
 from .errors import ConfigError, EditingError
 from .models import load_backbone
-from .requests import EditRequest  # noqa: F401 (EditRequest lives in editing.requests; old imports work)
+from .requests import EditRequest
 
 if TYPE_CHECKING:
     from .keyframes import Keyframes
@@ -210,11 +210,12 @@ def keyframes_here(frames: np.ndarray, request: EditRequest, progress: ProgressF
     """Stage 1 as an editor: the request's keyframes chosen and edited in this process, and only those
     (`EditedFrames.frames` holds them in the order of `EditedFrames.keyframes`). A batch's worker runs it
     before the propagation segments (editing.batch.propagation_tasks)."""
-    from .core import check_parts, edit_keyframes
+    from .compat import check as check_combination
+    from .core import edit_keyframes
     from .frames import check_frames
 
     parts = EditParts.of(staged_request(request))
-    check_parts(parts)
+    check_combination(parts)
     backbone = request_backbone(request, progress, timer)
     timer.device = backbone.device
     keyframes = edit_keyframes(check_frames(frames), parts, backbone, progress, timer)

@@ -1,47 +1,17 @@
-"""Speed presets (`--preset fast`, ...): few-step distilled LoRAs with their samplers, an SDEdit start and
-the tiny autoencoder, set as defaults that explicit options still override.
+"""Speed presets (`--preset fast`, ...): a few-step distilled LoRA with its sampler, an SDEdit start, guidance 1,
+the tiny autoencoder and one attention setting, applied as defaults that explicit options override.
 
-| preset | LoRA (real SD-1.x models) | sampler | steps run |
-|---|---|---|---|
-| `fast` | LCM-LoRA `latent-consistency/lcm-lora-sdv1-5` | `lcm` | 4 |
-| `tcd` | TCD `h1t/TCD-SD15-LoRA` | `tcd` | 4 |
-| `hyper-sd-N` (N = 1, 2, 4, 8) | Hyper-SD `ByteDance/Hyper-SD` `Hyper-SD15-N…-lora.safetensors` | `ddim-trailing` | N |
-
-Every preset: guidance 1 (no unconditional branch: one UNet evaluation per frame and step), no
-inversion (SDEdit: the source's latents noised to the first kept step), strength 0.5 on a schedule twice
-the steps run (so `fast` runs the 4 last of 8 steps: t = 376, 251, 126, 1; `hyper-sd-4` runs the trailing
-schedule's t = 499, 374, 249, 124), the tiny autoencoder
-(AutoencoderTiny), LoRAs fused into the weights, `PRESET_ATTENTION` as the cross-frame attention and
-StreamV2V's bounded feature bank of `PRESET_BANK` frames (chunks after the first attend to the frames before them).
-
-With `--keyframes`, a preset propagates the keyframes without re-diffusing what no keyframe sees
-(`keyframe_refine` 0, as Rerender's non-keyframes, which are warped, not diffused): the default refine
-share (0.1) of an 8-step schedule is its last step, t = 1, where the noise (std 0.04 against the signal's 1) is too
-small to change the warped guess, so it would cost one UNet evaluation per propagated frame (and one per
-keyframe group) for nothing. `--keyframe-refine` still sets it: 0.25 re-runs t = 126 and 1.
-
-Why strength 0.5: at t = 376 the start latents keep sqrt(alpha_bar) = 0.68 of the source's signal, so
-each frame keeps the source's layout and motion, which is what keeps the frames consistent with one
-another when only the anchor frame is shared; at 0.6 the 8-step schedule would run 5 steps, over the
-issue's budget of 4 UNet evaluations per frame. Lower keeps more of the source, higher edits more.
-
-With the built-in random models (`tiny`, `sd15-random`) the same code runs with the `random` LoRA
-(random weights built from a peft LoraConfig, loaded and fused through the same loaders) and a random
-AutoencoderTiny; the result carries a note that its output means nothing.
-
-The shapes model has its own latent space (no tiny autoencoder) and its own distilled LoRAs, found by
-name: a preset whose LoRA kind (`Preset.distilled`) is K uses `editing/assets/shapes-K-lora` (a folder
-with `pytorch_lora_weights.safetensors` and a manifest.json stating its training, made by
-`scripts/train_shapes_lcm.sh`), with the model's own autoencoder. A preset without such a folder refuses
-the shapes model in one sentence.
+On the built-in random models a preset runs the same code with the `random` LoRA; the shapes model uses
+its own distilled LoRA folder (`shapes_lora`) or is refused. Why these settings: docs/speed.md.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compat import kept_options
 from .compat import kept_options
 from .errors import ConfigError
 
@@ -140,59 +110,42 @@ def _is_shapes(model) -> bool:
     return model.source == SHAPES_MODEL or model.folder == SHAPES_MODEL_DIR
 
 
-def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
-    """The option names (dests) a command line sets explicitly: `parser` re-run with every default suppressed."""
-    import copy
+def apply_preset(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Option values (the edit command's, by name) with the preset's (`values["preset"]`) for every option
+    not set explicitly.
 
-    quiet = copy.deepcopy(parser)
-    for action in _all_actions(quiet):
-        action.default = argparse.SUPPRESS
-    return set(vars(quiet.parse_known_args(list(argv))[0]))
-
-
-def _all_actions(parser: argparse.ArgumentParser):
-    for action in parser._actions:
-        yield action
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                yield from _all_actions(sub)
-
-
-def apply_preset(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
-    """`args` with the preset's values (`args.preset`) for every option not set explicitly.
-
-    Explicit options are `args.given_options` when the CLI recorded them; otherwise (the app's form, an
-    eval spec) the options whose value differs from `defaults` (the edit command's defaults)."""
-    name = getattr(args, "preset", None)
+    Explicit options are `values["given_options"]` when the CLI recorded them (editing.requests.explicit_options);
+    otherwise (the app's form, an eval spec) the options whose value differs from `defaults` (the edit command's)."""
+    name = values.get("preset")
     if not name:
-        return args
+        return dict(values)
     from .models import ModelSpec
 
     preset = get_preset(name)
-    model = ModelSpec.parse(getattr(args, "model", None))
+    model = ModelSpec.parse(values.get("model"))
     own = None
     if _is_shapes(model):
         own = shapes_lora(preset)
         if own is None:
             raise ConfigError(f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA for it (it has one for --preset fast)")
-    given = getattr(args, "given_options", None)
+    given = values.get("given_options")
     if given is None:
-        given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
-    values = preset.values(model.random_weights, own.name if own else None)  # a shipped LoRA's name (editing.lora.ASSETS_DIR)
-    for option in kept_options(vars(args)):  # editing.compat: e.g. a tuned model keeps its attention mode
-        values.pop(option, None)
-    merged = {**vars(args), **{k: v for k, v in values.items() if k not in given}}
-    return argparse.Namespace(**merged)
+        given = {k for k, v in values.items() if k in defaults and v != defaults[k]}
+    preset_values = preset.values(model.random_weights, own.name if own else None)  # a shipped LoRA's name (editing.lora.ASSETS_DIR)
+    for option in kept_options(values):  # editing.compat: e.g. a tuned model keeps its attention mode
+        preset_values.pop(option, None)
+    return {**values, **{k: v for k, v in preset_values.items() if k not in given}}
 
 
-def preset_note(args: argparse.Namespace) -> str | None:
-    """The note that a preset on a built-in random model makes output that means nothing (None otherwise)."""
-    name = getattr(args, "preset", None)
+def preset_note(values: Mapping[str, Any]) -> str | None:
+    """The note that a preset (`values["preset"]`) on a built-in random model (`values["model"]`) makes output
+    that means nothing (None otherwise)."""
+    name = values.get("preset")
     if not name:
         return None
     from .models import ModelSpec
 
-    model = ModelSpec.parse(getattr(args, "model", None))
+    model = ModelSpec.parse(values.get("model"))
     return PRESET_NOTE.format(name=name, model=model.source, lora=get_preset(name).lora) if model.random_weights else None
 
 

@@ -133,7 +133,7 @@ def prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, ti
 
     positive = sampling.TextConditioning(source_text.positive, None)
     recording = recorder if tuned is None else tuned.wrap(recorder)
-    trajectory = ddim_invert(backbone, clean, edit.steps, edit.strength, positive, plan, report, control=recording)
+    trajectory = ddim_invert(backbone, clean, edit.steps, edit.strength, positive, plan, report, attention_control=recording)
     log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
     negatives, cached = None, False
     if config.null_text:

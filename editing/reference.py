@@ -29,7 +29,6 @@ from .errors import ConfigError, ModelLoadError
 
 DEFAULT_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
 ADAPTER_OFFLINE_ALTERNATIVES = "a local IP-Adapter file or folder with its image_encoder folder (--reference-adapter), or leave out --reference-image"
-RANDOM_ADAPTER_NOTE = "the random IP-Adapter has random weights: the reference changes the output, but not towards the image"
 RANDOM_EMBED_DIM = 32  # image-embedding width of the random image encoder
 MAX_REFERENCE_PIXELS = 8192 * 8192
 

@@ -39,6 +39,7 @@ A `Config | None = None` field is built only when its fields without a default a
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import math
@@ -46,14 +47,14 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+from .compat import check as check_combination
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
 from .errors import ConfigError
 from .lora import ModelOptions
 from .masks.options import MaskConfig
 from .presets import preset_names
-from .samplers import follows_inversion
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
@@ -102,18 +103,7 @@ class EditRequest:
         for output in (self.output, *self.also_write):
             if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
                 raise ConfigError(f"output {Path(output).name} must end in {', '.join(OUTPUT_SUFFIXES)}")
-        if self.attention_edit is not None and self.engine.inversion != "ddim":
-            raise ConfigError("attention editing (--source-prompt) needs --inversion ddim")
-        if self.attention_edit is not None and self.attention_edit.null_text and not self.edit.uses_guidance:
-            raise ConfigError(f"null-text inversion needs guidance above 1, got {self.edit.guidance}")
-        if self.tuned is not None and self.engine.attention == "none":
-            raise ConfigError("a tuned model needs cross-frame attention; use --attention sparse-causal, the mode it was tuned with")
-        if self.attention_edit is not None and self.attention_edit.null_text and self.edit.sampler != "ddim":
-            raise ConfigError(f"null-text inversion fits DDIM steps; use sampler ddim, not {self.edit.sampler}")
-        if self.tuned is not None and self.attention_edit is not None and self.attention_edit.null_text:
-            raise ConfigError("null-text inversion cannot be combined with --tuned (it installs its own attention processors)")
-        if self.engine.inversion == "ddim" and not follows_inversion(self.edit.sampler):
-            raise ConfigError(f"sampler {self.edit.sampler} steps on its own timesteps, not DDIM inversion's; use --inversion none (SDEdit)")
+        check_combination(self)  # which features combine (editing.compat)
         ModelSpec.parse(self.model)  # a malformed spec fails now, before any decoding
 
 
@@ -446,11 +436,9 @@ def build_request(command: str, values: Mapping[str, Any] | Any):
     """`command`'s request from option values: each option converted to its fields, the configs built and validated."""
     given = values if isinstance(values, Mapping) else vars(values)
     if command == "edit" and given.get("preset"):
-        import argparse
-
         from .presets import apply_preset
 
-        given = vars(apply_preset(argparse.Namespace(**given), defaults("edit")))
+        given = apply_preset(given, defaults("edit"))
     schema = options(command)
     # every given value in its option's form, or one sentence naming the option (an API client may send anything)
     values = defaults(command) | {o.name: given[o.name] if given[o.name] is None else coerce(o, given[o.name]) for o in schema if o.name in given}
@@ -613,8 +601,9 @@ DEFAULT_ATTENTION = field_default(EngineConfig, "attention")  # cross-frame atte
 # ---------------------------------------------------------------- argparse
 
 
-def add_arguments(parser, command: str) -> None:
-    """`command`'s options as arguments of an argparse parser (choices read now)."""
+def add_arguments(parser, command: str, suppress_defaults: bool = False) -> None:
+    """`command`'s options as arguments of an argparse parser (choices read now); with `suppress_defaults`
+    an option left out is absent from the parsed namespace (see `explicit_options`)."""
     groups: dict[str, Any] = {}
     for option in options(command):
         target = parser if option.group is None else groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
@@ -627,6 +616,7 @@ def add_arguments(parser, command: str) -> None:
         kwargs: dict[str, Any] = {"dest": option.name, "help": text}
         if option.type is bool and not option.repeat:
             flags = option.flags if not option.default else tuple("--no-" + f.removeprefix("--") for f in option.flags)
+            kwargs |= {"default": argparse.SUPPRESS} if suppress_defaults else {}
             target.add_argument(*flags, action="store_false" if option.default else "store_true", **kwargs)
             continue
         if option.repeat:
@@ -635,4 +625,13 @@ def add_arguments(parser, command: str) -> None:
             kwargs |= {"type": option.type, "default": option.default, "choices": option.choice_values(), "metavar": option.metavar}
         if option.required:
             kwargs["required"] = True
+        if suppress_defaults:
+            kwargs["default"] = argparse.SUPPRESS
         target.add_argument(*option.flags, **kwargs)
+
+
+def explicit_options(command: str, arguments: Sequence[str]) -> set[str]:
+    """The option names a command line sets explicitly, from `command`'s own arguments (after the command word)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser, command, suppress_defaults=True)
+    return set(vars(parser.parse_known_args(list(arguments))[0]))

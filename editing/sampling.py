@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from .attention.anchor import AnchorCall, AnchorStore
+from .attention.control import AttentionControl
 from .attention.cross_frame import FrameLayout, cross_frame_attention, layout_for
 from .attention.modes import get_attention_mode
+from .attention.plan import FrameBatch
 from .models import Backbone
 from .motion import run_unet
 from .samplers import sampler_of, set_timeline
@@ -221,16 +223,6 @@ class Guidance:
 
 
 @dataclass(frozen=True)
-class FrameBatch:
-    """One UNet call: the clip frames it holds (sorted) and those whose results it produces."""
-
-    ids: tuple[int, ...]
-    targets: tuple[int, ...]
-    borrowed: tuple[int, ...] = ()  # anchor frames it attends to without holding them: their keys/values come from the step's anchor store
-    weights: tuple[float, ...] | None = None  # per target: its share of the frame's noise (context windows' blending); None = all of it
-
-
-@dataclass(frozen=True)
 class FramePlan:
     """How a clip's frames are split into UNet calls and which frames each frame attends to."""
 
@@ -327,22 +319,6 @@ def window_batches(num_frames: int, context, mode: str, window: int, anchors: tu
     return tuple(batches)
 
 
-def predict_noise(
-    backbone: Backbone,
-    scheduler,
-    latents: torch.Tensor,
-    timestep,
-    guidance: Guidance,
-    layout: FrameLayout | None = None,
-    frame_ids: list[int] | None = None,
-    fraction: float = 0.0,
-    attention_kwargs: dict | None = None,
-) -> torch.Tensor:
-    """Predicted noise of a batch of frames (scaled for the scheduler first), with guidance."""
-    model_input = scheduler.scale_model_input(latents, timestep)
-    return guided_noise(backbone, model_input, timestep, guidance, layout, frame_ids, fraction, attention_kwargs)
-
-
 def guided_noise(
     backbone: Backbone,
     model_input: torch.Tensor,
@@ -386,7 +362,7 @@ def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_
     count = model_input.shape[0] // branches
     context = text.repeat_interleave(count, dim=0) if text.shape[0] == branches else text.expand(model_input.shape[0], -1, -1)
     with contextlib.nullcontext() if grad else torch.inference_mode():
-        residuals = control_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction)
+        residuals = controlnet_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction)
         extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
         if image is not None:
             extra["added_cond_kwargs"] = {"image_embeds": [image.to(model_input.dtype).repeat_interleave(count, dim=0)]}
@@ -399,19 +375,19 @@ def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dic
     return kwargs or None
 
 
-def control_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction):
+def controlnet_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction):
     """Sum of the active ControlNets' residuals for this batch, or None when none is active."""
     total = None
-    for control in controls:
-        if not control.active(fraction):
+    for controlnet in controls:
+        if not controlnet.active(fraction):
             continue
-        images = control.images[frame_ids].to(model_input.device, model_input.dtype).repeat(branches, 1, 1, 1)
-        down, mid = control.model(
+        images = controlnet.images[frame_ids].to(model_input.device, model_input.dtype).repeat(branches, 1, 1, 1)
+        down, mid = controlnet.model(
             model_input,
             timestep,
             encoder_hidden_states=context,
             controlnet_cond=images,
-            conditioning_scale=control.scale,
+            conditioning_scale=controlnet.scale,
             return_dict=False,
         )
         if total is None:
@@ -434,25 +410,23 @@ class StepContext:
     latents: torch.Tensor
     model_input: torch.Tensor
     fraction: float
-    control: object = None
+    attention_control: AttentionControl | None = None
     seed: int = 0  # the edit's seed (TokenFlow's keyframe offsets)
 
     def batch_noise(self, batch: FrameBatch, guidance: Guidance, conditional=None, differentiable: bool = False) -> torch.Tensor:
         """Guided noise of one planned batch's frames (all of them, context included)."""
         ids = list(batch.ids)
         layout = self.plan.layout(batch) if get_attention_mode(self.plan.mode).cross_frame else None
-        extra = control_call(self.control, self.index, batch)
+        extra = attention_control_call(self.attention_control, self.index, batch)
         return guided_noise(self.backbone, self.model_input[ids], self.timestep, guidance, layout, ids, self.fraction, extra, conditional, differentiable)
 
 
-def control_call(control, index: int, batch: FrameBatch) -> dict | None:
+def attention_control_call(attention_control: AttentionControl | None, index: int, batch: FrameBatch) -> dict | None:
     """The attention control's per-call state for one batch (None without a control); a batch that
     borrows anchors tells the control which (the feature bank leaves them out of what it adds)."""
-    if control is None:
+    if attention_control is None:
         return None
-    if batch.borrowed:
-        return control.call(index, batch.ids, batch.targets, borrowed=batch.borrowed)
-    return control.call(index, batch.ids, batch.targets)
+    return attention_control.call(index, batch.ids, batch.targets, batch.borrowed)
 
 
 def anchor_call(store: AnchorStore, anchors: tuple[int, ...], batch: FrameBatch) -> AnchorCall:
@@ -479,7 +453,7 @@ def denoise(
     guidance: Guidance,
     plan: FramePlan,
     callback: StepCallback | None = None,
-    control=None,
+    attention_control: AttentionControl | None = None,
     seed: int = 0,
     before_step: BeforeStep | None = None,
     share_anchors: bool = True,
@@ -493,7 +467,7 @@ def denoise(
     DDIMInverseScheduler (and ascending timesteps) the loop inverts. `callback(step_index, timestep,
     latents)` runs after each step on variance-preserving latents; it may return replacement latents
     (blending, smoothing) or raise to cancel. `before_step` may replace a step's guidance (null-text
-    inversion fits its unconditional embedding there). An attention `control` (editing.attention.p2p)
+    inversion fits its unconditional embedding there). An `attention_control` (editing.attention.control)
     installs its processors and is told each call's step and frames. A reference image in `guidance`
     (editing.reference) has its IP-Adapter installed in the UNet for the loop, under the attention processors.
 
@@ -503,13 +477,13 @@ def denoise(
     """
     cross_frame = get_attention_mode(plan.mode).cross_frame
     batches = plan.batches
-    if share_anchors and cross_frame and (control is None or getattr(control, "shares_anchors", False)):
+    if share_anchors and cross_frame and (attention_control is None or attention_control.shares_anchors):
         batches = plan.sharing_anchors().batches
     sharing = batches is not plan.batches  # the anchors are computed once per step (so in every step's windows too)
     store = AnchorStore() if any(batch.borrowed for batch in batches) else None
     attention = cross_frame_attention(backbone.unet) if cross_frame else contextlib.nullcontext()
-    if control is not None:
-        attention = control.processors(backbone.unet)
+    if attention_control is not None:
+        attention = attention_control.processors(backbone.unet)
     # a reference image's IP-Adapter goes in first, so the attention processors swapped in over it keep it
     adapter = contextlib.nullcontext() if guidance.reference is None else guidance.reference.installed(backbone.unet)
     generator = step_generator(scheduler, seed, latents.shape[0])
@@ -522,10 +496,11 @@ def denoise(
             model_input = scheduler.scale_model_input(x, timestep)
             step_guidance = guidance.at_step(index)
             if before_step is not None:
-                context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control)
+                context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, attention_control)
                 step_guidance = before_step(context, step_guidance) or step_guidance
-            if control is not None and hasattr(control, "begin_step"):  # a pass of the control's own first (TokenFlow's keyframes)
-                control.begin_step(StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, control, seed), step_guidance)
+            if attention_control is not None:  # a pass of the control's own first (TokenFlow's keyframes)
+                context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, attention_control, seed)
+                attention_control.begin_step(context, step_guidance)
             if plan.context is not None:  # context windows (editing.windows): this step's, their shares summed into zeros
                 step_plan = plan.at_step(index)
                 batches = step_plan.sharing_anchors().batches if sharing else step_plan.batches
@@ -533,7 +508,7 @@ def denoise(
             for batch in batches:
                 ids = list(batch.ids)
                 layout = plan.layout(batch) if cross_frame else None
-                extra = control_call(control, index, batch)
+                extra = attention_control_call(attention_control, index, batch)
                 if store is not None:
                     extra = (extra or {}) | {"anchor_kv": anchor_call(store, plan.anchors, batch)}
                 caches.begin_call(index, (batch.ids, batch.borrowed))

@@ -31,7 +31,7 @@ from .cache import DEFAULT_CACHE_BYTES, cache_key, content_hash, default_cache_d
 from .errors import ConfigError, TuningError
 from .files import atomic_output
 from .models import Backbone, ModelSpec, load_backbone
-from .requests import MIXED_PRECISION, TuneConfig, TuneRequest  # noqa: F401 (TuneConfig, TuneRequest moved; old imports work)
+from .requests import TuneConfig, TuneRequest
 from .tuned_file import FORMAT, JSON_FIELDS, TUNING_ATTENTION, read_metadata, tuned_attention  # noqa: F401
 
 log = logging.getLogger(__name__)

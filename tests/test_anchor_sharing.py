@@ -43,7 +43,7 @@ def _denoise(tiny, latents, chunk, mode="first", share=True, guided=True, contro
     guidance = sampling.Guidance(sampling.encode_text(tiny, "a car", "", guided=guided), 5.0 if guided else 1.0)
     plan = sampling.plan_frames(latents.shape[0], chunk, mode, anchors=anchors)
     with unet_batches(tiny.unet) as sizes:
-        out = sampling.denoise(tiny, scheduler, latents, timesteps, guidance, plan, control=control, share_anchors=share)
+        out = sampling.denoise(tiny, scheduler, latents, timesteps, guidance, plan, attention_control=control, share_anchors=share)
     return out, sizes
 
 

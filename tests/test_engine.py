@@ -163,8 +163,9 @@ def test_two_controlnets_add_their_residuals(tiny, clip_latents):
     scheduler.set_timesteps(2)
     t = scheduler.timesteps[0]
     half = sampling.ControlSignal(controlnet, images, scale=0.5)
-    two_halves = sampling.predict_noise(tiny, scheduler, latents, t, sampling.Guidance(text, 1.0, (half, half)))
-    whole = sampling.predict_noise(tiny, scheduler, latents, t, sampling.Guidance(text, 1.0, (sampling.ControlSignal(controlnet, images, 1.0),)))
+    model_input = scheduler.scale_model_input(latents, t)
+    two_halves = sampling.guided_noise(tiny, model_input, t, sampling.Guidance(text, 1.0, (half, half)))
+    whole = sampling.guided_noise(tiny, model_input, t, sampling.Guidance(text, 1.0, (sampling.ControlSignal(controlnet, images, 1.0),)))
     torch.testing.assert_close(two_halves, whole, atol=1e-4, rtol=1e-3)
 
 

@@ -19,7 +19,7 @@ def _run(tiny, chunk, bank=None, frames=4, steps=2):
     timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
     plan = sampling.plan_frames(frames, chunk, "first")
     control = None if bank is None else FeatureBankControl(bank)
-    out = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan, control=control)
+    out = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan, attention_control=control)
     return out, control
 
 
@@ -47,11 +47,13 @@ def test_the_bank_is_bounded_and_its_bytes_are_what_the_formula_states(tiny):
     assert control.bank.nbytes() == stated
 
 
-def test_bank_settings_are_validated():
+def test_bank_settings_are_validated(tmp_path):
+    from .conftest import small_edit
+
     with pytest.raises(ConfigError, match="feature_bank must be between 0 and 64"):
         EngineConfig(feature_bank=-1)
     with pytest.raises(ConfigError, match="feature_bank needs cross-frame attention"):
-        EngineConfig(feature_bank=2, attention="none")
+        small_edit(tmp_path, "refused", feature_bank=2, attention="none")
 
 
 def test_an_edit_with_a_feature_bank_runs_end_to_end_and_inverts_with_it(tmp_path):

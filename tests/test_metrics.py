@@ -10,6 +10,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from editing.clip_score import load_clip
 from editing.config import FrameSelection
 from editing.errors import ModelLoadError
 from editing.metrics import (
@@ -24,7 +25,6 @@ from editing.metrics import (
     text_score,
     warp_errors,
 )
-from editing.models import load_clip
 from editing.temporal import Flows, source_flows
 from editing.video_io import read_clip
 

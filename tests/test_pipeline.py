@@ -97,8 +97,8 @@ def test_guidance_one_equals_the_conditional_prediction(tiny, car):
     t = scheduler.timesteps[0]
     guided = sampling.Guidance(sampling.encode_text(tiny, "a dog", "", guided=True), 1.0)
     plain = sampling.Guidance(sampling.encode_text(tiny, "a dog", "", guided=False), 1.0)
-    with_cfg = sampling.predict_noise(tiny, scheduler, latents, t, guided)
-    without = sampling.predict_noise(tiny, scheduler, latents, t, plain)
+    with_cfg = sampling.guided_noise(tiny, scheduler.scale_model_input(latents, t), t, guided)
+    without = sampling.guided_noise(tiny, scheduler.scale_model_input(latents, t), t, plain)
     torch.testing.assert_close(with_cfg, without, atol=1e-5, rtol=1e-4)
 
 

@@ -15,7 +15,7 @@ from editing import sampling
 from editing.errors import ConfigError, ModelLoadError
 from editing.lora import model_options
 from editing.models import load_backbone
-from editing.presets import PRESET_ATTENTION, PRESETS, apply_preset, get_preset, given_options
+from editing.presets import PRESET_ATTENTION, PRESETS, apply_preset, get_preset
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (3, 64, 96, 3), dtype=np.uint8)
 
@@ -135,18 +135,19 @@ def test_decode_frames_out_of_range_is_refused_in_one_sentence(tiny):
 
 def _parse(*argv: str) -> argparse.Namespace:
     from editing.cli import build_parser
+    from editing.requests import explicit_options
 
     parser = build_parser()
     full = ["edit", "clip.mp4", "--prompt", "x", "--out", "o.mp4", *argv]
     args = parser.parse_args(full)
-    args.given_options = given_options(parser, full)
+    args.given_options = explicit_options("edit", full[1:])
     return args
 
 
 def _apply(args: argparse.Namespace) -> argparse.Namespace:
     from editing.requests import defaults
 
-    return apply_preset(args, defaults("edit"))
+    return argparse.Namespace(**apply_preset(vars(args), defaults("edit")))
 
 
 def test_presets_are_registered_with_their_samplers_and_one_attention_setting():

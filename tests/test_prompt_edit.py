@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention
 from editing import prompts, sampling
 from editing.attention.blend import LocalBlend, blend_mask
 from editing.attention.cross_frame import CrossFrameAttnProcessor, layout_for
-from editing.attention.p2p import AttentionControl, AttentionRecorder, ControlledAttnProcessor, RefineEdit, SwapEdit
+from editing.attention.p2p import AttentionRecorder, ControlledAttnProcessor, PromptControl, RefineEdit, SwapEdit
 from editing.attention.store import AttentionStore, StorePolicy, store_nbytes
 from editing.cli import main
 from editing.config import AttentionEditConfig, FrameSelection
@@ -80,7 +80,7 @@ def test_reweight_scales_only_the_chosen_word(tokenizer):
 # ---------------------------------------------------------------- processor and controllers
 
 
-class PassThrough(AttentionControl):
+class PassThrough(PromptControl):
     """Asks for every layer's probabilities and changes nothing."""
 
     def __init__(self):
@@ -134,7 +134,7 @@ def invert_recording(tiny, clean, prompt, steps, policy, chunk=4, self_steps=Non
     recorder = AttentionRecorder(store, policy, height, width, set(range(steps)) if self_steps is None else self_steps)
     text = sampling.encode_text(tiny, prompt, "", guided=False)
     plan = sampling.plan_frames(clean.shape[0], chunk, mode)
-    return ddim_invert(tiny, clean, steps, 1.0, text, plan, control=recorder), store
+    return ddim_invert(tiny, clean, steps, 1.0, text, plan, attention_control=recorder), store
 
 
 def edit(tiny, start, prompt, steps, guidance, control=None, callback=None, chunk=4, mode="first"):

@@ -137,7 +137,7 @@ def test_a_reference_combines_with_tuned_attention_processors(tiny, frames, dog)
         prompt = None if reference is None else prepare_reference(EngineConfig(reference_image=reference), tiny, load_image_adapter)
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-        return sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0, reference=prompt), plan, control=control)
+        return sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0, reference=prompt), plan, attention_control=control)
 
     none = run()
     assert torch.equal(none, run(f"{dog}:0"))

@@ -73,7 +73,7 @@ def test_stepping_each_chunk_separately_would_break_a_stateful_sampler(tiny, nam
                 stepped = x.clone()
                 for batch in plan.batches:
                     ids = list(batch.ids)
-                    noise = sampling.predict_noise(tiny, scheduler, x[ids], t, guidance, plan.layout(batch), ids)
+                    noise = sampling.guided_noise(tiny, scheduler.scale_model_input(x[ids], t), t, guidance, plan.layout(batch), ids)
                     result = scheduler.step(noise, t, x[ids]).prev_sample
                     stepped[list(batch.targets)] = result[[ids.index(f) for f in batch.targets]]
                 x = stepped

@@ -12,7 +12,6 @@ from editing.errors import ConfigError
 from editing.temporal import (
     FlowFusion,
     Flows,
-    SmoothingConfig,
     make_flow_fusion_callback,
     match_colors,
     resize_flow,
@@ -247,40 +246,6 @@ def test_match_colors_uses_the_chosen_reference(car_pair):
     np.testing.assert_allclose(lab_stats(out[0])[0], lab_stats(car_pair[1])[0], atol=1.0)
     with pytest.raises(ValueError, match="out of range"):
         match_colors(frames, reference_index=2)
-
-
-@pytest.mark.parametrize(
-    "text, flow, color",
-    [
-        ("flow,color", True, True),
-        ("color, flow", True, True),
-        ("FLOW", True, False),
-        ("color", False, True),
-        ("", False, False),
-        ("none", False, False),
-        (" None ", False, False),
-    ],
-)
-def test_smoothing_parse_accepts_valid_strings(text, flow, color):
-    config = SmoothingConfig.parse(text)
-    assert (config.flow, config.color) == (flow, color)
-    assert SmoothingConfig.parse(config.text) == config
-
-
-@pytest.mark.parametrize(
-    "text, message", [("blur", "unknown smoothing 'blur'"), ("flow,colour", "'colour'"), ("none,flow", "none")]
-)
-def test_smoothing_parse_refuses_other_strings(text, message):
-    with pytest.raises(ConfigError, match=message) as error:
-        SmoothingConfig.parse(text)
-    assert "\n" not in str(error.value)
-
-
-def test_smoothing_config_validates_fusion_settings():
-    config = SmoothingConfig.parse("flow", flow_strength=0.3, flow_until=0.25)
-    assert config.fusion == FlowFusion(strength=0.3, until=0.25)
-    with pytest.raises(ConfigError, match="strength"):
-        SmoothingConfig.parse("color", flow_strength=2.0)
 
 
 def test_small_frames_get_their_flow_from_enlarged_copies_and_it_is_closer_to_the_true_motion(car_pair, monkeypatch):

@@ -139,7 +139,7 @@ def _invert(tiny, frames: int, steps: int, cap: int | None = None):
     control = TokenFlowControl(frames, 8, 8, **({} if cap is None else {"cap": cap}))
     plan = sampling.plan_frames(frames, 8, "tokenflow", window=2)
     text = sampling.encode_text(tiny, "a car", "", guided=False)
-    trajectory = ddim_invert(tiny, clip, steps, 1.0, text, plan, control=control)
+    trajectory = ddim_invert(tiny, clip, steps, 1.0, text, plan, attention_control=control)
     return trajectory, control
 
 
@@ -164,7 +164,7 @@ def _denoise(tiny, trajectory, frames: int, chunk: int, window: int) -> torch.Te
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
     guidance = sampling.Guidance(sampling.encode_text(tiny, "a red car", "", guided=True), 5.0)
     plan = sampling.plan_frames(frames, chunk, "tokenflow", window=window)
-    return sampling.denoise(tiny, scheduler, trajectory.final, timesteps, guidance, plan, control=control)
+    return sampling.denoise(tiny, scheduler, trajectory.final, timesteps, guidance, plan, attention_control=control)
 
 
 def test_chunked_equals_one_batch_while_the_keyframes_fit_in_a_chunk(tiny):
@@ -200,17 +200,17 @@ def test_tokenflow_with_a_controlnet_from_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "engine, attention_edit, message",
-    [({"inversion": "none"}, False, "needs DDIM inversion"), ({}, True, "cannot be combined")],
+    [({"inversion": "none"}, False, "needs --inversion ddim"), ({}, True, "cannot be combined")],
 )
 def test_tokenflow_is_refused_where_it_cannot_work(tmp_path, engine, attention_edit, message):
     import dataclasses
 
     from editing.config import AttentionEditConfig
 
-    request = small_edit(tmp_path, "refused", attention="tokenflow", **engine)
-    if attention_edit:
-        request = dataclasses.replace(request, attention_edit=AttentionEditConfig(source_prompt="a car"))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # refused when the request is made (editing.compat)
+        request = small_edit(tmp_path, "refused", attention="tokenflow", **engine)
+        if attention_edit:
+            request = dataclasses.replace(request, attention_edit=AttentionEditConfig(source_prompt="a car"))
         edit_video(request)
     assert not (tmp_path / "refused.mp4").exists()
 

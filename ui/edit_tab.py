@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,7 @@ def make_handlers(backend: Backend):
         autoencoder replace the form's; the prompt, seed, frames and ControlNets stay. Its note (a random
         model's output means nothing) is in the details and the status line."""
         shown = edit(fast_values(values), progress)
-        note = preset_note(argparse.Namespace(preset=FAST_PREVIEW, model=values.get("model")))
+        note = preset_note({"preset": FAST_PREVIEW, "model": values.get("model")})
         *outputs, details, warp, run = shown
         if note and isinstance(details, dict) and isinstance(run, dict):
             details, run = details | {"preset_note": note}, run | {"message": f"Fast preview ({FAST_PREVIEW} preset): {note}."}
@@ -263,7 +262,7 @@ def preset_refusal(model: str | None, policy: ServePolicy = LOCAL, preset: str |
     except EditingError:
         return None
     try:
-        apply_preset(argparse.Namespace(preset=preset or FAST_PREVIEW, model=spec), default_values())
+        apply_preset({"preset": preset or FAST_PREVIEW, "model": spec}, default_values())
     except ConfigError as exc:
         return str(exc)
     except EditingError:

@@ -9,7 +9,7 @@ import gradio as gr
 
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
-from editing.tuning import MIXED_PRECISION
+from editing.requests import MIXED_PRECISION
 
 from . import widgets
 from .clip_upload import ClipUpload

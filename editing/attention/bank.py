@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
 
 
@@ -91,7 +92,7 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
         return key, value, mask
 
 
-class FeatureBankControl:
+class FeatureBankControl(AttentionControl):
     """The loop's attention control for `--feature-bank N`: installs bank processors on self-attention
     and hands each UNet call the bank; the bank starts empty at every step. The loop may share the
     anchors' keys and values across chunks with it (`shares_anchors`)."""

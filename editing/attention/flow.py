@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, attention_processors
 
 
@@ -135,14 +136,14 @@ def trajectory_attention(out: torch.Tensor, index: torch.Tensor, num_frames: int
     return mixed.transpose(1, 2).reshape(batch, heads, tokens, dim)
 
 
-class FlowControl:
+class FlowControl(AttentionControl):
     """The loop's attention control for `--attention flow`: installs flow processors and hands each UNet
     call the clip's trajectories and the batch's frames."""
 
     def __init__(self, trajectories: Trajectories):
         self.trajectories = trajectories
 
-    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...]) -> dict:
+    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...], borrowed: tuple[int, ...] = ()) -> dict:
         return {"flow": FlowCall(self.trajectories, tuple(frames))}
 
     @contextlib.contextmanager

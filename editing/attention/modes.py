@@ -40,6 +40,10 @@ class AttentionMode:
     # each frame's result depends only on itself and the anchors: a long clip may be split into chunks
     # that run on different workers (editing.batch.split_edit), each chunk holding the anchors
     independent_chunks: bool = False
+    # what it needs and excludes (editing.compat): feature names, or (feature, why) pairs
+    needs: tuple = ()
+    excludes: tuple = ()
+    default_keyframes: bool = True  # --keyframes left out: keyframes then propagation (False: every frame)
     help: str = field(default="", compare=False)
 
 
@@ -120,7 +124,7 @@ def _no_context(targets, num_frames, anchors, window):
     return set()
 
 
-register_attention_mode(AttentionMode("none", _none_rows, _no_context, needs_anchor=False, cross_frame=False, independent_chunks=True, help="per-frame attention"))
+register_attention_mode(AttentionMode("none", _none_rows, _no_context, needs_anchor=False, cross_frame=False, independent_chunks=True, default_keyframes=False, help="per-frame attention"))
 register_attention_mode(AttentionMode("first", _first_rows, independent_chunks=True, help="every frame attends to the first (Text2Video-Zero)"))
 register_attention_mode(AttentionMode("sparse-causal", _sparse_causal_rows, _sparse_causal_context, help="first and previous frame (Tune-A-Video)"))
 register_attention_mode(AttentionMode("full", _full_rows, needs_anchor=False, help="all frames of a chunk (ControlVideo)"))
@@ -147,6 +151,8 @@ register_attention_mode(
         _none_rows,
         _no_context,
         needs_anchor=False,
+        needs=(("ddim-inversion", "its correspondences come from the inverted source's features"),),
+        default_keyframes=False,  # it propagates keyframes itself
         help="keyframes (one per --window frames) attend jointly; other frames blend their nearest keyframes' outputs along the source's correspondences (TokenFlow)",
         make_control="editing.attention.tokenflow:make_tokenflow_control",
     )

@@ -3,9 +3,9 @@
 One processor class (`ControlledAttnProcessor`, a CrossFrameAttnProcessor) computes attention
 probabilities explicitly only in the layers its controller asks for and keeps fused SDPA elsewhere.
 The controller sees every such map through one hook, `forward(probs, is_cross, place, call)` (as in
-prompt-to-prompt's AttentionControl); each edit type overrides one method, `replace_cross`.
+prompt-to-prompt's AttentionControl; `PromptControl` here); each edit type overrides one method, `replace_cross`.
 
-The loop makes the step boundary explicit: `denoise(..., control=controller)` passes
+The loop makes the step boundary explicit: `denoise(..., attention_control=controller)` passes
 `cross_attention_kwargs={"control": controller.call(step, batch)}`, naming the step and the clip frames
 the UNet batch holds. The recorder stores the inversion's maps per step, layer and frame; the edit pass
 reads them in reverse order (edit step k uses inversion step n - 1 - k).
@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from .blend import LocalBlend
+from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, attention_processors
 from .store import AttentionStore, StorePolicy
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class AttentionCall:
     """Per-UNet-call state: the controller, the step, the clip frames in the batch and those it produces."""
 
-    controller: "AttentionControl"
+    controller: "PromptControl"
     step: int
     frames: tuple[int, ...]
     targets: tuple[int, ...]
@@ -58,8 +59,8 @@ class ControlledAttnProcessor(CrossFrameAttnProcessor):
         return probs.to(value.dtype) @ value
 
 
-class AttentionControl:
-    """Base controller: installs the processors and is told each call's step and frames."""
+class PromptControl(AttentionControl):
+    """Base Prompt-to-Prompt controller: installs the controlled processors and is told each call's step and frames."""
 
     def __init__(self, latent_height: int, latent_width: int):
         self.latent_height, self.latent_width = latent_height, latent_width
@@ -68,7 +69,7 @@ class AttentionControl:
     def latent_tokens(self) -> int:
         return self.latent_height * self.latent_width
 
-    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...]) -> dict:
+    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...], borrowed: tuple[int, ...] = ()) -> dict:
         """The cross_attention_kwargs entry for one UNet call."""
         return {"control": AttentionCall(self, step, tuple(frames), tuple(targets))}
 
@@ -90,7 +91,7 @@ def conditional(probs: torch.Tensor, frames: int) -> torch.Tensor:
     return probs[-frames:]
 
 
-class AttentionRecorder(AttentionControl):
+class AttentionRecorder(PromptControl):
     """Stores the inversion's head-averaged maps of the layers and steps the policy keeps."""
 
     def __init__(self, store: AttentionStore, policy: StorePolicy, latent_height: int, latent_width: int, self_steps: set[int]):
@@ -110,7 +111,7 @@ class AttentionRecorder(AttentionControl):
         return probs
 
 
-class AttentionEdit(AttentionControl):
+class AttentionEdit(PromptControl):
     """Replaces the edit's attention with the inversion's for the first share of the steps.
 
     Cross-attention of the conditional branch: `replace_cross` (per edit type) for the first

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .plan import FrameBatch
 
 FEATURE_DIMS = 64  # stored channels per token: wider layers are projected (seeded Gaussian, cosine kept in expectation)
 STORE_CAP = 2 << 30  # bytes of source features kept for one inversion (in memory and in its cache entry)
@@ -303,13 +305,14 @@ def propagate(state: TokenFlowState, layer: str, frames: Sequence[int], branches
     return torch.stack(result, dim=1)
 
 
-class TokenFlowControl:
+class TokenFlowControl(AttentionControl):
     """The loop's attention control for `--attention tokenflow`: records the source's features while
     inverting, and at each denoising step runs the keyframe pass before the planned batches."""
 
     def __init__(self, num_frames: int, latent_height: int, latent_width: int, cap: int = STORE_CAP, dims: int = FEATURE_DIMS):
         self.state = TokenFlowState(num_frames, latent_height, latent_width)
         self.cap, self.dims = cap, dims
+        self._phase = "propagate"  # the pass the planned batches run; "keyframes" during begin_step's own pass
 
     def cache_key(self) -> str:
         """What, beyond the inversion's own key, changes the stored features."""
@@ -337,8 +340,6 @@ class TokenFlowControl:
 
     def begin_step(self, context, guidance) -> None:
         """Before the step's batches: choose this step's keyframes and run them through the UNet jointly."""
-        from ..sampling import FrameBatch
-
         state = self.state
         if state.recording:
             state.step = context.index
@@ -359,8 +360,8 @@ class TokenFlowControl:
         finally:
             self._phase = "propagate"
 
-    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...]) -> dict:
-        phase = "record" if self.state.recording else getattr(self, "_phase", "propagate")
+    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...], borrowed: tuple[int, ...] = ()) -> dict:
+        phase = "record" if self.state.recording else self._phase
         return {"tokenflow": TokenFlowCall(self.state, phase, tuple(frames))}
 
     @contextlib.contextmanager

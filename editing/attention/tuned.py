@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
 
 
@@ -134,7 +135,7 @@ class TunedAttnProcessor:
         return out + self.weights.temporal(hidden_states + out, frames.num_frames)
 
 
-class TunedControl:
+class TunedControl(AttentionControl):
     """An attention control for the one denoising loop: installs the inflated UNet's processors.
 
     It wraps an optional inner control (editing.attention.p2p), whose processors do the attention inside
@@ -148,8 +149,8 @@ class TunedControl:
         """The same tuned weights around another inner control."""
         return TunedControl(self.weights, inner)
 
-    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...]) -> dict:
-        return {} if self.inner is None else self.inner.call(step, frames, targets)
+    def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...], borrowed: tuple[int, ...] = ()) -> dict:
+        return {} if self.inner is None else self.inner.call(step, frames, targets, borrowed)
 
     @contextlib.contextmanager
     def processors(self, unet) -> Iterator[None]:
