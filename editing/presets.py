@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .compat import kept_options
-from .compat import kept_options
 from .errors import ConfigError
 
 # The presets' cross-frame attention and feature bank: one named setting each.
