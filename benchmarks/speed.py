@@ -3,8 +3,10 @@ for editing every frame (the default before), the default edit (keyframes then p
 with keyframes), with the full SD-1.5 architecture (`sd15-random`: cost does not depend on weight values).
 
 Every setting edits the same clip from an empty cache, so inversion is counted. A UNet image evaluation
-is one frame through the UNet once (a guided step costs two); the autoencoder's share is the time inside
-VAE encode and decode calls.
+is one frame through the UNet once (a guided step costs two; a step cache's cheaper pass counts as one);
+the autoencoder's share is the time inside VAE encode and decode calls. `UNet s/frame` is the time inside
+UNet calls of the sampling loop (DDIM inversion, which runs without step caches, apart), per output frame;
+a setting `X+CACHE` is setting X with a step cache (`--step-cache`), and its ratios are taken against X.
 
     python benchmarks/speed.py                        # 16 frames, 128 px, 10 steps
     python benchmarks/speed.py --frames 16 --size 256 --steps 10
@@ -45,6 +47,12 @@ SETTINGS: dict[str, dict] = {
     "keyframes-8": {"keyframes": "8"},
     "fast": {"preset": "fast"},
     "fast-keyframes-8": {"preset": "fast", "keyframes": "8"},
+    # step caches (editing.stepcache), each against the setting before its first '+'
+    "every-frame+deepcache-3": {"step_cache": "deepcache:3"},
+    "every-frame+tome-0.5": {"step_cache": "tome:0.5"},
+    "every-frame+deepcache-3+tome-0.5": {"step_cache": "deepcache:3,tome:0.5"},
+    "default+deepcache-3": {"keyframes": None, "step_cache": "deepcache:3"},
+    "fast+deepcache-2": {"preset": "fast", "step_cache": "deepcache:2"},
 }
 
 
@@ -55,16 +63,40 @@ class Counter:
         self.images = 0
         self.seconds: dict[str, float] = {}
         self.sync = sync  # waits for the device's queued work, so the timers time it (CUDA runs asynchronously)
+        self.inverting = False
 
     @contextlib.contextmanager
     def watching(self, backbone):
-        unet, vae = backbone.unet, backbone.vae
-        originals = [(unet, "forward", unet.forward), (vae, "encode", vae.encode), (vae, "decode", vae.decode)]
+        import editing.core as core
 
-        def timed(name, function, count=False):
+        unet, vae = backbone.unet, backbone.vae
+        originals = [(vae, "encode", vae.encode), (vae, "decode", vae.decode)]
+        began = []
+
+        def before(module, args, kwargs):  # module hooks time whatever forward runs (a step cache's included)
+            self.images += (args[0] if args else kwargs["sample"]).shape[0]
+            self.sync()
+            began.append(time.perf_counter())
+
+        def after(module, args, kwargs, output):
+            self.sync()
+            name = "unet-invert" if self.inverting else "unet"
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began.pop()
+
+        invert = core.ddim_invert
+
+        def inverting(*args, **kwargs):
+            self.inverting = True
+            try:
+                return invert(*args, **kwargs)
+            finally:
+                self.inverting = False
+
+        hooks = [unet.register_forward_pre_hook(before, with_kwargs=True), unet.register_forward_hook(after, with_kwargs=True)]
+        core.ddim_invert = inverting
+
+        def timed(name, function):
             def call(sample, *args, **kwargs):
-                if count:
-                    self.images += sample.shape[0]
                 self.sync()
                 begin = time.perf_counter()
                 try:
@@ -75,11 +107,13 @@ class Counter:
 
             return call
 
-        unet.forward = timed("unet", unet.forward, count=True)
         vae.encode, vae.decode = timed("vae", vae.encode), timed("vae", vae.decode)
         try:
             yield self
         finally:
+            core.ddim_invert = invert
+            for hook in hooks:
+                hook.remove()
             for module, name, _ in originals:
                 delattr(module, name)  # back to the class's method
 
@@ -95,7 +129,7 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     values |= {"frames": args.frames, "size": args.size, "cache_dir": str(cache / setting), "keyframes": "off"} | SETTINGS[setting]
     if "preset" not in SETTINGS[setting]:
         values["steps"] = args.steps  # a preset runs its own steps (fast: the last 4 of 8)
-        if setting != "default":
+        if setting.split("+")[0] != "default":
             values["strength"] = 1.0  # the whole schedule, whatever the default strength; a preset keeps its own
     request = build_request("edit", values)
     key = repr(request.model_options)
@@ -119,6 +153,8 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
         "setting": setting,
         "s/frame": seconds / count,
         "UNet evals/frame": counter.images / count,
+        "UNet s/frame": counter.seconds.get("unet", 0.0) / count,
+        "inversion UNet s/frame": counter.seconds.get("unet-invert", 0.0) / count,
         "VAE share": counter.seconds.get("vae", 0.0) / seconds,
         "keyframes": "-" if edited.keyframes is None else len(edited.keyframes),
         "peak GPU MB": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
@@ -149,17 +185,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for name in names:
             rows[name] = run(name, args, backbones, frames, Path(work))
-            print(f"  {name}: {rows[name]['s/frame']:.3f} s/frame, {rows[name]['UNet evals/frame']:.2f} UNet evals/frame", file=sys.stderr, flush=True)
+            print(f"  {name}: {rows[name]['s/frame']:.3f} s/frame, {rows[name]['UNet evals/frame']:.2f} UNet evals/frame, {rows[name]['UNet s/frame']:.3f} UNet s/frame", file=sys.stderr, flush=True)
 
     height, width = frames.shape[1:3]
     gpu = any(row["peak GPU MB"] is not None for row in rows.values())
     where = torch.cuda.get_device_name() if gpu else f"{torch.get_num_threads()} CPU threads"
     print(f"\nsd15-random, {args.dtype} on {where}, {len(frames)} frames at {width}x{height}, {args.steps} steps\n")
-    print("| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |" + (" peak GPU MB |" if gpu else ""))
-    print("|---|---|---|---|---|" + ("---|" if gpu else ""))
+    print("| setting | s / frame | UNet evals / frame | UNet s / frame (sampling) | VAE share of time | keyframes |" + (" peak GPU MB |" if gpu else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for row in rows.values():
         memory = f" {row['peak GPU MB']:.0f} |" if gpu else ""
-        print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['VAE share']:.0%} | {row['keyframes']} |{memory}")
+        print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['UNet s/frame']:.3f} | {row['VAE share']:.0%} | {row['keyframes']} |{memory}")
     if args.json:
         from shapes_world.benchmark import provenance
 
@@ -167,10 +203,15 @@ def main() -> None:
         document |= provenance() | {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
         Path(args.json).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     base = rows.get(BASE)
+    print("\n| ratio (same run) | value |\n|---|---|")
+    for name, row in rows.items():
+        plain = rows.get(name.split("+")[0])
+        if "+" in name and plain is not None:  # a step cache against the same setting without it
+            print(f"| {name} / {plain['setting']}, UNet time per frame (sampling) | {row['UNet s/frame'] / plain['UNet s/frame']:.3f} |")
+            print(f"| {name} / {plain['setting']}, wall time per frame | {row['s/frame'] / plain['s/frame']:.3f} |")
     if base:
-        print("\n| ratio (same run) | value |\n|---|---|")
         for name, row in rows.items():
-            if name != BASE:
+            if name != BASE and "+" not in name:
                 print(f"| {name} / {BASE}, wall time per frame | {row['s/frame'] / base['s/frame']:.3f} |")
                 print(f"| {name} / {BASE}, UNet evals per frame | {row['UNet evals/frame'] / base['UNet evals/frame']:.3f} |")
 

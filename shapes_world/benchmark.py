@@ -301,6 +301,11 @@ SETTINGS: dict[str, dict] = {
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
     "first-strength-0.9": {"attention": "first", "strength": 0.9},  # every frame, inverted to 0.9 of the schedule
     "first-keyframes-8-strength-0.9": {"attention": "first", "keyframes": "8", "strength": 0.9},  # the default before the colour candidates
+    "first-deepcache-3": {"attention": "first", "step_cache": "deepcache:3"},  # DeepCache: the whole UNet every 3rd step (editing.stepcache)
+    "first-tome-0.5": {"attention": "first", "step_cache": "tome:0.5"},  # ToMe for SD: half of each frame's tokens merged in self-attention
+    "first-keyframes-8-deepcache-3": {"attention": "first", "keyframes": "8", "step_cache": "deepcache:3"},  # the default with DeepCache
+    "fast": {"preset": "fast"},  # the fast preset (the shapes model's LCM-LoRA, 4 LCM steps, SDEdit 0.5), every frame
+    "fast-keyframes-8": {"preset": "fast", "keyframes": "8"},  # the fast preset's keyframes, propagated
 }
 DEFAULT_SETTING = "first-keyframes-8"  # what `edit` does with nothing chosen (a test holds them equal)
 
@@ -337,6 +342,11 @@ def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps
     values["keyframes"] = "off"  # a setting edits every frame unless it names its keyframes (the CLI's default would propagate)
     values["strength"] = 1.0  # and inverts to the end of the schedule unless it names its strength (the CLI's default is DEFAULT_STRENGTH)
     values |= options
+    if options.get("preset"):  # a preset sets its own steps, guidance, strength, sampler...: leave those at the command's defaults
+        from editing.presets import get_preset
+
+        base = defaults("edit")
+        values |= {k: base[k] for k in get_preset(options["preset"]).values(random_weights=False) if k in base and k not in options}
     return schema_request(values | {"video": str(video), "out": str(output)})
 
 
