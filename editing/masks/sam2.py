@@ -27,12 +27,25 @@ def load_sam2(spec: str, device: str | torch.device = "cpu"):
     return model.to(device).eval(), processor
 
 
+def prompt_point(mask: np.ndarray) -> list[float]:
+    """The click standing for a drawn mask: its innermost pixel (farthest from its edge), (x, y). One click:
+    SAM 2 then predicts several masks and keeps its best (with more clicks transformers 5.23's video model
+    stores an object pointer of the wrong rank and fails on the next frame)."""
+    import cv2
+
+    inside = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = divmod(int(inside.argmax()), mask.shape[1])
+    return [float(x), float(y)]
+
+
 def track_with_sam2(model, processor, frames: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
     """(N, H, W) bool: SAM 2's masks of the object given by `mask` on frame `index`, for every frame."""
     device = next(model.parameters()).device
     height, width = frames.shape[1:3]
     session = processor.init_video_session(video=list(frames), inference_device=device, dtype=next(model.parameters()).dtype)
-    processor.add_inputs_to_inference_session(session, frame_idx=index, obj_ids=OBJECT_ID, input_masks=mask.astype(np.float32))
+    if not mask.any():
+        raise ConfigError("mask is empty on its frame: draw the region to track")
+    processor.add_inputs_to_inference_session(session, frame_idx=index, obj_ids=OBJECT_ID, input_points=[[[prompt_point(mask)]]], input_labels=[[[1]]], original_size=(height, width))
     out = np.zeros(frames.shape[:3], bool)
     out[index] = mask
     with torch.inference_mode():

@@ -1,0 +1,179 @@
+"""Region edits with masks, and object removal (editing.masks, editing.region, editing.removal)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from editing.config import EditConfig, EngineConfig
+from editing.core import EditParts, edit_frames
+from editing.errors import ConfigError
+from editing.masks import feathered, grown
+from editing.masks.options import MaskConfig
+from shapes_world.benchmark import benchmark_clip, mask_iou, write_lossless
+from shapes_world.world import Motion, make_clip, without_object
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """A 64 px shapes clip with two moving objects on a plain background (the first one's background is seen in other frames)."""
+    return benchmark_clip(1)
+
+
+def mask_video(path, masks: np.ndarray):
+    return str(write_lossless(path, np.repeat(masks[..., None].astype(np.uint8) * 255, 3, axis=-1)))
+
+
+def parts_for(tmp_path, masks, engine=None, **masking) -> EditParts:
+    engine = engine or {}
+    return EditParts(
+        EditConfig(prompt="a red star on a blue background", steps=2, guidance=3.0),
+        EngineConfig(cache_dir=str(tmp_path / "cache"), **engine),
+        masking=MaskConfig(mask=mask_video(tmp_path / "mask.mp4", masks), **masking),
+    )
+
+
+@pytest.mark.parametrize("engine", [{"attention": mode} for mode in ("none", "first", "sparse-causal", "full", "window", "flow", "tokenflow")] + [{"keyframes": "2"}, {"inversion": "none"}])
+def test_pixels_outside_mask_and_feather_are_the_source(tmp_path, tiny, clip, engine):
+    frames, masks = clip.frames[:4], clip.masks[:4, 0]
+    out = edit_frames(frames, parts_for(tmp_path, masks, engine, region=True, mask_grow=2, mask_feather=3), tiny).frames
+    weights = feathered(grown(masks, 2), 3)
+    assert np.array_equal(out[weights == 0], frames[weights == 0])
+    assert not np.array_equal(out[weights == 1], frames[weights == 1])  # the edit did change the region
+
+
+def test_empty_mask_returns_the_source(tmp_path, tiny, clip):
+    frames = clip.frames[:3]
+    out = edit_frames(frames, parts_for(tmp_path, np.zeros(frames.shape[:3], bool), region=True, mask_feather=2), tiny)
+    assert np.array_equal(out.frames, frames)
+
+
+def test_full_mask_equals_the_global_edit(tmp_path, tiny, clip):
+    frames = clip.frames[:3]
+    parts = parts_for(tmp_path, np.ones(frames.shape[:3], bool), region=True)
+    whole = EditParts(parts.edit, parts.engine)
+    assert np.array_equal(edit_frames(frames, parts, tiny).frames, edit_frames(frames, whole, tiny).frames)
+
+
+def test_removal_fills_from_other_frames_without_diffusion(tmp_path, tiny, clip):
+    holes = clip.masks[:, 0]
+    result = edit_frames(clip.frames, parts_for(tmp_path, holes, remove=True), tiny)
+    counts = result.removal
+    assert counts["diffused"] == 0 and counts["diffused_frames"] == []
+    assert counts["from_frames"] == counts["hole_pixels"] == holes.sum()
+    truth = without_object(clip, 0)
+    assert np.array_equal(result.frames[holes], truth[holes])  # the background other frames show, exactly
+    assert np.array_equal(result.frames[~holes], clip.frames[~holes])
+
+
+def test_removal_diffuses_only_what_no_frame_shows(tmp_path, tiny, clip):
+    still = make_clip(clip.scene, (Motion(), clip.motions[1]), 3)  # the first object never moves: nothing shows behind it
+    holes = still.masks[:, 0]
+    result = edit_frames(still.frames, parts_for(tmp_path, holes, remove=True), tiny)
+    counts = result.removal
+    assert counts["diffused"] == holes.sum() and len(counts["diffused_frames"]) == 1  # made once, carried to the others
+    assert np.array_equal(result.frames[~holes], still.frames[~holes])
+    assert np.array_equal(result.frames[1][holes[1]], result.frames[0][holes[0]])  # a still hole: the same made background
+
+
+def test_flow_tracked_mask_follows_the_object(clip):
+    from editing.masks.flow_track import track_by_flow
+
+    truth = clip.masks[:, 0]
+    tracked = track_by_flow(clip.frames, truth[0], 0)
+    assert np.mean([mask_iou(a, b) for a, b in zip(tracked, truth)]) >= 0.9
+
+
+def test_one_frame_mask_file_is_tracked_and_previewed(tmp_path, tiny, clip):
+    from PIL import Image
+
+    from editing.region import clip_mask
+
+    Image.fromarray(clip.masks[2, 0].astype(np.uint8) * 255).save(tmp_path / "drawn.png")
+    config = MaskConfig(mask=f"{tmp_path / 'drawn.png'}@2", region=True, mask_preview=str(tmp_path / "preview.gif"))
+    assert config.source == "flow"
+    parts = EditParts(EditConfig(prompt="a star"), masking=config)
+    made = clip_mask(clip.frames, parts, tiny)
+    assert np.mean([mask_iou(a, b) for a, b in zip(made.masks, clip.masks[:, 0])]) >= 0.9
+    overlay = made.overlay(clip.frames)
+    assert overlay.shape == clip.frames.shape and np.array_equal(overlay[~made.grown], clip.frames[~made.grown])
+
+
+def test_grow_and_feather():
+    masks = np.zeros((1, 32, 32), bool)
+    masks[0, 14:18, 14:18] = True
+    bigger = grown(masks, 3)
+    assert bigger.sum() > masks.sum() and bigger[masks].all() and not bigger[0, 0, 0]
+    weights = feathered(bigger, 4)
+    distance = np.hypot(*np.nonzero(weights[0] > 0)[::-1] - np.array([[16], [16]]))
+    assert weights[bigger].min() == 1 and distance.max() < 2 + 3 + 4 + 2
+
+
+@pytest.mark.parametrize(
+    "values, word",
+    [
+        ({"region": True}, "needs a mask"),
+        ({"mask": "m.mp4", "mask_words": "star", "region": True}, "not both"),
+        ({"mask": "m.mp4"}, "--region"),
+        ({"mask": "m.mp4", "region": True, "remove": True}, "cannot be combined"),
+        ({"mask": "m.mp4", "region": True, "inpaint_model": "x"}, "inpaint_model needs remove"),
+        ({"mask": "m.png@-1", "region": True}, "frame number"),
+        ({"mask": "m.mp4", "region": True, "mask_grow": -1}, "mask_grow"),
+    ],
+)
+def test_bad_mask_options_name_the_field(values, word):
+    with pytest.raises(ConfigError, match=word):
+        MaskConfig(**values)
+
+
+def test_options_come_from_the_one_schema():
+    from editing.requests import options
+
+    found = {option.name: option for option in options("edit")}
+    for name in ("mask", "mask_words", "mask_track", "mask_grow", "mask_feather", "mask_preview", "region", "remove", "inpaint_model"):
+        assert name in found
+    assert found["mask"].file == "mask"  # the app asks for an upload, never a server path
+
+
+def tiny_sam2_config():
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VisionConfig
+    from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig, Sam2VideoPromptEncoderConfig
+
+    hiera = Sam2HieraDetConfig(
+        hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 1, 1], embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[2, 2, 2, 2], global_attention_blocks=[2], window_positional_embedding_background_size=[2, 2], image_size=[64, 64],
+    )  # fmt: skip
+    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=64)
+    return Sam2VideoConfig(
+        vision_config=vision, prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=64, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=64, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16), image_size=64,
+        memory_attention_hidden_size=64, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=32, memory_encoder_hidden_size=64,
+        memory_encoder_output_channels=64, mask_downsampler_embed_dim=64, memory_fuser_embed_dim=64, memory_fuser_intermediate_dim=32, num_maskmem=2,
+        memory_attention_rope_feat_sizes=[4, 4],
+    )  # fmt: skip
+
+
+def test_sam2_loads_a_saved_checkpoint_and_says_when_it_cannot(tmp_path):
+    import torch
+    from transformers import Sam2ImageProcessor, Sam2VideoModel, Sam2VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    from editing.masks.sam2 import load_sam2
+
+    torch.manual_seed(0)
+    Sam2VideoModel(tiny_sam2_config()).save_pretrained(tmp_path / "sam2")
+    size = {"height": 64, "width": 64}
+    Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size=size, mask_size={"height": 16, "width": 16}), video_processor=Sam2VideoVideoProcessor(size=size)).save_pretrained(tmp_path / "sam2")
+    model, processor = load_sam2(str(tmp_path / "sam2"))
+    assert isinstance(model, Sam2VideoModel) and isinstance(processor, Sam2VideoProcessor) and not model.training
+    with pytest.raises(ConfigError, match=r"^mask_model no-such-owner/sam2 cannot be loaded .*--mask-track flow"):
+        load_sam2("no-such-owner/sam2")
+
+
+def test_inpainting_model_offline_error(tiny):
+    from editing.removal import load_inpainting
+
+    with pytest.raises(ConfigError, match=r"^inpaint_model no-such-owner/inpainting cannot be loaded"):
+        load_inpainting("no-such-owner/inpainting", tiny)
