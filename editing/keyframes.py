@@ -35,6 +35,7 @@ class ClipFlows:
     forward: np.ndarray  # (N-1, H, W, 2): frame i at x moves to frame i+1 at x + forward[i](x)
     backward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i+1
     forward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i
+    still: np.ndarray | None = None  # (N, H, W) bool: each frame's still background (editing.still), its flow held at zero
 
 
 def clip_flows(frames: np.ndarray) -> ClipFlows:
@@ -42,16 +43,31 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     forward-backward check passes or, failing it, where the source's colour there and the one its flow
     points at agree within MATCH_LEVELS: in a flat region (snow, sky, a plain background) the flow is
     ambiguous and fails the check, but warping along it moves like colour onto like. A disoccluded pixel
-    fails both, as the colour its flow points at is the occluder's."""
-    from .temporal import colour_match, consistent, source_flows
+    fails both, as the colour its flow points at is the occluder's. On a still background (flat regions
+    reaching the image's edge while the camera stands: `editing.still`) the flow is held at zero, not
+    the moving neighbour's that DIS fills in; what an object uncovers there then fails both checks."""
+    from .still import hold_still, mend_edges, still_masks
+    from .flows import colour_match, consistent, source_flows
 
     flows = source_flows(frames, colour_candidates=True)
+    still = still_masks(frames, flows.backward, flows.forward)
+    backward, forward = hold_still(flows.backward, flows.forward, still)
     pairs = range(len(frames) - 1)
-    backward_valid = np.stack([flows.valid[t] | colour_match(frames[t], frames[t + 1], flows.backward[t], MATCH_LEVELS) for t in pairs])
-    forward_valid = np.stack([
-        consistent(flows.forward[t], flows.backward[t]) | colour_match(frames[t + 1], frames[t], flows.forward[t], MATCH_LEVELS) for t in pairs
-    ])
-    return ClipFlows(flows.backward, flows.forward, backward_valid, forward_valid)
+
+    def validity() -> tuple[np.ndarray, np.ndarray]:
+        # On a still background the flow is zero by assumption, so only the colours can vouch for a hop.
+        return np.stack([
+            (consistent(backward[t], forward[t]) & ~still[t + 1]) | colour_match(frames[t], frames[t + 1], backward[t], MATCH_LEVELS) for t in pairs
+        ]), np.stack([
+            (consistent(forward[t], backward[t]) & ~still[t]) | colour_match(frames[t + 1], frames[t], forward[t], MATCH_LEVELS) for t in pairs
+        ])
+
+    backward_valid, forward_valid = validity()
+    if still.any():  # a moving object's edge beside a still background: its own motion, not the short vector DIS gave it
+        backward = np.stack([mend_edges(backward[t], frames[t + 1], frames[t], still[t + 1], ~backward_valid[t], MATCH_LEVELS) for t in pairs])
+        forward = np.stack([mend_edges(forward[t], frames[t], frames[t + 1], still[t], ~forward_valid[t], MATCH_LEVELS) for t in pairs])
+        backward_valid, forward_valid = validity()
+    return ClipFlows(backward, forward, backward_valid, forward_valid, still)
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,11 @@ def chain(flows: ClipFlows, target: int, key: int) -> Chain:
             hop, hop_valid = flows.forward[frame], flows.forward_valid[frame]
         valid &= remap(hop_valid.astype(np.uint8), x, y, nearest=True).astype(bool)
         moved = remap(hop, x, y)
+        if flows.still is not None and flows.still[frame].any():  # a point on a still background stays; a moving one moves with its own kind
+            from .still import extend_moving
+
+            on_still = remap(flows.still[frame].astype(np.uint8), x, y, nearest=True).astype(bool)
+            moved = np.where(on_still[..., None], 0.0, remap(extend_moving(hop, flows.still[frame]), x, y))
         x, y = x + moved[..., 0], y + moved[..., 1]
         valid &= (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
     return Chain(x, y, valid)
@@ -146,15 +167,34 @@ def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
         image = keyframes.frames[keys.index(key)].astype(np.float32)
         warped.append(remap(image, path.x, path.y))
         closeness = 1.0 if len(sides) == 1 else 1.0 - abs(frame - key) / (right - left)
-        weights.append((closeness, path.valid))
+        weights.append((closeness, path.valid & ~_left_behind(flows, frame, key, path)))
     seen_weight = sum(c * v.astype(np.float32) for c, v in weights)
     guess_weight = sum(c for c, _ in weights)  # where no path is trusted: the distance blend, refined later
     seen = seen_weight > 0
     numerator = sum(np.where(v, c, 0.0)[..., None] * w for (c, v), w in zip(weights, warped))
     guess = sum(c * w for (c, _), w in zip(weights, warped)) / guess_weight
     fused = np.where(seen[..., None], numerator / np.maximum(seen_weight, 1e-6)[..., None], guess)
+    fused = np.clip(fused.round(), 0, 255).astype(np.uint8)
+    if flows.still is not None:  # what an object uncovered on a still background: from that background, not the object
+        from .still import fill_still
+
+        from .still import rim
+
+        fused = fill_still(fused, ~seen & flows.still[frame], seen & flows.still[frame] & ~rim(flows.still[frame]))
     nearest = min(sides, key=lambda k: (abs(frame - k), k))
-    return Fused(np.clip(fused.round(), 0, 255).astype(np.uint8), ~seen, nearest)
+    return Fused(fused, ~seen, nearest)
+
+
+def _left_behind(flows: ClipFlows, frame: int, key: int, path: Chain) -> np.ndarray:
+    """(H, W) bool: pixels of `frame` whose path ends on the keyframe's still background right beside an
+    object (`editing.still.rim`, where the edited object bleeds) while nothing moves beside them in
+    `frame`: the object has moved on, so what the keyframe shows there is not this frame's background."""
+    if flows.still is None:
+        return np.zeros(path.valid.shape, bool)
+    from .still import rim
+
+    lands = remap(rim(flows.still[key]).astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
+    return lands & ~rim(flows.still[frame])
 
 
 def latent_mask(unseen: np.ndarray, scale: int, dilate: int = REFINE_DILATE) -> np.ndarray:
