@@ -41,3 +41,25 @@ def _sweep_stale_partials(final: Path, began: float) -> None:
 def is_partial(path: Path) -> bool:
     """Whether a file is a write in progress (or one left by a crash) rather than a finished file."""
     return path.name.startswith(PARTIAL_PREFIX) and ".partial" in path.name
+
+
+def check_writable(path: str | os.PathLike, name: str = "output (--out)") -> None:
+    """Raise a ConfigError naming `name` unless a file can be made at `path`: it is not a folder, and the
+    nearest existing folder on its way really takes a new file (probed with a file removed at once, so a
+    read-only disk or a folder without write permission is found before any work, whoever runs it)."""
+    from .errors import ConfigError
+
+    final = Path(path)
+    if final.is_dir():
+        raise ConfigError(f"{name} {final} is a folder; name a file in it")
+    folder = final.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{name} {final} cannot be written: {folder} is a file, not a folder")
+    try:
+        probe = folder / f"{PARTIAL_PREFIX}write-check.{uuid.uuid4().hex[:8]}.partial"
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{name} {final} cannot be written: {str(exc.strerror or exc).lower()} in {folder}") from None

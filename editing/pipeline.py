@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -21,6 +22,7 @@ import numpy as np
 from . import video_io
 from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
 from .errors import ConfigError, EditingError
+from .files import check_writable
 from .models import load_backbone
 from .requests import EditRequest
 
@@ -112,6 +114,8 @@ class EditResult:
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress, editor: FramesEditor = edit_here) -> EditResult:
     """Edit a clip end to end and write the result atomically to `request.output`; `editor` runs the core
     (here by default), so decoding and writing stay in this process wherever the frames are edited."""
+    for path in (request.output, *request.also_write):  # before any work: an output that cannot be written
+        check_writable(path)
     timer = StageTimer()
     with timer.stage("decode"):
         progress("decode", 0, 1)
@@ -149,8 +153,9 @@ def write_outputs(paths: list[str], frames: np.ndarray, fps, audio) -> tuple[lis
     """Write the edited frames to each path: (files written, notes for the user).
 
     Nothing after denoising may lose the edit: a file that cannot be written is left out with the reason in
-    the notes, and when no file at all was written the frames go to `<output>-frames.zip` (PNG); only when
-    that fails too is the edit lost, with both reasons."""
+    the notes, and when no file at all was written the frames go to `<output>-frames.zip` (PNG), or, when
+    that folder takes no file either, to a new temporary folder whose path the note gives; only when that
+    fails too is the edit lost, with the reasons."""
     written, notes, failures = [], [], []
     for path in paths:
         try:
@@ -163,10 +168,16 @@ def write_outputs(paths: list[str], frames: np.ndarray, fps, audio) -> tuple[lis
         fallback = Path(paths[0]).with_name(Path(paths[0]).stem + "-frames.zip")
         try:
             video_io.write_png_zip(fallback, frames)
+            where = fallback.name
         except Exception as exc:
-            raise EditingError(f"{'; '.join(failures)}, nor could the frames be saved as PNGs ({_reason(exc)})") from exc
+            log.warning("could not write %s: %s", fallback, exc)
+            try:
+                fallback = video_io.write_png_zip(Path(tempfile.mkdtemp(prefix="video-edit-")) / fallback.name, frames)
+            except Exception as again:
+                raise EditingError(f"{'; '.join(failures)}, nor could the frames be saved as PNGs ({_reason(again)})") from again
+            where = str(fallback)
         written.append(str(fallback))
-        failures[-1] += f"; the edited frames are saved as PNGs in {fallback.name}"
+        failures[-1] += f"; the edited frames are saved as PNGs in {where}"
     for text in failures:
         log.warning(text)
     return written, failures + notes
