@@ -44,6 +44,7 @@ from editing.errors import ConfigError, EditingError
 from editing.metrics import psnr
 
 from . import judge as judging
+from .propagation import KIND_EDITS, PROPAGATION_BASE, PROPAGATION_KINDS, propagation_clip, propagation_measures
 from .world import CLIP_KINDS, PALETTE, SHAPES, Clip, Scene, SceneSampler, kind_clip, make_clip, random_motion
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,19 @@ IDEAL = "ideal"  # the row measuring perfect edits (the target scenes rendered w
 ORIGINAL_CLIPS = 4  # clips 0-3: the original plain set (the earlier tables' clips)
 DEFAULT_CLIPS = 16
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_LEVEL, BOOTSTRAP_SEED = 2000, 0.95, 0
+ALL_CLIP_KINDS = (*CLIP_KINDS, *PROPAGATION_KINDS)  # the propagation kinds (clips PROPAGATION_BASE on) only when asked for
 
 
 # ---------------------------------------------------------------- clips and edits
 
 
 def clip_kind(index: int) -> str:
-    """The kind of clip `index`: plain for the original four, then textured, pan, occlusion, plain in turn."""
+    """The kind of clip `index`: plain for the original four, then textured, pan, occlusion, plain in turn;
+    from PROPAGATION_BASE on, the propagation kinds (shapes_world.propagation) in turn."""
     if index < 0:
         raise ValueError(f"clip index must be >= 0; got {index}")
+    if index >= PROPAGATION_BASE:
+        return PROPAGATION_KINDS[(index - PROPAGATION_BASE) % len(PROPAGATION_KINDS)]
     cycle = (*CLIP_KINDS[1:], "plain")
     return "plain" if index < ORIGINAL_CLIPS else cycle[(index - ORIGINAL_CLIPS) % len(cycle)]
 
@@ -79,10 +84,10 @@ def clip_indices(count: int, kinds: tuple[str, ...] | None = None) -> tuple[int,
     """The first `count` clips of the fixed set, or the first `count` of the given kinds."""
     if kinds is None:
         return tuple(range(count))
-    unknown = sorted(set(kinds) - set(CLIP_KINDS))
+    unknown = sorted(set(kinds) - set(ALL_CLIP_KINDS))
     if unknown:
-        raise ConfigError(f"unknown clip kind {unknown[0]!r}; choose from {', '.join(CLIP_KINDS)}")
-    chosen, index = [], 0
+        raise ConfigError(f"unknown clip kind {unknown[0]!r}; choose from {', '.join(ALL_CLIP_KINDS)}")
+    chosen, index = [], 0 if set(kinds) - set(PROPAGATION_KINDS) else PROPAGATION_BASE
     while len(chosen) < count:
         if clip_kind(index) in kinds:
             chosen.append(index)
@@ -94,6 +99,8 @@ def benchmark_clip(index: int, frames: int = FRAMES, size: int = SIZE) -> Clip:
     """Clip `index` of the fixed set, of kind `clip_kind(index)`; a plain clip is one or two shapes moving
     and turning on a plain background (the original set's recipe)."""
     kind = clip_kind(index)
+    if kind in PROPAGATION_KINDS:
+        return propagation_clip(kind, BASE_SEED + index, frames, size)
     if kind != "plain":
         return kind_clip(kind, BASE_SEED + index, frames, size)
     rng = np.random.default_rng(BASE_SEED + index)
@@ -387,6 +394,9 @@ class BenchmarkResult:
             for key in INTERVAL_KEYS:  # one clip has no spread to resample: no interval, no rank
                 means = per_clip_means(rows, key)
                 entry[f"{key}_interval"] = bootstrap_interval(means) if len(means) >= 2 else None
+            for key in PROPAGATION_KEYS:  # only on the propagation kinds' clips
+                if any(r.get(key) is not None for r in rows):
+                    entry[key] = _mean([r[key] for r in rows if r.get(key) is not None])
             entry["edits"] = len(rows)
             entry["clips"] = len({r["clip"] for r in rows})
             table[name] = entry
@@ -394,7 +404,7 @@ class BenchmarkResult:
 
     def by_clip_kind(self, key: str) -> dict[str, dict[str, float | None]]:
         """Per setting, the mean of one metric over the edits of each clip kind."""
-        kinds = [k for k in CLIP_KINDS if any(r.get("clip_kind") == k for r in self.rows)]
+        kinds = [k for k in ALL_CLIP_KINDS if any(r.get("clip_kind") == k for r in self.rows)]
         table = {}
         for name in dict.fromkeys(row["setting"] for row in self.rows):
             rows = [r for r in self.rows if r["setting"] == name and not r.get("error") and r.get(key) is not None]
@@ -403,6 +413,7 @@ class BenchmarkResult:
 
 
 INTERVAL_KEYS = ("edit_accuracy", "structure_iou", "warp_error", "flicker")
+PROPAGATION_KEYS = ("scene_warp_error", "area_drift", "trail")  # shapes_world.propagation's measures
 RANKED = (("warp_error", "warp rank"), ("flicker", "flicker rank"), ("edit_accuracy", "acc rank"))
 LOWER_IS_BETTER = {"warp_error": True, "flicker": True, "edit_accuracy": False, "structure_iou": False}
 
@@ -458,6 +469,12 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def measure_kind(clip: Clip, kind: str, output: np.ndarray, edit: ShapeEdit) -> dict:
+    """`measure`, and on a propagation kind's clip its scene warp error, area drift and trail too."""
+    extra = propagation_measures(clip, output, edit.target, edit.subject) if kind in PROPAGATION_KINDS else {}
+    return measure(clip, output, edit) | extra
+
+
 def ideal_frames(clip: Clip, edit: ShapeEdit) -> np.ndarray:
     """A perfect edit: the edit's target scene rendered with the clip's motion and pan."""
     return make_clip(edit.target, clip.motions, len(clip.frames), clip.pan).frames
@@ -471,10 +488,10 @@ def run_benchmark(settings: tuple[str, ...], clips, steps: int, model: str, work
     for index in (range(clips) if isinstance(clips, int) else clips):
         clip = benchmark_clip(index)
         video = write_lossless(work / f"clip-{index}.mp4", clip.frames)
-        edits = derive_edits(clip)
         kind = clip_kind(index)
-        result.rows += [{"setting": REFERENCE, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure(clip, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
-        result.rows += [{"setting": IDEAL, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure(clip, ideal_frames(clip, e), e), "seconds_per_frame": 0.0} for e in edits]
+        edits = tuple(e for e in derive_edits(clip) if e.kind in KIND_EDITS.get(kind, EDIT_KINDS))
+        result.rows += [{"setting": REFERENCE, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure_kind(clip, kind, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
+        result.rows += [{"setting": IDEAL, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure_kind(clip, kind, ideal_frames(clip, e), e), "seconds_per_frame": 0.0} for e in edits]
         for setting in settings:
             try:
                 tuned = _tuned_for(setting, video, clip, model, work / "cache", result.notes)
@@ -511,7 +528,7 @@ def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path
         return row | {"error": str(exc)}, None
     output = edited.images  # the edited frames, as written (the zip is not read back)
     seconds = sum(v for stage, v in edited.seconds.items() if stage != "load_model")
-    row |= measure(clip, output, edit) | {"seconds_per_frame": seconds / edited.frames}
+    row |= measure_kind(clip, clip_kind(index), output, edit) | {"seconds_per_frame": seconds / edited.frames}
     log.info("shapes benchmark %s", row)
     return row, output
 
@@ -569,6 +586,13 @@ def markdown(summary: dict[str, dict], header: str, notes: list[str], stated: di
                   "| setting | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
         for name, cells in by_kind.items():
             lines.append(f"| {name} | " + " | ".join(cells[k] for k in kinds) + " |")
+    propagated = {name: e for name, e in summary.items() if e.get("scene_warp_error") is not None}
+    if propagated:
+        lines += ["", "Propagation clips (shapes_world.propagation; means over their edits): warp error on the objects, scene warp error "
+                  "(background included), area drift (the edited object's area change, 0.05 = 5%), trail (object-coloured pixels it left behind):", "",
+                  "| setting | warp error | scene warp error | area drift | trail |", "|---|---|---|---|---|"]
+        for name, e in propagated.items():
+            lines.append(f"| {name} | {_cell(e.get('warp_error'))} | {_cell(e['scene_warp_error'])} | {_cell(e.get('area_drift'))} | {_cell(e.get('trail'))} |")
     lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)]
     if stated is not None:
         lines.append(f"- CI slice ({stated_description(stated)}): {stated_values_text(stated)}")
@@ -653,7 +677,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shapes", action="store_true", help="run the shapes benchmark instead of a YAML spec")
     group.add_argument("--settings", default=None, help=f"comma-separated settings (default all): {', '.join(SETTINGS)}")
     group.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"benchmark clips (8 frames, 64 px each; the first {ORIGINAL_CLIPS} are the original plain set)")
-    group.add_argument("--clip-kinds", default=None, help=f"comma-separated clip kinds to take the clips from (default all): {', '.join(CLIP_KINDS)}")
+    group.add_argument("--clip-kinds", default=None, help=f"comma-separated clip kinds to take the clips from (default the fixed set's: {', '.join(CLIP_KINDS)}; also {', '.join(PROPAGATION_KINDS)})")
     group.add_argument("--steps", type=int, default=20, help="denoising steps")
     group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (editing/assets/shapes-model) or a folder from shapes_world.train")
     group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
@@ -776,7 +800,7 @@ def _report(args, stated: dict, result: BenchmarkResult, settings, indices, step
     """Write table.md and table.json (and the README block), print the table; 2 when edits failed or the slice fell short."""
     out = Path(args.out)
     summary = result.summary()
-    counts = ", ".join(f"{sum(clip_kind(i) == k for i in indices)} {k}" for k in CLIP_KINDS if any(clip_kind(i) == k for i in indices))
+    counts = ", ".join(f"{sum(clip_kind(i) == k for i in indices)} {k}" for k in ALL_CLIP_KINDS if any(clip_kind(i) == k for i in indices))
     header = f"Shapes benchmark: model {model_label(model)}, {len(indices)} clip(s) ({counts}) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
     notes = result.notes + [
         f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
