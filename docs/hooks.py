@@ -98,12 +98,11 @@ def option_reference() -> str:
                 flag = f"`{option.flag}`" if option.flags else f"`{option.name}` (positional)"
                 if len(option.flags) > 1:
                     flag += " (also " + ", ".join(f"`{f}`" for f in option.flags[1:]) + ")"
-                name = option.name if command == "edit" and (api is None or option.name in api) else "-"
+                name = f"`{option.name}`" if command == "edit" and (api is None or option.name in api) else "-"
                 described = option.choice_help()
                 text = option.help_text() + ("<br>" + "<br>".join(f"`{k}`: {v}" for k, v in described.items()) if described else "")
-                lines.append(
-                    f"| {flag} | {_cell(name if name == '-' else f'`{name}`')} | {_type_name(option)} | {_cell(_default(option))} | {_cell(_accepts(option))} | {_cell(text)} |"
-                )
+                cells = (flag, _cell(name), _type_name(option), _cell(_default(option)), _cell(_accepts(option)), _cell(text))
+                lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -144,6 +143,11 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, (int, float)):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _when(document: dict) -> str:
+    """'Run on DATE at commit C' of a saved result."""
+    return f"Run on {document.get('date', 'an unrecorded date')} at commit `{document.get('commit') or 'unknown'}`"
 
 
 def _interval(summary: dict, key: str) -> str:
@@ -228,17 +232,15 @@ def shapes_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]
         clips = document.get("clips", [])
         lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
         lines += [
-            f"Run on {document.get('date', 'an unrecorded date')} at commit `{document.get('commit') or 'unknown'}`: model `{document.get('model')}`, "
+            f"{_when(document)}: model `{document.get('model')}`, "
             f"{len(clips)} clips, {document.get('steps')} steps, {_fmt(document.get('minutes'))} minutes of edits.",
             "",
             "| setting | edit acc | structure IoU | true-motion warp error | colour flicker | s / frame |",
             "|---|---|---|---|---|---|",
         ]
         for name, values in document["summary"].items():
-            lines.append(
-                f"| {name} | {_interval(values, 'edit_accuracy')} | {_interval(values, 'structure_iou')} | {_interval(values, 'warp_error')} | "
-                f"{_interval(values, 'flicker')} | {_fmt(values.get('seconds_per_frame'))} |"
-            )
+            cells = [_interval(values, key) for key in ("edit_accuracy", "structure_iou", "warp_error", "flicker")]
+            lines.append("| " + " | ".join([name, *cells, _fmt(values.get("seconds_per_frame"))]) + " |")
         lines += ["", "[low, high]: 95% bootstrap interval over clips. Seconds per frame compare only within one run.", ""]
         for name, data in shapes_plots(document).items():
             images[f"{stem}-{name}.png"] = data
@@ -296,8 +298,8 @@ def speed_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]:
     for stem, document in results:
         lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
         lines += [
-            f"Run on {document.get('date', 'an unrecorded date')} at commit `{document.get('commit') or 'unknown'}`: `{document.get('model')}`, "
-            f"{document.get('dtype')} on {document.get('device')}, {document.get('frames')} frames, {document.get('steps')} steps.",
+            f"{_when(document)}: `{document.get('model')}`, {document.get('dtype')} on {document.get('device')}, "
+            f"{document.get('frames')} frames, {document.get('steps')} steps.",
             "",
             "| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |",
             "|---|---|---|---|---|",

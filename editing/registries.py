@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 def _resolve(path: str) -> Any:
@@ -39,19 +40,28 @@ def _help_of(entry: Any) -> str:
     return entry if isinstance(entry, str) else str(getattr(entry, "help", "") or "")
 
 
+_MODES, _KINDS = "editing.attention.modes", "editing.control"
 REGISTRIES: tuple[Registry, ...] = (
     Registry(
-        "attention modes", "editing.attention.modes:attention_mode_names", "editing.attention.modes:ATTENTION_MODES",
-        "editing.attention.modes.register_attention_mode(AttentionMode(...))", "--attention",
+        "attention modes",
+        f"{_MODES}:attention_mode_names",
+        f"{_MODES}:ATTENTION_MODES",
+        f"{_MODES}.register_attention_mode(AttentionMode(...))",
+        "--attention",
     ),
     Registry("samplers", "editing.samplers:sampler_names", "editing.samplers:SAMPLERS", "editing.samplers.register_sampler(Sampler(...))", "--sampler"),
     Registry("speed presets", "editing.presets:preset_names", "editing.presets:PRESETS", "editing.presets.register_preset(Preset(...))", "--preset"),
     Registry(
-        "condition kinds", "editing.control.kinds:condition_kind_names", "editing.control.kinds:CONDITION_KINDS",
-        "editing.control.kinds.register_condition_kind(ConditionKind(...)) or @condition_kind(name, controlnets=...)", "--control KIND",
+        "condition kinds",
+        f"{_KINDS}:condition_kind_names",
+        f"{_KINDS}:CONDITION_KINDS",
+        f"{_KINDS}.register_condition_kind(ConditionKind(...)) or @condition_kind(name, controlnets=...)",
+        "--control KIND",
     ),
-    Registry("styles", "editing.sessions:PRESETS", "editing.sessions:PRESETS", "an entry of editing.sessions.PRESETS (name -> prompt)", "the Style sessions tab"),
-)  # fmt: skip
+    Registry(
+        "styles", "editing.sessions:PRESETS", "editing.sessions:PRESETS", "an entry of editing.sessions.PRESETS (name -> prompt)", "the Style sessions tab"
+    ),
+)
 
 
 def choice_help(choices: Callable | Any) -> dict[str, str]:

@@ -77,7 +77,7 @@ def test_an_option_added_to_the_schema_appears_in_the_reference(hooks, monkeypat
 
 def test_a_registered_entry_appears_in_the_registry_page_and_in_help(hooks):
     from editing.cli import build_parser
-    from editing.samplers import Sampler, SAMPLERS, register_sampler
+    from editing.samplers import SAMPLERS, Sampler, register_sampler
 
     register_sampler(Sampler("docs-probe", "DDIMScheduler", help="a sampler registered by the test"))
     try:
@@ -132,10 +132,10 @@ def test_the_benchmark_page_is_written_from_a_result_file_with_its_command_and_p
         for s in ("first", "first-keyframes-8")
         for c in (0, 1)
     ]
-    summary = {s: {"edit_accuracy": 0.55, "structure_iou": 0.7, "warp_error": 3.5, "flicker": 1.0, "seconds_per_frame": t, "edit_accuracy_interval": [0.5, 0.6]}
-               for s, t in (("first", 0.5), ("first-keyframes-8", 0.2))}  # fmt: skip
-    document = {"command": "python -m editing eval --shapes --clips 2 --out DIR", "date": "2026-12-07", "commit": "abc1234", "model": "shapes",
-                "clips": [0, 1], "steps": 10, "minutes": 1.5, "summary": summary, "rows": rows, "notes": []}  # fmt: skip
+    measured = {"edit_accuracy": 0.55, "structure_iou": 0.7, "warp_error": 3.5, "flicker": 1.0, "edit_accuracy_interval": [0.5, 0.6]}
+    summary = {s: measured | {"seconds_per_frame": t} for s, t in (("first", 0.5), ("first-keyframes-8", 0.2))}
+    document = {"command": "python -m editing eval --shapes --clips 2 --out DIR", "date": "2026-12-07", "commit": "abc1234"}
+    document |= {"model": "shapes", "clips": [0, 1], "steps": 10, "minutes": 1.5, "summary": summary, "rows": rows, "notes": []}
     (tmp_path / "shapes-2026-12-07-probe.json").write_text(json.dumps(document))
     page, images = hooks.shapes_page(hooks.shapes_results(tmp_path))
     assert "`python -m editing eval --shapes --clips 2 --out DIR`" in page and "2026-12-07" in page and "abc1234" in page
@@ -149,8 +149,8 @@ def test_the_speed_page_is_written_from_a_result_file(hooks, tmp_path):
     import json
 
     rows = [{"setting": name, "s/frame": t, "UNet evals/frame": e, "VAE share": 0.1, "keyframes": k} for name, t, e, k in (("every-frame", 2.0, 30.0, "-"), ("keyframes-8", 0.8, 5.75, 2))]
-    document = {"command": "python benchmarks/speed.py --frames 16 --json x.json", "date": "2026-12-07", "commit": "abc1234", "model": "sd15-random",
-                "device": "2 CPU threads", "dtype": "fp32", "frames": 16, "steps": 10, "rows": rows}  # fmt: skip
+    document = {"command": "python benchmarks/speed.py --frames 16 --json x.json", "date": "2026-12-07", "commit": "abc1234"}
+    document |= {"model": "sd15-random", "device": "2 CPU threads", "dtype": "fp32", "frames": 16, "steps": 10, "rows": rows}
     (tmp_path / "speed-2026-12-07-probe.json").write_text(json.dumps(document))
     page, images = hooks.speed_page(hooks.speed_results(tmp_path))
     assert "`python benchmarks/speed.py --frames 16 --json x.json`" in page and "abc1234" in page
