@@ -42,11 +42,13 @@ COLUMNS = ("name", "status", "error", "attempts", "worker", "segments", "frames"
 
 @dataclass(frozen=True)
 class BatchEdit:
-    """One edit of a batch: its name, the request (output under the batch folder) and its manifest key."""
+    """One edit of a batch: its name, the request (output under the batch folder) and its manifest key;
+    `error` says why it cannot run (its clip does not exist): it is a failed row, and the others run."""
 
     name: str
     request: EditRequest
     key: str
+    error: str = ""
 
 
 def batch_edits(spec, out_dir: str | Path, suffix: str = ".mp4") -> list[BatchEdit]:
@@ -57,6 +59,9 @@ def batch_edits(spec, out_dir: str | Path, suffix: str = ".mp4") -> list[BatchEd
     edits = []
     for edit in spec.edits:
         request = dataclasses.replace(edit.request, output=str(out / f"{edit.name}{suffix}"), also_write=())
+        if not Path(request.video).is_file():
+            edits.append(BatchEdit(edit.name, request, "", f"video {request.video} does not exist"))
+            continue
         edits.append(BatchEdit(edit.name, request, request_key(request)))
     return edits
 
@@ -363,6 +368,10 @@ def run_batch(edits: list[BatchEdit], out_dir: str | Path, runner: Runner = run_
     progress = BatchProgress(len(edits), stream)
     pending = []
     for edit in edits:
+        if edit.error:  # known to fail before running (a missing clip): its row, and the others run
+            rows[edit.name] = failed_row(edit, edit.error, attempts=0)
+            progress.finished(rows[edit.name])
+            continue
         earlier = manifest.done(edit)
         if earlier is None:
             pending.append(edit)

@@ -165,7 +165,8 @@ def run_batch(args: argparse.Namespace) -> int:
         raise ConfigError(f"workers must be at least 1, got {args.workers}")
     if args.retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {args.retries}")
-    edits = batch_edits(load_spec(args.spec, clip="none"), args.out, "." + args.format)
+    spec = load_spec(args.spec, clip="none", missing_videos=True)  # a clip that does not exist fails its row only
+    edits = batch_edits(spec, args.out, "." + args.format)
     if args.ray is None:
         report = run(edits, args.out)
     else:

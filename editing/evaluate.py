@@ -108,21 +108,22 @@ def _settings(where: str, entry, defaults: dict, known: dict) -> dict:
             merged[key] = value
             continue
         if key not in known:
-            choices = ", ".join(sorted([*known, *EVAL_KEYS]))
+            choices = ", ".join(sorted({*known, *EVAL_KEYS}))
             raise ConfigError(f"{where}: unknown setting {raw_key!r}; known settings: {choices}")
         merged[key] = _coerce(where, known[key], value)
     return merged
 
 
-def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
-    """One EvalEdit from merged settings, built through the request schema, as the CLI and the app build theirs."""
+def _edit(index: int, settings: dict, base: Path, known: dict, missing_videos: bool = False) -> EvalEdit:
+    """One EvalEdit from merged settings, built through the request schema, as the CLI and the app build theirs;
+    with `missing_videos` a video that does not exist is left for the run to report (a batch fails that edit only)."""
     video = settings.get("video")
     where = f"edit {index + 1}"
     if not isinstance(video, str) or not video.strip():
         raise ConfigError(f"{where} needs a video")
     path = Path(video).expanduser()
     path = path if path.is_absolute() else base / path
-    if not path.is_file():
+    if not path.is_file() and not missing_videos:
         raise ConfigError(f"{where}: video {video} does not exist (paths are relative to the spec file)")
     name = str(settings.get("name") or f"{path.stem}-{index + 1}")
     where = f"edit {name!r}"
@@ -151,8 +152,9 @@ def _edit(index: int, settings: dict, base: Path, known: dict) -> EvalEdit:
     return EvalEdit(name, request, source_prompt, reconstruction)
 
 
-def parse_spec(data, base: Path, clip: str | None = None) -> EvalSpec:
-    """An EvalSpec from a parsed YAML document; relative paths are taken from `base`."""
+def parse_spec(data, base: Path, clip: str | None = None, missing_videos: bool = False) -> EvalSpec:
+    """An EvalSpec from a parsed YAML document; relative paths are taken from `base`. A video that does not
+    exist refuses the spec, unless `missing_videos` (the batch, which fails only that edit)."""
     if not isinstance(data, dict):
         raise ConfigError("the spec must be a mapping with 'edits' (and optionally 'clip' and 'defaults')")
     unknown = sorted(set(data) - set(SPEC_KEYS))
@@ -167,24 +169,39 @@ def parse_spec(data, base: Path, clip: str | None = None) -> EvalSpec:
     if chosen is not None and not isinstance(chosen, str):
         raise ConfigError(f"clip must be a model spec or 'none', got {chosen!r}")
     chosen = None if chosen is None or chosen.strip().lower() in ("", "none") else chosen.strip()
-    built = [_edit(i, _settings(f"edit {i + 1}", entry, defaults, known), base, known) for i, entry in enumerate(edits)]
+    built = [_edit(i, _settings(f"edit {i + 1}", entry, defaults, known), base, known, missing_videos) for i, entry in enumerate(edits)]
     return EvalSpec(tuple(built), chosen)
 
 
-def load_spec(path: str | Path, clip: str | None = None) -> EvalSpec:
-    """Read and validate a YAML spec file; `clip` overrides its CLIP choice."""
+def load_spec(path: str | Path, clip: str | None = None, missing_videos: bool = False) -> EvalSpec:
+    """Read and validate a YAML spec file; `clip` overrides its CLIP choice; `missing_videos` as in parse_spec."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"spec {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        refuse_aliases(text, path.name)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"spec {path.name} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from exc
-    return parse_spec(data, path.resolve().parent, clip)
+    return parse_spec(data, path.resolve().parent, clip, missing_videos)
+
+
+def refuse_aliases(text: str, name: str) -> None:
+    """Refuse a YAML document that uses an alias (`*name`), reading only its event stream: nothing is built,
+    so a few hundred bytes of nested aliases (a "billion laughs" bomb) never expand into memory."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(
+                f"spec {name} uses a YAML alias (*{event.anchor}) at line {event.start_mark.line + 1}: aliases are refused, "
+                "so write the settings out or put the shared ones under defaults"
+            )
 
 
 # ---------------------------------------------------------------- running it
