@@ -117,7 +117,9 @@ def features(engine=None, edit=None, attention_edit=None, tuned: str | None = No
 
 def features_of(request: Any) -> list[str]:
     """The features of an EditRequest or the core's EditParts."""
-    return features(request.engine, request.edit, request.attention_edit, request.tuned)
+    masking = getattr(request, "masking", None)  # editing.masks.MaskConfig (the core's parts hold None without a mask)
+    masked = [] if masking is None else ["region"] * masking.region + ["remove"] * masking.remove
+    return masked + features(request.engine, request.edit, request.attention_edit, request.tuned)
 
 
 def refusal(found: list[str]) -> str | None:
@@ -244,5 +246,14 @@ declare(
 declare(
     Declaration(
         "control-video", "a --control-video", sequential="a condition video is read for the whole clip", keyframes_off=True
+    )
+)
+declare(Declaration("region", "--region", sequential=f"a region's mask {_CANNOT_SPLIT_WHOLE}"))
+declare(
+    Declaration(
+        "remove",
+        "--remove",
+        excludes=(Rule("attention-edit", "removal makes background, it keeps no source attention"), Rule("tuned", "removal fills from the clip and diffuses with the backbone")),
+        sequential=f"removal {_CANNOT_SPLIT_WHOLE}",
     )
 )
