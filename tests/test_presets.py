@@ -194,11 +194,11 @@ def test_preset_timelines():
         assert [int(t) for t in sampling.sampling_timesteps(scheduler, preset.steps, preset.strength)] == expected, name
 
 
-def test_the_shapes_model_and_trailing_ddim_after_an_inversion_are_refused():
+def test_the_shapes_model_without_its_own_lora_and_trailing_ddim_after_an_inversion_are_refused():
     from editing.cli import edit_request
 
-    with pytest.raises(ConfigError, match="shapes model has no distilled LoRA"):
-        _apply(_parse("--preset", "fast", "--model", "shapes"))
+    with pytest.raises(ConfigError, match="shapes model has no distilled LoRA for it"):
+        _apply(_parse("--preset", "hyper-sd-4", "--model", "shapes"))
     with pytest.raises(ConfigError, match="use --inversion none"):
         edit_request(_parse("--preset", "hyper-sd-4", "--model", "tiny", "--inversion", "ddim"))
 
@@ -253,3 +253,23 @@ def test_the_fast_preset_propagates_keyframes_without_re_diffusing_unless_asked(
         counts[name] = evaluations.images
     assert counts["off"] == 4 * 2  # keyframes 0 and 4, 4 steps each, guidance 1
     assert counts["on"] > counts["off"]  # the skiing clip's camera moves: every propagated frame has unseen pixels
+
+
+def test_the_fast_preset_on_the_shapes_model_loads_its_shipped_lcm_lora_and_keeps_its_autoencoder():
+    """`--preset fast --model shapes` finds editing/assets/shapes-lcm-lora by name, with the model's own
+    autoencoder; the fused LoRA changes the UNet's weights."""
+    from editing.cli import edit_request
+    from editing.presets import shapes_lora
+
+    assert shapes_lora(get_preset("fast")) is not None and shapes_lora(get_preset("hyper-sd-4")) is None
+    resolved = _apply(_parse("--preset", "fast", "--model", "shapes"))
+    assert resolved.lora == ["shapes-lcm-lora:1"] and resolved.vae == "model" and resolved.sampler == "lcm"
+    request = edit_request(_parse("--preset", "fast", "--model", "shapes", "--device", "cpu", "--size", "64", "--frames", "2"))
+    plain = load_backbone("shapes", device="cpu")
+    fast = load_backbone("shapes", device="cpu", options=request.model_options)
+    assert "lora=shapes-lcm-lora" in fast.name and not fast.random_weights
+    latents = torch.randn(1, plain.unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, plain.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outputs = [b.unet(latents, 500, encoder_hidden_states=text).sample for b in (plain, fast)]
+    assert not torch.equal(*outputs)  # the fused LoRA moved the weights

@@ -99,13 +99,17 @@ def test_every_setting_becomes_the_request_the_cli_would_build(tmp_path):
     assert blend.source_prompt == clip.caption and set(blend.blend_words) == set(edit.blend_words)
     assert [c.kind for c in requests["controlnet"].engine.controls] == ["canny"]
     assert requests["tuned"].tuned == str(tmp_path / "t.safetensors")
-    assert all(r.edit.prompt == edit.prompt and r.edit.steps == 3 and r.selection.size == bench.SIZE for r in requests.values())
+    presets = {s for s in bench.SETTINGS if bench.SETTINGS[s].get("preset")}  # they run their own steps
+    assert all(r.edit.prompt == edit.prompt and (r.edit.steps == 3 or s in presets) and r.selection.size == bench.SIZE for s, r in requests.items())
+    assert presets and all(requests[s].edit.sampler == "lcm" and requests[s].edit.guidance == 1 for s in presets)
     assert all(r.attention_edit is None for s, r in requests.items() if s != "blend")
     assert {s: r.engine.keyframes_every for s, r in requests.items() if r.engine.keyframes_every} == {
         "first-keyframes-4": 4, "first-keyframes-8": 8, "first-keyframes-auto": -1, "first-keyframes-8-strength-0.9": 8,
+        "first-keyframes-8-deepcache-3": 8, "fast-keyframes-8": 8,
     }
     assert {s: r.edit.strength for s, r in requests.items() if r.edit.strength != 1.0} == {
         "img2img": bench.SDEDIT_STRENGTH, "sparse-causal-noinv": bench.SDEDIT_STRENGTH, "first-strength-0.9": 0.9, "first-keyframes-8-strength-0.9": 0.9,
+        "fast": 0.5, "fast-keyframes-8": 0.5,
     }
 
 
