@@ -23,15 +23,21 @@ FLAT_LEVELS = 6  # a pixel is flat when each RGB channel varies by at most this 
 EDGE_BAND = 2  # pixels along the image's edge that decide whether a flat region reaches it, and the camera's motion
 MIN_REGION = 0.02  # a flat region smaller than this share of the frame is left alone
 CAMERA_STILL = 0.5  # px a frame: the textured edge pixels' median flow below which the camera is taken to be still
-CAMERA_EVIDENCE = 0.05  # share of the edge band that must be textured for its flow to say whether the camera moves
+CAMERA_EVIDENCE = 0.05  # share of the edge band that must vary for its flow to say whether the camera moves
+CAMERA_SPREAD = 2  # an edge pixel varying by this much over its 3 x 3 neighbourhood (a gradient's slope too) is the camera's evidence
 BAND_LEVELS = 12.0  # a textured pixel beside a still region joins it when its colour is this close to the region's (mean RGB)
+
+
+def spread(frame: np.ndarray) -> np.ndarray:
+    """(H, W) int: the largest range of an RGB channel over each pixel's 3 x 3 neighbourhood."""
+    kernel = np.ones((3, 3), np.uint8)
+    high = cv2.dilate(frame, kernel, borderType=cv2.BORDER_REPLICATE).astype(np.int16)
+    return (high - cv2.erode(frame, kernel, borderType=cv2.BORDER_REPLICATE)).max(-1)
 
 
 def flat_pixels(frame: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels whose 3 x 3 neighbourhood varies by at most FLAT_LEVELS in every RGB channel."""
-    kernel = np.ones((3, 3), np.uint8)
-    spread = cv2.dilate(frame, kernel, borderType=cv2.BORDER_REPLICATE).astype(np.int16) - cv2.erode(frame, kernel, borderType=cv2.BORDER_REPLICATE)
-    return (spread <= FLAT_LEVELS).all(-1)
+    return spread(frame) <= FLAT_LEVELS
 
 
 def _edge_band(height: int, width: int) -> np.ndarray:
@@ -40,13 +46,15 @@ def _edge_band(height: int, width: int) -> np.ndarray:
     return band
 
 
-def camera_still(flat: np.ndarray, flows: list[np.ndarray]) -> bool:
-    """Whether the frame's textured edge pixels (the camera's evidence) stay put under each of its
-    `flows` (median magnitude below CAMERA_STILL); True when too few edge pixels are textured to tell."""
-    textured = _edge_band(*flat.shape) & ~flat
-    if textured.mean() < CAMERA_EVIDENCE * _edge_band(*flat.shape).mean():
+def camera_still(varies: np.ndarray, flows: list[np.ndarray]) -> bool:
+    """Whether the frame's edge pixels that vary (`varies`: texture, or a gradient's slope; the camera's
+    evidence) stay put under each of its `flows` (median magnitude below CAMERA_STILL); True when too few
+    edge pixels vary to tell (a plain background all round)."""
+    band = _edge_band(*varies.shape)
+    evidence = band & varies
+    if evidence.sum() < CAMERA_EVIDENCE * band.sum():
         return True
-    return all(float(np.median(np.hypot(flow[..., 0], flow[..., 1])[textured])) < CAMERA_STILL for flow in flows)
+    return all(float(np.median(np.hypot(flow[..., 0], flow[..., 1])[evidence])) < CAMERA_STILL for flow in flows)
 
 
 def still_background(frame: np.ndarray, flows: list[np.ndarray]) -> np.ndarray:
@@ -54,8 +62,9 @@ def still_background(frame: np.ndarray, flows: list[np.ndarray]) -> np.ndarray:
     reach the image's edge, with the textured pixels beside them of their colour, when the camera is
     still under the frame's `flows`; nothing when it moves."""
     height, width = frame.shape[:2]
-    flat = flat_pixels(frame)
-    if not camera_still(flat, flows):
+    ranges = spread(frame)
+    flat = ranges <= FLAT_LEVELS
+    if not camera_still(ranges >= CAMERA_SPREAD, flows):
         return np.zeros((height, width), bool)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(flat.astype(np.uint8), connectivity=4)
     touching = np.unique(labels[_edge_band(height, width) & flat])

@@ -30,6 +30,9 @@ def test_a_flat_region_reaching_the_edge_is_still_and_a_flat_object_inside_is_no
     panning = np.zeros((32, 32, 2), np.float32)
     panning[..., 0] = 2.0
     assert not still_background(textured, [panning]).any()
+    gradient = np.repeat(np.linspace(60, 120, 32).astype(np.uint8)[None, :, None], 32, 0).repeat(3, 2)  # flat enough, but a slope
+    assert still_background(gradient, [np.zeros((32, 32, 2), np.float32)]).all()
+    assert not still_background(gradient, [panning]).any()  # a pan over a gradient: the slope on the edge moves
 
 
 def test_stripes_added_to_a_flat_background_stay_put_beside_a_moving_object():
