@@ -17,6 +17,7 @@ from typing import Any
 from .attention.modes import ATTENTION_MODES, AttentionMode
 from .errors import ConfigError
 from .samplers import SAMPLERS, Sampler
+from .windows import ContextWindows
 
 # the controls a mode with its own attention control replaces (one control installs the processors)
 OWN_CONTROL_EXCLUDES = ("tuned", "feature-bank", "attention-edit")
@@ -101,6 +102,7 @@ def features(engine=None, edit=None, attention_edit=None, tuned: str | None = No
         found.append(f"attention {engine.attention}")
         found += ["cross-frame"] * ATTENTION_MODES[engine.attention].cross_frame if engine.attention in ATTENTION_MODES else []
         found += ["smooth-flow"] * bool(engine.smooth_flow) + ["token-merge"] * bool(engine.token_merge)
+        found += ["context-windows"] * (ContextWindows.parse(engine.context) is not None)
         found.append("ddim-inversion" if engine.inversion == "ddim" else "sdedit")
     if attention_edit is not None:
         found.append("attention-edit")
@@ -117,9 +119,11 @@ def features(engine=None, edit=None, attention_edit=None, tuned: str | None = No
 
 def features_of(request: Any) -> list[str]:
     """The features of an EditRequest or the core's EditParts."""
+    options = getattr(request, "model_options", None)  # an EditRequest's; the core's parts are past loading
+    motion = ["motion-adapter"] * bool(options is not None and options.motion_adapter)
     masking = getattr(request, "masking", None)  # editing.masks.MaskConfig (the core's parts hold None without a mask)
     masked = [] if masking is None else ["region"] * masking.region + ["remove"] * masking.remove
-    return masked + features(request.engine, request.edit, request.attention_edit, request.tuned)
+    return motion + masked + features(request.engine, request.edit, request.attention_edit, request.tuned)
 
 
 def refusal(found: list[str]) -> str | None:
@@ -168,6 +172,7 @@ def option_features(values: Mapping[str, Any]) -> list[str]:
     found = [f"attention {values.get('attention') or 'first'}"]
     found += ["tuned"] * (values.get("tuned") is not None) + ["control-video"] * any(values.get("control_video") or ())
     found += ["feature-bank"] * ((values.get("feature_bank") or 0) > 0) + ["attention-edit"] * bool(values.get("source_prompt"))
+    found += ["motion-adapter"] * bool(values.get("motion_adapter"))
     return found
 
 
@@ -211,6 +216,23 @@ declare(
     )
 )
 declare(Declaration("cross-frame", "cross-frame attention"))
+declare(
+    Declaration(
+        "motion-adapter",
+        "--motion-adapter",
+        excludes=(Rule("tuned", "the tuned weights were made for the image UNet's attention layers"),),
+        sequential="the motion module attends over the frames of each window together",
+        keyframes_off=True,  # it denoises runs of consecutive frames, not keyframes 8 apart
+    )
+)
+declare(
+    Declaration(
+        "context-windows",
+        "context windows (--context)",
+        excludes=(Rule("attention tokenflow", "it plans its own keyframe windows"), Rule("feature-bank", "it streams chunk after chunk")),
+        sequential="context windows blend the overlaps of neighbouring windows at every step",
+    )
+)
 declare(Declaration("smooth-flow", "flow smoothing", sequential="flow smoothing fuses neighbouring frames"))
 declare(Declaration("token-merge", "token_merge", excludes=(Rule("attention-edit", "it changes the stored attention maps"),)))
 declare(Declaration("ddim-inversion", "--inversion ddim"))

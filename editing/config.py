@@ -134,8 +134,6 @@ def default_keyframes(values) -> str | None:
     a feature bank, attention editing, --attention none / tokenflow)."""
     if not keyframes_by_default(values):
         return None
-    if values.get("motion_adapter"):  # a motion module denoises runs of consecutive frames, not keyframes 8 apart
-        return None
     return DEFAULT_KEYFRAMES
 
 
@@ -245,9 +243,7 @@ class EngineConfig:
         _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
         parse_step_caches(self.step_cache)
         parse_keyframes(self.keyframes)
-        if ContextWindows.parse(self.context) is not None:
-            _check(self.attention != "tokenflow", "context windows cannot be combined with --attention tokenflow, which plans its own keyframe windows")
-            _check(self.feature_bank == 0, "context windows cannot be combined with --feature-bank, which streams chunk after chunk")
+        ContextWindows.parse(self.context)  # a malformed --context fails now; what it combines with is editing.compat's
         indices = [image.index for image in self.keyframe_images]
         _check(len(set(indices)) == len(indices), f"each keyframe_image index may appear once, got {', '.join(map(str, indices))}")
         _check(math.isfinite(self.keyframe_guidance) and 0 <= self.keyframe_guidance <= 50, f"keyframe_guidance must be between 0 and 50, got {self.keyframe_guidance}")

@@ -137,11 +137,10 @@ def random_lora_state_dict(unet, rank: int = 4, seed: int = 0, std: float = 0.5)
     so the update's size does not depend on the layer's width."""
     import torch
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
     from peft.utils import get_peft_model_state_dict
 
     with init_empty_weights():
-        empty = UNet2DConditionModel.from_config(unet.config)
+        empty = type(unet).from_config(unet.config)  # a UNet2DConditionModel, or a motion UNet (editing.motion)
         empty.add_adapter(lora_config(rank))
     shapes = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(empty).items()}
     generator = torch.Generator("cpu").manual_seed(seed)

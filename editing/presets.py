@@ -36,6 +36,7 @@ class Preset:
     feature_bank: int = field(default=PRESET_BANK, metadata={"help": "frames of earlier chunks later chunks attend to (StreamV2V's bank)"})
     keyframe_refine: float = field(default=0.0, metadata={"help": "with --keyframes: share of the schedule re-run on what no keyframe sees (0: the warped keyframes alone, as Rerender's non-keyframes)"})
     distilled: str = field(default="", metadata={"help": "the kind of distilled LoRA (e.g. lcm): names the shapes model's own LoRA folder, shapes-KIND-lora"})
+    motion_adapter: str = field(default="", metadata={"help": "the motion module it runs with (editing.motion; '' = none): a few-step AnimateDiff model"})
     help: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -55,9 +56,11 @@ class Preset:
         """The option values this preset sets, with the `random` LoRA for the built-in random models, or a
         model's `own_lora` folder (the shapes model's, see shapes_lora) with the model's own autoencoder."""
         lora = own_lora or ("random" if random_weights else self.lora)
+        motion = ("random" if random_weights else self.motion_adapter) or None
         return dict(
-            lora=[f"{lora}:{self.lora_scale:g}"],
-            lora_fuse=True,
+            lora=[f"{lora}:{self.lora_scale:g}"] if self.lora else [],
+            lora_fuse=bool(self.lora),
+            motion_adapter=motion,
             vae="model" if own_lora else self.vae,
             sampler=self.sampler,
             steps=self.steps,
@@ -160,3 +163,19 @@ for _steps, _file in ((1, "1step"), (2, "2steps"), (4, "4steps"), (8, "8steps"))
             help=f"Hyper-SD {_steps}-step LoRA, {_steps} trailing-DDIM step(s), guidance 1, SDEdit, tiny autoencoder",
         )
     )
+# Few-step motion models (editing.motion): the motion module runs over 16-frame context windows (editing.windows),
+# so no feature bank (it streams chunks; windows blend instead).
+register_preset(
+    Preset(
+        "animatelcm", "wangfuyun/AnimateLCM/AnimateLCM_sd15_t2v_lora.safetensors", "lcm", lora_scale=0.8, feature_bank=0,
+        motion_adapter="wangfuyun/AnimateLCM", help="AnimateLCM: its motion module and LCM LoRA (0.8), 4 LCM steps, guidance 1, SDEdit, tiny autoencoder",
+    )
+)  # fmt: skip
+for _steps in (1, 2, 4, 8):
+    register_preset(
+        Preset(
+            f"animatediff-lightning-{_steps}", "", "euler-trailing", steps=2 * _steps, feature_bank=0,
+            motion_adapter=f"ByteDance/AnimateDiff-Lightning/animatediff_lightning_{_steps}step_diffusers.safetensors",
+            help=f"AnimateDiff-Lightning {_steps}-step motion module, {_steps} trailing-Euler step(s), guidance 1, SDEdit, tiny autoencoder",
+        )
+    )  # fmt: skip

@@ -110,3 +110,9 @@ register_sampler(Sampler("tcd", "TCDScheduler", stochastic=True, help="trajector
 register_sampler(
     Sampler("ddim-trailing", "DDIMScheduler", {"timestep_spacing": "trailing"}, help="DDIM on trailing timesteps (Hyper-SD's); its own timeline, so SDEdit start only (--inversion none)")
 )
+register_sampler(
+    Sampler(
+        "euler-trailing", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, sigma_space=True,
+        help="Euler on trailing timesteps (AnimateDiff-Lightning's); its own timeline, so SDEdit start only (--inversion none)",
+    )
+)  # fmt: skip

@@ -145,8 +145,9 @@ def sampling_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
     timeline.set_timesteps(steps)
     skip = steps - max(1, round(steps * strength))
     kept = [int(t) for t in timeline.timesteps[skip:]]
-    if isinstance(scheduler, DDIMScheduler):
-        scheduler.set_timesteps(steps)
+    sampler = sampler_of(scheduler)
+    if isinstance(scheduler, DDIMScheduler) or (sampler is not None and sampler.settings.get("timestep_spacing") == "trailing"):
+        scheduler.set_timesteps(steps)  # DDIM's own timeline, or a trailing sampler's (which DDIM inversion does not walk)
         return scheduler.timesteps[skip:]
     set_timeline(scheduler, kept, steps)
     return scheduler.timesteps[len(scheduler.timesteps) - len(kept) :]
@@ -186,7 +187,7 @@ def shared_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype:
 
 def noise_to_timestep(scheduler, latents: torch.Tensor, noise: torch.Tensor, timestep) -> torch.Tensor:
     """Forward-diffuse clean latents to `timestep` (SDEdit): sqrt(a_t) x0 + sqrt(1 - a_t) eps."""
-    return scheduler.add_noise(latents, noise, torch.as_tensor([timestep]))
+    return scheduler.add_noise(latents, noise, torch.as_tensor([int(round(float(timestep)))]))  # Euler's timesteps are floats
 
 
 @dataclass(frozen=True)

@@ -203,10 +203,55 @@ def test_an_adapter_for_another_unet_is_refused(tiny):
         check_fits(other, tiny.unet.config, "other")
 
 
-def test_context_windows_refuse_tokenflow_and_the_feature_bank():
+def test_context_windows_refuse_tokenflow_and_the_feature_bank_and_a_motion_module_refuses_tuned_weights():
+    from editing.compat import features, refusal
     from editing.config import EngineConfig
 
-    with pytest.raises(ConfigError, match="tokenflow"):
-        EngineConfig(attention="tokenflow", context="8:2")
-    with pytest.raises(ConfigError, match="feature-bank"):
-        EngineConfig(context="8:2", feature_bank=2)
+    assert "tokenflow" in refusal(features(EngineConfig(attention="tokenflow", context="8:2")))
+    assert "feature_bank" in refusal(features(EngineConfig(context="8:2", feature_bank=2)))
+    assert refusal(features(EngineConfig(context="8:2"))) is None
+    assert "--tuned" in refusal(["motion-adapter", *features(EngineConfig(attention="sparse-causal"), tuned="x.safetensors")])
+
+
+def test_a_motion_module_turns_the_default_keyframes_off():
+    from editing.config import DEFAULT_KEYFRAMES, default_keyframes
+
+    assert default_keyframes({"attention": "first"}) == DEFAULT_KEYFRAMES
+    assert default_keyframes({"attention": "first", "motion_adapter": "shapes"}) is None
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_motion_presets_name_their_motion_modules_and_timelines():
+    from editing.models import SD1_SCHEDULER
+    from editing.presets import get_preset
+    from editing.samplers import make_scheduler
+
+    lcm, lightning = get_preset("animatelcm"), get_preset("animatediff-lightning-4")
+    assert lcm.motion_adapter == "wangfuyun/AnimateLCM" and lcm.sampler == "lcm" and lcm.steps_run == 4
+    assert lightning.motion_adapter.endswith("animatediff_lightning_4step_diffusers.safetensors") and lightning.lora == "" and lightning.guidance == 1
+    scheduler = make_scheduler(lightning.sampler, SD1_SCHEDULER)
+    assert [int(t) for t in sampling.sampling_timesteps(scheduler, lightning.steps, lightning.strength)] == [499, 374, 249, 124]  # trailing Euler
+
+
+@pytest.mark.parametrize("name", ["animatelcm", "animatediff-lightning-1"])
+def test_motion_presets_run_on_the_random_model_with_context_windows(tmp_path, car, name):
+    from editing.cli import build_parser, edit_request
+    from editing.pipeline import edit_video
+    from editing.requests import explicit_options
+
+    argv = ["edit", str(car), "--prompt", "x", "--out", str(tmp_path / f"{name}.zip"), "--model", "tiny", "--device", "cpu", "--size", "64", "--frames", "3", "--preset", name]
+    args = build_parser().parse_args(argv)
+    args.given_options = explicit_options("edit", argv[1:])
+    request = edit_request(args)
+    assert MotionSpec.parse(request.model_options.motion_adapter).kind == "random" and request.engine.feature_bank == 0
+    assert edit_video(request).frames == 3
+
+
+def test_motion_presets_refuse_the_shapes_model():
+    from editing.presets import apply_preset
+    from editing.requests import defaults
+
+    with pytest.raises(ConfigError, match="shapes model"):
+        apply_preset(defaults("edit") | {"preset": "animatelcm", "model": "shapes"}, defaults("edit"))
