@@ -227,7 +227,7 @@ def test_one_client_cannot_list_open_export_or_edit_anothers_session(served, own
     with pytest.raises(AppError, match="create or open a session|choose a style"):
         bob.predict(presets=[], prompt="", **SMALL, api_name="/session_edit")
     status, gallery, entries, _ = alice.predict("skier", api_name="/open_session")
-    assert "1 edits" in status and len(entries) == 1  # Alice's session is untouched by Bob
+    assert "1 edit " in status and len(entries) == 1  # Alice's session is untouched by Bob
 
 
 def test_the_page_lists_no_session(served, owned):

@@ -210,7 +210,7 @@ def test_stop_during_a_session_edit_says_where_it_stopped_and_keeps_the_edits_be
     name, owner, *_ = handlers.create("car", str(car), "a car")
     values = {"session": name, "owner": owner, "presets": ["watercolor", "anime"], "prompt": "", "token": token} | SETTINGS
     _, _, status, gallery, entries, _ = handlers.edit_with(preset_prompts)(values, None)
-    assert status.startswith("Session **car**: 1 edits") and len(gallery) == 1 and len(entries) == 1
+    assert status.startswith("Session **car**: 1 edit ") and len(gallery) == 1 and len(entries) == 1
     assert "Stopped at step 1/" in status and "of edit 2/2: editing" in status and status.endswith("the edits made before it are kept.")
     assert not token.cancelled  # the next run starts clear
 

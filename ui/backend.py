@@ -174,6 +174,12 @@ class Backend:
         paths = [result.output, *result.also_written]
         return Outputs(result, {Path(p).suffix.lower(): p for p in paths})
 
+    def tune(self, request, progress: ProgressFn):
+        """One-shot tuning (editing.tuning.tune_video) of a validated TuneRequest, in this process."""
+        from editing.tuning import tune_video
+
+        return tune_video(request, progress)
+
     def edit_keyframes(self, request: EditRequest, progress: ProgressFn, token: CancelToken | None = None):
         """Stage 1 of a staged edit: the clip's keyframes only (in this process, also with --ray)."""
         from editing.pipeline import edit_keyframes_of

@@ -120,7 +120,7 @@ def option_values(widgets: Mapping[str, Any]) -> dict[str, Any]:
     if "model" in values:
         values["model"] = (values["model"] or "").strip() or None
         if values["model"] is None:
-            raise ConfigError("choose a model: a Hub id, a local folder or file, or a built-in one")
+            raise ConfigError("model must be chosen: a Hub id, a local folder or file, or a built-in one")
     return values
 
 

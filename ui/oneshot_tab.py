@@ -111,7 +111,7 @@ def create_tab(backend: Backend, default_model: str) -> None:
     def tune(values: dict[str, Any], progress) -> tuple[dict, str]:
         tok = values.get("token") or CancelToken()
         tok.reset()
-        result = run_tuning(backend.checked(values), gradio_progress(progress), tok)
+        result = run_tuning(backend.checked(values), gradio_progress(progress), tok, tune=backend.tune)
         path = result.pop("path")
         return result | {"weights": Path(path).name}, path  # no "path" key: clients would take the JSON for a file
 

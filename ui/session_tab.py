@@ -162,7 +162,7 @@ class SessionHandlers:
     def open(self, name: str | None, owner: str | None = None) -> tuple:
         owner = self.owner_of(owner)
         if not name:
-            raise EditingError("choose a saved session to open")
+            raise EditingError("name must name a saved session to open")
         return self.show(owner, self.mine(owner).open(name).name)
 
     @one_sentence_errors
