@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check of the interactive-speed issue, as one short script: the fast preset and the default edit
-# at 512 px, 16 frames, fp16, with sd15-random (random weights: cost does not depend on their values),
-# seconds per frame and peak GPU memory each (benchmarks/speed.py).
+# The GPU check, as one short script: every number a GPU user needs, at 512 px, 16 frames, fp16, with
+# sd15-random (random weights: cost does not depend on their values):
+#   1. benchmarks/speed.py: seconds per output frame, UNet evaluations and peak GPU memory for every-frame,
+#      the default (keyframes 8), fast and fast+keyframes, with and without the step cache (DeepCache);
+#   2. benchmarks/gpu_peers.py: the first look (seconds from request to the first edited frame for
+#      "Preview first frame" and "Fast preview", with and without the step cache), and the same clip
+#      through diffusers' AnimateDiffVideoToVideoPipeline (random motion adapter) and Text2Video-Zero's
+#      processor, as the peers' rows.
 #
 #   bash benchmarks/gpu_check.sh wheels   # here, with pip and the package index: the packages a bare GPU
 #                                         # machine lacks, as wheels for its Python 3.12, into .whl/
 #   bash benchmarks/gpu_check.sh          # there: install .whl/ if present, then run the check
 #
-# Results go to stdout and, where $OUT is set, to $OUT/gpu_check.md. About 2-4 minutes on one GPU.
+# Results go to stdout and, where $OUT is set, to $OUT/gpu_check.md, $OUT/gpu_peers.md and the JSON of both
+# (copy them to benchmarks/results/ for the docs). Meant to finish in one call of at most 8 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +36,9 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONUNBUFFERED=1
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+out=${OUT:-/tmp}
 python3 benchmarks/speed.py --device cuda --dtype fp16 --size 512 --frames 16 --steps 10 \
-  --settings default,fast | tee "${OUT:-/tmp}/gpu_check.md"
+  --settings every-frame,every-frame+deepcache-3,default,default+deepcache-3,fast,fast+deepcache-2,fast-keyframes-8 \
+  --json "$out/speed-gpu.json" | tee "$out/gpu_check.md"
+python3 benchmarks/gpu_peers.py --device cuda --dtype fp16 --size 512 --frames 16 --steps 10 --step-cache deepcache:3 \
+  --json "$out/peers-gpu.json" | tee "$out/gpu_peers.md"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compile import COMPILE_HELP
 from .errors import ConfigError, ModelLoadError
 from .motion import MOTION_HELP, MotionSpec
 
@@ -90,6 +91,7 @@ class ModelOptions:
     fuse: bool = field(default=False, metadata={"help": "merge the LoRAs into the weights (faster steps) instead of keeping separate LoRA layers", "flag": "--lora-fuse", "dest": "lora_fuse"})
     vae: str = field(default="model", metadata={"help": "autoencoder: model (the model's own) or tiny (AutoencoderTiny, TAESD: fast, a little blurrier)", "choices": VAE_CHOICES})
     motion_adapter: str | None = field(default=None, metadata={"help": MOTION_HELP, "metavar": "SPEC"})  # editing.motion
+    compile: bool = field(default=False, metadata={"help": COMPILE_HELP})  # editing.compile
 
     def __post_init__(self):
         _check(isinstance(self.loras, tuple) and all(isinstance(s, LoraSpec) for s in self.loras), "loras must be a tuple of LoraSpec")
@@ -104,13 +106,14 @@ class ModelOptions:
     @property
     def plain(self) -> bool:
         """Whether the backbone is the model's own, unchanged."""
-        return not self.loras and self.vae == "model" and self.motion_adapter is None
+        return not self.loras and self.vae == "model" and self.motion_adapter is None and not self.compile
 
     def suffix(self) -> str:
         """What these options add to a backbone's name (and so to every cache key that holds the name)."""
         parts = [f"lora={','.join(map(str, self.loras))}{'(fused)' if self.fuse else ''}"] if self.loras else []
         parts += [f"vae={self.vae}"] if self.vae != "model" else []
         parts += [f"motion={self.motion_adapter}"] if self.motion_adapter is not None else []
+        parts += ["compiled"] if self.compile else []
         return "".join(f"+{p}" for p in parts)
 
 

@@ -531,6 +531,10 @@ def derive_backbone(base: Backbone, options) -> Backbone:
             notes.append(RANDOM_LORA_NOTE)
     if options.vae == "tiny":
         vae = tiny_vae(base)
+    if options.compile:  # channels_last and the repeated blocks compiled, on a copy (editing.compile)
+        from .compile import compiled_unet
+
+        unet = compiled_unet(unet, base.device)
     extras = {**base.extras, **extras, "notes": tuple(notes), "options": options}
     return dataclasses.replace(base, name=base.name + options.suffix(), text_encoder=text_encoder, unet=unet, vae=vae, extras=extras)
 
