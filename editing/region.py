@@ -59,7 +59,7 @@ class ClipMask:
 def clip_mask(frames: np.ndarray, parts, backbone=None) -> ClipMask:
     """The request's mask of the clip, grown and feathered."""
     config = parts.masking
-    masks = clip_masks(MaskInputs(frames, config, backbone, parts.selection, parts.edit.prompt))
+    masks = clip_masks(MaskInputs(frames, config, backbone, parts.selection, parts.edit.prompt, parts.engine.inversion_prompt))
     bigger = grown(masks, config.mask_grow)
     return ClipMask(masks, bigger, feathered(bigger, config.mask_feather))
 

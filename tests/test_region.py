@@ -91,14 +91,14 @@ def test_one_frame_mask_file_is_tracked_and_previewed(tmp_path, tiny, clip):
 
     from editing.region import clip_mask
 
-    Image.fromarray(clip.masks[2, 0].astype(np.uint8) * 255).save(tmp_path / "drawn.png")
+    Image.fromarray(clip.masks[2, 0].astype(np.uint8) * 255).save(tmp_path / "drawn.png")  # drawn on frame 2, tracked both ways
     config = MaskConfig(mask=f"{tmp_path / 'drawn.png'}@2", region=True, mask_preview=str(tmp_path / "preview.gif"))
     assert config.source == "flow"
     parts = EditParts(EditConfig(prompt="a star"), masking=config)
-    made = clip_mask(clip.frames, parts, tiny)
-    assert np.mean([mask_iou(a, b) for a, b in zip(made.masks, clip.masks[:, 0])]) >= 0.9
-    overlay = made.overlay(clip.frames)
-    assert overlay.shape == clip.frames.shape and np.array_equal(overlay[~made.grown], clip.frames[~made.grown])
+    made = clip_mask(clip.frames[:4], parts, tiny)
+    assert np.mean([mask_iou(a, b) for a, b in zip(made.masks, clip.masks[:4, 0])]) >= 0.9
+    overlay = made.overlay(clip.frames[:4])
+    assert overlay.shape == (4, *clip.frames.shape[1:]) and np.array_equal(overlay[~made.grown], clip.frames[:4][~made.grown])
 
 
 def test_grow_and_feather():
@@ -177,3 +177,16 @@ def test_inpainting_model_offline_error(tiny):
 
     with pytest.raises(ConfigError, match=r"^inpaint_model no-such-owner/inpainting cannot be loaded"):
         load_inpainting("no-such-owner/inpainting", tiny)
+
+
+def test_words_mask_finds_the_named_object_with_shapes(clip):
+    from editing.masks import MaskInputs, clip_masks
+    from editing.models import load_backbone
+
+    shapes = load_backbone("shapes", device="cpu")
+    first = clip.scene.objects[0]
+    config = MaskConfig(mask_words=f"{first.colour} {first.shape}", region=True)
+    masks = clip_masks(MaskInputs(clip.frames[:4], config, shapes, None, "a star", clip.caption))
+    assert np.mean([mask_iou(a, b) for a, b in zip(masks, clip.masks[:4, 0])]) >= 0.7
+    with pytest.raises(ConfigError, match="words needs the model"):
+        clip_masks(MaskInputs(clip.frames[:2], config))

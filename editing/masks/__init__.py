@@ -27,6 +27,7 @@ class MaskInputs:
     backbone: object = None
     selection: object = None  # editing.config.FrameSelection the frames were read with (a mask video follows it)
     prompt: str = ""  # the edit's prompt (a words mask looks for the words there)
+    describe: str = ""  # the inversion prompt, describing the source (a words mask looks there first)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def register_mask_source(source: MaskSource) -> MaskSource:
 
 
 def _load_builtin() -> None:
-    from . import flow_track, sam2, video  # noqa: F401 (each registers itself)
+    from . import flow_track, sam2, video, words  # noqa: F401 (each registers itself)
 
 
 def mask_source(name: str) -> MaskSource:
