@@ -178,11 +178,12 @@ def shapes_plots(document: dict) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     summary = {k: v for k, v in document["summary"].items() if v.get("seconds_per_frame")}
+    colour = {name: f"C{i}" for i, name in enumerate(document["summary"])}  # one colour per setting in both plots
     plots = {}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, key, label in ((axes[0], "edit_accuracy", "edit accuracy (higher is better)"), (axes[1], "warp_error", "true-motion warp error (lower is better)")):
         for name, values in summary.items():
-            axis.scatter(values["seconds_per_frame"], values[key])
+            axis.scatter(values["seconds_per_frame"], values[key], color=colour[name])
             axis.annotate(name, (values["seconds_per_frame"], values[key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         axis.set_xlabel("seconds per frame")
         axis.set_ylabel(label)
@@ -195,7 +196,7 @@ def shapes_plots(document: dict) -> dict[str, bytes]:
     if pairs:
         figure, axis = plt.subplots(figsize=(7, 4))
         for name, values in pairs.items():
-            axis.plot(range(len(values)), values, marker="o", label=name)
+            axis.plot(range(len(values)), values, marker="o", label=name, color=colour.get(name))
         axis.set_xticks(range(len(next(iter(pairs.values())))))
         axis.set_xticklabels([f"{t}-{t + 1}" for t in range(len(next(iter(pairs.values()))))])
         axis.set_xlabel("frame pair")
@@ -233,7 +234,8 @@ def shapes_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]
         lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
         lines += [
             f"{_when(document)}: model `{document.get('model')}`, "
-            f"{len(clips)} clips, {document.get('steps')} steps, {_fmt(document.get('minutes'))} minutes of edits.",
+            f"{len(clips)} clips, {document.get('steps')} steps, {_fmt(document.get('minutes'))} minutes of edits"
+            + (f" ({document['commit_note']})." if document.get("commit_note") else "."),
             "",
             "| setting | edit acc | structure IoU | true-motion warp error | colour flicker | s / frame |",
             "|---|---|---|---|---|---|",
