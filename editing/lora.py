@@ -181,7 +181,13 @@ def _hub_location(source: str) -> tuple[str, str | None]:
 
 def lora_location(spec: LoraSpec) -> tuple[str, str, dict[str, str]]:
     """Where a LoRA's file is: (kind, folder or Hub repo, diffusers' loader options), kind being
-    `single_file`, `folder` or `hub`; a missing local file or folder is refused in one sentence."""
+    `single_file`, `folder` or `hub`; a missing local file or folder is refused in one sentence. `hub:ID`
+    is a Hub id, never a local path (how the app passes Hub ids when it is served to others)."""
+    if spec.source.startswith("hub:"):
+        repo, weight = _hub_location(spec.source[len("hub:") :])
+        if repo.count("/") != 1 or not all(repo.split("/")) or ".." in spec.source:
+            raise ModelLoadError(f"lora '{spec.source}' is not a Hub id (hub:owner/name[/file.safetensors])")
+        return "hub", repo, {"weight_name": weight or HUB_LORA_FILE}
     path = Path(spec.source).expanduser()
     hub_file = path.suffix == ".safetensors" and not path.exists() and spec.source.count("/") >= 2 and not spec.source.startswith((".", "/", "~"))
     if path.suffix == ".safetensors" and not hub_file:

@@ -15,6 +15,8 @@ from editing.errors import EditingError  # noqa: E402
 
 from pathlib import Path  # noqa: E402
 
+from .api_helpers import answer, base_values, endpoint_functions, kind, launched_app  # noqa: E402
+
 HOSTILE = st.one_of(
     st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.just(10**30), st.just(-(10**30)), st.just(2**63), st.just(-1), st.just(-0.5),
     st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40), st.booleans(), st.none(),
@@ -64,7 +66,7 @@ def test_any_prompt_gives_a_request_or_one_sentence(car, tmp_path, prompt):
 
 
 CASES = {
-    "wrong type": lambda p: "abc" if _kind(p) in ("number", "bool", "list") else ({"x": 1} if _kind(p) == "json" else "x" if _kind(p) == "file" else 123),
+    "wrong type": lambda p: "abc" if kind(p) in ("number", "bool", "list") else ({"x": 1} if kind(p) == "json" else "x" if kind(p) == "file" else 123),
     "NaN": lambda p: math.nan,
     "inf": lambda p: math.inf,
     "huge": lambda p: 10**30,
@@ -73,21 +75,6 @@ CASES = {
     "missing": None,  # the call stops before this parameter
     "over-long": lambda p: "x" * 100_000,
 }
-ACCEPTED = "the request was accepted"  # what the test's backend answers instead of running anything
-
-
-def _kind(parameter: dict) -> str:
-    """What the API says a parameter takes: file, number, bool, list, json or text."""
-    component = parameter["component"].lower()
-    if component in ("file", "image", "video"):
-        return "file"
-    if component in ("number", "slider"):
-        return "number"
-    if component == "checkbox":
-        return "bool"
-    if component == "checkboxgroup":
-        return "list"
-    return "json" if component == "json" else "text"
 
 
 def _one_sentence_naming(message: str, name: str) -> bool:
@@ -98,66 +85,12 @@ def _one_sentence_naming(message: str, name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def api_app(tmp_path_factory, car):
-    """One app on loopback whose backend runs nothing (it answers ACCEPTED once a request is validated), its
-    sessions and outputs in fresh folders; with the clip uploaded into Gradio's upload folder."""
-    import os
-    import shutil
-    import socket
-
-    from gradio import processing_utils
-
-    from editing.errors import EditingError as Refused
-    from ui import build_demo
-    from ui.backend import Backend
-
-    class Accepting(Backend):
-        def _accepted(self, *args, **kwargs):
-            raise Refused(ACCEPTED)
-
-        edit = edit_keyframes = propagate = preview_first_frame = condition_previews = tune = _accepted
-
-        def output_dir(self) -> str:
-            return str(self.output_root)  # one folder, not one per call: the test looks for files after each call
+    """One app on loopback whose backend runs nothing (it answers ACCEPTED once a request is validated)."""
+    from ui.serving import LOCAL
 
     root = tmp_path_factory.mktemp("api")
-    old = os.environ.get("EDITING_SESSIONS_DIR")
-    os.environ["EDITING_SESSIONS_DIR"] = str(root / "sessions")
-    (root / "outputs").mkdir()
-    backend = Accepting(output_root=root / "outputs")
-    demo = build_demo(default_model="tiny", backend=backend)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    upload = Path(processing_utils.get_upload_folder()) / "fuzz" / car.name
-    upload.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(car, upload)
-    try:
-        yield demo, {"path": str(upload), "meta": {"_type": "gradio.FileData"}, "orig_name": car.name}, root
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("EDITING_SESSIONS_DIR", None)
-        else:
-            os.environ["EDITING_SESSIONS_DIR"] = old
-
-
-def _answer(demo, block_fn, data: list, session) -> str:
-    """The error sentence an API call with `data` gets (what the queue sends as {"error": ...}), or "" when it
-    runs; `session` is (an event loop, one client's SessionState), as Gradio's queue holds them."""
-    import gradio as gr
-
-    if len(data) == len([block for block in block_fn.inputs if not block.skip_api]):
-        values = iter(data)  # as Gradio's /call route: the page's State slots filled in for a full call
-        data = [None if block.skip_api else next(values) for block in block_fn.inputs]
-    try:
-        loop, state = session
-        loop.run_until_complete(demo.process_api(block_fn, data, state=state))
-    except gr.Error as exc:
-        return exc.message
-    except Exception as exc:  # what Gradio would answer with {"error": null} or "the upstream app has raised an exception"
-        return f"{type(exc).__name__}: {exc}"
-    return ""
+    with launched_app(root, car, LOCAL) as (demo, video, session):
+        yield demo, video, session, root
 
 
 def test_every_parameter_of_every_endpoint_refuses_a_bad_value_in_one_sentence_naming_it(api_app):
@@ -165,34 +98,28 @@ def test_every_parameter_of_every_endpoint_refuses_a_bad_value_in_one_sentence_n
     parameter gets a wrong type, NaN, infinity, a huge and a negative number, an empty text, a call that stops
     before it, and a 100,000-character text. Each answer is the endpoint's answer to its valid defaults (the
     value was accepted: the test's backend runs nothing) or one sentence naming the parameter; and nothing is written."""
-    import asyncio
     import time
 
-    from gradio.state_holder import SessionState
-
-    demo, video, root = api_app
-    session = (asyncio.new_event_loop(), SessionState(demo))
+    demo, video, session, root = api_app
     endpoints = demo.get_api_info()["named_endpoints"]
-    functions = {f"/{fn.api_name}": fn for fn in demo.fns.values() if fn.api_name}
+    functions = endpoint_functions(demo)
     begin, tried, failures = time.perf_counter(), 0, []
     for api_name, endpoint in endpoints.items():
         parameters = endpoint["parameters"]
-        base = [video if _kind(p) == "file" and (p["parameter_name"] == "video" or not p["parameter_has_default"]) else p.get("parameter_default") for p in parameters]
-        base = [value if value is not None or p["parameter_has_default"] else "probe" for value, p in zip(base, parameters)]
-        accepted = {_answer(demo, functions[api_name], list(base), session) for _ in range(2)}  # the first time and again (a session exists then)
+        base = base_values(parameters, video)
+        accepted = {answer(demo, functions[api_name], list(base), session) for _ in range(2)}  # the first time and again (a session exists then)
         for index, parameter in enumerate(parameters):
             name = parameter["parameter_name"]
             for case, make in CASES.items():
                 data = base[:index] if make is None else base[:index] + [make(parameter)] + base[index + 1 :]
                 before = _files(root)
-                answer = _answer(demo, functions[api_name], data, session)
+                said = answer(demo, functions[api_name], data, session)
                 tried += 1
-                if answer not in accepted and not _one_sentence_naming(answer, name):
-                    failures.append(f"{api_name} {name} {case}: {answer!r}")
-                elif answer not in accepted and _files(root) != before:
+                if said not in accepted and not _one_sentence_naming(said, name):
+                    failures.append(f"{api_name} {name} {case}: {said!r}")
+                elif said not in accepted and _files(root) != before:
                     failures.append(f"{api_name} {name} {case}: refused, but wrote {sorted(_files(root) - before)}")  # half-made
     seconds = time.perf_counter() - begin
-    session[0].close()
     print(f"{len(endpoints)} endpoints, {sum(len(e['parameters']) for e in endpoints.values())} parameters x {len(CASES)} cases = {tried} calls in {seconds:.1f} s")
     assert not failures, "\n".join(failures[:40])
     assert tried >= 8 * 200  # every endpoint's every parameter

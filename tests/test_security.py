@@ -613,3 +613,82 @@ def _raw_edit(url: str, video: Path, **given) -> str:
     values["video"] = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
     event = httpx.post(f"{url}gradio_api/call/edit", json={"data": [values[p["parameter_name"]] for p in parameters]}).json()["event_id"]
     return httpx.get(f"{url}gradio_api/call/edit/{event}", timeout=120).text
+
+
+# ---------------------------------------------------------------- issue 32 item 7: no field names a server path
+
+
+SERVER_PATHS = ["/etc", "/nonexistent-dir", "/etc/passwd", "/etc/hostname", "../../../etc", "~/.ssh", "/proc/self/environ", "C:\\Windows"]
+
+
+@pytest.fixture(scope="module")
+def public_api(tmp_path_factory, car):
+    """The app as served beyond loopback (a public policy with one model root), its backend running nothing."""
+    from ui.serving import ServePolicy
+
+    from .api_helpers import launched_app
+
+    root = tmp_path_factory.mktemp("public-api")
+    models = root / "models"
+    (models / "my-lora").mkdir(parents=True)
+    with launched_app(root, car, ServePolicy(public=True, model_roots=(models.resolve(),))) as (demo, video, session):
+        yield demo, video, session, root, models
+
+
+def test_served_beyond_loopback_every_field_naming_a_file_refuses_server_paths_alike(public_api):
+    """Generated from the API info and the option schema: every parameter of every endpoint whose option names a
+    file, folder or Hub id (model, lora, mask, mask_model, inpaint_model, motion_adapter, ...) refuses each server
+    path, existing or not, in the same sentence naming the parameter (the path as given the only difference);
+    a Hub id and a path under the model roots are accepted."""
+    from ui.serving import location_options, option_takes_hub_ids, option_writes
+
+    from .api_helpers import SEEN, answer, base_values, endpoint_functions
+
+    demo, video, session, root, models = public_api
+    existing = next(p for p in ("/usr/share", "/var/log", "/usr") if Path(p).is_dir())  # a folder that exists on the server
+    locations = location_options()
+    assert {"model", "lora", "motion_adapter", "mask", "mask_model", "mask_preview", "inpaint_model"} <= set(locations)
+    functions, tried = endpoint_functions(demo), set()
+    for api_name, endpoint in demo.get_api_info()["named_endpoints"].items():
+        parameters = endpoint["parameters"]
+        base = [("a cat" if p["parameter_name"] == "prompt" else value) for value, p in zip(base_values(parameters, video), parameters)]
+        accepted = answer(demo, functions[api_name], list(base), session)
+        for index, parameter in enumerate(parameters):
+            name = parameter["parameter_name"]
+            if name not in locations:
+                continue
+            option, listed = locations[name], parameter["component"] == "Json"
+
+            def call(text):
+                return answer(demo, functions[api_name], base[:index] + [[text] if listed else text] + base[index + 1 :], session)
+
+            SEEN.clear()
+            said = {path: call(path) for path in [*SERVER_PATHS, existing]}
+            reached = [path for path in [*SERVER_PATHS, existing] if any(path in repr(args) for args in SEEN)]
+            assert not reached, (api_name, name, reached)  # no server path reaches an edit
+            shapes = {message.replace(repr(path)[:80], "PATH").replace(path, "PATH") for path, message in said.items()}
+            assert len(shapes) == 1, (api_name, name, said)  # the same sentence for any path, existing or not
+            (shape,) = shapes
+            if shape == accepted:
+                continue  # the endpoint leaves this field to its preset (Fast preview's LoRA): no path reached it
+            assert shape.startswith(f"{name} ") and "exist" not in shape and "\n" not in shape, (api_name, name, shape)
+            if option_takes_hub_ids(option) and not option_writes(option):
+                for allowed in ("owner/some-model", str(models / "my-lora")):  # past the policy (the field's own checks may follow)
+                    assert "not allowed on this server" not in call(allowed), (api_name, name, allowed)
+            tried.add(name)
+    assert {"model", "lora", "mask", "motion_adapter"} <= tried
+
+
+
+def test_a_lora_the_policy_passes_as_a_hub_id_is_never_read_as_a_local_folder(tmp_path, monkeypatch):
+    """Served beyond loopback, `owner/name` becomes `hub:owner/name`, which the LoRA loader reads as a Hub id
+    even where a folder of that name exists in the server's working folder."""
+    from editing.lora import LoraSpec, lora_location
+    from ui.serving import ServePolicy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    (checked,) = ServePolicy(public=True).checked({"lora": ["owner/name/x.safetensors:0.5"]})["lora"]
+    assert checked == "hub:owner/name/x.safetensors:0.5"
+    assert lora_location(LoraSpec.parse(checked)) == ("hub", "owner/name", {"weight_name": "x.safetensors"})
+    assert lora_location(LoraSpec.parse("owner/name"))[0] == "folder"  # on this machine (loopback) a folder is a folder

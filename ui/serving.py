@@ -9,7 +9,9 @@ exists, so the field cannot be used to probe the server's file system.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -78,11 +80,97 @@ class ServePolicy:
         return None
 
     def checked(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Form values with the `model` field passed through `check_model`."""
+        """Form values with the `model` field passed through `check_model` and every other value that names a
+        file, folder or Hub id (`location_options`) through `check_location`."""
         values = dict(values)
         if "model" in values:
             values["model"] = self.check_model(values["model"])
+        if self.public:
+            for name, option in location_options().items():
+                if name != "model" and values.get(name) not in (None, "", []):
+                    values[name] = self.check_location(option, values[name])
         return values
+
+    def check_location(self, option, value: Any) -> Any:
+        """`value` of an option naming a file, folder or Hub id, as this server allows it: a Hub id (where the
+        option takes one; `hub:` marks it as one for the loaders that read the mark), a plain name (a built-in
+        one such as `random`), or a path under the model roots; any other path is refused in one sentence that
+        is the same whether or not it exists. A list (a repeatable option) is checked item by item."""
+        if isinstance(value, (list, tuple)):
+            return [self.check_location(option, item) for item in value]
+        text = str(value).strip()
+        if option.kind == "per_item":  # KIND=SPEC
+            key, sep, spec = text.partition("=")
+            return f"{key}{sep}{self._location(option, spec, text)}" if sep else self._location(option, text, text)
+        for mark in (":", "@"):  # SPEC:SCALE, FILE@FRAME
+            head, sep, tail = text.rpartition(mark)
+            if sep and head and _is_number(tail):
+                return f"{self._location(option, head, text)}{mark}{tail}"
+        return self._location(option, text, text)
+
+    def _location(self, option, spec: str, shown: str) -> str:
+        spec = spec.strip()
+        writes = option_writes(option)
+        if not writes:
+            under_root = self._under_a_root(spec)
+            if under_root is not None:
+                return under_root
+            if option_takes_hub_ids(option) and PLAIN_NAME.fullmatch(spec) and ".." not in spec:
+                return spec  # a built-in or shipped name (random, shapes, a -lora asset), never a path here
+            hub_id = spec[len(HUB_PREFIX) :] if spec.startswith(HUB_PREFIX) else spec
+            if option_takes_hub_ids(option) and HUB_PATH.fullmatch(hub_id) and ".." not in hub_id and "--" not in hub_id:
+                return HUB_PREFIX + hub_id if option.name in HUB_MARKED else hub_id
+        raise self.location_refusal(option, shown)
+
+    def location_refusal(self, option, text: str) -> ConfigError:
+        name = option.name
+        if option_writes(option):
+            return ConfigError(f"{name} cannot be set on this server: it would write a file on the server")
+        where = " or a path under the server's model folders" if self.model_roots else ""
+        ways = (["a Hub id (owner/name[/file])"] if option_takes_hub_ids(option) else []) + (["a path under the server's model folders"] if self.model_roots else [])
+        allowed = f"use {' or '.join(ways)}" if ways else "it takes no path on this server"
+        return ConfigError(f"{name} {text[:80]!r} is not allowed on this server: {allowed}")
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")  # a name with no folder in it
+HUB_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9_.-]+)*")  # owner/name[/file in the repo]
+HUB_MARKED = ("lora",)  # options whose loaders read `hub:ID` as a Hub id only (editing.lora.lora_location); the model's is check_model's
+UPLOADED = ("image",)  # file kinds the forms take as uploads (ui.widgets.option_widget), never as paths
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def option_writes(option) -> bool:
+    """Whether the option names a file the edit writes (its help says so)."""
+    return option.help.lower().startswith(("write", "output"))
+
+
+def option_takes_hub_ids(option) -> bool:
+    """Whether the option takes a Hub id: its help says so, or its metavar is a SPEC (Hub id, folder or file)."""
+    return "hub id" in option.help.lower() or "SPEC" in (option.metavar or "")
+
+
+@functools.lru_cache(maxsize=1)
+def location_options() -> dict[str, Any]:
+    """The request schema's options (edit and tune) whose value names a file, folder or Hub id, read from the
+    schema: a file kind the forms do not take as an upload, a metavar naming a SPEC, FILE, PATH, DIR or VIDEO,
+    or help saying it takes a Hub id or a folder."""
+    from editing import requests
+
+    found = {}
+    for command in ("edit", "tune"):
+        for option in requests.options(command):
+            metavar, text = option.metavar or "", option.help.lower()
+            names_one = option.file is not None or any(word in metavar for word in ("SPEC", "FILE", "PATH", "DIR", "VIDEO")) or "hub id" in text or "folder" in text
+            if names_one and option.file not in UPLOADED:
+                found[option.name] = option
+    return found
 
 
 LOCAL = ServePolicy()
