@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .attention.modes import attention_mode_names
 from .compat import keyframes_by_default
-from .control.kinds import condition_kind_names
+from .condition_kinds import condition_kind_names
 from .errors import ConfigError
 from .samplers import DEFAULT_SAMPLER, sampler_names
 from .stepcache import parse_step_caches, step_cache_help

@@ -35,6 +35,7 @@ from .windows import edit_context
 
 if TYPE_CHECKING:
     from .keyframes import Keyframes
+    from .requests import EditRequest
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,9 @@ class EditParts:
     held: object = None  # editing.region.HeldRegion: the region an edit may change, the rest held to the source
 
     @classmethod
-    def of(cls, request) -> "EditParts":
-        masking = getattr(request, "masking", None)
-        masking = masking if masking is not None and masking.given else None
-        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection, getattr(request, "decode_frames", None), masking)
+    def of(cls, request: EditRequest) -> "EditParts":
+        masking = request.masking if request.masking.given else None
+        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection, request.decode_frames, masking)
 
 
 def edit_frames(
@@ -416,7 +416,7 @@ def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, prog
     # one frame (e.g. the only keyframe) has no neighbour to fuse with
     smooth_flow, smooth_pixel = (engine.smooth_flow, engine.smooth_pixel) if len(frames) > 1 else (False, False)
     if smooth_flow or smooth_pixel:
-        from .temporal import source_flows
+        from .flows import source_flows
 
         flows = source_flows(frames)
     if smooth_flow:

@@ -352,7 +352,7 @@ def _reconstruction_values(request: EditRequest, source: np.ndarray, reconstruct
 
 def _temporal_values(source: np.ndarray, output: np.ndarray) -> tuple[list[float], dict]:
     """Per-pair warp errors of the output, and the mean for the output and for the source itself."""
-    from .temporal import source_flows
+    from .flows import source_flows
 
     flows = source_flows(source)
     errors = metrics.warp_errors(source, output, flows)

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import torch
 
+from .flows import Flows, source_flows
 from .frames import check_frames
-from .temporal import Flows, source_flows, warp
+from .temporal import warp
 
 if TYPE_CHECKING:
     from .clip_score import ClipScorer
@@ -41,7 +42,7 @@ def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
 def warp_errors(source_frames: np.ndarray, output_frames: np.ndarray, flows: Flows | None = None) -> np.ndarray:
     """Per frame pair t -> t+1: mean |warp(output_t) - output_{t+1}| over pixels the SOURCE flow tracks reliably.
 
-    The flow is the source clip's (DIS, `temporal.source_flows`), resized to the output if needed;
+    The flow is the source clip's (DIS, `flows.source_flows`), resized to the output if needed;
     occluded pixels fail its forward-backward check and are left out. Returns N-1 values in 8-bit
     levels (NaN for a pair with no trackable pixel): index t is the pair (t, t+1), ready to plot.
     """

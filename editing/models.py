@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .condition_kinds import get_condition_kind
 from .errors import ModelLoadError
 from .samplers import DEFAULT_SAMPLER, make_scheduler
 
@@ -594,8 +595,6 @@ def clear_cache() -> None:
 def default_controlnet(kind: str, backbone: Backbone) -> str:
     """The ControlNet for a condition kind: the backbone's own, a random one for built-in backbones, or the
     kind's registered default for the backbone's family (SD-1.5 ControlNet 1.1 for SD-1.x)."""
-    from .control.kinds import get_condition_kind
-
     if kind in backbone.extras.get("controlnets", {}):
         return backbone.extras["controlnets"][kind]
     registered = get_condition_kind(kind)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from editing.attention.flow import token_links, trajectory_attention, trajectory_index
-from editing.temporal import source_flows
+from editing.flows import source_flows
 
 
 def _moving_square(frames=3, size=64, step=8):

@@ -87,7 +87,7 @@ def test_every_n_keyframes_also_start_at_a_cut_and_count_on_from_it():
 
 
 def test_colour_match_trusts_a_hop_only_between_like_colours_inside_the_frame():
-    from editing.temporal import colour_match
+    from editing.flows import colour_match
 
     source = np.zeros((8, 8, 3), np.uint8)
     source[:, 4:] = 200  # left half black, right half light
@@ -106,7 +106,7 @@ def test_a_hop_failing_the_flow_check_is_trusted_only_where_the_source_colours_a
     matches the colour its flow points at within MATCH_LEVELS; those extra pixels are a real share."""
     from editing.config import FrameSelection
     from editing.keyframes import MATCH_LEVELS
-    from editing.temporal import colour_match, source_flows
+    from editing.flows import colour_match, source_flows
     from editing.video_io import read_clip
 
     clip = read_clip(ROOT / "assets" / "man-skiing.mp4", FrameSelection(max_frames=4, size=128)).frames

@@ -13,6 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from editing.clip_score import load_clip
 from editing.config import FrameSelection
 from editing.errors import ModelLoadError
+from editing.flows import Flows, source_flows
 from editing.metrics import (
     clip_scores,
     frame_accuracy,
@@ -25,7 +26,6 @@ from editing.metrics import (
     text_score,
     warp_errors,
 )
-from editing.temporal import Flows, source_flows
 from editing.video_io import read_clip
 
 SHIFT = (3, -2)  # the camera pans: each frame's window moves 3 px right and 2 px up

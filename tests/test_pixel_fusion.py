@@ -12,7 +12,8 @@ import torch
 from editing.config import EditConfig, EngineConfig, FrameSelection
 from editing.core import EditParts, edit_frames
 from editing.errors import ConfigError
-from editing.temporal import PixelFusion, fuse_frames, make_pixel_fusion_callback, source_flows, split_step, step_alphas, vae_codec
+from editing.flows import source_flows
+from editing.temporal import PixelFusion, fuse_frames, make_pixel_fusion_callback, split_step, step_alphas, vae_codec
 from shapes_world.world import occlusion_clip
 
 

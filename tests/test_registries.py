@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from editing.attention.modes import AttentionMode, attention_mode_names, register_attention_mode, unregister_attention_mode
+from editing.condition_kinds import condition_kind, condition_kind_names, unregister_condition_kind
 from editing.config import ControlSpec, EngineConfig
-from editing.control.kinds import condition_kind, condition_kind_names, unregister_condition_kind
 from editing.errors import ConfigError
 from editing.pipeline import edit_video
 from editing.sampling import plan_frames

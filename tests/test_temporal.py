@@ -9,15 +9,8 @@ import torch
 
 from editing.config import FrameSelection
 from editing.errors import ConfigError
-from editing.temporal import (
-    FlowFusion,
-    Flows,
-    make_flow_fusion_callback,
-    match_colors,
-    resize_flow,
-    source_flows,
-    warp,
-)
+from editing.flows import Flows, resize_flow, source_flows
+from editing.temporal import FlowFusion, make_flow_fusion_callback, match_colors, warp
 from editing.video_io import read_clip
 
 
@@ -249,9 +242,9 @@ def test_match_colors_uses_the_chosen_reference(car_pair):
 
 
 def test_small_frames_get_their_flow_from_enlarged_copies_and_it_is_closer_to_the_true_motion(car_pair, monkeypatch):
-    import editing.temporal as temporal
+    import editing.flows as flows_module
 
-    assert temporal.flow_upscale(64, 96) == 4 and temporal.flow_upscale(256, 480) == 1 and temporal.flow_upscale(100, 100) == 3
+    assert flows_module.flow_upscale(64, 96) == 4 and flows_module.flow_upscale(256, 480) == 1 and flows_module.flow_upscale(100, 100) == 3
     small = cv2.resize(car_pair[0], (80, 80), interpolation=cv2.INTER_AREA)
     dx, dy = 2, 1
     previous, current = small[8:72, 8:72], small[8 - dy : 72 - dy, 8 - dx : 72 - dx]  # current(x) = previous(x - d)
@@ -263,7 +256,7 @@ def test_small_frames_get_their_flow_from_enlarged_copies_and_it_is_closer_to_th
 
     enlarged = source_flows(pair)
     assert enlarged.backward.shape == (1, 64, 64, 2)  # in the frames' own pixels
-    monkeypatch.setattr(temporal, "FLOW_MIN_SIDE", 1)  # DIS on the 64 px frames themselves
+    monkeypatch.setattr(flows_module, "FLOW_MIN_SIDE", 1)  # DIS on the 64 px frames themselves
     native = source_flows(pair)
     assert error(enlarged) < error(native)
     assert error(enlarged) < 0.5
@@ -272,7 +265,7 @@ def test_small_frames_get_their_flow_from_enlarged_copies_and_it_is_closer_to_th
 def test_dense_flow_on_enlarged_frames_follows_a_textured_clip_closer_than_the_preset(monkeypatch):
     """The source's own frame 0, carried along the chained flow of a striped shapes clip (64 px, so enlarged
     for DIS), misses the clip's true motion less with a patch at every pixel and less smoothing."""
-    import editing.temporal as temporal
+    import editing.flows as flows_module
     from editing import keyframes as kf
     from shapes_world import benchmark as bench
 
@@ -287,14 +280,14 @@ def test_dense_flow_on_enlarged_frames_follows_a_textured_clip_closer_than_the_p
     clips = [bench.benchmark_clip(i) for i in (4, 8)]
     assert {bench.clip_kind(i) for i in (4, 8)} == {"textured"}
     dense = [propagated_error(clip) for clip in clips]
-    monkeypatch.setattr(temporal, "ENLARGED_PATCH_STRIDE", 3)  # the medium preset's own
-    monkeypatch.setattr(temporal, "ENLARGED_SMOOTHNESS", 20.0)
+    monkeypatch.setattr(flows_module, "ENLARGED_PATCH_STRIDE", 3)  # the medium preset's own
+    monkeypatch.setattr(flows_module, "ENLARGED_SMOOTHNESS", 20.0)
     preset = [propagated_error(clip) for clip in clips]
     assert all(d < p for d, p in zip(dense, preset)), (dense, preset)
 
 
 def test_pick_per_pixel_takes_the_candidate_that_explains_each_pixel():
-    from editing.temporal import pick_per_pixel
+    from editing.flows import pick_per_pixel
 
     other = np.zeros((12, 12, 3), np.uint8)
     other[:, 6:] = 255

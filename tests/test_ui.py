@@ -842,7 +842,7 @@ def test_a_runs_warnings_are_shown_as_warnings_and_details_name_the_controlnet(c
 
 def test_details_name_the_controlnet_each_model_runs(car, tmp_path):
     """Without loading anything: the shapes folder's own ControlNet, SD-1.5's registered default, a named one."""
-    from editing.control.kinds import get_condition_kind
+    from editing.condition_kinds import get_condition_kind
     from editing.models import DEFAULT_MODEL
     from ui.details import controlnet_names
     from ui.forms import make_request

@@ -14,7 +14,7 @@ from editing.requests import EditRequest
 def controlnet_names(request: EditRequest) -> dict[str, str]:
     """The ControlNet each ticked condition kind ran with (the one named for it, the model folder's own,
     `random` for a built-in random model, else the kind's default for SD-1.x), as a Hub id or a file name."""
-    from editing.control.kinds import get_condition_kind
+    from editing.condition_kinds import get_condition_kind
     from editing.models import ModelSpec, read_manifest
 
     if not request.engine.controls:

@@ -14,7 +14,7 @@ import gradio as gr
 from editing.requests import DEFAULT_ATTENTION
 from editing.attention.modes import attention_mode_names
 from editing.config import DEFAULT_KEYFRAMES, INVERSIONS, PROMPT_EDITS
-from editing.control.kinds import condition_kind_names
+from editing.condition_kinds import condition_kind_names
 from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, SHAPES_MODEL, native_size
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..flows import source_flows
 from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, attention_processors
 
@@ -73,7 +74,7 @@ def trajectory_index(links: np.ndarray, frame_ids: Sequence[int]) -> torch.Tenso
 class Trajectories:
     """The clip's token links at each latent resolution (computed once per edit, on first use)."""
 
-    flows: object  # editing.temporal.Flows of the source frames
+    flows: object  # editing.flows.Flows of the source frames
     latent_height: int
     latent_width: int
     _links: dict[int, tuple[int, int, np.ndarray]] = field(default_factory=dict)
@@ -153,8 +154,6 @@ class FlowControl(AttentionControl):
 
 
 def make_flow_control(frames: np.ndarray, latent_height: int, latent_width: int) -> FlowControl:
-    from ..temporal import source_flows
-
     return FlowControl(Trajectories(source_flows(frames), latent_height, latent_width))
 
 

@@ -1,8 +1,8 @@
-"""ControlNet conditions: kinds (editing.control.kinds, the registry), extractors (canny, pose, depth,
+"""ControlNet conditions: kinds (editing.condition_kinds, the registry), extractors (canny, pose, depth,
 softedge) and a user's condition video. Importing this package loads no extractor; its functions are
 imported on first use."""
 
-from .kinds import CONDITION_KINDS, ConditionKind, condition_kind, condition_kind_names, get_condition_kind, register_condition_kind
+from ..condition_kinds import CONDITION_KINDS, ConditionKind, condition_kind, condition_kind_names, get_condition_kind, register_condition_kind
 
 _LAZY = ("condition_cache_key", "conditions_from_video", "extract_conditions", "register_extractor")
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import FrameSelection, VideoLimits
 from ..errors import ConfigError, ModelLoadError, VideoError
-from .kinds import condition_kind, get_condition_kind
+from ..condition_kinds import condition_kind, get_condition_kind
 from ..models import is_offline_error
 from ..frames import check_frames
 from ..video_io import read_clip, resize_frames
@@ -56,7 +56,7 @@ NUM_BLAZEPOSE_LANDMARKS = 33
 
 
 def register_extractor(name: str, controlnets: dict[str, str] | None = None) -> Callable[[Extractor], Extractor]:
-    """Register the decorated extractor as the condition kind `name` (see editing.control.kinds)."""
+    """Register the decorated extractor as the condition kind `name` (see editing.condition_kinds)."""
     return condition_kind(name, controlnets)
 
 

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 # extractor(frames (N, H, W, 3) uint8 RGB, **options) -> condition images of the same shape and dtype
 Extractor = Callable[..., Any]
