@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -190,3 +193,19 @@ def test_words_mask_finds_the_named_object_with_shapes(clip):
     assert np.mean([mask_iou(a, b) for a, b in zip(masks, clip.masks[:4, 0])]) >= 0.7
     with pytest.raises(ConfigError, match="words needs the model"):
         clip_masks(MaskInputs(clip.frames[:2], config))
+
+
+def test_region_tab_tracks_a_drawing_and_removes(tmp_path, tiny, clip):
+    from ui.backend import Backend
+    from ui.region_tab import make_handlers
+
+    video = write_lossless(tmp_path / "clip.mp4", clip.frames[:4])
+    layer = np.zeros((*clip.frames.shape[1:3], 4), np.uint8)
+    layer[clip.masks[0, 0]] = (255, 40, 200, 255)  # painted over the first object on frame 0
+    drawing = {"background": clip.frames[0], "layers": [layer], "composite": clip.frames[0]}
+    track, _, remove = make_handlers(Backend(output_root=tmp_path / "outputs"))
+    overlay = track(str(video), drawing, None, "tiny", 0, 0)
+    assert overlay.endswith(".mp4") and (tmp_path / "outputs") in Path(overlay).parents
+    values = {"video": str(video), "drawing": drawing, "upload": None, "model": "tiny", "prompt": "a blue background", "grow": 0, "feather": 0, "token": None}
+    shown, details = asyncio.run(remove(**values, progress=None))
+    assert Path(shown).exists() and details["frames"] == 4

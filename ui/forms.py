@@ -25,7 +25,7 @@ from editing.requests import EditRequest
 log = logging.getLogger(__name__)
 
 # Options the app never takes from a form: files and places are the app's business.
-RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "reference_adapter", "keyframe_image"})  # keyframe_image: the Edit tab's own upload
+RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "reference_adapter", "keyframe_image", "mask_preview", "mask_model", "inpaint_model"})  # keyframe_image: the Edit tab's own upload; the mask preview is the Region tab's
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 

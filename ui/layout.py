@@ -6,7 +6,7 @@ import gradio as gr
 
 from editing.models import DEFAULT_MODEL
 
-from . import edit_tab, oneshot_tab, session_tab
+from . import edit_tab, oneshot_tab, region_tab, session_tab
 from .api_checks import CheckedBlocks
 from .backend import Backend, EditFn
 from .serving import LOCAL, ServePolicy
@@ -32,6 +32,8 @@ def build_demo(
             gr.Markdown(f"**{notice}**", elem_id="startup-notice")
         with gr.Tab("Edit"):
             edit_tab.create_tab(backend, default_model)
+        with gr.Tab("Region"):
+            region_tab.create_tab(backend, default_model)
         with gr.Tab("Style sessions"):
             session_tab.create_tab(backend, default_model)
         with gr.Tab("One-shot tuning"):

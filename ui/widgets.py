@@ -210,6 +210,8 @@ def option_widget(option) -> gr.components.Component:
     an API parameter even before the form lays out a widget for it; a file option gets an upload."""
     if option.file == "image":
         return gr.Image(label=option.name, type="filepath", sources=["upload"], visible=False)
+    if option.file is not None:  # another kind of file (a mask): an upload too, never a path
+        return gr.File(label=option.name, type="filepath", visible=False)
     choices = option.choice_values()
     if option.repeat:
         return gr.JSON(list(option.default), label=option.name, visible=False)

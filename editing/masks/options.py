@@ -22,7 +22,7 @@ class MaskConfig:
 
     mask: str | None = field(
         default=None,
-        metadata={"help": "mask of the region (white = inside): a mask video with the clip's frames, or an image of one frame as IMAGE@FRAME, tracked through the clip", "metavar": "FILE[@FRAME]", "file": "mask"},
+        metadata={"help": "mask of the region (white = inside): a mask video with the clip's frames, or an image of one frame (IMAGE@FRAME; IMAGE alone: frame 0) tracked through the clip", "metavar": "FILE[@FRAME]", "file": "mask"},
     )
     mask_words: str | None = field(default=None, metadata={"help": "words naming the region (e.g. 'red star'): the model's cross-attention of them on the source, thresholded and steadied over time", "metavar": "WORDS"})
     mask_track: str = field(default="flow", metadata={"help": "how a one-frame mask (IMAGE@FRAME) follows the clip: flow (the source's optical flow, offline) or sam2 (SAM 2 video model)", "choices": TRACKERS})
@@ -64,10 +64,13 @@ class MaskConfig:
         return self.mask_track if parse_mask_file(self.mask)[1] is not None else "video"
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
 def parse_mask_file(text: str) -> tuple[str, int | None]:
-    """`FILE` (a mask video) or `IMAGE@FRAME` (one frame's mask): (path, frame or None)."""
+    """`FILE` (a mask video), `IMAGE@FRAME` (one frame's mask) or `IMAGE` (frame 0's): (path, frame or None)."""
     path, sep, tail = text.strip().rpartition("@")
     if sep and tail.strip().isdigit() and path.strip():
         return path.strip(), int(tail)
     _check(not (sep and tail.strip().lstrip("-").isdigit()), f"mask frame must be a frame number >= 0, got {tail.strip()!r}")
-    return text.strip(), None
+    return text.strip(), 0 if text.strip().lower().endswith(IMAGE_SUFFIXES) else None
