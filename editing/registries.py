@@ -59,6 +59,13 @@ REGISTRIES: tuple[Registry, ...] = (
         "--control KIND",
     ),
     Registry(
+        "mask sources",
+        "editing.masks:mask_source_names",
+        "editing.masks:MASK_SOURCES",
+        "editing.masks.register_mask_source(MaskSource(...))",
+        "--mask FILE (video), --mask IMAGE@FRAME with --mask-track flow|sam2, --mask-words",
+    ),
+    Registry(
         "styles", "editing.sessions:PRESETS", "editing.sessions:PRESETS", "an entry of editing.sessions.PRESETS (name -> prompt)", "the Style sessions tab"
     ),
 )
