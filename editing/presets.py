@@ -56,7 +56,7 @@ class Preset:
         """The option values this preset sets, with the `random` LoRA for the built-in random models, or a
         model's `own_lora` folder (the shapes model's, see shapes_lora) with the model's own autoencoder."""
         lora = own_lora or ("random" if random_weights else self.lora)
-        motion = ("random" if random_weights else self.motion_adapter) or None
+        motion = ("random" if random_weights else self.motion_adapter) if self.motion_adapter else None  # only presets with a motion module
         return dict(
             lora=[f"{lora}:{self.lora_scale:g}"] if self.lora else [],
             lora_fuse=bool(self.lora),
