@@ -27,7 +27,9 @@ SHAPES_MOTION = "shapes"
 SHAPES_MOTION_DIR = Path(__file__).resolve().parent / "assets" / "shapes-motion"  # made by shapes_world/train_motion.py
 RANDOM_MOTION = "random"
 TEMPORAL_LAYERS = "motion_modules"  # the part of an attention layer's name that marks a motion module's
-MOTION_OFFLINE_ALTERNATIVES = "a local MotionAdapter folder or .safetensors file, 'shapes' with the shapes model, or 'random' to test the code"
+MOTION_OFFLINE_ALTERNATIVES = (
+    "a local MotionAdapter folder or .safetensors file, 'shapes' with the shapes model, or 'random' to test the code"
+)
 MOTION_HELP = (
     "AnimateDiff motion module: Hub id (owner/name, or owner/name/FILE.safetensors such as AnimateDiff-Lightning's), "
     "local MotionAdapter folder or .safetensors file, shapes (trained here for the shapes model) or random (to test code)"
@@ -45,7 +47,7 @@ class MotionSpec:
     filename: str | None = None  # hub-file: the file in the repository
 
     @classmethod
-    def parse(cls, text: str) -> "MotionSpec":
+    def parse(cls, text: str) -> MotionSpec:
         """Tell the named modules, a local folder or file and a Hub id (or Hub file) apart."""
         from .models import HUB_ID, HUB_PREFIX
 
@@ -61,16 +63,26 @@ class MotionSpec:
             return cls("folder", str(path.resolve()))
         if not hub and path.is_file():
             if path.suffix not in ADAPTER_FILE_SUFFIXES:
-                raise ConfigError(f"motion_adapter {path.name} must be a .safetensors file (a pickle checkpoint can run code when loaded)")
+                raise ConfigError(
+                    f"motion_adapter {path.name} must be a .safetensors file (a pickle checkpoint can run code when loaded)"
+                )
             return cls("file", str(path.resolve()))
         if not hub and (text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 2)):
             raise ConfigError(f"motion_adapter {text} does not exist")
         parts = text.split("/")
         if len(parts) == 2 and HUB_ID.fullmatch(text) and ".." not in text:
             return cls("hub", text)
-        if len(parts) == 3 and HUB_ID.fullmatch("/".join(parts[:2])) and parts[2].endswith(ADAPTER_FILE_SUFFIXES) and ".." not in text:
+        if (
+            len(parts) == 3
+            and HUB_ID.fullmatch("/".join(parts[:2]))
+            and parts[2].endswith(ADAPTER_FILE_SUFFIXES)
+            and ".." not in text
+        ):
             return cls("hub-file", "/".join(parts[:2]), parts[2])
-        raise ConfigError(f"motion_adapter '{text}' is not a Hub id (owner/name[/FILE.safetensors]), a local folder or .safetensors file, shapes or random")
+        raise ConfigError(
+            f"motion_adapter '{text}' is not a Hub id (owner/name[/FILE.safetensors]), "
+            "a local folder or .safetensors file, shapes or random"
+        )
 
     def __str__(self) -> str:
         return f"{self.source}/{self.filename}" if self.filename else self.source
@@ -125,7 +137,7 @@ def load_motion_adapter(spec: MotionSpec, unet_config, backbone_name: str = ""):
     """The MotionAdapter a spec names (fp32, on the CPU), refused in one sentence when it does not fit."""
     from diffusers import MotionAdapter
 
-    from .models import ModelSpec, SHAPES_MODEL, SHAPES_MODEL_DIR, _load_from
+    from .models import SHAPES_MODEL, SHAPES_MODEL_DIR, ModelSpec, _load_from
 
     where = ModelSpec("hub" if spec.kind.startswith("hub") else "folder", str(spec))
     if spec.kind == RANDOM_MOTION:
@@ -134,16 +146,29 @@ def load_motion_adapter(spec: MotionSpec, unet_config, backbone_name: str = ""):
         if backbone_name not in (SHAPES_MODEL, str(SHAPES_MODEL_DIR)):
             raise ConfigError("motion_adapter shapes was trained for the shapes model; use it with --model shapes")
         if not (SHAPES_MOTION_DIR / "config.json").is_file():
-            raise ModelLoadError(f"the shapes motion module is missing from {SHAPES_MOTION_DIR} (made by shapes_world/train_motion.py)")
-        adapter = _load_from(where, "motion adapter", lambda: MotionAdapter.from_pretrained(SHAPES_MOTION_DIR, torch_dtype=torch.float32))
+            raise ModelLoadError(
+                f"the shapes motion module is missing from {SHAPES_MOTION_DIR} (made by shapes_world/train_motion.py)"
+            )
+        adapter = _load_from(
+            where, "motion adapter", lambda: MotionAdapter.from_pretrained(SHAPES_MOTION_DIR, torch_dtype=torch.float32)
+        )
     elif spec.kind == "folder":
         if not (Path(spec.source) / "config.json").is_file():
             raise ModelLoadError(f"motion_adapter folder {spec.source} has no config.json: it is not a MotionAdapter folder")
-        adapter = _load_from(where, "motion adapter", lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32))
+        adapter = _load_from(
+            where, "motion adapter", lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32)
+        )
     elif spec.kind == "file":
-        adapter = _load_from(where, "motion adapter", lambda: MotionAdapter.from_single_file(spec.source, torch_dtype=torch.float32))
+        adapter = _load_from(
+            where, "motion adapter", lambda: MotionAdapter.from_single_file(spec.source, torch_dtype=torch.float32)
+        )
     elif spec.kind == "hub":
-        adapter = _load_from(where, "motion adapter", lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32), MOTION_OFFLINE_ALTERNATIVES)
+        adapter = _load_from(
+            where,
+            "motion adapter",
+            lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32),
+            MOTION_OFFLINE_ALTERNATIVES,
+        )
     else:
         adapter = _load_from(where, "motion adapter", lambda: _hub_file_adapter(spec), MOTION_OFFLINE_ALTERNATIVES)
     check_fits(adapter, unet_config, str(spec))
@@ -171,7 +196,9 @@ def check_fits(adapter, unet_config, name: str) -> None:
     theirs, ours = tuple(adapter.config.block_out_channels), tuple(unet_config["block_out_channels"])
     layers = adapter.config.motion_layers_per_block
     if theirs != ours or layers != unet_config["layers_per_block"]:
-        raise ConfigError(f"motion_adapter {name} was made for a UNet with channels {list(theirs)}, but the model's are {list(ours)}")
+        raise ConfigError(
+            f"motion_adapter {name} was made for a UNet with channels {list(theirs)}, but the model's are {list(ours)}"
+        )
 
 
 def inflate(unet, adapter):
@@ -203,18 +230,24 @@ def max_frames(unet) -> int:
     return int(unet.config.motion_max_seq_length)
 
 
-def run_unet(unet, sample: torch.Tensor, timestep, branches: int, encoder_hidden_states: torch.Tensor, added_cond_kwargs=None, **kwargs):
+def run_unet(
+    unet, sample: torch.Tensor, timestep, branches: int, encoder_hidden_states: torch.Tensor, added_cond_kwargs=None, **kwargs
+):
     """The UNet's prediction of a `(branches x frames, C, h, w)` batch, each branch a clip: a plain UNet
     takes it as it is; a motion UNet takes `(branches, C, frames, h, w)` (one text embedding per frame,
     one image embedding per branch, ControlNet residuals per frame) and gives the same layout back."""
     if not is_motion_unet(unet):
-        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, **kwargs).sample
+        return unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, **kwargs
+        ).sample
     rows, channels, height, width = sample.shape
     frames = rows // branches
     if frames > max_frames(unet):
         raise ConfigError(f"the motion module takes at most {max_frames(unet)} frames per window; use a shorter --context")
     clips = sample.view(branches, frames, channels, height, width).transpose(1, 2)
-    if added_cond_kwargs and "image_embeds" in added_cond_kwargs:  # the motion UNet repeats each branch's image embedding per frame
+    if (
+        added_cond_kwargs and "image_embeds" in added_cond_kwargs
+    ):  # the motion UNet repeats each branch's image embedding per frame
         added_cond_kwargs = {**added_cond_kwargs, "image_embeds": [e[::frames] for e in added_cond_kwargs["image_embeds"]]}
     out = unet(clips, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, **kwargs).sample
     return out.transpose(1, 2).reshape(rows, -1, height, width)

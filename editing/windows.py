@@ -22,8 +22,9 @@ from .errors import ConfigError
 SCHEDULES = ("uniform", "static")
 DEFAULT_MOTION_CONTEXT = "16:4:uniform"
 CONTEXT_HELP = (
-    "context windows LENGTH[:OVERLAP[:SCHEDULE]] (schedule uniform or static): each step denoises overlapping windows of LENGTH frames "
-    f"and blends the overlaps with a pyramid weight (FreeNoise); 'off' = chunks sharing anchor frames (default: {DEFAULT_MOTION_CONTEXT} with --motion-adapter, off without)"
+    "context windows LENGTH[:OVERLAP[:SCHEDULE]] (schedule uniform or static): each step denoises overlapping "
+    "windows of LENGTH frames and blends the overlaps with a pyramid weight (FreeNoise); 'off' = chunks sharing "
+    f"anchor frames (default: {DEFAULT_MOTION_CONTEXT} with --motion-adapter, off without)"
 )
 
 
@@ -44,7 +45,7 @@ class ContextWindows:
             raise ConfigError(f"context schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
 
     @classmethod
-    def parse(cls, text: str | None) -> "ContextWindows | None":
+    def parse(cls, text: str | None) -> ContextWindows | None:
         """`LENGTH[:OVERLAP[:SCHEDULE]]`, or None for '' / 'off'; overlap defaults to a quarter of the length."""
         if text is None or str(text).strip().lower() in ("", "off"):
             return None
@@ -124,5 +125,8 @@ def edit_context(text: str | None, unet) -> ContextWindows | None:
     motion = is_motion_unet(unet)
     windows = resolve_context(text, motion)
     if motion and windows is not None and windows.length > max_frames(unet):
-        raise ConfigError(f"context length {windows.length} is longer than the motion module's {max_frames(unet)} frames; use --context {max_frames(unet)} or less")
+        raise ConfigError(
+            f"context length {windows.length} is longer than the motion module's {max_frames(unet)} frames; "
+            f"use --context {max_frames(unet)} or less"
+        )
     return windows

@@ -29,7 +29,7 @@ from editing.errors import EditingError
 from editing.motion import build_adapter
 
 from .train import StageState, load_checkpoint, load_components, save_checkpoint, tokenize
-from .world import random_clip, kind_clip
+from .world import kind_clip, random_clip
 
 log = logging.getLogger(__name__)
 CLIP_SEED_BASE = 10_000_000  # training clips' seeds start here; the benchmark's are BASE_SEED + index (1000 + a few)
@@ -161,7 +161,13 @@ def train(config: MotionTrainConfig, backbone: Path, out: Path, work: Path) -> d
         state.seconds += time.perf_counter() - began
         if state.step % config.checkpoint_every == 0:
             save_checkpoint(work, STAGE, {"motion": trained}, optimizer, state, ema)
-            log.info("motion step %d/%d loss %.5f (%.2f s/step)", state.step, config.motion_steps, np.mean(state.losses[-50:]), state.seconds / max(1, state.step))
+            log.info(
+                "motion step %d/%d loss %.5f (%.2f s/step)",
+                state.step,
+                config.motion_steps,
+                np.mean(state.losses[-50:]),
+                state.seconds / max(1, state.step),
+            )
     save_checkpoint(work, STAGE, {"motion": trained}, optimizer, state, ema)
     with torch.no_grad():
         torch._foreach_copy_(weights, ema)
@@ -213,7 +219,12 @@ def save_adapter(unet, out: Path, record: dict) -> None:
     adapter.mid_block.motion_modules.load_state_dict(unet.mid_block.motion_modules.state_dict())
     out.mkdir(parents=True, exist_ok=True)
     adapter.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    manifest = {"kind": "motion-adapter", "backbone": "shapes", "frames": record["config"]["frames"], "max_frames": record["config"]["max_frames"]}
+    manifest = {
+        "kind": "motion-adapter",
+        "backbone": "shapes",
+        "frames": record["config"]["frames"],
+        "max_frames": record["config"]["max_frames"],
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
 
