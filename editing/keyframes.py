@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -223,13 +224,24 @@ def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progres
             out[frame] = fused[frame].frame
             progress("propagate", done + 1, len(others))
     holes = [f for f in others if fused[f].unseen.any()]
-    if holes and parts.engine.keyframe_refine > 0:
+    rediffused = {f: made for f, made in ((f, _to_refine(fused[f], flows, f)) for f in holes) if made.unseen.any()}
+    if rediffused and parts.engine.keyframe_refine > 0:
         with stage("refine"):
-            refine(out, keyframes, {f: fused[f] for f in holes}, parts, backbone, progress)
+            refine(out, keyframes, rediffused, parts, backbone, progress)
     if holes:
         with stage("propagate"):
             carry_forward(out, {f: fused[f].unseen for f in holes}, flows)
     return out
+
+
+def _to_refine(made: Fused, flows: ClipFlows, frame: int) -> Fused:
+    """What of a fused frame is re-diffused: its unseen pixels, less those on a still background, which
+    keep their fill from that background (`editing.still.fill_still`). Re-diffused, they would take the
+    colour of the object that uncovered them: a latent pixel is 8 x 8 image pixels, and the object's own
+    pixels sit in the same ones."""
+    if flows.still is None:
+        return made
+    return dataclasses.replace(made, unseen=made.unseen & ~flows.still[frame])
 
 
 def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlows) -> None:

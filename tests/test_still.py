@@ -62,3 +62,20 @@ def test_a_recoloured_object_keeps_its_outline_and_leaves_no_trail():
     areas = coloured.reshape(len(output), -1).sum(1) / masks.reshape(len(output), -1).sum(1)
     assert np.abs(areas - 1).max() < 0.05, areas
     assert trail_pixels(coloured, masks) == 0
+
+
+def test_what_an_object_uncovers_on_a_still_background_is_filled_from_it_not_re_diffused():
+    """A recoloured object's uncovered background: every unseen pixel on the still background is filled
+    with that background's colour (not the object's), and only unseen pixels off it go to re-diffusion."""
+    from editing.keyframes import _to_refine
+
+    clip = recolour_clip(1101, frames=4)
+    edit = next(e for e in derive_edits(clip) if e.kind == "colour")
+    ideal = ideal_frames(clip, edit)
+    flows = clip_flows(clip.frames)
+    made = fuse_frame(3, Keyframes((0,), ideal[:1], flows=flows), flows)
+    filled = made.unseen & flows.still[3]
+    assert filled.sum() > 20  # the object moved at least 2 px a frame: it uncovered a band
+    background = np.asarray(PALETTE[clip.scene.background.colour], np.float32)
+    assert np.abs(made.frame[filled].astype(np.float32) - background).mean(-1).max() <= 8
+    assert not (_to_refine(made, flows, 3).unseen & flows.still[3]).any()
