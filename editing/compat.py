@@ -17,6 +17,7 @@ from typing import Any
 from .attention.modes import ATTENTION_MODES, AttentionMode
 from .errors import ConfigError
 from .samplers import SAMPLERS, Sampler
+from .stepcache import STEP_CACHES, parse_step_caches
 from .windows import ContextWindows
 
 # the controls a mode with its own attention control replaces (one control installs the processors)
@@ -89,6 +90,8 @@ def declaration(feature: str) -> Declaration:
         return mode_declaration(ATTENTION_MODES[name])
     if kind == "sampler" and name in SAMPLERS:
         return sampler_declaration(SAMPLERS[name])
+    if kind == "step-cache" and name in STEP_CACHES:  # a step cache declares its exclusions in its registration
+        return Declaration(feature, f"step_cache {name}", excludes=tuple(Rule(*rule) for rule in STEP_CACHES[name].excludes))
     return Declaration(feature, feature)
 
 
@@ -102,6 +105,7 @@ def features(engine=None, edit=None, attention_edit=None, tuned: str | None = No
         found.append(f"attention {engine.attention}")
         found += ["cross-frame"] * ATTENTION_MODES[engine.attention].cross_frame if engine.attention in ATTENTION_MODES else []
         found += ["smooth-flow"] * bool(engine.smooth_flow) + ["token-merge"] * bool(engine.token_merge)
+        found += [f"step-cache {spec.kind}" for spec in parse_step_caches(engine.step_cache)]
         found += ["context-windows"] * (ContextWindows.parse(engine.context) is not None)
         found.append("ddim-inversion" if engine.inversion == "ddim" else "sdedit")
     if attention_edit is not None:

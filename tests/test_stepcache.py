@@ -125,6 +125,12 @@ def test_step_cache_specs_are_parsed_and_refused_in_one_sentence():
     assert {"deepcache", "tome"} <= set(step_cache_names())
     with pytest.raises(ValueError, match="already registered"):
         register_step_cache(StepCacheKind("tome", "x:y", 0.5, lambda v: None))
+    from editing.requests import build_request
+
+    base = {"video": "v.mp4", "out": "o.mp4", "prompt": "x", "model": "tiny"}
+    assert build_request("edit", base | {"step_cache": "deepcache:3,tome:0.5"}).engine.step_cache == "deepcache:3,tome:0.5"
+    with pytest.raises(ConfigError, match="^step_cache deepcache cannot be combined with --motion-adapter"):  # declared in its registration (editing.compat)
+        build_request("edit", base | {"motion_adapter": "random", "step_cache": "deepcache:3"})
 
 
 def test_an_edit_with_a_step_cache_runs_end_to_end_and_inversion_ignores_it(tmp_path):

@@ -45,6 +45,7 @@ class StepCacheKind:
     default: float
     check: Callable[[float], str | None]  # a sentence saying what is wrong with a value, or None
     value: str = field(default="VALUE", compare=False)  # what the number is, for help texts
+    excludes: tuple[tuple[str, str], ...] = ()  # (feature, why) it cannot be combined with (editing.compat)
     help: str = field(default="", compare=False)
 
     def make(self, value: float) -> StepCache:
@@ -155,6 +156,7 @@ def _ratio(value: float) -> str | None:
 register_step_cache(
     StepCacheKind(
         "deepcache", "editing.stepcache.deepcache:make_deepcache", 3, _interval, "N",
+        excludes=(("motion-adapter", "its shallow path is the image UNet's, and a motion UNet's blocks hold temporal layers"),),
         help="DeepCache: the whole UNet every N steps, in between only its shallowest layers over the cached deep features",
     )
 )  # fmt: skip
