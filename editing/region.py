@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class HeldRegion:
 
     weights: np.ndarray
 
-    def subset(self, indices) -> "HeldRegion":
+    def subset(self, indices) -> HeldRegion:
         """The region of some frames of the clip (the keyframes)."""
         return HeldRegion(self.weights[list(indices)])
 
@@ -94,8 +94,12 @@ def masked_edit(frames: np.ndarray, parts, backbone, progress, timer):
     if not mask.weights.any():  # nothing may change: the source, exactly
         from .core import EditedFrames
 
-        return EditedFrames(frames[list(wanted)].copy(), warnings=("the mask is empty in every frame: the source is returned unchanged",))
-    edited = edit_frames(frames, dataclasses.replace(parts, masking=None, held=HeldRegion(mask.weights)), backbone, progress, timer)
+        return EditedFrames(
+            frames[list(wanted)].copy(), warnings=("the mask is empty in every frame: the source is returned unchanged",)
+        )
+    edited = edit_frames(
+        frames, dataclasses.replace(parts, masking=None, held=HeldRegion(mask.weights)), backbone, progress, timer
+    )
     out = composite(frames[list(wanted)], edited.frames, mask.weights[list(wanted)])
     return dataclasses.replace(edited, frames=out)
 

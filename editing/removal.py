@@ -91,7 +91,11 @@ class Filled:
 
     def counts(self, holes: np.ndarray) -> dict[str, int]:
         """Hole pixels filled from other frames and left to diffusion."""
-        return {"hole_pixels": int(holes.sum()), "from_frames": int((holes & ~self.unfilled).sum()), "diffused": int(self.unfilled.sum())}
+        return {
+            "hole_pixels": int(holes.sum()),
+            "from_frames": int((holes & ~self.unfilled).sum()),
+            "diffused": int(self.unfilled.sum()),
+        }
 
 
 def _shown(hole: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -131,7 +135,19 @@ def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None, todo: np
     def moves_like_background(s: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Whether the source's own flow at points of frame s agrees with the background's motion there."""
         flow, model = (flows.forward[s], ahead[s]) if s < count - 1 else (flows.backward[s - 1], behind[s])
-        own = np.stack([cv2.remap(flow[..., c], x[None].astype(np.float32), y[None].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0] for c in range(2)], -1)
+        own = np.stack(
+            [
+                cv2.remap(
+                    flow[..., c],
+                    x[None].astype(np.float32),
+                    y[None].astype(np.float32),
+                    cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE,
+                )[0]
+                for c in range(2)
+            ],
+            -1,
+        )
         return np.abs(own - motion_at(model, x, y)).max(-1) <= BACKGROUND_TOLERANCE
 
     for t in range(count):
@@ -154,7 +170,13 @@ def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None, todo: np
                 if hit.any():  # a filled hole pixel is background by now; elsewhere the source must move like the background
                     hit[hit] = _in(holes[s] & ~todo[s], x[hit], y[hit]) | moves_like_background(s, x[hit], y[hit])
                 if hit.any():
-                    sampled = cv2.remap(frames[s].astype(np.float32), x[hit][None].astype(np.float32), y[hit][None].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+                    sampled = cv2.remap(
+                        frames[s].astype(np.float32),
+                        x[hit][None].astype(np.float32),
+                        y[hit][None].astype(np.float32),
+                        cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE,
+                    )[0]
                     colour[hit] = sampled
                     distance[hit] = abs(s - t)
                     alive &= ~hit
@@ -201,8 +223,19 @@ def diffuse_blended(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, p
         progress("denoise", index + 1, len(timesteps))
 
     hold = hold_callback(region, backbone.vae_scale_factor, noised_states(noising, clean, noise, timesteps), report)
-    plan = sampling.plan_frames(len(clip), engine.chunk, engine.attention if engine.attention != "tokenflow" else "first", engine.window)
-    latents = sampling.denoise(backbone, scheduler, sampling.noise_to_timestep(noising, clean, noise, timesteps[0]), timesteps, sampling.Guidance(text, config.guidance), plan, hold, seed=config.seed)
+    plan = sampling.plan_frames(
+        len(clip), engine.chunk, engine.attention if engine.attention != "tokenflow" else "first", engine.window
+    )
+    latents = sampling.denoise(
+        backbone,
+        scheduler,
+        sampling.noise_to_timestep(noising, clean, noise, timesteps[0]),
+        timesteps,
+        sampling.Guidance(text, config.guidance),
+        plan,
+        hold,
+        seed=config.seed,
+    )
     decoded = sampling.decode_latents(backbone, latents, engine.chunk)
     out = frames.copy()
     for row, t in enumerate(todo):
@@ -215,11 +248,18 @@ def load_inpainting(spec: str, backbone):
     from diffusers import StableDiffusionInpaintPipeline
 
     try:
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(spec, torch_dtype=backbone.dtype, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            spec, torch_dtype=backbone.dtype, safety_checker=None, requires_safety_checker=False
+        )
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"inpaint_model {spec} cannot be loaded (no inpainting checkpoint there, and the Hugging Face Hub is not reachable to download it): leave --inpaint-model out to diffuse with the backbone") from exc
+        raise ConfigError(
+            f"inpaint_model {spec} cannot be loaded (no inpainting checkpoint there, and the Hugging Face Hub is "
+            f"not reachable to download it): leave --inpaint-model out to diffuse with the backbone"
+        ) from exc
     if pipe.unet.config.in_channels != 9:
-        raise ConfigError(f"inpaint_model {spec} has a UNet of {pipe.unet.config.in_channels} input channels, not an inpainting UNet's 9")
+        raise ConfigError(
+            f"inpaint_model {spec} has a UNet of {pipe.unet.config.in_channels} input channels, not an inpainting UNet's 9"
+        )
     return pipe.to(backbone.device)
 
 
@@ -236,7 +276,8 @@ def diffuse_inpainting(frames: np.ndarray, unfilled: np.ndarray, parts, backbone
         image = pipe(
             prompt=config.prompt, negative_prompt=config.negative_prompt or None, image=Image.fromarray(frames[t]),
             mask_image=Image.fromarray(unfilled[t].astype(np.uint8) * 255), height=height, width=width,
-            num_inference_steps=config.steps, guidance_scale=config.guidance, generator=torch.Generator("cpu").manual_seed(config.seed),
+            num_inference_steps=config.steps, guidance_scale=config.guidance,
+            generator=torch.Generator("cpu").manual_seed(config.seed),
         ).images[0]  # fmt: skip
         out[t][unfilled[t]] = np.asarray(image.convert("RGB"))[unfilled[t]]
         progress("denoise", done + 1, len(todo))
@@ -271,6 +312,12 @@ def remove_object(frames: np.ndarray, mask, parts, backbone, progress, timer):
             again = fill_from_frames(out, holes, flows, todo)
         out, todo = again.frames, again.unfilled
     counts["diffused_frames"] = sorted(made)
-    log.info("removal: %d hole pixels, %d filled from other frames, %d shown by no frame (made in frames %s)", counts["hole_pixels"], counts["from_frames"], counts["diffused"], made)
+    log.info(
+        "removal: %d hole pixels, %d filled from other frames, %d shown by no frame (made in frames %s)",
+        counts["hole_pixels"],
+        counts["from_frames"],
+        counts["diffused"],
+        made,
+    )
     wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
     return EditedFrames(out[list(wanted)], seconds=timer.seconds, removal=counts)

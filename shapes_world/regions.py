@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from shapes_world import judge as judging
-from shapes_world.benchmark import BASE_SEED, GUIDANCE, benchmark_clip, clip_kind, derive_edits, edit_accuracy, ideal_frames, mask_iou, true_warp_errors, write_lossless
+from shapes_world.benchmark import (
+    BASE_SEED,
+    GUIDANCE,
+    benchmark_clip,
+    clip_kind,
+    derive_edits,
+    edit_accuracy,
+    ideal_frames,
+    mask_iou,
+    true_warp_errors,
+    write_lossless,
+)
 from shapes_world.world import CLIP_KINDS, Clip, without_object
 
 GROW, FEATHER = 1, 2  # pixels a local edit's mask is grown and feathered by
@@ -63,13 +74,28 @@ def run_edit(clip: Clip, values: dict, backbone):
     from editing.core import EditParts, edit_frames
     from editing.requests import defaults, edit_request
 
-    request = edit_request(defaults("edit") | {"video": "clip.mp4", "out": "out.mp4", "model": "shapes", "size": 64, "frames": 0, "steps": values.pop("steps"), "guidance": GUIDANCE, "strength": 1.0} | values)
+    request = edit_request(
+        defaults("edit")
+        | {
+            "video": "clip.mp4",
+            "out": "out.mp4",
+            "model": "shapes",
+            "size": 64,
+            "frames": 0,
+            "steps": values.pop("steps"),
+            "guidance": GUIDANCE,
+            "strength": 1.0,
+        }
+        | values
+    )
     return edit_frames(clip.frames, EditParts.of(request), backbone)
 
 
 def found_share(frames: np.ndarray, obj) -> float:
     """Share of frames where the judge finds an object of the removed one's colour and shape."""
-    return float(np.mean([any(v.colour == obj.colour and v.shape == obj.shape for v in judging.judge(f).objects) for f in frames]))
+    return float(
+        np.mean([any(v.colour == obj.colour and v.shape == obj.shape for v in judging.judge(f).objects) for f in frames])
+    )
 
 
 def background_words(clip: Clip) -> str:
@@ -91,12 +117,15 @@ def local_rows(index: int, clip: Clip, sources, steps: int, backbone, work: Path
     for source in ("global", *sources):
         values = dict(base, steps=steps)
         if source != "global":
-            values |= mask_options(source, subject, work, f"clip{index}-local-{source}", clip.scene.objects[edit.subject].phrase().split(" ", 1)[1]) | {"region": True, "mask_grow": GROW, "mask_feather": FEATHER}
+            values |= mask_options(
+                source, subject, work, f"clip{index}-local-{source}", clip.scene.objects[edit.subject].phrase().split(" ", 1)[1]
+            ) | {"region": True, "mask_grow": GROW, "mask_feather": FEATHER}
         begin = time.perf_counter()
         out = run_edit(clip, values, backbone).frames
         warp = float(np.nanmean(true_warp_errors(out, clip.flow, clip.masks)))
         rows.append({
-            "kind": "local", "clip": index, "clip_kind": clip_kind(index), "source": source, "seconds": round(time.perf_counter() - begin, 2),
+            "kind": "local", "clip": index, "clip_kind": clip_kind(index), "source": source,
+            "seconds": round(time.perf_counter() - begin, 2),
             "edit_accuracy": edit_accuracy(out, clip.masks, edit),
             "psnr_outside_true_grown_mask": psnr(clip.frames[true_outside], out[true_outside]),
             "warp_error": warp, "ideal_warp_error": ideal_warp, "warp_ratio": warp / ideal_warp if ideal_warp else math.nan,
@@ -111,17 +140,26 @@ def remove_rows(index: int, clip: Clip, sources, steps: int, backbone, work: Pat
     truth = without_object(clip, removed)
     rows = []
     for source in sources:
-        values = mask_options(source, holes, work, f"clip{index}-remove-{source}", clip.scene.objects[removed].phrase().split(" ", 1)[1])
-        values |= {"remove": True, "prompt": background_words(clip), "steps": steps, "mask_grow": 0 if source == "given" else GROW}
+        values = mask_options(
+            source, holes, work, f"clip{index}-remove-{source}", clip.scene.objects[removed].phrase().split(" ", 1)[1]
+        )
+        values |= {
+            "remove": True,
+            "prompt": background_words(clip),
+            "steps": steps,
+            "mask_grow": 0 if source == "given" else GROW,
+        }
         begin = time.perf_counter()
         result = run_edit(clip, values, backbone)
         out, counts = result.frames, result.removal
         rows.append({
-            "kind": "remove", "clip": index, "clip_kind": clip_kind(index), "background": clip.scene.background.kind, "source": source,
+            "kind": "remove", "clip": index, "clip_kind": clip_kind(index), "background": clip.scene.background.kind,
+            "source": source,
             "seconds": round(time.perf_counter() - begin, 2),
             "psnr_in_hole": psnr(truth[holes], out[holes]), "psnr_outside_hole": psnr(clip.frames[~holes], out[~holes]),
             "found_share": found_share(out, clip.scene.objects[removed]),
-            "hole_pixels": counts["hole_pixels"], "from_frames": counts["from_frames"], "diffused": counts["diffused"], "diffused_frames": counts["diffused_frames"],
+            "hole_pixels": counts["hole_pixels"], "from_frames": counts["from_frames"], "diffused": counts["diffused"],
+            "diffused_frames": counts["diffused_frames"],
         })  # fmt: skip
     return rows
 
@@ -138,7 +176,16 @@ def tracking_rows(count: int) -> list[dict]:
         for obj in range(clip.masks.shape[1]):
             tracked = track_by_flow(clip.frames, clip.masks[0, obj], 0, flows)
             ious = [mask_iou(a, b) for a, b in zip(tracked, clip.masks[:, obj])]
-            rows.append({"kind": "track", "clip": index, "clip_kind": clip_kind(index), "object": obj, "iou": float(np.mean(ious)), "min_iou": float(np.min(ious))})
+            rows.append(
+                {
+                    "kind": "track",
+                    "clip": index,
+                    "clip_kind": clip_kind(index),
+                    "object": obj,
+                    "iou": float(np.mean(ious)),
+                    "min_iou": float(np.min(ious)),
+                }
+            )
     return rows
 
 
@@ -154,8 +201,13 @@ def summary(rows: list[dict]) -> dict:
     for row in rows:
         if row["kind"] == "track":
             out["track"].setdefault(row["clip_kind"], []).append(row["iou"])
-    out["track"] = {kind: {"iou": _mean(v), "objects": len(v)} for kind, v in out["track"].items()} | {"all": {"iou": _mean([r["iou"] for r in rows if r["kind"] == "track"])}}
-    for kind, keys in (("local", ("edit_accuracy", "psnr_outside_true_grown_mask", "warp_error", "ideal_warp_error", "warp_ratio")), ("remove", ("psnr_in_hole", "psnr_outside_hole", "found_share"))):
+    out["track"] = {kind: {"iou": _mean(v), "objects": len(v)} for kind, v in out["track"].items()} | {
+        "all": {"iou": _mean([r["iou"] for r in rows if r["kind"] == "track"])}
+    }
+    for kind, keys in (
+        ("local", ("edit_accuracy", "psnr_outside_true_grown_mask", "warp_error", "ideal_warp_error", "warp_ratio")),
+        ("remove", ("psnr_in_hole", "psnr_outside_hole", "found_share")),
+    ):
         chosen = [r for r in rows if r["kind"] == kind]
         for source in dict.fromkeys(r["source"] for r in chosen):
             for group in ("all", *CLIP_KINDS):
@@ -165,8 +217,16 @@ def summary(rows: list[dict]) -> dict:
                 entry = {key: _mean([r[key] for r in members]) for key in keys} | {"clips": len(members)}
                 if kind == "remove":
                     hole = sum(r["hole_pixels"] for r in members)
-                    entry |= {"from_frames_share": sum(r["from_frames"] for r in members) / hole, "diffused_share": sum(r["diffused"] for r in members) / hole}
-                    entry |= {f"psnr_in_hole_{bg}_background": _mean([r["psnr_in_hole"] for r in members if (r["background"] == "plain") == (bg == "plain")]) for bg in ("plain", "textured")}
+                    entry |= {
+                        "from_frames_share": sum(r["from_frames"] for r in members) / hole,
+                        "diffused_share": sum(r["diffused"] for r in members) / hole,
+                    }
+                    entry |= {
+                        f"psnr_in_hole_{bg}_background": _mean(
+                            [r["psnr_in_hole"] for r in members if (r["background"] == "plain") == (bg == "plain")]
+                        )
+                        for bg in ("plain", "textured")
+                    }
                 out[kind].setdefault(source, {})[group] = entry
     return out
 
@@ -220,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m shapes_world.regions " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": args.steps, "base_seed": BASE_SEED,
-        "grow": GROW, "feather": FEATHER, "summary": summary([r for r in json.loads(saved.read_text())]), "rows": json.loads(saved.read_text()),
+        "grow": GROW, "feather": FEATHER, "summary": summary(json.loads(saved.read_text())),
+        "rows": json.loads(saved.read_text()),
     }  # fmt: skip
     out.write_text(json.dumps(_finite(result), indent=1))
     print(json.dumps(_finite(result["summary"]), indent=1))

@@ -38,7 +38,11 @@ def parts_for(tmp_path, masks, engine=None, **masking) -> EditParts:
     )
 
 
-@pytest.mark.parametrize("engine", [{"attention": mode} for mode in ("none", "first", "sparse-causal", "full", "window", "flow", "tokenflow")] + [{"keyframes": "2"}, {"inversion": "none"}])
+@pytest.mark.parametrize(
+    "engine",
+    [{"attention": mode} for mode in ("none", "first", "sparse-causal", "full", "window", "flow", "tokenflow")]
+    + [{"keyframes": "2"}, {"inversion": "none"}],
+)
 def test_pixels_outside_mask_and_feather_are_the_source(tmp_path, tiny, clip, engine):
     frames, masks = clip.frames[:4], clip.masks[:4, 0]
     out = edit_frames(frames, parts_for(tmp_path, masks, engine, region=True, mask_grow=2, mask_feather=3), tiny).frames
@@ -135,7 +139,17 @@ def test_options_come_from_the_one_schema():
     from editing.requests import options
 
     found = {option.name: option for option in options("edit")}
-    for name in ("mask", "mask_words", "mask_track", "mask_grow", "mask_feather", "mask_preview", "region", "remove", "inpaint_model"):
+    for name in (
+        "mask",
+        "mask_words",
+        "mask_track",
+        "mask_grow",
+        "mask_feather",
+        "mask_preview",
+        "region",
+        "remove",
+        "inpaint_model",
+    ):
         assert name in found
     assert found["mask"].file == "mask"  # the app asks for an upload, never a server path
 
@@ -145,17 +159,38 @@ def tiny_sam2_config():
     from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig, Sam2VideoPromptEncoderConfig
 
     hiera = Sam2HieraDetConfig(
-        hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 1, 1], embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[2, 2, 2, 2], global_attention_blocks=[2], window_positional_embedding_background_size=[2, 2], image_size=[64, 64],
-    )  # fmt: skip
-    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=64)
+        hidden_size=8,
+        num_attention_heads=1,
+        blocks_per_stage=[1, 2, 1, 1],
+        embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[2, 2, 2, 2],
+        global_attention_blocks=[2],
+        window_positional_embedding_background_size=[2, 2],
+        image_size=[64, 64],
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=hiera,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+        fpn_hidden_size=64,
+    )
     return Sam2VideoConfig(
-        vision_config=vision, prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=64, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=64, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16), image_size=64,
-        memory_attention_hidden_size=64, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=32, memory_encoder_hidden_size=64,
-        memory_encoder_output_channels=64, mask_downsampler_embed_dim=64, memory_fuser_embed_dim=64, memory_fuser_intermediate_dim=32, num_maskmem=2,
+        vision_config=vision,
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=64, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=64, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
+        image_size=64,
+        memory_attention_hidden_size=64,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=32,
+        memory_encoder_hidden_size=64,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=64,
+        memory_fuser_embed_dim=64,
+        memory_fuser_intermediate_dim=32,
+        num_maskmem=2,
         memory_attention_rope_feat_sizes=[4, 4],
-    )  # fmt: skip
+    )
 
 
 def test_sam2_loads_a_saved_checkpoint_and_says_when_it_cannot(tmp_path):
@@ -168,7 +203,10 @@ def test_sam2_loads_a_saved_checkpoint_and_says_when_it_cannot(tmp_path):
     torch.manual_seed(0)
     Sam2VideoModel(tiny_sam2_config()).save_pretrained(tmp_path / "sam2")
     size = {"height": 64, "width": 64}
-    Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size=size, mask_size={"height": 16, "width": 16}), video_processor=Sam2VideoVideoProcessor(size=size)).save_pretrained(tmp_path / "sam2")
+    Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(size=size, mask_size={"height": 16, "width": 16}),
+        video_processor=Sam2VideoVideoProcessor(size=size),
+    ).save_pretrained(tmp_path / "sam2")
     model, processor = load_sam2(str(tmp_path / "sam2"))
     assert isinstance(model, Sam2VideoModel) and isinstance(processor, Sam2VideoProcessor) and not model.training
     with pytest.raises(ConfigError, match=r"^mask_model no-such-owner/sam2 cannot be loaded .*--mask-track flow"):
@@ -206,6 +244,15 @@ def test_region_tab_tracks_a_drawing_and_removes(tmp_path, tiny, clip):
     track, _, remove = make_handlers(Backend(output_root=tmp_path / "outputs"))
     overlay = track(str(video), drawing, None, "tiny", 0, 0)
     assert overlay.endswith(".mp4") and (tmp_path / "outputs") in Path(overlay).parents
-    values = {"video": str(video), "drawing": drawing, "upload": None, "model": "tiny", "prompt": "a blue background", "grow": 0, "feather": 0, "token": None}
+    values = {
+        "video": str(video),
+        "drawing": drawing,
+        "upload": None,
+        "model": "tiny",
+        "prompt": "a blue background",
+        "grow": 0,
+        "feather": 0,
+        "token": None,
+    }
     shown, details = asyncio.run(remove(**values, progress=None))
     assert Path(shown).exists() and details["frames"] == 4

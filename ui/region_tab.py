@@ -45,7 +45,9 @@ def drawn_mask(drawing: dict | None, height: int, width: int) -> np.ndarray | No
     painted = np.zeros(np.asarray(drawing["layers"][0]).shape[:2], bool)
     for layer in drawing["layers"]:
         layer = np.asarray(layer)
-        painted |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[-1] == 4 else layer.reshape(*layer.shape[:2], -1).max(-1) > 0
+        painted |= (
+            layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[-1] == 4 else layer.reshape(*layer.shape[:2], -1).max(-1) > 0
+        )
     if not painted.any():
         return None
     return cv2.resize(painted.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
@@ -79,16 +81,18 @@ def first_frame(video: str | None, model: str | None):
 
 def make_handlers(backend: Backend):
     @one_sentence_errors
-    def track(video, drawing, upload, model, grow, feather, progress=gr.Progress()) -> str:
+    def track(video, drawing, upload, model, grow, feather, progress=gr.Progress()) -> str:  # noqa: B008 (Gradio's progress tracker)
         """The mask over the clip (an mp4 in a fresh output folder)."""
         from editing.config import EditConfig
         from editing.core import EditParts
         from editing.masks.options import MaskConfig
-        from editing.region import write_preview, clip_mask
+        from editing.region import clip_mask, write_preview
 
         progress(0, desc="Tracking the mask along the clip's flow")
         frames = clip_frames(video, model)
-        config = MaskConfig(mask=mask_file(drawing, upload, video, model), region=True, mask_grow=int(grow), mask_feather=int(feather))
+        config = MaskConfig(
+            mask=mask_file(drawing, upload, video, model), region=True, mask_grow=int(grow), mask_feather=int(feather)
+        )
         mask = clip_mask(frames, EditParts(EditConfig(prompt="track"), masking=config))
         path = str(Path(backend.output_dir()) / "mask-overlay.mp4")
         write_preview(path, frames, mask)
@@ -100,7 +104,11 @@ def make_handlers(backend: Backend):
             """The edit inside the region, or the removal: the result video and its details."""
             video, token = values["video"], values.get("token") or CancelToken()
             options = {"prompt": values["prompt"], "model": values["model"], "frames": FRAMES, action: True}
-            options |= {"mask": mask_file(values["drawing"], values["upload"], video, values["model"]), "mask_grow": int(values["grow"]), "mask_feather": int(values["feather"])}
+            options |= {
+                "mask": mask_file(values["drawing"], values["upload"], video, values["model"]),
+                "mask_grow": int(values["grow"]),
+                "mask_feather": int(values["feather"]),
+            }
             request = make_request(backend.checked(options), video, backend.output_dir())
             try:
                 outputs = backend.edit(request, gradio_progress(progress, request), token)
@@ -125,9 +133,19 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 label="Draw the region on the first frame", type="numpy", sources=[], layers=False, elem_id="region-editor",
                 brush=gr.Brush(colors=[BRUSH], color_mode="fixed", default_size=12), height=360,
             )  # fmt: skip
-            upload = gr.File(label="…or upload a mask (white = region): an image of the first frame, or a mask video", file_types=["image", "video"], elem_id="region-mask", height=90)
+            upload = gr.File(
+                label="…or upload a mask (white = region): an image of the first frame, or a mask video",
+                file_types=["image", "video"],
+                elem_id="region-mask",
+                height=90,
+            )
             model = gr.Textbox(default_model, label="Model", elem_id="region-model")
-            prompt = gr.Textbox(label="Prompt", placeholder="Edit: what the region becomes (the whole scene's caption). Remove: the background behind the object.", elem_id="region-prompt")
+            prompt = gr.Textbox(
+                label="Prompt",
+                placeholder="Edit: what the region becomes (the whole scene's caption). Remove: the background behind the "
+                "object.",
+                elem_id="region-prompt",
+            )
             with gr.Row():
                 grow = gr.Slider(0, 32, value=2, step=1, label="Grow (px)")
                 feather = gr.Slider(0, 32, value=3, step=1, label="Feather (px)")

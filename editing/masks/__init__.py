@@ -9,8 +9,8 @@ one a request reads; `clip_masks` makes the (frames, H, W) mask and `shaped` gro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -86,4 +86,17 @@ def clip_masks(inputs: MaskInputs) -> np.ndarray:
 
 from .shape import feathered, grown, latent_mask, overlay_frames  # noqa: E402
 
-__all__ = ["MASK_SOURCES", "MaskConfig", "MaskInputs", "MaskSource", "clip_masks", "feathered", "grown", "latent_mask", "mask_source", "mask_source_names", "overlay_frames", "register_mask_source"]
+__all__ = [
+    "MASK_SOURCES",
+    "MaskConfig",
+    "MaskInputs",
+    "MaskSource",
+    "clip_masks",
+    "feathered",
+    "grown",
+    "latent_mask",
+    "mask_source",
+    "mask_source_names",
+    "overlay_frames",
+    "register_mask_source",
+]

@@ -55,12 +55,24 @@ def _nearest_is_object(colours: np.ndarray, inside: np.ndarray, outside: np.ndar
     return near_in < near_out
 
 
-def step_mask(previous: np.ndarray, frame: np.ndarray, back: np.ndarray, valid: np.ndarray, object_colours: np.ndarray, rng) -> np.ndarray:
+def step_mask(
+    previous: np.ndarray, frame: np.ndarray, back: np.ndarray, valid: np.ndarray, object_colours: np.ndarray, rng
+) -> np.ndarray:
     """The mask of `frame` from the neighbour's mask `previous`, `back` (frame(x) ~ neighbour(x + back(x)))
     and where that flow is trusted (`valid`)."""
     height, width = previous.shape
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    carried = cv2.remap(previous.astype(np.float32), xs + back[..., 0], ys + back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.5
+    carried = (
+        cv2.remap(
+            previous.astype(np.float32),
+            xs + back[..., 0],
+            ys + back[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        >= 0.5
+    )
     mask = carried & valid
     reach = int(np.ceil(np.abs(back).max())) + REACH
     near = cv2.dilate(previous.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)) > 0

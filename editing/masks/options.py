@@ -22,32 +22,99 @@ class MaskConfig:
 
     mask: str | None = field(
         default=None,
-        metadata={"help": "mask of the region (white = inside): a mask video with the clip's frames, or an image of one frame (IMAGE@FRAME; IMAGE alone: frame 0) tracked through the clip", "metavar": "FILE[@FRAME]", "file": "mask"},
+        metadata={
+            "help": "mask of the region (white = inside): a mask video with the clip's frames, or an image of "
+            "one frame (IMAGE@FRAME; IMAGE alone: frame 0) tracked through the clip",
+            "metavar": "FILE[@FRAME]",
+            "file": "mask",
+        },
     )
-    mask_words: str | None = field(default=None, metadata={"help": "words naming the region (e.g. 'red star'): the model's cross-attention of them on the source, thresholded and steadied over time", "metavar": "WORDS"})
-    mask_track: str = field(default="flow", metadata={"help": "how a one-frame mask (IMAGE@FRAME) follows the clip: flow (the source's optical flow, offline) or sam2 (SAM 2 video model)", "choices": TRACKERS})
-    mask_model: str = field(default=DEFAULT_SAM_MODEL, metadata={"help": "SAM 2 video model for --mask-track sam2 (Hub id or folder)", "metavar": "SPEC"})
-    mask_grow: int = field(default=0, metadata={"help": "pixels the mask is grown by on every side", "metavar": "PX", "range": "[0, 256]"})
-    mask_feather: int = field(default=0, metadata={"help": "pixels outside the grown mask over which the edit fades into the source", "metavar": "PX", "range": "[0, 256]"})
-    mask_preview: str | None = field(default=None, metadata={"help": "write the mask over the clip to this video before editing (.mp4 or .gif)", "metavar": "FILE"})
-    region: bool = field(default=False, metadata={"help": "edit only inside the mask: pixels outside it and its feather stay the source's exactly"})
-    remove: bool = field(default=False, metadata={"help": "remove what the mask covers: fill it from other frames along the background's flow, diffuse only what no frame shows (the prompt describes the background)"})
-    inpaint_model: str | None = field(default=None, metadata={"help": "inpainting UNet for --remove (9-channel, e.g. stable-diffusion-v1-5/stable-diffusion-inpainting); default: blended latent diffusion with the backbone", "metavar": "SPEC"})
+    mask_words: str | None = field(
+        default=None,
+        metadata={
+            "help": "words naming the region (e.g. 'red star'): the model's cross-attention of them on the "
+            "source, thresholded and steadied over time",
+            "metavar": "WORDS",
+        },
+    )
+    mask_track: str = field(
+        default="flow",
+        metadata={
+            "help": "how a one-frame mask (IMAGE@FRAME) follows the clip: flow (the source's optical flow, "
+            "offline) or sam2 (SAM 2 video model)",
+            "choices": TRACKERS,
+        },
+    )
+    mask_model: str = field(
+        default=DEFAULT_SAM_MODEL,
+        metadata={"help": "SAM 2 video model for --mask-track sam2 (Hub id or folder)", "metavar": "SPEC"},
+    )
+    mask_grow: int = field(
+        default=0, metadata={"help": "pixels the mask is grown by on every side", "metavar": "PX", "range": "[0, 256]"}
+    )
+    mask_feather: int = field(
+        default=0,
+        metadata={
+            "help": "pixels outside the grown mask over which the edit fades into the source",
+            "metavar": "PX",
+            "range": "[0, 256]",
+        },
+    )
+    mask_preview: str | None = field(
+        default=None,
+        metadata={"help": "write the mask over the clip to this video before editing (.mp4 or .gif)", "metavar": "FILE"},
+    )
+    region: bool = field(
+        default=False, metadata={"help": "edit only inside the mask: pixels outside it and its feather stay the source's exactly"}
+    )
+    remove: bool = field(
+        default=False,
+        metadata={
+            "help": "remove what the mask covers: fill it from other frames along the background's flow, diffuse "
+            "only what no frame shows (the prompt describes the background)"
+        },
+    )
+    inpaint_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "inpainting UNet for --remove (9-channel, e.g. "
+            "stable-diffusion-v1-5/stable-diffusion-inpainting); default: blended latent diffusion with the backbone",
+            "metavar": "SPEC",
+        },
+    )
 
     def __post_init__(self):
         _check(self.mask is None or self.mask.strip() != "", "mask must name a file")
         _check(self.mask_words is None or self.mask_words.strip() != "", "mask_words must not be empty")
         _check(self.mask_track in TRACKERS, f"mask_track must be one of {', '.join(TRACKERS)}; got {self.mask_track!r}")
-        _check(isinstance(self.mask_grow, int) and 0 <= self.mask_grow <= 256, f"mask_grow must be 0 to 256 pixels, got {self.mask_grow}")
-        _check(isinstance(self.mask_feather, int) and 0 <= self.mask_feather <= 256, f"mask_feather must be 0 to 256 pixels, got {self.mask_feather}")
-        _check(not (self.region and self.remove), "region and remove cannot be combined: remove fills the mask, region edits inside it")
+        _check(
+            isinstance(self.mask_grow, int) and 0 <= self.mask_grow <= 256,
+            f"mask_grow must be 0 to 256 pixels, got {self.mask_grow}",
+        )
+        _check(
+            isinstance(self.mask_feather, int) and 0 <= self.mask_feather <= 256,
+            f"mask_feather must be 0 to 256 pixels, got {self.mask_feather}",
+        )
+        _check(
+            not (self.region and self.remove),
+            "region and remove cannot be combined: remove fills the mask, region edits inside it",
+        )
         given = self.mask is not None or self.mask_words is not None
         _check(not (self.mask is not None and self.mask_words is not None), "give mask or mask_words, not both")
-        _check(given or not (self.region or self.remove), f"{'remove' if self.remove else 'region'} needs a mask: --mask FILE or --mask-words WORDS")
+        _check(
+            given or not (self.region or self.remove),
+            f"{'remove' if self.remove else 'region'} needs a mask: --mask FILE or --mask-words WORDS",
+        )
         _check(given or self.mask_preview is None, "mask_preview needs a mask: --mask FILE or --mask-words WORDS")
-        _check(not given or self.region or self.remove or self.mask_preview is not None, "a mask needs --region (edit inside it) or --remove (remove what it covers)")
+        _check(
+            not given or self.region or self.remove or self.mask_preview is not None,
+            "a mask needs --region (edit inside it) or --remove (remove what it covers)",
+        )
         _check(self.inpaint_model is None or self.remove, "inpaint_model needs remove")
-        _check(self.mask_preview is None or self.mask_preview.lower().endswith((".mp4", ".gif")), "mask_preview must end in .mp4 or .gif")
+        _check(
+            self.mask_preview is None or self.mask_preview.lower().endswith((".mp4", ".gif")),
+            "mask_preview must end in .mp4 or .gif",
+        )
         if self.mask is not None:
             parse_mask_file(self.mask)
 

@@ -22,7 +22,8 @@ def load_sam2(spec: str, device: str | torch.device = "cpu"):
         processor = Sam2VideoProcessor.from_pretrained(spec)
     except OSError as exc:
         raise ConfigError(
-            f"mask_model {spec} cannot be loaded (no SAM 2 checkpoint there, and the Hugging Face Hub is not reachable to download it): use --mask-track flow offline"
+            f"mask_model {spec} cannot be loaded (no SAM 2 checkpoint there, and the Hugging Face Hub is not "
+            f"reachable to download it): use --mask-track flow offline"
         ) from exc
     return model.to(device).eval(), processor
 
@@ -45,7 +46,14 @@ def track_with_sam2(model, processor, frames: np.ndarray, mask: np.ndarray, inde
     session = processor.init_video_session(video=list(frames), inference_device=device, dtype=next(model.parameters()).dtype)
     if not mask.any():
         raise ConfigError("mask is empty on its frame: draw the region to track")
-    processor.add_inputs_to_inference_session(session, frame_idx=index, obj_ids=OBJECT_ID, input_points=[[[prompt_point(mask)]]], input_labels=[[[1]]], original_size=(height, width))
+    processor.add_inputs_to_inference_session(
+        session,
+        frame_idx=index,
+        obj_ids=OBJECT_ID,
+        input_points=[[[prompt_point(mask)]]],
+        input_labels=[[[1]]],
+        original_size=(height, width),
+    )
     out = np.zeros(frames.shape[:3], bool)
     out[index] = mask
     with torch.inference_mode():

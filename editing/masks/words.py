@@ -81,7 +81,9 @@ def steady_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     span = np.maximum(maps.reshape(len(maps), -1).max(1)[:, None, None] - low, 1e-12)
     unit = (maps - low) / span
     steady = np.stack([np.median(unit[max(0, t - STEADY) : t + STEADY + 1], axis=0) for t in range(len(unit))])
-    return F.interpolate(torch.from_numpy(steady)[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return F.interpolate(torch.from_numpy(steady)[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[
+        :, 0
+    ].numpy()
 
 
 def snapped(frame: np.ndarray, soft: np.ndarray) -> np.ndarray:
@@ -110,4 +112,6 @@ def words_masks(inputs: MaskInputs) -> np.ndarray:
     return np.stack([snapped(frame, weights) for frame, weights in zip(inputs.frames, soft)])
 
 
-register_mask_source(MaskSource("words", words_masks, needs=("backbone",), help="the model's cross-attention of words of the prompt on the source"))
+register_mask_source(
+    MaskSource("words", words_masks, needs=("backbone",), help="the model's cross-attention of words of the prompt on the source")
+)
