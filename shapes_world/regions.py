@@ -195,6 +195,12 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _worst(values) -> float | None:
+    """The lowest value (inf counts as the highest), None when there are none."""
+    values = [math.inf if v == "inf" else v for v in values if v is not None]
+    return float(min(values)) if values else None
+
+
 def summary(rows: list[dict]) -> dict:
     """Means per kind, source and clip kind."""
     out: dict = {"local": {}, "remove": {}, "track": {}}
@@ -221,12 +227,11 @@ def summary(rows: list[dict]) -> dict:
                         "from_frames_share": sum(r["from_frames"] for r in members) / hole,
                         "diffused_share": sum(r["diffused"] for r in members) / hole,
                     }
-                    entry |= {
-                        f"psnr_in_hole_{bg}_background": _mean(
-                            [r["psnr_in_hole"] for r in members if (r["background"] == "plain") == (bg == "plain")]
-                        )
-                        for bg in ("plain", "textured")
-                    }
+                    for bg in ("plain", "textured"):  # the worst clip: a mean of PSNRs with an inf in it says nothing
+                        values = [r["psnr_in_hole"] for r in members if (r["background"] == "plain") == (bg == "plain")]
+                        entry[f"psnr_in_hole_{bg}_background"] = _worst(values)
+                outside = "psnr_outside_true_grown_mask" if kind == "local" else "psnr_outside_hole"
+                entry["worst_psnr_outside"] = _worst([r[outside] for r in members])
                 out[kind].setdefault(source, {})[group] = entry
     return out
 
@@ -243,6 +248,46 @@ def _finite(value):
     return value
 
 
+def _cell(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if value == "inf" or (isinstance(value, float) and math.isinf(value)):
+        return "inf"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def markdown(result: dict) -> str:
+    """The docs' tables of a result file: local edits, removal and flow-tracked IoU, per mask source (PSNRs: the worst clip)."""
+    summary = result["summary"]
+    lines = [
+        "| local edit: mask source | clips | edit accuracy | PSNR outside true grown mask (dB) | warp error | ideal's | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source, groups in summary["local"].items():
+        e = groups["all"]
+        cells = [e["edit_accuracy"], e["worst_psnr_outside"], e["warp_error"], e["ideal_warp_error"], e["warp_ratio"]]
+        lines.append(f"| {source} | {e['clips']} | " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += [
+        "",
+        "| removal: mask source | clips | PSNR in hole, plain bg (dB) | textured bg (dB) | PSNR outside hole (dB) | object found"
+        " | from frames | diffused |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for source, groups in summary["remove"].items():
+        e = groups["all"]
+        cells = [
+            e["psnr_in_hole_plain_background"],
+            e["psnr_in_hole_textured_background"],
+            e["worst_psnr_outside"],
+            e["found_share"],
+        ]
+        shares = f"{e['from_frames_share']:.0%} | {e['diffused_share']:.0%}"
+        lines.append(f"| {source} | {e['clips']} | " + " | ".join(_cell(c) for c in cells) + f" | {shares} |")
+    lines += ["", "| flow-tracked mask IoU | " + " | ".join(summary["track"]) + " |", "|---|" + "---|" * len(summary["track"])]
+    lines.append("| mean over objects | " + " | ".join(_cell(v["iou"]) for v in summary["track"].values()) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shapes_world.regions", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/regions.json")
@@ -250,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sources", default="given,flow")
     parser.add_argument("--track-clips", type=int, default=16)
+    parser.add_argument("--markdown", action="store_true", help="print the docs' tables of the result file --out and stop")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     import torch
 
     from editing.models import load_backbone
