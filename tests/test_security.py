@@ -637,7 +637,7 @@ def public_api(tmp_path_factory, car):
 
 def test_served_beyond_loopback_every_field_naming_a_file_refuses_server_paths_alike(public_api):
     """Generated from the API info and the option schema: every parameter of every endpoint whose option names a
-    file, folder or Hub id (model, lora, mask, mask_model, inpaint_model, motion_adapter, ...) refuses each server
+    file, folder or Hub id (model, lora, motion_adapter, ...; files such as the mask are uploads) refuses each server
     path, existing or not, in the same sentence naming the parameter (the path as given the only difference);
     a Hub id and a path under the model roots are accepted."""
     from ui.serving import location_options, option_takes_hub_ids, option_writes
@@ -647,7 +647,7 @@ def test_served_beyond_loopback_every_field_naming_a_file_refuses_server_paths_a
     demo, video, session, root, models = public_api
     existing = next(p for p in ("/usr/share", "/var/log", "/usr") if Path(p).is_dir())  # a folder that exists on the server
     locations = location_options()
-    assert {"model", "lora", "motion_adapter", "mask", "mask_model", "mask_preview", "inpaint_model"} <= set(locations)
+    assert {"model", "lora", "motion_adapter", "mask_model", "mask_preview", "inpaint_model"} <= set(locations)
     functions, tried = endpoint_functions(demo), set()
     for api_name, endpoint in demo.get_api_info()["named_endpoints"].items():
         parameters = endpoint["parameters"]
@@ -676,7 +676,7 @@ def test_served_beyond_loopback_every_field_naming_a_file_refuses_server_paths_a
                 for allowed in ("owner/some-model", str(models / "my-lora")):  # past the policy (the field's own checks may follow)
                     assert "not allowed on this server" not in call(allowed), (api_name, name, allowed)
             tried.add(name)
-    assert {"model", "lora", "mask", "motion_adapter"} <= tried
+    assert {"model", "lora", "motion_adapter"} <= tried
 
 
 

@@ -132,6 +132,12 @@ def value_refusal(name: str, component, value: Any, option=None) -> str | None:
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str) and len(item) <= MAX_TEXT for item in items):
             return f"{name} must be a text or a list of texts of at most {MAX_TEXT} characters, got {_shown(value)}"
+    data_model = getattr(component, "data_model", None)
+    if value is not None and data_model is not None and not isinstance(component, (gr.File, gr.Image, gr.Video)):
+        try:  # what Gradio's preprocessing would refuse with a multi-line pydantic error (an ImageEditor's drawing)
+            data_model.model_validate(value)
+        except Exception:
+            return f"{name} must be a {type(component).__name__} value as the API describes it, got {_shown(value)}"
     if option is not None and option.name == name:
         try:
             requests.coerce(option, value)

@@ -89,6 +89,7 @@ def make_handlers(backend: Backend):
         from editing.region import clip_mask, write_preview
 
         progress(0, desc="Tracking the mask along the clip's flow")
+        model = backend.policy.check_model(model)  # before the model's size is looked up: no path is probed
         frames = clip_frames(video, model)
         config = MaskConfig(
             mask=mask_file(drawing, upload, video, model), region=True, mask_grow=int(grow), mask_feather=int(feather)
@@ -103,6 +104,7 @@ def make_handlers(backend: Backend):
         def handler(values: dict[str, Any], progress) -> tuple[Any, Any]:
             """The edit inside the region, or the removal: the result video and its details."""
             video, token = values["video"], values.get("token") or CancelToken()
+            values["model"] = backend.policy.check_model(values["model"])  # before the mask is drawn at its size
             options = {"prompt": values["prompt"], "model": values["model"], "frames": FRAMES, action: True}
             options |= {
                 "mask": mask_file(values["drawing"], values["upload"], video, values["model"]),

@@ -135,7 +135,6 @@ class ServePolicy:
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")  # a name with no folder in it
 HUB_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9_.-]+)*")  # owner/name[/file in the repo]
 HUB_MARKED = ("lora",)  # options whose loaders read `hub:ID` as a Hub id only (editing.lora.lora_location); the model's is check_model's
-UPLOADED = ("image",)  # file kinds the forms take as uploads (ui.widgets.option_widget), never as paths
 
 
 def _is_number(text: str) -> bool:
@@ -159,16 +158,16 @@ def option_takes_hub_ids(option) -> bool:
 @functools.lru_cache(maxsize=1)
 def location_options() -> dict[str, Any]:
     """The request schema's options (edit and tune) whose value names a file, folder or Hub id, read from the
-    schema: a file kind the forms do not take as an upload, a metavar naming a SPEC, FILE, PATH, DIR or VIDEO,
-    or help saying it takes a Hub id or a folder."""
+    schema: a metavar naming a SPEC, FILE, PATH, DIR or VIDEO, or help saying it takes a Hub id or a folder;
+    not those with a file kind, which the forms take as uploads (ui.widgets.option_widget), never as paths."""
     from editing import requests
 
     found = {}
     for command in ("edit", "tune"):
         for option in requests.options(command):
             metavar, text = option.metavar or "", option.help.lower()
-            names_one = option.file is not None or any(word in metavar for word in ("SPEC", "FILE", "PATH", "DIR", "VIDEO")) or "hub id" in text or "folder" in text
-            if names_one and option.file not in UPLOADED:
+            names_one = any(word in metavar for word in ("SPEC", "FILE", "PATH", "DIR", "VIDEO")) or "hub id" in text or "folder" in text
+            if names_one and option.file is None:
                 found[option.name] = option
     return found
 
