@@ -18,6 +18,10 @@ sys.path.insert(0, str(ROOT))
 # Tests never reach the Hub: the built-in models need nothing from it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# OpenMP threads that wait for work sleep instead of spinning (set before torch is imported; inherited by the
+# CLI subprocesses and Ray workers). The tests' tiny models run many small ops: with spinning waiters, two
+# threads on a CPU shared with other processes cost many times one thread (docs/development.md, test time).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -65,32 +65,29 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
 
 
-def test_batch_without_ray_runs_here_and_never_imports_ray(tmp_path):
+def test_the_batch_and_the_app_without_ray_run_here_and_never_import_ray(tmp_path):
+    """One fresh interpreter (Ray must not be imported by anything): the batch runs its edit in this
+    process, then the app's backend is the plain in-process one."""
     spec = _spec(tmp_path, [{"name": "car", "video": str(ASSETS / "car-turn.mp4"), "prompt": "a red car"}])
     code = textwrap.dedent(
         f"""
         import sys
         from editing.cli import main
         code = main(["batch", {str(spec)!r}, "--out", {str(tmp_path / 'out')!r}, "--format", "zip"])
-        print(code, "ray" in sys.modules)
+        batch_ray = "ray" in sys.modules
+        import app
+        from editing.pipeline import edit_video
+        backend = app.build_backend(app.parse_args([]))
+        print(code, batch_ray, backend.concurrency, backend.edit_fn is edit_video, "ray" in sys.modules)
         """
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-800:]
+    assert result.stdout.split()[-5:] == ["0", "False", "1", "True", "False"], result.stderr[-800:]
     import json
 
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert [(r["name"], r["status"], r["worker"]) for r in rows] == [("car", "ok", "local")]
     assert (tmp_path / "out" / "car.zip").is_file() and "[ok] car" in result.stderr
-
-
-def test_the_app_without_ray_is_unchanged_and_never_imports_ray():
-    code = (
-        "import sys, app; from editing.pipeline import edit_video; backend = app.build_backend(app.parse_args([]));"
-        "print(backend.concurrency, backend.edit_fn is edit_video, 'ray' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.stdout.split()[-3:] == ["1", "True", "False"], result.stderr[-800:]
 
 
 def test_split_edit_splits_independent_modes_only():

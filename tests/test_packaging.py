@@ -141,3 +141,16 @@ def test_every_declared_requirement_is_pinned_in_the_lock_at_an_allowed_version(
             if not requirement.specifier.contains(pins[name], prereleases=True):
                 problems.append(f"{name}=={pins[name]} is outside {requirement}")
     assert not problems, "requirements.lock: " + "; ".join(problems)
+
+
+def test_the_suites_openmp_threads_sleep_while_they_wait():
+    """Suite time: tests/conftest.py sets OMP_WAIT_POLICY=PASSIVE before torch is imported, for this
+    process and every subprocess and Ray worker it starts (docs/development.md, test time)."""
+    import os
+    import subprocess
+
+    assert os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('OMP_WAIT_POLICY'))"], capture_output=True, text=True
+    )
+    assert child.stdout.strip().upper() == "PASSIVE"
