@@ -18,6 +18,7 @@ from editing.errors import Cancelled, EditingError
 from .backend import Backend, CancelToken
 from .edit_tab import GPU_QUEUE, gradio_progress
 from .forms import make_request, one_sentence_errors
+from .gpu import gpu
 from .widgets import named_handler
 
 FRAMES = 16  # frames of the clip the tab edits (its first ones)
@@ -120,7 +121,7 @@ def make_handlers(backend: Backend):
             return outputs.get(".mp4"), outputs.details()
 
         handler.__name__ = f"region_{action}"
-        return named_handler(handler, RUN_FIELDS, {})
+        return named_handler(gpu(handler), RUN_FIELDS, {})
 
     return track, run("region"), run("remove")
 
@@ -165,8 +166,22 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     track_button.click(track, [video, drawing, upload, model, grow, feather], overlay, api_name="region_track")
     inputs = [video, drawing, upload, model, prompt, grow, feather, token]
     runs = [
-        edit_button.click(edit, inputs, [result, details], api_name="region_edit", concurrency_id=GPU_QUEUE),
-        remove_button.click(remove, inputs, [result, details], api_name="region_remove", concurrency_id=GPU_QUEUE),
+        edit_button.click(
+            edit,
+            inputs,
+            [result, details],
+            api_name="region_edit",
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=backend.concurrency,
+        ),
+        remove_button.click(
+            remove,
+            inputs,
+            [result, details],
+            api_name="region_remove",
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=backend.concurrency,
+        ),
     ]
     stop_button.click(None, cancels=runs, api_visibility="private")
     return {"video": video, "drawing": drawing, "upload": upload, "prompt": prompt, "overlay": overlay, "result": result}
