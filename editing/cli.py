@@ -12,11 +12,13 @@ import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 from . import requests
 from .batch import BATCH_DEFAULTS
 from .errors import ConfigError, EditingError
+from .files import check_writable
 from .models import RANDOM_WEIGHTS_NOTE
 from .requests import DEFAULT_ATTENTION, output_size  # noqa: F401 (the app and tests read them here too)
 
@@ -147,6 +149,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.spec:
         raise ConfigError("eval needs a SPEC.yaml, or --shapes for the shapes benchmark")
     spec = load_spec(args.spec, clip=args.clip)
+    check_writable(Path(args.out) / "results.csv", "results folder (--out)")
     with TerminalProgress() as progress:
         report = run_evaluation(spec, args.out, progress)
     print(report.markdown, end="")
@@ -166,6 +169,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {args.retries}")
     spec = load_spec(args.spec, clip="none", missing_videos=True)  # a clip that does not exist fails its row only
+    check_writable(Path(args.out) / "results.csv", "results folder (--out)")
     edits = batch_edits(spec, args.out, "." + args.format)
     if args.ray is None:
         report = run(edits, args.out)

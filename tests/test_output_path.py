@@ -82,3 +82,21 @@ def test_when_the_folder_becomes_unwritable_during_the_edit_the_frames_are_kept_
         assert any(f"the edited frames are saved as PNGs in {kept}" in warning for warning in result.warnings)
     finally:
         shutil.rmtree(kept.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["batch", "eval"])
+def test_a_batch_or_eval_results_folder_inside_a_file_is_refused_before_any_edit(tmp_path, capsys, command):
+    import yaml
+
+    from .conftest import ASSETS
+
+    spec = tmp_path / "spec.yaml"
+    defaults = {"model": "tiny", "device": "cpu", "size": 64, "frames": 2, "steps": 2, "keyframes": "off"}
+    edits = [{"video": str(ASSETS / "car-turn.mp4"), "prompt": "x"}]
+    spec.write_text(yaml.safe_dump({"clip": "none", "defaults": defaults, "edits": edits}))
+    (tmp_path / "notes.txt").write_text("a file")
+    out = tmp_path / "notes.txt" / "results"
+    assert main([command, str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    reason = f"{tmp_path / 'notes.txt'} is a file, not a folder"
+    assert err == f"error: results folder (--out) {out / 'results.csv'} cannot be written: {reason}"
