@@ -53,7 +53,7 @@ def _timed(device, run) -> tuple[float, float | None]:
 def our_request(args, frames: int, **values):
     from editing.requests import build_request
 
-    base = {"video": str(CLIP), "out": "unused.mp4", "prompt": PROMPT, "model": "sd15-random", "device": args.device, "dtype": args.dtype, "frames": frames, "size": args.size}
+    base = {"video": str(CLIP), "out": "unused.mp4", "prompt": PROMPT, "model": args.model, "device": args.device, "dtype": args.dtype, "frames": frames, "size": args.size}
     if "preset" not in values:
         base["steps"] = args.steps
     return build_request("edit", base | values)
@@ -77,7 +77,9 @@ def animatediff(args, backbone, frames) -> None:
     from PIL import Image
 
     torch.manual_seed(0)
-    adapter = MotionAdapter().to(backbone.device, backbone.dtype)
+    config = backbone.unet.config
+    adapter = MotionAdapter(block_out_channels=tuple(config.block_out_channels), motion_layers_per_block=config.layers_per_block, motion_norm_num_groups=config.norm_num_groups)
+    adapter = adapter.to(backbone.device, backbone.dtype)  # AnimateDiff v1.5's shape for SD-1.5
     pipe = AnimateDiffVideoToVideoPipeline(
         vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet, motion_adapter=adapter, scheduler=backbone.scheduler()
     )
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--model", default="sd15-random", help="sd15-random (the cost of SD-1.5) or tiny (a smoke run)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--step-cache", default="deepcache:3", help="the step cache of the 'with' rows")
@@ -148,7 +151,7 @@ def main() -> None:
         row("ours: fast", lambda: our_edit(args, backbones, frames, our_request(args, len(frames), preset="fast", keyframes="off")), len(frames))
         row("diffusers AnimateDiffVideoToVideoPipeline (random motion adapter, strength 1)", lambda: animatediff(args, plain, frames), len(frames))
         row("diffusers Text2Video-Zero processor, img2img (strength 1)", lambda: text2video_zero(args, plain, frames), len(frames))
-    print(f"\nsd15-random, {args.dtype} on {device}, {len(frames)} frames at {args.size} px, {args.steps} steps\n")
+    print(f"\n{args.model}, {args.dtype} on {device}, {len(frames)} frames at {args.size} px, {args.steps} steps\n")
     print("| row | seconds | per | peak GPU MB |\n|---|---|---|---|")
     for r in rows:
         memory = "-" if r["peak GPU MB"] is None else f"{r['peak GPU MB']:.0f}"
@@ -156,7 +159,7 @@ def main() -> None:
     if args.json:
         from shapes_world.benchmark import provenance
 
-        document = {"model": "sd15-random", "device": str(device), "dtype": args.dtype, "frames": len(frames), "size": args.size, "steps": args.steps, "rows": rows}
+        document = {"model": args.model, "device": str(device), "dtype": args.dtype, "frames": len(frames), "size": args.size, "steps": args.steps, "rows": rows}
         Path(args.json).write_text(json.dumps(document | provenance() | {"command": "python benchmarks/gpu_peers.py " + " ".join(sys.argv[1:])}, indent=1) + "\n")
 
 
