@@ -66,6 +66,13 @@ REGISTRIES: tuple[Registry, ...] = (
         "--mask FILE (video), --mask IMAGE@FRAME with --mask-track flow|sam2, --mask-words",
     ),
     Registry(
+        "step caches",
+        "editing.stepcache:step_cache_names",
+        "editing.stepcache:STEP_CACHES",
+        "editing.stepcache.register_step_cache(StepCacheKind(...))",
+        "--step-cache KIND[:VALUE],...",
+    ),
+    Registry(
         "styles", "editing.sessions:PRESETS", "editing.sessions:PRESETS", "an entry of editing.sessions.PRESETS (name -> prompt)", "the Style sessions tab"
     ),
 )
