@@ -47,7 +47,7 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     fails both, as the colour its flow points at is the occluder's. On a still background (flat regions
     reaching the image's edge while the camera stands: `editing.still`) the flow is held at zero, not
     the moving neighbour's that DIS fills in; what an object uncovers there then fails both checks."""
-    from .still import hold_still, mend_edges, still_masks
+    from .still import extend_moving, hold_still, mend_edges, still_masks
     from .flows import colour_match, consistent, source_flows
 
     flows = source_flows(frames, colour_candidates=True)
@@ -56,11 +56,14 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     pairs = range(len(frames) - 1)
 
     def validity() -> tuple[np.ndarray, np.ndarray]:
-        # On a still background the flow is zero by assumption, so only the colours can vouch for a hop.
+        # On a still background the flow is zero by assumption, so only the colours can vouch for a hop;
+        # a moving pixel's way back is read off its own kind (`extend_moving`), not the background's zero.
         return np.stack([
-            (consistent(backward[t], forward[t]) & ~still[t + 1]) | colour_match(frames[t], frames[t + 1], backward[t], MATCH_LEVELS) for t in pairs
+            (consistent(backward[t], extend_moving(forward[t], still[t])) & ~still[t + 1]) | colour_match(frames[t], frames[t + 1], backward[t], MATCH_LEVELS)
+            for t in pairs
         ]), np.stack([
-            (consistent(forward[t], backward[t]) & ~still[t]) | colour_match(frames[t + 1], frames[t], forward[t], MATCH_LEVELS) for t in pairs
+            (consistent(forward[t], extend_moving(backward[t], still[t + 1])) & ~still[t]) | colour_match(frames[t + 1], frames[t], forward[t], MATCH_LEVELS)
+            for t in pairs
         ])
 
     backward_valid, forward_valid = validity()
