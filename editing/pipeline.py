@@ -91,6 +91,7 @@ class EditResult:
     warnings: tuple[str, ...] = ()  # what was left out (damaged audio, a file that could not be written), one sentence each
     notes: tuple[str, ...] = ()  # what the user should know about the output (e.g. a random LoRA's effect means nothing)
     keyframes: tuple[int, ...] | None = None  # with --keyframes: the frames edited; the others were propagated from them
+    removal: dict | None = None  # with --remove: hole pixels filled from other frames and diffused (editing.removal)
 
     def to_dict(self) -> dict:
         return {
@@ -108,7 +109,9 @@ class EditResult:
             {} if self.tuned is None else {"tuned": self.tuned}
         ) | ({"also_written": list(self.also_written)} if self.also_written else {}) | (
             {"warnings": list(self.warnings)} if self.warnings else {}
-        ) | ({"notes": list(self.notes)} if self.notes else {}) | ({} if self.keyframes is None else {"keyframes": list(self.keyframes)})
+        ) | ({"notes": list(self.notes)} if self.notes else {}) | ({} if self.keyframes is None else {"keyframes": list(self.keyframes)}) | (
+            {} if self.removal is None else {"removal": self.removal}
+        )
 
 
 def edit_video(request: EditRequest, progress: ProgressFn = _no_progress, editor: FramesEditor = edit_here) -> EditResult:
@@ -146,6 +149,7 @@ def edit_video(request: EditRequest, progress: ProgressFn = _no_progress, editor
         images=edited.frames,
         notes=model.notes,
         keyframes=edited.keyframes,
+        removal=edited.removal,
     )
 
 
