@@ -59,6 +59,10 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     requests.add_arguments(edit, "edit")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+    live = commands.add_parser("live", help="edit a clip frame by frame as a live stream would (editing.stream); prints FPS and latency")
+    requests.add_arguments(live, "edit")
+    live.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
     tune = commands.add_parser("tune", help="tune the model on one clip (Tune-A-Video) for edits of shape or motion")
     requests.add_arguments(tune, "tune")
     tune.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -136,6 +140,21 @@ def run_edit(args: argparse.Namespace) -> int:
     for warning in result.warnings:  # damaged audio left out, a file replaced by the frames as PNGs
         print(f"warning: {warning}", file=sys.stderr)
     return 0 if result.output == str(request.output) else 1  # the frames were kept, but not as asked
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from .stream import live_video
+
+    request = edit_request(args)
+    with TerminalProgress() as progress:
+        result = live_video(request, progress)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"wrote {result.output}: {result.frames} frames streamed at {result.fps:.2f} FPS, mean latency {1000 * result.latency:.0f} ms")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0 if result.output == str(request.output) else 1
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -237,13 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(shapes=asks_for_shapes(argv))
     args = parser.parse_args(argv)
-    if args.command == "edit":
-        args.given_options = requests.explicit_options("edit", argv[argv.index("edit") + 1 :])
+    if args.command in ("edit", "live"):
+        args.given_options = requests.explicit_options("edit", argv[argv.index(args.command) + 1 :])
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         _quiet_libraries()
     try:
-        return {"info": run_info, "edit": run_edit, "eval": run_eval, "batch": run_batch, "tune": run_tune}[args.command](args)
+        return {"info": run_info, "edit": run_edit, "live": run_live, "eval": run_eval, "batch": run_batch, "tune": run_tune}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

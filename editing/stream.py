@@ -212,3 +212,44 @@ class StreamEditor:
 def stream_frames(editor: StreamEditor, frames: np.ndarray) -> np.ndarray:
     """Push every frame of an (N, H, W, 3) clip through the editor in order: the edited clip."""
     return np.stack([editor.push(frame) for frame in frames])
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """What `live_video` made: the file written, the frames, and the stream's speed."""
+
+    output: str
+    frames: int
+    fps: float  # edited frames per second of streaming (model loading excluded)
+    latency: float  # mean seconds from a frame in to its edited frame out
+    images: np.ndarray = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "frames": self.frames, "fps": round(self.fps, 3), "latency_ms": round(1000 * self.latency, 1)} | (
+            {"notes": list(self.notes)} if self.notes else {}
+        )
+
+
+def live_video(request: "EditRequest", progress=None) -> LiveResult:
+    """Edit a clip frame by frame as a stream would (`python -m editing live`) and write it."""
+    from . import video_io
+    from .files import check_writable
+    from .pipeline import request_backbone, write_outputs
+
+    check_writable(request.output)
+    clip = video_io.read_clip(request.video, request.selection, request.limits)
+    editor = StreamEditor.from_request(request, request_backbone(request))
+    latencies, edited = [], []
+    begin = time.perf_counter()
+    with editor:
+        for index, frame in enumerate(clip.frames):
+            start = time.perf_counter()
+            edited.append(editor.push(frame))
+            latencies.append(time.perf_counter() - start)
+            if progress is not None:
+                progress("stream", index + 1, len(clip.frames))
+    elapsed = time.perf_counter() - begin
+    images = np.stack(edited)
+    written, notes = write_outputs([request.output], images, clip.fps, None)
+    return LiveResult(written[0], len(images), len(images) / elapsed, float(np.mean(latencies)), images, tuple(notes))
