@@ -68,7 +68,11 @@ def launched_app(root: Path, clip: Path, policy):
     shutil.copyfile(clip, upload)
     loop = asyncio.new_event_loop()
     try:
-        yield demo, {"path": str(upload), "meta": {"_type": "gradio.FileData"}, "orig_name": clip.name}, (loop, SessionState(demo))
+        yield (
+            demo,
+            {"path": str(upload), "meta": {"_type": "gradio.FileData"}, "orig_name": clip.name},
+            (loop, SessionState(demo)),
+        )
     finally:
         loop.close()
         demo.close()
@@ -84,7 +88,12 @@ def endpoint_functions(demo) -> dict:
 
 def base_values(parameters: list[dict], video: dict) -> list:
     """Valid values for an endpoint: its defaults, the uploaded clip for a required file or `video`, "probe" for required text."""
-    base = [video if kind(p) == "file" and (p["parameter_name"] == "video" or not p["parameter_has_default"]) else p.get("parameter_default") for p in parameters]
+    base = [
+        video
+        if kind(p) == "file" and (p["parameter_name"] == "video" or not p["parameter_has_default"])
+        else p.get("parameter_default")
+        for p in parameters
+    ]
     return [value if value is not None or p["parameter_has_default"] else "probe" for value, p in zip(base, parameters)]
 
 

@@ -93,7 +93,11 @@ def value_refusal(name: str, component, value: Any, option=None) -> str | None:
     if isinstance(component, (gr.File, gr.Image, gr.Video)):
         if value is None:
             return None  # no file: the handler says what it needs
-        if not client_utils.is_file_obj(value) or not isinstance(value.get("path"), str) or client_utils.is_http_url_like(value["path"]):
+        if (
+            not client_utils.is_file_obj(value)
+            or not isinstance(value.get("path"), str)
+            or client_utils.is_http_url_like(value["path"])
+        ):
             return f"{name} must be a file uploaded to this app (gradio_client: handle_file), got {_shown(value)}"
         return None
     if isinstance(component, gr.Checkbox):
@@ -106,8 +110,10 @@ def value_refusal(name: str, component, value: Any, option=None) -> str | None:
             return f"{name} must be a number, got {_shown(value)}"
         if not math.isfinite(number):
             return f"{name} must be a finite number, got {_shown(value)}"
-        whole = (option is not None and option.type is int) or getattr(component, "precision", None) == 0 or (
-            isinstance(component, gr.Slider) and float(component.step).is_integer() and float(component.minimum).is_integer()
+        whole = (
+            (option is not None and option.type is int)
+            or getattr(component, "precision", None) == 0
+            or (isinstance(component, gr.Slider) and float(component.step).is_integer() and float(component.minimum).is_integer())
         )
         if whole and not number.is_integer():
             return f"{name} must be a whole number, got {_shown(value)}"
@@ -121,7 +127,11 @@ def value_refusal(name: str, component, value: Any, option=None) -> str | None:
         if value is None:
             return None  # blank: the option's default
         if getattr(component, "multiselect", False):
-            return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else f"{name} must be a list of texts, got {_shown(value)}"
+            return (
+                None
+                if isinstance(value, list) and all(isinstance(v, str) for v in value)
+                else f"{name} must be a list of texts, got {_shown(value)}"
+            )
         if not isinstance(value, str):
             return f"{name} must be text, got {_shown(value)}"
         if len(value) > MAX_TEXT:
@@ -162,7 +172,9 @@ class CheckedBlocks(gr.Blocks):
             # the API's parameters (what a client sends; Gradio fills in the page's State only for a full call)
             parameters = [n for c, n in zip(block_fn.inputs, names) if not c.skip_api]
             if len(inputs) < len(parameters):
-                raise user_error(f"{parameters[len(inputs)]} is missing: the call gave {len(inputs)} of the {len(parameters)} values")
+                raise user_error(
+                    f"{parameters[len(inputs)]} is missing: the call gave {len(inputs)} of the {len(parameters)} values"
+                )
         super().validate_inputs(block_fn, inputs)
         options = _options_by_name() if public else {}
         for component, value, name in zip(block_fn.inputs, inputs, names):
@@ -174,4 +186,6 @@ class CheckedBlocks(gr.Blocks):
                 if message:
                     raise user_error(message)
             if self.has_launched and server_paths(value):
-                raise user_error(f"{name} must be a file uploaded to this app (gradio_client: handle_file), not a path on the server")
+                raise user_error(
+                    f"{name} must be a file uploaded to this app (gradio_client: handle_file), not a path on the server"
+                )

@@ -29,7 +29,9 @@ def controlnet_names(request: EditRequest) -> dict[str, str]:
         if control.model:
             names[control.kind] = _shown(control.model)
         elif control.kind in own:
-            names[control.kind] = f"{Path(spec.source).name}/{own[control.kind]}"  # the model folder's own, e.g. shapes/controlnet-canny
+            names[control.kind] = (
+                f"{Path(spec.source).name}/{own[control.kind]}"  # the model folder's own, e.g. shapes/controlnet-canny
+            )
         elif spec is not None and spec.random_weights:
             names[control.kind] = "random (the built-in model's random ControlNet)"
         else:

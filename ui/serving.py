@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from editing.errors import ConfigError
 from editing.models import BUILTIN_MODELS, HUB_ID, HUB_PREFIX, SHAPES_MODEL
@@ -41,14 +42,18 @@ class ServePolicy:
     default_model: str | None = None  # the operator's own choice (--model / $EDITING_MODEL) is always allowed
 
     @classmethod
-    def for_launch(cls, host: str | None, share: bool, model_roots: Iterable[str | os.PathLike] = (), default_model: str | None = None) -> "ServePolicy":
+    def for_launch(
+        cls, host: str | None, share: bool, model_roots: Iterable[str | os.PathLike] = (), default_model: str | None = None
+    ) -> ServePolicy:
         roots = tuple(Path(root).expanduser().resolve() for root in model_roots)
         return cls(served_beyond_loopback(host, share), roots, default_model)
 
     def refusal(self, text: str) -> ConfigError:
         builtin = ", ".join((*BUILTIN_MODELS, SHAPES_MODEL))
         where = "a folder or .safetensors file under the server's model folders, " if self.model_roots else ""
-        return ConfigError(f"model {text[:80]!r} is not allowed on this server: use a Hub id (owner/name), {where}or one of {builtin}")
+        return ConfigError(
+            f"model {text[:80]!r} is not allowed on this server: use a Hub id (owner/name), {where}or one of {builtin}"
+        )
 
     def check_model(self, spec: Any) -> Any:
         """The spec to load for what a user typed, or ConfigError; unchanged when the app is not public."""
@@ -126,15 +131,18 @@ class ServePolicy:
         name = option.name
         if option_writes(option):
             return ConfigError(f"{name} cannot be set on this server: it would write a file on the server")
-        where = " or a path under the server's model folders" if self.model_roots else ""
-        ways = (["a Hub id (owner/name[/file])"] if option_takes_hub_ids(option) else []) + (["a path under the server's model folders"] if self.model_roots else [])
+        ways = (["a Hub id (owner/name[/file])"] if option_takes_hub_ids(option) else []) + (
+            ["a path under the server's model folders"] if self.model_roots else []
+        )
         allowed = f"use {' or '.join(ways)}" if ways else "it takes no path on this server"
         return ConfigError(f"{name} {text[:80]!r} is not allowed on this server: {allowed}")
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")  # a name with no folder in it
-HUB_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9_.-]+)*")  # owner/name[/file in the repo]
-HUB_MARKED = ("lora",)  # options whose loaders read `hub:ID` as a Hub id only (editing.lora.lora_location); the model's is check_model's
+# owner/name[/file in the repo]
+HUB_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9_.-]+)*")
+# options whose loaders read `hub:ID` as a Hub id only (editing.lora.lora_location); the model's is check_model's
+HUB_MARKED = ("lora",)
 
 
 def _is_number(text: str) -> bool:
@@ -166,7 +174,9 @@ def location_options() -> dict[str, Any]:
     for command in ("edit", "tune"):
         for option in requests.options(command):
             metavar, text = option.metavar or "", option.help.lower()
-            names_one = any(word in metavar for word in ("SPEC", "FILE", "PATH", "DIR", "VIDEO")) or "hub id" in text or "folder" in text
+            names_one = (
+                any(word in metavar for word in ("SPEC", "FILE", "PATH", "DIR", "VIDEO")) or "hub id" in text or "folder" in text
+            )
             if names_one and option.file is None:
                 found[option.name] = option
     return found

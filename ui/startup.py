@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from editing.errors import EditingError
 from editing.models import SHAPES_MODEL, ModelSpec
@@ -41,7 +41,9 @@ def hub_answers(repo_id: str, timeout: float = HUB_TIMEOUT) -> bool:
 
     def ask() -> None:
         try:
-            answered.append(httpx.head(f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=timeout, follow_redirects=True).status_code < 500)
+            answered.append(
+                httpx.head(f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=timeout, follow_redirects=True).status_code < 500
+            )
         except Exception:  # no network, no DNS, a proxy refusing: the Hub cannot be had
             answered.append(False)
 
