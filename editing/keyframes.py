@@ -51,8 +51,8 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     from .flows import colour_match, consistent, source_flows
 
     flows = source_flows(frames, colour_candidates=True)
-    still = still_masks(frames, flows.backward, flows.forward)
-    backward, forward = hold_still(flows.backward, flows.forward, still)
+    still, rims = still_masks(frames, flows.backward, flows.forward)
+    backward, forward = hold_still(flows.backward, flows.forward, still, rims)
     pairs = range(len(frames) - 1)
 
     def validity() -> tuple[np.ndarray, np.ndarray]:
@@ -182,23 +182,19 @@ def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
     if flows.still is not None:  # what an object uncovered on a still background: from that background, not the object
         from .still import fill_still
 
-        from .still import rim
-
-        fused = fill_still(fused, ~seen & flows.still[frame], seen & flows.still[frame] & ~rim(flows.still[frame]))
+        fused = fill_still(fused, ~seen & flows.still[frame], seen & flows.still[frame])
     nearest = min(sides, key=lambda k: (abs(frame - k), k))
     return Fused(fused, ~seen, nearest)
 
 
 def _left_behind(flows: ClipFlows, frame: int, key: int, path: Chain) -> np.ndarray:
-    """(H, W) bool: pixels of `frame` whose path ends on the keyframe's still background right beside an
-    object (`editing.still.rim`, where the edited object bleeds) while nothing moves beside them in
-    `frame`: the object has moved on, so what the keyframe shows there is not this frame's background."""
+    """(H, W) bool: pixels of `frame`'s still background whose path ends off the keyframe's: on the object
+    or on the rim beside it that moves with it (`editing.still.rim`, where the edited object bleeds into
+    the background). The object has moved on, so what the keyframe shows there is not this background."""
     if flows.still is None:
         return np.zeros(path.valid.shape, bool)
-    from .still import rim
-
-    lands = remap(rim(flows.still[key]).astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
-    return lands & ~rim(flows.still[frame])
+    lands = remap(flows.still[key].astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
+    return flows.still[frame] & ~lands
 
 
 def latent_mask(unseen: np.ndarray, scale: int, dilate: int = REFINE_DILATE) -> np.ndarray:

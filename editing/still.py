@@ -80,17 +80,25 @@ def still_background(frame: np.ndarray, flows: list[np.ndarray]) -> np.ndarray:
     return still | beside
 
 
-def still_masks(frames: np.ndarray, backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool: each frame's still background, the camera judged by the frame's flows both ways."""
+def still_masks(frames: np.ndarray, backward: np.ndarray, forward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) bool twice: each frame's still background (the camera judged by the frame's flows both
+    ways) less its rim, and that rim (`rim`: beside what moves, and moving with it)."""
     count = len(frames)
-    return np.stack([
-        still_background(frames[t], [*([backward[t - 1]] if t > 0 else []), *([forward[t]] if t < count - 1 else [])]) for t in range(count)
-    ])
+    held, rims = [], []
+    for t in range(count):
+        flows = [*([backward[t - 1]] if t > 0 else []), *([forward[t]] if t < count - 1 else [])]
+        still = still_background(frames[t], flows)
+        moving = ~still & (np.max([np.hypot(f[..., 0], f[..., 1]) for f in flows], axis=0) >= CAMERA_STILL)
+        band = rim(~moving) & still
+        held.append(still & ~band)
+        rims.append(band)
+    return np.stack(held), np.stack(rims)
 
 
-def hold_still(backward: np.ndarray, forward: np.ndarray, still: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The flows (N-1, H, W, 2) with zero vectors on each frame's still background: the backward flow of
-    pair t on frame t+1's, the forward flow on frame t's."""
+def hold_still(backward: np.ndarray, forward: np.ndarray, still: np.ndarray, rims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flows (N-1, H, W, 2) with zero vectors on each frame's still background (the backward flow of
+    pair t on frame t+1's, the forward flow on frame t's) and, on its rim, the vector of the nearest
+    pixel that is neither: the rim moves with the object it borders, the bleed of its edit with it."""
     backward, forward = backward.copy(), forward.copy()
     backward[still[1:]] = 0.0
     forward[still[:-1]] = 0.0
@@ -135,14 +143,15 @@ def mend_edges(flow: np.ndarray, frame: np.ndarray, other: np.ndarray, still: np
     return np.where((mend & (best_error <= tolerance))[..., None], best, flow)
 
 
-def extend_moving(flow: np.ndarray, still: np.ndarray) -> np.ndarray:
-    """`flow` with each still pixel's vector replaced by its nearest moving pixel's: the field to sample
-    a moving point's flow from between pixels, so a point on a moving object's edge does not take a share
-    of the still background's zero (and fall behind onto it)."""
-    if not still.any() or still.all():
+def extend_moving(flow: np.ndarray, still: np.ndarray, also: np.ndarray | None = None) -> np.ndarray:
+    """`flow` with each still pixel's vector (and each `also` pixel's) replaced by its nearest other
+    pixel's: the field to sample a moving point's flow from between pixels, so a point on a moving
+    object's edge does not take a share of the still background's zero (and fall behind onto it)."""
+    replace = still if also is None else still | also
+    if not replace.any() or replace.all():
         return flow
-    _, nearest = cv2.distanceTransformWithLabels(still.astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
-    moving = ~still
+    _, nearest = cv2.distanceTransformWithLabels(replace.astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    moving = ~replace
     sources = np.zeros(int(nearest.max()) + 1, np.int64)  # label of each moving pixel -> its flat index
     sources[nearest[moving]] = np.flatnonzero(moving)
     return flow.reshape(-1, 2)[sources[nearest]].reshape(flow.shape)
@@ -152,9 +161,9 @@ RIM = 3  # px of a still background beside what moves, where an edited keyframe'
 
 
 def rim(still: np.ndarray, width: int = RIM) -> np.ndarray:
-    """(H, W) bool: the still background's pixels within `width` px of anything not still (an edited
-    keyframe's object bleeds a little into the background there: carried along a still background's zero
-    flow after the object has moved on, that bleed would stay behind as a ghost of its outline)."""
+    """(H, W) bool: the pixels of `still` within `width` px of anything not in it. Beside a moving object
+    an edited keyframe's object bleeds a little into the background: held still after the object has
+    moved on, that bleed would stay behind as a ghost of its outline, so the rim moves with the object."""
     if not still.any() or still.all():
         return np.zeros_like(still)
     kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
