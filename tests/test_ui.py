@@ -836,8 +836,6 @@ def test_a_runs_warnings_are_shown_as_warnings_and_details_name_the_controlnet(c
     *_, details, _, _ = handlers["edit"](values, None)
     assert toasts == [said] and details["warnings"] == [said]
     assert set(details["controlnets"]) == {"canny"} and details["controlnets"]["canny"].startswith("random")
-    *_, details, _, _ = handlers["edit"](values | {"control_kinds": []}, None)
-    assert "controlnets" not in details
 
 
 def test_details_name_the_controlnet_each_model_runs(car, tmp_path):
