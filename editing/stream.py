@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class StreamBank:
     recent: dict[tuple[int, str], deque] = field(default_factory=dict)
     staged: dict[tuple[int, str], Entry] = field(default_factory=dict)
 
-    def view(self, step: int) -> "StepView":
+    def view(self, step: int) -> StepView:
         return StepView(self, step)
 
     def read(self, step: int, layer: str) -> list[Entry]:
@@ -82,7 +83,11 @@ class StreamBank:
 
     def sizes(self) -> dict[str, int]:
         """Entries held: anchor places, recent frames at most per place, staged places."""
-        return {"anchor": len(self.anchor), "recent": max((len(d) for d in self.recent.values()), default=0), "staged": len(self.staged)}
+        return {
+            "anchor": len(self.anchor),
+            "recent": max((len(d) for d in self.recent.values()), default=0),
+            "staged": len(self.staged),
+        }
 
     def nbytes(self) -> int:
         entries = [*self.anchor.values(), *(e for d in self.recent.values() for e in d), *self.staged.values()]
@@ -130,9 +135,11 @@ class StreamSettings:
 class StreamEditor:
     """A streaming edit: `push(frame)` returns the edited frame (H, W, 3 uint8; sides multiples of 8)."""
 
-    def __init__(self, parts: "EditParts", backbone: "Backbone", bank_frames: int | None = None):
+    def __init__(self, parts: EditParts, backbone: Backbone, bank_frames: int | None = None):
         if parts.masking is not None or parts.attention_edit is not None or parts.tuned is not None or parts.engine.controls:
-            raise ConfigError("live edits take a prompt, a preset and model options only (no mask, attention edit, tuned weights or ControlNet)")
+            raise ConfigError(
+                "live edits take a prompt, a preset and model options only (no mask, attention edit, tuned weights or ControlNet)"
+            )
         frames = parts.engine.feature_bank if bank_frames is None else bank_frames
         if not 0 <= frames <= 64:
             raise ConfigError(f"feature_bank must be between 0 and 64 frames, got {frames}")
@@ -144,7 +151,7 @@ class StreamEditor:
         self._text = None
 
     @classmethod
-    def from_request(cls, request: "EditRequest", backbone: "Backbone | None" = None) -> "StreamEditor":
+    def from_request(cls, request: EditRequest, backbone: Backbone | None = None) -> StreamEditor:
         """The engine of an edit request (its preset applied): the request's model loaded unless given."""
         from .core import EditParts
         from .pipeline import request_backbone
@@ -188,7 +195,9 @@ class StreamEditor:
         plan = sampling.plan_frames(1, 1, STREAM_MODE)
         control = StreamBankControl(self.bank, self.count)
         guidance = sampling.Guidance(self._text, config.guidance)
-        latents = sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan, attention_control=control, seed=config.seed)
+        latents = sampling.denoise(
+            backbone, scheduler, latents, timesteps, guidance, plan, attention_control=control, seed=config.seed
+        )
         return sampling.decode_latents(backbone, latents, 1)
 
     def latency(self) -> float:
@@ -202,7 +211,7 @@ class StreamEditor:
         self.bank = None
         self._text = None
 
-    def __enter__(self) -> "StreamEditor":
+    def __enter__(self) -> StreamEditor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -226,12 +235,15 @@ class LiveResult:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"output": self.output, "frames": self.frames, "fps": round(self.fps, 3), "latency_ms": round(1000 * self.latency, 1)} | (
-            {"notes": list(self.notes)} if self.notes else {}
-        )
+        return {
+            "output": self.output,
+            "frames": self.frames,
+            "fps": round(self.fps, 3),
+            "latency_ms": round(1000 * self.latency, 1),
+        } | ({"notes": list(self.notes)} if self.notes else {})
 
 
-def live_video(request: "EditRequest", progress=None) -> LiveResult:
+def live_video(request: EditRequest, progress=None) -> LiveResult:
     """Edit a clip frame by frame as a stream would (`python -m editing live`) and write it."""
     from . import video_io
     from .files import check_writable

@@ -16,14 +16,48 @@ from .conftest import ASSETS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-LIVE_OPTIONS = ["--model", "tiny", "--prompt", "a red car", "--steps", "2", "--strength", "0.5", "--guidance", "1", "--inversion", "none", "--feature-bank", "2", "--size", "64", "--stride", "4"]
+LIVE_OPTIONS = [
+    "--model",
+    "tiny",
+    "--prompt",
+    "a red car",
+    "--steps",
+    "2",
+    "--strength",
+    "0.5",
+    "--guidance",
+    "1",
+    "--inversion",
+    "none",
+    "--feature-bank",
+    "2",
+    "--size",
+    "64",
+    "--stride",
+    "4",
+]
 
 
 def _request(tmp_path, frames: int = 4, **extra):
     from editing.requests import edit_request
 
-    values = {"video": str(ASSETS / "car-turn.mp4"), "out": str(tmp_path / "live.zip"), "model": "tiny", "prompt": "a red car", "steps": 2, "strength": 0.5, "guidance": 1.0}
-    values |= {"inversion": "none", "feature_bank": 2, "size": 64, "stride": 4, "frames": frames, "cache_dir": str(tmp_path / "cache")} | extra
+    values = {
+        "video": str(ASSETS / "car-turn.mp4"),
+        "out": str(tmp_path / "live.zip"),
+        "model": "tiny",
+        "prompt": "a red car",
+        "steps": 2,
+        "strength": 0.5,
+        "guidance": 1.0,
+    }
+    values |= {
+        "inversion": "none",
+        "feature_bank": 2,
+        "size": 64,
+        "stride": 4,
+        "frames": frames,
+        "cache_dir": str(tmp_path / "cache"),
+    } | extra
     return edit_request(values)
 
 
@@ -44,7 +78,9 @@ def _editor(tiny, tmp_path, **extra) -> StreamEditor:
 
 def _zip_frames(path) -> np.ndarray:
     with zipfile.ZipFile(path) as archive:
-        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")) for name in sorted(archive.namelist())])
+        return np.stack(
+            [np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")) for name in sorted(archive.namelist())]
+        )
 
 
 def test_streaming_a_clip_equals_the_live_command_frame_for_frame(tiny, tmp_path, capsys):
@@ -118,7 +154,11 @@ def test_a_frame_that_fails_midway_leaves_the_bank_unchanged(tiny, tmp_path, fra
         after = {place: [(f, k) for f, k, _ in entries] for place, entries in editor.bank.recent.items()}
         assert editor.bank.sizes()["staged"] == 0 and editor.count == 2
         assert before.keys() == after.keys()
-        assert all([f for f, _ in before[p]] == [f for f, _ in after[p]] and all(torch_equal(a, b) for (_, a), (_, b) in zip(before[p], after[p])) for p in before)
+        assert all(
+            [f for f, _ in before[p]] == [f for f, _ in after[p]]
+            and all(torch_equal(a, b) for (_, a), (_, b) in zip(before[p], after[p]))
+            for p in before
+        )
         assert np.array_equal(editor.push(frames[2]), expected[2])  # a skipped frame is as if never pushed
 
 
