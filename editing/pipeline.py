@@ -214,6 +214,8 @@ def edit_keyframes_of(request: EditRequest, progress: ProgressFn = _no_progress)
     from .core import edit_keyframes, frames_key
 
     request = staged_request(request)
+    if request.masking.given:
+        raise ConfigError("a mask (--region or --remove) runs as one edit, not as keyframes then propagation: use Edit")
     progress("decode", 0, 1)
     clip = video_io.read_clip(request.video, request.selection, request.limits)
     backbone = request_backbone(request, progress)

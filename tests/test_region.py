@@ -256,3 +256,19 @@ def test_region_tab_tracks_a_drawing_and_removes(tmp_path, tiny, clip):
     }
     shown, details = asyncio.run(remove(**values, progress=None))
     assert Path(shown).exists() and details["frames"] == 4
+
+
+def test_the_staged_keyframes_flow_refuses_a_mask():
+    from editing.pipeline import edit_keyframes_of
+    from editing.requests import defaults, edit_request
+
+    values = defaults("edit") | {
+        "video": "clip.mp4",
+        "out": "out.mp4",
+        "prompt": "a star",
+        "model": "tiny",
+        "mask": "m.mp4",
+        "region": True,
+    }
+    with pytest.raises(ConfigError, match="runs as one edit"):
+        edit_keyframes_of(edit_request(values))
