@@ -6,7 +6,7 @@ import gradio as gr
 
 from editing.models import DEFAULT_MODEL
 
-from . import edit_tab, oneshot_tab, region_tab, session_tab
+from . import edit_tab, live_tab, oneshot_tab, region_tab, session_tab
 from .api_checks import CheckedBlocks
 from .backend import Backend, EditFn
 from .serving import LOCAL, ServePolicy
@@ -38,5 +38,7 @@ def build_demo(
             session_tab.create_tab(backend, default_model)
         with gr.Tab("One-shot tuning"):
             oneshot_tab.create_tab(backend, default_model)
+        with gr.Tab("Live"):
+            live_tab.create_tab(backend, default_model)
     demo.queue(max_size=QUEUE_SIZE)
     return demo
