@@ -27,6 +27,10 @@ Field metadata keys (all optional):
               the field is True when its word is listed
   group       the argparse group of a nested config's options (default GROUPS[config class])
   file        the option names a file of this kind ("image"): forms give it an upload widget, never a path box
+  app         how the app's forms show it where they differ from the command line, each difference with its
+              reason under "why": "default" (the widget's starting value), "min" / "max" / "step" (a slider's
+              span inside "range"), "form": False (no form sets it: files and places are the app's business),
+              "api": False (an /edit widget sets it some other way, or it stays at its default); see ui/hints.py
 
 Field types: str, int, float, bool (a store_true flag; `--no-NAME` when the default is True), and
 `X | None`; `tuple[str, ...]` is comma-separated text (`--blend-words W1,W2`); `tuple[tuple[str, float],
@@ -76,18 +80,18 @@ class EditRequest:
     """One edit: which clip, which frames, which model, what to make, where to write it."""
 
     video: str = field(metadata={"positional": True, "help": "the video to edit"})
-    output: str = field(metadata={"flag": "--out", "dest": "out", "help": "output file: .mp4, .gif or .zip (PNG frames)"})
+    output: str = field(metadata={"app": {"form": False, "why": "the app writes into its own folder"}, "flag": "--out", "dest": "out", "help": "output file: .mp4, .gif or .zip (PNG frames)"})
     edit: EditConfig
     selection: FrameSelection = FrameSelection()
     engine: EngineConfig = EngineConfig()
     model: str = field(default=DEFAULT_MODEL, metadata={"help": MODEL_HELP})
-    device: str | None = field(default="auto", metadata={"help": DEVICE_HELP})
-    dtype: str | None = field(default="auto", metadata={"help": "auto, fp32, fp16 or bf16"})
+    device: str | None = field(default="auto", metadata={"app": {"api": False, "why": "the app's process decides where it runs"}, "help": DEVICE_HELP})
+    dtype: str | None = field(default="auto", metadata={"app": {"api": False, "why": "the app's process decides where it runs"}, "help": "auto, fp32, fp16 or bf16"})
     limits: VideoLimits = field(default=VideoLimits(), metadata={"option": False})
     attention_edit: AttentionEditConfig | None = None
     masking: MaskConfig = field(default=MaskConfig(), metadata={"group": "regions and removal (editing.region, editing.removal)"})
     tuned: str | None = field(
-        default=None, metadata={"metavar": "FILE", "help": "edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)"}
+        default=None, metadata={"app": {"form": False, "why": "the one-shot tab's own tuning, never a path from a form"}, "metavar": "FILE", "help": "edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)"}
     )
     # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
     also_write: tuple[str, ...] = field(default=(), metadata={"option": False})
@@ -113,7 +117,7 @@ class TuneConfig:
 
     prompt: str = field(metadata={"help": "what the source clip shows; the tuning's text condition"})
     selection: FrameSelection = field(default=FrameSelection(max_frames=8, size=512), metadata={"help": "frames and size to tune on"})
-    steps: int = field(default=300, metadata={"help": "optimiser steps (Tune-A-Video uses 300-500)"})
+    steps: int = field(default=300, metadata={"app": {"max": 1000, "why": "a slider: more than 1000 tuning steps overfit the clip and take hours"}, "help": "optimiser steps (Tune-A-Video uses 300-500)", "range": "[1, 100000]"})
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "seed of the temporal layers' initialisation, timesteps and noise"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm", "option": False})
@@ -139,12 +143,12 @@ class TuneRequest:
     video: str = field(metadata={"positional": True, "help": "the video to tune on"})
     config: TuneConfig
     output: str | None = field(
-        default=None, metadata={"flag": "--out", "dest": "out", "required": True, "help": "tuned weights, a .safetensors file (its settings go beside it as .json)"}
+        default=None, metadata={"app": {"form": False, "why": "tunings stay in the app's cache"}, "flag": "--out", "dest": "out", "required": True, "help": "tuned weights, a .safetensors file (its settings go beside it as .json)"}
     )
     model: str = field(default=DEFAULT_MODEL, metadata={"help": f"base model: Hub id, folder, .safetensors file, shapes, or {'/'.join(BUILTIN_MODELS)}"})
     device: str | None = field(default="auto", metadata={"help": DEVICE_HELP})
     dtype: str | None = field(default="auto", metadata={"help": "auto, fp32, fp16 or bf16 (of the frozen model)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where tunings are cached for reuse"})
+    cache_dir: str | None = field(default=None, metadata={"app": {"form": False, "why": "where the cache lives is the app's business"}, "help": "where tunings are cached for reuse"})
     limits: VideoLimits = field(default=VideoLimits(), metadata={"option": False})
 
     def __post_init__(self):
@@ -190,6 +194,7 @@ class Option:
     enables: bool = False  # a field without default of that optional config: giving it builds the config
     file: str | None = None  # the kind of file the option names ("image"), for forms' upload widgets
     range: str | None = None  # the accepted values as text, e.g. "[1, 1000]" (metadata "range")
+    app: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the app's form hints (metadata "app")
 
     @property
     def flag(self) -> str:
@@ -279,6 +284,18 @@ def _walk(cls: type, path: tuple[str, ...], instance, group: str | None, within:
     return found
 
 
+APP_HINTS = frozenset({"default", "min", "max", "step", "form", "api", "why"})
+
+
+def _app_hint(cls: type, f: dataclasses.Field) -> Mapping[str, Any]:
+    """A field's `app` metadata, checked: known keys only, and every difference says why."""
+    hint = dict(f.metadata.get("app", {}))
+    unknown = sorted(set(hint) - APP_HINTS)
+    if unknown or (hint and not hint.get("why")):
+        raise TypeError(f"{cls.__name__}.{f.name}: app hints take {', '.join(sorted(APP_HINTS))} with a 'why'; got {hint}")
+    return hint
+
+
 def _field_options(cls, f, hint, nullable, default, path, group, within) -> list[Option]:
     """The option(s) one field gives (an item tuple also gives its items' KEY=VALUE options)."""
     meta = f.metadata
@@ -289,7 +306,7 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
         name=name, flags=flags, help=meta.get("help", ""), choices=meta.get("choices"), metavar=meta.get("metavar"), group=group,
         paths=(path,), field_default=None if missing else default, within=within, enables=missing and within is not None,
         required=bool(meta.get("required")) or (missing and within is None), needed=missing and within is None,
-        file=meta.get("file"), range=meta.get("range"),
+        file=meta.get("file"), range=meta.get("range"), app=_app_hint(cls, f),
     )  # fmt: skip
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
@@ -321,6 +338,7 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
                             name=sub_name, flags=_flags(sub.metadata, sub_name),
                             type=str, default=[], help=sub.metadata.get("help", ""), metavar=sub.metadata.get("metavar") or f"{key}={sub.name.upper()}",
                             repeat=True, group=group, kind="per_item", paths=(path,), item=element, item_field=sub.name, within=within,
+                            app=_app_hint(element, sub),
                         )
                     )  # fmt: skip
             return found

@@ -190,11 +190,11 @@ def test_one_shot_tune_then_edit_through_the_api(served, car):
 
     small = {"model": "tiny", "frames": 2, "size": 64}
     with pytest.raises(AppError, match="tune on the clip first"):
-        served.predict(video=handle_file(str(car)), source_prompt="a car", prompt="a bear", **small, api_name="/edit_tuned")
-    info = served.predict(video=handle_file(str(car)), source_prompt="a car turning", tune_steps=2, **small, api_name="/tune")
+        served.predict(video=handle_file(str(car)), inversion_prompt="a car", prompt="a bear", **small, api_name="/edit_tuned")
+    info = served.predict(video=handle_file(str(car)), prompt="a car turning", steps=2, **small, api_name="/tune")
     assert info["weights"].endswith(".safetensors") and info["parameters"] > 0
     video, details = served.predict(
-        video=handle_file(str(car)), source_prompt="a car turning", prompt="a bear", steps=2, tune_steps=2, **small, api_name="/edit_tuned"
+        video=handle_file(str(car)), inversion_prompt="a car turning", prompt="a bear", steps=2, **small, api_name="/edit_tuned"
     )
     assert details["tuned"].endswith(info["weights"]) and probe(video).frame_count == 2
 

@@ -215,7 +215,7 @@ def test_stop_cancels_a_tuning_between_steps_and_saves_nothing(car, tmp_path, mo
             steps.append(done)
             token.cancel()
 
-    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 5, "seed": 0}
+    values = {"video": str(car), "prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "steps": 5, "seed": 0}
     with pytest.raises(Cancelled, match="cancelled during tune"):
         run_tuning(values, press_stop_after_one_step, token)
     assert steps == [1] and not list(tmp_path.rglob("*.safetensors"))
@@ -368,10 +368,10 @@ def test_extra_formats_come_from_the_same_frames(car, tmp_path):
 def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_path, monkeypatch):
     from editing.tuning import read_metadata
     from ui.backend import Backend, CancelToken
-    from ui.oneshot_tab import edit_values, run_tuning
+    from ui.oneshot_tab import run_tuning
 
     monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
-    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 3, "learning_rate": 1e-4, "seed": 0}
+    values = {"video": str(car), "prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "steps": 3, "learning_rate": 1e-4, "seed": 0}
     stages = []
     tuned = run_tuning(values, lambda stage, done, total: stages.append((stage, done, total)))
     assert ("tune", 3, 3) in stages and not tuned["reused"]
@@ -381,11 +381,12 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_p
     from ui.edit_tab import make_handlers
 
     edit = make_handlers(Backend())["edit"]
-    request_values = edit_values(values | {"prompt": "a bear", "steps": 2, "guidance": 1.0, "strength": 1.0, "token": CancelToken()})
+    trim = {k: values[k] for k in ("video", "model", "frames", "size", "seed")}
+    request_values = trim | {"prompt": "a bear", "steps": 2, "guidance": 1.0, "strength": 1.0, "inversion_prompt": values["prompt"], "token": CancelToken()}
     video, _, _, details, *_ = edit(request_values, None, tuned=tuned["path"])
     assert details["tuned"] == os.path.basename(tuned["path"]) and details["frames"] == 2  # the file name only (issue 18, defect 8)
     with pytest.raises(EditingError, match="tuning prompt must not be empty"):
-        run_tuning(values | {"source_prompt": ""}, lambda *a: None)
+        run_tuning(values | {"prompt": ""}, lambda *a: None)
 
     from ui.oneshot_tab import check_tuned_for
 
@@ -398,19 +399,21 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_p
 
 def test_one_shot_tab_passes_the_memory_options_to_the_tuning(car):
     from ui import build_demo
-    from ui.oneshot_tab import MEMORY_FIELDS, run_tuning
+    from ui.forms import option_names
+    from ui.oneshot_tab import run_tuning
 
     class Tuned:
         def to_dict(self):
             return {}
 
     requests = []
-    values = {"video": str(car), "source_prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "tune_steps": 2}
+    values = {"video": str(car), "prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "steps": 2}
     for extra in ({}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}):
         run_tuning(values | extra, lambda *a: None, tune=lambda request, progress: requests.append(request) or Tuned())
     assert [(r.config.gradient_checkpointing, r.config.mixed_precision) for r in requests] == [(False, "no"), (True, "bf16")]
     parameters = [p["parameter_name"] for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/tune"]["parameters"]]
-    assert parameters[-len(MEMORY_FIELDS):] == MEMORY_FIELDS  # last, so positional calls made before they existed still work
+    assert parameters[-2:] == ["gradient_checkpointing", "mixed_precision"]  # last, so positional calls made before they existed still work
+    assert set(parameters) - {"video"} <= set(option_names("tune"))  # the tune command's own names, none renamed
 
 
 def test_the_form_cannot_point_an_edit_at_a_weights_file(car, tmp_path):
@@ -1010,3 +1013,60 @@ def test_style_presets_say_before_running_what_they_give_with_the_model():
     assert "return the source unchanged" in _returns(follow, "shapes")[0]["info"]
     assert "draws noise" in _returns(follow, "tiny")[0]["info"]
     assert _returns(follow, DEFAULT_MODEL)[0]["info"] == ""
+
+
+def _request_with(monkeypatch, *fields):
+    """The edit command's request with `fields` (name, type, dataclasses.field) added, as a contributor would add them."""
+    import dataclasses
+
+    from editing import requests
+
+    added = dataclasses.make_dataclass("HintedRequest", list(fields), bases=(requests.EditRequest,), frozen=True)
+    monkeypatch.setitem(requests.COMMANDS, "edit", added)
+
+
+def test_an_option_added_to_the_schema_is_a_widget_with_its_default_range_and_hint(monkeypatch):
+    """A new field's default, range and app hint reach the widgets and the /edit API; a hint without its reason is refused."""
+    from dataclasses import field
+
+    from editing import requests
+    from ui import build_demo, hints
+
+    _request_with(
+        monkeypatch,
+        ("probe_sharpness", float, field(default=0.25, metadata={"help": "a probe", "range": "[0, 2]"})),
+        ("probe_passes", int, field(default=40, metadata={"help": "a probe", "range": "[1, inf)", "app": {"default": 3, "max": 10, "why": "a test"}})),
+        ("probe_hidden", int, field(default=1, metadata={"help": "a probe", "app": {"api": False, "why": "a test"}})),
+    )
+    sharpness = hints.slider("probe_sharpness")
+    passes = hints.slider("probe_passes")
+    assert (sharpness.minimum, sharpness.maximum, sharpness.value) == (0, 2, 0.25)  # the schema's own
+    assert (passes.minimum, passes.maximum, passes.step, passes.value) == (1, 10, 1, 3)  # the hint's, over the schema's
+    assert hints.differences()["probe_passes"] == (40, 3, "a test")
+    parameters = {p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]}
+    assert parameters["probe_sharpness"]["parameter_default"] == 0.25 and parameters["probe_passes"]["parameter_default"] == 3
+    assert "probe_hidden" not in parameters
+    _request_with(monkeypatch, ("probe_bad", int, field(default=1, metadata={"help": "a probe", "app": {"default": 2}})))
+    with pytest.raises(TypeError, match="probe_bad: app hints take .* with a 'why'"):
+        requests.options("edit")
+
+
+def test_the_forms_defaults_are_the_cli_defaults_but_the_declared_hints(car, tmp_path):
+    """The untouched /edit form makes the CLI's default request with only the schema's declared app hints
+    changed; the hints are the ones the app has always shown (fewer steps, frames and pixels, a lower strength)."""
+    import dataclasses
+
+    from editing import requests
+    from ui import build_demo, hints
+    from ui.edit_tab import request_from
+
+    parameters = build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]
+    form = {p["parameter_name"]: p["parameter_default"] for p in parameters if p["parameter_has_default"]}
+    form |= {"video": str(car), "prompt": "a cat"}
+    made = request_from(form, str(tmp_path), (".mp4",))
+    declared = {name: app for name, (_, app, _) in hints.differences().items()}
+    assert declared == {"steps": 10, "strength": 0.6, "frames": 8, "size": 256}
+    cli = requests.edit_request(requests.defaults("edit") | declared | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"})
+    assert dataclasses.replace(made, also_write=()) == cli
+    undeclared = requests.edit_request(requests.defaults("edit") | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"})
+    assert made != undeclared  # the control: the hints do change the form's request

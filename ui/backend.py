@@ -23,7 +23,6 @@ import numpy as np
 
 from editing.errors import Cancelled
 from editing.memo import ClipMemo
-from editing.evaluate import read_png_zip
 from editing.pipeline import EditRequest, EditResult, ProgressFn, edit_video
 
 from .serving import LOCAL, ServePolicy
@@ -224,13 +223,14 @@ class Backend:
         return read_clip(request.video, request.selection, request.limits).frames
 
     def warp_errors(self, request: EditRequest, outputs: Outputs, source: np.ndarray | None = None) -> np.ndarray:
-        """Per frame pair temporal warp error of the output, along the source's optical flow."""
+        """Per frame pair temporal warp error of the edited frames the result carries (never read back from
+        its files), along the optical flow of `source` (the caller's decoded frames; decoded here if None)."""
         from editing.metrics import warp_errors
 
-        frames_zip = outputs.get(".zip")
-        if frames_zip is None:
+        edited = outputs.result.images
+        if edited is None:
             return np.zeros(0)
-        return warp_errors(self.source_frames(request) if source is None else source, read_png_zip(frames_zip))
+        return warp_errors(self.source_frames(request) if source is None else source, edited)
 
 
 

@@ -16,10 +16,10 @@ from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
 from editing.video_io import write_png_zip
 
-from . import widgets
+from . import hints, widgets
 from .backend import Backend, CancelToken
 from .serving import LOCAL, ServePolicy
-from .forms import OUTPUT_FORMATS, default_values, form_options, make_request, one_sentence_errors, option_names, option_values
+from .forms import OUTPUT_FORMATS, default_values, form_options, make_request, one_sentence_errors, option_values
 from .gpu import gpu, on_spaces
 from .clip_upload import TRIMS, ClipUpload, follow_plan
 from .details import controlnet_names, warn
@@ -27,18 +27,13 @@ from .preview import preview_for
 
 FAST_PREVIEW = "fast"  # the preset the Fast preview button runs (editing.presets)
 GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
-# The /edit API's parameters, in order: the first twelve are the original API's, so old clients keep working.
+# The published order of the /edit API's first parameters (the first twelve are the original API's), so
+# positional clients keep working; which options are parameters is the schema's (hints.on_api).
 API_FIELDS = [
     "video", "prompt", "model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed",
     "negative_prompt", "attention", "inversion", "source_prompt", "prompt_edit", "blend_words",
     "control_kinds", "control_scale", "smooth", "reference_scale",
 ]  # fmt: skip
-# Edit options the app keeps off its /edit API (set through other widgets, or left at their defaults).
-# Every other option, e.g. a field added to a config, is an /edit parameter after API_FIELDS.
-OFF_API = (
-    "control", "control_model", "window", "chunk", "inversion_prompt", "annotators", "device", "dtype",
-    "cross_replace", "self_replace", "blend_threshold", "reweight", "null_text", "null_text_iterations",
-)  # fmt: skip
 
 
 # The tab's own upload of an edited keyframe (the schema's keyframe_image takes paths, so the form reserves it).
@@ -46,9 +41,9 @@ KEYFRAME_FIELDS = ["keyframe_upload", "keyframe_index"]
 
 
 def api_fields() -> list[str]:
-    """The /edit API's parameters: API_FIELDS, then every other option of the request schema not in
-    OFF_API, then the edited-keyframe upload."""
-    return API_FIELDS + [name for name in option_names() if name not in API_FIELDS and name not in OFF_API] + KEYFRAME_FIELDS
+    """The /edit API's parameters: API_FIELDS, then every other option of the request schema whose `app`
+    hint keeps it on the API (e.g. a field added to a config), then the edited-keyframe upload."""
+    return API_FIELDS + [o.name for o in form_options() if o.name not in API_FIELDS and hints.on_api(o)] + KEYFRAME_FIELDS
 
 
 # What each pipeline stage is called on the progress bar.

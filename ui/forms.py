@@ -22,16 +22,17 @@ from editing import requests
 from editing.errors import ConfigError, EditingError
 from editing.requests import EditRequest
 
+from . import hints
+
 log = logging.getLogger(__name__)
 
-# Options the app never takes from a form: files and places are the app's business.
-RESERVED = frozenset({"video", "out", "cache_dir", "control_video", "tuned", "reference_adapter", "keyframe_image", "mask_preview", "mask_model", "inpaint_model"})  # keyframe_image: the Edit tab's own upload; the mask preview is the Region tab's
 OUTPUT_FORMATS = (".mp4", ".gif", ".zip")
 
 
 def form_options(command: str = "edit") -> tuple[requests.Option, ...]:
-    """The schema's options of `command` a form may set."""
-    return tuple(option for option in requests.options(command) if option.name not in RESERVED)
+    """The schema's options of `command` a form may set: all but the clip and those whose `app` hint says
+    `form: False` (files and places are the app's business)."""
+    return tuple(option for option in requests.options(command) if hints.on_form(option))
 
 
 def option_names(command: str = "edit") -> tuple[str, ...]:

@@ -9,25 +9,21 @@ import gradio as gr
 
 from editing.errors import EditingError
 from editing.pipeline import ProgressFn
-from editing.requests import MIXED_PRECISION
 
-from . import widgets
+from . import hints, widgets
 from .clip_upload import ClipUpload
 from .backend import Backend, CancelToken, cancellable, freeing_memory
 from .edit_tab import GPU_QUEUE, gradio_progress, make_handlers
-from .forms import default_values, make_tune_request, one_sentence_errors, option_values
+from .forms import make_tune_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu
-
-TUNE_FIELDS = ["video", "source_prompt", "model", "start", "end", "stride", "frames", "size", "tune_steps", "learning_rate", "seed"]
-EDIT_FIELDS = ["prompt", "steps", "guidance", "strength"]
-MEMORY_FIELDS = ["gradient_checkpointing", "mixed_precision"]  # tuning options, last so positional API calls keep working
 
 
 def tune_options(values: dict[str, Any]) -> dict[str, Any]:
-    """The `tune` command's options from the tab's widgets (the edit's prompt and steps are separate)."""
-    values = dict(values)
-    values["prompt"] = values.pop("source_prompt", None) or ""
-    values["steps"] = values.pop("tune_steps", None)
+    """The `tune` command's options among the tab's values (named as the schema names them; a blank prompt
+    is refused by the tuning's own check)."""
+    names = set(option_names("tune"))
+    values = {name: value for name, value in values.items() if name in names}
+    values["prompt"] = values.get("prompt") or ""
     return option_values(values)
 
 
@@ -35,18 +31,9 @@ def run_tuning(values: dict[str, Any], progress: ProgressFn, token: CancelToken 
     """Tune on the clip (or reuse a tuning of the same clip and settings); the result describes the weights file."""
     from editing.tuning import tune_video
 
-    fields = [k for k in (*TUNE_FIELDS, *MEMORY_FIELDS) if k != "video"]
-    request = make_tune_request(tune_options({k: values.get(k) for k in fields}), values.get("video"))
+    request = make_tune_request(tune_options(values), values.get("video"))
     with freeing_memory():
         return (tune or tune_video)(request, cancellable(progress, token)).to_dict()
-
-
-def edit_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Edit-tab values for an edit with the tuned model: the tuning's clip and trim, the tab's prompt and sampler.
-
-    No attention mode: as with `edit --tuned`, the edit takes the one the weights were tuned with."""
-    edit = {k: values.get(k) for k in ("video", "model", "start", "end", "stride", "frames", "size", "seed", *EDIT_FIELDS)}
-    return edit | {"inversion_prompt": values.get("source_prompt") or "", "token": values.get("token")}
 
 
 def check_tuned_for(tuned: str | None, video: str | None) -> None:
@@ -61,11 +48,12 @@ def check_tuned_for(tuned: str | None, video: str | None) -> None:
 
 
 def create_tab(backend: Backend, default_model: str) -> None:
-    """Lay out the One-shot tab and wire its events."""
+    """Lay out the One-shot tab and wire its events. Every widget is named after the option it sets: /tune
+    takes the `tune` command's options, /edit_tuned the `edit` command's (the tuning's clip, model, trim
+    and seed, its prompt as the inversion prompt, and the edit's own prompt, steps, guidance and strength)."""
     tuned = gr.State(None)  # this user's tuned weights file
     token = gr.State(CancelToken())
-    form: dict[str, gr.components.Component] = {}
-    tune_defaults = default_values("tune")
+    form: dict[str, gr.components.Component] = {}  # the tune command's options
     gr.Markdown(
         "Tune the model on this clip first (only small attention layers are trained), then edit it with the tuned "
         "model for changes of shape or motion. A tuning of the same clip and settings is reused."
@@ -75,28 +63,33 @@ def create_tab(backend: Backend, default_model: str) -> None:
         with gr.Column():
             upload = ClipUpload.create("oneshot-")
             form["video"] = upload.file
-            form["source_prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
+            form["prompt"] = gr.Textbox(label="What the clip shows", placeholder="a man skiing")
             form["model"] = widgets.model_widget(default_model)
         with gr.Column():
             with gr.Accordion("Frames", open=False):
-                form |= widgets.frame_widgets(form["model"], frames=tune_defaults["frames"], policy=backend.policy)
+                form |= widgets.frame_widgets(form["model"], "tune", policy=backend.policy)
             with gr.Row():
-                form["tune_steps"] = gr.Slider(1, 1000, value=tune_defaults["steps"], step=1, label="Tuning steps")
-                form["learning_rate"] = gr.Number(tune_defaults["learning_rate"], label="Learning rate")
-                form["seed"] = gr.Number(tune_defaults["seed"], label="Seed", precision=0, minimum=0)
+                form["steps"] = hints.slider("steps", "tune", label="Tuning steps")
+                form["learning_rate"] = hints.number("learning_rate", "tune", label="Learning rate")
+                form["seed"] = hints.number("seed", "tune", label="Seed", minimum=0)
             with gr.Row():
-                form["gradient_checkpointing"] = gr.Checkbox(tune_defaults["gradient_checkpointing"], label="Gradient checkpointing (less memory, slower)")
-                form["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISION), value=tune_defaults["mixed_precision"], label="Mixed precision (GPU only)")
+                form["gradient_checkpointing"] = gr.Checkbox(hints.app_default(hints.option("gradient_checkpointing", "tune")), label="Gradient checkpointing (less memory, slower)")
+                form["mixed_precision"] = hints.dropdown("mixed_precision", "tune", label="Mixed precision (GPU only)")
             tune_button = gr.Button("1. Tune on the clip", variant="primary", interactive=False, elem_id="oneshot-tune")  # once a readable clip is there
             tune_info = gr.JSON(label="Tuned weights")
     gr.Markdown("### 2. Edit with the tuned model")
+    edit_names = set(option_names("edit"))
+    # the tuning's widgets that are edit options too; the edit's own prompt and steps replace the tuning's
+    edit_form = {name: widget for name, widget in form.items() if name in edit_names}
     with gr.Row():
         with gr.Column():
-            form["prompt"] = gr.Textbox(label="Edit prompt", placeholder="a bear skiing")
+            edit_form["prompt"] = gr.Textbox(label="Edit prompt", placeholder="a bear skiing")
             with gr.Row():
-                form["steps"] = gr.Slider(1, 50, value=10, step=1, label="Steps")
-                form["guidance"] = gr.Slider(1, 15, value=7.5, step=0.5, label="Guidance")
-                form["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength")
+                edit_form["steps"] = hints.slider("steps", label="Steps")
+                edit_form["guidance"] = hints.slider("guidance", label="Guidance")
+                # a tuned edit re-runs the whole schedule, as `edit --tuned` does: the command line's strength
+                edit_form["strength"] = hints.slider("strength", value=hints.schema_default(hints.option("strength")), label="Strength")
+            edit_form["inversion_prompt"] = form["prompt"]  # what the clip shows describes the source to invert
             with gr.Row():
                 edit_button = gr.Button("2. Edit with the tuned model", variant="primary", interactive=False, elem_id="oneshot-edit")
                 stop = gr.Button("Stop", variant="stop")
@@ -117,21 +110,19 @@ def create_tab(backend: Backend, default_model: str) -> None:
 
     @one_sentence_errors
     def edit_tuned(values: dict[str, Any], progress) -> tuple:
-        check_tuned_for(values.get("tuned"), values.get("video"))
+        weights = values.pop("tuned", None)
+        check_tuned_for(weights, values.get("video"))
         if values.get("token") is not None:
             values["token"].reset()
-        video, _, _, summary, *_ = edit(edit_values(values), progress, tuned=values["tuned"])
+        values["inversion_prompt"] = values.get("inversion_prompt") or ""
+        video, _, _, summary, *_ = edit(values, progress, tuned=weights)
         return video, summary
 
-    names = [*TUNE_FIELDS, *EDIT_FIELDS, *MEMORY_FIELDS, "token", "tuned"]
-    inputs = [*(form[n] for n in (*TUNE_FIELDS, *EDIT_FIELDS, *MEMORY_FIELDS)), token, tuned]
-    defaults = widgets.initial_values(form)
-    events = [
-        tune_button.click(
-            widgets.named_handler(gpu(tune), names, defaults), inputs, [tune_info, tuned], api_name="tune", concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency
-        ),
-        edit_button.click(
-            widgets.named_handler(gpu(edit_tuned), names, defaults), inputs, [output, details], api_name="edit_tuned", concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency
-        ),
-    ]
+    def event(button, handler, named: dict[str, gr.components.Component], outputs, api_name: str):
+        names = [*named, "token", "tuned"]
+        defaults = widgets.initial_values(named)
+        fn = widgets.named_handler(gpu(handler), names, defaults)
+        return button.click(fn, [*named.values(), token, tuned], outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency)
+
+    events = [event(tune_button, tune, form, [tune_info, tuned], "tune"), event(edit_button, edit_tuned, edit_form, [output, details], "edit_tuned")]
     stop.click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")

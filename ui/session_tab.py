@@ -9,25 +9,22 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from editing.requests import DEFAULT_ATTENTION
-from editing.attention.modes import attention_mode_names
 from editing.errors import Cancelled, EditingError
 from editing.memo import remembering
 from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, check_name, is_owner_key, new_owner_key, preset_prompt
 
-from . import widgets
+from . import hints, widgets
 from .clip_upload import ClipUpload
 from .backend import Backend, CancelToken
 from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from, stopped_text
-from .forms import default_values, one_sentence_errors
+from .forms import one_sentence_errors
 from .gpu import gpu, on_spaces
 
 # Where the browser keeps its owner key (localStorage). The value is the secret; this key only names and
 # obfuscates the slot (Gradio sends it to the page), and must stay the same across restarts.
 OWNER_STORAGE_KEY = "video-edit-session-owner"
 OWNER_STORAGE_SECRET = "video-edit-session-owner-v1"
-SETTINGS = ["model", "start", "end", "stride", "frames", "size", "steps", "guidance", "strength", "seed", "attention"]
 
 
 def run_in_session(
@@ -238,7 +235,7 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
             with gr.Accordion("Frames and sampler", open=False):
                 settings |= widgets.frame_widgets(settings["model"], policy=backend.policy)
                 settings |= widgets.sampler_widgets()
-                settings["attention"] = gr.Dropdown(list(attention_mode_names()), value=default_values()["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
+                settings["attention"] = hints.dropdown("attention", label="Cross-frame attention")
             photo = widgets.model_kind(default_model) == "photo"  # the presets are photo styles
             ui["presets"] = gr.CheckboxGroup(
                 list(PRESETS),
@@ -289,8 +286,9 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
     opened = [ui["run_presets"], ui["run_prompt"]]
     current.change(lambda name: [gr.update(interactive=bool(name))] * len(opened), current, opened, queue=False, api_visibility="private")
 
-    names = ["session", "owner", "presets", "prompt", "token", *SETTINGS]
-    inputs = [current, owner, ui["presets"], ui["prompt"], token, *(ui["settings"][n] for n in SETTINGS)]
+    settings = list(ui["settings"])  # the options the layout gives widgets, in its order (schema names)
+    names = ["session", "owner", "presets", "prompt", "token", *settings]
+    inputs = [current, owner, ui["presets"], ui["prompt"], token, *ui["settings"].values()]
     defaults = widgets.initial_values(ui["settings"])
 
     def edit_event(button, prompts_of, api_name):

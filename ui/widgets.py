@@ -11,18 +11,16 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from editing.requests import DEFAULT_ATTENTION
-from editing.attention.modes import attention_mode_names
-from editing.config import DEFAULT_KEYFRAMES, INVERSIONS, PROMPT_EDITS
+from editing.config import DEFAULT_KEYFRAMES
 from editing.condition_kinds import condition_kind_names
 from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, SHAPES_MODEL, native_size
 
-from .forms import default_values
+from . import hints
 from .serving import LOCAL, ServePolicy
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-FORM_SIZE = 256  # the forms' Long side: SD-1.x models at half their size keep CPU edits short
+FORM_SIZE = hints.app_default(hints.option("size"))  # the forms' Long side (the size field's app hint says why)
 SMOOTHING = ("flow", "color", "pixel")
 
 
@@ -127,18 +125,18 @@ def size_for_model(model: str, policy: ServePolicy = LOCAL) -> int:
         return FORM_SIZE
 
 
-def frame_widgets(model: gr.Dropdown, frames: int = 8, policy: ServePolicy = LOCAL) -> dict[str, gr.components.Component]:
-    """Trim and size: start, end, stride, frame count, and the long side, which follows `model` (as far as
-    the serving policy lets a model be looked at)."""
+def frame_widgets(model: gr.Dropdown, command: str = "edit", policy: ServePolicy = LOCAL) -> dict[str, gr.components.Component]:
+    """Trim and size of `command`'s form: start, end, stride, frame count, and the long side, which follows
+    `model` (as far as the serving policy lets a model be looked at)."""
     with gr.Row():
-        start = gr.Number(0, label="Start (s)", minimum=0)
+        start = hints.number("start", command, label="Start (s)", minimum=0)
         # Gradio 6's number box shows 0 for an empty value (its frontend sets `value ??= 0`), so 0 is the
         # shown default and means the clip's end (forms.command_values maps end <= 0 to None).
         end = gr.Number(0, label="End (s, 0 = clip end)", minimum=0, elem_classes="end")
     with gr.Row():
-        stride = gr.Slider(1, 8, value=1, step=1, label="Stride")
-        count = gr.Slider(2, 64, value=frames, step=1, label="Frames", elem_classes="frames")
-        long_side = gr.Slider(64, 768, value=size_for_model(model.value), step=64, label="Long side (px)", elem_classes="size")
+        stride = hints.slider("stride", command, label="Stride")
+        count = hints.slider("frames", command, label="Frames", elem_classes="frames")  # from 2: the range's other choice, 0 = all, is no slider position
+        long_side = hints.slider("size", command, value=size_for_model(model.value), label="Long side (px)", elem_classes="size")
 
     def follow(spec: str) -> int:
         return size_for_model(spec, policy)
@@ -147,15 +145,14 @@ def frame_widgets(model: gr.Dropdown, frames: int = 8, policy: ServePolicy = LOC
     return {"start": start, "end": end, "stride": stride, "frames": count, "size": long_side}
 
 
-def sampler_widgets(steps: int = 10, strength: float = 0.6) -> dict[str, gr.components.Component]:
+def sampler_widgets() -> dict[str, gr.components.Component]:
     """Steps, guidance, strength, seed."""
-    defaults = default_values()
     with gr.Row():
-        step_count = gr.Slider(1, 50, value=steps, step=1, label="Steps", elem_classes="steps")
-        guidance = gr.Slider(1, 15, value=defaults["guidance"], step=0.5, label="Guidance")
+        step_count = hints.slider("steps", label="Steps", elem_classes="steps")
+        guidance = hints.slider("guidance", label="Guidance")
     with gr.Row():
-        share = gr.Slider(0.05, 1.0, value=strength, step=0.05, label="Strength", info="share of the steps re-run; lower keeps more of the source")
-        seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0)
+        share = hints.slider("strength", label="Strength", info="share of the steps re-run; lower keeps more of the source")
+        seed = hints.number("seed", label="Seed", minimum=0)
     return {"steps": step_count, "guidance": guidance, "strength": share, "seed": seed}
 
 
@@ -171,10 +168,9 @@ KEYFRAME_CHOICES = [
 
 def engine_widgets() -> dict[str, gr.components.Component]:
     """Attention mode, inversion, ControlNets, smoothing."""
-    defaults = default_values()
     with gr.Row():
-        attention = gr.Dropdown(list(attention_mode_names()), value=defaults["attention"] or DEFAULT_ATTENTION, label="Cross-frame attention")
-        inversion = gr.Dropdown(list(INVERSIONS), value=defaults["inversion"], label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
+        attention = hints.dropdown("attention", label="Cross-frame attention")
+        inversion = hints.dropdown("inversion", label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
     with gr.Row():
         kinds = gr.CheckboxGroup(list(condition_kind_names()), label="ControlNets", info="depth and softedge need annotator weights")
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale")
@@ -186,10 +182,9 @@ def engine_widgets() -> dict[str, gr.components.Component]:
 
 def attention_edit_widgets() -> dict[str, gr.components.Component]:
     """Prompt-to-Prompt / FateZero: source prompt (blank = off), edit kind, blend words."""
-    defaults = default_values()
     source = gr.Textbox(label="Source prompt", placeholder="what the clip shows now; blank = no attention editing")
     with gr.Row():
-        kind = gr.Dropdown(list(PROMPT_EDITS), value=defaults["prompt_edit"], label="Edit kind")
+        kind = hints.dropdown("prompt_edit", label="Edit kind")
         blend = gr.Textbox(label="Blend words", placeholder="jeep,porsche")
     return {"source_prompt": source, "prompt_edit": kind, "blend_words": blend}
 
@@ -215,13 +210,14 @@ def option_widget(option) -> gr.components.Component:
     choices = option.choice_values()
     if option.repeat:
         return gr.JSON(list(option.default), label=option.name, visible=False)
+    value = hints.app_default(option)
     if option.type is bool:
-        return gr.Checkbox(option.default, label=option.name, visible=False)
+        return gr.Checkbox(value, label=option.name, visible=False)
     if choices is not None:
-        return gr.Dropdown(list(choices), value=option.default, label=option.name, visible=False)
+        return gr.Dropdown(list(choices), value=value, label=option.name, visible=False)
     if option.type in (int, float):
-        return gr.Number(option.default, label=option.name, precision=0 if option.type is int else None, visible=False)
-    return gr.Textbox(option.default, label=option.name, visible=False)
+        return gr.Number(value, label=option.name, precision=0 if option.type is int else None, visible=False)
+    return gr.Textbox(value, label=option.name, visible=False)
 
 
 def named_handler(fn: Callable[..., Any], names: list[str], defaults: dict[str, Any]) -> Callable[..., Any]:
