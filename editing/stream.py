@@ -231,6 +231,7 @@ class LiveResult:
     frames: int
     fps: float  # edited frames per second of streaming (model loading excluded)
     latency: float  # mean seconds from a frame in to its edited frame out
+    cpu_seconds: float  # mean CPU seconds of this process per frame (what a frame costs on a machine not shared)
     images: np.ndarray = field(repr=False)
     notes: tuple[str, ...] = ()
 
@@ -253,7 +254,7 @@ def live_video(request: EditRequest, progress=None) -> LiveResult:
     clip = video_io.read_clip(request.video, request.selection, request.limits)
     editor = StreamEditor.from_request(request, request_backbone(request))
     latencies, edited = [], []
-    begin = time.perf_counter()
+    begin, cpu = time.perf_counter(), time.process_time()
     with editor:
         for index, frame in enumerate(clip.frames):
             start = time.perf_counter()
@@ -261,7 +262,9 @@ def live_video(request: EditRequest, progress=None) -> LiveResult:
             latencies.append(time.perf_counter() - start)
             if progress is not None:
                 progress("stream", index + 1, len(clip.frames))
-    elapsed = time.perf_counter() - begin
+    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
     images = np.stack(edited)
     written, notes = write_outputs([request.output], images, clip.fps, None)
-    return LiveResult(written[0], len(images), len(images) / elapsed, float(np.mean(latencies)), images, tuple(notes))
+    return LiveResult(
+        written[0], len(images), len(images) / elapsed, float(np.mean(latencies)), cpu / len(images), images, tuple(notes)
+    )
