@@ -59,7 +59,7 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     requests.add_arguments(edit, "edit")
     edit.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
-    live = commands.add_parser("live", help="edit a clip frame by frame as a stream would (editing.stream); prints FPS and latency")
+    live = commands.add_parser("live", help="edit a clip frame by frame as a stream would; prints FPS and latency")
     requests.add_arguments(live, "edit")
     live.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
@@ -151,7 +151,8 @@ def run_live(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        speed = f"{result.fps:.2f} FPS, mean latency {1000 * result.latency:.0f} ms ({1000 * result.cpu_seconds:.0f} ms of CPU per frame)"
+        cpu = f"{1000 * result.cpu_seconds:.0f} ms of CPU per frame"
+        speed = f"{result.fps:.2f} FPS, mean latency {1000 * result.latency:.0f} ms ({cpu})"
         print(f"wrote {result.output}: {result.frames} frames streamed at {speed}")
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
