@@ -21,7 +21,7 @@ import numpy as np
 
 FLAT_LEVELS = 6  # a pixel is flat when each RGB channel varies by at most this over its 3 x 3 neighbourhood (8-bit)
 EDGE_BAND = 2  # pixels along the image's edge that decide whether a flat region reaches it, and the camera's motion
-MIN_REGION = 0.02  # a flat region smaller than this share of the frame is left alone
+MIN_REGION = 0.25  # a flat region smaller than this share of the frame is left alone (a stripe of a striped background is one)
 CAMERA_STILL = 0.5  # px a frame: the textured edge pixels' median flow below which the camera is taken to be still
 CAMERA_EVIDENCE = 0.05  # share of the edge band that must vary for its flow to say whether the camera moves
 CAMERA_SPREAD = 2  # an edge pixel varying by this much over its 3 x 3 neighbourhood (a gradient's slope too) is the camera's evidence
