@@ -242,14 +242,14 @@ def test_region_tab_tracks_a_drawing_and_removes(tmp_path, tiny, clip):
     layer[clip.masks[0, 0]] = (255, 40, 200, 255)  # painted over the first object on frame 0
     drawing = {"background": clip.frames[0], "layers": [layer], "composite": clip.frames[0]}
     track, _, remove = make_handlers(Backend(output_root=tmp_path / "outputs"))
-    overlay = track(str(video), drawing, None, "tiny", 0, 0)
+    overlay = track(str(video), drawing, None, "shapes", 0, 0)  # the shapes model reads the clip at its own 64 px
     assert overlay.endswith(".mp4") and (tmp_path / "outputs") in Path(overlay).parents
     values = {
         "video": str(video),
         "drawing": drawing,
         "upload": None,
-        "model": "tiny",
-        "prompt": "a blue background",
+        "model": "shapes",
+        "prompt": "a green background",
         "grow": 0,
         "feather": 0,
         "token": None,
