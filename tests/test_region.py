@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from editing.config import EditConfig, EngineConfig
+from editing.config import ControlSpec, EditConfig, EngineConfig
 from editing.core import EditParts, edit_frames
 from editing.errors import ConfigError
 from editing.masks import feathered, grown
@@ -41,7 +41,7 @@ def parts_for(tmp_path, masks, engine=None, **masking) -> EditParts:
 @pytest.mark.parametrize(
     "engine",
     [{"attention": mode} for mode in ("none", "first", "sparse-causal", "full", "window", "flow", "tokenflow")]
-    + [{"keyframes": "2"}, {"inversion": "none"}],
+    + [{"keyframes": "2"}, {"inversion": "none"}, {"controls": (ControlSpec("canny"),)}],
 )
 def test_pixels_outside_mask_and_feather_are_the_source(tmp_path, tiny, clip, engine):
     frames, masks = clip.frames[:4], clip.masks[:4, 0]
