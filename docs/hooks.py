@@ -150,6 +150,11 @@ def _when(document: dict) -> str:
     return f"Run on {document.get('date', 'an unrecorded date')} at commit `{document.get('commit') or 'unknown'}`"
 
 
+def _note(document: dict) -> str:
+    """' (why the commit was filled in by hand)' of a saved result, or ''."""
+    return f" ({document['commit_note']})" if document.get("commit_note") else ""
+
+
 def _interval(summary: dict, key: str) -> str:
     interval = summary.get(key + "_interval")
     value = _fmt(summary.get(key))
@@ -233,9 +238,8 @@ def shapes_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]
         clips = document.get("clips", [])
         lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
         lines += [
-            f"{_when(document)}: model `{document.get('model')}`, "
-            f"{len(clips)} clips, {document.get('steps')} steps, {_fmt(document.get('minutes'))} minutes of edits"
-            + (f" ({document['commit_note']})." if document.get("commit_note") else "."),
+            f"{_when(document)}: model `{document.get('model')}`, {len(clips)} clips, {document.get('steps')} steps, "
+            f"{_fmt(document.get('minutes'))} minutes of edits{_note(document)}.",
             "",
             "| setting | edit acc | structure IoU | true-motion warp error | colour flicker | s / frame |",
             "|---|---|---|---|---|---|",
@@ -301,7 +305,7 @@ def speed_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]:
         lines += [f"## {stem}", "", f"`{document.get('command', 'command not recorded')}`", ""]
         lines += [
             f"{_when(document)}: `{document.get('model')}`, {document.get('dtype')} on {document.get('device')}, "
-            f"{document.get('frames')} frames, {document.get('steps')} steps.",
+            f"{document.get('frames')} frames, {document.get('steps')} steps{_note(document)}.",
             "",
             "| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |",
             "|---|---|---|---|---|",
