@@ -53,6 +53,7 @@ def cli_speed(clip_path: Path, prompt: str, out_dir: Path) -> dict:
         "command": " ".join(["python", *command[1:]]),
         "fps": result["fps"],
         "latency_ms": result["latency_ms"],
+        "cpu_ms": result["cpu_ms"],
         "frames": result["frames"],
     } | {
         "load_average_before": [round(x, 2) for x in load_before],

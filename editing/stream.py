@@ -241,6 +241,7 @@ class LiveResult:
             "frames": self.frames,
             "fps": round(self.fps, 3),
             "latency_ms": round(1000 * self.latency, 1),
+            "cpu_ms": round(1000 * self.cpu_seconds, 1),
         } | ({"notes": list(self.notes)} if self.notes else {})
 
 
