@@ -22,19 +22,38 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 import torch
 
+from . import control as conditions  # its extractors load on first use (editing.control)
 from . import sampling
-from .stepcache import parse_step_caches
+from .attention.bank import FeatureBankControl
+from .attention.modes import mode_control
 from .cache import TensorCache, cache_key, content_hash, default_cache_dir
 from .compat import check as check_combination
-from .frames import check_frames
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, parse_keyframes
-from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .errors import ConfigError
+from .flows import source_flows
+from .frames import check_frames
+from .inversion import ddim_invert, load_trajectory, save_trajectory
+from .keyframes import Keyframes, choose_keyframes, clip_flows, propagate
+from .memo import current_memo
 from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
+from .pinned import Pinning, guided_start, pinned_frames
+from .prompt_edit import prepare_attention_edit
+from .reference import prepare_reference
+from .region import hold_callback, masked_edit, noised_states, trajectory_states
+from .stepcache import parse_step_caches
+from .temporal import (
+    FlowFusion,
+    PixelFusion,
+    make_flow_fusion_callback,
+    make_pixel_fusion_callback,
+    match_colors,
+    step_alphas,
+    vae_codec,
+)
+from .tuning import load_tuned
 from .windows import edit_context
 
 if TYPE_CHECKING:
-    from .keyframes import Keyframes
     from .requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -134,8 +153,6 @@ def edit_frames(
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
     if parts.masking is not None:  # a mask: region edit or removal (editing.region), which come back here without it
-        from .region import masked_edit
-
         return masked_edit(frames, parts, backbone, progress, timer)
     if parts.engine.keyframes_every:
         return edit_by_keyframes(frames, parts, backbone, progress, timer)
@@ -145,11 +162,7 @@ def edit_frames(
     with timer.stage("load_model"):
         tuned = None
         if parts.tuned is not None:
-            from .tuning import load_tuned
-
             tuned = load_tuned(parts.tuned, backbone)
-        from .reference import prepare_reference
-
         reference = prepare_reference(engine, backbone, load_image_adapter)  # read, its IP-Adapter loaded, embedded once (None without one)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
@@ -165,13 +178,9 @@ def edit_frames(
         controls = prepare_controls(parts, frames, backbone, source, cache_root, progress)
     pins, fitted = (), ()
     if engine.keyframe_images:
-        from .pinned import pinned_frames
-
         pins, fitted = pinned_frames(engine, frames)
         warnings.extend(fitted)
         if start is None:
-            from .pinned import guided_start
-
             start = guided_start(frames, pins)
     start = frames if start is None else check_frames(start)
     start_key = source if start is frames else frames_key(start)
@@ -186,16 +195,12 @@ def edit_frames(
         if parts.attention_edit is None:
             latents, cached = start_latents(parts, start, backbone, plan, start_key, cache_root, timesteps, progress, tuned, control)
         else:
-            from .prompt_edit import prepare_attention_edit
-
             prepared = prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned)
             latents, cached = prepared.latents, False
     callback = step_callback(engine, frames, backbone, len(timesteps), progress, scheduler, timesteps)
     if parts.held is not None:  # outside the region, the source's latents at every step (editing.region)
         callback = hold_outside(parts, start, backbone, plan, start_key, cache_root, timesteps, tuned, prepared, scheduler, callback)
     if pins:
-        from .pinned import Pinning
-
         pinning = Pinning.make(pins, backbone, parts, timesteps)
         latents, callback = pinning.start(latents), pinning.wrap(callback)
     with timer.stage("denoise"):
@@ -209,8 +214,6 @@ def edit_frames(
         wanted = decoded_indices(parts.decode_frames, len(frames))
         edited = sampling.decode_latents(backbone, latents, engine.chunk, wanted)
         if engine.smooth_color:
-            from .temporal import match_colors
-
             edited = match_colors(edited)
     wanted = wanted or tuple(range(len(frames)))
     for index, image in pins:
@@ -223,8 +226,6 @@ def edit_frames(
 def edit_by_keyframes(frames, parts: EditParts, backbone, progress, timer) -> EditedFrames:
     """Keyframes, then propagation (editing.keyframes): edit the keyframes jointly, then make the
     other frames from them along the source's flow."""
-    from .keyframes import propagate
-
     keyframes = edit_keyframes(frames, parts, backbone, progress, timer)
     edited = propagate(frames, keyframes, parts, backbone, progress, timer)
     wanted = decoded_indices(parts.decode_frames, len(frames))
@@ -235,8 +236,6 @@ def edit_by_keyframes(frames, parts: EditParts, backbone, progress, timer) -> Ed
 
 def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=None, keys: tuple[int, ...] | None = None) -> "Keyframes":
     """Stage 1: choose the keyframes (unless given) and edit them jointly with the core."""
-    from .keyframes import choose_keyframes, clip_flows
-
     every = parse_keyframes(parts.engine.keyframes)
     supplied = parts.engine.keyframe_images
     for image in supplied:
@@ -256,12 +255,8 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     sub = dataclasses.replace(parts, engine=engine, decode_frames=None, held=None if parts.held is None else parts.held.subset(keys))
     start = None
     if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
-        from .pinned import guided_start, pinned_frames
-
         start = guided_start(frames, pinned_frames(parts.engine, frames)[0], flows)[list(keys)]
     edited = edit_frames(frames[list(keys)], sub, backbone, report, timer, start=start)
-    from .keyframes import Keyframes
-
     return Keyframes(tuple(keys), edited.frames, edited.inversion_cached, edited.warnings, flows)
 
 
@@ -274,11 +269,7 @@ def _prefixed(progress, prefix: str):
 def attention_control(parts: EditParts, frames, backbone, tuned=None):
     """The attention control of a plain edit: the tuned model's, a fresh feature bank, the mode's own
     (flow trajectories), or None for the plain cross-frame processor."""
-    from .attention.modes import mode_control
-
     if parts.engine.feature_bank:
-        from .attention.bank import FeatureBankControl
-
         return FeatureBankControl(parts.engine.feature_bank)
     scale = backbone.vae_scale_factor
     return mode_control(parts.engine.attention, frames, frames.shape[1] // scale, frames.shape[2] // scale) or tuned
@@ -329,8 +320,6 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
 def hold_outside(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, tuned, prepared, scheduler, callback):
     """The step callback with the region hold (editing.region): outside the region the source's inversion
     trajectory (the attention edit's own, or the cached one), or without inversion the source noised with the edit's noise."""
-    from .region import hold_callback, noised_states, trajectory_states
-
     if prepared is not None:
         states = trajectory_states(prepared.trajectory)
     elif parts.engine.inversion == "none":
@@ -378,9 +367,6 @@ def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cach
     engine = parts.engine
     if not engine.controls:
         return ()
-    from .control import condition_cache_key, conditions_from_video, extract_conditions
-    from .memo import current_memo
-
     cache = TensorCache(cache_root, "conditions", engine.cache_bytes)
     memo = current_memo()
     height, width = frames.shape[1:3]
@@ -388,17 +374,17 @@ def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cach
     for number, spec in enumerate(engine.controls):
         progress("conditions", number, len(engine.controls))
         if spec.video:
-            images = conditions_from_video(spec.video, len(frames), width, height, parts.selection)
+            images = conditions.conditions_from_video(spec.video, len(frames), width, height, parts.selection)
         else:
             options = {"annotator_source": engine.annotators}
-            key = condition_cache_key(spec.kind, source.content, parts.selection, (width, height), options)
+            key = conditions.condition_cache_key(spec.kind, source.content, parts.selection, (width, height), options)
             images = None if memo is None else memo.get(("conditions", key))  # a session's clip: kept in memory (editing.memo)
             if images is None:
                 stored = cache.load(key)
                 if stored is not None:
                     images = stored["images"].numpy()
                 else:
-                    images = extract_conditions(spec.kind, frames, **options)
+                    images = conditions.extract_conditions(spec.kind, frames, **options)
                     cache.save(key, {"images": torch.from_numpy(images)})
                 if memo is not None:
                     memo.put(("conditions", key), images)
@@ -416,18 +402,12 @@ def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, prog
     # one frame (e.g. the only keyframe) has no neighbour to fuse with
     smooth_flow, smooth_pixel = (engine.smooth_flow, engine.smooth_pixel) if len(frames) > 1 else (False, False)
     if smooth_flow or smooth_pixel:
-        from .flows import source_flows
-
         flows = source_flows(frames)
     if smooth_flow:
-        from .temporal import FlowFusion, make_flow_fusion_callback
-
         scale = backbone.vae_scale_factor
         height, width = frames.shape[1:3]
         fusions.append(make_flow_fusion_callback(flows.resized(height // scale, width // scale), FlowFusion(), total_steps))
     if smooth_pixel:
-        from .temporal import PixelFusion, make_pixel_fusion_callback, step_alphas, vae_codec
-
         if scheduler is None or timesteps is None:
             raise ConfigError("pixel fusion needs the scheduler and its timesteps")
         fusions.append(make_pixel_fusion_callback(flows, PixelFusion(), step_alphas(scheduler, timesteps), *vae_codec(backbone, engine.chunk)))

@@ -13,6 +13,8 @@ from typing import Any
 
 from .compat import kept_options
 from .errors import ConfigError
+from .models import SHAPES_MODEL, SHAPES_MODEL_DIR, ModelSpec
+from .samplers import sampler_names
 
 # The presets' cross-frame attention and feature bank: one named setting each.
 PRESET_ATTENTION = "first"
@@ -40,8 +42,6 @@ class Preset:
     help: str = field(default="", compare=False)
 
     def __post_init__(self):
-        from .samplers import sampler_names
-
         if self.sampler not in sampler_names():
             raise ValueError(f"preset {self.name}: sampler must be one of {', '.join(sampler_names())}; got {self.sampler!r}")
         if not (0 < self.strength <= 1 and self.steps >= 1 and self.guidance >= 0):
@@ -98,8 +98,6 @@ def get_preset(name: str) -> Preset:
 
 def shapes_lora(preset: Preset):
     """The shapes model's distilled LoRA folder for `preset` (editing/assets/shapes-KIND-lora), or None."""
-    from .models import SHAPES_MODEL_DIR
-
     if not preset.distilled:
         return None
     folder = SHAPES_MODEL_DIR.parent / f"shapes-{preset.distilled}-lora"
@@ -107,8 +105,6 @@ def shapes_lora(preset: Preset):
 
 
 def _is_shapes(model) -> bool:
-    from .models import SHAPES_MODEL, SHAPES_MODEL_DIR
-
     return model.source == SHAPES_MODEL or model.folder == SHAPES_MODEL_DIR
 
 
@@ -121,8 +117,6 @@ def apply_preset(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
     name = values.get("preset")
     if not name:
         return dict(values)
-    from .models import ModelSpec
-
     preset = get_preset(name)
     model = ModelSpec.parse(values.get("model"))
     own = None
@@ -145,8 +139,6 @@ def preset_note(values: Mapping[str, Any]) -> str | None:
     name = values.get("preset")
     if not name:
         return None
-    from .models import ModelSpec
-
     model = ModelSpec.parse(values.get("model"))
     return PRESET_NOTE.format(name=name, model=model.source, lora=get_preset(name).lora) if model.random_weights else None
 

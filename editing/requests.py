@@ -54,11 +54,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .compat import check as check_combination
-from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits
+from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits, default_keyframes
 from .errors import ConfigError
 from .lora import ModelOptions
 from .masks.options import MaskConfig
-from .presets import preset_names
+from .presets import apply_preset, preset_names
+from .registries import choice_help
+from .tuned_file import tuned_attention
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
@@ -215,8 +217,6 @@ class Option:
 
     def choice_help(self) -> dict[str, str]:
         """Each choice's help when the choices come from a registry (editing.registries), else {}."""
-        from .registries import choice_help
-
         if self.choices is not None:
             return choice_help(self.choices)
         if self.item is not None:
@@ -454,8 +454,6 @@ def build_request(command: str, values: Mapping[str, Any] | Any):
     """`command`'s request from option values: each option converted to its fields, the configs built and validated."""
     given = values if isinstance(values, Mapping) else vars(values)
     if command == "edit" and given.get("preset"):
-        from .presets import apply_preset
-
         given = apply_preset(given, defaults("edit"))
     schema = options(command)
     # every given value in its option's form, or one sentence naming the option (an API client may send anything)
@@ -593,15 +591,11 @@ def _native_size(values: Mapping[str, Any], option: Option) -> int:
 def _tuned_or_default(values: Mapping[str, Any], option: Option) -> Any:
     """The attention mode a --tuned file was tuned with; without one, the field's default."""
     if values.get("tuned") is not None:
-        from .tuned_file import tuned_attention
-
         return tuned_attention(values["tuned"])
     return option.field_default
 
 
 def _default_keyframes(values: Mapping[str, Any], option: Option) -> Any:
-    from .config import default_keyframes
-
     return default_keyframes(values)
 
 

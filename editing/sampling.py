@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,10 +20,12 @@ from .attention.control import AttentionControl
 from .attention.cross_frame import FrameLayout, cross_frame_attention, layout_for
 from .attention.modes import get_attention_mode
 from .attention.plan import FrameBatch
+from .memo import current_memo, text_key
 from .models import Backbone
 from .motion import run_unet
 from .samplers import sampler_of, set_timeline
 from .stepcache import build_step_caches
+from .windows import window_starts, window_weights
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
@@ -38,8 +41,6 @@ class TextConditioning:
 def encode_prompts(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
     """CLIP text-encoder hidden states for each prompt, padded to the tokenizer's 77 tokens; inside a
     session's `remembering` (editing.memo) prompts encoded before are not encoded again."""
-    from .memo import current_memo, text_key
-
     memo = current_memo()
     if memo is None:
         return _encode(backbone, prompts)
@@ -68,8 +69,6 @@ def _encode(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
 
 def prompt_cut(tokenizer, prompt: str, name: str = "prompt") -> str | None:
     """One sentence saying where a prompt longer than the text encoder's window is cut, or None when it fits."""
-    import logging
-
     limit = tokenizer.model_max_length  # 77 for CLIP: 75 text tokens between the start and end tokens
     quiet = logging.getLogger("transformers.tokenization_utils_base")
     level = quiet.level
@@ -139,7 +138,7 @@ def decode_latents(backbone: Backbone, latents: torch.Tensor, batch_size: int, i
 def sampling_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
     """The timesteps left after skipping the first (1 - strength) share of a `steps`-step DDIM schedule,
     with `scheduler` set to step along exactly those (every sampler shares DDIM inversion's timeline)."""
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # diffusers loads with the first model, not with the option schema
 
     timeline = DDIMScheduler.from_config(scheduler.config)
     timeline.set_timesteps(steps)
@@ -307,8 +306,6 @@ def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2
 def window_batches(num_frames: int, context, mode: str, window: int, anchors: tuple[int, ...], step: int) -> tuple[FrameBatch, ...]:
     """One UNet call per context window of step `step` (editing.windows): the window's frames are its
     targets, weighted, plus the context the attention mode needs."""
-    from .windows import window_starts, window_weights
-
     rule = get_attention_mode(mode)
     starts = window_starts(num_frames, context, step)
     length = min(context.length, num_frames)
