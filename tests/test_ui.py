@@ -411,7 +411,10 @@ def test_one_shot_tab_passes_the_memory_options_to_the_tuning(car):
     for extra in ({}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}):
         run_tuning(values | extra, lambda *a: None, tune=lambda request, progress: requests.append(request) or Tuned())
     assert [(r.config.gradient_checkpointing, r.config.mixed_precision) for r in requests] == [(False, "no"), (True, "bf16")]
-    parameters = [p["parameter_name"] for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/tune"]["parameters"]]
+    endpoints = build_demo(default_model="tiny").get_api_info()["named_endpoints"]
+    parameters = [p["parameter_name"] for p in endpoints["/tune"]["parameters"]]
+    edit_tuned = [p["parameter_name"] for p in endpoints["/edit_tuned"]["parameters"]]
+    assert "video" in edit_tuned and "inversion_prompt" in edit_tuned and set(edit_tuned) <= {"video", *option_names("edit")}  # the edit command's names
     assert parameters[-2:] == ["gradient_checkpointing", "mixed_precision"]  # last, so positional calls made before they existed still work
     assert set(parameters) - {"video"} <= set(option_names("tune"))  # the tune command's own names, none renamed
 

@@ -78,8 +78,8 @@ def create_tab(backend: Backend, default_model: str) -> None:
             tune_button = gr.Button("1. Tune on the clip", variant="primary", interactive=False, elem_id="oneshot-tune")  # once a readable clip is there
             tune_info = gr.JSON(label="Tuned weights")
     gr.Markdown("### 2. Edit with the tuned model")
-    edit_names = set(option_names("edit"))
-    # the tuning's widgets that are edit options too; the edit's own prompt and steps replace the tuning's
+    edit_names = {"video", *option_names("edit")}
+    # the tuning's clip and the widgets that are edit options too; the edit's own prompt and steps replace the tuning's
     edit_form = {name: widget for name, widget in form.items() if name in edit_names}
     with gr.Row():
         with gr.Column():
