@@ -51,8 +51,8 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     from .flows import colour_match, consistent, source_flows
 
     flows = source_flows(frames, colour_candidates=True)
-    still, rims = still_masks(frames, flows.backward, flows.forward)
-    backward, forward = hold_still(flows.backward, flows.forward, still, rims)
+    still = still_masks(frames, flows.backward, flows.forward)
+    backward, forward = hold_still(flows.backward, flows.forward, still)
     pairs = range(len(frames) - 1)
 
     def validity() -> tuple[np.ndarray, np.ndarray]:

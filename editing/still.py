@@ -9,9 +9,10 @@ image's edge is background, and the background moves with the camera; where the 
 image's edge do not move (or there are none), the camera is still and so is that region. Its flow is set
 to zero (the still-background hypothesis), and the pixels the moving object uncovers in it then fail
 the flow checks (zero flow finds the object's colour there) and count as unseen, to be filled from the
-region's own seen pixels (`fill_still`) and refined, instead of being copied from behind the object.
+region's own seen pixels (`fill_still`), instead of being copied from behind the object.
 
-Flat regions enclosed by texture (a plain object's inside) keep their flow: they move with their edges.
+Flat regions enclosed by texture (a plain object's inside) keep their flow: they move with their edges;
+so does the background's `rim` beside what moves, where an edited object bleeds into it.
 """
 
 from __future__ import annotations
@@ -80,25 +81,22 @@ def still_background(frame: np.ndarray, flows: list[np.ndarray]) -> np.ndarray:
     return still | beside
 
 
-def still_masks(frames: np.ndarray, backward: np.ndarray, forward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) bool twice: each frame's still background (the camera judged by the frame's flows both
-    ways) less its rim, and that rim (`rim`: beside what moves, and moving with it)."""
+def still_masks(frames: np.ndarray, backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool: each frame's still background (the camera judged by the frame's flows both ways)
+    less its rim beside what moves (`rim`), which keeps its own flow and so moves with the object."""
     count = len(frames)
-    held, rims = [], []
+    held = []
     for t in range(count):
         flows = [*([backward[t - 1]] if t > 0 else []), *([forward[t]] if t < count - 1 else [])]
         still = still_background(frames[t], flows)
         moving = ~still & (np.max([np.hypot(f[..., 0], f[..., 1]) for f in flows], axis=0) >= CAMERA_STILL)
-        band = rim(~moving) & still
-        held.append(still & ~band)
-        rims.append(band)
-    return np.stack(held), np.stack(rims)
+        held.append(still & ~(rim(~moving) & still))
+    return np.stack(held)
 
 
-def hold_still(backward: np.ndarray, forward: np.ndarray, still: np.ndarray, rims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The flows (N-1, H, W, 2) with zero vectors on each frame's still background (the backward flow of
-    pair t on frame t+1's, the forward flow on frame t's) and, on its rim, the vector of the nearest
-    pixel that is neither: the rim moves with the object it borders, the bleed of its edit with it."""
+def hold_still(backward: np.ndarray, forward: np.ndarray, still: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flows (N-1, H, W, 2) with zero vectors on each frame's still background: the backward flow of
+    pair t on frame t+1's, the forward flow on frame t's."""
     backward, forward = backward.copy(), forward.copy()
     backward[still[1:]] = 0.0
     forward[still[:-1]] = 0.0
@@ -143,15 +141,14 @@ def mend_edges(flow: np.ndarray, frame: np.ndarray, other: np.ndarray, still: np
     return np.where((mend & (best_error <= tolerance))[..., None], best, flow)
 
 
-def extend_moving(flow: np.ndarray, still: np.ndarray, also: np.ndarray | None = None) -> np.ndarray:
-    """`flow` with each still pixel's vector (and each `also` pixel's) replaced by its nearest other
-    pixel's: the field to sample a moving point's flow from between pixels, so a point on a moving
-    object's edge does not take a share of the still background's zero (and fall behind onto it)."""
-    replace = still if also is None else still | also
-    if not replace.any() or replace.all():
+def extend_moving(flow: np.ndarray, still: np.ndarray) -> np.ndarray:
+    """`flow` with each still pixel's vector replaced by its nearest moving pixel's: the field to sample
+    a moving point's flow from between pixels, so a point on a moving object's edge does not take a share
+    of the still background's zero (and fall behind onto it)."""
+    if not still.any() or still.all():
         return flow
-    _, nearest = cv2.distanceTransformWithLabels(replace.astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
-    moving = ~replace
+    _, nearest = cv2.distanceTransformWithLabels(still.astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    moving = ~still
     sources = np.zeros(int(nearest.max()) + 1, np.int64)  # label of each moving pixel -> its flat index
     sources[nearest[moving]] = np.flatnonzero(moving)
     return flow.reshape(-1, 2)[sources[nearest]].reshape(flow.shape)
@@ -163,7 +160,7 @@ RIM = 3  # px of a still background beside what moves, where an edited keyframe'
 def rim(still: np.ndarray, width: int = RIM) -> np.ndarray:
     """(H, W) bool: the pixels of `still` within `width` px of anything not in it. Beside a moving object
     an edited keyframe's object bleeds a little into the background: held still after the object has
-    moved on, that bleed would stay behind as a ghost of its outline, so the rim moves with the object."""
+    moved on, that bleed would stay behind as a ghost of its outline, so the rim keeps its own flow."""
     if not still.any() or still.all():
         return np.zeros_like(still)
     kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
