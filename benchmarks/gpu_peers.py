@@ -53,7 +53,16 @@ def _timed(device, run) -> tuple[float, float | None]:
 def our_request(args, frames: int, **values):
     from editing.requests import build_request
 
-    base = {"video": str(CLIP), "out": "unused.mp4", "prompt": PROMPT, "model": args.model, "device": args.device, "dtype": args.dtype, "frames": frames, "size": args.size}
+    base = {
+        "video": str(CLIP),
+        "out": "unused.mp4",
+        "prompt": PROMPT,
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "frames": frames,
+        "size": args.size,
+    }
     if "preset" not in values:
         base["steps"] = args.steps
     return build_request("edit", base | values)
@@ -78,15 +87,33 @@ def animatediff(args, backbone, frames) -> None:
 
     torch.manual_seed(0)
     config = backbone.unet.config
-    adapter = MotionAdapter(block_out_channels=tuple(config.block_out_channels), motion_layers_per_block=config.layers_per_block, motion_norm_num_groups=config.norm_num_groups)
+    adapter = MotionAdapter(
+        block_out_channels=tuple(config.block_out_channels),
+        motion_layers_per_block=config.layers_per_block,
+        motion_norm_num_groups=config.norm_num_groups,
+    )
     adapter = adapter.to(backbone.device, backbone.dtype)  # AnimateDiff v1.5's shape for SD-1.5
     pipe = AnimateDiffVideoToVideoPipeline(
-        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet, motion_adapter=adapter, scheduler=backbone.scheduler()
+        vae=backbone.vae,
+        text_encoder=backbone.text_encoder,
+        tokenizer=backbone.tokenizer,
+        unet=backbone.unet,
+        motion_adapter=adapter,
+        scheduler=backbone.scheduler(),
     )
     pipe.set_progress_bar_config(disable=True)
     video = [Image.fromarray(f) for f in frames]
     height, width = frames.shape[1:3]
-    pipe(video=video, prompt=PROMPT, num_inference_steps=args.steps, strength=1.0, guidance_scale=7.5, height=height, width=width, output_type="np")
+    pipe(
+        video=video,
+        prompt=PROMPT,
+        num_inference_steps=args.steps,
+        strength=1.0,
+        guidance_scale=7.5,
+        height=height,
+        width=width,
+        output_type="np",
+    )
 
 
 def text2video_zero(args, backbone, frames) -> None:
@@ -96,14 +123,21 @@ def text2video_zero(args, backbone, frames) -> None:
     from PIL import Image
 
     pipe = StableDiffusionImg2ImgPipeline(
-        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet, scheduler=backbone.scheduler(),
+        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
+        scheduler=backbone.scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     original = dict(backbone.unet.attn_processors)
     try:
         backbone.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
-        pipe(prompt=[PROMPT] * len(frames), image=[Image.fromarray(f) for f in frames], strength=1.0, num_inference_steps=args.steps, output_type="np")
+        pipe(
+            prompt=[PROMPT] * len(frames),
+            image=[Image.fromarray(f) for f in frames],
+            strength=1.0,
+            num_inference_steps=args.steps,
+            output_type="np",
+        )
     finally:
         backbone.unet.set_attn_processor(original)
 
@@ -135,22 +169,47 @@ def main() -> None:
         nonlocal device
         seconds, memory = _timed(device, run)
         rows.append({"row": name, "seconds": seconds / per, "per": "frame" if per > 1 else "first frame", "peak GPU MB": memory})
-        print(f"  {name}: {seconds / per:.3f} s per {'frame' if per > 1 else 'first frame'}" + (f", {memory:.0f} MB" if memory else ""), file=sys.stderr, flush=True)
+        print(
+            f"  {name}: {seconds / per:.3f} s per {'frame' if per > 1 else 'first frame'}"
+            + (f", {memory:.0f} MB" if memory else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     our_edit(args, backbones, frames[:PREVIEW_FRAMES], first, decode=(0,))  # load and warm up (kernels, caches)
-    our_edit(args, backbones, frames[:PREVIEW_FRAMES], our_request(args, PREVIEW_FRAMES, preset="fast"), decode=(0,))  # the fast preset's LoRA copy too
+    our_edit(
+        args, backbones, frames[:PREVIEW_FRAMES], our_request(args, PREVIEW_FRAMES, preset="fast"), decode=(0,)
+    )  # the fast preset's LoRA copy too
     device = next(iter(backbones.values())).device
     for label, values in (("Preview first frame", {}), ("Fast preview", {"preset": "fast"})):
         for cache in (None, args.step_cache):
             request = our_request(args, PREVIEW_FRAMES, keyframes="off", **values, **({"step_cache": cache} if cache else {}))
-            row(f"first look: {label}" + (f" + {cache}" if cache else ""), lambda r=request: our_edit(args, backbones, frames[:PREVIEW_FRAMES], r, decode=(0,)), 1)
+            row(
+                f"first look: {label}" + (f" + {cache}" if cache else ""),
+                lambda r=request: our_edit(args, backbones, frames[:PREVIEW_FRAMES], r, decode=(0,)),
+                1,
+            )
     if not args.skip_peers:
         plain = backbones[repr(first.model_options)]
         row("ours: default (keyframes 8)", lambda: our_edit(args, backbones, frames, our_request(args, len(frames))), len(frames))
-        row("ours: every frame (first-frame attention, strength 1)", lambda: our_edit(args, backbones, frames, our_request(args, len(frames), keyframes="off", strength=1.0)), len(frames))
-        row("ours: fast", lambda: our_edit(args, backbones, frames, our_request(args, len(frames), preset="fast", keyframes="off")), len(frames))
-        row("diffusers AnimateDiffVideoToVideoPipeline (random motion adapter, strength 1)", lambda: animatediff(args, plain, frames), len(frames))
-        row("diffusers Text2Video-Zero processor, img2img (strength 1)", lambda: text2video_zero(args, plain, frames), len(frames))
+        row(
+            "ours: every frame (first-frame attention, strength 1)",
+            lambda: our_edit(args, backbones, frames, our_request(args, len(frames), keyframes="off", strength=1.0)),
+            len(frames),
+        )
+        row(
+            "ours: fast",
+            lambda: our_edit(args, backbones, frames, our_request(args, len(frames), preset="fast", keyframes="off")),
+            len(frames),
+        )
+        row(
+            "diffusers AnimateDiffVideoToVideoPipeline (random motion adapter, strength 1)",
+            lambda: animatediff(args, plain, frames),
+            len(frames),
+        )
+        row(
+            "diffusers Text2Video-Zero processor, img2img (strength 1)", lambda: text2video_zero(args, plain, frames), len(frames)
+        )
     print(f"\n{args.model}, {args.dtype} on {device}, {len(frames)} frames at {args.size} px, {args.steps} steps\n")
     print("| row | seconds | per | peak GPU MB |\n|---|---|---|---|")
     for r in rows:
@@ -159,8 +218,21 @@ def main() -> None:
     if args.json:
         from shapes_world.benchmark import provenance
 
-        document = {"model": args.model, "device": str(device), "dtype": args.dtype, "frames": len(frames), "size": args.size, "steps": args.steps, "rows": rows}
-        Path(args.json).write_text(json.dumps(document | provenance() | {"command": "python benchmarks/gpu_peers.py " + " ".join(sys.argv[1:])}, indent=1) + "\n")
+        document = {
+            "model": args.model,
+            "device": str(device),
+            "dtype": args.dtype,
+            "frames": len(frames),
+            "size": args.size,
+            "steps": args.steps,
+            "rows": rows,
+        }
+        Path(args.json).write_text(
+            json.dumps(
+                document | provenance() | {"command": "python benchmarks/gpu_peers.py " + " ".join(sys.argv[1:])}, indent=1
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 
-COMPILE_HELP = "run the UNet in channels_last order with its repeated transformer blocks compiled (torch.compile, diffusers' regional compilation; on a GPU; the first edit compiles)"
+COMPILE_HELP = (
+    "run the UNet in channels_last order with its repeated transformer blocks compiled "
+    "(torch.compile, diffusers' regional compilation; on a GPU; the first edit compiles)"
+)
 
 
 def compiled_unet(unet, device, compile_on_cpu: bool = False):

@@ -14,7 +14,8 @@ A share of the captions is swapped for another sample's, so the student also lea
 does when the prompt disagrees with the latents: the SDEdit regime of the fast preset.
 
 Resumable: the LoRA, optimiser, step and loss history are checkpointed to WORK every `checkpoint_every`
-steps (and every `checkpoint_minutes` of wall time); `minutes` stops a run early, saved; and each step's data and noise come from generators seeded by (seed, step), so a resumed run equals
+steps (and every `checkpoint_minutes` of wall time); `minutes` stops a run early, saved; and each step's data
+and noise come from generators seeded by (seed, step), so a resumed run equals
 an uninterrupted one. The result is one fp16 `pytorch_lora_weights.safetensors` in diffusers' LoRA layout
 plus manifest.json (steps, seconds, teacher, command).
 
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from editing.errors import EditingError
 from editing.files import atomic_output
@@ -44,8 +44,20 @@ from .world import random_clip
 log = logging.getLogger(__name__)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: a folder holding it loads as `--lora FOLDER`
 LCM_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
 )  # fmt: skip  (LCM-LoRA's targets for SD-1.5: every linear and 3x3 conv of the blocks)
 STEP_SEED_ID = 5  # seeds data apart from shapes_world.train's stages (1-4)
 
@@ -100,7 +112,9 @@ def predicted_x0(latents: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tens
     return (latents - (1 - a).sqrt() * eps) / a.sqrt()
 
 
-def consistency(latents: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor, scaling: float) -> torch.Tensor:
+def consistency(
+    latents: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """f(x, t) = c_skip x + c_out x0(x, t)."""
     c_skip, c_out = boundary_scalings(timesteps, scaling)
     return expand(c_skip, latents) * latents + expand(c_out, latents) * predicted_x0(latents, eps, alpha_bar)
@@ -191,7 +205,9 @@ def load_parts(config: LcmConfig) -> Parts:
     teacher = UNet2DConditionModel.from_pretrained(folder / "unet", **fp32).eval().requires_grad_(False)
     student = UNet2DConditionModel.from_pretrained(folder / "unet", **fp32).requires_grad_(False)
     torch.manual_seed(config.seed)
-    student.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(LCM_TARGETS), init_lora_weights="gaussian"))
+    student.add_adapter(
+        LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(LCM_TARGETS), init_lora_weights="gaussian")
+    )
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     return Parts(vae, text, teacher, student, clip_tokenizer(), scheduler.alphas_cumprod.float())
 
@@ -215,7 +231,9 @@ def distillation_loss(config: LcmConfig, parts: Parts, step: int) -> torch.Tenso
     a_end = torch.where(end >= 0, parts.alphas[end.clamp(min=0)], torch.ones_like(a_start))
     noisy = expand(a_start, latents).sqrt() * latents + expand(1 - a_start, latents).sqrt() * noise
     with torch.no_grad():  # the teacher's guided DDIM hop t_n+k -> t_n
-        both = parts.teacher(torch.cat([noisy, noisy]), torch.cat([start, start]), encoder_hidden_states=torch.cat([context, empty])).sample
+        both = parts.teacher(
+            torch.cat([noisy, noisy]), torch.cat([start, start]), encoder_hidden_states=torch.cat([context, empty])
+        ).sample
         cond, uncond = both.chunk(2)
         eps = uncond + config.guidance * (cond - uncond)
         x0 = predicted_x0(noisy, eps, a_start)
@@ -223,7 +241,9 @@ def distillation_loss(config: LcmConfig, parts: Parts, step: int) -> torch.Tenso
         target_eps = parts.student(previous, end.clamp(min=0), encoder_hidden_states=context).sample
         target = consistency(previous, target_eps, end.clamp(min=0), a_end, config.timestep_scaling)
         target = torch.where(expand(end < 0, x0), previous, target)  # f(x, t) = x at the clean end
-    online = consistency(noisy, parts.student(noisy, start, encoder_hidden_states=context).sample, start, a_start, config.timestep_scaling)
+    online = consistency(
+        noisy, parts.student(noisy, start, encoder_hidden_states=context).sample, start, a_start, config.timestep_scaling
+    )
     return pseudo_huber(online, target, config.huber_c)
 
 
@@ -286,7 +306,12 @@ def distil(config: LcmConfig, work: Path) -> tuple[Parts, dict]:
         if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps or due:
             save_checkpoint(path, parts, optimizer, state)
             last_saved = time.monotonic()
-            log.info("checkpoint at step %d: mean loss of the last 50 %.5f, %.2f s/step on average", state["step"], np.mean(state["losses"][-50:]), state["seconds"] / state["step"])
+            log.info(
+                "checkpoint at step %d: mean loss of the last 50 %.5f, %.2f s/step on average",
+                state["step"],
+                np.mean(state["losses"][-50:]),
+                state["seconds"] / state["step"],
+            )
     parts.student.eval()
     return parts, state
 

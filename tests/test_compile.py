@@ -29,7 +29,10 @@ def test_the_compile_option_gives_a_channels_last_copy_that_computes_the_same(ti
     assert tiny.unet.conv_in.weight.is_contiguous()  # the plain backbone is unchanged
     sample, text = _inputs(tiny.unet)
     with torch.no_grad():
-        torch.testing.assert_close(compiled.unet(sample, 500, encoder_hidden_states=text).sample, tiny.unet(sample, 500, encoder_hidden_states=text).sample)
+        torch.testing.assert_close(
+            compiled.unet(sample, 500, encoder_hidden_states=text).sample,
+            tiny.unet(sample, 500, encoder_hidden_states=text).sample,
+        )
 
 
 @pytest.mark.skipif(os.environ.get("RUN_COMPILE") != "1", reason="compiling on the CPU takes minutes (RUN_COMPILE=1)")
@@ -37,4 +40,6 @@ def test_regionally_compiled_blocks_compute_the_same_on_the_cpu(tiny):
     unet = compiled_unet(tiny.unet, torch.device("cpu"), compile_on_cpu=True)
     sample, text = _inputs(tiny.unet)
     with torch.no_grad():
-        torch.testing.assert_close(unet(sample, 500, encoder_hidden_states=text).sample, tiny.unet(sample, 500, encoder_hidden_states=text).sample)
+        torch.testing.assert_close(
+            unet(sample, 500, encoder_hidden_states=text).sample, tiny.unet(sample, 500, encoder_hidden_states=text).sample
+        )

@@ -114,7 +114,14 @@ def test_step_cache_specs_are_parsed_and_refused_in_one_sentence():
     assert [str(s) for s in parse_step_caches("deepcache:4,tome:0.25")] == ["deepcache:4", "tome:0.25"]
     assert parse_step_caches("none") == () and parse_step_caches(None) == ()
     assert [str(s) for s in parse_step_caches("deepcache")] == ["deepcache:3"]
-    for bad, words in (("deepcache:0", "interval"), ("deepcache:2.5", "interval"), ("tome:1", "ratio"), ("fast", "kinds among"), ("tome:x", "not a number"), ("tome,tome", "once")):
+    for bad, words in (
+        ("deepcache:0", "interval"),
+        ("deepcache:2.5", "interval"),
+        ("tome:1", "ratio"),
+        ("fast", "kinds among"),
+        ("tome:x", "not a number"),
+        ("tome,tome", "once"),
+    ):
         with pytest.raises(ConfigError, match=words) as caught:
             parse_step_caches(bad)
         assert str(caught.value).startswith("step_cache")
@@ -129,13 +136,15 @@ def test_step_cache_specs_are_parsed_and_refused_in_one_sentence():
 
     base = {"video": "v.mp4", "out": "o.mp4", "prompt": "x", "model": "tiny"}
     assert build_request("edit", base | {"step_cache": "deepcache:3,tome:0.5"}).engine.step_cache == "deepcache:3,tome:0.5"
-    with pytest.raises(ConfigError, match="^step_cache deepcache cannot be combined with --motion-adapter"):  # declared in its registration (editing.compat)
+    with pytest.raises(
+        ConfigError, match="^step_cache deepcache cannot be combined with --motion-adapter"
+    ):  # declared in its registration (editing.compat)
         build_request("edit", base | {"motion_adapter": "random", "step_cache": "deepcache:3"})
 
 
 def test_an_edit_with_a_step_cache_runs_end_to_end_and_inversion_ignores_it(tmp_path):
-    from tests.conftest import small_edit
     from editing.pipeline import edit_video
+    from tests.conftest import small_edit
 
     request = small_edit(tmp_path, "cached", keyframes="off", step_cache="deepcache:2,tome:0.5")
     request = dataclasses.replace(request, edit=dataclasses.replace(request.edit, steps=4))

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from ..errors import ConfigError
 
@@ -76,7 +76,9 @@ def step_cache_names() -> tuple[str, ...]:
 
 
 def step_cache_help() -> str:
-    return STEP_CACHE_HELP.format(kinds="; ".join(f"{k.name}[:{k.value}] ({k.help}, default {k.default:g})" for k in STEP_CACHES.values()))
+    return STEP_CACHE_HELP.format(
+        kinds="; ".join(f"{k.name}[:{k.value}] ({k.help}, default {k.default:g})" for k in STEP_CACHES.values())
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ register_step_cache(
 register_step_cache(
     StepCacheKind(
         "tome", "editing.stepcache.tome:make_tome", 0.5, _ratio, "RATIO",
-        help="ToMe for SD: a RATIO share of each frame's tokens merged into similar ones inside self-attention at the finest attention level",
+        help="ToMe for SD: a RATIO share of each frame's tokens merged into similar ones inside self-attention "
+        "at the finest attention level",
     )
 )  # fmt: skip

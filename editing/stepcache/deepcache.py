@@ -15,7 +15,7 @@ path uses); a UNet of another class (an AnimateDiff motion UNet) is refused in o
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -43,10 +43,15 @@ class DeepCache(StepCache):
         from diffusers import UNet2DConditionModel
 
         if not isinstance(unet, UNet2DConditionModel):
-            raise ConfigError(f"step_cache deepcache needs the image UNet (UNet2DConditionModel), not {type(unet).__name__}; leave out --motion-adapter or the step cache")
+            raise ConfigError(
+                f"step_cache deepcache needs the image UNet (UNet2DConditionModel), not {type(unet).__name__}; "
+                "leave out --motion-adapter or the step cache"
+            )
         block = unet.up_blocks[-1]
         if self.layers > len(block.resnets):
-            raise ConfigError(f"step_cache deepcache: the UNet's last up block has {len(block.resnets)} layers, fewer than {self.layers}")
+            raise ConfigError(
+                f"step_cache deepcache: the UNet's last up block has {len(block.resnets)} layers, fewer than {self.layers}"
+            )
         residual = unet.config.block_out_channels[0]  # channels of conv_in's and the first down block's outputs
         target = block.resnets[len(block.resnets) - self.layers]
 
@@ -95,10 +100,16 @@ class DeepCache(StepCache):
 def _shallow_supported(unet, kwargs: dict) -> bool:
     """Whether the shallow path can stand in for this call (not with T2I adapters, hint images or GLIGEN)."""
     attention = kwargs.get("cross_attention_kwargs") or {}
-    return kwargs.get("down_intrablock_additional_residuals") is None and unet.config.addition_embed_type != "image_hint" and "gligen" not in attention
+    return (
+        kwargs.get("down_intrablock_additional_residuals") is None
+        and unet.config.addition_embed_type != "image_hint"
+        and "gligen" not in attention
+    )
 
 
-def time_embedding(unet, sample, timestep, encoder_hidden_states, class_labels=None, timestep_cond=None, added_cond_kwargs=None) -> torch.Tensor:
+def time_embedding(
+    unet, sample, timestep, encoder_hidden_states, class_labels=None, timestep_cond=None, added_cond_kwargs=None
+) -> torch.Tensor:
     """The UNet's timestep embedding (with class and added embeddings), as its forward computes it."""
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
     class_emb = unet.get_class_embed(sample=sample, class_labels=class_labels)
@@ -138,13 +149,22 @@ def shallow_forward(
     if unet.config.center_input_sample:
         sample = 2 * sample - 1.0
     emb = time_embedding(unet, sample, timestep, encoder_hidden_states, class_labels, timestep_cond, added_cond_kwargs)
-    encoder_hidden_states = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs)
+    encoder_hidden_states = unet.process_encoder_hidden_states(
+        encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs
+    )
     hidden = unet.conv_in(sample)
     skips = [hidden]
     if layers > 1:
         first = unet.down_blocks[0]
         if getattr(first, "has_cross_attention", False):
-            _, more = first(hidden, temb=emb, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, cross_attention_kwargs=cross_attention_kwargs, encoder_attention_mask=encoder_attention_mask)
+            _, more = first(
+                hidden,
+                temb=emb,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=attention_mask,
+                cross_attention_kwargs=cross_attention_kwargs,
+                encoder_attention_mask=encoder_attention_mask,
+            )
         else:
             _, more = first(hidden_states=hidden, temb=emb)
         skips += list(more)

@@ -21,7 +21,7 @@ import functools
 import inspect
 import math
 import re
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -53,7 +53,9 @@ def merge_plan(metric: torch.Tensor, height: int, width: int, ratio: float) -> t
 
     def merge(x: torch.Tensor) -> torch.Tensor:
         src, dst = x[:, sources], x[:, destinations]
-        dst = dst.scatter_reduce(1, into[..., None].expand(-1, -1, x.shape[-1]), pick(src, merged), reduce="mean", include_self=True)
+        dst = dst.scatter_reduce(
+            1, into[..., None].expand(-1, -1, x.shape[-1]), pick(src, merged), reduce="mean", include_self=True
+        )
         return torch.cat([pick(src, kept), dst], dim=1)
 
     def unmerge(x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +173,7 @@ class TokenMergedProcessor:
         return getattr(self.inner, name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wrapper_class(inner_class: type) -> type:
     """A TokenMergedProcessor subclass whose __call__ has `inner_class.__call__`'s signature: diffusers hands
     a processor only the cross_attention_kwargs its signature names."""
