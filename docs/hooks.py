@@ -112,7 +112,7 @@ def registries_page() -> str:
     from editing.registries import REGISTRIES
 
     lines = [
-        "# Registered modes, samplers, presets, condition kinds and styles",
+        "# Registered modes, samplers, presets, condition kinds, step caches, mask sources and styles",
         "",
         "Generated from the registries (`editing/registries.py` lists them) each time the site is built.",
         "Adding an entry is one call; [Extending](../extending.md) shows a worked example.",
