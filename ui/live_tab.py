@@ -1,8 +1,8 @@
 """The Live tab: edit the webcam, or an uploaded clip played as a stream, frame by frame (editing.stream).
 
 Each user's engine (a StreamEditor with its bank) lives in their `gr.State`. The webcam sends frames through
-Gradio's streaming event; a frame that arrives while the previous one is being edited is dropped (the event
-keeps only the newest pending frame, and the handler skips a frame while its engine is busy). A played clip
+Gradio's streaming event, which sends the camera's current frame once the previous one came back (so frames
+the engine had no time for are never sent), and the handler skips a frame that arrives while its engine is busy. A played clip
 follows the clip's clock: when an edit takes longer than a frame, the frames in between are skipped. The
 prompt, strength and seed apply from the next frame; Stop ends the stream and frees the bank. The events use
 their own concurrency id (LIVE_QUEUE), so a stream does not hold the file edits' GPU queue.
@@ -177,7 +177,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     on_frame, play_clip, on_settings, on_stop = make_handlers(backend)
     with gr.Row():
         with gr.Column():
-            camera = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy", elem_id="live-camera")
+            camera = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy", elem_id="live-camera", height=320)
             video = gr.File(label="…or upload a clip to play as a stream", file_types=["video"], elem_id="live-clip", height=90)
             model = gr.Textbox(default_model, label="Model", elem_id="live-model")
             prompt = gr.Textbox(label="Prompt", placeholder="what the stream should look like", elem_id="live-prompt")
@@ -188,13 +188,13 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 play = gr.Button("Play clip", variant="primary", elem_id="live-play")
                 stop = gr.Button("Stop", variant="stop", elem_id="live-stop")
         with gr.Column():
-            output = gr.Image(label="Edited", type="numpy", elem_id="live-output")
+            output = gr.Image(label="Edited", type="numpy", elem_id="live-output", height=320)
             stats = gr.Markdown("", elem_id="live-stats")
     session = gr.State(LiveSession())
     settings = [model, prompt, strength, seed, session]
     streaming = camera.stream(
         on_frame, [camera, *settings], [output, stats, session], stream_every=STREAM_EVERY, time_limit=TIME_LIMIT,
-        trigger_mode="always_last", concurrency_id=LIVE_QUEUE, concurrency_limit=backend.concurrency, api_visibility="private",
+        concurrency_id=LIVE_QUEUE, concurrency_limit=backend.concurrency, api_visibility="private",
     )  # fmt: skip
     playing = play.click(
         play_clip,
