@@ -21,7 +21,7 @@ def _frame(seed: int = 0) -> np.ndarray:
 
 
 def test_the_tab_streams_frames_takes_new_settings_drops_when_busy_and_stop_frees_the_bank():
-    on_frame, play_clip, on_settings, on_stop = make_handlers(Backend())
+    on_frame, play_clip, on_settings, on_stop, on_resume = make_handlers(Backend())
     session = copy.deepcopy(LiveSession())  # what gr.State gives each user
 
     edited, stats, session = on_frame(_frame(), "tiny", "a red car", 0.5, 0, session)
@@ -50,6 +50,9 @@ def test_the_tab_streams_frames_takes_new_settings_drops_when_busy_and_stop_free
     assert list(played) == []  # the played stream ends
     skipped, _, _ = on_frame(_frame(), "tiny", "a red car", 0.5, 0, session)
     assert not isinstance(skipped, np.ndarray)  # a stopped stream edits nothing more
+    _, session = on_resume(session)
+    edited, stats, session = on_frame(_frame(), "tiny", "a red car", 0.5, 0, session)
+    assert isinstance(edited, np.ndarray) and "1 edited" in stats and session.engine is not engine  # a new stream, a new bank
 
     with pytest.raises(gr.Error, match="prompt"):
         on_frame(_frame(), "tiny", "  ", 0.5, 0, LiveSession())

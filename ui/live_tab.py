@@ -4,7 +4,8 @@ Each user's engine (a StreamEditor with its bank) lives in their `gr.State`. The
 Gradio's streaming event, which sends the camera's current frame once the previous one came back (so frames
 the engine had no time for are never sent), and the handler skips a frame that arrives while its engine is busy. A played clip
 follows the clip's clock: when an edit takes longer than a frame, the frames in between are skipped. The
-prompt, strength and seed apply from the next frame; Stop ends the stream and frees the bank. The events use
+prompt, strength and seed apply from the next frame; Stop ends the stream and frees the bank
+(camera frames the browser still sends are ignored until Resume camera). The events use
 their own concurrency id (LIVE_QUEUE), so a stream does not hold the file edits' GPU queue.
 """
 
@@ -25,7 +26,6 @@ LIVE_QUEUE = "live"  # the Live tab's concurrency id (one frame per stream at a 
 STREAM_EVERY = 0.1  # seconds between webcam frames sent to the server
 TIME_LIMIT = 600  # seconds a webcam stream runs before Gradio ends it
 LIVE_PRESET = "fast"  # the few-step preset the engine runs (editing.presets)
-RESTART_AFTER = 2.0  # seconds after Stop when webcam frames start a new stream (earlier ones were in flight)
 LIVE_FRAMES = 300  # most frames of an uploaded clip played
 
 
@@ -41,7 +41,6 @@ class LiveSession:
         self.latencies: list[float] = []
         self.finished: list[float] = []  # when the last frames came out (perf_counter seconds)
         self.stopped = False
-        self.stopped_at = 0.0
 
     def __deepcopy__(self, memo) -> LiveSession:  # gr.State copies its initial value for each user
         return LiveSession()
@@ -118,11 +117,9 @@ def edit_one(session: LiveSession, backend: Backend, frame: np.ndarray, model: s
 
 
 def make_handlers(backend: Backend):
-    """The tab's handlers: (webcam frame, play clip, settings changed, stop)."""
+    """The tab's handlers: (webcam frame, play clip, settings changed, stop, resume camera)."""
 
     def on_frame(frame, model, prompt, strength, seed, session: LiveSession):
-        if session.stopped and time.perf_counter() - session.stopped_at > RESTART_AFTER:
-            session.stopped = False  # the camera was started again after Stop
         if frame is None or session.stopped:
             return gr.skip(), gr.skip(), session
         try:
@@ -164,17 +161,21 @@ def make_handlers(backend: Backend):
         return session
 
     def on_stop(session: LiveSession):
-        session.stopped, session.stopped_at = True, time.perf_counter()
+        session.stopped = True  # until Resume camera or Play clip (the browser's camera may keep sending frames)
         with session.busy:  # after the frame being edited
             session.close()
         return session.stats() + " · stopped", session
 
-    return on_frame, play_clip, on_settings, on_stop
+    def on_resume(session: LiveSession):
+        session.stopped = False
+        return "resumed: waiting for the camera's next frame", session
+
+    return on_frame, play_clip, on_settings, on_stop, on_resume
 
 
 def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.Component]:
     """Lay out the tab and wire it to the backend."""
-    on_frame, play_clip, on_settings, on_stop = make_handlers(backend)
+    on_frame, play_clip, on_settings, on_stop, on_resume = make_handlers(backend)
     with gr.Row():
         with gr.Column():
             camera = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy", elem_id="live-camera", height=320)
@@ -187,6 +188,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             with gr.Row():
                 play = gr.Button("Play clip", variant="primary", elem_id="live-play")
                 stop = gr.Button("Stop", variant="stop", elem_id="live-stop")
+                resume = gr.Button("Resume camera", elem_id="live-resume")
         with gr.Column():
             output = gr.Image(label="Edited", type="numpy", elem_id="live-output", height=320)
             stats = gr.Markdown("", elem_id="live-stats")
@@ -207,4 +209,5 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     for widget in (prompt, strength, seed):
         widget.change(on_settings, [prompt, strength, seed, session], session, api_visibility="private", queue=False)
     stop.click(on_stop, session, [stats, session], cancels=[streaming, playing], api_visibility="private")
+    resume.click(on_resume, session, [stats, session], api_visibility="private")
     return {"camera": camera, "video": video, "prompt": prompt, "output": output, "stats": stats}
