@@ -50,7 +50,8 @@ class LiveSession:
         recent = self.finished[-30:]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         latency = 1000 * float(np.mean(self.latencies[-30:])) if self.latencies else 0.0
-        return f"{fps:.1f} FPS · latency {latency:.0f} ms · {self.edited} edited, {self.dropped} dropped"
+        line = f"{fps:.1f} FPS · latency {latency:.0f} ms · {self.edited} edited, {self.dropped} dropped"
+        return line + (" · stopped" if self.stopped else "")
 
     def close(self) -> None:
         if self.engine is not None:
@@ -164,7 +165,7 @@ def make_handlers(backend: Backend):
         session.stopped = True  # until Resume camera or Play clip (the browser's camera may keep sending frames)
         with session.busy:  # after the frame being edited
             session.close()
-        return session.stats() + " · stopped", session
+        return session.stats(), session
 
     def on_resume(session: LiveSession):
         session.stopped = False
