@@ -1,0 +1,126 @@
+"""A real browser with Chromium's fake camera (a y4m made from a shapes clip) streams into the Live tab: edited
+frames arrive with the frame rate on screen, a prompt typed mid-stream is taken, Stop ends the stream.
+
+Screenshots go to a tmp dir (set BROWSER_SCREENS=DIR to keep copies). It takes minutes on a busy 2-core CPU
+(tiny edits 256 px frames at several seconds each there), so it runs only with LIVE_BROWSER=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(os.environ.get("LIVE_BROWSER") != "1", reason="minutes long: set LIVE_BROWSER=1 to run it")
+WAIT = 240  # seconds for the first edited frame (tiny at 256 px, model loading) on a busy 2-core CPU
+
+
+def write_y4m(path: Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """Frames as a YUV4MPEG2 (4:2:0) file, what --use-file-for-fake-video-capture plays."""
+    import cv2
+
+    height, width = frames.shape[1:3]
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            out.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def camera_browser(tmp_path_factory):
+    if not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists():
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (in requirements.lock)")
+    from shapes_world.benchmark import benchmark_clip
+
+    y4m = write_y4m(tmp_path_factory.mktemp("camera") / "camera.y4m", benchmark_clip(0, frames=16, size=128).frames)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    flags = (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--use-fake-device-for-media-stream",
+    )
+    for flag in (*flags, "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={y4m}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def live_url():
+    from ui import build_demo
+
+    demo = build_demo(default_model="tiny")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def _wait_for(condition, what: str, timeout: float = WAIT):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _edited(driver) -> int:
+    text = driver.find_element("id", "live-stats").text
+    words = text.split()
+    return int(words[words.index("edited,") - 1]) if "edited," in words else 0
+
+
+def test_a_fake_camera_streams_into_the_live_tab_and_takes_a_new_prompt(camera_browser, live_url, tmp_path):
+    screens = Path(os.environ.get("BROWSER_SCREENS") or tmp_path)
+    screens.mkdir(parents=True, exist_ok=True)
+    driver = camera_browser
+    driver.get(live_url)
+    tab = _wait_for(
+        lambda: [b for b in driver.find_elements("xpath", "//button[@role='tab']") if b.text.strip() == "Live"],
+        "the Live tab",
+        60,
+    )
+    tab[0].click()
+    prompt = _wait_for(lambda: driver.find_elements("css selector", "#live-prompt textarea"), "the prompt box", 30)[0]
+    prompt.send_keys("a red circle")
+    camera = driver.find_element("id", "live-camera")
+    _wait_for(lambda: [b for b in camera.find_elements("xpath", ".//button") if "Webcam" in b.text], "the webcam button", 30)[
+        0
+    ].click()
+    _wait_for(lambda: [b for b in camera.find_elements("xpath", ".//button") if b.text.strip() == "Record"], "Record", 30)[
+        0
+    ].click()
+    _wait_for(lambda: _edited(driver) >= 2, "edited frames")
+    assert "FPS" in driver.find_element("id", "live-stats").text
+    assert driver.find_elements("css selector", "#live-output img")
+    driver.save_screenshot(str(screens / "live-streaming.png"))
+
+    before = _edited(driver)
+    prompt.clear()
+    prompt.send_keys("a blue square")  # mid-stream: the engine keeps running with the new prompt
+    _wait_for(lambda: _edited(driver) >= before + 2, "frames after the prompt change")
+    driver.save_screenshot(str(screens / "live-new-prompt.png"))
+
+    driver.find_element("id", "live-stop").click()
+    _wait_for(lambda: "stopped" in driver.find_element("id", "live-stats").text, "the stream to stop", 60)
+    driver.save_screenshot(str(screens / "live-stopped.png"))
