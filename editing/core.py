@@ -39,7 +39,7 @@ from .models import Backbone, default_controlnet, load_controlnet, load_image_ad
 from .pinned import Pinning, guided_start, pinned_frames
 from .prompt_edit import prepare_attention_edit
 from .reference import prepare_reference
-from .region import hold_callback, masked_edit, noised_states, trajectory_states
+from .held import hold_callback, noised_states, trajectory_states
 from .stepcache import parse_step_caches
 from .temporal import (
     FlowFusion,
@@ -152,8 +152,8 @@ def edit_frames(
     check_combination(parts)
     timer = timer or StageTimer(backbone.device)
     timer.device = backbone.device
-    if parts.masking is not None:  # a mask: region edit or removal (editing.region), which come back here without it
-        return masked_edit(frames, parts, backbone, progress, timer)
+    if parts.masking is not None:  # a mask: region edit or removal run above the core and come back here without it
+        raise ConfigError("an edit with a mask (region or removal) runs through editing.region.masked_edit")
     if parts.engine.keyframes_every:
         return edit_by_keyframes(frames, parts, backbone, progress, timer)
     if parts.engine.keyframe_images:  # the frames follow the supplied images, with the guidance chosen for that

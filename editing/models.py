@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 
 from .condition_kinds import get_condition_kind
-from .errors import ModelLoadError
+from .hub import HUB_ID, HUB_PREFIX
+from .errors import ConfigError, ModelLoadError
 from .samplers import DEFAULT_SAMPLER, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ SD1_SCHEDULER = dict(
 )
 CACHE_SIZE = 2
 SHAPES_MODEL = "shapes"
-HUB_PREFIX = "hub:"
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-model"  # package data: found from a wheel too
 MANIFEST = "manifest.json"  # in a local diffusers folder: {"tokenizer": ..., "controlnets": {kind: subfolder}}
 BUILTIN_TOKENIZERS = ("clip",)  # a manifest's tokenizer: one of these, or a subfolder of the model folder
@@ -362,6 +361,20 @@ def _load_from(spec: ModelSpec, what: str, loader: Callable[[], Any], alternativ
         raise ModelLoadError(f"could not load {what} from {spec.source}: {reason}") from exc
 
 
+def load_motion_adapter(spec, unet_config, backbone_name: str = ""):
+    """The MotionAdapter a --motion-adapter spec names, loaded through `_load_from` (editing.motion reads it)."""
+    from .motion import SHAPES_MOTION, read_motion_adapter
+
+    if spec.kind == SHAPES_MOTION and backbone_name not in (SHAPES_MODEL, str(SHAPES_MODEL_DIR)):
+        raise ConfigError("motion_adapter shapes was trained for the shapes model; use it with --model shapes")
+    where = ModelSpec("hub" if spec.kind.startswith("hub") else "folder", str(spec))
+
+    def load_from(loader, alternatives=None):
+        return _load_from(where, "motion adapter", loader, *(() if alternatives is None else (alternatives,)))
+
+    return read_motion_adapter(spec, unet_config, load_from)
+
+
 def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, config: str | None) -> Backbone:
     from diffusers import StableDiffusionPipeline
 
@@ -514,7 +527,7 @@ def derive_backbone(base: Backbone, options) -> Backbone:
     notes = list(base.extras.get("notes", ()))
     extras = {}
     if options.motion_adapter is not None:  # motion modules first, so LoRAs adapt the inflated UNet's spatial layers
-        from .motion import RANDOM_MOTION, RANDOM_MOTION_NOTE, MotionSpec, inflate, load_motion_adapter
+        from .motion import RANDOM_MOTION, RANDOM_MOTION_NOTE, MotionSpec, inflate
 
         spec = MotionSpec.parse(options.motion_adapter)
         unet = inflate(base.unet, load_motion_adapter(spec, base.unet.config, base.name))

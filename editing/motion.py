@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, ModelLoadError
+from .hub import HUB_ID, HUB_PREFIX
 
 SHAPES_MOTION = "shapes"
 SHAPES_MOTION_DIR = Path(__file__).resolve().parent / "assets" / "shapes-motion"  # made by shapes_world/train_motion.py
@@ -49,8 +50,6 @@ class MotionSpec:
     @classmethod
     def parse(cls, text: str) -> MotionSpec:
         """Tell the named modules, a local folder or file and a Hub id (or Hub file) apart."""
-        from .models import HUB_ID, HUB_PREFIX
-
         text = str(text).strip()
         if not text:
             raise ConfigError("motion_adapter must not be empty")
@@ -133,44 +132,34 @@ def _heads_for(unet_config) -> int:
     return next(h for h in (8, 4, 2, 1) if all(c % h == 0 for c in channels))
 
 
-def load_motion_adapter(spec: MotionSpec, unet_config, backbone_name: str = ""):
-    """The MotionAdapter a spec names (fp32, on the CPU), refused in one sentence when it does not fit."""
+def read_motion_adapter(spec: MotionSpec, unet_config, load_from):
+    """The MotionAdapter a spec names (fp32, on the CPU), refused in one sentence when it does not fit;
+    `load_from(loader, alternatives=None)` runs a diffusers loader and words its failures (editing.models)."""
     from diffusers import MotionAdapter
 
-    from .models import SHAPES_MODEL, SHAPES_MODEL_DIR, ModelSpec, _load_from
-
-    where = ModelSpec("hub" if spec.kind.startswith("hub") else "folder", str(spec))
     if spec.kind == RANDOM_MOTION:
         adapter = random_adapter(unet_config)
     elif spec.kind == SHAPES_MOTION:
-        if backbone_name not in (SHAPES_MODEL, str(SHAPES_MODEL_DIR)):
-            raise ConfigError("motion_adapter shapes was trained for the shapes model; use it with --model shapes")
         if not (SHAPES_MOTION_DIR / "config.json").is_file():
             raise ModelLoadError(
                 f"the shapes motion module is missing from {SHAPES_MOTION_DIR} (made by shapes_world/train_motion.py)"
             )
-        adapter = _load_from(
-            where, "motion adapter", lambda: MotionAdapter.from_pretrained(SHAPES_MOTION_DIR, torch_dtype=torch.float32)
+        adapter = load_from(lambda: MotionAdapter.from_pretrained(SHAPES_MOTION_DIR, torch_dtype=torch.float32)
         )
     elif spec.kind == "folder":
         if not (Path(spec.source) / "config.json").is_file():
             raise ModelLoadError(f"motion_adapter folder {spec.source} has no config.json: it is not a MotionAdapter folder")
-        adapter = _load_from(
-            where, "motion adapter", lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32)
+        adapter = load_from(lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32)
         )
     elif spec.kind == "file":
-        adapter = _load_from(
-            where, "motion adapter", lambda: MotionAdapter.from_single_file(spec.source, torch_dtype=torch.float32)
+        adapter = load_from(lambda: MotionAdapter.from_single_file(spec.source, torch_dtype=torch.float32)
         )
     elif spec.kind == "hub":
-        adapter = _load_from(
-            where,
-            "motion adapter",
-            lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32),
+        adapter = load_from(lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32),
             MOTION_OFFLINE_ALTERNATIVES,
         )
     else:
-        adapter = _load_from(where, "motion adapter", lambda: _hub_file_adapter(spec), MOTION_OFFLINE_ALTERNATIVES)
+        adapter = load_from(lambda: _hub_file_adapter(spec), MOTION_OFFLINE_ALTERNATIVES)
     check_fits(adapter, unet_config, str(spec))
     return adapter.requires_grad_(False).eval()
 

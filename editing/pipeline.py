@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import video_io
-from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, edit_frames
+from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress
+from .region import masked_edit
 from .errors import ConfigError, EditingError
 from .files import check_writable
 from .models import load_backbone
@@ -51,7 +52,7 @@ FramesEditor = Callable[[np.ndarray, "EditRequest", ProgressFn, StageTimer], tup
 def edit_here(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
     """Load the request's model in this process and run the core on the frames."""
     backbone = request_backbone(request, progress, timer)
-    edited = edit_frames(frames, EditParts.of(request), backbone, progress, timer)
+    edited = masked_edit(frames, EditParts.of(request), backbone, progress, timer)  # edit_frames when no mask
     return edited, model_info(backbone)
 
 

@@ -20,27 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .masks import MaskInputs, clip_masks, feathered, grown, latent_mask, overlay_frames
+from .core import EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, decoded_indices, edit_frames
+from .held import HeldRegion, StateAt, hold_callback, noised_states, trajectory_states
+from .masks import MaskInputs, clip_masks, feathered, grown, overlay_frames
 from .masks.shape import composite
 
 log = logging.getLogger(__name__)
 
 PREVIEW_FPS = 8  # frames per second of the mask preview written by the library (the app shows its own)
-
-
-@dataclass(frozen=True, eq=False)
-class HeldRegion:
-    """Where an edit may change the clip: (N, H, W) float32 weights, 1 inside the grown mask, fading to 0 over the feather."""
-
-    weights: np.ndarray
-
-    def subset(self, indices) -> HeldRegion:
-        """The region of some frames of the clip (the keyframes)."""
-        return HeldRegion(self.weights[list(indices)])
-
-    def latent(self, scale: int) -> torch.Tensor:
-        """(N, 1, h, w) bool: latent pixels the edit may change (any image pixel under them has weight)."""
-        return torch.from_numpy(latent_mask(self.weights, scale))[:, None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,11 +60,12 @@ def write_preview(path: str, frames: np.ndarray, mask: ClipMask) -> None:
     write_video(path, mask.overlay(frames), Fraction(PREVIEW_FPS))
 
 
-def masked_edit(frames: np.ndarray, parts, backbone, progress, timer):
+def masked_edit(frames: np.ndarray, parts: EditParts, backbone, progress: ProgressFn = _no_progress, timer: StageTimer | None = None):
     """A request with a mask: its preview written if asked, then the object removed (editing.removal) or
-    the edit made inside the region and composited over the source."""
-    from .core import decoded_indices, edit_frames
-
+    the edit made inside the region and composited over the source; without a mask, the plain edit."""
+    if parts.masking is None:
+        return edit_frames(frames, parts, backbone, progress, timer)
+    timer = timer or StageTimer(backbone.device)
     progress("mask", 0, 1)
     mask = clip_mask(frames, parts, backbone)
     progress("mask", 1, 1)
@@ -92,8 +80,6 @@ def masked_edit(frames: np.ndarray, parts, backbone, progress, timer):
         return edit_frames(frames, dataclasses.replace(parts, masking=None), backbone, progress, timer)
     wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
     if not mask.weights.any():  # nothing may change: the source, exactly
-        from .core import EditedFrames
-
         return EditedFrames(
             frames[list(wanted)].copy(), warnings=("the mask is empty in every frame: the source is returned unchanged",)
         )
@@ -104,40 +90,3 @@ def masked_edit(frames: np.ndarray, parts, backbone, progress, timer):
     return dataclasses.replace(edited, frames=out)
 
 
-StateAt = Callable[[int], torch.Tensor]  # step index -> the source's latents after that step (variance-preserving)
-
-
-def trajectory_states(trajectory) -> StateAt:
-    """After edit step k the latents are at the inversion's state n - 1 - k (editing.prompt_edit.blend_callback)."""
-    steps = len(trajectory.timesteps)
-    return lambda index: trajectory.states[steps - 1 - index]
-
-
-def noised_states(scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps) -> StateAt:
-    """Without inversion: the source noised with the edit's own noise to the timestep after step k (clean after the last)."""
-    from .sampling import noise_to_timestep
-
-    following = [*(int(t) for t in timesteps[1:]), None]
-
-    def at(index: int) -> torch.Tensor:
-        after = following[index]
-        return clean if after is None else noise_to_timestep(scheduler, clean, noise, after)
-
-    return at
-
-
-def hold_callback(region: HeldRegion, scale: int, source_at: StateAt, inner=None):
-    """The step callback `inner` followed by the hold: outside the region the latents become the source's
-    at the same timestep. With a region covering every latent pixel it is `inner` itself."""
-    inside = region.latent(scale)
-    if bool(inside.all()):
-        return inner
-
-    def on_step(index: int, timestep: int, latents: torch.Tensor):
-        if inner is not None:
-            replaced = inner(index, timestep, latents)
-            latents = latents if replaced is None else replaced
-        source = source_at(index).to(latents.device, latents.dtype)
-        return torch.where(inside.to(latents.device), latents, source)
-
-    return on_step

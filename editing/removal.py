@@ -205,7 +205,7 @@ def diffuse_blended(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, p
     """The unfilled pixels made by the backbone, prompted with the background's description (the prompt):
     blended latent diffusion, every latent pixel away from them held to the filled frames noised to each step."""
     from . import sampling
-    from .region import HeldRegion, hold_callback, noised_states
+    from .held import HeldRegion, hold_callback, noised_states
 
     config, engine = parts.edit, parts.engine
     todo = [t for t in range(len(frames)) if unfilled[t].any()]

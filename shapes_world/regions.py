@@ -71,7 +71,8 @@ def mask_options(source: str, masks: np.ndarray, work: Path, name: str, words: s
 
 def run_edit(clip: Clip, values: dict, backbone):
     """Edit the clip's frames with a request built from option values through the one schema."""
-    from editing.core import EditParts, edit_frames
+    from editing.core import EditParts
+    from editing.region import masked_edit
     from editing.requests import defaults, edit_request
 
     request = edit_request(
@@ -88,7 +89,7 @@ def run_edit(clip: Clip, values: dict, backbone):
         }
         | values
     )
-    return edit_frames(clip.frames, EditParts.of(request), backbone)
+    return masked_edit(clip.frames, EditParts.of(request), backbone)
 
 
 def found_share(frames: np.ndarray, obj) -> float:

@@ -127,7 +127,7 @@ def test_without_size_an_edit_runs_at_the_models_own_size(tmp_path, car, capsys)
     "argv, usage, error",
     [
         (["edit", "clip.mp4", "--prompt", "x", "--out", "o.mp4", "--attention", "bogus"], "python -m editing edit [options] video", "invalid choice: 'bogus'"),
-        (["bogus"], "python -m editing [options] {info,edit,tune,eval,batch} ...", "invalid choice: 'bogus'"),
+        (["bogus"], "python -m editing [options] {info,edit,live,tune,eval,batch} ...", "invalid choice: 'bogus'"),
         (["batch", "--format", "avi"], "python -m editing batch [options] spec", "argument --format"),
     ],
 )

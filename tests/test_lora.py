@@ -108,9 +108,7 @@ def test_a_file_that_is_not_a_lora_is_refused_in_one_sentence(tiny, tmp_path):
 
 
 def test_a_lora_for_another_unet_is_refused_in_one_sentence(tiny, tmp_path):
-    from types import SimpleNamespace
-
-    wider = SimpleNamespace(config={**tiny.unet.config, "cross_attention_dim": 48})  # same layer names, other shapes
+    wider = type(tiny.unet).from_config({**tiny.unet.config, "cross_attention_dim": 48})  # same layer names, other shapes
     path = save_lora(tmp_path / "wider.safetensors", random_lora_state_dict(wider, seed=1))
     message = _refusal(path)
     assert "wider.safetensors is not a LoRA for this model's UNet" in message and "shapes" in message

@@ -11,7 +11,8 @@ from editing import sampling
 from editing.attention.modes import attention_mode_names
 from editing.errors import ConfigError, ModelLoadError
 from editing.lora import ModelOptions
-from editing.motion import MotionSpec, build_adapter, inflate, is_motion_unet, load_motion_adapter, run_unet, spatial_layer
+from editing.models import load_motion_adapter
+from editing.motion import MotionSpec, build_adapter, inflate, is_motion_unet, run_unet, spatial_layer
 from editing.windows import ContextWindows, window_starts, window_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from editing.config import ControlSpec, EditConfig, EngineConfig
-from editing.core import EditParts, edit_frames
+from editing.core import EditParts
+from editing.region import masked_edit
 from editing.errors import ConfigError
 from editing.masks import feathered, grown
 from editing.masks.options import MaskConfig
@@ -45,7 +46,7 @@ def parts_for(tmp_path, masks, engine=None, **masking) -> EditParts:
 )
 def test_pixels_outside_mask_and_feather_are_the_source(tmp_path, tiny, clip, engine):
     frames, masks = clip.frames[:4], clip.masks[:4, 0]
-    out = edit_frames(frames, parts_for(tmp_path, masks, engine, region=True, mask_grow=2, mask_feather=3), tiny).frames
+    out = masked_edit(frames, parts_for(tmp_path, masks, engine, region=True, mask_grow=2, mask_feather=3), tiny).frames
     weights = feathered(grown(masks, 2), 3)
     assert np.array_equal(out[weights == 0], frames[weights == 0])
     assert not np.array_equal(out[weights == 1], frames[weights == 1])  # the edit did change the region
@@ -53,7 +54,7 @@ def test_pixels_outside_mask_and_feather_are_the_source(tmp_path, tiny, clip, en
 
 def test_empty_mask_returns_the_source(tmp_path, tiny, clip):
     frames = clip.frames[:3]
-    out = edit_frames(frames, parts_for(tmp_path, np.zeros(frames.shape[:3], bool), region=True, mask_feather=2), tiny)
+    out = masked_edit(frames, parts_for(tmp_path, np.zeros(frames.shape[:3], bool), region=True, mask_feather=2), tiny)
     assert np.array_equal(out.frames, frames)
 
 
@@ -61,12 +62,12 @@ def test_full_mask_equals_the_global_edit(tmp_path, tiny, clip):
     frames = clip.frames[:3]
     parts = parts_for(tmp_path, np.ones(frames.shape[:3], bool), region=True)
     whole = EditParts(parts.edit, parts.engine)
-    assert np.array_equal(edit_frames(frames, parts, tiny).frames, edit_frames(frames, whole, tiny).frames)
+    assert np.array_equal(masked_edit(frames, parts, tiny).frames, masked_edit(frames, whole, tiny).frames)
 
 
 def test_removal_fills_from_other_frames_without_diffusion(tmp_path, tiny, clip):
     holes = clip.masks[:, 0]
-    result = edit_frames(clip.frames, parts_for(tmp_path, holes, remove=True), tiny)
+    result = masked_edit(clip.frames, parts_for(tmp_path, holes, remove=True), tiny)
     counts = result.removal
     assert counts["diffused"] == 0 and counts["diffused_frames"] == []
     assert counts["from_frames"] == counts["hole_pixels"] == holes.sum()
@@ -78,7 +79,7 @@ def test_removal_fills_from_other_frames_without_diffusion(tmp_path, tiny, clip)
 def test_removal_diffuses_only_what_no_frame_shows(tmp_path, tiny, clip):
     still = make_clip(clip.scene, (Motion(), clip.motions[1]), 3)  # the first object never moves: nothing shows behind it
     holes = still.masks[:, 0]
-    result = edit_frames(still.frames, parts_for(tmp_path, holes, remove=True), tiny)
+    result = masked_edit(still.frames, parts_for(tmp_path, holes, remove=True), tiny)
     counts = result.removal
     assert counts["diffused"] == holes.sum() and len(counts["diffused_frames"]) == 1  # made once, carried to the others
     assert np.array_equal(result.frames[~holes], still.frames[~holes])

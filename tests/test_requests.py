@@ -18,6 +18,7 @@ from editing.config import DEFAULT_KEYFRAMES, AttentionEditConfig, ControlSpec, 
 from editing.errors import ConfigError
 from editing.evaluate import parse_spec
 from editing.lora import LoraSpec, ModelOptions
+from editing.masks.options import MaskConfig
 from editing.models import native_size
 from editing.requests import EditRequest, TuneConfig, TuneRequest
 
@@ -87,6 +88,16 @@ HAND_BUILT_EDITS = [
     ),
     (["--source-prompt", "a car", "--edit", "reweight", "--reweight", "cat=2", "--reweight", "a=-1.5"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", "reweight", reweight=(("cat", 2.0), ("a", -1.5))))),
     (["--source-prompt", "a car", "--null-text", "--null-text-iterations", "3"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", null_text=True, null_text_iterations=3))),
+    (
+        ["--mask", "m.png@3", "--mask-track", "sam2", "--mask-model", "a/sam", "--mask-grow", "2", "--mask-feather", "3", "--region", "--mask-preview", "p.mp4"],
+        edit(masking=MaskConfig(mask="m.png@3", mask_track="sam2", mask_model="a/sam", mask_grow=2, mask_feather=3, mask_preview="p.mp4", region=True)),
+    ),
+    (["--mask-words", "red star", "--remove", "--inpaint-model", "a/inpaint"], edit(masking=MaskConfig(mask_words="red star", remove=True, inpaint_model="a/inpaint"))),
+    (
+        ["--model", "tiny", "--motion-adapter", "random", "--context", "8:2:static"],  # a motion module turns the default keyframes off
+        edit(engine=EngineConfig(context="8:2:static", keyframes=None), model="tiny", selection=FrameSelection(size=native_size("tiny")), model_options=ModelOptions(motion_adapter="random")),
+    ),
+    (["--step-cache", "deepcache:3", "--compile"], edit(engine=EngineConfig(step_cache="deepcache:3", keyframes=DEFAULT_KEYFRAMES), model_options=ModelOptions(compile=True))),
 ]
 HAND_BUILT_TUNES = [
     ([], TuneRequest(VIDEO, TuneConfig("a car", FrameSelection(max_frames=8, size=SIZE)), "t.safetensors")),

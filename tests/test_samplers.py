@@ -128,8 +128,9 @@ def test_unknown_sampler_through_the_cli_exits_2_with_one_line(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]  # argparse: the usage, then one error line naming the option
-    assert "Traceback" not in result.stderr and "--sampler" in last and "nope" in last, result.stderr
+    lines = result.stderr.strip().splitlines()  # one usage line, one error line naming the option, where --help is
+    error = next(line for line in lines if line.startswith("error:"))
+    assert "Traceback" not in result.stderr and "--sampler" in error and "nope" in error, result.stderr
 
 
 def test_a_sampler_registered_by_a_test_is_accepted(tiny):

@@ -283,7 +283,6 @@ def test_an_edit_with_tuned_weights_takes_their_attention_mode_unless_told(tiny,
     from editing.cli import DEFAULT_ATTENTION, build_parser, edit_request
     from editing.tuning import FORMAT
     from ui.edit_tab import request_from
-    from ui.oneshot_tab import edit_values
 
     path = tmp_path / "t.safetensors"
     save_tuned(path, inflate(tiny, 0), {"format": FORMAT, "base": _identity(tiny), "base_name": "tiny", "settings": {"attention": "full"}})
@@ -292,7 +291,7 @@ def test_an_edit_with_tuned_weights_takes_their_attention_mode_unless_told(tiny,
     assert attention() == DEFAULT_ATTENTION != "full"
     assert attention("--tuned", str(path)) == "full"  # the mode recorded in the file
     assert attention("--tuned", str(path), "--attention", "window") == "window"  # an explicit choice wins
-    values = edit_values({"video": "clip.mp4", "model": "tiny", "prompt": "a jeep", "source_prompt": "a car"})
+    values = {"video": "clip.mp4", "model": "tiny", "prompt": "a jeep", "inversion_prompt": "a car"}  # the one-shot tab's /edit_tuned names
     assert request_from(values, str(tmp_path), tuned=str(path)).engine.attention == "full"  # the one-shot tab, the same way
 
 

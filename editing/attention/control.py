@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 from .cross_frame import cross_frame_attention
-
-if TYPE_CHECKING:
-    from ..sampling import Guidance, StepContext
 
 
 class AttentionControl:
@@ -34,8 +29,9 @@ class AttentionControl:
         produces and the anchors it borrows."""
         return {}
 
-    def begin_step(self, context: StepContext, guidance: Guidance) -> None:
-        """Before a step's planned batches (TokenFlow runs its keyframe pass here)."""
+    def begin_step(self, context, guidance) -> None:
+        """Before a step's planned batches (TokenFlow runs its keyframe pass here); `context` is the loop's
+        sampling.StepContext and `guidance` its sampling.Guidance (not imported: the loop imports this module)."""
 
     def recording(self, unet, steps: int) -> contextlib.AbstractContextManager[dict]:
         """While inverting: what the control records; yields the {name: tensor} record, filled on exit."""

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from . import MaskInputs, MaskSource, register_mask_source
+from .registry import MaskInputs, MaskSource, register_mask_source
 from .options import parse_mask_file
 
 SAMPLES = 256  # colour samples kept of the object and of its surroundings

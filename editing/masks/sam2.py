@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from . import MaskInputs, MaskSource, register_mask_source
+from .registry import MaskInputs, MaskSource, register_mask_source
 
 OBJECT_ID = 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import MaskInputs, MaskSource, register_mask_source
+from .registry import MaskInputs, MaskSource, register_mask_source
 from .options import parse_mask_file
 
 THRESHOLD = 127  # grey level above which a mask pixel is inside

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from . import MaskInputs, MaskSource, register_mask_source
+from .registry import MaskInputs, MaskSource, register_mask_source
 
 THRESHOLD = 0.5  # share of a frame's strongest attention above which a pixel is probably in the mask
 SURE, OUTSIDE = 0.85, 0.15  # above: surely in the mask; below: surely not
