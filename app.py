@@ -14,7 +14,11 @@ MODEL_DIRS_ENV = "EDITING_MODEL_DIRS"  # model roots, separated by os.pathsep, f
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the text-driven video editing app.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1: this machine only)",
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)), help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--model", default=None, help="default model in the Model box (default $EDITING_MODEL or SD 1.5)")
@@ -34,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="run the app's edits on a Ray cluster ('local' starts one here, 'auto' joins the one running here, or an address): "
         "one edit at a time per worker, one worker per GPU",
     )
-    parser.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)"
+    )
     return parser.parse_args(argv)
 
 
@@ -53,7 +59,9 @@ def startup_model(args: argparse.Namespace | None = None, available=None) -> tup
 def serve_policy(args: argparse.Namespace) -> ServePolicy:
     """What the forms accept: anything on loopback; beyond it (--host, --share, a Space) only Hub ids, built-in
     names, the default model and files under the model roots."""
-    roots = args.model_dirs if args.model_dirs is not None else [d for d in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if d]
+    roots = (
+        args.model_dirs if args.model_dirs is not None else [d for d in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if d]
+    )
     return ServePolicy.for_launch(args.host, args.share, roots, default_model(args))
 
 

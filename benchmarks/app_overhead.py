@@ -34,7 +34,14 @@ def library_edit(args, video: str) -> float:
     from editing.pipeline import edit_video
     from ui.edit_tab import request_from
 
-    values = {"video": video, "prompt": "a watercolor painting", "model": args.model, "frames": args.frames, "size": args.size, "steps": args.steps}
+    values = {
+        "video": video,
+        "prompt": "a watercolor painting",
+        "model": args.model,
+        "frames": args.frames,
+        "size": args.size,
+        "steps": args.steps,
+    }
     request = request_from(values, tempfile.mkdtemp(), (".mp4",))
     begin = time.perf_counter()
     edit_video(request)
@@ -46,7 +53,15 @@ def app_edit(args, client, video: str) -> float:
     from gradio_client import handle_file
 
     begin = time.perf_counter()
-    client.predict(video=handle_file(video), prompt="a watercolor painting", model=args.model, frames=args.frames, size=args.size, steps=args.steps, api_name="/edit")
+    client.predict(
+        video=handle_file(video),
+        prompt="a watercolor painting",
+        model=args.model,
+        frames=args.frames,
+        size=args.size,
+        steps=args.steps,
+        api_name="/edit",
+    )
     return time.perf_counter() - begin
 
 
@@ -56,7 +71,16 @@ def cancel_latency(args, client, video: str, denoising: threading.Event, stopped
 
     denoising.clear()
     stopped.clear()
-    job = client.submit(video=handle_file(video), prompt="a cat", model=args.model, frames=args.frames, size=args.size, steps=50, strength=1.0, api_name="/edit")
+    job = client.submit(
+        video=handle_file(video),
+        prompt="a cat",
+        model=args.model,
+        frames=args.frames,
+        size=args.size,
+        steps=50,
+        strength=1.0,
+        api_name="/edit",
+    )
     denoising.wait(600)
     begin = time.perf_counter()
     job.cancel()
@@ -105,7 +129,7 @@ def main() -> None:
         demo.close()
     library, served = (statistics.median(p[i] for p in pairs) for i in (0, 1))
     print(f"{args.model}, {args.frames} frames, {args.size} px, {args.steps} steps, median of {args.runs}, inversion cached")
-    print(f"| measure | value |\n|---|---|")
+    print("| measure | value |\n|---|---|")
     print(f"| library edit_video (mp4), s | {library:.2f} |")
     print(f"| through the app (upload, queue, edit, warp error, gif + zip, download), s | {served:.2f} |")
     print(f"| app / library | {served / library:.2f} |")

@@ -52,7 +52,21 @@ def run_edit(args, attention: bool, workdir: Path) -> dict:
     """One whole edit in a fresh process: its peak RSS (MB) and what it reports."""
     tag = "p2p" if attention else "plain"
     done = subprocess.run(
-        [sys.executable, "-c", RUN, str(ROOT), str(args.steps), str(args.frames), str(args.size), str(workdir / f"{tag}.mp4"), str(workdir / f"cache-{tag}"), "1" if attention else "0", SOURCE, TARGET, str(CLIP)],
+        [
+            sys.executable,
+            "-c",
+            RUN,
+            str(ROOT),
+            str(args.steps),
+            str(args.frames),
+            str(args.size),
+            str(workdir / f"{tag}.mp4"),
+            str(workdir / f"cache-{tag}"),
+            "1" if attention else "0",
+            SOURCE,
+            TARGET,
+            str(CLIP),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -81,7 +95,10 @@ def main() -> None:
     report = {
         "store_mb_8f_512px_50steps": store_nbytes(unet, 8, 64, 64, 50, round(50 * self_share), 1, StorePolicy()) / 2**20,
         "all_maps_all_heads_fp32_gb_8f_512px_50steps": full_store_nbytes(unet, 8, 64, 50) / 2**30,
-        "store_mb_formula_at_size": store_nbytes(unet, args.frames, args.size // 8, args.size // 8, args.steps, round(args.steps * self_share), 1, StorePolicy()) / 2**20,
+        "store_mb_formula_at_size": store_nbytes(
+            unet, args.frames, args.size // 8, args.size // 8, args.steps, round(args.steps * self_share), 1, StorePolicy()
+        )
+        / 2**20,
     }
     if not args.skip_runs:
         with tempfile.TemporaryDirectory() as work:

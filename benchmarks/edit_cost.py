@@ -82,7 +82,18 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 def peak_rss(args, frames: int, workdir: Path) -> float:
     """Peak resident memory (MB) of a whole edit in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", PEAK, str(ROOT), str(args.memory_steps), str(frames), str(args.size), str(workdir / f"m{frames}.mp4"), str(workdir / f"c{frames}"), str(args.chunk)],
+        [
+            sys.executable,
+            "-c",
+            PEAK,
+            str(ROOT),
+            str(args.memory_steps),
+            str(frames),
+            str(args.size),
+            str(workdir / f"m{frames}.mp4"),
+            str(workdir / f"c{frames}"),
+            str(args.chunk),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -117,7 +128,15 @@ def diffusers_t2v_zero(args, backbone, controlnet, condition_images) -> float:
         backbone.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
         controlnet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
         begin = time.perf_counter()
-        pipe(prompt=["a watercolor painting"] * args.frames, image=images, latents=latents, num_inference_steps=args.steps, height=height, width=width, output_type="np")
+        pipe(
+            prompt=["a watercolor painting"] * args.frames,
+            image=images,
+            latents=latents,
+            num_inference_steps=args.steps,
+            height=height,
+            width=width,
+            output_type="np",
+        )
         return time.perf_counter() - begin
     finally:
         backbone.unet.set_attn_processor(original_unet)
@@ -131,7 +150,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--chunk", type=int, default=8, help="frames per UNet call (the 32-frame memory run is chunked by this)")
     parser.add_argument("--memory-only", action="store_true", help="only the 8- versus 32-frame peak memory rows")
-    parser.add_argument("--memory-steps", type=int, default=2, help="steps of the 8- vs 32-frame memory runs (memory does not grow with steps)")
+    parser.add_argument(
+        "--memory-steps", type=int, default=2, help="steps of the 8- vs 32-frame memory runs (memory does not grow with steps)"
+    )
     parser.add_argument("--compare-only", action="store_true", help="only the row against diffusers' Text2Video-Zero")
     args = parser.parse_args()
 
@@ -154,7 +175,9 @@ def main() -> None:
             rows.append((f"peak RSS, 32 frames in chunks of {args.chunk} (MB, {args.memory_steps} steps)", f"{peak32:.0f}"))
             rows.append(("peak RSS 32 / 8 frames", f"{peak32 / peak8:.2f}"))
 
-    print(f"\nsd15-random on {torch.get_num_threads()} CPU threads, {args.size} px, {args.frames} frames, {args.steps} steps, first-frame attention + canny ControlNet\n")
+    print(
+        f"\nsd15-random on {torch.get_num_threads()} CPU threads, {args.size} px, {args.frames} frames, {args.steps} steps, first-frame attention + canny ControlNet\n"
+    )
     width = max(len(name) for name, _ in rows)
     print(f"| {'measure':<{width}} | value |")
     print(f"|{'-' * (width + 2)}|-------|")
@@ -166,20 +189,42 @@ def timed_rows(args, backbone, controlnet, work: str, workdir: Path) -> list[tup
     """Speed rows: per-step cost, time inside the networks, cached second prompt."""
     rows = []
     unet_timer, cn_timer, vae_timer, text_timer = CallTimer(), CallTimer(), CallTimer(), CallTimer()
-    with unet_timer.wrap(backbone.unet), cn_timer.wrap(controlnet), vae_timer.wrap(backbone.vae, "encode"), text_timer.wrap(backbone.text_encoder):
+    with (
+        unet_timer.wrap(backbone.unet),
+        cn_timer.wrap(controlnet),
+        vae_timer.wrap(backbone.vae, "encode"),
+        text_timer.wrap(backbone.text_encoder),
+    ):
         first = edit_video(request(args, workdir / "a.mp4", "a watercolor painting", work))
         unet_first, cn_first, vae_first, text_first = unet_timer.seconds, cn_timer.seconds, vae_timer.seconds, text_timer.seconds
         second = edit_video(request(args, workdir / "b.mp4", "an oil painting", work))
     assert second.inversion_cached
     sampled = first.seconds["invert"] + first.seconds["denoise"]
     total_first, total_second = sum(first.seconds.values()), sum(second.seconds.values())
-    rows.append(("seconds per frame per denoising step (CFG + ControlNet)", f"{first.seconds['denoise'] / (args.frames * args.steps):.3f}"))
+    rows.append(
+        (
+            "seconds per frame per denoising step (CFG + ControlNet)",
+            f"{first.seconds['denoise'] / (args.frames * args.steps):.3f}",
+        )
+    )
     rows.append(("share of invert+denoise time inside UNet calls", f"{unet_first / sampled:.1%}"))
     rows.append(("share of invert+denoise time inside ControlNet calls", f"{cn_first / sampled:.1%}"))
     # the invert stage also encodes the source frames (VAE) and the inversion prompt: networks, not overhead
-    rows.append(("share of invert+denoise time inside VAE encode and text-encoder calls", f"{(vae_first + text_first) / sampled:.1%}"))
-    rows.append(("our overhead in invert+denoise (in no network: UNet, ControlNet, VAE, text encoder)", f"{1 - (unet_first + cn_first + vae_first + text_first) / sampled:.1%}"))
-    rows.append(("the same, counted as before (neither UNet nor ControlNet: VAE encoding counted as overhead)", f"{1 - (unet_first + cn_first) / sampled:.1%}"))
+    rows.append(
+        ("share of invert+denoise time inside VAE encode and text-encoder calls", f"{(vae_first + text_first) / sampled:.1%}")
+    )
+    rows.append(
+        (
+            "our overhead in invert+denoise (in no network: UNet, ControlNet, VAE, text encoder)",
+            f"{1 - (unet_first + cn_first + vae_first + text_first) / sampled:.1%}",
+        )
+    )
+    rows.append(
+        (
+            "the same, counted as before (neither UNet nor ControlNet: VAE encoding counted as overhead)",
+            f"{1 - (unet_first + cn_first) / sampled:.1%}",
+        )
+    )
     rows.append(("second prompt on cached inversion / first prompt (whole edit)", f"{total_second / total_first:.2f}"))
 
     return rows
@@ -194,7 +239,12 @@ def comparison_rows(args, backbone, controlnet, work: str, workdir: Path) -> lis
     clip = read_clip(CLIP, FrameSelection(max_frames=args.frames, size=args.size))
     reference = diffusers_t2v_zero(args, backbone, controlnet, extract_conditions("canny", clip.frames))
     ours = ours_from_noise.seconds["denoise"] + ours_from_noise.seconds["decode_latents"]
-    return [("ours / diffusers Text2Video-Zero ControlNet pipeline (same steps, from noise, denoise + VAE decode)", f"{ours / reference:.2f}")]
+    return [
+        (
+            "ours / diffusers Text2Video-Zero ControlNet pipeline (same steps, from noise, denoise + VAE decode)",
+            f"{ours / reference:.2f}",
+        )
+    ]
 
 
 if __name__ == "__main__":

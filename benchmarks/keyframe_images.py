@@ -48,16 +48,26 @@ def main() -> None:
                 for how in ("prompt", "keyframe"):
                     supplied = (KeyframeImage(0, str(target)),) if how == "keyframe" else ()
                     prompt = edit.prompt if how == "prompt" else edit.source_prompt
-                    engine = EngineConfig(inversion_prompt=edit.source_prompt, cache_dir=str(Path(work) / "cache"), keyframe_images=supplied)
-                    out = edit_frames(clip.frames, EditParts(EditConfig(prompt=prompt, steps=args.steps, guidance=GUIDANCE), engine), backbone).frames
+                    engine = EngineConfig(
+                        inversion_prompt=edit.source_prompt, cache_dir=str(Path(work) / "cache"), keyframe_images=supplied
+                    )
+                    out = edit_frames(
+                        clip.frames, EditParts(EditConfig(prompt=prompt, steps=args.steps, guidance=GUIDANCE), engine), backbone
+                    ).frames
                     measured = (
                         edit_accuracy(out[1:], clip.masks[1:], edit),
                         structure_iou(out, clip.masks),
                         float(np.nanmean(true_warp_errors(out, clip.flow, clip.masks))),
                     )
                     rows.setdefault((edit.kind, how), []).append(measured)
-                    print(f"  clip {index} {edit.kind} {how}: accuracy of frames 1.. {measured[0]:.3f}, IoU {measured[1]:.3f}, warp {measured[2]:.2f}", file=sys.stderr, flush=True)
-    print(f"\nshapes model, {args.clips} clips, {args.steps} steps, guidance {GUIDANCE} (keyframe: --keyframe-guidance default)\n")
+                    print(
+                        f"  clip {index} {edit.kind} {how}: accuracy of frames 1.. {measured[0]:.3f}, IoU {measured[1]:.3f}, warp {measured[2]:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    print(
+        f"\nshapes model, {args.clips} clips, {args.steps} steps, guidance {GUIDANCE} (keyframe: --keyframe-guidance default)\n"
+    )
     print("| edit | how | accuracy of frames 1.. | structure IoU | true-motion warp error |\n|---|---|---|---|---|")
     for (kind, how), values in rows.items():
         mean = np.mean(values, axis=0)

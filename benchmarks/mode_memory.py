@@ -63,12 +63,28 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 
 def peak_mb(setting: str, frames: int, args, cache: Path) -> float:
     """Peak RSS (MB) of one edit of `frames` frames under `setting`, in a fresh process."""
-    values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": "cpu", "dtype": "fp32"}
-    values |= {"frames": frames, "size": args.size, "steps": args.steps, "chunk": args.chunk, "cache_dir": str(cache / f"{setting}-{frames}"), "count": frames}
+    values = {
+        "video": str(CLIP),
+        "out": "unused.mp4",
+        "prompt": "a watercolor painting",
+        "model": "sd15-random",
+        "device": "cpu",
+        "dtype": "fp32",
+    }
+    values |= {
+        "frames": frames,
+        "size": args.size,
+        "steps": args.steps,
+        "chunk": args.chunk,
+        "cache_dir": str(cache / f"{setting}-{frames}"),
+        "count": frames,
+    }
     values |= {"keyframes": "off"} | SETTINGS[setting]
     done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), json.dumps(values)], capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"error: {setting} at {frames} frames failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        raise SystemExit(
+            f"error: {setting} at {frames} frames failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
@@ -91,12 +107,16 @@ def main() -> None:
             for name in names:
                 peaks[name, frames] = peak_mb(name, frames, args, Path(work))
                 print(f"  {name}, {frames} frames: {peaks[name, frames]:.0f} MB", file=sys.stderr, flush=True)
-    print(f"\nsd15-random, fp32 on CPU, {args.size} px, {args.steps} step(s), chunks of {args.chunk}; peak RSS of the whole process (weights included)\n")
+    print(
+        f"\nsd15-random, fp32 on CPU, {args.size} px, {args.steps} step(s), chunks of {args.chunk}; peak RSS of the whole process (weights included)\n"
+    )
     print("| setting | frames | peak RSS (MB) | / first, same length | / same setting at " + f"{lengths[0]} frames |")
     print("|---|---|---|---|---|")
     for (name, frames), peak in peaks.items():
         first = peaks.get(("first", frames))
-        print(f"| {name} | {frames} | {peak:.0f} | {'' if first is None else f'{peak / first:.2f}'} | {peak / peaks[name, lengths[0]]:.2f} |")
+        print(
+            f"| {name} | {frames} | {peak:.0f} | {'' if first is None else f'{peak / first:.2f}'} | {peak / peaks[name, lengths[0]]:.2f} |"
+        )
 
 
 if __name__ == "__main__":

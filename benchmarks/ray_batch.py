@@ -32,9 +32,22 @@ def edits(args, root: Path, count: int, tag: str, **settings):
     from editing.batch import batch_edits
     from editing.evaluate import parse_spec
 
-    defaults = {"model": args.model, "device": "cpu", "frames": args.frames, "size": args.size, "steps": args.steps, "stride": 4, **settings}
+    defaults = {
+        "model": args.model,
+        "device": "cpu",
+        "frames": args.frames,
+        "size": args.size,
+        "steps": args.steps,
+        "stride": 4,
+        **settings,
+    }
     entries = [
-        {"name": f"{tag}-{i}", "video": str(ROOT / "assets" / CLIPS[i % 2]), "prompt": f"a painting, style {i}", "cache_dir": str(root / f"cache-{tag}-{i}")}
+        {
+            "name": f"{tag}-{i}",
+            "video": str(ROOT / "assets" / CLIPS[i % 2]),
+            "prompt": f"a painting, style {i}",
+            "cache_dir": str(root / f"cache-{tag}-{i}"),
+        }
         for i in range(count)
     ]
     return batch_edits(parse_spec({"defaults": defaults, "edits": entries}, ROOT, clip="none"), root / f"out-{tag}", ".zip")
@@ -76,7 +89,11 @@ def keyframe_seconds(args, root: Path) -> tuple[dict[int, float], str]:
     note = ""
     try:
         for workers, pool in pools.items():  # warm: model loaded, and the pool's workers started
-            run_batch(edits(args, root, workers, f"kwarm{workers}", **settings), root / f"kwarm{workers}", distributed.batch_runner(pool=pool))
+            run_batch(
+                edits(args, root, workers, f"kwarm{workers}", **settings),
+                root / f"kwarm{workers}",
+                distributed.batch_runner(pool=pool),
+            )
         for run in range(args.runs):
             for workers, pool in pools.items():
                 tag = f"ktimed{workers}-{run}"
@@ -140,15 +157,22 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=3,  # 3 logical CPUs: both pools stay up (1 + 2 workers); the machine's 2 cores run them
-              include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False, log_to_driver=False)
+    ray.init(
+        num_cpus=3,  # 3 logical CPUs: both pools stay up (1 + 2 workers); the machine's 2 cores run them
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     try:
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
             print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             seconds, note = keyframe_seconds(args, root)
-            print(f"one keyframe edit ({args.model}, {args.keyframe_frames} frames, --keyframes {args.keyframes}, refine {args.keyframe_refine}, "
-                  f"{args.size} px, {args.steps} steps), median of {args.runs}:")
+            print(
+                f"one keyframe edit ({args.model}, {args.keyframe_frames} frames, --keyframes {args.keyframes}, refine {args.keyframe_refine}, "
+                f"{args.size} px, {args.steps} steps), median of {args.runs}:"
+            )
             print(f"  1 worker  {seconds[1]:.2f} s (one task)")
             print(f"  2 workers {seconds[2]:.2f} s ({note}); speed-up {seconds[1] / seconds[2]:.2f}x")
             if args.only_keyframes:
@@ -156,7 +180,9 @@ def main() -> None:
                 return
             batch = batch_seconds(args, root)
             one, two = batch[1], batch[2]
-            print(f"batch of {args.edits} edits ({args.model}, {args.frames} frames, {args.size} px, {args.steps} steps), median of {args.runs}:")
+            print(
+                f"batch of {args.edits} edits ({args.model}, {args.frames} frames, {args.size} px, {args.steps} steps), median of {args.runs}:"
+            )
             print(f"  1 worker  {one:.2f} s ({args.edits / one:.3f} edits/s)")
             print(f"  2 workers {two:.2f} s ({args.edits / two:.3f} edits/s); speed-up {one / two:.2f}x")
             seconds = overhead(args, root)

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     one_off = time.perf_counter() - begin
 
     side = args.size // backbone.vae_scale_factor
-    latents = torch.randn(args.frames, backbone.latent_channels, side, side, generator=torch.Generator().manual_seed(0)).to(backbone.dtype)
+    latents = torch.randn(args.frames, backbone.latent_channels, side, side, generator=torch.Generator().manual_seed(0)).to(
+        backbone.dtype
+    )
     text = sampling.encode_text(backbone, "a red car", "", guided=True)
     plan = sampling.plan_frames(args.frames, args.frames, "first")
     layout = plan.layout(plan.batches[0])

@@ -119,14 +119,23 @@ class Counter:
 
 
 def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
+    import torch
+
     from editing.core import EditParts, edit_frames
     from editing.models import load_backbone
     from editing.requests import build_request
 
-    import torch
-
-    values = {"video": str(CLIP), "out": "unused.mp4", "prompt": "a watercolor painting", "model": "sd15-random", "device": args.device, "dtype": args.dtype}
-    values |= {"frames": args.frames, "size": args.size, "cache_dir": str(cache / setting), "keyframes": "off"} | SETTINGS[setting]
+    values = {
+        "video": str(CLIP),
+        "out": "unused.mp4",
+        "prompt": "a watercolor painting",
+        "model": "sd15-random",
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    values |= {"frames": args.frames, "size": args.size, "cache_dir": str(cache / setting), "keyframes": "off"} | SETTINGS[
+        setting
+    ]
     if "preset" not in SETTINGS[setting]:
         values["steps"] = args.steps  # a preset runs its own steps (fast: the last 4 of 8)
         if setting.split("+")[0] != "default":
@@ -169,7 +178,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", help="fp32 (the CPU: bf16 is emulated there), fp16 on a GPU")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also save the rows with the command, date and commit (copy to benchmarks/results/speed-*.json for the docs)")
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also save the rows with the command, date and commit (copy to benchmarks/results/speed-*.json for the docs)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -185,21 +199,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for name in names:
             rows[name] = run(name, args, backbones, frames, Path(work))
-            print(f"  {name}: {rows[name]['s/frame']:.3f} s/frame, {rows[name]['UNet evals/frame']:.2f} UNet evals/frame, {rows[name]['UNet s/frame']:.3f} UNet s/frame", file=sys.stderr, flush=True)
+            print(
+                f"  {name}: {rows[name]['s/frame']:.3f} s/frame, {rows[name]['UNet evals/frame']:.2f} UNet evals/frame, {rows[name]['UNet s/frame']:.3f} UNet s/frame",
+                file=sys.stderr,
+                flush=True,
+            )
 
     height, width = frames.shape[1:3]
     gpu = any(row["peak GPU MB"] is not None for row in rows.values())
     where = torch.cuda.get_device_name() if gpu else f"{torch.get_num_threads()} CPU threads"
     print(f"\nsd15-random, {args.dtype} on {where}, {len(frames)} frames at {width}x{height}, {args.steps} steps\n")
-    print("| setting | s / frame | UNet evals / frame | UNet s / frame (sampling) | VAE share of time | keyframes |" + (" peak GPU MB |" if gpu else ""))
+    print(
+        "| setting | s / frame | UNet evals / frame | UNet s / frame (sampling) | VAE share of time | keyframes |"
+        + (" peak GPU MB |" if gpu else "")
+    )
     print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for row in rows.values():
         memory = f" {row['peak GPU MB']:.0f} |" if gpu else ""
-        print(f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['UNet s/frame']:.3f} | {row['VAE share']:.0%} | {row['keyframes']} |{memory}")
+        print(
+            f"| {row['setting']} | {row['s/frame']:.3f} | {row['UNet evals/frame']:.2f} | {row['UNet s/frame']:.3f} | {row['VAE share']:.0%} | {row['keyframes']} |{memory}"
+        )
     if args.json:
         from shapes_world.benchmark import provenance
 
-        document = {"model": "sd15-random", "device": where, "dtype": args.dtype, "frames": len(frames), "size": [width, height], "steps": args.steps, "rows": list(rows.values())}
+        document = {
+            "model": "sd15-random",
+            "device": where,
+            "dtype": args.dtype,
+            "frames": len(frames),
+            "size": [width, height],
+            "steps": args.steps,
+            "rows": list(rows.values()),
+        }
         document |= provenance() | {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
         Path(args.json).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     base = rows.get(BASE)
@@ -207,7 +238,9 @@ def main() -> None:
     for name, row in rows.items():
         plain = rows.get(name.split("+")[0])
         if "+" in name and plain is not None:  # a step cache against the same setting without it
-            print(f"| {name} / {plain['setting']}, UNet time per frame (sampling) | {row['UNet s/frame'] / plain['UNet s/frame']:.3f} |")
+            print(
+                f"| {name} / {plain['setting']}, UNet time per frame (sampling) | {row['UNet s/frame'] / plain['UNet s/frame']:.3f} |"
+            )
             print(f"| {name} / {plain['setting']}, wall time per frame | {row['s/frame'] / plain['s/frame']:.3f} |")
     if base:
         for name, row in rows.items():

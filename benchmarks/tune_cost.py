@@ -33,8 +33,8 @@ def measure(size: int, frames: int, steps: int, checkpointing: bool, model: str 
     import torch
 
     from editing import sampling
-    from editing.attention.tuned import TunedControl
     from editing.attention.cross_frame import layout_for
+    from editing.attention.tuned import TunedControl
     from editing.config import FrameSelection
     from editing.models import load_backbone
     from editing.tuning import TuneConfig, inflate, save_tuned, tune_weights
@@ -51,7 +51,9 @@ def measure(size: int, frames: int, steps: int, checkpointing: bool, model: str 
         backbone.unet(latents, 500, encoder_hidden_states=text.expand(frames, -1, -1), cross_attention_kwargs={"frames": layout})
         forward = time.perf_counter() - begin
     stamps = [time.perf_counter()]
-    config = TuneConfig("a man skiing", FrameSelection(max_frames=frames, size=size), steps=steps, gradient_checkpointing=checkpointing)
+    config = TuneConfig(
+        "a man skiing", FrameSelection(max_frames=frames, size=size), steps=steps, gradient_checkpointing=checkpointing
+    )
     weights, losses = tune_weights(backbone, latents, text, config, lambda *_: stamps.append(time.perf_counter()))
     per_step = [b - a for a, b in zip(stamps, stamps[1:])]
     with tempfile.TemporaryDirectory() as folder:
@@ -85,12 +87,25 @@ print(json.dumps(measure(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), s
 def run_child(args, checkpointing: bool) -> dict | None:
     """One configuration in a fresh process (so its peak RSS is its own); None when it ran out of memory."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ROOT), str(args.size), str(args.frames), str(args.steps), "1" if checkpointing else "0", str(args.max_gb), args.model],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(ROOT),
+            str(args.size),
+            str(args.frames),
+            str(args.steps),
+            "1" if checkpointing else "0",
+            str(args.max_gb),
+            args.model,
+        ],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        print(f"{'checkpointed' if checkpointing else 'plain'} run failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        print(
+            f"{'checkpointed' if checkpointing else 'plain'} run failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr
+        )
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -111,15 +126,27 @@ def main() -> None:
             rows.append((f"{name}: seconds per tuning step", f"not measured (over {args.max_gb} GB or failed)"))
             continue
         rows.append((f"{name}: seconds per tuning step", f"{figures['seconds_per_step']:.1f}"))
-        rows.append((f"{name}: tuning step / inference forward of the same batch", f"{figures['seconds_per_step'] / figures['forward']:.1f}"))
+        rows.append(
+            (
+                f"{name}: tuning step / inference forward of the same batch",
+                f"{figures['seconds_per_step'] / figures['forward']:.1f}",
+            )
+        )
         rows.append((f"{name}: peak RSS while tuning (MB)", f"{figures['peak_mb']:.0f}"))
         rows.append((f"{name}: peak RSS added by tuning (MB)", f"{figures['peak_mb'] - figures['rss_before_mb']:.0f}"))
     any_run = next((f for f in results.values() if f is not None), None)
     if any_run is not None:
-        rows.append(("tuned parameters / UNet parameters", f"{any_run['parameters'] / 1e6:.1f} M / {any_run['unet_parameters'] / 1e6:.0f} M"))
+        rows.append(
+            (
+                "tuned parameters / UNet parameters",
+                f"{any_run['parameters'] / 1e6:.1f} M / {any_run['unet_parameters'] / 1e6:.0f} M",
+            )
+        )
         rows.append(("tuned weights file (fp32, MB)", f"{any_run['file_mb']:.0f}"))
     threads = any_run["threads"] if any_run else "?"
-    print(f"\n{args.model} on {threads} CPU threads, {args.size} px, {args.frames} frames, sparse-causal, {args.steps} tuning steps per run\n")
+    print(
+        f"\n{args.model} on {threads} CPU threads, {args.size} px, {args.frames} frames, sparse-causal, {args.steps} tuning steps per run\n"
+    )
     width = max(len(name) for name, _ in rows)
     print(f"| {'measure':<{width}} | value |")
     print(f"|{'-' * (width + 2)}|-------|")

@@ -100,7 +100,9 @@ def option_reference() -> str:
                     flag += " (also " + ", ".join(f"`{f}`" for f in option.flags[1:]) + ")"
                 name = f"`{option.name}`" if command == "edit" and (api is None or option.name in api) else "-"
                 described = option.choice_help()
-                text = option.help_text() + ("<br>" + "<br>".join(f"`{k}`: {v}" for k, v in described.items()) if described else "")
+                text = option.help_text() + (
+                    "<br>" + "<br>".join(f"`{k}`: {v}" for k, v in described.items()) if described else ""
+                )
                 cells = (flag, _cell(name), _type_name(option), _cell(_default(option)), _cell(_accepts(option)), _cell(text))
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
@@ -119,7 +121,12 @@ def registries_page() -> str:
         "",
     ]
     for registry in REGISTRIES:
-        lines += [f"## {registry.title.capitalize()}", "", f"Picked with {registry.option}; added with `{registry.register}`.", ""]
+        lines += [
+            f"## {registry.title.capitalize()}",
+            "",
+            f"Picked with {registry.option}; added with `{registry.register}`.",
+            "",
+        ]
         lines += ["| name | what it is |", "|---|---|"]
         lines += [f"| `{name}` | {_cell(text)} |" for name, text in registry.described().items()]
         lines.append("")
@@ -172,7 +179,9 @@ def _pair_means(document: dict) -> dict[str, list[float]]:
             sums.setdefault(row["setting"], []).append([np.nan if v is None else v for v in pairs])
     with warnings.catch_warnings():  # a pair no edit measured (nothing visible moved) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {setting: [float(v) for v in np.nanmean(np.array(values, dtype=float), axis=0)] for setting, values in sums.items()}
+        return {
+            setting: [float(v) for v in np.nanmean(np.array(values, dtype=float), axis=0)] for setting, values in sums.items()
+        }
 
 
 def shapes_plots(document: dict) -> dict[str, bytes]:
@@ -186,7 +195,10 @@ def shapes_plots(document: dict) -> dict[str, bytes]:
     colour = {name: f"C{i}" for i, name in enumerate(document["summary"])}  # one colour per setting in both plots
     plots = {}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, label in ((axes[0], "edit_accuracy", "edit accuracy (higher is better)"), (axes[1], "warp_error", "true-motion warp error (lower is better)")):
+    for axis, key, label in (
+        (axes[0], "edit_accuracy", "edit accuracy (higher is better)"),
+        (axes[1], "warp_error", "true-motion warp error (lower is better)"),
+    ):
         for name, values in summary.items():
             axis.scatter(values["seconds_per_frame"], values[key], color=colour[name])
             axis.annotate(name, (values["seconds_per_frame"], values[key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
@@ -259,7 +271,9 @@ def shapes_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]
 
 def speed_results(folder: Path = RESULTS) -> list[tuple[str, dict]]:
     """The speed benchmark's saved runs (benchmarks/speed.py --json), newest first, by file stem."""
-    return [(path.stem, json.loads(path.read_text(encoding="utf-8"))) for path in sorted(folder.glob("speed-*.json"), reverse=True)]
+    return [
+        (path.stem, json.loads(path.read_text(encoding="utf-8"))) for path in sorted(folder.glob("speed-*.json"), reverse=True)
+    ]
 
 
 def speed_plot(document: dict) -> bytes:
@@ -274,8 +288,15 @@ def speed_plot(document: dict) -> bytes:
     names = [row["setting"] for row in rows]
     figure, axis = plt.subplots(figsize=(8, 4))
     positions = range(len(rows))
-    axis.bar([p - 0.2 for p in positions], [row["s/frame"] / base["s/frame"] for row in rows], width=0.4, label="wall time per frame")
-    axis.bar([p + 0.2 for p in positions], [row["UNet evals/frame"] / base["UNet evals/frame"] for row in rows], width=0.4, label="UNet evaluations per frame")
+    axis.bar(
+        [p - 0.2 for p in positions], [row["s/frame"] / base["s/frame"] for row in rows], width=0.4, label="wall time per frame"
+    )
+    axis.bar(
+        [p + 0.2 for p in positions],
+        [row["UNet evals/frame"] / base["UNet evals/frame"] for row in rows],
+        width=0.4,
+        label="UNet evaluations per frame",
+    )
     axis.set_xticks(list(positions))
     axis.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     axis.set_ylabel(f"ratio to {base['setting']}")
@@ -310,7 +331,10 @@ def speed_page(results: list[tuple[str, dict]]) -> tuple[str, dict[str, bytes]]:
             "| setting | s / frame | UNet evals / frame | VAE share of time | keyframes |",
             "|---|---|---|---|---|",
         ]
-        lines += [f"| {r['setting']} | {r['s/frame']:.3f} | {r['UNet evals/frame']:.2f} | {r['VAE share']:.0%} | {r['keyframes']} |" for r in document["rows"]]
+        lines += [
+            f"| {r['setting']} | {r['s/frame']:.3f} | {r['UNet evals/frame']:.2f} | {r['VAE share']:.0%} | {r['keyframes']} |"
+            for r in document["rows"]
+        ]
         images[f"{stem}-cost.png"] = speed_plot(document)
         lines += ["", f"![cost of {stem}]({stem}-cost.png)", ""]
     return "\n".join(lines) + "\n", images

@@ -20,9 +20,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -37,7 +37,19 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMATS = (".mp4", ".zip", ".gif")
 BATCH_DEFAULTS = {"format": "mp4", "retries": 2}  # the batch command's option defaults (editing.cli reads them)
-COLUMNS = ("name", "status", "error", "attempts", "worker", "segments", "frames", "output", "seconds_wall", *(f"seconds_{s}" for s in STAGES), "note")
+COLUMNS = (
+    "name",
+    "status",
+    "error",
+    "attempts",
+    "worker",
+    "segments",
+    "frames",
+    "output",
+    "seconds_wall",
+    *(f"seconds_{s}" for s in STAGES),
+    "note",
+)
 
 
 @dataclass(frozen=True)
@@ -258,7 +270,9 @@ class Manifest:
         os.replace(temporary, self.path)  # a killed batch never leaves half a manifest
 
 
-def result_row(edit: BatchEdit, result, attempts: int = 1, worker: str = "local", segments: int = 1, wall: float = 0.0, note: str = "") -> dict:
+def result_row(
+    edit: BatchEdit, result, attempts: int = 1, worker: str = "local", segments: int = 1, wall: float = 0.0, note: str = ""
+) -> dict:
     """The results row of a finished edit (an editing.pipeline.EditResult)."""
     return dict(
         name=edit.name,
@@ -276,7 +290,9 @@ def result_row(edit: BatchEdit, result, attempts: int = 1, worker: str = "local"
 
 
 def failed_row(edit: BatchEdit, error: str, attempts: int = 1, worker: str = "", wall: float = 0.0, note: str = "") -> dict:
-    return dict(name=edit.name, status="failed", error=error, attempts=attempts, worker=worker, seconds_wall=round(wall, 4), note=note)
+    return dict(
+        name=edit.name, status="failed", error=error, attempts=attempts, worker=worker, seconds_wall=round(wall, 4), note=note
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -358,7 +374,9 @@ def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[s
     return []
 
 
-def run_batch(edits: list[BatchEdit], out_dir: str | Path, runner: Runner = run_here, runner_info: dict | None = None, stream=None) -> BatchReport:
+def run_batch(
+    edits: list[BatchEdit], out_dir: str | Path, runner: Runner = run_here, runner_info: dict | None = None, stream=None
+) -> BatchReport:
     """Skip the edits the manifest shows done, run the others with `runner`, write the results."""
     begin = time.perf_counter()
     out = Path(out_dir)

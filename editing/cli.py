@@ -12,8 +12,8 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import requests
 from .batch import BATCH_DEFAULTS
@@ -68,13 +68,29 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     tune.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     evaluate = commands.add_parser("eval", help="run the edits a YAML spec lists and tabulate their quality metrics")
-    evaluate.add_argument("spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)")
-    evaluate.add_argument("--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets")
-    evaluate.add_argument("--clip", default=None, help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none")
-    batch = commands.add_parser("batch", help="run every edit of a YAML spec (the eval format) and write the outputs with results.csv / results.json")
+    evaluate.add_argument(
+        "spec", nargs="?", help="YAML file: clip model, default settings and a list of edits (see examples/eval-tiny.yaml)"
+    )
+    evaluate.add_argument(
+        "--out", required=True, help="folder for results.csv, results.md, results.json, videos and contact sheets"
+    )
+    evaluate.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP for the text scores (overrides the spec): Hub id, folder, open_clip:NAME, random or none",
+    )
+    batch = commands.add_parser(
+        "batch", help="run every edit of a YAML spec (the eval format) and write the outputs with results.csv / results.json"
+    )
     batch.add_argument("spec", help="YAML file: default settings and a list of edits (the eval spec; its clip key is ignored)")
-    batch.add_argument("--out", required=True, help="folder for the outputs, results.csv, results.json and manifest.json (a rerun skips edits already done)")
-    batch.add_argument("--format", choices=("mp4", "zip", "gif"), help="output format of each edit (default mp4; zip = lossless PNG frames)")
+    batch.add_argument(
+        "--out",
+        required=True,
+        help="folder for the outputs, results.csv, results.json and manifest.json (a rerun skips edits already done)",
+    )
+    batch.add_argument(
+        "--format", choices=("mp4", "zip", "gif"), help="output format of each edit (default mp4; zip = lossless PNG frames)"
+    )
     batch.add_argument(
         "--ray",
         default=None,
@@ -82,7 +98,9 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
         help="run on a Ray cluster: 'local' starts one on this machine, 'auto' joins the one running here, or a cluster address; "
         "without it the edits run one after another in this process",
     )
-    batch.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)")
+    batch.add_argument(
+        "--workers", type=int, default=None, help="with --ray: workers to start (default one per GPU, else 2 CPU workers)"
+    )
     batch.add_argument("--retries", type=int, help="with --ray: times an edit is re-run when its worker dies (default 2)")
     batch.set_defaults(**BATCH_DEFAULTS)  # the batch module's own defaults
     # Only then is the benchmark imported (a development tool, not the product); an installed wheel or the
@@ -92,7 +110,11 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
 
         add_options(evaluate)
     else:
-        evaluate.add_argument("--shapes", action="store_true", help="run the shapes benchmark instead of a YAML spec (`eval --shapes --help` lists its options)")
+        evaluate.add_argument(
+            "--shapes",
+            action="store_true",
+            help="run the shapes benchmark instead of a YAML spec (`eval --shapes --help` lists its options)",
+        )
     return parser
 
 
@@ -176,13 +198,16 @@ def run_eval(args: argparse.Namespace) -> int:
     print(report.markdown, end="")
     print(f"wrote {report.csv}, {report.md} and {len(report.rows)} contact sheets in {args.out}", file=sys.stderr)
     if report.failures:
-        print(f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr)
+        print(
+            f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr
+        )
         return 2
     return 0
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from .batch import batch_edits, run_batch as run
+    from .batch import batch_edits
+    from .batch import run_batch as run
     from .evaluate import load_spec
 
     if args.workers is not None and args.workers < 1:
@@ -204,9 +229,13 @@ def run_batch(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     counts = {status: sum(1 for row in report.rows if row["status"] == status) for status in ("ok", "skipped", "failed")}
-    print(f"{counts['ok']} edited, {counts['skipped']} up to date, {counts['failed']} failed in {report.seconds:.1f} s; wrote {report.csv} and {report.json}")
+    print(
+        f"{counts['ok']} edited, {counts['skipped']} up to date, {counts['failed']} failed in {report.seconds:.1f} s; wrote {report.csv} and {report.json}"
+    )
     if report.failures:
-        print(f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr)
+        print(
+            f"error: {report.failures} of {len(report.rows)} edits failed; see the error column of {report.csv}", file=sys.stderr
+        )
         return 2
     return 0
 
@@ -220,7 +249,11 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        how = "reused an earlier tuning" if result.reused else f"{len(result.losses)} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
+        how = (
+            "reused an earlier tuning"
+            if result.reused
+            else f"{len(result.losses)} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
+        )
         print(f"wrote {result.path}: {result.parameters} tuned parameters ({how})")
     return 0
 
@@ -264,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         _quiet_libraries()
     try:
-        return {"info": run_info, "edit": run_edit, "live": run_live, "eval": run_eval, "batch": run_batch, "tune": run_tune}[args.command](args)
+        return {"info": run_info, "edit": run_edit, "live": run_live, "eval": run_eval, "batch": run_batch, "tune": run_tune}[
+            args.command
+        ](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

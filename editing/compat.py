@@ -233,7 +233,10 @@ declare(
     Declaration(
         "context-windows",
         "context windows (--context)",
-        excludes=(Rule("attention tokenflow", "it plans its own keyframe windows"), Rule("feature-bank", "it streams chunk after chunk")),
+        excludes=(
+            Rule("attention tokenflow", "it plans its own keyframe windows"),
+            Rule("feature-bank", "it streams chunk after chunk"),
+        ),
         sequential="context windows blend the overlaps of neighbouring windows at every step",
     )
 )
@@ -279,7 +282,10 @@ declare(
     Declaration(
         "remove",
         "--remove",
-        excludes=(Rule("attention-edit", "removal makes background, it keeps no source attention"), Rule("tuned", "removal fills from the clip and diffuses with the backbone")),
+        excludes=(
+            Rule("attention-edit", "removal makes background, it keeps no source attention"),
+            Rule("tuned", "removal fills from the clip and diffuses with the backbone"),
+        ),
         sequential=f"removal {_CANNOT_SPLIT_WHOLE}",
     )
 )

@@ -10,8 +10,9 @@ tests/test_registries.py). This module imports nothing heavy: the built-in extra
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -36,7 +37,9 @@ class ConditionKind:
 
     def default_controlnet(self, family: str) -> str:
         if family not in self.controlnets:
-            raise ConfigError(f"the {self.name} condition has no default ControlNet for {family} models; name one with --control-model {self.name}=SPEC")
+            raise ConfigError(
+                f"the {self.name} condition has no default ControlNet for {family} models; name one with --control-model {self.name}=SPEC"
+            )
         return self.controlnets[family]
 
 
@@ -80,7 +83,17 @@ def get_condition_kind(name: str) -> ConditionKind:
 # ---------------------------------------------------------------- the built-in kinds (SD-1.5 ControlNet 1.1)
 
 _EXTRACTORS = "editing.control.extractors"
-register_condition_kind(ConditionKind("canny", f"{_EXTRACTORS}:canny", {"sd15": "lllyasviel/control_v11p_sd15_canny"}, "OpenCV Canny edges"))
-register_condition_kind(ConditionKind("pose", f"{_EXTRACTORS}:pose", {"sd15": "lllyasviel/control_v11p_sd15_openpose"}, "mediapipe BlazePose skeleton"))
-register_condition_kind(ConditionKind("depth", f"{_EXTRACTORS}:depth", {"sd15": "lllyasviel/control_v11f1p_sd15_depth"}, "MiDaS depth"))
-register_condition_kind(ConditionKind("softedge", f"{_EXTRACTORS}:softedge", {"sd15": "lllyasviel/control_v11p_sd15_softedge"}, "HED soft edges"))
+register_condition_kind(
+    ConditionKind("canny", f"{_EXTRACTORS}:canny", {"sd15": "lllyasviel/control_v11p_sd15_canny"}, "OpenCV Canny edges")
+)
+register_condition_kind(
+    ConditionKind(
+        "pose", f"{_EXTRACTORS}:pose", {"sd15": "lllyasviel/control_v11p_sd15_openpose"}, "mediapipe BlazePose skeleton"
+    )
+)
+register_condition_kind(
+    ConditionKind("depth", f"{_EXTRACTORS}:depth", {"sd15": "lllyasviel/control_v11f1p_sd15_depth"}, "MiDaS depth")
+)
+register_condition_kind(
+    ConditionKind("softedge", f"{_EXTRACTORS}:softedge", {"sd15": "lllyasviel/control_v11p_sd15_softedge"}, "HED soft edges")
+)

@@ -16,8 +16,9 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelectio
 from .errors import ConfigError
 from .flows import source_flows
 from .frames import check_frames
+from .held import hold_callback, noised_states, trajectory_states
 from .inversion import ddim_invert, load_trajectory, save_trajectory
 from .keyframes import Keyframes, choose_keyframes, clip_flows, propagate
 from .memo import current_memo
@@ -39,7 +41,6 @@ from .models import Backbone, default_controlnet, load_controlnet, load_image_ad
 from .pinned import Pinning, guided_start, pinned_frames
 from .prompt_edit import prepare_attention_edit
 from .reference import prepare_reference
-from .held import hold_callback, noised_states, trajectory_states
 from .stepcache import parse_step_caches
 from .temporal import (
     FlowFusion,
@@ -58,7 +59,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "load_model", "encode_text", "conditions", "invert", "denoise", "decode_latents", "propagate", "refine", "encode_video")
+STAGES = (
+    "decode",
+    "load_model",
+    "encode_text",
+    "conditions",
+    "invert",
+    "denoise",
+    "decode_latents",
+    "propagate",
+    "refine",
+    "encode_video",
+)
 
 # progress(stage, done, total); raising Cancelled from it stops the edit.
 ProgressFn = Callable[[str, int, int], None]
@@ -130,9 +142,11 @@ class EditParts:
     held: object = None  # editing.region.HeldRegion: the region an edit may change, the rest held to the source
 
     @classmethod
-    def of(cls, request: EditRequest) -> "EditParts":
+    def of(cls, request: EditRequest) -> EditParts:
         masking = request.masking if request.masking.given else None
-        return cls(request.edit, request.engine, request.attention_edit, request.tuned, request.selection, request.decode_frames, masking)
+        return cls(
+            request.edit, request.engine, request.attention_edit, request.tuned, request.selection, request.decode_frames, masking
+        )
 
 
 def edit_frames(
@@ -163,10 +177,16 @@ def edit_frames(
         tuned = None
         if parts.tuned is not None:
             tuned = load_tuned(parts.tuned, backbone)
-        reference = prepare_reference(engine, backbone, load_image_adapter)  # read, its IP-Adapter loaded, embedded once (None without one)
+        reference = prepare_reference(
+            engine, backbone, load_image_adapter
+        )  # read, its IP-Adapter loaded, embedded once (None without one)
     with timer.stage("encode_text"):
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
-        prompts = [(config.prompt, "prompt"), (config.negative_prompt, "negative prompt"), (engine.inversion_prompt, "inversion prompt")]
+        prompts = [
+            (config.prompt, "prompt"),
+            (config.negative_prompt, "negative prompt"),
+            (engine.inversion_prompt, "inversion prompt"),
+        ]
         if parts.attention_edit is not None:
             prompts.append((parts.attention_edit.source_prompt, "source prompt"))
         warnings = [cut for cut in (sampling.prompt_cut(backbone.tokenizer, p, name) for p, name in prompts if p) if cut]
@@ -186,20 +206,35 @@ def edit_frames(
     start_key = source if start is frames else frames_key(start)
     anchors = tuple(index for index, _ in pins) or (0,)
     context = edit_context(engine.context, backbone.unet)  # context windows (editing.windows), by default with a motion module
-    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors=anchors, merge=engine.token_merge, context=context, step_cache=parse_step_caches(engine.step_cache))
+    plan = sampling.plan_frames(
+        len(frames),
+        engine.chunk,
+        engine.attention,
+        engine.window,
+        anchors=anchors,
+        merge=engine.token_merge,
+        context=context,
+        step_cache=parse_step_caches(engine.step_cache),
+    )
     scheduler = backbone.scheduler(config.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, config.steps, config.strength)
     prepared = None
     with timer.stage("invert"):
         control = attention_control(parts, frames, backbone, tuned) if parts.attention_edit is None else None
         if parts.attention_edit is None:
-            latents, cached = start_latents(parts, start, backbone, plan, start_key, cache_root, timesteps, progress, tuned, control)
+            latents, cached = start_latents(
+                parts, start, backbone, plan, start_key, cache_root, timesteps, progress, tuned, control
+            )
         else:
-            prepared = prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned)
+            prepared = prepare_attention_edit(
+                parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned
+            )
             latents, cached = prepared.latents, False
     callback = step_callback(engine, frames, backbone, len(timesteps), progress, scheduler, timesteps)
     if parts.held is not None:  # outside the region, the source's latents at every step (editing.region)
-        callback = hold_outside(parts, start, backbone, plan, start_key, cache_root, timesteps, tuned, prepared, scheduler, callback)
+        callback = hold_outside(
+            parts, start, backbone, plan, start_key, cache_root, timesteps, tuned, prepared, scheduler, callback
+        )
     if pins:
         pinning = Pinning.make(pins, backbone, parts, timesteps)
         latents, callback = pinning.start(latents), pinning.wrap(callback)
@@ -234,14 +269,20 @@ def edit_by_keyframes(frames, parts: EditParts, backbone, progress, timer) -> Ed
     return EditedFrames(edited, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices)
 
 
-def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=None, keys: tuple[int, ...] | None = None) -> "Keyframes":
+def edit_keyframes(
+    frames: np.ndarray, parts, backbone, progress=None, timer=None, keys: tuple[int, ...] | None = None
+) -> Keyframes:
     """Stage 1: choose the keyframes (unless given) and edit them jointly with the core."""
     every = parse_keyframes(parts.engine.keyframes)
     supplied = parts.engine.keyframe_images
     for image in supplied:
         if image.index >= len(frames):
-            raise ConfigError(f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}")
-    flows = clip_flows(frames) if keys is None or supplied else None  # once, for the choice (cuts), the supplied frames' warps and propagation
+            raise ConfigError(
+                f"keyframe_image {image.index} names frame {image.index}, but the clip has frames 0 to {len(frames) - 1}"
+            )
+    flows = (
+        clip_flows(frames) if keys is None or supplied else None
+    )  # once, for the choice (cuts), the supplied frames' warps and propagation
     if keys is None:
         keys = choose_keyframes(len(frames), every or 8, flows)
         keys = tuple(sorted(set(keys) | {image.index for image in supplied}))  # a supplied frame is a keyframe
@@ -252,7 +293,9 @@ def edit_keyframes(frames: np.ndarray, parts, backbone, progress=None, timer=Non
     report = _prefixed(progress, "keyframes")
     remapped = tuple(dataclasses.replace(image, index=keys.index(image.index), given_index=image.index) for image in supplied)
     engine = dataclasses.replace(parts.engine, keyframes=None, keyframe_images=remapped)
-    sub = dataclasses.replace(parts, engine=engine, decode_frames=None, held=None if parts.held is None else parts.held.subset(keys))
+    sub = dataclasses.replace(
+        parts, engine=engine, decode_frames=None, held=None if parts.held is None else parts.held.subset(keys)
+    )
     start = None
     if supplied:  # the supplied frames warped onto the other keyframes through every frame between (editing.pinned)
         start = guided_start(frames, pinned_frames(parts.engine, frames)[0], flows)[list(keys)]
@@ -284,7 +327,18 @@ def decoded_indices(wanted: tuple[int, ...] | None, count: int) -> tuple[int, ..
     return tuple(wanted)
 
 
-def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, progress, tuned=None, sampling_control=None) -> tuple[torch.Tensor, bool]:
+def start_latents(
+    parts: EditParts,
+    frames,
+    backbone,
+    plan,
+    source: SourceKey,
+    cache_root,
+    timesteps,
+    progress,
+    tuned=None,
+    sampling_control=None,
+) -> tuple[torch.Tensor, bool]:
     """The latents sampling starts from: the cached or new DDIM inversion (through the tuned model when
     given), or noised source latents. A `sampling_control` receives (`use_source`) what the inversion's
     control recorded (TokenFlow's source features), from the cache or from the new inversion."""
@@ -317,7 +371,9 @@ def start_latents(parts: EditParts, frames, backbone, plan, source: SourceKey, c
     return trajectory.final.to(backbone.device, backbone.dtype), False
 
 
-def hold_outside(parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, tuned, prepared, scheduler, callback):
+def hold_outside(
+    parts: EditParts, frames, backbone, plan, source: SourceKey, cache_root, timesteps, tuned, prepared, scheduler, callback
+):
     """The step callback with the region hold (editing.region): outside the region the source's inversion
     trajectory (the attention edit's own, or the cached one), or without inversion the source noised with the edit's noise."""
     if prepared is not None:
@@ -333,7 +389,9 @@ def hold_outside(parts: EditParts, frames, backbone, plan, source: SourceKey, ca
         if trajectory is None:  # not kept by the cache (too small): invert again, deterministically the same
             clean = sampling.encode_frames(backbone, frames, parts.engine.chunk)
             prompt = sampling.encode_text(backbone, parts.engine.inversion_prompt, "", guided=False)
-            trajectory = ddim_invert(backbone, clean, parts.edit.steps, parts.edit.strength, prompt, plan, attention_control=inverting)
+            trajectory = ddim_invert(
+                backbone, clean, parts.edit.steps, parts.edit.strength, prompt, plan, attention_control=inverting
+            )
         states = trajectory_states(trajectory)
     return hold_callback(parts.held, backbone.vae_scale_factor, states, callback)
 
@@ -355,14 +413,18 @@ def inversion_key(parts: EditParts, backbone, plan, source: SourceKey, inverted_
         window=plan.window,
         chunk=engine.chunk,
         **({} if parts.tuned is None else {"tuned": content_hash(parts.tuned)}),
-        **({} if not engine.feature_bank else {"feature_bank": engine.feature_bank, "anchor": "shared"}),  # later chunks borrow the first chunk's anchor (editing.attention.anchor)
+        **(
+            {} if not engine.feature_bank else {"feature_bank": engine.feature_bank, "anchor": "shared"}
+        ),  # later chunks borrow the first chunk's anchor (editing.attention.anchor)
         **({} if not engine.token_merge else {"token_merge": engine.token_merge}),
         **({} if plan.anchors == (0,) else {"anchors": plan.anchors}),
         **({} if recorded is None else {"recorded": recorded}),
     )
 
 
-def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cache_root, progress) -> tuple[sampling.ControlSignal, ...]:
+def prepare_controls(
+    parts: EditParts, frames, backbone, source: SourceKey, cache_root, progress
+) -> tuple[sampling.ControlSignal, ...]:
     """Condition images (extracted from the frames, or a given condition video) and their ControlNets."""
     engine = parts.engine
     if not engine.controls:
@@ -395,7 +457,9 @@ def prepare_controls(parts: EditParts, frames, backbone, source: SourceKey, cach
     return tuple(signals)
 
 
-def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, progress, scheduler=None, timesteps=None) -> sampling.StepCallback:
+def step_callback(
+    engine: EngineConfig, frames, backbone, total_steps: int, progress, scheduler=None, timesteps=None
+) -> sampling.StepCallback:
     """After each denoising step: report progress and, when enabled, fuse latents along the source's flow
     (early steps) and fuse the predicted frames in pixel space (late steps; needs the scheduler and timesteps)."""
     fusions = []
@@ -410,7 +474,11 @@ def step_callback(engine: EngineConfig, frames, backbone, total_steps: int, prog
     if smooth_pixel:
         if scheduler is None or timesteps is None:
             raise ConfigError("pixel fusion needs the scheduler and its timesteps")
-        fusions.append(make_pixel_fusion_callback(flows, PixelFusion(), step_alphas(scheduler, timesteps), *vae_codec(backbone, engine.chunk)))
+        fusions.append(
+            make_pixel_fusion_callback(
+                flows, PixelFusion(), step_alphas(scheduler, timesteps), *vae_codec(backbone, engine.chunk)
+            )
+        )
 
     def on_step(index: int, timestep: int, latents: torch.Tensor):
         progress("denoise", index + 1, total_steps)

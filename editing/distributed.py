@@ -23,7 +23,17 @@ from ray.exceptions import RayActorError, TaskCancelledError
 
 from . import video_io
 from .batch import (
-    BatchEdit, BatchProgress, EditTasks, assemble, describe, failed_row, propagation_input, propagation_tasks, result_row, segment_request, split_edit,
+    BatchEdit,
+    BatchProgress,
+    EditTasks,
+    assemble,
+    describe,
+    failed_row,
+    propagation_input,
+    propagation_tasks,
+    result_row,
+    segment_request,
+    split_edit,
 )
 from .core import StageTimer
 from .errors import Cancelled, EditingError
@@ -188,7 +198,9 @@ class _Job:
     failed: bool = False
 
 
-def batch_runner(workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
+def batch_runner(
+    workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None
+):
     """A runner for `editing.batch.run_batch` that runs the edits on this process's Ray cluster, on
     `pool` (kept) or on `workers` new workers (stopped at the end); `editor` runs the core on them (whole
     edits and segments of whole chunks; a split keyframe edit's stages run the library's own stage
@@ -225,7 +237,10 @@ def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, edito
     def fail(job: _Job, error: str) -> None:
         job.failed = True
         tasks[:] = [t for t in tasks if t[0] is not job]
-        on_done(job.edit, failed_row(job.edit, error, job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note))
+        on_done(
+            job.edit,
+            failed_row(job.edit, error, job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note),
+        )
 
     while waiting or tasks or running:
         while idle and (tasks or waiting):
@@ -332,17 +347,31 @@ def _finish(job: _Job, on_done) -> None:
         written, notes = write_outputs([edit.request.output], frames, clip.fps, audio)
         job.seconds["encode_video"] = time.perf_counter() - begin
     except Exception as exc:
-        on_done(edit, failed_row(edit, describe(exc), job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note))
+        on_done(
+            edit,
+            failed_row(edit, describe(exc), job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note),
+        )
         return
     result = EditResult(
-        written[0], len(frames), float(clip.fps), clip.width, clip.height, job.model.name, job.model.random_weights,
-        seconds=job.seconds, warnings=(*job.warnings, *notes), images=frames,
+        written[0],
+        len(frames),
+        float(clip.fps),
+        clip.width,
+        clip.height,
+        job.model.name,
+        job.model.random_weights,
+        seconds=job.seconds,
+        warnings=(*job.warnings, *notes),
+        images=frames,
     )
     if written[0] != edit.request.output:
         on_done(edit, failed_row(edit, "; ".join(notes), job.attempts, ",".join(job.workers), time.perf_counter() - job.begin))
         return
     workers = ",".join(dict.fromkeys(job.workers))
-    on_done(edit, result_row(edit, result, job.attempts, workers, len(job.tasks.segments), time.perf_counter() - job.begin, job.tasks.note))
+    on_done(
+        edit,
+        result_row(edit, result, job.attempts, workers, len(job.tasks.segments), time.perf_counter() - job.begin, job.tasks.note),
+    )
 
 
 # ---------------------------------------------------------------- the app's jobs
@@ -355,7 +384,13 @@ class RayEditor:
     Cancelled (Stop), the Ray task is cancelled and the worker stops at its next step. A worker that
     dies is replaced and the edit re-run on a free worker, up to `retries` times."""
 
-    def __init__(self, workers: int | None = None, retries: int = RETRIES, editor: FramesEditor | None = None, pool: WorkerPool | None = None):
+    def __init__(
+        self,
+        workers: int | None = None,
+        retries: int = RETRIES,
+        editor: FramesEditor | None = None,
+        pool: WorkerPool | None = None,
+    ):
         self.pool = pool or WorkerPool(workers)
         self.owned = pool is None
         self.retries = retries
@@ -403,4 +438,3 @@ class RayEditor:
     def close(self) -> None:
         if self.owned:
             self.pool.close()
-

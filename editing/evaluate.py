@@ -62,7 +62,9 @@ class EvalEdit:
         if not _NAME.match(self.name):
             raise ConfigError(f"edit name {self.name!r} must be letters, digits, '.', '_' or '-' (it names files)")
         if self.reconstruction and not self.request.engine.inversion_prompt.strip():
-            raise ConfigError(f"edit {self.name!r}: reconstruction needs a source_prompt (or inversion_prompt) to invert and re-render with")
+            raise ConfigError(
+                f"edit {self.name!r}: reconstruction needs a source_prompt (or inversion_prompt) to invert and re-render with"
+            )
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,9 @@ def parse_spec(data, base: Path, clip: str | None = None, missing_videos: bool =
     if chosen is not None and not isinstance(chosen, str):
         raise ConfigError(f"clip must be a model spec or 'none', got {chosen!r}")
     chosen = None if chosen is None or chosen.strip().lower() in ("", "none") else chosen.strip()
-    built = [_edit(i, _settings(f"edit {i + 1}", entry, defaults, known), base, known, missing_videos) for i, entry in enumerate(edits)]
+    built = [
+        _edit(i, _settings(f"edit {i + 1}", entry, defaults, known), base, known, missing_videos) for i, entry in enumerate(edits)
+    ]
     return EvalSpec(tuple(built), chosen)
 
 
@@ -272,7 +276,9 @@ def read_png_zip(path: str | Path) -> np.ndarray:
         return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")) for name in names])
 
 
-def contact_sheet(rows: list[tuple[str, np.ndarray]], columns: int = CONTACT_COLUMNS, height: int = CONTACT_HEIGHT) -> Image.Image:
+def contact_sheet(
+    rows: list[tuple[str, np.ndarray]], columns: int = CONTACT_COLUMNS, height: int = CONTACT_HEIGHT
+) -> Image.Image:
     """One labelled row of evenly spaced thumbnails per clip (e.g. source over output), same frames in every row."""
     count = len(rows[0][1])
     picks = np.unique(np.linspace(0, count - 1, min(columns, count)).round().astype(int))
@@ -357,7 +363,9 @@ def _temporal_values(source: np.ndarray, output: np.ndarray) -> tuple[list[float
     flows = source_flows(source)
     errors = metrics.warp_errors(source, output, flows)
     floor = metrics.warp_errors(source, source, flows)
-    return [float(e) for e in errors], dict(warp_error=metrics.mean_warp_error(errors), source_warp_error=metrics.mean_warp_error(floor))
+    return [float(e) for e in errors], dict(
+        warp_error=metrics.mean_warp_error(errors), source_warp_error=metrics.mean_warp_error(floor)
+    )
 
 
 def _clip_values(scorer, reason: str, output: np.ndarray, prompt: str, source_prompt: str) -> dict:
@@ -446,7 +454,13 @@ def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | N
                 row = EvalRow(edit.name, error=str(exc))
             results.append(row)
             config: EditConfig = edit.request.edit
-            base = dict(name=edit.name, video=edit.request.video, prompt=config.prompt, source_prompt=edit.source_prompt, steps=config.steps)
+            base = dict(
+                name=edit.name,
+                video=edit.request.video,
+                prompt=config.prompt,
+                source_prompt=edit.source_prompt,
+                steps=config.steps,
+            )
             base["clip_model"] = _clip_label(spec.clip, scorer)
             table.append({**base, **row.values, "error": row.error})
     return _write_tables(out, table, results, notes)

@@ -6,8 +6,8 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PARTIAL_PREFIX = "."  # partial files are hidden, so folder listings and cache eviction pass them by
 

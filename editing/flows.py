@@ -202,7 +202,9 @@ def source_flows(
     dis = dis_flow(enlarged=scale > 1)
     channels = [flow_channels(frame, colour_candidates) for frame in frames]
     if scale > 1:
-        channels = [[cv2.resize(c, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for c in cs] for cs in channels]
+        channels = [
+            [cv2.resize(c, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC) for c in cs] for cs in channels
+        ]
 
     def calc(first: int, second: int) -> np.ndarray:
         """DIS flow u with I_first(x) ~ I_second(x + u(x)), at the frames' own size and in their pixels."""

@@ -28,7 +28,6 @@ class HeldRegion:
         return torch.from_numpy(latent_mask(self.weights, scale))[:, None]
 
 
-
 StateAt = Callable[[int], torch.Tensor]  # step index -> the source's latents after that step (variance-preserving)
 
 

@@ -57,9 +57,20 @@ def ddim_invert(
         if callback is not None:
             callback(index, timestep, current)
 
-    recording = contextlib.nullcontext({}) if attention_control is None else attention_control.recording(backbone.unet, len(timesteps))
+    recording = (
+        contextlib.nullcontext({}) if attention_control is None else attention_control.recording(backbone.unet, len(timesteps))
+    )
     with recording as features:
-        denoise(backbone, inverse, latents, timesteps, Guidance(TextConditioning(text.positive, None), 1.0), plan, record, attention_control)
+        denoise(
+            backbone,
+            inverse,
+            latents,
+            timesteps,
+            Guidance(TextConditioning(text.positive, None), 1.0),
+            plan,
+            record,
+            attention_control,
+        )
     return Trajectory(timesteps.cpu(), torch.stack(states), dict(features))
 
 
@@ -68,7 +79,9 @@ def load_trajectory(cache: TensorCache, key: str) -> Trajectory | None:
     data = cache.load(key)
     if data is None:
         return None
-    return Trajectory(data["timesteps"], data["states"], {name: t for name, t in data.items() if name not in ("timesteps", "states")})
+    return Trajectory(
+        data["timesteps"], data["states"], {name: t for name, t in data.items() if name not in ("timesteps", "states")}
+    )
 
 
 def save_trajectory(cache: TensorCache, key: str, trajectory: Trajectory) -> None:

@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import torch
 
-
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
 CUT_UNSEEN = 0.8  # a frame this much of which its previous frame cannot see is a cut: it starts a keyframe (every N too)
@@ -47,8 +46,8 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     fails both, as the colour its flow points at is the occluder's. On a still background (flat regions
     reaching the image's edge while the camera stands: `editing.still`) the flow is held at zero, not
     the moving neighbour's that DIS fills in; what an object uncovers there then fails both checks."""
-    from .still import extend_moving, hold_still, mend_edges, still_masks
     from .flows import colour_match, consistent, source_flows
+    from .still import extend_moving, hold_still, mend_edges, still_masks
 
     flows = source_flows(frames, colour_candidates=True)
     still = still_masks(frames, flows.backward, flows.forward)
@@ -58,18 +57,28 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     def validity() -> tuple[np.ndarray, np.ndarray]:
         # On a still background the flow is zero by assumption, so only the colours can vouch for a hop;
         # a moving pixel's way back is read off its own kind (`extend_moving`), not the background's zero.
-        return np.stack([
-            (consistent(backward[t], extend_moving(forward[t], still[t])) & ~still[t + 1]) | colour_match(frames[t], frames[t + 1], backward[t], MATCH_LEVELS)
-            for t in pairs
-        ]), np.stack([
-            (consistent(forward[t], extend_moving(backward[t], still[t + 1])) & ~still[t]) | colour_match(frames[t + 1], frames[t], forward[t], MATCH_LEVELS)
-            for t in pairs
-        ])
+        return np.stack(
+            [
+                (consistent(backward[t], extend_moving(forward[t], still[t])) & ~still[t + 1])
+                | colour_match(frames[t], frames[t + 1], backward[t], MATCH_LEVELS)
+                for t in pairs
+            ]
+        ), np.stack(
+            [
+                (consistent(forward[t], extend_moving(backward[t], still[t + 1])) & ~still[t])
+                | colour_match(frames[t + 1], frames[t], forward[t], MATCH_LEVELS)
+                for t in pairs
+            ]
+        )
 
     backward_valid, forward_valid = validity()
     if still.any():  # a moving object's edge beside a still background: its own motion, not the short vector DIS gave it
-        backward = np.stack([mend_edges(backward[t], frames[t + 1], frames[t], still[t + 1], ~backward_valid[t], MATCH_LEVELS) for t in pairs])
-        forward = np.stack([mend_edges(forward[t], frames[t], frames[t + 1], still[t], ~forward_valid[t], MATCH_LEVELS) for t in pairs])
+        backward = np.stack(
+            [mend_edges(backward[t], frames[t + 1], frames[t], still[t + 1], ~backward_valid[t], MATCH_LEVELS) for t in pairs]
+        )
+        forward = np.stack(
+            [mend_edges(forward[t], frames[t], frames[t + 1], still[t], ~forward_valid[t], MATCH_LEVELS) for t in pairs]
+        )
         backward_valid, forward_valid = validity()
     return ClipFlows(backward, forward, backward_valid, forward_valid, still)
 
@@ -102,7 +111,9 @@ def chain(flows: ClipFlows, target: int, key: int) -> Chain:
             hop, hop_valid = flows.forward[frame], flows.forward_valid[frame]
         valid &= remap(hop_valid.astype(np.uint8), x, y, nearest=True).astype(bool)
         moved = remap(hop, x, y)
-        if flows.still is not None and flows.still[frame].any():  # a point on a still background stays; a moving one moves with its own kind
+        if (
+            flows.still is not None and flows.still[frame].any()
+        ):  # a point on a still background stays; a moving one moves with its own kind
             from .still import extend_moving
 
             on_still = remap(flows.still[frame].astype(np.uint8), x, y, nearest=True).astype(bool)
@@ -289,11 +300,12 @@ def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts
         noising = backbone.scheduler()
         following = [*(int(t) for t in timesteps[1:]), None]
 
-        def hold(index: int, timestep: int, latents: torch.Tensor, done=number * len(timesteps)) -> torch.Tensor:
+        # the loop's step callback, called only within this iteration (so the loop variables it reads are this member's)
+        def hold(index: int, timestep: int, latents: torch.Tensor, done=number * len(timesteps)) -> torch.Tensor:  # noqa: B008
             progress("refine", done + index + 1, total)
-            nxt = following[index]
-            target = clean if nxt is None else sampling.noise_to_timestep(noising, clean, noise, nxt)
-            return torch.where(keep, target.to(latents.dtype), latents)
+            nxt = following[index]  # noqa: B023
+            target = clean if nxt is None else sampling.noise_to_timestep(noising, clean, noise, nxt)  # noqa: B023
+            return torch.where(keep, target.to(latents.dtype), latents)  # noqa: B023
 
         start = sampling.noise_to_timestep(noising, clean, noise, timesteps[0])
         plan = sampling.plan_frames(len(clip), engine.chunk, "first", step_cache=parse_step_caches(engine.step_cache))

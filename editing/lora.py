@@ -52,7 +52,10 @@ class LoraSpec:
     scale: float = field(default=1.0, metadata={"help": "LoRA weight: 0 leaves the model as it is, 1 is the LoRA as trained"})
 
     def __post_init__(self):
-        _check(isinstance(self.source, str) and self.source.strip() != "", "lora must name a Hub id, a folder, a .safetensors file or 'random'")
+        _check(
+            isinstance(self.source, str) and self.source.strip() != "",
+            "lora must name a Hub id, a folder, a .safetensors file or 'random'",
+        )
         _check(self.source == self.source.strip(), f"lora {self.source!r} must not start or end with spaces")
         _check(math.isfinite(self.scale) and -10 <= self.scale <= 10, f"lora scale must be between -10 and 10, got {self.scale}")
         path = Path(self.source).expanduser()
@@ -60,7 +63,7 @@ class LoraSpec:
             raise ConfigError(f"lora {path.name} is a pickle file; convert it to .safetensors, which cannot run code when loaded")
 
     @classmethod
-    def parse(cls, text: str) -> "LoraSpec":
+    def parse(cls, text: str) -> LoraSpec:
         """Read `SPEC[:SCALE]`, e.g. `latent-consistency/lcm-lora-sdv1-5`, `style.safetensors:0.8`, `random:0.5`."""
         text = str(text).strip()
         head, sep, tail = text.rpartition(":")
@@ -86,15 +89,36 @@ class ModelOptions:
 
     loras: tuple[LoraSpec, ...] = field(
         default=(),
-        metadata={"help": "a LoRA, repeatable: Hub id (owner/name[/file.safetensors]), local folder, .safetensors file, or random; SCALE defaults to 1", "flag": "--lora", "dest": "lora", "metavar": "SPEC[:SCALE]"},
+        metadata={
+            "help": "a LoRA, repeatable: Hub id (owner/name[/file.safetensors]), local folder, .safetensors file, or random; SCALE defaults to 1",
+            "flag": "--lora",
+            "dest": "lora",
+            "metavar": "SPEC[:SCALE]",
+        },
     )
-    fuse: bool = field(default=False, metadata={"help": "merge the LoRAs into the weights (faster steps) instead of keeping separate LoRA layers", "flag": "--lora-fuse", "dest": "lora_fuse"})
-    vae: str = field(default="model", metadata={"help": "autoencoder: model (the model's own) or tiny (AutoencoderTiny, TAESD: fast, a little blurrier)", "choices": VAE_CHOICES})
+    fuse: bool = field(
+        default=False,
+        metadata={
+            "help": "merge the LoRAs into the weights (faster steps) instead of keeping separate LoRA layers",
+            "flag": "--lora-fuse",
+            "dest": "lora_fuse",
+        },
+    )
+    vae: str = field(
+        default="model",
+        metadata={
+            "help": "autoencoder: model (the model's own) or tiny (AutoencoderTiny, TAESD: fast, a little blurrier)",
+            "choices": VAE_CHOICES,
+        },
+    )
     motion_adapter: str | None = field(default=None, metadata={"help": MOTION_HELP, "metavar": "SPEC"})  # editing.motion
     compile: bool = field(default=False, metadata={"help": COMPILE_HELP})  # editing.compile
 
     def __post_init__(self):
-        _check(isinstance(self.loras, tuple) and all(isinstance(s, LoraSpec) for s in self.loras), "loras must be a tuple of LoraSpec")
+        _check(
+            isinstance(self.loras, tuple) and all(isinstance(s, LoraSpec) for s in self.loras),
+            "loras must be a tuple of LoraSpec",
+        )
         sources = [s.source for s in self.loras]
         _check(len(set(sources)) == len(sources), f"each lora may appear once, got {', '.join(sources)}")
         _check(len(self.loras) <= 8, f"at most 8 loras, got {len(self.loras)}")
@@ -189,7 +213,12 @@ def lora_location(spec: LoraSpec) -> tuple[str, str, dict[str, str]]:
             raise ModelLoadError(f"lora '{spec.source}' is not a Hub id (hub:owner/name[/file.safetensors])")
         return "hub", repo, {"weight_name": weight or HUB_LORA_FILE}
     path = Path(spec.source).expanduser()
-    hub_file = path.suffix == ".safetensors" and not path.exists() and spec.source.count("/") >= 2 and not spec.source.startswith((".", "/", "~"))
+    hub_file = (
+        path.suffix == ".safetensors"
+        and not path.exists()
+        and spec.source.count("/") >= 2
+        and not spec.source.startswith((".", "/", "~"))
+    )
     if path.suffix == ".safetensors" and not hub_file:
         if not path.is_file():
             raise ModelLoadError(f"LoRA file {spec.source} does not exist")
@@ -203,7 +232,9 @@ def lora_location(spec: LoraSpec) -> tuple[str, str, dict[str, str]]:
         raise ModelLoadError(f"LoRA folder {spec.source} does not exist")
     repo, weight = _hub_location(spec.source)
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ModelLoadError(f"lora '{spec.source}' is not a Hub id (owner/name[/file.safetensors]), a local folder, a .safetensors file, or 'random'")
+        raise ModelLoadError(
+            f"lora '{spec.source}' is not a Hub id (owner/name[/file.safetensors]), a local folder, a .safetensors file, or 'random'"
+        )
     return "hub", repo, {"weight_name": weight or HUB_LORA_FILE}
 
 
@@ -233,7 +264,10 @@ def _load_into(kind: str, state: dict[str, Any], alphas, model, adapter: str, na
         return
     expected = sum(1 for k in part if "lora" in k and k.endswith(".weight"))
     what = "UNet" if kind == "unet" else "text encoder"
-    quiet = [logging.getLogger(n) for n in ("diffusers.loaders.peft", "diffusers.loaders.lora_base", "diffusers.utils.peft_utils", "peft")]
+    quiet = [
+        logging.getLogger(n)
+        for n in ("diffusers.loaders.peft", "diffusers.loaders.lora_base", "diffusers.utils.peft_utils", "peft")
+    ]
     levels = [q.level for q in quiet]
     for q in quiet:  # diffusers logs the failure at error level before raising; ours is the one-line error
         q.setLevel(logging.CRITICAL)
@@ -249,7 +283,9 @@ def _load_into(kind: str, state: dict[str, Any], alphas, model, adapter: str, na
             q.setLevel(level)
     loaded = _adapter_keys(model, adapter) if adapter in getattr(model, "peft_config", {}) else 0
     if loaded < expected:
-        raise ModelLoadError(f"{name} is not a LoRA for this model's {what}: only {loaded} of its {expected} weights match the model's layers")
+        raise ModelLoadError(
+            f"{name} is not a LoRA for this model's {what}: only {loaded} of its {expected} weights match the model's layers"
+        )
 
 
 def _misfit(exc: BaseException) -> str:
@@ -313,5 +349,11 @@ def random_tiny_vae_config(name: str) -> dict:
     """AutoencoderTiny's architecture for the built-in random models: TAESD's for sd15-random (its cost is
     the real one), a narrower one for `tiny`; both downsample 8x to 4 latent channels, as SD's VAE does."""
     if name == "tiny":
-        return dict(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16), num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+        return dict(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        )
     return dict(latent_channels=4)  # diffusers' defaults are TAESD's

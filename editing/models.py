@@ -18,20 +18,20 @@ import gzip
 import json
 import logging
 import os
-import re
 import socket
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .condition_kinds import get_condition_kind
-from .hub import HUB_ID, HUB_PREFIX
 from .errors import ConfigError, ModelLoadError
+from .hub import HUB_ID, HUB_PREFIX
 from .samplers import DEFAULT_SAMPLER, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ModelSpec:
     source: str
 
     @classmethod
-    def parse(cls, spec: str | os.PathLike | None) -> "ModelSpec":
+    def parse(cls, spec: str | os.PathLike | None) -> ModelSpec:
         """Tell a built-in name, a local folder, a single file and a Hub id apart."""
         text = str(spec or DEFAULT_MODEL).strip()
         if text.startswith(HUB_PREFIX):  # a Hub id, never a local path (how the app passes Hub ids when served)
@@ -90,7 +90,9 @@ class ModelSpec:
             if not path.is_file():
                 raise ModelLoadError(f"checkpoint file {text} does not exist")
             if path.suffix != ".safetensors":
-                raise ModelLoadError(f"{path.name} is a pickle checkpoint; convert it to .safetensors, which cannot run code when loaded")
+                raise ModelLoadError(
+                    f"{path.name} is a pickle checkpoint; convert it to .safetensors, which cannot run code when loaded"
+                )
             return cls("single_file", str(path.resolve()))
         if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
             raise ModelLoadError(f"model folder {text} does not exist")
@@ -137,7 +139,9 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)  # AutoencoderTiny records its decoder's as block_out_channels too
+        return 2 ** (
+            len(self.vae.config.block_out_channels) - 1
+        )  # AutoencoderTiny records its decoder's as block_out_channels too
 
     @property
     def latent_channels(self) -> int:
@@ -352,9 +356,7 @@ def _load_from(spec: ModelSpec, what: str, loader: Callable[[], Any], alternativ
         raise
     except Exception as exc:  # loaders raise many types; the user needs one sentence
         if is_offline_error(exc):
-            raise ModelLoadError(
-                f"cannot reach the Hugging Face Hub to get {what} '{spec.source}'; use {alternatives}"
-            ) from exc
+            raise ModelLoadError(f"cannot reach the Hugging Face Hub to get {what} '{spec.source}'; use {alternatives}") from exc
         if type(exc).__name__ in ("RepositoryNotFoundError", "GatedRepoError"):
             raise ModelLoadError(f"the Hub has no accessible {what} named '{spec.source}'") from exc
         reason = " ".join(str(exc).split())[:200]
@@ -401,7 +403,9 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
 
     pipe = _load_from(spec, "model", load)
     scheduler_config = {**SD1_SCHEDULER, **{k: v for k, v in pipe.scheduler.config.items() if k in SD1_SCHEDULER}}
-    backbone = _assemble(spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False)
+    backbone = _assemble(
+        spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False
+    )
     if manifest is not None and manifest["controlnets"]:
         backbone.extras["controlnets"] = {kind: str(spec.folder / sub) for kind, sub in manifest["controlnets"].items()}
     return backbone
@@ -441,7 +445,9 @@ def manifest_tokenizer(folder: Path, name: str):
     from transformers import CLIPTokenizer
 
     if not (folder / name).is_dir():
-        raise ModelLoadError(f"{folder / MANIFEST}: tokenizer must be one of {', '.join(BUILTIN_TOKENIZERS)} or a subfolder; {name!r} is neither")
+        raise ModelLoadError(
+            f"{folder / MANIFEST}: tokenizer must be one of {', '.join(BUILTIN_TOKENIZERS)} or a subfolder; {name!r} is neither"
+        )
     return _load_from(ModelSpec("folder", str(folder)), "tokenizer", lambda: CLIPTokenizer.from_pretrained(folder / name))
 
 
@@ -467,12 +473,14 @@ def _image_size(unet: dict, vae: dict) -> int:
 
 # ---------------------------------------------------------------- cache and entry points
 
-_cache: "OrderedDict[tuple, Backbone]" = OrderedDict()
+_cache: OrderedDict[tuple, Backbone] = OrderedDict()
 _cache_lock = threading.Lock()
 OTHER_CACHES: list[dict] = []  # caches of loaded models kept by other modules (editing.clip_score), emptied by clear_cache
 
 
-def load_backbone(spec: str | None = None, device: str | None = None, dtype: str | None = None, config: str | None = None, options=None) -> Backbone:
+def load_backbone(
+    spec: str | None = None, device: str | None = None, dtype: str | None = None, config: str | None = None, options=None
+) -> Backbone:
     """Load (or fetch from the in-process cache) the model a spec names, on the chosen device and dtype.
 
     `config` is a diffusers folder or Hub id describing a single-file checkpoint's architecture.
@@ -550,7 +558,9 @@ def derive_backbone(base: Backbone, options) -> Backbone:
 
         unet = compiled_unet(unet, base.device)
     extras = {**base.extras, **extras, "notes": tuple(notes), "options": options}
-    return dataclasses.replace(base, name=base.name + options.suffix(), text_encoder=text_encoder, unet=unet, vae=vae, extras=extras)
+    return dataclasses.replace(
+        base, name=base.name + options.suffix(), text_encoder=text_encoder, unet=unet, vae=vae, extras=extras
+    )
 
 
 def read_lora(spec, unet) -> tuple[dict, dict | None]:
@@ -565,7 +575,9 @@ def read_lora(spec, unet) -> tuple[dict, dict | None]:
         return random_lora_state_dict(unet), None
     kind, where, options = lora_location(spec)
     parsed = ModelSpec(kind, spec.source)
-    state, alphas = _load_from(parsed, "LoRA", lambda: StableDiffusionPipeline.lora_state_dict(where, **options), LORA_OFFLINE_ALTERNATIVES)
+    state, alphas = _load_from(
+        parsed, "LoRA", lambda: StableDiffusionPipeline.lora_state_dict(where, **options), LORA_OFFLINE_ALTERNATIVES
+    )
     check_lora_state(state, Path(spec.source).name)
     return state, alphas or None
 
@@ -590,7 +602,9 @@ def tiny_vae(backbone: Backbone):
         load = lambda: AutoencoderTiny.from_pretrained(TINY_VAE, torch_dtype=backbone.dtype)
         vae = _load_from(ModelSpec("hub", TINY_VAE), "tiny autoencoder", load, TINY_VAE_OFFLINE_ALTERNATIVES)
     if int(vae.config.latent_channels) != int(backbone.unet.config.in_channels):
-        raise ModelLoadError(f"the tiny autoencoder has {vae.config.latent_channels} latent channels but the model's UNet takes {backbone.unet.config.in_channels}")
+        raise ModelLoadError(
+            f"the tiny autoencoder has {vae.config.latent_channels} latent channels but the model's UNet takes {backbone.unet.config.in_channels}"
+        )
     vae.requires_grad_(False).eval()
     return vae.to(backbone.device) if vae.dtype == backbone.dtype else vae.to(device=backbone.device, dtype=backbone.dtype)
 
@@ -614,7 +628,7 @@ def default_controlnet(kind: str, backbone: Backbone) -> str:
     return "random" if backbone.random_weights else registered.default_controlnet(backbone.family)
 
 
-_controlnets: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
+_controlnets: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
 
 
 def load_controlnet(spec: str, backbone: Backbone):
@@ -659,7 +673,7 @@ def _load_controlnet(spec: str, backbone: Backbone):
 
 # ---------------------------------------------------------------- IP-Adapters (editing.reference)
 
-_image_adapters: "OrderedDict[tuple, Any]" = OrderedDict()
+_image_adapters: OrderedDict[tuple, Any] = OrderedDict()
 IP_ADAPTER_SUFFIXES = (".safetensors", ".bin")
 IP_ADAPTER_FILES = ("ip-adapter_sd15.safetensors", "ip-adapter_sd15.bin")
 
@@ -679,11 +693,26 @@ def load_image_adapter(spec: str, backbone: Backbone):
 
 
 def _load_image_adapter(spec: str, backbone: Backbone):
-    from .reference import ADAPTER_OFFLINE_ALTERNATIVES, DEFAULT_ADAPTER, build_image_adapter, check_adapter_state, random_adapter_state, random_image_encoder
+    from .reference import (
+        ADAPTER_OFFLINE_ALTERNATIVES,
+        DEFAULT_ADAPTER,
+        build_image_adapter,
+        check_adapter_state,
+        random_adapter_state,
+        random_image_encoder,
+    )
 
     device, dtype = backbone.device, backbone.dtype
     if spec == "random":
-        return build_image_adapter("random", random_adapter_state(backbone.unet), random_image_encoder(), backbone.unet, device, dtype, random_weights=True)
+        return build_image_adapter(
+            "random",
+            random_adapter_state(backbone.unet),
+            random_image_encoder(),
+            backbone.unet,
+            device,
+            dtype,
+            random_weights=True,
+        )
     from transformers import CLIPVisionModelWithProjection
 
     path = Path(spec).expanduser()
@@ -697,11 +726,17 @@ def _load_image_adapter(spec: str, backbone: Backbone):
         if not (encoder_dir / "config.json").is_file():
             raise ModelLoadError(f"IP-Adapter {name} needs its image encoder in an image_encoder folder beside it")
         where = ModelSpec("folder", str(encoder_dir))
-        encoder = _load_from(where, "IP-Adapter image encoder", lambda: CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), torch_dtype=dtype))
+        encoder = _load_from(
+            where,
+            "IP-Adapter image encoder",
+            lambda: CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), torch_dtype=dtype),
+        )
         return build_image_adapter(name, state, encoder, backbone.unet, device, dtype)
     parts = spec.split("/")
     if len(parts) < 2 or not HUB_ID.fullmatch("/".join(parts[:2])):
-        raise ModelLoadError(f"reference adapter '{spec}' is not a Hub id (owner/name[/file]), a local file or folder, or 'random'")
+        raise ModelLoadError(
+            f"reference adapter '{spec}' is not a Hub id (owner/name[/file]), a local file or folder, or 'random'"
+        )
     repo = "/".join(parts[:2])
     filename = "/".join(parts[2:]) or DEFAULT_ADAPTER.split("/", 2)[2]
     if not filename.endswith(IP_ADAPTER_SUFFIXES):

@@ -144,18 +144,16 @@ def read_motion_adapter(spec: MotionSpec, unet_config, load_from):
             raise ModelLoadError(
                 f"the shapes motion module is missing from {SHAPES_MOTION_DIR} (made by shapes_world/train_motion.py)"
             )
-        adapter = load_from(lambda: MotionAdapter.from_pretrained(SHAPES_MOTION_DIR, torch_dtype=torch.float32)
-        )
+        adapter = load_from(lambda: MotionAdapter.from_pretrained(SHAPES_MOTION_DIR, torch_dtype=torch.float32))
     elif spec.kind == "folder":
         if not (Path(spec.source) / "config.json").is_file():
             raise ModelLoadError(f"motion_adapter folder {spec.source} has no config.json: it is not a MotionAdapter folder")
-        adapter = load_from(lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32)
-        )
+        adapter = load_from(lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32))
     elif spec.kind == "file":
-        adapter = load_from(lambda: MotionAdapter.from_single_file(spec.source, torch_dtype=torch.float32)
-        )
+        adapter = load_from(lambda: MotionAdapter.from_single_file(spec.source, torch_dtype=torch.float32))
     elif spec.kind == "hub":
-        adapter = load_from(lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32),
+        adapter = load_from(
+            lambda: MotionAdapter.from_pretrained(spec.source, torch_dtype=torch.float32),
             MOTION_OFFLINE_ALTERNATIVES,
         )
     else:

@@ -51,7 +51,9 @@ class NullTextFit:
             for _ in range(self.iterations):
                 optimizer.zero_grad()
                 total = 0.0
-                trial = sampling.Guidance(sampling.TextConditioning(guidance.text.positive, embedding), guidance.scale, guidance.controls)
+                trial = sampling.Guidance(
+                    sampling.TextConditioning(guidance.text.positive, embedding), guidance.scale, guidance.controls
+                )
                 for number, batch in enumerate(step.plan.batches):
                     ids = list(batch.ids)
                     if number not in conditionals:

@@ -72,7 +72,7 @@ class Pinning:
     states: torch.Tensor  # (steps + 1, k, c, h, w): states[0] clean ... states[-1] the start
 
     @classmethod
-    def make(cls, pins, backbone, parts, timesteps) -> "Pinning":
+    def make(cls, pins, backbone, parts, timesteps) -> Pinning:
         from . import sampling
         from .inversion import ddim_invert
 

@@ -13,18 +13,19 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import video_io
 from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress
-from .region import masked_edit
 from .errors import ConfigError, EditingError
 from .files import check_writable
 from .models import load_backbone
+from .region import masked_edit
 from .requests import EditRequest
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ class ModelInfo:
 FramesEditor = Callable[[np.ndarray, "EditRequest", ProgressFn, StageTimer], tuple[EditedFrames, ModelInfo]]
 
 
-def edit_here(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
+def edit_here(
+    frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer
+) -> tuple[EditedFrames, ModelInfo]:
     """Load the request's model in this process and run the core on the frames."""
     backbone = request_backbone(request, progress, timer)
     edited = masked_edit(frames, EditParts.of(request), backbone, progress, timer)  # edit_frames when no mask
@@ -95,23 +98,26 @@ class EditResult:
     removal: dict | None = None  # with --remove: hole pixels filled from other frames and diffused (editing.removal)
 
     def to_dict(self) -> dict:
-        return {
-            "output": self.output,
-            "frames": self.frames,
-            "fps": round(self.fps, 6),
-            "width": self.width,
-            "height": self.height,
-            "model": self.model,
-            "random_weights": self.random_weights,
-            "inversion": self.inversion,
-            "inversion_cached": self.inversion_cached,
-            "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
-        } | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit}) | (
-            {} if self.tuned is None else {"tuned": self.tuned}
-        ) | ({"also_written": list(self.also_written)} if self.also_written else {}) | (
-            {"warnings": list(self.warnings)} if self.warnings else {}
-        ) | ({"notes": list(self.notes)} if self.notes else {}) | ({} if self.keyframes is None else {"keyframes": list(self.keyframes)}) | (
-            {} if self.removal is None else {"removal": self.removal}
+        return (
+            {
+                "output": self.output,
+                "frames": self.frames,
+                "fps": round(self.fps, 6),
+                "width": self.width,
+                "height": self.height,
+                "model": self.model,
+                "random_weights": self.random_weights,
+                "inversion": self.inversion,
+                "inversion_cached": self.inversion_cached,
+                "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
+            }
+            | ({} if self.attention_edit is None else {"attention_edit": self.attention_edit})
+            | ({} if self.tuned is None else {"tuned": self.tuned})
+            | ({"also_written": list(self.also_written)} if self.also_written else {})
+            | ({"warnings": list(self.warnings)} if self.warnings else {})
+            | ({"notes": list(self.notes)} if self.notes else {})
+            | ({} if self.keyframes is None else {"keyframes": list(self.keyframes)})
+            | ({} if self.removal is None else {"removal": self.removal})
         )
 
 
@@ -199,7 +205,7 @@ class StagedKeyframes:
     """Edited keyframes waiting for propagation (the app's 'Edit keyframes', then 'Propagate'), with the
     content key of the frames they were made from, so propagation refuses another clip or selection."""
 
-    keyframes: "Keyframes"
+    keyframes: Keyframes
     source: str
 
 
@@ -224,7 +230,9 @@ def edit_keyframes_of(request: EditRequest, progress: ProgressFn = _no_progress)
     return StagedKeyframes(keyframes, frames_key(clip.frames).content)
 
 
-def keyframes_here(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
+def keyframes_here(
+    frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer
+) -> tuple[EditedFrames, ModelInfo]:
     """Stage 1 as an editor: the request's keyframes chosen and edited in this process, and only those
     (`EditedFrames.frames` holds them in the order of `EditedFrames.keyframes`). A batch's worker runs it
     before the propagation segments (editing.batch.propagation_tasks)."""
@@ -237,7 +245,9 @@ def keyframes_here(frames: np.ndarray, request: EditRequest, progress: ProgressF
     backbone = request_backbone(request, progress, timer)
     timer.device = backbone.device
     keyframes = edit_keyframes(check_frames(frames), parts, backbone, progress, timer)
-    edited = EditedFrames(keyframes.frames, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices)
+    edited = EditedFrames(
+        keyframes.frames, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices
+    )
     return edited, model_info(backbone)
 
 
@@ -246,12 +256,16 @@ def propagating(staged: StagedKeyframes) -> FramesEditor:
     from .core import frames_key
     from .keyframes import propagate
 
-    def editor(frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer) -> tuple[EditedFrames, ModelInfo]:
+    def editor(
+        frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer
+    ) -> tuple[EditedFrames, ModelInfo]:
         if frames_key(frames).content != staged.source:
             raise ConfigError("the clip or its frame selection changed since the keyframes were edited: edit the keyframes again")
         backbone = request_backbone(request, progress, timer)
         made = propagate(frames, staged.keyframes, EditParts.of(staged_request(request)), backbone, progress, timer)
-        edited = EditedFrames(made, staged.keyframes.inversion_cached, None, timer.seconds, staged.keyframes.warnings, staged.keyframes.indices)
+        edited = EditedFrames(
+            made, staged.keyframes.inversion_cached, None, timer.seconds, staged.keyframes.warnings, staged.keyframes.indices
+        )
         return edited, model_info(backbone)
 
     return editor

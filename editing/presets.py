@@ -35,10 +35,22 @@ class Preset:
     lora_scale: float = field(default=1.0, metadata={"help": "the LoRA's weight"})
     vae: str = field(default="tiny", metadata={"help": "autoencoder"})
     attention: str = field(default=PRESET_ATTENTION, metadata={"help": "cross-frame attention"})
-    feature_bank: int = field(default=PRESET_BANK, metadata={"help": "frames of earlier chunks later chunks attend to (StreamV2V's bank)"})
-    keyframe_refine: float = field(default=0.0, metadata={"help": "with --keyframes: share of the schedule re-run on what no keyframe sees (0: the warped keyframes alone, as Rerender's non-keyframes)"})
-    distilled: str = field(default="", metadata={"help": "the kind of distilled LoRA (e.g. lcm): names the shapes model's own LoRA folder, shapes-KIND-lora"})
-    motion_adapter: str = field(default="", metadata={"help": "the motion module it runs with (editing.motion; '' = none): a few-step AnimateDiff model"})
+    feature_bank: int = field(
+        default=PRESET_BANK, metadata={"help": "frames of earlier chunks later chunks attend to (StreamV2V's bank)"}
+    )
+    keyframe_refine: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --keyframes: share of the schedule re-run on what no keyframe sees (0: the warped keyframes alone, as Rerender's non-keyframes)"
+        },
+    )
+    distilled: str = field(
+        default="",
+        metadata={"help": "the kind of distilled LoRA (e.g. lcm): names the shapes model's own LoRA folder, shapes-KIND-lora"},
+    )
+    motion_adapter: str = field(
+        default="", metadata={"help": "the motion module it runs with (editing.motion; '' = none): a few-step AnimateDiff model"}
+    )
     help: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -56,7 +68,9 @@ class Preset:
         """The option values this preset sets, with the `random` LoRA for the built-in random models, or a
         model's `own_lora` folder (the shapes model's, see shapes_lora) with the model's own autoencoder."""
         lora = own_lora or ("random" if random_weights else self.lora)
-        motion = ("random" if random_weights else self.motion_adapter) if self.motion_adapter else None  # only presets with a motion module
+        motion = (
+            ("random" if random_weights else self.motion_adapter) if self.motion_adapter else None
+        )  # only presets with a motion module
         return dict(
             lora=[f"{lora}:{self.lora_scale:g}"] if self.lora else [],
             lora_fuse=bool(self.lora),
@@ -123,11 +137,15 @@ def apply_preset(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
     if _is_shapes(model):
         own = shapes_lora(preset)
         if own is None:
-            raise ConfigError(f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA for it (it has one for --preset fast)")
+            raise ConfigError(
+                f"preset {name} needs an SD-1.x model; the shapes model has no distilled LoRA for it (it has one for --preset fast)"
+            )
     given = values.get("given_options")
     if given is None:
         given = {k for k, v in values.items() if k in defaults and v != defaults[k]}
-    preset_values = preset.values(model.random_weights, own.name if own else None)  # a shipped LoRA's name (editing.lora.ASSETS_DIR)
+    preset_values = preset.values(
+        model.random_weights, own.name if own else None
+    )  # a shipped LoRA's name (editing.lora.ASSETS_DIR)
     for option in kept_options(values):  # editing.compat: e.g. a tuned model keeps its attention mode
         preset_values.pop(option, None)
     return {**values, **{k: v for k, v in preset_values.items() if k not in given}}
@@ -143,7 +161,15 @@ def preset_note(values: Mapping[str, Any]) -> str | None:
     return PRESET_NOTE.format(name=name, model=model.source, lora=get_preset(name).lora) if model.random_weights else None
 
 
-register_preset(Preset("fast", "latent-consistency/lcm-lora-sdv1-5", "lcm", distilled="lcm", help="LCM-LoRA, 4 LCM steps, guidance 1, SDEdit, tiny autoencoder"))
+register_preset(
+    Preset(
+        "fast",
+        "latent-consistency/lcm-lora-sdv1-5",
+        "lcm",
+        distilled="lcm",
+        help="LCM-LoRA, 4 LCM steps, guidance 1, SDEdit, tiny autoencoder",
+    )
+)
 register_preset(Preset("tcd", "h1t/TCD-SD15-LoRA", "tcd", help="TCD LoRA, 4 TCD steps, guidance 1, SDEdit, tiny autoencoder"))
 for _steps, _file in ((1, "1step"), (2, "2steps"), (4, "4steps"), (8, "8steps")):
     register_preset(

@@ -17,8 +17,8 @@ from . import prompts, sampling
 from .attention.blend import LocalBlend, blend_latents
 from .attention.p2p import AttentionEdit, AttentionRecorder, RefineEdit, ReweightEdit, SwapEdit, replaced_steps
 from .attention.store import AttentionStore, StorePolicy
-from .config import AttentionEditConfig
 from .cache import TensorCache, cache_key
+from .config import AttentionEditConfig
 from .inversion import Trajectory, ddim_invert
 from .nulltext import null_text_invert
 
@@ -61,7 +61,9 @@ def self_record_steps(self_replace: float, steps: int) -> set[int]:
     return {steps - 1 - k for k in range(replaced_steps(self_replace, steps))}
 
 
-def make_controller(config: AttentionEditConfig, target_prompt: str, tokenizer, store, policy, latent_size, steps: int, blend) -> AttentionEdit:
+def make_controller(
+    config: AttentionEditConfig, target_prompt: str, tokenizer, store, policy, latent_size, steps: int, blend
+) -> AttentionEdit:
     """The controller of the configured edit type, with its token alignment."""
     common = dict(
         store=store,
@@ -96,7 +98,9 @@ def make_blend(config: AttentionEditConfig, target_prompt: str, tokenizer, laten
     return LocalBlend(source, target, *latent_size, threshold=config.blend_threshold)
 
 
-def blend_callback(blend: LocalBlend, trajectory: Trajectory, inner: sampling.StepCallback | None = None) -> sampling.StepCallback:
+def blend_callback(
+    blend: LocalBlend, trajectory: Trajectory, inner: sampling.StepCallback | None = None
+) -> sampling.StepCallback:
     """After edit step k: latents outside the blend mask become the inversion's state at the same timestep."""
     steps = len(trajectory.timesteps)
 
@@ -112,7 +116,9 @@ def blend_callback(blend: LocalBlend, trajectory: Trajectory, inner: sampling.St
     return on_step
 
 
-def prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned=None) -> PreparedEdit:
+def prepare_attention_edit(
+    parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned=None
+) -> PreparedEdit:
     """Invert the source under the source prompt, recording attention; fit null-text; build the controller.
 
     With a tuned model (editing.attention.tuned.TunedControl) the recorder and the controller run inside
@@ -137,7 +143,9 @@ def prepare_attention_edit(parts, frames, backbone, plan, source, cache_root, ti
     log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
     negatives, cached = None, False
     if config.null_text:
-        negatives, cached = null_text_embeddings(parts, backbone, plan, source, cache_root, trajectory, source_text, controls, progress)
+        negatives, cached = null_text_embeddings(
+            parts, backbone, plan, source, cache_root, trajectory, source_text, controls, progress
+        )
     blend = make_blend(config, edit.prompt, backbone.tokenizer, latent_size)
     control = make_controller(config, edit.prompt, backbone.tokenizer, store, policy, latent_size, steps, blend)
     control = control if tuned is None else tuned.wrap(control)

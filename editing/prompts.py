@@ -101,8 +101,12 @@ def refine_alignment(tokenizer, source: str, target: str) -> tuple[torch.Tensor,
     tokens with no counterpart (added words) keep their own attention.
     """
     total = sequence_length(tokenizer)
-    source_ids = [i for w, _ in word_spans(tokenizer, source) for i in word_tokens(tokenizer, w)][: prompt_length(tokenizer, source)]
-    target_ids = [i for w, _ in word_spans(tokenizer, target) for i in word_tokens(tokenizer, w)][: prompt_length(tokenizer, target)]
+    source_ids = [i for w, _ in word_spans(tokenizer, source) for i in word_tokens(tokenizer, w)][
+        : prompt_length(tokenizer, source)
+    ]
+    target_ids = [i for w, _ in word_spans(tokenizer, target) for i in word_tokens(tokenizer, w)][
+        : prompt_length(tokenizer, target)
+    ]
     index = torch.arange(total)
     alpha = torch.zeros(total)
     matcher = difflib.SequenceMatcher(None, source_ids, target_ids, autojunk=False)

@@ -18,9 +18,10 @@ editing.models: the core hands the loader in).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ import torch
 from .errors import ConfigError, ModelLoadError
 
 DEFAULT_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
-ADAPTER_OFFLINE_ALTERNATIVES = "a local IP-Adapter file or folder with its image_encoder folder (--reference-adapter), or leave out --reference-image"
+ADAPTER_OFFLINE_ALTERNATIVES = (
+    "a local IP-Adapter file or folder with its image_encoder folder (--reference-adapter), or leave out --reference-image"
+)
 RANDOM_EMBED_DIM = 32  # image-embedding width of the random image encoder
 MAX_REFERENCE_PIXELS = 8192 * 8192
 
@@ -58,7 +61,9 @@ class ImageAdapter:
     def installed(self, unet, scale: float) -> Iterator[None]:
         """The UNet with this adapter's processors (at `scale`) and image projection; the originals come back after."""
         if unet.encoder_hid_proj is not None:
-            raise ModelLoadError(f"the model already has an encoder projection ({unet.config.encoder_hid_dim_type}); an IP-Adapter cannot be added")
+            raise ModelLoadError(
+                f"the model already has an encoder projection ({unet.config.encoder_hid_dim_type}); an IP-Adapter cannot be added"
+            )
         original = dict(unet.attn_processors)
         missing = sorted(set(self.processors) - set(original))
         if missing:
@@ -145,7 +150,12 @@ def random_adapter_state(unet, embed_dim: int = RANDOM_EMBED_DIM, seed: int = 0)
     def normal(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=generator) / shape[-1] ** 0.5
 
-    image_proj = {"proj.weight": normal(4 * width, embed_dim), "proj.bias": torch.zeros(4 * width), "norm.weight": torch.ones(width), "norm.bias": torch.zeros(width)}
+    image_proj = {
+        "proj.weight": normal(4 * width, embed_dim),
+        "proj.bias": torch.zeros(4 * width),
+        "norm.weight": torch.ones(width),
+        "norm.bias": torch.zeros(width),
+    }
     layers = {}
     for number, name in enumerate(cross_attention_layers(unet)):
         attn = unet.get_submodule(name.removesuffix(".processor"))
@@ -158,7 +168,15 @@ def random_image_encoder(embed_dim: int = RANDOM_EMBED_DIM, seed: int = 5):
     """A small seeded random CLIPVisionModelWithProjection (32 px, 2 layers)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, projection_dim=embed_dim)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=embed_dim,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIPVisionModelWithProjection(config)
@@ -169,7 +187,9 @@ def check_adapter_state(name: str, state, unet) -> None:
     if not isinstance(state, dict) or not {"image_proj", "ip_adapter"} <= set(state):
         raise ModelLoadError(f"{name} is not an IP-Adapter: it has no image_proj and ip_adapter weights")
     if "proj.weight" not in state["image_proj"]:
-        raise ModelLoadError(f"{name} is an IP-Adapter Plus / Full-face / FaceID; only plain IP-Adapters (such as ip-adapter_sd15) are supported")
+        raise ModelLoadError(
+            f"{name} is an IP-Adapter Plus / Full-face / FaceID; only plain IP-Adapters (such as ip-adapter_sd15) are supported"
+        )
     width = int(unet.config.cross_attention_dim)
     first = state["ip_adapter"].get("1.to_k_ip.weight")
     if first is None or first.shape[-1] != width:
@@ -193,7 +213,9 @@ def build_image_adapter(name: str, state: dict, image_encoder, unet, device, dty
         raise ModelLoadError(f"{name} is not a plain IP-Adapter; only those (such as ip-adapter_sd15) are supported")
     embed_dim = int(image_encoder.config.projection_dim)
     if projection.image_embeds.in_features != embed_dim:
-        raise ModelLoadError(f"IP-Adapter {name} takes image embeddings of width {projection.image_embeds.in_features}, but its image encoder makes {embed_dim}")
+        raise ModelLoadError(
+            f"IP-Adapter {name} takes image embeddings of width {projection.image_embeds.in_features}, but its image encoder makes {embed_dim}"
+        )
     kept = {layer: processor for layer, processor in processors.items() if hasattr(processor, "to_k_ip")}
     modules = [*kept.values(), projection, image_encoder]
     for module in modules:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .core import EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, decoded_indices, edit_frames
-from .held import HeldRegion, StateAt, hold_callback, noised_states, trajectory_states
+from .held import HeldRegion
 from .masks import MaskInputs, clip_masks, feathered, grown, overlay_frames
 from .masks.shape import composite
 
@@ -60,7 +58,9 @@ def write_preview(path: str, frames: np.ndarray, mask: ClipMask) -> None:
     write_video(path, mask.overlay(frames), Fraction(PREVIEW_FPS))
 
 
-def masked_edit(frames: np.ndarray, parts: EditParts, backbone, progress: ProgressFn = _no_progress, timer: StageTimer | None = None):
+def masked_edit(
+    frames: np.ndarray, parts: EditParts, backbone, progress: ProgressFn = _no_progress, timer: StageTimer | None = None
+):
     """A request with a mask: its preview written if asked, then the object removed (editing.removal) or
     the edit made inside the region and composited over the source; without a mask, the plain edit."""
     if parts.masking is None:
@@ -88,5 +88,3 @@ def masked_edit(frames: np.ndarray, parts: EditParts, backbone, progress: Progre
     )
     out = composite(frames[list(wanted)], edited.frames, mask.weights[list(wanted)])
     return dataclasses.replace(edited, frames=out)
-
-

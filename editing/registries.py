@@ -49,8 +49,20 @@ REGISTRIES: tuple[Registry, ...] = (
         f"{_MODES}.register_attention_mode(AttentionMode(...))",
         "--attention",
     ),
-    Registry("samplers", "editing.samplers:sampler_names", "editing.samplers:SAMPLERS", "editing.samplers.register_sampler(Sampler(...))", "--sampler"),
-    Registry("speed presets", "editing.presets:preset_names", "editing.presets:PRESETS", "editing.presets.register_preset(Preset(...))", "--preset"),
+    Registry(
+        "samplers",
+        "editing.samplers:sampler_names",
+        "editing.samplers:SAMPLERS",
+        "editing.samplers.register_sampler(Sampler(...))",
+        "--sampler",
+    ),
+    Registry(
+        "speed presets",
+        "editing.presets:preset_names",
+        "editing.presets:PRESETS",
+        "editing.presets.register_preset(Preset(...))",
+        "--preset",
+    ),
     Registry(
         "condition kinds",
         f"{_KINDS}:condition_kind_names",
@@ -73,7 +85,11 @@ REGISTRIES: tuple[Registry, ...] = (
         "--step-cache KIND[:VALUE],...",
     ),
     Registry(
-        "styles", "editing.sessions:PRESETS", "editing.sessions:PRESETS", "an entry of editing.sessions.PRESETS (name -> prompt)", "the Style sessions tab"
+        "styles",
+        "editing.sessions:PRESETS",
+        "editing.sessions:PRESETS",
+        "an entry of editing.sessions.PRESETS (name -> prompt)",
+        "the Style sessions tab",
     ),
 )
 

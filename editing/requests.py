@@ -49,19 +49,20 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .compat import check as check_combination
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits, default_keyframes
 from .errors import ConfigError
 from .lora import ModelOptions
 from .masks.options import MaskConfig
+from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
 from .presets import apply_preset, preset_names
 from .registries import choice_help
 from .tuned_file import tuned_attention
-from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -82,18 +83,35 @@ class EditRequest:
     """One edit: which clip, which frames, which model, what to make, where to write it."""
 
     video: str = field(metadata={"positional": True, "help": "the video to edit"})
-    output: str = field(metadata={"app": {"form": False, "why": "the app writes into its own folder"}, "flag": "--out", "dest": "out", "help": "output file: .mp4, .gif or .zip (PNG frames)"})
+    output: str = field(
+        metadata={
+            "app": {"form": False, "why": "the app writes into its own folder"},
+            "flag": "--out",
+            "dest": "out",
+            "help": "output file: .mp4, .gif or .zip (PNG frames)",
+        }
+    )
     edit: EditConfig
     selection: FrameSelection = FrameSelection()
     engine: EngineConfig = EngineConfig()
     model: str = field(default=DEFAULT_MODEL, metadata={"help": MODEL_HELP})
-    device: str | None = field(default="auto", metadata={"app": {"api": False, "why": "the app's process decides where it runs"}, "help": DEVICE_HELP})
-    dtype: str | None = field(default="auto", metadata={"app": {"api": False, "why": "the app's process decides where it runs"}, "help": "auto, fp32, fp16 or bf16"})
+    device: str | None = field(
+        default="auto", metadata={"app": {"api": False, "why": "the app's process decides where it runs"}, "help": DEVICE_HELP}
+    )
+    dtype: str | None = field(
+        default="auto",
+        metadata={"app": {"api": False, "why": "the app's process decides where it runs"}, "help": "auto, fp32, fp16 or bf16"},
+    )
     limits: VideoLimits = field(default=VideoLimits(), metadata={"option": False})
     attention_edit: AttentionEditConfig | None = None
     masking: MaskConfig = field(default=MaskConfig(), metadata={"group": "regions and removal (editing.region, editing.removal)"})
     tuned: str | None = field(
-        default=None, metadata={"app": {"form": False, "why": "the one-shot tab's own tuning, never a path from a form"}, "metavar": "FILE", "help": "edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)"}
+        default=None,
+        metadata={
+            "app": {"form": False, "why": "the one-shot tab's own tuning, never a path from a form"},
+            "metavar": "FILE",
+            "help": "edit with one-shot tuned weights from `tune` (in the attention mode they were tuned with)",
+        },
     )
     # more files written from the same frames, e.g. a .gif and a .zip beside the .mp4
     also_write: tuple[str, ...] = field(default=(), metadata={"option": False})
@@ -102,7 +120,10 @@ class EditRequest:
     decode_frames: tuple[int, ...] | None = field(default=None, metadata={"option": False})
     preset: str | None = field(
         default=None,
-        metadata={"help": "speed preset (editing.presets) setting defaults that explicit options override: {choices}", "choices": preset_names},
+        metadata={
+            "help": "speed preset (editing.presets) setting defaults that explicit options override: {choices}",
+            "choices": preset_names,
+        },
     )
 
     def __post_init__(self):
@@ -118,21 +139,41 @@ class TuneConfig:
     """How to tune: the source prompt, the frames, the optimiser and the memory savers."""
 
     prompt: str = field(metadata={"help": "what the source clip shows; the tuning's text condition"})
-    selection: FrameSelection = field(default=FrameSelection(max_frames=8, size=512), metadata={"help": "frames and size to tune on"})
-    steps: int = field(default=300, metadata={"app": {"max": 1000, "why": "a slider: more than 1000 tuning steps overfit the clip and take hours"}, "help": "optimiser steps (Tune-A-Video uses 300-500)", "range": "[1, 100000]"})
+    selection: FrameSelection = field(
+        default=FrameSelection(max_frames=8, size=512), metadata={"help": "frames and size to tune on"}
+    )
+    steps: int = field(
+        default=300,
+        metadata={
+            "app": {"max": 1000, "why": "a slider: more than 1000 tuning steps overfit the clip and take hours"},
+            "help": "optimiser steps (Tune-A-Video uses 300-500)",
+            "range": "[1, 100000]",
+        },
+    )
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "seed of the temporal layers' initialisation, timesteps and noise"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm", "option": False})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"}
+    )
     mixed_precision: str = field(default="no", metadata={"help": "autocast precision (GPU only)", "choices": MIXED_PRECISION})
 
     def __post_init__(self):
         _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "tuning prompt must not be empty")
         _check(1 <= self.steps <= 100000, f"tuning steps must be between 1 and 100000, got {self.steps}")
-        _check(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1, f"learning rate must be in (0, 1], got {self.learning_rate}")
+        _check(
+            math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1,
+            f"learning rate must be in (0, 1], got {self.learning_rate}",
+        )
         _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
-        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, f"max grad norm must be positive, got {self.max_grad_norm}")
-        _check(self.mixed_precision in MIXED_PRECISION, f"mixed precision must be one of {', '.join(MIXED_PRECISION)}; got {self.mixed_precision!r}")
+        _check(
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0,
+            f"max grad norm must be positive, got {self.max_grad_norm}",
+        )
+        _check(
+            self.mixed_precision in MIXED_PRECISION,
+            f"mixed precision must be one of {', '.join(MIXED_PRECISION)}; got {self.mixed_precision!r}",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,12 +186,28 @@ class TuneRequest:
     video: str = field(metadata={"positional": True, "help": "the video to tune on"})
     config: TuneConfig
     output: str | None = field(
-        default=None, metadata={"app": {"form": False, "why": "tunings stay in the app's cache"}, "flag": "--out", "dest": "out", "required": True, "help": "tuned weights, a .safetensors file (its settings go beside it as .json)"}
+        default=None,
+        metadata={
+            "app": {"form": False, "why": "tunings stay in the app's cache"},
+            "flag": "--out",
+            "dest": "out",
+            "required": True,
+            "help": "tuned weights, a .safetensors file (its settings go beside it as .json)",
+        },
     )
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": f"base model: Hub id, folder, .safetensors file, shapes, or {'/'.join(BUILTIN_MODELS)}"})
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": f"base model: Hub id, folder, .safetensors file, shapes, or {'/'.join(BUILTIN_MODELS)}"},
+    )
     device: str | None = field(default="auto", metadata={"help": DEVICE_HELP})
     dtype: str | None = field(default="auto", metadata={"help": "auto, fp32, fp16 or bf16 (of the frozen model)"})
-    cache_dir: str | None = field(default=None, metadata={"app": {"form": False, "why": "where the cache lives is the app's business"}, "help": "where tunings are cached for reuse"})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "app": {"form": False, "why": "where the cache lives is the app's business"},
+            "help": "where tunings are cached for reuse",
+        },
+    )
     limits: VideoLimits = field(default=VideoLimits(), metadata={"option": False})
 
     def __post_init__(self):
@@ -318,7 +375,16 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
             value = meta["none_as"]
         if meta.get("resolve"):
             value, nullable = None, True
-        return [Option(**common, type=hint, default=value, nullable=nullable and "none_as" not in meta, none_as=meta.get("none_as"), resolve=meta.get("resolve"))]
+        return [
+            Option(
+                **common,
+                type=hint,
+                default=value,
+                nullable=nullable and "none_as" not in meta,
+                none_as=meta.get("none_as"),
+                resolve=meta.get("resolve"),
+            )
+        ]
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         element = args[0]
         start = [] if missing else list(default)
@@ -326,7 +392,11 @@ def _field_options(cls, f, hint, nullable, default, path, group, within) -> list
             return [Option(**common | {"metavar": common["metavar"] or "W1,W2"}, type=str, default=",".join(start), kind="words")]
         if typing.get_origin(element) is tuple and typing.get_args(element) == (str, float):
             pairs = [f"{word}={value:g}" for word, value in start]
-            return [Option(**common | {"metavar": common["metavar"] or "WORD=VALUE"}, type=str, default=pairs, repeat=True, kind="pairs")]
+            return [
+                Option(
+                    **common | {"metavar": common["metavar"] or "WORD=VALUE"}, type=str, default=pairs, repeat=True, kind="pairs"
+                )
+            ]
         if dataclasses.is_dataclass(element) and hasattr(element, "parse"):
             found = [Option(**common, type=str, default=[], repeat=True, kind="items", item=element)]
             key = dataclasses.fields(element)[0].name.upper()
@@ -457,7 +527,9 @@ def build_request(command: str, values: Mapping[str, Any] | Any):
         given = apply_preset(given, defaults("edit"))
     schema = options(command)
     # every given value in its option's form, or one sentence naming the option (an API client may send anything)
-    values = defaults(command) | {o.name: given[o.name] if given[o.name] is None else coerce(o, given[o.name]) for o in schema if o.name in given}
+    values = defaults(command) | {
+        o.name: given[o.name] if given[o.name] is None else coerce(o, given[o.name]) for o in schema if o.name in given
+    }
     for option in schema:
         if option.needed and values[option.name] is None:
             raise ConfigError(f"{option.name} is required")
@@ -523,10 +595,12 @@ def _attach(items: tuple, parts: list[tuple[Option, dict[str, str]]], owner: Opt
     """Items with their KEY=VALUE options applied (`--control-model depth=...` sets the depth control's model)."""
     key = dataclasses.fields(owner.item)[0].name
     keys = {getattr(item, key) for item in items}
-    for option, pairs in parts:
+    for _option, pairs in parts:
         for name in pairs.keys() - keys:
             raise ConfigError(f"{'/'.join(o.flag for o, _ in parts)} name {name!r}, which no {owner.flag} asks for")
-    return tuple(dataclasses.replace(item, **{o.item_field: pairs.get(getattr(item, key)) for o, pairs in parts}) for item in items)
+    return tuple(
+        dataclasses.replace(item, **{o.item_field: pairs.get(getattr(item, key)) for o, pairs in parts}) for item in items
+    )
 
 
 def _switch_words(text: Any, option: Option) -> set[str]:
@@ -536,7 +610,9 @@ def _switch_words(text: Any, option: Option) -> set[str]:
     words = {word.strip().lower() for word in text.split(",")} - {""}
     unknown = sorted(words - {*option.words, "none"})
     if unknown:
-        raise ConfigError(f"unknown {option.flag} value {unknown[0]!r} in {text!r}: use {', '.join(option.words)}, {','.join(option.words)!r} or none")
+        raise ConfigError(
+            f"unknown {option.flag} value {unknown[0]!r} in {text!r}: use {', '.join(option.words)}, {','.join(option.words)!r} or none"
+        )
     if "none" in words and len(words) > 1:
         raise ConfigError(f"{option.flag} {text!r} combines 'none' with other choices")
     return words
@@ -599,7 +675,11 @@ def _default_keyframes(values: Mapping[str, Any], option: Option) -> Any:
     return default_keyframes(values)
 
 
-RESOLVERS: dict[str, Callable[[Mapping[str, Any], Option], Any]] = {"native_size": _native_size, "tuned_attention": _tuned_or_default, "default_keyframes": _default_keyframes}
+RESOLVERS: dict[str, Callable[[Mapping[str, Any], Option], Any]] = {
+    "native_size": _native_size,
+    "tuned_attention": _tuned_or_default,
+    "default_keyframes": _default_keyframes,
+}
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -618,9 +698,15 @@ def add_arguments(parser, command: str, suppress_defaults: bool = False) -> None
     an option left out is absent from the parsed namespace (see `explicit_options`)."""
     groups: dict[str, Any] = {}
     for option in options(command):
-        target = parser if option.group is None else groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
+        target = (
+            parser
+            if option.group is None
+            else groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
+        )
         described = " | ".join(f"{name}: {help}" if help else name for name, help in option.choice_help().items())
-        text = option.help_text() + (f" (accepts {option.range})" if option.range else "") + (f" [{described}]" if described else "")
+        text = (
+            option.help_text() + (f" (accepts {option.range})" if option.range else "") + (f" [{described}]" if described else "")
+        )
         text = text.replace("%", "%%") or None
         if not option.flags:
             target.add_argument(option.name, help=text)
@@ -634,7 +720,12 @@ def add_arguments(parser, command: str, suppress_defaults: bool = False) -> None
         if option.repeat:
             kwargs |= {"action": "append", "default": [], "metavar": option.metavar}
         else:
-            kwargs |= {"type": option.type, "default": option.default, "choices": option.choice_values(), "metavar": option.metavar}
+            kwargs |= {
+                "type": option.type,
+                "default": option.default,
+                "choices": option.choice_values(),
+                "metavar": option.metavar,
+            }
         if option.required:
             kwargs["required"] = True
         if suppress_defaults:

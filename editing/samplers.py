@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -102,13 +103,27 @@ def set_timeline(scheduler, timesteps: list[int], steps: int) -> None:
 # ---------------------------------------------------------------- the built-in samplers
 
 register_sampler(Sampler("ddim", "DDIMScheduler", help="deterministic DDIM (Song et al., 2021); the default"))
-register_sampler(Sampler("dpm-solver++", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, help="DPM-Solver++ 2M, multistep"))
+register_sampler(
+    Sampler(
+        "dpm-solver++",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        help="DPM-Solver++ 2M, multistep",
+    )
+)
 register_sampler(Sampler("euler", "EulerDiscreteScheduler", sigma_space=True, help="Euler (Karras et al., 2022)"))
-register_sampler(Sampler("euler-ancestral", "EulerAncestralDiscreteScheduler", sigma_space=True, stochastic=True, help="Euler ancestral"))
+register_sampler(
+    Sampler("euler-ancestral", "EulerAncestralDiscreteScheduler", sigma_space=True, stochastic=True, help="Euler ancestral")
+)
 register_sampler(Sampler("lcm", "LCMScheduler", stochastic=True, help="latent consistency (for LCM-distilled weights)"))
 register_sampler(Sampler("tcd", "TCDScheduler", stochastic=True, help="trajectory consistency distillation"))
 register_sampler(
-    Sampler("ddim-trailing", "DDIMScheduler", {"timestep_spacing": "trailing"}, help="DDIM on trailing timesteps (Hyper-SD's); its own timeline, so SDEdit start only (--inversion none)")
+    Sampler(
+        "ddim-trailing",
+        "DDIMScheduler",
+        {"timestep_spacing": "trailing"},
+        help="DDIM on trailing timesteps (Hyper-SD's); its own timeline, so SDEdit start only (--inversion none)",
+    )
 )
 register_sampler(
     Sampler(

@@ -9,8 +9,8 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -123,7 +123,9 @@ def encoded_latents(output) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def decode_latents(backbone: Backbone, latents: torch.Tensor, batch_size: int, indices: tuple[int, ...] | None = None) -> np.ndarray:
+def decode_latents(
+    backbone: Backbone, latents: torch.Tensor, batch_size: int, indices: tuple[int, ...] | None = None
+) -> np.ndarray:
     """RGB uint8 frames from latents, decoded a batch at a time (AutoencoderKL or AutoencoderTiny: both
     decode `latents / scaling_factor` to [-1, 1]); `indices` decodes only those frames."""
     if indices is not None:
@@ -159,7 +161,7 @@ def vp_scale(scheduler, timestep) -> float:
     if sampler is None or not sampler.sigma_space or timestep is None:
         return 1.0
     alpha_bar = float(scheduler.alphas_cumprod[int(round(float(timestep)))])
-    return alpha_bar ** -0.5
+    return alpha_bar**-0.5
 
 
 def step_generator(scheduler, seed: int, frames: int):
@@ -173,7 +175,9 @@ def step_generator(scheduler, seed: int, frames: int):
 
 def scheduler_step(scheduler, noise: torch.Tensor, timestep, latents: torch.Tensor, generator=None) -> torch.Tensor:
     """One scheduler update of the whole clip's latents."""
-    extra = {} if generator is None or "generator" not in inspect.signature(scheduler.step).parameters else {"generator": generator}
+    extra = (
+        {} if generator is None or "generator" not in inspect.signature(scheduler.step).parameters else {"generator": generator}
+    )
     return scheduler.step(noise, timestep, latents, **extra).prev_sample
 
 
@@ -214,7 +218,7 @@ class Guidance:
     negatives: tuple[torch.Tensor, ...] | None = None  # per-step unconditional embeddings (null-text inversion)
     reference: object = None  # editing.reference.ImagePrompt, or None
 
-    def at_step(self, index: int) -> "Guidance":
+    def at_step(self, index: int) -> Guidance:
         """The guidance of step `index`: its own unconditional embedding when per-step ones are given."""
         if self.negatives is None or self.text.negative is None:
             return self
@@ -235,16 +239,18 @@ class FramePlan:
     num_frames: int = 0
     step_cache: tuple = ()  # editing.stepcache specs the loop installs on the UNet (not while inverting)
 
-    def at_step(self, index: int) -> "FramePlan":
+    def at_step(self, index: int) -> FramePlan:
         """The plan of denoising step `index`: the same plan, or with context windows that step's windows."""
         if self.context is None or index == 0:
             return self
-        return dataclasses.replace(self, batches=window_batches(self.num_frames, self.context, self.mode, self.window, self.anchors, index))
+        return dataclasses.replace(
+            self, batches=window_batches(self.num_frames, self.context, self.mode, self.window, self.anchors, index)
+        )
 
     def layout(self, batch: FrameBatch) -> FrameLayout:
         return layout_for(self.mode, batch.ids, self.anchors, self.window, self.merge, batch.borrowed)
 
-    def sharing_anchors(self) -> "FramePlan":
+    def sharing_anchors(self) -> FramePlan:
         """This plan with the anchors computed once per step: the first batch keeps their self-attention
         keys and values (editing.attention.anchor) and the later batches, which no longer hold the anchors
         they do not produce, borrow them. The plan itself where that would change what any frame computes:
@@ -280,7 +286,16 @@ class FramePlan:
         return True
 
 
-def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2, anchors: tuple[int, ...] = (0,), merge: float = 0.0, context=None, step_cache: tuple = ()) -> FramePlan:
+def plan_frames(
+    num_frames: int,
+    chunk: int,
+    mode: str = "none",
+    window: int = 2,
+    anchors: tuple[int, ...] = (0,),
+    merge: float = 0.0,
+    context=None,
+    step_cache: tuple = (),
+) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
 
     The context is the mode's registered rule (editing.attention.modes): the shared anchor frames for
@@ -294,7 +309,16 @@ def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2
     rule = get_attention_mode(mode)
     anchors = tuple(a for a in anchors if a < num_frames) or (0,)
     if context is not None:
-        return FramePlan(mode, window_batches(num_frames, context, mode, window, anchors, 0), anchors, window, merge, context, num_frames, step_cache)
+        return FramePlan(
+            mode,
+            window_batches(num_frames, context, mode, window, anchors, 0),
+            anchors,
+            window,
+            merge,
+            context,
+            num_frames,
+            step_cache,
+        )
     batches = []
     for start in range(0, num_frames, chunk):
         targets = range(start, min(start + chunk, num_frames))
@@ -303,7 +327,9 @@ def plan_frames(num_frames: int, chunk: int, mode: str = "none", window: int = 2
     return FramePlan(mode, tuple(batches), anchors, window, merge, step_cache=step_cache)
 
 
-def window_batches(num_frames: int, context, mode: str, window: int, anchors: tuple[int, ...], step: int) -> tuple[FrameBatch, ...]:
+def window_batches(
+    num_frames: int, context, mode: str, window: int, anchors: tuple[int, ...], step: int
+) -> tuple[FrameBatch, ...]:
     """One UNet call per context window of step `step` (editing.windows): the window's frames are its
     targets, weighted, plus the context the attention mode needs."""
     rule = get_attention_mode(mode)
@@ -338,21 +364,81 @@ def guided_noise(
     text, image = guidance.text, guidance.reference  # the reference's unconditional branch is zero image embeddings
     frame_ids = frame_ids or list(range(model_input.shape[0]))
     if text.negative is None:
-        return branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs, image=image and image.positive)
+        return branch_noise(
+            backbone,
+            model_input,
+            timestep,
+            text.positive,
+            guidance.controls,
+            layout,
+            frame_ids,
+            fraction,
+            attention_kwargs,
+            image=image and image.positive,
+        )
     if differentiable:
         if conditional is None:
             with torch.no_grad():
-                conditional = branch_noise(backbone, model_input, timestep, text.positive, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True, image=image and image.positive)
-        unconditional = branch_noise(backbone, model_input, timestep, text.negative, guidance.controls, layout, frame_ids, fraction, attention_kwargs, grad=True, image=image and image.negative)
+                conditional = branch_noise(
+                    backbone,
+                    model_input,
+                    timestep,
+                    text.positive,
+                    guidance.controls,
+                    layout,
+                    frame_ids,
+                    fraction,
+                    attention_kwargs,
+                    grad=True,
+                    image=image and image.positive,
+                )
+        unconditional = branch_noise(
+            backbone,
+            model_input,
+            timestep,
+            text.negative,
+            guidance.controls,
+            layout,
+            frame_ids,
+            fraction,
+            attention_kwargs,
+            grad=True,
+            image=image and image.negative,
+        )
     else:
         both = torch.cat([model_input, model_input])
         context = torch.cat([text.negative, text.positive])
         images = None if image is None else torch.cat([image.negative, image.positive])
-        unconditional, conditional = branch_noise(backbone, both, timestep, context, guidance.controls, layout, frame_ids, fraction, attention_kwargs, branches=2, image=images).chunk(2)
+        unconditional, conditional = branch_noise(
+            backbone,
+            both,
+            timestep,
+            context,
+            guidance.controls,
+            layout,
+            frame_ids,
+            fraction,
+            attention_kwargs,
+            branches=2,
+            image=images,
+        ).chunk(2)
     return unconditional + guidance.scale * (conditional - unconditional)
 
 
-def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_ids, fraction, attention_kwargs, branches: int = 1, grad: bool = False, image=None):
+def branch_noise(
+    backbone,
+    model_input,
+    timestep,
+    text,
+    controls,
+    layout,
+    frame_ids,
+    fraction,
+    attention_kwargs,
+    branches: int = 1,
+    grad: bool = False,
+    image=None,
+):
     """The UNet's noise prediction for `branches` guidance branches stacked in the batch, each branch's
     text embedding ((branches, tokens, width), broadcast over its frames), the active ControlNets and, with
     a reference, each branch's IP-Adapter image embedding ((branches, images, width), as `added_cond_kwargs`;
@@ -361,10 +447,22 @@ def branch_noise(backbone, model_input, timestep, text, controls, layout, frame_
     context = text.repeat_interleave(count, dim=0) if text.shape[0] == branches else text.expand(model_input.shape[0], -1, -1)
     with contextlib.nullcontext() if grad else torch.inference_mode():
         residuals = controlnet_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction)
-        extra = {} if residuals is None else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
+        extra = (
+            {}
+            if residuals is None
+            else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
+        )
         if image is not None:
             extra["added_cond_kwargs"] = {"image_embeds": [image.to(model_input.dtype).repeat_interleave(count, dim=0)]}
-        return run_unet(backbone.unet, model_input, timestep, branches, context, cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs), **extra)
+        return run_unet(
+            backbone.unet,
+            model_input,
+            timestep,
+            branches,
+            context,
+            cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs),
+            **extra,
+        )
 
 
 def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dict | None:
@@ -416,7 +514,18 @@ class StepContext:
         ids = list(batch.ids)
         layout = self.plan.layout(batch) if get_attention_mode(self.plan.mode).cross_frame else None
         extra = attention_control_call(self.attention_control, self.index, batch)
-        return guided_noise(self.backbone, self.model_input[ids], self.timestep, guidance, layout, ids, self.fraction, extra, conditional, differentiable)
+        return guided_noise(
+            self.backbone,
+            self.model_input[ids],
+            self.timestep,
+            guidance,
+            layout,
+            ids,
+            self.fraction,
+            extra,
+            conditional,
+            differentiable,
+        )
 
 
 def attention_control_call(attention_control: AttentionControl | None, index: int, batch: FrameBatch) -> dict | None:
@@ -497,7 +606,9 @@ def denoise(
                 context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, attention_control)
                 step_guidance = before_step(context, step_guidance) or step_guidance
             if attention_control is not None:  # a pass of the control's own first (TokenFlow's keyframes)
-                context = StepContext(backbone, scheduler, plan, index, timestep, x, model_input, fraction, attention_control, seed)
+                context = StepContext(
+                    backbone, scheduler, plan, index, timestep, x, model_input, fraction, attention_control, seed
+                )
                 attention_control.begin_step(context, step_guidance)
             if plan.context is not None:  # context windows (editing.windows): this step's, their shares summed into zeros
                 step_plan = plan.at_step(index)
@@ -515,7 +626,9 @@ def denoise(
                 if batch.weights is None:
                     noise[list(batch.targets)] = produced
                 else:  # a context window's pyramid-weighted share of its frames' noise
-                    noise[list(batch.targets)] += torch.tensor(batch.weights, dtype=noise.dtype, device=noise.device).view(-1, 1, 1, 1) * produced
+                    noise[list(batch.targets)] += (
+                        torch.tensor(batch.weights, dtype=noise.dtype, device=noise.device).view(-1, 1, 1, 1) * produced
+                    )
             x = scheduler_step(scheduler, noise, timestep, x, generator)
             if callback is not None:
                 scale = vp_scale(scheduler, following[index])

@@ -71,7 +71,9 @@ def check_name(name: str) -> str:
     """A session name that is a plain folder name: letters, digits, space, '_', '.', '-'; no path, no '..'."""
     name = (name or "").strip()
     if not NAME_PATTERN.fullmatch(name) or ".." in name or name.endswith("."):
-        raise ConfigError(f"session name {name!r} must be 1-64 letters, digits, spaces, '_', '.' or '-', starting with a letter or digit")
+        raise ConfigError(
+            f"session name {name!r} must be 1-64 letters, digits, spaces, '_', '.' or '-', starting with a letter or digit"
+        )
     return name
 
 
@@ -146,7 +148,13 @@ class Session:
         return None if name is None else self.entry_dir(entry.id) / name
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "subject": self.subject, "created": self.created, "entries": [asdict(e) for e in self.entries]}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "subject": self.subject,
+            "created": self.created,
+            "entries": [asdict(e) for e in self.entries],
+        }
 
 
 class SessionStore:
@@ -157,7 +165,7 @@ class SessionStore:
         self.owner = owner  # the owner's hashed key when this is one owner's store (see `owned`)
         self.limits = limits
 
-    def owned(self, key: str) -> "SessionStore":
+    def owned(self, key: str) -> SessionStore:
         """The store of the sessions whose owner holds `key`: its own folder, named by the key's hash."""
         digest = owner_hash(key)
         return SessionStore(self.root / OWNERS / digest, owner=digest, limits=self.limits)
@@ -209,7 +217,9 @@ class SessionStore:
             if self.owner is not None and not hmac.compare_digest(str(data.get("owner", "")), self.owner):
                 raise EditingError(f"no session named {folder.name!r}")  # a folder moved in by hand: not this owner's
             entries = [Entry(**e) for e in data.get("entries", [])]
-            session = Session(folder.name, folder, _plain_file_name(data["source"]), data.get("subject", ""), entries, data.get("created", 0.0))
+            session = Session(
+                folder.name, folder, _plain_file_name(data["source"]), data.get("subject", ""), entries, data.get("created", 0.0)
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise EditingError(f"session {folder.name!r} has an unreadable {MANIFEST} ({type(exc).__name__})") from exc
         for entry in session.entries:
@@ -292,7 +302,7 @@ class SessionStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return self.open(folder.name)
 
-    def adopt_unowned(self, into: "SessionStore") -> list[str]:
+    def adopt_unowned(self, into: SessionStore) -> list[str]:
         """Move the sessions made before owners existed (directly in this root) into an owner's store; the
         names moved. Only for an app served on this machine alone, whose one user made them."""
         moved = []

@@ -25,7 +25,9 @@ EDGE_BAND = 2  # pixels along the image's edge that decide whether a flat region
 MIN_REGION = 0.25  # a flat region smaller than this share of the frame is left alone (a stripe of a striped background is one)
 CAMERA_STILL = 0.5  # px a frame: the textured edge pixels' median flow below which the camera is taken to be still
 CAMERA_EVIDENCE = 0.05  # share of the edge band that must vary for its flow to say whether the camera moves
-CAMERA_SPREAD = 2  # an edge pixel varying by this much over its 3 x 3 neighbourhood (a gradient's slope too) is the camera's evidence
+CAMERA_SPREAD = (
+    2  # an edge pixel varying by this much over its 3 x 3 neighbourhood (a gradient's slope too) is the camera's evidence
+)
 BAND_LEVELS = 12.0  # a textured pixel beside a still region joins it when its colour is this close to the region's (mean RGB)
 
 
@@ -76,7 +78,10 @@ def still_background(frame: np.ndarray, flows: list[np.ndarray]) -> np.ndarray:
     # The edge's pixels on the background's side are not flat (their 3 x 3 window sees the object) but
     # belong to the background when they have its colour: so the object's outline stays the source's own.
     weight = cv2.blur(still.astype(np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)
-    colour = cv2.blur(frame.astype(np.float32) * still[..., None], (3, 3), borderType=cv2.BORDER_REPLICATE) / np.maximum(weight, 1e-6)[..., None]
+    colour = (
+        cv2.blur(frame.astype(np.float32) * still[..., None], (3, 3), borderType=cv2.BORDER_REPLICATE)
+        / np.maximum(weight, 1e-6)[..., None]
+    )
     beside = (weight > 0) & ~still & (np.abs(frame.astype(np.float32) - colour).mean(-1) <= BAND_LEVELS)
     return still | beside
 
@@ -116,7 +121,9 @@ def fill_still(frame: np.ndarray, fill: np.ndarray, known: np.ndarray) -> np.nda
 MEND_RADIUS = 3  # px: how far `mend_edges` looks for a moving neighbour's vector
 
 
-def mend_edges(flow: np.ndarray, frame: np.ndarray, other: np.ndarray, still: np.ndarray, bad: np.ndarray, tolerance: float) -> np.ndarray:
+def mend_edges(
+    flow: np.ndarray, frame: np.ndarray, other: np.ndarray, still: np.ndarray, bad: np.ndarray, tolerance: float
+) -> np.ndarray:
     """`flow` (frame(x) ~ other(x + flow(x))) with each `bad` pixel off the still background taking the
     vector of the neighbour (within MEND_RADIUS, itself off the still background) that best explains its
     colour, where one does within `tolerance` (mean RGB, 8-bit). DIS shortens the vectors at a moving

@@ -114,16 +114,28 @@ class PixelFusion:
     start: float = field(default=0.5, metadata={"help": "share of the denoising steps before pixel fusion starts, [0, 1)"})
 
     def __post_init__(self):
-        _check(math.isfinite(self.strength) and 0 <= self.strength <= 1, f"pixel fusion strength must be between 0 and 1, got {self.strength}")
-        _check(math.isfinite(self.start) and 0 <= self.start < 1, f"pixel fusion 'start' must be a share of the steps in [0, 1), got {self.start}")
+        _check(
+            math.isfinite(self.strength) and 0 <= self.strength <= 1,
+            f"pixel fusion strength must be between 0 and 1, got {self.strength}",
+        )
+        _check(
+            math.isfinite(self.start) and 0 <= self.start < 1,
+            f"pixel fusion 'start' must be a share of the steps in [0, 1), got {self.start}",
+        )
 
 
 def fuse_frames(images: torch.Tensor, backward: torch.Tensor, valid: torch.Tensor, strength: float) -> torch.Tensor:
     """Sequential occlusion-aware fusion of (N, C, H, W) frames: frame 0 is kept and, for t = 1..N-1,
     y_t = where(valid_t, (1 - s) x_t + s warp(y_{t-1}, b_t), x_t), so the fused previous frame carries
     on down the clip and pixels failing the forward-backward check (occlusions, new content) keep x_t."""
-    if images.dim() != 4 or backward.shape != (images.shape[0] - 1, *images.shape[-2:], 2) or valid.shape != (images.shape[0] - 1, *images.shape[-2:]):
-        raise ValueError(f"frames {tuple(images.shape)} do not match flows {tuple(backward.shape)} and masks {tuple(valid.shape)}")
+    if (
+        images.dim() != 4
+        or backward.shape != (images.shape[0] - 1, *images.shape[-2:], 2)
+        or valid.shape != (images.shape[0] - 1, *images.shape[-2:])
+    ):
+        raise ValueError(
+            f"frames {tuple(images.shape)} do not match flows {tuple(backward.shape)} and masks {tuple(valid.shape)}"
+        )
     fused = [images[0]]
     for t in range(1, images.shape[0]):
         blended = images[t] + strength * (warp(fused[-1], backward[t - 1]) - images[t])
@@ -199,11 +211,21 @@ def vae_codec(backbone, batch_size: int):
 
     @torch.no_grad()
     def decode(latents: torch.Tensor) -> torch.Tensor:
-        return torch.cat([backbone.vae.decode(latents[i : i + batch_size].to(backbone.dtype) / factor).sample for i in range(0, len(latents), batch_size)])
+        return torch.cat(
+            [
+                backbone.vae.decode(latents[i : i + batch_size].to(backbone.dtype) / factor).sample
+                for i in range(0, len(latents), batch_size)
+            ]
+        )
 
     @torch.no_grad()
     def encode(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([encoded_latents(backbone.vae.encode(images[i : i + batch_size].to(backbone.dtype))) * factor for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [
+                encoded_latents(backbone.vae.encode(images[i : i + batch_size].to(backbone.dtype))) * factor
+                for i in range(0, len(images), batch_size)
+            ]
+        )
 
     return decode, encode
 

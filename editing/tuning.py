@@ -17,9 +17,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -109,12 +109,17 @@ def denoising_loss(backbone: Backbone, latents, text, timestep, noise, layout) -
     noisy = backbone.scheduler().add_noise(latents, noise, timestep)
     frames = latents.shape[0]
     predicted = backbone.unet(
-        noisy, timestep.to(latents.device), encoder_hidden_states=text.expand(frames, -1, -1), cross_attention_kwargs={"frames": layout}
+        noisy,
+        timestep.to(latents.device),
+        encoder_hidden_states=text.expand(frames, -1, -1),
+        cross_attention_kwargs={"frames": layout},
     ).sample
     return F.mse_loss(predicted.float(), noise.float())
 
 
-def training_draws(config: TuneConfig, shape: tuple[int, ...], train_timesteps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def training_draws(
+    config: TuneConfig, shape: tuple[int, ...], train_timesteps: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Seeded (timestep, noise) pairs, one per step: one timestep for the clip, independent noise per frame."""
     generator = torch.Generator("cpu").manual_seed(config.seed)
     for _ in range(config.steps):
@@ -136,7 +141,12 @@ def tune_weights(
     train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
     losses = []
     weights.train()
-    with torch.inference_mode(False), torch.enable_grad(), control.processors(backbone.unet), gradient_checkpointing(backbone.unet, config.gradient_checkpointing):
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        control.processors(backbone.unet),
+        gradient_checkpointing(backbone.unet, config.gradient_checkpointing),
+    ):
         for step, (timestep, noise) in enumerate(training_draws(config, tuple(latents.shape), train_timesteps)):
             with autocast(backbone.device, config.mixed_precision):
                 loss = denoising_loss(backbone, latents, text, timestep, noise.to(latents), layout)
@@ -184,7 +194,9 @@ def check_base(path: str | os.PathLike, model: str) -> dict:
     metadata = read_metadata(path)
     source = ModelSpec.parse(model).source
     if metadata.get("base_name") != source:
-        raise TuningError(f"{Path(path).name} was tuned on model '{metadata.get('base_name')}', not on '{source}'; edit with --model {metadata.get('base_name')}")
+        raise TuningError(
+            f"{Path(path).name} was tuned on model '{metadata.get('base_name')}', not on '{source}'; edit with --model {metadata.get('base_name')}"
+        )
     return metadata
 
 
@@ -195,7 +207,9 @@ def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
     metadata = read_metadata(path)
     name, identity = Path(path).name, base_identity(backbone)
     if metadata.get("base") != identity:
-        raise TuningError(f"{name} was tuned on model '{metadata.get('base_name')}' ({metadata['base']}), not on '{backbone.name}' ({identity}); edit with --model {metadata.get('base_name')}")
+        raise TuningError(
+            f"{name} was tuned on model '{metadata.get('base_name')}' ({metadata['base']}), not on '{backbone.name}' ({identity}); edit with --model {metadata.get('base_name')}"
+        )
     weights = inflate(backbone, seed=0)  # every parameter is then overwritten from the file
     try:
         weights.load_state_dict(load_file(str(path), device=str(backbone.device)))

@@ -240,7 +240,9 @@ def plan_frames(info: VideoInfo, selection: FrameSelection) -> FramePlan:
     indices = tuple(selected_range(info, selection))[: selection.max_frames or None]
     if len(indices) < 2:
         name = Path(info.path).name
-        raise VideoError(f"the selection keeps {len(indices)} frame{'s' * (len(indices) != 1)} of {name}; widen the time range or lower the stride")
+        raise VideoError(
+            f"the selection keeps {len(indices)} frame{'s' * (len(indices) != 1)} of {name}; widen the time range or lower the stride"
+        )
     width, height = target_size(info.width, info.height, selection.size)
     return FramePlan(indices, info.fps / selection.stride, width, height)
 
@@ -381,7 +383,9 @@ def _copy_audio_samples(audio_in, audio_out, out, audio: AudioSource) -> tuple[i
                 if hi <= lo:
                     done = done or begin >= last
                     continue
-                piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, lo:hi]), format="fltp", layout=audio_out.layout.name)
+                piece = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples[:, lo:hi]), format="fltp", layout=audio_out.layout.name
+                )
                 piece.sample_rate = rate
                 piece.pts = written
                 piece.time_base = Fraction(1, rate)
@@ -415,7 +419,11 @@ def write_png_zip(path: str | os.PathLike, frames: np.ndarray) -> Path:
 
 
 def write_video(
-    path: str | os.PathLike, clip_frames: np.ndarray, fps: Fraction, audio: AudioSource | None = None, notes: list[str] | None = None
+    path: str | os.PathLike,
+    clip_frames: np.ndarray,
+    fps: Fraction,
+    audio: AudioSource | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write frames in the format the file extension names: .mp4, .gif or .zip (PNG frames); what was left
     out (damaged audio) is said in `notes`."""

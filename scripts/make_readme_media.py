@@ -102,13 +102,25 @@ def screenshot(path: Path) -> None:
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"))
     try:
         driver.get(f"http://127.0.0.1:{port}/")
-        cell = _wait(lambda: [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{PROMPT}']") if e.is_displayed()])[0]
+        cell = _wait(
+            lambda: [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{PROMPT}']") if e.is_displayed()]
+        )[0]
         cell.click()
         _wait(lambda: driver.find_element("css selector", "#prompt textarea").get_attribute("value") == PROMPT)
-        _wait(lambda: driver.find_element("id", "run-edit").is_enabled() and "disabled" not in (driver.find_element("id", "run-edit").get_attribute("class") or ""))
+        _wait(
+            lambda: (
+                driver.find_element("id", "run-edit").is_enabled()
+                and "disabled" not in (driver.find_element("id", "run-edit").get_attribute("class") or "")
+            )
+        )
         time.sleep(1)
         driver.find_element("id", "run-edit").click()
-        _wait(lambda: driver.execute_script("const v = document.querySelector('#edited-video video'); return v && v.readyState >= 2"), 600)
+        _wait(
+            lambda: driver.execute_script(
+                "const v = document.querySelector('#edited-video video'); return v && v.readyState >= 2"
+            ),
+            600,
+        )
         _wait(lambda: len(driver.find_elements("css selector", "#compare img")) == 2)
         time.sleep(2)
         driver.execute_script("window.scrollTo(0, 0)")
@@ -144,7 +156,9 @@ def main() -> None:
     if not args.no_screenshot:
         screenshot(OUT / "app.png")
         made.append("app.png")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+    )
     record = {
         "command": "python scripts/make_readme_media.py" + (" --no-screenshot" if args.no_screenshot else ""),
         "edit": "python -m editing " + " ".join(f'"{a}"' if " " in a else a for a in EDIT_ARGS) + " --out OUT",

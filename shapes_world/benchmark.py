@@ -162,8 +162,20 @@ def derive_edits(clip: Clip) -> tuple[ShapeEdit, ...]:
     pattern = ADDED_WORD if background.kind != ADDED_WORD else "gradient"  # a striped background gets a gradient instead
     return (
         ShapeEdit("colour", source, with_first(colour=_next(PALETTE, first.colour, used)), (first.shape,), subject=subject),
-        ShapeEdit("shape", source, with_first(shape=shape, angle=0.0 if shape == "circle" else first.angle), (first.shape, shape), subject=subject),
-        ShapeEdit("background", source, with_background(colour=_next(PALETTE, background.colour, used)), ("background",), subject=subject),
+        ShapeEdit(
+            "shape",
+            source,
+            with_first(shape=shape, angle=0.0 if shape == "circle" else first.angle),
+            (first.shape, shape),
+            subject=subject,
+        ),
+        ShapeEdit(
+            "background",
+            source,
+            with_background(colour=_next(PALETTE, background.colour, used)),
+            ("background",),
+            subject=subject,
+        ),
         ShapeEdit("add", source, with_background(kind=pattern), ("background",), "refine", subject),
     )
 
@@ -300,17 +312,40 @@ SETTINGS: dict[str, dict] = {
     "full-merge": {"attention": "full", "token_merge": 0.5},  # VidToMe-style token merging across frames
     "first-bank": {"attention": "first", "chunk": 4, "feature_bank": 4},  # two chunks, the second attends to the first's frames
     "first-dpm": {"attention": "first", "sampler": "dpm-solver++"},  # the default mode with DPM-Solver++
-    "tokenflow": {"attention": "tokenflow", "window": 4},  # TokenFlow: 2 keyframes per step, the other frames propagated from them
+    "tokenflow": {
+        "attention": "tokenflow",
+        "window": 4,
+    },  # TokenFlow: 2 keyframes per step, the other frames propagated from them
     "first-keyframes-4": {"attention": "first", "keyframes": "4"},  # frames 0 and 4 edited, the rest propagated along the flow
-    "first-keyframes-8": {"attention": "first", "keyframes": "8"},  # frame 0 edited, the rest propagated from it: the CLI's default edit
-    "first-keyframes-auto": {"attention": "first", "keyframes": "auto"},  # a keyframe where the scene changes (15% unseen) or after 16 frames
+    "first-keyframes-8": {
+        "attention": "first",
+        "keyframes": "8",
+    },  # frame 0 edited, the rest propagated from it: the CLI's default edit
+    "first-keyframes-auto": {
+        "attention": "first",
+        "keyframes": "auto",
+    },  # a keyframe where the scene changes (15% unseen) or after 16 frames
     "first-latent-fusion": {"attention": "first", "smooth": "flow"},  # early-step latent fusion along the source's flow
     "first-pixel-fusion": {"attention": "first", "smooth": "pixel"},  # late-step occlusion-aware pixel fusion (Rerender)
     "first-strength-0.9": {"attention": "first", "strength": 0.9},  # every frame, inverted to 0.9 of the schedule
-    "first-keyframes-8-strength-0.9": {"attention": "first", "keyframes": "8", "strength": 0.9},  # the default before the colour candidates
-    "first-deepcache-3": {"attention": "first", "step_cache": "deepcache:3"},  # DeepCache: the whole UNet every 3rd step (editing.stepcache)
-    "first-tome-0.5": {"attention": "first", "step_cache": "tome:0.5"},  # ToMe for SD: half of each frame's tokens merged in self-attention
-    "first-keyframes-8-deepcache-3": {"attention": "first", "keyframes": "8", "step_cache": "deepcache:3"},  # the default with DeepCache
+    "first-keyframes-8-strength-0.9": {
+        "attention": "first",
+        "keyframes": "8",
+        "strength": 0.9,
+    },  # the default before the colour candidates
+    "first-deepcache-3": {
+        "attention": "first",
+        "step_cache": "deepcache:3",
+    },  # DeepCache: the whole UNet every 3rd step (editing.stepcache)
+    "first-tome-0.5": {
+        "attention": "first",
+        "step_cache": "tome:0.5",
+    },  # ToMe for SD: half of each frame's tokens merged in self-attention
+    "first-keyframes-8-deepcache-3": {
+        "attention": "first",
+        "keyframes": "8",
+        "step_cache": "deepcache:3",
+    },  # the default with DeepCache
     "fast": {"preset": "fast"},  # the fast preset (the shapes model's LCM-LoRA, 4 LCM steps, SDEdit 0.5), every frame
     "fast-keyframes-8": {"preset": "fast", "keyframes": "8"},  # the fast preset's keyframes, propagated
 }
@@ -335,25 +370,45 @@ def _prompt_edit(edit: ShapeEdit) -> str:
     return edit.prompt_edit if same else "refine"
 
 
-def edit_request(setting: str, edit: ShapeEdit, video: Path, output: Path, steps: int, model: str, cache_dir: Path, tuned: Path | None = None):
+def edit_request(
+    setting: str, edit: ShapeEdit, video: Path, output: Path, steps: int, model: str, cache_dir: Path, tuned: Path | None = None
+):
     """The EditRequest the `edit` command would build for this setting and edit."""
-    from editing.requests import defaults, edit_request as schema_request
+    from editing.requests import defaults
+    from editing.requests import edit_request as schema_request
 
     options = dict(SETTINGS[setting])
-    values = defaults("edit") | {"prompt": edit.prompt, "model": model, "frames": 0, "size": SIZE, "steps": steps, "guidance": GUIDANCE}
+    values = defaults("edit") | {
+        "prompt": edit.prompt,
+        "model": model,
+        "frames": 0,
+        "size": SIZE,
+        "steps": steps,
+        "guidance": GUIDANCE,
+    }
     values |= {"inversion_prompt": edit.source_prompt, "cache_dir": str(cache_dir), "device": "auto", "dtype": "auto"}
     if options.pop("attention_edit", False):
-        values |= {"source_prompt": edit.source_prompt, "prompt_edit": _prompt_edit(edit), "blend_words": ",".join(edit.blend_words)}
+        values |= {
+            "source_prompt": edit.source_prompt,
+            "prompt_edit": _prompt_edit(edit),
+            "blend_words": ",".join(edit.blend_words),
+        }
     if options.pop("tune", False):
         values["tuned"] = None if tuned is None else str(tuned)
     values["keyframes"] = "off"  # a setting edits every frame unless it names its keyframes (the CLI's default would propagate)
-    values["strength"] = 1.0  # and inverts to the end of the schedule unless it names its strength (the CLI's default is DEFAULT_STRENGTH)
+    values["strength"] = (
+        1.0  # and inverts to the end of the schedule unless it names its strength (the CLI's default is DEFAULT_STRENGTH)
+    )
     values |= options
-    if options.get("preset"):  # a preset sets its own steps, guidance, strength, sampler...: leave those at the command's defaults
+    if options.get(
+        "preset"
+    ):  # a preset sets its own steps, guidance, strength, sampler...: leave those at the command's defaults
         from editing.presets import get_preset
 
         base = defaults("edit")
-        values |= {k: base[k] for k in get_preset(options["preset"]).values(random_weights=False) if k in base and k not in options}
+        values |= {
+            k: base[k] for k in get_preset(options["preset"]).values(random_weights=False) if k in base and k not in options
+        }
     return schema_request(values | {"video": str(video), "out": str(output)})
 
 
@@ -362,7 +417,9 @@ def tune_clip(video: Path, clip: Clip, model: str, cache_dir: Path, steps: int =
     from editing.config import FrameSelection
     from editing.tuning import TuneConfig, TuneRequest, tune_video
 
-    config = TuneConfig(prompt=clip.caption, selection=FrameSelection(max_frames=len(clip.frames), size=SIZE), steps=steps, learning_rate=TUNE_LR)
+    config = TuneConfig(
+        prompt=clip.caption, selection=FrameSelection(max_frames=len(clip.frames), size=SIZE), steps=steps, learning_rate=TUNE_LR
+    )
     begin = time.perf_counter()
     result = tune_video(TuneRequest(str(video), config, None, model, "auto", "auto", str(cache_dir)))
     return Path(result.path), time.perf_counter() - begin
@@ -427,7 +484,9 @@ def per_clip_means(rows: list[dict], key: str) -> list[float]:
     return [float(np.mean(v)) for _, v in sorted(values.items())]
 
 
-def bootstrap_interval(values, level: float = BOOTSTRAP_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+def bootstrap_interval(
+    values, level: float = BOOTSTRAP_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean of `values` (one per clip): resample the clips with
     replacement `resamples` times from a seeded generator (the same draws for every setting with as many
     clips) and take the central `level` share of the resampled means. None when there are no values."""
@@ -485,18 +544,42 @@ def run_benchmark(settings: tuple[str, ...], clips, steps: int, model: str, work
     setting, through edit_video, and measure each."""
     progress = progress or (lambda stage, done, total: None)
     result = BenchmarkResult()
-    for index in (range(clips) if isinstance(clips, int) else clips):
+    for index in range(clips) if isinstance(clips, int) else clips:
         clip = benchmark_clip(index)
         video = write_lossless(work / f"clip-{index}.mp4", clip.frames)
         kind = clip_kind(index)
         edits = tuple(e for e in derive_edits(clip) if e.kind in KIND_EDITS.get(kind, EDIT_KINDS))
-        result.rows += [{"setting": REFERENCE, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure_kind(clip, kind, clip.frames, e), "seconds_per_frame": 0.0} for e in edits]
-        result.rows += [{"setting": IDEAL, "clip": index, "clip_kind": kind, "kind": e.kind, "prompt": e.prompt, **measure_kind(clip, kind, ideal_frames(clip, e), e), "seconds_per_frame": 0.0} for e in edits]
+        result.rows += [
+            {
+                "setting": REFERENCE,
+                "clip": index,
+                "clip_kind": kind,
+                "kind": e.kind,
+                "prompt": e.prompt,
+                **measure_kind(clip, kind, clip.frames, e),
+                "seconds_per_frame": 0.0,
+            }
+            for e in edits
+        ]
+        result.rows += [
+            {
+                "setting": IDEAL,
+                "clip": index,
+                "clip_kind": kind,
+                "kind": e.kind,
+                "prompt": e.prompt,
+                **measure_kind(clip, kind, ideal_frames(clip, e), e),
+                "seconds_per_frame": 0.0,
+            }
+            for e in edits
+        ]
         for setting in settings:
             try:
                 tuned = _tuned_for(setting, video, clip, model, work / "cache", result.notes)
             except EditingError as exc:
-                result.rows += [{"setting": setting, "clip": index, "clip_kind": kind, "kind": e.kind, "error": str(exc)} for e in edits]
+                result.rows += [
+                    {"setting": setting, "clip": index, "clip_kind": kind, "kind": e.kind, "error": str(exc)} for e in edits
+                ]
                 continue
             for edit in edits:
                 row, output = edit_and_measure(setting, index, clip, edit, video, steps, model, work, tuned, progress)
@@ -515,7 +598,9 @@ def _tuned_for(setting: str, video: Path, clip: Clip, model: str, cache: Path, n
     return tuned
 
 
-def edit_and_measure(setting, index, clip, edit, video, steps, model, work: Path, tuned, progress) -> tuple[dict, np.ndarray | None]:
+def edit_and_measure(
+    setting, index, clip, edit, video, steps, model, work: Path, tuned, progress
+) -> tuple[dict, np.ndarray | None]:
     """One edit through edit_video (with its own cache, so it pays its own inversion), its row and its frames."""
     from editing.pipeline import edit_video
 
@@ -564,10 +649,14 @@ def _interval_cell(entry: dict, key: str) -> str:
 def setting_ranks(summary: dict[str, dict]) -> dict[str, dict[str, str]]:
     """Per ranked metric, each setting's rank among the edited settings (not the source or ideal rows)."""
     edited = {name: entry for name, entry in summary.items() if name not in (REFERENCE, IDEAL) and "error" not in entry}
-    return {key: rank_with_ties({n: e.get(f"{key}_interval") for n, e in edited.items()}, LOWER_IS_BETTER[key]) for key, _ in RANKED}
+    return {
+        key: rank_with_ties({n: e.get(f"{key}_interval") for n, e in edited.items()}, LOWER_IS_BETTER[key]) for key, _ in RANKED
+    }
 
 
-def markdown(summary: dict[str, dict], header: str, notes: list[str], stated: dict | None = None, by_kind: dict[str, dict] | None = None) -> str:
+def markdown(
+    summary: dict[str, dict], header: str, notes: list[str], stated: dict | None = None, by_kind: dict[str, dict] | None = None
+) -> str:
     """The table (one row per setting; interval columns show the bootstrap interval over clips, rank
     columns count only separated intervals), the per-clip-kind table, the notes and the CI slice's values."""
     ranks = setting_ranks(summary)
@@ -582,17 +671,29 @@ def markdown(summary: dict[str, dict], header: str, notes: list[str], stated: di
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if by_kind:
         kinds = list(next(iter(by_kind.values())))
-        lines += ["", "By clip kind (true-motion warp error / colour flicker, means over each kind's edits):", "",
-                  "| setting | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        lines += [
+            "",
+            "By clip kind (true-motion warp error / colour flicker, means over each kind's edits):",
+            "",
+            "| setting | " + " | ".join(kinds) + " |",
+            "|---" * (len(kinds) + 1) + "|",
+        ]
         for name, cells in by_kind.items():
             lines.append(f"| {name} | " + " | ".join(cells[k] for k in kinds) + " |")
     propagated = {name: e for name, e in summary.items() if e.get("scene_warp_error") is not None}
     if propagated:
-        lines += ["", "Propagation clips (shapes_world.propagation; means over their edits): warp error on the objects, scene warp error "
-                  "(background included), area drift (the edited object's area change, 0.05 = 5%), trail (object-coloured pixels it left behind):", "",
-                  "| setting | warp error | scene warp error | area drift | trail |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Propagation clips (shapes_world.propagation; means over their edits): warp error on the objects, scene warp error "
+            "(background included), area drift (the edited object's area change, 0.05 = 5%), trail (object-coloured pixels it left behind):",
+            "",
+            "| setting | warp error | scene warp error | area drift | trail |",
+            "|---|---|---|---|---|",
+        ]
         for name, e in propagated.items():
-            lines.append(f"| {name} | {_cell(e.get('warp_error'))} | {_cell(e['scene_warp_error'])} | {_cell(e.get('area_drift'))} | {_cell(e.get('trail'))} |")
+            lines.append(
+                f"| {name} | {_cell(e.get('warp_error'))} | {_cell(e['scene_warp_error'])} | {_cell(e.get('area_drift'))} | {_cell(e.get('trail'))} |"
+            )
     lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)]
     if stated is not None:
         lines.append(f"- CI slice ({stated_description(stated)}): {stated_values_text(stated)}")
@@ -636,7 +737,10 @@ def slice_shortfalls(summary: dict[str, dict], stated: dict) -> list[str]:
 
 def state_values(summary: dict[str, dict], stated: dict, path: Path = STATED_PATH) -> dict:
     """Write the measured slice values as the stated ones (run with the committed weights)."""
-    values = {name: {key: round(summary[name][key], 3) for key in ("edit_accuracy", "structure_iou")} for name in stated["slice"]["settings"]}
+    values = {
+        name: {key: round(summary[name][key], 3) for key in ("edit_accuracy", "structure_iou")}
+        for name in stated["slice"]["settings"]
+    }
     updated = stated | {"values": values}
     path.write_text(json.dumps(updated, indent=1) + "\n", encoding="utf-8")
     return updated
@@ -644,13 +748,19 @@ def state_values(summary: dict[str, dict], stated: dict, path: Path = STATED_PAT
 
 # ---------------------------------------------------------------- command
 
+
 def provenance() -> dict:
     """The command line, UTC date and git commit of this run (commit None outside a git checkout)."""
     import datetime
     import subprocess
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
     command = "python -m editing eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
@@ -670,21 +780,43 @@ def put_in_readme(path: Path, table: str) -> None:
     path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}", encoding="utf-8")
 
 
-
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The eval command's options for the shapes benchmark."""
     group = parser.add_argument_group("shapes benchmark (ground-truth edit quality; shapes_world.benchmark)")
     group.add_argument("--shapes", action="store_true", help="run the shapes benchmark instead of a YAML spec")
     group.add_argument("--settings", default=None, help=f"comma-separated settings (default all): {', '.join(SETTINGS)}")
-    group.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"benchmark clips (8 frames, 64 px each; the first {ORIGINAL_CLIPS} are the original plain set)")
-    group.add_argument("--clip-kinds", default=None, help=f"comma-separated clip kinds to take the clips from (default the fixed set's: {', '.join(CLIP_KINDS)}; also {', '.join(PROPAGATION_KINDS)})")
+    group.add_argument(
+        "--clips",
+        type=int,
+        default=DEFAULT_CLIPS,
+        help=f"benchmark clips (8 frames, 64 px each; the first {ORIGINAL_CLIPS} are the original plain set)",
+    )
+    group.add_argument(
+        "--clip-kinds",
+        default=None,
+        help=f"comma-separated clip kinds to take the clips from (default the fixed set's: {', '.join(CLIP_KINDS)}; also {', '.join(PROPAGATION_KINDS)})",
+    )
     group.add_argument("--steps", type=int, default=20, help="denoising steps")
-    group.add_argument("--model", default="shapes", help="shapes model: 'shapes' (editing/assets/shapes-model) or a folder from shapes_world.train")
+    group.add_argument(
+        "--model",
+        default="shapes",
+        help="shapes model: 'shapes' (editing/assets/shapes-model) or a folder from shapes_world.train",
+    )
     group.add_argument("--slice", action="store_true", help="run the CI slice (stated.json's clips, settings and steps)")
     group.add_argument("--state", action="store_true", help="with --slice: write the measured values into stated.json")
-    group.add_argument("--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers")
-    group.add_argument("--shard", default=None, help="K/N: edit only every N-th of the chosen clips from the K-th (run N shards side by side, then --merge)")
-    group.add_argument("--merge", default=None, help="comma-separated --out folders (or table.json files) of shards: write their table as one, without editing")
+    group.add_argument(
+        "--readme", default=None, help="also put the table into this Markdown file, between the shapes-table markers"
+    )
+    group.add_argument(
+        "--shard",
+        default=None,
+        help="K/N: edit only every N-th of the chosen clips from the K-th (run N shards side by side, then --merge)",
+    )
+    group.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated --out folders (or table.json files) of shards: write their table as one, without editing",
+    )
 
 
 def model_label(model: str) -> str:
@@ -750,7 +882,14 @@ def merge_tables(paths: list[Path]) -> tuple[dict, BenchmarkResult]:
     result = BenchmarkResult(rows=sorted([*references.values(), *rows], key=lambda r: (r["clip"], position[r["setting"]])))
     result.notes = [n for d in documents for n in d.get("notes", []) if n.startswith("tuned:")]
     minutes = sum(d.get("minutes", 0.0) for d in documents)
-    return {"model": first["model"], "steps": first["steps"], "settings": settings, "clips": clips, "minutes": minutes, "shards": len(documents)}, result
+    return {
+        "model": first["model"],
+        "steps": first["steps"],
+        "settings": settings,
+        "clips": clips,
+        "minutes": minutes,
+        "shards": len(documents),
+    }, result
 
 
 def run_command(args: argparse.Namespace, progress=None) -> int:
@@ -782,7 +921,9 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     if not indices:
         raise ConfigError(f"--shard {part}/{count} has no clips of the {clips} chosen")
     if args.state and (not args.slice or args.model != "shapes"):
-        raise ConfigError("--state writes the CI slice's values for the committed weights; use it with --slice and --model shapes")
+        raise ConfigError(
+            "--state writes the CI slice's values for the committed weights; use it with --slice and --model shapes"
+        )
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shapes-", dir=out) as work:
@@ -796,11 +937,15 @@ def run_command(args: argparse.Namespace, progress=None) -> int:
     return _report(args, stated, result, settings, indices, steps, args.model, minutes, timing)
 
 
-def _report(args, stated: dict, result: BenchmarkResult, settings, indices, steps: int, model: str, minutes: float, timing: str) -> int:
+def _report(
+    args, stated: dict, result: BenchmarkResult, settings, indices, steps: int, model: str, minutes: float, timing: str
+) -> int:
     """Write table.md and table.json (and the README block), print the table; 2 when edits failed or the slice fell short."""
     out = Path(args.out)
     summary = result.summary()
-    counts = ", ".join(f"{sum(clip_kind(i) == k for i in indices)} {k}" for k in ALL_CLIP_KINDS if any(clip_kind(i) == k for i in indices))
+    counts = ", ".join(
+        f"{sum(clip_kind(i) == k for i in indices)} {k}" for k in ALL_CLIP_KINDS if any(clip_kind(i) == k for i in indices)
+    )
     header = f"Shapes benchmark: model {model_label(model)}, {len(indices)} clip(s) ({counts}) x {len(EDIT_KINDS)} edits, {FRAMES} frames at {SIZE} px, {steps} steps, guidance {GUIDANCE}."
     notes = result.notes + [
         f"'{REFERENCE}' measures the unedited source frames: the ceiling of IoU, PSNR, warp error and flicker (its accuracy is 0: nothing was edited)",
@@ -818,7 +963,16 @@ def _report(args, stated: dict, result: BenchmarkResult, settings, indices, step
     by_kind = {name: {k: f"{_cell(warp[name][k])} / {_cell(flicker[name][k])}" for k in warp[name]} for name in warp}
     text = markdown(summary, header, notes, stated, by_kind if len(next(iter(warp.values()), {})) > 1 else None)
     (out / "table.md").write_text(text, encoding="utf-8")
-    document = {"model": model, "clips": list(indices), "steps": steps, "settings": list(settings), "minutes": minutes, "summary": summary, "rows": result.rows, "notes": notes}
+    document = {
+        "model": model,
+        "clips": list(indices),
+        "steps": steps,
+        "settings": list(settings),
+        "minutes": minutes,
+        "summary": summary,
+        "rows": result.rows,
+        "notes": notes,
+    }
     document |= provenance()  # the docs' benchmark pages print the command, date and commit of each run
     (out / "table.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
     if args.readme:

@@ -54,7 +54,9 @@ def text_to_image(backbone: Backbone, caption: str, count: int, seed: int, steps
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = torch.randn((count, backbone.latent_channels, size, size), generator=generator)
     latents = (noise * scheduler.init_noise_sigma).to(backbone.device, backbone.dtype)
-    latents = sampling.denoise(backbone, scheduler, latents, timesteps, sampling.Guidance(text, guidance), sampling.plan_frames(count, count))
+    latents = sampling.denoise(
+        backbone, scheduler, latents, timesteps, sampling.Guidance(text, guidance), sampling.plan_frames(count, count)
+    )
     return sampling.decode_latents(backbone, latents, count)
 
 
@@ -73,7 +75,7 @@ def seen_captions(count: int, seed: int = 0) -> list[str]:
 def score(images: np.ndarray, caption: str) -> tuple[bool, bool, bool, bool]:
     """(object, colour, shape, background colour) right for one image of a one-object caption."""
     verdict = judge(images)
-    (colour, shape), = parse_caption(caption)[0].keys()
+    ((colour, shape),) = parse_caption(caption)[0].keys()
     background = parse_caption(caption)[1]
     colours = {o.colour for o in verdict.objects}
     shapes = {o.shape for o in verdict.objects}
@@ -85,13 +87,15 @@ def report(label: str, captions: list[str], results: list[tuple[bool, ...]], sec
     shares = np.mean(np.array(results, dtype=float), axis=0)
     groups = defaultdict(list)
     for caption, (right, *_) in zip(captions, results):
-        (colour, shape), = parse_caption(caption)[0].keys()
+        ((colour, shape),) = parse_caption(caption)[0].keys()
         groups[f"{colour} {shape}"].append(right)
     by_pair = {pair: round(float(np.mean(rights)), 4) for pair, rights in sorted(groups.items())}
     return QualityReport(label, len(results), *(round(float(x), 4) for x in shares), round(seconds, 4), by_pair)
 
 
-def measure(backbone: Backbone, captions: list[str], label: str, per_caption: int, steps: int, guidance: float, seed: int) -> tuple[QualityReport, list]:
+def measure(
+    backbone: Backbone, captions: list[str], label: str, per_caption: int, steps: int, guidance: float, seed: int
+) -> tuple[QualityReport, list]:
     """Judge `per_caption` samples of each caption; also return the images (for a contact sheet)."""
     results, images, began = [], [], time.perf_counter()
     for index, caption in enumerate(captions):
@@ -106,7 +110,9 @@ def reconstruction_ceiling(backbone: Backbone, count: int, seed: int) -> Quality
     """The judge on VAE reconstructions of one-object held-out renders: the best the UNet could reach."""
     from .world import SceneSampler
 
-    samples = SceneSampler(size=backbone.unet.config.sample_size * backbone.vae_scale_factor, split="held_out", max_objects=1, backgrounds=("plain",)).batch(seed, count)
+    samples = SceneSampler(
+        size=backbone.unet.config.sample_size * backbone.vae_scale_factor, split="held_out", max_objects=1, backgrounds=("plain",)
+    ).batch(seed, count)
     began = time.perf_counter()
     latents = sampling.encode_frames(backbone, np.stack([s.image for s in samples]), count)
     images = sampling.decode_latents(backbone, latents, count)
@@ -140,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             raise EditingError("--per-caption and --steps must be at least 1")
         torch.set_num_threads(1)
         if not (args.model / "model_index.json").is_file():
-            raise EditingError(f"the shapes model is not in {args.model}; train it with: python -m shapes_world.train --out {args.model} --work DIR")
+            raise EditingError(
+                f"the shapes model is not in {args.model}; train it with: python -m shapes_world.train --out {args.model} --work DIR"
+            )
         backbone = load_backbone(str(args.model), device="cpu", dtype="fp32")
         held = held_out_captions()
         reports = [reconstruction_ceiling(backbone, 25 * args.per_caption, args.seed)]

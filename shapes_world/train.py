@@ -74,7 +74,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.image_size % 2 ** (len(self.vae_channels) - 1):
-            raise ValueError(f"image size {self.image_size} must be divisible by the VAE factor {2 ** (len(self.vae_channels) - 1)}")
+            raise ValueError(
+                f"image size {self.image_size} must be divisible by the VAE factor {2 ** (len(self.vae_channels) - 1)}"
+            )
         if min(self.vae_steps, self.unet_steps, self.decoder_steps, self.control_steps) < 0:
             raise ValueError("step counts cannot be negative")
         if not 0 <= self.caption_dropout < 1:
@@ -180,7 +182,9 @@ def scene_batch(config: TrainConfig, rng: np.random.Generator, count: int) -> tu
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids padded to 77, exactly as the product encodes prompts."""
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def drop_captions(captions: list[str], rng: np.random.Generator, rate: float) -> list[str]:
@@ -259,7 +263,9 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tenso
     return snr.clamp(max=gamma) / snr
 
 
-def denoising_loss(predicted: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, scheduler, gamma: float) -> torch.Tensor:
+def denoising_loss(
+    predicted: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, scheduler, gamma: float
+) -> torch.Tensor:
     """Epsilon-prediction MSE (Ho et al. 2020, eq. 14), per sample weighted by snr_weights."""
     per_sample = ((predicted.float() - noise) ** 2).mean(dim=tuple(range(1, noise.ndim)))
     return (snr_weights(scheduler, timesteps, gamma) * per_sample).mean()
@@ -274,7 +280,7 @@ class Objective:
     gamma: float = 0.0
 
     @classmethod
-    def of(cls, config: TrainConfig) -> "Objective":
+    def of(cls, config: TrainConfig) -> Objective:
         from diffusers import DDPMScheduler
 
         return cls(DDPMScheduler.from_config(scheduler_config()), config.offset_noise, config.snr_gamma)
@@ -301,7 +307,9 @@ def control_loss(models, pixels, ids, edges, generator) -> torch.Tensor:
     with torch.no_grad():
         context = text_encoder(ids)[0]
     down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=edges, return_dict=False)
-    predicted = unet(noisy, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    predicted = unet(
+        noisy, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down, mid_block_additional_residual=mid
+    ).sample
     return objective.loss(predicted, noise, timesteps)
 
 
@@ -337,7 +345,12 @@ def checkpoint_path(work: Path, stage: str) -> Path:
 def save_checkpoint(work: Path, stage: str, modules: dict, optimizer, state: StageState, ema: list | None = None) -> None:
     """Atomically write a stage checkpoint (with the moving averages of the parameters when kept)."""
     path = checkpoint_path(work, stage)
-    payload = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(), "state": asdict(state), "ema": ema}
+    payload = {
+        "modules": {k: m.state_dict() for k, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "state": asdict(state),
+        "ema": ema,
+    }
     with atomic_output(path) as partial:
         torch.save(payload, partial)
 
@@ -361,7 +374,9 @@ def ema_decay(config: TrainConfig, steps_done: int) -> float:
     return min(config.ema_decay, (1 + steps_done) / (10 + steps_done))
 
 
-def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_fn, base_lr: float, start: int = 0, average: bool = False) -> StageState:
+def run_stage(
+    config: TrainConfig, stage: str, work: Path, modules: dict, loss_fn, base_lr: float, start: int = 0, average: bool = False
+) -> StageState:
     """Train `modules` for the stage's steps (from its checkpoint if any), checkpointing as it goes.
 
     `loss_fn(step)` returns the step's loss; step numbers start at `start` (steps already done by the
@@ -400,7 +415,14 @@ def run_stage(config: TrainConfig, stage: str, work: Path, modules: dict, loss_f
         state.seconds += time.perf_counter() - began
         if state.step % config.checkpoint_every == 0 or state.step == end:
             save_checkpoint(work, stage, modules, optimizer, state, ema)
-            log.info("%s step %d/%d loss %.5f (%.2f s/step)", stage, state.step, end, np.mean(state.losses[-50:]), state.seconds / max(1, state.step - start))
+            log.info(
+                "%s step %d/%d loss %.5f (%.2f s/step)",
+                stage,
+                state.step,
+                end,
+                np.mean(state.losses[-50:]),
+                state.seconds / max(1, state.step - start),
+            )
     for module in modules.values():
         module.eval().requires_grad_(False)
     if ema is not None:
@@ -444,7 +466,9 @@ def load_components(folder: Path) -> Components:
     from editing.models import clip_tokenizer
 
     dtype = dict(torch_dtype=torch.float32)
-    controlnet = ControlNetModel.from_pretrained(folder / "controlnet-canny", **dtype) if (folder / "controlnet-canny").is_dir() else None
+    controlnet = (
+        ControlNetModel.from_pretrained(folder / "controlnet-canny", **dtype) if (folder / "controlnet-canny").is_dir() else None
+    )
     return Components(
         AutoencoderKL.from_pretrained(folder / "vae", **dtype),
         CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
@@ -489,7 +513,9 @@ def train_unet(config: TrainConfig, parts: Components, work: Path, start: int) -
         ids = tokenize(parts.tokenizer, drop_captions(captions, rng, config.caption_dropout))
         return unet_loss(models, pixels, ids, generator)
 
-    return run_stage(config, "unet", work, {"text_encoder": parts.text_encoder, "unet": parts.unet}, loss, config.unet_lr, start, average=True)
+    return run_stage(
+        config, "unet", work, {"text_encoder": parts.text_encoder, "unet": parts.unet}, loss, config.unet_lr, start, average=True
+    )
 
 
 def train_decoder(config: TrainConfig, parts: Components, work: Path, start: int) -> StageState:
@@ -594,7 +620,9 @@ def take_vae(parts: Components, folder: Path, previous: dict) -> None:
     mine, theirs = parts.vae.state_dict(), vae.state_dict()
     encoder = [k for k in mine if k.startswith(("encoder.", "quant_conv."))]
     if set(mine) != set(theirs) or any(not torch.equal(mine[k], theirs[k]) for k in encoder):
-        raise EditingError(f"the VAE in {folder} does not have this model's encoder: its latents would not be the ones the UNet learnt")
+        raise EditingError(
+            f"the VAE in {folder} does not have this model's encoder: its latents would not be the ones the UNet learnt"
+        )
     vae.register_to_config(scaling_factor=parts.vae.config.scaling_factor)
     parts.vae = vae.eval().requires_grad_(False)
     record = previous_record(folder)
@@ -615,7 +643,12 @@ def train(config: TrainConfig, out: Path, work: Path, init: Path | None = None, 
         if init is None:
             raise EditingError("--vae-from needs --init: the VAE must match the encoder of the model being continued")
         take_vae(parts, vae_from, previous)
-    record = {"last_invocation": asdict(config), "continued_from": str(init) if init else None, "vae_from": str(vae_from) if vae_from else None, "stages": {}}
+    record = {
+        "last_invocation": asdict(config),
+        "continued_from": str(init) if init else None,
+        "vae_from": str(vae_from) if vae_from else None,
+        "stages": {},
+    }
     stages = {"vae": train_vae, "unet": train_unet, "decoder": train_decoder, "control": train_control}
     for name, run in stages.items():
         before = previous.get("stages", {}).get(name, {})
@@ -636,10 +669,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
     parser.add_argument("--work", type=Path, required=True, help="where stage checkpoints are kept (resumed from)")
     parser.add_argument("--init", type=Path, help="a saved shapes folder to continue training from (optimiser reset)")
-    parser.add_argument("--vae-from", type=Path, help="with --init: take the VAE of this saved folder (same encoder, e.g. a decoder stage run alongside)")
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        help="with --init: take the VAE of this saved folder (same encoder, e.g. a decoder stage run alongside)",
+    )
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     sizes = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
-    parser.add_argument("--vae-channels", type=sizes, default=TrainConfig.vae_channels, help="e.g. 32,64,64 (len - 1 downsamplings)")
+    parser.add_argument(
+        "--vae-channels", type=sizes, default=TrainConfig.vae_channels, help="e.g. 32,64,64 (len - 1 downsamplings)"
+    )
     parser.add_argument("--latent-channels", type=int, default=TrainConfig.latent_channels)
     parser.add_argument("--unet-channels", type=sizes, default=TrainConfig.unet_channels, help="e.g. 64,128,128")
     parser.add_argument("--text-width", type=int, default=TrainConfig.text_width)

@@ -28,7 +28,9 @@ SHAPES = ("circle", "square", "triangle", "star", "hexagon")
 BACKGROUNDS = ("plain", "striped", "gradient")
 SIZES = {"small": 0.14, "large": 0.22}  # circumradius as a share of the image side
 # Colour+shape pairs never shown in training: the held-out captions test composition.
-HELD_OUT_PAIRS = frozenset({("red", "star"), ("blue", "triangle"), ("green", "hexagon"), ("yellow", "square"), ("purple", "circle")})
+HELD_OUT_PAIRS = frozenset(
+    {("red", "star"), ("blue", "triangle"), ("green", "hexagon"), ("yellow", "square"), ("purple", "circle")}
+)
 PALE = 0.55  # share of white mixed into a background colour's pale tone
 STRIPE_PERIOD = 12  # pixels per stripe pair at 64 px (scaled with the image)
 TEXTURES = ("plain", "striped", "gradient")  # object fills; only plain ones are in the training world
@@ -204,7 +206,11 @@ def render_background(background: Background, size: int, offset: tuple[float, fl
         weight = 1 - position / size
         weight = np.clip(weight, 0.0, 1.0) if shift else weight
     profile = weight[:, None] * full + (1 - weight[:, None]) * light
-    image = np.broadcast_to(profile[:, None, :], (size, size, 3)) if background.axis == 0 else np.broadcast_to(profile[None], (size, size, 3))
+    image = (
+        np.broadcast_to(profile[:, None, :], (size, size, 3))
+        if background.axis == 0
+        else np.broadcast_to(profile[None], (size, size, 3))
+    )
     return np.round(image).astype(np.uint8)
 
 
@@ -339,7 +345,13 @@ class Motion:
 
     def at(self, obj: ShapeObject, frame: int) -> ShapeObject:
         """The object after `frame` frames of this motion."""
-        return replace(obj, x=obj.x + self.dx * frame, y=obj.y + self.dy * frame, radius=obj.radius * self.scale**frame, angle=obj.angle + self.turn * frame)
+        return replace(
+            obj,
+            x=obj.x + self.dx * frame,
+            y=obj.y + self.dy * frame,
+            radius=obj.radius * self.scale**frame,
+            angle=obj.angle + self.turn * frame,
+        )
 
 
 @dataclass(frozen=True)
@@ -364,7 +376,9 @@ def scene_at(scene: Scene, motions: tuple[Motion, ...], frame: int) -> Scene:
     return replace(scene, objects=tuple(m.at(o, frame) for o, m in zip(scene.objects, motions)))
 
 
-def true_flow(scene: Scene, motions: tuple[Motion, ...], frame: int, masks: np.ndarray, pan: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def true_flow(
+    scene: Scene, motions: tuple[Motion, ...], frame: int, masks: np.ndarray, pan: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """(H, W, 2) forward flow from `frame` to the next: each visible object pixel follows its object's
     similarity transform (about the object's centre); the background moves by the camera's `pan`."""
     x, y = pixel_centres(scene.size)
@@ -381,7 +395,9 @@ def true_flow(scene: Scene, motions: tuple[Motion, ...], frame: int, masks: np.n
     return flow
 
 
-def random_motion(rng: np.random.Generator, obj: ShapeObject, frames: int, size: int, kinds: tuple[str, ...]) -> tuple[Motion, ShapeObject]:
+def random_motion(
+    rng: np.random.Generator, obj: ShapeObject, frames: int, size: int, kinds: tuple[str, ...]
+) -> tuple[Motion, ShapeObject]:
     """A motion of the given kinds (move, turn, scale) keeping the object inside the image, and its start."""
     scale = float(np.exp(rng.uniform(-0.25, 0.25) / max(1, frames - 1))) if "scale" in kinds else 1.0
     final_radius = obj.radius * scale ** (frames - 1)
@@ -425,7 +441,9 @@ def hidden_next(following: Scene, masks: np.ndarray, flow: np.ndarray) -> np.nda
     return hidden
 
 
-def random_clip(seed: int, frames: int = 8, size: int = 64, kinds: tuple[str, ...] = ("move", "turn", "scale"), split: str = "all") -> Clip:
+def random_clip(
+    seed: int, frames: int = 8, size: int = 64, kinds: tuple[str, ...] = ("move", "turn", "scale"), split: str = "all"
+) -> Clip:
     """A seeded random clip whose objects move, turn and scale without leaving the frame."""
     if set(kinds) - {"move", "turn", "scale"}:
         raise ValueError(f"motion kinds must be among move, turn, scale; got {kinds}")
@@ -478,7 +496,15 @@ def occlusion_clip(seed: int, frames: int = 8, size: int = 64) -> Clip:
     back_colour, front_colour = (str(c) for c in rng.choice(colours, size=2, replace=False))
     back_shape, front_shape = (str(rng.choice(SHAPES)) for _ in range(2))
     small, large = SIZES["small"] * size, SIZES["large"] * size
-    front = ShapeObject(front_shape, front_colour, "large", size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2), large, 0.0 if front_shape == "circle" else float(rng.uniform(-0.3, 0.3)))
+    front = ShapeObject(
+        front_shape,
+        front_colour,
+        "large",
+        size / 2 + rng.uniform(-2, 2),
+        size / 2 + rng.uniform(-2, 2),
+        large,
+        0.0 if front_shape == "circle" else float(rng.uniform(-0.3, 0.3)),
+    )
     reach = small + 1
     side = float(rng.choice((-1, 1)))  # pass above or below the front object's centre, so part of it stays in view
     y_start, y_end = front.y + side * 0.75 * large + rng.uniform(-1, 1, size=2)
@@ -509,5 +535,7 @@ def without_object(clip: Clip, index: int) -> np.ndarray:
         scene = scene_at(clip.scene, seen, t)
         kept = tuple(o for i, o in enumerate(scene.objects) if i != index)
         offset = (pan[0] * t, pan[1] * t)
-        frames.append(render(replace(scene, objects=kept), offset)[0] if kept else render_background(scene.background, scene.size, offset))
+        frames.append(
+            render(replace(scene, objects=kept), offset)[0] if kept else render_background(scene.background, scene.size, offset)
+        )
     return np.stack(frames)

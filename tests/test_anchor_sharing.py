@@ -43,7 +43,9 @@ def _denoise(tiny, latents, chunk, mode="first", share=True, guided=True, contro
     guidance = sampling.Guidance(sampling.encode_text(tiny, "a car", "", guided=guided), 5.0 if guided else 1.0)
     plan = sampling.plan_frames(latents.shape[0], chunk, mode, anchors=anchors)
     with unet_batches(tiny.unet) as sizes:
-        out = sampling.denoise(tiny, scheduler, latents, timesteps, guidance, plan, attention_control=control, share_anchors=share)
+        out = sampling.denoise(
+            tiny, scheduler, latents, timesteps, guidance, plan, attention_control=control, share_anchors=share
+        )
     return out, sizes
 
 
@@ -85,7 +87,9 @@ def test_the_feature_bank_shares_the_anchor_and_leaves_it_out_of_the_bank(tiny, 
     torch.testing.assert_close(empty_shared, empty_recomputed, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode, shares", [("first", True), ("sparse-causal", True), ("window", False), ("full", False), ("none", False)])
+@pytest.mark.parametrize(
+    "mode, shares", [("first", True), ("sparse-causal", True), ("window", False), ("full", False), ("none", False)]
+)
 def test_only_modes_whose_anchor_attends_to_anchors_alone_share_it(mode, shares):
     plan = sampling.plan_frames(20, 8, mode, window=2)
     shared = plan.sharing_anchors()
@@ -101,7 +105,9 @@ def test_only_modes_whose_anchor_attends_to_anchors_alone_share_it(mode, shares)
         old, new = plan.layout(before), shared.layout(after)
         source = list(after.ids) + list(after.borrowed)
         for frame in after.ids:
-            assert [before.ids[p] for p in old.kv_index[before.ids.index(frame)]] == [source[p] for p in new.kv_index[after.ids.index(frame)]]
+            assert [before.ids[p] for p in old.kv_index[before.ids.index(frame)]] == [
+                source[p] for p in new.kv_index[after.ids.index(frame)]
+            ]
 
 
 def test_a_sparse_causal_plan_with_a_later_anchor_recomputes_it():
@@ -125,7 +131,9 @@ def test_the_store_is_bounded_and_holds_what_its_formula_states(tiny, latents16)
             for batch, layout, call in zip(plan.batches, layouts, calls):
                 x = torch.cat([latents16[list(batch.ids)]] * 2)
                 context = text.negative.expand(len(batch.ids), -1, -1).repeat(2, 1, 1)
-                tiny.unet(x, 500 - step, encoder_hidden_states=context, cross_attention_kwargs={"frames": layout, "anchor_kv": call})
+                tiny.unet(
+                    x, 500 - step, encoder_hidden_states=context, cross_attention_kwargs={"frames": layout, "anchor_kv": call}
+                )
             layers = sum(1 for name in tiny.unet.attn_processors if ".attn1." in name)
             assert len(store.entries) == layers and all(frames == (0,) for frames, _, _ in store.entries.values())
             assert store.nbytes() == anchor_nbytes(tiny.unet.config, 8, 8, anchors=1, branches=2, bytes_per_value=4)

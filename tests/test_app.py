@@ -122,7 +122,16 @@ def test_cancelling_a_job_stops_the_edit_between_steps(car, tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         assert written() == []
-        job = client.submit(video=handle_file(str(car)), prompt="a red car", model="tiny", frames=4, size=64, steps=50, strength=1.0, api_name="/edit")
+        job = client.submit(
+            video=handle_file(str(car)),
+            prompt="a red car",
+            model="tiny",
+            frames=4,
+            size=64,
+            steps=50,
+            strength=1.0,
+            api_name="/edit",
+        )
         assert denoising.wait(120), "the edit never reached the denoising loop"
         job.cancel()
         deadline = time.monotonic() + 60
@@ -134,10 +143,14 @@ def test_cancelling_a_job_stops_the_edit_between_steps(car, tmp_path):
         assert Path(cancelled.output).parent.is_relative_to(runs) and len(cancelled.also_write) == 2
         assert not any(Path(p).exists() for p in (cancelled.output, *cancelled.also_write))
         assert written() == []  # nothing at all: no output, no partial file
-        video, *_ = client.predict(handle_file(str(car)), "a red car", "tiny", 0, None, 1, 2, 64, 2, 7.5, 0.6, 0, api_name="/edit")
+        video, *_ = client.predict(
+            handle_file(str(car)), "a red car", "tiny", 0, None, 1, 2, 64, 2, 7.5, 0.6, 0, api_name="/edit"
+        )
         assert video.endswith(".mp4")  # the app keeps serving after a cancel
         # Control: the same listing sees a finished edit's files (Gradio serves copies of them).
-        assert {p.suffix for p in written()} == {".mp4", ".gif", ".zip"} and all(p.parent != Path(cancelled.output).parent for p in written())
+        assert {p.suffix for p in written()} == {".mp4", ".gif", ".zip"} and all(
+            p.parent != Path(cancelled.output).parent for p in written()
+        )
     finally:
         demo.close()
 
@@ -159,8 +172,12 @@ def test_uploads_beyond_the_video_size_limit_are_refused(car, skiing):
     try:
         client = Client(f"http://127.0.0.1:{options['server_port']}/", verbose=False)
         with pytest.raises(ValueError, match="exceeds the maximum file size"):  # refused at upload, before any work
-            client.predict(video=handle_file(str(large)), prompt="a cat", model="tiny", frames=2, size=64, steps=1, api_name="/edit")
-        video, *_ = client.predict(video=handle_file(str(small)), prompt="a cat", model="tiny", frames=2, size=64, steps=1, api_name="/edit")
+            client.predict(
+                video=handle_file(str(large)), prompt="a cat", model="tiny", frames=2, size=64, steps=1, api_name="/edit"
+            )
+        video, *_ = client.predict(
+            video=handle_file(str(small)), prompt="a cat", model="tiny", frames=2, size=64, steps=1, api_name="/edit"
+        )
         assert video.endswith(".mp4")
     finally:
         demo.close()
@@ -174,7 +191,9 @@ def test_style_session_through_the_api(served, skiing, tmp_path):
     status, gallery, entries, _ = served.predict(name, handle_file(str(skiing)), "a man skiing", api_name="/create_session")
     assert name in status and gallery == [] and entries == []
     small = {"model": "tiny", "frames": 2, "size": 64, "steps": 2, "guidance": 1.0, "strength": 0.5}
-    status, gallery, entries, _ = served.predict(presets=["watercolor", "pixel art"], prompt="", **small, api_name="/session_presets")
+    status, gallery, entries, _ = served.predict(
+        presets=["watercolor", "pixel art"], prompt="", **small, api_name="/session_presets"
+    )
     assert "2 edits" in status and len(gallery) == 2
     assert [e["preset"] for e in entries] == ["watercolor", "pixel art"] and entries[1]["inversion_cached"]
     exported = served.predict(api_name="/export_session")
@@ -219,7 +238,9 @@ def test_session_gallery_is_served_from_a_sessions_folder_outside_temp_and_cwd(s
         client.predict("outside", handle_file(str(skiing)), "a man skiing", api_name="/create_session")
         small = {"model": "tiny", "frames": 2, "size": 64, "steps": 1, "guidance": 1.0, "strength": 0.5}
         status, gallery, entries, _ = client.predict(presets=["watercolor"], prompt="", **small, api_name="/session_presets")
-        assert len(gallery) == 1 and len(entries) == 1 and [p.name for p in root.rglob("outside")] == ["outside"]  # in its owner's folder
+        assert (
+            len(gallery) == 1 and len(entries) == 1 and [p.name for p in root.rglob("outside")] == ["outside"]
+        )  # in its owner's folder
     finally:
         demo.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -277,7 +298,9 @@ def test_without_the_hub_or_a_cached_model_the_app_starts_on_shapes_and_says_so_
     examples = {b.elem_id: b for b in demo.blocks.values() if (getattr(b, "elem_id", None) or "").startswith("examples-")}
     assert examples["examples-shapes"].visible and not examples["examples-photos"].visible
     rows = examples["examples-shapes"].samples
-    assert rows and all("shapes" in row and any(prompt in row for prompt in SHAPES_EXAMPLES.values()) for row in rows)  # its prompts and model
+    assert rows and all(
+        "shapes" in row and any(prompt in row for prompt in SHAPES_EXAMPLES.values()) for row in rows
+    )  # its prompts and model
     # with the Hub or a cached model nothing changes
     assert app.startup_model(app.parse_args([]), available=lambda spec: True) == (DEFAULT_MODEL, None)
     assert app.startup_model(app.parse_args(["--model", "tiny"])) == ("tiny", None)  # nothing to download

@@ -104,7 +104,9 @@ def test_identical_frames_give_identical_outputs_under_first(tiny):
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).repeat(4, 1, 1, 1)
     text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)).repeat(4, 1, 1)
     with cross_frame_attention(tiny.unet):
-        out = tiny.unet(latent, 500, encoder_hidden_states=text, cross_attention_kwargs={"frames": layout_for("first", [0, 1, 2, 3])}).sample
+        out = tiny.unet(
+            latent, 500, encoder_hidden_states=text, cross_attention_kwargs={"frames": layout_for("first", [0, 1, 2, 3])}
+        ).sample
     for f in range(1, 4):
         assert torch.equal(out[f], out[0])
 

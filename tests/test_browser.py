@@ -41,7 +41,13 @@ def browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (in requirements.lock)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={WINDOW[0]},{WINDOW[1]}", "--autoplay-policy=no-user-gesture-required"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     try:
@@ -114,14 +120,25 @@ def _toasts(driver) -> list[str]:
 
 # Each tab: the prefix of its upload's element ids (source-file, source-video, frame-plan) and the button
 # that runs on the uploaded clip.
-TABS = {"Edit": ("", "run-edit"), "Style sessions": ("session-", "session-create"), "One-shot tuning": ("oneshot-", "oneshot-tune")}
+TABS = {
+    "Edit": ("", "run-edit"),
+    "Style sessions": ("session-", "session-create"),
+    "One-shot tuning": ("oneshot-", "oneshot-tune"),
+}
 
 
 def _open_tab(driver, tab: str) -> None:
     if tab != "Edit":
-        tabs = lambda: [button for button in driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{tab}']") if button.is_displayed()]  # noqa: E731
+        tabs = lambda: [
+            button
+            for button in driver.find_elements("xpath", f"//button[@role='tab' and normalize-space()='{tab}']")
+            if button.is_displayed()
+        ]  # noqa: E731
         _wait_for(tabs, f"the {tab} tab's button")[0].click()
-    _wait_for(lambda: [e for e in driver.find_elements("id", f"{TABS[tab][0]}source-file") if e.is_displayed()], f"the {tab} tab's upload")
+    _wait_for(
+        lambda: [e for e in driver.find_elements("id", f"{TABS[tab][0]}source-file") if e.is_displayed()],
+        f"the {tab} tab's upload",
+    )
 
 
 def _upload(driver, path: Path, prefix: str = "") -> None:
@@ -151,7 +168,10 @@ def _edit_enabled(driver, button_id: str = "run-edit") -> bool:
 def _small_edit_settings(driver, frames: int, size: int, steps: int) -> None:
     _set_number(driver, ".frames input[type=number]", frames)
     _set_number(driver, ".size input[type=number]", size)
-    if not driver.find_elements("css selector", ".steps input[type=number]") or not driver.find_element("css selector", ".steps input[type=number]").is_displayed():
+    if (
+        not driver.find_elements("css selector", ".steps input[type=number]")
+        or not driver.find_element("css selector", ".steps input[type=number]").is_displayed()
+    ):
         driver.find_element("css selector", "#sampler button").click()  # open the Sampler accordion
     _wait_for(lambda: driver.find_elements("css selector", ".steps input[type=number]"), "the Steps slider")
     _set_number(driver, ".steps input[type=number]", steps)
@@ -162,17 +182,25 @@ def test_each_tab_loads_with_its_steps_in_order(browser, app_url, screens):
     the One-shot tab's step 1 is above its step 2."""
     driver = browser
     driver.get(app_url)
-    examples = _wait_for(lambda: [e for e in driver.find_elements("css selector", "#examples-shapes") if e.is_displayed()], "the examples")
+    examples = _wait_for(
+        lambda: [e for e in driver.find_elements("css selector", "#examples-shapes") if e.is_displayed()], "the examples"
+    )
     assert examples[0].location["y"] < WINDOW[1] * 0.6  # near the top: no scrolling to find them
     thumbnails = "return [...document.querySelectorAll('#examples-shapes video')].map(v => v.readyState >= 2 && v.videoWidth)"
-    assert _wait_for(lambda: (sizes := driver.execute_script(thumbnails)) and all(sizes) and sizes, "the example thumbnails") == [64, 64]
+    assert _wait_for(lambda: (sizes := driver.execute_script(thumbnails)) and all(sizes) and sizes, "the example thumbnails") == [
+        64,
+        64,
+    ]
     note = _text(driver, "model-note")
     assert "random weights" in note and "cannot make a photo edit" in note  # tiny is the app's model here
     assert not _edit_enabled(driver)  # nothing to edit yet
     screens(driver, "tab-edit")
     for tab, marker in (("Style sessions", "Create session"), ("One-shot tuning", "1. Tune on the clip")):
         _open_tab(driver, tab)
-        _wait_for(lambda: [e for e in driver.find_elements("xpath", f"//button[normalize-space()='{marker}']") if e.is_displayed()], f"the {tab} tab")
+        _wait_for(
+            lambda: [e for e in driver.find_elements("xpath", f"//button[normalize-space()='{marker}']") if e.is_displayed()],
+            f"the {tab} tab",
+        )
         assert not _edit_enabled(driver, TABS[tab][1]) and "Pick a clip" in _text(driver, f"{TABS[tab][0]}frame-plan")
         if tab == "One-shot tuning":
             first = driver.find_element("xpath", "//button[normalize-space()='1. Tune on the clip']").location["y"]
@@ -204,7 +232,9 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, scr
     _wait_for(lambda: "Frames: type a number from 2 to 64" in _text(driver, "frame-plan"), "the hint for an unfinished number")
     time.sleep(1)  # a failed event would have badged its outputs by now
     assert not _error_badges(driver) and not _toasts(driver) and not _edit_enabled(driver)
-    driver.execute_script("document.querySelector('#frame-plan').scrollIntoView({block: 'start'}); window.scrollBy(0, -30)")  # the hint, and the Frames accordion below it
+    driver.execute_script(
+        "document.querySelector('#frame-plan').scrollIntoView({block: 'start'}); window.scrollBy(0, -30)"
+    )  # the hint, and the Frames accordion below it
     screens(driver, "frames-retyped")
     frames.send_keys(Keys.CONTROL, "a")
     frames.send_keys("12")
@@ -218,7 +248,10 @@ def test_a_browser_uploads_edits_and_plays_the_output(browser, app_url, car, scr
     driver.find_element("css selector", "#prompt textarea").send_keys("a watercolor painting of a car")
     driver.find_element("id", "run-edit").click()
 
-    src = _wait_for(lambda: driver.execute_script("const v = document.querySelector('#edited-video video'); return v && v.currentSrc"), "the edited clip")
+    src = _wait_for(
+        lambda: driver.execute_script("const v = document.querySelector('#edited-video video'); return v && v.currentSrc"),
+        "the edited clip",
+    )
     assert "-edited.mp4" in src
     assert _wait_for(lambda: _playing(driver, "edited-video"), "the edited clip to play")[:2] == [128, 128]
     driver.execute_script("window.scrollTo(0, 0)")  # source and output side by side in the picture
@@ -234,23 +267,33 @@ def test_a_browser_runs_the_shapes_example_then_stops_a_second_edit(browser, app
     driver = browser
     driver.get(app_url)
     prompt = SHAPES_EXAMPLES["shapes-clip3.mp4"]
-    cell = _wait_for(lambda: [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{prompt}']") if e.is_displayed()], "the shapes example")[0]
+    cell = _wait_for(
+        lambda: [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{prompt}']") if e.is_displayed()],
+        "the shapes example",
+    )[0]
     cell.click()
-    _wait_for(lambda: driver.find_element("css selector", "#prompt textarea").get_attribute("value") == prompt, "the example's prompt")
+    _wait_for(
+        lambda: driver.find_element("css selector", "#prompt textarea").get_attribute("value") == prompt, "the example's prompt"
+    )
     size = driver.find_element("css selector", ".size input[type=number]")
     _wait_for(lambda: size.get_attribute("value") == str(native_size("shapes")), "Long side to follow the shapes model")
     _wait_for(lambda: driver.find_elements("css selector", "#source-video video"), "the example clip to show")
     _wait_for(lambda: _edit_enabled(driver), "Edit to be enabled")
     driver.find_element("id", "run-edit").click()
     assert _wait_for(lambda: _playing(driver, "edited-video"), "the edited shapes clip to play") == [native_size("shapes")] * 2
-    details = "".join(driver.find_element("id", "details").text.split())  # the JSON view puts keys and values on lines of their own
+    details = "".join(
+        driver.find_element("id", "details").text.split()
+    )  # the JSON view puts keys and values on lines of their own
     assert '"model":"shapes"' in details  # the app's default here is tiny
     _wait_for(lambda: len(driver.find_elements("css selector", "#compare img")) == 2, "the before/after view")
     scrubber = driver.find_element("css selector", "#frame-scrubber input[type=number]")
     assert scrubber.is_enabled()
     before = [img.get_attribute("src") for img in driver.find_elements("css selector", "#compare img")]
     _set_number(driver, "#frame-scrubber input[type=number]", 5)
-    _wait_for(lambda: [img.get_attribute("src") for img in driver.find_elements("css selector", "#compare img")] != before, "the scrubber to show frame 5")
+    _wait_for(
+        lambda: [img.get_attribute("src") for img in driver.find_elements("css selector", "#compare img")] != before,
+        "the scrubber to show frame 5",
+    )
     first_result = driver.execute_script("return document.querySelector('#edited-video video').currentSrc")
     driver.execute_script("document.querySelector('#compare').scrollIntoView({block: 'center'})")
     screens(driver, "shapes-example-edited")
@@ -264,12 +307,20 @@ def test_a_browser_runs_the_shapes_example_then_stops_a_second_edit(browser, app
     driver.find_element("id", "run-edit").click()
     # the inversion, then the edit, run the strength's share of the Steps: one progress bar says so
     _wait_for(lambda: "30 of 50 steps (strength 0.6)" in _text(driver, "edited-video"), "the second edit to reach its steps")
-    assert len([e for e in driver.find_elements("css selector", ".progress-text, .meta-text") if e.is_displayed()]) <= 2  # one bar: its text and its timer
+    assert (
+        len([e for e in driver.find_elements("css selector", ".progress-text, .meta-text") if e.is_displayed()]) <= 2
+    )  # one bar: its text and its timer
     screens(driver, "second-edit-running")
     driver.find_element("id", "stop").click()
-    message = _wait_for(lambda: "Stopped at step" in _text(driver, "run-status") and _text(driver, "run-status"), "the stopped message", timeout=60)
+    message = _wait_for(
+        lambda: "Stopped at step" in _text(driver, "run-status") and _text(driver, "run-status"),
+        "the stopped message",
+        timeout=60,
+    )
     assert "/30 of " in message and "30 of the 50 steps at strength 0.6" in message, message
-    assert driver.execute_script("return document.querySelector('#edited-video video').currentSrc") == first_result  # the last result is kept
+    assert (
+        driver.execute_script("return document.querySelector('#edited-video video').currentSrc") == first_result
+    )  # the last result is kept
     assert not _toasts(driver)
     screens(driver, "second-edit-stopped")
 
@@ -282,7 +333,10 @@ def test_a_clip_browsers_cannot_play_shows_through_its_preview(browser, app_url,
     _open_tab(driver, tab)
     prefix, button = TABS[tab]
     _upload(driver, tree, prefix)
-    assert _wait_for(lambda: _playing(driver, f"{prefix}source-video"), "the preview to play") == [probe(tree).width, probe(tree).height]
+    assert _wait_for(lambda: _playing(driver, f"{prefix}source-video"), "the preview to play") == [
+        probe(tree).width,
+        probe(tree).height,
+    ]
     assert f"from {probe(tree).frame_count} source frames" in _text(driver, f"{prefix}frame-plan")
     _wait_for(lambda: _edit_enabled(driver, button), f"{button} to be enabled")
     assert not _toasts(driver) and not _error_badges(driver)
@@ -292,7 +346,10 @@ def test_a_clip_browsers_cannot_play_shows_through_its_preview(browser, app_url,
         assert not _edit_enabled(driver, "session-run-presets")
         driver.find_element("css selector", "#session-name textarea").send_keys(f"tree-{time.time_ns()}")
         driver.find_element("id", "session-create").click()
-        _wait_for(lambda: _edit_enabled(driver, "session-run-presets") and _edit_enabled(driver, "session-run-prompt"), "the style buttons to be enabled")
+        _wait_for(
+            lambda: _edit_enabled(driver, "session-run-presets") and _edit_enabled(driver, "session-run-prompt"),
+            "the style buttons to be enabled",
+        )
 
 
 @pytest.mark.parametrize("tab", TABS)
@@ -302,9 +359,14 @@ def test_a_bad_file_is_said_once_and_edit_stays_disabled(browser, app_url, tmp_p
     _open_tab(driver, tab)
     prefix, button = TABS[tab]
     bad = tmp_path / "bad.mp4"
-    bad.write_bytes(np.random.default_rng(0).bytes(50_000))  # seeded: some random bytes parse as a container with no video stream, another sentence
+    bad.write_bytes(
+        np.random.default_rng(0).bytes(50_000)
+    )  # seeded: some random bytes parse as a container with no video stream, another sentence
     _upload(driver, bad, prefix)
-    plan = _wait_for(lambda: "bad.mp4" in _text(driver, f"{prefix}frame-plan") and _text(driver, f"{prefix}frame-plan"), "the plan line to say what is wrong")
+    plan = _wait_for(
+        lambda: "bad.mp4" in _text(driver, f"{prefix}frame-plan") and _text(driver, f"{prefix}frame-plan"),
+        "the plan line to say what is wrong",
+    )
     assert "is not a readable video" in plan and "settings" not in plan
     time.sleep(2)  # any toast (Gradio's "Video not playable", an error) would be up by now
     page = driver.find_element("tag name", "body").text

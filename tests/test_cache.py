@@ -95,7 +95,12 @@ def test_atomic_output_renames_only_on_success(tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8, 4), np.uint8), np.zeros((2, 8, 8, 3), np.float32), np.zeros((1, 8, 8, 3), np.uint8)],
+    [
+        np.zeros((2, 8, 8), np.uint8),
+        np.zeros((2, 8, 8, 4), np.uint8),
+        np.zeros((2, 8, 8, 3), np.float32),
+        np.zeros((1, 8, 8, 3), np.uint8),
+    ],
 )
 def test_the_frame_check_names_the_argument_and_what_is_wrong(bad):
     with pytest.raises(ValueError, match=r"clip must be an \(N, H, W, 3\) uint8 array with N >= 2, got"):

@@ -89,13 +89,40 @@ def test_edit_with_controlnets_attention_and_smoothing(tmp_path, skiing, capsys)
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["frames"] == 4 and result["seconds"]["conditions"] > 0 and not result["inversion_cached"]
-    again = main(["edit", str(skiing), "--prompt", "a robot skiing", "--out", str(tmp_path / "b.mp4"), *EDIT, "--json", "--attention", "sparse-causal"])
+    again = main(
+        [
+            "edit",
+            str(skiing),
+            "--prompt",
+            "a robot skiing",
+            "--out",
+            str(tmp_path / "b.mp4"),
+            *EDIT,
+            "--json",
+            "--attention",
+            "sparse-causal",
+        ]
+    )
     assert again == 0 and json.loads(capsys.readouterr().out)["inversion_cached"]
 
 
 def test_condition_video_replaces_extraction(tmp_path, skiing, car, capsys):
     out = tmp_path / "out.mp4"
-    code = main(["edit", str(skiing), "--prompt", "a skier", "--out", str(out), *EDIT, "--control", "depth", "--control-video", f"depth={car}"])
+    code = main(
+        [
+            "edit",
+            str(skiing),
+            "--prompt",
+            "a skier",
+            "--out",
+            str(out),
+            *EDIT,
+            "--control",
+            "depth",
+            "--control-video",
+            f"depth={car}",
+        ]
+    )
     assert code == 0 and probe(out).frame_count == 4  # no depth annotator was needed (none can be downloaded here)
 
 
@@ -114,11 +141,37 @@ def test_without_size_an_edit_runs_at_the_models_own_size(tmp_path, car, capsys)
     for model in ("shapes", "tiny", "stable-diffusion-v1-5/stable-diffusion-v1-5"):
         args = parse(["edit", str(car), "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), "--model", model])
         assert edit_request(args).selection.size == native_size(model)
-        assert tune_request(parse(["tune", str(car), "--prompt", "a car", "--out", str(tmp_path / "t.safetensors"), "--model", model])).config.selection.size == native_size(model)
-    assert edit_request(parse(["edit", str(car), "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), "--model", "shapes", "--size", "128"])).selection.size == 128
+        assert tune_request(
+            parse(["tune", str(car), "--prompt", "a car", "--out", str(tmp_path / "t.safetensors"), "--model", model])
+        ).config.selection.size == native_size(model)
+    assert (
+        edit_request(
+            parse(["edit", str(car), "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), "--model", "shapes", "--size", "128"])
+        ).selection.size
+        == 128
+    )
     out = tmp_path / "shapes.mp4"
     clip = ROOT / "assets" / "shapes-clip3.mp4"
-    assert main(["edit", str(clip), "--prompt", "a green square on an orange background", "--model", "shapes", "--steps", "2", "--frames", "2", "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                str(clip),
+                "--prompt",
+                "a green square on an orange background",
+                "--model",
+                "shapes",
+                "--steps",
+                "2",
+                "--frames",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert (result["width"], result["height"], result["random_weights"]) == (native_size("shapes"), native_size("shapes"), False)
 
@@ -126,7 +179,11 @@ def test_without_size_an_edit_runs_at_the_models_own_size(tmp_path, car, capsys)
 @pytest.mark.parametrize(
     "argv, usage, error",
     [
-        (["edit", "clip.mp4", "--prompt", "x", "--out", "o.mp4", "--attention", "bogus"], "python -m editing edit [options] video", "invalid choice: 'bogus'"),
+        (
+            ["edit", "clip.mp4", "--prompt", "x", "--out", "o.mp4", "--attention", "bogus"],
+            "python -m editing edit [options] video",
+            "invalid choice: 'bogus'",
+        ),
         (["bogus"], "python -m editing [options] {info,edit,live,tune,eval,batch} ...", "invalid choice: 'bogus'"),
         (["batch", "--format", "avi"], "python -m editing batch [options] spec", "argument --format"),
     ],
@@ -155,7 +212,24 @@ def test_a_model_that_fails_late_prints_its_error_alone(tmp_path, car, capsys):
     vae.unlink()
     vae.write_bytes(b"\0" * 1000)
     out = tmp_path / "out.mp4"
-    code = main(["edit", str(car), "--prompt", "a red car", "--out", str(out), "--model", str(folder), "--frames", "2", "--size", "64", "--steps", "2"])
+    code = main(
+        [
+            "edit",
+            str(car),
+            "--prompt",
+            "a red car",
+            "--out",
+            str(out),
+            "--model",
+            str(folder),
+            "--frames",
+            "2",
+            "--size",
+            "64",
+            "--steps",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: could not load model from") and "\n" not in err and "Loading" not in err, err
     assert not out.exists()

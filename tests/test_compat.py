@@ -111,7 +111,9 @@ def test_the_base_control_is_the_plain_cross_frame_attention(tmp_path, tiny):
     plain = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 1.0), plan)
     scheduler = tiny.scheduler("ddim")
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-    based = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 1.0), plan, attention_control=AttentionControl())
+    based = sampling.denoise(
+        tiny, scheduler, latents, timesteps, sampling.Guidance(text, 1.0), plan, attention_control=AttentionControl()
+    )
     assert plain.shape == based.shape and not plain.isnan().any()
     # the base control does not share anchors across chunks, so compare against the same plan unshared
     scheduler = tiny.scheduler("ddim")

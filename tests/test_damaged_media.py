@@ -49,7 +49,11 @@ def damage_audio_packets(path: Path, target: Path, every: int = 3) -> int:
     """Overwrite the inside of every `every`-th audio packet (found by demuxing) with random bytes; returns how many."""
     data = bytearray(path.read_bytes())
     with av.open(str(path)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(container.streams.audio[0]) if p.size > 8 and p.pos is not None and p.pos >= 0]
+        packets = [
+            (p.pos, p.size)
+            for p in container.demux(container.streams.audio[0])
+            if p.size > 8 and p.pos is not None and p.pos >= 0
+        ]
     rng = np.random.default_rng(0)
     damaged = 0
     for number, (position, size) in enumerate(packets):
@@ -113,7 +117,14 @@ def test_an_edit_of_a_clip_with_damaged_audio_is_written_and_says_what_was_skipp
     from editing.pipeline import EditRequest, edit_video
 
     _, bad = damaged
-    request = EditRequest(str(bad), str(tmp_path / "out.mp4"), EditConfig(prompt="a cat", steps=1, guidance=1.0, strength=0.5), FrameSelection(**SMALL), model="tiny", device="cpu")
+    request = EditRequest(
+        str(bad),
+        str(tmp_path / "out.mp4"),
+        EditConfig(prompt="a cat", steps=1, guidance=1.0, strength=0.5),
+        FrameSelection(**SMALL),
+        model="tiny",
+        device="cpu",
+    )
     result = edit_video(request)
     assert Path(result.output) == tmp_path / "out.mp4" and video_io.probe(result.output).has_audio
     assert any("damaged audio packets" in w for w in result.warnings) and result.to_dict()["warnings"] == list(result.warnings)
@@ -128,7 +139,14 @@ def test_a_failed_write_after_denoising_keeps_the_frames_as_pngs(car, tmp_path, 
 
     monkeypatch.setattr(video_io, failing, full_disk)
     out = tmp_path / ("out.mp4" if failing == "write_mp4" else "out.gif")
-    request = EditRequest(str(car), str(out), EditConfig(prompt="a cat", steps=1, guidance=1.0, strength=0.5), FrameSelection(**SMALL), model="tiny", device="cpu")
+    request = EditRequest(
+        str(car),
+        str(out),
+        EditConfig(prompt="a cat", steps=1, guidance=1.0, strength=0.5),
+        FrameSelection(**SMALL),
+        model="tiny",
+        device="cpu",
+    )
     result = edit_video(request)
     assert not out.exists() and result.output == str(tmp_path / "out-frames.zip")
     with zipfile.ZipFile(result.output) as archive:
@@ -158,7 +176,9 @@ def test_the_app_offers_the_frames_when_the_video_could_not_be_written(car, monk
     from ui.edit_tab import make_handlers
 
     monkeypatch.setattr(video_io, "write_mp4", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
-    video, gif, frames_zip, details, *_ = make_handlers(Backend())["edit"]({"video": str(car), "prompt": "a cat", "model": "tiny", "steps": 1, "frames": 4, "size": 64}, None)
+    video, gif, frames_zip, details, *_ = make_handlers(Backend())["edit"](
+        {"video": str(car), "prompt": "a cat", "model": "tiny", "steps": 1, "frames": 4, "size": 64}, None
+    )
     assert video is None and gif is not None and frames_zip is not None
     assert details["warnings"] == ["car-turn-edited.mp4 could not be written (No space left on device)"]
 
@@ -170,11 +190,30 @@ def test_write_mp4_keeps_fraction_rates(tmp_path):
     assert video_io.probe(out).frame_count == 3
 
 
-def test_the_cli_says_what_was_left_out_and_exits_non_zero_when_the_output_is_not_the_one_asked(car, tmp_path, monkeypatch, capsys):
+def test_the_cli_says_what_was_left_out_and_exits_non_zero_when_the_output_is_not_the_one_asked(
+    car, tmp_path, monkeypatch, capsys
+):
     from editing import cli
 
     monkeypatch.setattr(video_io, "write_mp4", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
-    code = cli.main(["edit", str(car), "--model", "tiny", "--prompt", "a cat", "--frames", "4", "--size", "64", "--steps", "1", "--out", str(tmp_path / "out.mp4")])
+    code = cli.main(
+        [
+            "edit",
+            str(car),
+            "--model",
+            "tiny",
+            "--prompt",
+            "a cat",
+            "--frames",
+            "4",
+            "--size",
+            "64",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out.mp4"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "warning: out.mp4 could not be written (No space left on device)" in err and "out-frames.zip" in err
     assert (tmp_path / "out-frames.zip").is_file() and not (tmp_path / "out.mp4").exists()

@@ -26,7 +26,15 @@ from editing.config import KeyframeImage
 
 from .conftest import ASSETS, ROOT, small_edit
 
-BASE = {"model": "tiny", "device": "cpu", "size": 64, "steps": 2, "guidance": 3.0, "stride": 4, "keyframes": "off"}  # every frame unless an edit names its keyframes
+BASE = {
+    "model": "tiny",
+    "device": "cpu",
+    "size": 64,
+    "steps": 2,
+    "guidance": 3.0,
+    "stride": 4,
+    "keyframes": "off",
+}  # every frame unless an edit names its keyframes
 
 
 def _spec(tmp_path: Path, edits: list[dict], name: str = "spec.yaml", **defaults) -> Path:
@@ -73,7 +81,7 @@ def test_the_batch_and_the_app_without_ray_run_here_and_never_import_ray(tmp_pat
         f"""
         import sys
         from editing.cli import main
-        code = main(["batch", {str(spec)!r}, "--out", {str(tmp_path / 'out')!r}, "--format", "zip"])
+        code = main(["batch", {str(spec)!r}, "--out", {str(tmp_path / "out")!r}, "--format", "zip"])
         batch_ray = "ray" in sys.modules
         import app
         from editing.pipeline import edit_video
@@ -101,7 +109,9 @@ def test_split_edit_splits_independent_modes_only():
         assert len(tasks.segments) == 3
         assert sorted(f for s in tasks.segments for f in s.keeps) == list(range(10))
         assert all(0 in s.frames and set(s.keeps) <= set(s.frames) for s in tasks.segments)
-        outputs = [np.array(s.frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8) for s in tasks.segments]
+        outputs = [
+            np.array(s.frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8) for s in tasks.segments
+        ]
         assert assemble(10, tasks.segments, outputs)[:, 0, 0, 0].tolist() == list(range(10))
     assert len(split_edit(request, 3, 4).segments) == 1  # one chunk: nothing to split
     assert len(split_edit(request, 10, 1).segments) == 1  # one worker
@@ -129,10 +139,16 @@ def test_propagation_tasks_give_each_segment_its_bounding_keyframes_and_the_fram
     outputs = [np.array(s.frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8) for s in tasks.segments]
     assert assemble(11, tasks.segments, outputs)[:, 0, 0, 0].tolist() == list(range(11))
     # more spans than workers: consecutive spans grouped by frames to propagate; fewer: one span each
-    assert [s.frames[::len(s.frames) - 1] for s in propagation_tasks((0, 8, 16, 24), 30, 3).segments[1:]] == [(0, 8), (8, 16), (16, 29)]
+    assert [s.frames[:: len(s.frames) - 1] for s in propagation_tasks((0, 8, 16, 24), 30, 3).segments[1:]] == [
+        (0, 8),
+        (8, 16),
+        (16, 29),
+    ]
     assert [s.frames for s in propagation_tasks((2, 5), 9, 8).segments[1:]] == [(0, 1, 2), (2, 3, 4, 5), (5, 6, 7, 8)]
     assert [s.frames for s in propagation_tasks((0,), 4, 2).segments[1:]] == [(0, 1, 2, 3)]
-    assert propagation_tasks((0, 1, 2), 3, 2).segments == (propagation_tasks((0, 1, 2), 3, 2).segments[0],)  # nothing to propagate
+    assert propagation_tasks((0, 1, 2), 3, 2).segments == (
+        propagation_tasks((0, 1, 2), 3, 2).segments[0],
+    )  # nothing to propagate
 
 
 def test_split_edit_runs_keyframes_first_when_there_are_workers_to_share():
@@ -144,7 +160,9 @@ def test_split_edit_runs_keyframes_first_when_there_are_workers_to_share():
     causal = dataclasses.replace(request, engine=dataclasses.replace(request.engine, attention="sparse-causal", keyframes="auto"))
     assert split_edit(causal, 10, 2).segments[0].kind == "keyframes"  # the keyframes' attention stays inside their task
     assert [s.kind for s in split_edit(request, 10, 1).segments] == ["edit"]  # one worker: the whole edit in one task
-    pinned = dataclasses.replace(request, engine=dataclasses.replace(request.engine, keyframes=None, keyframe_images=(KeyframeImage(0, "k.png"),)))
+    pinned = dataclasses.replace(
+        request, engine=dataclasses.replace(request.engine, keyframes=None, keyframe_images=(KeyframeImage(0, "k.png"),))
+    )
     tasks = split_edit(pinned, 10, 2)
     assert len(tasks.segments) == 1 and "keyframe-image without --keyframes" in tasks.note
 
@@ -164,7 +182,9 @@ def test_keyframes_then_propagation_segments_in_one_process_equal_the_whole_edit
     from editing.pipeline import edit_here, keyframes_here, propagating
     from editing.video_io import read_clip
 
-    request = dataclasses.replace(small_edit(tmp_path, "kf", frames=5, keyframes="3", keyframe_refine=0.5), video=KEYFRAME_EDIT["video"])
+    request = dataclasses.replace(
+        small_edit(tmp_path, "kf", frames=5, keyframes="3", keyframe_refine=0.5), video=KEYFRAME_EDIT["video"]
+    )
     frames = read_clip(request.video, request.selection, request.limits).frames
     quiet = lambda stage, done, total: None  # noqa: E731
     whole = edit_here(frames, request, quiet, StageTimer())[0].frames
@@ -250,7 +270,15 @@ def test_a_long_clip_split_across_workers_equals_the_single_process_edit(cluster
     clips = [
         {"name": "first", "video": car, "prompt": "a red car", "attention": "first"},
         {"name": "causal", "video": car, "prompt": "a red car", "attention": "sparse-causal"},
-        {"name": "sdedit", "video": car, "prompt": "a red car", "attention": "first", "inversion": "none", "strength": 0.7, "seed": 3},
+        {
+            "name": "sdedit",
+            "video": car,
+            "prompt": "a red car",
+            "attention": "first",
+            "inversion": "none",
+            "strength": 0.7,
+            "seed": 3,
+        },
     ]
     out = tmp_path / "out"
     spec = _spec(tmp_path, clips, frames=5, chunk=2)
@@ -332,7 +360,9 @@ def test_a_keyframe_edit_split_over_two_workers_equals_the_single_process_edit(p
     rows = {row["name"]: row for row in report.rows}
     assert [rows[n]["status"] for n in ("every3", "auto")] == ["ok", "ok"], rows
     assert rows["every3"]["segments"] == 3  # the keyframes' task and 2 propagation segments
-    assert "keyframes 0, 3 edited in one task, then 2 propagation segments in parallel (frames 0-3, 3-4)" in rows["every3"]["note"]
+    assert (
+        "keyframes 0, 3 edited in one task, then 2 propagation segments in parallel (frames 0-3, 3-4)" in rows["every3"]["note"]
+    )
     assert any(n.startswith("every3: keyframes 0, 3 edited in one task") for n in report.notes)
     assert "edited in one task, then" in rows["auto"]["note"]
     for edit in edits:
@@ -358,7 +388,9 @@ def test_a_dead_worker_is_replaced_and_its_edit_retried_a_bounded_number_of_time
     from editing.batch import run_batch
 
     car = str(ASSETS / "car-turn.mp4")
-    clips = [{"name": n, "video": car, "prompt": p} for n, p in (("once", "die once"), ("always", "die always"), ("fine", "a red car"))]
+    clips = [
+        {"name": n, "video": car, "prompt": p} for n, p in (("once", "die once"), ("always", "die always"), ("fine", "a red car"))
+    ]
     out = tmp_path / "out"
     edits = _edits(_spec(tmp_path, clips), out)
     report = run_batch(edits, out, distributed.batch_runner(retries=1, editor=dying_editor, pool=pool))
@@ -416,7 +448,9 @@ def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(pool, tmp
             if stage.endswith("denoise") and done >= 1:
                 token.cancel()
 
-        long_edit = dataclasses.replace(small_edit(tmp_path, "stopped", frames=2), edit=dataclasses.replace(small_edit(tmp_path, "x").edit, steps=40))
+        long_edit = dataclasses.replace(
+            small_edit(tmp_path, "stopped", frames=2), edit=dataclasses.replace(small_edit(tmp_path, "x").edit, steps=40)
+        )
         with pytest.raises(Cancelled):
             backend.edit(long_edit, progress, token)
         assert "load_model" in stages and "denoise" in stages  # the worker's progress reached the app
@@ -427,4 +461,3 @@ def test_the_app_with_ray_serves_an_edit_and_stop_cancels_the_ray_task(pool, tmp
         assert not Path(long_edit.output).exists()
     finally:
         demo.close()
-

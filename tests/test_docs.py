@@ -47,7 +47,9 @@ def test_the_readme_client_example_matches_the_api():
     api_name = ast.literal_eval(keywords.pop("api_name"))
     endpoint = build_demo(default_model="tiny").get_api_info()["named_endpoints"][api_name]
     assert set(keywords) <= {p["parameter_name"] for p in endpoint["parameters"]}
-    targets = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)).targets[0]
+    targets = next(
+        n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)
+    ).targets[0]
     assert len(targets.elts) == len(endpoint["returns"])
 
 
@@ -128,11 +130,24 @@ def test_the_benchmark_page_is_written_from_a_result_file_with_its_command_and_p
     import json
 
     rows = [
-        {"setting": s, "clip": c, "kind": "colour", "edit_accuracy": 0.5 + c / 10, "warp_error": 3.0 + c, "warp_errors": [2.0 + c, 4.0 + c, None]}
+        {
+            "setting": s,
+            "clip": c,
+            "kind": "colour",
+            "edit_accuracy": 0.5 + c / 10,
+            "warp_error": 3.0 + c,
+            "warp_errors": [2.0 + c, 4.0 + c, None],
+        }
         for s in ("first", "first-keyframes-8")
         for c in (0, 1)
     ]
-    measured = {"edit_accuracy": 0.55, "structure_iou": 0.7, "warp_error": 3.5, "flicker": 1.0, "edit_accuracy_interval": [0.5, 0.6]}
+    measured = {
+        "edit_accuracy": 0.55,
+        "structure_iou": 0.7,
+        "warp_error": 3.5,
+        "flicker": 1.0,
+        "edit_accuracy_interval": [0.5, 0.6],
+    }
     summary = {s: measured | {"seconds_per_frame": t} for s, t in (("first", 0.5), ("first-keyframes-8", 0.2))}
     document = {"command": "python -m editing eval --shapes --clips 2 --out DIR", "date": "2026-12-07", "commit": "abc1234"}
     document |= {"model": "shapes", "clips": [0, 1], "steps": 10, "minutes": 1.5, "summary": summary, "rows": rows, "notes": []}
@@ -148,11 +163,16 @@ def test_the_benchmark_page_is_written_from_a_result_file_with_its_command_and_p
 def test_the_speed_page_is_written_from_a_result_file(hooks, tmp_path):
     import json
 
-    rows = [{"setting": name, "s/frame": t, "UNet evals/frame": e, "VAE share": 0.1, "keyframes": k} for name, t, e, k in (("every-frame", 2.0, 30.0, "-"), ("keyframes-8", 0.8, 5.75, 2))]
+    rows = [
+        {"setting": name, "s/frame": t, "UNet evals/frame": e, "VAE share": 0.1, "keyframes": k}
+        for name, t, e, k in (("every-frame", 2.0, 30.0, "-"), ("keyframes-8", 0.8, 5.75, 2))
+    ]
     document = {"command": "python benchmarks/speed.py --frames 16 --json x.json", "date": "2026-12-07", "commit": "abc1234"}
     document |= {"model": "sd15-random", "device": "2 CPU threads", "dtype": "fp32", "frames": 16, "steps": 10, "rows": rows}
     (tmp_path / "speed-2026-12-07-probe.json").write_text(json.dumps(document))
     page, images = hooks.speed_page(hooks.speed_results(tmp_path))
     assert "`python benchmarks/speed.py --frames 16 --json x.json`" in page and "abc1234" in page
     assert "| keyframes-8 | 0.800 | 5.75 | 10% | 2 |" in page
-    assert list(images) == ["speed-2026-12-07-probe-cost.png"] and images["speed-2026-12-07-probe-cost.png"].startswith(b"\x89PNG")
+    assert list(images) == ["speed-2026-12-07-probe-cost.png"] and images["speed-2026-12-07-probe-cost.png"].startswith(
+        b"\x89PNG"
+    )

@@ -146,7 +146,15 @@ def test_controlnet_at_scale_zero_equals_no_controlnet(tiny, clip_latents):
         timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
         plan = sampling.plan_frames(4, 4, "first")
         steps = []
-        sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 5.0, controls), plan, lambda i, t, x: steps.append(x.clone()))
+        sampling.denoise(
+            tiny,
+            scheduler,
+            latents,
+            timesteps,
+            sampling.Guidance(text, 5.0, controls),
+            plan,
+            lambda i, t, x: steps.append(x.clone()),
+        )
         runs[name] = steps
     assert all(torch.equal(a, b) for a, b in zip(runs["none"], runs["zero"]))
     assert not torch.allclose(runs["none"][-1], runs["one"][-1])
@@ -165,7 +173,9 @@ def test_two_controlnets_add_their_residuals(tiny, clip_latents):
     half = sampling.ControlSignal(controlnet, images, scale=0.5)
     model_input = scheduler.scale_model_input(latents, t)
     two_halves = sampling.guided_noise(tiny, model_input, t, sampling.Guidance(text, 1.0, (half, half)))
-    whole = sampling.guided_noise(tiny, model_input, t, sampling.Guidance(text, 1.0, (sampling.ControlSignal(controlnet, images, 1.0),)))
+    whole = sampling.guided_noise(
+        tiny, model_input, t, sampling.Guidance(text, 1.0, (sampling.ControlSignal(controlnet, images, 1.0),))
+    )
     torch.testing.assert_close(two_halves, whole, atol=1e-4, rtol=1e-3)
 
 
@@ -212,7 +222,19 @@ def test_generic_cache_key_is_order_free_and_follows_its_parts():
         assert cache_key(**{**base, **change}) != cache_key(**base)
 
 
-KEY_BASE = dict(prompt="a watercolor painting", negative_prompt="", guidance=5.0, sampler="ddim", steps=2, frames=3, stride=5, size=64, model="tiny", dtype=None, engine={})
+KEY_BASE = dict(
+    prompt="a watercolor painting",
+    negative_prompt="",
+    guidance=5.0,
+    sampler="ddim",
+    steps=2,
+    frames=3,
+    stride=5,
+    size=64,
+    model="tiny",
+    dtype=None,
+    engine={},
+)
 
 # Each change of what the DDIM inversion depends on must invert again (a cache miss).
 REINVERTING_CHANGES = [
@@ -243,7 +265,13 @@ def _keyed_edit(tmp_path, name: str, change: dict | None = None):
     request = EditRequest(
         video=str(ASSETS / "car-turn.mp4"),
         output=str(tmp_path / name),
-        edit=EditConfig(prompt=parts["prompt"], negative_prompt=parts["negative_prompt"], steps=parts["steps"], guidance=parts["guidance"], sampler=parts["sampler"]),
+        edit=EditConfig(
+            prompt=parts["prompt"],
+            negative_prompt=parts["negative_prompt"],
+            steps=parts["steps"],
+            guidance=parts["guidance"],
+            sampler=parts["sampler"],
+        ),
         selection=FrameSelection(max_frames=parts["frames"], stride=parts["stride"], size=parts["size"]),
         model=parts["model"],
         device="cpu",
@@ -291,7 +319,12 @@ def smoothing_runs(tmp_path_factory):
     """The same edit plain, with flow smoothing only, colour matching only, and both."""
     tmp_path = tmp_path_factory.mktemp("smoothing")
     runs = {}
-    for name, options in {"plain": {}, "flow": {"smooth_flow": True}, "color": {"smooth_color": True}, "both": {"smooth_flow": True, "smooth_color": True}}.items():
+    for name, options in {
+        "plain": {},
+        "flow": {"smooth_flow": True},
+        "color": {"smooth_color": True},
+        "both": {"smooth_flow": True, "smooth_color": True},
+    }.items():
         result = edit_video(_request(tmp_path, f"{name}.zip", **options))
         assert result.frames == 4
         runs[name] = _zip_frames(tmp_path / f"{name}.zip")

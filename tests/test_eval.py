@@ -21,14 +21,46 @@ SAMPLE = ROOT / "examples" / "eval-tiny.yaml"
 
 
 def spec_with(**edit) -> dict:
-    return {"clip": "none", "defaults": {"model": "tiny", "frames": 2, "size": 64, "steps": 2}, "edits": [{"video": "assets/car-turn.mp4", "prompt": "a red car", **edit}]}
+    return {
+        "clip": "none",
+        "defaults": {"model": "tiny", "frames": 2, "size": 64, "steps": 2},
+        "edits": [{"video": "assets/car-turn.mp4", "prompt": "a red car", **edit}],
+    }
 
 
 def test_spec_settings_map_like_the_edit_command():
-    options = dict(stride=2, guidance=5, seed=3, attention="window", window=1, control="canny:0.5", smooth="flow", negative_prompt="blur")
+    options = dict(
+        stride=2, guidance=5, seed=3, attention="window", window=1, control="canny:0.5", smooth="flow", negative_prompt="blur"
+    )
     spec = parse_spec(spec_with(**options, name="n", source_prompt="a car"), ROOT)
-    argv = ["edit", str(ROOT / "assets" / "car-turn.mp4"), "--prompt", "a red car", "--out", "n.zip", "--model", "tiny", "--frames", "2"]
-    argv += ["--size", "64", "--steps", "2", "--stride", "2", "--guidance", "5", "--seed", "3", "--attention", "window", "--window", "1"]
+    argv = [
+        "edit",
+        str(ROOT / "assets" / "car-turn.mp4"),
+        "--prompt",
+        "a red car",
+        "--out",
+        "n.zip",
+        "--model",
+        "tiny",
+        "--frames",
+        "2",
+    ]
+    argv += [
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--stride",
+        "2",
+        "--guidance",
+        "5",
+        "--seed",
+        "3",
+        "--attention",
+        "window",
+        "--window",
+        "1",
+    ]
     argv += ["--control", "canny:0.5", "--smooth", "flow", "--negative-prompt", "blur", "--inversion-prompt", "a car"]
     assert spec.edits[0].request == edit_request(build_parser().parse_args(argv))
     assert spec.clip is None and spec.edits[0].source_prompt == "a car"
@@ -166,7 +198,9 @@ def test_eval_reports_unavailable_clip_and_keeps_going_after_a_failed_edit(tmp_p
     assert "start (60 s) is past the end" in late["error"] and late["warp_error"] == ""
     assert ok["error"] == "" and math.isfinite(float(ok["warp_error"]))
     for column in ("clip_text", "clip_consistency", "frame_accuracy"):
-        assert ok[column].startswith("unavailable: cannot reach the Hugging Face Hub to get CLIP model 'openai/clip-vit-base-patch32'")
+        assert ok[column].startswith(
+            "unavailable: cannot reach the Hugging Face Hub to get CLIP model 'openai/clip-vit-base-patch32'"
+        )
     assert "CLIP metrics unavailable: cannot reach" in (out / "results.md").read_text()
     assert (out / "contact-ok.png").exists() and not (out / "contact-late.png").exists()
 
@@ -177,4 +211,3 @@ def test_eval_spec_errors_exit_2_before_running(tmp_path, capsys):
     assert main(["eval", str(spec), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: edit 1: video missing.mp4 does not exist")
     assert not (tmp_path / "out").exists()
-

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from editing.config import FrameSelection
-from editing.control import CONDITION_KINDS, condition_cache_key, conditions_from_video, extract_conditions, register_extractor
-from editing.control import extractors
+from editing.control import (
+    CONDITION_KINDS,
+    condition_cache_key,
+    conditions_from_video,
+    extract_conditions,
+    extractors,
+    register_extractor,
+)
 from editing.control.extractors import BLAZEPOSE_TO_OPENPOSE, Point, blazepose_to_openpose, draw_openpose
 from editing.errors import ConfigError, ModelLoadError, VideoError
 from editing.video_io import read_clip, write_mp4

@@ -28,7 +28,9 @@ sys.exit(main(sys.argv[1:]))
 
 def _run(code: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     environment = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"} | (env or {})
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment
+    )
 
 
 def test_a_write_beyond_the_space_left_gives_one_sentence_and_no_partial_file(car, tmp_path):
@@ -37,14 +39,24 @@ def test_a_write_beyond_the_space_left_gives_one_sentence_and_no_partial_file(ca
     result = _run(CAPPED.format(cap=2000), [*EDIT, str(car), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and "edit.mp4 could not be written (File too large)" in lines[0] and "nor could the frames be saved" in lines[0]
+    assert (
+        len(lines) == 1
+        and "edit.mp4 could not be written (File too large)" in lines[0]
+        and "nor could the frames be saved" in lines[0]
+    )
     assert "Traceback" not in result.stderr and list(out.parent.iterdir()) == []  # no partial file, no stray fallback
 
 
 def test_a_write_that_fits_only_as_pngs_keeps_the_frames(car, tmp_path):
     """With room for a zip of PNGs but a failing video encoder, the frames are kept and the CLI says so (exit 1)."""
     out = tmp_path / "edit.gif"
-    code = "import editing.video_io as v, sys\n" "def fail(*a, **k): raise OSError(28, 'No space left on device')\n" "v.write_gif = fail\n" "from editing.cli import main\n" "sys.exit(main(sys.argv[1:]))\n"
+    code = (
+        "import editing.video_io as v, sys\n"
+        "def fail(*a, **k): raise OSError(28, 'No space left on device')\n"
+        "v.write_gif = fail\n"
+        "from editing.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     result = _run(code, [*EDIT, str(car), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert result.returncode == 1 and "warning: edit.gif could not be written (No space left on device)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["edit-frames.zip"]
@@ -75,7 +87,10 @@ def tiny_tmpfs(tmp_path):
 
 def test_a_full_tmpfs_gives_one_sentence_and_no_partial_file(car, tiny_tmpfs, tmp_path):
     out = tiny_tmpfs / "edit.mp4"
-    result = _run("import sys\nfrom editing.cli import main\nsys.exit(main(sys.argv[1:]))\n", [*EDIT, str(car), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    result = _run(
+        "import sys\nfrom editing.cli import main\nsys.exit(main(sys.argv[1:]))\n",
+        [*EDIT, str(car), "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+    )
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("note:")]
     assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
     assert "No space left on device" in lines[0] and "saved as PNGs in" in lines[0]

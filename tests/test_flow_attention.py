@@ -60,5 +60,8 @@ def test_an_edit_with_flow_attention_runs_end_to_end(tmp_path):
 
     from .conftest import small_edit
 
-    flow, first = edit_video(small_edit(tmp_path, "flow", attention="flow")), edit_video(small_edit(tmp_path, "first", attention="first"))
+    flow, first = (
+        edit_video(small_edit(tmp_path, "flow", attention="flow")),
+        edit_video(small_edit(tmp_path, "first", attention="first")),
+    )
     assert flow.images.shape == first.images.shape and not np.array_equal(flow.images, first.images)

@@ -8,12 +8,12 @@ import math
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")  # pinned in requirements.lock
+from pathlib import Path  # noqa: E402
+
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from editing.errors import EditingError  # noqa: E402
-
-from pathlib import Path  # noqa: E402
 
 from .api_helpers import answer, base_values, endpoint_functions, kind, launched_app  # noqa: E402
 
@@ -66,7 +66,9 @@ def test_any_prompt_gives_a_request_or_one_sentence(car, tmp_path, prompt):
 
 
 CASES = {
-    "wrong type": lambda p: "abc" if kind(p) in ("number", "bool", "list") else ({"x": 1} if kind(p) == "json" else "x" if kind(p) == "file" else 123),
+    "wrong type": lambda p: (
+        "abc" if kind(p) in ("number", "bool", "list") else ({"x": 1} if kind(p) == "json" else "x" if kind(p) == "file" else 123)
+    ),
     "NaN": lambda p: math.nan,
     "inf": lambda p: math.inf,
     "huge": lambda p: 10**30,
@@ -80,7 +82,12 @@ CASES = {
 def _one_sentence_naming(message: str, name: str) -> bool:
     import re
 
-    return bool(message) and "\n" not in message and len(message) < 400 and re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", message) is not None
+    return (
+        bool(message)
+        and "\n" not in message
+        and len(message) < 400
+        and re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", message) is not None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +114,9 @@ def test_every_parameter_of_every_endpoint_refuses_a_bad_value_in_one_sentence_n
     for api_name, endpoint in endpoints.items():
         parameters = endpoint["parameters"]
         base = base_values(parameters, video)
-        accepted = {answer(demo, functions[api_name], list(base), session) for _ in range(2)}  # the first time and again (a session exists then)
+        accepted = {
+            answer(demo, functions[api_name], list(base), session) for _ in range(2)
+        }  # the first time and again (a session exists then)
         for index, parameter in enumerate(parameters):
             name = parameter["parameter_name"]
             for case, make in CASES.items():
@@ -120,7 +129,9 @@ def test_every_parameter_of_every_endpoint_refuses_a_bad_value_in_one_sentence_n
                 elif said not in accepted and _files(root) != before:
                     failures.append(f"{api_name} {name} {case}: refused, but wrote {sorted(_files(root) - before)}")  # half-made
     seconds = time.perf_counter() - begin
-    print(f"{len(endpoints)} endpoints, {sum(len(e['parameters']) for e in endpoints.values())} parameters x {len(CASES)} cases = {tried} calls in {seconds:.1f} s")
+    print(
+        f"{len(endpoints)} endpoints, {sum(len(e['parameters']) for e in endpoints.values())} parameters x {len(CASES)} cases = {tried} calls in {seconds:.1f} s"
+    )
     assert not failures, "\n".join(failures[:40])
     assert tried >= 8 * 200  # every endpoint's every parameter
 
@@ -229,7 +240,10 @@ def test_a_zip_member_that_lies_about_its_size_is_refused_and_nothing_is_kept(tm
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local header, central directory
         start = 0
         while (start := data.find(signature, start)) >= 0:
-            name_length = struct.unpack("<H", data[start + offset + 4 : start + offset + 6] if signature == b"PK\x03\x04" else data[start + 28 : start + 30])[0]
+            name_length = struct.unpack(
+                "<H",
+                data[start + offset + 4 : start + offset + 6] if signature == b"PK\x03\x04" else data[start + 28 : start + 30],
+            )[0]
             name_start = start + (30 if signature == b"PK\x03\x04" else 46)
             if data[name_start : name_start + name_length] == b"source.mp4":
                 data[start + offset : start + offset + 4] = struct.pack("<I", 1000)  # uncompressed size

@@ -115,7 +115,11 @@ def test_other_frames_see_the_supplied_frame_through_the_start_and_cross_frame_a
         clip = read_clip(request.video, request.selection, request.limits).frames
         parts = EditParts.of(request)
         supplied = edit_frames(clip, parts, tiny)
-        plain = dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframe_images=()), edit=dataclasses.replace(parts.edit, guidance=1.0))
+        plain = dataclasses.replace(
+            parts,
+            engine=dataclasses.replace(parts.engine, keyframe_images=()),
+            edit=dataclasses.replace(parts.edit, guidance=1.0),
+        )
         alone = edit_frames(clip, plain, tiny, start=guided_start(clip, ((0, red_image),)))
         difference = np.abs(supplied.frames[1:].astype(int) - alone.frames[1:].astype(int))
         assert difference.max() <= 1, (attention, difference.mean())
@@ -158,12 +162,11 @@ def test_a_supplied_frame_becomes_a_keyframe_and_out_of_range_is_refused(tmp_pat
 def test_the_shapes_model_makes_the_clip_follow_a_colour_changed_only_in_the_supplied_frame(tmp_path):
     """Frame 0 replaced by its target render (the first object recoloured), the prompt left as the source
     caption: the judge sees the new colour on the other frames, which it does not without the image."""
-    from shapes_world.benchmark import benchmark_clip, derive_edits, edit_accuracy
-    from shapes_world.world import render, scene_at
-
     from editing.config import EditConfig
     from editing.core import EditParts, edit_frames
     from editing.models import load_backbone
+    from shapes_world.benchmark import benchmark_clip, derive_edits, edit_accuracy
+    from shapes_world.world import render, scene_at
 
     backbone = load_backbone("shapes", device="cpu")
     clip = benchmark_clip(0)

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from editing.errors import ConfigError
 from editing.config import parse_keyframes
 from editing.core import edit_keyframes
+from editing.errors import ConfigError
 from editing.keyframes import (
     AUTO_MAX_GAP,
     ClipFlows,
@@ -97,7 +97,10 @@ def test_colour_match_trusts_a_hop_only_between_like_colours_inside_the_frame():
     matched = colour_match(source, target, flow, tolerance=8)
     assert matched[:, :2].all()  # black onto black
     assert not matched[:, 2:].any()  # black onto light, or (the last two columns) off the frame's edge
-    assert colour_match(source, target, flow, tolerance=255)[:, :6].all() and not colour_match(source, target, flow, tolerance=255)[:, 6:].any()
+    assert (
+        colour_match(source, target, flow, tolerance=255)[:, :6].all()
+        and not colour_match(source, target, flow, tolerance=255)[:, 6:].any()
+    )
 
 
 def test_a_hop_failing_the_flow_check_is_trusted_only_where_the_source_colours_agree_along_it():
@@ -105,8 +108,8 @@ def test_a_hop_failing_the_flow_check_is_trusted_only_where_the_source_colours_a
     every pixel the check trusts stays trusted, and each pixel trusted besides is one whose source colour
     matches the colour its flow points at within MATCH_LEVELS; those extra pixels are a real share."""
     from editing.config import FrameSelection
-    from editing.keyframes import MATCH_LEVELS
     from editing.flows import colour_match, source_flows
+    from editing.keyframes import MATCH_LEVELS
     from editing.video_io import read_clip
 
     clip = read_clip(ROOT / "assets" / "man-skiing.mp4", FrameSelection(max_frames=4, size=128)).frames
@@ -227,7 +230,9 @@ def test_keyframes_of_the_output_are_the_joint_keyframe_edit(tmp_path, tiny):
     frames = _frames(request)
     edited = edit_frames(frames, parts, tiny)
     assert edited.keyframes == (0, 2, 4) and edited.frames.shape == frames.shape
-    alone = edit_frames(frames[[0, 2, 4]], dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframes=None)), tiny)
+    alone = edit_frames(
+        frames[[0, 2, 4]], dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframes=None)), tiny
+    )
     np.testing.assert_array_equal(edited.frames[[0, 2, 4]], alone.frames)
 
 
@@ -333,12 +338,42 @@ def test_keyframes_refuse_what_they_cannot_run_yet(tmp_path, tiny):
 
 def test_cli_edit_with_keyframes_reports_them(tmp_path):
     out = tmp_path / "kf.mp4"
-    command = [sys.executable, "-m", "editing", "edit", str(ROOT / "assets" / "car-turn.mp4"), "--prompt", "a red car", "--model", "tiny"]
-    command += ["--steps", "2", "--frames", "5", "--stride", "4", "--size", "64", "--keyframes", "auto", "--out", str(out), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "editing",
+        "edit",
+        str(ROOT / "assets" / "car-turn.mp4"),
+        "--prompt",
+        "a red car",
+        "--model",
+        "tiny",
+    ]
+    command += [
+        "--steps",
+        "2",
+        "--frames",
+        "5",
+        "--stride",
+        "4",
+        "--size",
+        "64",
+        "--keyframes",
+        "auto",
+        "--out",
+        str(out),
+        "--json",
+    ]
     command += ["--cache-dir", str(tmp_path / "cache")]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["keyframes"][0] == 0 and result["frames"] == 5 and out.exists()
-    bad = subprocess.run(command[:-6] + ["--keyframes", "1", "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    bad = subprocess.run(
+        command[:-6] + ["--keyframes", "1", "--out", str(tmp_path / "x.mp4")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "keyframes" in bad.stderr and "Traceback" not in bad.stderr

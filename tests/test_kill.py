@@ -60,7 +60,9 @@ def _frames(path) -> np.ndarray:
 def clean_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("clean")
     out = tmp_path / "out.zip"
-    done = subprocess.run([sys.executable, "-m", "editing", *_argv(tmp_path, out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "editing", *_argv(tmp_path, out)], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-1000:]
     return _frames(out)
 
@@ -70,14 +72,18 @@ def test_kill_9_at_each_stage_leaves_no_partial_output_and_a_rerun_succeeds(tmp_
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "edit.zip"
-    killed = subprocess.run([sys.executable, "-c", DRIVER, stage, *_argv(tmp_path, out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    killed = subprocess.run(
+        [sys.executable, "-c", DRIVER, stage, *_argv(tmp_path, out)], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-500:])
     left = sorted(p.name for p in out_dir.iterdir())
     if stage == "encode_video-midway":  # killed inside the write: only a hidden partial, never the output's name
         assert len(left) == 1 and left[0].startswith(".edit.") and ".partial" in left[0], left
     else:
         assert left == [], left  # nothing written, no partial file
-    rerun = subprocess.run([sys.executable, "-m", "editing", *_argv(tmp_path, out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "editing", *_argv(tmp_path, out)], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert rerun.returncode == 0, rerun.stderr[-1000:]
     assert np.array_equal(_frames(out), clean_run)
     assert sorted(p.name for p in out_dir.iterdir()) == ["edit.zip"]  # the rerun's write swept the killed one's partial

@@ -34,7 +34,14 @@ def _edit(client, video, number: int) -> np.ndarray:
     from gradio_client import handle_file
 
     outputs = client.predict(
-        video=handle_file(video), prompt=f"edit number {number}", model="tiny", frames=2, size=64, steps=1, seed=number, api_name="/edit"
+        video=handle_file(video),
+        prompt=f"edit number {number}",
+        model="tiny",
+        frames=2,
+        size=64,
+        steps=1,
+        seed=number,
+        api_name="/edit",
     )
     return _frames(outputs[2])  # the PNG zip: the exact frames
 
@@ -85,7 +92,9 @@ def test_a_full_queue_refuses_the_jobs_beyond_it_with_its_message(served, car):
     url, _ = served
     client = Client(url, verbose=False)
     jobs = [
-        client.submit(video=handle_file(str(car)), prompt=f"queued {i}", model="tiny", frames=2, size=64, steps=1, seed=i, api_name="/edit")
+        client.submit(
+            video=handle_file(str(car)), prompt=f"queued {i}", model="tiny", frames=2, size=64, steps=1, seed=i, api_name="/edit"
+        )
         for i in range(QUEUE_SIZE + 8)
     ]
     refusals = []

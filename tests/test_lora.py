@@ -82,7 +82,11 @@ def test_scale_zero_edit_equals_the_plain_edit(lora_file, tiny):
     from editing.core import EditParts, edit_frames
 
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    parts = EditParts(EditConfig(prompt="a red car", steps=2, guidance=3.0, strength=0.5), EngineConfig(inversion="none"), selection=FrameSelection(size=64))
+    parts = EditParts(
+        EditConfig(prompt="a red car", steps=2, guidance=3.0, strength=0.5),
+        EngineConfig(inversion="none"),
+        selection=FrameSelection(size=64),
+    )
     plain = edit_frames(frames, parts, tiny).frames
     zero = edit_frames(frames, parts, _with(lora_file, 0.0)).frames
     one = edit_frames(frames, parts, _with(lora_file, 1.0)).frames
@@ -155,12 +159,38 @@ def test_the_cli_loads_a_lora_file_and_refuses_a_bad_one_with_exit_2(lora_file, 
 
     from .conftest import ASSETS
 
-    base = [sys.executable, "-m", "editing", "edit", str(ASSETS / "car-turn.mp4"), "--prompt", "x", "--model", "tiny", "--frames", "2", "--size", "64", "--steps", "1"]
-    ok = subprocess.run([*base, "--out", str(tmp_path / "o.zip"), "--lora", f"{lora_file}:0.5", "--lora-fuse", "--json"], capture_output=True, text=True, timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "editing",
+        "edit",
+        str(ASSETS / "car-turn.mp4"),
+        "--prompt",
+        "x",
+        "--model",
+        "tiny",
+        "--frames",
+        "2",
+        "--size",
+        "64",
+        "--steps",
+        "1",
+    ]
+    ok = subprocess.run(
+        [*base, "--out", str(tmp_path / "o.zip"), "--lora", f"{lora_file}:0.5", "--lora-fuse", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "lora=" in ok.stdout and "(fused)" in ok.stdout
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
-    bad = subprocess.run([*base, "--out", str(tmp_path / "p.zip"), "--lora", str(tmp_path / "bad.safetensors")], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*base, "--out", str(tmp_path / "p.zip"), "--lora", str(tmp_path / "bad.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in bad.stderr.strip().splitlines() if line and not line.startswith("note:")]
     assert bad.returncode == 2 and len(lines) == 1 and "bad.safetensors" in lines[0], bad.stderr
 
@@ -174,9 +204,13 @@ def test_a_lora_that_adapts_the_text_encoder_goes_into_a_copy_of_it(tiny, tmp_pa
     from editing import sampling
 
     shaped = copy.deepcopy(tiny.text_encoder)
-    shaped.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights="gaussian"))
+    shaped.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights="gaussian")
+    )
     generator = torch.Generator().manual_seed(0)
-    state = {f"text_encoder.{k}": torch.randn(v.shape, generator=generator) * 0.3 for k, v in get_peft_model_state_dict(shaped).items()}
+    state = {
+        f"text_encoder.{k}": torch.randn(v.shape, generator=generator) * 0.3 for k, v in get_peft_model_state_dict(shaped).items()
+    }
     path = save_lora(tmp_path / "text.safetensors", {**state, **random_lora_state_dict(tiny.unet)})
     plain = sampling.encode_prompts(tiny, ["a red car"])
     zero, one = (_with(path, scale) for scale in (0.0, 1.0))

@@ -138,7 +138,9 @@ def test_ssim_window_is_the_standard_gaussian():
 
 def test_psnr_and_ssim_match_skimage_on_real_frames(car_frames):
     a, b = car_frames[0], car_frames[3]
-    reference = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)
+    reference = structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1
+    )
     assert ssim(a, b) == pytest.approx(reference, abs=1e-9)
     grey_a, grey_b = a[..., 1], b[..., 1]
     grey = structural_similarity(grey_a, grey_b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)

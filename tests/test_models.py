@@ -35,7 +35,9 @@ def test_tokenizer_matches_open_clip_reference():
 def test_spec_parsing(tmp_path):
     assert ModelSpec.parse("tiny") == ModelSpec("builtin", "tiny")
     assert ModelSpec.parse(None).kind == "hub"
-    assert ModelSpec.parse("stable-diffusion-v1-5/stable-diffusion-v1-5") == ModelSpec("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert ModelSpec.parse("stable-diffusion-v1-5/stable-diffusion-v1-5") == ModelSpec(
+        "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    )
     assert ModelSpec.parse(str(tmp_path)).kind == "folder"
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"")
@@ -152,7 +154,9 @@ def test_random_controlnet_matches_backbone_and_changes_the_unet(tiny):
     with torch.no_grad():
         down, mid = controlnet(latents, 10, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False)
         plain = tiny.unet(latents, 10, encoder_hidden_states=text).sample
-        guided = tiny.unet(latents, 10, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        guided = tiny.unet(
+            latents, 10, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        ).sample
     assert not torch.allclose(plain, guided)
     with pytest.raises(ModelLoadError, match="backbone, not a ControlNet"):
         load_controlnet("tiny", tiny)
@@ -186,7 +190,10 @@ def test_a_folder_with_a_manifest_loads_with_the_tokenizer_and_controlnets_it_na
     assert not default_controlnet("depth", loaded).startswith(str(folder))  # a kind it does not name: not from the folder
     for a, b in zip(tiny.unet.parameters(), loaded.unet.parameters()):
         assert torch.equal(a, b)
-    assert load_controlnet(default_controlnet("canny", loaded), loaded).config.cross_attention_dim == tiny.unet.config.cross_attention_dim
+    assert (
+        load_controlnet(default_controlnet("canny", loaded), loaded).config.cross_attention_dim
+        == tiny.unet.config.cross_attention_dim
+    )
     models.clear_cache()
 
 
@@ -221,7 +228,10 @@ def _can_build_wheels() -> bool:
     """Whether setuptools here has bdist_wheel without downloading anything (its own since 70.1, else the wheel package)."""
     import setuptools
 
-    return importlib.util.find_spec("wheel") is not None or tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1)
+    return importlib.util.find_spec("wheel") is not None or tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (
+        70,
+        1,
+    )
 
 
 def _install_like_a_wheel(target: Path, scratch: Path) -> str:
@@ -231,7 +241,9 @@ def _install_like_a_wheel(target: Path, scratch: Path) -> str:
     packages and their package data: a wheel is a zip of the tree it writes."""
     run = dict(cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     if _can_build_wheels():
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(scratch), "."], **run)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(scratch), "."], **run
+        )
         wheel = next(scratch.glob("*.whl"))
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], **run)
         return "wheel"

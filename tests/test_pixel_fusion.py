@@ -62,14 +62,23 @@ def test_the_occlusion_mask_excludes_every_pixel_failing_the_forward_backward_ch
     images = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     fused = fuse_frames(images, torch.from_numpy(flows.backward), torch.from_numpy(flows.valid), 1.0)
     for t in range(1, len(images)):
-        assert torch.equal(fused[t][:, ~torch.from_numpy(flows.valid[t - 1])], images[t][:, ~torch.from_numpy(flows.valid[t - 1])])
+        assert torch.equal(
+            fused[t][:, ~torch.from_numpy(flows.valid[t - 1])], images[t][:, ~torch.from_numpy(flows.valid[t - 1])]
+        )
 
 
 @pytest.mark.parametrize("index", [0, 5, 9])
 def test_a_ddim_step_splits_into_the_clean_latents_and_noise_the_scheduler_used(index):
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     scheduler.set_timesteps(10)
     timestep = scheduler.timesteps[index]
     x_t, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 4, 8, 8, dtype=torch.float64)
@@ -118,7 +127,11 @@ def test_the_callback_on_identical_frames_changes_nothing_beyond_rounding(tiny):
 
 
 def _edit(tiny, frames, **engine):
-    parts = EditParts(EditConfig(prompt="a red circle on a blue background", steps=4, guidance=1.0), EngineConfig(attention="first", inversion="none", **engine), selection=FrameSelection(size=64))
+    parts = EditParts(
+        EditConfig(prompt="a red circle on a blue background", steps=4, guidance=1.0),
+        EngineConfig(attention="first", inversion="none", **engine),
+        selection=FrameSelection(size=64),
+    )
     return edit_frames(frames, parts, tiny).frames
 
 
@@ -144,4 +157,6 @@ def test_pixel_fusion_is_an_option_of_the_one_schema():
 
     request = edit_request(defaults("edit") | {"prompt": "p", "video": "v.mp4", "out": "o.mp4", "smooth": "pixel"})
     assert request.engine.smooth_pixel and not request.engine.smooth_flow
-    assert dataclasses.replace(request.engine, smooth_pixel=False) == EngineConfig(**{**dataclasses.asdict(request.engine), "smooth_pixel": False, "controls": request.engine.controls})
+    assert dataclasses.replace(request.engine, smooth_pixel=False) == EngineConfig(
+        **{**dataclasses.asdict(request.engine), "smooth_pixel": False, "controls": request.engine.controls}
+    )

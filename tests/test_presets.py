@@ -50,7 +50,9 @@ def test_the_tiny_vae_is_an_autoencoder_tiny_that_shares_the_rest(tiny_vae_backb
 
     tiny = load_backbone("tiny", device="cpu")  # the cached one now (an earlier test's model may have evicted the fixture's)
 
-    assert isinstance(tiny_vae_backbone.vae, AutoencoderTiny) and isinstance(tiny.vae, AutoencoderKL)  # the plain one keeps its VAE
+    assert isinstance(tiny_vae_backbone.vae, AutoencoderTiny) and isinstance(
+        tiny.vae, AutoencoderKL
+    )  # the plain one keeps its VAE
     assert tiny_vae_backbone.unet is tiny.unet and tiny_vae_backbone.text_encoder is tiny.text_encoder
     assert tiny_vae_backbone.vae_scale_factor == tiny.vae_scale_factor == 8
     assert tiny_vae_backbone.name != tiny.name  # other latents, so other inversion cache keys
@@ -87,10 +89,14 @@ def test_the_tiny_vae_is_refused_for_the_shapes_model_and_offline_for_real_model
 
     from editing.models import tiny_vae
 
-    shapes = SimpleNamespace(name="shapes", random_weights=False, extras={}, dtype=torch.float32, device=torch.device("cpu"), latent_channels=8)
+    shapes = SimpleNamespace(
+        name="shapes", random_weights=False, extras={}, dtype=torch.float32, device=torch.device("cpu"), latent_channels=8
+    )
     with pytest.raises(ModelLoadError, match="4-channel latents; shapes's autoencoder has 8"):
         tiny_vae(shapes)
-    real = SimpleNamespace(name="owner/model", random_weights=False, extras={}, dtype=torch.float32, device=torch.device("cpu"), latent_channels=4)
+    real = SimpleNamespace(
+        name="owner/model", random_weights=False, extras={}, dtype=torch.float32, device=torch.device("cpu"), latent_channels=4
+    )
     with pytest.raises(ModelLoadError) as caught:  # conftest sets HF_HUB_OFFLINE=1
         tiny_vae(real)
     assert str(caught.value).startswith("cannot reach the Hugging Face Hub to get tiny autoencoder 'madebyollin/taesd'")
@@ -115,7 +121,14 @@ def test_the_first_frame_preview_decodes_only_the_frame_it_shows(skiing, tmp_pat
     from editing.pipeline import EditRequest
     from ui.backend import PREVIEW_FRAMES, Backend
 
-    request = EditRequest(str(skiing), str(tmp_path / "out.mp4"), EditConfig(prompt="a red car", steps=1), FrameSelection(max_frames=8, size=64), model="tiny", device="cpu")
+    request = EditRequest(
+        str(skiing),
+        str(tmp_path / "out.mp4"),
+        EditConfig(prompt="a red car", steps=1),
+        FrameSelection(max_frames=8, size=64),
+        model="tiny",
+        device="cpu",
+    )
     with ImageCounter(tiny.vae.decoder) as decoded:
         image = Backend(output_root=tmp_path).preview_first_frame(request, lambda *a: None)
     assert image.shape == (64, 64, 3) and PREVIEW_FRAMES > 1
@@ -163,7 +176,14 @@ def test_a_preset_sets_defaults_that_explicit_options_override():
     from editing.cli import edit_request
 
     fast = _apply(_parse("--preset", "fast", "--model", "tiny"))
-    assert (fast.sampler, fast.steps, fast.strength, fast.guidance, fast.inversion, fast.vae) == ("lcm", 8, 0.5, 1.0, "none", "tiny")
+    assert (fast.sampler, fast.steps, fast.strength, fast.guidance, fast.inversion, fast.vae) == (
+        "lcm",
+        8,
+        0.5,
+        1.0,
+        "none",
+        "tiny",
+    )
     assert fast.lora == ["random:1"] and fast.lora_fuse  # the built-in random model gets the random LoRA
     real = _apply(_parse("--preset", "fast", "--model", "owner/model"))
     assert real.lora == ["latent-consistency/lcm-lora-sdv1-5:1"]
@@ -214,9 +234,13 @@ def test_the_fast_preset_runs_four_unet_evaluations_per_frame_and_notes_its_outp
         result = edit_video(fast, lambda *a: None)
     assert result.frames == 3 and evaluations.images == 4 * 3
     assert any("means nothing" in note for note in result.notes) and "lora=random" in result.model and "vae=tiny" in result.model
-    default = edit_request(_parse("--model", "tiny", "--device", "cpu", "--size", "64", "--frames", "3", "--steps", "4", "--keyframes", "off"))
+    default = edit_request(
+        _parse("--model", "tiny", "--device", "cpu", "--size", "64", "--frames", "3", "--steps", "4", "--keyframes", "off")
+    )
     default = dataclasses.replace(default, video=str(skiing), output=str(tmp_path / "default.zip"))
-    with ImageCounter(load_backbone("tiny", device="cpu").unet) as control:  # the control: DDIM inversion plus guided steps on every frame
+    with ImageCounter(
+        load_backbone("tiny", device="cpu").unet
+    ) as control:  # the control: DDIM inversion plus guided steps on every frame
         edit_video(default, lambda *a: None)
     assert control.images == (4 + 2 * 4) * 3
 
@@ -226,8 +250,28 @@ def test_the_cli_prints_the_presets_note(skiing, tmp_path):
     import sys
 
     run = subprocess.run(
-        [sys.executable, "-m", "editing", "edit", str(skiing), "--prompt", "x", "--out", str(tmp_path / "o.zip"), "--model", "tiny", "--frames", "2", "--size", "64", "--preset", "fast"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "editing",
+            "edit",
+            str(skiing),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "o.zip"),
+            "--model",
+            "tiny",
+            "--frames",
+            "2",
+            "--size",
+            "64",
+            "--preset",
+            "fast",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "preset fast on the built-in random model 'tiny'" in run.stderr and "means nothing" in run.stderr
@@ -245,7 +289,9 @@ def test_the_fast_preset_propagates_keyframes_without_re_diffusing_unless_asked(
     assert _apply(_parse(*common, "--keyframe-refine", "0.25")).keyframe_refine == 0.25
     counts = {}
     for name, extra in (("off", ()), ("on", ("--keyframe-refine", "0.25"))):
-        request = dataclasses.replace(edit_request(_parse(*common, *extra)), video=str(skiing), output=str(tmp_path / f"{name}.zip"))
+        request = dataclasses.replace(
+            edit_request(_parse(*common, *extra)), video=str(skiing), output=str(tmp_path / f"{name}.zip")
+        )
         backbone = load_backbone("tiny", device="cpu", options=request.model_options)
         with ImageCounter(backbone.unet) as evaluations:
             result = edit_video(request, lambda *a: None)

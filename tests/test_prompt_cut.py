@@ -24,7 +24,27 @@ def test_a_long_prompt_is_reported_with_where_it_was_cut():
 def test_the_edit_result_and_the_cli_say_so(tmp_path, capsys):
     from editing.cli import main
 
-    code = main(["edit", str(ASSETS / "car-turn.mp4"), "--prompt", LONG, "--out", str(tmp_path / "o.mp4"), "--model", "tiny", "--frames", "2", "--size", "64", "--steps", "1", "--cache-dir", str(tmp_path / "c"), "--json"])
+    code = main(
+        [
+            "edit",
+            str(ASSETS / "car-turn.mp4"),
+            "--prompt",
+            LONG,
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--model",
+            "tiny",
+            "--frames",
+            "2",
+            "--size",
+            "64",
+            "--steps",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--json",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "warning: the prompt is longer than the text encoder's 75 tokens" in err
@@ -35,6 +55,14 @@ def test_the_app_details_show_it(tmp_path):
     from editing.pipeline import EditRequest, edit_video
     from ui.backend import public_details
 
-    result = edit_video(EditRequest(str(ASSETS / "car-turn.mp4"), str(tmp_path / "o.mp4"), EditConfig(LONG, steps=1), FrameSelection(max_frames=2, size=64), model="tiny"))
+    result = edit_video(
+        EditRequest(
+            str(ASSETS / "car-turn.mp4"),
+            str(tmp_path / "o.mp4"),
+            EditConfig(LONG, steps=1),
+            FrameSelection(max_frames=2, size=64),
+            model="tiny",
+        )
+    )
     shown = public_details(result.to_dict())
     assert any("cut after" in w for w in shown["warnings"])

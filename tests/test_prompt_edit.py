@@ -148,7 +148,19 @@ def edit(tiny, start, prompt, steps, guidance, control=None, callback=None, chun
 def refine_controller(tiny, store, policy, latents, steps, cross, self_, target=SOURCE, blend=None):
     index, alpha = prompts.refine_alignment(tiny.tokenizer, SOURCE, target)
     height, width = latents.shape[-2:]
-    return RefineEdit(index, alpha, store=store, policy=policy, latent_height=height, latent_width=width, inverted_steps=steps, edit_steps=steps, cross_replace=cross, self_replace=self_, blend=blend)
+    return RefineEdit(
+        index,
+        alpha,
+        store=store,
+        policy=policy,
+        latent_height=height,
+        latent_width=width,
+        inverted_steps=steps,
+        edit_steps=steps,
+        cross_replace=cross,
+        self_replace=self_,
+        blend=blend,
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
@@ -158,7 +170,9 @@ def test_store_size_formula_matches_the_measured_store(tiny, car_latents, chunk)
     _, store = invert_recording(tiny, car_latents, SOURCE, steps, policy, chunk=chunk, self_steps=self_steps)
     frames, _, height, width = car_latents.shape
     assert len(store) > 0 and len(self_steps) == 1
-    assert store.nbytes() == store_nbytes(tiny.unet.config, frames, height, width, steps, len(self_steps), kv_frames=1, policy=policy)
+    assert store.nbytes() == store_nbytes(
+        tiny.unet.config, frames, height, width, steps, len(self_steps), kv_frames=1, policy=policy
+    )
     assert {key[3] for key in store.maps} == set(range(frames))  # keyed per clip frame, whatever the chunks
 
 
@@ -167,7 +181,14 @@ def test_no_replacement_equals_the_plain_edit(tiny, car_latents):
     steps, policy = 3, StorePolicy(1, 1)
     trajectory, store = invert_recording(tiny, car_latents, SOURCE, steps, policy)
     plain = edit(tiny, trajectory.final, "a red porsche driving", steps, 5.0)
-    controlled = edit(tiny, trajectory.final, "a red porsche driving", steps, 5.0, refine_controller(tiny, store, policy, car_latents, steps, 0.0, 0.0, "a red porsche driving"))
+    controlled = edit(
+        tiny,
+        trajectory.final,
+        "a red porsche driving",
+        steps,
+        5.0,
+        refine_controller(tiny, store, policy, car_latents, steps, 0.0, 0.0, "a red porsche driving"),
+    )
     assert torch.equal(plain, controlled)
 
 
@@ -178,7 +199,9 @@ def test_identity_edit_with_stored_attention_is_closer_to_the_source(tiny, car_l
     steps, policy = 4, StorePolicy(1, 1)
     trajectory, store = invert_recording(tiny, car_latents, SOURCE, steps, policy)
     plain = edit(tiny, trajectory.final, SOURCE, steps, 7.5)
-    replaced = edit(tiny, trajectory.final, SOURCE, steps, 7.5, refine_controller(tiny, store, policy, car_latents, steps, 1.0, 1.0))
+    replaced = edit(
+        tiny, trajectory.final, SOURCE, steps, 7.5, refine_controller(tiny, store, policy, car_latents, steps, 1.0, 1.0)
+    )
     plain_error = (plain - car_latents).pow(2).mean().item()
     replaced_error = (replaced - car_latents).pow(2).mean().item()
     assert replaced_error < plain_error
@@ -188,10 +211,24 @@ def test_outside_the_blend_mask_the_output_is_the_reconstruction(tiny, car_laten
     steps, policy, target = 3, StorePolicy(1, 4), "a red porsche driving"
     trajectory, store = invert_recording(tiny, car_latents, SOURCE, steps, policy)
     height, width = car_latents.shape[-2:]
-    positions = prompts.blend_positions(tiny.tokenizer, SOURCE, ("jeep",)), prompts.blend_positions(tiny.tokenizer, target, ("porsche",))
+    positions = (
+        prompts.blend_positions(tiny.tokenizer, SOURCE, ("jeep",)),
+        prompts.blend_positions(tiny.tokenizer, target, ("porsche",)),
+    )
     blend = LocalBlend(*positions, height, width, threshold=0.5)
     mapper = prompts.swap_mapper(tiny.tokenizer, SOURCE, target)
-    control = SwapEdit(mapper, store=store, policy=policy, latent_height=height, latent_width=width, inverted_steps=steps, edit_steps=steps, cross_replace=0.8, self_replace=0.4, blend=blend)
+    control = SwapEdit(
+        mapper,
+        store=store,
+        policy=policy,
+        latent_height=height,
+        latent_width=width,
+        inverted_steps=steps,
+        edit_steps=steps,
+        cross_replace=0.8,
+        self_replace=0.4,
+        blend=blend,
+    )
     out = edit(tiny, trajectory.final, target, steps, 5.0, control, blend_callback(blend, trajectory))
     mask = blend.mask(car_latents.shape[0]).expand_as(out)
     assert 0 < mask.float().mean() < 1  # the mask selects a region, not nothing or everything
@@ -207,14 +244,30 @@ def test_a_chunked_prompt_to_prompt_edit_equals_the_unchunked_one(tiny, car_late
     context both modes need, see test_engine.) Control: the controller changes the result."""
     steps, policy, target = 3, StorePolicy(1, 1), "a red porsche driving"
     height, width = car_latents.shape[-2:]
-    positions = prompts.blend_positions(tiny.tokenizer, SOURCE, ("jeep",)), prompts.blend_positions(tiny.tokenizer, target, ("porsche",))
+    positions = (
+        prompts.blend_positions(tiny.tokenizer, SOURCE, ("jeep",)),
+        prompts.blend_positions(tiny.tokenizer, target, ("porsche",)),
+    )
     mapper = prompts.swap_mapper(tiny.tokenizer, SOURCE, target)
     results, masks = {}, {}  # by chunk size
     for chunk in (1, car_latents.shape[0]):
         trajectory, store = invert_recording(tiny, car_latents, SOURCE, steps, policy, chunk=chunk, mode=mode)
         blend = LocalBlend(*positions, height, width, threshold=0.5)
-        control = SwapEdit(mapper, store=store, policy=policy, latent_height=height, latent_width=width, inverted_steps=steps, edit_steps=steps, cross_replace=0.8, self_replace=0.7, blend=blend)
-        results[chunk] = edit(tiny, trajectory.final, target, steps, 5.0, control, blend_callback(blend, trajectory), chunk=chunk, mode=mode)
+        control = SwapEdit(
+            mapper,
+            store=store,
+            policy=policy,
+            latent_height=height,
+            latent_width=width,
+            inverted_steps=steps,
+            edit_steps=steps,
+            cross_replace=0.8,
+            self_replace=0.7,
+            blend=blend,
+        )
+        results[chunk] = edit(
+            tiny, trajectory.final, target, steps, 5.0, control, blend_callback(blend, trajectory), chunk=chunk, mode=mode
+        )
         masks[chunk] = blend.mask(car_latents.shape[0])
     chunked, whole = results.values()
     torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
@@ -251,13 +304,17 @@ def test_null_text_inversion_reconstructs_better_than_ddim_with_guidance(tiny, c
         images = torch.from_numpy(extract_conditions("canny", clip.frames)).permute(0, 3, 1, 2).float() / 255
         controls = (sampling.ControlSignal(load_controlnet("random", tiny), images, 1.0),)
     trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
-    negatives, reconstruction = null_text_invert(tiny, trajectory, sampling.Guidance(text, scale, controls), steps, 1.0, plan, iterations=3)
+    negatives, reconstruction = null_text_invert(
+        tiny, trajectory, sampling.Guidance(text, scale, controls), steps, 1.0, plan, iterations=3
+    )
     assert len(negatives) == steps and not torch.equal(negatives[0], text.negative)
     errors = []
     for per_step in (None, negatives):
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
-        out = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=per_step), plan)
+        out = sampling.denoise(
+            tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=per_step), plan
+        )
         errors.append((out - clean).pow(2).mean().item())
     assert torch.allclose(out, reconstruction, atol=1e-5)  # the fitting run's own output is the same loop's
     ddim_error, null_text_error = errors
@@ -280,10 +337,14 @@ def test_null_text_fitted_without_the_controlnet_reconstructs_the_controlled_mod
     trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
     errors = []
     for fitted_with in ((), controls):
-        negatives, _ = null_text_invert(tiny, trajectory, sampling.Guidance(text, scale, fitted_with), steps, 1.0, plan, iterations=3)
+        negatives, _ = null_text_invert(
+            tiny, trajectory, sampling.Guidance(text, scale, fitted_with), steps, 1.0, plan, iterations=3
+        )
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
-        out = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=negatives), plan)
+        out = sampling.denoise(
+            tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=negatives), plan
+        )
         errors.append((out - clean).pow(2).mean().item())
     without, with_control = errors
     assert with_control < without
@@ -301,15 +362,40 @@ def test_config_refuses_inconsistent_settings():
         AttentionEditConfig(" ")
 
 
-CLI_EDIT = ["--model", "tiny", "--size", "64", "--frames", "2", "--steps", "2", "--guidance", "3", "--device", "cpu", "--source-prompt", SOURCE, "--json"]
+CLI_EDIT = [
+    "--model",
+    "tiny",
+    "--size",
+    "64",
+    "--frames",
+    "2",
+    "--steps",
+    "2",
+    "--guidance",
+    "3",
+    "--device",
+    "cpu",
+    "--source-prompt",
+    SOURCE,
+    "--json",
+]
 
 
 @pytest.mark.parametrize(
     "options, expected",
     [
-        (["--edit", "swap", "--prompt", "a red porsche driving", "--blend-words", "jeep,porsche"], {"edit": "swap", "blend": True, "null_text": False}),
-        (["--edit", "refine", "--prompt", "a silver jeep driving at night", "--null-text", "--null-text-iterations", "1"], {"edit": "refine", "blend": False, "null_text": True}),
-        (["--edit", "reweight", "--prompt", SOURCE, "--reweight", "silver=2", "--cross-replace", "1"], {"edit": "reweight", "blend": False, "null_text": False}),
+        (
+            ["--edit", "swap", "--prompt", "a red porsche driving", "--blend-words", "jeep,porsche"],
+            {"edit": "swap", "blend": True, "null_text": False},
+        ),
+        (
+            ["--edit", "refine", "--prompt", "a silver jeep driving at night", "--null-text", "--null-text-iterations", "1"],
+            {"edit": "refine", "blend": False, "null_text": True},
+        ),
+        (
+            ["--edit", "reweight", "--prompt", SOURCE, "--reweight", "silver=2", "--cross-replace", "1"],
+            {"edit": "reweight", "blend": False, "null_text": False},
+        ),
     ],
 )
 def test_cli_runs_every_edit_type_on_a_real_clip(tmp_path, car, capsys, options, expected):
@@ -334,5 +420,8 @@ def test_cli_refuses_bad_attention_options_in_one_line(tmp_path, car, capsys, op
 
 
 def test_cli_attention_options_need_a_source_prompt(tmp_path, car, capsys):
-    assert main(["edit", str(car), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--model", "tiny", "--blend-words", "jeep"]) == 2
+    assert (
+        main(["edit", str(car), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--model", "tiny", "--blend-words", "jeep"])
+        == 2
+    )
     assert "--source-prompt" in capsys.readouterr().err

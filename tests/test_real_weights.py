@@ -7,7 +7,6 @@ Run on a machine with the Hub or a local copy (EDITING_REAL_MODEL=/path/to/folde
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,9 @@ def test_a_reference_image_pulls_the_edit_towards_it_with_the_real_ip_adapter(tm
             edit=EditConfig(prompt="a cup on a road", steps=30),
             selection=FrameSelection(max_frames=8, size=512),
             model=MODEL,
-            engine=EngineConfig(controls=(ControlSpec("canny", scale=0.6),), reference_image=f"{reference}:{scale}", cache_dir=str(tmp_path)),
+            engine=EngineConfig(
+                controls=(ControlSpec("canny", scale=0.6),), reference_image=f"{reference}:{scale}", cache_dir=str(tmp_path)
+            ),
         )
         outputs[scale] = edit_video(request).images
     adapter = load_image_adapter(DEFAULT_ADAPTER, load_backbone(MODEL))

@@ -17,7 +17,6 @@ from editing.core import EditParts, edit_frames
 from editing.errors import Cancelled, ConfigError, ModelLoadError
 from editing.video_io import read_clip
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -134,10 +133,14 @@ def test_a_reference_combines_with_tuned_attention_processors(tiny, frames, dog)
     plan = sampling.plan_frames(len(frames), 3, "sparse-causal")
 
     def run(reference=None):
-        prompt = None if reference is None else prepare_reference(EngineConfig(reference_image=reference), tiny, load_image_adapter)
+        prompt = (
+            None if reference is None else prepare_reference(EngineConfig(reference_image=reference), tiny, load_image_adapter)
+        )
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-        return sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0, reference=prompt), plan, attention_control=control)
+        return sampling.denoise(
+            tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0, reference=prompt), plan, attention_control=control
+        )
 
     none = run()
     assert torch.equal(none, run(f"{dog}:0"))
@@ -174,7 +177,9 @@ def save_adapter(folder, tiny, suffix: str):
     if suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({f"{group}.{key}": tensor.contiguous() for group, part in state.items() for key, tensor in part.items()}, str(path))
+        save_file(
+            {f"{group}.{key}": tensor.contiguous() for group, part in state.items() for key, tensor in part.items()}, str(path)
+        )
     else:
         torch.save(state, path)
     random_image_encoder().save_pretrained(folder / "image_encoder")
@@ -197,7 +202,9 @@ def test_adapters_that_do_not_fit_are_refused_in_one_sentence(tiny, frames, dog,
     save_adapter(tmp_path / "full", tiny, ".safetensors").rename(lonely)
     foreign = tmp_path / "foreign" / "ip-adapter_sd15.safetensors"
     foreign.parent.mkdir()
-    save_file({"ip_adapter.1.to_k_ip.weight": torch.zeros(64, 768), "image_proj.proj.weight": torch.zeros(3072, 1024)}, str(foreign))
+    save_file(
+        {"ip_adapter.1.to_k_ip.weight": torch.zeros(64, 768), "image_proj.proj.weight": torch.zeros(3072, 1024)}, str(foreign)
+    )
     cases = {
         str(lonely): "image_encoder folder beside it",
         str(foreign): "made for a text width of 768, but the model uses 32",
@@ -236,7 +243,19 @@ def test_the_option_reaches_the_cli_eval_specs_and_the_app_api(tmp_path):
     assert option.flag == "--reference-image" and option.file == "image"
     parser = argparse.ArgumentParser()
     requests.add_arguments(parser, "edit")
-    args = parser.parse_args(["clip.mp4", "--out", str(tmp_path / "o.mp4"), "--prompt", "a dog", "--reference-image", "dog.png:0.8", "--reference-adapter", "random"])
+    args = parser.parse_args(
+        [
+            "clip.mp4",
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--prompt",
+            "a dog",
+            "--reference-image",
+            "dog.png:0.8",
+            "--reference-adapter",
+            "random",
+        ]
+    )
     request = requests.edit_request(args)
     assert request.engine.reference == ("dog.png", 0.8) and request.engine.reference_adapter == "random"
     spec = requests.edit_request({"video": "clip.mp4", "out": "o.mp4", "prompt": "a dog", "reference_image": "dog.png"})
@@ -262,7 +281,9 @@ def test_the_app_form_uploads_the_reference_and_keeps_the_adapter_choice_off(car
 def test_the_edit_api_takes_the_reference_as_an_uploaded_image():
     from ui import build_demo
 
-    parameters = {p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]}
+    parameters = {
+        p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]
+    }
     assert parameters["reference_image"]["component"] == "Image" and parameters["reference_scale"]["component"] == "Slider"
     assert "reference_adapter" not in parameters
 
@@ -272,7 +293,11 @@ def test_an_eval_spec_reads_the_reference_relative_to_the_spec_file(tmp_path):
 
     from .conftest import ROOT
 
-    spec = {"clip": "none", "defaults": {"model": "tiny"}, "edits": [{"video": "assets/car-turn.mp4", "prompt": "a dog", "reference_image": "assets/dog.png:0.4"}]}
+    spec = {
+        "clip": "none",
+        "defaults": {"model": "tiny"},
+        "edits": [{"video": "assets/car-turn.mp4", "prompt": "a dog", "reference_image": "assets/dog.png:0.4"}],
+    }
     assert parse_spec(spec, ROOT).edits[0].request.engine.reference == (str(ROOT / "assets" / "dog.png"), 0.4)
     spec["edits"][0]["reference_image"] = "/photos/dog.png"
     assert parse_spec(spec, ROOT).edits[0].request.engine.reference == ("/photos/dog.png", 0.6)

@@ -10,10 +10,10 @@ import pytest
 
 from editing.config import ControlSpec, EditConfig, EngineConfig
 from editing.core import EditParts
-from editing.region import masked_edit
 from editing.errors import ConfigError
 from editing.masks import feathered, grown
 from editing.masks.options import MaskConfig
+from editing.region import masked_edit
 from shapes_world.benchmark import benchmark_clip, mask_iou, write_lossless
 from shapes_world.world import Motion, make_clip, without_object
 

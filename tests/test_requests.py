@@ -14,7 +14,15 @@ import pytest
 
 from editing import requests
 from editing.cli import build_parser, main
-from editing.config import DEFAULT_KEYFRAMES, AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection, KeyframeImage
+from editing.config import (
+    DEFAULT_KEYFRAMES,
+    AttentionEditConfig,
+    ControlSpec,
+    EditConfig,
+    EngineConfig,
+    FrameSelection,
+    KeyframeImage,
+)
 from editing.errors import ConfigError
 from editing.evaluate import parse_spec
 from editing.lora import LoraSpec, ModelOptions
@@ -44,12 +52,24 @@ def edit(**parts) -> EditRequest:
 SIZE = native_size(requests.field_default(EditRequest, "model"))
 HAND_BUILT_EDITS = [
     ([], edit()),
-    (["--negative-prompt", "blur", "--steps", "3", "--guidance", "5", "--strength", "0.7", "--seed", "4"], edit(edit=EditConfig("a cat", "blur", 3, 5.0, 0.7, 4))),
-    (["--start", "0.5", "--end", "2", "--stride", "2", "--frames", "0", "--size", "128"], edit(selection=FrameSelection(0.5, 2.0, 2, None, 128))),
+    (
+        ["--negative-prompt", "blur", "--steps", "3", "--guidance", "5", "--strength", "0.7", "--seed", "4"],
+        edit(edit=EditConfig("a cat", "blur", 3, 5.0, 0.7, 4)),
+    ),
+    (
+        ["--start", "0.5", "--end", "2", "--stride", "2", "--frames", "0", "--size", "128"],
+        edit(selection=FrameSelection(0.5, 2.0, 2, None, 128)),
+    ),
     (["--frames", "6"], edit(selection=FrameSelection(max_frames=6, size=SIZE))),
     (["--model", "tiny"], edit(model="tiny", selection=FrameSelection(size=native_size("tiny")))),
-    (["--attention", "window", "--window", "1", "--chunk", "4"], edit(engine=EngineConfig(attention="window", window=1, chunk=4, keyframes=DEFAULT_KEYFRAMES))),
-    (["--lora", "a/b:0.5", "--lora", "x.safetensors", "--lora-fuse", "--vae", "tiny"], edit(model_options=ModelOptions((LoraSpec("a/b", 0.5), LoraSpec("x.safetensors")), True, "tiny"))),
+    (
+        ["--attention", "window", "--window", "1", "--chunk", "4"],
+        edit(engine=EngineConfig(attention="window", window=1, chunk=4, keyframes=DEFAULT_KEYFRAMES)),
+    ),
+    (
+        ["--lora", "a/b:0.5", "--lora", "x.safetensors", "--lora-fuse", "--vae", "tiny"],
+        edit(model_options=ModelOptions((LoraSpec("a/b", 0.5), LoraSpec("x.safetensors")), True, "tiny")),
+    ),
     (
         ["--preset", "fast", "--model", "tiny", "--steps", "6"],  # the preset's values for every option not given
         edit(
@@ -61,15 +81,55 @@ HAND_BUILT_EDITS = [
             preset="fast",
         ),
     ),
-    (["--sampler", "euler", "--token-merge", "0.5", "--feature-bank", "4"], edit(edit=EditConfig("a cat", sampler="euler"), engine=EngineConfig(token_merge=0.5, feature_bank=4))),
     (
-        ["--keyframes", "auto", "--keyframe-refine", "0.2", "--keyframe-image", "0=a.png", "--keyframe-image", "8=b.png", "--keyframe-fit", "crop", "--keyframe-guidance", "2"],
-        edit(engine=EngineConfig(keyframes="auto", keyframe_refine=0.2, keyframe_images=(KeyframeImage(0, "a.png"), KeyframeImage(8, "b.png")), keyframe_fit="crop", keyframe_guidance=2.0)),
+        ["--sampler", "euler", "--token-merge", "0.5", "--feature-bank", "4"],
+        edit(edit=EditConfig("a cat", sampler="euler"), engine=EngineConfig(token_merge=0.5, feature_bank=4)),
     ),
-    (["--inversion", "none", "--inversion-prompt", "a car"], edit(engine=EngineConfig(inversion="none", inversion_prompt="a car", keyframes=DEFAULT_KEYFRAMES))),
     (
-        ["--control", "canny:0.5", "--control", "depth:1:0:0.5", "--control-model", "depth=some/net", "--control-video", "canny=c.mp4"],
-        edit(engine=EngineConfig(controls=(ControlSpec("canny", 0.5, video="c.mp4"), ControlSpec("depth", 1.0, 0.0, 0.5, model="some/net")))),
+        [
+            "--keyframes",
+            "auto",
+            "--keyframe-refine",
+            "0.2",
+            "--keyframe-image",
+            "0=a.png",
+            "--keyframe-image",
+            "8=b.png",
+            "--keyframe-fit",
+            "crop",
+            "--keyframe-guidance",
+            "2",
+        ],
+        edit(
+            engine=EngineConfig(
+                keyframes="auto",
+                keyframe_refine=0.2,
+                keyframe_images=(KeyframeImage(0, "a.png"), KeyframeImage(8, "b.png")),
+                keyframe_fit="crop",
+                keyframe_guidance=2.0,
+            )
+        ),
+    ),
+    (
+        ["--inversion", "none", "--inversion-prompt", "a car"],
+        edit(engine=EngineConfig(inversion="none", inversion_prompt="a car", keyframes=DEFAULT_KEYFRAMES)),
+    ),
+    (
+        [
+            "--control",
+            "canny:0.5",
+            "--control",
+            "depth:1:0:0.5",
+            "--control-model",
+            "depth=some/net",
+            "--control-video",
+            "canny=c.mp4",
+        ],
+        edit(
+            engine=EngineConfig(
+                controls=(ControlSpec("canny", 0.5, video="c.mp4"), ControlSpec("depth", 1.0, 0.0, 0.5, model="some/net"))
+            )
+        ),
     ),
     (["--smooth", "flow,color"], edit(engine=EngineConfig(smooth_flow=True, smooth_color=True, keyframes=DEFAULT_KEYFRAMES))),
     (["--smooth", "color"], edit(engine=EngineConfig(smooth_color=True, keyframes=DEFAULT_KEYFRAMES))),
@@ -77,34 +137,147 @@ HAND_BUILT_EDITS = [
     (["--keyframes", "off"], edit(engine=EngineConfig(keyframes="off"))),  # every frame edited
     (["--attention", "none"], edit(engine=EngineConfig(attention="none"))),  # per frame: no keyframes by default
     (["--attention", "tokenflow"], edit(engine=EngineConfig(attention="tokenflow"))),  # TokenFlow propagates keyframes itself
-    (["--cache-dir", "/tmp/c", "--annotators", "a/b"], edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b", keyframes=DEFAULT_KEYFRAMES))),
-    (["--reference-image", "dog.png:0.3", "--reference-adapter", "random"], edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random", keyframes=DEFAULT_KEYFRAMES))),
+    (
+        ["--cache-dir", "/tmp/c", "--annotators", "a/b"],
+        edit(engine=EngineConfig(cache_dir="/tmp/c", annotators="a/b", keyframes=DEFAULT_KEYFRAMES)),
+    ),
+    (
+        ["--reference-image", "dog.png:0.3", "--reference-adapter", "random"],
+        edit(engine=EngineConfig(reference_image="dog.png:0.3", reference_adapter="random", keyframes=DEFAULT_KEYFRAMES)),
+    ),
     (["--device", "cpu", "--dtype", "fp32"], edit(device="cpu", dtype="fp32")),
-    (["--tuned", "w.safetensors", "--attention", "sparse-causal"], edit(tuned="w.safetensors", engine=EngineConfig(attention="sparse-causal"))),
+    (
+        ["--tuned", "w.safetensors", "--attention", "sparse-causal"],
+        edit(tuned="w.safetensors", engine=EngineConfig(attention="sparse-causal")),
+    ),
     (["--source-prompt", "a car"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car"))),
     (
-        ["--source-prompt", "a car", "--edit", "swap", "--cross-replace", "0.5", "--self-replace", "0.2", "--blend-words", "car, cat", "--blend-threshold", "0.4"],
+        [
+            "--source-prompt",
+            "a car",
+            "--edit",
+            "swap",
+            "--cross-replace",
+            "0.5",
+            "--self-replace",
+            "0.2",
+            "--blend-words",
+            "car, cat",
+            "--blend-threshold",
+            "0.4",
+        ],
         edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", "swap", 0.5, 0.2, ("car", "cat"), 0.4)),
     ),
-    (["--source-prompt", "a car", "--edit", "reweight", "--reweight", "cat=2", "--reweight", "a=-1.5"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", "reweight", reweight=(("cat", 2.0), ("a", -1.5))))),
-    (["--source-prompt", "a car", "--null-text", "--null-text-iterations", "3"], edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", null_text=True, null_text_iterations=3))),
     (
-        ["--mask", "m.png@3", "--mask-track", "sam2", "--mask-model", "a/sam", "--mask-grow", "2", "--mask-feather", "3", "--region", "--mask-preview", "p.mp4"],
-        edit(masking=MaskConfig(mask="m.png@3", mask_track="sam2", mask_model="a/sam", mask_grow=2, mask_feather=3, mask_preview="p.mp4", region=True)),
+        ["--source-prompt", "a car", "--edit", "reweight", "--reweight", "cat=2", "--reweight", "a=-1.5"],
+        edit(
+            engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", "reweight", reweight=(("cat", 2.0), ("a", -1.5)))
+        ),
     ),
-    (["--mask-words", "red star", "--remove", "--inpaint-model", "a/inpaint"], edit(masking=MaskConfig(mask_words="red star", remove=True, inpaint_model="a/inpaint"))),
     (
-        ["--model", "tiny", "--motion-adapter", "random", "--context", "8:2:static"],  # a motion module turns the default keyframes off
-        edit(engine=EngineConfig(context="8:2:static", keyframes=None), model="tiny", selection=FrameSelection(size=native_size("tiny")), model_options=ModelOptions(motion_adapter="random")),
+        ["--source-prompt", "a car", "--null-text", "--null-text-iterations", "3"],
+        edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car", null_text=True, null_text_iterations=3)),
     ),
-    (["--step-cache", "deepcache:3", "--compile"], edit(engine=EngineConfig(step_cache="deepcache:3", keyframes=DEFAULT_KEYFRAMES), model_options=ModelOptions(compile=True))),
+    (
+        [
+            "--mask",
+            "m.png@3",
+            "--mask-track",
+            "sam2",
+            "--mask-model",
+            "a/sam",
+            "--mask-grow",
+            "2",
+            "--mask-feather",
+            "3",
+            "--region",
+            "--mask-preview",
+            "p.mp4",
+        ],
+        edit(
+            masking=MaskConfig(
+                mask="m.png@3",
+                mask_track="sam2",
+                mask_model="a/sam",
+                mask_grow=2,
+                mask_feather=3,
+                mask_preview="p.mp4",
+                region=True,
+            )
+        ),
+    ),
+    (
+        ["--mask-words", "red star", "--remove", "--inpaint-model", "a/inpaint"],
+        edit(masking=MaskConfig(mask_words="red star", remove=True, inpaint_model="a/inpaint")),
+    ),
+    (
+        [
+            "--model",
+            "tiny",
+            "--motion-adapter",
+            "random",
+            "--context",
+            "8:2:static",
+        ],  # a motion module turns the default keyframes off
+        edit(
+            engine=EngineConfig(context="8:2:static", keyframes=None),
+            model="tiny",
+            selection=FrameSelection(size=native_size("tiny")),
+            model_options=ModelOptions(motion_adapter="random"),
+        ),
+    ),
+    (
+        ["--step-cache", "deepcache:3", "--compile"],
+        edit(
+            engine=EngineConfig(step_cache="deepcache:3", keyframes=DEFAULT_KEYFRAMES), model_options=ModelOptions(compile=True)
+        ),
+    ),
 ]
 HAND_BUILT_TUNES = [
     ([], TuneRequest(VIDEO, TuneConfig("a car", FrameSelection(max_frames=8, size=SIZE)), "t.safetensors")),
     (
-        ["--model", "tiny", "--steps", "5", "--learning-rate", "0.001", "--seed", "2", "--start", "0.2", "--end", "1", "--stride", "2", "--frames", "4", "--size", "64"]
-        + ["--gradient-checkpointing", "--mixed-precision", "bf16", "--cache-dir", "/tmp/t", "--device", "cpu", "--dtype", "fp32"],
-        TuneRequest(VIDEO, TuneConfig("a car", FrameSelection(0.2, 1.0, 2, 4, 64), 5, 0.001, 2, gradient_checkpointing=True, mixed_precision="bf16"), "t.safetensors", "tiny", "cpu", "fp32", "/tmp/t"),
+        [
+            "--model",
+            "tiny",
+            "--steps",
+            "5",
+            "--learning-rate",
+            "0.001",
+            "--seed",
+            "2",
+            "--start",
+            "0.2",
+            "--end",
+            "1",
+            "--stride",
+            "2",
+            "--frames",
+            "4",
+            "--size",
+            "64",
+        ]
+        + [
+            "--gradient-checkpointing",
+            "--mixed-precision",
+            "bf16",
+            "--cache-dir",
+            "/tmp/t",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+        ],
+        TuneRequest(
+            VIDEO,
+            TuneConfig(
+                "a car", FrameSelection(0.2, 1.0, 2, 4, 64), 5, 0.001, 2, gradient_checkpointing=True, mixed_precision="bf16"
+            ),
+            "t.safetensors",
+            "tiny",
+            "cpu",
+            "fp32",
+            "/tmp/t",
+        ),
     ),
 ]
 
@@ -139,7 +312,9 @@ def test_option_defaults_are_the_dataclass_defaults(command):
     assert base == hand
     args = vars(build_parser().parse_args(EDIT if command == "edit" else TUNE))
     checked = 0
-    enabled = edit(engine=EngineConfig(), attention_edit=AttentionEditConfig("a car"))  # the optional config's defaults, once it is asked for
+    enabled = edit(
+        engine=EngineConfig(), attention_edit=AttentionEditConfig("a car")
+    )  # the optional config's defaults, once it is asked for
     for option in requests.options(command):
         if option.kind == "value" and not option.resolve and not option.needed and not option.enables and option.none_as is None:
             assert args[option.name] == _at(enabled if option.within else hand, option.paths[0]), option.name
@@ -164,11 +339,17 @@ REGISTRY = ["plain", "crisp"]
 def _with_new_fields(monkeypatch):
     """The edit command's request with two fields added to its EngineConfig, as a contributor would add them."""
     extra = [
-        ("sharpness", float, field(default=0.25, metadata={"help": "how sharp the edit is", "flag": ("--sharpness", "--crispness")})),
+        (
+            "sharpness",
+            float,
+            field(default=0.25, metadata={"help": "how sharp the edit is", "flag": ("--sharpness", "--crispness")}),
+        ),
         ("look", str, field(default="plain", metadata={"help": "a look: {choices}", "choices": lambda: tuple(REGISTRY)})),
     ]
     engine = dataclasses.make_dataclass("EngineConfigPlus", extra, bases=(EngineConfig,), frozen=True)
-    request = dataclasses.make_dataclass("EditRequestPlus", [("engine", engine, field(default=engine()))], bases=(EditRequest,), frozen=True)
+    request = dataclasses.make_dataclass(
+        "EditRequestPlus", [("engine", engine, field(default=engine()))], bases=(EditRequest,), frozen=True
+    )
     monkeypatch.setitem(requests.COMMANDS, "edit", request)
     return request
 
@@ -193,7 +374,11 @@ def test_a_field_added_to_a_config_is_a_cli_option(monkeypatch, capsys):
 
 def test_a_field_added_to_a_config_is_an_eval_spec_setting(monkeypatch):
     _with_new_fields(monkeypatch)
-    data = {"clip": "none", "defaults": {"model": "tiny", "sharpness": 0.75}, "edits": [{"video": "assets/car-turn.mp4", "prompt": "a cat"}]}
+    data = {
+        "clip": "none",
+        "defaults": {"model": "tiny", "sharpness": 0.75},
+        "edits": [{"video": "assets/car-turn.mp4", "prompt": "a cat"}],
+    }
     assert parse_spec(data, ROOT).edits[0].request.engine.sharpness == 0.75
     data["edits"][0]["sharpness"] = "very"
     with pytest.raises(ConfigError, match="sharpness must be a number"):
@@ -212,7 +397,9 @@ def test_a_field_added_to_a_config_is_an_app_form_field_and_api_parameter(monkey
     assert default_values()["sharpness"] == 0.25
     request = request_from({"video": VIDEO, "prompt": "a cat", "model": "tiny", "sharpness": 0.6}, str(tmp_path), (".mp4",))
     assert request.engine.sharpness == 0.6
-    parameters = {p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]}
+    parameters = {
+        p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]
+    }
     assert parameters["sharpness"]["parameter_default"] == 0.25 and "look" in parameters
 
 
@@ -229,7 +416,11 @@ def test_without_the_added_field_none_of_it_appears():
 def test_loose_values_are_checked_with_one_sentence_naming_the_option():
     steps = next(o for o in requests.options("edit") if o.name == "steps")
     assert requests.coerce(steps, 6.0) == 6 and requests.coerce(steps, "6") == 6
-    for bad, message in ((2.5, "steps must be a whole number"), (True, "steps must be a whole number"), (None, "steps must be given")):
+    for bad, message in (
+        (2.5, "steps must be a whole number"),
+        (True, "steps must be a whole number"),
+        (None, "steps must be given"),
+    ):
         with pytest.raises(ConfigError, match=message):
             requests.coerce(steps, bad)
     with pytest.raises(ConfigError, match="unknown option colour"):
@@ -268,7 +459,9 @@ def test_the_tuned_files_attention_is_the_default(tmp_path, tiny):
 
 def _imported(*args: str) -> set[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
 
@@ -277,7 +470,11 @@ DEV = re.compile(r"(^|\.)(shapes|shapes_world|evaluate|train\w*|judge|benchmark)
 
 
 def test_help_and_build_parser_import_no_benchmark_judge_training_or_evaluation():
-    for args in (["-m", "editing", "--help"], ["-m", "editing", "edit", "--help"], ["-c", "from editing.cli import build_parser; build_parser()"]):
+    for args in (
+        ["-m", "editing", "--help"],
+        ["-m", "editing", "edit", "--help"],
+        ["-c", "from editing.cli import build_parser; build_parser()"],
+    ):
         modules = _imported(*args)
         assert "editing.cli" in modules and "editing.requests" in modules
         assert not [m for m in modules if DEV.search(m)], args
@@ -307,7 +504,11 @@ def _import_graph(packages=("editing", "ui")) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
-                target = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+                target = (
+                    ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+                    if node.level
+                    else node.module
+                )
                 submodules = {f"{target}.{alias.name}" for alias in node.names}
                 found |= submodules & files.keys()
                 if not submodules <= files.keys():  # names from the module itself, not only its submodules

@@ -73,7 +73,9 @@ def test_stepping_each_chunk_separately_would_break_a_stateful_sampler(tiny, nam
                 stepped = x.clone()
                 for batch in plan.batches:
                     ids = list(batch.ids)
-                    noise = sampling.guided_noise(tiny, scheduler.scale_model_input(x[ids], t), t, guidance, plan.layout(batch), ids)
+                    noise = sampling.guided_noise(
+                        tiny, scheduler.scale_model_input(x[ids], t), t, guidance, plan.layout(batch), ids
+                    )
                     result = scheduler.step(noise, t, x[ids]).prev_sample
                     stepped[list(batch.targets)] = result[[ids.index(f) for f in batch.targets]]
                 x = stepped
@@ -109,7 +111,14 @@ def test_euler_from_an_inverted_clip_matches_ddim(tiny):
     gap = (out["euler"] - out["ddim"]).abs().max().item()
     scheduler = tiny.scheduler("euler")
     timesteps = sampling.sampling_timesteps(scheduler, 10, 1.0)
-    unconverted = sampling.denoise(tiny, scheduler, trajectory.final / sampling.vp_scale(scheduler, timesteps[0]), timesteps, sampling.Guidance(text, 1.0), plan)
+    unconverted = sampling.denoise(
+        tiny,
+        scheduler,
+        trajectory.final / sampling.vp_scale(scheduler, timesteps[0]),
+        timesteps,
+        sampling.Guidance(text, 1.0),
+        plan,
+    )
     assert gap < 0.1 * (unconverted - out["ddim"]).abs().max().item(), gap
 
 
@@ -124,8 +133,24 @@ def test_unknown_sampler_is_refused_in_one_sentence():
 
 def test_unknown_sampler_through_the_cli_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "editing", "edit", str(ASSETS / "car-turn.mp4"), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--model", "tiny", "--sampler", "nope"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "editing",
+            "edit",
+            str(ASSETS / "car-turn.mp4"),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--model",
+            "tiny",
+            "--sampler",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()  # one usage line, one error line naming the option, where --help is

@@ -203,7 +203,9 @@ def test_an_uploaded_html_or_svg_file_is_never_served_inline(served, tmp_path):
     uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("page.html", HTML.encode(), "text/html")}).json()[0]
     response = httpx.get(f"{url}gradio_api/file={uploaded}")
     assert response.status_code == 200
-    assert response.headers["content-type"] == "application/octet-stream" and response.headers["content-disposition"].startswith("attachment")
+    assert response.headers["content-type"] == "application/octet-stream" and response.headers["content-disposition"].startswith(
+        "attachment"
+    )
 
 
 def test_one_client_cannot_list_open_export_or_edit_anothers_session(served, owned, skiing):
@@ -266,7 +268,9 @@ class _Page:
         self.dependencies = config["dependencies"]
         types = {c["id"]: c["type"] for c in config["components"]}
         self.load = next(
-            i for i, d in enumerate(self.dependencies) if any(t[1] == "load" for t in d["targets"]) and any(types[x] == "browserstate" for x in d["inputs"])
+            i
+            for i, d in enumerate(self.dependencies)
+            if any(t[1] == "load" for t in d["targets"]) and any(types[x] == "browserstate" for x in d["inputs"])
         )
 
     def index(self, api_name: str) -> int:
@@ -294,7 +298,9 @@ def test_a_browser_page_keeps_its_sessions_across_reloads_and_sees_nobody_elses(
     page = _Page(url)
     key = page.run(page.load, [None])["data"][1]  # a first visit: a new key, stored by the browser
     upload = httpx.post(f"{page.base}/upload", files={"files": ("car.mp4", car.read_bytes(), "video/mp4")}).json()[0]
-    created = page.run(page.index("create_session"), ["page-made", {"path": upload, "meta": {"_type": "gradio.FileData"}}, "a car", None])
+    created = page.run(
+        page.index("create_session"), ["page-made", {"path": upload, "meta": {"_type": "gradio.FileData"}}, "a car", None]
+    )
     assert "page-made" in created["data"][2]
     reloaded = _Page(url)
     listed = reloaded.run(reloaded.load, [key])["data"]
@@ -350,7 +356,16 @@ def test_only_the_hash_of_an_owner_key_is_stored(tmp_path, car):
 # ---------------------------------------------------------------- defect 4: the Model field
 
 
-PROBES = ["/root", "/etc/passwd", "/etc", "/nonexistent-folder", "/etc/ssl/certs/x.safetensors", "../../etc", "~/.ssh", "./assets/shapes-model"]
+PROBES = [
+    "/root",
+    "/etc/passwd",
+    "/etc",
+    "/nonexistent-folder",
+    "/etc/ssl/certs/x.safetensors",
+    "../../etc",
+    "~/.ssh",
+    "./assets/shapes-model",
+]
 
 
 def test_served_beyond_loopback_the_model_field_refuses_every_path_outside_the_roots_alike(tmp_path):
@@ -399,7 +414,9 @@ def test_the_app_is_public_beyond_loopback_with_share_or_on_a_space(monkeypatch,
     assert not app.serve_policy(app.parse_args(["--host", "localhost"])).public
     assert app.serve_policy(app.parse_args(["--host", "0.0.0.0"])).public
     assert app.serve_policy(app.parse_args(["--share"])).public
-    policy = app.serve_policy(app.parse_args(["--host", "0.0.0.0", "--model-dir", str(tmp_path), "--model-dir", str(tmp_path / "b")]))
+    policy = app.serve_policy(
+        app.parse_args(["--host", "0.0.0.0", "--model-dir", str(tmp_path), "--model-dir", str(tmp_path / "b")])
+    )
     assert policy.model_roots == (tmp_path.resolve(), (tmp_path / "b").resolve())
     monkeypatch.setenv("SPACE_ID", "someone/some-space")
     monkeypatch.setenv(app.MODEL_DIRS_ENV, str(tmp_path))
@@ -492,7 +509,12 @@ def test_a_training_checkpoint_that_would_run_code_is_refused(tmp_path):
     _RunsCode.marker = str(tmp_path / "code-ran")
     layer = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(layer.parameters())
-    payload = {"modules": {"layer": layer.state_dict()}, "optimizer": optimizer.state_dict(), "state": {"losses": [], "seconds": 0.0, "batch": 1}, "ema": _RunsCode()}
+    payload = {
+        "modules": {"layer": layer.state_dict()},
+        "optimizer": optimizer.state_dict(),
+        "state": {"losses": [], "seconds": 0.0, "batch": 1},
+        "ema": _RunsCode(),
+    }
     torch.save(payload, tmp_path / "unet.ckpt")
     with pytest.raises(pickle.UnpicklingError):
         train.load_checkpoint(train.TrainConfig(), tmp_path, "unet", {"layer": layer}, optimizer)
@@ -594,10 +616,19 @@ def test_the_reference_image_is_an_upload_never_a_server_path_and_never_served_b
     svg = tmp_path / "dog.svg"
     svg.write_text(SVG)
     with pytest.raises(AppError):
-        client.predict(video=handle_file(str(car)), prompt="a dog", reference_image=handle_file(str(svg)), **SMALL, api_name="/edit")
+        client.predict(
+            video=handle_file(str(car)), prompt="a dog", reference_image=handle_file(str(svg)), **SMALL, api_name="/edit"
+        )
     dog = tmp_path / "dog.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(dog)
-    video, gif, frames_zip, details, warp = client.predict(video=handle_file(str(car)), prompt="a dog", reference_image=handle_file(str(dog)), reference_scale=0.5, **SMALL, api_name="/edit")
+    video, gif, frames_zip, details, warp = client.predict(
+        video=handle_file(str(car)),
+        prompt="a dog",
+        reference_image=handle_file(str(dog)),
+        reference_scale=0.5,
+        **SMALL,
+        api_name="/edit",
+    )
     assert details["frames"] == 2 and "dog" not in json.dumps(details)
 
 
@@ -611,14 +642,25 @@ def _raw_edit(url: str, video: Path, **given) -> str:
     uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": (video.name, video.read_bytes(), "video/mp4")}).json()[0]
     values = {p["parameter_name"]: p.get("parameter_default") for p in parameters} | SMALL | {"prompt": "a dog"} | given
     values["video"] = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
-    event = httpx.post(f"{url}gradio_api/call/edit", json={"data": [values[p["parameter_name"]] for p in parameters]}).json()["event_id"]
+    event = httpx.post(f"{url}gradio_api/call/edit", json={"data": [values[p["parameter_name"]] for p in parameters]}).json()[
+        "event_id"
+    ]
     return httpx.get(f"{url}gradio_api/call/edit/{event}", timeout=120).text
 
 
 # ---------------------------------------------------------------- issue 32 item 7: no field names a server path
 
 
-SERVER_PATHS = ["/etc", "/nonexistent-dir", "/etc/passwd", "/etc/hostname", "../../../etc", "~/.ssh", "/proc/self/environ", "C:\\Windows"]
+SERVER_PATHS = [
+    "/etc",
+    "/nonexistent-dir",
+    "/etc/passwd",
+    "/etc/hostname",
+    "../../../etc",
+    "~/.ssh",
+    "/proc/self/environ",
+    "C:\\Windows",
+]
 
 
 @pytest.fixture(scope="module")
@@ -651,7 +693,10 @@ def test_served_beyond_loopback_every_field_naming_a_file_refuses_server_paths_a
     functions, tried = endpoint_functions(demo), set()
     for api_name, endpoint in demo.get_api_info()["named_endpoints"].items():
         parameters = endpoint["parameters"]
-        base = [("a cat" if p["parameter_name"] == "prompt" else value) for value, p in zip(base_values(parameters, video), parameters)]
+        base = [
+            ("a cat" if p["parameter_name"] == "prompt" else value)
+            for value, p in zip(base_values(parameters, video), parameters)
+        ]
         accepted = answer(demo, functions[api_name], list(base), session)
         for index, parameter in enumerate(parameters):
             name = parameter["parameter_name"]
@@ -673,11 +718,13 @@ def test_served_beyond_loopback_every_field_naming_a_file_refuses_server_paths_a
                 continue  # the endpoint leaves this field to its preset (Fast preview's LoRA): no path reached it
             assert shape.startswith(f"{name} ") and "exist" not in shape and "\n" not in shape, (api_name, name, shape)
             if option_takes_hub_ids(option) and not option_writes(option):
-                for allowed in ("owner/some-model", str(models / "my-lora")):  # past the policy (the field's own checks may follow)
+                for allowed in (
+                    "owner/some-model",
+                    str(models / "my-lora"),
+                ):  # past the policy (the field's own checks may follow)
                     assert "not allowed on this server" not in call(allowed), (api_name, name, allowed)
             tried.add(name)
     assert {"model", "lora", "motion_adapter"} <= tried
-
 
 
 def test_a_lora_the_policy_passes_as_a_hub_id_is_never_read_as_a_local_folder(tmp_path, monkeypatch):

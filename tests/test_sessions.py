@@ -13,10 +13,21 @@ import torch
 from editing.errors import ConfigError, EditingError
 from editing.sessions import PRESETS, SessionStore, check_name, preset_prompt
 
-SETTINGS = {"model": "tiny", "frames": 2, "size": 64, "steps": 3, "strength": 0.5, "guidance": 1.0, "seed": 1, "keyframes": "off"}  # every frame: these tests count inversions and steps
+SETTINGS = {
+    "model": "tiny",
+    "frames": 2,
+    "size": 64,
+    "steps": 3,
+    "strength": 0.5,
+    "guidance": 1.0,
+    "seed": 1,
+    "keyframes": "off",
+}  # every frame: these tests count inversions and steps
 
 
-@pytest.mark.parametrize("name", ["../escape", "..", "/etc", "a/b", "a\\b", ".hidden", "", "   ", "x" * 65, "ok.", "nul\0byte", "~root"])
+@pytest.mark.parametrize(
+    "name", ["../escape", "..", "/etc", "a/b", "a\\b", ".hidden", "", "   ", "x" * 65, "ok.", "nul\0byte", "~root"]
+)
 def test_names_that_could_escape_or_hide_are_refused(tmp_path, name):
     store = SessionStore(tmp_path / "sessions")
     with pytest.raises(ConfigError, match="session name"):
@@ -71,7 +82,11 @@ def test_each_preset_is_its_own_entry_and_later_prompts_reuse_the_inversion(edit
     assert entries[1].result["inversion_cached"] and entries[2].result["inversion_cached"]
     session = SessionStore(root).open("skier")
     for entry in session.entries:
-        assert {s: session.file(entry, s).is_file() for s in (".mp4", ".gif", ".zip")} == {".mp4": True, ".gif": True, ".zip": True}
+        assert {s: session.file(entry, s).is_file() for s in (".mp4", ".gif", ".zip")} == {
+            ".mp4": True,
+            ".gif": True,
+            ".zip": True,
+        }
 
 
 def test_sessions_resume_after_a_restart(edited_session):
@@ -115,12 +130,24 @@ def _evil_export(path, manifest, members):
     [
         ({"name": "../../outside", "source": "source.mp4"}, {"source.mp4": b"x"}, "session name"),
         ({"name": "ok", "source": "../source.mp4"}, {"../source.mp4": b"x"}, "not a plain file name"),
-        ({"name": "ok", "source": "source.mp4", "entries": [{"id": "..", "files": {".mp4": "a.mp4"}}]}, {"source.mp4": b"x"}, "not a plain file name"),
-        ({"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {".mp4": "/etc/passwd"}}]}, {"source.mp4": b"x"}, "not a plain file name"),
+        (
+            {"name": "ok", "source": "source.mp4", "entries": [{"id": "..", "files": {".mp4": "a.mp4"}}]},
+            {"source.mp4": b"x"},
+            "not a plain file name",
+        ),
+        (
+            {"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {".mp4": "/etc/passwd"}}]},
+            {"source.mp4": b"x"},
+            "not a plain file name",
+        ),
         ({"name": "ok", "source": "source.mp4"}, {}, "lacks source.mp4"),
         ({"name": "ok", "source": "source.mp4", "entries": ["001"]}, {"source.mp4": b"x"}, "unreadable session.json"),
         ({"name": "ok", "source": "source.mp4", "entries": {"id": "1"}}, {"source.mp4": b"x"}, "unreadable session.json"),
-        ({"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {}}]}, {"source.mp4": b"x"}, "unreadable session.json"),
+        (
+            {"name": "ok", "source": "source.mp4", "entries": [{"id": "1", "files": {}}]},
+            {"source.mp4": b"x"},
+            "unreadable session.json",
+        ),
     ],
 )
 def test_imports_cannot_write_outside_the_root(tmp_path, manifest, members, message):
@@ -211,7 +238,11 @@ def test_stop_during_a_session_edit_says_where_it_stopped_and_keeps_the_edits_be
     values = {"session": name, "owner": owner, "presets": ["watercolor", "anime"], "prompt": "", "token": token} | SETTINGS
     _, _, status, gallery, entries, _ = handlers.edit_with(preset_prompts)(values, None)
     assert status.startswith("Session **car**: 1 edit ") and len(gallery) == 1 and len(entries) == 1
-    assert "Stopped at step 1/" in status and "of edit 2/2: editing" in status and status.endswith("the edits made before it are kept.")
+    assert (
+        "Stopped at step 1/" in status
+        and "of edit 2/2: editing" in status
+        and status.endswith("the edits made before it are kept.")
+    )
     assert not token.cancelled  # the next run starts clear
 
 
@@ -244,7 +275,9 @@ def test_a_sessions_second_prompt_encodes_only_its_own_text_and_no_condition_map
     monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
     extracted = []
     extract = control.extract_conditions
-    monkeypatch.setattr(control, "extract_conditions", lambda kind, frames, **kw: extracted.append(kind) or extract(kind, frames, **kw))
+    monkeypatch.setattr(
+        control, "extract_conditions", lambda kind, frames, **kw: extracted.append(kind) or extract(kind, frames, **kw)
+    )
     store, backend = SessionStore(tmp_path / "sessions"), Backend()
     store.create("car", car, subject="a car")
     settings = SETTINGS | {"guidance": 5.0, "control_kinds": ["canny"], "control_scale": 0.5}
@@ -255,7 +288,9 @@ def test_a_sessions_second_prompt_encodes_only_its_own_text_and_no_condition_map
     with text_encoder_batches() as second:
         (entry,) = run_in_session(store, backend, "car", [("a blue car", None)], settings)
     assert second == [1] and extracted == ["canny"] and entry.result["inversion_cached"]
-    request = request_from(settings | {"video": str(store.open("car").source_path), "prompt": "a green car"}, str(tmp_path / "out"), OUTPUT_FORMATS)
+    request = request_from(
+        settings | {"video": str(store.open("car").source_path), "prompt": "a green car"}, str(tmp_path / "out"), OUTPUT_FORMATS
+    )
     with text_encoder_batches() as outside:
         backend.edit(request, lambda *a: None)
     assert outside == [2] and extracted == ["canny", "canny"]

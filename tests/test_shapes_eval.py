@@ -89,27 +89,48 @@ def test_lossless_mp4_reads_back_exactly(tmp_path):
 def test_every_setting_becomes_the_request_the_cli_would_build(tmp_path):
     clip = CLIPS[0]
     edit = bench.derive_edits(clip)[1]
-    requests = {s: bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path, tmp_path / "t.safetensors") for s in bench.SETTINGS}
+    requests = {
+        s: bench.edit_request(s, edit, tmp_path / "v.mp4", tmp_path / "o.zip", 3, "tiny", tmp_path, tmp_path / "t.safetensors")
+        for s in bench.SETTINGS
+    }
     assert requests["img2img"].engine.attention == "none" and requests["img2img"].engine.inversion == "none"
     assert requests["img2img"].edit.strength == bench.SDEDIT_STRENGTH
-    assert {requests[m].engine.attention for m in ("first", "sparse-causal", "full", "window")} == {"first", "sparse-causal", "full", "window"}
-    assert requests["sparse-causal"].engine.inversion == "ddim" and requests["sparse-causal"].engine.inversion_prompt == clip.caption
+    assert {requests[m].engine.attention for m in ("first", "sparse-causal", "full", "window")} == {
+        "first",
+        "sparse-causal",
+        "full",
+        "window",
+    }
+    assert (
+        requests["sparse-causal"].engine.inversion == "ddim" and requests["sparse-causal"].engine.inversion_prompt == clip.caption
+    )
     assert requests["sparse-causal-noinv"].engine.inversion == "none"
     blend = requests["blend"].attention_edit
     assert blend.source_prompt == clip.caption and set(blend.blend_words) == set(edit.blend_words)
     assert [c.kind for c in requests["controlnet"].engine.controls] == ["canny"]
     assert requests["tuned"].tuned == str(tmp_path / "t.safetensors")
     presets = {s for s in bench.SETTINGS if bench.SETTINGS[s].get("preset")}  # they run their own steps
-    assert all(r.edit.prompt == edit.prompt and (r.edit.steps == 3 or s in presets) and r.selection.size == bench.SIZE for s, r in requests.items())
+    assert all(
+        r.edit.prompt == edit.prompt and (r.edit.steps == 3 or s in presets) and r.selection.size == bench.SIZE
+        for s, r in requests.items()
+    )
     assert presets and all(requests[s].edit.sampler == "lcm" and requests[s].edit.guidance == 1 for s in presets)
     assert all(r.attention_edit is None for s, r in requests.items() if s != "blend")
     assert {s: r.engine.keyframes_every for s, r in requests.items() if r.engine.keyframes_every} == {
-        "first-keyframes-4": 4, "first-keyframes-8": 8, "first-keyframes-auto": -1, "first-keyframes-8-strength-0.9": 8,
-        "first-keyframes-8-deepcache-3": 8, "fast-keyframes-8": 8,
+        "first-keyframes-4": 4,
+        "first-keyframes-8": 8,
+        "first-keyframes-auto": -1,
+        "first-keyframes-8-strength-0.9": 8,
+        "first-keyframes-8-deepcache-3": 8,
+        "fast-keyframes-8": 8,
     }
     assert {s: r.edit.strength for s, r in requests.items() if r.edit.strength != 1.0} == {
-        "img2img": bench.SDEDIT_STRENGTH, "sparse-causal-noinv": bench.SDEDIT_STRENGTH, "first-strength-0.9": 0.9, "first-keyframes-8-strength-0.9": 0.9,
-        "fast": 0.5, "fast-keyframes-8": 0.5,
+        "img2img": bench.SDEDIT_STRENGTH,
+        "sparse-causal-noinv": bench.SDEDIT_STRENGTH,
+        "first-strength-0.9": 0.9,
+        "first-keyframes-8-strength-0.9": 0.9,
+        "fast": 0.5,
+        "fast-keyframes-8": 0.5,
     }
 
 
@@ -122,7 +143,9 @@ def test_unknown_settings_and_a_missing_spec_are_one_line_errors(tmp_path, capsy
 
 def test_the_command_runs_the_product_and_writes_the_table(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["eval", "--shapes", "--model", "tiny", "--clips", "1", "--steps", "2", "--settings", "img2img", "--out", str(out)])
+    code = main(
+        ["eval", "--shapes", "--model", "tiny", "--clips", "1", "--steps", "2", "--settings", "img2img", "--out", str(out)]
+    )
     assert code == 0
     document = json.loads((out / "table.json").read_text())
     rows = [r for r in document["rows"] if r["setting"] == "img2img"]
@@ -144,16 +167,23 @@ def test_the_stated_slice_names_known_settings_and_shortfalls_are_found():
     assert bench.slice_shortfalls(good, claim) == []
     assert len(bench.slice_shortfalls(bad, claim)) == len(values)
     text = bench.stated_values_text(claim)
-    assert all(f"{name}: edit acc {v['edit_accuracy']:.3g}, structure IoU {v['structure_iou']:.3g}" in text for name, v in values.items())
+    assert all(
+        f"{name}: edit acc {v['edit_accuracy']:.3g}, structure IoU {v['structure_iou']:.3g}" in text for name, v in values.items()
+    )
     unstated = claim | {"values": {name: {"edit_accuracy": None} for name in values}}
     assert bench.stated_values_text(unstated).count("not stated yet") == len(values)
 
 
-@pytest.mark.skipif(not (SHAPES_MODEL_DIR / "model_index.json").is_file(), reason=f"needs the shapes model in {SHAPES_MODEL_DIR} (python -m shapes_world.train, or merge the shapes branch)")
+@pytest.mark.skipif(
+    not (SHAPES_MODEL_DIR / "model_index.json").is_file(),
+    reason=f"needs the shapes model in {SHAPES_MODEL_DIR} (python -m shapes_world.train, or merge the shapes branch)",
+)
 def test_ci_slice_meets_the_stated_values(tmp_path):
     stated = bench.load_stated()
     if any(v.get("edit_accuracy") is None for v in stated["values"].values()):
-        pytest.skip("no values stated yet: run python -m editing eval --shapes --slice --state --out DIR with the committed weights")
+        pytest.skip(
+            "no values stated yet: run python -m editing eval --shapes --slice --state --out DIR with the committed weights"
+        )
     slice_ = stated["slice"]
     result = bench.run_benchmark(tuple(slice_["settings"]), slice_["clips"], slice_["steps"], "shapes", tmp_path)
     assert not [r for r in result.rows if r.get("error")]
@@ -230,8 +260,20 @@ def test_the_summary_carries_intervals_over_clips_and_the_table_shows_them():
     for clip in range(6):
         for setting, base in (("good", 2.0), ("bad", 8.0)):
             for kind in bench.EDIT_KINDS:
-                rows.append({"setting": setting, "clip": clip, "clip_kind": bench.clip_kind(clip), "kind": kind, "edit_accuracy": 1.0, "structure_iou": 0.9,
-                             "background_psnr": None, "warp_error": base + clip * 0.1, "flicker": base / 2, "seconds_per_frame": 0.1})
+                rows.append(
+                    {
+                        "setting": setting,
+                        "clip": clip,
+                        "clip_kind": bench.clip_kind(clip),
+                        "kind": kind,
+                        "edit_accuracy": 1.0,
+                        "structure_iou": 0.9,
+                        "background_psnr": None,
+                        "warp_error": base + clip * 0.1,
+                        "flicker": base / 2,
+                        "seconds_per_frame": 0.1,
+                    }
+                )
     result = bench.BenchmarkResult(rows)
     summary = result.summary()
     low, high = summary["good"]["warp_error_interval"]
@@ -239,12 +281,26 @@ def test_the_summary_carries_intervals_over_clips_and_the_table_shows_them():
     ranks = bench.setting_ranks(summary)
     assert ranks["warp_error"] == {"good": "1", "bad": "2"} and ranks["edit_accuracy"] == {"good": "1=", "bad": "1="}
     text = bench.markdown(summary, "header", [], None, {"good": {"plain": "2 / 1"}, "bad": {"plain": "8 / 4"}})
-    assert f"| good | " in text and f"[{low:.3g}, {high:.3g}]" in text and "warp rank" in text and "| bad | 8 / 4 |" in text
+    assert "| good | " in text and f"[{low:.3g}, {high:.3g}]" in text and "warp rank" in text and "| bad | 8 / 4 |" in text
 
 
 def test_one_clip_gives_neither_an_interval_nor_a_rank():
-    rows = [{"setting": name, "clip": 0, "clip_kind": "plain", "kind": kind, "edit_accuracy": 1.0, "structure_iou": 0.9, "background_psnr": None,
-             "warp_error": value, "flicker": value, "seconds_per_frame": 0.1} for name, value in (("a", 1.0), ("b", 9.0)) for kind in bench.EDIT_KINDS]
+    rows = [
+        {
+            "setting": name,
+            "clip": 0,
+            "clip_kind": "plain",
+            "kind": kind,
+            "edit_accuracy": 1.0,
+            "structure_iou": 0.9,
+            "background_psnr": None,
+            "warp_error": value,
+            "flicker": value,
+            "seconds_per_frame": 0.1,
+        }
+        for name, value in (("a", 1.0), ("b", 9.0))
+        for kind in bench.EDIT_KINDS
+    ]
     summary = bench.BenchmarkResult(rows).summary()
     assert summary["a"]["warp_error_interval"] is None
     assert bench.setting_ranks(summary)["warp_error"] == {}
@@ -253,7 +309,26 @@ def test_one_clip_gives_neither_an_interval_nor_a_rank():
 def test_shards_merge_into_the_table_of_one_run(tmp_path):
     def run(*extra):
         out = tmp_path / "-".join(extra or ("all",)).replace("/", "of")
-        assert main(["eval", "--shapes", "--model", "tiny", "--clips", "3", "--steps", "1", "--settings", "img2img", "--out", str(out), *extra]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--shapes",
+                    "--model",
+                    "tiny",
+                    "--clips",
+                    "3",
+                    "--steps",
+                    "1",
+                    "--settings",
+                    "img2img",
+                    "--out",
+                    str(out),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return out
 
     whole, first, second = run(), run("--shard", "0/2"), run("--shard", "1/2")
@@ -266,22 +341,49 @@ def test_shards_merge_into_the_table_of_one_run(tmp_path):
     for key in ("edit_accuracy", "structure_iou", "warp_error", "flicker", "edit_accuracy_interval"):
         assert both["summary"]["img2img"][key] == one["summary"]["img2img"][key]
     assert (merged / "contact-img2img.png").is_file()
-    assert main(["eval", "--shapes", "--merge", f"{first},{first}", "--out", str(tmp_path / "twice")]) == 2  # a clip in two shards
+    assert (
+        main(["eval", "--shapes", "--merge", f"{first},{first}", "--out", str(tmp_path / "twice")]) == 2
+    )  # a clip in two shards
     assert main(["eval", "--shapes", "--shard", "2/2", "--out", str(tmp_path / "bad")]) == 2
 
 
 def test_runs_of_other_settings_on_the_same_clips_merge_and_gaps_are_refused(tmp_path):
     def run(settings, clips):
         out = tmp_path / f"{settings}-{clips}"
-        assert main(["eval", "--shapes", "--model", "tiny", "--clips", clips, "--steps", "1", "--settings", settings, "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--shapes",
+                    "--model",
+                    "tiny",
+                    "--clips",
+                    clips,
+                    "--steps",
+                    "1",
+                    "--settings",
+                    settings,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         return out
 
     one, other, short = run("img2img", "2"), run("first-keyframes-8", "2"), run("first", "1")
     merged = tmp_path / "merged"
     assert main(["eval", "--shapes", "--merge", f"{one},{other}", "--out", str(merged)]) == 0
     document = json.loads((merged / "table.json").read_text())
-    assert document["settings"] == ["img2img", "first-keyframes-8"] and set(document["summary"]) == {bench.REFERENCE, bench.IDEAL, "img2img", "first-keyframes-8"}
-    assert sum(r["setting"] == bench.REFERENCE for r in document["rows"]) == 2 * len(bench.EDIT_KINDS)  # measured by both parts, kept once
+    assert document["settings"] == ["img2img", "first-keyframes-8"] and set(document["summary"]) == {
+        bench.REFERENCE,
+        bench.IDEAL,
+        "img2img",
+        "first-keyframes-8",
+    }
+    assert sum(r["setting"] == bench.REFERENCE for r in document["rows"]) == 2 * len(
+        bench.EDIT_KINDS
+    )  # measured by both parts, kept once
     assert main(["eval", "--shapes", "--merge", f"{one},{short}", "--out", str(tmp_path / "gap")]) == 2
 
 

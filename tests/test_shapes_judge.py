@@ -28,7 +28,10 @@ def test_without_masks_the_judge_finds_the_captioned_objects():
 
 
 def test_the_judge_reads_the_background_kind_and_colour():
-    right = [(judge_background(s.image).kind, judge_background(s.image).colour) == (s.scene.background.kind, s.scene.background.colour) for s in SAMPLES]
+    right = [
+        (judge_background(s.image).kind, judge_background(s.image).colour) == (s.scene.background.kind, s.scene.background.colour)
+        for s in SAMPLES
+    ]
     assert np.mean(right) >= 0.95
 
 

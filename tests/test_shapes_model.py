@@ -40,7 +40,10 @@ def test_shapes_spec_loads_the_folder_with_its_controlnet(monkeypatch, folder):
         assert not backbone.random_weights and backbone.vae_scale_factor == 2
         assert backbone.unet.config.cross_attention_dim == TINY.text_width
         assert models.default_controlnet("canny", backbone) == str(folder / "controlnet-canny")  # from the manifest
-        assert json.loads((folder / models.MANIFEST).read_text()) == {"tokenizer": "clip", "controlnets": {"canny": "controlnet-canny"}}
+        assert json.loads((folder / models.MANIFEST).read_text()) == {
+            "tokenizer": "clip",
+            "controlnets": {"canny": "controlnet-canny"},
+        }
         controlnet = models.load_controlnet(models.default_controlnet("canny", backbone), backbone)
         assert list(controlnet.config.conditioning_embedding_out_channels) == [16, 32]
     finally:
@@ -63,9 +66,21 @@ def test_comparison_captions_avoid_the_held_out_pairs():
 
 def test_a_quality_report_gives_the_shares_overall_and_by_asked_pair():
     captions = ["a red star on a blue background"] * 2 + ["a green hexagon on a red background"] * 3
-    results = [(True, True, True, True), (False, True, False, True), (True, True, True, True), (True, True, True, False), (False, False, True, True)]
+    results = [
+        (True, True, True, True),
+        (False, True, False, True),
+        (True, True, True, True),
+        (True, True, True, False),
+        (False, False, True, True),
+    ]
     report = quality.report("held-out", captions, results, 0.5)
-    assert (report.samples, report.object_right, report.colour_right, report.shape_right, report.background_right) == (5, 0.6, 0.8, 0.8, 0.8)
+    assert (report.samples, report.object_right, report.colour_right, report.shape_right, report.background_right) == (
+        5,
+        0.6,
+        0.8,
+        0.8,
+        0.8,
+    )
     assert report.by_pair == {"green hexagon": round(2 / 3, 4), "red star": 0.5}
 
 

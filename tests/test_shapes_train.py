@@ -50,7 +50,12 @@ def trained(tmp_path_factory):
     def losses():
         with torch.no_grad():
             vae = T.vae_loss(parts.vae, pixels, torch.Generator().manual_seed(0), TINY.kl_weight)
-            unet = T.unet_loss((parts.vae, parts.text_encoder, parts.unet, T.Objective(scheduler, TINY.offset_noise, TINY.snr_gamma)), pixels, ids, torch.Generator().manual_seed(0))
+            unet = T.unet_loss(
+                (parts.vae, parts.text_encoder, parts.unet, T.Objective(scheduler, TINY.offset_noise, TINY.snr_gamma)),
+                pixels,
+                ids,
+                torch.Generator().manual_seed(0),
+            )
         return float(vae), float(unet)
 
     record = {"vae_before": losses()[0]}
@@ -126,12 +131,18 @@ def test_saved_folder_loads_with_diffusers_and_training_continues_from_it(tmp_pa
 
     from editing.models import clip_tokenizer
 
-    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tmp_path / "model", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None
+    )
     assert pipe.unet.config.cross_attention_dim == config.text_width and type(pipe.scheduler).__name__ == "DDIMScheduler"
     assert pipe.vae.config.scaling_factor == pytest.approx(record["latent_scaling_factor"])
     ControlNetModel.from_pretrained(tmp_path / "model" / "controlnet-canny")
     saved = json.loads((tmp_path / "model" / "training.json").read_text())
-    assert saved["stages"]["unet"]["steps"] == 2 and saved["last_invocation"]["seed"] == config.seed and saved["stages"]["unet"]["batch"] == config.unet_batch
+    assert (
+        saved["stages"]["unet"]["steps"] == 2
+        and saved["last_invocation"]["seed"] == config.seed
+        and saved["stages"]["unet"]["batch"] == config.unet_batch
+    )
     more = T.TrainConfig(**{**config.__dict__, "vae_steps": 0, "unet_steps": 1, "decoder_steps": 0, "control_steps": 0})
     again = T.train(more, tmp_path / "model2", tmp_path / "work2", init=tmp_path / "model")
     assert again["stages"]["unet"]["steps"] == 3 and again["stages"]["unet"]["steps_this_run"] == 1
@@ -165,7 +176,9 @@ def test_min_snr_weights_cap_the_signal_to_noise_ratio_and_reweight_the_loss():
     assert torch.equal(T.snr_weights(scheduler, timesteps, 0.0), torch.ones(6))
 
     predicted, noise = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 4, 8, 8)
-    assert torch.isclose(T.denoising_loss(predicted, noise, timesteps, scheduler, 0.0), torch.nn.functional.mse_loss(predicted, noise))
+    assert torch.isclose(
+        T.denoising_loss(predicted, noise, timesteps, scheduler, 0.0), torch.nn.functional.mse_loss(predicted, noise)
+    )
     per_sample = (predicted**2).mean(dim=(1, 2, 3))
     assert torch.isclose(T.denoising_loss(predicted, noise, timesteps, scheduler, 5.0), (weights * per_sample).mean())
 
@@ -215,14 +228,21 @@ def test_vae_from_takes_a_decoder_trained_alongside_and_refuses_another_encoder(
     T.train(decoder_only, tmp_path / "decoder", tmp_path / "w2", init=tmp_path / "vae")
     finish = T.TrainConfig(**{**base.__dict__, "vae_steps": 0, "control_steps": 2})
     record = T.train(finish, tmp_path / "model", tmp_path / "w3", init=tmp_path / "unet", vae_from=tmp_path / "decoder")
-    assert record["stages"]["unet"]["steps"] == 2 and record["stages"]["decoder"]["steps"] == 2 and record["stages"]["vae"]["steps"] == 2
+    assert (
+        record["stages"]["unet"]["steps"] == 2
+        and record["stages"]["decoder"]["steps"] == 2
+        and record["stages"]["vae"]["steps"] == 2
+    )
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     assert not (tmp_path / "vae" / "controlnet-canny").exists()  # no ControlNet from an untrained UNet
     assert (tmp_path / "model" / "controlnet-canny").is_dir()
     saved, sharpened = (AutoencoderKL.from_pretrained(tmp_path / d / "vae") for d in ("model", "decoder"))
     assert same_weights(saved.state_dict(), sharpened.state_dict())
-    assert same_weights(UNet2DConditionModel.from_pretrained(tmp_path / "model" / "unet").state_dict(), UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet").state_dict())
+    assert same_weights(
+        UNet2DConditionModel.from_pretrained(tmp_path / "model" / "unet").state_dict(),
+        UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet").state_dict(),
+    )
     other = T.TrainConfig(**{**base.__dict__, "seed": 1})
     T.train(other, tmp_path / "other", tmp_path / "w4")
     with pytest.raises(T.EditingError, match="encoder"):
@@ -239,7 +259,13 @@ def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"snr_gamma": -1.0}, "Min-SNR"), ({"offset_noise": -0.1}, "offset noise"), ({"ema_decay": 1.0}, "EMA"), ({"unet_batch": 0}, "batch"), ({"image_size": 31}, "divisible")],
+    [
+        ({"snr_gamma": -1.0}, "Min-SNR"),
+        ({"offset_noise": -0.1}, "offset noise"),
+        ({"ema_decay": 1.0}, "EMA"),
+        ({"unet_batch": 0}, "batch"),
+        ({"image_size": 31}, "divisible"),
+    ],
 )
 def test_a_bad_training_setting_is_refused_with_its_reason(change, message):
     with pytest.raises(ValueError, match=message):

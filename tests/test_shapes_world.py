@@ -12,6 +12,7 @@ from shapes_world.world import (
     PALETTE,
     SHAPES,
     Background,
+    Motion,
     Scene,
     SceneSampler,
     ShapeObject,
@@ -19,7 +20,6 @@ from shapes_world.world import (
     inside_object,
     is_held_out,
     make_clip,
-    Motion,
     object_mask,
     polygon_vertices,
     random_clip,
@@ -235,7 +235,12 @@ def test_the_true_flow_of_every_new_kind_warps_frame_t_onto_t_plus_1(kind):
         clip = kind_clip(kind, 2000 + seed)
         x, y = np.meshgrid(np.arange(64, dtype=np.float32), np.arange(64, dtype=np.float32))
         for t in range(len(clip.frames) - 1):
-            moved = cv2.remap(clip.frames[t + 1].astype(np.float32), x + clip.flow[t, ..., 0].astype(np.float32), y + clip.flow[t, ..., 1].astype(np.float32), cv2.INTER_LINEAR)
+            moved = cv2.remap(
+                clip.frames[t + 1].astype(np.float32),
+                x + clip.flow[t, ..., 0].astype(np.float32),
+                y + clip.flow[t, ..., 1].astype(np.float32),
+                cv2.INTER_LINEAR,
+            )
             error = np.abs(moved - clip.frames[t]).mean(-1)
             seen = ~clip.occluded[t]
             assert np.median(error[seen]) < 1.0 and np.mean(error[seen]) < 12

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -55,7 +55,7 @@ def test_front_matter_names_gradio_and_the_app(space):
 
 def test_requirements_parse_and_match_the_lock(space):
     lock = lock_versions()
-    lines = [l for l in (space / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [line for line in (space / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
     pinned = {}
     for line in lines:
         requirement = Requirement(line)
@@ -63,14 +63,25 @@ def test_requirements_parse_and_match_the_lock(space):
         pinned[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
     assert {name: lock[name] for name in pinned} == pinned
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    needed = {canonicalize_name(Requirement(d).name) for d in declared} - {"gradio", "gradio-client", "httpx"}  # the Space's sdk provides gradio and what it brings
+    needed = {canonicalize_name(Requirement(d).name) for d in declared} - {
+        "gradio",
+        "gradio-client",
+        "httpx",
+    }  # the Space's sdk provides gradio and what it brings
     assert needed <= set(pinned), f"missing on the Space: {sorted(needed - set(pinned))}"
     assert all(line.strip() for line in (space / "packages.txt").read_text().splitlines())
 
 
 def test_the_assembled_space_runs_on_its_own(space):
     code = "import app, editing.models as m; assert app.demo is not None and not m._cache; print(app.__file__, m.__file__)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=space, capture_output=True, text=True, timeout=180, env={"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "HOME": str(space)})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=space,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "HOME": str(space)},
+    )
     assert result.returncode == 0, result.stderr[-800:]
     assert result.stdout.split() == [str(space / "app.py"), str(space / "editing" / "models.py")]  # nothing from the repo
     assert sorted(p.name for p in (space / "assets").glob("*.mp4")) == sorted(p.name for p in (ROOT / "assets").glob("*.mp4"))

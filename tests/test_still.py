@@ -17,7 +17,9 @@ def _propagated(clip, target_frames: np.ndarray) -> tuple[np.ndarray, np.ndarray
     flows = clip_flows(clip.frames)
     keyframes = Keyframes((0,), target_frames[:1], flows=flows)
     fused = [fuse_frame(t, keyframes, flows) for t in range(1, len(clip.frames))]
-    return np.stack([target_frames[0], *(f.frame for f in fused)]), np.stack([np.zeros(clip.frames.shape[1:3], bool), *(f.unseen for f in fused)])
+    return np.stack([target_frames[0], *(f.frame for f in fused)]), np.stack(
+        [np.zeros(clip.frames.shape[1:3], bool), *(f.unseen for f in fused)]
+    )
 
 
 def test_a_flat_region_reaching_the_edge_is_still_and_a_flat_object_inside_is_not():

@@ -244,7 +244,11 @@ def test_match_colors_uses_the_chosen_reference(car_pair):
 def test_small_frames_get_their_flow_from_enlarged_copies_and_it_is_closer_to_the_true_motion(car_pair, monkeypatch):
     import editing.flows as flows_module
 
-    assert flows_module.flow_upscale(64, 96) == 4 and flows_module.flow_upscale(256, 480) == 1 and flows_module.flow_upscale(100, 100) == 3
+    assert (
+        flows_module.flow_upscale(64, 96) == 4
+        and flows_module.flow_upscale(256, 480) == 1
+        and flows_module.flow_upscale(100, 100) == 3
+    )
     small = cv2.resize(car_pair[0], (80, 80), interpolation=cv2.INTER_AREA)
     dx, dy = 2, 1
     previous, current = small[8:72, 8:72], small[8 - dy : 72 - dy, 8 - dx : 72 - dx]  # current(x) = previous(x - d)

@@ -44,7 +44,9 @@ def attn() -> Attention:
 
 def _state(num_frames: int, features: torch.Tensor, keys: tuple[int, ...]) -> TokenFlowState:
     """A state at denoising step 0 of a 1-step inversion, with the given source features (frames, tokens, dims)."""
-    state = TokenFlowState(num_frames, HEIGHT, WIDTH, SourceFeatures(num_frames, {(0, TOKENS): features.half()}), inverted_steps=1)
+    state = TokenFlowState(
+        num_frames, HEIGHT, WIDTH, SourceFeatures(num_frames, {(0, TOKENS): features.half()}), inverted_steps=1
+    )
     state.begin(0, keys)
     return state
 
@@ -70,7 +72,9 @@ def test_keyframes_output_extended_attention_among_the_keyframes(attn):
 def test_propagated_frames_blend_their_keyframes_outputs_at_the_nearest_source_tokens(attn):
     keys = (0, 3)
     features = torch.randn(4, TOKENS, 8, generator=torch.Generator().manual_seed(2))
-    features[1] = features[0][torch.randperm(TOKENS, generator=torch.Generator().manual_seed(3))]  # frame 1 = frame 0's tokens, shuffled
+    features[1] = features[0][
+        torch.randperm(TOKENS, generator=torch.Generator().manual_seed(3))
+    ]  # frame 1 = frame 0's tokens, shuffled
     state = _state(4, features, keys)
     x = torch.randn(4, TOKENS, HEADS * DIM_HEAD, generator=torch.Generator().manual_seed(4))
     keyed = _run(attn, x[list(keys)], state, keys, "keyframes")
@@ -78,7 +82,9 @@ def test_propagated_frames_blend_their_keyframes_outputs_at_the_nearest_source_t
     torch.testing.assert_close(out[0], keyed[0], atol=1e-6, rtol=1e-5)  # keyframes keep their own outputs
     torch.testing.assert_close(out[3], keyed[1], atol=1e-6, rtol=1e-5)
     for frame in (1, 2):
-        expected = sum(w * keyed[keys.index(k)][nearest_tokens(features[frame], features[k])] for k, w in blend_weights(frame, keys))
+        expected = sum(
+            w * keyed[keys.index(k)][nearest_tokens(features[frame], features[k])] for k, w in blend_weights(frame, keys)
+        )
         torch.testing.assert_close(out[frame], expected, atol=1e-5, rtol=1e-4)  # blending before to_out equals blending after it
     shuffled = nearest_tokens(features[1], features[0])
     assert torch.equal(features[0][shuffled], features[1])  # the correspondences follow the features
@@ -110,7 +116,9 @@ def test_blend_weights_follow_the_temporal_distance():
 def test_one_keyframe_per_window_at_a_seeded_offset_per_step():
     picks = [keyframes(10, 4, step) for step in range(8)]
     for keys in picks:
-        assert len(keys) == 3 and [k // 4 for k in keys] == [0, 1, 2] and keys[0] + 4 == keys[1]  # same offset in every full window
+        assert (
+            len(keys) == 3 and [k // 4 for k in keys] == [0, 1, 2] and keys[0] + 4 == keys[1]
+        )  # same offset in every full window
     assert len(set(picks)) > 1 and picks == [keyframes(10, 4, step) for step in range(8)]  # varies with the step, reproducibly
     assert keyframes(3, 8, 0) in ((0,), (1,), (2,))
 
@@ -146,8 +154,14 @@ def _invert(tiny, frames: int, steps: int, cap: int | None = None):
 def test_the_store_costs_what_its_formula_says_and_stays_under_its_cap(tiny):
     trajectory, control = _invert(tiny, frames=3, steps=2)
     config = tiny.unet.config
-    assert control.state.source.nbytes() == store_nbytes(config, 8, 8, 3, 2) == sum(t.numel() * 2 for t in trajectory.features.values())
-    assert control.state.source.steps() == 2 and len({tokens for _, tokens in control.state.source.features}) == len(recorded_layers(config))
+    assert (
+        control.state.source.nbytes()
+        == store_nbytes(config, 8, 8, 3, 2)
+        == sum(t.numel() * 2 for t in trajectory.features.values())
+    )
+    assert control.state.source.steps() == 2 and len({tokens for _, tokens in control.state.source.features}) == len(
+        recorded_layers(config)
+    )
     finest = min(recorded_layers(config).values())
     cap = store_nbytes(config, 8, 8, 3, 2) - 1  # one byte too few: the finest resolution is dropped
     _, capped = _invert(tiny, frames=3, steps=2, cap=cap)
@@ -193,7 +207,21 @@ def test_tokenflow_with_a_controlnet_from_the_cli(tmp_path, capsys):
 
     out = tmp_path / "out.mp4"
     args = ["edit", str(ASSETS / "car-turn.mp4"), "--prompt", "a red car", "--out", str(out), "--model", "tiny", "--size", "64"]
-    args += ["--frames", "3", "--steps", "2", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json", "--attention", "tokenflow", "--control", "canny"]
+    args += [
+        "--frames",
+        "3",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        "--attention",
+        "tokenflow",
+        "--control",
+        "canny",
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["frames"] == 3 and out.stat().st_size > 0
 
@@ -222,4 +250,6 @@ def test_a_longer_clip_keeps_the_unet_batch_and_attention_length_of_a_16_frame_o
 
     sixteen = _measured_edit(tmp_path, 16, 8, "tokenflow")
     longer = _measured_edit(tmp_path, 48, 8, "tokenflow")
-    assert (longer["batch"], longer["keys"]) == (sixteen["batch"], sixteen["keys"]) and longer["unet_calls"] > sixteen["unet_calls"]
+    assert (longer["batch"], longer["keys"]) == (sixteen["batch"], sixteen["keys"]) and longer["unet_calls"] > sixteen[
+        "unet_calls"
+    ]

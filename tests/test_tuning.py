@@ -7,7 +7,6 @@ import json
 import os
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -54,7 +53,9 @@ def unet_output(backbone, latents, text, control=None, seed=0):
     attention = cross_frame_attention(backbone.unet) if control is None else control.processors(backbone.unet)
     with attention, torch.no_grad():
         kwargs = {"frames": layout}
-        return backbone.unet(noisy, 400, encoder_hidden_states=text.expand(len(latents), -1, -1), cross_attention_kwargs=kwargs).sample
+        return backbone.unet(
+            noisy, 400, encoder_hidden_states=text.expand(len(latents), -1, -1), cross_attention_kwargs=kwargs
+        ).sample
 
 
 def test_processor_on_one_attention_module():
@@ -115,7 +116,9 @@ def objective(backbone, weights, latents, text, config) -> float:
     layout = layout_for("sparse-causal", list(range(len(latents))))
     draws = training_draws(config, tuple(latents.shape), backbone.scheduler_config["num_train_timesteps"])
     with TunedControl(weights).processors(backbone.unet), torch.no_grad():
-        return sum(float(denoising_loss(backbone, latents, text, t, noise.to(latents), layout)) for t, noise in draws) / config.steps
+        return (
+            sum(float(denoising_loss(backbone, latents, text, t, noise.to(latents), layout)) for t, noise in draws) / config.steps
+        )
 
 
 def test_gradient_checkpointing_gives_the_same_training(tiny, clip_latents):
@@ -163,7 +166,9 @@ def test_save_then_load_gives_identical_outputs_and_other_bases_are_refused(tiny
     latents, text = clip_latents
     weights, _ = tune_weights(tiny, latents, text, TuneConfig("a car", SELECTION, steps=2, learning_rate=1e-2))
     path = tmp_path / "tuned.safetensors"
-    save_tuned(path, weights, {"format": "editing-tuned/1", "base": _identity(tiny), "base_name": tiny.name, "settings": {"steps": 2}})
+    save_tuned(
+        path, weights, {"format": "editing-tuned/1", "base": _identity(tiny), "base_name": tiny.name, "settings": {"steps": 2}}
+    )
     tuned = unet_output(tiny, latents, text, TunedControl(weights))
     loaded = unet_output(tiny, latents, text, load_tuned(path, tiny))
     assert torch.equal(loaded, tuned)
@@ -233,7 +238,9 @@ def test_tune_config_and_request_refuse_bad_settings(tiny):
     with pytest.raises(ConfigError, match="sparse-causal"):
         EditRequest("v.mp4", "o.mp4", EditConfig("x"), engine=EngineConfig(attention="none"), tuned="t.safetensors")
     with pytest.raises(ConfigError, match="null-text"):
-        EditRequest("v.mp4", "o.mp4", EditConfig("x"), attention_edit=AttentionEditConfig("a car", null_text=True), tuned="t.safetensors")
+        EditRequest(
+            "v.mp4", "o.mp4", EditConfig("x"), attention_edit=AttentionEditConfig("a car", null_text=True), tuned="t.safetensors"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +256,9 @@ def test_tuned_edit_combines_with_controlnet_and_attention_editing(car, tuned_fi
     edit = EditConfig("a jeep turning", steps=2, guidance=2.0)
     attention = AttentionEditConfig("a car turning", edit="refine", blend_words=("car",))
     edit_video(EditRequest(output=str(tmp_path / "plain.zip"), edit=edit, attention_edit=attention, **common))
-    tuned = edit_video(EditRequest(output=str(tmp_path / "tuned.zip"), edit=edit, attention_edit=attention, tuned=tuned_file, **common))
+    tuned = edit_video(
+        EditRequest(output=str(tmp_path / "tuned.zip"), edit=edit, attention_edit=attention, tuned=tuned_file, **common)
+    )
     assert (tuned.frames, tuned.width) == (4, 64)
     assert not np.array_equal(read_png_zip(tmp_path / "tuned.zip"), read_png_zip(tmp_path / "plain.zip"))
     first = edit_video(EditRequest(output=str(tmp_path / "a.zip"), edit=edit, tuned=tuned_file, **common))
@@ -265,8 +274,25 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["path"] == str(weights) and weights.exists() and not result["reused"]
     out = tmp_path / "edited.mp4"
-    edit = ["edit", str(car), "--prompt", "a jeep", "--out", str(out), "--model", "tiny", "--frames", "4", "--size", "64", "--steps", "2"]
-    assert main([*edit, "--tuned", str(weights), "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0  # its own attention mode
+    edit = [
+        "edit",
+        str(car),
+        "--prompt",
+        "a jeep",
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--frames",
+        "4",
+        "--size",
+        "64",
+        "--steps",
+        "2",
+    ]
+    assert (
+        main([*edit, "--tuned", str(weights), "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]) == 0
+    )  # its own attention mode
     assert probe(out).frame_count == 4 and json.loads(capsys.readouterr().out)["tuned"] == str(weights)
     capsys.readouterr()
     assert main([*edit, "--tuned", str(tmp_path / "missing.safetensors"), "--attention", "sparse-causal", "--device", "cpu"]) == 2
@@ -274,7 +300,9 @@ def test_cli_tune_then_edit_with_the_tuned_model(car, tmp_path, capsys):
     assert err.startswith("error: ") and "do not exist" in err and err.count("\n") == 1
     assert main([*tune, "--out", str(tmp_path / "x.pt"), "--model", "tiny"]) == 2
     assert ".safetensors" in capsys.readouterr().err
-    assert main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--model", "sd15-random"]) == 2
+    assert (
+        main([*edit, "--tuned", str(weights), "--attention", "sparse-causal", "--device", "cpu", "--model", "sd15-random"]) == 2
+    )
     err = capsys.readouterr().err
     assert "tuned on model 'tiny'" in err and err.count("\n") == 1
 
@@ -285,13 +313,22 @@ def test_an_edit_with_tuned_weights_takes_their_attention_mode_unless_told(tiny,
     from ui.edit_tab import request_from
 
     path = tmp_path / "t.safetensors"
-    save_tuned(path, inflate(tiny, 0), {"format": FORMAT, "base": _identity(tiny), "base_name": "tiny", "settings": {"attention": "full"}})
+    save_tuned(
+        path,
+        inflate(tiny, 0),
+        {"format": FORMAT, "base": _identity(tiny), "base_name": "tiny", "settings": {"attention": "full"}},
+    )
     edit = ["edit", "clip.mp4", "--prompt", "a jeep", "--out", "o.mp4"]
     attention = lambda *extra: edit_request(build_parser().parse_args([*edit, *extra])).engine.attention  # noqa: E731
     assert attention() == DEFAULT_ATTENTION != "full"
     assert attention("--tuned", str(path)) == "full"  # the mode recorded in the file
     assert attention("--tuned", str(path), "--attention", "window") == "window"  # an explicit choice wins
-    values = {"video": "clip.mp4", "model": "tiny", "prompt": "a jeep", "inversion_prompt": "a car"}  # the one-shot tab's /edit_tuned names
+    values = {
+        "video": "clip.mp4",
+        "model": "tiny",
+        "prompt": "a jeep",
+        "inversion_prompt": "a car",
+    }  # the one-shot tab's /edit_tuned names
     assert request_from(values, str(tmp_path), tuned=str(path)).engine.attention == "full"  # the one-shot tab, the same way
 
 
@@ -312,5 +349,13 @@ def test_tuning_real_weights_lowers_the_loss_and_edits(tmp_path, car):
     tuned = load_tuned(result.path, backbone).weights
     assert objective(backbone, tuned, latents, text, config) < objective(backbone, inflate(backbone, 0), latents, text, config)
     engine = EngineConfig(attention="sparse-causal", inversion_prompt=config.prompt, cache_dir=str(tmp_path))
-    edited = EditRequest(str(car), str(tmp_path / "jeep.mp4"), EditConfig("a jeep driving on the moon", steps=30), selection, engine, model, tuned=result.path)
+    edited = EditRequest(
+        str(car),
+        str(tmp_path / "jeep.mp4"),
+        EditConfig("a jeep driving on the moon", steps=30),
+        selection,
+        engine,
+        model,
+        tuned=result.path,
+    )
     assert edit_video(edited).frames == 8

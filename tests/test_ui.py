@@ -45,7 +45,11 @@ def test_widget_values_make_the_same_request_as_the_cli(skiing, tmp_path):
 def test_blank_widgets_keep_the_cli_defaults(car, tmp_path):
     from ui.edit_tab import request_from
 
-    app = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": None, "source_prompt": "  ", "negative_prompt": None}, str(tmp_path), (".mp4",))
+    app = request_from(
+        {"video": str(car), "prompt": "a cat", "model": "tiny", "end": None, "source_prompt": "  ", "negative_prompt": None},
+        str(tmp_path),
+        (".mp4",),
+    )
     assert app == cli_request(str(car), "--out", app.output, "--prompt", "a cat", "--model", "tiny")
     assert app.attention_edit is None and app.selection.end is None
     zero = request_from({"video": str(car), "prompt": "a cat", "model": "tiny", "end": 0}, str(tmp_path), (".mp4",))
@@ -162,7 +166,7 @@ def test_condition_previews_show_each_map_on_the_first_frame(car):
 
     handlers = make_handlers(Backend())
     values = {"video": str(car), "prompt": "a car", "control_kinds": ["canny"], "control_scale": 0.5} | SMALL
-    (image, caption), = handlers["conditions"](values, None)
+    ((image, caption),) = handlers["conditions"](values, None)
     first = read_clip(car, FrameSelection(max_frames=2, size=64)).frames[:1]
     assert np.array_equal(image, extract_conditions("canny", first)[0]) and caption == "canny (scale 0.5)"
     with pytest.raises(gr.Error, match="tick at least one ControlNet"):
@@ -240,7 +244,9 @@ def test_the_demo_builds_on_cpu_with_named_api_endpoints():
     names = [p["parameter_name"] for p in endpoints["/edit"]["parameters"]]
     assert names[: len(API_FIELDS)] == API_FIELDS and names == api_fields()  # then every other schema option
     assert {"sampler", "token_merge", "feature_bank", "preset"} <= set(names)
-    assert {"/edit", "/preview_first_frame", "/condition_maps", "/session_presets", "/export_session", "/import_session"} <= set(endpoints)
+    assert {"/edit", "/preview_first_frame", "/condition_maps", "/session_presets", "/export_session", "/import_session"} <= set(
+        endpoints
+    )
     gpu_events = [d for d in demo.fns.values() if d.concurrency_id == "gpu"]
     assert len(gpu_events) >= 5 and all(d.concurrency_limit == 1 for d in gpu_events)
     assert demo.delete_cache and all(seconds > 0 for seconds in demo.delete_cache)  # served files are removed
@@ -326,17 +332,26 @@ def test_the_progress_bar_names_every_stage_the_pipeline_reports(car, tmp_path, 
         def __call__(self, fraction, desc=None):
             shown.append((desc, fraction))
 
-    request = request_from({"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL | {"steps": 4, "keyframes": "off"}, str(tmp_path))
+    request = request_from(
+        {"video": str(car), "prompt": "a car", "control_kinds": ["canny"]} | SMALL | {"steps": 4, "keyframes": "off"},
+        str(tmp_path),
+    )
     edit_video(request, gradio_progress(Bar(), request))
     labels = {desc for desc, _ in shown}
     share = "2 of 4 steps (strength 0.5)"  # what runs of the Steps slider's 4, and why
     assert {"decoding", "condition maps", f"inversion: {share}", f"editing: {share}", "encoding"} <= labels
-    assert {label.split(":")[0] for label in labels} <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(STAGE_LABELS)
+    assert {label.split(":")[0] for label in labels} <= set(STAGE_LABELS.values()) and set(STAGES) - {"encode_text"} <= set(
+        STAGE_LABELS
+    )
     assert any(desc == f"editing: {share}" and done == total == 2 for desc, (done, total) in shown)  # the bar reaches the end
-    keyed = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4}, str(tmp_path))  # the default: keyframes, then propagation
+    keyed = request_from(
+        {"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4}, str(tmp_path)
+    )  # the default: keyframes, then propagation
     shown.clear()
     edit_video(keyed, gradio_progress(Bar(), keyed))
-    assert {f"keyframes: inversion: {share}", f"keyframes: editing: {share}", "propagating the keyframes"} <= {desc for desc, _ in shown}
+    assert {f"keyframes: inversion: {share}", f"keyframes: editing: {share}", "propagating the keyframes"} <= {
+        desc for desc, _ in shown
+    }
     full = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"steps": 4, "strength": 1.0}, str(tmp_path))
     shown.clear()
     gradio_progress(Bar(), full)("denoise", 1, 4)
@@ -349,9 +364,9 @@ def test_extra_formats_come_from_the_same_frames(car, tmp_path):
     from PIL import Image
 
     from editing.errors import ConfigError
+    from editing.evaluate import read_png_zip
     from editing.pipeline import edit_video
     from editing.video_io import probe
-    from editing.evaluate import read_png_zip
     from ui.edit_tab import request_from
 
     request = request_from({"video": str(car), "prompt": "a car"} | SMALL | {"frames": 3}, str(tmp_path))
@@ -371,7 +386,16 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_p
     from ui.oneshot_tab import run_tuning
 
     monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
-    values = {"video": str(car), "prompt": "a car turning", "model": "tiny", "frames": 2, "size": 64, "steps": 3, "learning_rate": 1e-4, "seed": 0}
+    values = {
+        "video": str(car),
+        "prompt": "a car turning",
+        "model": "tiny",
+        "frames": 2,
+        "size": 64,
+        "steps": 3,
+        "learning_rate": 1e-4,
+        "seed": 0,
+    }
     stages = []
     tuned = run_tuning(values, lambda stage, done, total: stages.append((stage, done, total)))
     assert ("tune", 3, 3) in stages and not tuned["reused"]
@@ -382,9 +406,18 @@ def test_one_shot_tab_tunes_then_edits_with_the_tuned_weights(car, skiing, tmp_p
 
     edit = make_handlers(Backend())["edit"]
     trim = {k: values[k] for k in ("video", "model", "frames", "size", "seed")}
-    request_values = trim | {"prompt": "a bear", "steps": 2, "guidance": 1.0, "strength": 1.0, "inversion_prompt": values["prompt"], "token": CancelToken()}
+    request_values = trim | {
+        "prompt": "a bear",
+        "steps": 2,
+        "guidance": 1.0,
+        "strength": 1.0,
+        "inversion_prompt": values["prompt"],
+        "token": CancelToken(),
+    }
     video, _, _, details, *_ = edit(request_values, None, tuned=tuned["path"])
-    assert details["tuned"] == os.path.basename(tuned["path"]) and details["frames"] == 2  # the file name only (issue 18, defect 8)
+    assert (
+        details["tuned"] == os.path.basename(tuned["path"]) and details["frames"] == 2
+    )  # the file name only (issue 18, defect 8)
     with pytest.raises(EditingError, match="tuning prompt must not be empty"):
         run_tuning(values | {"prompt": ""}, lambda *a: None)
 
@@ -414,8 +447,13 @@ def test_one_shot_tab_passes_the_memory_options_to_the_tuning(car):
     endpoints = build_demo(default_model="tiny").get_api_info()["named_endpoints"]
     parameters = [p["parameter_name"] for p in endpoints["/tune"]["parameters"]]
     edit_tuned = [p["parameter_name"] for p in endpoints["/edit_tuned"]["parameters"]]
-    assert "video" in edit_tuned and "inversion_prompt" in edit_tuned and set(edit_tuned) <= {"video", *option_names("edit")}  # the edit command's names
-    assert parameters[-2:] == ["gradient_checkpointing", "mixed_precision"]  # last, so positional calls made before they existed still work
+    assert (
+        "video" in edit_tuned and "inversion_prompt" in edit_tuned and set(edit_tuned) <= {"video", *option_names("edit")}
+    )  # the edit command's names
+    assert parameters[-2:] == [
+        "gradient_checkpointing",
+        "mixed_precision",
+    ]  # last, so positional calls made before they existed still work
     assert set(parameters) - {"video"} <= set(option_names("tune"))  # the tune command's own names, none renamed
 
 
@@ -456,7 +494,9 @@ def test_the_long_side_follows_the_model_in_every_tab():
         assert event.fn("stable-diffusion-v1-5/stable-diffusion-v1-5") == event.fn("./no-such-folder") == FORM_SIZE
         assert event.outputs[0].value == FORM_SIZE  # the slider starts at the default model's size (tiny: 256)
     shapes_default = build_demo(default_model="shapes")
-    assert [b.value for b in shapes_default.blocks.values() if getattr(b, "label", None) == "Long side (px)"] == [native_size("shapes")] * 3
+    assert [b.value for b in shapes_default.blocks.values() if getattr(b, "label", None) == "Long side (px)"] == [
+        native_size("shapes")
+    ] * 3
 
 
 def _first_frames(clip, count: int):
@@ -473,8 +513,8 @@ def test_the_shapes_examples_are_generated_clips_that_the_shapes_model_edits_as_
 
     from editing.models import native_size
     from editing.pipeline import edit_video
-    from shapes_world import benchmark as bench
     from editing.video_io import read_clip
+    from shapes_world import benchmark as bench
     from ui import widgets
     from ui.backend import Backend
     from ui.edit_tab import create_tab, request_from
@@ -582,7 +622,9 @@ def _upload_events(demo, prefix: str):
     upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == f"{prefix}source-file")
     arrived = next(d for d in demo.fns.values() if d.inputs == [upload])
     follow = [d for d in demo.fns.values() if d.inputs and d.inputs[0] is arrived.outputs[2]]  # the readable clip's State
-    assert len({d.fn for d in follow}) == 1 and all(d.preprocess is False and d.queue is False for d in follow)  # raw values, no Error badge
+    assert len({d.fn for d in follow}) == 1 and all(
+        d.preprocess is False and d.queue is False for d in follow
+    )  # raw values, no Error badge
     return arrived, follow[0], arrived.outputs[1], follow[0].outputs[1:], arrived.outputs[3:]
 
 
@@ -597,7 +639,9 @@ def _returns(event, *args) -> list:
 
 
 def _buttons(demo, prefix: str) -> dict[str, gr.Button]:
-    return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Button) and (b.elem_id or "").startswith(prefix or "run-")}
+    return {
+        b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Button) and (b.elem_id or "").startswith(prefix or "run-")
+    }
 
 
 @pytest.mark.parametrize("tab", TABS)
@@ -613,7 +657,11 @@ def test_each_tab_says_once_what_is_wrong_with_a_bad_upload_and_runs_only_a_read
     arrived, follow, line, needs_plan, needs_clip = _upload_events(demo, prefix)
     buttons = needs_plan + needs_clip
     assert buttons and all(not b.interactive for b in buttons)  # nothing to run before a clip
-    assert {b.elem_id for b in buttons} >= {"Edit": {"run-edit", "run-preview"}, "Style sessions": {"session-create"}, "One-shot tuning": {"oneshot-tune", "oneshot-edit"}}[tab]
+    assert {b.elem_id for b in buttons} >= {
+        "Edit": {"run-edit", "run-preview"},
+        "Style sessions": {"session-create"},
+        "One-shot tuning": {"oneshot-tune", "oneshot-edit"},
+    }[tab]
     trims = [b.value for b in follow.inputs[1:]]  # start, end, stride, frames, size as the tab starts
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(4096))
@@ -661,7 +709,9 @@ def test_the_style_tab_runs_styles_only_with_a_session_open():
     runs = [buttons["session-run-presets"], buttons["session-run-prompt"]]
     assert all(not b.interactive for b in runs)
     follow = next(d for d in demo.fns.values() if d.outputs == runs)
-    assert [u["interactive"] for u in _returns(follow, "skier")] == [True, True] and [u["interactive"] for u in _returns(follow, None)] == [False, False]
+    assert [u["interactive"] for u in _returns(follow, "skier")] == [True, True] and [
+        u["interactive"] for u in _returns(follow, None)
+    ] == [False, False]
 
 
 def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(car, tmp_path):
@@ -683,7 +733,9 @@ def test_stop_during_an_edit_says_where_it_stopped_and_keeps_the_shown_outputs(c
     values = {"video": str(car), "prompt": "a red car", "token": token} | SMALL | {"steps": 10, "strength": 0.6}
     *shown, run = edit(values, None)
     assert all(isinstance(value, type(gr.skip())) for value in shown)  # the page keeps the last result
-    assert run == {"message": "Stopped at step 2/6 of keyframes: editing (6 of the 10 steps at strength 0.6); the last result is kept."}  # the default: keyframes first
+    assert run == {
+        "message": "Stopped at step 2/6 of keyframes: editing (6 of the 10 steps at strength 0.6); the last result is kept."
+    }  # the default: keyframes first
     assert not token.cancelled  # the next edit starts clear
     *_, run = edit(values | {"steps": 2}, None)
     assert run["message"] == ""
@@ -728,9 +780,8 @@ def test_the_one_shot_tab_lays_out_step_one_before_step_two():
 def test_keyframes_are_edited_then_propagated_in_two_stages(car, tmp_path):
     """'Edit keyframes' shows the keyframes and keeps them; 'Propagate' fills in the rest, its keyframe
     frames exactly the ones shown; another clip, or Propagate before any keyframes, is one sentence."""
-    from PIL import Image
-
     import gradio as gr
+    from PIL import Image
 
     from editing.evaluate import read_png_zip
     from ui.backend import Backend
@@ -752,7 +803,9 @@ def test_keyframes_are_edited_then_propagated_in_two_stages(car, tmp_path):
     # an uploaded edited keyframe for frame 2 is that keyframe, exactly
     red = np.tile(np.array([200, 30, 30], np.uint8), (64, 64, 1))
     Image.fromarray(red).save(tmp_path / "red.png")
-    gallery, _, _ = handlers["keyframes"](dict(values) | {"keyframe_upload": str(tmp_path / "red.png"), "keyframe_index": 2}, None)
+    gallery, _, _ = handlers["keyframes"](
+        dict(values) | {"keyframe_upload": str(tmp_path / "red.png"), "keyframe_index": 2}, None
+    )
     np.testing.assert_array_equal(gallery[1][0], red)
     with pytest.raises(gr.Error, match="keyframe_index"):
         handlers["keyframes"](dict(values) | {"keyframe_upload": str(tmp_path / "red.png"), "keyframe_index": -1}, None)
@@ -778,8 +831,17 @@ def test_fast_preview_runs_the_same_edit_with_the_fast_preset_and_says_its_outpu
     video, gif, frames_zip, details, _warp, run = handlers["fast_preview"](values, None)
     (request,) = seen
     fast = get_preset("fast")
-    assert (request.edit.sampler, request.edit.steps, request.edit.strength, request.edit.guidance) == (fast.sampler, fast.steps, fast.strength, fast.guidance)
-    assert request.engine.inversion == "none" and request.engine.feature_bank == fast.feature_bank and request.model_options.vae == "tiny"
+    assert (request.edit.sampler, request.edit.steps, request.edit.strength, request.edit.guidance) == (
+        fast.sampler,
+        fast.steps,
+        fast.strength,
+        fast.guidance,
+    )
+    assert (
+        request.engine.inversion == "none"
+        and request.engine.feature_bank == fast.feature_bank
+        and request.model_options.vae == "tiny"
+    )
     assert (request.edit.prompt, request.edit.seed, request.selection.max_frames) == ("a red car", 3, 2)  # the form's own
     note = PRESET_NOTE.format(name="fast", model="tiny", lora=fast.lora)
     assert details["preset_note"] == note and note in run["message"] and "means nothing" in run["message"]
@@ -796,7 +858,10 @@ def test_the_keyframes_box_blank_is_the_commands_default_and_off_edits_every_fra
     from ui.widgets import KEYFRAME_CHOICES
 
     cli = build_request("edit", {"video": str(car), "out": "o.mp4", "prompt": "a car"}).engine.keyframes_every
-    chosen = {value: make_request({"prompt": "a car", "keyframes": value} | SMALL, str(car), str(tmp_path)).engine.keyframes_every for _, value in KEYFRAME_CHOICES}
+    chosen = {
+        value: make_request({"prompt": "a car", "keyframes": value} | SMALL, str(car), str(tmp_path)).engine.keyframes_every
+        for _, value in KEYFRAME_CHOICES
+    }
     assert chosen == {"": cli, "off": 0, "auto": -1, "4": 4, "8": 8} and cli == parse_keyframes(DEFAULT_KEYFRAMES) != 0
 
 
@@ -849,12 +914,12 @@ def test_details_name_the_controlnet_each_model_runs(car, tmp_path):
     from editing.condition_kinds import get_condition_kind
     from editing.models import DEFAULT_MODEL
     from ui.details import controlnet_names
-    from ui.forms import make_request
-
-    from ui.forms import option_values
+    from ui.forms import make_request, option_values
 
     def request_names(values):
-        return controlnet_names(make_request(option_values({"prompt": "a car", "control_kinds": ["canny"]} | values), str(car), str(tmp_path)))
+        return controlnet_names(
+            make_request(option_values({"prompt": "a car", "control_kinds": ["canny"]} | values), str(car), str(tmp_path))
+        )
 
     assert request_names({"model": "shapes"}) == {"canny": "shapes/controlnet-canny"}
     assert request_names({"model": DEFAULT_MODEL}) == {"canny": get_condition_kind("canny").default_controlnet("sd15")}
@@ -1038,7 +1103,13 @@ def test_an_option_added_to_the_schema_is_a_widget_with_its_default_range_and_hi
     _request_with(
         monkeypatch,
         ("probe_sharpness", float, field(default=0.25, metadata={"help": "a probe", "range": "[0, 2]"})),
-        ("probe_passes", int, field(default=40, metadata={"help": "a probe", "range": "[1, inf)", "app": {"default": 3, "max": 10, "why": "a test"}})),
+        (
+            "probe_passes",
+            int,
+            field(
+                default=40, metadata={"help": "a probe", "range": "[1, inf)", "app": {"default": 3, "max": 10, "why": "a test"}}
+            ),
+        ),
         ("probe_hidden", int, field(default=1, metadata={"help": "a probe", "app": {"api": False, "why": "a test"}})),
     )
     sharpness = hints.slider("probe_sharpness")
@@ -1046,7 +1117,9 @@ def test_an_option_added_to_the_schema_is_a_widget_with_its_default_range_and_hi
     assert (sharpness.minimum, sharpness.maximum, sharpness.value) == (0, 2, 0.25)  # the schema's own
     assert (passes.minimum, passes.maximum, passes.step, passes.value) == (1, 10, 1, 3)  # the hint's, over the schema's
     assert hints.differences()["probe_passes"] == (40, 3, "a test")
-    parameters = {p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]}
+    parameters = {
+        p["parameter_name"]: p for p in build_demo(default_model="tiny").get_api_info()["named_endpoints"]["/edit"]["parameters"]
+    }
     assert parameters["probe_sharpness"]["parameter_default"] == 0.25 and parameters["probe_passes"]["parameter_default"] == 3
     assert "probe_hidden" not in parameters
     _request_with(monkeypatch, ("probe_bad", int, field(default=1, metadata={"help": "a probe", "app": {"default": 2}})))
@@ -1069,7 +1142,11 @@ def test_the_forms_defaults_are_the_cli_defaults_but_the_declared_hints(car, tmp
     made = request_from(form, str(tmp_path), (".mp4",))
     declared = {name: app for name, (_, app, _) in hints.differences().items()}
     assert declared == {"steps": 10, "strength": 0.6, "frames": 8, "size": 256}
-    cli = requests.edit_request(requests.defaults("edit") | declared | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"})
+    cli = requests.edit_request(
+        requests.defaults("edit") | declared | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"}
+    )
     assert dataclasses.replace(made, also_write=()) == cli
-    undeclared = requests.edit_request(requests.defaults("edit") | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"})
+    undeclared = requests.edit_request(
+        requests.defaults("edit") | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"}
+    )
     assert made != undeclared  # the control: the hints do change the form's request

@@ -42,7 +42,12 @@ def test_probe_reports_metadata_of_real_clips(skiing, car, tree):
 
 @pytest.mark.parametrize(
     "suffix, codec, pix_fmt",
-    [(".webm", "libvpx-vp9", "yuv420p"), (".mov", "libx264", "yuv420p"), (".avi", "mjpeg", "yuvj420p"), (".mp4", "mpeg4", "yuv420p")],
+    [
+        (".webm", "libvpx-vp9", "yuv420p"),
+        (".mov", "libx264", "yuv420p"),
+        (".avi", "mjpeg", "yuvj420p"),
+        (".mp4", "mpeg4", "yuv420p"),
+    ],
 )
 def test_reads_every_container(tmp_path, car, suffix, codec, pix_fmt):
     frames = read_clip(car, FrameSelection(max_frames=6, size=128)).frames
@@ -81,7 +86,9 @@ def test_selection_that_keeps_too_little_is_refused(car):
         read_clip(car, FrameSelection(start=7.9, size=128))
 
 
-@pytest.mark.parametrize("width, height", [(718, 718), (640, 480), (480, 640), (320, 240), (1920, 1080), (1080, 1920), (333, 997)])
+@pytest.mark.parametrize(
+    "width, height", [(718, 718), (640, 480), (480, 640), (320, 240), (1920, 1080), (1080, 1920), (333, 997)]
+)
 @pytest.mark.parametrize("long_side", [256, 512, 768])
 def test_target_size_keeps_aspect_with_multiples_of_8(width, height, long_side):
     new_width, new_height = target_size(width, height, long_side)

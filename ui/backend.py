@@ -15,9 +15,9 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class CancelToken:
         self._event = threading.Event()
         self.reached: tuple[str, int, int] | None = None  # the last (stage, done, total) a run reported
 
-    def __deepcopy__(self, memo) -> "CancelToken":
+    def __deepcopy__(self, memo) -> CancelToken:
         return CancelToken()  # gr.State copies its initial value per user: each user gets a fresh token
 
     def __reduce__(self):
@@ -141,7 +141,9 @@ def public_details(result: dict) -> dict:
 class Backend:
     """What the tabs call; `edit_fn` is the library's `edit_video` unless a test swaps it."""
 
-    def __init__(self, edit_fn: EditFn = edit_video, output_root: Path | None = None, policy: ServePolicy = LOCAL, concurrency: int = 1):
+    def __init__(
+        self, edit_fn: EditFn = edit_video, output_root: Path | None = None, policy: ServePolicy = LOCAL, concurrency: int = 1
+    ):
         self.edit_fn = edit_fn
         self.output_root = output_root
         self.policy = policy  # what the forms may ask for when the app is served to others
@@ -199,7 +201,9 @@ class Backend:
         """The first edited frame, from the same pipeline run on the selection's first frames only."""
         selection = dataclasses.replace(request.selection, max_frames=PREVIEW_FRAMES)
         output = str(Path(request.output).with_name(Path(request.output).stem + "-preview.zip"))
-        short = dataclasses.replace(request, selection=selection, output=output, also_write=(), decode_frames=(0,))  # decode only the frame shown
+        short = dataclasses.replace(
+            request, selection=selection, output=output, also_write=(), decode_frames=(0,)
+        )  # decode only the frame shown
         outputs = self.edit(short, progress, token)
         return outputs.result.images[0]
 
@@ -231,7 +235,6 @@ class Backend:
         if edited is None:
             return np.zeros(0)
         return warp_errors(self.source_frames(request) if source is None else source, edited)
-
 
 
 def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = LOCAL, editor=None, pool=None) -> Backend:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import av
 import gradio as gr
@@ -35,7 +36,10 @@ def plan_of(video: str | None, start, end, stride, frames, size) -> tuple[str, b
     try:
         selection = make_request(option_values(trim), video, "plan").selection
         info = probe(video)
-        return f"**{plan_frames(info, selection).summary()}** from {info.frame_count} source frames ({info.width}x{info.height})", True
+        return (
+            f"**{plan_frames(info, selection).summary()}** from {info.frame_count} source frames ({info.width}x{info.height})",
+            True,
+        )
     except EditingError as exc:
         return f"Cannot edit with these settings: {exc}", False
 
@@ -61,8 +65,14 @@ def check_clip(video: str | None, preview_folder: str | None = None) -> tuple[An
     try:
         return preview_for(video, preview_folder or fresh_output_dir()), None, video  # a run folder only for a preview
     except (EditingError, av.error.FFmpegError) as exc:
-        reason = str(exc) if isinstance(exc, EditingError) else f"its video stream is damaged ({exc.strerror or type(exc).__name__})"
-        return None, f"**{Path(video).name} cannot be shown or edited: {reason}.** Upload another clip (mp4, webm, mov or avi).", None
+        reason = (
+            str(exc) if isinstance(exc, EditingError) else f"its video stream is damaged ({exc.strerror or type(exc).__name__})"
+        )
+        return (
+            None,
+            f"**{Path(video).name} cannot be shown or edited: {reason}.** Upload another clip (mp4, webm, mov or avi).",
+            None,
+        )
 
 
 def unfinished(widgets: dict[str, gr.components.Component], values: dict[str, Any]) -> str | None:
@@ -75,7 +85,13 @@ def unfinished(widgets: dict[str, gr.components.Component], values: dict[str, An
             continue  # a blank number box keeps the option's default
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not number or (low is not None and value < low) or (high is not None and value > high):
-            span = f" from {low:g} to {high:g}" if low is not None and high is not None else f" of {low:g} or more" if low is not None else ""
+            span = (
+                f" from {low:g} to {high:g}"
+                if low is not None and high is not None
+                else f" of {low:g} or more"
+                if low is not None
+                else ""
+            )
             return f"{widget.label}: type a number{span} to see the plan."
     return None
 
@@ -106,7 +122,9 @@ class ClipUpload:
     def create(cls, prefix: str = "") -> ClipUpload:
         """Lay out the upload in the current block; element ids are `prefix` + source-file, source-video, frame-plan."""
         file = gr.File(label="Upload a clip", file_types=["video"], elem_id=f"{prefix}source-file", height=130)
-        shown = gr.Video(label="Source clip", interactive=False, elem_id=f"{prefix}source-video", height=260, visible=False)  # once a readable clip is there
+        shown = gr.Video(
+            label="Source clip", interactive=False, elem_id=f"{prefix}source-video", height=260, visible=False
+        )  # once a readable clip is there
         plan = gr.Markdown(PICK, elem_id=f"{prefix}frame-plan")
         return cls(file, shown, plan, gr.State(None))
 
@@ -123,16 +141,40 @@ class ClipUpload:
         def arrived(video):
             shown, line, clip = check_clip(video)
             readable = gr.update(interactive=clip is not None)
-            return (gr.update(value=shown, visible=shown is not None), gr.skip() if line is None else line, clip, *(readable for _ in needs_clip))
+            return (
+                gr.update(value=shown, visible=shown is not None),
+                gr.skip() if line is None else line,
+                clip,
+                *(readable for _ in needs_clip),
+            )
 
         def follow(clip, *values):
             line, ok = follow_plan(widgets, clip, dict(zip(TRIMS, values)))
             shown = gr.skip() if line is None else line
-            return (shown, *(gr.update(interactive=ok) for _ in needs_plan)) if needs_plan else shown  # one output: its value alone
+            return (
+                (shown, *(gr.update(interactive=ok) for _ in needs_plan)) if needs_plan else shown
+            )  # one output: its value alone
 
         followers = [self.plan, *needs_plan]
         checked = self.file.change(arrived, self.file, [self.shown, self.plan, self.clip, *needs_clip], api_visibility="private")
         # preprocess=False: the numbers as typed reach `follow`, which hints at an unfinished one, where
         # Gradio's own check (Slider.preprocess) would fail the event and badge the line "Error"
-        checked.then(follow, [self.clip, *widgets.values()], followers, queue=False, preprocess=False, show_progress="hidden", api_visibility="private")
-        gr.on([w.change for w in widgets.values()], follow, [self.clip, *widgets.values()], followers, queue=False, preprocess=False, show_progress="hidden", api_visibility="private")
+        checked.then(
+            follow,
+            [self.clip, *widgets.values()],
+            followers,
+            queue=False,
+            preprocess=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        gr.on(
+            [w.change for w in widgets.values()],
+            follow,
+            [self.clip, *widgets.values()],
+            followers,
+            queue=False,
+            preprocess=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )

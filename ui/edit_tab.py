@@ -11,22 +11,24 @@ import numpy as np
 import pandas as pd
 
 from editing.errors import Cancelled, ConfigError, EditingError
-from editing.presets import apply_preset, get_preset, preset_note
 from editing.metrics import mean_warp_error
 from editing.models import RANDOM_WEIGHTS_NOTE
+from editing.presets import apply_preset, get_preset, preset_note
 from editing.video_io import write_png_zip
 
 from . import hints, widgets
 from .backend import Backend, CancelToken
-from .serving import LOCAL, ServePolicy
-from .forms import OUTPUT_FORMATS, default_values, form_options, make_request, one_sentence_errors, option_values
-from .gpu import gpu, on_spaces
 from .clip_upload import TRIMS, ClipUpload, follow_plan
 from .details import controlnet_names, warn
+from .forms import OUTPUT_FORMATS, default_values, form_options, make_request, one_sentence_errors, option_values
+from .gpu import gpu, on_spaces
 from .preview import preview_for
+from .serving import LOCAL, ServePolicy
 
 FAST_PREVIEW = "fast"  # the preset the Fast preview button runs (editing.presets)
-GPU_QUEUE = "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
+GPU_QUEUE = (
+    "gpu"  # every event that runs a model shares this concurrency id: backend.concurrency at a time (1; one per Ray worker)
+)
 # The published order of the /edit API's first parameters (the first twelve are the original API's), so
 # positional clients keep working; which options are parameters is the schema's (hints.on_api).
 API_FIELDS = [
@@ -68,7 +70,7 @@ STEPPED = ("invert", "denoise")  # stages that run the strength's share of the s
 
 
 def steps_text(total: int, request=None) -> str:
-    """"6 of 10 steps (strength 0.6)": the steps a stage runs, out of the Steps set, and why."""
+    """ "6 of 10 steps (strength 0.6)": the steps a stage runs, out of the Steps set, and why."""
     if request is None or total == request.edit.steps:
         return f"{total} steps"
     return f"{total} of {request.edit.steps} steps (strength {request.edit.strength:g})"
@@ -195,8 +197,14 @@ def make_handlers(backend: Backend):
             return gr.skip(), gr.skip(), message
         made = staged.keyframes
         shown = [(frame, f"frame {index}") for index, frame in zip(made.indices, made.frames)]
-        others = "no other frames" if len(made.indices) == request.selection.max_frames else "then Propagate fills in the other frames"
-        return shown, staged, f"Edited keyframes {', '.join(map(str, made.indices))}: change the prompt or seed and edit them again, or {others}."
+        others = (
+            "no other frames" if len(made.indices) == request.selection.max_frames else "then Propagate fills in the other frames"
+        )
+        return (
+            shown,
+            staged,
+            f"Edited keyframes {', '.join(map(str, made.indices))}: change the prompt or seed and edit them again, or {others}.",
+        )
 
     @one_sentence_errors
     def propagate(values: dict[str, Any], progress) -> tuple:
@@ -245,7 +253,14 @@ def make_handlers(backend: Backend):
             raise EditingError("tick at least one ControlNet to preview its condition map")
         return backend.condition_previews(request)
 
-    return {"edit": edit, "fast_preview": fast_preview, "preview": preview, "conditions": conditions, "keyframes": keyframes, "propagate": propagate}
+    return {
+        "edit": edit,
+        "fast_preview": fast_preview,
+        "preview": preview,
+        "conditions": conditions,
+        "keyframes": keyframes,
+        "propagate": propagate,
+    }
 
 
 def preset_refusal(model: str | None, policy: ServePolicy = LOCAL, preset: str | None = None) -> str | None:
@@ -273,7 +288,9 @@ def refused_text(refused: str | None) -> str:
 def fast_values(values: dict[str, Any]) -> dict[str, Any]:
     """The form's values for the Fast preview: the preset named, every option it sets left to it."""
     preset = get_preset(FAST_PREVIEW)
-    return {name: value for name, value in values.items() if name not in preset.values(random_weights=True)} | {"preset": FAST_PREVIEW}
+    return {name: value for name, value in values.items() if name not in preset.values(random_weights=True)} | {
+        "preset": FAST_PREVIEW
+    }
 
 
 def forget_keyframes() -> tuple:
@@ -290,7 +307,11 @@ def show_run(run: dict | None) -> tuple:
         return message, gr.skip(), gr.skip()
     pair = (frame_of(run["source"], 0), frame_of(run["edited"], 0))
     last = max(int(run.get("frames") or 1) - 1, 1)
-    return message, gr.update(value=pair, visible=True), gr.update(value=0, maximum=last, interactive=run.get("frames", 1) > 1, visible=True)
+    return (
+        message,
+        gr.update(value=pair, visible=True),
+        gr.update(value=0, maximum=last, interactive=run.get("frames", 1) > 1, visible=True),
+    )
 
 
 def show_frame(index, run: dict | None):
@@ -331,7 +352,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             with gr.Accordion("Engine: attention, ControlNets, smoothing", open=False):
                 form |= widgets.engine_widgets()
                 form |= widgets.reference_widgets()
-                show_conditions = gr.Button("Preview condition maps", interactive=False, elem_id="run-conditions")  # once the clip gives a plan
+                show_conditions = gr.Button(
+                    "Preview condition maps", interactive=False, elem_id="run-conditions"
+                )  # once the clip gives a plan
                 condition_gallery = gr.Gallery(label="Condition maps (first frame)", columns=4, height=200)
             with gr.Accordion("Attention editing (Prompt-to-Prompt)", open=False):
                 form |= widgets.attention_edit_widgets()
@@ -344,10 +367,20 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             refused = preset_refusal(default_model, backend.policy)
             button_note = gr.Markdown(refused_text(refused), visible=bool(refused), elem_id="button-note")  # why a button is off
             with gr.Accordion("Keyframes, then propagation", open=False, elem_id="keyframes-stage"):
-                gr.Markdown("Edit a few keyframes first and look at them; change the prompt or seed and edit them again; then Propagate fills in the other frames along the source's motion.")
+                gr.Markdown(
+                    "Edit a few keyframes first and look at them; change the prompt or seed and edit them again; then Propagate fills in the other frames along the source's motion."
+                )
                 with gr.Row():
-                    form["keyframe_upload"] = gr.Image(label="Upload an edited keyframe (optional)", type="filepath", sources=["upload"], height=140, elem_id="keyframe-upload")
-                    form["keyframe_index"] = gr.Number(label="for frame", value=0, precision=0, minimum=0, elem_id="keyframe-index")
+                    form["keyframe_upload"] = gr.Image(
+                        label="Upload an edited keyframe (optional)",
+                        type="filepath",
+                        sources=["upload"],
+                        height=140,
+                        elem_id="keyframe-upload",
+                    )
+                    form["keyframe_index"] = gr.Number(
+                        label="for frame", value=0, precision=0, minimum=0, elem_id="keyframe-index"
+                    )
                 with gr.Row():
                     keys_button = gr.Button("Edit keyframes", interactive=False, elem_id="run-keyframes")
                     propagate_button = gr.Button("Propagate", interactive=False, elem_id="run-propagate")
@@ -355,30 +388,78 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             status = gr.Markdown("", elem_id="run-status")
             output = gr.Video(label="Edited clip", autoplay=True, elem_id="edited-video", height=360)
             # shown with the first result
-            compare = gr.ImageSlider(label="Before (left) and after (right): drag the divider", type="numpy", elem_id="compare", max_height=360, visible=False)
+            compare = gr.ImageSlider(
+                label="Before (left) and after (right): drag the divider",
+                type="numpy",
+                elem_id="compare",
+                max_height=360,
+                visible=False,
+            )
             scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-scrubber", visible=False)
             first_frame = gr.Image(label="First frame preview", type="numpy", height=240)
             with gr.Row():
                 gif = gr.File(label="GIF")
                 frames_zip = gr.File(label="Frames (zip of PNG)")
             warp = gr.BarPlot(
-                x="frame pair", y="warp error", x_title="frame pair (t to t+1)", y_title="warp error", label="Temporal warp error per frame pair (lower = steadier)", y_lim=[0, None], elem_id="warp-plot"
+                x="frame pair",
+                y="warp error",
+                x_title="frame pair (t to t+1)",
+                y_title="warp error",
+                label="Temporal warp error per frame pair (lower = steadier)",
+                y_lim=[0, None],
+                elem_id="warp-plot",
             )
             details = gr.JSON(label="Details", elem_id="details")
     with examples_box:
-        note = gr.Markdown(widgets.model_note(default_model), visible=bool(widgets.model_note(default_model)), elem_id="model-note")
+        note = gr.Markdown(
+            widgets.model_note(default_model), visible=bool(widgets.model_note(default_model)), elem_id="model-note"
+        )
         preview_dir = Path(tempfile.gettempdir()) / "video-edit-previews"
         inputs = [form["video"], upload.shown, form["prompt"], form["model"], form["size"]]
         photo_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.photo_examples(default_model)]
         shapes_rows = [[r[0], preview_for(r[0], preview_dir), *r[1:]] for r in widgets.shapes_examples()]
         photo = widgets.model_kind(default_model) == "photo"
-        photo_examples = gr.Examples(photo_rows, inputs, label="Examples: photos", elem_id="examples-photos", visible_columns=[1, 2], visible=photo and bool(photo_rows)) if photo_rows else None
-        shapes_examples = gr.Examples(shapes_rows, inputs, label="Examples: the shapes model", elem_id="examples-shapes", visible_columns=[1, 2, 3], visible=not photo) if shapes_rows else None
+        photo_examples = (
+            gr.Examples(
+                photo_rows,
+                inputs,
+                label="Examples: photos",
+                elem_id="examples-photos",
+                visible_columns=[1, 2],
+                visible=photo and bool(photo_rows),
+            )
+            if photo_rows
+            else None
+        )
+        shapes_examples = (
+            gr.Examples(
+                shapes_rows,
+                inputs,
+                label="Examples: the shapes model",
+                elem_id="examples-shapes",
+                visible_columns=[1, 2, 3],
+                visible=not photo,
+            )
+            if shapes_rows
+            else None
+        )
     if photo_examples is not None and shapes_examples is not None:
-        form["model"].change(examples_shown, form["model"], [note, photo_examples.dataset, shapes_examples.dataset], queue=False, api_visibility="private")
+        form["model"].change(
+            examples_shown,
+            form["model"],
+            [note, photo_examples.dataset, shapes_examples.dataset],
+            queue=False,
+            api_visibility="private",
+        )
 
     upload.wire(form, needs_plan=[run, preview_button, keys_button, show_conditions])
-    form["model"].change(lambda spec: gr.update(placeholder=widgets.prompt_placeholder(spec)), form["model"], form["prompt"], queue=False, api_visibility="private")
+    form["model"].change(
+        lambda spec: gr.update(placeholder=widgets.prompt_placeholder(spec)),
+        form["model"],
+        form["prompt"],
+        queue=False,
+        api_visibility="private",
+    )
 
     fields = api_fields()
     for option in form_options():
@@ -389,7 +470,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
     defaults = widgets.initial_values(form)
     staged = gr.State(None)  # the keyframes 'Edit keyframes' made, for 'Propagate
     # a new clip: the previous clip's keyframes are no longer shown nor kept for Propagate
-    form["video"].change(forget_keyframes, None, [keyframe_gallery, staged, propagate_button], queue=False, api_visibility="private")
+    form["video"].change(
+        forget_keyframes, None, [keyframe_gallery, staged, propagate_button], queue=False, api_visibility="private"
+    )
 
     def started(button):
         """A click that first clears this user's Stop (so a Stop pressed while the job waits still counts)."""
@@ -430,7 +513,9 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         concurrency_limit=backend.concurrency,
         show_progress_on=keyframe_gallery,
     )
-    keys_event.then(lambda kept: gr.update(interactive=kept is not None), staged, propagate_button, queue=False, api_visibility="private")
+    keys_event.then(
+        lambda kept: gr.update(interactive=kept is not None), staged, propagate_button, queue=False, api_visibility="private"
+    )
     # Fast preview runs only where its preset can (said under the buttons), Propagate only with a plan and kept keyframes
     trims = [form[name] for name in TRIMS]
 
@@ -441,7 +526,16 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
         return gr.update(interactive=ok and not refused), gr.update(interactive=ok and kept is not None), note
 
     gate_triggers = [upload.clip.change, form["model"].change, *(widget.change for widget in trims)]
-    gr.on(gate_triggers, gate, [form["model"], staged, upload.clip, *trims], [fast_button, propagate_button, button_note], queue=False, preprocess=False, show_progress="hidden", api_visibility="private")
+    gr.on(
+        gate_triggers,
+        gate,
+        [form["model"], staged, upload.clip, *trims],
+        [fast_button, propagate_button, button_note],
+        queue=False,
+        preprocess=False,
+        show_progress="hidden",
+        api_visibility="private",
+    )
     propagate_event = started(propagate_button).then(
         widgets.named_handler(gpu(handlers["propagate"]), names + ["staged"], defaults | {"staged": None}),
         inputs=inputs + [staged],

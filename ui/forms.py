@@ -8,13 +8,13 @@ builds and validates the request.
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
 import functools
 import logging
+import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import gradio as gr
 
@@ -64,7 +64,12 @@ def edit_values(values: Mapping[str, Any], video: str, output: str) -> dict[str,
 
 
 def make_request(
-    values: Mapping[str, Any], video: str | None, output_dir: str, formats: tuple[str, ...] = (".mp4",), tuned: str | None = None, keyframe_image: str | None = None
+    values: Mapping[str, Any],
+    video: str | None,
+    output_dir: str,
+    formats: tuple[str, ...] = (".mp4",),
+    tuned: str | None = None,
+    keyframe_image: str | None = None,
 ) -> EditRequest:
     """One validated EditRequest writing `formats` into `output_dir`, with the app's tuned weights and an
     uploaded edited keyframe (`INDEX=PATH` of a file Gradio received) if any (raises EditingError)."""

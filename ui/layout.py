@@ -27,7 +27,9 @@ def build_demo(
     `notice` is a line shown above the tabs (why the app starts on another model, ui.startup)."""
     backend = backend or (Backend(edit_fn, policy=policy) if edit_fn else Backend(policy=policy))
     with CheckedBlocks(title="Text-driven video editing", delete_cache=(CACHE_MAX_AGE, CACHE_MAX_AGE)) as demo:
-        gr.Markdown("## Edit a video with text\nUpload a clip or pick an example, describe the result, preview the first frame, then edit the clip.")
+        gr.Markdown(
+            "## Edit a video with text\nUpload a clip or pick an example, describe the result, preview the first frame, then edit the clip."
+        )
         if notice:
             gr.Markdown(f"**{notice}**", elem_id="startup-notice")
         with gr.Tab("Edit"):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
@@ -11,8 +12,8 @@ from editing.errors import EditingError
 from editing.pipeline import ProgressFn
 
 from . import hints, widgets
-from .clip_upload import ClipUpload
 from .backend import Backend, CancelToken, cancellable, freeing_memory
+from .clip_upload import ClipUpload
 from .edit_tab import GPU_QUEUE, gradio_progress, make_handlers
 from .forms import make_tune_request, one_sentence_errors, option_names, option_values
 from .gpu import gpu
@@ -27,7 +28,9 @@ def tune_options(values: dict[str, Any]) -> dict[str, Any]:
     return option_values(values)
 
 
-def run_tuning(values: dict[str, Any], progress: ProgressFn, token: CancelToken | None = None, tune: Callable | None = None) -> dict[str, Any]:
+def run_tuning(
+    values: dict[str, Any], progress: ProgressFn, token: CancelToken | None = None, tune: Callable | None = None
+) -> dict[str, Any]:
     """Tune on the clip (or reuse a tuning of the same clip and settings); the result describes the weights file."""
     from editing.tuning import tune_video
 
@@ -73,9 +76,14 @@ def create_tab(backend: Backend, default_model: str) -> None:
                 form["learning_rate"] = hints.number("learning_rate", "tune", label="Learning rate")
                 form["seed"] = hints.number("seed", "tune", label="Seed", minimum=0)
             with gr.Row():
-                form["gradient_checkpointing"] = gr.Checkbox(hints.app_default(hints.option("gradient_checkpointing", "tune")), label="Gradient checkpointing (less memory, slower)")
+                form["gradient_checkpointing"] = gr.Checkbox(
+                    hints.app_default(hints.option("gradient_checkpointing", "tune")),
+                    label="Gradient checkpointing (less memory, slower)",
+                )
                 form["mixed_precision"] = hints.dropdown("mixed_precision", "tune", label="Mixed precision (GPU only)")
-            tune_button = gr.Button("1. Tune on the clip", variant="primary", interactive=False, elem_id="oneshot-tune")  # once a readable clip is there
+            tune_button = gr.Button(
+                "1. Tune on the clip", variant="primary", interactive=False, elem_id="oneshot-tune"
+            )  # once a readable clip is there
             tune_info = gr.JSON(label="Tuned weights")
     gr.Markdown("### 2. Edit with the tuned model")
     edit_names = {"video", *option_names("edit")}
@@ -88,10 +96,14 @@ def create_tab(backend: Backend, default_model: str) -> None:
                 edit_form["steps"] = hints.slider("steps", label="Steps")
                 edit_form["guidance"] = hints.slider("guidance", label="Guidance")
                 # a tuned edit re-runs the whole schedule, as `edit --tuned` does: the command line's strength
-                edit_form["strength"] = hints.slider("strength", value=hints.schema_default(hints.option("strength")), label="Strength")
+                edit_form["strength"] = hints.slider(
+                    "strength", value=hints.schema_default(hints.option("strength")), label="Strength"
+                )
             edit_form["inversion_prompt"] = form["prompt"]  # what the clip shows describes the source to invert
             with gr.Row():
-                edit_button = gr.Button("2. Edit with the tuned model", variant="primary", interactive=False, elem_id="oneshot-edit")
+                edit_button = gr.Button(
+                    "2. Edit with the tuned model", variant="primary", interactive=False, elem_id="oneshot-edit"
+                )
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column():
             output = gr.Video(label="Edited clip", autoplay=True)
@@ -122,7 +134,17 @@ def create_tab(backend: Backend, default_model: str) -> None:
         names = [*named, "token", "tuned"]
         defaults = widgets.initial_values(named)
         fn = widgets.named_handler(gpu(handler), names, defaults)
-        return button.click(fn, [*named.values(), token, tuned], outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency)
+        return button.click(
+            fn,
+            [*named.values(), token, tuned],
+            outputs,
+            api_name=api_name,
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=backend.concurrency,
+        )
 
-    events = [event(tune_button, tune, form, [tune_info, tuned], "tune"), event(edit_button, edit_tuned, edit_form, [output, details], "edit_tuned")]
+    events = [
+        event(tune_button, tune, form, [tune_info, tuned], "tune"),
+        event(edit_button, edit_tuned, edit_form, [output, details], "edit_tuned"),
+    ]
     stop.click(CancelToken.cancel, token, None, cancels=events, queue=False, api_visibility="private")

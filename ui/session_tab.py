@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
@@ -15,8 +16,8 @@ from editing.pipeline import ProgressFn
 from editing.sessions import PRESETS, Entry, Session, SessionStore, check_name, is_owner_key, new_owner_key, preset_prompt
 
 from . import hints, widgets
-from .clip_upload import ClipUpload
 from .backend import Backend, CancelToken
+from .clip_upload import ClipUpload
 from .edit_tab import GPU_QUEUE, OUTPUT_FORMATS, gradio_progress, request_from, stopped_text
 from .forms import one_sentence_errors
 from .gpu import gpu, on_spaces
@@ -83,7 +84,13 @@ def gallery(session: Session) -> list[tuple[str, str]]:
 def summary(session: Session) -> list[dict[str, Any]]:
     """Each entry's prompt, settings and whether its inversion came from the cache."""
     return [
-        {"id": e.id, "prompt": e.prompt, "preset": e.preset, "inversion_cached": e.result.get("inversion_cached"), "settings": e.settings}
+        {
+            "id": e.id,
+            "prompt": e.prompt,
+            "preset": e.preset,
+            "inversion_cached": e.result.get("inversion_cached"),
+            "settings": e.settings,
+        }
         for e in session.entries
     ]
 
@@ -223,7 +230,9 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 ui["upload"] = ClipUpload.create("session-")
                 ui["new_video"] = ui["upload"].file
                 ui["subject"] = gr.Textbox(label="Subject", placeholder="a man skiing (style prompts say '... of <subject>')")
-                ui["create"] = gr.Button("Create session", interactive=False, elem_id="session-create")  # once a readable clip is there
+                ui["create"] = gr.Button(
+                    "Create session", interactive=False, elem_id="session-create"
+                )  # once a readable clip is there
             with gr.Row():
                 # Filled on page load with this browser's sessions only; any name may be typed (the
                 # handler checks it against the caller's own sessions), so the page lists nobody else's.
@@ -244,8 +253,16 @@ def _layout(default_model: str, backend: Backend) -> dict[str, Any]:
                 info=widgets.style_presets_info(default_model),
                 elem_id="session-presets",
             )
-            settings["model"].change(lambda spec: gr.update(info=widgets.style_presets_info(spec) or ""), settings["model"], ui["presets"], queue=False, api_visibility="private")
-            ui["run_presets"] = gr.Button("Run selected styles", variant="primary", interactive=False, elem_id="session-run-presets")  # once a session is open
+            settings["model"].change(
+                lambda spec: gr.update(info=widgets.style_presets_info(spec) or ""),
+                settings["model"],
+                ui["presets"],
+                queue=False,
+                api_visibility="private",
+            )
+            ui["run_presets"] = gr.Button(
+                "Run selected styles", variant="primary", interactive=False, elem_id="session-run-presets"
+            )  # once a session is open
             ui["prompt"] = gr.Textbox(label="Or your own prompt")
             with gr.Row():
                 ui["run_prompt"] = gr.Button("Add edit", interactive=False, elem_id="session-run-prompt")
@@ -284,7 +301,9 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
 
     ui["upload"].wire(ui["settings"], needs_clip=[ui["create"]])
     opened = [ui["run_presets"], ui["run_prompt"]]
-    current.change(lambda name: [gr.update(interactive=bool(name))] * len(opened), current, opened, queue=False, api_visibility="private")
+    current.change(
+        lambda name: [gr.update(interactive=bool(name))] * len(opened), current, opened, queue=False, api_visibility="private"
+    )
 
     settings = list(ui["settings"])  # the options the layout gives widgets, in its order (schema names)
     names = ["session", "owner", "presets", "prompt", "token", *settings]
@@ -293,10 +312,25 @@ def create_tab(backend: Backend, default_model: str, store: SessionStore | None 
 
     def edit_event(button, prompts_of, api_name):
         handler = widgets.named_handler(gpu(handlers.edit_with(prompts_of)), names, defaults)
-        cleared = button.click(CancelToken.reset, token, None, queue=False, api_visibility="private")  # a Stop pressed while queued counts
-        return cleared.then(handler, inputs, view, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=backend.concurrency, show_progress_on=ui["gallery"])
+        cleared = button.click(
+            CancelToken.reset, token, None, queue=False, api_visibility="private"
+        )  # a Stop pressed while queued counts
+        return cleared.then(
+            handler,
+            inputs,
+            view,
+            api_name=api_name,
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=backend.concurrency,
+            show_progress_on=ui["gallery"],
+        )
 
-    events = [edit_event(ui["run_presets"], preset_prompts, "session_presets"), edit_event(ui["run_prompt"], own_prompt, "session_edit")]
+    events = [
+        edit_event(ui["run_presets"], preset_prompts, "session_presets"),
+        edit_event(ui["run_prompt"], own_prompt, "session_edit"),
+    ]
     # Stop sets the token: the running edit stops at its next step and the status line says where; on a
     # Space (the handler runs in another process) the events are cancelled instead.
-    ui["stop"].click(CancelToken.cancel, token, None, cancels=events if on_spaces() else [], queue=False, api_visibility="private")
+    ui["stop"].click(
+        CancelToken.cancel, token, None, cancels=events if on_spaces() else [], queue=False, api_visibility="private"
+    )

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
-from editing.config import DEFAULT_KEYFRAMES
 from editing.condition_kinds import condition_kind_names
+from editing.config import DEFAULT_KEYFRAMES
 from editing.errors import EditingError
 from editing.models import BUILTIN_MODELS, DEFAULT_MODEL, SHAPES_MODEL, native_size
 
@@ -96,7 +97,11 @@ def photo_examples(model: str) -> list[list[Any]]:
 
 def shapes_examples() -> list[list[Any]]:
     """Example rows for the shapes model: the shapes clips with their edit, at the model's own size."""
-    return [[str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, size_for_model(SHAPES_MODEL)] for p in clips() if p.name in SHAPES_EXAMPLES]
+    return [
+        [str(p), SHAPES_EXAMPLES[p.name], SHAPES_MODEL, size_for_model(SHAPES_MODEL)]
+        for p in clips()
+        if p.name in SHAPES_EXAMPLES
+    ]
 
 
 def examples(model: str) -> list[list[Any]]:
@@ -135,7 +140,9 @@ def frame_widgets(model: gr.Dropdown, command: str = "edit", policy: ServePolicy
         end = gr.Number(0, label="End (s, 0 = clip end)", minimum=0, elem_classes="end")
     with gr.Row():
         stride = hints.slider("stride", command, label="Stride")
-        count = hints.slider("frames", command, label="Frames", elem_classes="frames")  # from 2: the range's other choice, 0 = all, is no slider position
+        count = hints.slider(
+            "frames", command, label="Frames", elem_classes="frames"
+        )  # from 2: the range's other choice, 0 = all, is no slider position
         long_side = hints.slider("size", command, value=size_for_model(model.value), label="Long side (px)", elem_classes="size")
 
     def follow(spec: str) -> int:
@@ -172,12 +179,27 @@ def engine_widgets() -> dict[str, gr.components.Component]:
         attention = hints.dropdown("attention", label="Cross-frame attention")
         inversion = hints.dropdown("inversion", label="Start from", info="ddim: invert the source; none: noise it (SDEdit)")
     with gr.Row():
-        kinds = gr.CheckboxGroup(list(condition_kind_names()), label="ControlNets", info="depth and softedge need annotator weights")
+        kinds = gr.CheckboxGroup(
+            list(condition_kind_names()), label="ControlNets", info="depth and softedge need annotator weights"
+        )
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale")
     with gr.Row():
         smooth = gr.CheckboxGroup(list(SMOOTHING), label="Temporal smoothing")
-        keyframes = gr.Dropdown(KEYFRAME_CHOICES, value="", label="Keyframes", info="edit these frames, then propagate them along the motion", allow_custom_value=True)
-    return {"attention": attention, "inversion": inversion, "control_kinds": kinds, "control_scale": scale, "smooth": smooth, "keyframes": keyframes}
+        keyframes = gr.Dropdown(
+            KEYFRAME_CHOICES,
+            value="",
+            label="Keyframes",
+            info="edit these frames, then propagate them along the motion",
+            allow_custom_value=True,
+        )
+    return {
+        "attention": attention,
+        "inversion": inversion,
+        "control_kinds": kinds,
+        "control_scale": scale,
+        "smooth": smooth,
+        "keyframes": keyframes,
+    }
 
 
 def attention_edit_widgets() -> dict[str, gr.components.Component]:
@@ -196,7 +218,9 @@ def reference_widgets() -> dict[str, gr.components.Component]:
 
     with gr.Row():
         image = gr.Image(label="Reference image of the subject (optional)", type="filepath", sources=["upload"], height=160)
-        scale = gr.Slider(0, REFERENCE_MAX_SCALE, value=REFERENCE_SCALE, step=0.05, label="Reference weight", info="0 = no effect")
+        scale = gr.Slider(
+            0, REFERENCE_MAX_SCALE, value=REFERENCE_SCALE, step=0.05, label="Reference weight", info="0 = no effect"
+        )
     return {"reference_image": image, "reference_scale": scale}
 
 

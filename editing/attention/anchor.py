@@ -74,7 +74,9 @@ class AnchorCall:
         return key, value
 
 
-def anchor_nbytes(unet_config: dict, latent_height: int, latent_width: int, anchors: int, branches: int, bytes_per_value: int) -> int:
+def anchor_nbytes(
+    unet_config: dict, latent_height: int, latent_width: int, anchors: int, branches: int, bytes_per_value: int
+) -> int:
     """Bytes the anchor store holds at most: the feature bank's formula for `anchors` frames."""
     from .bank import bank_nbytes
 

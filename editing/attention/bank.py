@@ -15,8 +15,8 @@ chunk's anchor keys and values, which saw an empty bank, and leave the anchors o
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -45,7 +45,9 @@ class FeatureBank:
         self.entries[layer] = kept[-self.frames :] if self.frames > 0 else []
 
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for layer in self.entries.values() for _, k, v in layer)
+        return sum(
+            k.numel() * k.element_size() + v.numel() * v.element_size() for layer in self.entries.values() for _, k, v in layer
+        )
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,21 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
     def __init__(self, layer: str):
         self.layer = layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, bank: BankCall | None = None, anchor_kv=None, **extra):
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, bank=bank, anchor_kv=anchor_kv, **extra)
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        frames=None,
+        bank: BankCall | None = None,
+        anchor_kv=None,
+        **extra,
+    ):
+        return self.process(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, bank=bank, anchor_kv=anchor_kv, **extra
+        )
 
     def extend_context(self, own, key, value, mask, frames: FrameLayout, bank: BankCall | None = None, **extra):
         if bank is None:
@@ -115,7 +130,9 @@ class FeatureBankControl(AttentionControl):
             yield
 
 
-def bank_nbytes(unet_config: dict, latent_height: int, latent_width: int, frames: int, branches: int, bytes_per_value: int) -> int:
+def bank_nbytes(
+    unet_config: dict, latent_height: int, latent_width: int, frames: int, branches: int, bytes_per_value: int
+) -> int:
     """Bytes the bank holds at most: frames x branches x (keys + values) over every self-attention layer."""
     from .store import layer_downsampling, level_tokens
 

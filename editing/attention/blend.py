@@ -30,7 +30,15 @@ def blend_mask(maps: torch.Tensor, threshold: float, dilation: int = 1) -> torch
 class LocalBlend:
     """Accumulates, per clip frame, the attention of the blend words in the source and target prompts."""
 
-    def __init__(self, source_positions: list[int], target_positions: list[int], latent_height: int, latent_width: int, threshold: float, dilation: int = 1):
+    def __init__(
+        self,
+        source_positions: list[int],
+        target_positions: list[int],
+        latent_height: int,
+        latent_width: int,
+        threshold: float,
+        dilation: int = 1,
+    ):
         self.source_positions, self.target_positions = source_positions, target_positions
         self.size = (latent_height, latent_width)
         self.threshold, self.dilation = threshold, dilation

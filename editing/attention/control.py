@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+
 from .cross_frame import cross_frame_attention
 
 

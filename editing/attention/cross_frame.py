@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,14 @@ class FrameLayout:
         return self.num_frames + self.borrowed
 
 
-def layout_for(mode: str, frame_ids: Sequence[int], anchors: Sequence[int] = (0,), window: int = 2, merge: float = 0.0, borrowed: Sequence[int] = ()) -> FrameLayout:
+def layout_for(
+    mode: str,
+    frame_ids: Sequence[int],
+    anchors: Sequence[int] = (0,),
+    window: int = 2,
+    merge: float = 0.0,
+    borrowed: Sequence[int] = (),
+) -> FrameLayout:
     """The attention layout of a batch holding the clip frames `frame_ids` (sorted, anchors included).
 
     `borrowed` anchor frames are not in the batch: their keys and values come from the step's anchor
@@ -88,7 +95,7 @@ class CrossFrameAttnProcessor:
     image_adapter = None  # a layer's IP-Adapter processor (its image keys, values and scale), set by with_image_adapter
     every_frame_kv = False  # True where extend_context reads every frame's own keys and values (project_kv)
 
-    def with_image_adapter(self, adapter) -> "CrossFrameAttnProcessor":
+    def with_image_adapter(self, adapter) -> CrossFrameAttnProcessor:
         """A copy of this processor that also attends to the IP-Adapter image tokens with `adapter`'s weights."""
         bound = copy.copy(self)
         bound.image_adapter = adapter
@@ -106,7 +113,18 @@ class CrossFrameAttnProcessor:
     ) -> torch.Tensor:
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, anchor_kv=anchor_kv)
 
-    def process(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, to_q=None, anchor_kv=None, **extra):
+    def process(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        frames=None,
+        to_q=None,
+        anchor_kv=None,
+        **extra,
+    ):
         """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
         `anchor_kv` (editing.attention.anchor.AnchorCall) keeps or supplies the anchors' self-attention keys
         and values; `extra` per-call state is handed to `extend_context` and `attend`."""
@@ -159,7 +177,6 @@ class CrossFrameAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
-
 
     def project_kv(self, attn, context: torch.Tensor, frames: FrameLayout | None, anchor_kv=None):
         """The layer's keys and values of `context`. In self-attention only the frames some frame attends to
@@ -222,7 +239,9 @@ def bind_image_adapters(installed: dict, current: dict) -> dict:
         elif hasattr(processor, "with_image_adapter"):
             bound[name] = processor.with_image_adapter(adapter)
         else:
-            raise TypeError(f"{type(processor).__name__} cannot replace the IP-Adapter processor of {name}: it has no with_image_adapter")
+            raise TypeError(
+                f"{type(processor).__name__} cannot replace the IP-Adapter processor of {name}: it has no with_image_adapter"
+            )
     return bound
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -108,7 +108,17 @@ class FlowCall:
 class FlowAttnProcessor(CrossFrameAttnProcessor):
     """Spatial attention over the mode's frames, then trajectory attention among the batch's frames."""
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, flow: FlowCall | None = None, **extra):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        frames=None,
+        flow: FlowCall | None = None,
+        **extra,
+    ):
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, flow=flow, **extra)
 
     def attend(self, attn, query, key, value, mask, is_self: bool, flow: FlowCall | None = None, **extra):
@@ -155,5 +165,3 @@ class FlowControl(AttentionControl):
 
 def make_flow_control(frames: np.ndarray, latent_height: int, latent_width: int) -> FlowControl:
     return FlowControl(Trajectories(source_flows(frames), latent_height, latent_width))
-
-

@@ -41,7 +41,10 @@ def merge_context(key: torch.Tensor, value: torch.Tensor, context_frames: int, r
         return key, value, None
     keys_out, values_out, biases = [], [], []
     for row in range(batch):  # one row at a time bounds the similarity matrix to (sources, destinations)
-        similarity = torch.nn.functional.normalize(src_k[row].float(), dim=-1) @ torch.nn.functional.normalize(dst_k[row].float(), dim=-1).T
+        similarity = (
+            torch.nn.functional.normalize(src_k[row].float(), dim=-1)
+            @ torch.nn.functional.normalize(dst_k[row].float(), dim=-1).T
+        )
         best, target = similarity.max(dim=-1)
         order = best.argsort(descending=True)
         merged, kept = order[:count], order[count:].sort().values

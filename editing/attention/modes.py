@@ -10,8 +10,8 @@ This module imports nothing heavy (no torch), so config validation and the CLI c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from ..errors import ConfigError
 
@@ -124,9 +124,24 @@ def _no_context(targets, num_frames, anchors, window):
     return set()
 
 
-register_attention_mode(AttentionMode("none", _none_rows, _no_context, needs_anchor=False, cross_frame=False, independent_chunks=True, default_keyframes=False, help="per-frame attention"))
-register_attention_mode(AttentionMode("first", _first_rows, independent_chunks=True, help="every frame attends to the first (Text2Video-Zero)"))
-register_attention_mode(AttentionMode("sparse-causal", _sparse_causal_rows, _sparse_causal_context, help="first and previous frame (Tune-A-Video)"))
+register_attention_mode(
+    AttentionMode(
+        "none",
+        _none_rows,
+        _no_context,
+        needs_anchor=False,
+        cross_frame=False,
+        independent_chunks=True,
+        default_keyframes=False,
+        help="per-frame attention",
+    )
+)
+register_attention_mode(
+    AttentionMode("first", _first_rows, independent_chunks=True, help="every frame attends to the first (Text2Video-Zero)")
+)
+register_attention_mode(
+    AttentionMode("sparse-causal", _sparse_causal_rows, _sparse_causal_context, help="first and previous frame (Tune-A-Video)")
+)
 register_attention_mode(AttentionMode("full", _full_rows, needs_anchor=False, help="all frames of a chunk (ControlVideo)"))
 register_attention_mode(AttentionMode("window", _window_rows, _window_context, help="the anchor plus neighbours within --window"))
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class AttentionCall:
     """Per-UNet-call state: the controller, the step, the clip frames in the batch and those it produces."""
 
-    controller: "PromptControl"
+    controller: PromptControl
     step: int
     frames: tuple[int, ...]
     targets: tuple[int, ...]
@@ -44,7 +44,16 @@ class ControlledAttnProcessor(CrossFrameAttnProcessor):
     def __init__(self, place: str):
         self.place = place
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, control: AttentionCall | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        frames=None,
+        control: AttentionCall | None = None,
+    ):
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, control=control)
 
     def attend(self, attn, query, key, value, mask, is_self: bool, control: AttentionCall | None = None) -> torch.Tensor:
@@ -119,7 +128,18 @@ class AttentionEdit(PromptControl):
     text): the stored map for the first `self_replace` share. Blend-word maps feed the local blend.
     """
 
-    def __init__(self, store, policy, latent_height, latent_width, inverted_steps: int, edit_steps: int, cross_replace: float, self_replace: float, blend: LocalBlend | None = None):
+    def __init__(
+        self,
+        store,
+        policy,
+        latent_height,
+        latent_width,
+        inverted_steps: int,
+        edit_steps: int,
+        cross_replace: float,
+        self_replace: float,
+        blend: LocalBlend | None = None,
+    ):
         super().__init__(latent_height, latent_width)
         self.store, self.policy = store, policy
         self.inverted_steps, self.edit_steps = inverted_steps, edit_steps
@@ -132,7 +152,10 @@ class AttentionEdit(PromptControl):
         return self.inverted_steps - 1 - step
 
     def wants(self, place, is_cross, tokens, call) -> bool:
-        if not self.policy.keeps(is_cross, tokens, self.latent_tokens) or not 0 <= self.source_step(call.step) < self.inverted_steps:
+        if (
+            not self.policy.keeps(is_cross, tokens, self.latent_tokens)
+            or not 0 <= self.source_step(call.step) < self.inverted_steps
+        ):
             return False
         if is_cross:
             return call.step < self.cross_steps or self.blend is not None
@@ -154,11 +177,18 @@ class AttentionEdit(PromptControl):
         if not is_cross:
             if source is None:
                 return probs
-            return source[None, :, None].expand(probs.shape[0] // frames, -1, probs.shape[1], -1, -1).reshape(probs.shape).to(probs.dtype)
+            return (
+                source[None, :, None]
+                .expand(probs.shape[0] // frames, -1, probs.shape[1], -1, -1)
+                .reshape(probs.shape)
+                .to(probs.dtype)
+            )
         current = conditional(probs, frames)
         if self.blend is not None:
             targets = [p for p, f in enumerate(call.frames) if f in call.targets]
-            self.blend.add([call.frames[p] for p in targets], None if source is None else source[targets], current.mean(1)[targets])
+            self.blend.add(
+                [call.frames[p] for p in targets], None if source is None else source[targets], current.mean(1)[targets]
+            )
         if source is None or call.step >= self.cross_steps:
             return probs
         replaced = self.replace_cross(source[:, None], current)

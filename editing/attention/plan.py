@@ -11,5 +11,9 @@ class FrameBatch:
 
     ids: tuple[int, ...]
     targets: tuple[int, ...]
-    borrowed: tuple[int, ...] = ()  # anchor frames it attends to without holding them: their keys/values come from the step's anchor store
-    weights: tuple[float, ...] | None = None  # per target: its share of the frame's noise (context windows' blending); None = all of it
+    borrowed: tuple[
+        int, ...
+    ] = ()  # anchor frames it attends to without holding them: their keys/values come from the step's anchor store
+    weights: tuple[float, ...] | None = (
+        None  # per target: its share of the frame's noise (context windows' blending); None = all of it
+    )

@@ -65,8 +65,12 @@ def layer_shape(tokens: int, latent_height: int, latent_width: int) -> tuple[int
 class StorePolicy:
     """Which attention maps the inversion stores: layer resolutions and the steps self-attention is kept for."""
 
-    cross_downsample: int = field(default=1, metadata={"help": "store cross-attention of layers at least this many times smaller than the latent"})
-    self_downsample: int = field(default=4, metadata={"help": "store self-attention of layers at least this many times smaller than the latent"})
+    cross_downsample: int = field(
+        default=1, metadata={"help": "store cross-attention of layers at least this many times smaller than the latent"}
+    )
+    self_downsample: int = field(
+        default=4, metadata={"help": "store self-attention of layers at least this many times smaller than the latent"}
+    )
 
     def __post_init__(self):
         for name in ("cross_downsample", "self_downsample"):

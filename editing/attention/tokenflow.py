@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +92,9 @@ def _layer_width(name: str, unet_config) -> int:
     return _width(name, list(unet_config["block_out_channels"]))
 
 
-def stored_levels(unet_config, latent_height: int, latent_width: int, frames: int, steps: int, cap: int = STORE_CAP, dims: int = FEATURE_DIMS) -> dict[str, int]:
+def stored_levels(
+    unet_config, latent_height: int, latent_width: int, frames: int, steps: int, cap: int = STORE_CAP, dims: int = FEATURE_DIMS
+) -> dict[str, int]:
     """The recorded layers kept under the byte cap: the finest resolutions are dropped first."""
     layers = recorded_layers(unet_config)
     kept = dict(sorted(layers.items(), key=lambda item: item[1]))  # finest first
@@ -107,7 +109,15 @@ def stored_levels(unet_config, latent_height: int, latent_width: int, frames: in
     return kept
 
 
-def store_nbytes(unet_config, latent_height: int, latent_width: int, frames: int, steps: int, dims: int = FEATURE_DIMS, downsamplings: Sequence[int] | None = None) -> int:
+def store_nbytes(
+    unet_config,
+    latent_height: int,
+    latent_width: int,
+    frames: int,
+    steps: int,
+    dims: int = FEATURE_DIMS,
+    downsamplings: Sequence[int] | None = None,
+) -> int:
     """Bytes of the source features: frames x steps x (tokens x min(channels, dims)) over the recorded
     layer of each stored resolution, fp16."""
     from .store import level_tokens
@@ -150,7 +160,7 @@ class SourceFeatures:
         return {f"tokenflow.{step}.{tokens}": t for (step, tokens), t in self.features.items()}
 
     @classmethod
-    def from_tensors(cls, data: dict[str, torch.Tensor], num_frames: int) -> "SourceFeatures":
+    def from_tensors(cls, data: dict[str, torch.Tensor], num_frames: int) -> SourceFeatures:
         features = {}
         for name, tensor in data.items():
             if name.startswith("tokenflow."):
@@ -233,7 +243,11 @@ class TokenFlowState:
         if not coarser:
             raise RuntimeError(f"attention tokenflow has no source features for step {step} at {tokens} tokens")
         coarse = self.matches(frame, key, coarser[0], device)
-        return upsample_matches(coarse, layer_shape(coarser[0], self.latent_height, self.latent_width), layer_shape(tokens, self.latent_height, self.latent_width))
+        return upsample_matches(
+            coarse,
+            layer_shape(coarser[0], self.latent_height, self.latent_width),
+            layer_shape(tokens, self.latent_height, self.latent_width),
+        )
 
 
 @dataclass(frozen=True)
@@ -255,12 +269,31 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
     def __init__(self, layer: str):
         self.layer = layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, tokenflow: TokenFlowCall | None = None, **extra):
-        if tokenflow is not None and tokenflow.phase == "record" and encoder_hidden_states is None and self.layer in tokenflow.state.record_layers:
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        frames=None,
+        tokenflow: TokenFlowCall | None = None,
+        **extra,
+    ):
+        if (
+            tokenflow is not None
+            and tokenflow.phase == "record"
+            and encoder_hidden_states is None
+            and self.layer in tokenflow.state.record_layers
+        ):
             tokens = hidden_states if hidden_states.ndim == 3 else hidden_states.flatten(2).transpose(1, 2)
             count = len(tokenflow.frames)
-            tokenflow.state.source.put(tokenflow.state.step, tokenflow.frames, tokens[:count])  # the first branch (inversion has one)
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, tokenflow=tokenflow, **extra)
+            tokenflow.state.source.put(
+                tokenflow.state.step, tokenflow.frames, tokens[:count]
+            )  # the first branch (inversion has one)
+        return self.process(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, tokenflow=tokenflow, **extra
+        )
 
     def extend_context(self, own, key, value, mask, frames: FrameLayout, tokenflow: TokenFlowCall | None = None, **extra):
         if tokenflow is None or tokenflow.phase != "keyframes":
@@ -284,7 +317,11 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
             out = super().attend(attn, query, key, value, mask, is_self)
             state.outputs[self.layer] = out.view(branches, count, heads, tokens, dim)
             return out
-        return propagate(state, self.layer, tokenflow.frames, branches, query.device).reshape(batch, heads, tokens, dim).to(query.dtype)
+        return (
+            propagate(state, self.layer, tokenflow.frames, branches, query.device)
+            .reshape(batch, heads, tokens, dim)
+            .to(query.dtype)
+        )
 
 
 def propagate(state: TokenFlowState, layer: str, frames: Sequence[int], branches: int, device) -> torch.Tensor:
@@ -321,7 +358,9 @@ class TokenFlowControl(AttentionControl):
     @contextlib.contextmanager
     def recording(self, unet, steps: int) -> Iterator[dict]:
         """While inverting: store the source features; yields the {name: tensor} record, filled on exit."""
-        levels = stored_levels(unet.config, self.state.latent_height, self.state.latent_width, self.state.num_frames, steps, self.cap, self.dims)
+        levels = stored_levels(
+            unet.config, self.state.latent_height, self.state.latent_width, self.state.num_frames, steps, self.cap, self.dims
+        )
         self.state.source = SourceFeatures(self.state.num_frames)
         self.state.record_layers, self.state.recording = frozenset(levels), True
         record: dict = {}
@@ -335,7 +374,9 @@ class TokenFlowControl(AttentionControl):
         """Sample with the source features recorded by an inversion (fresh or from the cache)."""
         source = SourceFeatures.from_tensors(record, self.state.num_frames)
         if source.steps() != inverted_steps:
-            raise RuntimeError(f"attention tokenflow needs source features of {inverted_steps} inversion steps, got {source.steps()}")
+            raise RuntimeError(
+                f"attention tokenflow needs source features of {inverted_steps} inversion steps, got {source.steps()}"
+            )
         self.state.source, self.state.inverted_steps = source, inverted_steps
 
     def begin_step(self, context, guidance) -> None:
@@ -366,7 +407,9 @@ class TokenFlowControl(AttentionControl):
 
     @contextlib.contextmanager
     def processors(self, unet) -> Iterator[None]:
-        installed = {name: TokenFlowAttnProcessor(name) for name in unet.attn_processors}  # cross-attention passes through unchanged
+        installed = {
+            name: TokenFlowAttnProcessor(name) for name in unet.attn_processors
+        }  # cross-attention passes through unchanged
         with attention_processors(unet, installed):
             yield
 

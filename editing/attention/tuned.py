@@ -17,7 +17,7 @@ The frozen UNet's parameters are never touched: the processors are installed onl
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,7 @@ class InflatedWeights(nn.Module):
         self.names = tuple(layers)
 
     @classmethod
-    def inflate(cls, unet) -> "InflatedWeights":
+    def inflate(cls, unet) -> InflatedWeights:
         """Fresh weights for `unet`: query copies of every attention layer, zero-output temporal layers after attn2."""
         layers = {}
         for name in unet.attn_processors:
@@ -121,13 +121,24 @@ class TunedAttnProcessor:
     def __init__(self, weights: LayerWeights, base: CrossFrameAttnProcessor):
         self.weights, self.base = weights, base
 
-    def with_image_adapter(self, adapter) -> "TunedAttnProcessor":
+    def with_image_adapter(self, adapter) -> TunedAttnProcessor:
         """The same layer whose base also attends to an IP-Adapter's image tokens (editing.reference)."""
         return TunedAttnProcessor(self.weights, self.base.with_image_adapter(adapter))
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames: FrameLayout | None = None, control=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        frames: FrameLayout | None = None,
+        control=None,
+    ):
         extra = {} if control is None else {"control": control}
-        out = self.base.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, to_q=self.weights.query, **extra)
+        out = self.base.process(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, to_q=self.weights.query, **extra
+        )
         if self.weights.temporal is None:
             return out
         if frames is None:
@@ -145,7 +156,7 @@ class TunedControl(AttentionControl):
     def __init__(self, weights: InflatedWeights, inner=None):
         self.weights, self.inner = weights, inner
 
-    def wrap(self, inner) -> "TunedControl":
+    def wrap(self, inner) -> TunedControl:
         """The same tuned weights around another inner control."""
         return TunedControl(self.weights, inner)
 

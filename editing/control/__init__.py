@@ -2,7 +2,14 @@
 softedge) and a user's condition video. Importing this package loads no extractor; its functions are
 imported on first use."""
 
-from ..condition_kinds import CONDITION_KINDS, ConditionKind, condition_kind, condition_kind_names, get_condition_kind, register_condition_kind
+from ..condition_kinds import (
+    CONDITION_KINDS,
+    ConditionKind,
+    condition_kind,
+    condition_kind_names,
+    get_condition_kind,
+    register_condition_kind,
+)
 
 _LAZY = ("condition_cache_key", "conditions_from_video", "extract_conditions", "register_extractor")
 
@@ -15,4 +22,12 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["CONDITION_KINDS", "ConditionKind", "condition_kind", "condition_kind_names", "get_condition_kind", "register_condition_kind", *_LAZY]
+__all__ = [
+    "CONDITION_KINDS",
+    "ConditionKind",
+    "condition_kind",
+    "condition_kind_names",
+    "get_condition_kind",
+    "register_condition_kind",
+    *_LAZY,
+]

@@ -21,18 +21,19 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..condition_kinds import condition_kind, get_condition_kind
 from ..config import FrameSelection, VideoLimits
 from ..errors import ConfigError, ModelLoadError, VideoError
-from ..condition_kinds import condition_kind, get_condition_kind
-from ..models import is_offline_error
 from ..frames import check_frames
+from ..models import is_offline_error
 from ..video_io import read_clip, resize_frames
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,6 @@ def clip_masks(inputs: MaskInputs) -> np.ndarray:
     return masks
 
 
-
 __all__ = [
     "MASK_SOURCES",
     "MaskConfig",

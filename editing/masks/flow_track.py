@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from .registry import MaskInputs, MaskSource, register_mask_source
 from .options import parse_mask_file
+from .registry import MaskInputs, MaskSource, register_mask_source
 
 SAMPLES = 256  # colour samples kept of the object and of its surroundings
 RING = 3  # pixels around the object whose colours stand for its surroundings

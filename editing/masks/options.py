@@ -47,7 +47,11 @@ class MaskConfig:
     )
     mask_model: str = field(
         default=DEFAULT_SAM_MODEL,
-        metadata={"app": {"form": False, "why": "a path or Hub id: the app picks the SAM model"}, "help": "SAM 2 video model for --mask-track sam2 (Hub id or folder)", "metavar": "SPEC"},
+        metadata={
+            "app": {"form": False, "why": "a path or Hub id: the app picks the SAM model"},
+            "help": "SAM 2 video model for --mask-track sam2 (Hub id or folder)",
+            "metavar": "SPEC",
+        },
     )
     mask_grow: int = field(
         default=0, metadata={"help": "pixels the mask is grown by on every side", "metavar": "PX", "range": "[0, 256]"}
@@ -62,7 +66,11 @@ class MaskConfig:
     )
     mask_preview: str | None = field(
         default=None,
-        metadata={"app": {"form": False, "why": "a server path; the Region tab shows its own preview"}, "help": "write the mask over the clip to this video before editing (.mp4 or .gif)", "metavar": "FILE"},
+        metadata={
+            "app": {"form": False, "why": "a server path; the Region tab shows its own preview"},
+            "help": "write the mask over the clip to this video before editing (.mp4 or .gif)",
+            "metavar": "FILE",
+        },
     )
     region: bool = field(
         default=False, metadata={"help": "edit only inside the mask: pixels outside it and its feather stay the source's exactly"}
@@ -76,7 +84,8 @@ class MaskConfig:
     )
     inpaint_model: str | None = field(
         default=None,
-        metadata={"app": {"form": False, "why": "a path or Hub id: the app picks the inpainting model"}, 
+        metadata={
+            "app": {"form": False, "why": "a path or Hub id: the app picks the inpainting model"},
             "help": "inpainting UNet for --remove (9-channel, e.g. "
             "stable-diffusion-v1-5/stable-diffusion-inpainting); default: blended latent diffusion with the backbone",
             "metavar": "SPEC",

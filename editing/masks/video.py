@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import MaskInputs, MaskSource, register_mask_source
 from .options import parse_mask_file
+from .registry import MaskInputs, MaskSource, register_mask_source
 
 THRESHOLD = 127  # grey level above which a mask pixel is inside
 
