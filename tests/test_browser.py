@@ -34,22 +34,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium_driver(*flags: str):
+    """Debian's headless chromium through chromedriver, with these extra flags (skips where either is missing)."""
     if not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists():
         pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (in requirements.lock)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        "--autoplay-policy=no-user-gesture-required",
-    ):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={WINDOW[0]},{WINDOW[1]}", *flags):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium_driver("--autoplay-policy=no-user-gesture-required")
     try:
         yield driver
     finally:

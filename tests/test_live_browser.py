@@ -7,16 +7,14 @@ Screenshots go to a tmp dir (set BROWSER_SCREENS=DIR to keep copies). It takes m
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+from tests.test_browser import _free_port, chromium_driver
+
 pytestmark = pytest.mark.skipif(os.environ.get("LIVE_BROWSER") != "1", reason="minutes long: set LIVE_BROWSER=1 to run it")
 WAIT = 240  # seconds for the first edited frame (tiny at 256 px, model loading) on a busy 2-core CPU
 
@@ -35,24 +33,12 @@ def write_y4m(path: Path, frames: np.ndarray, fps: int = 8) -> Path:
 
 @pytest.fixture(scope="module")
 def camera_browser(tmp_path_factory):
-    if not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists():
-        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (in requirements.lock)")
     from shapes_world.benchmark import benchmark_clip
 
     y4m = write_y4m(tmp_path_factory.mktemp("camera") / "camera.y4m", benchmark_clip(0, frames=16, size=128).frames)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    flags = (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        "--use-fake-device-for-media-stream",
+    driver = chromium_driver(
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={y4m}"
     )
-    for flag in (*flags, "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={y4m}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     try:
         yield driver
     finally:
@@ -64,9 +50,7 @@ def live_url():
     from ui import build_demo
 
     demo = build_demo(default_model="tiny")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
