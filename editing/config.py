@@ -8,15 +8,10 @@ from dataclasses import dataclass, field
 from .attention.modes import attention_mode_names
 from .compat import keyframes_by_default
 from .condition_kinds import condition_kind_names
-from .errors import ConfigError
+from .errors import ConfigError, require
 from .samplers import DEFAULT_SAMPLER, sampler_names
 from .stepcache import parse_step_caches, step_cache_help
 from .windows import CONTEXT_HELP, ContextWindows
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -29,10 +24,10 @@ class VideoLimits:
     max_source_frames: int = field(default=20000, metadata={"help": "most frames an input may hold"})
 
     def __post_init__(self):
-        _check(self.max_file_mb > 0, f"max_file_mb must be positive, got {self.max_file_mb}")
-        _check(self.max_side >= 8, f"max_side must be at least 8, got {self.max_side}")
-        _check(self.max_duration > 0, f"max_duration must be positive, got {self.max_duration}")
-        _check(self.max_source_frames >= 2, f"max_source_frames must be at least 2, got {self.max_source_frames}")
+        require(self.max_file_mb > 0, f"max_file_mb must be positive, got {self.max_file_mb}")
+        require(self.max_side >= 8, f"max_side must be at least 8, got {self.max_side}")
+        require(self.max_duration > 0, f"max_duration must be positive, got {self.max_duration}")
+        require(self.max_source_frames >= 2, f"max_source_frames must be at least 2, got {self.max_source_frames}")
 
 
 @dataclass(frozen=True)
@@ -80,15 +75,15 @@ class FrameSelection:
     )
 
     def __post_init__(self):
-        _check(math.isfinite(self.start) and self.start >= 0, f"start must be a time >= 0 s, got {self.start}")
+        require(math.isfinite(self.start) and self.start >= 0, f"start must be a time >= 0 s, got {self.start}")
         if self.end is not None:
-            _check(math.isfinite(self.end), f"end must be a finite time, got {self.end}")
-            _check(self.end > self.start, f"end ({self.end} s) must be after start ({self.start} s)")
-        _check(self.stride >= 1, f"stride must be at least 1, got {self.stride}")
+            require(math.isfinite(self.end), f"end must be a finite time, got {self.end}")
+            require(self.end > self.start, f"end ({self.end} s) must be after start ({self.start} s)")
+        require(self.stride >= 1, f"stride must be at least 1, got {self.stride}")
         if self.max_frames is not None:
-            _check(self.max_frames >= 2, f"frames must be at least 2 for a video, got {self.max_frames}")
-        _check(64 <= self.size <= 2048, f"size must be between 64 and 2048 pixels, got {self.size}")
-        _check(self.size % 8 == 0, f"size must be a multiple of 8, got {self.size}")
+            require(self.max_frames >= 2, f"frames must be at least 2 for a video, got {self.max_frames}")
+        require(64 <= self.size <= 2048, f"size must be between 64 and 2048 pixels, got {self.size}")
+        require(self.size % 8 == 0, f"size must be a multiple of 8, got {self.size}")
 
 
 # --strength when left out: the whole schedule (why, with the measurements: docs/consistency.md, "What the
@@ -141,14 +136,14 @@ class EditConfig:
     )
 
     def __post_init__(self):
-        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt must not be empty")
-        _check(1 <= self.steps <= 1000, f"steps must be between 1 and 1000, got {self.steps}")
-        _check(
+        require(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt must not be empty")
+        require(1 <= self.steps <= 1000, f"steps must be between 1 and 1000, got {self.steps}")
+        require(
             math.isfinite(self.guidance) and 0 <= self.guidance <= 50, f"guidance must be between 0 and 50, got {self.guidance}"
         )
-        _check(0 < self.strength <= 1, f"strength must be in (0, 1], got {self.strength}")
-        _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
-        _check(self.sampler in sampler_names(), f"sampler must be one of {', '.join(sampler_names())}; got {self.sampler!r}")
+        require(0 < self.strength <= 1, f"strength must be in (0, 1], got {self.strength}")
+        require(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
+        require(self.sampler in sampler_names(), f"sampler must be one of {', '.join(sampler_names())}; got {self.sampler!r}")
 
     @property
     def uses_guidance(self) -> bool:
@@ -190,15 +185,17 @@ class ControlSpec:
 
     def __post_init__(self):
         kinds = condition_kind_names()
-        _check(self.kind in kinds, f"control must be one of {', '.join(kinds)}; got {self.kind!r}")
-        _check(math.isfinite(self.scale) and 0 <= self.scale <= 5, f"control scale must be between 0 and 5, got {self.scale}")
-        _check(0 <= self.start < self.end <= 1, f"control steps must satisfy 0 <= start < end <= 1, got {self.start}..{self.end}")
+        require(self.kind in kinds, f"control must be one of {', '.join(kinds)}; got {self.kind!r}")
+        require(math.isfinite(self.scale) and 0 <= self.scale <= 5, f"control scale must be between 0 and 5, got {self.scale}")
+        require(
+            0 <= self.start < self.end <= 1, f"control steps must satisfy 0 <= start < end <= 1, got {self.start}..{self.end}"
+        )
 
     @classmethod
     def parse(cls, text: str, **extra) -> ControlSpec:
         """Read `kind[:scale[:start:end]]`, e.g. `depth:0.8` or `pose:1.0:0:0.6`."""
         parts = text.strip().split(":")
-        _check(len(parts) in (1, 2, 4), f"control {text!r} must look like kind[:scale[:start:end]], e.g. depth:0.8")
+        require(len(parts) in (1, 2, 4), f"control {text!r} must look like kind[:scale[:start:end]], e.g. depth:0.8")
         try:
             numbers = [float(p) for p in parts[1:]]
         except ValueError:
@@ -250,11 +247,11 @@ class KeyframeImage:
         return f"keyframe_image {self.index if self.given_index is None else self.given_index}"
 
     def __post_init__(self):
-        _check(
+        require(
             isinstance(self.index, int) and self.index >= 0,
             f"keyframe_image index must be a frame number >= 0, got {self.index!r}",
         )
-        _check(isinstance(self.path, str) and self.path.strip() != "", "keyframe_image needs a file after INDEX=")
+        require(isinstance(self.path, str) and self.path.strip() != "", "keyframe_image needs a file after INDEX=")
 
     @classmethod
     def parse(cls, text: str) -> KeyframeImage:
@@ -264,7 +261,7 @@ class KeyframeImage:
             number = int(index.strip())
         except ValueError:
             number = None
-        _check(bool(sep) and number is not None, f"keyframe_image {text!r} must look like INDEX=PATH, e.g. 0=first_edited.png")
+        require(bool(sep) and number is not None, f"keyframe_image {text!r} must look like INDEX=PATH, e.g. 0=first_edited.png")
         return cls(number, path.strip())
 
 
@@ -432,40 +429,40 @@ class EngineConfig:
 
     def __post_init__(self):
         modes = attention_mode_names()
-        _check(self.attention in modes, f"attention must be one of {', '.join(modes)}; got {self.attention!r}")
-        _check(self.window >= 1, f"window must be at least 1, got {self.window}")
-        _check(self.chunk >= 1, f"chunk must be at least 1 frame, got {self.chunk}")
-        _check(
+        require(self.attention in modes, f"attention must be one of {', '.join(modes)}; got {self.attention!r}")
+        require(self.window >= 1, f"window must be at least 1, got {self.window}")
+        require(self.chunk >= 1, f"chunk must be at least 1 frame, got {self.chunk}")
+        require(
             math.isfinite(self.token_merge) and 0 <= self.token_merge < 1,
             f"token_merge must be in [0, 1), got {self.token_merge}",
         )
-        _check(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
+        require(0 <= self.feature_bank <= 64, f"feature_bank must be between 0 and 64 frames, got {self.feature_bank}")
         parse_step_caches(self.step_cache)
         parse_keyframes(self.keyframes)
         ContextWindows.parse(self.context)  # a malformed --context fails now; what it combines with is editing.compat's
         indices = [image.index for image in self.keyframe_images]
-        _check(
+        require(
             len(set(indices)) == len(indices), f"each keyframe_image index may appear once, got {', '.join(map(str, indices))}"
         )
-        _check(
+        require(
             math.isfinite(self.keyframe_guidance) and 0 <= self.keyframe_guidance <= 50,
             f"keyframe_guidance must be between 0 and 50, got {self.keyframe_guidance}",
         )
-        _check(
+        require(
             self.keyframe_fit in ("refuse", "resize", "crop"),
             f"keyframe_fit must be one of refuse, resize, crop; got {self.keyframe_fit!r}",
         )
-        _check(
+        require(
             math.isfinite(self.keyframe_refine) and 0 <= self.keyframe_refine <= 1,
             f"keyframe_refine must be in [0, 1], got {self.keyframe_refine}",
         )
-        _check(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")
-        _check(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
+        require(self.cache_bytes > 0, f"cache size must be positive, got {self.cache_bytes}")
+        require(self.inversion in INVERSIONS, f"inversion must be one of {', '.join(INVERSIONS)}; got {self.inversion!r}")
         kinds = [c.kind for c in self.controls]
-        _check(len(set(kinds)) == len(kinds), f"each control kind may appear once, got {', '.join(kinds)}")
+        require(len(set(kinds)) == len(kinds), f"each control kind may appear once, got {', '.join(kinds)}")
         if self.reference_image is not None:
             parse_reference(self.reference_image)
-        _check(self.reference_adapter is None or self.reference_image is not None, "reference_adapter needs a reference_image")
+        require(self.reference_adapter is None or self.reference_image is not None, "reference_adapter needs a reference_image")
 
     @property
     def keyframes_every(self) -> int:
@@ -480,7 +477,7 @@ class EngineConfig:
 
 def parse_reference(text: str) -> tuple[str, float]:
     """Read `PATH[:SCALE]` (a path such as `C:\\dog.png` keeps its colon: only a number after the last one is a scale)."""
-    _check(isinstance(text, str) and text.strip() != "", "reference_image must name an image file, got nothing")
+    require(isinstance(text, str) and text.strip() != "", "reference_image must name an image file, got nothing")
     path, sep, tail = text.strip().rpartition(":")
     scale = REFERENCE_SCALE
     if not sep:
@@ -491,8 +488,8 @@ def parse_reference(text: str) -> tuple[str, float]:
         except ValueError:
             path = text.strip()  # no number after the colon: part of the path
         else:
-            _check(path.strip() != "", f"reference_image {text!r} must look like PATH[:SCALE], e.g. dog.png:0.6")
-            _check(
+            require(path.strip() != "", f"reference_image {text!r} must look like PATH[:SCALE], e.g. dog.png:0.6")
+            require(
                 math.isfinite(scale) and 0 <= scale <= REFERENCE_MAX_SCALE,
                 f"reference_image scale must be between 0 and {REFERENCE_MAX_SCALE:g}, got {tail.strip()}",
             )
@@ -571,24 +568,24 @@ class AttentionEditConfig:
     )
 
     def __post_init__(self):
-        _check(
+        require(
             isinstance(self.source_prompt, str) and self.source_prompt.strip() != "",
             "source prompt must not be empty for attention editing",
         )
-        _check(self.edit in PROMPT_EDITS, f"edit must be one of {', '.join(PROMPT_EDITS)}; got {self.edit!r}")
-        _check(0 <= self.cross_replace <= 1, f"cross-replace must be in [0, 1], got {self.cross_replace}")
-        _check(0 <= self.self_replace <= 1, f"self-replace must be in [0, 1], got {self.self_replace}")
-        _check(0 <= self.blend_threshold < 1, f"blend threshold must be in [0, 1), got {self.blend_threshold}")
-        _check(all(w.strip() for w in self.blend_words), "blend words must not be empty")
-        _check(self.edit == "reweight" or not self.reweight, "reweight values need --edit reweight")
-        _check(self.edit != "reweight" or bool(self.reweight), "--edit reweight needs at least one --reweight WORD=VALUE")
+        require(self.edit in PROMPT_EDITS, f"edit must be one of {', '.join(PROMPT_EDITS)}; got {self.edit!r}")
+        require(0 <= self.cross_replace <= 1, f"cross-replace must be in [0, 1], got {self.cross_replace}")
+        require(0 <= self.self_replace <= 1, f"self-replace must be in [0, 1], got {self.self_replace}")
+        require(0 <= self.blend_threshold < 1, f"blend threshold must be in [0, 1), got {self.blend_threshold}")
+        require(all(w.strip() for w in self.blend_words), "blend words must not be empty")
+        require(self.edit == "reweight" or not self.reweight, "reweight values need --edit reweight")
+        require(self.edit != "reweight" or bool(self.reweight), "--edit reweight needs at least one --reweight WORD=VALUE")
         for word, value in self.reweight:
-            _check(math.isfinite(value) and -10 <= value <= 10, f"reweight of {word!r} must be between -10 and 10, got {value}")
-        _check(
+            require(math.isfinite(value) and -10 <= value <= 10, f"reweight of {word!r} must be between -10 and 10, got {value}")
+        require(
             1 <= self.null_text_iterations <= 100,
             f"null-text iterations must be between 1 and 100, got {self.null_text_iterations}",
         )
-        _check(
+        require(
             self.self_downsample >= 1 and not self.self_downsample & (self.self_downsample - 1),
             f"self_downsample must be a power of two, got {self.self_downsample}",
         )

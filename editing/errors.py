@@ -20,6 +20,12 @@ class ConfigError(EditingError, ValueError):
     """A setting is out of range or inconsistent with another setting."""
 
 
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `condition` holds: a request's one-sentence refusal."""
+    if not condition:
+        raise ConfigError(message)
+
+
 class Cancelled(EditingError):
     """The user stopped a running edit."""
 

@@ -14,13 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import ConfigError
+from .errors import require
 from .frames import check_frames
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,9 +189,9 @@ def source_flows(
     objects whose grey level is close to what they move over (a green circle on red and pink stripes).
     """
     frames = check_frames(frames, minimum=2)
-    _check(occlusion_rel >= 0 and math.isfinite(occlusion_rel), f"occlusion_rel must be >= 0, got {occlusion_rel}")
-    _check(occlusion_abs >= 0 and math.isfinite(occlusion_abs), f"occlusion_abs must be >= 0, got {occlusion_abs}")
-    _check(max_color_error is None or max_color_error >= 0, f"max_color_error must be >= 0, got {max_color_error}")
+    require(occlusion_rel >= 0 and math.isfinite(occlusion_rel), f"occlusion_rel must be >= 0, got {occlusion_rel}")
+    require(occlusion_abs >= 0 and math.isfinite(occlusion_abs), f"occlusion_abs must be >= 0, got {occlusion_abs}")
+    require(max_color_error is None or max_color_error >= 0, f"max_color_error must be >= 0, got {max_color_error}")
     height, width = frames.shape[1:3]
     scale = flow_upscale(height, width)
     dis = dis_flow(enlarged=scale > 1)

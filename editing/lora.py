@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .compile import COMPILE_HELP
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError, ModelLoadError, require
 from .motion import MOTION_HELP, MotionSpec
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # LoRAs shipped with th
 TINY_VAE_OFFLINE_ALTERNATIVES = "--vae model (the model's own autoencoder) or a local AutoencoderTiny folder"
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
 @dataclass(frozen=True)
 class LoraSpec:
     """One LoRA: where its weights are and how strongly it acts."""
@@ -52,12 +47,12 @@ class LoraSpec:
     scale: float = field(default=1.0, metadata={"help": "LoRA weight: 0 leaves the model as it is, 1 is the LoRA as trained"})
 
     def __post_init__(self):
-        _check(
+        require(
             isinstance(self.source, str) and self.source.strip() != "",
             "lora must name a Hub id, a folder, a .safetensors file or 'random'",
         )
-        _check(self.source == self.source.strip(), f"lora {self.source!r} must not start or end with spaces")
-        _check(math.isfinite(self.scale) and -10 <= self.scale <= 10, f"lora scale must be between -10 and 10, got {self.scale}")
+        require(self.source == self.source.strip(), f"lora {self.source!r} must not start or end with spaces")
+        require(math.isfinite(self.scale) and -10 <= self.scale <= 10, f"lora scale must be between -10 and 10, got {self.scale}")
         path = Path(self.source).expanduser()
         if path.suffix in (".ckpt", ".bin", ".pt", ".pth"):
             raise ConfigError(f"lora {path.name} is a pickle file; convert it to .safetensors, which cannot run code when loaded")
@@ -115,15 +110,15 @@ class ModelOptions:
     compile: bool = field(default=False, metadata={"help": COMPILE_HELP})  # editing.compile
 
     def __post_init__(self):
-        _check(
+        require(
             isinstance(self.loras, tuple) and all(isinstance(s, LoraSpec) for s in self.loras),
             "loras must be a tuple of LoraSpec",
         )
         sources = [s.source for s in self.loras]
-        _check(len(set(sources)) == len(sources), f"each lora may appear once, got {', '.join(sources)}")
-        _check(len(self.loras) <= 8, f"at most 8 loras, got {len(self.loras)}")
-        _check(self.vae in VAE_CHOICES, f"vae must be one of {', '.join(VAE_CHOICES)}; got {self.vae!r}")
-        _check(bool(self.loras) or not self.fuse, "lora fuse needs at least one --lora")
+        require(len(set(sources)) == len(sources), f"each lora may appear once, got {', '.join(sources)}")
+        require(len(self.loras) <= 8, f"at most 8 loras, got {len(self.loras)}")
+        require(self.vae in VAE_CHOICES, f"vae must be one of {', '.join(VAE_CHOICES)}; got {self.vae!r}")
+        require(bool(self.loras) or not self.fuse, "lora fuse needs at least one --lora")
         if self.motion_adapter is not None:
             MotionSpec.parse(self.motion_adapter)  # a malformed spec fails now
 

@@ -56,7 +56,7 @@ from typing import Any
 
 from .compat import check as check_combination
 from .config import AttentionEditConfig, EditConfig, EngineConfig, FrameSelection, VideoLimits, default_keyframes
-from .errors import ConfigError
+from .errors import ConfigError, require
 from .lora import ModelOptions
 from .masks.options import MaskConfig
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, RANDOM_WEIGHTS_NOTE, SHAPES_NOTE, ModelSpec, native_size
@@ -68,11 +68,6 @@ OUTPUT_SUFFIXES = (".mp4", ".gif", ".zip")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODEL_HELP = f"Hub id, local diffusers folder, .safetensors file, shapes ({SHAPES_NOTE}), or {'/'.join(BUILTIN_MODELS)} ({RANDOM_WEIGHTS_NOTE})"
 DEVICE_HELP = "auto, cpu, cuda or mps"
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 # ---------------------------------------------------------------- the requests
@@ -159,18 +154,18 @@ class TuneConfig:
     mixed_precision: str = field(default="no", metadata={"help": "autocast precision (GPU only)", "choices": MIXED_PRECISION})
 
     def __post_init__(self):
-        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "tuning prompt must not be empty")
-        _check(1 <= self.steps <= 100000, f"tuning steps must be between 1 and 100000, got {self.steps}")
-        _check(
+        require(isinstance(self.prompt, str) and self.prompt.strip() != "", "tuning prompt must not be empty")
+        require(1 <= self.steps <= 100000, f"tuning steps must be between 1 and 100000, got {self.steps}")
+        require(
             math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1,
             f"learning rate must be in (0, 1], got {self.learning_rate}",
         )
-        _check(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
-        _check(
+        require(0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}")
+        require(
             math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0,
             f"max grad norm must be positive, got {self.max_grad_norm}",
         )
-        _check(
+        require(
             self.mixed_precision in MIXED_PRECISION,
             f"mixed precision must be one of {', '.join(MIXED_PRECISION)}; got {self.mixed_precision!r}",
         )

@@ -13,17 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import require
 from .flows import Flows
 from .frames import check_frames
 
 if TYPE_CHECKING:
     from .sampling import StepCallback
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def _pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +56,11 @@ class FlowFusion:
     until: float = field(default=0.5, metadata={"help": "share of the denoising steps with fusion on, (0, 1]"})
 
     def __post_init__(self):
-        _check(
+        require(
             math.isfinite(self.strength) and 0 <= self.strength <= 1,
             f"flow fusion strength must be between 0 and 1, got {self.strength}",
         )
-        _check(
+        require(
             math.isfinite(self.until) and 0 < self.until <= 1,
             f"flow fusion 'until' must be a share of the steps in (0, 1], got {self.until}",
         )
@@ -114,11 +109,11 @@ class PixelFusion:
     start: float = field(default=0.5, metadata={"help": "share of the denoising steps before pixel fusion starts, [0, 1)"})
 
     def __post_init__(self):
-        _check(
+        require(
             math.isfinite(self.strength) and 0 <= self.strength <= 1,
             f"pixel fusion strength must be between 0 and 1, got {self.strength}",
         )
-        _check(
+        require(
             math.isfinite(self.start) and 0 <= self.start < 1,
             f"pixel fusion 'start' must be a share of the steps in [0, 1), got {self.start}",
         )

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..errors import require
 
 TRACKERS = ("flow", "sam2")
 DEFAULT_SAM_MODEL = "facebook/sam2.1-hiera-tiny"
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -93,34 +88,34 @@ class MaskConfig:
     )
 
     def __post_init__(self):
-        _check(self.mask is None or self.mask.strip() != "", "mask must name a file")
-        _check(self.mask_words is None or self.mask_words.strip() != "", "mask_words must not be empty")
-        _check(self.mask_track in TRACKERS, f"mask_track must be one of {', '.join(TRACKERS)}; got {self.mask_track!r}")
-        _check(
+        require(self.mask is None or self.mask.strip() != "", "mask must name a file")
+        require(self.mask_words is None or self.mask_words.strip() != "", "mask_words must not be empty")
+        require(self.mask_track in TRACKERS, f"mask_track must be one of {', '.join(TRACKERS)}; got {self.mask_track!r}")
+        require(
             isinstance(self.mask_grow, int) and 0 <= self.mask_grow <= 256,
             f"mask_grow must be 0 to 256 pixels, got {self.mask_grow}",
         )
-        _check(
+        require(
             isinstance(self.mask_feather, int) and 0 <= self.mask_feather <= 256,
             f"mask_feather must be 0 to 256 pixels, got {self.mask_feather}",
         )
-        _check(
+        require(
             not (self.region and self.remove),
             "region and remove cannot be combined: remove fills the mask, region edits inside it",
         )
         given = self.mask is not None or self.mask_words is not None
-        _check(not (self.mask is not None and self.mask_words is not None), "give mask or mask_words, not both")
-        _check(
+        require(not (self.mask is not None and self.mask_words is not None), "give mask or mask_words, not both")
+        require(
             given or not (self.region or self.remove),
             f"{'remove' if self.remove else 'region'} needs a mask: --mask FILE or --mask-words WORDS",
         )
-        _check(given or self.mask_preview is None, "mask_preview needs a mask: --mask FILE or --mask-words WORDS")
-        _check(
+        require(given or self.mask_preview is None, "mask_preview needs a mask: --mask FILE or --mask-words WORDS")
+        require(
             not given or self.region or self.remove or self.mask_preview is not None,
             "a mask needs --region (edit inside it) or --remove (remove what it covers)",
         )
-        _check(self.inpaint_model is None or self.remove, "inpaint_model needs remove")
-        _check(
+        require(self.inpaint_model is None or self.remove, "inpaint_model needs remove")
+        require(
             self.mask_preview is None or self.mask_preview.lower().endswith((".mp4", ".gif")),
             "mask_preview must end in .mp4 or .gif",
         )
@@ -148,5 +143,5 @@ def parse_mask_file(text: str) -> tuple[str, int | None]:
     path, sep, tail = text.strip().rpartition("@")
     if sep and tail.strip().isdigit() and path.strip():
         return path.strip(), int(tail)
-    _check(not (sep and tail.strip().lstrip("-").isdigit()), f"mask frame must be a frame number >= 0, got {tail.strip()!r}")
+    require(not (sep and tail.strip().lstrip("-").isdigit()), f"mask frame must be a frame number >= 0, got {tail.strip()!r}")
     return text.strip(), 0 if text.strip().lower().endswith(IMAGE_SUFFIXES) else None
