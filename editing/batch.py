@@ -28,7 +28,7 @@ import numpy as np
 
 from .cache import cache_key, content_hash
 from .compat import sequential_reason
-from .core import STAGES
+from .context import STAGES
 from .errors import ConfigError, EditingError
 from .requests import EditRequest
 
@@ -200,7 +200,7 @@ def propagation_input(segment: Segment, keys: tuple[int, ...], edited_keys: np.n
     """What a propagation segment's task gets: its source frames and the edited keyframes among them,
     staged (editing.pipeline.StagedKeyframes) for `propagating`, their indices counted from the segment's
     first frame."""
-    from .core import frames_key
+    from .context import frames_key
     from .keyframes import Keyframes
     from .pipeline import StagedKeyframes
 

@@ -35,7 +35,7 @@ from .batch import (
     segment_request,
     split_edit,
 )
-from .core import StageTimer
+from .context import StageTimer
 from .errors import Cancelled, EditingError
 from .pipeline import EditResult, FramesEditor, ModelInfo, edit_here, keyframes_here, propagating, write_outputs
 

@@ -1,7 +1,7 @@
 """The library call behind the CLI and the app: read a clip, edit its frames, write the result.
 
 `edit_video` decodes the selected frames, loads the model, hands the frames to the core
-(`editing.core.edit_frames`: frames in, frames out) and writes the video with the source's audio. The
+(`editing.staging.edit_clip`: frames in, frames out) and writes the video with the source's audio. The
 result carries the edited frames, so callers need not read the written file back. A staged edit
 (the app's "Edit keyframes", then "Propagate") is `edit_keyframes_of`, then `edit_video` with the
 `propagating` editor.
@@ -16,20 +16,21 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import video_io
-from .core import STAGES, EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress
+from .compat import check as check_combination
+from .context import STAGES, EditParts, ProgressFn, StageTimer, frames_key, no_progress
+from .core import EditedFrames
 from .errors import ConfigError, EditingError
 from .files import check_writable
+from .frames import check_frames
+from .keyframes import Keyframes, propagate
 from .models import load_backbone
 from .region import masked_edit
 from .requests import EditRequest
-
-if TYPE_CHECKING:
-    from .keyframes import Keyframes
+from .staging import edit_keyframes
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def edit_here(
     return edited, model_info(backbone)
 
 
-def request_backbone(request: EditRequest, progress: ProgressFn = _no_progress, timer: StageTimer | None = None):
+def request_backbone(request: EditRequest, progress: ProgressFn = no_progress, timer: StageTimer | None = None):
     """The request's model, loaded (or cached) in this process, with its tuned weights' base checked."""
     with timer.stage("load_model") if timer is not None else contextlib.nullcontext():
         progress("load_model", 0, 1)
@@ -121,7 +122,7 @@ class EditResult:
         )
 
 
-def edit_video(request: EditRequest, progress: ProgressFn = _no_progress, editor: FramesEditor = edit_here) -> EditResult:
+def edit_video(request: EditRequest, progress: ProgressFn = no_progress, editor: FramesEditor = edit_here) -> EditResult:
     """Edit a clip end to end and write the result atomically to `request.output`; `editor` runs the core
     (here by default), so decoding and writing stay in this process wherever the frames are edited."""
     for path in (request.output, *request.also_write):  # before any work: an output that cannot be written
@@ -216,10 +217,8 @@ def staged_request(request: EditRequest) -> EditRequest:
     return dataclasses.replace(request, engine=dataclasses.replace(request.engine, keyframes="auto"))
 
 
-def edit_keyframes_of(request: EditRequest, progress: ProgressFn = _no_progress) -> StagedKeyframes:
+def edit_keyframes_of(request: EditRequest, progress: ProgressFn = no_progress) -> StagedKeyframes:
     """Stage 1 of a staged edit: decode the clip and edit its keyframes only."""
-    from .core import edit_keyframes, frames_key
-
     request = staged_request(request)
     if request.masking.given:
         raise ConfigError("a mask (--region or --remove) runs as one edit, not as keyframes then propagation: use Edit")
@@ -236,10 +235,6 @@ def keyframes_here(
     """Stage 1 as an editor: the request's keyframes chosen and edited in this process, and only those
     (`EditedFrames.frames` holds them in the order of `EditedFrames.keyframes`). A batch's worker runs it
     before the propagation segments (editing.batch.propagation_tasks)."""
-    from .compat import check as check_combination
-    from .core import edit_keyframes
-    from .frames import check_frames
-
     parts = EditParts.of(staged_request(request))
     check_combination(parts)
     backbone = request_backbone(request, progress, timer)
@@ -253,8 +248,6 @@ def keyframes_here(
 
 def propagating(staged: StagedKeyframes) -> FramesEditor:
     """An editor (for `edit_video`) that fills in the frames around staged keyframes (stage 2)."""
-    from .core import frames_key
-    from .keyframes import propagate
 
     def editor(
         frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer

@@ -2,23 +2,26 @@
 
 Stages: invert the source under the source prompt while recording its attention; optionally fit
 null-text embeddings (cached); build the controller the edit type asks for; wrap the step callback with
-the local blend. `editing.core.edit_frames` calls `prepare_attention_edit` instead of its plain
-inversion when the request has an `attention_edit` config.
+the local blend. The core calls `prepare_attention_edit` with its pass's context (editing.context)
+instead of its plain inversion when the request has an `attention_edit` config.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from . import prompts, sampling
 from .attention.blend import LocalBlend, blend_latents
 from .attention.p2p import AttentionEdit, AttentionRecorder, RefineEdit, ReweightEdit, SwapEdit, replaced_steps
 from .attention.store import AttentionStore, StorePolicy
-from .cache import TensorCache, cache_key
+from .cache import cache_key
 from .config import AttentionEditConfig
+from .context import EditContext
 from .inversion import Trajectory, ddim_invert
 from .nulltext import null_text_invert
 
@@ -62,14 +65,19 @@ def self_record_steps(self_replace: float, steps: int) -> set[int]:
 
 
 def make_controller(
-    config: AttentionEditConfig, target_prompt: str, tokenizer, store, policy, latent_size, steps: int, blend
+    config: AttentionEditConfig,
+    target_prompt: str,
+    tokenizer: Any,
+    recorder: AttentionRecorder,
+    steps: int,
+    blend: LocalBlend | None,
 ) -> AttentionEdit:
-    """The controller of the configured edit type, with its token alignment."""
+    """The controller of the configured edit type, with its token alignment, reading what `recorder` stored."""
     common = dict(
-        store=store,
-        policy=policy,
-        latent_height=latent_size[0],
-        latent_width=latent_size[1],
+        store=recorder.store,
+        policy=recorder.policy,
+        latent_height=recorder.latent_height,
+        latent_width=recorder.latent_width,
         inverted_steps=steps,
         edit_steps=steps,
         cross_replace=config.cross_replace,
@@ -117,15 +125,16 @@ def blend_callback(
 
 
 def prepare_attention_edit(
-    parts, frames, backbone, plan, source, cache_root, timesteps, controls, progress, tuned=None
+    context: EditContext, frames: np.ndarray, controls: tuple[sampling.ControlSignal, ...]
 ) -> PreparedEdit:
     """Invert the source under the source prompt, recording attention; fit null-text; build the controller.
 
     With a tuned model (editing.attention.tuned.TunedControl) the recorder and the controller run inside
     its processors, so attention editing composes with one-shot tuning."""
+    parts, backbone, progress, tuned = context.parts, context.backbone, context.progress, context.tuned
     config: AttentionEditConfig = parts.attention_edit
     edit, engine = parts.edit, parts.engine
-    steps = len(timesteps)
+    steps = len(context.timesteps)
     progress("invert", 0, steps)
     clean = sampling.encode_frames(backbone, frames, engine.chunk)
     latent_size = tuple(clean.shape[-2:])
@@ -139,26 +148,30 @@ def prepare_attention_edit(
 
     positive = sampling.TextConditioning(source_text.positive, None)
     recording = recorder if tuned is None else tuned.wrap(recorder)
-    trajectory = ddim_invert(backbone, clean, edit.steps, edit.strength, positive, plan, report, attention_control=recording)
+    trajectory = ddim_invert(
+        backbone, clean, edit.steps, edit.strength, positive, context.plan, report, attention_control=recording
+    )
     log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
     negatives, cached = None, False
     if config.null_text:
-        negatives, cached = null_text_embeddings(
-            parts, backbone, plan, source, cache_root, trajectory, source_text, controls, progress
-        )
+        negatives, cached = null_text_embeddings(context, trajectory, sampling.Guidance(source_text, edit.guidance, controls))
     blend = make_blend(config, edit.prompt, backbone.tokenizer, latent_size)
-    control = make_controller(config, edit.prompt, backbone.tokenizer, store, policy, latent_size, steps, blend)
+    control = make_controller(config, edit.prompt, backbone.tokenizer, recorder, steps, blend)
     control = control if tuned is None else tuned.wrap(control)
     latents = trajectory.final.to(backbone.device, backbone.dtype)
     return PreparedEdit(latents, trajectory, control, blend, negatives, store.nbytes(), cached)
 
 
-def null_text_embeddings(parts, backbone, plan, source, cache_root, trajectory, source_text, controls, progress):
-    """Per-step unconditional embeddings from the cache, or fitted now (with the request's ControlNets) and cached."""
+def null_text_embeddings(
+    context: EditContext, trajectory: Trajectory, guidance: sampling.Guidance
+) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """Per-step unconditional embeddings from the cache, or fitted now (`guidance`: the source prompt and the
+    request's ControlNets) and cached; and whether they came from the cache."""
+    parts, backbone, plan = context.parts, context.backbone, context.plan
     config, edit, engine = parts.attention_edit, parts.edit, parts.engine
     key = cache_key(
         kind="null-text",
-        source=source,
+        source=context.source,
         model=backbone.name,
         dtype=str(backbone.dtype),
         steps=edit.steps,
@@ -172,16 +185,15 @@ def null_text_embeddings(parts, backbone, plan, source, cache_root, trajectory, 
         chunk=engine.chunk,
         controls=[(c.kind, c.scale, c.start, c.end, c.model, c.video) for c in engine.controls],
     )
-    cache = TensorCache(cache_root, "null-text", engine.cache_bytes)
+    cache = context.cache("null-text")
     stored = cache.load(key)
     if stored is not None:
         log.info("null-text embeddings from cache %s", key)
         return tuple(e.to(backbone.device, backbone.dtype) for e in stored["embeddings"]), True
 
     def report(done: int, total: int) -> None:
-        progress("null_text", done, total)
+        context.progress("null_text", done, total)
 
-    guidance = sampling.Guidance(source_text, edit.guidance, controls)
     embeddings, _ = null_text_invert(
         backbone, trajectory, guidance, edit.steps, edit.strength, plan, iterations=config.null_text_iterations, progress=report
     )

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import EditedFrames, EditParts, ProgressFn, StageTimer, _no_progress, decoded_indices, edit_frames
+from .context import EditParts, ProgressFn, StageTimer, no_progress
+from .core import EditedFrames, decoded_indices
 from .held import HeldRegion
 from .masks import MaskInputs, clip_masks, feathered, grown, overlay_frames
 from .masks.shape import composite
+from .staging import edit_clip
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,12 @@ def write_preview(path: str, frames: np.ndarray, mask: ClipMask) -> None:
 
 
 def masked_edit(
-    frames: np.ndarray, parts: EditParts, backbone, progress: ProgressFn = _no_progress, timer: StageTimer | None = None
+    frames: np.ndarray, parts: EditParts, backbone, progress: ProgressFn = no_progress, timer: StageTimer | None = None
 ):
     """A request with a mask: its preview written if asked, then the object removed (editing.removal) or
     the edit made inside the region and composited over the source; without a mask, the plain edit."""
     if parts.masking is None:
-        return edit_frames(frames, parts, backbone, progress, timer)
+        return edit_clip(frames, parts, backbone, progress, timer)
     timer = timer or StageTimer(backbone.device)
     progress("mask", 0, 1)
     mask = clip_mask(frames, parts, backbone)
@@ -77,14 +79,12 @@ def masked_edit(
 
         return remove_object(frames, mask, parts, backbone, progress, timer)
     if not config.region:
-        return edit_frames(frames, dataclasses.replace(parts, masking=None), backbone, progress, timer)
+        return edit_clip(frames, dataclasses.replace(parts, masking=None), backbone, progress, timer)
     wanted = decoded_indices(parts.decode_frames, len(frames)) or tuple(range(len(frames)))
     if not mask.weights.any():  # nothing may change: the source, exactly
         return EditedFrames(
             frames[list(wanted)].copy(), warnings=("the mask is empty in every frame: the source is returned unchanged",)
         )
-    edited = edit_frames(
-        frames, dataclasses.replace(parts, masking=None, held=HeldRegion(mask.weights)), backbone, progress, timer
-    )
+    edited = edit_clip(frames, dataclasses.replace(parts, masking=None, held=HeldRegion(mask.weights)), backbone, progress, timer)
     out = composite(frames[list(wanted)], edited.frames, mask.weights[list(wanted)])
     return dataclasses.replace(edited, frames=out)

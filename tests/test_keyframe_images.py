@@ -70,12 +70,13 @@ def test_an_image_of_another_size_is_refused_or_fitted_with_one_sentence():
 
 
 def _run(tmp_path, tiny, frames=4, **engine):
-    from editing.core import EditParts, edit_frames
+    from editing.core import EditParts
+    from editing.staging import edit_clip
     from editing.video_io import read_clip
 
     request = small_edit(tmp_path, "pin", frames=frames, **engine)
     clip = read_clip(request.video, request.selection, request.limits).frames
-    return clip, edit_frames(clip, EditParts.of(request), tiny)
+    return clip, edit_clip(clip, EditParts.of(request), tiny)
 
 
 def test_the_supplied_frame_is_the_output_frame(tmp_path, tiny):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from editing.config import parse_keyframes
-from editing.core import edit_keyframes
 from editing.errors import ConfigError
 from editing.keyframes import (
     AUTO_MAX_GAP,
@@ -28,6 +27,7 @@ from editing.keyframes import (
     propagate,
     remap,
 )
+from editing.staging import edit_keyframes
 
 from .conftest import ROOT, small_edit
 
@@ -225,10 +225,11 @@ def test_keyframes_of_the_output_are_the_joint_keyframe_edit(tmp_path, tiny):
     """The core with --keyframes 2 returns, at frames 0, 2 and 4, exactly what editing those three frames
     together gives; the other frames come from propagation."""
     from editing.core import edit_frames
+    from editing.staging import edit_clip
 
     parts, request = _parts(tmp_path, keyframes="2")
     frames = _frames(request)
-    edited = edit_frames(frames, parts, tiny)
+    edited = edit_clip(frames, parts, tiny)
     assert edited.keyframes == (0, 2, 4) and edited.frames.shape == frames.shape
     alone = edit_frames(
         frames[[0, 2, 4]], dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframes=None)), tiny
@@ -329,11 +330,11 @@ def test_a_revealed_region_is_refined_once_and_carried_through_the_later_frames(
 
 
 def test_keyframes_refuse_what_they_cannot_run_yet(tmp_path, tiny):
-    from editing.core import edit_frames
+    from editing.staging import edit_clip
 
     parts, request = _parts(tmp_path, keyframes="2")
     with pytest.raises(ConfigError, match="keyframes"):
-        edit_frames(_frames(request), dataclasses.replace(parts, tuned=str(tmp_path / "t.safetensors")), tiny)
+        edit_clip(_frames(request), dataclasses.replace(parts, tuned=str(tmp_path / "t.safetensors")), tiny)
 
 
 def test_cli_edit_with_keyframes_reports_them(tmp_path):
