@@ -343,126 +343,115 @@ def window_batches(
     return tuple(batches)
 
 
+@dataclass(frozen=True)
+class UnetCall:
+    """What one UNet call is about besides its inputs: the frames' cross-frame layout, their indices in the
+    clip (None: 0 to n - 1), the share of the steps done (which ControlNets act) and the attention
+    control's per-call state."""
+
+    layout: FrameLayout | None = None
+    frame_ids: list[int] | None = None
+    fraction: float = 0.0
+    attention_kwargs: dict | None = None
+
+    def of(self, model_input: torch.Tensor) -> UnetCall:
+        """This call with its frame indices filled in for a batch of model inputs."""
+        if self.frame_ids:
+            return self
+        return dataclasses.replace(self, frame_ids=list(range(model_input.shape[0])))
+
+
+@dataclass(frozen=True)
+class Branches:
+    """Guidance branches stacked in one UNet batch: each branch's text embedding ((branches, tokens, width),
+    broadcast over its frames) and, with a reference, its IP-Adapter image embedding ((branches, images, width))."""
+
+    text: torch.Tensor
+    image: torch.Tensor | None = None
+    count: int = 1
+
+
 def guided_noise(
     backbone: Backbone,
     model_input: torch.Tensor,
-    timestep,
+    timestep: torch.Tensor | float,
     guidance: Guidance,
-    layout: FrameLayout | None = None,
-    frame_ids: list[int] | None = None,
-    fraction: float = 0.0,
-    attention_kwargs: dict | None = None,
-    conditional: torch.Tensor | None = None,
-    differentiable: bool = False,
+    call: UnetCall | None = None,
 ) -> torch.Tensor:
     """Classifier-free guidance e_u + g (e_c - e_u) (Ho and Salimans, 2022) of a batch of model inputs,
-    ControlNet residuals added to the UNet's skip connections.
-
-    Both branches run as one batch; with `differentiable` (null-text inversion) they run apart, the
-    unconditional one with gradients, and a given `conditional` prediction is reused.
-    """
+    ControlNet residuals added to the UNet's skip connections; both branches run as one batch."""
     text, image = guidance.text, guidance.reference  # the reference's unconditional branch is zero image embeddings
-    frame_ids = frame_ids or list(range(model_input.shape[0]))
+    call = (call or UnetCall()).of(model_input)
     if text.negative is None:
-        return branch_noise(
-            backbone,
-            model_input,
-            timestep,
-            text.positive,
-            guidance.controls,
-            layout,
-            frame_ids,
-            fraction,
-            attention_kwargs,
-            image=image and image.positive,
-        )
-    if differentiable:
-        if conditional is None:
-            with torch.no_grad():
-                conditional = branch_noise(
-                    backbone,
-                    model_input,
-                    timestep,
-                    text.positive,
-                    guidance.controls,
-                    layout,
-                    frame_ids,
-                    fraction,
-                    attention_kwargs,
-                    grad=True,
-                    image=image and image.positive,
-                )
-        unconditional = branch_noise(
-            backbone,
-            model_input,
-            timestep,
-            text.negative,
-            guidance.controls,
-            layout,
-            frame_ids,
-            fraction,
-            attention_kwargs,
-            grad=True,
-            image=image and image.negative,
-        )
-    else:
-        both = torch.cat([model_input, model_input])
-        context = torch.cat([text.negative, text.positive])
-        images = None if image is None else torch.cat([image.negative, image.positive])
+        with torch.inference_mode():
+            return branch_noise(
+                backbone, model_input, timestep, Branches(text.positive, image and image.positive), guidance.controls, call
+            )
+    both = torch.cat([model_input, model_input])
+    context = torch.cat([text.negative, text.positive])
+    images = None if image is None else torch.cat([image.negative, image.positive])
+    with torch.inference_mode():
         unconditional, conditional = branch_noise(
-            backbone,
-            both,
-            timestep,
-            context,
-            guidance.controls,
-            layout,
-            frame_ids,
-            fraction,
-            attention_kwargs,
-            branches=2,
-            image=images,
+            backbone, both, timestep, Branches(context, images, 2), guidance.controls, call
         ).chunk(2)
     return unconditional + guidance.scale * (conditional - unconditional)
 
 
+def fitted_noise(
+    backbone: Backbone,
+    model_input: torch.Tensor,
+    timestep: torch.Tensor | float,
+    guidance: Guidance,
+    call: UnetCall | None = None,
+    conditional: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`guided_noise` with the branches run apart, the unconditional one with gradients (null-text
+    inversion fits its embedding); a given `conditional` prediction is reused."""
+    text, image = guidance.text, guidance.reference
+    call = (call or UnetCall()).of(model_input)
+    if text.negative is None:
+        return guided_noise(backbone, model_input, timestep, guidance, call)
+    if conditional is None:
+        with torch.no_grad():
+            branch = Branches(text.positive, image and image.positive)
+            conditional = branch_noise(backbone, model_input, timestep, branch, guidance.controls, call)
+    branch = Branches(text.negative, image and image.negative)
+    unconditional = branch_noise(backbone, model_input, timestep, branch, guidance.controls, call)
+    return unconditional + guidance.scale * (conditional - unconditional)
+
+
 def branch_noise(
-    backbone,
-    model_input,
-    timestep,
-    text,
-    controls,
-    layout,
-    frame_ids,
-    fraction,
-    attention_kwargs,
-    branches: int = 1,
-    grad: bool = False,
-    image=None,
-):
-    """The UNet's noise prediction for `branches` guidance branches stacked in the batch, each branch's
-    text embedding ((branches, tokens, width), broadcast over its frames), the active ControlNets and, with
-    a reference, each branch's IP-Adapter image embedding ((branches, images, width), as `added_cond_kwargs`;
-    the ControlNets see the text only, as in diffusers' ControlNet pipelines)."""
-    count = model_input.shape[0] // branches
-    context = text.repeat_interleave(count, dim=0) if text.shape[0] == branches else text.expand(model_input.shape[0], -1, -1)
-    with contextlib.nullcontext() if grad else torch.inference_mode():
-        residuals = controlnet_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction)
-        extra = (
-            {}
-            if residuals is None
-            else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
-        )
-        if image is not None:
-            extra["added_cond_kwargs"] = {"image_embeds": [image.to(model_input.dtype).repeat_interleave(count, dim=0)]}
-        return run_unet(
-            backbone.unet,
-            model_input,
-            timestep,
-            branches,
-            context,
-            cross_attention_kwargs=attention_call_kwargs(layout, attention_kwargs),
-            **extra,
-        )
+    backbone: Backbone,
+    model_input: torch.Tensor,
+    timestep: torch.Tensor | float,
+    branches: Branches,
+    controls: tuple[ControlSignal, ...],
+    call: UnetCall,
+) -> torch.Tensor:
+    """The UNet's noise prediction for guidance branches stacked in the batch, with the active ControlNets
+    and, with a reference, each branch's IP-Adapter image embedding (as `added_cond_kwargs`; the
+    ControlNets see the text only, as in diffusers' ControlNet pipelines)."""
+    text, image, count = branches.text, branches.image, model_input.shape[0] // branches.count
+    context = (
+        text.repeat_interleave(count, dim=0) if text.shape[0] == branches.count else text.expand(model_input.shape[0], -1, -1)
+    )
+    residuals = controlnet_residuals(controls, model_input, timestep, context, call, branches.count)
+    extra = (
+        {}
+        if residuals is None
+        else dict(down_block_additional_residuals=residuals[0], mid_block_additional_residual=residuals[1])
+    )
+    if image is not None:
+        extra["added_cond_kwargs"] = {"image_embeds": [image.to(model_input.dtype).repeat_interleave(count, dim=0)]}
+    return run_unet(
+        backbone.unet,
+        model_input,
+        timestep,
+        branches.count,
+        context,
+        cross_attention_kwargs=attention_call_kwargs(call.layout, call.attention_kwargs),
+        **extra,
+    )
 
 
 def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dict | None:
@@ -471,13 +460,20 @@ def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dic
     return kwargs or None
 
 
-def controlnet_residuals(controls, model_input, timestep, context, frame_ids, branches, fraction):
+def controlnet_residuals(
+    controls: tuple[ControlSignal, ...],
+    model_input: torch.Tensor,
+    timestep: torch.Tensor | float,
+    context: torch.Tensor,
+    call: UnetCall,
+    branches: int,
+) -> tuple[list[torch.Tensor], torch.Tensor] | None:
     """Sum of the active ControlNets' residuals for this batch, or None when none is active."""
     total = None
     for controlnet in controls:
-        if not controlnet.active(fraction):
+        if not controlnet.active(call.fraction):
             continue
-        images = controlnet.images[frame_ids].to(model_input.device, model_input.dtype).repeat(branches, 1, 1, 1)
+        images = controlnet.images[call.frame_ids].to(model_input.device, model_input.dtype).repeat(branches, 1, 1, 1)
         down, mid = controlnet.model(
             model_input,
             timestep,
@@ -509,23 +505,17 @@ class StepContext:
     attention_control: AttentionControl | None = None
     seed: int = 0  # the edit's seed (TokenFlow's keyframe offsets)
 
-    def batch_noise(self, batch: FrameBatch, guidance: Guidance, conditional=None, differentiable: bool = False) -> torch.Tensor:
-        """Guided noise of one planned batch's frames (all of them, context included)."""
+    def batch_noise(
+        self, batch: FrameBatch, guidance: Guidance, conditional: torch.Tensor | None = None, differentiable: bool = False
+    ) -> torch.Tensor:
+        """Guided noise of one planned batch's frames (all of them, context included); `differentiable`: as
+        `fitted_noise`, reusing a given `conditional` prediction."""
         ids = list(batch.ids)
         layout = self.plan.layout(batch) if get_attention_mode(self.plan.mode).cross_frame else None
-        extra = attention_control_call(self.attention_control, self.index, batch)
-        return guided_noise(
-            self.backbone,
-            self.model_input[ids],
-            self.timestep,
-            guidance,
-            layout,
-            ids,
-            self.fraction,
-            extra,
-            conditional,
-            differentiable,
-        )
+        call = UnetCall(layout, ids, self.fraction, attention_control_call(self.attention_control, self.index, batch))
+        if differentiable:
+            return fitted_noise(self.backbone, self.model_input[ids], self.timestep, guidance, call, conditional)
+        return guided_noise(self.backbone, self.model_input[ids], self.timestep, guidance, call)
 
 
 def attention_control_call(attention_control: AttentionControl | None, index: int, batch: FrameBatch) -> dict | None:
@@ -621,7 +611,8 @@ def denoise(
                 if store is not None:
                     extra = (extra or {}) | {"anchor_kv": anchor_call(store, plan.anchors, batch)}
                 caches.begin_call(index, (batch.ids, batch.borrowed))
-                predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, layout, ids, fraction, extra)
+                call = UnetCall(layout, ids, fraction, extra)
+                predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, call)
                 produced = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
                 if batch.weights is None:
                     noise[list(batch.targets)] = produced

@@ -74,7 +74,7 @@ def test_stepping_each_chunk_separately_would_break_a_stateful_sampler(tiny, nam
                 for batch in plan.batches:
                     ids = list(batch.ids)
                     noise = sampling.guided_noise(
-                        tiny, scheduler.scale_model_input(x[ids], t), t, guidance, plan.layout(batch), ids
+                        tiny, scheduler.scale_model_input(x[ids], t), t, guidance, sampling.UnetCall(plan.layout(batch), ids)
                     )
                     result = scheduler.step(noise, t, x[ids]).prev_sample
                     stepped[list(batch.targets)] = result[[ids.index(f) for f in batch.targets]]
