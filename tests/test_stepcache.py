@@ -13,7 +13,7 @@ import torch
 from editing import sampling
 from editing.errors import ConfigError
 from editing.stepcache import StepCacheKind, build_step_caches, parse_step_caches, register_step_cache, step_cache_names
-from editing.stepcache.deepcache import DeepCache, shallow_forward
+from editing.stepcache.deepcache import DeepCache, UnetInputs, shallow_forward
 from editing.stepcache.tome import TokenMerge, finest_self_attention, merge_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,7 +73,7 @@ def test_the_shallow_path_over_features_kept_at_a_step_reproduces_that_step(tiny
         cache.begin_call(0, ("frames",))
         full = unet(sample, 500, encoder_hidden_states=text).sample
         (deep,) = cache.store.values()
-        again = shallow_forward(unet, deep, 1, sample, 500, text).sample
+        again = shallow_forward(unet, deep, 1, UnetInputs(sample, 500, text)).sample
         cache.begin_call(1, ("frames",))
         reused = unet(sample, 500, encoder_hidden_states=text).sample
     torch.testing.assert_close(again, full)

@@ -15,7 +15,9 @@ path uses); a UNet of another class (an AnimateDiff motion UNet) is refused in o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,7 +41,7 @@ class DeepCache(StepCache):
         self._current = (index, key)
 
     @contextlib.contextmanager
-    def installed(self, unet) -> Iterator[None]:
+    def installed(self, unet: Any) -> Iterator[None]:
         from diffusers import UNet2DConditionModel
 
         if not isinstance(unet, UNet2DConditionModel):
@@ -55,7 +57,7 @@ class DeepCache(StepCache):
         residual = unet.config.block_out_channels[0]  # channels of conv_in's and the first down block's outputs
         target = block.resnets[len(block.resnets) - self.layers]
 
-        def capture(module, args):
+        def capture(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             if self._capturing is not None:  # the resnet's input is (deep hidden state, skip feature) along channels
                 self.store[self._capturing] = args[0][:, :-residual].detach()
 
@@ -64,7 +66,7 @@ class DeepCache(StepCache):
         original = unet.forward
         hook = target.register_forward_pre_hook(capture)
 
-        def forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
+        def forward(sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             return self._forward(unet, original, sample, timestep, encoder_hidden_states, *args, **kwargs)
 
         unet.forward = forward
@@ -79,7 +81,16 @@ class DeepCache(StepCache):
             self.store.clear()
             self._current = self._capturing = None
 
-    def _forward(self, unet, original, sample, timestep, encoder_hidden_states, *args, **kwargs):
+    def _forward(
+        self,
+        unet: Any,
+        original: Callable[..., Any],
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        *args: Any,
+        **kwargs: Any,  # the UNet forward's own keyword arguments (UnetInputs)
+    ) -> Any:
         call, self._current = self._current, None
         if call is None or self.interval == 1 or args or not _shallow_supported(unet, kwargs):
             return original(sample, timestep, encoder_hidden_states, *args, **kwargs)
@@ -94,10 +105,10 @@ class DeepCache(StepCache):
             self.full_calls += 1
             return out
         self.shallow_calls += 1
-        return shallow_forward(unet, self.store[key], self.layers, sample, timestep, encoder_hidden_states, **kwargs)
+        return shallow_forward(unet, self.store[key], self.layers, UnetInputs(sample, timestep, encoder_hidden_states, **kwargs))
 
 
-def _shallow_supported(unet, kwargs: dict) -> bool:
+def _shallow_supported(unet: Any, kwargs: dict[str, Any]) -> bool:
     """Whether the shallow path can stand in for this call (not with T2I adapters, hint images or GLIGEN)."""
     attention = kwargs.get("cross_attention_kwargs") or {}
     return (
@@ -107,50 +118,56 @@ def _shallow_supported(unet, kwargs: dict) -> bool:
     )
 
 
-def time_embedding(
-    unet, sample, timestep, encoder_hidden_states, class_labels=None, timestep_cond=None, added_cond_kwargs=None
-) -> torch.Tensor:
-    """The UNet's timestep embedding (with class and added embeddings), as its forward computes it."""
-    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
-    class_emb = unet.get_class_embed(sample=sample, class_labels=class_labels)
+@dataclass(frozen=True)
+class UnetInputs:
+    """The arguments of one call of diffusers' UNet2DConditionModel forward, by their names there."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor | float | int
+    encoder_hidden_states: torch.Tensor
+    class_labels: torch.Tensor | None = None
+    timestep_cond: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+    added_cond_kwargs: dict[str, Any] | None = None
+    down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None
+    mid_block_additional_residual: torch.Tensor | None = None
+    down_intrablock_additional_residuals: tuple[torch.Tensor, ...] | None = None
+    encoder_attention_mask: torch.Tensor | None = None
+    return_dict: bool = True
+
+
+def time_embedding(unet: Any, inputs: UnetInputs, sample: torch.Tensor) -> torch.Tensor:
+    """The UNet's timestep embedding (with class and added embeddings) of `sample`, as its forward computes it."""
+    timestep, added_cond_kwargs = inputs.timestep, inputs.added_cond_kwargs
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), inputs.timestep_cond)
+    class_emb = unet.get_class_embed(sample=sample, class_labels=inputs.class_labels)
     if class_emb is not None:
         emb = torch.cat([emb, class_emb], dim=-1) if unet.config.class_embeddings_concat else emb + class_emb
-    aug_emb = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs)
+    aug_emb = unet.get_aug_embed(emb=emb, encoder_hidden_states=inputs.encoder_hidden_states, added_cond_kwargs=added_cond_kwargs)
     emb = emb + aug_emb if aug_emb is not None else emb
     return unet.time_embed_act(emb) if unet.time_embed_act is not None else emb
 
 
-def shallow_forward(
-    unet,
-    deep: torch.Tensor,
-    layers: int,
-    sample: torch.Tensor,
-    timestep,
-    encoder_hidden_states: torch.Tensor,
-    class_labels=None,
-    timestep_cond=None,
-    attention_mask=None,
-    cross_attention_kwargs=None,
-    added_cond_kwargs=None,
-    down_block_additional_residuals=None,
-    mid_block_additional_residual=None,
-    down_intrablock_additional_residuals=None,
-    encoder_attention_mask=None,
-    return_dict: bool = True,
-):
+def shallow_forward(unet: Any, deep: torch.Tensor, layers: int, inputs: UnetInputs) -> Any:
     """The UNet's output from its shallow layers: fresh skip features, the `deep` hidden state kept from a
     full pass, then the last `layers` layers of the final up block and the output convolution."""
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+    sample, attention_mask, encoder_attention_mask = inputs.sample, inputs.attention_mask, inputs.encoder_attention_mask
+    cross_attention_kwargs, down_block_additional_residuals = (
+        inputs.cross_attention_kwargs,
+        inputs.down_block_additional_residuals,
+    )
     if attention_mask is not None:
         attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
     if encoder_attention_mask is not None:
         encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
     if unet.config.center_input_sample:
         sample = 2 * sample - 1.0
-    emb = time_embedding(unet, sample, timestep, encoder_hidden_states, class_labels, timestep_cond, added_cond_kwargs)
+    emb = time_embedding(unet, inputs, sample)
     encoder_hidden_states = unet.process_encoder_hidden_states(
-        encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs
+        encoder_hidden_states=inputs.encoder_hidden_states, added_cond_kwargs=inputs.added_cond_kwargs
     )
     hidden = unet.conv_in(sample)
     skips = [hidden]
@@ -191,7 +208,7 @@ def shallow_forward(
     if unet.conv_norm_out is not None:
         hidden = unet.conv_act(unet.conv_norm_out(hidden))
     out = unet.conv_out(hidden)
-    return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+    return UNet2DConditionOutput(sample=out) if inputs.return_dict else (out,)
 
 
 def make_deepcache(value: float) -> DeepCache:
