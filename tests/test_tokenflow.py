@@ -156,17 +156,17 @@ def test_the_store_costs_what_its_formula_says_and_stays_under_its_cap(tiny):
     config = tiny.unet.config
     assert (
         control.state.source.nbytes()
-        == store_nbytes(config, 8, 8, 3, 2)
+        == store_nbytes(config, (8, 8), 3, 2)
         == sum(t.numel() * 2 for t in trajectory.features.values())
     )
     assert control.state.source.steps() == 2 and len({tokens for _, tokens in control.state.source.features}) == len(
         recorded_layers(config)
     )
     finest = min(recorded_layers(config).values())
-    cap = store_nbytes(config, 8, 8, 3, 2) - 1  # one byte too few: the finest resolution is dropped
+    cap = store_nbytes(config, (8, 8), 3, 2) - 1  # one byte too few: the finest resolution is dropped
     _, capped = _invert(tiny, frames=3, steps=2, cap=cap)
     kept = tuple(d for d in recorded_layers(config).values() if d != finest)
-    assert capped.state.source.nbytes() == store_nbytes(config, 8, 8, 3, 2, downsamplings=kept) <= cap
+    assert capped.state.source.nbytes() == store_nbytes(config, (8, 8), 3, 2, downsamplings=kept) <= cap
     with pytest.raises(ConfigError, match="over its cap"):
         _invert(tiny, frames=3, steps=2, cap=10)
 

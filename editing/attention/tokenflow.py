@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,16 +94,17 @@ def _layer_width(name: str, unet_config) -> int:
 
 
 def stored_levels(
-    unet_config, latent_height: int, latent_width: int, frames: int, steps: int, cap: int = STORE_CAP, dims: int = FEATURE_DIMS
+    unet_config: Mapping[str, Any], state: TokenFlowState, steps: int, cap: int = STORE_CAP, dims: int = FEATURE_DIMS
 ) -> dict[str, int]:
-    """The recorded layers kept under the byte cap: the finest resolutions are dropped first."""
+    """The recorded layers kept under the byte cap for the state's clip: the finest resolutions are dropped first."""
     layers = recorded_layers(unet_config)
+    latent_size, frames = (state.latent_height, state.latent_width), state.num_frames
     kept = dict(sorted(layers.items(), key=lambda item: item[1]))  # finest first
-    while kept and store_nbytes(unet_config, latent_height, latent_width, frames, steps, dims, tuple(kept.values())) > cap:
+    while kept and store_nbytes(unet_config, latent_size, frames, steps, dims, tuple(kept.values())) > cap:
         kept.pop(next(iter(kept)))
     if not kept:
         coarsest = max(layers.values())
-        need = store_nbytes(unet_config, latent_height, latent_width, frames, steps, dims, (coarsest,))
+        need = store_nbytes(unet_config, latent_size, frames, steps, dims, (coarsest,))
         raise ConfigError(
             f"attention tokenflow would store {need / 1e9:.2f} GB of source features even at its coarsest resolution, over its cap of {cap / 1e9:.2f} GB: use fewer frames, steps or a smaller size"
         )
@@ -110,22 +112,21 @@ def stored_levels(
 
 
 def store_nbytes(
-    unet_config,
-    latent_height: int,
-    latent_width: int,
+    unet_config: Mapping[str, Any],
+    latent_size: tuple[int, int],
     frames: int,
     steps: int,
     dims: int = FEATURE_DIMS,
     downsamplings: Sequence[int] | None = None,
 ) -> int:
     """Bytes of the source features: frames x steps x (tokens x min(channels, dims)) over the recorded
-    layer of each stored resolution, fp16."""
+    layer of each stored resolution (latents of `latent_size`, height and width), fp16."""
     from .store import level_tokens
 
     total = 0
     for name, downsample in recorded_layers(unet_config).items():
         if downsamplings is None or downsample in downsamplings:
-            total += level_tokens(latent_height, latent_width, downsample) * min(_layer_width(name, unet_config), dims)
+            total += level_tokens(*latent_size, downsample) * min(_layer_width(name, unet_config), dims)
     return BYTES_PER_VALUE * frames * steps * total
 
 
@@ -358,9 +359,7 @@ class TokenFlowControl(AttentionControl):
     @contextlib.contextmanager
     def recording(self, unet, steps: int) -> Iterator[dict]:
         """While inverting: store the source features; yields the {name: tensor} record, filled on exit."""
-        levels = stored_levels(
-            unet.config, self.state.latent_height, self.state.latent_width, self.state.num_frames, steps, self.cap, self.dims
-        )
+        levels = stored_levels(unet.config, self.state, steps, self.cap, self.dims)
         self.state.source = SourceFeatures(self.state.num_frames)
         self.state.record_layers, self.state.recording = frozenset(levels), True
         record: dict = {}
