@@ -20,8 +20,12 @@ when the loop ends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .cross_frame import FrameLayout
 
 
 @dataclass
@@ -31,10 +35,10 @@ class AnchorStore:
 
     entries: dict[int, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def keep(self, attn, frames: tuple[int, ...], key: torch.Tensor, value: torch.Tensor) -> None:
+    def keep(self, attn: torch.nn.Module, frames: tuple[int, ...], key: torch.Tensor, value: torch.Tensor) -> None:
         self.entries[id(attn)] = (frames, key.detach(), value.detach())
 
-    def take(self, attn, frames: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, attn: torch.nn.Module, frames: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The kept keys and values of `frames`, in that order."""
         if id(attn) not in self.entries:
             raise RuntimeError("a chunk borrowed the anchors' keys and values before the chunk that holds the anchors ran")
@@ -55,7 +59,9 @@ class AnchorCall:
     keeps: tuple[tuple[int, int], ...] = ()  # (clip frame, batch position)
     borrows: tuple[int, ...] = ()
 
-    def exchange(self, attn, key: torch.Tensor, value: torch.Tensor, frames) -> tuple[torch.Tensor, torch.Tensor]:
+    def exchange(
+        self, attn: torch.nn.Module, key: torch.Tensor, value: torch.Tensor, frames: FrameLayout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep this call's anchors' keys/values, or append the borrowed ones after the batch's own frames.
 
         key, value: (branches x num_frames, tokens, inner) → (branches x kv_frames, tokens, inner)."""

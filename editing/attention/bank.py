@@ -17,11 +17,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+
+if TYPE_CHECKING:
+    from .anchor import AnchorCall
 
 
 @dataclass
@@ -70,21 +74,30 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        frames=None,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frames: FrameLayout | None = None,
         bank: BankCall | None = None,
-        anchor_kv=None,
+        anchor_kv: AnchorCall | None = None,
         **extra,
     ):
         return self.process(
             attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, bank=bank, anchor_kv=anchor_kv, **extra
         )
 
-    def extend_context(self, own, key, value, mask, frames: FrameLayout, bank: BankCall | None = None, **extra):
+    def extend_context(
+        self,
+        own: tuple[torch.Tensor, torch.Tensor],
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        frames: FrameLayout,
+        bank: BankCall | None = None,
+        **extra,
+    ):
         if bank is None:
             return key, value, mask
         own_key, own_value = own
@@ -122,7 +135,7 @@ class FeatureBankControl(AttentionControl):
         return {"bank": BankCall(self.bank, tuple(frames), tuple(targets), tuple(borrowed))}
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         # every layer takes the call's `bank` (diffusers warns on each call of a processor that does not);
         # only self-attention (attn1) reads and writes it
         installed = {name: BankAttnProcessor(name) for name in unet.attn_processors}

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
 
 from .cross_frame import cross_frame_attention
+
+if TYPE_CHECKING:
+    from ..sampling import Guidance, StepContext
 
 
 class AttentionControl:
@@ -20,7 +26,7 @@ class AttentionControl:
     shares_anchors: bool = False
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         """Install this control's processors on `unet` for the loop; the originals come back after."""
         with cross_frame_attention(unet):
             yield
@@ -30,11 +36,11 @@ class AttentionControl:
         produces and the anchors it borrows."""
         return {}
 
-    def begin_step(self, context, guidance) -> None:
+    def begin_step(self, context: StepContext, guidance: Guidance) -> None:
         """Before a step's planned batches (TokenFlow runs its keyframe pass here); `context` is the loop's
         sampling.StepContext and `guidance` its sampling.Guidance (not imported: the loop imports this module)."""
 
-    def recording(self, unet, steps: int) -> contextlib.AbstractContextManager[dict]:
+    def recording(self, unet: torch.nn.Module, steps: int) -> contextlib.AbstractContextManager[dict]:
         """While inverting: what the control records; yields the {name: tensor} record, filled on exit."""
         return contextlib.nullcontext({})
 

@@ -20,11 +20,15 @@ import copy
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .modes import get_attention_mode
+
+if TYPE_CHECKING:
+    from .anchor import AnchorCall
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class CrossFrameAttnProcessor:
     image_adapter = None  # a layer's IP-Adapter processor (its image keys, values and scale), set by with_image_adapter
     every_frame_kv = False  # True where extend_context reads every frame's own keys and values (project_kv)
 
-    def with_image_adapter(self, adapter) -> CrossFrameAttnProcessor:
+    def with_image_adapter(self, adapter: torch.nn.Module) -> CrossFrameAttnProcessor:
         """A copy of this processor that also attends to the IP-Adapter image tokens with `adapter`'s weights."""
         bound = copy.copy(self)
         bound.image_adapter = adapter
@@ -103,26 +107,26 @@ class CrossFrameAttnProcessor:
 
     def __call__(
         self,
-        attn,
+        attn: torch.nn.Module,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
-        anchor_kv=None,
+        anchor_kv: AnchorCall | None = None,
     ) -> torch.Tensor:
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, anchor_kv=anchor_kv)
 
     def process(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        frames=None,
-        to_q=None,
-        anchor_kv=None,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frames: FrameLayout | None = None,
+        to_q: torch.nn.Module | None = None,
+        anchor_kv: AnchorCall | None = None,
         **extra,
     ):
         """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
@@ -178,7 +182,9 @@ class CrossFrameAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def project_kv(self, attn, context: torch.Tensor, frames: FrameLayout | None, anchor_kv=None):
+    def project_kv(
+        self, attn: torch.nn.Module, context: torch.Tensor, frames: FrameLayout | None, anchor_kv: AnchorCall | None = None
+    ):
         """The layer's keys and values of `context`. In self-attention only the frames some frame attends to
         (or whose keys the anchor store keeps) are projected, the others left zero and never read: with
         `first`, one frame's keys and values per branch instead of every frame's. Processors whose context
@@ -200,17 +206,34 @@ class CrossFrameAttnProcessor:
             projected.append(full.view(rows, length, -1))
         return projected[0], projected[1]
 
-    def extend_context(self, own, key, value, mask, frames: FrameLayout, **extra):
+    def extend_context(
+        self,
+        own: tuple[torch.Tensor, torch.Tensor],
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        frames: FrameLayout,
+        **extra,
+    ):
         """Self-attention keys/values beyond the batch's own frames (a feature bank adds earlier chunks'
         here); `own` is the batch's (key, value) before gathering. Unchanged by default."""
         return key, value, mask
 
-    def attend(self, attn, query, key, value, mask, is_self: bool, **extra) -> torch.Tensor:
+    def attend(
+        self,
+        attn: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_self: bool,
+        **extra,
+    ) -> torch.Tensor:
         """softmax(Q K^T / sqrt(d)) V per head, fused; subclasses that need the probabilities override this."""
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
 
-def split_image_tokens(encoder_hidden_states):
+def split_image_tokens(encoder_hidden_states: torch.Tensor):
     """(text states, IP-Adapter image tokens or None): a UNet with an IP-Adapter's image projection hands its
     cross-attention layers the tuple (text, [image tokens of each adapter])."""
     if isinstance(encoder_hidden_states, tuple):
@@ -218,7 +241,7 @@ def split_image_tokens(encoder_hidden_states):
     return encoder_hidden_states, None
 
 
-def image_attention(adapter, query: torch.Tensor, images, heads: int) -> torch.Tensor:
+def image_attention(adapter: torch.nn.Module, query: torch.Tensor, images: list[torch.Tensor], heads: int) -> torch.Tensor:
     """sum over adapters of scale * softmax(Q K_i^T / sqrt(d)) V_i, per head: the image half of IP-Adapter's
     decoupled cross-attention, with the layer's `to_k_ip` / `to_v_ip` (query: (batch, heads, length, d))."""
     total = torch.zeros_like(query)
@@ -269,7 +292,7 @@ def gather_frames(key: torch.Tensor, value: torch.Tensor, frames: FrameLayout):
 
 
 @contextlib.contextmanager
-def attention_processors(unet, processor) -> Iterator[None]:
+def attention_processors(unet: torch.nn.Module, processor: Any) -> Iterator[None]:
     """Install `processor` (one object or a {layer name: processor} dict) and restore the originals after;
     layers holding an IP-Adapter keep its image attention (`bind_image_adapters`); a motion UNet's motion
     modules (editing.motion) keep their own temporal attention: only spatial layers are swapped."""
@@ -285,6 +308,6 @@ def attention_processors(unet, processor) -> Iterator[None]:
         unet.set_attn_processor(original)
 
 
-def cross_frame_attention(unet) -> contextlib.AbstractContextManager:
+def cross_frame_attention(unet: torch.nn.Module) -> contextlib.AbstractContextManager:
     """Swap every attention layer to the cross-frame processor for the duration of a block."""
     return attention_processors(unet, CrossFrameAttnProcessor())

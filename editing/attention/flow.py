@@ -16,6 +16,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,10 +24,13 @@ import torch.nn.functional as F
 
 from ..flows import source_flows
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+
+if TYPE_CHECKING:
+    from ..flows import Flows
 
 
-def token_links(flows, height: int, width: int) -> np.ndarray:
+def token_links(flows: Flows, height: int, width: int) -> np.ndarray:
     """(N-1, height*width) int: for each token of frame t, its token in frame t+1, or -1 (no trustworthy link)."""
     small = flows.resized(height, width)
     links = []
@@ -110,18 +114,28 @@ class FlowAttnProcessor(CrossFrameAttnProcessor):
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        frames=None,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frames: FrameLayout | None = None,
         flow: FlowCall | None = None,
         **extra,
     ):
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, flow=flow, **extra)
 
-    def attend(self, attn, query, key, value, mask, is_self: bool, flow: FlowCall | None = None, **extra):
+    def attend(
+        self,
+        attn: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_self: bool,
+        flow: FlowCall | None = None,
+        **extra,
+    ):
         out = super().attend(attn, query, key, value, mask, is_self)
         if flow is None or not is_self:
             return out
@@ -158,7 +172,7 @@ class FlowControl(AttentionControl):
         return {"flow": FlowCall(self.trajectories, tuple(frames))}
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         with attention_processors(unet, FlowAttnProcessor()):
             yield
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import ConfigError
 
 # rows(frame_ids, anchor_positions, window) -> for each frame of the batch, the batch positions it attends to
@@ -69,7 +71,7 @@ def attention_mode_names() -> tuple[str, ...]:
     return tuple(ATTENTION_MODES)
 
 
-def mode_control(name: str, frames, latent_height: int, latent_width: int):
+def mode_control(name: str, frames: np.ndarray, latent_height: int, latent_width: int):
     """The attention control a mode needs for this clip, or None for modes that need none."""
     factory = get_attention_mode(name).make_control
     if factory is None:
@@ -91,36 +93,36 @@ def get_attention_mode(name: str) -> AttentionMode:
 # ---------------------------------------------------------------- the built-in modes
 
 
-def _none_rows(frame_ids, anchors, window):
+def _none_rows(frame_ids: Sequence[int], anchors: Sequence[int], window: int):
     return [[i] for i in range(len(frame_ids))]
 
 
-def _first_rows(frame_ids, anchors, window):
+def _first_rows(frame_ids: Sequence[int], anchors: Sequence[int], window: int):
     return [[anchors[0]] for _ in frame_ids]
 
 
-def _sparse_causal_rows(frame_ids, anchors, window):
+def _sparse_causal_rows(frame_ids: Sequence[int], anchors: Sequence[int], window: int):
     position = {frame: i for i, frame in enumerate(frame_ids)}
     return [[anchors[0], position.get(frame - 1, position[frame])] for frame in frame_ids]
 
 
-def _sparse_causal_context(targets, num_frames, anchors, window):
+def _sparse_causal_context(targets: Sequence[int], num_frames: int, anchors: Sequence[int], window: int):
     return set(anchors) | ({targets[0] - 1} if targets[0] > 0 else set())
 
 
-def _full_rows(frame_ids, anchors, window):
+def _full_rows(frame_ids: Sequence[int], anchors: Sequence[int], window: int):
     return [list(range(len(frame_ids))) for _ in frame_ids]
 
 
-def _window_rows(frame_ids, anchors, window):
+def _window_rows(frame_ids: Sequence[int], anchors: Sequence[int], window: int):
     return [sorted(set(anchors) | {i for i, f in enumerate(frame_ids) if abs(f - frame) <= window}) for frame in frame_ids]
 
 
-def _window_context(targets, num_frames, anchors, window):
+def _window_context(targets: Sequence[int], num_frames: int, anchors: Sequence[int], window: int):
     return set(anchors) | {f for f in range(targets[0] - window, targets[-1] + window + 1) if 0 <= f < num_frames}
 
 
-def _no_context(targets, num_frames, anchors, window):
+def _no_context(targets: Sequence[int], num_frames: int, anchors: Sequence[int], window: int):
     return set()
 
 
@@ -146,7 +148,7 @@ register_attention_mode(AttentionMode("full", _full_rows, needs_anchor=False, he
 register_attention_mode(AttentionMode("window", _window_rows, _window_context, help="the anchor plus neighbours within --window"))
 
 
-def _flow_rows(frame_ids, anchors, window):
+def _flow_rows(frame_ids: Sequence[int], anchors: Sequence[int], window: int):
     return [sorted({anchors[0], i}) for i in range(len(frame_ids))]
 
 

@@ -22,7 +22,7 @@ import torch
 
 from .blend import LocalBlend
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
 from .store import AttentionStore, StorePolicy
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,26 @@ class ControlledAttnProcessor(CrossFrameAttnProcessor):
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        frames=None,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frames: FrameLayout | None = None,
         control: AttentionCall | None = None,
     ):
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, control=control)
 
-    def attend(self, attn, query, key, value, mask, is_self: bool, control: AttentionCall | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        attn: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_self: bool,
+        control: AttentionCall | None = None,
+    ) -> torch.Tensor:
         """Fused attention, unless the controller wants this layer's probabilities."""
         if control is None or not control.controller.wants(self.place, not is_self, query.shape[2], control):
             return super().attend(attn, query, key, value, mask, is_self)
@@ -83,7 +92,7 @@ class PromptControl(AttentionControl):
         return {"control": AttentionCall(self, step, tuple(frames), tuple(targets))}
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         """Install a controlled processor on every attention layer; the originals come back after."""
         with attention_processors(unet, {name: ControlledAttnProcessor(name) for name in unet.attn_processors}):
             yield
@@ -107,12 +116,12 @@ class AttentionRecorder(PromptControl):
         super().__init__(latent_height, latent_width)
         self.store, self.policy, self.self_steps = store, policy, self_steps
 
-    def wants(self, place, is_cross, tokens, call) -> bool:
+    def wants(self, place: str, is_cross: bool, tokens: int, call: AttentionCall) -> bool:
         if not is_cross and call.step not in self.self_steps:
             return False
         return self.policy.keeps(is_cross, tokens, self.latent_tokens)
 
-    def forward(self, probs, is_cross, place, call):
+    def forward(self, probs: torch.Tensor, is_cross: bool, place: str, call: AttentionCall):
         mean = conditional(probs, len(call.frames)).mean(1)
         for position, frame in enumerate(call.frames):
             if frame in call.targets:
@@ -130,10 +139,10 @@ class AttentionEdit(PromptControl):
 
     def __init__(
         self,
-        store,
-        policy,
-        latent_height,
-        latent_width,
+        store: AttentionStore,
+        policy: StorePolicy,
+        latent_height: int,
+        latent_width: int,
         inverted_steps: int,
         edit_steps: int,
         cross_replace: float,
@@ -151,7 +160,7 @@ class AttentionEdit(PromptControl):
         """The inversion step whose maps edit step `step` uses (reverse order)."""
         return self.inverted_steps - 1 - step
 
-    def wants(self, place, is_cross, tokens, call) -> bool:
+    def wants(self, place: str, is_cross: bool, tokens: int, call: AttentionCall) -> bool:
         if (
             not self.policy.keeps(is_cross, tokens, self.latent_tokens)
             or not 0 <= self.source_step(call.step) < self.inverted_steps
@@ -168,7 +177,7 @@ class AttentionEdit(PromptControl):
             return None
         return torch.stack(maps).float()
 
-    def forward(self, probs, is_cross, place, call):
+    def forward(self, probs: torch.Tensor, is_cross: bool, place: str, call: AttentionCall):
         frames = len(call.frames)
         source = self.stored(call, place, is_cross)
         if source is not None and source.shape[-1] != probs.shape[-1]:
@@ -206,7 +215,7 @@ class SwapEdit(AttentionEdit):
         super().__init__(**kwargs)
         self.mapper = mapper
 
-    def replace_cross(self, source, current):
+    def replace_cross(self, source: torch.Tensor, current: torch.Tensor):
         return (source @ self.mapper.to(source)).expand_as(current)
 
 
@@ -217,7 +226,7 @@ class RefineEdit(AttentionEdit):
         super().__init__(**kwargs)
         self.index, self.alpha = index, alpha
 
-    def replace_cross(self, source, current):
+    def replace_cross(self, source: torch.Tensor, current: torch.Tensor):
         alpha = self.alpha.to(current)
         return source[..., self.index.to(source.device)] * alpha + current * (1 - alpha)
 
@@ -229,7 +238,7 @@ class ReweightEdit(RefineEdit):
         super().__init__(**kwargs)
         self.weights = weights
 
-    def replace_cross(self, source, current):
+    def replace_cross(self, source: torch.Tensor, current: torch.Tensor):
         return super().replace_cross(source, current) * self.weights.to(current)
 
 

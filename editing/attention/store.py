@@ -12,7 +12,9 @@ Entries are keyed by (inversion step, layer name, kind, clip frame), so chunked 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -22,7 +24,7 @@ TEXT_TOKENS = 77
 BYTES_PER_VALUE = 2  # fp16
 
 
-def layer_downsampling(unet_config) -> list[tuple[str, str, int]]:
+def layer_downsampling(unet_config: Mapping[str, Any]) -> list[tuple[str, str, int]]:
     """(layer name, "self" or "cross", downsampling) for every attention layer of an SD-1.x-style UNet."""
     config = dict(unet_config)
     down_types, up_types = config["down_block_types"], config["up_block_types"]
@@ -104,7 +106,7 @@ class AttentionStore:
 
 
 def store_nbytes(
-    unet_config,
+    unet_config: Mapping[str, Any],
     frames: int,
     latent_height: int,
     latent_width: int,

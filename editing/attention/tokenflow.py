@@ -28,7 +28,7 @@ import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from ..errors import ConfigError
 from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
 from .plan import FrameBatch
+
+if TYPE_CHECKING:
+    from ..sampling import Guidance, StepContext
 
 FEATURE_DIMS = 64  # stored channels per token: wider layers are projected (seeded Gaussian, cosine kept in expectation)
 STORE_CAP = 2 << 30  # bytes of source features kept for one inversion (in memory and in its cache entry)
@@ -73,7 +76,7 @@ def blend_weights(frame: int, keys: Sequence[int]) -> list[tuple[int, float]]:
 # ---------------------------------------------------------------- the source feature store
 
 
-def recorded_layers(unet_config) -> dict[str, int]:
+def recorded_layers(unet_config: Mapping[str, Any]) -> dict[str, int]:
     """The self-attention layer whose input represents each UNet resolution: {layer name: downsampling};
     the decoder's first at each resolution, else the mid block's or the encoder's."""
     from .store import layer_downsampling
@@ -87,7 +90,7 @@ def recorded_layers(unet_config) -> dict[str, int]:
     return {name: downsample for downsample, name in chosen.items()}
 
 
-def _layer_width(name: str, unet_config) -> int:
+def _layer_width(name: str, unet_config: Mapping[str, Any]) -> int:
     from .bank import _width
 
     return _width(name, list(unet_config["block_out_channels"]))
@@ -226,14 +229,14 @@ class TokenFlowState:
         """The inversion step whose features go with the current denoising step (same timestep)."""
         return self.inverted_steps - 1 - self.step
 
-    def matches(self, frame: int, key: int, tokens: int, device) -> torch.Tensor:
+    def matches(self, frame: int, key: int, tokens: int, device: torch.device) -> torch.Tensor:
         """(tokens,) long: nearest-neighbour token of keyframe `key` for each token of `frame`."""
         cache = (frame, key, tokens)
         if cache not in self._matches:
             self._matches[cache] = self._compute(frame, key, tokens, device)
         return self._matches[cache]
 
-    def _compute(self, frame: int, key: int, tokens: int, device) -> torch.Tensor:
+    def _compute(self, frame: int, key: int, tokens: int, device: torch.device) -> torch.Tensor:
         from .store import layer_shape
 
         step = self.source_step()
@@ -272,12 +275,12 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        frames=None,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        frames: FrameLayout | None = None,
         tokenflow: TokenFlowCall | None = None,
         **extra,
     ):
@@ -296,7 +299,16 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
             attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, tokenflow=tokenflow, **extra
         )
 
-    def extend_context(self, own, key, value, mask, frames: FrameLayout, tokenflow: TokenFlowCall | None = None, **extra):
+    def extend_context(
+        self,
+        own: tuple[torch.Tensor, torch.Tensor],
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        frames: FrameLayout,
+        tokenflow: TokenFlowCall | None = None,
+        **extra,
+    ):
         if tokenflow is None or tokenflow.phase != "keyframes":
             return key, value, mask
         own_key, own_value = own  # joint attention: every keyframe attends to all keyframes of its branch
@@ -308,7 +320,17 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
 
         return joint(own_key), joint(own_value), None
 
-    def attend(self, attn, query, key, value, mask, is_self: bool, tokenflow: TokenFlowCall | None = None, **extra):
+    def attend(
+        self,
+        attn: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_self: bool,
+        tokenflow: TokenFlowCall | None = None,
+        **extra,
+    ):
         if not is_self or tokenflow is None or tokenflow.phase == "record":
             return super().attend(attn, query, key, value, mask, is_self)
         state, count = tokenflow.state, len(tokenflow.frames)
@@ -325,7 +347,7 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
         )
 
 
-def propagate(state: TokenFlowState, layer: str, frames: Sequence[int], branches: int, device) -> torch.Tensor:
+def propagate(state: TokenFlowState, layer: str, frames: Sequence[int], branches: int, device: torch.device) -> torch.Tensor:
     """(branches, len(frames), heads, tokens, d): each frame's blend of its nearest keyframes' outputs,
     gathered at its tokens' nearest neighbours."""
     keyed = state.outputs[layer]
@@ -357,7 +379,7 @@ class TokenFlowControl(AttentionControl):
         return f"tokenflow-v1:dims={self.dims}:cap={self.cap}:seed={PROJECTION_SEED}"
 
     @contextlib.contextmanager
-    def recording(self, unet, steps: int) -> Iterator[dict]:
+    def recording(self, unet: torch.nn.Module, steps: int) -> Iterator[dict]:
         """While inverting: store the source features; yields the {name: tensor} record, filled on exit."""
         levels = stored_levels(unet.config, self.state, steps, self.cap, self.dims)
         self.state.source = SourceFeatures(self.state.num_frames)
@@ -378,7 +400,7 @@ class TokenFlowControl(AttentionControl):
             )
         self.state.source, self.state.inverted_steps = source, inverted_steps
 
-    def begin_step(self, context, guidance) -> None:
+    def begin_step(self, context: StepContext, guidance: Guidance) -> None:
         """Before the step's batches: choose this step's keyframes and run them through the UNet jointly."""
         state = self.state
         if state.recording:
@@ -405,7 +427,7 @@ class TokenFlowControl(AttentionControl):
         return {"tokenflow": TokenFlowCall(self.state, phase, tuple(frames))}
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         installed = {
             name: TokenFlowAttnProcessor(name) for name in unet.attn_processors
         }  # cross-attention passes through unchanged

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from torch import nn
 
 from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+
+if TYPE_CHECKING:
+    from .p2p import AttentionCall
 
 
 class TemporalAttention(nn.Module):
@@ -96,7 +100,7 @@ class InflatedWeights(nn.Module):
         self.names = tuple(layers)
 
     @classmethod
-    def inflate(cls, unet) -> InflatedWeights:
+    def inflate(cls, unet: torch.nn.Module) -> InflatedWeights:
         """Fresh weights for `unet`: query copies of every attention layer, zero-output temporal layers after attn2."""
         layers = {}
         for name in unet.attn_processors:
@@ -121,19 +125,19 @@ class TunedAttnProcessor:
     def __init__(self, weights: LayerWeights, base: CrossFrameAttnProcessor):
         self.weights, self.base = weights, base
 
-    def with_image_adapter(self, adapter) -> TunedAttnProcessor:
+    def with_image_adapter(self, adapter: torch.nn.Module) -> TunedAttnProcessor:
         """The same layer whose base also attends to an IP-Adapter's image tokens (editing.reference)."""
         return TunedAttnProcessor(self.weights, self.base.with_image_adapter(adapter))
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
-        control=None,
+        control: AttentionCall | None = None,
     ):
         extra = {} if control is None else {"control": control}
         out = self.base.process(
@@ -153,10 +157,10 @@ class TunedControl(AttentionControl):
     the tuned ones and whose per-call state is passed through.
     """
 
-    def __init__(self, weights: InflatedWeights, inner=None):
+    def __init__(self, weights: InflatedWeights, inner: AttentionControl | None = None):
         self.weights, self.inner = weights, inner
 
-    def wrap(self, inner) -> TunedControl:
+    def wrap(self, inner: AttentionControl) -> TunedControl:
         """The same tuned weights around another inner control."""
         return TunedControl(self.weights, inner)
 
@@ -164,7 +168,7 @@ class TunedControl(AttentionControl):
         return {} if self.inner is None else self.inner.call(step, frames, targets, borrowed)
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         """Install a tuned processor on every attention layer; the originals come back after."""
         from .p2p import ControlledAttnProcessor
 
