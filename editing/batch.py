@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from .compat import sequential_reason
 from .context import STAGES
 from .errors import ConfigError, EditingError
 from .requests import EditRequest
+
+if TYPE_CHECKING:
+    from .evaluate import EvalSpec
+    from .pipeline import EditResult
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,7 @@ class BatchEdit:
     error: str = ""
 
 
-def batch_edits(spec, out_dir: str | Path, suffix: str = ".mp4") -> list[BatchEdit]:
+def batch_edits(spec: EvalSpec, out_dir: str | Path, suffix: str = ".mp4") -> list[BatchEdit]:
     """The spec's edits (editing.evaluate.EvalSpec) with outputs `<out>/<name><suffix>` and their keys."""
     if suffix not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(s[1:] for s in FORMATS)}, got {suffix.lstrip('.')!r}")
@@ -271,7 +276,13 @@ class Manifest:
 
 
 def result_row(
-    edit: BatchEdit, result, attempts: int = 1, worker: str = "local", segments: int = 1, wall: float = 0.0, note: str = ""
+    edit: BatchEdit,
+    result: EditResult,
+    attempts: int = 1,
+    worker: str = "local",
+    segments: int = 1,
+    wall: float = 0.0,
+    note: str = "",
 ) -> dict:
     """The results row of a finished edit (an editing.pipeline.EditResult)."""
     return dict(
@@ -329,7 +340,7 @@ def write_results(out: Path, rows: list[dict], seconds: float, notes: list[str],
 class BatchProgress:
     """A bar over all edits on stderr, and one line per finished, failed, skipped or retried edit."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int, stream: TextIO | None = None):
         from tqdm.auto import tqdm
 
         self.stream = stream or sys.stderr
@@ -358,7 +369,7 @@ class BatchProgress:
 Runner = Callable[[list[BatchEdit], BatchProgress, Callable[[BatchEdit, dict], None]], list[str]]
 
 
-def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
+def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done: Callable[[BatchEdit, dict], None]) -> list[str]:
     """Run the edits one after another in this process (the batch without --ray)."""
     from .pipeline import edit_video
 
@@ -375,7 +386,11 @@ def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[s
 
 
 def run_batch(
-    edits: list[BatchEdit], out_dir: str | Path, runner: Runner = run_here, runner_info: dict | None = None, stream=None
+    edits: list[BatchEdit],
+    out_dir: str | Path,
+    runner: Runner = run_here,
+    runner_info: dict | None = None,
+    stream: TextIO | None = None,
 ) -> BatchReport:
     """Skip the edits the manifest shows done, run the others with `runner`, write the results."""
     begin = time.perf_counter()

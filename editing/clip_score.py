@@ -8,12 +8,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ModelLoadError
 from .models import CACHE_SIZE, OTHER_CACHES, ModelSpec, _cache_lock, _load_from, clip_tokenizer, pick_device
+
+if TYPE_CHECKING:
+    import numpy as np
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ class ClipScorer:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
-    def image_embeddings(self, frames, batch: int = 16) -> torch.Tensor:
+    def image_embeddings(self, frames: np.ndarray, batch: int = 16) -> torch.Tensor:
         """Unit-length embeddings of (N, H, W, 3) uint8 RGB frames: short side resized, centre-cropped, normalised."""
         pixels = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
         height, width = pixels.shape[-2:]
@@ -61,12 +66,14 @@ class ClipScorer:
             return F.normalize(self.encode_text(list(texts)).float().cpu(), dim=-1)
 
 
-def _pooled(output) -> torch.Tensor:
+def _pooled(output: Any) -> torch.Tensor:
     """The projected embedding from a transformers CLIP call (a tensor in 4.x, an output object in 5.x)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def _transformers_scorer(name: str, model, tokenizer, device: torch.device, random_weights: bool) -> ClipScorer:
+def _transformers_scorer(
+    name: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, device: torch.device, random_weights: bool
+) -> ClipScorer:
     model = model.requires_grad_(False).eval().to(device)
 
     def encode_text(texts: list[str]) -> torch.Tensor:

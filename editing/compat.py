@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .attention.modes import ATTENTION_MODES, AttentionMode
 from .errors import ConfigError
 from .samplers import SAMPLERS, Sampler
 from .stepcache import STEP_CACHES, parse_step_caches
 from .windows import ContextWindows
+
+if TYPE_CHECKING:
+    from .config import AttentionEditConfig, EditConfig, EngineConfig
 
 # the controls a mode with its own attention control replaces (one control installs the processors)
 OWN_CONTROL_EXCLUDES = ("tuned", "feature-bank", "attention-edit")
@@ -95,7 +98,12 @@ def declaration(feature: str) -> Declaration:
     return Declaration(feature, feature)
 
 
-def features(engine=None, edit=None, attention_edit=None, tuned: str | None = None) -> list[str]:
+def features(
+    engine: EngineConfig | None = None,
+    edit: EditConfig | None = None,
+    attention_edit: AttentionEditConfig | None = None,
+    tuned: str | None = None,
+) -> list[str]:
     """The features an edit uses, in the order refusals and reasons are looked for; parts not given add none."""
     found = []
     if engine is not None:

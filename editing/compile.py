@@ -13,6 +13,10 @@ compiler and its first call takes longer than a short edit saves.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 COMPILE_HELP = (
     "run the UNet in channels_last order with its repeated transformer blocks compiled "
@@ -20,7 +24,7 @@ COMPILE_HELP = (
 )
 
 
-def compiled_unet(unet, device, compile_on_cpu: bool = False):
+def compiled_unet(unet: torch.nn.Module, device: torch.device, compile_on_cpu: bool = False):
     """A copy of `unet` in channels_last with its repeated blocks compiled (on CUDA, or on the CPU when asked;
     a UNet class without declared repeated blocks keeps only the memory order)."""
     import torch

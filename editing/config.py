@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .attention.modes import attention_mode_names
 from .compat import keyframes_by_default
@@ -209,7 +211,7 @@ class ControlSpec:
 DEFAULT_KEYFRAMES = "8"
 
 
-def default_keyframes(values) -> str | None:
+def default_keyframes(values: Mapping[str, Any]) -> str | None:
     """--keyframes left out: DEFAULT_KEYFRAMES where keyframes then propagation can run the edit, else every
     frame (None) where a feature of the edit turns them off (editing.compat: a --tuned model, a --control-video,
     a feature bank, attention editing, --attention none / tokenflow)."""

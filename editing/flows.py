@@ -109,7 +109,9 @@ def consistent(
     return consistent & inside
 
 
-def _colour_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarray, landing=None) -> np.ndarray:
+def _colour_error(
+    previous: np.ndarray, current: np.ndarray, backward: np.ndarray, landing: np.ndarray | None = None
+) -> np.ndarray:
     """Mean absolute RGB difference between frame t and frame t-1 warped onto it by the backward flow
     (`landing`: the flow's `_landing`, where the caller has it already)."""
     map_x, map_y, _ = _landing(backward) if landing is None else landing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def check_frames(frames, name: str = "frames", minimum: int = 1) -> np.ndarray:
+def check_frames(frames: np.ndarray, name: str = "frames", minimum: int = 1) -> np.ndarray:
     """`frames` as an ndarray if it is an (N, H, W, 3) uint8 array with N >= `minimum`; ValueError naming `name` if not."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < minimum:

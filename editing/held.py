@@ -3,14 +3,21 @@ latents at the same timestep (Blended Latent Diffusion's per-step blend; editing
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .masks.shape import latent_mask
 from .sampling import noise_to_timestep
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
+
+    from .inversion import Trajectory
+    from .sampling import StepCallback
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,7 +26,7 @@ class HeldRegion:
 
     weights: np.ndarray
 
-    def subset(self, indices) -> HeldRegion:
+    def subset(self, indices: Sequence[int]) -> HeldRegion:
         """The region of some frames of the clip (the keyframes)."""
         return HeldRegion(self.weights[list(indices)])
 
@@ -31,13 +38,13 @@ class HeldRegion:
 StateAt = Callable[[int], torch.Tensor]  # step index -> the source's latents after that step (variance-preserving)
 
 
-def trajectory_states(trajectory) -> StateAt:
+def trajectory_states(trajectory: Trajectory) -> StateAt:
     """After edit step k the latents are at the inversion's state n - 1 - k (editing.prompt_edit.blend_callback)."""
     steps = len(trajectory.timesteps)
     return lambda index: trajectory.states[steps - 1 - index]
 
 
-def noised_states(scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps) -> StateAt:
+def noised_states(scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> StateAt:
     """Without inversion: the source noised with the edit's own noise to the timestep after step k (clean after the last)."""
     following = [*(int(t) for t in timesteps[1:]), None]
 
@@ -48,7 +55,7 @@ def noised_states(scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps
     return at
 
 
-def hold_callback(region: HeldRegion, scale: int, source_at: StateAt, inner=None):
+def hold_callback(region: HeldRegion, scale: int, source_at: StateAt, inner: StepCallback | None = None):
     """The step callback `inner` followed by the hold: outside the region the latents become the source's
     at the same timestep. With a region covering every latent pixel it is `inner` itself."""
     inside = region.latent(scale)

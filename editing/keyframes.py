@@ -15,10 +15,15 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .context import EditParts, ProgressFn, StageTimer
+    from .models import Backbone
 
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
@@ -217,7 +222,14 @@ def latent_mask(unseen: np.ndarray, scale: int, dilate: int = REFINE_DILATE) -> 
     return blocks
 
 
-def propagate(frames: np.ndarray, keyframes: Keyframes, parts, backbone, progress=None, timer=None) -> np.ndarray:
+def propagate(
+    frames: np.ndarray,
+    keyframes: Keyframes,
+    parts: EditParts,
+    backbone: Backbone,
+    progress: ProgressFn | None = None,
+    timer: StageTimer | None = None,
+) -> np.ndarray:
     """Stage 2: every other frame from its keyframes, its disoccluded regions re-diffused; returns all frames."""
     progress = progress or (lambda stage, done, total: None)
     stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
@@ -272,7 +284,9 @@ def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlo
             out[frame][take] = np.clip(carried[take].round(), 0, 255).astype(np.uint8)
 
 
-def refine(out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts, backbone, progress) -> None:
+def refine(
+    out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts: EditParts, backbone: Backbone, progress: ProgressFn
+) -> None:
     """Re-diffuse the unseen regions of the fused frames in `out` (in place), grouped by nearest keyframe:
     each group is one clip [keyframe, frames...] where every frame attends to the keyframe (anchor), the
     keyframe and every seen latent held to their fused values at every step."""

@@ -20,11 +20,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .compile import COMPILE_HELP
 from .errors import ConfigError, ModelLoadError, require
 from .motion import MOTION_HELP, MotionSpec
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ def lora_config(rank: int = 4, targets: tuple[str, ...] = LORA_TARGETS):
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights="gaussian")
 
 
-def random_lora_state_dict(unet, rank: int = 4, seed: int = 0, std: float = 0.5) -> dict[str, Any]:
+def random_lora_state_dict(unet: torch.nn.Module, rank: int = 4, seed: int = 0, std: float = 0.5) -> dict[str, Any]:
     """A seeded random LoRA for `unet`'s architecture, in diffusers' format (`unet.<module>.lora_A.weight`, ...).
 
     The layer names and shapes come from peft: the config is injected into an empty (meta-device) copy of
@@ -242,14 +245,16 @@ def check_lora_state(state: dict[str, Any], name: str) -> None:
 # ---------------------------------------------------------------- applying LoRAs to copies of a backbone
 
 
-def _adapter_keys(model, adapter: str) -> int:
+def _adapter_keys(model: torch.nn.Module, adapter: str) -> int:
     """How many LoRA weights of `adapter` the model holds."""
     from peft.utils import get_peft_model_state_dict
 
     return len(get_peft_model_state_dict(model, adapter_name=adapter))
 
 
-def _load_into(kind: str, state: dict[str, Any], alphas, model, adapter: str, name: str) -> None:
+def _load_into(
+    kind: str, state: dict[str, Any], alphas: dict[str, float], model: torch.nn.Module, adapter: str, name: str
+) -> None:
     """Load one LoRA part (`unet` or `text_encoder`) into `model` through diffusers' loaders; refused in
     one sentence when its layers do not exist in the model or have other shapes."""
     from diffusers import StableDiffusionPipeline
@@ -293,7 +298,9 @@ def _misfit(exc: BaseException) -> str:
     return text[:160]
 
 
-def apply_loras(unet, text_encoder, specs: tuple[LoraSpec, ...], fuse: bool, read) -> tuple[list[str], list[str]]:
+def apply_loras(
+    unet: torch.nn.Module, text_encoder: torch.nn.Module, specs: tuple[LoraSpec, ...], fuse: bool, read
+) -> tuple[list[str], list[str]]:
     """Load `specs` into `unet` and `text_encoder` (copies the caller owns), set their scales, and merge
     them into the weights when `fuse`. `read(spec, unet)` returns a LoRA's (state dict, alphas) (it is
     `editing.models.read_lora`, the one place weights are read). Returns the adapter names in the UNet
@@ -328,7 +335,7 @@ def apply_loras(unet, text_encoder, specs: tuple[LoraSpec, ...], fuse: bool, rea
     return unet_names, text_names
 
 
-def merge_adapters(model, names: list[str]) -> None:
+def merge_adapters(model: torch.nn.Module, names: list[str]) -> None:
     """Merge the named LoRA adapters into the base weights, at their set scales (peft's `merge`)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 

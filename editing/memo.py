@@ -21,10 +21,13 @@ import contextvars
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .models import Backbone
 
 DEFAULT_MEMO_BYTES = 256 * 1024**2
 
@@ -97,6 +100,6 @@ def current_memo() -> ClipMemo | None:
     return _CURRENT.get()
 
 
-def text_key(backbone, prompt: str) -> tuple:
+def text_key(backbone: Backbone, prompt: str) -> tuple:
     """What a prompt's encoding depends on: the backbone (name with its options, dtype, device) and the text."""
     return ("text", backbone.name, str(backbone.dtype), str(backbone.device), prompt)

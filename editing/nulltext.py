@@ -13,6 +13,7 @@ chunks accumulate gradients.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -87,7 +88,7 @@ def null_text_invert(
     iterations: int = 10,
     learning_rate: float = 1e-2,
     tolerance: float = 1e-5,
-    progress=None,
+    progress: Callable[[int, int], None] = None,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Per-sampling-step unconditional embeddings (each (1, 77, width)) fitted to the trajectory, and the
     clip the guided DDIM loop reconstructs with them. `guidance` holds the source prompt, its plain

@@ -16,15 +16,24 @@ keyframes; the other keyframes are edited this way, then propagation runs as usu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .config import EngineConfig
+    from .context import EditParts
+    from .keyframes import ClipFlows
+    from .models import Backbone
+    from .sampling import StepCallback
 
-def pinned_frames(engine, frames: np.ndarray) -> tuple[tuple[tuple[int, np.ndarray], ...], tuple[str, ...]]:
+
+def pinned_frames(engine: EngineConfig, frames: np.ndarray) -> tuple[tuple[tuple[int, np.ndarray], ...], tuple[str, ...]]:
     """The supplied frames as (index, (H, W, 3) uint8) at the clip's size, and how each was fitted."""
     from .images import fit_image, read_image
 
@@ -41,7 +50,7 @@ def pinned_frames(engine, frames: np.ndarray) -> tuple[tuple[tuple[int, np.ndarr
     return tuple(pins), tuple(notes)
 
 
-def guided_start(frames: np.ndarray, pins, flows=None) -> np.ndarray:
+def guided_start(frames: np.ndarray, pins: Sequence[tuple[int, np.ndarray]], flows: ClipFlows | None = None) -> np.ndarray:
     """What to invert instead of the source: each frame with its nearest supplied frame warped onto it
     along the source's chained optical flow, where the path is trusted; the source elsewhere (where the
     supplied frame cannot see). So the inverted latents already carry the supplied edit, and the
@@ -72,7 +81,9 @@ class Pinning:
     states: torch.Tensor  # (steps + 1, k, c, h, w): states[0] clean ... states[-1] the start
 
     @classmethod
-    def make(cls, pins, backbone, parts, timesteps) -> Pinning:
+    def make(
+        cls, pins: Sequence[tuple[int, np.ndarray]], backbone: Backbone, parts: EditParts, timesteps: torch.Tensor
+    ) -> Pinning:
         from . import sampling
         from .inversion import ddim_invert
 
@@ -99,7 +110,7 @@ class Pinning:
         latents[self.indices] = self.states[-1].to(latents.device, latents.dtype)
         return latents
 
-    def wrap(self, callback):
+    def wrap(self, callback: StepCallback):
         """The step callback, then the supplied frames put back on their own path."""
 
         def pinned(index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +33,9 @@ from .models import load_backbone
 from .region import masked_edit
 from .requests import EditRequest
 from .staging import edit_keyframes
+
+if TYPE_CHECKING:
+    from .models import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ def request_backbone(request: EditRequest, progress: ProgressFn = no_progress, t
         return load_backbone(request.model, request.device, request.dtype, options=request.model_options)
 
 
-def model_info(backbone) -> ModelInfo:
+def model_info(backbone: Backbone) -> ModelInfo:
     return ModelInfo(backbone.name, backbone.random_weights, tuple(backbone.extras.get("notes", ())))
 
 
@@ -161,7 +166,9 @@ def edit_video(request: EditRequest, progress: ProgressFn = no_progress, editor:
     )
 
 
-def write_outputs(paths: list[str], frames: np.ndarray, fps, audio) -> tuple[list[str], list[str]]:
+def write_outputs(
+    paths: list[str], frames: np.ndarray, fps: Fraction | float, audio: video_io.AudioSource
+) -> tuple[list[str], list[str]]:
     """Write the edited frames to each path: (files written, notes for the user).
 
     Nothing after denoising may lose the edit: a file that cannot be written is left out with the reason in

@@ -118,7 +118,7 @@ def shapes_lora(preset: Preset):
     return folder if (folder / "pytorch_lora_weights.safetensors").is_file() else None
 
 
-def _is_shapes(model) -> bool:
+def _is_shapes(model: str) -> bool:
     return model.source == SHAPES_MODEL or model.folder == SHAPES_MODEL_DIR
 
 

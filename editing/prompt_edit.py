@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .config import AttentionEditConfig
 from .context import EditContext
 from .inversion import Trajectory, ddim_invert
 from .nulltext import null_text_invert
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,9 @@ def make_controller(
     return ReweightEdit(weights, index=index, alpha=alpha, **common)
 
 
-def make_blend(config: AttentionEditConfig, target_prompt: str, tokenizer, latent_size) -> LocalBlend | None:
+def make_blend(
+    config: AttentionEditConfig, target_prompt: str, tokenizer: PreTrainedTokenizerBase, latent_size: tuple[int, int]
+) -> LocalBlend | None:
     """The local blend of the configured words, or None when no blend word is given."""
     if not config.blend_words:
         return None

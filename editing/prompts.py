@@ -12,18 +12,22 @@ then the end token and padding.
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def sequence_length(tokenizer) -> int:
+
+def sequence_length(tokenizer: PreTrainedTokenizerBase) -> int:
     """Tokens the text encoder sees per prompt (77 for CLIP)."""
     return int(tokenizer.model_max_length)
 
 
-def word_tokens(tokenizer, word: str) -> list[int]:
+def word_tokens(tokenizer: PreTrainedTokenizerBase, word: str) -> list[int]:
     """BPE token ids of one whitespace-free word (CLIP encodes words independently)."""
     return list(tokenizer.encode(word, add_special_tokens=False))
 
@@ -33,7 +37,7 @@ def words_of(prompt: str) -> list[str]:
     return prompt.split()
 
 
-def word_spans(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
+def word_spans(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[tuple[str, list[int]]]:
     """Each word of the prompt with the positions its tokens take (start token at 0; truncated at the end)."""
     last = sequence_length(tokenizer) - 2  # the end token must fit
     spans, position = [], 1
@@ -45,7 +49,7 @@ def word_spans(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
     return spans
 
 
-def prompt_length(tokenizer, prompt: str) -> int:
+def prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
     """Number of the prompt's own tokens that fit (no start or end token)."""
     spans = word_spans(tokenizer, prompt)
     return sum(len(positions) for _, positions in spans)
@@ -55,13 +59,13 @@ def _normalise(word: str) -> str:
     return word.lower().strip(".,;:!?\"'()")
 
 
-def word_positions(tokenizer, prompt: str, word: str) -> list[int]:
+def word_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, word: str) -> list[int]:
     """Token positions of every occurrence of `word` (case and punctuation ignored) in the prompt."""
     wanted = _normalise(word)
     return [p for w, positions in word_spans(tokenizer, prompt) if _normalise(w) == wanted for p in positions]
 
 
-def _tail(tokenizer, source_length: int, target_length: int) -> list[tuple[int, int]]:
+def _tail(tokenizer: PreTrainedTokenizerBase, source_length: int, target_length: int) -> list[tuple[int, int]]:
     """(source, target) position pairs for the start token and the end token plus padding."""
     total = sequence_length(tokenizer)
     pairs = [(0, 0)]
@@ -70,7 +74,7 @@ def _tail(tokenizer, source_length: int, target_length: int) -> list[tuple[int, 
     return pairs
 
 
-def swap_mapper(tokenizer, source: str, target: str) -> torch.Tensor:
+def swap_mapper(tokenizer: PreTrainedTokenizerBase, source: str, target: str) -> torch.Tensor:
     """(77, 77) matrix M with target attention = source attention @ M, for a word swap.
 
     Word i of the source maps to word i of the target; when their token counts differ, every target
@@ -94,7 +98,7 @@ def swap_mapper(tokenizer, source: str, target: str) -> torch.Tensor:
     return mapper
 
 
-def refine_alignment(tokenizer, source: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+def refine_alignment(tokenizer: PreTrainedTokenizerBase, source: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     """For each target position: the aligned source position, and 1 where one exists (else 0).
 
     Shared tokens are aligned by the longest matching blocks of the two token sequences; target
@@ -119,7 +123,7 @@ def refine_alignment(tokenizer, source: str, target: str) -> tuple[torch.Tensor,
     return index, alpha
 
 
-def reweight_vector(tokenizer, prompt: str, weights: dict[str, float]) -> torch.Tensor:
+def reweight_vector(tokenizer: PreTrainedTokenizerBase, prompt: str, weights: dict[str, float]) -> torch.Tensor:
     """(77,) scale per token: each word's tokens get its weight, every other token 1."""
     vector = torch.ones(sequence_length(tokenizer))
     for word, weight in weights.items():
@@ -130,6 +134,6 @@ def reweight_vector(tokenizer, prompt: str, weights: dict[str, float]) -> torch.
     return vector
 
 
-def blend_positions(tokenizer, prompt: str, words: tuple[str, ...]) -> list[int]:
+def blend_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, words: tuple[str, ...]) -> list[int]:
     """Token positions of those `words` that occur in the prompt (others are ignored)."""
     return sorted({p for word in words for p in word_positions(tokenizer, prompt, word)})

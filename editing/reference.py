@@ -21,12 +21,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from .config import EngineConfig
+    from .models import Backbone
 
 DEFAULT_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
 ADAPTER_OFFLINE_ALTERNATIVES = (
@@ -58,7 +62,7 @@ class ImageAdapter:
         return encoder(pixels).image_embeds[:, None]
 
     @contextlib.contextmanager
-    def installed(self, unet, scale: float) -> Iterator[None]:
+    def installed(self, unet: torch.nn.Module, scale: float) -> Iterator[None]:
         """The UNet with this adapter's processors (at `scale`) and image projection; the originals come back after."""
         if unet.encoder_hid_proj is not None:
             raise ModelLoadError(
@@ -94,7 +98,7 @@ class ImagePrompt:
     adapter: ImageAdapter
     scale: float
 
-    def installed(self, unet) -> contextlib.AbstractContextManager:
+    def installed(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager:
         return self.adapter.installed(unet, self.scale)
 
 
@@ -116,12 +120,14 @@ def read_reference_image(path: str) -> np.ndarray:
         raise ConfigError(f"reference_image {name} cannot be read as an image ({type(exc).__name__})") from exc
 
 
-def default_image_adapter(backbone) -> str:
+def default_image_adapter(backbone: Backbone) -> str:
     """The IP-Adapter for a backbone: a random one for the built-in random models, else the SD-1.5 one."""
     return "random" if backbone.random_weights else DEFAULT_ADAPTER
 
 
-def prepare_reference(engine, backbone, load_adapter: Callable[[str, Any], ImageAdapter]) -> ImagePrompt | None:
+def prepare_reference(
+    engine: EngineConfig, backbone: Backbone, load_adapter: Callable[[str, Any], ImageAdapter]
+) -> ImagePrompt | None:
     """The edit's reference image, read, its adapter loaded (`load_adapter(spec, backbone)`:
     editing.models.load_image_adapter) and embedded once; None without one."""
     if engine.reference is None:
@@ -136,12 +142,14 @@ def prepare_reference(engine, backbone, load_adapter: Callable[[str, Any], Image
 # ---------------------------------------------------------------- building adapters (diffusers' converters)
 
 
-def cross_attention_layers(unet) -> list[str]:
+def cross_attention_layers(unet: torch.nn.Module) -> list[str]:
     """The UNet's cross-attention processor names, in the order IP-Adapter checkpoints number them."""
     return [name for name in unet.attn_processors if not name.endswith("attn1.processor") and "motion_modules" not in name]
 
 
-def random_adapter_state(unet, embed_dim: int = RANDOM_EMBED_DIM, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+def random_adapter_state(
+    unet: torch.nn.Module, embed_dim: int = RANDOM_EMBED_DIM, seed: int = 0
+) -> dict[str, dict[str, torch.Tensor]]:
     """A seeded random IP-Adapter checkpoint for `unet`, in the layout of ip-adapter_sd15 ("image_proj": the
     4-token projection, "ip_adapter": "{1, 3, 5, ...}.to_k_ip/to_v_ip.weight" per cross-attention layer)."""
     width = int(unet.config.cross_attention_dim)
@@ -182,7 +190,7 @@ def random_image_encoder(embed_dim: int = RANDOM_EMBED_DIM, seed: int = 5):
         return CLIPVisionModelWithProjection(config)
 
 
-def check_adapter_state(name: str, state, unet) -> None:
+def check_adapter_state(name: str, state: dict[str, torch.Tensor], unet: torch.nn.Module) -> None:
     """Refuse, in one sentence, a checkpoint that is not a plain IP-Adapter made for this UNet's text width."""
     if not isinstance(state, dict) or not {"image_proj", "ip_adapter"} <= set(state):
         raise ModelLoadError(f"{name} is not an IP-Adapter: it has no image_proj and ip_adapter weights")
@@ -197,7 +205,15 @@ def check_adapter_state(name: str, state, unet) -> None:
         raise ModelLoadError(f"IP-Adapter {name} was made for {made_for}, but the model uses {width}")
 
 
-def build_image_adapter(name: str, state: dict, image_encoder, unet, device, dtype, random_weights: bool = False) -> ImageAdapter:
+def build_image_adapter(
+    name: str,
+    state: dict,
+    image_encoder: torch.nn.Module,
+    unet: torch.nn.Module,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    random_weights: bool = False,
+) -> ImageAdapter:
     """An ImageAdapter from an IP-Adapter checkpoint ({"image_proj": ..., "ip_adapter": ...}) through diffusers'
     converters; refused in one sentence when it is not a plain IP-Adapter for this UNet."""
     from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .held import HeldRegion
 from .masks import MaskInputs, clip_masks, feathered, grown, overlay_frames
 from .masks.shape import composite
 from .staging import edit_clip
+
+if TYPE_CHECKING:
+    from .models import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class ClipMask:
         return overlay_frames(frames, self.grown, self.weights)
 
 
-def clip_mask(frames: np.ndarray, parts, backbone=None) -> ClipMask:
+def clip_mask(frames: np.ndarray, parts: EditParts, backbone: Backbone | None = None) -> ClipMask:
     """The request's mask of the clip, grown and feathered."""
     config = parts.masking
     masks = clip_masks(MaskInputs(frames, config, backbone, parts.selection, parts.edit.prompt, parts.engine.inversion_prompt))
@@ -61,7 +65,7 @@ def write_preview(path: str, frames: np.ndarray, mask: ClipMask) -> None:
 
 
 def masked_edit(
-    frames: np.ndarray, parts: EditParts, backbone, progress: ProgressFn = no_progress, timer: StageTimer | None = None
+    frames: np.ndarray, parts: EditParts, backbone: Backbone, progress: ProgressFn = no_progress, timer: StageTimer | None = None
 ):
     """A request with a mask: its preview written if asked, then the object removed (editing.removal) or
     the edit made inside the region and composited over the source; without a mask, the plain edit."""

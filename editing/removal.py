@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .context import EditParts, ProgressFn, StageTimer
+    from .keyframes import ClipFlows
+    from .models import Backbone
+    from .region import ClipMask
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +121,9 @@ def _in(region: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return region[np.clip(np.rint(y), 0, height - 1).astype(int), np.clip(np.rint(x), 0, width - 1).astype(int)]
 
 
-def fill_from_frames(frames: np.ndarray, holes: np.ndarray, flows=None, todo: np.ndarray | None = None) -> Filled:
+def fill_from_frames(
+    frames: np.ndarray, holes: np.ndarray, flows: ClipFlows | None = None, todo: np.ndarray | None = None
+) -> Filled:
     """Fill each frame's hole with the background other frames show, followed along the background's motion
     around the holes. `flows` are the source's (editing.keyframes.clip_flows); `todo` (default: the holes)
     are the pixels still to fill, when part of the holes was filled already (then those parts can be read)."""
@@ -201,7 +210,9 @@ def rough_fill(frames: np.ndarray, unfilled: np.ndarray) -> np.ndarray:
     return out
 
 
-def diffuse_blended(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, progress) -> np.ndarray:
+def diffuse_blended(
+    frames: np.ndarray, unfilled: np.ndarray, parts: EditParts, backbone: Backbone, progress: ProgressFn
+) -> np.ndarray:
     """The unfilled pixels made by the backbone, prompted with the background's description (the prompt):
     blended latent diffusion, every latent pixel away from them held to the filled frames noised to each step."""
     from . import sampling
@@ -243,7 +254,7 @@ def diffuse_blended(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, p
     return out
 
 
-def load_inpainting(spec: str, backbone):
+def load_inpainting(spec: str, backbone: Backbone):
     """diffusers' SD inpainting pipeline (a 9-channel UNet: latents, mask, masked-image latents) from a Hub id or folder."""
     from diffusers import StableDiffusionInpaintPipeline
 
@@ -263,7 +274,9 @@ def load_inpainting(spec: str, backbone):
     return pipe.to(backbone.device)
 
 
-def diffuse_inpainting(frames: np.ndarray, unfilled: np.ndarray, parts, backbone, progress) -> np.ndarray:
+def diffuse_inpainting(
+    frames: np.ndarray, unfilled: np.ndarray, parts: EditParts, backbone: Backbone, progress: ProgressFn
+) -> np.ndarray:
     """The unfilled pixels made by the inpainting model, frame by frame, with the same seed."""
     from PIL import Image
 
@@ -284,7 +297,9 @@ def diffuse_inpainting(frames: np.ndarray, unfilled: np.ndarray, parts, backbone
     return out
 
 
-def remove_object(frames: np.ndarray, mask, parts, backbone, progress, timer):
+def remove_object(
+    frames: np.ndarray, mask: ClipMask, parts: EditParts, backbone: Backbone, progress: ProgressFn, timer: StageTimer
+):
     """The clip with what `mask` (editing.region.ClipMask) covers removed: each hole filled from the frames
     that show its background; then, while some pixels are shown by no frame, the frame with most of them is
     diffused and what it made is carried to the others the same way (one made background moving with the

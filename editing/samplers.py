@@ -13,9 +13,12 @@ import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-def sampler_of(scheduler) -> Sampler | None:
+def sampler_of(scheduler: SchedulerMixin) -> Sampler | None:
     """The registered sampler a scheduler object was built from (None for e.g. the inverse DDIM scheduler)."""
     return getattr(scheduler, "_editing_sampler", None)
 
@@ -80,7 +83,7 @@ def follows_inversion(name: str) -> bool:
     return get_sampler(name).settings.get("timestep_spacing", "leading") == "leading"
 
 
-def set_timeline(scheduler, timesteps: list[int], steps: int) -> None:
+def set_timeline(scheduler: SchedulerMixin, timesteps: list[int], steps: int) -> None:
     """Make `scheduler` step along exactly `timesteps` (a tail of the `steps`-step DDIM schedule)."""
     accepts = inspect.signature(scheduler.set_timesteps).parameters
     if "timesteps" in accepts:

@@ -11,6 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +27,12 @@ from .motion import run_unet
 from .samplers import sampler_of, set_timeline
 from .stepcache import build_step_caches
 from .windows import window_starts, window_weights
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
+    from transformers import PreTrainedTokenizerBase
+
+    from .windows import ContextWindows
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
@@ -67,7 +74,7 @@ def _encode(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
     return hidden.to(backbone.dtype)
 
 
-def prompt_cut(tokenizer, prompt: str, name: str = "prompt") -> str | None:
+def prompt_cut(tokenizer: PreTrainedTokenizerBase, prompt: str, name: str = "prompt") -> str | None:
     """One sentence saying where a prompt longer than the text encoder's window is cut, or None when it fits."""
     limit = tokenizer.model_max_length  # 77 for CLIP: 75 text tokens between the start and end tokens
     quiet = logging.getLogger("transformers.tokenization_utils_base")
@@ -115,7 +122,7 @@ def encode_frames(backbone: Backbone, frames: np.ndarray, batch_size: int) -> to
     return torch.cat(latents)
 
 
-def encoded_latents(output) -> torch.Tensor:
+def encoded_latents(output: Any) -> torch.Tensor:
     """The latents an autoencoder's `encode` returns: a posterior's mean (AutoencoderKL) or `.latents` (AutoencoderTiny)."""
     if hasattr(output, "latent_dist"):
         return output.latent_dist.mean
@@ -137,7 +144,7 @@ def decode_latents(
     return np.concatenate(frames)
 
 
-def sampling_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+def sampling_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:
     """The timesteps left after skipping the first (1 - strength) share of a `steps`-step DDIM schedule,
     with `scheduler` set to step along exactly those (every sampler shares DDIM inversion's timeline)."""
     from diffusers import DDIMScheduler  # diffusers loads with the first model, not with the option schema
@@ -154,7 +161,7 @@ def sampling_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
     return scheduler.timesteps[len(scheduler.timesteps) - len(kept) :]
 
 
-def vp_scale(scheduler, timestep) -> float:
+def vp_scale(scheduler: SchedulerMixin, timestep: torch.Tensor | float) -> float:
     """x_sampler / x_vp at `timestep`: sqrt(1 + sigma_t^2) = 1 / sqrt(alpha_bar_t) for sigma-space samplers
     (Euler: x = x0 + sigma eps), 1 for samplers on variance-preserving latents (DDIM, DPM-Solver, LCM)."""
     sampler = sampler_of(scheduler)
@@ -164,7 +171,7 @@ def vp_scale(scheduler, timestep) -> float:
     return alpha_bar**-0.5
 
 
-def step_generator(scheduler, seed: int, frames: int):
+def step_generator(scheduler: SchedulerMixin, seed: int, frames: int):
     """Seeded noise for stochastic samplers: one generator per frame, all with the same seed, so every
     frame gets the same fresh noise (as `shared_noise` does for the start); None for deterministic ones."""
     sampler = sampler_of(scheduler)
@@ -173,7 +180,13 @@ def step_generator(scheduler, seed: int, frames: int):
     return [torch.Generator("cpu").manual_seed(seed + 1) for _ in range(frames)]
 
 
-def scheduler_step(scheduler, noise: torch.Tensor, timestep, latents: torch.Tensor, generator=None) -> torch.Tensor:
+def scheduler_step(
+    scheduler: SchedulerMixin,
+    noise: torch.Tensor,
+    timestep: torch.Tensor | float,
+    latents: torch.Tensor,
+    generator: list[torch.Generator] | None = None,
+) -> torch.Tensor:
     """One scheduler update of the whole clip's latents."""
     extra = (
         {} if generator is None or "generator" not in inspect.signature(scheduler.step).parameters else {"generator": generator}
@@ -188,7 +201,9 @@ def shared_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype:
     return noise.expand(shape).to(device=device, dtype=dtype).contiguous()
 
 
-def noise_to_timestep(scheduler, latents: torch.Tensor, noise: torch.Tensor, timestep) -> torch.Tensor:
+def noise_to_timestep(
+    scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor | float
+) -> torch.Tensor:
     """Forward-diffuse clean latents to `timestep` (SDEdit): sqrt(a_t) x0 + sqrt(1 - a_t) eps."""
     return scheduler.add_noise(latents, noise, torch.as_tensor([int(round(float(timestep)))]))  # Euler's timesteps are floats
 
@@ -293,7 +308,7 @@ def plan_frames(
     window: int = 2,
     anchors: tuple[int, ...] = (0,),
     merge: float = 0.0,
-    context=None,
+    context: ContextWindows | None = None,
     step_cache: tuple = (),
 ) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
@@ -328,7 +343,7 @@ def plan_frames(
 
 
 def window_batches(
-    num_frames: int, context, mode: str, window: int, anchors: tuple[int, ...], step: int
+    num_frames: int, context: ContextWindows, mode: str, window: int, anchors: tuple[int, ...], step: int
 ) -> tuple[FrameBatch, ...]:
     """One UNet call per context window of step `step` (editing.windows): the window's frames are its
     targets, weighted, plus the context the attention mode needs."""
@@ -533,7 +548,7 @@ def anchor_call(store: AnchorStore, anchors: tuple[int, ...], batch: FrameBatch)
     return AnchorCall(store, keeps=tuple((a, batch.ids.index(a)) for a in anchors if a in batch.ids))
 
 
-def inverting(timesteps) -> bool:
+def inverting(timesteps: torch.Tensor) -> bool:
     """Whether a loop over `timesteps` inverts (ascending timesteps, DDIMInverseScheduler's)."""
     return len(timesteps) > 1 and float(timesteps[0]) < float(timesteps[-1])
 
@@ -544,7 +559,7 @@ BeforeStep = Callable[[StepContext, Guidance], "Guidance | None"]
 
 def denoise(
     backbone: Backbone,
-    scheduler,
+    scheduler: SchedulerMixin,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
     guidance: Guidance,

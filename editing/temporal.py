@@ -5,6 +5,7 @@ latent flow fusion, pixel fusion, and colour matching.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,9 @@ from .flows import Flows
 from .frames import check_frames
 
 if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
+
+    from .models import Backbone
     from .sampling import StepCallback
 
 
@@ -150,7 +154,13 @@ def split_step(x_t: torch.Tensor, x_next: torch.Tensor, alpha_t: float, alpha_ne
     return (d * x_t - b * x_next) / determinant, (a * x_next - c * x_t) / determinant
 
 
-def make_pixel_fusion_callback(flows: Flows, fusion: PixelFusion, alphas: list[float], decode, encode) -> StepCallback:
+def make_pixel_fusion_callback(
+    flows: Flows,
+    fusion: PixelFusion,
+    alphas: list[float],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+) -> StepCallback:
     """A denoising-loop callback fusing the predicted clean frames in pixel space from step
     `start * steps` on (never at step 0, whose input latents it has not seen). `flows` are at pixel
     resolution; `alphas` are `step_alphas` (alpha_bar before the first step, then after each step);
@@ -190,7 +200,7 @@ def make_pixel_fusion_callback(flows: Flows, fusion: PixelFusion, alphas: list[f
     return fuse
 
 
-def step_alphas(scheduler, timesteps) -> list[float]:
+def step_alphas(scheduler: SchedulerMixin, timesteps: torch.Tensor) -> list[float]:
     """alpha_bar before the first step, then after each step of `timesteps` (1 after the last for
     samplers that end at sigma 0; DDIM's own final alpha for DDIM)."""
     table = scheduler.alphas_cumprod
@@ -198,7 +208,7 @@ def step_alphas(scheduler, timesteps) -> list[float]:
     return [float(table[int(t)]) for t in timesteps] + [after_last]
 
 
-def vae_codec(backbone, batch_size: int):
+def vae_codec(backbone: Backbone, batch_size: int):
     """(decode, encode) for pixel fusion: scaled latents to [-1, 1] image tensors and back, a batch at a time."""
     from .sampling import encoded_latents
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from .files import atomic_output
 from .models import Backbone, ModelSpec, load_backbone
 from .requests import TuneConfig, TuneRequest
 from .tuned_file import FORMAT, JSON_FIELDS, TUNING_ATTENTION, read_metadata, tuned_attention  # noqa: F401
+
+if TYPE_CHECKING:
+    from .attention.cross_frame import FrameLayout
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ def inflate(backbone: Backbone, seed: int) -> InflatedWeights:
 
 
 @contextlib.contextmanager
-def gradient_checkpointing(unet, enabled: bool) -> Iterator[None]:
+def gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """Turn the UNet's gradient checkpointing on for a block, and off again after."""
     if not enabled:
         yield
@@ -104,7 +108,14 @@ def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractC
     return torch.autocast("cuda", dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
 
 
-def denoising_loss(backbone: Backbone, latents, text, timestep, noise, layout) -> torch.Tensor:
+def denoising_loss(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    timestep: torch.Tensor,
+    noise: torch.Tensor,
+    layout: FrameLayout | None,
+) -> torch.Tensor:
     """MSE between the noise added to the clip's latents at `timestep` and the inflated UNet's prediction."""
     noisy = backbone.scheduler().add_noise(latents, noise, timestep)
     frames = latents.shape[0]
@@ -164,7 +175,13 @@ def needs_loss_scaling(dtype: torch.dtype, mixed_precision: str) -> bool:
     return dtype == torch.float16 or mixed_precision == "fp16"
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, scaler, parameters, max_grad_norm: float) -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    parameters: list[torch.nn.Parameter],
+    max_grad_norm: float,
+) -> None:
     """Backpropagate the (scaled) loss, clip the gradients' norm and step the optimiser."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

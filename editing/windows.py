@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .errors import ConfigError
 
 SCHEDULES = ("uniform", "static")
@@ -117,7 +119,7 @@ def window_weights(num_frames: int, starts: tuple[int, ...], length: int) -> lis
     return [[shape[i] / total[start + i] for i in range(length)] for start in starts]
 
 
-def edit_context(text: str | None, unet) -> ContextWindows | None:
+def edit_context(text: str | None, unet: torch.nn.Module) -> ContextWindows | None:
     """The windows of an edit with this UNet (the default with a motion UNet), refused in one sentence
     when longer than the motion module's positional embeddings."""
     from .motion import is_motion_unet, max_frames

@@ -141,7 +141,7 @@ def draw_openpose(keypoints: Sequence[Point | None], height: int, width: int) ->
     return draw_bodypose(canvas, [Keypoint(p.x, p.y) if p else None for p in keypoints])
 
 
-def _landmark_array(result) -> np.ndarray | None:
+def _landmark_array(result: Any) -> np.ndarray | None:
     """mediapipe's pose landmarks as a (33, 3) array of x, y, visibility; None when no person was found."""
     if result.pose_landmarks is None:
         return None

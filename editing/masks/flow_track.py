@@ -10,12 +10,17 @@ near the object can join it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from ..errors import ConfigError
 from .options import parse_mask_file
 from .registry import MaskInputs, MaskSource, register_mask_source
+
+if TYPE_CHECKING:
+    from ..keyframes import ClipFlows
 
 SAMPLES = 256  # colour samples kept of the object and of its surroundings
 RING = 3  # pixels around the object whose colours stand for its surroundings
@@ -56,7 +61,12 @@ def _nearest_is_object(colours: np.ndarray, inside: np.ndarray, outside: np.ndar
 
 
 def step_mask(
-    previous: np.ndarray, frame: np.ndarray, back: np.ndarray, valid: np.ndarray, object_colours: np.ndarray, rng
+    previous: np.ndarray,
+    frame: np.ndarray,
+    back: np.ndarray,
+    valid: np.ndarray,
+    object_colours: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """The mask of `frame` from the neighbour's mask `previous`, `back` (frame(x) ~ neighbour(x + back(x)))
     and where that flow is trusted (`valid`)."""
@@ -85,7 +95,7 @@ def step_mask(
     return mask
 
 
-def track_by_flow(frames: np.ndarray, mask: np.ndarray, index: int, flows=None) -> np.ndarray:
+def track_by_flow(frames: np.ndarray, mask: np.ndarray, index: int, flows: ClipFlows | None = None) -> np.ndarray:
     """(N, H, W) bool: `mask` of frame `index` carried forward and backward through the clip."""
     from ..keyframes import clip_flows
 

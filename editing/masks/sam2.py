@@ -4,6 +4,8 @@ is the prompt on its frame, then the model's memory carries it forward and backw
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -39,7 +41,7 @@ def prompt_point(mask: np.ndarray) -> list[float]:
     return [float(x), float(y)]
 
 
-def track_with_sam2(model, processor, frames: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
+def track_with_sam2(model: torch.nn.Module, processor: Any, frames: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
     """(N, H, W) bool: SAM 2's masks of the object given by `mask` on frame `index`, for every frame."""
     device = next(model.parameters()).device
     height, width = frames.shape[1:3]

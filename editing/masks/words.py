@@ -10,12 +10,18 @@ seeded by the map). It needs only the model, so it works offline.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .registry import MaskInputs, MaskSource, register_mask_source
+
+if TYPE_CHECKING:
+    from ..attention.p2p import AttentionCall
+    from ..models import Backbone
 
 THRESHOLD = 0.5  # share of a frame's strongest attention above which a pixel is probably in the mask
 SURE, OUTSIDE = 0.85, 0.15  # above: surely in the mask; below: surely not
@@ -44,10 +50,10 @@ def _recorder(positions: list[int], latent_height: int, latent_width: int):
             super().__init__(latent_height, latent_width)
             self.sums: dict[int, torch.Tensor] = {}
 
-        def wants(self, place, is_cross, tokens, call) -> bool:
+        def wants(self, place: str, is_cross: bool, tokens: int, call: AttentionCall) -> bool:
             return is_cross
 
-        def forward(self, probs, is_cross, place, call):
+        def forward(self, probs: torch.Tensor, is_cross: bool, place: str, call: AttentionCall):
             maps = word_map(conditional(probs, len(call.frames)).mean(1), positions, latent_height, latent_width)
             maps = maps / maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
             for position, frame in enumerate(call.frames):
@@ -58,7 +64,7 @@ def _recorder(positions: list[int], latent_height: int, latent_width: int):
     return WordsRecorder()
 
 
-def attention_maps(frames: np.ndarray, words: str, prompt: str, backbone, chunk: int = 8) -> np.ndarray:
+def attention_maps(frames: np.ndarray, words: str, prompt: str, backbone: Backbone, chunk: int = 8) -> np.ndarray:
     """(N, h, w) float: the words' summed cross-attention on each frame, at latent size."""
     from ..inversion import ddim_invert
     from ..prompts import word_positions

@@ -19,6 +19,8 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import ConfigError
 
 STEP_CACHE_HELP = "cheaper UNet evaluations, comma-separated KIND[:VALUE]: {kinds}; none = off"
@@ -28,7 +30,7 @@ class StepCache:
     """What the loop calls on a step cache; every hook is a no-op by default."""
 
     @contextlib.contextmanager
-    def installed(self, unet) -> Iterator[None]:
+    def installed(self, unet: torch.nn.Module) -> Iterator[None]:
         """Change the UNet for the duration of one denoising loop; restore it in `finally`."""
         yield
 
@@ -125,7 +127,7 @@ class StepCaches(StepCache):
         self.caches = caches
 
     @contextlib.contextmanager
-    def installed(self, unet) -> Iterator[None]:
+    def installed(self, unet: torch.nn.Module) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for cache in self.caches:
                 stack.enter_context(cache.installed(unet))
