@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .attention.modes import ATTENTION_MODES, AttentionMode
 from .errors import ConfigError
 from .samplers import SAMPLERS, Sampler
 from .stepcache import STEP_CACHES, parse_step_caches
 from .windows import ContextWindows
-
-if TYPE_CHECKING:
-    from .config import AttentionEditConfig, EditConfig, EngineConfig
 
 # the controls a mode with its own attention control replaces (one control installs the processors)
 OWN_CONTROL_EXCLUDES = ("tuned", "feature-bank", "attention-edit")
@@ -99,9 +96,9 @@ def declaration(feature: str) -> Declaration:
 
 
 def features(
-    engine: EngineConfig | None = None,
-    edit: EditConfig | None = None,
-    attention_edit: AttentionEditConfig | None = None,
+    engine: Any = None,  # editing.config's EngineConfig, EditConfig and AttentionEditConfig (config imports this module)
+    edit: Any = None,
+    attention_edit: Any = None,
     tuned: str | None = None,
 ) -> list[str]:
     """The features an edit uses, in the order refusals and reasons are looked for; parts not given add none."""

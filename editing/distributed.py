@@ -15,7 +15,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import ray
@@ -35,9 +37,9 @@ from .batch import (
     segment_request,
     split_edit,
 )
-from .context import StageTimer
+from .context import ProgressFn, StageTimer
 from .errors import Cancelled, EditingError
-from .pipeline import EditResult, FramesEditor, ModelInfo, edit_here, keyframes_here, propagating, write_outputs
+from .pipeline import EditRequest, EditResult, FramesEditor, ModelInfo, edit_here, keyframes_here, propagating, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class EditWorker:
     def info(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "gpus": ray.get_gpu_ids()}
 
-    def edit(self, frames: np.ndarray, request, editor: FramesEditor | None = None) -> dict:
+    def edit(self, frames: np.ndarray, request: EditRequest, editor: FramesEditor | None = None) -> dict:
         """Edit the frames (with `editor`, edit_here by default); a failure comes back as its message (the
         worker keeps serving)."""
         timer = StageTimer()
@@ -96,7 +98,7 @@ class EditWorker:
             return {"status": "failed", "error": describe(exc)}
         return {"status": "ok", "edited": edited, "model": model}
 
-    def edit_stream(self, frames: np.ndarray, request, editor: FramesEditor | None = None):
+    def edit_stream(self, frames: np.ndarray, request: EditRequest, editor: FramesEditor | None = None):
         """Edit the frames, yielding ("progress", stage, done, total) as it goes and ("done", result dict) last.
 
         `ray.cancel` on the stream sets the task's cancel flag; the edit then stops at its next step."""
@@ -158,14 +160,14 @@ class WorkerPool:
         self.names[actor] = f"worker-{self.serial}"
         return actor
 
-    def replace(self, actor):
+    def replace(self, actor: Any):
         """A fresh worker in place of one that died."""
         self.names.pop(actor, None)
         with contextlib.suppress(Exception):  # already dead
             ray.kill(actor, no_restart=True)
         return self._start()
 
-    def name(self, actor) -> str:
+    def name(self, actor: Any) -> str:
         return self.names.get(actor, "worker")
 
     def close(self) -> None:
@@ -206,7 +208,7 @@ def batch_runner(
     edits and segments of whole chunks; a split keyframe edit's stages run the library's own stage
     editors, `keyframes_here` and `propagating`)."""
 
-    def run(edits: list[BatchEdit], progress: BatchProgress, on_done) -> list[str]:
+    def run(edits: list[BatchEdit], progress: BatchProgress, on_done: Callable[[BatchEdit, dict], None]) -> list[str]:
         workers_used = pool or WorkerPool(workers)
         try:
             return _schedule(edits, workers_used, progress, on_done, retries, editor)
@@ -217,7 +219,14 @@ def batch_runner(
     return run
 
 
-def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress, on_done, retries: int, editor=None) -> list[str]:
+def _schedule(
+    edits: list[BatchEdit],
+    pool: WorkerPool,
+    progress: BatchProgress,
+    on_done: Callable[[BatchEdit, dict], None],
+    retries: int,
+    editor: str | None = None,
+) -> list[str]:
     """Hand tasks to idle workers, collect results, retry a dead worker's task, finish each edit."""
     notes: list[str] = []
     waiting = list(edits)  # not decoded yet: a clip is decoded when a worker is free for it
@@ -231,7 +240,18 @@ def _schedule(edits: list[BatchEdit], pool: WorkerPool, progress: BatchProgress,
             pool.idle.put(actor)
 
 
-def _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes) -> list[str]:
+def _loop(
+    waiting,
+    tasks,
+    running,
+    idle,
+    pool,
+    progress: BatchProgress,
+    on_done: Callable[[BatchEdit, dict], None],
+    retries,
+    editor: str,
+    notes,
+) -> list[str]:
     """The scheduler's loop over the shared state `_schedule` set up."""
 
     def fail(job: _Job, error: str) -> None:
@@ -311,7 +331,7 @@ def _task_input(job: _Job, number: int, editor: FramesEditor | None) -> tuple:
     return job.clip.frames[list(segment.frames)], segment_request(request, segment), editor
 
 
-def _start_job(edit: BatchEdit, workers: int, on_done) -> _Job | None:
+def _start_job(edit: BatchEdit, workers: int, on_done: Callable[[BatchEdit, dict], None]) -> _Job | None:
     """Decode an edit's clip and split it into tasks; a clip that cannot be read fails the edit here."""
     begin = time.perf_counter()
     try:
@@ -336,7 +356,7 @@ def _collect(job: _Job, number: int, payload: dict, worker: str) -> None:
         job.seconds[stage] = job.seconds.get(stage, 0.0) + seconds
 
 
-def _finish(job: _Job, on_done) -> None:
+def _finish(job: _Job, on_done: Callable[[BatchEdit, dict], None]) -> None:
     """Assemble the segments, write the output, report the edit."""
     edit, clip = job.edit, job.clip
     try:
@@ -401,7 +421,7 @@ class RayEditor:
         """How many edits can run at once (the app's GPU queue serves this many)."""
         return self.pool.count
 
-    def __call__(self, frames: np.ndarray, request, progress, timer: StageTimer):
+    def __call__(self, frames: np.ndarray, request: EditRequest, progress: ProgressFn, timer: StageTimer):
         for attempt in range(1, self.retries + 2):
             actor = self.pool.idle.get()
             try:
@@ -418,7 +438,7 @@ class RayEditor:
             raise (Cancelled if payload["status"] == "cancelled" else EditingError)(payload["error"])
         raise AssertionError("unreachable")
 
-    def _run(self, actor, frames, request, progress) -> dict:
+    def _run(self, actor: Any, frames: np.ndarray, request: EditRequest, progress: ProgressFn) -> dict:
         stream = actor.edit_stream.options(num_returns="streaming").remote(frames, request, self.editor)
         try:
             while True:

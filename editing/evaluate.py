@@ -27,8 +27,10 @@ import re
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -38,6 +40,10 @@ from .config import EditConfig, parse_reference
 from .errors import ConfigError, EditingError, ModelLoadError
 from .pipeline import STAGES, ProgressFn, edit_video
 from .requests import EditRequest
+
+if TYPE_CHECKING:
+    from .clip_score import ClipScorer
+    from .pipeline import EditResult
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ def _edit_options() -> dict[str, requests.Option]:
     return {option.name: option for option in requests.options("edit") if option.name not in _CLI_ONLY}
 
 
-def _coerce(where: str, option: requests.Option, value):
+def _coerce(where: str, option: requests.Option, value: Any):
     """A spec value in the option's form (YAML already typed it), checked as the app's forms check it."""
     try:
         return requests.coerce(option, value)
@@ -99,7 +105,7 @@ def _coerce(where: str, option: requests.Option, value):
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _settings(where: str, entry, defaults: dict, known: dict) -> dict:
+def _settings(where: str, entry: Mapping[str, Any], defaults: dict, known: dict) -> dict:
     """Spec settings merged over `defaults`, keys normalised and checked, values coerced."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a mapping of settings, got {type(entry).__name__}")
@@ -154,7 +160,7 @@ def _edit(index: int, settings: dict, base: Path, known: dict, missing_videos: b
     return EvalEdit(name, request, source_prompt, reconstruction)
 
 
-def parse_spec(data, base: Path, clip: str | None = None, missing_videos: bool = False) -> EvalSpec:
+def parse_spec(data: Mapping[str, Any], base: Path, clip: str | None = None, missing_videos: bool = False) -> EvalSpec:
     """An EvalSpec from a parsed YAML document; relative paths are taken from `base`. A video that does not
     exist refuses the spec, unless `missing_videos` (the batch, which fails only that edit)."""
     if not isinstance(data, dict):
@@ -309,7 +315,7 @@ def _load_scorer(spec: EvalSpec, device: str | None):
         return None, str(exc)
 
 
-def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer, clip_reason: str, progress: ProgressFn) -> EvalRow:
+def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer: ClipScorer, clip_reason: str, progress: ProgressFn) -> EvalRow:
     """Run one edit (and its reconstruction), measure it, write its video and contact sheet."""
     request = dataclasses.replace(edit.request, output=str(workdir / f"{edit.name}.zip"))
     result = edit_video(request, progress)
@@ -336,7 +342,7 @@ def _measure(edit: EvalEdit, workdir: Path, out_dir: Path, scorer, clip_reason: 
     return row
 
 
-def _edit_values(result) -> dict:
+def _edit_values(result: EditResult) -> dict:
     """The table cells an EditResult fills: model, size, seconds per stage, cache use."""
     return dict(
         model=result.model + (" (random weights)" if result.random_weights else ""),
@@ -368,7 +374,7 @@ def _temporal_values(source: np.ndarray, output: np.ndarray) -> tuple[list[float
     )
 
 
-def _clip_values(scorer, reason: str, output: np.ndarray, prompt: str, source_prompt: str) -> dict:
+def _clip_values(scorer: ClipScorer, reason: str, output: np.ndarray, prompt: str, source_prompt: str) -> dict:
     """CLIP text score, frame consistency and frame accuracy, or why they are missing."""
     if scorer is None:
         return dict.fromkeys(("clip_text", "clip_consistency", "frame_accuracy"), f"unavailable: {reason}")
@@ -397,7 +403,7 @@ def _autoencode(request: EditRequest, frames: np.ndarray) -> np.ndarray:
     return sampling.decode_latents(backbone, latents, request.engine.chunk)
 
 
-def _cell(value, markdown: bool = False) -> str:
+def _cell(value: Any, markdown: bool = False) -> str:
     """A table cell: numbers rounded, reasons kept (shortened to 'unavailable' in Markdown; the notes hold them)."""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
@@ -483,14 +489,14 @@ def _write_tables(out: Path, table: list[dict], results: list[EvalRow], notes: l
     return EvalReport(results, *paths, markdown, notes)
 
 
-def _clip_label(spec: str | None, scorer) -> str:
+def _clip_label(spec: str | None, scorer: ClipScorer) -> str:
     """The CLIP column: the model used, labelled when its weights are random, or why none was."""
     if scorer is None:
         return "none" if spec is None else f"{spec} (unavailable)"
     return scorer.name + (" (random weights)" if scorer.random_weights else "")
 
 
-def _json_value(value):
+def _json_value(value: Any):
     """A value strict JSON can hold: numpy scalars as numbers, nan and inf as text."""
     value = value.item() if hasattr(value, "item") else value
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value

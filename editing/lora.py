@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,7 +300,11 @@ def _misfit(exc: BaseException) -> str:
 
 
 def apply_loras(
-    unet: torch.nn.Module, text_encoder: torch.nn.Module, specs: tuple[LoraSpec, ...], fuse: bool, read
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    specs: tuple[LoraSpec, ...],
+    fuse: bool,
+    read: Callable[[LoraSpec], tuple[dict, dict | None]],
 ) -> tuple[list[str], list[str]]:
     """Load `specs` into `unet` and `text_encoder` (copies the caller owns), set their scales, and merge
     them into the weights when `fuse`. `read(spec, unet)` returns a LoRA's (state dict, alphas) (it is

@@ -21,11 +21,11 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,10 @@ from .condition_kinds import get_condition_kind
 from .errors import ConfigError, ModelLoadError
 from .hub import HUB_ID, HUB_PREFIX
 from .samplers import DEFAULT_SAMPLER, make_scheduler
+
+if TYPE_CHECKING:
+    from .lora import LoraSpec, ModelOptions
+    from .motion import MotionSpec
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +290,18 @@ def _build_random(name: str, device: torch.device, dtype: torch.dtype) -> Backbo
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
         text_encoder = CLIPTextModel(text_config)
-    return _assemble(name, clip_tokenizer(), text_encoder, vae, unet, dict(SD1_SCHEDULER), device, dtype, True)
+    return _placed(Backbone(name, clip_tokenizer(), text_encoder, vae, unet, dict(SD1_SCHEDULER), device, dtype, True))
 
 
-def _assemble(name, tokenizer, text_encoder, vae, unet, scheduler_config, device, dtype, random_weights) -> Backbone:
-    for module in (text_encoder, vae, unet):
+def _placed(backbone: Backbone) -> Backbone:
+    """`backbone` with its modules frozen, in eval mode, on its device and dtype."""
+    for module in (backbone.text_encoder, backbone.vae, backbone.unet):
         module.requires_grad_(False).eval()
-        module.to(device) if module.dtype == dtype else module.to(device=device, dtype=dtype)
-    return Backbone(name, tokenizer, text_encoder, vae, unet, dict(scheduler_config), device, dtype, random_weights)
+        if module.dtype == backbone.dtype:
+            module.to(backbone.device)
+        else:
+            module.to(device=backbone.device, dtype=backbone.dtype)
+    return backbone
 
 
 # ---------------------------------------------------------------- pretrained models
@@ -363,7 +371,7 @@ def _load_from(spec: ModelSpec, what: str, loader: Callable[[], Any], alternativ
         raise ModelLoadError(f"could not load {what} from {spec.source}: {reason}") from exc
 
 
-def load_motion_adapter(spec, unet_config, backbone_name: str = ""):
+def load_motion_adapter(spec: MotionSpec, unet_config: Mapping[str, Any], backbone_name: str = ""):
     """The MotionAdapter a --motion-adapter spec names, loaded through `_load_from` (editing.motion reads it)."""
     from .motion import SHAPES_MOTION, read_motion_adapter
 
@@ -371,7 +379,7 @@ def load_motion_adapter(spec, unet_config, backbone_name: str = ""):
         raise ConfigError("motion_adapter shapes was trained for the shapes model; use it with --model shapes")
     where = ModelSpec("hub" if spec.kind.startswith("hub") else "folder", str(spec))
 
-    def load_from(loader, alternatives=None):
+    def load_from(loader: Callable[..., Any], alternatives: Sequence[str] | None = None):
         return _load_from(where, "motion adapter", loader, *(() if alternatives is None else (alternatives,)))
 
     return read_motion_adapter(spec, unet_config, load_from)
@@ -403,8 +411,8 @@ def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
 
     pipe = _load_from(spec, "model", load)
     scheduler_config = {**SD1_SCHEDULER, **{k: v for k, v in pipe.scheduler.config.items() if k in SD1_SCHEDULER}}
-    backbone = _assemble(
-        spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False
+    backbone = _placed(
+        Backbone(spec.source, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler_config, device, dtype, False)
     )
     if manifest is not None and manifest["controlnets"]:
         backbone.extras["controlnets"] = {kind: str(spec.folder / sub) for kind, sub in manifest["controlnets"].items()}
@@ -479,7 +487,11 @@ OTHER_CACHES: list[dict] = []  # caches of loaded models kept by other modules (
 
 
 def load_backbone(
-    spec: str | None = None, device: str | None = None, dtype: str | None = None, config: str | None = None, options=None
+    spec: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    config: str | None = None,
+    options: ModelOptions | None = None,
 ) -> Backbone:
     """Load (or fetch from the in-process cache) the model a spec names, on the chosen device and dtype.
 
@@ -508,7 +520,9 @@ def load_backbone(
         return backbone
 
 
-def _load_with_options(spec, device, dtype, config, options) -> Backbone:
+def _load_with_options(
+    spec: str | None, device: str | None, dtype: str | None, config: str | None, options: ModelOptions
+) -> Backbone:
     """The backbone with LoRAs and/or another autoencoder: built on copies of the cached plain one's parts."""
     base = load_backbone(spec, device, dtype, config)
     key = (ModelSpec.parse(spec), str(base.device), str(base.dtype), config, options)
@@ -523,7 +537,7 @@ def _load_with_options(spec, device, dtype, config, options) -> Backbone:
         return backbone
 
 
-def derive_backbone(base: Backbone, options) -> Backbone:
+def derive_backbone(base: Backbone, options: ModelOptions) -> Backbone:
     """A new backbone from `base` with `options` applied: LoRAs go into copies of the UNet (and the text
     encoder, when a LoRA adapts it), the tiny autoencoder replaces the VAE; untouched parts are shared."""
     import copy
@@ -563,7 +577,7 @@ def derive_backbone(base: Backbone, options) -> Backbone:
     )
 
 
-def read_lora(spec, unet) -> tuple[dict, dict | None]:
+def read_lora(spec: LoraSpec, unet: torch.nn.Module) -> tuple[dict, dict | None]:
     """A LoRA's weights (editing.lora.LoraSpec) in diffusers' layout, read through diffusers'
     `lora_state_dict` (which converts kohya / A1111 files, whose per-layer alphas come back second);
     `random` builds a seeded random LoRA for `unet`. Refused in one sentence when the file holds no LoRA."""

@@ -16,13 +16,18 @@ guidance branch, and back. The attention processors of editing.attention go on t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import ConfigError, ModelLoadError
 from .hub import HUB_ID, HUB_PREFIX
+
+if TYPE_CHECKING:
+    from diffusers import MotionAdapter
 
 SHAPES_MOTION = "shapes"
 SHAPES_MOTION_DIR = Path(__file__).resolve().parent / "assets" / "shapes-motion"  # made by shapes_world/train_motion.py
@@ -90,7 +95,7 @@ class MotionSpec:
 # ---------------------------------------------------------------- building and loading
 
 
-def build_adapter(unet_config, heads: int = 8, max_frames: int = 32, zero: bool = True):
+def build_adapter(unet_config: Mapping[str, Any], heads: int = 8, max_frames: int = 32, zero: bool = True):
     """A MotionAdapter shaped for a UNet2DConditionModel config; with `zero` its motion modules' output
     projections are zero (AnimateDiff's initialisation: the inflated UNet starts equal to the image model)."""
     from diffusers import MotionAdapter
@@ -115,7 +120,7 @@ def zero_output(module: torch.nn.Module) -> None:
                 child.bias.zero_()
 
 
-def random_adapter(unet_config, seed: int = 0):
+def random_adapter(unet_config: Mapping[str, Any], seed: int = 0):
     """A seeded random MotionAdapter for a backbone (output projections random too, so it changes the result)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -126,13 +131,13 @@ def random_adapter(unet_config, seed: int = 0):
     return adapter
 
 
-def _heads_for(unet_config) -> int:
+def _heads_for(unet_config: Mapping[str, Any]) -> int:
     """The largest of 8, 4, 2, 1 dividing every block's channels and the group norm's groups."""
     channels = tuple(unet_config["block_out_channels"])
     return next(h for h in (8, 4, 2, 1) if all(c % h == 0 for c in channels))
 
 
-def read_motion_adapter(spec: MotionSpec, unet_config, load_from):
+def read_motion_adapter(spec: MotionSpec, unet_config: Mapping[str, Any], load_from: Callable[..., Any]):
     """The MotionAdapter a spec names (fp32, on the CPU), refused in one sentence when it does not fit;
     `load_from(loader, alternatives=None)` runs a diffusers loader and words its failures (editing.models)."""
     from diffusers import MotionAdapter
@@ -178,7 +183,7 @@ def _hub_file_adapter(spec: MotionSpec):
     return MotionAdapter.from_single_file(path, torch_dtype=torch.float32)
 
 
-def check_fits(adapter, unet_config, name: str) -> None:
+def check_fits(adapter: MotionAdapter, unet_config: Mapping[str, Any], name: str) -> None:
     """Refuse an adapter whose blocks do not match the backbone's UNet, in one sentence."""
     theirs, ours = tuple(adapter.config.block_out_channels), tuple(unet_config["block_out_channels"])
     layers = adapter.config.motion_layers_per_block
@@ -188,7 +193,7 @@ def check_fits(adapter, unet_config, name: str) -> None:
         )
 
 
-def inflate(unet, adapter):
+def inflate(unet: torch.nn.Module, adapter: MotionAdapter):
     """The UNetMotionModel made of `unet`'s spatial weights and `adapter`'s motion modules, frozen, on the
     UNet's device and dtype."""
     from diffusers import UNetMotionModel
@@ -202,7 +207,7 @@ def inflate(unet, adapter):
 # ---------------------------------------------------------------- calling it
 
 
-def is_motion_unet(unet) -> bool:
+def is_motion_unet(unet: torch.nn.Module) -> bool:
     """Whether a UNet is inflated with motion modules."""
     return type(unet).__name__ == "UNetMotionModel"
 
@@ -212,13 +217,19 @@ def spatial_layer(name: str) -> bool:
     return TEMPORAL_LAYERS not in name
 
 
-def max_frames(unet) -> int:
+def max_frames(unet: torch.nn.Module) -> int:
     """The longest frame sequence a motion UNet's positional embeddings take."""
     return int(unet.config.motion_max_seq_length)
 
 
 def run_unet(
-    unet, sample: torch.Tensor, timestep, branches: int, encoder_hidden_states: torch.Tensor, added_cond_kwargs=None, **kwargs
+    unet: torch.nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float,
+    branches: int,
+    encoder_hidden_states: torch.Tensor,
+    added_cond_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
 ):
     """The UNet's prediction of a `(branches x frames, C, h, w)` batch, each branch a clip: a plain UNet
     takes it as it is; a motion UNet takes `(branches, C, frames, h, w)` (one text embedding per frame,

@@ -30,7 +30,6 @@ from .errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     from .config import EngineConfig
-    from .models import Backbone
 
 DEFAULT_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
 ADAPTER_OFFLINE_ALTERNATIVES = (
@@ -120,13 +119,13 @@ def read_reference_image(path: str) -> np.ndarray:
         raise ConfigError(f"reference_image {name} cannot be read as an image ({type(exc).__name__})") from exc
 
 
-def default_image_adapter(backbone: Backbone) -> str:
+def default_image_adapter(backbone: Any) -> str:  # editing.models.Backbone (models imports this module)
     """The IP-Adapter for a backbone: a random one for the built-in random models, else the SD-1.5 one."""
     return "random" if backbone.random_weights else DEFAULT_ADAPTER
 
 
 def prepare_reference(
-    engine: EngineConfig, backbone: Backbone, load_adapter: Callable[[str, Any], ImageAdapter]
+    engine: EngineConfig, backbone: Any, load_adapter: Callable[[str, Any], ImageAdapter]
 ) -> ImagePrompt | None:
     """The edit's reference image, read, its adapter loaded (`load_adapter(spec, backbone)`:
     editing.models.load_image_adapter) and embedded once; None without one."""

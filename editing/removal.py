@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .context import EditParts, ProgressFn, StageTimer
     from .keyframes import ClipFlows
     from .models import Backbone
-    from .region import ClipMask
 
 log = logging.getLogger(__name__)
 
@@ -297,9 +296,7 @@ def diffuse_inpainting(
     return out
 
 
-def remove_object(
-    frames: np.ndarray, mask: ClipMask, parts: EditParts, backbone: Backbone, progress: ProgressFn, timer: StageTimer
-):
+def remove_object(frames: np.ndarray, mask: Any, parts: EditParts, backbone: Backbone, progress: ProgressFn, timer: StageTimer):
     """The clip with what `mask` (editing.region.ClipMask) covers removed: each hole filled from the frames
     that show its background; then, while some pixels are shown by no frame, the frame with most of them is
     diffused and what it made is carried to the others the same way (one made background moving with the

@@ -285,7 +285,7 @@ def _item_choices(option: Option) -> tuple | None:
     return tuple(choices()) if callable(choices) else choices
 
 
-def _unwrap(hint) -> tuple[Any, bool]:
+def _unwrap(hint: Any) -> tuple[Any, bool]:
     """(the type inside `X | None`, whether None is allowed)."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -294,7 +294,7 @@ def _unwrap(hint) -> tuple[Any, bool]:
     return hint, False
 
 
-def _default_of(f: dataclasses.Field, instance) -> Any:
+def _default_of(f: dataclasses.Field, instance: Any) -> Any:
     """A field's default: the enclosing default instance's value, else the field's own (MISSING if none)."""
     if instance is not None:
         return getattr(instance, f.name)
@@ -317,7 +317,7 @@ def options(command: str) -> tuple[Option, ...]:
     return tuple(_merge_switches(_walk(COMMANDS[command], (), None, None, None)))
 
 
-def _walk(cls: type, path: tuple[str, ...], instance, group: str | None, within: tuple[str, ...] | None) -> list[Option]:
+def _walk(cls: type, path: tuple[str, ...], instance: Any, group: str | None, within: tuple[str, ...] | None) -> list[Option]:
     hints = typing.get_type_hints(cls)
     found: list[Option] = []
     for f in dataclasses.fields(cls):
@@ -332,7 +332,7 @@ def _walk(cls: type, path: tuple[str, ...], instance, group: str | None, within:
             inner_within = within if within is not None else (here if nullable else None)
             found += _walk(hint, here, nested, meta.get("group") or GROUPS.get(hint, group), inner_within)
         else:
-            found += _field_options(cls, f, hint, nullable, default, here, group, within)
+            found += _field_options(cls, f, hint, nullable, default, _Place(here, group, within))
     return found
 
 
@@ -348,8 +348,19 @@ def _app_hint(cls: type, f: dataclasses.Field) -> Mapping[str, Any]:
     return hint
 
 
-def _field_options(cls, f, hint, nullable, default, path, group, within) -> list[Option]:
+@dataclass(frozen=True)
+class _Place:
+    """Where a field sits in the schema walk: its path of field names, its option group, and the optional
+    config it sits within (an option there turns that config on)."""
+
+    path: tuple[str, ...]
+    group: str | None = None
+    within: tuple[str, ...] | None = None
+
+
+def _field_options(cls: type, f: dataclasses.Field, hint: Any, nullable: bool, default: Any, place: _Place) -> list[Option]:
     """The option(s) one field gives (an item tuple also gives its items' KEY=VALUE options)."""
+    path, group, within = place.path, place.group, place.within
     meta = f.metadata
     name = meta.get("dest", f.name)
     flags = () if meta.get("positional") else _flags(meta, name)
@@ -630,7 +641,7 @@ def _drop_unset_optional(schema: tuple[Option, ...], values: Mapping[str, Any], 
         assigned[root] = None
 
 
-def _construct(cls: type, prefix: tuple[str, ...], assigned: dict, instance):
+def _construct(cls: type, prefix: tuple[str, ...], assigned: dict, instance: Any):
     """`cls` built from the assigned field values under `prefix` (nested configs recursively)."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -688,7 +699,7 @@ DEFAULT_ATTENTION = field_default(EngineConfig, "attention")  # cross-frame atte
 # ---------------------------------------------------------------- argparse
 
 
-def add_arguments(parser, command: str, suppress_defaults: bool = False) -> None:
+def add_arguments(parser: argparse.ArgumentParser, command: str, suppress_defaults: bool = False) -> None:
     """`command`'s options as arguments of an argparse parser (choices read now); with `suppress_defaults`
     an option left out is absent from the parsed namespace (see `explicit_options`)."""
     groups: dict[str, Any] = {}

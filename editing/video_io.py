@@ -91,7 +91,7 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(text).split())[:120]
 
 
-def _stream_fps(stream) -> Fraction | None:
+def _stream_fps(stream: av.stream.Stream) -> Fraction | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate is not None and rate > 0 and rate < 1000:
             return Fraction(rate)
@@ -139,7 +139,9 @@ def probe(path: str | os.PathLike, limits: VideoLimits = VideoLimits()) -> Video
     return VideoInfo(str(path), float(fps), count, width, height, duration, has_audio, codec)
 
 
-def _count_frames(container, stream, path: Path, limits: VideoLimits) -> tuple[int, bool]:
+def _count_frames(
+    container: av.container.InputContainer, stream: av.stream.Stream, path: Path, limits: VideoLimits
+) -> tuple[int, bool]:
     """Count video packets by demuxing only (one packet holds one frame); also tell if any has a timestamp."""
     count, timed = 0, False
     try:
@@ -269,7 +271,9 @@ def write_mp4(
     return _write_mp4(path, frames, fps, None, crf, notes)
 
 
-def _write_mp4(path, frames, fps, audio: AudioSource | None, crf: int, notes: list[str] | None) -> Path:
+def _write_mp4(
+    path: str | Path, frames: np.ndarray, fps: Fraction | float, audio: AudioSource | None, crf: int, notes: list[str] | None
+) -> Path:
     frames = check_frames(frames)
     height, width = frames.shape[1:3]
     if width % 2 or height % 2:
@@ -319,7 +323,7 @@ def _open_audio(audio: AudioSource | None):
     return container
 
 
-def _add_audio_stream(out, audio_in):
+def _add_audio_stream(out: av.container.OutputContainer, audio_in: av.audio.stream.AudioStream):
     source = audio_in.streams.audio[0]
     try:
         stream = out.add_stream("aac", rate=source.codec_context.sample_rate or 44100)
@@ -329,7 +333,13 @@ def _add_audio_stream(out, audio_in):
     return stream
 
 
-def _copy_audio(audio_in, audio_out, out, audio: AudioSource, notes: list[str] | None = None) -> None:
+def _copy_audio(
+    audio_in: av.audio.stream.AudioStream,
+    audio_out: av.audio.stream.AudioStream,
+    out: av.container.OutputContainer,
+    audio: AudioSource,
+    notes: list[str] | None = None,
+) -> None:
     """Decode the source audio in [start, end), relative to the video's start, and encode it as AAC.
 
     Packets the decoder refuses (damaged bytes) are skipped, and counted in `notes`; any other failure, or
@@ -349,7 +359,12 @@ def _copy_audio(audio_in, audio_out, out, audio: AudioSource, notes: list[str] |
         _note(notes, f"the audio of {name} is cut short where it stops being readable ({ended_early})")
 
 
-def _copy_audio_samples(audio_in, audio_out, out, audio: AudioSource) -> tuple[int, int, str]:
+def _copy_audio_samples(
+    audio_in: av.audio.stream.AudioStream,
+    audio_out: av.audio.stream.AudioStream,
+    out: av.container.OutputContainer,
+    audio: AudioSource,
+) -> tuple[int, int, str]:
     """(samples written, damaged packets skipped, why reading stopped early or '')."""
     source = audio_in.streams.audio[0]
     video = audio_in.streams.video[0] if audio_in.streams.video else None

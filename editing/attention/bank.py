@@ -17,15 +17,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
-
-if TYPE_CHECKING:
-    from .anchor import AnchorCall
 
 
 @dataclass
@@ -81,7 +78,7 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
         temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
         bank: BankCall | None = None,
-        anchor_kv: AnchorCall | None = None,
+        anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
         **extra,
     ):
         return self.process(

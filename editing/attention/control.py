@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from .cross_frame import cross_frame_attention
-
-if TYPE_CHECKING:
-    from ..sampling import Guidance, StepContext
 
 
 class AttentionControl:
@@ -36,7 +33,7 @@ class AttentionControl:
         produces and the anchors it borrows."""
         return {}
 
-    def begin_step(self, context: StepContext, guidance: Guidance) -> None:
+    def begin_step(self, context: Any, guidance: Any) -> None:
         """Before a step's planned batches (TokenFlow runs its keyframe pass here); `context` is the loop's
         sampling.StepContext and `guidance` its sampling.Guidance (not imported: the loop imports this module)."""
 

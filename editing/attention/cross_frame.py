@@ -20,15 +20,12 @@ import copy
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .modes import get_attention_mode
-
-if TYPE_CHECKING:
-    from .anchor import AnchorCall
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ class CrossFrameAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
-        anchor_kv: AnchorCall | None = None,
+        anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
     ) -> torch.Tensor:
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, anchor_kv=anchor_kv)
 
@@ -126,7 +123,7 @@ class CrossFrameAttnProcessor:
         temb: torch.Tensor | None = None,
         frames: FrameLayout | None = None,
         to_q: torch.nn.Module | None = None,
-        anchor_kv: AnchorCall | None = None,
+        anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
         **extra,
     ):
         """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
@@ -182,9 +179,7 @@ class CrossFrameAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def project_kv(
-        self, attn: torch.nn.Module, context: torch.Tensor, frames: FrameLayout | None, anchor_kv: AnchorCall | None = None
-    ):
+    def project_kv(self, attn: torch.nn.Module, context: torch.Tensor, frames: FrameLayout | None, anchor_kv: Any = None):
         """The layer's keys and values of `context`. In self-attention only the frames some frame attends to
         (or whose keys the anchor store keeps) are projected, the others left zero and never read: with
         `first`, one frame's keys and values per branch instead of every frame's. Processors whose context

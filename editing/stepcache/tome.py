@@ -21,7 +21,8 @@ import functools
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -84,7 +85,7 @@ def _split(height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(torch.nonzero(~flat).flatten().tolist()), tuple(torch.nonzero(flat).flatten().tolist())
 
 
-def split_positions(height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def split_positions(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token positions of the sources and the destinations (one per full CELL x CELL cell)."""
     sources, destinations = _split(height, width)
     return torch.tensor(sources, device=device), torch.tensor(destinations, device=device)
@@ -102,7 +103,7 @@ def level(name: str, up_blocks: int) -> int | None:
     return up_blocks - 1
 
 
-def finest_self_attention(names, up_blocks: int) -> list[str]:
+def finest_self_attention(names: Iterable[str], up_blocks: int) -> list[str]:
     """The spatial self-attention layers (attn1, not motion modules) at the finest level that has any."""
     spatial = [n for n in names if ".attn1." in n and "motion_modules" not in n and level(n, up_blocks) is not None]
     if not spatial:
@@ -122,14 +123,14 @@ class TokenMerge(StepCache):
         self.merged_calls = 0
 
     @contextlib.contextmanager
-    def installed(self, unet) -> Iterator[None]:
+    def installed(self, unet: torch.nn.Module) -> Iterator[None]:
         if self.ratio == 0:
             yield
             return
         original = dict(unet.attn_processors)
         chosen = finest_self_attention(original, len(unet.up_blocks))
 
-        def remember(module, args, kwargs):
+        def remember(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             sample = args[0] if args else kwargs["sample"]
             self.latent_size = tuple(int(s) for s in sample.shape[-2:])
 
@@ -156,10 +157,19 @@ class TokenMerge(StepCache):
 class TokenMergedProcessor:
     """A processor wrapper: the wrapped processor's self-attention on merged tokens, its output unmerged."""
 
-    def __init__(self, inner, owner: TokenMerge):
+    def __init__(self, inner: Any, owner: TokenMerge):
         self.inner, self.owner = inner, owner
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ):
         grid = self.owner.grid(hidden_states.shape[1]) if hidden_states.ndim == 3 else None
         if encoder_hidden_states is not None or attention_mask is not None or grid is None:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -167,7 +177,7 @@ class TokenMergedProcessor:
         self.owner.merged_calls += 1
         return unmerge(self.inner(attn, merge(hidden_states), None, None, temb, *args, **kwargs))
 
-    def __getattr__(self, name):  # the wrapped processor's attributes (IP-Adapter weights, flags)
+    def __getattr__(self, name: str):  # the wrapped processor's attributes (IP-Adapter weights, flags)
         if name in ("inner", "owner"):
             raise AttributeError(name)
         return getattr(self.inner, name)
@@ -178,14 +188,14 @@ def _wrapper_class(inner_class: type) -> type:
     """A TokenMergedProcessor subclass whose __call__ has `inner_class.__call__`'s signature: diffusers hands
     a processor only the cross_attention_kwargs its signature names."""
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any):
         return TokenMergedProcessor.__call__(self, *args, **kwargs)
 
     __call__.__signature__ = inspect.signature(inner_class.__call__)
     return type(f"TokenMerged{inner_class.__name__}", (TokenMergedProcessor,), {"__call__": __call__})
 
 
-def wrap(processor, owner: TokenMerge):
+def wrap(processor: Any, owner: TokenMerge):
     return _wrapper_class(type(processor))(processor, owner)
 
 
