@@ -225,98 +225,101 @@ def _schedule(
     progress: BatchProgress,
     on_done: Callable[[BatchEdit, dict], None],
     retries: int,
-    editor: str | None = None,
+    editor: FramesEditor | None = None,
 ) -> list[str]:
     """Hand tasks to idle workers, collect results, retry a dead worker's task, finish each edit."""
-    notes: list[str] = []
-    waiting = list(edits)  # not decoded yet: a clip is decoded when a worker is free for it
-    tasks: list[tuple[_Job, int, int]] = []  # (job, segment, attempt) ready to run
-    running: dict = {}  # object ref -> (actor, job, segment, attempt)
     idle = [pool.idle.get() for _ in range(pool.count)]
+    scheduler = _Scheduler(pool, progress, on_done, retries, editor, list(edits), idle)
     try:
-        return _loop(waiting, tasks, running, idle, pool, progress, on_done, retries, editor, notes)
+        return scheduler.run()
     finally:  # the workers go back to the pool (a dead one was replaced already)
-        for actor in [*idle, *(entry[0] for entry in running.values())]:
+        for actor in [*scheduler.idle, *(entry[0] for entry in scheduler.running.values())]:
             pool.idle.put(actor)
 
 
-def _loop(
-    waiting,
-    tasks,
-    running,
-    idle,
-    pool,
-    progress: BatchProgress,
-    on_done: Callable[[BatchEdit, dict], None],
-    retries,
-    editor: str,
-    notes,
-) -> list[str]:
-    """The scheduler's loop over the shared state `_schedule` set up."""
+@dataclass
+class _Scheduler:
+    """The batch's scheduling state: edits not started (a clip is decoded when a worker is free for it),
+    tasks ready to run as (job, segment, attempt), running tasks by object ref as (actor, job, segment,
+    attempt), idle workers and the notes for the user."""
 
-    def fail(job: _Job, error: str) -> None:
+    pool: WorkerPool
+    progress: BatchProgress
+    on_done: Callable[[BatchEdit, dict], None]
+    retries: int
+    editor: FramesEditor | None
+    waiting: list[BatchEdit]
+    idle: list[Any]
+    tasks: list[tuple[_Job, int, int]] = field(default_factory=list)
+    running: dict[Any, tuple[Any, _Job, int, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, job: _Job, error: str) -> None:
+        """Give up on `job`: drop its tasks and record it as failed."""
         job.failed = True
-        tasks[:] = [t for t in tasks if t[0] is not job]
-        on_done(
+        self.tasks[:] = [t for t in self.tasks if t[0] is not job]
+        self.on_done(
             job.edit,
             failed_row(job.edit, error, job.attempts, ",".join(job.workers), time.perf_counter() - job.begin, job.tasks.note),
         )
 
-    while waiting or tasks or running:
-        while idle and (tasks or waiting):
-            if not tasks:
-                job = _start_job(waiting.pop(0), pool.count, on_done)
-                if job is not None:
-                    if job.tasks.note:
-                        notes.append(f"{job.edit.name}: {job.tasks.note}")
-                        progress.line(f"[note] {job.edit.name}: {job.tasks.note}")
-                    tasks += [(job, number, 1) for number in range(len(job.tasks.segments))]
+    def run(self) -> list[str]:
+        """Hand tasks to idle workers and collect results until every edit is done or failed."""
+        while self.waiting or self.tasks or self.running:
+            while self.idle and (self.tasks or self.waiting):
+                if not self.tasks:
+                    job = _start_job(self.waiting.pop(0), self.pool.count, self.on_done)
+                    if job is not None:
+                        if job.tasks.note:
+                            self.notes.append(f"{job.edit.name}: {job.tasks.note}")
+                            self.progress.line(f"[note] {job.edit.name}: {job.tasks.note}")
+                        self.tasks += [(job, number, 1) for number in range(len(job.tasks.segments))]
+                    continue
+                job, number, attempt = self.tasks.pop(0)
+                actor = self.idle.pop(0)
+                self.running[actor.edit.remote(*_task_input(job, number, self.editor))] = (actor, job, number, attempt)
+            if not self.running:
                 continue
-            job, number, attempt = tasks.pop(0)
-            actor = idle.pop(0)
-            running[actor.edit.remote(*_task_input(job, number, editor))] = (actor, job, number, attempt)
-        if not running:
-            continue
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
-        for ref in ready:
-            actor, job, number, attempt = running.pop(ref)
-            try:
-                payload = ray.get(ref)
-            except RayActorError as exc:
-                name = pool.name(actor)
-                idle.append(pool.replace(actor))
+            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                actor, job, number, attempt = self.running.pop(ref)
+                try:
+                    payload = ray.get(ref)
+                except RayActorError as exc:
+                    name = self.pool.name(actor)
+                    self.idle.append(self.pool.replace(actor))
+                    if job.failed:
+                        continue
+                    if attempt > self.retries:
+                        job.attempts = max(job.attempts, attempt)
+                        self.fail(job, f"its worker died {attempt} times ({type(exc).__name__})")
+                    else:
+                        job.attempts = max(job.attempts, attempt + 1)
+                        self.progress.line(f"[retry] {job.edit.name}: {name} died; attempt {attempt + 1} of {self.retries + 1}")
+                        self.tasks.insert(0, (job, number, attempt + 1))
+                    continue
+                except Exception as exc:  # the task itself could not run (e.g. the frames could not be sent)
+                    self.idle.append(actor)
+                    if not job.failed:
+                        self.fail(job, describe(exc))
+                    continue
+                self.idle.append(actor)
                 if job.failed:
                     continue
-                if attempt > retries:
-                    job.attempts = max(job.attempts, attempt)
-                    fail(job, f"its worker died {attempt} times ({type(exc).__name__})")
-                else:
-                    job.attempts = max(job.attempts, attempt + 1)
-                    progress.line(f"[retry] {job.edit.name}: {name} died; attempt {attempt + 1} of {retries + 1}")
-                    tasks.insert(0, (job, number, attempt + 1))
-                continue
-            except Exception as exc:  # the task itself could not run (e.g. the frames could not be sent)
-                idle.append(actor)
-                if not job.failed:
-                    fail(job, describe(exc))
-                continue
-            idle.append(actor)
-            if job.failed:
-                continue
-            if payload["status"] != "ok":
-                job.workers.append(pool.name(actor))
-                fail(job, payload["error"])
-                continue
-            _collect(job, number, payload, pool.name(actor))
-            if job.tasks.segments[number].kind == "keyframes" and not job.keys:  # stage 2: the propagation segments
-                job.keys = tuple(payload["edited"].keyframes)
-                job.tasks = propagation_tasks(job.keys, len(job.clip.frames), job.slots)
-                notes.append(f"{job.edit.name}: {job.tasks.note}")
-                progress.line(f"[note] {job.edit.name}: {job.tasks.note}")
-                tasks[:0] = [(job, n, 1) for n in range(1, len(job.tasks.segments))]  # ahead of other edits' tasks
-            if len(job.outputs) == len(job.tasks.segments):
-                _finish(job, on_done)
-    return notes
+                if payload["status"] != "ok":
+                    job.workers.append(self.pool.name(actor))
+                    self.fail(job, payload["error"])
+                    continue
+                _collect(job, number, payload, self.pool.name(actor))
+                if job.tasks.segments[number].kind == "keyframes" and not job.keys:  # stage 2: the propagation segments
+                    job.keys = tuple(payload["edited"].keyframes)
+                    job.tasks = propagation_tasks(job.keys, len(job.clip.frames), job.slots)
+                    self.notes.append(f"{job.edit.name}: {job.tasks.note}")
+                    self.progress.line(f"[note] {job.edit.name}: {job.tasks.note}")
+                    self.tasks[:0] = [(job, n, 1) for n in range(1, len(job.tasks.segments))]  # ahead of other edits' tasks
+                if len(job.outputs) == len(job.tasks.segments):
+                    _finish(job, self.on_done)
+        return self.notes
 
 
 def _task_input(job: _Job, number: int, editor: FramesEditor | None) -> tuple:
