@@ -12,7 +12,7 @@ import pytest
 
 from editing.attention.bank import FeatureBankControl
 from editing.attention.control import AttentionControl
-from editing.attention.cross_frame import CrossFrameAttnProcessor, attention_processors
+from editing.attention.cross_frame import CrossFrameAttnProcessor, LayerCall, attention_processors
 from editing.attention.flow import FlowControl
 from editing.attention.modes import AttentionMode, _first_rows, register_attention_mode, unregister_attention_mode
 from editing.attention.p2p import PromptControl
@@ -36,7 +36,7 @@ class CountingProcessor(CrossFrameAttnProcessor):
     ):
         if counted is not None:
             counted["calls"] += 1
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, **kw)
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, LayerCall(frames, extra=kw))
 
 
 class CountingControl(AttentionControl):

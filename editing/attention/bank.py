@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, LayerCall, attention_processors
 
 
 @dataclass
@@ -81,9 +81,8 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
         anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
         **extra,
     ):
-        return self.process(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, bank=bank, anchor_kv=anchor_kv, **extra
-        )
+        call = LayerCall(frames, anchor_kv=anchor_kv, extra={"bank": bank, **extra})
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def extend_context(
         self,

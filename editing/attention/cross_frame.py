@@ -19,7 +19,7 @@ import contextlib
 import copy
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -90,6 +90,30 @@ def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     return tensor.view(batch, length, heads, inner // heads).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class LayerCall:
+    """One attention layer call's state: the frame layout (None: no cross-frame attention), a replacement
+    query projection (tuning), the anchor store's call (editing.attention.anchor.AnchorCall: keeps or
+    supplies the anchors' self-attention keys and values) and the attention control's own per-call state,
+    handed to `extend_context` and `attend`."""
+
+    frames: FrameLayout | None = None
+    to_q: torch.nn.Module | None = None
+    anchor_kv: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Heads:
+    """One attention's per-head inputs: queries (batch, heads, queries, d), keys and values (batch, heads,
+    keys, d) and the mask over the keys (None: every key)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
 class CrossFrameAttnProcessor:
     """Self-attention over the frames a FrameLayout names (fused SDPA); other attention unchanged."""
 
@@ -112,23 +136,22 @@ class CrossFrameAttnProcessor:
         frames: FrameLayout | None = None,
         anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
     ) -> torch.Tensor:
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, anchor_kv=anchor_kv)
+        return self.process(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, LayerCall(frames, anchor_kv=anchor_kv)
+        )
 
     def process(
         self,
         attn: torch.nn.Module,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        to_q: torch.nn.Module | None = None,
-        anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
-        **extra,
-    ):
-        """The attention layer's forward pass; `to_q` replaces the layer's query projection (tuning);
-        `anchor_kv` (editing.attention.anchor.AnchorCall) keeps or supplies the anchors' self-attention keys
-        and values; `extra` per-call state is handed to `extend_context` and `attend`."""
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+        call: LayerCall,
+    ) -> torch.Tensor:
+        """The attention layer's forward pass with the call's frame layout, query projection, anchor store
+        and the control's own state (`LayerCall`)."""
+        frames, to_q, anchor_kv, extra = call.frames, call.to_q, call.anchor_kv, call.extra
         residual = hidden_states
         encoder_hidden_states, images = split_image_tokens(encoder_hidden_states)
         if attn.spatial_norm is not None:
@@ -168,7 +191,7 @@ class CrossFrameAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = self.attend(attn, query, key, value, mask, is_self, **extra)
+        out = self.attend(attn, Heads(query, key, value, mask), is_self, **extra)
         if images is not None and self.image_adapter is not None:
             out = out + image_attention(self.image_adapter, query, images, attn.heads)
         out = out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype)
@@ -214,18 +237,11 @@ class CrossFrameAttnProcessor:
         here); `own` is the batch's (key, value) before gathering. Unchanged by default."""
         return key, value, mask
 
-    def attend(
-        self,
-        attn: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_self: bool,
-        **extra,
-    ) -> torch.Tensor:
+    def attend(self, attn: torch.nn.Module, heads: Heads, is_self: bool, **extra: Any) -> torch.Tensor:
         """softmax(Q K^T / sqrt(d)) V per head, fused; subclasses that need the probabilities override this."""
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return F.scaled_dot_product_attention(
+            heads.query, heads.key, heads.value, attn_mask=heads.mask, dropout_p=0.0, is_causal=False
+        )
 
 
 def split_image_tokens(encoder_hidden_states: torch.Tensor):

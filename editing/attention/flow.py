@@ -16,7 +16,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..flows import source_flows
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
 
 if TYPE_CHECKING:
     from ..flows import Flows
@@ -123,20 +123,13 @@ class FlowAttnProcessor(CrossFrameAttnProcessor):
         flow: FlowCall | None = None,
         **extra,
     ):
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, flow=flow, **extra)
+        call = LayerCall(frames, extra={"flow": flow, **extra})
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def attend(
-        self,
-        attn: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_self: bool,
-        flow: FlowCall | None = None,
-        **extra,
-    ):
-        out = super().attend(attn, query, key, value, mask, is_self)
+        self, attn: torch.nn.Module, heads: Heads, is_self: bool, flow: FlowCall | None = None, **extra: Any
+    ) -> torch.Tensor:
+        out = super().attend(attn, heads, is_self)
         if flow is None or not is_self:
             return out
         index = flow.trajectories.index(out.shape[2], flow.frames)

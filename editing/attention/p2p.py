@@ -22,7 +22,7 @@ import torch
 
 from .blend import LocalBlend
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
 from .store import AttentionStore, StorePolicy
 
 log = logging.getLogger(__name__)
@@ -54,21 +54,14 @@ class ControlledAttnProcessor(CrossFrameAttnProcessor):
         frames: FrameLayout | None = None,
         control: AttentionCall | None = None,
     ):
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, control=control)
+        call = LayerCall(frames, extra={"control": control})
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
-    def attend(
-        self,
-        attn: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_self: bool,
-        control: AttentionCall | None = None,
-    ) -> torch.Tensor:
+    def attend(self, attn: torch.nn.Module, heads: Heads, is_self: bool, control: AttentionCall | None = None) -> torch.Tensor:
         """Fused attention, unless the controller wants this layer's probabilities."""
+        query, key, value, mask = heads.query, heads.key, heads.value, heads.mask
         if control is None or not control.controller.wants(self.place, not is_self, query.shape[2], control):
-            return super().attend(attn, query, key, value, mask, is_self)
+            return super().attend(attn, heads, is_self)
         scores = (query @ key.transpose(-1, -2)) * attn.scale
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
 from .plan import FrameBatch
 
 if TYPE_CHECKING:
@@ -295,9 +295,8 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
             tokenflow.state.source.put(
                 tokenflow.state.step, tokenflow.frames, tokens[:count]
             )  # the first branch (inversion has one)
-        return self.process(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, tokenflow=tokenflow, **extra
-        )
+        call = LayerCall(frames, extra={"tokenflow": tokenflow, **extra})
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def extend_context(
         self,
@@ -321,28 +320,21 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
         return joint(own_key), joint(own_value), None
 
     def attend(
-        self,
-        attn: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_self: bool,
-        tokenflow: TokenFlowCall | None = None,
-        **extra,
-    ):
+        self, attn: torch.nn.Module, heads: Heads, is_self: bool, tokenflow: TokenFlowCall | None = None, **extra: Any
+    ) -> torch.Tensor:
         if not is_self or tokenflow is None or tokenflow.phase == "record":
-            return super().attend(attn, query, key, value, mask, is_self)
+            return super().attend(attn, heads, is_self)
+        query = heads.query
         state, count = tokenflow.state, len(tokenflow.frames)
-        batch, heads, tokens, dim = query.shape
+        batch, head_count, tokens, dim = query.shape
         branches = batch // count
         if tokenflow.phase == "keyframes":
-            out = super().attend(attn, query, key, value, mask, is_self)
-            state.outputs[self.layer] = out.view(branches, count, heads, tokens, dim)
+            out = super().attend(attn, heads, is_self)
+            state.outputs[self.layer] = out.view(branches, count, head_count, tokens, dim)
             return out
         return (
             propagate(state, self.layer, tokenflow.frames, branches, query.device)
-            .reshape(batch, heads, tokens, dim)
+            .reshape(batch, head_count, tokens, dim)
             .to(query.dtype)
         )
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, LayerCall, attention_processors
 
 if TYPE_CHECKING:
     from .p2p import AttentionCall
@@ -139,10 +139,8 @@ class TunedAttnProcessor:
         frames: FrameLayout | None = None,
         control: AttentionCall | None = None,
     ):
-        extra = {} if control is None else {"control": control}
-        out = self.base.process(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, frames, to_q=self.weights.query, **extra
-        )
+        call = LayerCall(frames, to_q=self.weights.query, extra={} if control is None else {"control": control})
+        out = self.base.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
         if self.weights.temporal is None:
             return out
         if frames is None:
