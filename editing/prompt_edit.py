@@ -17,7 +17,15 @@ import torch
 
 from . import prompts, sampling
 from .attention.blend import LocalBlend, blend_latents
-from .attention.p2p import AttentionEdit, AttentionRecorder, RefineEdit, ReweightEdit, SwapEdit, replaced_steps
+from .attention.p2p import (
+    AttentionEdit,
+    AttentionRecorder,
+    RecordedAttention,
+    RefineEdit,
+    ReweightEdit,
+    SwapEdit,
+    replaced_steps,
+)
 from .attention.store import AttentionStore, StorePolicy
 from .cache import cache_key
 from .config import AttentionEditConfig
@@ -76,12 +84,9 @@ def make_controller(
     blend: LocalBlend | None,
 ) -> AttentionEdit:
     """The controller of the configured edit type, with its token alignment, reading what `recorder` stored."""
+    recorded = RecordedAttention(recorder.store, recorder.policy, recorder.latent_height, recorder.latent_width, steps)
     common = dict(
-        store=recorder.store,
-        policy=recorder.policy,
-        latent_height=recorder.latent_height,
-        latent_width=recorder.latent_width,
-        inverted_steps=steps,
+        recorded=recorded,
         edit_steps=steps,
         cross_replace=config.cross_replace,
         self_replace=config.self_replace,

@@ -12,7 +12,14 @@ from diffusers.models.attention_processor import Attention
 from editing import prompts, sampling
 from editing.attention.blend import LocalBlend, blend_mask
 from editing.attention.cross_frame import CrossFrameAttnProcessor, layout_for
-from editing.attention.p2p import AttentionRecorder, ControlledAttnProcessor, PromptControl, RefineEdit, SwapEdit
+from editing.attention.p2p import (
+    AttentionRecorder,
+    ControlledAttnProcessor,
+    PromptControl,
+    RecordedAttention,
+    RefineEdit,
+    SwapEdit,
+)
 from editing.attention.store import AttentionStore, StorePolicy, store_nbytes
 from editing.cli import main
 from editing.config import AttentionEditConfig, FrameSelection
@@ -151,11 +158,7 @@ def refine_controller(tiny, store, policy, latents, steps, cross, self_, target=
     return RefineEdit(
         index,
         alpha,
-        store=store,
-        policy=policy,
-        latent_height=height,
-        latent_width=width,
-        inverted_steps=steps,
+        recorded=RecordedAttention(store, policy, height, width, steps),
         edit_steps=steps,
         cross_replace=cross,
         self_replace=self_,
@@ -219,11 +222,7 @@ def test_outside_the_blend_mask_the_output_is_the_reconstruction(tiny, car_laten
     mapper = prompts.swap_mapper(tiny.tokenizer, SOURCE, target)
     control = SwapEdit(
         mapper,
-        store=store,
-        policy=policy,
-        latent_height=height,
-        latent_width=width,
-        inverted_steps=steps,
+        recorded=RecordedAttention(store, policy, height, width, steps),
         edit_steps=steps,
         cross_replace=0.8,
         self_replace=0.4,
@@ -255,11 +254,7 @@ def test_a_chunked_prompt_to_prompt_edit_equals_the_unchunked_one(tiny, car_late
         blend = LocalBlend(*positions, height, width, threshold=0.5)
         control = SwapEdit(
             mapper,
-            store=store,
-            policy=policy,
-            latent_height=height,
-            latent_width=width,
-            inverted_steps=steps,
+            recorded=RecordedAttention(store, policy, height, width, steps),
             edit_steps=steps,
             cross_replace=0.8,
             self_replace=0.7,

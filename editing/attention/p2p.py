@@ -122,6 +122,17 @@ class AttentionRecorder(PromptControl):
         return probs
 
 
+@dataclass(frozen=True)
+class RecordedAttention:
+    """What an inversion recorded: the maps, the policy that kept them, the latent size and the inverted steps."""
+
+    store: AttentionStore
+    policy: StorePolicy
+    latent_height: int
+    latent_width: int
+    steps: int
+
+
 class AttentionEdit(PromptControl):
     """Replaces the edit's attention with the inversion's for the first share of the steps.
 
@@ -132,19 +143,15 @@ class AttentionEdit(PromptControl):
 
     def __init__(
         self,
-        store: AttentionStore,
-        policy: StorePolicy,
-        latent_height: int,
-        latent_width: int,
-        inverted_steps: int,
+        recorded: RecordedAttention,
         edit_steps: int,
         cross_replace: float,
         self_replace: float,
         blend: LocalBlend | None = None,
     ):
-        super().__init__(latent_height, latent_width)
-        self.store, self.policy = store, policy
-        self.inverted_steps, self.edit_steps = inverted_steps, edit_steps
+        super().__init__(recorded.latent_height, recorded.latent_width)
+        self.store, self.policy = recorded.store, recorded.policy
+        self.inverted_steps, self.edit_steps = recorded.steps, edit_steps
         self.cross_steps = replaced_steps(cross_replace, edit_steps)
         self.self_steps = replaced_steps(self_replace, edit_steps)
         self.blend = blend
