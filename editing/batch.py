@@ -275,28 +275,32 @@ class Manifest:
         os.replace(temporary, self.path)  # a killed batch never leaves half a manifest
 
 
-def result_row(
-    edit: BatchEdit,
-    result: EditResult,
-    attempts: int = 1,
-    worker: str = "local",
-    segments: int = 1,
-    wall: float = 0.0,
-    note: str = "",
-) -> dict:
+@dataclass(frozen=True)
+class Run:
+    """How a finished edit ran: attempts, the workers, the segments it was split into, wall seconds and a note."""
+
+    attempts: int = 1
+    worker: str = "local"
+    segments: int = 1
+    wall: float = 0.0
+    note: str = ""
+
+
+def result_row(edit: BatchEdit, result: EditResult, run: Run | None = None) -> dict:
     """The results row of a finished edit (an editing.pipeline.EditResult)."""
+    run = run or Run()
     return dict(
         name=edit.name,
         status="ok",
         error="",
-        attempts=attempts,
-        worker=worker,
-        segments=segments,
+        attempts=run.attempts,
+        worker=run.worker,
+        segments=run.segments,
         frames=result.frames,
         output=str(Path(result.output).name),
-        seconds_wall=round(wall, 4),
+        seconds_wall=round(run.wall, 4),
         **{f"seconds_{stage}": round(result.seconds.get(stage, 0.0), 4) for stage in STAGES},
-        note="; ".join(n for n in (note, *result.warnings) if n),
+        note="; ".join(n for n in (run.note, *result.warnings) if n),
     )
 
 
@@ -377,7 +381,7 @@ def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done: Callable[
         begin = time.perf_counter()
         try:
             result = edit_video(edit.request)
-            row = result_row(edit, result, wall=time.perf_counter() - begin)
+            row = result_row(edit, result, Run(wall=time.perf_counter() - begin))
         except Exception as exc:  # one failed edit is reported and the others still run
             log.debug("edit %s failed", edit.name, exc_info=True)
             row = failed_row(edit, describe(exc), wall=time.perf_counter() - begin)

@@ -28,6 +28,7 @@ from .batch import (
     BatchEdit,
     BatchProgress,
     EditTasks,
+    Run,
     assemble,
     describe,
     failed_row,
@@ -393,7 +394,9 @@ def _finish(job: _Job, on_done: Callable[[BatchEdit, dict], None]) -> None:
     workers = ",".join(dict.fromkeys(job.workers))
     on_done(
         edit,
-        result_row(edit, result, job.attempts, workers, len(job.tasks.segments), time.perf_counter() - job.begin, job.tasks.note),
+        result_row(
+            edit, result, Run(job.attempts, workers, len(job.tasks.segments), time.perf_counter() - job.begin, job.tasks.note)
+        ),
     )
 
 

@@ -716,16 +716,10 @@ def _load_image_adapter(spec: str, backbone: Backbone):
         random_image_encoder,
     )
 
-    device, dtype = backbone.device, backbone.dtype
+    dtype = backbone.dtype
     if spec == "random":
         return build_image_adapter(
-            "random",
-            random_adapter_state(backbone.unet),
-            random_image_encoder(),
-            backbone.unet,
-            device,
-            dtype,
-            random_weights=True,
+            "random", random_adapter_state(backbone.unet), random_image_encoder(), backbone, random_weights=True
         )
     from transformers import CLIPVisionModelWithProjection
 
@@ -745,7 +739,7 @@ def _load_image_adapter(spec: str, backbone: Backbone):
             "IP-Adapter image encoder",
             lambda: CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), torch_dtype=dtype),
         )
-        return build_image_adapter(name, state, encoder, backbone.unet, device, dtype)
+        return build_image_adapter(name, state, encoder, backbone)
     parts = spec.split("/")
     if len(parts) < 2 or not HUB_ID.fullmatch("/".join(parts[:2])):
         raise ModelLoadError(
@@ -764,7 +758,7 @@ def _load_image_adapter(spec: str, backbone: Backbone):
     subfolder = "/".join([*filename.split("/")[:-1], "image_encoder"])
     load = lambda: CLIPVisionModelWithProjection.from_pretrained(repo, subfolder=subfolder, torch_dtype=dtype)
     encoder = _load_from(hub, "IP-Adapter image encoder", load, ADAPTER_OFFLINE_ALTERNATIVES)
-    return build_image_adapter(spec, state, encoder, backbone.unet, device, dtype)
+    return build_image_adapter(spec, state, encoder, backbone)
 
 
 def _adapter_file(path: Path, spec: str) -> Path:

@@ -208,15 +208,16 @@ def build_image_adapter(
     name: str,
     state: dict,
     image_encoder: torch.nn.Module,
-    unet: torch.nn.Module,
-    device: torch.device | str,
-    dtype: torch.dtype,
+    backbone: Any,  # editing.models.Backbone (models imports this module)
     random_weights: bool = False,
 ) -> ImageAdapter:
-    """An ImageAdapter from an IP-Adapter checkpoint ({"image_proj": ..., "ip_adapter": ...}) through diffusers'
-    converters; refused in one sentence when it is not a plain IP-Adapter for this UNet."""
+    """An ImageAdapter for the backbone's UNet, device and dtype from an IP-Adapter checkpoint ({"image_proj":
+    ..., "ip_adapter": ...}) through diffusers' converters; refused in one sentence when it is not a plain
+    IP-Adapter for this UNet."""
     from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
     from transformers import CLIPImageProcessor
+
+    unet, device, dtype = backbone.unet, backbone.device, backbone.dtype
 
     check_adapter_state(name, state, unet)
     try:
