@@ -143,7 +143,7 @@ def split_edit(request: EditRequest, frame_count: int, workers: int) -> EditTask
     engine = request.engine
     if engine.keyframes_every and workers > 1 and frame_count > 1 and request.decode_frames is None:
         return EditTasks((Segment(tuple(range(frame_count)), (), "keyframes"),), KEYFRAMES_NOTE)
-    plan = plan_frames(frame_count, engine.chunk, engine.attention, engine.window, merge=engine.token_merge)
+    plan = plan_frames(frame_count, engine.chunk, engine.attention, engine.window).with_calls(engine.token_merge)
     if workers <= 1 or len(plan.batches) <= 1:
         return whole
     reason = sequential_reason(request)

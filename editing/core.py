@@ -163,16 +163,8 @@ def pass_context(
     """The context of one pass: the frame plan around `anchors`, the frames' cache identity, the sampler and its timesteps."""
     engine = parts.engine
     windows = edit_context(engine.context, backbone.unet)  # context windows (editing.windows), by default with a motion module
-    plan = sampling.plan_frames(
-        len(frames),
-        engine.chunk,
-        engine.attention,
-        engine.window,
-        anchors=anchors,
-        merge=engine.token_merge,
-        context=windows,
-        step_cache=parse_step_caches(engine.step_cache),
-    )
+    plan = sampling.plan_frames(len(frames), engine.chunk, engine.attention, engine.window, anchors, windows)
+    plan = plan.with_calls(engine.token_merge, parse_step_caches(engine.step_cache))
     scheduler = backbone.scheduler(parts.edit.sampler)
     timesteps = sampling.sampling_timesteps(scheduler, parts.edit.steps, parts.edit.strength)
     cache_root = engine.cache_dir or default_cache_dir()

@@ -322,7 +322,7 @@ def refine(
             return torch.where(keep, target.to(latents.dtype), latents)  # noqa: B023
 
         start = sampling.noise_to_timestep(noising, clean, noise, timesteps[0])
-        plan = sampling.plan_frames(len(clip), engine.chunk, "first", step_cache=parse_step_caches(engine.step_cache))
+        plan = sampling.plan_frames(len(clip), engine.chunk, "first").with_calls(step_cache=parse_step_caches(engine.step_cache))
         latents = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, hold, seed=config.seed)
         decoded = sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(clip))))
         for row, frame in enumerate(members):

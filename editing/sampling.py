@@ -262,6 +262,10 @@ class FramePlan:
             self, batches=window_batches(self.num_frames, self.context, self.mode, self.window, self.anchors, index)
         )
 
+    def with_calls(self, merge: float = 0.0, step_cache: tuple = ()) -> FramePlan:
+        """This plan with token merging inside self-attention (`merge`: the ratio) and step caches on the UNet."""
+        return dataclasses.replace(self, merge=merge, step_cache=step_cache)
+
     def layout(self, batch: FrameBatch) -> FrameLayout:
         return layout_for(self.mode, batch.ids, self.anchors, self.window, self.merge, batch.borrowed)
 
@@ -307,9 +311,7 @@ def plan_frames(
     mode: str = "none",
     window: int = 2,
     anchors: tuple[int, ...] = (0,),
-    merge: float = 0.0,
     context: ContextWindows | None = None,
-    step_cache: tuple = (),
 ) -> FramePlan:
     """Split frames into chunks of `chunk` targets; each call also holds the context its mode needs.
 
@@ -320,6 +322,7 @@ def plan_frames(
 
     With `context` (editing.windows.ContextWindows) the calls are overlapping windows instead, each
     frame's noise the pyramid-weighted blend of its windows' (`window_batches`); `chunk` is not used.
+    Token merging and step caches are set on the plan after (`FramePlan.with_calls`).
     """
     rule = get_attention_mode(mode)
     anchors = tuple(a for a in anchors if a < num_frames) or (0,)
@@ -329,17 +332,15 @@ def plan_frames(
             window_batches(num_frames, context, mode, window, anchors, 0),
             anchors,
             window,
-            merge,
-            context,
-            num_frames,
-            step_cache,
+            context=context,
+            num_frames=num_frames,
         )
     batches = []
     for start in range(0, num_frames, chunk):
         targets = range(start, min(start + chunk, num_frames))
         context = {f for f in rule.context(targets, num_frames, anchors, window) if 0 <= f < num_frames}
         batches.append(FrameBatch(tuple(sorted(context | set(targets))), tuple(targets)))
-    return FramePlan(mode, tuple(batches), anchors, window, merge, step_cache=step_cache)
+    return FramePlan(mode, tuple(batches), anchors, window)
 
 
 def window_batches(

@@ -39,7 +39,7 @@ def _run(tiny, step_cache: str | None, mode: str = "first", chunk: int = 8):
     timesteps = sampling.sampling_timesteps(scheduler, STEPS, 1.0)
     latents = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     text = sampling.encode_text(tiny, "a red car", "", guided=True)
-    plan = sampling.plan_frames(FRAMES, chunk, mode, step_cache=parse_step_caches(step_cache))
+    plan = sampling.plan_frames(FRAMES, chunk, mode).with_calls(step_cache=parse_step_caches(step_cache))
     counter = Counter(tiny.unet.mid_block)
     try:
         out = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan)
