@@ -34,7 +34,7 @@ class NullTextFit:
     iterations: int = 10
     learning_rate: float = 1e-2
     tolerance: float = 1e-5
-    progress: object = None
+    progress: Callable[[int, int], None] | None = None  # progress(steps fitted, steps)
     embeddings: list[torch.Tensor] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -80,24 +80,21 @@ class NullTextFit:
 
 def null_text_invert(
     backbone: Backbone,
-    trajectory: Trajectory,
+    fit: NullTextFit,
     guidance: sampling.Guidance,
     steps: int,
     strength: float,
     plan: sampling.FramePlan,
-    iterations: int = 10,
-    learning_rate: float = 1e-2,
-    tolerance: float = 1e-5,
-    progress: Callable[[int, int], None] = None,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """Per-sampling-step unconditional embeddings (each (1, 77, width)) fitted to the trajectory, and the
-    clip the guided DDIM loop reconstructs with them. `guidance` holds the source prompt, its plain
-    negative (the starting point), the scale and the request's ControlNets."""
+    """Per-sampling-step unconditional embeddings (each (1, 77, width)) fitted (`fit`: to its trajectory,
+    with its iterations, learning rate and tolerance), and the clip the guided DDIM loop reconstructs with
+    them. `guidance` holds the source prompt, its plain negative (the starting point), the scale and the
+    request's ControlNets."""
+    trajectory = fit.trajectory
     scheduler = backbone.scheduler("ddim")
     timesteps = sampling.sampling_timesteps(scheduler, steps, strength)
     if len(timesteps) != len(trajectory.timesteps):
         raise ValueError(f"the trajectory has {len(trajectory.timesteps)} steps, sampling {len(timesteps)}")
-    fit = NullTextFit(trajectory, iterations, learning_rate, tolerance, progress)
     start = trajectory.final.to(backbone.device, backbone.dtype)
     reconstruction = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, before_step=fit)
     return tuple(fit.embeddings), reconstruction

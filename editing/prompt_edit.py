@@ -31,7 +31,7 @@ from .cache import cache_key
 from .config import AttentionEditConfig
 from .context import EditContext
 from .inversion import Trajectory, ddim_invert
-from .nulltext import null_text_invert
+from .nulltext import NullTextFit, null_text_invert
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -204,8 +204,7 @@ def null_text_embeddings(
     def report(done: int, total: int) -> None:
         context.progress("null_text", done, total)
 
-    embeddings, _ = null_text_invert(
-        backbone, trajectory, guidance, edit.steps, edit.strength, plan, iterations=config.null_text_iterations, progress=report
-    )
+    fit = NullTextFit(trajectory, config.null_text_iterations, progress=report)
+    embeddings, _ = null_text_invert(backbone, fit, guidance, edit.steps, edit.strength, plan)
     cache.save(key, {"embeddings": torch.stack([e.cpu() for e in embeddings])})
     return embeddings, False

@@ -26,7 +26,7 @@ from editing.config import AttentionEditConfig, FrameSelection
 from editing.errors import ConfigError
 from editing.inversion import ddim_invert
 from editing.models import clip_tokenizer
-from editing.nulltext import null_text_invert
+from editing.nulltext import NullTextFit, null_text_invert
 from editing.prompt_edit import blend_callback, self_record_steps
 from editing.video_io import read_clip
 
@@ -300,7 +300,7 @@ def test_null_text_inversion_reconstructs_better_than_ddim_with_guidance(tiny, c
         controls = (sampling.ControlSignal(load_controlnet("random", tiny), images, 1.0),)
     trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
     negatives, reconstruction = null_text_invert(
-        tiny, trajectory, sampling.Guidance(text, scale, controls), steps, 1.0, plan, iterations=3
+        tiny, NullTextFit(trajectory, iterations=3), sampling.Guidance(text, scale, controls), steps, 1.0, plan
     )
     assert len(negatives) == steps and not torch.equal(negatives[0], text.negative)
     errors = []
@@ -333,7 +333,7 @@ def test_null_text_fitted_without_the_controlnet_reconstructs_the_controlled_mod
     errors = []
     for fitted_with in ((), controls):
         negatives, _ = null_text_invert(
-            tiny, trajectory, sampling.Guidance(text, scale, fitted_with), steps, 1.0, plan, iterations=3
+            tiny, NullTextFit(trajectory, iterations=3), sampling.Guidance(text, scale, fitted_with), steps, 1.0, plan
         )
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
