@@ -69,14 +69,15 @@ def our_request(args, frames: int, **values):
 
 
 def our_edit(args, backbones: dict, frames, request, decode=None) -> None:
-    from editing.core import EditParts, edit_frames
+    from editing.context import EditParts
     from editing.models import load_backbone
+    from editing.staging import edit_clip
 
     key = repr(request.model_options)
     if key not in backbones:
         backbones[key] = load_backbone(request.model, args.device, args.dtype, options=request.model_options)
     request = dataclasses.replace(request, decode_frames=decode) if decode is not None else request
-    edit_frames(frames, EditParts.of(request), backbones[key])
+    edit_clip(frames, EditParts.of(request), backbones[key])
 
 
 def animatediff(args, backbone, frames) -> None:

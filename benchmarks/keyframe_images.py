@@ -32,8 +32,9 @@ def main() -> None:
     from PIL import Image
 
     from editing.config import EditConfig, EngineConfig, KeyframeImage
-    from editing.core import EditParts, edit_frames
+    from editing.context import EditParts
     from editing.models import load_backbone
+    from editing.staging import edit_clip
     from shapes_world.benchmark import GUIDANCE, benchmark_clip, derive_edits, edit_accuracy, structure_iou, true_warp_errors
     from shapes_world.world import render, scene_at
 
@@ -51,7 +52,7 @@ def main() -> None:
                     engine = EngineConfig(
                         inversion_prompt=edit.source_prompt, cache_dir=str(Path(work) / "cache"), keyframe_images=supplied
                     )
-                    out = edit_frames(
+                    out = edit_clip(
                         clip.frames, EditParts(EditConfig(prompt=prompt, steps=args.steps, guidance=GUIDANCE), engine), backbone
                     ).frames
                     measured = (

@@ -44,9 +44,10 @@ import json, resource, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from editing.config import FrameSelection
-from editing.core import EditParts, edit_frames
+from editing.context import EditParts
 from editing.models import load_backbone
 from editing.requests import build_request
+from editing.staging import edit_clip
 from editing.video_io import read_clip
 
 values = json.loads(sys.argv[2])
@@ -56,7 +57,7 @@ order = np.concatenate([np.arange(len(source)), np.arange(len(source) - 2, 0, -1
 frames = source[np.resize(order, count)]
 request = build_request("edit", values)
 backbone = load_backbone(request.model, "cpu", "fp32", options=request.model_options)
-edit_frames(frames, EditParts.of(request), backbone)
+edit_clip(frames, EditParts.of(request), backbone)
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

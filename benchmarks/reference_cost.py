@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         adapter = prompt.installed(backbone.unet) if name == "reference" else contextlib.nullcontext()
         with adapter, cross_frame_attention(backbone.unet):
             begin = time.perf_counter()
-            sampling.guided_noise(backbone, latents, 500, guidance[name], layout)
+            sampling.guided_noise(backbone, latents, 500, guidance[name], sampling.UnetCall(layout))
             return time.perf_counter() - begin
 
     for name in guidance:

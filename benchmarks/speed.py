@@ -121,9 +121,10 @@ class Counter:
 def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     import torch
 
-    from editing.core import EditParts, edit_frames
+    from editing.context import EditParts
     from editing.models import load_backbone
     from editing.requests import build_request
+    from editing.staging import edit_clip
 
     values = {
         "video": str(CLIP),
@@ -154,7 +155,7 @@ def run(setting: str, args, backbones: dict, frames, cache: Path) -> dict:
     with counter.watching(backbone):
         sync()
         begin = time.perf_counter()
-        edited = edit_frames(frames, EditParts.of(request), backbone)
+        edited = edit_clip(frames, EditParts.of(request), backbone)
         sync()
         seconds = time.perf_counter() - begin
     count = len(frames)
