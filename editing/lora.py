@@ -341,12 +341,20 @@ def apply_loras(
 
 
 def merge_adapters(model: torch.nn.Module, names: list[str]) -> None:
-    """Merge the named LoRA adapters into the base weights, at their set scales (peft's `merge`)."""
+    """Merge the named LoRA adapters into the base weights, at their set scales (peft's `merge`), then put
+    each fully merged layer's base layer back in its place: a merged peft layer only calls its base layer,
+    so the output is the same and each call skips the wrapper."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for module in model.modules():
+    merged = []
+    for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             module.merge(adapter_names=[n for n in names if n in module.lora_A])
+            merged.append((name, module))
+    for name, module in merged:
+        if set(module.active_adapters) <= set(module.merged_adapters):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
 
 
 # ---------------------------------------------------------------- the tiny autoencoder
