@@ -93,10 +93,10 @@ def main() -> None:
     unet = _sd15_config()
     self_share = 0.4
     report = {
-        "store_mb_8f_512px_50steps": store_nbytes(unet, 8, 64, 64, 50, round(50 * self_share), 1, StorePolicy()) / 2**20,
+        "store_mb_8f_512px_50steps": store_nbytes(unet, 8, (64, 64), (50, round(50 * self_share)), 1, StorePolicy()) / 2**20,
         "all_maps_all_heads_fp32_gb_8f_512px_50steps": full_store_nbytes(unet, 8, 64, 50) / 2**30,
         "store_mb_formula_at_size": store_nbytes(
-            unet, args.frames, args.size // 8, args.size // 8, args.steps, round(args.steps * self_share), 1, StorePolicy()
+            unet, args.frames, (args.size // 8, args.size // 8), (args.steps, round(args.steps * self_share)), 1, StorePolicy()
         )
         / 2**20,
     }

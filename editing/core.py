@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .flows import source_flows
 from .frames import check_frames
 from .held import hold_callback, noised_states, trajectory_states
-from .inversion import Trajectory, ddim_invert, load_trajectory, save_trajectory
+from .inversion import Trajectory, ddim_invert, inverse_schedule, load_trajectory, save_trajectory
 from .memo import current_memo
 from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
 from .pinned import Pinning, guided_start, pinned_frames
@@ -204,14 +204,11 @@ def run_denoise(
     callback = callback if prepared is None else prepared.wrap(callback)
     return sampling.denoise(
         context.backbone,
-        context.scheduler,
+        sampling.Schedule(context.scheduler, context.timesteps),
         begun.latents,
-        context.timesteps,
         guidance,
         context.plan,
-        callback,
-        begun.control,
-        seed=context.parts.edit.seed,
+        sampling.LoopHooks(callback=callback, attention_control=begun.control, seed=context.parts.edit.seed),
     )
 
 
@@ -293,7 +290,14 @@ def invert(
     clean = sampling.encode_frames(backbone, frames, parts.engine.chunk)
     prompt = sampling.encode_text(backbone, parts.engine.inversion_prompt, "", guided=False)
     config = parts.edit
-    return ddim_invert(backbone, clean, config.steps, config.strength, prompt, context.plan, report, attention_control=inverting)
+    return ddim_invert(
+        backbone,
+        clean,
+        inverse_schedule(backbone, config.steps, config.strength),
+        prompt,
+        context.plan,
+        sampling.LoopHooks(callback=report, attention_control=inverting),
+    )
 
 
 def hold_outside(

@@ -9,14 +9,14 @@ which is what makes edits keep the source's layout. It runs through the same loo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
-from .attention.control import AttentionControl
 from .cache import TensorCache
 from .models import Backbone
-from .sampling import FramePlan, Guidance, StepCallback, TextConditioning, denoise
+from .sampling import NO_HOOKS, FramePlan, Guidance, LoopHooks, Schedule, TextConditioning, denoise
 
 
 @dataclass(frozen=True)
@@ -35,21 +35,26 @@ class Trajectory:
         return self.states.numel() * self.states.element_size()
 
 
+def inverse_schedule(backbone: Backbone, steps: int, strength: float) -> Schedule:
+    """The DDIM inverse scheduler set for `steps` steps and the ascending timesteps that invert `strength`
+    of them (at least one)."""
+    inverse = backbone.inverse_scheduler()
+    inverse.set_timesteps(steps)
+    return Schedule(inverse, inverse.timesteps[: max(1, round(steps * strength))])
+
+
 def ddim_invert(
     backbone: Backbone,
     latents: torch.Tensor,
-    steps: int,
-    strength: float,
+    schedule: Schedule,
     text: TextConditioning,
     plan: FramePlan,
-    callback: StepCallback | None = None,
-    attention_control: AttentionControl | None = None,
+    hooks: LoopHooks = NO_HOOKS,
 ) -> Trajectory:
-    """Invert clean latents along the DDIM path under `text` (no guidance), recording every state (and
-    what the attention control's `recording` records, e.g. TokenFlow's source features)."""
-    inverse = backbone.inverse_scheduler()
-    inverse.set_timesteps(steps)
-    timesteps = inverse.timesteps[: max(1, round(steps * strength))]
+    """Invert clean latents along the DDIM path of `schedule` (inverse_schedule) under `text` (no guidance),
+    recording every state (and what the hooks' attention control's `recording` records, e.g. TokenFlow's
+    source features); the hooks' callback sees every step."""
+    timesteps, callback, attention_control = schedule.timesteps, hooks.callback, hooks.attention_control
     states = [latents.detach().to("cpu", copy=True)]
 
     def record(index: int, timestep: int, current: torch.Tensor) -> None:
@@ -63,13 +68,11 @@ def ddim_invert(
     with recording as features:
         denoise(
             backbone,
-            inverse,
+            schedule,
             latents,
-            timesteps,
             Guidance(TextConditioning(text.positive, None), 1.0),
             plan,
-            record,
-            attention_control,
+            dataclasses.replace(hooks, callback=record),
         )
     return Trajectory(timesteps.cpu(), torch.stack(states), dict(features))
 

@@ -323,7 +323,14 @@ def refine(
 
         start = sampling.noise_to_timestep(noising, clean, noise, timesteps[0])
         plan = sampling.plan_frames(len(clip), engine.chunk, "first").with_calls(step_cache=parse_step_caches(engine.step_cache))
-        latents = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, hold, seed=config.seed)
+        latents = sampling.denoise(
+            backbone,
+            sampling.Schedule(scheduler, timesteps),
+            start,
+            guidance,
+            plan,
+            sampling.LoopHooks(callback=hold, seed=config.seed),
+        )
         decoded = sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(clip))))
         for row, frame in enumerate(members):
             soft = composite_mask(fused[frame].unseen)

@@ -96,5 +96,7 @@ def null_text_invert(
     if len(timesteps) != len(trajectory.timesteps):
         raise ValueError(f"the trajectory has {len(trajectory.timesteps)} steps, sampling {len(timesteps)}")
     start = trajectory.final.to(backbone.device, backbone.dtype)
-    reconstruction = sampling.denoise(backbone, scheduler, start, timesteps, guidance, plan, before_step=fit)
+    reconstruction = sampling.denoise(
+        backbone, sampling.Schedule(scheduler, timesteps), start, guidance, plan, sampling.LoopHooks(before_step=fit)
+    )
     return tuple(fit.embeddings), reconstruction

@@ -85,7 +85,7 @@ class Pinning:
         cls, pins: Sequence[tuple[int, np.ndarray]], backbone: Backbone, parts: EditParts, timesteps: torch.Tensor
     ) -> Pinning:
         from . import sampling
-        from .inversion import ddim_invert
+        from .inversion import ddim_invert, inverse_schedule
 
         config, engine = parts.edit, parts.engine
         images = np.stack([image for _, image in pins])
@@ -100,7 +100,7 @@ class Pinning:
         else:
             prompt = sampling.encode_text(backbone, engine.inversion_prompt, "", guided=False)
             plan = sampling.plan_frames(len(images), engine.chunk, "none")
-            states = ddim_invert(backbone, clean, config.steps, config.strength, prompt, plan).states
+            states = ddim_invert(backbone, clean, inverse_schedule(backbone, config.steps, config.strength), prompt, plan).states
         if states.shape[0] != steps + 1:
             raise AssertionError(f"pinned path of {states.shape[0]} states for {steps} steps")
         return cls([index for index, _ in pins], states)

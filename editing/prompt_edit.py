@@ -30,7 +30,7 @@ from .attention.store import AttentionStore, StorePolicy
 from .cache import cache_key
 from .config import AttentionEditConfig
 from .context import EditContext
-from .inversion import Trajectory, ddim_invert
+from .inversion import Trajectory, ddim_invert, inverse_schedule
 from .nulltext import NullTextFit, null_text_invert
 
 if TYPE_CHECKING:
@@ -159,7 +159,12 @@ def prepare_attention_edit(
     positive = sampling.TextConditioning(source_text.positive, None)
     recording = recorder if tuned is None else tuned.wrap(recorder)
     trajectory = ddim_invert(
-        backbone, clean, edit.steps, edit.strength, positive, context.plan, report, attention_control=recording
+        backbone,
+        clean,
+        inverse_schedule(backbone, edit.steps, edit.strength),
+        positive,
+        context.plan,
+        sampling.LoopHooks(callback=report, attention_control=recording),
     )
     log.info("attention store: %d maps, %.1f MB", len(store), store.nbytes() / 1e6)
     negatives, cached = None, False

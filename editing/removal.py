@@ -238,13 +238,11 @@ def diffuse_blended(
     )
     latents = sampling.denoise(
         backbone,
-        scheduler,
+        sampling.Schedule(scheduler, timesteps),
         sampling.noise_to_timestep(noising, clean, noise, timesteps[0]),
-        timesteps,
         sampling.Guidance(text, config.guidance),
         plan,
-        hold,
-        seed=config.seed,
+        sampling.LoopHooks(callback=hold, seed=config.seed),
     )
     decoded = sampling.decode_latents(backbone, latents, engine.chunk)
     out = frames.copy()

@@ -558,18 +558,36 @@ def inverting(timesteps: torch.Tensor) -> bool:
 BeforeStep = Callable[[StepContext, Guidance], "Guidance | None"]
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A sampler and the timesteps it runs, in order (ascending with DDIMInverseScheduler, which inverts)."""
+
+    scheduler: SchedulerMixin
+    timesteps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LoopHooks:
+    """What the denoising loop runs besides the UNet: the after-step callback, the before-step hook, the
+    attention control, the seed of the sampler's noise and whether batches share the anchor frames."""
+
+    callback: StepCallback | None = None
+    attention_control: AttentionControl | None = None
+    seed: int = 0
+    before_step: BeforeStep | None = None
+    share_anchors: bool = True
+
+
+NO_HOOKS = LoopHooks()
+
+
 def denoise(
     backbone: Backbone,
-    scheduler: SchedulerMixin,
+    schedule: Schedule,
     latents: torch.Tensor,
-    timesteps: torch.Tensor,
     guidance: Guidance,
     plan: FramePlan,
-    callback: StepCallback | None = None,
-    attention_control: AttentionControl | None = None,
-    seed: int = 0,
-    before_step: BeforeStep | None = None,
-    share_anchors: bool = True,
+    hooks: LoopHooks = NO_HOOKS,
 ) -> torch.Tensor:
     """The one denoising loop: each step runs every planned batch through the UNet, then steps the
     scheduler once on the whole clip's latents (so multistep and stateful samplers see one step per
@@ -584,13 +602,15 @@ def denoise(
     installs its processors and is told each call's step and frames. A reference image in `guidance`
     (editing.reference) has its IP-Adapter installed in the UNet for the loop, under the attention processors.
 
-    With `share_anchors` the anchor frames are computed once per step, by the first batch, and the other
+    With `hooks.share_anchors` the anchor frames are computed once per step, by the first batch, and the other
     batches read their self-attention keys and values (`FramePlan.sharing_anchors`, editing.attention.anchor):
     with the plain cross-frame processor and with controls that say they can (`shares_anchors`, the feature bank).
     """
+    scheduler, timesteps = schedule.scheduler, schedule.timesteps
+    callback, attention_control, seed, before_step = hooks.callback, hooks.attention_control, hooks.seed, hooks.before_step
     cross_frame = get_attention_mode(plan.mode).cross_frame
     batches = plan.batches
-    if share_anchors and cross_frame and (attention_control is None or attention_control.shares_anchors):
+    if hooks.share_anchors and cross_frame and (attention_control is None or attention_control.shares_anchors):
         batches = plan.sharing_anchors().batches
     sharing = batches is not plan.batches  # the anchors are computed once per step (so in every step's windows too)
     store = AnchorStore() if any(batch.borrowed for batch in batches) else None

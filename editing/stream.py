@@ -219,9 +219,8 @@ class StreamEditor:
         plan = sampling.plan_frames(1, 1, STREAM_MODE)
         control = StreamBankControl(self.bank, self.count, self._held)
         guidance = sampling.Guidance(self._text, config.guidance)
-        latents = sampling.denoise(
-            backbone, scheduler, latents, timesteps, guidance, plan, attention_control=control, seed=config.seed
-        )
+        hooks = sampling.LoopHooks(attention_control=control, seed=config.seed)
+        latents = sampling.denoise(backbone, sampling.Schedule(scheduler, timesteps), latents, guidance, plan, hooks)
         return sampling.decode_latents(backbone, latents, 1)
 
     def latency(self) -> float:

@@ -55,7 +55,11 @@ def text_to_image(backbone: Backbone, caption: str, count: int, seed: int, steps
     noise = torch.randn((count, backbone.latent_channels, size, size), generator=generator)
     latents = (noise * scheduler.init_noise_sigma).to(backbone.device, backbone.dtype)
     latents = sampling.denoise(
-        backbone, scheduler, latents, timesteps, sampling.Guidance(text, guidance), sampling.plan_frames(count, count)
+        backbone,
+        sampling.Schedule(scheduler, timesteps),
+        latents,
+        sampling.Guidance(text, guidance),
+        sampling.plan_frames(count, count),
     )
     return sampling.decode_latents(backbone, latents, count)
 

@@ -44,7 +44,12 @@ def _denoise(tiny, latents, chunk, mode="first", share=True, guided=True, contro
     plan = sampling.plan_frames(latents.shape[0], chunk, mode, anchors=anchors)
     with unet_batches(tiny.unet) as sizes:
         out = sampling.denoise(
-            tiny, scheduler, latents, timesteps, guidance, plan, attention_control=control, share_anchors=share
+            tiny,
+            sampling.Schedule(scheduler, timesteps),
+            latents,
+            guidance,
+            plan,
+            sampling.LoopHooks(attention_control=control, share_anchors=share),
         )
     return out, sizes
 

@@ -108,15 +108,27 @@ def test_the_base_control_is_the_plain_cross_frame_attention(tmp_path, tiny):
     scheduler = tiny.scheduler("ddim")
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
     plan = sampling.plan_frames(3, 2, "first")
-    plain = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 1.0), plan)
+    plain = sampling.denoise(tiny, sampling.Schedule(scheduler, timesteps), latents, sampling.Guidance(text, 1.0), plan)
     scheduler = tiny.scheduler("ddim")
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
     based = sampling.denoise(
-        tiny, scheduler, latents, timesteps, sampling.Guidance(text, 1.0), plan, attention_control=AttentionControl()
+        tiny,
+        sampling.Schedule(scheduler, timesteps),
+        latents,
+        sampling.Guidance(text, 1.0),
+        plan,
+        sampling.LoopHooks(attention_control=AttentionControl()),
     )
     assert plain.shape == based.shape and not plain.isnan().any()
     # the base control does not share anchors across chunks, so compare against the same plan unshared
     scheduler = tiny.scheduler("ddim")
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-    unshared = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 1.0), plan, share_anchors=False)
+    unshared = sampling.denoise(
+        tiny,
+        sampling.Schedule(scheduler, timesteps),
+        latents,
+        sampling.Guidance(text, 1.0),
+        plan,
+        sampling.LoopHooks(share_anchors=False),
+    )
     assert (based == unshared).all()

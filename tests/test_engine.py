@@ -18,7 +18,7 @@ from editing import sampling
 from editing.cache import TensorCache, cache_key
 from editing.config import ControlSpec, EditConfig, EngineConfig, FrameSelection
 from editing.errors import ConfigError
-from editing.inversion import ddim_invert
+from editing.inversion import ddim_invert, inverse_schedule
 from editing.models import load_backbone, load_controlnet
 from editing.pipeline import EditRequest, edit_video
 from editing.video_io import read_clip
@@ -58,7 +58,11 @@ def test_chunked_first_frame_attention_equals_one_batch(tiny, clip_latents):
     for chunk in (1, 4):
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-        results.append(sampling.denoise(tiny, scheduler, latents, timesteps, guidance, sampling.plan_frames(4, chunk, "first")))
+        results.append(
+            sampling.denoise(
+                tiny, sampling.Schedule(scheduler, timesteps), latents, guidance, sampling.plan_frames(4, chunk, "first")
+            )
+        )
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)  # batch size changes only rounding
 
 
@@ -99,7 +103,9 @@ def test_chunked_attention_equals_one_batch_when_each_chunk_holds_the_context_of
 
     def run(plan):
         scheduler = tiny.scheduler()
-        return sampling.denoise(tiny, scheduler, long_latents, sampling.sampling_timesteps(scheduler, 2, 1.0), guidance, plan)
+        return sampling.denoise(
+            tiny, sampling.Schedule(scheduler, sampling.sampling_timesteps(scheduler, 2, 1.0)), long_latents, guidance, plan
+        )
 
     whole = run(sampling.plan_frames(frames, frames, mode, window))
     deep = context_plan(frames, 4, mode, window, depth)
@@ -118,13 +124,13 @@ def test_inversion_reconstructs_far_better_than_fresh_noise(tiny, clip_latents, 
     clip, clean = clip_latents
     text = sampling.encode_text(tiny, "a car on a road", "", guided=False)
     plan = sampling.plan_frames(clip.num_frames, 4, mode)
-    trajectory = ddim_invert(tiny, clean, steps=10, strength=1.0, text=text, plan=plan)
+    trajectory = ddim_invert(tiny, clean, inverse_schedule(tiny, 10, 1.0), text, plan)
     assert trajectory.states.shape[0] == 11 and torch.equal(trajectory.states[0], clean)
     errors = []
     for start in (trajectory.final, torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))):
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, 10, 1.0)
-        result = sampling.denoise(tiny, scheduler, start, timesteps, sampling.Guidance(text, 1.0), plan)
+        result = sampling.denoise(tiny, sampling.Schedule(scheduler, timesteps), start, sampling.Guidance(text, 1.0), plan)
         errors.append((result - clean).pow(2).mean().item())
     reconstructed, from_noise = errors
     assert reconstructed * 5 < from_noise
@@ -148,12 +154,11 @@ def test_controlnet_at_scale_zero_equals_no_controlnet(tiny, clip_latents):
         steps = []
         sampling.denoise(
             tiny,
-            scheduler,
+            sampling.Schedule(scheduler, timesteps),
             latents,
-            timesteps,
             sampling.Guidance(text, 5.0, controls),
             plan,
-            lambda i, t, x: steps.append(x.clone()),
+            sampling.LoopHooks(callback=lambda i, t, x: steps.append(x.clone())),
         )
         runs[name] = steps
     assert all(torch.equal(a, b) for a, b in zip(runs["none"], runs["zero"]))

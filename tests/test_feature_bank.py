@@ -19,7 +19,14 @@ def _run(tiny, chunk, bank=None, frames=4, steps=2):
     timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
     plan = sampling.plan_frames(frames, chunk, "first")
     control = None if bank is None else FeatureBankControl(bank)
-    out = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan, attention_control=control)
+    out = sampling.denoise(
+        tiny,
+        sampling.Schedule(scheduler, timesteps),
+        latents,
+        sampling.Guidance(text, 3.0),
+        plan,
+        sampling.LoopHooks(attention_control=control),
+    )
     return out, control
 
 

@@ -29,7 +29,7 @@ def _denoise(backbone, latents, plan, guidance_scale=4.0):
     guidance = sampling.Guidance(sampling.encode_text(backbone, "a red car", "", guided=True), guidance_scale)
     scheduler = backbone.scheduler()
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-    return sampling.denoise(backbone, scheduler, latents, timesteps, guidance, plan)
+    return sampling.denoise(backbone, sampling.Schedule(scheduler, timesteps), latents, guidance, plan)
 
 
 # ---------------------------------------------------------------- windows

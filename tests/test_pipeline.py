@@ -114,5 +114,12 @@ def test_callback_can_replace_latents(tiny, car):
         calls.append(index)
         return torch.zeros_like(current) if index == len(timesteps) - 1 else None
 
-    result = sampling.denoise(tiny, scheduler, latents, timesteps, guidance, sampling.plan_frames(2, 2), zero_out)
+    result = sampling.denoise(
+        tiny,
+        sampling.Schedule(scheduler, timesteps),
+        latents,
+        guidance,
+        sampling.plan_frames(2, 2),
+        sampling.LoopHooks(callback=zero_out),
+    )
     assert calls == [0, 1] and torch.count_nonzero(result) == 0

@@ -24,7 +24,7 @@ from editing.attention.store import AttentionStore, StorePolicy, store_nbytes
 from editing.cli import main
 from editing.config import AttentionEditConfig, FrameSelection
 from editing.errors import ConfigError
-from editing.inversion import ddim_invert
+from editing.inversion import ddim_invert, inverse_schedule
 from editing.models import clip_tokenizer
 from editing.nulltext import NullTextFit, null_text_invert
 from editing.prompt_edit import blend_callback, self_record_steps
@@ -141,7 +141,9 @@ def invert_recording(tiny, clean, prompt, steps, policy, chunk=4, self_steps=Non
     recorder = AttentionRecorder(store, policy, height, width, set(range(steps)) if self_steps is None else self_steps)
     text = sampling.encode_text(tiny, prompt, "", guided=False)
     plan = sampling.plan_frames(clean.shape[0], chunk, mode)
-    return ddim_invert(tiny, clean, steps, 1.0, text, plan, attention_control=recorder), store
+    return ddim_invert(
+        tiny, clean, inverse_schedule(tiny, steps, 1.0), text, plan, sampling.LoopHooks(attention_control=recorder)
+    ), store
 
 
 def edit(tiny, start, prompt, steps, guidance, control=None, callback=None, chunk=4, mode="first"):
@@ -149,7 +151,14 @@ def edit(tiny, start, prompt, steps, guidance, control=None, callback=None, chun
     timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
     text = sampling.encode_text(tiny, prompt, "", guided=guidance > 1)
     plan = sampling.plan_frames(start.shape[0], chunk, mode)
-    return sampling.denoise(tiny, scheduler, start, timesteps, sampling.Guidance(text, guidance), plan, callback, control)
+    return sampling.denoise(
+        tiny,
+        sampling.Schedule(scheduler, timesteps),
+        start,
+        sampling.Guidance(text, guidance),
+        plan,
+        sampling.LoopHooks(callback=callback, attention_control=control),
+    )
 
 
 def refine_controller(tiny, store, policy, latents, steps, cross, self_, target=SOURCE, blend=None):
@@ -174,7 +183,7 @@ def test_store_size_formula_matches_the_measured_store(tiny, car_latents, chunk)
     frames, _, height, width = car_latents.shape
     assert len(store) > 0 and len(self_steps) == 1
     assert store.nbytes() == store_nbytes(
-        tiny.unet.config, frames, height, width, steps, len(self_steps), kv_frames=1, policy=policy
+        tiny.unet.config, frames, (height, width), (steps, len(self_steps)), kv_frames=1, policy=policy
     )
     assert {key[3] for key in store.maps} == set(range(frames))  # keyed per clip frame, whatever the chunks
 
@@ -298,7 +307,9 @@ def test_null_text_inversion_reconstructs_better_than_ddim_with_guidance(tiny, c
     if control:
         images = torch.from_numpy(extract_conditions("canny", clip.frames)).permute(0, 3, 1, 2).float() / 255
         controls = (sampling.ControlSignal(load_controlnet("random", tiny), images, 1.0),)
-    trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
+    trajectory = ddim_invert(
+        tiny, clean, inverse_schedule(tiny, steps, 1.0), sampling.TextConditioning(text.positive, None), plan
+    )
     negatives, reconstruction = null_text_invert(
         tiny, NullTextFit(trajectory, iterations=3), sampling.Guidance(text, scale, controls), steps, 1.0, plan
     )
@@ -308,7 +319,11 @@ def test_null_text_inversion_reconstructs_better_than_ddim_with_guidance(tiny, c
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
         out = sampling.denoise(
-            tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=per_step), plan
+            tiny,
+            sampling.Schedule(scheduler, timesteps),
+            trajectory.final,
+            sampling.Guidance(text, scale, controls, negatives=per_step),
+            plan,
         )
         errors.append((out - clean).pow(2).mean().item())
     assert torch.allclose(out, reconstruction, atol=1e-5)  # the fitting run's own output is the same loop's
@@ -329,7 +344,9 @@ def test_null_text_fitted_without_the_controlnet_reconstructs_the_controlled_mod
     plan = sampling.plan_frames(2, 2, "first")
     images = torch.from_numpy(extract_conditions("canny", clip.frames)).permute(0, 3, 1, 2).float() / 255
     controls = (sampling.ControlSignal(load_controlnet("random", tiny), images, 1.0),)
-    trajectory = ddim_invert(tiny, clean, steps, 1.0, sampling.TextConditioning(text.positive, None), plan)
+    trajectory = ddim_invert(
+        tiny, clean, inverse_schedule(tiny, steps, 1.0), sampling.TextConditioning(text.positive, None), plan
+    )
     errors = []
     for fitted_with in ((), controls):
         negatives, _ = null_text_invert(
@@ -338,7 +355,11 @@ def test_null_text_fitted_without_the_controlnet_reconstructs_the_controlled_mod
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, steps, 1.0)
         out = sampling.denoise(
-            tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, scale, controls, negatives=negatives), plan
+            tiny,
+            sampling.Schedule(scheduler, timesteps),
+            trajectory.final,
+            sampling.Guidance(text, scale, controls, negatives=negatives),
+            plan,
         )
         errors.append((out - clean).pow(2).mean().item())
     without, with_control = errors

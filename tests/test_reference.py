@@ -139,7 +139,12 @@ def test_a_reference_combines_with_tuned_attention_processors(tiny, frames, dog)
         scheduler = tiny.scheduler()
         timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
         return sampling.denoise(
-            tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0, reference=prompt), plan, attention_control=control
+            tiny,
+            sampling.Schedule(scheduler, timesteps),
+            latents,
+            sampling.Guidance(text, 3.0, reference=prompt),
+            plan,
+            sampling.LoopHooks(attention_control=control),
         )
 
     none = run()

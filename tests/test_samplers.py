@@ -29,7 +29,9 @@ def _sample(tiny, name, latents, chunk, steps=4, mode="first", strength=1.0):
     scheduler = tiny.scheduler(name)
     timesteps = sampling.sampling_timesteps(scheduler, steps, strength)
     plan = sampling.plan_frames(latents.shape[0], chunk, mode)
-    return sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan, seed=7)
+    return sampling.denoise(
+        tiny, sampling.Schedule(scheduler, timesteps), latents, sampling.Guidance(text, 3.0), plan, sampling.LoopHooks(seed=7)
+    )
 
 
 def test_the_six_samplers_are_registered():
@@ -95,27 +97,28 @@ def test_euler_from_an_inverted_clip_matches_ddim(tiny):
     two samplers started from the same DDIM-inverted latents agree: the loop converts the
     variance-preserving latents into Euler's x0 + sigma eps and back. Without the conversion they do not."""
     from editing.config import FrameSelection
-    from editing.inversion import ddim_invert
+    from editing.inversion import ddim_invert, inverse_schedule
     from editing.video_io import read_clip
 
     clip = read_clip(ASSETS / "car-turn.mp4", FrameSelection(max_frames=2, stride=4, size=64))
     clean = sampling.encode_frames(tiny, clip.frames, 2)
     text = sampling.encode_text(tiny, "", "", guided=False)
     plan = sampling.plan_frames(2, 2, "first")
-    trajectory = ddim_invert(tiny, clean, 10, 1.0, text, plan)
+    trajectory = ddim_invert(tiny, clean, inverse_schedule(tiny, 10, 1.0), text, plan)
     out = {}
     for name in ("ddim", "euler"):
         scheduler = tiny.scheduler(name)
         timesteps = sampling.sampling_timesteps(scheduler, 10, 1.0)
-        out[name] = sampling.denoise(tiny, scheduler, trajectory.final, timesteps, sampling.Guidance(text, 1.0), plan)
+        out[name] = sampling.denoise(
+            tiny, sampling.Schedule(scheduler, timesteps), trajectory.final, sampling.Guidance(text, 1.0), plan
+        )
     gap = (out["euler"] - out["ddim"]).abs().max().item()
     scheduler = tiny.scheduler("euler")
     timesteps = sampling.sampling_timesteps(scheduler, 10, 1.0)
     unconverted = sampling.denoise(
         tiny,
-        scheduler,
+        sampling.Schedule(scheduler, timesteps),
         trajectory.final / sampling.vp_scale(scheduler, timesteps[0]),
-        timesteps,
         sampling.Guidance(text, 1.0),
         plan,
     )

@@ -42,7 +42,7 @@ def _run(tiny, step_cache: str | None, mode: str = "first", chunk: int = 8):
     plan = sampling.plan_frames(FRAMES, chunk, mode).with_calls(step_cache=parse_step_caches(step_cache))
     counter = Counter(tiny.unet.mid_block)
     try:
-        out = sampling.denoise(tiny, scheduler, latents, timesteps, sampling.Guidance(text, 3.0), plan)
+        out = sampling.denoise(tiny, sampling.Schedule(scheduler, timesteps), latents, sampling.Guidance(text, 3.0), plan)
     finally:
         counter.handle.remove()
     return out, counter.calls

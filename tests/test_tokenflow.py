@@ -25,7 +25,7 @@ from editing.attention.tokenflow import (
     upsample_matches,
 )
 from editing.errors import ConfigError
-from editing.inversion import ddim_invert
+from editing.inversion import ddim_invert, inverse_schedule
 from editing.pipeline import edit_video
 
 from .conftest import small_edit
@@ -147,7 +147,9 @@ def _invert(tiny, frames: int, steps: int, cap: int | None = None):
     control = TokenFlowControl(frames, 8, 8, **({} if cap is None else {"cap": cap}))
     plan = sampling.plan_frames(frames, 8, "tokenflow", window=2)
     text = sampling.encode_text(tiny, "a car", "", guided=False)
-    trajectory = ddim_invert(tiny, clip, steps, 1.0, text, plan, attention_control=control)
+    trajectory = ddim_invert(
+        tiny, clip, inverse_schedule(tiny, steps, 1.0), text, plan, sampling.LoopHooks(attention_control=control)
+    )
     return trajectory, control
 
 
@@ -178,7 +180,14 @@ def _denoise(tiny, trajectory, frames: int, chunk: int, window: int) -> torch.Te
     timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
     guidance = sampling.Guidance(sampling.encode_text(tiny, "a red car", "", guided=True), 5.0)
     plan = sampling.plan_frames(frames, chunk, "tokenflow", window=window)
-    return sampling.denoise(tiny, scheduler, trajectory.final, timesteps, guidance, plan, attention_control=control)
+    return sampling.denoise(
+        tiny,
+        sampling.Schedule(scheduler, timesteps),
+        trajectory.final,
+        guidance,
+        plan,
+        sampling.LoopHooks(attention_control=control),
+    )
 
 
 def test_chunked_equals_one_batch_while_the_keyframes_fit_in_a_chunk(tiny):

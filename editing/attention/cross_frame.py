@@ -126,6 +126,7 @@ class CrossFrameAttnProcessor:
         bound.image_adapter = adapter
         return bound
 
+    # diffusers passes a processor only the per-call state its __call__ names, so each stays a named parameter
     def __call__(
         self,
         attn: torch.nn.Module,

@@ -108,15 +108,15 @@ class AttentionStore:
 def store_nbytes(
     unet_config: Mapping[str, Any],
     frames: int,
-    latent_height: int,
-    latent_width: int,
-    steps: int,
-    self_steps: int,
+    latent_size: tuple[int, int],
+    steps: tuple[int, int],
     kv_frames: int = 1,
     policy: StorePolicy = StorePolicy(),
 ) -> int:
-    """Bytes an AttentionStore holds: frames x steps x (cross maps of kept layers) + frames x self_steps x
-    (self maps of kept layers, query tokens x kv_frames x tokens), fp16."""
+    """Bytes an AttentionStore holds for a (height, width) latent and (steps, self_steps) recorded steps:
+    frames x steps x (cross maps of kept layers) + frames x self_steps x (self maps of kept layers, query
+    tokens x kv_frames x tokens), fp16."""
+    (latent_height, latent_width), (steps, self_steps) = latent_size, steps
     latent_tokens = latent_height * latent_width
     cross = self_ = 0
     for _, kind, downsample in layer_downsampling(unet_config):

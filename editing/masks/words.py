@@ -66,9 +66,9 @@ def _recorder(positions: list[int], latent_height: int, latent_width: int):
 
 def attention_maps(frames: np.ndarray, words: str, prompt: str, backbone: Backbone, chunk: int = 8) -> np.ndarray:
     """(N, h, w) float: the words' summed cross-attention on each frame, at latent size."""
-    from ..inversion import ddim_invert
+    from ..inversion import ddim_invert, inverse_schedule
     from ..prompts import word_positions
-    from ..sampling import encode_frames, encode_text, plan_frames
+    from ..sampling import LoopHooks, encode_frames, encode_text, plan_frames
 
     positions = sorted({p for word in words.split() for p in word_positions(backbone.tokenizer, prompt, word)})
     if not positions:
@@ -76,7 +76,14 @@ def attention_maps(frames: np.ndarray, words: str, prompt: str, backbone: Backbo
     clean = encode_frames(backbone, frames, chunk)
     recorder = _recorder(positions, *clean.shape[-2:])
     text = encode_text(backbone, prompt, "", guided=False)
-    ddim_invert(backbone, clean, STEPS, STRENGTH, text, plan_frames(len(frames), chunk, "first"), None, recorder)
+    ddim_invert(
+        backbone,
+        clean,
+        inverse_schedule(backbone, STEPS, STRENGTH),
+        text,
+        plan_frames(len(frames), chunk, "first"),
+        LoopHooks(attention_control=recorder),
+    )
     return torch.stack([recorder.sums[f] for f in range(len(frames))]).numpy()
 
 
