@@ -5,7 +5,7 @@ probabilities explicitly only in the layers its controller asks for and keeps fu
 The controller sees every such map through one hook, `forward(probs, is_cross, place, call)` (as in
 prompt-to-prompt's AttentionControl; `PromptControl` here); each edit type overrides one method, `replace_cross`.
 
-The loop makes the step boundary explicit: `denoise(..., attention_control=controller)` passes
+The loop makes the step boundary explicit: `denoise(..., LoopHooks(attention_control=controller))` passes
 `cross_attention_kwargs={"control": controller.call(step, batch)}`, naming the step and the clip frames
 the UNet batch holds. The recorder stores the inversion's maps per step, layer and frame; the edit pass
 reads them in reverse order (edit step k uses inversion step n - 1 - k).
