@@ -9,14 +9,19 @@ The autoencoder is whatever the request's model options load (the tiny one under
 Memory is constant in stream length: the bank is a bounded deque per step and layer. A frame writes its
 keys and values to a staging area; only a frame that completes commits them, so a frame that fails or is
 dropped leaves the bank as it was. `update` changes the prompt, strength or seed between frames; `close`
-frees the bank. The same engine serves `python -m editing live` and the app's Live tab.
+frees the bank. Streams run on their own copy of the backbone's UNet with the bank processors installed
+(`stream_unet`), so file edits on the same backbone never see them. The same engine serves
+`python -m editing live` and the app's Live tab.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,12 +33,13 @@ import torch
 from . import sampling
 from .attention.bank import BankAttnProcessor, BankCall
 from .attention.control import AttentionControl
-from .attention.cross_frame import attention_processors
 from .config import EditConfig
 from .errors import ConfigError
 from .frames import check_frames
+from .stepcache import parse_step_caches
 
 if TYPE_CHECKING:
+    from .context import ProgressFn
     from .core import EditParts
     from .models import Backbone
     from .requests import EditRequest
@@ -112,25 +118,32 @@ class StreamBankControl(AttentionControl):
     """The loop's attention control for one stream frame: bank processors on every layer (only
     self-attention reads and stages), each UNet call told its step's view of the stream bank."""
 
-    def __init__(self, bank: StreamBank, frame: int, held: bool = False):
-        self.bank, self.frame, self.held = bank, frame, held  # held: the stream's processors are installed already
+    def __init__(self, bank: StreamBank, frame: int):
+        self.bank, self.frame = bank, frame
 
     def call(self, step: int, frames: tuple[int, ...], targets: tuple[int, ...], borrowed: tuple[int, ...] = ()) -> dict:
         return {"bank": BankCall(self.bank.view(step), (self.frame,), (self.frame,))}
 
     @contextlib.contextmanager
-    def processors(self, unet) -> Iterator[None]:
-        if self.held:
-            yield
-            return
-        with stream_processors(unet):
-            yield
+    def processors(self, unet: torch.nn.Module) -> Iterator[None]:
+        yield  # the stream's UNet (stream_unet) carries the bank processors already
 
 
-def stream_processors(unet) -> contextlib.AbstractContextManager:
-    """Bank processors on every attention layer (stateless: each call's state comes in its kwargs), the
-    originals restored after."""
-    return attention_processors(unet, {name: BankAttnProcessor(name) for name in unet.attn_processors})
+_STREAM_UNETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a backbone's UNet -> its stream copy
+_stream_lock = threading.Lock()
+
+
+def stream_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """The stream's own copy of `unet`, bank processors on every attention layer, made once per UNet and
+    shared by every stream on it (the processors are stateless: each call's state comes in its kwargs). File
+    edits keep the original, so a stream never swaps processors under them, and a frame swaps none."""
+    with _stream_lock:
+        twin = _STREAM_UNETS.get(unet)
+        if twin is None:
+            twin = copy.deepcopy(unet)
+            twin.set_attn_processor({name: BankAttnProcessor(name) for name in twin.attn_processors})
+            _STREAM_UNETS[unet] = twin
+        return twin
 
 
 @dataclass(frozen=True)
@@ -152,27 +165,16 @@ class StreamEditor:
         frames = parts.engine.feature_bank if bank_frames is None else bank_frames
         if not 0 <= frames <= 64:
             raise ConfigError(f"feature_bank must be between 0 and 64 frames, got {frames}")
-        self.backbone = backbone
+        self.backbone = dataclasses.replace(backbone, unet=stream_unet(backbone.unet))
         self.settings = StreamSettings(parts.edit, frames or 0)
         self.bank: StreamBank | None = StreamBank(self.settings.bank_frames)
         self.count = 0  # frames completed
         self.seconds: list[float] = []  # per completed frame, bounded like the bank
         self._text = None
-        self._held = False
-
-    @contextlib.contextmanager
-    def streaming(self) -> Iterator[StreamEditor]:
-        """Keep the stream's attention processors installed across pushes (restored on exit): a frame then
-        skips swapping them in and out, which costs more than a 64 px UNet call. Frames come out the same."""
-        if self._held:
-            yield self
-            return
-        with stream_processors(self.backbone.unet):
-            self._held = True
-            try:
-                yield self
-            finally:
-                self._held = False
+        # one frame per UNet call; the request's token merging and step caches (DeepCache across a frame's steps)
+        self.plan = sampling.plan_frames(1, 1, STREAM_MODE).with_calls(
+            parts.engine.token_merge, parse_step_caches(parts.engine.step_cache)
+        )
 
     @classmethod
     def from_request(cls, request: EditRequest, backbone: Backbone | None = None) -> StreamEditor:
@@ -216,8 +218,8 @@ class StreamEditor:
         clean = sampling.encode_frames(backbone, image, 1)
         noise = sampling.shared_noise(tuple(clean.shape), config.seed, backbone.device, clean.dtype)
         latents = sampling.noise_to_timestep(backbone.scheduler(), clean, noise, timesteps[0])
-        plan = sampling.plan_frames(1, 1, STREAM_MODE)
-        control = StreamBankControl(self.bank, self.count, self._held)
+        plan = self.plan
+        control = StreamBankControl(self.bank, self.count)
         guidance = sampling.Guidance(self._text, config.guidance)
         hooks = sampling.LoopHooks(attention_control=control, seed=config.seed)
         latents = sampling.denoise(backbone, sampling.Schedule(scheduler, timesteps), latents, guidance, plan, hooks)
@@ -268,7 +270,7 @@ class LiveResult:
         } | ({"notes": list(self.notes)} if self.notes else {})
 
 
-def live_video(request: EditRequest, progress=None) -> LiveResult:
+def live_video(request: EditRequest, progress: ProgressFn | None = None) -> LiveResult:
     """Edit a clip frame by frame as a stream would (`python -m editing live`) and write it."""
     from . import video_io
     from .files import check_writable
@@ -279,7 +281,7 @@ def live_video(request: EditRequest, progress=None) -> LiveResult:
     editor = StreamEditor.from_request(request, request_backbone(request))
     latencies, edited = [], []
     begin, cpu = time.perf_counter(), time.process_time()
-    with editor, editor.streaming():
+    with editor:
         for index, frame in enumerate(clip.frames):
             start = time.perf_counter()
             edited.append(editor.push(frame))

@@ -193,3 +193,15 @@ def test_live_refuses_what_a_stream_cannot_do(tiny, tmp_path):
     parts = EditParts.of(_request(tmp_path))
     with pytest.raises(ConfigError, match="live edits"):
         StreamEditor(dataclasses.replace(parts, tuned="weights.safetensors"), tiny)
+
+
+def test_a_stream_leaves_the_backbones_processors_to_file_edits(tiny, tmp_path, frames):
+    """A stream runs on its own UNet copy: the shared backbone's processors stay the file edits' while it
+    streams, and the copy is made once per UNet."""
+    before = {name: type(p) for name, p in tiny.unet.attn_processors.items()}
+    editor = _editor(tiny, tmp_path)
+    editor.push(frames[0])
+    assert editor.backbone.unet is not tiny.unet
+    assert {name: type(p) for name, p in tiny.unet.attn_processors.items()} == before
+    assert {type(p).__name__ for p in editor.backbone.unet.attn_processors.values()} == {"BankAttnProcessor"}
+    assert _editor(tiny, tmp_path).backbone.unet is editor.backbone.unet
