@@ -67,6 +67,7 @@ def main() -> None:
         print(f"  {total:4d} ({untyped})  {path}:{node.lineno} {name}")
     over = [f for f in found if parameters(f[2])[0] > 6]
     print(f"functions with more than 6 parameters: {len(over)}")
+    print(f"untyped parameters: {sum(parameters(f[2])[1] for f in found)} in {len(found)} functions")
     loop = probes()
     print(f"hasattr/getattr calls in {', '.join(LOOP_MODULES)}: {len(loop)}")
     for where, call in loop:
