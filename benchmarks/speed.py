@@ -53,11 +53,15 @@ SETTINGS: dict[str, dict] = {
     "every-frame+deepcache-3+tome-0.5": {"step_cache": "deepcache:3,tome:0.5"},
     "default+deepcache-3": {"keyframes": None, "step_cache": "deepcache:3"},
     "fast+deepcache-2": {"preset": "fast", "step_cache": "deepcache:2"},
+    # a motion module (random weights on sd15-random: the cost of a real one) over 16-frame context windows
+    "motion": {"attention": "none", "motion_adapter": "random"},
+    "motion-first": {"motion_adapter": "random"},
 }
 
 
 class Counter:
-    """UNet image evaluations (batch items through the UNet's forward) and seconds inside modules' forwards."""
+    """UNet image evaluations (frames through the UNet's forward: batch items, times frames for a motion UNet)
+    and seconds inside modules' forwards."""
 
     def __init__(self, sync=lambda: None):
         self.images = 0
@@ -74,7 +78,8 @@ class Counter:
         began = []
 
         def before(module, args, kwargs):  # module hooks time whatever forward runs (a step cache's included)
-            self.images += (args[0] if args else kwargs["sample"]).shape[0]
+            sample = args[0] if args else kwargs["sample"]
+            self.images += sample.shape[0] * (sample.shape[2] if sample.ndim == 5 else 1)  # a motion UNet's (B, C, F, H, W)
             self.sync()
             began.append(time.perf_counter())
 
