@@ -33,7 +33,7 @@ def measure(size: int, frames: int, steps: int, checkpointing: bool, model: str 
     import torch
 
     from editing import sampling
-    from editing.attention.cross_frame import layout_for
+    from editing.attention.cross_frame import layer_kwargs, layout_for
     from editing.attention.tuned import TunedControl
     from editing.config import FrameSelection
     from editing.models import load_backbone
@@ -48,7 +48,9 @@ def measure(size: int, frames: int, steps: int, checkpointing: bool, model: str 
     layout = layout_for("sparse-causal", list(range(frames)))
     with TunedControl(inflate(backbone, 0)).processors(backbone.unet), torch.no_grad():
         begin = time.perf_counter()
-        backbone.unet(latents, 500, encoder_hidden_states=text.expand(frames, -1, -1), cross_attention_kwargs={"frames": layout})
+        backbone.unet(
+            latents, 500, encoder_hidden_states=text.expand(frames, -1, -1), cross_attention_kwargs=layer_kwargs(layout)
+        )
         forward = time.perf_counter() - begin
     stamps = [time.perf_counter()]
     config = TuneConfig(

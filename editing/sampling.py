@@ -18,7 +18,7 @@ import torch
 
 from .attention.anchor import AnchorCall, AnchorStore
 from .attention.control import AttentionControl
-from .attention.cross_frame import FrameLayout, cross_frame_attention, layout_for
+from .attention.cross_frame import FrameLayout, cross_frame_attention, layer_kwargs, layout_for
 from .attention.modes import get_attention_mode
 from .attention.plan import FrameBatch
 from .memo import current_memo, text_key
@@ -362,13 +362,14 @@ def window_batches(
 @dataclass(frozen=True)
 class UnetCall:
     """What one UNet call is about besides its inputs: the frames' cross-frame layout, their indices in the
-    clip (None: 0 to n - 1), the share of the steps done (which ControlNets act) and the attention
-    control's per-call state."""
+    clip (None: 0 to n - 1), the share of the steps done (which ControlNets act), the attention
+    control's per-call state and the anchor store's call (anchors shared across chunks)."""
 
     layout: FrameLayout | None = None
     frame_ids: list[int] | None = None
     fraction: float = 0.0
-    attention_kwargs: dict | None = None
+    control: dict | None = None
+    anchor_kv: AnchorCall | None = None
 
     def of(self, model_input: torch.Tensor) -> UnetCall:
         """This call with its frame indices filled in for a batch of model inputs."""
@@ -465,15 +466,17 @@ def branch_noise(
         timestep,
         branches.count,
         context,
-        cross_attention_kwargs=attention_call_kwargs(call.layout, call.attention_kwargs),
+        cross_attention_kwargs=attention_call_kwargs(call),
         **extra,
     )
 
 
-def attention_call_kwargs(layout: FrameLayout | None, extra: dict | None) -> dict | None:
-    """The UNet's cross_attention_kwargs: the frame layout plus any attention-control state."""
-    kwargs = ({} if layout is None else {"frames": layout}) | (extra or {})
-    return kwargs or None
+def attention_call_kwargs(call: UnetCall) -> dict | None:
+    """The UNet's cross_attention_kwargs: one LayerCall with the frame layout, the anchor store's call and
+    any attention-control state (None when there is none of these)."""
+    if call.layout is None and call.anchor_kv is None and not call.control:
+        return None
+    return layer_kwargs(call.layout, call.anchor_kv, **(call.control or {}))
 
 
 def controlnet_residuals(
@@ -643,11 +646,10 @@ def denoise(
             for batch in batches:
                 ids = list(batch.ids)
                 layout = plan.layout(batch) if cross_frame else None
-                extra = attention_control_call(attention_control, index, batch)
-                if store is not None:
-                    extra = (extra or {}) | {"anchor_kv": anchor_call(store, plan.anchors, batch)}
+                control = attention_control_call(attention_control, index, batch)
+                anchor_kv = None if store is None else anchor_call(store, plan.anchors, batch)
                 caches.begin_call(index, (batch.ids, batch.borrowed))
-                call = UnetCall(layout, ids, fraction, extra)
+                call = UnetCall(layout, ids, fraction, control, anchor_kv)
                 predicted = guided_noise(backbone, model_input[ids], timestep, step_guidance, call)
                 produced = predicted[[ids.index(t) for t in batch.targets]].to(noise.dtype)
                 if batch.weights is None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import sampling, video_io
-from .attention.cross_frame import layout_for
+from .attention.cross_frame import layer_kwargs, layout_for
 from .attention.tuned import InflatedWeights, TunedControl
 from .cache import DEFAULT_CACHE_BYTES, cache_key, content_hash, default_cache_dir, evict_least_recent, touch
 from .errors import ConfigError, TuningError
@@ -123,7 +123,7 @@ def denoising_loss(
         noisy,
         timestep.to(latents.device),
         encoder_hidden_states=text.expand(frames, -1, -1),
-        cross_attention_kwargs={"frames": layout},
+        cross_attention_kwargs=layer_kwargs(layout),
     ).sample
     return F.mse_loss(predicted.float(), noise.float())
 

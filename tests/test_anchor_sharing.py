@@ -129,16 +129,14 @@ def test_the_store_is_bounded_and_holds_what_its_formula_states(tiny, latents16)
     text = sampling.encode_text(tiny, "a car", "", guided=True)
     layouts = [plan.layout(b) for b in plan.batches]
     calls = [sampling.anchor_call(store, plan.anchors, b) for b in plan.batches]
-    from editing.attention.cross_frame import cross_frame_attention
+    from editing.attention.cross_frame import cross_frame_attention, layer_kwargs
 
     with cross_frame_attention(tiny.unet), torch.inference_mode():
         for step in range(2):
             for batch, layout, call in zip(plan.batches, layouts, calls):
                 x = torch.cat([latents16[list(batch.ids)]] * 2)
                 context = text.negative.expand(len(batch.ids), -1, -1).repeat(2, 1, 1)
-                tiny.unet(
-                    x, 500 - step, encoder_hidden_states=context, cross_attention_kwargs={"frames": layout, "anchor_kv": call}
-                )
+                tiny.unet(x, 500 - step, encoder_hidden_states=context, cross_attention_kwargs=layer_kwargs(layout, call))
             layers = sum(1 for name in tiny.unet.attn_processors if ".attn1." in name)
             assert len(store.entries) == layers and all(frames == (0,) for frames, _, _ in store.entries.values())
             assert store.nbytes() == anchor_nbytes(tiny.unet.config, 8, 8, anchors=1, branches=2, bytes_per_value=4)

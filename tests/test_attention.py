@@ -6,7 +6,14 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from editing.attention.cross_frame import CrossFrameAttnProcessor, FrameLayout, cross_frame_attention, layout_for
+from editing.attention.cross_frame import (
+    CrossFrameAttnProcessor,
+    FrameLayout,
+    LayerCall,
+    cross_frame_attention,
+    layer_kwargs,
+    layout_for,
+)
 
 HEADS, DIM_HEAD, TOKENS = 2, 8, 12
 
@@ -39,7 +46,7 @@ def frames(count: int, branches: int = 1) -> torch.Tensor:
 @torch.no_grad()
 def test_none_equals_diffusers_default(attn):
     x = frames(3, branches=2)
-    ours = attn(x, frames=layout_for("none", [0, 1, 2]))
+    ours = attn(x, call=LayerCall(layout_for("none", [0, 1, 2])))
     attn.set_processor(AttnProcessor2_0())
     torch.testing.assert_close(ours, attn(x), atol=1e-6, rtol=1e-5)
 
@@ -47,7 +54,7 @@ def test_none_equals_diffusers_default(attn):
 @torch.no_grad()
 def test_first_frame_equals_explicit_keys_values_of_frame_0(attn):
     x = frames(4)
-    out = attn(x, frames=layout_for("first", [0, 1, 2, 3]))
+    out = attn(x, call=LayerCall(layout_for("first", [0, 1, 2, 3])))
     for f in range(4):
         torch.testing.assert_close(out[f], explicit_attention(attn, x[f], [x[0]]), atol=1e-5, rtol=1e-4)
 
@@ -56,9 +63,9 @@ def test_first_frame_equals_explicit_keys_values_of_frame_0(attn):
 def test_sparse_causal_full_and_window_equal_explicit_computation(attn):
     x = frames(5)
     ids = [0, 1, 2, 3, 4]
-    sparse = attn(x, frames=layout_for("sparse-causal", ids))
-    full = attn(x, frames=layout_for("full", ids))
-    window = attn(x, frames=layout_for("window", ids, anchors=(0,), window=1))
+    sparse = attn(x, call=LayerCall(layout_for("sparse-causal", ids)))
+    full = attn(x, call=LayerCall(layout_for("full", ids)))
+    window = attn(x, call=LayerCall(layout_for("window", ids, anchors=(0,), window=1)))
     for f in ids:
         torch.testing.assert_close(sparse[f], explicit_attention(attn, x[f], [x[0], x[max(f - 1, 0)]]), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(full[f], explicit_attention(attn, x[f], [x[i] for i in ids]), atol=1e-5, rtol=1e-4)
@@ -74,12 +81,12 @@ def test_keys_and_values_are_projected_only_for_the_frames_attended_to(attn):
     original = attn.to_k.forward
     attn.to_k.forward = lambda x: rows.append(x.shape[0]) or original(x)
     x = frames(4, branches=2)
-    first = attn(x, frames=layout_for("first", [0, 1, 2, 3]))
-    causal = attn(x, frames=layout_for("sparse-causal", [0, 1, 2, 3]))
+    first = attn(x, call=LayerCall(layout_for("first", [0, 1, 2, 3])))
+    causal = attn(x, call=LayerCall(layout_for("sparse-causal", [0, 1, 2, 3])))
     assert rows == [2, 6]  # first: frame 0 of each branch; sparse-causal: frames 0, 1 and 2 (no frame attends to frame 3)
     attn.set_processor(type("EveryFrame", (CrossFrameAttnProcessor,), {"every_frame_kv": True})())
-    torch.testing.assert_close(first, attn(x, frames=layout_for("first", [0, 1, 2, 3])), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(causal, attn(x, frames=layout_for("sparse-causal", [0, 1, 2, 3])), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(first, attn(x, call=LayerCall(layout_for("first", [0, 1, 2, 3]))), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(causal, attn(x, call=LayerCall(layout_for("sparse-causal", [0, 1, 2, 3]))), atol=1e-6, rtol=1e-5)
     assert rows[2:] == [8, 8]
 
 
@@ -87,14 +94,14 @@ def test_keys_and_values_are_projected_only_for_the_frames_attended_to(attn):
 def test_guidance_branches_attend_within_their_own_branch(attn):
     x = frames(3, branches=2)
     layout = layout_for("full", [0, 1, 2])
-    both = attn(x, frames=layout)
-    torch.testing.assert_close(both[:3], attn(x[:3], frames=layout), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(both[3:], attn(x[3:], frames=layout), atol=1e-6, rtol=1e-5)
+    both = attn(x, call=LayerCall(layout))
+    torch.testing.assert_close(both[:3], attn(x[:3], call=LayerCall(layout)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(both[3:], attn(x[3:], call=LayerCall(layout)), atol=1e-6, rtol=1e-5)
 
 
 def test_frame_count_is_explicit_and_checked(attn):
     with pytest.raises(ValueError, match="cannot hold whole guidance branches"):
-        attn(frames(5), frames=layout_for("first", [0, 1]))
+        attn(frames(5), call=LayerCall(layout_for("first", [0, 1])))
     with pytest.raises(ValueError, match="rows"):
         FrameLayout(3, torch.zeros(2, 1, dtype=torch.long))
 
@@ -105,7 +112,7 @@ def test_identical_frames_give_identical_outputs_under_first(tiny):
     text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)).repeat(4, 1, 1)
     with cross_frame_attention(tiny.unet):
         out = tiny.unet(
-            latent, 500, encoder_hidden_states=text, cross_attention_kwargs={"frames": layout_for("first", [0, 1, 2, 3])}
+            latent, 500, encoder_hidden_states=text, cross_attention_kwargs=layer_kwargs(layout_for("first", [0, 1, 2, 3]))
         ).sample
     for f in range(1, 4):
         assert torch.equal(out[f], out[0])

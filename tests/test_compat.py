@@ -12,7 +12,7 @@ import pytest
 
 from editing.attention.bank import FeatureBankControl
 from editing.attention.control import AttentionControl
-from editing.attention.cross_frame import CrossFrameAttnProcessor, LayerCall, attention_processors
+from editing.attention.cross_frame import CrossFrameAttnProcessor, attention_processors
 from editing.attention.flow import FlowControl
 from editing.attention.modes import AttentionMode, _first_rows, register_attention_mode, unregister_attention_mode
 from editing.attention.p2p import PromptControl
@@ -31,12 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class CountingProcessor(CrossFrameAttnProcessor):
     """Cross-frame attention that counts the calls carrying its control's per-call state."""
 
-    def __call__(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, frames=None, counted=None, **kw
-    ):
-        if counted is not None:
-            counted["calls"] += 1
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, LayerCall(frames, extra=kw))
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, call=None):
+        if call is not None and "counted" in call.extra:
+            call.extra["counted"]["calls"] += 1
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
 
 class CountingControl(AttentionControl):

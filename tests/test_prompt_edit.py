@@ -11,7 +11,7 @@ from diffusers.models.attention_processor import Attention
 
 from editing import prompts, sampling
 from editing.attention.blend import LocalBlend, blend_mask
-from editing.attention.cross_frame import CrossFrameAttnProcessor, layout_for
+from editing.attention.cross_frame import CrossFrameAttnProcessor, LayerCall, layout_for
 from editing.attention.p2p import (
     AttentionRecorder,
     ControlledAttnProcessor,
@@ -111,10 +111,10 @@ def test_explicit_probabilities_equal_fused_cross_frame_attention(cross):
     context = torch.randn(2 * 3, 5, 8) if cross else None
     layout = layout_for("first", [0, 1, 2])
     attn.set_processor(CrossFrameAttnProcessor())
-    fused = attn(x, encoder_hidden_states=context, frames=layout)
+    fused = attn(x, encoder_hidden_states=context, call=LayerCall(layout))
     controller = PassThrough()
     attn.set_processor(ControlledAttnProcessor("layer"))
-    explicit = attn(x, encoder_hidden_states=context, frames=layout, control=controller.call(0, (0, 1, 2), (0, 1, 2))["control"])
+    explicit = attn(x, encoder_hidden_states=context, call=LayerCall(layout, extra=controller.call(0, (0, 1, 2), (0, 1, 2))))
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
     assert controller.seen == [("layer", cross, (6, 2, 12, 5 if cross else 12))]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.attention.cross_frame import layout_for
+from editing.attention.cross_frame import LayerCall, layout_for
 from editing.attention.merge import merge_context, merged_share
 from editing.config import EngineConfig
 from editing.errors import ConfigError
@@ -26,15 +26,17 @@ def _frames(count, identical=False):
 @torch.no_grad()
 def test_ratio_zero_is_no_merging(attn):
     x = _frames(3)
-    assert torch.equal(attn(x, frames=layout_for("full", [0, 1, 2], merge=0.0)), attn(x, frames=layout_for("full", [0, 1, 2])))
+    assert torch.equal(
+        attn(x, call=LayerCall(layout_for("full", [0, 1, 2], merge=0.0))), attn(x, call=LayerCall(layout_for("full", [0, 1, 2])))
+    )
 
 
 @torch.no_grad()
 def test_merging_identical_frames_reproduces_unmerged_attention(attn):
     """Merged tokens stand for exact copies; proportional attention (log size) gives them their weight."""
     x = _frames(3, identical=True)
-    plain = attn(x, frames=layout_for("full", [0, 1, 2]))
-    merged = attn(x, frames=layout_for("full", [0, 1, 2], merge=0.75))
+    plain = attn(x, call=LayerCall(layout_for("full", [0, 1, 2])))
+    merged = attn(x, call=LayerCall(layout_for("full", [0, 1, 2], merge=0.75)))
     assert torch.allclose(plain, merged, atol=1e-5)
 
 
@@ -62,10 +64,10 @@ def test_the_stated_share_of_keys_is_merged():
 @torch.no_grad()
 def test_merging_different_frames_changes_attention_a_little(attn):
     x = _frames(3)
-    plain = attn(x, frames=layout_for("first", [0, 1, 2]))  # one context frame: nothing to merge
-    assert torch.equal(plain, attn(x, frames=layout_for("first", [0, 1, 2], merge=0.5)))
-    full = attn(x, frames=layout_for("full", [0, 1, 2]))
-    merged = attn(x, frames=layout_for("full", [0, 1, 2], merge=0.5))
+    plain = attn(x, call=LayerCall(layout_for("first", [0, 1, 2])))  # one context frame: nothing to merge
+    assert torch.equal(plain, attn(x, call=LayerCall(layout_for("first", [0, 1, 2], merge=0.5))))
+    full = attn(x, call=LayerCall(layout_for("full", [0, 1, 2])))
+    merged = attn(x, call=LayerCall(layout_for("full", [0, 1, 2], merge=0.5)))
     assert not torch.allclose(full, merged, atol=1e-4)
 
 

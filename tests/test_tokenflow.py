@@ -10,7 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from editing import sampling
-from editing.attention.cross_frame import layout_for
+from editing.attention.cross_frame import layer_kwargs, layout_for
 from editing.attention.tokenflow import (
     SourceFeatures,
     TokenFlowAttnProcessor,
@@ -52,7 +52,7 @@ def _state(num_frames: int, features: torch.Tensor, keys: tuple[int, ...]) -> To
 
 
 def _run(attn, x: torch.Tensor, state: TokenFlowState, frames: tuple[int, ...], phase: str, branches: int = 1) -> torch.Tensor:
-    return attn(x, frames=layout_for("tokenflow", list(frames)), tokenflow=TokenFlowCall(state, phase, frames))
+    return attn(x, **layer_kwargs(layout_for("tokenflow", list(frames)), tokenflow=TokenFlowCall(state, phase, frames)))
 
 
 @torch.no_grad()

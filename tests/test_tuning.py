@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from editing import sampling
-from editing.attention.cross_frame import CrossFrameAttnProcessor, cross_frame_attention, layout_for
+from editing.attention.cross_frame import CrossFrameAttnProcessor, LayerCall, cross_frame_attention, layer_kwargs, layout_for
 from editing.attention.tuned import LayerWeights, TemporalAttention, TunedAttnProcessor, TunedControl, copy_linear
 from editing.cli import main
 from editing.config import AttentionEditConfig, ControlSpec, EditConfig, EngineConfig, FrameSelection
@@ -52,7 +52,7 @@ def unet_output(backbone, latents, text, control=None, seed=0):
     layout = layout_for("sparse-causal", list(range(len(latents))))
     attention = cross_frame_attention(backbone.unet) if control is None else control.processors(backbone.unet)
     with attention, torch.no_grad():
-        kwargs = {"frames": layout}
+        kwargs = layer_kwargs(layout)
         return backbone.unet(
             noisy, 400, encoder_hidden_states=text.expand(len(latents), -1, -1), cross_attention_kwargs=kwargs
         ).sample
@@ -69,15 +69,15 @@ def test_processor_on_one_attention_module():
     tuned = TunedAttnProcessor(weights, CrossFrameAttnProcessor())
     attn.set_processor(CrossFrameAttnProcessor())
     with torch.no_grad():
-        base = attn(x, encoder_hidden_states=context, frames=layout)
+        base = attn(x, encoder_hidden_states=context, call=LayerCall(layout))
     attn.set_processor(tuned)
     with torch.no_grad():
-        assert torch.equal(attn(x, encoder_hidden_states=context, frames=layout), base)  # zero-initialised output
+        assert torch.equal(attn(x, encoder_hidden_states=context, call=LayerCall(layout)), base)  # zero-initialised output
         torch.nn.init.normal_(weights.temporal.to_out.weight)
-        out = attn(x, encoder_hidden_states=context, frames=layout)
+        out = attn(x, encoder_hidden_states=context, call=LayerCall(layout))
         changed = x.clone()
         changed[2, 3] += 1.0  # one token of the last frame
-        diff = (attn(changed, encoder_hidden_states=context, frames=layout) - out).abs().amax(-1)
+        diff = (attn(changed, encoder_hidden_states=context, call=LayerCall(layout)) - out).abs().amax(-1)
     assert not torch.equal(out, base)
     # Cross-attention keeps frames apart: frame 0 changes only through temporal attention, at that position.
     assert diff[0, 3] > 0 and torch.all(diff[0, [0, 1, 2, 4]] == 0)

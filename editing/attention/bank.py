@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, LayerCall, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
 
 
 @dataclass
@@ -68,21 +67,6 @@ class BankAttnProcessor(CrossFrameAttnProcessor):
 
     def __init__(self, layer: str):
         self.layer = layer
-
-    def __call__(
-        self,
-        attn: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        bank: BankCall | None = None,
-        anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
-        **extra,
-    ):
-        call = LayerCall(frames, anchor_kv=anchor_kv, extra={"bank": bank, **extra})
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def extend_context(
         self,

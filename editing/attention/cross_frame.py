@@ -3,8 +3,8 @@
 Which frames each frame attends to is its mode's rule (`editing.attention.modes`: none, first,
 sparse-causal, full, window, and whatever else is registered there).
 
-The processor is told the frame layout of each UNet call through `cross_attention_kwargs={"frames":
-layout}`; the number of frames per guidance branch is part of the layout, never derived from the batch.
+The processor is told the frame layout of each UNet call through `cross_attention_kwargs=layer_kwargs(layout)`
+(one `LayerCall`); the number of frames per guidance branch is part of the layout, never derived from the batch.
 
 An IP-Adapter (editing.reference) lives in the cross-attention layers' processors (diffusers'
 IPAdapterAttnProcessor2_0, holding its `to_k_ip` / `to_v_ip` weights). `attention_processors` keeps it:
@@ -103,6 +103,14 @@ class LayerCall:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+NO_CALL = LayerCall()  # a call without a layout: every frame attends to itself
+
+
+def layer_kwargs(frames: FrameLayout | None = None, anchor_kv: Any = None, **extra: Any) -> dict[str, LayerCall]:
+    """A UNet call's `cross_attention_kwargs`: the one LayerCall that every processor here reads."""
+    return {"call": LayerCall(frames, anchor_kv=anchor_kv, extra=extra)}
+
+
 @dataclass(frozen=True)
 class Heads:
     """One attention's per-head inputs: queries (batch, heads, queries, d), keys and values (batch, heads,
@@ -126,7 +134,7 @@ class CrossFrameAttnProcessor:
         bound.image_adapter = adapter
         return bound
 
-    # diffusers passes a processor only the per-call state its __call__ names, so each stays a named parameter
+    # diffusers hands a processor the cross_attention_kwargs its __call__ names: here the one `call`
     def __call__(
         self,
         attn: torch.nn.Module,
@@ -134,12 +142,9 @@ class CrossFrameAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        anchor_kv: Any = None,  # editing.attention.anchor.AnchorCall (anchor imports this module)
+        call: LayerCall | None = None,
     ) -> torch.Tensor:
-        return self.process(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, LayerCall(frames, anchor_kv=anchor_kv)
-        )
+        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call or NO_CALL)
 
     def process(
         self,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..flows import source_flows
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, Heads, attention_processors
 
 if TYPE_CHECKING:
     from ..flows import Flows
@@ -111,20 +111,6 @@ class FlowCall:
 
 class FlowAttnProcessor(CrossFrameAttnProcessor):
     """Spatial attention over the mode's frames, then trajectory attention among the batch's frames."""
-
-    def __call__(
-        self,
-        attn: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        flow: FlowCall | None = None,
-        **extra,
-    ):
-        call = LayerCall(frames, extra={"flow": flow, **extra})
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def attend(
         self, attn: torch.nn.Module, heads: Heads, is_self: bool, flow: FlowCall | None = None, **extra: Any

@@ -6,7 +6,7 @@ The controller sees every such map through one hook, `forward(probs, is_cross, p
 prompt-to-prompt's AttentionControl; `PromptControl` here); each edit type overrides one method, `replace_cross`.
 
 The loop makes the step boundary explicit: `denoise(..., LoopHooks(attention_control=controller))` passes
-`cross_attention_kwargs={"control": controller.call(step, batch)}`, naming the step and the clip frames
+the controller's `call(step, batch)` to each layer (as `LayerCall.extra["control"]`), naming the step and the clip frames
 the UNet batch holds. The recorder stores the inversion's maps per step, layer and frame; the edit pass
 reads them in reverse order (edit step k uses inversion step n - 1 - k).
 """
@@ -22,7 +22,7 @@ import torch
 
 from .blend import LocalBlend
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
+from .cross_frame import CrossFrameAttnProcessor, Heads, attention_processors
 from .store import AttentionStore, StorePolicy
 
 log = logging.getLogger(__name__)
@@ -43,19 +43,6 @@ class ControlledAttnProcessor(CrossFrameAttnProcessor):
 
     def __init__(self, place: str):
         self.place = place
-
-    def __call__(
-        self,
-        attn: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        control: AttentionCall | None = None,
-    ):
-        call = LayerCall(frames, extra={"control": control})
-        return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def attend(self, attn: torch.nn.Module, heads: Heads, is_self: bool, control: AttentionCall | None = None) -> torch.Tensor:
         """Fused attention, unless the controller wants this layer's probabilities."""

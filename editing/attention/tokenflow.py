@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
+from .cross_frame import NO_CALL, CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
 from .plan import FrameBatch
 
 if TYPE_CHECKING:
@@ -280,10 +280,10 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        tokenflow: TokenFlowCall | None = None,
-        **extra,
+        call: LayerCall | None = None,
     ):
+        call = call or NO_CALL
+        tokenflow = call.extra.get("tokenflow")
         if (
             tokenflow is not None
             and tokenflow.phase == "record"
@@ -295,7 +295,6 @@ class TokenFlowAttnProcessor(CrossFrameAttnProcessor):
             tokenflow.state.source.put(
                 tokenflow.state.step, tokenflow.frames, tokens[:count]
             )  # the first branch (inversion has one)
-        call = LayerCall(frames, extra={"tokenflow": tokenflow, **extra})
         return self.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
 
     def extend_context(

@@ -17,18 +17,15 @@ The frozen UNet's parameters are never touched: the processors are installed onl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .control import AttentionControl
-from .cross_frame import CrossFrameAttnProcessor, FrameLayout, LayerCall, attention_processors
-
-if TYPE_CHECKING:
-    from .p2p import AttentionCall
+from .cross_frame import NO_CALL, CrossFrameAttnProcessor, LayerCall, attention_processors
 
 
 class TemporalAttention(nn.Module):
@@ -136,16 +133,15 @@ class TunedAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        frames: FrameLayout | None = None,
-        control: AttentionCall | None = None,
+        call: LayerCall | None = None,
     ):
-        call = LayerCall(frames, to_q=self.weights.query, extra={} if control is None else {"control": control})
+        call = dataclasses.replace(call or NO_CALL, to_q=self.weights.query)
         out = self.base.process(attn, hidden_states, encoder_hidden_states, attention_mask, temb, call)
         if self.weights.temporal is None:
             return out
-        if frames is None:
+        if call.frames is None:
             raise ValueError("the tuned model's temporal layers need a frame layout (cross-frame attention other than 'none')")
-        return out + self.weights.temporal(hidden_states + out, frames.num_frames)
+        return out + self.weights.temporal(hidden_states + out, call.frames.num_frames)
 
 
 class TunedControl(AttentionControl):
