@@ -123,7 +123,8 @@ class ModelSpec:
 
 @dataclass
 class Backbone:
-    """The frozen parts of a Stable Diffusion model, on one device and dtype."""
+    """The frozen parts of a Stable Diffusion model, on one device and dtype (the autoencoder may run in fp32:
+    editing.autoencoder)."""
 
     name: str
     tokenizer: Any
@@ -294,13 +295,17 @@ def _build_random(name: str, device: torch.device, dtype: torch.dtype) -> Backbo
 
 
 def _placed(backbone: Backbone) -> Backbone:
-    """`backbone` with its modules frozen, in eval mode, on its device and dtype."""
+    """`backbone` with its modules frozen, in eval mode, on its device and dtype (the autoencoder in fp32 where
+    diffusers would upcast it: editing.autoencoder)."""
+    from .autoencoder import placed_dtype
+
     for module in (backbone.text_encoder, backbone.vae, backbone.unet):
         module.requires_grad_(False).eval()
-        if module.dtype == backbone.dtype:
+        dtype = placed_dtype(module, backbone.dtype) if module is backbone.vae else backbone.dtype
+        if module.dtype == dtype:
             module.to(backbone.device)
         else:
-            module.to(device=backbone.device, dtype=backbone.dtype)
+            module.to(device=backbone.device, dtype=dtype)
     return backbone
 
 

@@ -11,11 +11,12 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from . import autoencoder
 from .attention.anchor import AnchorCall, AnchorStore
 from .attention.control import AttentionControl
 from .attention.cross_frame import FrameLayout, cross_frame_attention, layer_kwargs, layout_for
@@ -117,16 +118,9 @@ def encode_frames(backbone: Backbone, frames: np.ndarray, batch_size: int) -> to
     encoder's output for AutoencoderTiny (whose latents are already on SD's scale: factor 1)."""
     latents = []
     for start in range(0, len(frames), batch_size):
-        images = frames_to_tensor(frames[start : start + batch_size]).to(backbone.device, backbone.dtype)
-        latents.append(encoded_latents(backbone.vae.encode(images)) * backbone.vae.config.scaling_factor)
+        images = frames_to_tensor(frames[start : start + batch_size]).to(backbone.device)
+        latents.append(autoencoder.encode(backbone.vae, images).to(backbone.dtype) * backbone.vae.config.scaling_factor)
     return torch.cat(latents)
-
-
-def encoded_latents(output: Any) -> torch.Tensor:
-    """The latents an autoencoder's `encode` returns: a posterior's mean (AutoencoderKL) or `.latents` (AutoencoderTiny)."""
-    if hasattr(output, "latent_dist"):
-        return output.latent_dist.mean
-    return output.latents
 
 
 @torch.inference_mode()
@@ -140,7 +134,7 @@ def decode_latents(
     frames = []
     for start in range(0, len(latents), batch_size):
         chunk = latents[start : start + batch_size].to(backbone.dtype) / backbone.vae.config.scaling_factor
-        frames.append(tensor_to_frames(backbone.vae.decode(chunk).sample))
+        frames.append(tensor_to_frames(autoencoder.decode(backbone.vae, chunk)))
     return np.concatenate(frames)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import autoencoder
 from .errors import require
 from .flows import Flows
 from .frames import check_frames
@@ -210,15 +211,13 @@ def step_alphas(scheduler: SchedulerMixin, timesteps: torch.Tensor) -> list[floa
 
 def vae_codec(backbone: Backbone, batch_size: int):
     """(decode, encode) for pixel fusion: scaled latents to [-1, 1] image tensors and back, a batch at a time."""
-    from .sampling import encoded_latents
-
     factor = backbone.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(latents: torch.Tensor) -> torch.Tensor:
         return torch.cat(
             [
-                backbone.vae.decode(latents[i : i + batch_size].to(backbone.dtype) / factor).sample
+                autoencoder.decode(backbone.vae, latents[i : i + batch_size].to(backbone.dtype) / factor).to(backbone.dtype)
                 for i in range(0, len(latents), batch_size)
             ]
         )
@@ -227,7 +226,7 @@ def vae_codec(backbone: Backbone, batch_size: int):
     def encode(images: torch.Tensor) -> torch.Tensor:
         return torch.cat(
             [
-                encoded_latents(backbone.vae.encode(images[i : i + batch_size].to(backbone.dtype))) * factor
+                autoencoder.encode(backbone.vae, images[i : i + batch_size].to(backbone.dtype)).to(backbone.dtype) * factor
                 for i in range(0, len(images), batch_size)
             ]
         )
