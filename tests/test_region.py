@@ -156,9 +156,13 @@ def test_options_come_from_the_one_schema():
 
 
 def tiny_sam2_config():
+    """A random SAM 2 video model for 64 px frames. Like the real checkpoints (features 256, memory 64) its
+    features are wider than its memory: transformers' memory attention reads 64-channel memories whatever the
+    config says, and fits object pointers to the memory only by splitting wider ones."""
     from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VisionConfig
     from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig, Sam2VideoPromptEncoderConfig
 
+    hidden = 128
     hiera = Sam2HieraDetConfig(
         hidden_size=8,
         num_attention_heads=1,
@@ -174,44 +178,106 @@ def tiny_sam2_config():
         backbone_config=hiera,
         backbone_channel_list=[64, 32, 16, 8],
         backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
-        fpn_hidden_size=64,
+        fpn_hidden_size=hidden,
     )
     return Sam2VideoConfig(
         vision_config=vision,
-        prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=64, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=64, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(
+            hidden_size=hidden, image_size=64, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(
+            hidden_size=hidden, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
         image_size=64,
-        memory_attention_hidden_size=64,
+        memory_attention_hidden_size=hidden,
         memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=32,
-        memory_encoder_hidden_size=64,
+        memory_encoder_hidden_size=hidden,
         memory_encoder_output_channels=64,
-        mask_downsampler_embed_dim=64,
-        memory_fuser_embed_dim=64,
+        mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden,
         memory_fuser_intermediate_dim=32,
         num_maskmem=2,
         memory_attention_rope_feat_sizes=[4, 4],
     )
 
 
-def test_sam2_loads_a_saved_checkpoint_and_says_when_it_cannot(tmp_path):
+def save_tiny_sam2(folder: Path) -> Path:
+    """A random tiny SAM 2 video model and its processor (64 px), saved as a checkpoint folder."""
     import torch
     from transformers import Sam2ImageProcessor, Sam2VideoModel, Sam2VideoProcessor
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
-    from editing.masks.sam2 import load_sam2
-
     torch.manual_seed(0)
-    Sam2VideoModel(tiny_sam2_config()).save_pretrained(tmp_path / "sam2")
+    Sam2VideoModel(tiny_sam2_config()).save_pretrained(folder)
     size = {"height": 64, "width": 64}
     Sam2VideoProcessor(
         image_processor=Sam2ImageProcessor(size=size, mask_size={"height": 16, "width": 16}),
         video_processor=Sam2VideoVideoProcessor(size=size),
-    ).save_pretrained(tmp_path / "sam2")
-    model, processor = load_sam2(str(tmp_path / "sam2"))
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_sam2_loads_a_saved_checkpoint_and_says_when_it_cannot(tmp_path):
+    from transformers import Sam2VideoModel, Sam2VideoProcessor
+
+    from editing.masks.sam2 import load_sam2
+
+    model, processor = load_sam2(str(save_tiny_sam2(tmp_path / "sam2")))
     assert isinstance(model, Sam2VideoModel) and isinstance(processor, Sam2VideoProcessor) and not model.training
     with pytest.raises(ConfigError, match=r"^mask_model no-such-owner/sam2 cannot be loaded .*--mask-track flow"):
         load_sam2("no-such-owner/sam2")
+
+
+def test_sam2_tracks_a_drawn_mask_through_the_clip(tmp_path, clip, monkeypatch):
+    from collections import Counter
+
+    from PIL import Image
+    from transformers import Sam2VideoProcessor
+
+    from editing.masks import sam2
+    from editing.region import clip_mask
+
+    calls = []  # (frame, SAM 2's mask logits) of every call of the model
+    load = sam2.load_sam2
+
+    def load_and_watch(spec, device="cpu"):
+        model, processor = load(spec, device)
+        model.register_forward_hook(
+            lambda module, args, kwargs, out: calls.append((out.frame_idx, out.pred_masks)), with_kwargs=True
+        )
+        return model, processor
+
+    monkeypatch.setattr(sam2, "load_sam2", load_and_watch)
+    frames, drawn = clip.frames[:4, 8:56], clip.masks[2, 0, 8:56]  # 48 x 64: height and width differ
+    Image.fromarray(drawn.astype(np.uint8) * 255).save(tmp_path / "drawn.png")
+    folder = save_tiny_sam2(tmp_path / "sam2")
+    config = MaskConfig(
+        mask=f"{tmp_path / 'drawn.png'}@2", mask_track="sam2", mask_model=str(folder), region=True, mask_grow=2, mask_feather=3
+    )
+    assert config.source == "sam2"
+    made = clip_mask(frames, EditParts(EditConfig(prompt="a star"), masking=config))
+
+    assert made.masks.shape == frames.shape[:3] and made.masks.dtype == bool
+    assert Counter(frame for frame, _ in calls) == {0: 1, 1: 1, 2: 2, 3: 1}  # every frame; the prompt's by both passes
+    assert np.array_equal(made.masks[2], drawn)  # a mask prompt is SAM 2's own output on its frame: kept exactly
+    processor = Sam2VideoProcessor.from_pretrained(folder)
+    for frame, logits in calls:
+        if frame != 2:  # the other frames are the model's masks at the frame's size
+            expected = processor.post_process_masks([logits], original_sizes=[frames.shape[1:3]], binarize=True)[0][0, 0]
+            assert np.array_equal(made.masks[frame], expected.numpy())
+    assert np.array_equal(made.grown, grown(made.masks, 2)) and np.array_equal(made.weights, feathered(made.grown, 3))
+
+
+@pytest.mark.real_weights
+def test_sam2_tracks_a_shape_with_real_weights(clip):
+    from editing.masks.options import DEFAULT_SAM_MODEL
+    from editing.masks.sam2 import load_sam2, track_with_sam2
+
+    model, processor = load_sam2(DEFAULT_SAM_MODEL)
+    truth = clip.masks[:, 0]
+    tracked = track_with_sam2(model, processor, clip.frames, truth[0], 0)
+    assert np.mean([mask_iou(a, b) for a, b in zip(tracked, truth)]) >= 0.8
 
 
 def test_inpainting_model_offline_error(tiny):

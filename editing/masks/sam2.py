@@ -30,40 +30,24 @@ def load_sam2(spec: str, device: str | torch.device = "cpu"):
     return model.to(device).eval(), processor
 
 
-def prompt_point(mask: np.ndarray) -> list[float]:
-    """The click standing for a drawn mask: its innermost pixel (farthest from its edge), (x, y). One click:
-    SAM 2 then predicts several masks and keeps its best (with more clicks transformers 5.23's video model
-    stores an object pointer of the wrong rank and fails on the next frame)."""
-    import cv2
-
-    inside = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = divmod(int(inside.argmax()), mask.shape[1])
-    return [float(x), float(y)]
-
-
 def track_with_sam2(model: torch.nn.Module, processor: Any, frames: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
-    """(N, H, W) bool: SAM 2's masks of the object given by `mask` on frame `index`, for every frame."""
-    device = next(model.parameters()).device
-    height, width = frames.shape[1:3]
-    session = processor.init_video_session(video=list(frames), inference_device=device, dtype=next(model.parameters()).dtype)
+    """(N, H, W) bool: the object whose mask on frame `index` is given, tracked by SAM 2 forward and backward
+    from that frame. The mask is SAM 2's mask prompt (its video-object-segmentation setting); the model
+    takes a mask prompt as its own output on that frame, so frame `index` keeps the given mask exactly."""
     if not mask.any():
         raise ConfigError("mask is empty on its frame: draw the region to track")
-    processor.add_inputs_to_inference_session(
-        session,
-        frame_idx=index,
-        obj_ids=OBJECT_ID,
-        input_points=[[[prompt_point(mask)]]],
-        input_labels=[[[1]]],
-        original_size=(height, width),
-    )
+    weights = next(model.parameters())
+    height, width = frames.shape[1:3]
+    session = processor.init_video_session(video=list(frames), inference_device=weights.device, dtype=weights.dtype)
+    processor.add_inputs_to_inference_session(session, frame_idx=index, obj_ids=OBJECT_ID, input_masks=mask)
     out = np.zeros(frames.shape[:3], bool)
-    out[index] = mask
     with torch.inference_mode():
         for reverse in (False, True):
             for result in model.propagate_in_video_iterator(session, start_frame_idx=index, reverse=reverse):
-                masks = processor.post_process_masks([result.pred_masks], original_sizes=[[height, width]], binarize=True)[0]
                 if result.frame_idx != index:
-                    out[result.frame_idx] = masks[0].reshape(-1, height, width)[0].cpu().numpy().astype(bool)
+                    masks = processor.post_process_masks([result.pred_masks], original_sizes=[[height, width]], binarize=True)[0]
+                    out[result.frame_idx] = masks[0, 0].cpu().numpy()
+    out[index] = mask
     return out
 
 
