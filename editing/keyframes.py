@@ -5,8 +5,9 @@
 2. Edit the keyframes jointly with the core (`editing.core.edit_keyframes`).
 3. Propagate: warp the two nearest edited keyframes along the source's chained optical flow, blended by
    distance and validity, in pixel space.
-4. Refine what no keyframe sees with a few low-noise steps, the seen pixels held; carry what was made
-   forward along the flow so a revealed region is made once. How and why: docs/consistency.md.
+4. Refine what no keyframe sees with a few low-noise steps, in crops around it, the seen pixels held;
+   carry what was made forward along the flow so a revealed region is made once. How and why:
+   docs/consistency.md.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from diffusers import SchedulerMixin
+
     from .context import EditParts, ProgressFn, StageTimer
     from .models import Backbone
+    from .sampling import Guidance
 
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
 CUT_UNSEEN = 0.8  # a frame this much of which its previous frame cannot see is a cut: it starts a keyframe (every N too)
 MATCH_LEVELS = 8.0  # a pixel failing the forward-backward check is still valid where its source colour and the one its flow points at differ by at most this (mean of RGB, 8-bit)
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
+REFINE_CONTEXT = 2  # latent pixels of context kept around them in a refinement's crop
 
 
 @dataclass(frozen=True)
@@ -284,58 +291,193 @@ def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlo
             out[frame][take] = np.clip(carried[take].round(), 0, 255).astype(np.uint8)
 
 
-def refine(
-    out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts: EditParts, backbone: Backbone, progress: ProgressFn
-) -> None:
-    """Re-diffuse the unseen regions of the fused frames in `out` (in place), grouped by nearest keyframe:
-    each group is one clip [keyframe, frames...] where every frame attends to the keyframe (anchor), the
-    keyframe and every seen latent held to their fused values at every step."""
-    from . import sampling
-    from .stepcache import parse_step_caches
+@dataclass(frozen=True)
+class Box:
+    """A crop of the frame in latent pixels: rows top:top+height, columns left:left+width."""
 
-    config, engine = parts.edit, parts.engine
-    scale = backbone.vae_scale_factor
-    scheduler = backbone.scheduler(config.sampler)
-    steps = max(1, math.ceil(config.steps * engine.keyframe_refine))
-    timesteps = sampling.sampling_timesteps(scheduler, config.steps, steps / config.steps)
-    text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
-    guidance = sampling.Guidance(text, config.guidance)
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def rows(self, scale: int = 1) -> slice:
+        return slice(self.top * scale, (self.top + self.height) * scale)
+
+    def columns(self, scale: int = 1) -> slice:
+        return slice(self.left * scale, (self.left + self.width) * scale)
+
+    @property
+    def area(self) -> int:
+        return self.height * self.width
+
+    def overlaps(self, other: Box) -> bool:
+        return (
+            self.top < other.top + other.height
+            and other.top < self.top + self.height
+            and self.left < other.left + other.width
+            and other.left < self.left + self.width
+        )
+
+
+@dataclass(frozen=True)
+class RefineClip:
+    """One re-diffusion: the crop `box` of keyframe `key` (the anchor) and of its `members`."""
+
+    key: int
+    members: tuple[int, ...]
+    box: Box
+
+
+def unet_multiple(backbone: Backbone) -> int:
+    """Latent sizes the UNet takes as they are: multiples of 2 ** (down blocks - 1), one halving per block but the last."""
+    return 2 ** (len(backbone.unet.config.down_block_types) - 1)
+
+
+def aligned_box(span: tuple[int, int, int, int], multiple: int, shape: tuple[int, int]) -> Box:
+    """The box around latent rows span[0]:span[1] and columns span[2]:span[3], each side grown to a multiple
+    of `multiple` (or the frame's own size, if that is smaller), centred on the span and moved inside the frame."""
+    corner = []
+    for start, stop, size in ((span[0], span[1], shape[0]), (span[2], span[3], shape[1])):
+        length = min(size, -(-(stop - start) // multiple) * multiple)
+        begin = start - (length - (stop - start)) // 2
+        corner.append((min(max(begin, 0), size - length), length))
+    (top, height), (left, width) = corner
+    return Box(top, left, height, width)
+
+
+def _merged(first: Box, second: Box, multiple: int, shape: tuple[int, int]) -> Box:
+    """The aligned box around two boxes."""
+    span = (
+        min(first.top, second.top),
+        max(first.top + first.height, second.top + second.height),
+        min(first.left, second.left),
+        max(first.left + first.width, second.left + second.width),
+    )
+    return aligned_box(span, multiple, shape)
+
+
+def refine_boxes(mask: np.ndarray, multiple: int, context: int = REFINE_CONTEXT) -> list[Box]:
+    """Disjoint aligned boxes holding every masked latent pixel with `context` latent pixels around it: one per
+    connected region of the grown mask, overlapping ones merged; the whole frame when they would cover as much."""
+    shape = mask.shape
+    whole = Box(0, 0, *shape)
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * context + 1,) * 2, np.uint8)) if context else mask.astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    boxes = [aligned_box((y, y + h, x, x + w), multiple, shape) for x, y, w, h, _ in stats[1:count]]
+    merging = True
+    while merging:
+        pairs = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+        merging = bool(pairs)
+        if merging:
+            i, j = pairs[0]
+            boxes = [b for k, b in enumerate(boxes) if k not in (i, j)] + [_merged(boxes[i], boxes[j], multiple, shape)]
+    if sum(box.area for box in boxes) >= whole.area:
+        return [whole]
+    return boxes
+
+
+def refine_clips(fused: dict[int, Fused], scale: int, multiple: int) -> list[RefineClip]:
+    """The re-diffusions of the fused frames: grouped by nearest keyframe, each group cropped to the boxes
+    around its members' unseen latents (`refine_boxes`), each box with the members that have unseen latents in it."""
     groups: dict[int, list[int]] = {}
     for frame, made in sorted(fused.items()):
         groups.setdefault(made.nearest, []).append(frame)
-    total = len(groups) * len(timesteps)
-    progress("refine", 0, total)
-    for number, (key, members) in enumerate(groups.items()):
-        clip = np.stack([out[key], *(out[f] for f in members)])
-        clean = sampling.encode_frames(backbone, clip, engine.chunk)
-        masks = [np.zeros(clean.shape[-2:], bool)] + [latent_mask(fused[f].unseen, scale) for f in members]
+    clips = []
+    for key, members in groups.items():
+        masks = {frame: latent_mask(fused[frame].unseen, scale) for frame in members}
+        for box in refine_boxes(np.any(list(masks.values()), axis=0), multiple):
+            inside = tuple(f for f in members if masks[f][box.rows(), box.columns()].any())
+            clips.append(RefineClip(key, inside, box))
+    return clips
+
+
+def refine(
+    out: np.ndarray, keyframes: Keyframes, fused: dict[int, Fused], parts: EditParts, backbone: Backbone, progress: ProgressFn
+) -> None:
+    """Re-diffuse the unseen regions of the fused frames in `out` (in place), grouped by nearest keyframe and
+    cropped to boxes around them with some context (`refine_clips`): each crop is one clip [keyframe,
+    frames...] where every frame attends to the keyframe (anchor), the keyframe and every seen latent held
+    to their fused values at every step; only the crop is encoded, denoised and decoded, and only its unseen
+    pixels are pasted back."""
+    refiner = Refiner.of(parts, backbone)
+    clips = refine_clips(fused, backbone.vae_scale_factor, unet_multiple(backbone))
+    steps = len(refiner.timesteps)
+    progress("refine", 0, len(clips) * steps)
+    for number, clip in enumerate(clips):
+        done = number * steps
+
+        def report(index: int, done: int = done) -> None:
+            progress("refine", done + index + 1, len(clips) * steps)
+
+        decoded = refiner.run(np.stack([out[clip.key], *(out[f] for f in clip.members)]), clip, fused, report)
+        paste(out, clip, fused, decoded, backbone.vae_scale_factor)
+
+
+@dataclass(frozen=True)
+class Refiner:
+    """What every re-diffusion of a request shares: the parts, the backbone, the sampler and its timesteps
+    (the last `keyframe_refine` share of the schedule) and the guidance."""
+
+    parts: EditParts
+    backbone: Backbone
+    scheduler: SchedulerMixin
+    timesteps: torch.Tensor
+    guidance: Guidance
+
+    @classmethod
+    def of(cls, parts: EditParts, backbone: Backbone) -> Refiner:
+        from . import sampling
+
+        config = parts.edit
+        scheduler = backbone.scheduler(config.sampler)
+        steps = max(1, math.ceil(config.steps * parts.engine.keyframe_refine))
+        timesteps = sampling.sampling_timesteps(scheduler, config.steps, steps / config.steps)
+        text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
+        return cls(parts, backbone, scheduler, timesteps, sampling.Guidance(text, config.guidance))
+
+    def run(self, frames: np.ndarray, clip: RefineClip, fused: dict[int, Fused], report: Callable[[int], None]) -> np.ndarray:
+        """The members' crops re-diffused: `frames` are the whole keyframe then members; returns the decoded crops."""
+        from . import sampling
+        from .stepcache import parse_step_caches
+
+        backbone, engine, seed = self.backbone, self.parts.engine, self.parts.edit.seed
+        scale, box = backbone.vae_scale_factor, clip.box
+        clean = sampling.encode_frames(backbone, frames[:, box.rows(scale), box.columns(scale)], engine.chunk)
+        masks = [np.zeros(clean.shape[-2:], bool)]
+        masks += [latent_mask(fused[f].unseen, scale)[box.rows(), box.columns()] for f in clip.members]
         keep = torch.from_numpy(~np.stack(masks))[:, None].to(clean.device)  # (n, 1, h, w): held latents
-        noise = sampling.shared_noise(tuple(clean.shape), config.seed, clean.device, clean.dtype)
+        whole = (len(frames), clean.shape[1], frames.shape[1] // scale, frames.shape[2] // scale)
+        noise = sampling.shared_noise(whole, seed, clean.device, clean.dtype)[..., box.rows(), box.columns()]
         noising = backbone.scheduler()
-        following = [*(int(t) for t in timesteps[1:]), None]
+        following = [*(int(t) for t in self.timesteps[1:]), None]
 
-        # the loop's step callback, called only within this iteration (so the loop variables it reads are this member's)
-        def hold(index: int, timestep: int, latents: torch.Tensor, done=number * len(timesteps)) -> torch.Tensor:  # noqa: B008
-            progress("refine", done + index + 1, total)
-            nxt = following[index]  # noqa: B023
-            target = clean if nxt is None else sampling.noise_to_timestep(noising, clean, noise, nxt)  # noqa: B023
-            return torch.where(keep, target.to(latents.dtype), latents)  # noqa: B023
+        def hold(index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
+            report(index)
+            nxt = following[index]
+            target = clean if nxt is None else sampling.noise_to_timestep(noising, clean, noise, nxt)
+            return torch.where(keep, target.to(latents.dtype), latents)
 
-        start = sampling.noise_to_timestep(noising, clean, noise, timesteps[0])
-        plan = sampling.plan_frames(len(clip), engine.chunk, "first").with_calls(step_cache=parse_step_caches(engine.step_cache))
+        start = sampling.noise_to_timestep(noising, clean, noise, self.timesteps[0])
+        plan = sampling.plan_frames(len(frames), engine.chunk, "first")
+        plan = plan.with_calls(step_cache=parse_step_caches(engine.step_cache))
         latents = sampling.denoise(
             backbone,
-            sampling.Schedule(scheduler, timesteps),
+            sampling.Schedule(self.scheduler, self.timesteps),
             start,
-            guidance,
+            self.guidance,
             plan,
-            sampling.LoopHooks(callback=hold, seed=config.seed),
+            sampling.LoopHooks(callback=hold, seed=seed),
         )
-        decoded = sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(clip))))
-        for row, frame in enumerate(members):
-            soft = composite_mask(fused[frame].unseen)
-            blended = soft[..., None] * decoded[row].astype(np.float32) + (1 - soft[..., None]) * out[frame].astype(np.float32)
-            out[frame] = np.clip(blended.round(), 0, 255).astype(np.uint8)
+        return sampling.decode_latents(backbone, latents, engine.chunk, tuple(range(1, len(frames))))
+
+
+def paste(out: np.ndarray, clip: RefineClip, fused: dict[int, Fused], decoded: np.ndarray, scale: int) -> None:
+    """Blend each member's decoded crop into `out` at its unseen pixels (`composite_mask`), in place."""
+    rows, columns = clip.box.rows(scale), clip.box.columns(scale)
+    for crop, frame in zip(decoded, clip.members):
+        soft = composite_mask(fused[frame].unseen)[rows, columns, None]
+        blended = soft * crop.astype(np.float32) + (1 - soft) * out[frame, rows, columns].astype(np.float32)
+        out[frame, rows, columns] = np.clip(blended.round(), 0, 255).astype(np.uint8)
 
 
 def composite_mask(unseen: np.ndarray) -> np.ndarray:
