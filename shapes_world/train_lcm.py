@@ -84,6 +84,7 @@ class LcmConfig:
     checkpoint_minutes: float = 5.0  # also checkpoint after this much wall time since the last (a busy shared machine)
     minutes: float = 0.0  # stop (checkpointed and saved, resumable) after this much wall time in this run; 0 = no limit
     threads: int = 1
+    init: str = ""  # a saved LoRA folder to start from when WORK has no checkpoint: its weights and step count
 
     def __post_init__(self):
         if self.steps < 0 or self.batch < 2 or self.rank < 1 or self.checkpoint_every < 1:
@@ -258,15 +259,34 @@ def save_checkpoint(path: Path, parts: Parts, optimizer, state: dict) -> None:
         torch.save(payload, partial)
 
 
-def load_checkpoint(path: Path, parts: Parts, optimizer) -> dict:
+def load_checkpoint(path: Path, parts: Parts, optimizer, init: str = "") -> dict:
+    """The run's state from WORK's checkpoint, else from `init` (a saved LoRA folder: its weights, step count
+    and seconds; the optimiser and its warm-up start afresh), else a fresh start."""
     from peft.utils import set_peft_model_state_dict
 
     if not path.is_file():
-        return {"step": 0, "losses": [], "seconds": 0.0}
+        return init_state(Path(init), parts) if init else {"step": 0, "losses": [], "seconds": 0.0}
     payload = torch.load(path, map_location="cpu", weights_only=True)
     set_peft_model_state_dict(parts.student, payload["lora"])
     optimizer.load_state_dict(payload["optimizer"])
     return payload["state"]
+
+
+def init_state(folder: Path, parts: Parts) -> dict:
+    """Load a saved LoRA folder's weights into the student; the state continues its step count."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    weights = {k.removeprefix("unet."): v.float() for k, v in load_file(folder / LORA_FILE).items()}
+    try:
+        result = set_peft_model_state_dict(parts.student, weights)
+    except RuntimeError:  # a shape mismatch: another rank
+        result = None
+    if result is None or result.unexpected_keys:
+        raise EditingError(f"init {folder} is not a LoRA of this run's rank and layers")
+    step = int(manifest["steps"])
+    return {"step": step, "losses": [], "seconds": float(manifest["seconds"]), "warm_from": step, "init": str(folder)}
 
 
 def distil(config: LcmConfig, work: Path) -> tuple[Parts, dict]:
@@ -279,7 +299,7 @@ def distil(config: LcmConfig, work: Path) -> tuple[Parts, dict]:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     path = work / "lcm.ckpt"
-    state = load_checkpoint(path, parts, optimizer)
+    state = load_checkpoint(path, parts, optimizer, config.init)
     if state["step"]:
         log.info("resumed at step %d (%.0f s so far)", state["step"], state["seconds"])
     parts.student.train()
@@ -291,7 +311,7 @@ def distil(config: LcmConfig, work: Path) -> tuple[Parts, dict]:
             break
         began = time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, (state["step"] + 1) / config.warmup)
+            group["lr"] = config.lr * min(1.0, (state["step"] + 1 - state.get("warm_from", 0)) / config.warmup)
         loss = distillation_loss(config, parts, state["step"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -339,6 +359,8 @@ def save_lora_folder(config: LcmConfig, parts: Parts, state: dict, out: Path, co
         "command": command,
         "config": asdict(config),
     }
+    if "init" in state:  # started from a saved LoRA: the losses above are this run's only
+        manifest |= {"init": state["init"], "init_steps": state["warm_from"]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 
