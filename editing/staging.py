@@ -39,10 +39,13 @@ def edit_clip(
     if parts.masking is not None:  # region edit or removal run above this and come back here without it
         raise ConfigError("an edit with a mask (region or removal) runs through editing.region.masked_edit")
     keyframes = edit_keyframes(frames, parts, backbone, progress, timer)
-    edited = propagate(frames, keyframes, parts, backbone, progress, timer)
     wanted = decoded_indices(parts.decode_frames, len(frames))
-    if wanted is not None:
-        edited = edited[list(wanted)]
+    if wanted is not None and set(wanted) <= set(keyframes.indices):  # a preview of keyframes: nothing to propagate
+        edited = keyframes.frames[[keyframes.indices.index(index) for index in wanted]]
+    else:
+        edited = propagate(frames, keyframes, parts, backbone, progress, timer)
+        if wanted is not None:
+            edited = edited[list(wanted)]
     return EditedFrames(edited, keyframes.inversion_cached, None, timer.seconds, keyframes.warnings, keyframes.indices)
 
 

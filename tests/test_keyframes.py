@@ -272,6 +272,26 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     assert counter.images > keyframe_cost
 
 
+def test_a_preview_of_keyframes_only_propagates_nothing_and_shows_the_same_frames(tmp_path, tiny):
+    """decode_frames naming keyframes only (the first-frame preview) skips propagation and refinement; the
+    frames it returns are the full edit's."""
+    from editing.staging import edit_clip
+
+    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    frames = panning_clip(6)  # keyframes 0 and 4; frame 5 has pixels to refine
+    counter = UnetImages(tiny.unet)
+    with counter.counting():
+        full = edit_clip(frames, parts, tiny)
+    full_cost, counter.images = counter.images, 0
+    with counter.counting():
+        preview = edit_clip(frames, dataclasses.replace(parts, decode_frames=(0, 4)), tiny)
+    assert full.seconds["refine"] > 0 and preview.seconds["refine"] == preview.seconds["propagate"] == 0
+    assert 0 < counter.images < full_cost
+    np.testing.assert_array_equal(preview.frames, full.frames[[0, 4]])
+    propagated = edit_clip(frames, dataclasses.replace(parts, decode_frames=(0, 5)), tiny)  # frame 5 still propagates
+    np.testing.assert_array_equal(propagated.frames, full.frames[[0, 5]])
+
+
 def _translation_flows(frames: int, size: int, dx: int, invalid_columns: int = 0) -> ClipFlows:
     """Exact flows of a scene moving by (-dx, 0) per frame: frame i+1 at x came from frame i at x + dx;
     the last `invalid_columns` columns of every hop fail the forward-backward check."""
