@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -311,6 +312,9 @@ def test_region_tab_tracks_a_drawing_and_removes(tmp_path, tiny, clip):
     track, _, remove = make_handlers(Backend(output_root=tmp_path / "outputs"))
     overlay = track(str(video), drawing, None, "shapes", 0, 0)  # the shapes model reads the clip at its own 64 px
     assert overlay.endswith(".mp4") and (tmp_path / "outputs") in Path(overlay).parents
+    with pytest.raises(gr.Error) as refused:  # SAM 2 from the Hub, offline here
+        track(str(video), drawing, None, "shapes", 0, 0, "sam2")
+    assert refused.value.message.startswith("mask_model facebook/sam2.1-hiera-tiny cannot be loaded")
     values = {
         "video": str(video),
         "drawing": drawing,

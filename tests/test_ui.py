@@ -1129,7 +1129,8 @@ def test_an_option_added_to_the_schema_is_a_widget_with_its_default_range_and_hi
 
 def test_the_forms_defaults_are_the_cli_defaults_but_the_declared_hints(car, tmp_path):
     """The untouched /edit form makes the CLI's default request with only the schema's declared app hints
-    changed; the hints are the ones the app has always shown (fewer steps, frames and pixels, a lower strength)."""
+    changed; the hints are the ones the app has always shown (fewer steps, frames and pixels, a lower strength,
+and the Region tab's margin and soft edge for a drawn mask)."""
     import dataclasses
 
     from editing import requests
@@ -1141,7 +1142,7 @@ def test_the_forms_defaults_are_the_cli_defaults_but_the_declared_hints(car, tmp
     form |= {"video": str(car), "prompt": "a cat"}
     made = request_from(form, str(tmp_path), (".mp4",))
     declared = {name: app for name, (_, app, _) in hints.differences().items()}
-    assert declared == {"steps": 10, "strength": 0.6, "frames": 8, "size": 256}
+    assert declared == {"steps": 10, "strength": 0.6, "frames": 8, "size": 256, "mask_grow": 2, "mask_feather": 3}
     cli = requests.edit_request(
         requests.defaults("edit") | declared | {"video": str(car), "out": made.output, "prompt": "a cat", "model": "tiny"}
     )

@@ -1,5 +1,6 @@
 """The Region tab: draw the region on the clip's first frame (or upload a mask), Track shows the mask over the
-clip (followed along the source's flow), then Edit changes only inside it or Remove takes out what it covers.
+clip (followed along the source's flow, or by SAM 2), then Edit changes only inside it or Remove takes out what
+it covers. Grow, feather and the tracker are the schema's options (`editing.masks.options`).
 
 The mask reaches the edit as a file this app wrote or received (`mask`, an upload in the /edit API too),
 never as a path a client names."""
@@ -15,6 +16,7 @@ import numpy as np
 
 from editing.errors import Cancelled, EditingError
 
+from . import hints
 from .backend import Backend, CancelToken
 from .edit_tab import GPU_QUEUE, gradio_progress
 from .forms import make_request, one_sentence_errors
@@ -23,7 +25,7 @@ from .widgets import named_handler
 
 FRAMES = 16  # frames of the clip the tab edits (its first ones)
 BRUSH = "#ff28c8"
-RUN_FIELDS = ["video", "drawing", "upload", "model", "prompt", "grow", "feather", "token"]
+RUN_FIELDS = ["video", "drawing", "upload", "model", "prompt", "grow", "feather", "token", "tracker"]
 
 
 def clip_frames(video: str | None, model: str | None) -> np.ndarray:
@@ -82,18 +84,23 @@ def first_frame(video: str | None, model: str | None):
 
 def make_handlers(backend: Backend):
     @one_sentence_errors
-    def track(video, drawing, upload, model, grow, feather, progress=gr.Progress()) -> str:  # noqa: B008 (Gradio's progress tracker)
+    def track(video, drawing, upload, model, grow, feather, tracker=None, progress=gr.Progress()) -> str:  # noqa: B008 (Gradio's progress tracker)
         """The mask over the clip (an mp4 in a fresh output folder)."""
         from editing.config import EditConfig
         from editing.core import EditParts
         from editing.masks.options import MaskConfig
         from editing.region import clip_mask, write_preview
 
-        progress(0, desc="Tracking the mask along the clip's flow")
+        tracker = tracker or hints.app_default(hints.option("mask_track"))
+        progress(0, desc="Tracking the mask with SAM 2" if tracker == "sam2" else "Tracking the mask along the clip's flow")
         model = backend.policy.check_model(model)  # before the model's size is looked up: no path is probed
         frames = clip_frames(video, model)
         config = MaskConfig(
-            mask=mask_file(drawing, upload, video, model), region=True, mask_grow=int(grow), mask_feather=int(feather)
+            mask=mask_file(drawing, upload, video, model),
+            region=True,
+            mask_grow=int(grow),
+            mask_feather=int(feather),
+            mask_track=tracker,
         )
         mask = clip_mask(frames, EditParts(EditConfig(prompt="track"), masking=config))
         path = str(Path(backend.output_dir()) / "mask-overlay.mp4")
@@ -112,6 +119,8 @@ def make_handlers(backend: Backend):
                 "mask_grow": int(values["grow"]),
                 "mask_feather": int(values["feather"]),
             }
+            if values.get("tracker"):
+                options["mask_track"] = values["tracker"]
             request = make_request(backend.checked(options), video, backend.output_dir())
             try:
                 outputs = backend.edit(request, gradio_progress(progress, request), token)
@@ -150,8 +159,14 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 elem_id="region-prompt",
             )
             with gr.Row():
-                grow = gr.Slider(0, 32, value=2, step=1, label="Grow (px)")
-                feather = gr.Slider(0, 32, value=3, step=1, label="Feather (px)")
+                grow = hints.slider("mask_grow", label="Grow (px)")
+                feather = hints.slider("mask_feather", label="Feather (px)")
+                tracker = hints.dropdown(
+                    "mask_track",
+                    label="Track along",
+                    info="flow: the clip's own motion, offline; sam2: the SAM 2 video model (downloads it)",
+                    elem_id="region-tracker",
+                )
             with gr.Row():
                 track_button = gr.Button("Track", elem_id="region-track")
                 edit_button = gr.Button("Edit region", variant="primary", elem_id="region-edit")
@@ -163,8 +178,8 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
             details = gr.JSON(label="Details", elem_id="region-details")
     token = gr.State(CancelToken())
     video.change(first_frame, [video, model], drawing, api_visibility="private")
-    track_button.click(track, [video, drawing, upload, model, grow, feather], overlay, api_name="region_track")
-    inputs = [video, drawing, upload, model, prompt, grow, feather, token]
+    track_button.click(track, [video, drawing, upload, model, grow, feather, tracker], overlay, api_name="region_track")
+    inputs = [video, drawing, upload, model, prompt, grow, feather, token, tracker]
     runs = [
         edit_button.click(
             edit,

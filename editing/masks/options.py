@@ -49,7 +49,13 @@ class MaskConfig:
         },
     )
     mask_grow: int = field(
-        default=0, metadata={"help": "pixels the mask is grown by on every side", "metavar": "PX", "range": "[0, 256]"}
+        default=0,
+        metadata={
+            "help": "pixels the mask is grown by on every side",
+            "metavar": "PX",
+            "range": "[0, 256]",
+            "app": {"default": 2, "max": 32, "why": "a region drawn by hand needs a margin; a slider over the useful span"},
+        },
     )
     mask_feather: int = field(
         default=0,
@@ -57,6 +63,11 @@ class MaskConfig:
             "help": "pixels outside the grown mask over which the edit fades into the source",
             "metavar": "PX",
             "range": "[0, 256]",
+            "app": {
+                "default": 3,
+                "max": 32,
+                "why": "a soft edge hides a hand-drawn region's seam; a slider over the useful span",
+            },
         },
     )
     mask_preview: str | None = field(
