@@ -1,13 +1,16 @@
 """Structure metrics of the `editing` package, computed from its syntax trees.
 
 Prints the longest functions, the functions with the most parameters (and how many are untyped), and the
-`hasattr`/`getattr` calls in the denoising loop's modules. usage: python scripts/structure_report.py [--top N]
+`hasattr`/`getattr` calls in the denoising loop's modules, and the imports inside functions (with how many give no
+reason in a comment). usage: python scripts/structure_report.py [--top N]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "editing"
@@ -51,6 +54,36 @@ def probes(root: Path = PACKAGE) -> list[tuple[str, int]]:
     return found
 
 
+def function_imports(root: Path = PACKAGE) -> list[tuple[str, bool]]:
+    """(module:line, has a reason) of every import inside a function.
+
+    The reason is a comment on the import's line or the line above; imports on consecutive lines share the
+    comment above the first of them.
+    """
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        commented = {token.start[0] for token in tokens if token.type == tokenize.COMMENT}
+        nodes = {}
+        for function in ast.walk(ast.parse(source)):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(function):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                        nodes[node.lineno] = node
+        explained: set[int] = set()
+        for line in sorted(nodes):
+            node = nodes[line]
+            above = [n.lineno for n in nodes.values() if n.end_lineno == line - 1]
+            reasoned = (
+                bool(commented & set(range(line, node.end_lineno + 1))) or line - 1 in commented or bool(explained & set(above))
+            )
+            if reasoned:
+                explained.add(line)
+            found.append((f"{path.relative_to(root.parent)}:{line}", reasoned))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--top", type=int, default=5)
@@ -72,6 +105,11 @@ def main() -> None:
     print(f"hasattr/getattr calls in {', '.join(LOOP_MODULES)}: {len(loop)}")
     for where, call in loop:
         print(f"  {where} {call}")
+    imports = function_imports()
+    bare = [where for where, reasoned in imports if not reasoned]
+    print(f"imports inside functions: {len(imports)}, without a reason comment: {len(bare)}")
+    for where in bare[:top]:
+        print(f"  {where}")
 
 
 if __name__ == "__main__":
