@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .bank import bank_nbytes
+
 if TYPE_CHECKING:
     from .cross_frame import FrameLayout
 
@@ -84,6 +86,4 @@ def anchor_nbytes(
     unet_config: dict, latent_height: int, latent_width: int, anchors: int, branches: int, bytes_per_value: int
 ) -> int:
     """Bytes the anchor store holds at most: the feature bank's formula for `anchors` frames."""
-    from .bank import bank_nbytes
-
     return bank_nbytes(unet_config, latent_height, latent_width, anchors, branches, bytes_per_value)

@@ -22,6 +22,7 @@ import torch
 
 from .control import AttentionControl
 from .cross_frame import CrossFrameAttnProcessor, FrameLayout, attention_processors
+from .store import layer_downsampling, level_tokens
 
 
 @dataclass
@@ -127,8 +128,6 @@ def bank_nbytes(
     unet_config: dict, latent_height: int, latent_width: int, frames: int, branches: int, bytes_per_value: int
 ) -> int:
     """Bytes the bank holds at most: frames x branches x (keys + values) over every self-attention layer."""
-    from .store import layer_downsampling, level_tokens
-
     channels = list(unet_config["block_out_channels"])
     total = 0
     for name, kind, downsample in layer_downsampling(unet_config):

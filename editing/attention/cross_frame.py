@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..motion import spatial_layer
+from .merge import merge_context
 from .modes import get_attention_mode
 
 
@@ -188,8 +190,6 @@ class CrossFrameAttnProcessor:
             key, value, mask = gather_frames(key, value, frames)
             key, value, mask = self.extend_context(own, key, value, mask, frames, **extra)
             if frames.merge > 0 and mask is None:  # rows of unequal width (window mode at the clip's ends) stay unmerged
-                from .merge import merge_context
-
                 key, value, mask = merge_context(key, value, key.shape[1] // length, frames.merge)
 
         query, key, value = (_heads(t, attn.heads) for t in (query, key, value))
@@ -313,8 +313,6 @@ def attention_processors(unet: torch.nn.Module, processor: Any) -> Iterator[None
     """Install `processor` (one object or a {layer name: processor} dict) and restore the originals after;
     layers holding an IP-Adapter keep its image attention (`bind_image_adapters`); a motion UNet's motion
     modules (editing.motion) keep their own temporal attention: only spatial layers are swapped."""
-    from ..motion import spatial_layer
-
     original = dict(unet.attn_processors)
     installed = processor if isinstance(processor, dict) else {name: processor for name in original}
     installed = {name: installed[name] if spatial_layer(name) else original[name] for name in original}

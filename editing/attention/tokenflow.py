@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .bank import _width
 from .control import AttentionControl
 from .cross_frame import NO_CALL, CrossFrameAttnProcessor, FrameLayout, Heads, LayerCall, attention_processors
 from .plan import FrameBatch
+from .store import layer_downsampling, layer_shape, level_tokens
 
 if TYPE_CHECKING:
     from ..sampling import Guidance, StepContext
@@ -79,8 +81,6 @@ def blend_weights(frame: int, keys: Sequence[int]) -> list[tuple[int, float]]:
 def recorded_layers(unet_config: Mapping[str, Any]) -> dict[str, int]:
     """The self-attention layer whose input represents each UNet resolution: {layer name: downsampling};
     the decoder's first at each resolution, else the mid block's or the encoder's."""
-    from .store import layer_downsampling
-
     chosen: dict[int, str] = {}
     for name, kind, downsample in layer_downsampling(unet_config):
         if kind != "self":
@@ -91,8 +91,6 @@ def recorded_layers(unet_config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _layer_width(name: str, unet_config: Mapping[str, Any]) -> int:
-    from .bank import _width
-
     return _width(name, list(unet_config["block_out_channels"]))
 
 
@@ -124,8 +122,6 @@ def store_nbytes(
 ) -> int:
     """Bytes of the source features: frames x steps x (tokens x min(channels, dims)) over the recorded
     layer of each stored resolution (latents of `latent_size`, height and width), fp16."""
-    from .store import level_tokens
-
     total = 0
     for name, downsample in recorded_layers(unet_config).items():
         if downsamplings is None or downsample in downsamplings:
@@ -237,8 +233,6 @@ class TokenFlowState:
         return self._matches[cache]
 
     def _compute(self, frame: int, key: int, tokens: int, device: torch.device) -> torch.Tensor:
-        from .store import layer_shape
-
         step = self.source_step()
         stored = self.source.get(step, tokens) if self.source is not None else None
         if stored is not None:

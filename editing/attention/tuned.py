@@ -26,6 +26,7 @@ from torch import nn
 
 from .control import AttentionControl
 from .cross_frame import NO_CALL, CrossFrameAttnProcessor, LayerCall, attention_processors
+from .p2p import ControlledAttnProcessor
 
 
 class TemporalAttention(nn.Module):
@@ -164,8 +165,6 @@ class TunedControl(AttentionControl):
     @contextlib.contextmanager
     def processors(self, unet: torch.nn.Module) -> Iterator[None]:
         """Install a tuned processor on every attention layer; the originals come back after."""
-        from .p2p import ControlledAttnProcessor
-
         names = tuple(unet.attn_processors)
         if set(names) != set(self.weights.names):
             raise ValueError("the tuned weights were made for a UNet with other attention layers")
