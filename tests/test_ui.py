@@ -207,6 +207,24 @@ def test_stop_cancels_between_steps_frees_memory_and_leaves_no_output(car, tmp_p
     assert Backend().edit(request, lambda *a: None, token).result.frames == 2
 
 
+def test_a_finished_cpu_run_leaves_the_full_collection_to_python_and_a_failed_one_collects(monkeypatch):
+    import ui.backend as backend_module
+
+    freed = []
+    monkeypatch.setattr(backend_module, "free_memory", lambda: freed.append(True))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with backend_module.freeing_memory():
+        pass
+    assert freed == []
+    with pytest.raises(RuntimeError), backend_module.freeing_memory():
+        raise RuntimeError("a failed run")
+    assert freed == [True]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    with backend_module.freeing_memory():
+        pass
+    assert freed == [True, True]  # with a GPU every run is followed by the collection and the cache's release
+
+
 def test_stop_cancels_a_tuning_between_steps_and_saves_nothing(car, tmp_path, monkeypatch):
     from ui.backend import CancelToken
     from ui.oneshot_tab import run_tuning
