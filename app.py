@@ -5,7 +5,7 @@ import argparse
 import os
 
 from editing.config import VideoLimits
-from editing.models import DEFAULT_MODEL
+from editing.models import DEFAULT_MODEL, import_in_background
 from ui import build_demo
 from ui.serving import ServePolicy
 
@@ -99,4 +99,5 @@ if __name__ == "__main__":
     args = parse_args()
     model, notice = _started_on if default_model(args) == default_model() else startup_model(args)
     demo = build_demo(default_model=model, backend=build_backend(args), notice=notice)
+    import_in_background()  # the first edit's imports, while the page loads and a clip is picked
     demo.launch(**launch_options(args))

@@ -491,6 +491,29 @@ _cache_lock = threading.Lock()
 OTHER_CACHES: list[dict] = []  # caches of loaded models kept by other modules (editing.clip_score), emptied by clear_cache
 
 
+_imports_lock = threading.Lock()
+_background_imports: threading.Thread | None = None
+
+
+def import_in_background() -> threading.Thread:
+    """Start importing what a model load needs (diffusers' Stable Diffusion pipeline, which brings transformers'
+    CLIP) on a daemon thread, so that an app's first edit does not wait for it; `load_backbone` waits for that
+    thread rather than importing beside it. Loads nothing."""
+    global _background_imports
+    with _imports_lock:
+        if _background_imports is None:
+            _background_imports = threading.Thread(target=_import_loaders, name="import-loaders", daemon=True)
+            _background_imports.start()
+        return _background_imports
+
+
+def _import_loaders() -> None:
+    try:
+        from diffusers import StableDiffusionPipeline  # noqa: F401
+    except Exception:  # the load that needs the import says what failed
+        log.debug("importing diffusers in the background failed", exc_info=True)
+
+
 def load_backbone(
     spec: str | None = None,
     device: str | None = None,
@@ -504,6 +527,8 @@ def load_backbone(
     `options` (editing.lora.ModelOptions: LoRAs, fused or not, the autoencoder) give a backbone of its
     own, cached under its own key; the plain backbone it derives from is never changed.
     """
+    if _background_imports is not None:
+        _background_imports.join()
     if options is not None and not options.plain:
         return _load_with_options(spec, device, dtype, config, options)
     parsed = ModelSpec.parse(spec)

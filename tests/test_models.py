@@ -271,3 +271,27 @@ def test_shapes_is_found_from_an_installed_package_outside_the_source_tree(tmp_p
     assert Path(found["module"]).is_relative_to(target) and Path(found["folder"]).is_relative_to(target), (how, found)
     assert Path(found["canny"]).is_relative_to(target) and found["size"] == native_size(models.SHAPES_MODEL)
     assert not found["dev"], "shapes_world must not be installed with the product"
+
+
+def test_load_backbone_waits_for_the_background_imports(monkeypatch):
+    """The app starts the first load's imports on a thread at launch; a load waits for it instead of importing
+    beside it."""
+    import threading
+    import time
+
+    finished = []
+    thread = threading.Thread(target=lambda: (time.sleep(0.3), finished.append(True)))
+    monkeypatch.setattr(models, "_background_imports", thread)
+    thread.start()
+    load_backbone("tiny", device="cpu")
+    assert finished == [True]
+
+
+def test_the_background_imports_start_once_and_load_no_model(monkeypatch):
+    monkeypatch.setattr(models, "_background_imports", None)
+    cached = dict(models._cache)
+    first = models.import_in_background()
+    assert models.import_in_background() is first and first.daemon
+    first.join(timeout=120)
+    assert not first.is_alive() and "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion" in sys.modules
+    assert dict(models._cache) == cached
