@@ -396,7 +396,7 @@ def create_tab(backend: Backend, default_model: str) -> dict[str, gr.components.
                 visible=False,
             )
             scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-scrubber", visible=False)
-            first_frame = gr.Image(label="First frame preview", type="numpy", height=240)
+            first_frame = gr.Image(label="First frame preview", type="numpy", height=240, elem_id="first-frame")
             with gr.Row():
                 gif = gr.File(label="GIF")
                 frames_zip = gr.File(label="Frames (zip of PNG)")
