@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .autoencoder import placed_dtype
 from .condition_kinds import get_condition_kind
 from .errors import ConfigError, ModelLoadError
 from .hub import HUB_ID, HUB_PREFIX
@@ -297,8 +298,6 @@ def _build_random(name: str, device: torch.device, dtype: torch.dtype) -> Backbo
 def _placed(backbone: Backbone) -> Backbone:
     """`backbone` with its modules frozen, in eval mode, on its device and dtype (the autoencoder in fp32 where
     diffusers would upcast it: editing.autoencoder)."""
-    from .autoencoder import placed_dtype
-
     for module in (backbone.text_encoder, backbone.vae, backbone.unet):
         module.requires_grad_(False).eval()
         dtype = placed_dtype(module, backbone.dtype) if module is backbone.vae else backbone.dtype

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from editing.errors import Cancelled
 from editing.memo import ClipMemo
@@ -74,8 +75,6 @@ def cancellable(progress: ProgressFn, token: CancelToken | None) -> ProgressFn:
 def free_memory() -> None:
     """Return the memory of a finished or stopped run: Python garbage, then the GPU allocator's cache."""
     gc.collect()
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -98,8 +97,6 @@ def freeing_memory():
         traceback.clear_frames(exc.__traceback__)
         raise
     finally:
-        import torch
-
         if failed or torch.cuda.is_available():
             free_memory()
 
