@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .cache import cache_key, content_hash
 from .compat import sequential_reason
-from .context import STAGES
+from .context import STAGES, frames_key
 from .errors import ConfigError, EditingError
+from .keyframes import Keyframes
 from .requests import EditRequest
+from .sampling import plan_frames
 
 if TYPE_CHECKING:
     from .evaluate import EvalSpec
@@ -137,8 +140,6 @@ def split_edit(request: EditRequest, frame_count: int, workers: int) -> EditTask
     every segment because it attends only to itself. Everything else runs as one task whose chunks run in
     order, and the note says why.
     """
-    from .sampling import plan_frames
-
     whole = EditTasks((Segment(tuple(range(frame_count)), tuple(range(frame_count))),))
     engine = request.engine
     if engine.keyframes_every and workers > 1 and frame_count > 1 and request.decode_frames is None:
@@ -205,8 +206,7 @@ def propagation_input(segment: Segment, keys: tuple[int, ...], edited_keys: np.n
     """What a propagation segment's task gets: its source frames and the edited keyframes among them,
     staged (editing.pipeline.StagedKeyframes) for `propagating`, their indices counted from the segment's
     first frame."""
-    from .context import frames_key
-    from .keyframes import Keyframes
+    # here, not at the top: editing.pipeline would load PyAV and PIL into the CLI's start-up
     from .pipeline import StagedKeyframes
 
     source = frames[list(segment.frames)]
@@ -345,8 +345,6 @@ class BatchProgress:
     """A bar over all edits on stderr, and one line per finished, failed, skipped or retried edit."""
 
     def __init__(self, total: int, stream: TextIO | None = None):
-        from tqdm.auto import tqdm
-
         self.stream = stream or sys.stderr
         self.bar = tqdm(total=total, desc="edits", unit="edit", file=self.stream, disable=None)
 
@@ -375,6 +373,7 @@ Runner = Callable[[list[BatchEdit], BatchProgress, Callable[[BatchEdit, dict], N
 
 def run_here(edits: list[BatchEdit], progress: BatchProgress, on_done: Callable[[BatchEdit, dict], None]) -> list[str]:
     """Run the edits one after another in this process (the batch without --ray)."""
+    # here, not at the top: editing.pipeline would load PyAV and PIL into the CLI's start-up
     from .pipeline import edit_video
 
     for edit in edits:

@@ -10,16 +10,22 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from . import requests
-from .batch import BATCH_DEFAULTS
+from .batch import BATCH_DEFAULTS, batch_edits
+from .batch import run_batch as run_edits
 from .errors import ConfigError, EditingError
 from .files import check_writable
 from .models import RANDOM_WEIGHTS_NOTE
+from .presets import preset_note
 from .requests import DEFAULT_ATTENTION, output_size  # noqa: F401 (the app and tests read them here too)
 
 log = logging.getLogger("editing")
@@ -106,7 +112,7 @@ def build_parser(shapes: bool = False) -> argparse.ArgumentParser:
     # Only then is the benchmark imported (a development tool, not the product); an installed wheel or the
     # Space has no shapes_world, and `eval --shapes` is then an ordinary argparse error.
     if shapes and importlib.util.find_spec("shapes_world") is not None:
-        from shapes_world.benchmark import add_options
+        from shapes_world.benchmark import add_options  # a development tool: only for eval --shapes
 
         add_options(evaluate)
     else:
@@ -125,6 +131,7 @@ def asks_for_shapes(argv: Sequence[str]) -> bool:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    # here, not at the top: editing.video_io loads PyAV and PIL, which --help does not need
     from .video_io import probe
 
     print(json.dumps(probe(args.video).to_dict(), indent=2))
@@ -142,12 +149,12 @@ def tune_request(args: argparse.Namespace):
 
 
 def run_edit(args: argparse.Namespace) -> int:
+    # here, not at the top: editing.pipeline loads PyAV and PIL, which --help does not need
     from .pipeline import edit_video
 
     request = edit_request(args)
     with TerminalProgress() as progress:
         result = edit_video(request, progress)
-    from .presets import preset_note
 
     if result.random_weights:
         print(f"note: '{args.model}': {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
@@ -165,6 +172,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 def run_live(args: argparse.Namespace) -> int:
+    # here, not at the top: editing.stream loads the editing core (PyAV, PIL), which --help does not need
     from .stream import live_video
 
     request = edit_request(args)
@@ -183,10 +191,12 @@ def run_live(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.shapes:
+        # here: the shapes benchmark is a development tool, absent from an installed wheel
         from shapes_world.benchmark import run_command
 
         with TerminalProgress() as progress:
             return run_command(args, progress)
+    # here, not at the top: --help does not import the evaluation
     from .evaluate import load_spec, run_evaluation
 
     if not args.spec:
@@ -206,8 +216,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from .batch import batch_edits
-    from .batch import run_batch as run
+    # here, not at the top: --help does not import the evaluation
     from .evaluate import load_spec
 
     if args.workers is not None and args.workers < 1:
@@ -218,14 +227,14 @@ def run_batch(args: argparse.Namespace) -> int:
     check_writable(Path(args.out) / "results.csv", "results folder (--out)")
     edits = batch_edits(spec, args.out, "." + args.format)
     if args.ray is None:
-        report = run(edits, args.out)
+        report = run_edits(edits, args.out)
     else:
         from . import distributed  # Ray is imported only here
 
         distributed.connect(args.ray, args.workers)
         workers, _ = distributed.placement(args.workers)
         runner = distributed.batch_runner(args.workers, args.retries)
-        report = run(edits, args.out, runner, {"ray": args.ray, "workers": workers})
+        report = run_edits(edits, args.out, runner, {"ray": args.ray, "workers": workers})
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     counts = {status: sum(1 for row in report.rows if row["status"] == status) for status in ("ok", "skipped", "failed")}
@@ -241,6 +250,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    # here, not at the top: editing.tuning loads PyAV and PIL, which --help does not need
     from .tuning import tune_video
 
     request = tune_request(args)
@@ -266,8 +276,6 @@ class TerminalProgress:
         self.stage = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm.auto import tqdm
-
         if stage != self.stage:
             self.close()
             self.stage = stage
@@ -318,9 +326,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     """Keep third-party progress bars and advice off the terminal; our own errors stay one line."""
-    import os
-    import warnings
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

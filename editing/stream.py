@@ -30,12 +30,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import sampling
+from . import sampling, video_io
 from .attention.bank import BankAttnProcessor, BankCall
 from .attention.control import AttentionControl
 from .config import EditConfig
+from .core import EditParts
 from .errors import ConfigError
+from .files import check_writable
 from .frames import check_frames
+from .pipeline import request_backbone, write_outputs
 from .stepcache import parse_step_caches
 
 if TYPE_CHECKING:
@@ -179,9 +182,6 @@ class StreamEditor:
     @classmethod
     def from_request(cls, request: EditRequest, backbone: Backbone | None = None) -> StreamEditor:
         """The engine of an edit request (its preset applied): the request's model loaded unless given."""
-        from .core import EditParts
-        from .pipeline import request_backbone
-
         return cls(EditParts.of(request), backbone or request_backbone(request))
 
     def update(self, prompt: str | None = None, strength: float | None = None, seed: int | None = None) -> None:
@@ -272,10 +272,6 @@ class LiveResult:
 
 def live_video(request: EditRequest, progress: ProgressFn | None = None) -> LiveResult:
     """Edit a clip frame by frame as a stream would (`python -m editing live`) and write it."""
-    from . import video_io
-    from .files import check_writable
-    from .pipeline import request_backbone, write_outputs
-
     check_writable(request.output)
     clip = video_io.read_clip(request.video, request.selection, request.limits)
     editor = StreamEditor.from_request(request, request_backbone(request))
