@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import ConfigError
+
 PARTIAL_PREFIX = "."  # partial files are hidden, so folder listings and cache eviction pass them by
 
 
@@ -47,8 +49,6 @@ def check_writable(path: str | os.PathLike, name: str = "output (--out)") -> Non
     """Raise a ConfigError naming `name` unless a file can be made at `path`: it is not a folder, and the
     nearest existing folder on its way really takes a new file (probed with a file removed at once, so a
     read-only disk or a folder without write permission is found before any work, whoever runs it)."""
-    from .errors import ConfigError
-
     final = Path(path)
     if final.is_dir():
         raise ConfigError(f"{name} {final} is a folder; name a file in it")

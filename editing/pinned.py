@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from . import sampling
 from .errors import ConfigError
+from .images import fit_image, read_image
+from .inversion import ddim_invert, inverse_schedule
+from .keyframes import chain, clip_flows, remap
 
 if TYPE_CHECKING:
     from .config import EngineConfig
@@ -35,8 +39,6 @@ if TYPE_CHECKING:
 
 def pinned_frames(engine: EngineConfig, frames: np.ndarray) -> tuple[tuple[tuple[int, np.ndarray], ...], tuple[str, ...]]:
     """The supplied frames as (index, (H, W, 3) uint8) at the clip's size, and how each was fitted."""
-    from .images import fit_image, read_image
-
     count, height, width = frames.shape[:3]
     pins, notes = [], []
     for image in sorted(engine.keyframe_images, key=lambda i: i.index):
@@ -55,8 +57,6 @@ def guided_start(frames: np.ndarray, pins: Sequence[tuple[int, np.ndarray]], flo
     along the source's chained optical flow, where the path is trusted; the source elsewhere (where the
     supplied frame cannot see). So the inverted latents already carry the supplied edit, and the
     denoising keeps it (Rerender's and AnyV2V's premise: an edited frame says exactly what to make)."""
-    from .keyframes import chain, clip_flows, remap
-
     if len(frames) < 2:
         return frames
     flows = clip_flows(frames) if flows is None else flows
@@ -84,9 +84,6 @@ class Pinning:
     def make(
         cls, pins: Sequence[tuple[int, np.ndarray]], backbone: Backbone, parts: EditParts, timesteps: torch.Tensor
     ) -> Pinning:
-        from . import sampling
-        from .inversion import ddim_invert, inverse_schedule
-
         config, engine = parts.edit, parts.engine
         images = np.stack([image for _, image in pins])
         clean = sampling.encode_frames(backbone, images, engine.chunk)

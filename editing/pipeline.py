@@ -33,6 +33,7 @@ from .models import load_backbone
 from .region import masked_edit
 from .requests import EditRequest
 from .staging import edit_keyframes
+from .tuning import check_base
 
 if TYPE_CHECKING:
     from .models import Backbone
@@ -70,8 +71,6 @@ def request_backbone(request: EditRequest, progress: ProgressFn = no_progress, t
     with timer.stage("load_model") if timer is not None else contextlib.nullcontext():
         progress("load_model", 0, 1)
         if request.tuned is not None:
-            from .tuning import check_base
-
             check_base(request.tuned, request.model)
         return load_backbone(request.model, request.device, request.dtype, options=request.model_options)
 

@@ -30,6 +30,7 @@ from .attention.store import AttentionStore, StorePolicy
 from .cache import cache_key
 from .config import AttentionEditConfig
 from .context import EditContext
+from .errors import ConfigError
 from .inversion import Trajectory, ddim_invert, inverse_schedule
 from .nulltext import NullTextFit, null_text_invert
 
@@ -110,8 +111,6 @@ def make_blend(
     source = prompts.blend_positions(tokenizer, config.source_prompt, config.blend_words)
     target = prompts.blend_positions(tokenizer, target_prompt, config.blend_words)
     if not source and not target:
-        from .errors import ConfigError
-
         raise ConfigError(f"blend words {', '.join(config.blend_words)} occur in neither prompt")
     return LocalBlend(source, target, *latent_size, threshold=config.blend_threshold)
 

@@ -34,9 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .cache import default_cache_dir
 from .config import FrameSelection, VideoLimits
 from .errors import ConfigError, EditingError
 from .files import atomic_output
+from .video_io import probe, read_clip
 
 MANIFEST = "session.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
@@ -96,8 +98,6 @@ def owner_hash(key: str) -> str:
 
 def check_source_video(video: Path, limits: VideoLimits = VideoLimits()) -> None:
     """Refuse a file as a session's clip unless it decodes as a video, with the same checks as an edit."""
-    from .video_io import probe, read_clip
-
     info = probe(video, limits)
     read_clip(video, FrameSelection(max_frames=2, size=64), limits, info)
 
@@ -106,7 +106,6 @@ def default_root() -> Path:
     """$EDITING_SESSIONS_DIR, else `sessions/` in the editing cache folder."""
     if os.environ.get("EDITING_SESSIONS_DIR"):
         return Path(os.environ["EDITING_SESSIONS_DIR"])
-    from .cache import default_cache_dir
 
     return default_cache_dir() / "sessions"
 
@@ -356,8 +355,6 @@ def _check_unpacked(staging: Path, manifest: dict[str, Any], limits: VideoLimits
             path = staging / "entries" / entry["id"] / file_name
             suffix = path.suffix.lower()
             if suffix in (".mp4", ".gif"):
-                from .video_io import probe
-
                 probe(path, limits)
             elif suffix == ".png" and path.read_bytes()[: len(PNG_MAGIC)] != PNG_MAGIC:
                 raise EditingError(f"session file {file_name!r} is named .png but is not a PNG image")

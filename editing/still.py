@@ -20,6 +20,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .flows import _colour_error
+
 FLAT_LEVELS = 6  # a pixel is flat when each RGB channel varies by at most this over its 3 x 3 neighbourhood (8-bit)
 EDGE_BAND = 2  # pixels along the image's edge that decide whether a flat region reaches it, and the camera's motion
 MIN_REGION = 0.25  # a flat region smaller than this share of the frame is left alone (a stripe of a striped background is one)
@@ -128,8 +130,6 @@ def mend_edges(
     vector of the neighbour (within MEND_RADIUS, itself off the still background) that best explains its
     colour, where one does within `tolerance` (mean RGB, 8-bit). DIS shortens the vectors at a moving
     object's edge, which the background's own motion made up for; held still, that background no longer does."""
-    from .flows import _colour_error
-
     mend = bad & ~still
     if not mend.any():
         return flow

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .motion import is_motion_unet, max_frames
 
 SCHEDULES = ("uniform", "static")
 DEFAULT_MOTION_CONTEXT = "16:4:uniform"
@@ -122,8 +123,6 @@ def window_weights(num_frames: int, starts: tuple[int, ...], length: int) -> lis
 def edit_context(text: str | None, unet: torch.nn.Module) -> ContextWindows | None:
     """The windows of an edit with this UNet (the default with a motion UNet), refused in one sentence
     when longer than the motion module's positional embeddings."""
-    from .motion import is_motion_unet, max_frames
-
     motion = is_motion_unet(unet)
     windows = resolve_context(text, motion)
     if motion and windows is not None and windows.length > max_frames(unet):
