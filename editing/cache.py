@@ -17,6 +17,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from .files import atomic_output, is_partial
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,6 @@ class TensorCache:
 
     def load(self, key: str) -> dict | None:
         """The entry for `key` (marked as recently used), or None when there is none or it cannot be read."""
-        import torch
-
         path = self.path(key)
         if not path.is_file():
             return None
@@ -104,8 +104,6 @@ class TensorCache:
 
     def save(self, key: str, data: dict) -> None:
         """Write the entry for `key` atomically, then evict beyond the cap."""
-        import torch
-
         with atomic_output(self.path(key)) as partial:
             torch.save(data, partial)
         touch(self.path(key))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError
 
@@ -14,8 +16,6 @@ FITS = ("refuse", "resize", "crop")
 
 def read_image(path: str | Path, name: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a PNG/JPEG/WebP/BMP file; ConfigError naming `name` for anything else."""
-    from PIL import Image, UnidentifiedImageError
-
     shown = Path(str(path)).name
     try:
         with Image.open(path) as image:
@@ -37,8 +37,6 @@ def fit_image(image: np.ndarray, width: int, height: int, fit: str, name: str) -
     refuse: a different size is an error; resize: scaled to the size (aspect changes if it differs);
     crop: scaled to cover the size, aspect kept, then centre-cropped.
     """
-    import cv2
-
     if fit not in FITS:
         raise ConfigError(f"keyframe_fit must be one of {', '.join(FITS)}; got {fit!r}")
     have_h, have_w = image.shape[:2]

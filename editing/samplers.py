@@ -34,6 +34,7 @@ class Sampler:
 
     def build(self, config: Mapping[str, Any]):
         """A fresh scheduler with the model's noise schedule (`config`) and this sampler's settings."""
+        # here, not at the top: diffusers is heavy, and --help imports this module (see above)
         import diffusers
 
         cls = getattr(diffusers, self.scheduler_class)

@@ -10,6 +10,7 @@ This module imports nothing heavy (no torch), so config validation and the CLI c
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -77,8 +78,6 @@ def mode_control(name: str, frames: np.ndarray, latent_height: int, latent_width
     if factory is None:
         return None
     if isinstance(factory, str):
-        import importlib
-
         module, _, function = factory.partition(":")
         factory = getattr(importlib.import_module(module), function)
     return factory(frames, latent_height, latent_width)

@@ -42,6 +42,7 @@ class DeepCache(StepCache):
 
     @contextlib.contextmanager
     def installed(self, unet: Any) -> Iterator[None]:
+        # here, not at the top: diffusers is heavy, and --help imports this module
         from diffusers import UNet2DConditionModel
 
         if not isinstance(unet, UNet2DConditionModel):
@@ -152,6 +153,7 @@ def time_embedding(unet: Any, inputs: UnetInputs, sample: torch.Tensor) -> torch
 def shallow_forward(unet: Any, deep: torch.Tensor, layers: int, inputs: UnetInputs) -> Any:
     """The UNet's output from its shallow layers: fresh skip features, the `deep` hidden state kept from a
     full pass, then the last `layers` layers of the final up block and the output convolution."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
     sample, attention_mask, encoder_attention_mask = inputs.sample, inputs.attention_mask, inputs.encoder_attention_mask
