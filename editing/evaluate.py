@@ -33,11 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
-from . import metrics, requests, video_io
+from . import metrics, requests, sampling, video_io
+from .clip_score import CLIP_RANDOM_NOTE, load_clip
 from .config import EditConfig, parse_reference
 from .errors import ConfigError, EditingError, ModelLoadError
+from .flows import source_flows
+from .models import load_backbone
 from .pipeline import STAGES, ProgressFn, edit_video
 from .requests import EditRequest
 
@@ -185,8 +189,6 @@ def parse_spec(data: Mapping[str, Any], base: Path, clip: str | None = None, mis
 
 def load_spec(path: str | Path, clip: str | None = None, missing_videos: bool = False) -> EvalSpec:
     """Read and validate a YAML spec file; `clip` overrides its CLIP choice; `missing_videos` as in parse_spec."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"spec {path} does not exist")
@@ -204,8 +206,6 @@ def load_spec(path: str | Path, clip: str | None = None, missing_videos: bool = 
 def refuse_aliases(text: str, name: str) -> None:
     """Refuse a YAML document that uses an alias (`*name`), reading only its event stream: nothing is built,
     so a few hundred bytes of nested aliases (a "billion laughs" bomb) never expand into memory."""
-    import yaml
-
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             raise ConfigError(
@@ -306,7 +306,6 @@ def _load_scorer(spec: EvalSpec, device: str | None):
     """The CLIP scorer, or None and the reason it is unavailable."""
     if spec.clip is None:
         return None, "not requested (clip: none)"
-    from .clip_score import load_clip
 
     try:
         return load_clip(spec.clip, device), ""
@@ -364,8 +363,6 @@ def _reconstruction_values(request: EditRequest, source: np.ndarray, reconstruct
 
 def _temporal_values(source: np.ndarray, output: np.ndarray) -> tuple[list[float], dict]:
     """Per-pair warp errors of the output, and the mean for the output and for the source itself."""
-    from .flows import source_flows
-
     flows = source_flows(source)
     errors = metrics.warp_errors(source, output, flows)
     floor = metrics.warp_errors(source, source, flows)
@@ -395,9 +392,6 @@ def _reconstruct(edit: EvalEdit, request: EditRequest, workdir: Path, progress: 
 
 def _autoencode(request: EditRequest, frames: np.ndarray) -> np.ndarray:
     """The frames through the model's VAE alone: the best any inversion can reconstruct."""
-    from . import sampling
-    from .models import load_backbone
-
     backbone = load_backbone(request.model, request.device, request.dtype)
     latents = sampling.encode_frames(backbone, frames, request.engine.chunk)
     return sampling.decode_latents(backbone, latents, request.engine.chunk)
@@ -445,8 +439,6 @@ def run_evaluation(spec: EvalSpec, out_dir: str | Path, progress: ProgressFn | N
     if scorer is None:
         notes.append(f"CLIP metrics unavailable: {clip_reason}")
     elif scorer.random_weights:
-        from .clip_score import CLIP_RANDOM_NOTE
-
         notes.append(f"CLIP metrics: {CLIP_RANDOM_NOTE}")
     notes.append("warp errors are in 8-bit levels; CLIP scores are 100 x cosine similarity; frame accuracy is a percentage")
     results: list[EvalRow] = []

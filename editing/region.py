@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +25,9 @@ from .core import EditedFrames, decoded_indices
 from .held import HeldRegion
 from .masks import MaskInputs, clip_masks, feathered, grown, overlay_frames
 from .masks.shape import composite
+from .removal import remove_object
 from .staging import edit_clip
+from .video_io import write_video
 
 if TYPE_CHECKING:
     from .models import Backbone
@@ -57,9 +60,6 @@ def clip_mask(frames: np.ndarray, parts: EditParts, backbone: Backbone | None = 
 
 def write_preview(path: str, frames: np.ndarray, mask: ClipMask) -> None:
     """Write the mask overlay clip."""
-    from fractions import Fraction
-
-    from .video_io import write_video
 
     write_video(path, mask.overlay(frames), Fraction(PREVIEW_FPS))
 
@@ -79,8 +79,6 @@ def masked_edit(
     if config.mask_preview:
         write_preview(config.mask_preview, frames, mask)
     if config.remove:
-        from .removal import remove_object
-
         return remove_object(frames, mask, parts, backbone, progress, timer)
     if not config.region:
         return edit_clip(frames, dataclasses.replace(parts, masking=None), backbone, progress, timer)

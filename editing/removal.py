@@ -25,8 +25,13 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
+from . import sampling
+from .core import EditedFrames, decoded_indices
 from .errors import ConfigError
+from .held import HeldRegion, hold_callback, noised_states
+from .keyframes import clip_flows
 
 if TYPE_CHECKING:
     from .context import EditParts, ProgressFn, StageTimer
@@ -126,8 +131,6 @@ def fill_from_frames(
     """Fill each frame's hole with the background other frames show, followed along the background's motion
     around the holes. `flows` are the source's (editing.keyframes.clip_flows); `todo` (default: the holes)
     are the pixels still to fill, when part of the holes was filled already (then those parts can be read)."""
-    from .keyframes import clip_flows
-
     frames = np.asarray(frames)
     count, height, width = holes.shape
     out = frames.copy()
@@ -214,9 +217,6 @@ def diffuse_blended(
 ) -> np.ndarray:
     """The unfilled pixels made by the backbone, prompted with the background's description (the prompt):
     blended latent diffusion, every latent pixel away from them held to the filled frames noised to each step."""
-    from . import sampling
-    from .held import HeldRegion, hold_callback, noised_states
-
     config, engine = parts.edit, parts.engine
     todo = [t for t in range(len(frames)) if unfilled[t].any()]
     start = rough_fill(frames, unfilled)
@@ -253,6 +253,7 @@ def diffuse_blended(
 
 def load_inpainting(spec: str, backbone: Backbone):
     """diffusers' SD inpainting pipeline (a 9-channel UNet: latents, mask, masked-image latents) from a Hub id or folder."""
+    # here, not at the top: diffusers is heavy; neither --help nor the app's start loads it
     from diffusers import StableDiffusionInpaintPipeline
 
     try:
@@ -275,8 +276,6 @@ def diffuse_inpainting(
     frames: np.ndarray, unfilled: np.ndarray, parts: EditParts, backbone: Backbone, progress: ProgressFn
 ) -> np.ndarray:
     """The unfilled pixels made by the inpainting model, frame by frame, with the same seed."""
-    from PIL import Image
-
     pipe = load_inpainting(parts.masking.inpaint_model, backbone)
     config = parts.edit
     out = frames.copy()
@@ -299,9 +298,6 @@ def remove_object(frames: np.ndarray, mask: Any, parts: EditParts, backbone: Bac
     that show its background; then, while some pixels are shown by no frame, the frame with most of them is
     diffused and what it made is carried to the others the same way (one made background moving with the
     scene, not one per frame)."""
-    from .core import EditedFrames, decoded_indices
-    from .keyframes import clip_flows
-
     holes = mask.grown
     with timer.stage("propagate"):
         progress("propagate", 0, 1)

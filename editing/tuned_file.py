@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from safetensors import safe_open
+
 from .errors import TuningError
 
 FORMAT = "editing-tuned/1"
@@ -19,8 +21,6 @@ JSON_FIELDS = ("settings", "source", "losses")  # metadata values stored as JSON
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata of a tuned-weights file, JSON values decoded; TuningError when it is not one."""
-    from safetensors import safe_open
-
     name = Path(path).name
     if not Path(path).is_file():
         raise TuningError(f"tuned weights {path} do not exist")

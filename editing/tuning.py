@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from . import sampling, video_io
 from .attention.cross_frame import layer_kwargs, layout_for
@@ -196,8 +198,6 @@ def optimizer_step(
 
 def save_tuned(path: str | os.PathLike, weights: InflatedWeights, metadata: dict) -> None:
     """Write the tuned parameters and their metadata (strings, the settings as JSON) atomically."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.state_dict().items()}
     with atomic_output(path) as partial:
@@ -219,8 +219,6 @@ def check_base(path: str | os.PathLike, model: str) -> dict:
 
 def load_tuned(path: str | os.PathLike, backbone: Backbone) -> TunedControl:
     """Tuned weights from a file, on the backbone's device; refused when they were tuned on another base."""
-    from safetensors.torch import load_file
-
     metadata = read_metadata(path)
     name, identity = Path(path).name, base_identity(backbone)
     if metadata.get("base") != identity:
@@ -315,7 +313,6 @@ def _finish(request: TuneRequest, path: Path, reused: bool, losses: list[float],
     metadata = read_metadata(target)
     if not losses:
         losses = list(metadata.get("losses", []))
-    from safetensors import safe_open
 
     with safe_open(str(target), framework="pt") as handle:
         parameters = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())

@@ -16,6 +16,7 @@ _LAZY = ("condition_cache_key", "conditions_from_video", "extract_conditions", "
 
 def __getattr__(name: str):
     if name in _LAZY:
+        # here, not at the top: importing the package loads no extractor (see above)
         from . import extractors
 
         return getattr(extractors, name)

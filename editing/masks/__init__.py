@@ -18,6 +18,7 @@ from .shape import feathered, grown, latent_mask, overlay_frames
 
 
 def _load_builtin() -> None:
+    # here, not at the top: the sources load video I/O and the denoising loop, which --help does not need
     from . import flow_track, sam2, video, words  # noqa: F401 (each registers itself)
 
 

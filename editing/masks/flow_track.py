@@ -16,8 +16,11 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
+from ..images import read_image
+from ..keyframes import clip_flows
 from .options import parse_mask_file
 from .registry import MaskInputs, MaskSource, register_mask_source
+from .video import binary
 
 if TYPE_CHECKING:
     from ..keyframes import ClipFlows
@@ -29,9 +32,6 @@ REACH = 2  # pixels beyond the farthest flow vector that a revealed pixel may be
 
 def frame_mask(inputs: MaskInputs) -> tuple[np.ndarray, int]:
     """The (H, W) bool mask of IMAGE@FRAME, at the clip's size, and its frame."""
-    from ..images import read_image
-    from .video import binary
-
     path, index = parse_mask_file(inputs.config.mask)
     frames = inputs.frames
     if index is None or not 0 <= index < len(frames):
@@ -97,8 +97,6 @@ def step_mask(
 
 def track_by_flow(frames: np.ndarray, mask: np.ndarray, index: int, flows: ClipFlows | None = None) -> np.ndarray:
     """(N, H, W) bool: `mask` of frame `index` carried forward and backward through the clip."""
-    from ..keyframes import clip_flows
-
     frames = np.asarray(frames)
     out = np.zeros(frames.shape[:3], bool)
     out[index] = mask

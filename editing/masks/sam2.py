@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .flow_track import frame_mask
 from .registry import MaskInputs, MaskSource, register_mask_source
 
 OBJECT_ID = 1
@@ -17,6 +18,7 @@ OBJECT_ID = 1
 
 def load_sam2(spec: str, device: str | torch.device = "cpu"):
     """(model, processor) of a SAM 2 video checkpoint: a Hub id or a folder saved with `save_pretrained`."""
+    # here, not at the top: transformers is heavy; neither --help nor the app's start loads it
     from transformers import Sam2VideoModel, Sam2VideoProcessor
 
     try:
@@ -52,8 +54,6 @@ def track_with_sam2(model: torch.nn.Module, processor: Any, frames: np.ndarray, 
 
 
 def sam2_masks(inputs: MaskInputs) -> np.ndarray:
-    from .flow_track import frame_mask
-
     mask, index = frame_mask(inputs)
     device = getattr(inputs.backbone, "device", "cpu")
     model, processor = load_sam2(inputs.config.mask_model, device)

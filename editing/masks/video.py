@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import FrameSelection
+from ..control.extractors import conditions_from_video
+from ..errors import ConfigError, VideoError
 from .options import parse_mask_file
 from .registry import MaskInputs, MaskSource, register_mask_source
 
@@ -19,10 +22,6 @@ def binary(images: np.ndarray) -> np.ndarray:
 
 def video_masks(inputs: MaskInputs) -> np.ndarray:
     """The mask video's frames for the clip's selection, at the clip's size."""
-    from ..config import FrameSelection
-    from ..control.extractors import conditions_from_video
-    from ..errors import ConfigError, VideoError
-
     frames = inputs.frames
     path, _ = parse_mask_file(inputs.config.mask)
     try:

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..attention.blend import word_map
+from ..attention.p2p import PromptControl, conditional
 from ..errors import ConfigError
+from ..inversion import ddim_invert, inverse_schedule
+from ..prompts import word_positions
+from ..sampling import LoopHooks, encode_frames, encode_text, plan_frames
 from .registry import MaskInputs, MaskSource, register_mask_source
 
 if TYPE_CHECKING:
@@ -40,9 +46,6 @@ def prompt_with(words: str, *prompts: str) -> str:
 
 
 def _recorder(positions: list[int], latent_height: int, latent_width: int):
-    from ..attention.blend import word_map
-    from ..attention.p2p import PromptControl, conditional
-
     class WordsRecorder(PromptControl):
         """Sums, per clip frame, the cross-attention of the given token positions over layers and steps."""
 
@@ -66,10 +69,6 @@ def _recorder(positions: list[int], latent_height: int, latent_width: int):
 
 def attention_maps(frames: np.ndarray, words: str, prompt: str, backbone: Backbone, chunk: int = 8) -> np.ndarray:
     """(N, h, w) float: the words' summed cross-attention on each frame, at latent size."""
-    from ..inversion import ddim_invert, inverse_schedule
-    from ..prompts import word_positions
-    from ..sampling import LoopHooks, encode_frames, encode_text, plan_frames
-
     positions = sorted({p for word in words.split() for p in word_positions(backbone.tokenizer, prompt, word)})
     if not positions:
         raise ConfigError(f"mask_words {words!r} are not words the text encoder reads in {prompt!r}")
@@ -103,8 +102,6 @@ def snapped(frame: np.ndarray, soft: np.ndarray) -> np.ndarray:
     """(H, W) bool: the thresholded map snapped to the frame's edges by GrabCut (Rother et al., 2004), seeded
     sure inside above SURE, probably inside above THRESHOLD, sure outside below OUTSIDE: attention is 8 times
     coarser than the frame."""
-    import cv2
-
     seeds = np.full(soft.shape, cv2.GC_PR_BGD, np.uint8)
     seeds[soft > THRESHOLD] = cv2.GC_PR_FGD
     seeds[soft > SURE] = cv2.GC_FGD
