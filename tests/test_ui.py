@@ -225,6 +225,26 @@ def test_a_finished_cpu_run_leaves_the_full_collection_to_python_and_a_failed_on
     assert freed == [True, True]  # with a GPU every run is followed by the collection and the cache's release
 
 
+def test_warp_errors_of_later_edits_of_the_same_frames_reuse_the_source_flows(monkeypatch):
+    from types import SimpleNamespace
+
+    import ui.backend as backend_module
+    from editing.metrics import warp_errors
+    from tests.test_keyframes import panning_clip
+
+    computed = []
+    real = backend_module.source_flows
+    monkeypatch.setattr(backend_module, "source_flows", lambda frames: computed.append(1) or real(frames))
+    backend, source = backend_module.Backend(), panning_clip(4)
+    edits = [np.roll(source, shift, axis=2) for shift in (1, 3)]  # two edits of the same source frames
+    errors = [backend.warp_errors(None, SimpleNamespace(result=SimpleNamespace(images=e)), source) for e in edits]
+    assert len(computed) == 1
+    for edited, got in zip(edits, errors):
+        np.testing.assert_array_equal(got, warp_errors(source, edited))
+    backend.warp_errors(None, SimpleNamespace(result=SimpleNamespace(images=edits[0])), source[::-1].copy())
+    assert len(computed) == 2  # other frames: their own flows
+
+
 def test_stop_cancels_a_tuning_between_steps_and_saves_nothing(car, tmp_path, monkeypatch):
     from ui.backend import CancelToken
     from ui.oneshot_tab import run_tuning

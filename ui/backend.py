@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from editing.errors import Cancelled
+from editing.flows import Flows, source_flows
 from editing.memo import ClipMemo
 from editing.pipeline import EditRequest, EditResult, ProgressFn, edit_video
 
@@ -31,6 +33,7 @@ from .serving import LOCAL, ServePolicy
 EditFn = Callable[[EditRequest, ProgressFn], EditResult]
 OUTPUT_MAX_AGE = 3600  # seconds a run's files stay on disk (Gradio copies what it serves into its own cache)
 PREVIEW_FRAMES = 2  # the shortest clip the pipeline edits; the first of them is shown
+SOURCE_FLOWS_BYTES = 64 * 1024**2  # source flows kept for the warp errors of later edits of the same frames
 SESSION_MEMOS = 4  # style sessions whose text encodings and condition maps stay in memory (at most 256 MB each)
 
 
@@ -131,6 +134,10 @@ PATH_FIELDS = ("output", "tuned", "path", "weights")  # result fields holding on
 PATHS_FIELDS = ("also_written",)  # result fields holding a list of them
 
 
+def _flow_bytes(flows: Flows) -> int:
+    return flows.backward.nbytes + flows.forward.nbytes + flows.valid.nbytes
+
+
 def public_details(result: dict) -> dict:
     """A result dict with every server path replaced by its file name (what the Details panel shows)."""
     shown = dict(result)
@@ -155,6 +162,8 @@ class Backend:
         self.concurrency = concurrency  # GPU jobs run at once (the app's GPU queue): 1 here, one per worker on a cluster
         self._memos: OrderedDict[str, ClipMemo] = OrderedDict()
         self._memos_lock = threading.Lock()
+        self._flows: OrderedDict[tuple, Flows] = OrderedDict()
+        self._flows_lock = threading.Lock()
 
     def session_memo(self, session: str) -> ClipMemo:
         """The in-memory memo of one session's clip (editing.memo: text encodings, condition maps), kept
@@ -239,7 +248,24 @@ class Backend:
         edited = outputs.result.images
         if edited is None:
             return np.zeros(0)
-        return warp_errors(self.source_frames(request) if source is None else source, edited)
+        source = self.source_frames(request) if source is None else source
+        return warp_errors(source, edited, self.source_flows(source))
+
+    def source_flows(self, source: np.ndarray) -> Flows:
+        """The source frames' flows (editing.flows.source_flows, as warp errors measure them), kept by the
+        frames' content so that the next edit of the same frames (another prompt, seed or preset) reuses them;
+        at most SOURCE_FLOWS_BYTES are kept, least recently used first out."""
+        key = (source.shape, hashlib.blake2b(np.ascontiguousarray(source).data, digest_size=16).hexdigest())
+        with self._flows_lock:
+            if key in self._flows:
+                self._flows.move_to_end(key)
+                return self._flows[key]
+        flows = source_flows(source)
+        with self._flows_lock:
+            self._flows[key] = flows
+            while sum(_flow_bytes(kept) for kept in self._flows.values()) > SOURCE_FLOWS_BYTES:
+                self._flows.popitem(last=False)
+        return flows
 
 
 def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = LOCAL, editor=None, pool=None) -> Backend:
