@@ -90,6 +90,7 @@ def _transformers_scorer(
 
 def _random_clip(device: torch.device) -> ClipScorer:
     """A small randomly initialised transformers CLIP with the real CLIP tokenizer, for tests."""
+    # here, not at the top: transformers is heavy and loads only when a scorer is built
     from transformers import CLIPConfig, CLIPModel
 
     text = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
@@ -103,6 +104,7 @@ def _random_clip(device: torch.device) -> ClipScorer:
 
 def _pretrained_clip(spec: str, device: torch.device) -> ClipScorer:
     """A transformers CLIPModel from a local folder or the Hub, with its own tokenizer when it ships one."""
+    # here, not at the top: transformers is heavy and loads only when a scorer is built
     from transformers import CLIPModel, CLIPTokenizer
 
     path = Path(spec).expanduser()
@@ -122,6 +124,7 @@ def _pretrained_clip(spec: str, device: torch.device) -> ClipScorer:
 
 def _open_clip(spec: str, device: torch.device) -> ClipScorer:
     """An open_clip model: `open_clip:ViT-B-32` (OpenAI weights) or `open_clip:NAME@PRETRAINED` (a tag or a file)."""
+    # here, not at the top: open_clip is heavy and only OpenCLIP checkpoints need it
     import open_clip
 
     name, _, pretrained = spec.removeprefix("open_clip:").partition("@")

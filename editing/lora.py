@@ -21,14 +21,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from .compile import COMPILE_HELP
 from .errors import ConfigError, ModelLoadError, require
 from .motion import MOTION_HELP, MotionSpec
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +149,7 @@ def model_options(loras: list[str] | tuple[str, ...] = (), fuse: bool = False, v
 
 def lora_config(rank: int = 4, targets: tuple[str, ...] = LORA_TARGETS):
     """A peft LoraConfig for SD-1.x UNets (alpha = rank, so the scale is the LoRA weight itself)."""
+    # here, not at the top: peft is heavy, and --help imports this module
     from peft import LoraConfig
 
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights="gaussian")
@@ -161,7 +161,7 @@ def random_lora_state_dict(unet: torch.nn.Module, rank: int = 4, seed: int = 0, 
     The layer names and shapes come from peft: the config is injected into an empty (meta-device) copy of
     the UNet, so no weights are copied. A is drawn with std 1/sqrt(in features) and B with `std`/sqrt(rank),
     so the update's size does not depend on the layer's width."""
-    import torch
+    # here, not at the top: accelerate and peft are heavy, and --help imports this module
     from accelerate import init_empty_weights
     from peft.utils import get_peft_model_state_dict
 
@@ -180,6 +180,7 @@ def random_lora_state_dict(unet: torch.nn.Module, rank: int = 4, seed: int = 0, 
 
 def save_lora(path: str | Path, state_dict: dict[str, Any]) -> Path:
     """Write a LoRA state dict as one .safetensors file, as diffusers' `save_lora_weights` does."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import StableDiffusionPipeline
 
     path = Path(path)
@@ -248,6 +249,7 @@ def check_lora_state(state: dict[str, Any], name: str) -> None:
 
 def _adapter_keys(model: torch.nn.Module, adapter: str) -> int:
     """How many LoRA weights of `adapter` the model holds."""
+    # here, not at the top: peft is heavy, and --help imports this module
     from peft.utils import get_peft_model_state_dict
 
     return len(get_peft_model_state_dict(model, adapter_name=adapter))
@@ -258,6 +260,7 @@ def _load_into(
 ) -> None:
     """Load one LoRA part (`unet` or `text_encoder`) into `model` through diffusers' loaders; refused in
     one sentence when its layers do not exist in the model or have other shapes."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import StableDiffusionPipeline
 
     part = {k: v for k, v in state.items() if k.startswith(f"{kind}.")}
@@ -310,6 +313,7 @@ def apply_loras(
     them into the weights when `fuse`. `read(spec, unet)` returns a LoRA's (state dict, alphas) (it is
     `editing.models.read_lora`, the one place weights are read). Returns the adapter names in the UNet
     and in the text encoder."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
     unet_names, text_names = [], []
@@ -344,6 +348,7 @@ def merge_adapters(model: torch.nn.Module, names: list[str]) -> None:
     """Merge the named LoRA adapters into the base weights, at their set scales (peft's `merge`), then put
     each fully merged layer's base layer back in its place: a merged peft layer only calls its base layer,
     so the output is the same and each call skips the wrapper."""
+    # here, not at the top: peft is heavy, and --help imports this module
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     merged = []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file
 
 from .errors import ConfigError, ModelLoadError
 from .hub import HUB_ID, HUB_PREFIX
@@ -98,6 +99,7 @@ class MotionSpec:
 def build_adapter(unet_config: Mapping[str, Any], heads: int = 8, max_frames: int = 32, zero: bool = True):
     """A MotionAdapter shaped for a UNet2DConditionModel config; with `zero` its motion modules' output
     projections are zero (AnimateDiff's initialisation: the inflated UNet starts equal to the image model)."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import MotionAdapter
 
     channels = tuple(unet_config["block_out_channels"])
@@ -140,6 +142,7 @@ def _heads_for(unet_config: Mapping[str, Any]) -> int:
 def read_motion_adapter(spec: MotionSpec, unet_config: Mapping[str, Any], load_from: Callable[..., Any]):
     """The MotionAdapter a spec names (fp32, on the CPU), refused in one sentence when it does not fit;
     `load_from(loader, alternatives=None)` runs a diffusers loader and words its failures (editing.models)."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import MotionAdapter
 
     if spec.kind == RANDOM_MOTION:
@@ -170,9 +173,9 @@ def read_motion_adapter(spec: MotionSpec, unet_config: Mapping[str, Any], load_f
 def _hub_file_adapter(spec: MotionSpec):
     """A MotionAdapter from one Hub file in diffusers' layout (AnimateDiff-Lightning's `*_diffusers.safetensors`),
     or in the original AnimateDiff layout (read by from_single_file)."""
+    # here, not at the top: diffusers and huggingface_hub are heavy, and --help imports this module
     from diffusers import MotionAdapter
     from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
 
     path = hf_hub_download(spec.source, spec.filename)
     state = load_file(path)
@@ -196,6 +199,7 @@ def check_fits(adapter: MotionAdapter, unet_config: Mapping[str, Any], name: str
 def inflate(unet: torch.nn.Module, adapter: MotionAdapter):
     """The UNetMotionModel made of `unet`'s spatial weights and `adapter`'s motion modules, frozen, on the
     UNet's device and dtype."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import UNetMotionModel
 
     motion = UNetMotionModel.from_unet2d(unet, adapter).to(device=unet.device)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .errors import ConfigError, ModelLoadError
 
@@ -53,8 +54,6 @@ class ImageAdapter:
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> torch.Tensor:
         """The (1, 1, width) CLIP image embedding of one (H, W, 3) uint8 RGB image (batch, images, width)."""
-        from PIL import Image
-
         encoder = self.image_encoder
         pixels = self.feature_extractor(images=Image.fromarray(image), return_tensors="pt").pixel_values
         pixels = pixels.to(device=encoder.device, dtype=encoder.dtype)
@@ -103,8 +102,6 @@ class ImagePrompt:
 
 def read_reference_image(path: str) -> np.ndarray:
     """The (H, W, 3) uint8 RGB pixels of the reference image, or one sentence naming reference_image."""
-    from PIL import Image
-
     name = Path(path).name or path
     if not Path(path).is_file():
         raise ConfigError(f"reference_image {name} is not a file")
@@ -173,6 +170,7 @@ def random_adapter_state(
 
 def random_image_encoder(embed_dim: int = RANDOM_EMBED_DIM, seed: int = 5):
     """A small seeded random CLIPVisionModelWithProjection (32 px, 2 layers)."""
+    # here, not at the top: transformers is heavy; neither --help nor the app's start loads it
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPVisionConfig(
@@ -214,6 +212,7 @@ def build_image_adapter(
     """An ImageAdapter for the backbone's UNet, device and dtype from an IP-Adapter checkpoint ({"image_proj":
     ..., "ip_adapter": ...}) through diffusers' converters; refused in one sentence when it is not a plain
     IP-Adapter for this UNet."""
+    # here, not at the top: diffusers and transformers are heavy; neither --help nor the app's start loads them
     from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
     from transformers import CLIPImageProcessor
 

@@ -132,6 +132,7 @@ def blazepose_to_openpose(landmarks: np.ndarray, min_visibility: float = 0.3) ->
 
 def draw_openpose(keypoints: Sequence[Point | None], height: int, width: int) -> np.ndarray:
     """An OpenPose-18 skeleton in ControlNet's colours on a black (height, width, 3) RGB canvas."""
+    # here, not at the top: controlnet_aux is heavy and only pose drawing needs it
     from controlnet_aux.open_pose.body import Keypoint
     from controlnet_aux.open_pose.util import draw_bodypose
 
@@ -150,6 +151,7 @@ def _landmark_array(result: Any) -> np.ndarray | None:
 
 def detect_pose(frames: np.ndarray, min_visibility: float = 0.3) -> list[list[Point | None]]:
     """OpenPose-18 keypoints per frame from mediapipe BlazePose, tracking one person through the frames."""
+    # here, not at the top: mediapipe is heavy and only pose detection needs it
     import mediapipe as mp
 
     detected = []
@@ -231,6 +233,7 @@ def load_annotator(name: str, source: str | os.PathLike | None = None, device: s
         if Path(resolved).is_dir() and not (Path(resolved) / annotator.filename).is_file():
             raise ModelLoadError(f"annotator folder {resolved} has no {annotator.filename} (the {annotator.what} checkpoint)")
         try:
+            # here, not at the top: controlnet_aux is heavy and loads only when an annotator is built
             import controlnet_aux
 
             detector_class = getattr(controlnet_aux, annotator.class_name)
