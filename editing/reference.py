@@ -170,7 +170,7 @@ def random_adapter_state(
 
 def random_image_encoder(embed_dim: int = RANDOM_EMBED_DIM, seed: int = 5):
     """A small seeded random CLIPVisionModelWithProjection (32 px, 2 layers)."""
-    # here, not at the top: transformers is heavy; neither --help nor the app's start loads it
+    # here, not at the top: transformers is heavy and only the image adapter needs it
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPVisionConfig(
@@ -212,7 +212,7 @@ def build_image_adapter(
     """An ImageAdapter for the backbone's UNet, device and dtype from an IP-Adapter checkpoint ({"image_proj":
     ..., "ip_adapter": ...}) through diffusers' converters; refused in one sentence when it is not a plain
     IP-Adapter for this UNet."""
-    # here, not at the top: diffusers and transformers are heavy; neither --help nor the app's start loads them
+    # here, not at the top: diffusers and transformers are heavy and only the image adapter needs them
     from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
     from transformers import CLIPImageProcessor
 

@@ -253,7 +253,7 @@ def diffuse_blended(
 
 def load_inpainting(spec: str, backbone: Backbone):
     """diffusers' SD inpainting pipeline (a 9-channel UNet: latents, mask, masked-image latents) from a Hub id or folder."""
-    # here, not at the top: diffusers is heavy; neither --help nor the app's start loads it
+    # here, not at the top: diffusers is heavy and only object removal needs it
     from diffusers import StableDiffusionInpaintPipeline
 
     try:

@@ -18,7 +18,7 @@ OBJECT_ID = 1
 
 def load_sam2(spec: str, device: str | torch.device = "cpu"):
     """(model, processor) of a SAM 2 video checkpoint: a Hub id or a folder saved with `save_pretrained`."""
-    # here, not at the top: transformers is heavy; neither --help nor the app's start loads it
+    # here, not at the top: transformers is heavy and only SAM 2 tracking needs it
     from transformers import Sam2VideoModel, Sam2VideoProcessor
 
     try:
