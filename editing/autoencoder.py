@@ -10,7 +10,6 @@ copy. bf16 has fp32's range and is never upcast.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import weakref
@@ -36,12 +35,15 @@ def placed_dtype(vae: torch.nn.Module, dtype: torch.dtype) -> torch.dtype:
 
 
 def fp32_copy(vae: torch.nn.Module) -> torch.nn.Module:
-    """An fp32 copy of the autoencoder, made on first use and kept while the autoencoder lives."""
+    """An fp32 copy of the autoencoder, made on first use and kept while the autoencoder lives: built from its
+    config and weights, so hooks or methods set on the module itself are not copied."""
     if vae.dtype == torch.float32:
         return vae
     with _copies_lock:
         if vae not in _fp32_copies:
-            _fp32_copies[vae] = copy.deepcopy(vae).to(torch.float32)
+            copied = type(vae).from_config(vae.config)
+            copied.load_state_dict(vae.state_dict())
+            _fp32_copies[vae] = copied.requires_grad_(False).eval().to(device=vae.device, dtype=torch.float32)
         return _fp32_copies[vae]
 
 

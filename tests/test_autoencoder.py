@@ -43,10 +43,11 @@ def _fp16(backbone, force_upcast: bool):
 
 
 def _record_dtypes(vae, seen: list):
-    """Record the dtype the decoder and encoder run in (the hook travels with copies of `vae`)."""
+    """Record the dtype the decoder and encoder run in, on `vae` and on its fp32 copy."""
     hook = lambda module, inputs: seen.append(inputs[0].dtype)  # noqa: E731
-    vae.decoder.conv_in.register_forward_pre_hook(hook)
-    vae.encoder.conv_in.register_forward_pre_hook(hook)
+    for model in {id(m): m for m in (vae, autoencoder.fp32_copy(vae))}.values():
+        model.decoder.conv_in.register_forward_pre_hook(hook)
+        model.encoder.conv_in.register_forward_pre_hook(hook)
 
 
 @pytest.mark.parametrize("model, clip", [("tiny", "car-turn.mp4"), ("shapes", "shapes-clip1.mp4")])
@@ -113,3 +114,13 @@ def test_an_overflowing_fp16_batch_is_run_again_in_fp32(tiny, caplog):
     assert len([r for r in caplog.records if "non-finite" in r.message]) == 2
     frames = sampling.decode_latents(half, latents * half.vae.config.scaling_factor, 1)
     assert frames.dtype == np.uint8 and frames.shape == (1, 64, 64, 3)
+
+
+def test_the_fp32_copy_is_made_once_from_the_config_and_weights(tiny):
+    half = copy.deepcopy(tiny.vae).half()
+    half.decode = lambda *args, **kwargs: None  # set on the module itself, as a timer or a test does: not copied
+    copied = autoencoder.fp32_copy(half)
+    assert autoencoder.fp32_copy(half) is copied and copied.dtype == torch.float32 and "decode" not in vars(copied)
+    for name, weight in half.state_dict().items():
+        torch.testing.assert_close(copied.state_dict()[name], weight.float(), rtol=0, atol=0)
+    assert autoencoder.fp32_copy(tiny.vae) is tiny.vae  # already fp32
