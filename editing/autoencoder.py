@@ -1,8 +1,10 @@
 """Encode and decode with the autoencoder in its own dtype, upcast to fp32 where diffusers would.
 
 fp16 can overflow inside an autoencoder. diffusers marks the ones at risk with the config flag
-`force_upcast`: AutoencoderKL defaults it to true, while AutoencoderTiny and fp16-fixed autoencoders set it
-false. Its pipelines run a flagged fp16 autoencoder in fp32 (`upcast_vae`). Here a flagged autoencoder is
+`force_upcast`, and its SDXL pipelines run a flagged fp16 autoencoder in fp32 (`upcast_vae`). Only a flag the
+autoencoder's own config sets counts here (SDXL's sets it true; AutoencoderTiny and fp16-fixed ones false):
+configs that predate it, SD-1.5's among them, inherit AutoencoderKL's default true, and run in fp16 as
+diffusers' StableDiffusionPipeline runs them. Here a flagged autoencoder is
 placed in fp32 once, when its model loads, instead of being cast back and forth on every call: the module is
 shared between requests. An fp16 autoencoder that returns a non-finite batch runs that batch again on an fp32
 copy. bf16 has fp32's range and is never upcast.
@@ -25,8 +27,10 @@ _copies_lock = threading.Lock()
 
 
 def needs_upcast(vae: torch.nn.Module, dtype: torch.dtype) -> bool:
-    """Whether diffusers runs this autoencoder in fp32 when the model is in `dtype`: fp16 with `force_upcast` set."""
-    return dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    """Whether the autoencoder runs in fp32 when the model is in `dtype`: fp16, with `force_upcast` set true by
+    its own config (not inherited as AutoencoderKL's default)."""
+    inherited = "force_upcast" in (vae.config.get("_use_default_values") or ())
+    return dtype == torch.float16 and bool(vae.config.get("force_upcast", False)) and not inherited
 
 
 def placed_dtype(vae: torch.nn.Module, dtype: torch.dtype) -> torch.dtype:

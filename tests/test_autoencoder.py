@@ -38,7 +38,8 @@ def _frames(path, count: int = 2, size: int = 64) -> np.ndarray:
 def _fp16(backbone, force_upcast: bool):
     """`backbone` with an fp16 copy of its autoencoder (the UNet and text encoder are not used here)."""
     vae = copy.deepcopy(backbone.vae).half()
-    vae.register_to_config(force_upcast=force_upcast)
+    inherited = [k for k in vae.config.get("_use_default_values", ()) if k != "force_upcast"]
+    vae.register_to_config(force_upcast=force_upcast, _use_default_values=inherited)  # as if its config set it
     return dataclasses.replace(backbone, vae=vae, dtype=torch.float16)
 
 
@@ -69,7 +70,9 @@ def test_the_fp16_path_matches_fp32_within_tolerance(model, clip):
 
 
 def test_force_upcast_runs_the_autoencoder_in_fp32(tiny):
-    assert tiny.vae.config.force_upcast  # AutoencoderKL's default
+    assert tiny.vae.config.force_upcast  # AutoencoderKL's default, inherited: SD-1.5's config predates the flag
+    inherited = dataclasses.replace(tiny, vae=copy.deepcopy(tiny.vae).half(), dtype=torch.float16)
+    assert not autoencoder.needs_upcast(inherited.vae, torch.float16)  # runs in fp16, as diffusers' SD pipeline does
     flagged, unflagged = _fp16(tiny, force_upcast=True), _fp16(tiny, force_upcast=False)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
     for backbone, expected in ((flagged, torch.float32), (unflagged, torch.float16)):
@@ -84,6 +87,8 @@ def test_force_upcast_runs_the_autoencoder_in_fp32(tiny):
 
 def test_a_model_in_fp16_places_a_flagged_autoencoder_in_fp32(tiny):
     parts = {name: copy.deepcopy(getattr(tiny, name)) for name in ("text_encoder", "vae", "unet")}
+    assert _placed(dataclasses.replace(tiny, dtype=torch.float16, **parts)).vae.dtype == torch.float16  # flag inherited
+    parts["vae"] = _fp16(tiny, force_upcast=True).vae.float()
     placed = _placed(dataclasses.replace(tiny, dtype=torch.float16, **parts))
     assert placed.unet.dtype == placed.text_encoder.dtype == torch.float16
     assert placed.vae.dtype == torch.float32
