@@ -14,6 +14,8 @@ Built-in specs produce noise-like images: they exist to test and to measure cost
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gzip
 import json
 import logging
@@ -25,19 +27,31 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from .autoencoder import placed_dtype
+from .compile import compiled_unet
 from .condition_kinds import get_condition_kind
 from .errors import ConfigError, ModelLoadError
 from .hub import HUB_ID, HUB_PREFIX
+from .lora import (
+    LORA_OFFLINE_ALTERNATIVES,
+    RANDOM_LORA_NOTE,
+    TINY_VAE,
+    TINY_VAE_OFFLINE_ALTERNATIVES,
+    LoraSpec,
+    ModelOptions,
+    apply_loras,
+    check_lora_state,
+    lora_location,
+    random_lora_state_dict,
+    random_tiny_vae_config,
+)
+from .motion import RANDOM_MOTION, RANDOM_MOTION_NOTE, SHAPES_MOTION, MotionSpec, inflate, read_motion_adapter
 from .samplers import DEFAULT_SAMPLER, make_scheduler
-
-if TYPE_CHECKING:
-    from .lora import LoraSpec, ModelOptions
-    from .motion import MotionSpec
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +173,7 @@ class Backbone:
 
     def inverse_scheduler(self):
         """A fresh DDIM inverse scheduler (noise the image along the deterministic DDIM path)."""
+        # here, not at the top: diffusers is heavy, and --help imports this module
         from diffusers import DDIMInverseScheduler
 
         return DDIMInverseScheduler.from_config(self.scheduler_config)
@@ -205,6 +220,7 @@ def _printable_bytes() -> list[int]:
 @lru_cache(maxsize=1)
 def _clip_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's BPE vocabulary and merges, built from the vocabulary file open-clip-torch ships."""
+    # here, not at the top: open_clip is heavy, and --help imports this module
     import open_clip
 
     vocab_file = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
@@ -219,6 +235,7 @@ def _clip_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def clip_tokenizer():
     """A real CLIP tokenizer (SD-1.x's), built offline from open-clip-torch's vocabulary."""
+    # here, not at the top: transformers is heavy, and --help imports this module
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocabulary()
@@ -274,6 +291,7 @@ def _builtin_configs(name: str) -> dict:
 
 
 def _build_random(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
+    # here, not at the top: diffusers and transformers are heavy, and --help imports this module
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -335,6 +353,7 @@ class quiet_loading:
     _saved: tuple[bool, bool] = (True, True)
 
     def __enter__(self):
+        # here, not at the top: diffusers and transformers are heavy, and --help imports this module
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
@@ -348,6 +367,7 @@ class quiet_loading:
         return self
 
     def __exit__(self, *exc) -> None:
+        # here, not at the top: diffusers and transformers are heavy, and --help imports this module
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
@@ -377,8 +397,6 @@ def _load_from(spec: ModelSpec, what: str, loader: Callable[[], Any], alternativ
 
 def load_motion_adapter(spec: MotionSpec, unet_config: Mapping[str, Any], backbone_name: str = ""):
     """The MotionAdapter a --motion-adapter spec names, loaded through `_load_from` (editing.motion reads it)."""
-    from .motion import SHAPES_MOTION, read_motion_adapter
-
     if spec.kind == SHAPES_MOTION and backbone_name not in (SHAPES_MODEL, str(SHAPES_MODEL_DIR)):
         raise ConfigError("motion_adapter shapes was trained for the shapes model; use it with --model shapes")
     where = ModelSpec("hub" if spec.kind.startswith("hub") else "folder", str(spec))
@@ -390,6 +408,7 @@ def load_motion_adapter(spec: MotionSpec, unet_config: Mapping[str, Any], backbo
 
 
 def _load_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, config: str | None) -> Backbone:
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import StableDiffusionPipeline
 
     options = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
@@ -454,6 +473,7 @@ def manifest_tokenizer(folder: Path, name: str):
     """The tokenizer a manifest names: a built-in one, or the tokenizer files in a subfolder."""
     if name in BUILTIN_TOKENIZERS:  # "clip"
         return clip_tokenizer()
+    # here, not at the top: transformers is heavy, and --help imports this module
     from transformers import CLIPTokenizer
 
     if not (folder / name).is_dir():
@@ -569,17 +589,11 @@ def _load_with_options(
 def derive_backbone(base: Backbone, options: ModelOptions) -> Backbone:
     """A new backbone from `base` with `options` applied: LoRAs go into copies of the UNet (and the text
     encoder, when a LoRA adapts it), the tiny autoencoder replaces the VAE; untouched parts are shared."""
-    import copy
-    import dataclasses
-
-    from .lora import RANDOM_LORA_NOTE, apply_loras
 
     unet, text_encoder, vae = base.unet, base.text_encoder, base.vae
     notes = list(base.extras.get("notes", ()))
     extras = {}
     if options.motion_adapter is not None:  # motion modules first, so LoRAs adapt the inflated UNet's spatial layers
-        from .motion import RANDOM_MOTION, RANDOM_MOTION_NOTE, MotionSpec, inflate
-
         spec = MotionSpec.parse(options.motion_adapter)
         unet = inflate(base.unet, load_motion_adapter(spec, base.unet.config, base.name))
         extras["image_unet"] = base.unet  # what a random ControlNet is shaped from
@@ -597,8 +611,6 @@ def derive_backbone(base: Backbone, options: ModelOptions) -> Backbone:
     if options.vae == "tiny":
         vae = tiny_vae(base)
     if options.compile:  # channels_last and the repeated blocks compiled, on a copy (editing.compile)
-        from .compile import compiled_unet
-
         unet = compiled_unet(unet, base.device)
     extras = {**base.extras, **extras, "notes": tuple(notes), "options": options}
     return dataclasses.replace(
@@ -610,9 +622,8 @@ def read_lora(spec: LoraSpec, unet: torch.nn.Module) -> tuple[dict, dict | None]
     """A LoRA's weights (editing.lora.LoraSpec) in diffusers' layout, read through diffusers'
     `lora_state_dict` (which converts kohya / A1111 files, whose per-layer alphas come back second);
     `random` builds a seeded random LoRA for `unet`. Refused in one sentence when the file holds no LoRA."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import StableDiffusionPipeline
-
-    from .lora import LORA_OFFLINE_ALTERNATIVES, check_lora_state, lora_location, random_lora_state_dict
 
     if spec.random:
         return random_lora_state_dict(unet), None
@@ -629,9 +640,8 @@ def tiny_vae(backbone: Backbone):
     """The tiny autoencoder (AutoencoderTiny) for a backbone: a seeded random one for the built-in random
     models, TAESD (`madebyollin/taesd`) for real SD-1.x models; the shapes model has its own latent space
     and is refused."""
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import AutoencoderTiny
-
-    from .lora import TINY_VAE, TINY_VAE_OFFLINE_ALTERNATIVES, random_tiny_vae_config
 
     if backbone.random_weights:
         with torch.random.fork_rng(devices=[]):
@@ -686,6 +696,7 @@ def load_controlnet(spec: str, backbone: Backbone):
 
 
 def _load_controlnet(spec: str, backbone: Backbone):
+    # here, not at the top: diffusers is heavy, and --help imports this module
     from diffusers import ControlNetModel
 
     if spec == "random":
@@ -736,6 +747,7 @@ def load_image_adapter(spec: str, backbone: Backbone):
 
 
 def _load_image_adapter(spec: str, backbone: Backbone):
+    # here, not at the top: editing.reference loads PIL, which --help does not need
     from .reference import (
         ADAPTER_OFFLINE_ALTERNATIVES,
         DEFAULT_ADAPTER,
@@ -750,6 +762,7 @@ def _load_image_adapter(spec: str, backbone: Backbone):
         return build_image_adapter(
             "random", random_adapter_state(backbone.unet), random_image_encoder(), backbone, random_weights=True
         )
+    # here, not at the top: transformers is heavy, and --help imports this module
     from transformers import CLIPVisionModelWithProjection
 
     path = Path(spec).expanduser()
@@ -778,6 +791,7 @@ def _load_image_adapter(spec: str, backbone: Backbone):
     filename = "/".join(parts[2:]) or DEFAULT_ADAPTER.split("/", 2)[2]
     if not filename.endswith(IP_ADAPTER_SUFFIXES):
         raise ModelLoadError(f"reference adapter file {filename} must be a .safetensors or .bin file")
+    # here, not at the top: huggingface_hub is heavy, and --help imports this module
     from huggingface_hub import hf_hub_download
 
     hub = ModelSpec("hub", spec)
@@ -813,8 +827,6 @@ def _read_adapter_state(weights: Path) -> dict:
     first dot (as diffusers' load_ip_adapter does), a .bin read with torch.load(weights_only=True)."""
     try:
         if weights.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state: dict = {}
             for key, tensor in load_file(str(weights)).items():
                 group, _, rest = key.partition(".")
