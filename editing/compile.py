@@ -13,10 +13,8 @@ compiler and its first call takes longer than a short edit saves.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 COMPILE_HELP = (
     "run the UNet in channels_last order with its repeated transformer blocks compiled "
@@ -27,8 +25,6 @@ COMPILE_HELP = (
 def compiled_unet(unet: torch.nn.Module, device: torch.device, compile_on_cpu: bool = False):
     """A copy of `unet` in channels_last with its repeated blocks compiled (on CUDA, or on the CPU when asked;
     a UNet class without declared repeated blocks keeps only the memory order)."""
-    import torch
-
     unet = copy.deepcopy(unet).to(memory_format=torch.channels_last)
     if (torch.device(device).type == "cuda" or compile_on_cpu) and getattr(unet, "_repeated_blocks", None):
         unet.compile_repeated_blocks(fullgraph=False, dynamic=True)

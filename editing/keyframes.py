@@ -22,6 +22,11 @@ import cv2
 import numpy as np
 import torch
 
+from . import sampling
+from .flows import colour_match, consistent, source_flows
+from .stepcache import parse_step_caches
+from .still import extend_moving, fill_still, hold_still, mend_edges, still_masks
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -58,9 +63,6 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     fails both, as the colour its flow points at is the occluder's. On a still background (flat regions
     reaching the image's edge while the camera stands: `editing.still`) the flow is held at zero, not
     the moving neighbour's that DIS fills in; what an object uncovers there then fails both checks."""
-    from .flows import colour_match, consistent, source_flows
-    from .still import extend_moving, hold_still, mend_edges, still_masks
-
     flows = source_flows(frames, colour_candidates=True)
     still = still_masks(frames, flows.backward, flows.forward)
     backward, forward = hold_still(flows.backward, flows.forward, still)
@@ -126,8 +128,6 @@ def chain(flows: ClipFlows, target: int, key: int) -> Chain:
         if (
             flows.still is not None and flows.still[frame].any()
         ):  # a point on a still background stays; a moving one moves with its own kind
-            from .still import extend_moving
-
             on_still = remap(flows.still[frame].astype(np.uint8), x, y, nearest=True).astype(bool)
             moved = np.where(on_still[..., None], 0.0, remap(extend_moving(hop, flows.still[frame]), x, y))
         x, y = x + moved[..., 0], y + moved[..., 1]
@@ -203,8 +203,6 @@ def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
     fused = np.where(seen[..., None], numerator / np.maximum(seen_weight, 1e-6)[..., None], guess)
     fused = np.clip(fused.round(), 0, 255).astype(np.uint8)
     if flows.still is not None:  # what an object uncovered on a still background: from that background, not the object
-        from .still import fill_still
-
         fused = fill_still(fused, ~seen & flows.still[frame], seen & flows.still[frame])
     nearest = min(sides, key=lambda k: (abs(frame - k), k))
     return Fused(fused, ~seen, nearest)
@@ -426,8 +424,6 @@ class Refiner:
 
     @classmethod
     def of(cls, parts: EditParts, backbone: Backbone) -> Refiner:
-        from . import sampling
-
         config = parts.edit
         scheduler = backbone.scheduler(config.sampler)
         steps = max(1, math.ceil(config.steps * parts.engine.keyframe_refine))
@@ -437,9 +433,6 @@ class Refiner:
 
     def run(self, frames: np.ndarray, clip: RefineClip, fused: dict[int, Fused], report: Callable[[int], None]) -> np.ndarray:
         """The members' crops re-diffused: `frames` are the whole keyframe then members; returns the decoded crops."""
-        from . import sampling
-        from .stepcache import parse_step_caches
-
         backbone, engine, seed = self.backbone, self.parts.engine, self.parts.edit.seed
         scale, box = backbone.vae_scale_factor, clip.box
         clean = sampling.encode_frames(backbone, frames[:, box.rows(scale), box.columns(scale)], engine.chunk)
