@@ -528,6 +528,7 @@ def import_in_background() -> threading.Thread:
 
 def _import_loaders() -> None:
     try:
+        # importing is this function's work (import_in_background runs it on a thread)
         from diffusers import StableDiffusionPipeline  # noqa: F401
     except Exception:  # the load that needs the import says what failed
         log.debug("importing diffusers in the background failed", exc_info=True)
