@@ -1167,8 +1167,8 @@ def test_an_option_added_to_the_schema_is_a_widget_with_its_default_range_and_hi
 
 def test_the_forms_defaults_are_the_cli_defaults_but_the_declared_hints(car, tmp_path):
     """The untouched /edit form makes the CLI's default request with only the schema's declared app hints
-    changed; the hints are the ones the app has always shown (fewer steps, frames and pixels, a lower strength,
-and the Region tab's margin and soft edge for a drawn mask)."""
+    changed; the hints are the ones the app has always shown (fewer steps, frames and pixels, a lower
+    strength, and the Region tab's margin and soft edge for a drawn mask)."""
     import dataclasses
 
     from editing import requests
