@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -37,7 +38,9 @@ def _nbytes(value: Any) -> int:
         return value.numel() * value.element_size()
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
-    raise TypeError(f"a memo holds tensors and arrays, not {type(value).__name__}")
+    if dataclasses.is_dataclass(value):  # a bundle of arrays (editing.flows.Flows)
+        return sum(_nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    raise TypeError(f"a memo holds tensors, arrays and dataclasses of them, not {type(value).__name__}")
 
 
 class ClipMemo:

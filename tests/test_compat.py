@@ -103,30 +103,16 @@ def test_the_base_control_is_the_plain_cross_frame_attention(tmp_path, tiny):
     frames = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     latents = sampling.encode_frames(tiny, frames, 3)
     text = sampling.encode_text(tiny, "a car", "", guided=False)
-    scheduler = tiny.scheduler("ddim")
-    timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
     plan = sampling.plan_frames(3, 2, "first")
-    plain = sampling.denoise(tiny, sampling.Schedule(scheduler, timesteps), latents, sampling.Guidance(text, 1.0), plan)
-    scheduler = tiny.scheduler("ddim")
-    timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-    based = sampling.denoise(
-        tiny,
-        sampling.Schedule(scheduler, timesteps),
-        latents,
-        sampling.Guidance(text, 1.0),
-        plan,
-        sampling.LoopHooks(attention_control=AttentionControl()),
-    )
+
+    def denoise(hooks: sampling.LoopHooks = sampling.NO_HOOKS):
+        scheduler = tiny.scheduler("ddim")
+        timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
+        return sampling.denoise(tiny, sampling.Schedule(scheduler, timesteps), latents, sampling.Guidance(text, 1.0), plan, hooks)
+
+    plain = denoise()
+    based = denoise(sampling.LoopHooks(attention_control=AttentionControl()))
     assert plain.shape == based.shape and not plain.isnan().any()
     # the base control does not share anchors across chunks, so compare against the same plan unshared
-    scheduler = tiny.scheduler("ddim")
-    timesteps = sampling.sampling_timesteps(scheduler, 2, 1.0)
-    unshared = sampling.denoise(
-        tiny,
-        sampling.Schedule(scheduler, timesteps),
-        latents,
-        sampling.Guidance(text, 1.0),
-        plan,
-        sampling.LoopHooks(share_anchors=False),
-    )
+    unshared = denoise(sampling.LoopHooks(share_anchors=False))
     assert (based == unshared).all()

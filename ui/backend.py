@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import shutil
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from editing.context import frames_key
 from editing.errors import Cancelled
 from editing.flows import Flows, source_flows
 from editing.memo import ClipMemo
@@ -134,10 +134,6 @@ PATH_FIELDS = ("output", "tuned", "path", "weights")  # result fields holding on
 PATHS_FIELDS = ("also_written",)  # result fields holding a list of them
 
 
-def _flow_bytes(flows: Flows) -> int:
-    return flows.backward.nbytes + flows.forward.nbytes + flows.valid.nbytes
-
-
 def public_details(result: dict) -> dict:
     """A result dict with every server path replaced by its file name (what the Details panel shows)."""
     shown = dict(result)
@@ -162,8 +158,7 @@ class Backend:
         self.concurrency = concurrency  # GPU jobs run at once (the app's GPU queue): 1 here, one per worker on a cluster
         self._memos: OrderedDict[str, ClipMemo] = OrderedDict()
         self._memos_lock = threading.Lock()
-        self._flows: OrderedDict[tuple, Flows] = OrderedDict()
-        self._flows_lock = threading.Lock()
+        self._flows = ClipMemo(SOURCE_FLOWS_BYTES)
 
     def session_memo(self, session: str) -> ClipMemo:
         """The in-memory memo of one session's clip (editing.memo: text encodings, condition maps), kept
@@ -255,17 +250,7 @@ class Backend:
         """The source frames' flows (editing.flows.source_flows, as warp errors measure them), kept by the
         frames' content so that the next edit of the same frames (another prompt, seed or preset) reuses them;
         at most SOURCE_FLOWS_BYTES are kept, least recently used first out."""
-        key = (source.shape, hashlib.blake2b(np.ascontiguousarray(source).data, digest_size=16).hexdigest())
-        with self._flows_lock:
-            if key in self._flows:
-                self._flows.move_to_end(key)
-                return self._flows[key]
-        flows = source_flows(source)
-        with self._flows_lock:
-            self._flows[key] = flows
-            while sum(_flow_bytes(kept) for kept in self._flows.values()) > SOURCE_FLOWS_BYTES:
-                self._flows.popitem(last=False)
-        return flows
+        return self._flows.kept(("source flows", frames_key(source).content), lambda: source_flows(source))
 
 
 def ray_backend(address: str, workers: int | None = None, policy: ServePolicy = LOCAL, editor=None, pool=None) -> Backend:
