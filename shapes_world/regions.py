@@ -3,7 +3,7 @@
 tracked by flow from frame 0, from words), plus flow-tracked mask IoU per clip kind. Ground truth: the
 generator's exact masks, its true motion, and its render of the clip without the object.
 
-    python -m shapes_world.regions --out benchmarks/results/regions.json [--clips-per-kind 2] [--steps 20] [--sources given,flow]
+    python -m shapes_world.regions --out benchmarks/results/regions.json [--clips-per-kind 2] [--kinds pan] [--steps 20] [--sources given,flow]
 
 Rows are kept in the output's `.rows.json` beside it as they are made, so a stopped run resumes.
 """
@@ -23,6 +23,7 @@ from shapes_world import judge as judging
 from shapes_world.benchmark import (
     BASE_SEED,
     GUIDANCE,
+    _matched_region,
     benchmark_clip,
     clip_kind,
     derive_edits,
@@ -38,16 +39,19 @@ GROW, FEATHER = 1, 2  # pixels a local edit's mask is grown and feathered by
 SOURCES = ("given", "flow", "words")
 
 
-def two_object_clips(per_kind: int) -> list[int]:
-    """Indices of the fixed set's first `per_kind` two-object clips of every kind."""
-    chosen: dict[str, list[int]] = {kind: [] for kind in CLIP_KINDS}
+def two_object_clips(per_kind: int, kinds: tuple[str, ...] = CLIP_KINDS) -> list[int]:
+    """Indices of the fixed set's first `per_kind` two-object clips of each of `kinds` (every clip kind by default)."""
+    unknown = sorted(set(kinds) - set(CLIP_KINDS))
+    if unknown:
+        raise ValueError(f"unknown clip kind {unknown[0]!r}; choose from {', '.join(CLIP_KINDS)}")
+    chosen: dict[str, list[int]] = {kind: [] for kind in kinds}
     index = 0
     while any(len(found) < per_kind for found in chosen.values()) and index < 400:
         kind = clip_kind(index)
-        if len(chosen[kind]) < per_kind and len(benchmark_clip(index).scene.objects) == 2:
+        if kind in chosen and len(chosen[kind]) < per_kind and len(benchmark_clip(index).scene.objects) == 2:
             chosen[kind].append(index)
         index += 1
-    return [i for kind in CLIP_KINDS for i in chosen[kind]]
+    return [i for kind in kinds for i in chosen[kind]]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -92,6 +96,16 @@ def run_edit(clip: Clip, values: dict, backbone):
     return masked_edit(clip.frames, EditParts.of(request), backbone)
 
 
+def subject_iou(frames: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over frames of the IoU between the subject's true mask and the object the accuracy judge matched
+    to it (0 where none): how much of an accepted edit is in the subject's place."""
+    ious = []
+    for image, mask in zip(frames, masks):
+        region = _matched_region(image, mask)
+        ious.append(0.0 if region is None else mask_iou(region, mask))
+    return float(np.mean(ious))
+
+
 def found_share(frames: np.ndarray, obj) -> float:
     """Share of frames where the judge finds an object of the removed one's colour and shape."""
     return float(
@@ -127,7 +141,7 @@ def local_rows(index: int, clip: Clip, sources, steps: int, backbone, work: Path
         rows.append({
             "kind": "local", "clip": index, "clip_kind": clip_kind(index), "source": source,
             "seconds": round(time.perf_counter() - begin, 2),
-            "edit_accuracy": edit_accuracy(out, clip.masks, edit),
+            "edit_accuracy": edit_accuracy(out, clip.masks, edit), "subject_iou": subject_iou(out, subject),
             "psnr_outside_true_grown_mask": psnr(clip.frames[true_outside], out[true_outside]),
             "warp_error": warp, "ideal_warp_error": ideal_warp, "warp_ratio": warp / ideal_warp if ideal_warp else math.nan,
         })  # fmt: skip
@@ -212,7 +226,10 @@ def summary(rows: list[dict]) -> dict:
         "all": {"iou": _mean([r["iou"] for r in rows if r["kind"] == "track"])}
     }
     for kind, keys in (
-        ("local", ("edit_accuracy", "psnr_outside_true_grown_mask", "warp_error", "ideal_warp_error", "warp_ratio")),
+        (
+            "local",
+            ("edit_accuracy", "subject_iou", "psnr_outside_true_grown_mask", "warp_error", "ideal_warp_error", "warp_ratio"),
+        ),
         ("remove", ("psnr_in_hole", "psnr_outside_hole", "found_share")),
     ):
         chosen = [r for r in rows if r["kind"] == kind]
@@ -261,12 +278,20 @@ def markdown(result: dict) -> str:
     """The docs' tables of a result file: local edits, removal and flow-tracked IoU, per mask source (PSNRs: the worst clip)."""
     summary = result["summary"]
     lines = [
-        "| local edit: mask source | clips | edit accuracy | PSNR outside true grown mask (dB) | warp error | ideal's | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| local edit: mask source | clips | edit accuracy | subject IoU | PSNR outside true grown mask (dB) | warp error"
+        " | ideal's | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for source, groups in summary["local"].items():
         e = groups["all"]
-        cells = [e["edit_accuracy"], e["worst_psnr_outside"], e["warp_error"], e["ideal_warp_error"], e["warp_ratio"]]
+        cells = [
+            e["edit_accuracy"],
+            e.get("subject_iou"),
+            e["worst_psnr_outside"],
+            e["warp_error"],
+            e["ideal_warp_error"],
+            e["warp_ratio"],
+        ]
         lines.append(f"| {source} | {e['clips']} | " + " | ".join(_cell(c) for c in cells) + " |")
     lines += [
         "",
@@ -293,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shapes_world.regions", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/regions.json")
     parser.add_argument("--clips-per-kind", type=int, default=2)
+    parser.add_argument("--kinds", default=",".join(CLIP_KINDS), help="clip kinds of the edited clips, comma-separated")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sources", default="given,flow")
     parser.add_argument("--track-clips", type=int, default=16)
@@ -318,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += tracking_rows(args.track_clips)
         saved.write_text(json.dumps(_finite(rows)))
     backbone = load_backbone("shapes", device="cpu", dtype="fp32")
-    for index in two_object_clips(args.clips_per_kind):
+    for index in two_object_clips(args.clips_per_kind, tuple(k for k in args.kinds.split(",") if k)):
         clip = benchmark_clip(index)
         for kind, make in (("local", local_rows), ("remove", remove_rows)):
             if (kind, index) in done:
