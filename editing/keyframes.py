@@ -1,13 +1,13 @@
 """Keyframes, then propagation (after Rerender-A-Video, FRESCO and TokenFlow).
 
 1. Choose keyframes: every N-th frame, or `auto` where the last keyframe stops seeing the frame; a cut
-   starts one either way.
+   starts one either way, and the last frame is one where the last keyframe stops seeing it.
 2. Edit the keyframes jointly with the core (`editing.core.edit_keyframes`).
 3. Propagate: warp the two nearest edited keyframes along the source's chained optical flow, blended by
    distance and validity, in pixel space.
 4. Refine what no keyframe sees with a few low-noise steps, in crops around it, the seen pixels held;
-   carry what was made forward along the flow so a revealed region is made once. How and why:
-   docs/consistency.md.
+   regions no wider than a latent pixel are inpainted from their seen neighbours instead. Carry what was
+   made forward along the flow so a revealed region is made once. How and why: docs/consistency.md.
 """
 
 from __future__ import annotations
@@ -140,7 +140,10 @@ def choose_keyframes(count: int, every: int, flows: ClipFlows | None = None) -> 
 
     With the clip's flows, a cut (more than CUT_UNSEEN of a frame unseen from the frame before it: a cut
     measures about 0.97, the shapes benchmark's clips and real camera motion at most about 0.5) is a
-    keyframe whatever `every` says, and every-N counts on from it: nothing is propagated across a cut."""
+    keyframe whatever `every` says, and every-N counts on from it: nothing is propagated across a cut. The
+    last frame is a keyframe too where more than AUTO_UNSEEN of it is unseen from the last keyframe: the
+    frames past that keyframe would otherwise have nothing after them to see what it cannot, and their
+    growing unseen region would be re-diffused in every one of them."""
     if every <= 0 and flows is None:
         raise ValueError("auto keyframes need the clip's flows")
     keys = [0]
@@ -149,10 +152,17 @@ def choose_keyframes(count: int, every: int, flows: ClipFlows | None = None) -> 
         if every > 0:
             new = cut or frame - keys[-1] >= every
         else:
-            new = cut or frame - keys[-1] >= AUTO_MAX_GAP or 1 - chain(flows, frame, keys[-1]).valid.mean() > AUTO_UNSEEN
+            new = cut or frame - keys[-1] >= AUTO_MAX_GAP or _unseen_share(flows, frame, keys[-1]) > AUTO_UNSEEN
         if new:
             keys.append(frame)
+    if flows is not None and keys[-1] < count - 1 and _unseen_share(flows, count - 1, keys[-1]) > AUTO_UNSEEN:
+        keys.append(count - 1)  # the tail's frames then lie between two keyframes, not past the last one
     return tuple(keys)
+
+
+def _unseen_share(flows: ClipFlows, frame: int, key: int) -> float:
+    """The share of `frame`'s pixels with no trusted path to keyframe `key`."""
+    return 1.0 - float(chain(flows, frame, key).valid.mean())
 
 
 @dataclass
@@ -251,8 +261,11 @@ def propagate(
             out[frame] = fused[frame].frame
             progress("propagate", done + 1, len(others))
     holes = [f for f in others if fused[f].unseen.any()]
-    rediffused = {f: made for f, made in ((f, _to_refine(fused[f], flows, f)) for f in holes) if made.unseen.any()}
-    if rediffused and parts.engine.keyframe_refine > 0:
+    rediffused = {}
+    if parts.engine.keyframe_refine > 0:
+        with stage("propagate"):
+            rediffused = _to_rediffuse(out, {f: fused[f] for f in holes}, flows, backbone.vae_scale_factor)
+    if rediffused:
         with stage("refine"):
             refine(out, keyframes, rediffused, parts, backbone, progress)
     if holes:
@@ -269,6 +282,38 @@ def _to_refine(made: Fused, flows: ClipFlows, frame: int) -> Fused:
     if flows.still is None:
         return made
     return dataclasses.replace(made, unseen=made.unseen & ~flows.still[frame])
+
+
+def _to_rediffuse(out: np.ndarray, fused: dict[int, Fused], flows: ClipFlows, scale: int) -> dict[int, Fused]:
+    """The fused frames that have something to re-diffuse, with what (`_to_refine`), less the regions no
+    wider than a latent pixel (`narrow_regions`), which are inpainted from the frame's seen pixels in `out`
+    instead (in place): a latent pixel is `scale` x `scale` image pixels, so re-diffusing such a speck costs
+    a crop's encode, denoise and decode for what its neighbours already show."""
+    chosen = {}
+    for frame, made in fused.items():
+        refined = _to_refine(made, flows, frame)
+        narrow = narrow_regions(refined.unseen, scale / 2)
+        if narrow.any():
+            out[frame] = fill_still(out[frame], narrow, ~made.unseen)  # Telea from the seen pixels only
+            refined = dataclasses.replace(refined, unseen=refined.unseen & ~narrow)
+        if refined.unseen.any():
+            chosen[frame] = refined
+    return chosen
+
+
+def narrow_regions(unseen: np.ndarray, reach: float) -> np.ndarray:
+    """(H, W) bool: the connected regions of `unseen` each of whose pixels lies within `reach` px of a seen
+    pixel (regions at most about 2 * `reach` px wide, however long)."""
+    if not unseen.any():
+        return np.zeros(unseen.shape, bool)
+    mask = unseen.astype(np.uint8)
+    depth = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    deepest = np.zeros(count, np.float32)
+    np.maximum.at(deepest, labels.ravel(), depth.ravel())
+    shallow = deepest <= reach
+    shallow[0] = False  # the seen pixels
+    return shallow[labels]
 
 
 def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlows) -> None:

@@ -24,6 +24,7 @@ from editing.keyframes import (
     composite_mask,
     fuse_frame,
     latent_mask,
+    narrow_regions,
     propagate,
     remap,
 )
@@ -83,7 +84,34 @@ def test_every_n_keyframes_also_start_at_a_cut_and_count_on_from_it():
     cut = np.concatenate([clip, panning_clip(11, seed=9)])  # a hard cut to another scene at frame 5
     assert choose_keyframes(len(cut), 4, clip_flows(cut)) == (0, 4, 5, 9, 13)
     assert choose_keyframes(len(cut), 4) == (0, 4, 8, 12)  # without the flows, every 4th
-    assert choose_keyframes(16, 8, clip_flows(panning_clip(16))) == (0, 8)  # a pan is not a cut
+    assert choose_keyframes(16, 8, clip_flows(panning_clip(16, step=(1, 0)))) == (0, 8)  # a pan is not a cut
+
+
+def test_the_last_frame_is_a_keyframe_where_the_last_every_n_keyframe_stops_seeing_it():
+    """A pan of 2 px a frame leaves 30% of frame 15 unseen from keyframe 8, so frame 15 is one too and the
+    tail lies between two keyframes; at 1 px a frame 11% is unseen (under AUTO_UNSEEN) and the tail stays."""
+    from editing.keyframes import AUTO_UNSEEN
+
+    fast, slow = clip_flows(panning_clip(16)), clip_flows(panning_clip(16, step=(1, 0)))
+    assert 1 - chain(fast, 15, 8).valid.mean() > AUTO_UNSEEN > 1 - chain(slow, 15, 8).valid.mean()
+    assert choose_keyframes(16, 8, fast) == (0, 8, 15)
+    assert choose_keyframes(16, 8, slow) == (0, 8)
+    assert choose_keyframes(16, 8) == (0, 8)  # without the flows, every 8th only
+    assert choose_keyframes(17, 8, clip_flows(panning_clip(17))) == (0, 8, 16)  # the last frame is one already
+
+
+def test_narrow_regions_are_those_within_reach_of_a_seen_pixel_however_long():
+    unseen = np.zeros((40, 40), bool)
+    unseen[5:7, 2:38] = True  # a long strip 2 px wide
+    unseen[20, 20] = True  # a speck
+    unseen[25:37, 25:37] = True  # a block 12 px wide
+    unseen[30:40, 0:3] = True  # 3 px wide along the frame's edge: the outside is not seen
+    narrow = narrow_regions(unseen, reach=2)
+    assert narrow[5:7, 2:38].all() and narrow[20, 20]
+    assert not narrow[25:37, 25:37].any() and not narrow[30:40, 0:3].any()
+    assert not (narrow & ~unseen).any()
+    assert narrow_regions(unseen, reach=6)[25:37, 25:37].all()
+    assert not narrow_regions(np.zeros((8, 8), bool), reach=2).any()
 
 
 def test_colour_match_trusts_a_hop_only_between_like_colours_inside_the_frame():
@@ -241,10 +269,10 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     from editing.core import edit_frames
 
     parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
-    frames = panning_clip(6)  # keyframes 0 and 4; frame 5 sees new content at its edges that no keyframe has
+    frames = panning_clip(6, step=(8, 0))  # frame 5 sees an 8 px strip at its edge that no keyframe has
     counter = UnetImages(tiny.unet)
     with counter.counting():
-        keyframes = edit_keyframes(frames, parts, tiny)
+        keyframes = edit_keyframes(frames, parts, tiny, keys=(0, 4))
     assert counter.images > 0
     keyframe_cost, counter.images = counter.images, 0
     none_refined = dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframe_refine=0.0))
@@ -254,7 +282,7 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     with counter.counting():
         refined = propagate(frames, keyframes, parts, tiny)
     flows = clip_flows(frames)
-    holes = [f for f in (1, 2, 3, 5) if fuse_frame(f, keyframes, flows).unseen.any()]
+    holes = [f for f in (1, 2, 3, 5) if _wide(fuse_frame(f, keyframes, flows).unseen, tiny).any()]
     # each refined frame: one step (2 steps x 0.5) x 2 guidance branches, plus its group's keyframe anchor
     groups = {fuse_frame(f, keyframes, flows).nearest for f in holes}
     assert holes, "the clip should have disoccluded pixels to refine"
@@ -272,13 +300,49 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
     assert counter.images > keyframe_cost
 
 
+def _wide(unseen: np.ndarray, backbone) -> np.ndarray:
+    """The unseen pixels that are re-diffused: not in a region narrower than a latent pixel."""
+    return unseen & ~narrow_regions(unseen, backbone.vae_scale_factor / 2)
+
+
+def test_unseen_regions_narrower_than_a_latent_pixel_are_inpainted_not_rediffused(tmp_path, tiny):
+    """A pan of 2 px a frame: keyframes 0 and 4 leave only strips 1 or 2 px wide unseen. Refinement
+    spends no UNet evaluation on them; they take the colours of their seen neighbours (Telea), and every
+    seen pixel is the unrefined propagation's."""
+    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    frames = panning_clip(6)
+    keyframes = edit_keyframes(frames, parts, tiny, keys=(0, 4))
+    flows = clip_flows(frames)
+    unseen = {f: fuse_frame(f, keyframes, flows).unseen for f in (1, 2, 3, 5)}
+    assert any(u.any() for u in unseen.values()) and not any(_wide(u, tiny).any() for u in unseen.values())
+    none_refined = dataclasses.replace(parts, engine=dataclasses.replace(parts.engine, keyframe_refine=0.0))
+    unrefined = propagate(frames, keyframes, none_refined, tiny)
+    counter = UnetImages(tiny.unet)
+    with counter.counting():
+        refined = propagate(frames, keyframes, parts, tiny)
+    assert counter.images == 0
+    for frame, mask in unseen.items():
+        np.testing.assert_array_equal(refined[frame][~mask], unrefined[frame][~mask])
+    changed = [f for f, mask in unseen.items() if not np.array_equal(refined[f][mask], unrefined[f][mask])]
+    assert changed
+    import cv2
+
+    kernel = np.ones((7, 7), np.uint8)  # the seen pixels within 3 px: the range a fill from them keeps to
+    for frame in changed:
+        seen = ~unseen[frame][..., None]
+        high = cv2.dilate(np.where(seen, refined[frame], 0).astype(np.uint8), kernel).astype(int)
+        low = cv2.erode(np.where(seen, refined[frame], 255).astype(np.uint8), kernel).astype(int)
+        colours = refined[frame][unseen[frame]].astype(int)
+        assert (colours >= low[unseen[frame]] - 4).all() and (colours <= high[unseen[frame]] + 4).all()
+
+
 def test_a_preview_of_keyframes_only_propagates_nothing_and_shows_the_same_frames(tmp_path, tiny):
     """decode_frames naming keyframes only (the first-frame preview) skips propagation and refinement; the
     frames it returns are the full edit's."""
     from editing.staging import edit_clip
 
     parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
-    frames = panning_clip(6)  # keyframes 0 and 4; frame 5 has pixels to refine
+    frames = panning_clip(6, step=(8, 0))  # keyframes 0 and 4; frame 5 has a strip 8 px wide to refine
     counter = UnetImages(tiny.unet)
     with counter.counting():
         full = edit_clip(frames, parts, tiny)
@@ -330,9 +394,8 @@ def test_a_revealed_region_is_refined_once_and_carried_through_the_later_frames(
     and still in view at t+1 is, at t+1, frame t's output moved along the source's flow, not a new
     re-diffusion (which would differ from frame to frame)."""
     parts, _ = _parts(tmp_path, keyframes="8", keyframe_refine=0.5)
-    frames = panning_clip(5)
-    keyframes = edit_keyframes(frames, parts, tiny)
-    assert keyframes.indices == (0,)
+    frames = panning_clip(5, step=(8, 0))
+    keyframes = edit_keyframes(frames, parts, tiny, keys=(0,))
     out = propagate(frames, keyframes, parts, tiny)
     flows = clip_flows(frames)
     height, width = frames.shape[1:3]
