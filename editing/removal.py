@@ -5,8 +5,11 @@
    Telea inpainting of each flow component), so the hole follows the background's motion (a pan, a
    still scene), as flow-guided video inpainting does (FGVC, ProPainter's flow completion).
 2. **Fill from frames.** Each hole pixel is followed along the completed flows, one frame at a time,
-   forward and backward, until it lands on a pixel that the other frame shows outside its own hole;
-   it takes that frame's colour there (the nearest such frame in time; both directions averaged on a tie).
+   forward and backward, until it lands on a pixel that the other frame shows outside its own hole
+   and whose own flow moves like the background (only across the edge where it lies on one: along
+   stripes the flow is not observed); it takes that frame's colour there (the nearest such frame in
+   time; both directions averaged on a tie). A motion fitted to the flow is kept only where it explains
+   the colours around the hole better than standing still.
 3. **Diffuse the rest.** Pixels no frame shows are made by an inpainting model (`--inpaint-model`,
    diffusers' 9-channel SD inpainting UNet through `StableDiffusionInpaintPipeline`) or, by default,
    by blended latent diffusion with the backbone prompted with the background's description (the
@@ -45,6 +48,9 @@ FLOW_MARGIN = 1 / 16  # share of the short side around a hole skipped: DIS smoot
 FLOW_RING = 1 / 8  # share of the short side beyond the margin whose flow the background's motion is fitted to
 MIN_RING = 12  # pixels the fit needs; fewer and all pixels away from the hole are used
 BACKGROUND_TOLERANCE = 1.0  # pixels a landing point's own flow may differ from the background's motion
+EDGE_COHERENCE = 0.8  # (l1 - l2) / (l1 + l2) of the structure tensor above which a pixel lies on an edge or stripe
+EDGE_SIGMA = 1.5  # pixels: the structure tensor's Gaussian window
+STILL_LEVELS = 2.0  # mean RGB error (8-bit) by which a fitted motion must explain the ring's colours better than none
 
 
 def _ring(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +88,40 @@ def motion_at(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     return np.stack([x, y, np.ones_like(x)], -1).astype(np.float64) @ coefficients
 
 
+def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, C) float colours of `image` at points (x, y), bilinear, edges repeated."""
+    return cv2.remap(
+        image.astype(np.float32),
+        np.asarray(x, np.float32)[None],
+        np.asarray(y, np.float32)[None],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )[0].reshape(len(x), -1)
+
+
+def checked_motion(
+    coefficients: np.ndarray, frame: np.ndarray, other: np.ndarray, hole: np.ndarray, other_hole: np.ndarray
+) -> np.ndarray:
+    """`coefficients` (the background's motion from `frame` to `other`, fitted to the flow around `hole`), or
+    no motion where none explains the ring's colours as well (within STILL_LEVELS): along stripes or a
+    straight edge the flow is not observed (the aperture problem), and a fit to it drifts where the
+    background stands still."""
+    if not coefficients.any():
+        return coefficients
+    ring = _ring(hole)[1] if hole.any() else np.ones(hole.shape, bool)
+    ys, xs = np.nonzero(ring)
+    x, y = xs.astype(np.float64), ys.astype(np.float64)
+    moved = motion_at(coefficients, x, y)
+    mx, my = x + moved[:, 0], y + moved[:, 1]
+    keep = _shown(other_hole, mx, my) & ~_in(other_hole, x, y)
+    if keep.sum() < MIN_RING:
+        return coefficients
+    colours = frame[ys[keep], xs[keep]].astype(np.float32)
+    fitted = np.abs(_sample(other, mx[keep], my[keep]) - colours).mean()
+    still = np.abs(other[ys[keep], xs[keep]].astype(np.float32) - colours).mean()
+    return coefficients if fitted + STILL_LEVELS < still else np.zeros_like(coefficients)
+
+
 def complete_flow(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """(H, W, 2) flow with its values inside `hole` and a margin around it replaced by the background's motion."""
     if not hole.any():
@@ -91,6 +131,24 @@ def complete_flow(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
     out = flow.copy()
     out[near] = motion_at(background_motion(flow, hole), nx.astype(np.float64), ny.astype(np.float64)).astype(np.float32)
     return out
+
+
+def edge_normals(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 2) unit normal of the edge or stripe each pixel lies on, from the colour structure tensor
+    (Gaussian window EDGE_SIGMA), zero where the pattern is not one-dimensional (a corner, a flat region):
+    along an edge only the flow across it is observed."""
+    image = frame.astype(np.float32)
+    gx, gy = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    if image.ndim == 3:
+        jxx, jxy, jyy = (gx * gx).sum(-1), (gx * gy).sum(-1), (gy * gy).sum(-1)
+    else:
+        jxx, jxy, jyy = gx * gx, gx * gy, gy * gy
+    jxx, jxy, jyy = (cv2.GaussianBlur(j, (0, 0), EDGE_SIGMA) for j in (jxx, jxy, jyy))
+    spread = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2)
+    total = jxx + jyy
+    coherent = spread > EDGE_COHERENCE * np.maximum(total, 1e-6)
+    angle = 0.5 * np.arctan2(2 * jxy, jxx - jyy)  # the direction of the larger eigenvalue: across the edge
+    return np.stack([np.cos(angle), np.sin(angle)], -1) * coherent[..., None]
 
 
 @dataclass(frozen=True)
@@ -140,26 +198,28 @@ def fill_from_frames(
         return Filled(out, unfilled)
     flows = flows or clip_flows(frames)
     # the background's motion around each frame's hole: t -> t + 1 (forward[t]) and t -> t - 1 (backward[t - 1])
-    ahead = [background_motion(flows.forward[t], holes[t]) for t in range(count - 1)]
-    behind = [None] + [background_motion(flows.backward[t - 1], holes[t]) for t in range(1, count)]
+    ahead = [
+        checked_motion(background_motion(flows.forward[t], holes[t]), frames[t], frames[t + 1], holes[t], holes[t + 1])
+        for t in range(count - 1)
+    ]
+    behind = [None] + [
+        checked_motion(background_motion(flows.backward[t - 1], holes[t]), frames[t], frames[t - 1], holes[t], holes[t - 1])
+        for t in range(1, count)
+    ]
+
+    normals: dict[int, np.ndarray] = {}
 
     def moves_like_background(s: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Whether the source's own flow at points of frame s agrees with the background's motion there."""
+        """Whether the source's own flow at points of frame s agrees with the background's motion there:
+        across the edge where the points lie on one, in both directions elsewhere."""
         flow, model = (flows.forward[s], ahead[s]) if s < count - 1 else (flows.backward[s - 1], behind[s])
-        own = np.stack(
-            [
-                cv2.remap(
-                    flow[..., c],
-                    x[None].astype(np.float32),
-                    y[None].astype(np.float32),
-                    cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE,
-                )[0]
-                for c in range(2)
-            ],
-            -1,
-        )
-        return np.abs(own - motion_at(model, x, y)).max(-1) <= BACKGROUND_TOLERANCE
+        difference = _sample(flow, x, y) - motion_at(model, x, y)
+        if s not in normals:
+            normals[s] = edge_normals(frames[s])
+        normal = _sample(normals[s], x, y)
+        edge = np.hypot(normal[:, 0], normal[:, 1]) > 0.5
+        across = np.abs((difference * normal).sum(-1)) / np.maximum(np.hypot(normal[:, 0], normal[:, 1]), 1e-6)
+        return np.where(edge, across, np.abs(difference).max(-1)) <= BACKGROUND_TOLERANCE
 
     for t in range(count):
         rows, cols = np.nonzero(todo[t])
@@ -181,14 +241,7 @@ def fill_from_frames(
                 if hit.any():  # a filled hole pixel is background by now; elsewhere the source must move like the background
                     hit[hit] = _in(holes[s] & ~todo[s], x[hit], y[hit]) | moves_like_background(s, x[hit], y[hit])
                 if hit.any():
-                    sampled = cv2.remap(
-                        frames[s].astype(np.float32),
-                        x[hit][None].astype(np.float32),
-                        y[hit][None].astype(np.float32),
-                        cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REPLICATE,
-                    )[0]
-                    colour[hit] = sampled
+                    colour[hit] = _sample(frames[s], x[hit], y[hit])
                     distance[hit] = abs(s - t)
                     alive &= ~hit
             found[step] = (colour, distance)
