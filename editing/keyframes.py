@@ -25,7 +25,7 @@ import torch
 from . import sampling
 from .flows import colour_match, consistent, source_flows
 from .stepcache import parse_step_caches
-from .still import extend_moving, fill_still, hold_still, mend_edges, still_masks
+from .still import bleed, extend_moving, fill_still, hold_still, mend_edges, still_masks, textured
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,6 +53,7 @@ class ClipFlows:
     backward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i+1
     forward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i
     still: np.ndarray | None = None  # (N, H, W) bool: each frame's still background (editing.still), its flow held at zero
+    rim: np.ndarray | None = None  # (N, H, W) bool: the still background's rim beside what moves, its own flow kept
 
 
 def clip_flows(frames: np.ndarray) -> ClipFlows:
@@ -64,7 +65,7 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
     reaching the image's edge while the camera stands: `editing.still`) the flow is held at zero, not
     the moving neighbour's that DIS fills in; what an object uncovers there then fails both checks."""
     flows = source_flows(frames, colour_candidates=True)
-    still = still_masks(frames, flows.backward, flows.forward)
+    still, rims = still_masks(frames, flows.backward, flows.forward)
     backward, forward = hold_still(flows.backward, flows.forward, still)
     pairs = range(len(frames) - 1)
 
@@ -94,7 +95,7 @@ def clip_flows(frames: np.ndarray) -> ClipFlows:
             [mend_edges(forward[t], frames[t], frames[t + 1], still[t], ~forward_valid[t], MATCH_LEVELS) for t in pairs]
         )
         backward_valid, forward_valid = validity()
-    return ClipFlows(backward, forward, backward_valid, forward_valid, still)
+    return ClipFlows(backward, forward, backward_valid, forward_valid, still, rims)
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,10 @@ def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
     for key in sides:
         path = chain(flows, frame, key)
         image = keyframes.frames[keys.index(key)].astype(np.float32)
-        warped.append(remap(image, path.x, path.y))
+        steady, held = _steady_rim(flows, frame, key, path, keyframes.frames[keys.index(key)])
+        warped.append(np.where(held[..., None], image, remap(image, path.x, path.y)))
         closeness = 1.0 if len(sides) == 1 else 1.0 - abs(frame - key) / (right - left)
-        weights.append((closeness, path.valid & ~_left_behind(flows, frame, key, path)))
+        weights.append((closeness, (path.valid & ~_left_behind(flows, frame, key, path) & ~steady) | held))
     seen_weight = sum(c * v.astype(np.float32) for c, v in weights)
     guess_weight = sum(c for c, _ in weights)  # where no path is trusted: the distance blend, refined later
     seen = seen_weight > 0
@@ -213,9 +215,15 @@ def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
     fused = np.where(seen[..., None], numerator / np.maximum(seen_weight, 1e-6)[..., None], guess)
     fused = np.clip(fused.round(), 0, 255).astype(np.uint8)
     if flows.still is not None:  # what an object uncovered on a still background: from that background, not the object
-        fused = fill_still(fused, ~seen & flows.still[frame], seen & flows.still[frame])
+        fused = fill_still(fused, ~seen & _background(flows, frame), seen & flows.still[frame])
     nearest = min(sides, key=lambda k: (abs(frame - k), k))
     return Fused(fused, ~seen, nearest)
+
+
+def _background(flows: ClipFlows, frame: int) -> np.ndarray:
+    """(H, W) bool: `frame`'s still background with its rim (none without `flows.still`)."""
+    still = flows.still[frame] if flows.still is not None else np.zeros(flows.backward.shape[1:3], bool)
+    return still | flows.rim[frame] if flows.rim is not None else still
 
 
 def _left_behind(flows: ClipFlows, frame: int, key: int, path: Chain) -> np.ndarray:
@@ -226,6 +234,25 @@ def _left_behind(flows: ClipFlows, frame: int, key: int, path: Chain) -> np.ndar
         return np.zeros(path.valid.shape, bool)
     lands = remap(flows.still[key].astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
     return flows.still[frame] & ~lands
+
+
+def _steady_rim(flows: ClipFlows, frame: int, key: int, path: Chain, edited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two (H, W) bool masks of `frame`'s rim (`editing.still.rim`): the pixels that do not move with the
+    object, and of those the ones held still, taking the keyframe's pixel in place like the background
+    beyond. A rim pixel is steady where the edit textured the background (`editing.still.textured`:
+    stripes it adds stay put) and its own flow does not lead to the edited object's bleed into the
+    keyframe's rim (`editing.still.bleed`, which moves with the object); it is held where the keyframe
+    shows background in place, and otherwise left unseen, to be filled from the background
+    (`editing.still.fill_still`)."""
+    none = np.zeros(path.valid.shape, bool)
+    if flows.rim is None or flows.still is None or not flows.rim[frame].any():
+        return none, none
+    if not textured(edited, flows.still[key]):
+        return none, none
+    bled = bleed(edited, flows.still[key], flows.rim[key])
+    on_bleed = remap(bled.astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
+    steady = flows.rim[frame] & ~on_bleed
+    return steady, steady & (flows.still[key] | flows.rim[key]) & ~bled
 
 
 def latent_mask(unseen: np.ndarray, scale: int, dilate: int = REFINE_DILATE) -> np.ndarray:
@@ -275,13 +302,13 @@ def propagate(
 
 
 def _to_refine(made: Fused, flows: ClipFlows, frame: int) -> Fused:
-    """What of a fused frame is re-diffused: its unseen pixels, less those on a still background, which
-    keep their fill from that background (`editing.still.fill_still`). Re-diffused, they would take the
-    colour of the object that uncovered them: a latent pixel is 8 x 8 image pixels, and the object's own
-    pixels sit in the same ones."""
+    """What of a fused frame is re-diffused: its unseen pixels, less those on a still background or its
+    rim, which keep their fill from that background (`editing.still.fill_still`). Re-diffused, they would
+    take the colour of the object that uncovered them: a latent pixel is 8 x 8 image pixels, and the
+    object's own pixels sit in the same ones."""
     if flows.still is None:
         return made
-    return dataclasses.replace(made, unseen=made.unseen & ~flows.still[frame])
+    return dataclasses.replace(made, unseen=made.unseen & ~_background(flows, frame))
 
 
 def _to_rediffuse(out: np.ndarray, fused: dict[int, Fused], flows: ClipFlows, scale: int) -> dict[int, Fused]:
@@ -320,7 +347,9 @@ def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlo
     """What no keyframe sees is made once, where it first appears, then carried: in frame order, each
     unseen pixel that the previous frame sees (its one-hop flow passes the forward-backward check) takes
     the previous output frame's pixel along that flow, so a disoccluded region is the same content moving
-    with the scene instead of a new re-diffusion in every frame (in place)."""
+    with the scene instead of a new re-diffusion in every frame (in place). An unseen pixel on the still
+    background or its rim keeps its own fill from that background (`fuse_frame`): carried along the rim's
+    own flow, it would take the moving object's pixels."""
     height, width = out.shape[1:3]
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     for frame in sorted(unseen):
@@ -329,6 +358,8 @@ def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlo
         hop, valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
         sx, sy = x + hop[..., 0], y + hop[..., 1]
         take = unseen[frame] & valid & (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
+        if flows.still is not None:
+            take &= ~_background(flows, frame)
         if take.any():
             carried = remap(out[frame - 1].astype(np.float32), sx, sy)
             out[frame][take] = np.clip(carried[take].round(), 0, 255).astype(np.uint8)

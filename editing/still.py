@@ -88,17 +88,20 @@ def still_background(frame: np.ndarray, flows: list[np.ndarray]) -> np.ndarray:
     return still | beside
 
 
-def still_masks(frames: np.ndarray, backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool: each frame's still background (the camera judged by the frame's flows both ways)
-    less its rim beside what moves (`rim`), which keeps its own flow and so moves with the object."""
+def still_masks(frames: np.ndarray, backward: np.ndarray, forward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two (N, H, W) bool stacks: each frame's still background (the camera judged by the frame's flows
+    both ways) less its rim beside what moves, and that rim (`rim`), which keeps its own flow and so
+    moves with the object."""
     count = len(frames)
-    held = []
+    held, rims = [], []
     for t in range(count):
         flows = [*([backward[t - 1]] if t > 0 else []), *([forward[t]] if t < count - 1 else [])]
         still = still_background(frames[t], flows)
         moving = ~still & (np.max([np.hypot(f[..., 0], f[..., 1]) for f in flows], axis=0) >= CAMERA_STILL)
-        held.append(still & ~(rim(~moving) & still))
-    return np.stack(held)
+        beside = rim(~moving) & still
+        held.append(still & ~beside)
+        rims.append(beside)
+    return np.stack(held), np.stack(rims)
 
 
 def hold_still(backward: np.ndarray, forward: np.ndarray, still: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,14 +113,88 @@ def hold_still(backward: np.ndarray, forward: np.ndarray, still: np.ndarray) -> 
     return backward, forward
 
 
+REPEAT_SHIFT = 6  # px: the longest shift `repeat_shift` tries
+REPEAT_BAND = 8  # px of known pixels around the hole that a shift must explain
+REPEAT_LEVELS = 6.0  # mean RGB error (8-bit) under which a shift explains them
+
+
+def _shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """`image` read at (x + dx, y + dy), edges repeated."""
+    height, width = image.shape[:2]
+    rows = np.clip(np.arange(height) + dy, 0, height - 1)
+    columns = np.clip(np.arange(width) + dx, 0, width - 1)
+    return image[rows][:, columns]
+
+
+def _reach(have: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """(H, W) bool: pixels whose (x + dx, y + dy) lies inside the image and in `have`."""
+    height, width = have.shape
+    inside = np.zeros_like(have)
+    inside[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] = True
+    return inside & _shifted(have, dx, dy)
+
+
+def repeat_shift(frame: np.ndarray, fill: np.ndarray, known: np.ndarray) -> tuple[int, int] | None:
+    """The shortest shift (dx, dy), at most REPEAT_SHIFT px, under which the `known` pixels within
+    REPEAT_BAND px of the `fill` pixels repeat (mean RGB error under REPEAT_LEVELS): stripes repeat along
+    themselves, a plain colour under any shift; None where none does (an irregular texture)."""
+    kernel = np.ones((2 * REPEAT_BAND + 1, 2 * REPEAT_BAND + 1), np.uint8)
+    have = known & ~fill
+    band = have & cv2.dilate(fill.astype(np.uint8), kernel).astype(bool)
+    image = frame.astype(np.float32)
+    best, best_error = None, REPEAT_LEVELS
+    shifts = [(dx, dy) for dx in range(-REPEAT_SHIFT, REPEAT_SHIFT + 1) for dy in range(-REPEAT_SHIFT, REPEAT_SHIFT + 1)]
+    for dx, dy in sorted(shifts, key=lambda d: (d[0] ** 2 + d[1] ** 2, d))[1:]:  # (0, 0) first, left out
+        pairs = band & _reach(have, dx, dy)
+        if pairs.sum() < 0.5 * band.sum() or not pairs.any():
+            continue
+        error = float(np.abs(image - _shifted(image, dx, dy)).mean(-1)[pairs].mean())
+        if error < best_error - 0.5:  # a longer shift must explain them clearly better than a shorter one
+            best, best_error = (dx, dy), error
+    return best
+
+
+def _copy_along(frame: np.ndarray, todo: np.ndarray, have: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """Fill `todo` pixels (in place) from `have` pixels one shift away, either way, layer by layer; returns
+    what is left unfilled."""
+    directions = (shift, (-shift[0], -shift[1]))
+    while todo.any():
+        progressed = False
+        for dx, dy in directions:
+            take = todo & _reach(have, dx, dy)
+            if take.any():
+                frame[take] = _shifted(frame, dx, dy)[take]
+                have, todo, progressed = have | take, todo & ~take, True
+        if not progressed:
+            break
+    return todo
+
+
 def fill_still(frame: np.ndarray, fill: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """`frame` (H, W, 3 uint8) with its `fill` pixels inpainted (Telea 2004) from the `known` pixels only
-    (a still region's seen pixels: not the object beside them, whose colour would bleed in)."""
-    if not fill.any() or not (known & ~fill).any():
+    """`frame` (H, W, 3 uint8) with its `fill` pixels made from the `known` pixels only (a still region's
+    seen pixels: not the object beside them, whose colour would bleed in): copied along the shift under
+    which the background around them repeats (`repeat_shift`: stripes carry on through the hole), and what
+    that leaves, or all of it where nothing repeats, inpainted (Telea 2004). Works in the box around the
+    hole."""
+    have = known & ~fill
+    if not fill.any() or not have.any():
         return frame
-    unknown = (~known | fill).astype(np.uint8)
-    painted = cv2.inpaint(np.ascontiguousarray(frame), unknown, 3, cv2.INPAINT_TELEA)
-    return np.where(fill[..., None], painted, frame)
+    rows, columns = np.nonzero(fill)
+    margin = REPEAT_BAND + REPEAT_SHIFT
+    box = (
+        slice(max(0, rows.min() - margin), rows.max() + margin + 1),
+        slice(max(0, columns.min() - margin), columns.max() + margin + 1),
+    )
+    frame = frame.copy()
+    crop, todo, have = frame[box], fill[box].copy(), have[box]
+    shift = repeat_shift(crop, todo, have)
+    if shift is not None:
+        todo = _copy_along(crop, todo, have, shift)
+    if todo.any():
+        unknown = (~(have | (fill[box] & ~todo)) | todo).astype(np.uint8)
+        painted = cv2.inpaint(np.ascontiguousarray(crop), unknown, 3, cv2.INPAINT_TELEA)
+        crop[todo] = painted[todo]
+    return frame
 
 
 MEND_RADIUS = 3  # px: how far `mend_edges` looks for a moving neighbour's vector
@@ -172,3 +249,36 @@ def rim(still: np.ndarray, width: int = RIM) -> np.ndarray:
         return np.zeros_like(still)
     kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
     return still & cv2.dilate((~still).astype(np.uint8), kernel).astype(bool)
+
+
+BLEED_SHARE = 0.5  # a rim pixel this far (or more) from the background's colour towards the object's is the object's bleed
+
+
+def bleed(edited: np.ndarray, still: np.ndarray, rim_pixels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the `rim_pixels` of an edited frame that show what moves rather than the background:
+    each lies at least BLEED_SHARE of the way from the background's colour (inpainted over the rim from the
+    `still` pixels, Telea 2004) to its nearest moving pixel's (off `still` and the rim), measured as mean
+    RGB distances to each."""
+    moving = ~(still | rim_pixels)
+    if not rim_pixels.any() or not moving.any() or not still.any():
+        return rim_pixels.copy()
+    image = np.ascontiguousarray(edited)
+    background = cv2.inpaint(image, (~still).astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
+    _, nearest = cv2.distanceTransformWithLabels((~moving).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    sources = np.zeros(int(nearest.max()) + 1, np.int64)  # label of each moving pixel -> its flat index
+    sources[nearest[moving]] = np.flatnonzero(moving)
+    near_object = image.reshape(-1, 3)[sources[nearest]].reshape(image.shape).astype(np.float32)
+    pixels = image.astype(np.float32)
+    to_object = np.abs(pixels - near_object).mean(-1)
+    to_background = np.abs(pixels - background).mean(-1)
+    return rim_pixels & (to_background > BLEED_SHARE * (to_background + to_object))
+
+
+TEXTURED_SHARE = 0.1  # share of a still background's pixels that must be textured in an edited frame for it to count as textured
+
+
+def textured(edited: np.ndarray, still: np.ndarray) -> bool:
+    """Whether the edited frame's still background is textured (an edit added stripes or grain to it):
+    at least TEXTURED_SHARE of its `still` pixels are not flat. On a background the edit left plain,
+    holding the rim still or moving it shows the same colour but for the object's bleed."""
+    return bool(still.any()) and float((~flat_pixels(np.ascontiguousarray(edited)))[still].mean()) >= TEXTURED_SHARE
