@@ -81,11 +81,13 @@ def test_a_ddim_step_splits_into_the_clean_latents_and_noise_the_scheduler_used(
     )
     scheduler.set_timesteps(10)
     timestep = scheduler.timesteps[index]
-    x_t, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(index)
+    x_t, eps = torch.randn(2, 2, 4, 8, 8, dtype=torch.float64, generator=generator)
     output = scheduler.step(eps, timestep, x_t)
     alphas = step_alphas(scheduler, scheduler.timesteps)
     clean, noise = split_step(x_t, output.prev_sample, alphas[index], alphas[index + 1])
-    assert torch.allclose(clean, output.pred_original_sample, atol=1e-6) and torch.allclose(noise, eps, atol=1e-6)
+    # the clean latents divide by sqrt(alpha_bar), about 0.07 at the first step: rounding grows 14-fold
+    assert torch.allclose(clean, output.pred_original_sample, atol=1e-5) and torch.allclose(noise, eps, atol=1e-6)
     with pytest.raises(ValueError, match="alpha_bar"):
         split_step(x_t, x_t, 0.5, 0.4)
 
