@@ -1,7 +1,7 @@
 """Keyframes, then propagation (after Rerender-A-Video, FRESCO and TokenFlow).
 
 1. Choose keyframes: every N-th frame, or `auto` where the last keyframe stops seeing the frame; a cut
-   starts one either way, and the last frame is one where the last keyframe stops seeing it.
+   starts one either way.
 2. Edit the keyframes jointly with the core (`editing.core.edit_keyframes`).
 3. Propagate: warp the two nearest edited keyframes along the source's chained optical flow, blended by
    distance and validity, in pixel space.
@@ -141,10 +141,7 @@ def choose_keyframes(count: int, every: int, flows: ClipFlows | None = None) -> 
 
     With the clip's flows, a cut (more than CUT_UNSEEN of a frame unseen from the frame before it: a cut
     measures about 0.97, the shapes benchmark's clips and real camera motion at most about 0.5) is a
-    keyframe whatever `every` says, and every-N counts on from it: nothing is propagated across a cut. The
-    last frame is a keyframe too where more than AUTO_UNSEEN of it is unseen from the last keyframe: the
-    frames past that keyframe would otherwise have nothing after them to see what it cannot, and their
-    growing unseen region would be re-diffused in every one of them."""
+    keyframe whatever `every` says, and every-N counts on from it: nothing is propagated across a cut."""
     if every <= 0 and flows is None:
         raise ValueError("auto keyframes need the clip's flows")
     keys = [0]
@@ -156,8 +153,6 @@ def choose_keyframes(count: int, every: int, flows: ClipFlows | None = None) -> 
             new = cut or frame - keys[-1] >= AUTO_MAX_GAP or _unseen_share(flows, frame, keys[-1]) > AUTO_UNSEEN
         if new:
             keys.append(frame)
-    if flows is not None and keys[-1] < count - 1 and _unseen_share(flows, count - 1, keys[-1]) > AUTO_UNSEEN:
-        keys.append(count - 1)  # the tail's frames then lie between two keyframes, not past the last one
     return tuple(keys)
 
 

@@ -87,17 +87,17 @@ def test_every_n_keyframes_also_start_at_a_cut_and_count_on_from_it():
     assert choose_keyframes(16, 8, clip_flows(panning_clip(16, step=(1, 0)))) == (0, 8)  # a pan is not a cut
 
 
-def test_the_last_frame_is_a_keyframe_where_the_last_every_n_keyframe_stops_seeing_it():
-    """A pan of 2 px a frame leaves 30% of frame 15 unseen from keyframe 8, so frame 15 is one too and the
-    tail lies between two keyframes; at 1 px a frame 11% is unseen (under AUTO_UNSEEN) and the tail stays."""
+def test_every_n_keyframes_leave_a_fast_pans_tail_to_propagation():
+    """A pan of 2 px a frame leaves 30% of frame 15 unseen from keyframe 8, yet every-8 keyframes stay 0
+    and 8: a keyframe on the last frame, edited apart from the others, made the shapes benchmark's pan and
+    occlusion clips flicker between the two edits (`auto` is the mode that adds keyframes where a frame
+    is unseen)."""
     from editing.keyframes import AUTO_UNSEEN
 
-    fast, slow = clip_flows(panning_clip(16)), clip_flows(panning_clip(16, step=(1, 0)))
-    assert 1 - chain(fast, 15, 8).valid.mean() > AUTO_UNSEEN > 1 - chain(slow, 15, 8).valid.mean()
-    assert choose_keyframes(16, 8, fast) == (0, 8, 15)
-    assert choose_keyframes(16, 8, slow) == (0, 8)
-    assert choose_keyframes(16, 8) == (0, 8)  # without the flows, every 8th only
-    assert choose_keyframes(17, 8, clip_flows(panning_clip(17))) == (0, 8, 16)  # the last frame is one already
+    fast = clip_flows(panning_clip(16))
+    assert 1 - chain(fast, 15, 8).valid.mean() > AUTO_UNSEEN
+    assert choose_keyframes(16, 8, fast) == (0, 8)
+    assert choose_keyframes(16, -1, fast) == (0, 4, 8, 12)  # auto: a new one every time 15% is unseen
 
 
 def test_narrow_regions_are_those_within_reach_of_a_seen_pixel_however_long():
