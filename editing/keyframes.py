@@ -446,18 +446,15 @@ def refine_boxes(mask: np.ndarray, multiple: int, context: int = REFINE_CONTEXT)
 
 
 def refine_clips(fused: dict[int, Fused], scale: int, multiple: int) -> list[RefineClip]:
-    """The re-diffusions of the fused frames: grouped by nearest keyframe, each group cropped to the boxes
-    around its members' unseen latents (`refine_boxes`), each box with the members that have unseen latents in it."""
-    groups: dict[int, list[int]] = {}
+    """The re-diffusions of the fused frames: each frame cropped to the boxes around its own unseen latents
+    (`refine_boxes`), the frames with the same nearest keyframe and the same box in one. A frame's boxes
+    depend on it alone, so it is refined the same whichever other frames are edited with it (a clip split
+    into segments over workers gives the whole edit's frames)."""
+    boxes: dict[tuple[int, Box], list[int]] = {}
     for frame, made in sorted(fused.items()):
-        groups.setdefault(made.nearest, []).append(frame)
-    clips = []
-    for key, members in groups.items():
-        masks = {frame: latent_mask(fused[frame].unseen, scale) for frame in members}
-        for box in refine_boxes(np.any(list(masks.values()), axis=0), multiple):
-            inside = tuple(f for f in members if masks[f][box.rows(), box.columns()].any())
-            clips.append(RefineClip(key, inside, box))
-    return clips
+        for box in refine_boxes(latent_mask(made.unseen, scale), multiple):
+            boxes.setdefault((made.nearest, box), []).append(frame)
+    return [RefineClip(key, tuple(members), box) for (key, box), members in boxes.items()]
 
 
 def refine(

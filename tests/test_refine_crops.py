@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from editing.keyframes import Box, Fused, Keyframes, composite_mask, latent_mask, refine, refine_boxes, unet_multiple
+from editing.keyframes import (
+    Box,
+    Fused,
+    Keyframes,
+    composite_mask,
+    latent_mask,
+    refine,
+    refine_boxes,
+    refine_clips,
+    unet_multiple,
+)
 
 from .conftest import small_edit
 from .test_keyframes import panning_clip
@@ -137,3 +147,23 @@ def test_where_the_boxes_would_cover_the_frame_the_whole_frame_is_refined_as_bef
         expected = _whole_frame_refine(frames.copy(), fused, parts, tiny)
     assert shapes.seen["encoder"] == {(128, 128)}
     np.testing.assert_array_equal(out[1], expected)
+
+
+def test_a_frames_crops_are_its_own_whichever_frames_share_its_keyframe():
+    """Frames near keyframe 4 with holes close enough that one box would cover both: each is refined in
+    the box around its own hole, the same as when it is refined alone (a segment of the clip on another
+    worker), not in one covering both; frames whose holes give the same box share one re-diffusion."""
+    frame = np.zeros((64, 64, 3), np.uint8)
+
+    def fused(*corners: tuple[int, int]) -> Fused:
+        unseen = np.zeros((64, 64), bool)
+        for y, x in corners:
+            unseen[y : y + 3, x : x + 3] = True
+        return Fused(frame, unseen, nearest=4)
+
+    together = {2: fused((2, 2)), 3: fused((26, 26)), 5: fused((2, 2))}
+    clips = refine_clips(together, scale=4, multiple=4)
+    for member in together:
+        alone = refine_clips({member: together[member]}, scale=4, multiple=4)
+        assert [c.box for c in clips if member in c.members] == [c.box for c in alone]
+    assert sorted(c.members for c in clips) == [(2, 5), (3,)] and all(c.key == 4 for c in clips)
