@@ -188,17 +188,19 @@ def neighbours(frame: int, keys: tuple[int, ...]) -> tuple[int | None, int | Non
     return (before[-1] if before else None), (after[0] if after else None)
 
 
-def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows) -> Fused:
+def fuse_frame(frame: int, keyframes: Keyframes, flows: ClipFlows, bleeds: Bleeds | None = None) -> Fused:
     """Warp the nearest edited keyframes on each side onto `frame` and blend them: weight of each is its
-    temporal closeness (1 - distance / gap) times the validity of the path to it."""
+    temporal closeness (1 - distance / gap) times the validity of the path to it. `bleeds`: the keyframes'
+    `key_bleeds`, made once for a clip's frames (computed here when not given)."""
     keys = keyframes.indices
+    bleeds = bleeds if bleeds is not None else key_bleeds(keyframes, flows)
     left, right = neighbours(frame, keys)
     sides = [k for k in (left, right) if k is not None]
     warped, weights = [], []
     for key in sides:
         path = chain(flows, frame, key)
         image = keyframes.frames[keys.index(key)].astype(np.float32)
-        steady, held = _steady_rim(flows, frame, key, path, keyframes.frames[keys.index(key)])
+        steady, held = _steady_rim(flows, frame, key, path, bleeds[key])
         warped.append(np.where(held[..., None], image, remap(image, path.x, path.y)))
         closeness = 1.0 if len(sides) == 1 else 1.0 - abs(frame - key) / (right - left)
         weights.append((closeness, (path.valid & ~_left_behind(flows, frame, key, path) & ~steady) | held))
@@ -231,20 +233,32 @@ def _left_behind(flows: ClipFlows, frame: int, key: int, path: Chain) -> np.ndar
     return flows.still[frame] & ~lands
 
 
-def _steady_rim(flows: ClipFlows, frame: int, key: int, path: Chain, edited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+Bleeds = dict[int, "np.ndarray | None"]  # keyframe index -> its rim's bleed (`key_bleeds`)
+
+
+def key_bleeds(keyframes: Keyframes, flows: ClipFlows) -> Bleeds:
+    """Each edited keyframe's bleed into its rim (`editing.still.bleed`), or None where its rim moves with
+    the object: no still background, or one the edit left plain (`editing.still.textured`)."""
+    bleeds: Bleeds = {}
+    for key, edited in zip(keyframes.indices, keyframes.frames):
+        if flows.rim is None or flows.still is None or not textured(edited, flows.still[key]):
+            bleeds[key] = None
+        else:
+            bleeds[key] = bleed(edited, flows.still[key], flows.rim[key])
+    return bleeds
+
+
+def _steady_rim(flows: ClipFlows, frame: int, key: int, path: Chain, bled: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Two (H, W) bool masks of `frame`'s rim (`editing.still.rim`): the pixels that do not move with the
     object, and of those the ones held still, taking the keyframe's pixel in place like the background
-    beyond. A rim pixel is steady where the edit textured the background (`editing.still.textured`:
-    stripes it adds stay put) and its own flow does not lead to the edited object's bleed into the
+    beyond. A rim pixel is steady where the keyframe has a bleed mask `bled` (`key_bleeds`: the edit
+    textured the background, and stripes it adds stay put) and its own flow does not lead to the edited object's bleed into the
     keyframe's rim (`editing.still.bleed`, which moves with the object); it is held where the keyframe
     shows background in place, and otherwise left unseen, to be filled from the background
     (`editing.still.fill_still`)."""
     none = np.zeros(path.valid.shape, bool)
-    if flows.rim is None or flows.still is None or not flows.rim[frame].any():
+    if bled is None or flows.rim is None or flows.still is None or not flows.rim[frame].any():
         return none, none
-    if not textured(edited, flows.still[key]):
-        return none, none
-    bled = bleed(edited, flows.still[key], flows.rim[key])
     on_bleed = remap(bled.astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
     steady = flows.rim[frame] & ~on_bleed
     return steady, steady & (flows.still[key] | flows.rim[key]) & ~bled
@@ -277,9 +291,10 @@ def propagate(
     with stage("propagate"):
         progress("propagate", 0, max(1, len(others)))
         flows = keyframes.flows if keyframes.flows is not None or not others else clip_flows(frames)
+        bleeds = key_bleeds(keyframes, flows) if others else {}
         fused = {}
         for done, frame in enumerate(others):
-            fused[frame] = fuse_frame(frame, keyframes, flows)
+            fused[frame] = fuse_frame(frame, keyframes, flows, bleeds)
             out[frame] = fused[frame].frame
             progress("propagate", done + 1, len(others))
     holes = [f for f in others if fused[f].unseen.any()]
@@ -316,7 +331,7 @@ def _to_rediffuse(out: np.ndarray, fused: dict[int, Fused], flows: ClipFlows, sc
         refined = _to_refine(made, flows, frame)
         narrow = narrow_regions(refined.unseen, scale / 2)
         if narrow.any():
-            out[frame] = fill_still(out[frame], narrow, ~made.unseen)  # Telea from the seen pixels only
+            out[frame] = fill_still(out[frame], narrow, ~made.unseen)  # from the seen pixels only
             refined = dataclasses.replace(refined, unseen=refined.unseen & ~narrow)
         if refined.unseen.any():
             chosen[frame] = refined

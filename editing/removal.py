@@ -34,7 +34,7 @@ from . import sampling
 from .core import EditedFrames, decoded_indices
 from .errors import ConfigError
 from .held import HeldRegion, hold_callback, noised_states
-from .keyframes import clip_flows
+from .keyframes import clip_flows, remap
 
 if TYPE_CHECKING:
     from .context import EditParts, ProgressFn, StageTimer
@@ -90,13 +90,8 @@ def motion_at(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(n, C) float colours of `image` at points (x, y), bilinear, edges repeated."""
-    return cv2.remap(
-        image.astype(np.float32),
-        np.asarray(x, np.float32)[None],
-        np.asarray(y, np.float32)[None],
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )[0].reshape(len(x), -1)
+    points = remap(image.astype(np.float32), np.asarray(x, np.float32)[None], np.asarray(y, np.float32)[None])
+    return points[0].reshape(len(x), -1)
 
 
 def checked_motion(

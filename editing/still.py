@@ -231,11 +231,15 @@ def extend_moving(flow: np.ndarray, still: np.ndarray) -> np.ndarray:
     of the still background's zero (and fall behind onto it)."""
     if not still.any() or still.all():
         return flow
-    _, nearest = cv2.distanceTransformWithLabels(still.astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
-    moving = ~still
-    sources = np.zeros(int(nearest.max()) + 1, np.int64)  # label of each moving pixel -> its flat index
-    sources[nearest[moving]] = np.flatnonzero(moving)
-    return flow.reshape(-1, 2)[sources[nearest]].reshape(flow.shape)
+    return flow.reshape(-1, 2)[nearest_of(~still)].reshape(flow.shape)
+
+
+def nearest_of(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) int: for each pixel, the flat index of its nearest `pixels` pixel (some must be set)."""
+    _, nearest = cv2.distanceTransformWithLabels((~pixels).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    sources = np.zeros(int(nearest.max()) + 1, np.int64)  # label of each `pixels` pixel -> its flat index
+    sources[nearest[pixels]] = np.flatnonzero(pixels)
+    return sources[nearest]
 
 
 RIM = 3  # px of a still background beside what moves, where an edited keyframe's object bleeds into it
@@ -264,10 +268,7 @@ def bleed(edited: np.ndarray, still: np.ndarray, rim_pixels: np.ndarray) -> np.n
         return rim_pixels.copy()
     image = np.ascontiguousarray(edited)
     background = cv2.inpaint(image, (~still).astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
-    _, nearest = cv2.distanceTransformWithLabels((~moving).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
-    sources = np.zeros(int(nearest.max()) + 1, np.int64)  # label of each moving pixel -> its flat index
-    sources[nearest[moving]] = np.flatnonzero(moving)
-    near_object = image.reshape(-1, 3)[sources[nearest]].reshape(image.shape).astype(np.float32)
+    near_object = image.reshape(-1, 3)[nearest_of(moving)].reshape(image.shape).astype(np.float32)
     pixels = image.astype(np.float32)
     to_object = np.abs(pixels - near_object).mean(-1)
     to_background = np.abs(pixels - background).mean(-1)
