@@ -30,7 +30,7 @@ from .context import EditContext, EditParts, KeyedFrames, ProgressFn, SourceKey,
 from .errors import ConfigError
 from .flows import source_flows
 from .frames import check_frames
-from .held import hold_callback, noised_states, trajectory_states
+from .held import first_held, hold_callback, noised_states, trajectory_states
 from .inversion import Trajectory, ddim_invert, inverse_schedule, load_trajectory, save_trajectory
 from .memo import current_memo
 from .models import Backbone, default_controlnet, load_controlnet, load_image_adapter
@@ -303,7 +303,7 @@ def invert(
 def hold_outside(
     context: EditContext, start: KeyedFrames, prepared: PreparedEdit | None, callback: sampling.StepCallback
 ) -> sampling.StepCallback:
-    """The step callback with the region hold (editing.region): outside the region the source's inversion
+    """The step callback with the region hold (editing.region) from `first_held` on: outside the region the source's inversion
     trajectory (the attention edit's own, or the cached one), or without inversion the source noised with the edit's noise."""
     parts, backbone = context.parts, context.backbone
     if prepared is not None:
@@ -318,7 +318,7 @@ def hold_outside(
         if trajectory is None:  # not kept by the cache (too small): invert again, deterministically the same
             trajectory = invert(context, start.frames, inverting)
         states = trajectory_states(trajectory)
-    return hold_callback(parts.held, backbone.vae_scale_factor, states, callback)
+    return hold_callback(parts.held, backbone.vae_scale_factor, states, callback, first_held(len(context.timesteps)))
 
 
 def inversion_key(context: EditContext, source: SourceKey, inverting: AttentionControl | None) -> str:

@@ -35,6 +35,16 @@ class HeldRegion:
         return torch.from_numpy(latent_mask(self.weights, scale))[:, None]
 
 
+FREE_SHARE = 0.25  # share of a region edit's first steps left unheld, as Prompt-to-Prompt's local blend starts late
+
+
+def first_held(steps: int) -> int:
+    """The first step of `steps` a region edit holds. Left free, the first quarter lays out the whole frame
+    under the edit prompt; held from the first step, a small region can be filled with background instead
+    of the object the prompt names (docs/regions.md)."""
+    return round(FREE_SHARE * steps)
+
+
 StateAt = Callable[[int], torch.Tensor]  # step index -> the source's latents after that step (variance-preserving)
 
 
@@ -55,9 +65,9 @@ def noised_states(scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.T
     return at
 
 
-def hold_callback(region: HeldRegion, scale: int, source_at: StateAt, inner: StepCallback | None = None):
-    """The step callback `inner` followed by the hold: outside the region the latents become the source's
-    at the same timestep. With a region covering every latent pixel it is `inner` itself."""
+def hold_callback(region: HeldRegion, scale: int, source_at: StateAt, inner: StepCallback | None = None, first: int = 0):
+    """The step callback `inner` followed by the hold from step `first` on: outside the region the latents
+    become the source's at the same timestep. With a region covering every latent pixel it is `inner` itself."""
     inside = region.latent(scale)
     if bool(inside.all()):
         return inner
@@ -66,6 +76,8 @@ def hold_callback(region: HeldRegion, scale: int, source_at: StateAt, inner: Ste
         if inner is not None:
             replaced = inner(index, timestep, latents)
             latents = latents if replaced is None else replaced
+        if index < first:
+            return latents
         source = source_at(index).to(latents.device, latents.dtype)
         return torch.where(inside.to(latents.device), latents, source)
 

@@ -1,10 +1,10 @@
 """Mask source `flow`: one frame's mask (IMAGE@FRAME) carried through the clip along the source's own
 optical flow (the DIS flow and validity keyframe propagation uses, editing.keyframes.clip_flows).
 
-Each frame's mask is the neighbouring frame's, followed back along the flow where the flow is trusted.
-Where it is not (a region revealed from behind an occluder, a pixel whose colour the flow does not
-explain) the pixel is given to whichever it looks like: the object's colours, seen on the given frame
-and the frames tracked so far, or the colours just around the object, nearest colour wins; only pixels
+Each frame's mask is the neighbouring frame's, followed back along the flow where the flow is trusted
+and the colour is the one the flow points at in the neighbour. Where it is not (a region revealed from
+behind an occluder) the pixel is given to whichever it looks like: the object's colours, seen on the
+given frame, or the colours just around the object in the neighbour, nearest colour wins; only pixels
 near the object can join it.
 """
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 SAMPLES = 256  # colour samples kept of the object and of its surroundings
 RING = 3  # pixels around the object whose colours stand for its surroundings
 REACH = 2  # pixels beyond the farthest flow vector that a revealed pixel may be from the object
+CARRY_LEVELS = 24.0  # a carried pixel whose colour differs from its source's by more (mean of RGB, 8-bit) is doubtful
 
 
 def frame_mask(inputs: MaskInputs) -> tuple[np.ndarray, int]:
@@ -60,37 +61,38 @@ def _nearest_is_object(colours: np.ndarray, inside: np.ndarray, outside: np.ndar
     return near_in < near_out
 
 
+def _warped(image: np.ndarray, back: np.ndarray, xs: np.ndarray, ys: np.ndarray, fill: float = 0) -> np.ndarray:
+    return cv2.remap(
+        image, xs + back[..., 0], ys + back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+    )
+
+
 def step_mask(
     previous: np.ndarray,
+    neighbour: np.ndarray,
     frame: np.ndarray,
     back: np.ndarray,
     valid: np.ndarray,
     object_colours: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """The mask of `frame` from the neighbour's mask `previous`, `back` (frame(x) ~ neighbour(x + back(x)))
-    and where that flow is trusted (`valid`)."""
+    """The mask of `frame` from the `neighbour` frame's mask `previous`, `back` (frame(x) ~ neighbour(x +
+    back(x))) and where that flow is trusted (`valid`). A pixel whose colour is not its source's is
+    doubtful even where the flow passes its checks: a part of the object uncovered by an occluder that the
+    flow smoothed over has the occluder as its source."""
     height, width = previous.shape
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    carried = (
-        cv2.remap(
-            previous.astype(np.float32),
-            xs + back[..., 0],
-            ys + back[..., 1],
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        )
-        >= 0.5
-    )
+    carried = _warped(previous.astype(np.float32), back, xs, ys) >= 0.5
+    source = _warped(neighbour.astype(np.float32), back, xs, ys)
+    valid = valid & (np.abs(source - frame.astype(np.float32)).mean(-1) <= CARRY_LEVELS)
     mask = carried & valid
     reach = int(np.ceil(np.abs(back).max())) + REACH
     near = cv2.dilate(previous.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)) > 0
     doubtful = ~valid & near
     if doubtful.any():
         lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB).astype(np.float32)
-        ring = (cv2.dilate(carried.astype(np.uint8), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)) > 0) & ~carried & valid
-        outside = _samples(lab[ring], rng)
+        ring = (cv2.dilate(previous.astype(np.uint8), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)) > 0) & ~previous
+        outside = _samples(cv2.cvtColor(neighbour, cv2.COLOR_RGB2LAB).astype(np.float32)[ring], rng)
         mask[doubtful] = _nearest_is_object(lab[doubtful], object_colours, outside)
     return mask
 
@@ -107,9 +109,13 @@ def track_by_flow(frames: np.ndarray, mask: np.ndarray, index: int, flows: ClipF
     lab = lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2LAB).astype(np.float32)  # noqa: E731
     seen = [_samples(lab(frames[index])[mask], rng)]
     for t in range(index + 1, len(frames)):  # pixel of t came from t - 1 at x + backward[t - 1](x)
-        out[t] = step_mask(out[t - 1], frames[t], flows.backward[t - 1], flows.backward_valid[t - 1], np.concatenate(seen), rng)
+        out[t] = step_mask(
+            out[t - 1], frames[t - 1], frames[t], flows.backward[t - 1], flows.backward_valid[t - 1], np.concatenate(seen), rng
+        )
     for t in range(index - 1, -1, -1):  # pixel of t goes to t + 1 at x + forward[t](x)
-        out[t] = step_mask(out[t + 1], frames[t], flows.forward[t], flows.forward_valid[t], np.concatenate(seen), rng)
+        out[t] = step_mask(
+            out[t + 1], frames[t + 1], frames[t], flows.forward[t], flows.forward_valid[t], np.concatenate(seen), rng
+        )
     return out
 
 
