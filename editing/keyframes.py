@@ -298,44 +298,50 @@ def propagate(
             out[frame] = fused[frame].frame
             progress("propagate", done + 1, len(others))
     holes = [f for f in others if fused[f].unseen.any()]
-    rediffused = {}
+    rediffused, narrow = {}, {}
     if parts.engine.keyframe_refine > 0:
         with stage("propagate"):
-            rediffused = _to_rediffuse(out, {f: fused[f] for f in holes}, flows, backbone.vae_scale_factor)
+            rediffused, narrow = _to_rediffuse(out, {f: fused[f] for f in holes}, flows, backbone.vae_scale_factor)
     if rediffused:
         with stage("refine"):
             refine(out, keyframes, rediffused, parts, backbone, progress)
     if holes:
         with stage("propagate"):
-            carry_forward(out, {f: fused[f].unseen for f in holes}, flows)
+            carry_forward(out, {f: fused[f].unseen for f in holes}, flows, narrow)
     return out
 
 
 def _to_refine(made: Fused, flows: ClipFlows, frame: int) -> Fused:
-    """What of a fused frame is re-diffused: its unseen pixels, less those on a still background or its
-    rim, which keep their fill from that background (`editing.still.fill_still`). Re-diffused, they would
-    take the colour of the object that uncovered them: a latent pixel is 8 x 8 image pixels, and the
+    """What of a fused frame is re-diffused: its unseen pixels, less those `carry_forward` will take from
+    the previous frame (re-diffused, they would be overwritten), and less those on a still background or
+    its rim, which keep their fill from that background (`editing.still.fill_still`). Re-diffused, they
+    would take the colour of the object that uncovered them: a latent pixel is 8 x 8 image pixels, and the
     object's own pixels sit in the same ones."""
-    if flows.still is None:
-        return made
-    return dataclasses.replace(made, unseen=made.unseen & ~_background(flows, frame))
+    unseen = made.unseen & ~carried(flows, frame, made.unseen)
+    if flows.still is not None:
+        unseen &= ~_background(flows, frame)
+    return dataclasses.replace(made, unseen=unseen)
 
 
-def _to_rediffuse(out: np.ndarray, fused: dict[int, Fused], flows: ClipFlows, scale: int) -> dict[int, Fused]:
-    """The fused frames that have something to re-diffuse, with what (`_to_refine`), less the regions no
-    wider than a latent pixel (`narrow_regions`), which are inpainted from the frame's seen pixels in `out`
-    instead (in place): a latent pixel is `scale` x `scale` image pixels, so re-diffusing such a speck costs
-    a crop's encode, denoise and decode for what its neighbours already show."""
-    chosen = {}
+def _to_rediffuse(
+    out: np.ndarray, fused: dict[int, Fused], flows: ClipFlows, scale: int
+) -> tuple[dict[int, Fused], dict[int, np.ndarray]]:
+    """The fused frames that have something to re-diffuse, with what (`_to_refine`), and each frame's
+    regions no wider than a latent pixel (`narrow_regions`), which are inpainted instead: a latent pixel is
+    `scale` x `scale` image pixels, so re-diffusing such a speck costs a crop's encode, denoise and decode
+    for what its neighbours already show. They are inpainted here from the frame's seen pixels in `out` (in
+    place), the context a refinement holds, and again by `carry_forward` once their neighbours are final."""
+    chosen, narrows = {}, {}
     for frame, made in fused.items():
         refined = _to_refine(made, flows, frame)
         narrow = narrow_regions(refined.unseen, scale / 2)
         if narrow.any():
             out[frame] = fill_still(out[frame], narrow, ~made.unseen)  # from the seen pixels only
             refined = dataclasses.replace(refined, unseen=refined.unseen & ~narrow)
+            narrows[frame] = narrow
         if refined.unseen.any():
             chosen[frame] = refined
-    return chosen
+    return chosen, narrows
 
 
 def narrow_regions(unseen: np.ndarray, reach: float) -> np.ndarray:
@@ -353,26 +359,42 @@ def narrow_regions(unseen: np.ndarray, reach: float) -> np.ndarray:
     return shallow[labels]
 
 
-def carry_forward(out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlows) -> None:
+def carry_forward(
+    out: np.ndarray, unseen: dict[int, np.ndarray], flows: ClipFlows, narrow: dict[int, np.ndarray] | None = None
+) -> None:
     """What no keyframe sees is made once, where it first appears, then carried: in frame order, each
     unseen pixel that the previous frame sees (its one-hop flow passes the forward-backward check) takes
     the previous output frame's pixel along that flow, so a disoccluded region is the same content moving
     with the scene instead of a new re-diffusion in every frame (in place). An unseen pixel on the still
     background or its rim keeps its own fill from that background (`fuse_frame`): carried along the rim's
-    own flow, it would take the moving object's pixels."""
+    own flow, it would take the moving object's pixels. A frame's `narrow` regions (`_to_rediffuse`) are
+    then inpainted from all its other pixels, carried ones included, before the next frame takes from it."""
     height, width = out.shape[1:3]
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    narrow = narrow or {}
     for frame in sorted(unseen):
-        if frame == 0:
-            continue
-        hop, valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
-        sx, sy = x + hop[..., 0], y + hop[..., 1]
-        take = unseen[frame] & valid & (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
-        if flows.still is not None:
-            take &= ~_background(flows, frame)
+        take = carried(flows, frame, unseen[frame])
         if take.any():
-            carried = remap(out[frame - 1].astype(np.float32), sx, sy)
-            out[frame][take] = np.clip(carried[take].round(), 0, 255).astype(np.uint8)
+            hop = flows.backward[frame - 1]
+            moved = remap(out[frame - 1].astype(np.float32), x + hop[..., 0], y + hop[..., 1])
+            out[frame][take] = np.clip(moved[take].round(), 0, 255).astype(np.uint8)
+        if frame in narrow:
+            out[frame] = fill_still(out[frame], narrow[frame], ~narrow[frame])
+
+
+def carried(flows: ClipFlows, frame: int, unseen: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the unseen pixels of `frame` that `carry_forward` takes from the previous frame: its
+    one-hop flow passes the checks and lands inside the frame, and they are not on the still background."""
+    if frame == 0:
+        return np.zeros(unseen.shape, bool)
+    height, width = unseen.shape
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    hop, valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
+    sx, sy = x + hop[..., 0], y + hop[..., 1]
+    take = unseen & valid & (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
+    if flows.still is not None:
+        take &= ~_background(flows, frame)
+    return take
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from editing.keyframes import (
     AUTO_MAX_GAP,
     ClipFlows,
     Keyframes,
+    carried,
     carry_forward,
     chain,
     choose_keyframes,
@@ -410,6 +411,25 @@ def test_a_revealed_region_is_refined_once_and_carried_through_the_later_frames(
         np.testing.assert_array_equal(out[frame][take], carried[take])
         checked += int(take.sum())
     assert checked > 0, "the pan should reveal pixels that the next frame still shows"
+
+
+def test_what_the_previous_frame_will_carry_is_not_rediffused(tmp_path, tiny):
+    """Keyframe 0 of a pan: frame t's unseen region is the strips revealed at frames 1 to t. All but the
+    newest strip are carried from frame t-1 after refinement (`carry_forward`), so only the newest is
+    re-diffused: refining the rest would be overwritten."""
+    from editing.keyframes import _to_rediffuse
+
+    parts, _ = _parts(tmp_path, keyframes="8", keyframe_refine=0.5)
+    frames = panning_clip(5, step=(8, 0))
+    keyframes = edit_keyframes(frames, parts, tiny, keys=(0,))
+    flows = clip_flows(frames)
+    fused = {f: fuse_frame(f, keyframes, flows) for f in range(1, 5)}
+    chosen, _ = _to_rediffuse(frames.copy(), fused, flows, tiny.vae_scale_factor)
+    for frame in range(2, 5):
+        take = carried(flows, frame, fused[frame].unseen)
+        assert take.any()
+        assert not (chosen[frame].unseen & take).any()
+        assert chosen[frame].unseen.any()  # the newest strip
 
 
 def test_keyframes_refuse_what_they_cannot_run_yet(tmp_path, tiny):
