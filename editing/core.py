@@ -303,8 +303,9 @@ def invert(
 def hold_outside(
     context: EditContext, start: KeyedFrames, prepared: PreparedEdit | None, callback: sampling.StepCallback
 ) -> sampling.StepCallback:
-    """The step callback with the region hold (editing.region) from `first_held` on: outside the region the source's inversion
-    trajectory (the attention edit's own, or the cached one), or without inversion the source noised with the edit's noise."""
+    """The step callback with the region hold (editing.region) from step `first_held` on: outside the region
+    the source's inversion trajectory (the attention edit's own, or the cached one), or without inversion
+    the source noised with the edit's noise."""
     parts, backbone = context.parts, context.backbone
     if prepared is not None:
         states = trajectory_states(prepared.trajectory)

@@ -61,10 +61,9 @@ def _nearest_is_object(colours: np.ndarray, inside: np.ndarray, outside: np.ndar
     return near_in < near_out
 
 
-def _warped(image: np.ndarray, back: np.ndarray, xs: np.ndarray, ys: np.ndarray, fill: float = 0) -> np.ndarray:
-    return cv2.remap(
-        image, xs + back[..., 0], ys + back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
-    )
+def _warped(image: np.ndarray, back: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """`image` (float32) sampled at x + back(x), zero outside it."""
+    return cv2.remap(image, xs + back[..., 0], ys + back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def step_mask(
@@ -107,15 +106,11 @@ def track_by_flow(frames: np.ndarray, mask: np.ndarray, index: int, flows: ClipF
     flows = flows or clip_flows(frames)
     rng = np.random.default_rng(0)
     lab = lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2LAB).astype(np.float32)  # noqa: E731
-    seen = [_samples(lab(frames[index])[mask], rng)]
+    colours = _samples(lab(frames[index])[mask], rng)
     for t in range(index + 1, len(frames)):  # pixel of t came from t - 1 at x + backward[t - 1](x)
-        out[t] = step_mask(
-            out[t - 1], frames[t - 1], frames[t], flows.backward[t - 1], flows.backward_valid[t - 1], np.concatenate(seen), rng
-        )
+        out[t] = step_mask(out[t - 1], frames[t - 1], frames[t], flows.backward[t - 1], flows.backward_valid[t - 1], colours, rng)
     for t in range(index - 1, -1, -1):  # pixel of t goes to t + 1 at x + forward[t](x)
-        out[t] = step_mask(
-            out[t + 1], frames[t + 1], frames[t], flows.forward[t], flows.forward_valid[t], np.concatenate(seen), rng
-        )
+        out[t] = step_mask(out[t + 1], frames[t + 1], frames[t], flows.forward[t], flows.forward_valid[t], colours, rng)
     return out
 
 
