@@ -5,7 +5,9 @@ holds them, else the edit's prompt, else the words alone), and the cross-attenti
 summed over layers and steps for every frame (Prompt-to-Prompt's maps, through the controlled attention
 processors). Each frame's map is scaled to [0, 1], made steady over time (the median of each frame and
 its neighbours), enlarged to the frame's size, thresholded and snapped to the frame's edges (GrabCut
-seeded by the map). It needs only the model, so it works offline.
+seeded by the map). The attention is coarse and spills onto neighbouring regions in some frames, so the
+mask is the tightest frame's, carried through the clip along the source's flow (the `flow` mask
+source's tracker). It needs only the model, so it works offline.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..errors import ConfigError
 from ..inversion import ddim_invert, inverse_schedule
 from ..prompts import word_positions
 from ..sampling import LoopHooks, encode_frames, encode_text, plan_frames
+from .flow_track import track_by_flow
 from .registry import MaskInputs, MaskSource, register_mask_source
 
 if TYPE_CHECKING:
@@ -119,7 +122,15 @@ def words_masks(inputs: MaskInputs) -> np.ndarray:
     prompt = prompt_with(words, inputs.describe, inputs.prompt)
     maps = attention_maps(inputs.frames, words, prompt, inputs.backbone)
     soft = steady_maps(maps, *inputs.frames.shape[1:3])
-    return np.stack([snapped(frame, weights) for frame, weights in zip(inputs.frames, soft)])
+    return tightest_tracked(inputs.frames, [snapped(frame, weights) for frame, weights in zip(inputs.frames, soft)])
+
+
+def tightest_tracked(frames: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """(N, H, W) bool: the smallest of the frames' masks carried to every frame along the flow. Each
+    snapped mask covers the words' object and, in some frames, a neighbour the attention spilled onto;
+    the smallest holds the fewest strays."""
+    index = int(np.argmin([mask.sum() for mask in masks]))
+    return track_by_flow(frames, masks[index], index)
 
 
 register_mask_source(
