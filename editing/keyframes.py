@@ -257,7 +257,7 @@ def _steady_rim(flows: ClipFlows, frame: int, key: int, path: Chain, bled: np.nd
     shows background in place, and otherwise left unseen, to be filled from the background
     (`editing.still.fill_still`)."""
     none = np.zeros(path.valid.shape, bool)
-    if bled is None or flows.rim is None or flows.still is None or not flows.rim[frame].any():
+    if bled is None or not flows.rim[frame].any():  # a bleed mask means the clip has a rim and a still background
         return none, none
     on_bleed = remap(bled.astype(np.uint8), path.x, path.y, nearest=True).astype(bool)
     steady = flows.rim[frame] & ~on_bleed
@@ -317,10 +317,7 @@ def _to_refine(made: Fused, flows: ClipFlows, frame: int) -> Fused:
     its rim, which keep their fill from that background (`editing.still.fill_still`). Re-diffused, they
     would take the colour of the object that uncovered them: a latent pixel is 8 x 8 image pixels, and the
     object's own pixels sit in the same ones."""
-    unseen = made.unseen & ~carried(flows, frame, made.unseen)
-    if flows.still is not None:
-        unseen &= ~_background(flows, frame)
-    return dataclasses.replace(made, unseen=unseen)
+    return dataclasses.replace(made, unseen=made.unseen & ~carried(flows, frame, made.unseen) & ~_background(flows, frame))
 
 
 def _to_rediffuse(
@@ -391,10 +388,8 @@ def carried(flows: ClipFlows, frame: int, unseen: np.ndarray) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     hop, valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
     sx, sy = x + hop[..., 0], y + hop[..., 1]
-    take = unseen & valid & (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
-    if flows.still is not None:
-        take &= ~_background(flows, frame)
-    return take
+    inside = (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
+    return unseen & valid & inside & ~_background(flows, frame)
 
 
 @dataclass(frozen=True)

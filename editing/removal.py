@@ -192,15 +192,13 @@ def fill_from_frames(
     if count < 2 or not todo.any():
         return Filled(out, unfilled)
     flows = flows or clip_flows(frames)
+
     # the background's motion around each frame's hole: t -> t + 1 (forward[t]) and t -> t - 1 (backward[t - 1])
-    ahead = [
-        checked_motion(background_motion(flows.forward[t], holes[t]), frames[t], frames[t + 1], holes[t], holes[t + 1])
-        for t in range(count - 1)
-    ]
-    behind = [None] + [
-        checked_motion(background_motion(flows.backward[t - 1], holes[t]), frames[t], frames[t - 1], holes[t], holes[t - 1])
-        for t in range(1, count)
-    ]
+    def motion(t: int, s: int, flow: np.ndarray) -> np.ndarray:
+        return checked_motion(background_motion(flow, holes[t]), frames[t], frames[s], holes[t], holes[s])
+
+    ahead = [motion(t, t + 1, flows.forward[t]) for t in range(count - 1)]
+    behind = [None] + [motion(t, t - 1, flows.backward[t - 1]) for t in range(1, count)]
 
     normals: dict[int, np.ndarray] = {}
 
