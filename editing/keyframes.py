@@ -42,6 +42,7 @@ CUT_UNSEEN = 0.8  # a frame this much of which its previous frame cannot see is 
 MATCH_LEVELS = 8.0  # a pixel failing the forward-backward check is still valid where its source colour and the one its flow points at differ by at most this (mean of RGB, 8-bit)
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
 REFINE_CONTEXT = 2  # latent pixels of context kept around them in a refinement's crop
+REFINE_MIN_NOISE = 0.1  # a refinement starting from less noise (std) than this runs no UNet step (Refiner.run)
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,15 @@ def propagate(
     return out
 
 
+def refine_schedule(parts: EditParts, backbone: Backbone) -> tuple[SchedulerMixin, torch.Tensor]:
+    """The request's sampler, set to step along the last `keyframe_refine` share of its schedule, and those
+    timesteps (at least one)."""
+    config = parts.edit
+    scheduler = backbone.scheduler(config.sampler)
+    steps = max(1, math.ceil(config.steps * parts.engine.keyframe_refine))
+    return scheduler, sampling.sampling_timesteps(scheduler, config.steps, steps / config.steps)
+
+
 def _to_refine(made: Fused, flows: ClipFlows, frame: int) -> Fused:
     """What of a fused frame is re-diffused: its unseen pixels, less those `carry_forward` will take from
     the previous frame (re-diffused, they would be overwritten), and less those on a still background or
@@ -525,16 +535,28 @@ class Refiner:
     @classmethod
     def of(cls, parts: EditParts, backbone: Backbone) -> Refiner:
         config = parts.edit
-        scheduler = backbone.scheduler(config.sampler)
-        steps = max(1, math.ceil(config.steps * parts.engine.keyframe_refine))
-        timesteps = sampling.sampling_timesteps(scheduler, config.steps, steps / config.steps)
+        scheduler, timesteps = refine_schedule(parts, backbone)
         text = sampling.encode_text(backbone, config.prompt, config.negative_prompt, config.uses_guidance)
         return cls(parts, backbone, scheduler, timesteps, sampling.Guidance(text, config.guidance))
+
+    @property
+    def draws(self) -> bool:
+        """Whether the first step starts from at least REFINE_MIN_NOISE of noise. The last share of a short
+        schedule can be its final step alone (10 steps, share 0.1: t = 1, noise std 0.04), whose DDIM step
+        returns the latents it was given: the crop then goes through the autoencoder alone, without the
+        keyframe's encode and the guided UNet call that would change nothing."""
+        alpha_bar = float(self.scheduler.alphas_cumprod[int(round(float(self.timesteps[0])))])
+        return (1 - alpha_bar) ** 0.5 >= REFINE_MIN_NOISE
 
     def run(self, frames: np.ndarray, clip: RefineClip, fused: dict[int, Fused], report: Callable[[int], None]) -> np.ndarray:
         """The members' crops re-diffused: `frames` are the whole keyframe then members; returns the decoded crops."""
         backbone, engine, seed = self.backbone, self.parts.engine, self.parts.edit.seed
         scale, box = backbone.vae_scale_factor, clip.box
+        if not self.draws:
+            clean = sampling.encode_frames(backbone, frames[1:, box.rows(scale), box.columns(scale)], engine.chunk)
+            for index in range(len(self.timesteps)):
+                report(index)
+            return sampling.decode_latents(backbone, clean, engine.chunk)
         clean = sampling.encode_frames(backbone, frames[:, box.rows(scale), box.columns(scale)], engine.chunk)
         masks = [np.zeros(clean.shape[-2:], bool)]
         masks += [latent_mask(fused[f].unseen, scale)[box.rows(), box.columns()] for f in clip.members]

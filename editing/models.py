@@ -52,6 +52,7 @@ from .lora import (
 )
 from .motion import RANDOM_MOTION, RANDOM_MOTION_NOTE, SHAPES_MOTION, MotionSpec, inflate, read_motion_adapter
 from .samplers import DEFAULT_SAMPLER, make_scheduler
+from .small_convs import small_map_convs
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,9 @@ def _build_random(name: str, device: torch.device, dtype: torch.dtype) -> Backbo
 
 def _placed(backbone: Backbone) -> Backbone:
     """`backbone` with its modules frozen, in eval mode, on its device and dtype (the autoencoder in fp32 where
-    diffusers would upcast it: editing.autoencoder)."""
+    diffusers would upcast it: editing.autoencoder), the UNet's small-map convolutions as matrix products on
+    the CPU (editing.small_convs)."""
+    small_map_convs(backbone.unet)
     for module in (backbone.text_encoder, backbone.vae, backbone.unet):
         module.requires_grad_(False).eval()
         dtype = placed_dtype(module, backbone.dtype) if module is backbone.vae else backbone.dtype
@@ -596,7 +599,7 @@ def derive_backbone(base: Backbone, options: ModelOptions) -> Backbone:
     extras = {}
     if options.motion_adapter is not None:  # motion modules first, so LoRAs adapt the inflated UNet's spatial layers
         spec = MotionSpec.parse(options.motion_adapter)
-        unet = inflate(base.unet, load_motion_adapter(spec, base.unet.config, base.name))
+        unet = small_map_convs(inflate(base.unet, load_motion_adapter(spec, base.unet.config, base.name)))
         extras["image_unet"] = base.unet  # what a random ControlNet is shaped from
         if spec.kind == RANDOM_MOTION:
             notes.append(RANDOM_MOTION_NOTE)
@@ -723,7 +726,7 @@ def _load_controlnet(spec: str, backbone: Backbone):
                 f"ControlNet {spec} was made for a text width of {controlnet.config.cross_attention_dim}, "
                 f"but the model uses {backbone.unet.config.cross_attention_dim}"
             )
-    return controlnet.requires_grad_(False).eval().to(device=backbone.device, dtype=backbone.dtype)
+    return small_map_convs(controlnet.requires_grad_(False).eval().to(device=backbone.device, dtype=backbone.dtype))
 
 
 # ---------------------------------------------------------------- IP-Adapters (editing.reference)

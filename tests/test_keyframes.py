@@ -269,7 +269,7 @@ def test_keyframes_of_the_output_are_the_joint_keyframe_edit(tmp_path, tiny):
 def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_path, tiny):
     from editing.core import edit_frames
 
-    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=1.0)  # both of the 2 steps (t = 501, 1)
     frames = panning_clip(6, step=(8, 0))  # frame 5 sees an 8 px strip at its edge that no keyframe has
     counter = UnetImages(tiny.unet)
     with counter.counting():
@@ -284,10 +284,10 @@ def test_propagation_spends_unet_calls_only_on_keyframes_and_unseen_regions(tmp_
         refined = propagate(frames, keyframes, parts, tiny)
     flows = clip_flows(frames)
     holes = [f for f in (1, 2, 3, 5) if _wide(fuse_frame(f, keyframes, flows).unseen, tiny).any()]
-    # each refined frame: one step (2 steps x 0.5) x 2 guidance branches, plus its group's keyframe anchor
+    # each refined frame: two steps x 2 guidance branches, plus its group's keyframe anchor
     groups = {fuse_frame(f, keyframes, flows).nearest for f in holes}
     assert holes, "the clip should have disoccluded pixels to refine"
-    assert counter.images == 2 * (len(holes) + len(groups))
+    assert counter.images == 2 * 2 * (len(holes) + len(groups))
     for frame in range(6):
         if frame in holes:
             mask = composite_mask(fuse_frame(frame, keyframes, flows).unseen)
@@ -310,7 +310,7 @@ def test_unseen_regions_narrower_than_a_latent_pixel_are_inpainted_not_rediffuse
     """A pan of 2 px a frame: keyframes 0 and 4 leave only strips 1 or 2 px wide unseen. Refinement
     spends no UNet evaluation on them; they take the colours of their seen neighbours (Telea), and every
     seen pixel is the unrefined propagation's."""
-    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=1.0)  # a refinement with UNet steps (t = 501, 1)
     frames = panning_clip(6)
     keyframes = edit_keyframes(frames, parts, tiny, keys=(0, 4))
     flows = clip_flows(frames)
@@ -342,7 +342,7 @@ def test_a_preview_of_keyframes_only_propagates_nothing_and_shows_the_same_frame
     frames it returns are the full edit's."""
     from editing.staging import edit_clip
 
-    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=0.5)
+    parts, _ = _parts(tmp_path, keyframes="4", keyframe_refine=1.0)
     frames = panning_clip(6, step=(8, 0))  # keyframes 0 and 4; frame 5 has a strip 8 px wide to refine
     counter = UnetImages(tiny.unet)
     with counter.counting():

@@ -78,11 +78,12 @@ class Shapes:
                 handle.remove()
 
 
-def _case(tmp_path, unseen: np.ndarray):
+def _case(tmp_path, unseen: np.ndarray, share: float = 1.0):
+    """A two-frame refinement; `share` 1 re-runs both of small_edit's 2 steps (t = 501, 1), 0.5 the last (t = 1)."""
     from editing.core import EditParts
 
     frames = panning_clip(2, size=128)
-    parts = EditParts.of(small_edit(tmp_path, "crop", keyframes="4", keyframe_refine=0.5))
+    parts = EditParts.of(small_edit(tmp_path, "crop", keyframes="4", keyframe_refine=share))
     keyframes = Keyframes((0,), frames[:1])
     return frames, keyframes, {1: Fused(frames[1], unseen, 0)}, parts
 
@@ -101,6 +102,39 @@ def test_a_small_hole_is_refined_in_a_crop_and_every_seen_pixel_kept(tmp_path, t
     assert shapes.seen["unet"] == shapes.seen["decoder"] == {(crop // scale, crop // scale)}
     np.testing.assert_array_equal(out[1][~unseen], frames[1][~unseen])
     np.testing.assert_array_equal(out[0], frames[0])
+    assert not np.array_equal(out[1][unseen], frames[1][unseen])
+
+
+def test_a_refinement_from_almost_no_noise_is_the_crop_through_the_autoencoder_alone(tmp_path, tiny):
+    """The last step of a schedule (t = 1, noise std 0.04) cannot change the latents it is given: such a
+    refinement runs no UNet call and no keyframe encode, and pastes the crop's autoencoder round trip."""
+    from editing import sampling
+    from editing.keyframes import Refiner
+
+    unseen = np.zeros((128, 128), bool)
+    unseen[20:26, 90:97] = True
+    frames, keyframes, fused, parts = _case(tmp_path, unseen, share=0.5)
+    assert not Refiner.of(parts, tiny).draws and Refiner.of(_case(tmp_path, unseen)[3], tiny).draws
+    out = frames.copy()
+    shapes = Shapes(tiny)
+    encoded = []
+    with shapes.watching(), torch.inference_mode():
+        hook = tiny.vae.encoder.register_forward_pre_hook(lambda module, args: encoded.append(len(args[0])))
+        try:
+            refine(out, keyframes, fused, parts, tiny, lambda *a: None)
+        finally:
+            hook.remove()
+        crop = 2 * unet_multiple(tiny) * tiny.vae_scale_factor
+        (clip,) = refine_clips(fused, tiny.vae_scale_factor, unet_multiple(tiny))
+        rows, columns = clip.box.rows(tiny.vae_scale_factor), clip.box.columns(tiny.vae_scale_factor)
+        latents = sampling.encode_frames(tiny, frames[1:, rows, columns], parts.engine.chunk)
+        trip = sampling.decode_latents(tiny, latents, parts.engine.chunk)[0].astype(np.float32)
+    assert not shapes.seen["unet"] and encoded == [1]  # the member's crop alone
+    assert shapes.seen["encoder"] == {(crop, crop)}
+    soft = composite_mask(unseen)[rows, columns, None]
+    expected = np.clip((soft * trip + (1 - soft) * frames[1, rows, columns]).round(), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out[1, rows, columns], expected)
+    np.testing.assert_array_equal(out[1][~unseen], frames[1][~unseen])
     assert not np.array_equal(out[1][unseen], frames[1][unseen])
 
 
