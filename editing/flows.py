@@ -81,7 +81,7 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[0] if flow.ndim == 3 else resized
 
 
-def _landing(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def landing_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where each pixel's flow lands (columns, rows) and whether that lies inside the frame."""
     height, width = flow.shape[:2]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -98,7 +98,7 @@ def consistent(
 ) -> np.ndarray:
     """Pixels of frame t whose backward flow, followed back by the forward flow, returns to where it
     started (swap the arguments for the pixels of frame t-1 and their forward flow)."""
-    map_x, map_y, inside = _landing(backward)
+    map_x, map_y, inside = landing_points(backward)
     forward_there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # Forward-backward check (Sundaram, Brox and Keutzer 2010; Ruder et al. 2016, eq. 2):
     # |b + f(x + b)|^2 < rel (|b|^2 + |f(x + b)|^2) + abs.
@@ -113,8 +113,8 @@ def _colour_error(
     previous: np.ndarray, current: np.ndarray, backward: np.ndarray, landing: np.ndarray | None = None
 ) -> np.ndarray:
     """Mean absolute RGB difference between frame t and frame t-1 warped onto it by the backward flow
-    (`landing`: the flow's `_landing`, where the caller has it already)."""
-    map_x, map_y, _ = _landing(backward) if landing is None else landing
+    (`landing`: the flow's `landing_points`, where the caller has it already)."""
+    map_x, map_y, _ = landing_points(backward) if landing is None else landing
     warped = cv2.remap(previous.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.abs(warped - current.astype(np.float32)).mean(-1)
 
@@ -122,7 +122,7 @@ def _colour_error(
 def colour_match(source: np.ndarray, target: np.ndarray, flow: np.ndarray, tolerance: float) -> np.ndarray:
     """(H, W) bool, pixels of `target`: its flow into `source` stays inside the frame and the colour found
     there differs from the pixel's own by at most `tolerance` (mean absolute RGB, 8-bit)."""
-    landing = _landing(flow)
+    landing = landing_points(flow)
     return landing[2] & (_colour_error(source, target, flow, landing) <= tolerance)
 
 

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from . import sampling
-from .flows import colour_match, consistent, source_flows
+from .context import frames_key
+from .flows import colour_match, consistent, landing_points, source_flows
+from .memo import current_memo
 from .stepcache import parse_step_caches
 from .still import bleed, extend_moving, fill_still, hold_still, mend_edges, still_masks, textured
 
@@ -58,6 +60,16 @@ class ClipFlows:
 
 
 def clip_flows(frames: np.ndarray) -> ClipFlows:
+    """The source clip's flows (`_clip_flows`). Inside an edit's or a session's memo (editing.memo) they are
+    computed once per clip content: a region edit's mask, its keyframes and a removal's fill share them, and
+    a session's later prompts reuse them."""
+    memo = current_memo()
+    if memo is None:
+        return _clip_flows(frames)
+    return memo.kept(("flows", frames_key(frames).content), lambda: _clip_flows(frames))
+
+
+def _clip_flows(frames: np.ndarray) -> ClipFlows:
     """DIS flow of the source clip's consecutive pairs with validity both ways. A pixel is valid where the
     forward-backward check passes or, failing it, where the source's colour there and the one its flow
     points at agree within MATCH_LEVELS: in a flat region (snow, sky, a plain background) the flow is
@@ -376,14 +388,12 @@ def carry_forward(
     background or its rim keeps its own fill from that background (`fuse_frame`): carried along the rim's
     own flow, it would take the moving object's pixels. A frame's `narrow` regions (`_to_rediffuse`) are
     then inpainted from all its other pixels, carried ones included, before the next frame takes from it."""
-    height, width = out.shape[1:3]
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     narrow = narrow or {}
     for frame in sorted(unseen):
         take = carried(flows, frame, unseen[frame])
         if take.any():
-            hop = flows.backward[frame - 1]
-            moved = remap(out[frame - 1].astype(np.float32), x + hop[..., 0], y + hop[..., 1])
+            map_x, map_y, _ = landing_points(flows.backward[frame - 1])
+            moved = remap(out[frame - 1].astype(np.float32), map_x, map_y)
             out[frame][take] = np.clip(moved[take].round(), 0, 255).astype(np.uint8)
         if frame in narrow:
             out[frame] = fill_still(out[frame], narrow[frame], ~narrow[frame])
@@ -394,12 +404,8 @@ def carried(flows: ClipFlows, frame: int, unseen: np.ndarray) -> np.ndarray:
     one-hop flow passes the checks and lands inside the frame, and they are not on the still background."""
     if frame == 0:
         return np.zeros(unseen.shape, bool)
-    height, width = unseen.shape
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    hop, valid = flows.backward[frame - 1], flows.backward_valid[frame - 1]
-    sx, sy = x + hop[..., 0], y + hop[..., 1]
-    inside = (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
-    return unseen & valid & inside & ~_background(flows, frame)
+    inside = landing_points(flows.backward[frame - 1])[2]
+    return unseen & flows.backward_valid[frame - 1] & inside & ~_background(flows, frame)
 
 
 @dataclass(frozen=True)
@@ -545,8 +551,7 @@ class Refiner:
         schedule can be its final step alone (10 steps, share 0.1: t = 1, noise std 0.04), whose DDIM step
         returns the latents it was given: the crop then goes through the autoencoder alone, without the
         keyframe's encode and the guided UNet call that would change nothing."""
-        alpha_bar = float(self.scheduler.alphas_cumprod[int(round(float(self.timesteps[0])))])
-        return (1 - alpha_bar) ** 0.5 >= REFINE_MIN_NOISE
+        return (1 - sampling.alpha_bar(self.scheduler, self.timesteps[0])) ** 0.5 >= REFINE_MIN_NOISE
 
     def run(self, frames: np.ndarray, clip: RefineClip, fused: dict[int, Fused], report: Callable[[int], None]) -> np.ndarray:
         """The members' crops re-diffused: `frames` are the whole keyframe then members; returns the decoded crops."""

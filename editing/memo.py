@@ -1,15 +1,18 @@
-"""What a style session keeps in memory between the edits of its clip: text encodings and condition maps.
+"""What a style session keeps in memory between the edits of its clip: text encodings, condition maps and flows.
 
 A session edits one clip with many prompts. Each edit's inversion already comes from the on-disk cache
 (editing.cache); `ClipMemo` keeps the rest of what does not depend on the new prompt: the text encoder's
 output for each prompt seen (the negative prompt, the inversion prompt, attention editing's source
-prompt) and the clip's condition maps, so the second prompt encodes only its own text and extracts or
-reads no condition map again.
+prompt), the clip's condition maps and its optical flows (editing.keyframes.clip_flows), so the second
+prompt encodes only its own text and extracts or reads no condition map and computes no flow again. A
+masked edit (editing.region) keeps its own memo for the edit, so its mask, keyframes and fill share one
+computation of the flows.
 
 An edit uses a memo only inside `remembering(memo)` (a context variable, so concurrent edits in other
 threads see their own or none), and every entry's key holds everything its value depends on: the
 backbone's name (which names its LoRAs and options), dtype and device with the prompt; the condition
-cache key (kind, clip content, frame selection, size, annotators) for condition maps. The memo is
+cache key (kind, clip content, frame selection, size, annotators) for condition maps; the frames' SHA-256
+(editing.context.frames_key) for flows. The memo is
 bounded: `max_bytes` (default 256 MB) over all entries, least recently used first out. A text encoding
 of SD-1.5 is 77 x 768 values (236 KB in fp32).
 """
@@ -34,6 +37,8 @@ DEFAULT_MEMO_BYTES = 256 * 1024**2
 
 
 def _nbytes(value: Any) -> int:
+    if value is None:  # an absent field of a bundle
+        return 0
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
     if isinstance(value, np.ndarray):

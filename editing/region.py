@@ -25,6 +25,7 @@ from .core import EditedFrames, decoded_indices
 from .held import HeldRegion
 from .masks import MaskInputs, clip_masks, feathered, grown, overlay_frames
 from .masks.shape import composite
+from .memo import ClipMemo, current_memo, remembering
 from .removal import remove_object
 from .staging import edit_clip
 from .video_io import write_video
@@ -71,7 +72,12 @@ def masked_edit(
     the edit made inside the region and composited over the source; without a mask, the plain edit."""
     if parts.masking is None:
         return edit_clip(frames, parts, backbone, progress, timer)
-    timer = timer or StageTimer(backbone.device)
+    with remembering(current_memo() or ClipMemo()):  # the mask, the keyframes and a removal share the source's flows
+        return _masked(frames, parts, backbone, progress, timer or StageTimer(backbone.device))
+
+
+def _masked(frames: np.ndarray, parts: EditParts, backbone: Backbone, progress: ProgressFn, timer: StageTimer):
+    """`masked_edit` of a request with a mask."""
     progress("mask", 0, 1)
     mask = clip_mask(frames, parts, backbone)
     progress("mask", 1, 1)

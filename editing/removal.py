@@ -53,23 +53,34 @@ EDGE_SIGMA = 1.5  # pixels: the structure tensor's Gaussian window
 STILL_LEVELS = 2.0  # mean RGB error (8-bit) by which a fitted motion must explain the ring's colours better than none
 
 
-def _ring(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the hole grown by the margin, the ring of pixels beyond it)."""
+@dataclass(frozen=True, eq=False)
+class Ring:
+    """Where the background's motion around a hole is fitted: `near` is the hole grown by the margin (its flow
+    is the object's, smoothed), `far` the ring of pixels beyond it (the whole frame when the hole is empty)."""
+
+    near: np.ndarray  # (H, W) bool
+    far: np.ndarray  # (H, W) bool
+
+
+def ring_around(hole: np.ndarray) -> Ring:
+    """The margin and the fitting ring around `hole`, computed once per hole."""
+    if not hole.any():
+        return Ring(np.zeros(hole.shape, bool), np.ones(hole.shape, bool))
     side = min(hole.shape)
     margin, ring = max(1, round(side * FLOW_MARGIN)), max(2, round(side * FLOW_RING))
     near = cv2.dilate(hole.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
     far = cv2.dilate(near.astype(np.uint8), np.ones((2 * ring + 1, 2 * ring + 1), np.uint8)) > 0
-    return near, far & ~near
+    return Ring(near, far & ~near)
 
 
-def background_motion(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """(3, 2) affine coefficients of the background's motion around `hole` (the whole frame when it is
-    empty): flow(x, y) ~ [x, y, 1] @ coefficients, least squares on the flow in a ring beyond a margin
-    around the hole, refitted on the better half so an object's motion smoothed into the ring (or
+def background_motion(flow: np.ndarray, around: Ring) -> np.ndarray:
+    """(3, 2) affine coefficients of the background's motion around a hole (the whole frame when it is
+    empty): flow(x, y) ~ [x, y, 1] @ coefficients, least squares on the flow in the ring `around` it,
+    refitted on the better half so an object's motion smoothed into the ring (or
     another object in it) does not count: camera motion, zoom or stillness, continued through the hole."""
-    ring = _ring(hole)[1] if hole.any() else np.ones(hole.shape, bool)
+    ring = around.far
     if ring.sum() < MIN_RING:
-        ring = ~_ring(hole)[0]
+        ring = ~around.near
     if ring.sum() < MIN_RING:
         return np.zeros((3, 2))
     ys, xs = np.nonzero(ring)
@@ -95,16 +106,15 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def checked_motion(
-    coefficients: np.ndarray, frame: np.ndarray, other: np.ndarray, hole: np.ndarray, other_hole: np.ndarray
+    coefficients: np.ndarray, frame: np.ndarray, other: np.ndarray, around: Ring, other_hole: np.ndarray
 ) -> np.ndarray:
-    """`coefficients` (the background's motion from `frame` to `other`, fitted to the flow around `hole`), or
+    """`coefficients` (the background's motion from `frame` to `other`, fitted to the flow in `around`), or
     no motion where none explains the ring's colours as well (within STILL_LEVELS): along stripes or a
     straight edge the flow is not observed (the aperture problem), and a fit to it drifts where the
     background stands still."""
     if not coefficients.any():
         return coefficients
-    ring = _ring(hole)[1] if hole.any() else np.ones(hole.shape, bool)
-    ys, xs = np.nonzero(ring)
+    ys, xs = np.nonzero(around.far)
     x, y = xs.astype(np.float64), ys.astype(np.float64)
     moved = motion_at(coefficients, x, y)
     mx, my = x + moved[:, 0], y + moved[:, 1]
@@ -121,10 +131,10 @@ def complete_flow(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """(H, W, 2) flow with its values inside `hole` and a margin around it replaced by the background's motion."""
     if not hole.any():
         return flow
-    near = _ring(hole)[0]
-    ny, nx = np.nonzero(near)
+    around = ring_around(hole)
+    ny, nx = np.nonzero(around.near)
     out = flow.copy()
-    out[near] = motion_at(background_motion(flow, hole), nx.astype(np.float64), ny.astype(np.float64)).astype(np.float32)
+    out[around.near] = motion_at(background_motion(flow, around), nx.astype(np.float64), ny.astype(np.float64)).astype(np.float32)
     return out
 
 
@@ -194,8 +204,10 @@ def fill_from_frames(
     flows = flows or clip_flows(frames)
 
     # the background's motion around each frame's hole: t -> t + 1 (forward[t]) and t -> t - 1 (backward[t - 1])
+    rings = [ring_around(hole) for hole in holes]
+
     def motion(t: int, s: int, flow: np.ndarray) -> np.ndarray:
-        return checked_motion(background_motion(flow, holes[t]), frames[t], frames[s], holes[t], holes[s])
+        return checked_motion(background_motion(flow, rings[t]), frames[t], frames[s], rings[t], holes[s])
 
     ahead = [motion(t, t + 1, flows.forward[t]) for t in range(count - 1)]
     behind = [None] + [motion(t, t - 1, flows.backward[t - 1]) for t in range(1, count)]

@@ -155,14 +155,18 @@ def sampling_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -
     return scheduler.timesteps[len(scheduler.timesteps) - len(kept) :]
 
 
+def alpha_bar(scheduler: SchedulerMixin, timestep: torch.Tensor | float) -> float:
+    """The scheduler's cumulative alpha (the signal's share of the variance) at `timestep`, rounded to its table."""
+    return float(scheduler.alphas_cumprod[int(round(float(timestep)))])
+
+
 def vp_scale(scheduler: SchedulerMixin, timestep: torch.Tensor | float) -> float:
     """x_sampler / x_vp at `timestep`: sqrt(1 + sigma_t^2) = 1 / sqrt(alpha_bar_t) for sigma-space samplers
     (Euler: x = x0 + sigma eps), 1 for samplers on variance-preserving latents (DDIM, DPM-Solver, LCM)."""
     sampler = sampler_of(scheduler)
     if sampler is None or not sampler.sigma_space or timestep is None:
         return 1.0
-    alpha_bar = float(scheduler.alphas_cumprod[int(round(float(timestep)))])
-    return alpha_bar**-0.5
+    return alpha_bar(scheduler, timestep) ** -0.5
 
 
 def step_generator(scheduler: SchedulerMixin, seed: int, frames: int):

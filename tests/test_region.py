@@ -123,6 +123,28 @@ def test_one_frame_mask_file_is_tracked_and_previewed(tmp_path, tiny, clip):
     assert overlay.shape == (4, *clip.frames.shape[1:]) and np.array_equal(overlay[~made.grown], clip.frames[:4][~made.grown])
 
 
+@pytest.mark.parametrize("masking", [{"region": True}, {"remove": True}])
+def test_a_tracked_mask_and_the_edit_share_one_computation_of_the_flows(tmp_path, tiny, clip, monkeypatch, masking):
+    """The flow tracker, the keyframes' choice and propagation (or the removal's fill) read the source's
+    flows; a masked edit computes them once (they were computed two or three times)."""
+    from PIL import Image
+
+    import editing.keyframes
+
+    made = []
+    compute = editing.keyframes._clip_flows
+    monkeypatch.setattr(editing.keyframes, "_clip_flows", lambda frames: made.append(len(frames)) or compute(frames))
+    Image.fromarray(clip.masks[0, 0].astype(np.uint8) * 255).save(tmp_path / "drawn.png")
+    config = MaskConfig(mask=f"{tmp_path / 'drawn.png'}@0", **masking)
+    parts = EditParts(
+        EditConfig(prompt="a red star", steps=2), EngineConfig(cache_dir=str(tmp_path / "c"), keyframes="2"), masking=config
+    )
+    masked_edit(clip.frames[:4], parts, tiny)
+    assert made == [4]
+    masked_edit(clip.frames[:4], parts, tiny)  # a new edit: its own memo, its own flows
+    assert made == [4, 4]
+
+
 def test_grow_and_feather():
     masks = np.zeros((1, 32, 32), bool)
     masks[0, 14:18, 14:18] = True

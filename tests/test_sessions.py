@@ -294,3 +294,29 @@ def test_a_sessions_second_prompt_encodes_only_its_own_text_and_no_condition_map
     with text_encoder_batches() as outside:
         backend.edit(request, lambda *a: None)
     assert outside == [2] and extracted == ["canny", "canny"]
+
+
+def test_a_sessions_second_prompt_computes_no_flow_again(tmp_path, car, monkeypatch):
+    """Keyframes then propagation read the source's flows; the session's memo keeps them, so the second
+    prompt computes none. Control: the same edit outside the session computes them again."""
+    import editing.keyframes
+    from ui.backend import Backend
+    from ui.edit_tab import OUTPUT_FORMATS, request_from
+    from ui.session_tab import run_in_session
+
+    monkeypatch.setenv("EDITING_CACHE_DIR", str(tmp_path / "cache"))
+    made = []
+    compute = editing.keyframes._clip_flows
+    monkeypatch.setattr(editing.keyframes, "_clip_flows", lambda frames: made.append(len(frames)) or compute(frames))
+    store, backend = SessionStore(tmp_path / "sessions"), Backend()
+    store.create("car", car, subject="a car")
+    settings = SETTINGS | {"frames": 3, "keyframes": "2"}
+    run_in_session(store, backend, "car", [("a red car", None)], settings)
+    assert made == [3]
+    run_in_session(store, backend, "car", [("a blue car", None)], settings)
+    assert made == [3]
+    request = request_from(
+        settings | {"video": str(store.open("car").source_path), "prompt": "a green car"}, str(tmp_path / "out"), OUTPUT_FORMATS
+    )
+    backend.edit(request, lambda *a: None)
+    assert made == [3, 3]
