@@ -90,6 +90,13 @@ def landing_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return map_x, map_y, inside
 
 
+def sample_points(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, C) float colours (or vectors) of `image` at points (x, y), bilinear, edges repeated."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    points = cv2.remap(image.astype(np.float32), x[None], y[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return points[0].reshape(len(x), -1)
+
+
 def consistent(
     backward: np.ndarray,
     forward: np.ndarray,

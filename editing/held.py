@@ -22,13 +22,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, eq=False)
 class HeldRegion:
-    """Where an edit may change the clip: (N, H, W) float32 weights, 1 inside the grown mask, fading to 0 over the feather."""
+    """Where an edit may change the clip: (N, H, W) float32 weights, 1 inside the grown mask, fading to 0 over
+    the feather; and the mask itself, when known (propagation then follows the region's own motion)."""
 
     weights: np.ndarray
+    inside: np.ndarray | None = None  # (N, H, W) bool: the mask before growing and feathering
 
     def subset(self, indices: Sequence[int]) -> HeldRegion:
         """The region of some frames of the clip (the keyframes)."""
-        return HeldRegion(self.weights[list(indices)])
+        return HeldRegion(self.weights[list(indices)], None if self.inside is None else self.inside[list(indices)])
 
     def latent(self, scale: int) -> torch.Tensor:
         """(N, 1, h, w) bool: latent pixels the edit may change (any image pixel under them has weight)."""

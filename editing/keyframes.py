@@ -26,6 +26,7 @@ from . import sampling
 from .context import frames_key
 from .flows import colour_match, consistent, landing_points, source_flows
 from .memo import current_memo
+from .region_flows import within_region
 from .stepcache import parse_step_caches
 from .still import bleed, extend_moving, fill_still, hold_still, mend_edges, still_masks, textured
 
@@ -304,6 +305,8 @@ def propagate(
     with stage("propagate"):
         progress("propagate", 0, max(1, len(others)))
         flows = keyframes.flows if keyframes.flows is not None or not others else clip_flows(frames)
+        if others and parts.held is not None and parts.held.inside is not None:
+            flows = within_region(flows, parts.held.inside, frames)
         bleeds = key_bleeds(keyframes, flows) if others else {}
         fused = {}
         for done, frame in enumerate(others):

@@ -93,6 +93,8 @@ def _masked(frames: np.ndarray, parts: EditParts, backbone: Backbone, progress: 
         return EditedFrames(
             frames[list(wanted)].copy(), warnings=("the mask is empty in every frame: the source is returned unchanged",)
         )
-    edited = edit_clip(frames, dataclasses.replace(parts, masking=None, held=HeldRegion(mask.weights)), backbone, progress, timer)
+    edited = edit_clip(
+        frames, dataclasses.replace(parts, masking=None, held=HeldRegion(mask.weights, mask.masks)), backbone, progress, timer
+    )
     out = composite(frames[list(wanted)], edited.frames, mask.weights[list(wanted)])
     return dataclasses.replace(edited, frames=out)

@@ -33,8 +33,9 @@ from PIL import Image
 from . import sampling
 from .core import EditedFrames, decoded_indices
 from .errors import ConfigError
+from .flows import sample_points
 from .held import HeldRegion, hold_callback, noised_states
-from .keyframes import clip_flows, remap
+from .keyframes import clip_flows
 
 if TYPE_CHECKING:
     from .context import EditParts, ProgressFn, StageTimer
@@ -99,12 +100,6 @@ def motion_at(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     return np.stack([x, y, np.ones_like(x)], -1).astype(np.float64) @ coefficients
 
 
-def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n, C) float colours of `image` at points (x, y), bilinear, edges repeated."""
-    points = remap(image.astype(np.float32), np.asarray(x, np.float32)[None], np.asarray(y, np.float32)[None])
-    return points[0].reshape(len(x), -1)
-
-
 def checked_motion(
     coefficients: np.ndarray, frame: np.ndarray, other: np.ndarray, around: Ring, other_hole: np.ndarray
 ) -> np.ndarray:
@@ -122,7 +117,7 @@ def checked_motion(
     if keep.sum() < MIN_RING:
         return coefficients
     colours = frame[ys[keep], xs[keep]].astype(np.float32)
-    fitted = np.abs(_sample(other, mx[keep], my[keep]) - colours).mean()
+    fitted = np.abs(sample_points(other, mx[keep], my[keep]) - colours).mean()
     still = np.abs(other[ys[keep], xs[keep]].astype(np.float32) - colours).mean()
     return coefficients if fitted + STILL_LEVELS < still else np.zeros_like(coefficients)
 
@@ -218,10 +213,10 @@ def fill_from_frames(
         """Whether the source's own flow at points of frame s agrees with the background's motion there:
         across the edge where the points lie on one, in both directions elsewhere."""
         flow, model = (flows.forward[s], ahead[s]) if s < count - 1 else (flows.backward[s - 1], behind[s])
-        difference = _sample(flow, x, y) - motion_at(model, x, y)
+        difference = sample_points(flow, x, y) - motion_at(model, x, y)
         if s not in normals:
             normals[s] = edge_normals(frames[s])
-        normal = _sample(normals[s], x, y)
+        normal = sample_points(normals[s], x, y)
         edge = np.hypot(normal[:, 0], normal[:, 1]) > 0.5
         across = np.abs((difference * normal).sum(-1)) / np.maximum(np.hypot(normal[:, 0], normal[:, 1]), 1e-6)
         return np.where(edge, across, np.abs(difference).max(-1)) <= BACKGROUND_TOLERANCE
@@ -246,7 +241,7 @@ def fill_from_frames(
                 if hit.any():  # a filled hole pixel is background by now; elsewhere the source must move like the background
                     hit[hit] = _in(holes[s] & ~todo[s], x[hit], y[hit]) | moves_like_background(s, x[hit], y[hit])
                 if hit.any():
-                    colour[hit] = _sample(frames[s], x[hit], y[hit])
+                    colour[hit] = sample_points(frames[s], x[hit], y[hit])
                     distance[hit] = abs(s - t)
                     alive &= ~hit
             found[step] = (colour, distance)

@@ -407,3 +407,51 @@ def test_a_region_edit_draws_the_named_object_in_its_mask(tmp_path):
     values |= {"mask": mask_video(tmp_path / "mask.mp4", clip.masks[:, edit.subject]), "mask_grow": 1, "mask_feather": 2}
     out = run_edit(clip, values, load_backbone("shapes", device="cpu")).frames
     assert edit_accuracy(out, clip.masks, edit) >= 0.75
+
+
+def test_a_region_follows_its_own_motion_not_the_flow_a_neighbour_smooths_into_it():
+    """Occlusion clip 10: a still hexagon (the region) in front of a circle passing behind it. DIS smooths
+    the circle's motion over the hexagon's edge and flat inside; `within_region` gives the region its own
+    motion (still here) and keeps the flow outside it."""
+    from editing.keyframes import clip_flows, within_region
+
+    clip = benchmark_clip(10)
+    region = clip.masks[:, 1]
+    assert not np.abs(clip.flow[region[:-1]]).any()  # the hexagon stands still
+    flows = clip_flows(clip.frames)
+    steered = within_region(flows, region, clip.frames)
+    shown = region[1:] & region[:-1]  # hexagon pixels shown in both frames of a pair
+    moving = lambda flow: int((np.abs(flow[shown]).max(-1) > 0.75).sum())  # noqa: E731
+    assert moving(flows.backward) >= 100  # the circle's motion, smoothed into the hexagon (206 pixel-pairs)
+    assert moving(steered.backward) * 5 <= moving(flows.backward)  # 17: edge pixels the circle's colour mixes into
+    assert moving(steered.forward) * 5 <= moving(flows.forward)
+    outside = ~region[1:]
+    assert np.array_equal(steered.backward[outside], flows.backward[outside])
+    assert np.array_equal(steered.backward_valid[outside], flows.backward_valid[outside])
+
+
+def test_a_region_edit_keeps_a_still_region_still_beside_a_moving_neighbour(tmp_path, monkeypatch):
+    """Occlusion clip 10 edited as the region benchmark does ("a yellow hexagon" inside the still orange
+    hexagon's mask, a circle passing behind it): propagated along DIS's flow, the hexagon's edge took the
+    circle's motion and changed from frame to frame; along the region's own motion it changes less than
+    half as much (the same edit with the flows left as DIS made them is the control)."""
+    import editing.keyframes
+    from editing.models import load_backbone
+    from shapes_world.benchmark import derive_edits
+    from shapes_world.regions import run_edit
+
+    clip = benchmark_clip(10)
+    edit = derive_edits(clip)[0]
+    hexagon = clip.masks[:, edit.subject]
+    shown = hexagon[1:] & hexagon[:-1]
+    values = {"prompt": edit.prompt, "inversion_prompt": edit.source_prompt, "steps": 20, "region": True}
+    values |= {"mask": mask_video(tmp_path / "mask.mp4", hexagon), "mask_grow": 1, "mask_feather": 2}
+    backbone = load_backbone("shapes", device="cpu")
+
+    def change() -> float:
+        out = run_edit(clip, dict(values), backbone).frames.astype(np.float32)
+        return float(np.abs(out[1:] - out[:-1]).mean(-1)[shown].sum())
+
+    steered = change()
+    monkeypatch.setattr(editing.keyframes, "within_region", lambda flows, region, frames: flows)
+    assert steered <= 0.6 * change()
