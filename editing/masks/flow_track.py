@@ -4,8 +4,8 @@ optical flow (the DIS flow and validity keyframe propagation uses, editing.keyfr
 Each frame's mask is the neighbouring frame's, followed back along the flow where the flow is trusted
 and the colour is the one the flow points at in the neighbour. Where it is not (a region revealed from
 behind an occluder) the pixel is given to whichever it looks like: the object's colours, seen on the
-given frame, or the colours just around the object in the neighbour, nearest colour wins; only pixels
-near the object can join it.
+given frame, or the colours around the object in the neighbour, as far out as such a pixel may be,
+nearest colour wins; only pixels near the object can join it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..keyframes import ClipFlows
 
 SAMPLES = 256  # colour samples kept of the object and of its surroundings
-RING = 3  # pixels around the object whose colours stand for its surroundings
 REACH = 2  # pixels beyond the farthest flow vector that a revealed pixel may be from the object
 CARRY_LEVELS = 24.0  # a carried pixel whose colour differs from its source's by more (mean of RGB, 8-bit) is doubtful
 
@@ -90,7 +89,7 @@ def step_mask(
     doubtful = ~valid & near
     if doubtful.any():
         lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB).astype(np.float32)
-        ring = (cv2.dilate(previous.astype(np.uint8), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)) > 0) & ~previous
+        ring = near & ~previous  # as far out as a doubtful pixel may be
         outside = _samples(cv2.cvtColor(neighbour, cv2.COLOR_RGB2LAB).astype(np.float32)[ring], rng)
         mask[doubtful] = _nearest_is_object(lab[doubtful], object_colours, outside)
     return mask
