@@ -58,6 +58,18 @@ class Flows:
         )
 
 
+@dataclass(frozen=True)
+class ClipFlows:
+    """Optical flow of each consecutive pair, both ways, each with its own validity mask."""
+
+    backward: np.ndarray  # (N-1, H, W, 2): frame i+1 at x came from frame i at x + backward[i](x)
+    forward: np.ndarray  # (N-1, H, W, 2): frame i at x moves to frame i+1 at x + forward[i](x)
+    backward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i+1
+    forward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i
+    still: np.ndarray | None = None  # (N, H, W) bool: each frame's still background (editing.still), its flow held at zero
+    rim: np.ndarray | None = None  # (N, H, W) bool: the still background's rim beside what moves, its own flow kept
+
+
 def _resize_fields(fields: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize (N, H, W, C) float fields: area average when shrinking, bilinear when enlarging."""
     shrinking = height * width < fields.shape[1] * fields.shape[2]

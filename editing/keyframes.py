@@ -24,7 +24,7 @@ import torch
 
 from . import sampling
 from .context import frames_key
-from .flows import colour_match, consistent, landing_points, source_flows
+from .flows import ClipFlows, colour_match, consistent, landing_points, source_flows
 from .memo import current_memo
 from .region_flows import within_region
 from .stepcache import parse_step_caches
@@ -46,18 +46,6 @@ MATCH_LEVELS = 8.0  # a pixel failing the forward-backward check is still valid 
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
 REFINE_CONTEXT = 2  # latent pixels of context kept around them in a refinement's crop
 REFINE_MIN_NOISE = 0.1  # a refinement starting from less noise (std) than this runs no UNet step (Refiner.run)
-
-
-@dataclass(frozen=True)
-class ClipFlows:
-    """Optical flow of each consecutive pair, both ways, each with its own validity mask."""
-
-    backward: np.ndarray  # (N-1, H, W, 2): frame i+1 at x came from frame i at x + backward[i](x)
-    forward: np.ndarray  # (N-1, H, W, 2): frame i at x moves to frame i+1 at x + forward[i](x)
-    backward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i+1
-    forward_valid: np.ndarray  # (N-1, H, W) bool, pixels of frame i
-    still: np.ndarray | None = None  # (N, H, W) bool: each frame's still background (editing.still), its flow held at zero
-    rim: np.ndarray | None = None  # (N, H, W) bool: the still background's rim beside what moves, its own flow kept
 
 
 def clip_flows(frames: np.ndarray) -> ClipFlows:

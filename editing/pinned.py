@@ -32,7 +32,7 @@ from .keyframes import chain, clip_flows, remap
 if TYPE_CHECKING:
     from .config import EngineConfig
     from .context import EditParts
-    from .keyframes import ClipFlows
+    from .flows import ClipFlows
     from .models import Backbone
     from .sampling import StepCallback
 

@@ -18,7 +18,7 @@ import numpy as np
 from .flows import landing_points, sample_points
 
 if TYPE_CHECKING:
-    from .keyframes import ClipFlows
+    from .flows import ClipFlows
 
 REGION_FIT_MIN = 6  # region pixels whose flow stays in the region needed to fit the region's own motion
 REGION_EDGE = 40.0  # Sobel magnitude of the grey frame from which a pixel is on an edge or texture

@@ -39,7 +39,7 @@ from .keyframes import clip_flows
 
 if TYPE_CHECKING:
     from .context import EditParts, ProgressFn, StageTimer
-    from .keyframes import ClipFlows
+    from .flows import ClipFlows
     from .models import Backbone
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from .registry import MaskInputs, MaskSource, register_mask_source
 from .video import binary
 
 if TYPE_CHECKING:
-    from ..keyframes import ClipFlows
+    from ..flows import ClipFlows
 
 SAMPLES = 256  # colour samples kept of the object and of its surroundings
 REACH = 2  # pixels beyond the farthest flow vector that a revealed pixel may be from the object
