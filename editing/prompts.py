@@ -65,6 +65,25 @@ def word_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, word: str) -
     return [p for w, positions in word_spans(tokenizer, prompt) if _normalise(w) == wanted for p in positions]
 
 
+def phrase_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, phrase: str) -> list[int]:
+    """Token positions of every occurrence of the words of `phrase` in a row ("green square" in "a blue
+    square and a green square": the second "square" only); where the phrase never occurs whole, every
+    occurrence of each of its words."""
+    wanted = [_normalise(word) for word in phrase.split()]
+    spans = word_spans(tokenizer, prompt)
+    words = [_normalise(word) for word, _ in spans]
+    found = [
+        p
+        for start in range(len(spans) - len(wanted) + 1)
+        if words[start : start + len(wanted)] == wanted
+        for _, positions in spans[start : start + len(wanted)]
+        for p in positions
+    ]
+    return (
+        sorted(set(found)) if found else sorted({p for word in phrase.split() for p in word_positions(tokenizer, prompt, word)})
+    )
+
+
 def _tail(tokenizer: PreTrainedTokenizerBase, source_length: int, target_length: int) -> list[tuple[int, int]]:
     """(source, target) position pairs for the start token and the end token plus padding."""
     total = sequence_length(tokenizer)

@@ -363,6 +363,38 @@ def test_words_mask_leaves_out_the_neighbour_the_attention_spills_onto():
     assert min(mask_iou(a, b) for a, b in zip(masks, clip.masks[:, 0])) >= 0.9
 
 
+@pytest.mark.parametrize("index", [6, 17])
+def test_words_mask_reads_the_phrase_not_every_occurrence_of_its_noun(index):
+    """Occlusion clip 6 ("a blue square and a green square") and pan clip 17 (two hexagons): the mask of
+    "green square" read the attention of both "square" tokens and took in the other square (all of it in
+    every frame); the tokens of the words in a row name one object."""
+    from editing.masks import MaskInputs, clip_masks
+    from editing.models import load_backbone
+    from shapes_world.benchmark import derive_edits
+
+    clip = benchmark_clip(index)
+    edit = derive_edits(clip)[0]
+    subject, other = clip.masks[:, edit.subject], clip.masks[:, 1 - edit.subject]
+    words = clip.scene.objects[edit.subject].phrase().split(" ", 1)[1]
+    config = MaskConfig(mask_words=words, region=True)
+    masks = clip_masks(
+        MaskInputs(clip.frames, config, load_backbone("shapes", device="cpu"), None, edit.prompt, edit.source_prompt)
+    )
+    assert not (masks & other).any()
+    assert np.mean([mask_iou(a, b) for a, b in zip(masks, subject)]) >= 0.9
+
+
+def test_phrase_positions_pick_the_words_in_a_row():
+    from editing.models import load_backbone
+    from editing.prompts import phrase_positions, word_positions
+
+    tokenizer = load_backbone("tiny").tokenizer
+    prompt = "a blue square and a green square"
+    assert phrase_positions(tokenizer, prompt, "green square") == word_positions(tokenizer, prompt, "green") + [7]
+    assert phrase_positions(tokenizer, prompt, "square") == word_positions(tokenizer, prompt, "square") == [3, 7]
+    assert phrase_positions(tokenizer, prompt, "red square") == [3, 7]  # no whole phrase: each word that occurs
+
+
 def test_region_tab_tracks_a_drawing_and_removes(tmp_path, tiny, clip):
     from ui.backend import Backend
     from ui.region_tab import make_handlers

@@ -1,7 +1,8 @@
 """Mask source `words`: where the model itself sees words of the prompt (`--mask-words "red star"`).
 
 The source is inverted a few DDIM steps under a prompt holding the words (the inversion prompt when it
-holds them, else the edit's prompt, else the words alone), and the cross-attention of their tokens is
+holds them, else the edit's prompt, else the words alone), and the cross-attention of their tokens (of
+the words in a row where the prompt has them so: "green square", not the other square) is
 summed over layers and steps for every frame (Prompt-to-Prompt's maps, through the controlled attention
 processors). Each frame's map is scaled to [0, 1], made steady over time (the median of each frame and
 its neighbours), enlarged to the frame's size, thresholded and snapped to the frame's edges (GrabCut
@@ -23,7 +24,7 @@ from ..attention.blend import word_map
 from ..attention.p2p import PromptControl, conditional
 from ..errors import ConfigError
 from ..inversion import ddim_invert, inverse_schedule
-from ..prompts import word_positions
+from ..prompts import phrase_positions
 from ..sampling import LoopHooks, encode_frames, encode_text, plan_frames
 from .flow_track import track_by_flow
 from .registry import MaskInputs, MaskSource, register_mask_source
@@ -72,7 +73,7 @@ def _recorder(positions: list[int], latent_height: int, latent_width: int):
 
 def attention_maps(frames: np.ndarray, words: str, prompt: str, backbone: Backbone, chunk: int = 8) -> np.ndarray:
     """(N, h, w) float: the words' summed cross-attention on each frame, at latent size."""
-    positions = sorted({p for word in words.split() for p in word_positions(backbone.tokenizer, prompt, word)})
+    positions = phrase_positions(backbone.tokenizer, prompt, words)
     if not positions:
         raise ConfigError(f"mask_words {words!r} are not words the text encoder reads in {prompt!r}")
     clean = encode_frames(backbone, frames, chunk)
