@@ -102,11 +102,22 @@ def landing_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return map_x, map_y, inside
 
 
+SAMPLE_ROW = 4096  # points per row of the map handed to cv2.remap (it takes maps under 32767 wide)
+
+
 def sample_points(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n, C) float colours (or vectors) of `image` at points (x, y), bilinear, edges repeated."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    points = cv2.remap(image.astype(np.float32), x[None], y[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return points[0].reshape(len(x), -1)
+    """(n, C) float colours (or vectors) of `image` at points (x, y), bilinear, edges repeated. The points
+    go to OpenCV as rows of SAMPLE_ROW, so any number of them can be sampled."""
+    x, y = np.asarray(x, np.float32).ravel(), np.asarray(y, np.float32).ravel()
+    count = len(x)
+    if count == 0:
+        return np.zeros((0, image.shape[2] if image.ndim == 3 else 1), np.float32)
+    width = min(count, SAMPLE_ROW)
+    rows = -(-count // width)
+    pad = rows * width - count
+    map_x, map_y = np.pad(x, (0, pad)).reshape(rows, width), np.pad(y, (0, pad)).reshape(rows, width)
+    points = cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return points.reshape(rows * width, -1)[:count]
 
 
 def consistent(

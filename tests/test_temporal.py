@@ -326,3 +326,16 @@ def test_colour_candidates_track_an_object_grey_alone_cannot_see():
 
     grey, colour_flow = error(source_flows(clip)), error(source_flows(clip, colour_candidates=True))
     assert colour_flow < 0.25 * grey
+
+
+def test_sample_points_reads_any_number_of_points():
+    """cv2.remap takes maps under 32767 wide: a region or hole of more pixels than that (60,000 at 512 px)
+    made sampling them fail."""
+    from editing.flows import sample_points
+
+    image = np.random.default_rng(0).integers(0, 256, (200, 210, 3)).astype(np.uint8)
+    ys, xs = np.nonzero(np.ones(image.shape[:2], bool))  # 42,000 points on the pixel grid: their own colours
+    assert np.array_equal(sample_points(image, xs, ys), image.reshape(-1, 3).astype(np.float32))
+    halves = sample_points(image, xs + 0.5, ys)  # between columns: the mean of the two
+    assert np.allclose(halves[:5], (image[0, :5].astype(np.float32) + image[0, 1:6]) / 2)
+    assert sample_points(image, xs[:0], ys[:0]).shape == (0, 3)
