@@ -470,7 +470,7 @@ class BenchmarkResult:
 
 
 INTERVAL_KEYS = ("edit_accuracy", "structure_iou", "warp_error", "flicker")
-PROPAGATION_KEYS = ("scene_warp_error", "area_drift", "trail")  # shapes_world.propagation's measures
+PROPAGATION_KEYS = ("scene_warp_error", "scene_warp_near_object", "area_drift", "trail")  # shapes_world.propagation's measures
 RANKED = (("warp_error", "warp rank"), ("flicker", "flicker rank"), ("edit_accuracy", "acc rank"))
 LOWER_IS_BETTER = {"warp_error": True, "flicker": True, "edit_accuracy": False, "structure_iou": False}
 
@@ -685,14 +685,16 @@ def markdown(
         lines += [
             "",
             "Propagation clips (shapes_world.propagation; means over their edits): warp error on the objects, scene warp error "
-            "(background included), area drift (the edited object's area change, 0.05 = 5%), trail (object-coloured pixels it left behind):",
+            "(background included) and its share on the background within 3 px of an object, area drift (the edited object's area change, "
+            "0.05 = 5%), trail (object-coloured pixels it left behind):",
             "",
-            "| setting | warp error | scene warp error | area drift | trail |",
-            "|---|---|---|---|---|",
+            "| setting | warp error | scene warp error | of it beside objects | area drift | trail |",
+            "|---|---|---|---|---|---|",
         ]
         for name, e in propagated.items():
             lines.append(
-                f"| {name} | {_cell(e.get('warp_error'))} | {_cell(e['scene_warp_error'])} | {_cell(e.get('area_drift'))} | {_cell(e.get('trail'))} |"
+                f"| {name} | {_cell(e.get('warp_error'))} | {_cell(e['scene_warp_error'])} | {_cell(e.get('scene_warp_near_object'))} "
+                f"| {_cell(e.get('area_drift'))} | {_cell(e.get('trail'))} |"
             )
     lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)]
     if stated is not None:

@@ -9,7 +9,8 @@ Where the source is flat its optical flow is unknown; propagation that carries t
 the background bends the added stripes in a wake around the object, and swells a recoloured object and
 leaves a ghost of it over the background it uncovers. The measures (pure functions):
   scene warp error  like the benchmark's warp error (8-bit levels along the true motion) but over every
-                    pixel whose true destination shows the same layer, the background included;
+                    pixel whose true destination shows the same layer, the background included; and
+                    the share of it on the background within 3 px of an object (where the rim lies);
   area drift        the largest change over frames of the edited object's area (pixels of its asked
                     colour), relative to frame 0 and to the true mask's own change (0.05 = 5%);
   trail             pixels of the object's asked colour in the background it uncovered (outside its true
@@ -78,12 +79,14 @@ def _labels(masks: np.ndarray) -> np.ndarray:
     return np.where(masks.any(axis=0), np.argmax(masks, axis=0), -1)
 
 
-def scene_warp_errors(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per pair t -> t+1: mean |frame_{t+1}(x + flow_t(x)) - frame_t(x)| (8-bit, bilinear) over every pixel
-    of frame t whose true destination lies inside the image on the same layer (object or background)."""
+NEAR_OBJECT = 3  # pixels from an object within which the background counts as beside it (`near_object_share`)
+
+
+def _scene_pair_errors(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray):
+    """Per pair t -> t+1: the (H, W) error |frame_{t+1}(x + flow_t(x)) - frame_t(x)| (8-bit, bilinear) and
+    where it counts: pixels of frame t whose true destination lies inside the image on the same layer."""
     height, width = frames.shape[1:3]
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    errors = []
     for t in range(len(frames) - 1):
         map_x, map_y = grid_x + flow[t, ..., 0].astype(np.float32), grid_y + flow[t, ..., 1].astype(np.float32)
         moved = cv2.remap(frames[t + 1].astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -91,9 +94,29 @@ def scene_warp_errors(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray) -
         rows, cols = np.clip(np.round(map_y), 0, height - 1).astype(int), np.clip(np.round(map_x), 0, width - 1).astype(int)
         labels = _labels(masks[t])
         valid = inside & (_labels(masks[t + 1])[rows, cols] == labels)
-        error = np.abs(moved - frames[t].astype(np.float32)).mean(axis=-1)
-        errors.append(float(error[valid].mean()) if valid.any() else float("nan"))
-    return np.array(errors)
+        yield np.abs(moved - frames[t].astype(np.float32)).mean(axis=-1), valid
+
+
+def scene_warp_errors(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per pair t -> t+1: mean |frame_{t+1}(x + flow_t(x)) - frame_t(x)| (8-bit, bilinear) over every pixel
+    of frame t whose true destination lies inside the image on the same layer (object or background)."""
+    return np.array(
+        [float(error[valid].mean()) if valid.any() else float("nan") for error, valid in _scene_pair_errors(frames, flow, masks)]
+    )
+
+
+def near_object_share(frames: np.ndarray, flow: np.ndarray, masks: np.ndarray) -> float:
+    """The share of the scene warp error (summed over pixels and pairs) on background pixels within
+    NEAR_OBJECT pixels of an object in either frame of the pair: where propagation's rim lies (nan when
+    there is no error at all)."""
+    near_sum = total = 0.0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * NEAR_OBJECT + 1, 2 * NEAR_OBJECT + 1))
+    for t, (error, valid) in enumerate(_scene_pair_errors(frames, flow, masks)):
+        objects = masks[t].any(0) | masks[t + 1].any(0)
+        near = (cv2.dilate(objects.astype(np.uint8), kernel) > 0) & ~masks[t].any(0)
+        near_sum += float(error[valid & near].sum())
+        total += float(error[valid].sum())
+    return near_sum / total if total > 0 else float("nan")
 
 
 def object_coloured(frames: np.ndarray, colour: tuple[int, int, int], background: np.ndarray) -> np.ndarray:
@@ -137,6 +160,7 @@ def propagation_measures(clip: Clip, output: np.ndarray, target: Scene, subject:
     masks = clip.masks[:, subject]
     return {
         "scene_warp_error": float(np.nanmean(scene_warp_errors(output, clip.flow, clip.masks))),
+        "scene_warp_near_object": near_object_share(output, clip.flow, clip.masks),
         "area_drift": area_drift(coloured, masks),
         "trail": trail_pixels(coloured, masks),
     }

@@ -133,3 +133,19 @@ def test_the_bleed_is_the_rim_that_shows_the_object_and_the_rest_shows_the_backg
     bled = bleed(edited, still, ring)
     assert bled[12:28, 11].all() and not (bled & ring)[:, 12:].any() and not bled[:, :11].any()
     assert textured(edited, still) and not textured(np.full_like(edited, 90), still)
+
+
+def test_the_share_of_scene_warp_error_beside_objects_counts_only_the_background_near_them():
+    """`near_object_share`: error put on the background within 2 px of the object is most of it (the rest
+    is what bilinear sampling mixes into the object's edge); on the object itself or far from it, none."""
+    from shapes_world.propagation import near_object_share, scene_warp_errors, wake_clip
+
+    clip = wake_clip(4)
+    frames, masks = clip.frames.copy(), clip.masks
+    objects = masks[3].any(0)
+    distance = cv2.distanceTransform((~objects).astype(np.uint8), cv2.DIST_L2, 5)
+    for band, low, high in (((distance > 0) & (distance <= 2), 0.75, 1.0), (distance > 12, 0, 0), (objects, 0, 0)):
+        changed = frames.copy()
+        changed[3][band] = 255 - changed[3][band]
+        assert np.nanmean(scene_warp_errors(changed, clip.flow, masks)) > np.nanmean(scene_warp_errors(frames, clip.flow, masks))
+        assert low <= near_object_share(changed, clip.flow, masks) <= high
