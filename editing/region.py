@@ -72,7 +72,8 @@ def masked_edit(
     the edit made inside the region and composited over the source; without a mask, the plain edit."""
     if parts.masking is None:
         return edit_clip(frames, parts, backbone, progress, timer)
-    with remembering(current_memo() or ClipMemo()):  # the mask, the keyframes and a removal share the source's flows
+    memo = current_memo()  # a session's, kept; else one for this edit (an empty memo is falsy: compare with None)
+    with remembering(ClipMemo() if memo is None else memo):  # the mask, the keyframes and a removal share the source's flows
         return _masked(frames, parts, backbone, progress, timer or StageTimer(backbone.device))
 
 

@@ -159,6 +159,25 @@ def test_a_tracked_mask_and_the_edit_share_one_computation_of_the_flows(tmp_path
     assert made == [4, 4]
 
 
+def test_a_masked_edit_in_a_sessions_memo_keeps_the_flows_there(tmp_path, tiny, clip):
+    """A style session's memo starts empty (and an empty memo is falsy): a masked edit must keep its flows
+    in it, not in a memo of its own, so the session's next prompt finds them."""
+    from PIL import Image
+
+    from editing.context import frames_key
+    from editing.memo import ClipMemo, remembering
+
+    Image.fromarray(clip.masks[0, 0].astype(np.uint8) * 255).save(tmp_path / "drawn.png")
+    config = MaskConfig(mask=f"{tmp_path / 'drawn.png'}@0", region=True)
+    parts = EditParts(
+        EditConfig(prompt="a red star", steps=2), EngineConfig(cache_dir=str(tmp_path / "c"), keyframes="2"), masking=config
+    )
+    memo = ClipMemo()
+    with remembering(memo):
+        masked_edit(clip.frames[:4], parts, tiny)
+    assert memo.get(("flows", frames_key(clip.frames[:4]).content)) is not None
+
+
 def test_grow_and_feather():
     masks = np.zeros((1, 32, 32), bool)
     masks[0, 14:18, 14:18] = True
