@@ -102,6 +102,7 @@ def landing_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return map_x, map_y, inside
 
 
+MATCH_LEVELS = 8.0  # a pixel failing the forward-backward check is still valid where its source colour and the one its flow points at differ by at most this (mean of RGB, 8-bit)
 SAMPLE_ROW = 4096  # points per row of the map handed to cv2.remap (it takes maps under 32767 wide)
 
 
@@ -118,6 +119,24 @@ def sample_points(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     map_x, map_y = np.pad(x, (0, pad)).reshape(rows, width), np.pad(y, (0, pad)).reshape(rows, width)
     points = cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return points.reshape(rows * width, -1)[:count]
+
+
+def motion_at(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, 2) flow of an affine motion ((3, 2) coefficients: flow = [x, y, 1] @ coefficients) at points (x, y)."""
+    return np.stack([x, y, np.ones_like(x)], -1).astype(np.float64) @ coefficients
+
+
+def nearest_in(region: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether the nearest pixel of points (x, y) (clipped to the frame) lies in `region`."""
+    height, width = region.shape
+    return region[np.clip(np.rint(y), 0, height - 1).astype(int), np.clip(np.rint(x), 0, width - 1).astype(int)]
+
+
+def lands_in(region: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether points (x, y) lie inside the frame (as `landing_points` bounds it) on a pixel of `region`."""
+    height, width = region.shape
+    inside = (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+    return inside & nearest_in(region, x, y)
 
 
 def consistent(

@@ -24,7 +24,7 @@ import torch
 
 from . import sampling
 from .context import frames_key
-from .flows import ClipFlows, colour_match, consistent, landing_points, source_flows
+from .flows import MATCH_LEVELS, ClipFlows, colour_match, consistent, landing_points, source_flows
 from .memo import current_memo
 from .region_flows import within_region
 from .stepcache import parse_step_caches
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 AUTO_UNSEEN = 0.15  # auto keyframes: a new one where this share of a frame is unseen from the last
 AUTO_MAX_GAP = 16  # auto keyframes: at most this many frames apart
 CUT_UNSEEN = 0.8  # a frame this much of which its previous frame cannot see is a cut: it starts a keyframe (every N too)
-MATCH_LEVELS = 8.0  # a pixel failing the forward-backward check is still valid where its source colour and the one its flow points at differ by at most this (mean of RGB, 8-bit)
 REFINE_DILATE = 1  # latent pixels added around each disoccluded latent pixel
 REFINE_CONTEXT = 2  # latent pixels of context kept around them in a refinement's crop
 REFINE_MIN_NOISE = 0.1  # a refinement starting from less noise (std) than this runs no UNet step (Refiner.run)

@@ -79,9 +79,7 @@ def phrase_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, phrase: st
         for _, positions in spans[start : start + len(wanted)]
         for p in positions
     ]
-    return (
-        sorted(set(found)) if found else sorted({p for word in phrase.split() for p in word_positions(tokenizer, prompt, word)})
-    )
+    return sorted(set(found)) if found else blend_positions(tokenizer, prompt, tuple(phrase.split()))
 
 
 def _tail(tokenizer: PreTrainedTokenizerBase, source_length: int, target_length: int) -> list[tuple[int, int]]:

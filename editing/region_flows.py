@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .flows import landing_points, sample_points
+from .flows import MATCH_LEVELS, landing_points, lands_in, motion_at, sample_points
 
 if TYPE_CHECKING:
     from .flows import ClipFlows
@@ -24,28 +24,37 @@ REGION_FIT_MIN = 6  # region pixels whose flow stays in the region needed to fit
 REGION_EDGE = 40.0  # Sobel magnitude of the grey frame from which a pixel is on an edge or texture
 REGION_INLIER = 1.0  # pixels a region pixel's flow may differ from the region's fitted motion to count in the fit
 REGION_MARGIN = 4.0  # mean RGB error (8-bit) by which a region pixel's own flow must beat the region's motion
-REGION_MATCH = 8.0  # mean RGB error (8-bit) within which the region's motion lands on its own colour (keyframes.MATCH_LEVELS)
+
+
+def _edges(frame: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels on an edge or texture (Sobel magnitude of the grey frame at least REGION_EDGE)."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)) >= REGION_EDGE
 
 
 def _steered(
-    flow: np.ndarray, valid: np.ndarray, here: np.ndarray, there: np.ndarray, frame: np.ndarray, other: np.ndarray
+    flow: np.ndarray,
+    valid: np.ndarray,
+    here: np.ndarray,
+    there: np.ndarray,
+    frame: np.ndarray,
+    other: np.ndarray,
+    edges: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`flow` and `valid` from `frame` to `other` with the region's pixels (`here`) given the region's own
-    motion (an affine fit to the region pixels whose flow stays in the region of `other`, `there`, and
-    agrees with their median motion within REGION_INLIER, refitted on what agrees with the fit), unless
-    their own flow stays in the region and explains their colour better by REGION_MARGIN. Along an edge or on flat colour both explain it alike (the aperture problem), and there
-    DIS's flow, smoothed across the mask's edge, carries a neighbour's motion. A pixel given the region's
-    motion is valid where it lands in the region on a colour within REGION_MATCH: what the region uncovers
-    from behind something lands on that something, and is unseen."""
-    height, width = here.shape
-    map_x, map_y, inside = landing_points(flow)
-    rows, cols = np.clip(np.rint(map_y), 0, height - 1).astype(int), np.clip(np.rint(map_x), 0, width - 1).astype(int)
-    lands = inside & there[rows, cols]
+    motion (an affine fit to the region pixels on `frame`'s `edges` whose flow stays in the region of
+    `other`, `there`, and agrees with their median motion within REGION_INLIER, refitted on what agrees
+    with the fit), unless
+    their own flow stays in the region and explains their colour better by REGION_MARGIN. Along an edge or
+    on flat colour both explain it alike (the aperture problem), and there DIS's flow, smoothed across the
+    mask's edge, carries a neighbour's motion. A pixel given the region's motion is valid where it lands in
+    the region on a colour within MATCH_LEVELS: what the region uncovers from behind something lands on that
+    something, and is unseen."""
+    map_x, map_y, _ = landing_points(flow)
+    lands = lands_in(there, map_x, map_y)
     stays = here & lands
     if stays.sum() < REGION_FIT_MIN:
         return flow, valid
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    edges = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)) >= REGION_EDGE
     if (stays & edges).sum() >= REGION_FIT_MIN:  # on flat colour DIS's flow is an interpolation; edges observe it
         stays &= edges
     ys, xs = np.nonzero(stays)
@@ -59,17 +68,16 @@ def _steered(
             break
         coefficients, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
     hy, hx = np.nonzero(here)
-    motion = (np.stack([hx, hy, np.ones_like(hx)], -1).astype(np.float64) @ coefficients).astype(np.float32)
+    motion = motion_at(coefficients, hx, hy).astype(np.float32)
     fx, fy = (hx + motion[:, 0]).astype(np.float32), (hy + motion[:, 1]).astype(np.float32)
     source = frame[hy, hx].astype(np.float32)
     region_error = np.abs(sample_points(other, fx, fy) - source).mean(-1)
     own_error = np.abs(sample_points(other, map_x[hy, hx], map_y[hy, hx]) - source).mean(-1)
     take = ~(lands[hy, hx] & (own_error + REGION_MARGIN < region_error))
-    landed = (fx >= -0.5) & (fx <= width - 0.5) & (fy >= -0.5) & (fy <= height - 0.5)
-    landed &= there[np.clip(np.rint(fy), 0, height - 1).astype(int), np.clip(np.rint(fx), 0, width - 1).astype(int)]
+    landed = lands_in(there, fx, fy)
     flow, valid = flow.copy(), valid.copy()
     flow[hy[take], hx[take]] = motion[take]
-    valid[hy[take], hx[take]] = (landed & (region_error <= REGION_MATCH))[take]
+    valid[hy[take], hx[take]] = (landed & (region_error <= MATCH_LEVELS))[take]
     return flow, valid
 
 
@@ -79,11 +87,14 @@ def within_region(flows: ClipFlows, region: np.ndarray, frames: np.ndarray) -> C
     takes the region's own motion (`_steered`), and what the region uncovers (its motion lands on
     something else) is unseen. Outside the region the output is the source's, and the flow is kept."""
     pairs = range(len(flows.backward))
+    edges = [_edges(frame) for frame in frames]  # each frame's, once for both directions
     backward = [
-        _steered(flows.backward[t], flows.backward_valid[t], region[t + 1], region[t], frames[t + 1], frames[t]) for t in pairs
+        _steered(flows.backward[t], flows.backward_valid[t], region[t + 1], region[t], frames[t + 1], frames[t], edges[t + 1])
+        for t in pairs
     ]
     forward = [
-        _steered(flows.forward[t], flows.forward_valid[t], region[t], region[t + 1], frames[t], frames[t + 1]) for t in pairs
+        _steered(flows.forward[t], flows.forward_valid[t], region[t], region[t + 1], frames[t], frames[t + 1], edges[t])
+        for t in pairs
     ]
     return dataclasses.replace(
         flows,

@@ -33,7 +33,7 @@ from PIL import Image
 from . import sampling
 from .core import EditedFrames, decoded_indices
 from .errors import ConfigError
-from .flows import sample_points
+from .flows import motion_at, nearest_in, sample_points
 from .held import HeldRegion, hold_callback, noised_states
 from .keyframes import clip_flows
 
@@ -95,11 +95,6 @@ def background_motion(flow: np.ndarray, around: Ring) -> np.ndarray:
     return coefficients
 
 
-def motion_at(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n, 2) flow of an affine motion at points (x, y)."""
-    return np.stack([x, y, np.ones_like(x)], -1).astype(np.float64) @ coefficients
-
-
 def checked_motion(
     coefficients: np.ndarray, frame: np.ndarray, other: np.ndarray, around: Ring, other_hole: np.ndarray
 ) -> np.ndarray:
@@ -113,7 +108,7 @@ def checked_motion(
     x, y = xs.astype(np.float64), ys.astype(np.float64)
     moved = motion_at(coefficients, x, y)
     mx, my = x + moved[:, 0], y + moved[:, 1]
-    keep = _shown(other_hole, mx, my) & ~_in(other_hole, x, y)
+    keep = _shown(other_hole, mx, my) & ~nearest_in(other_hole, x, y)
     if keep.sum() < MIN_RING:
         return coefficients
     colours = frame[ys[keep], xs[keep]].astype(np.float32)
@@ -177,12 +172,6 @@ def _shown(hole: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return inside & ~(hole[y0, x0] | hole[y0, x1] | hole[y1, x0] | hole[y1, x1])
 
 
-def _in(region: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Whether the nearest pixel of points (x, y) lies in `region`."""
-    height, width = region.shape
-    return region[np.clip(np.rint(y), 0, height - 1).astype(int), np.clip(np.rint(x), 0, width - 1).astype(int)]
-
-
 def fill_from_frames(
     frames: np.ndarray, holes: np.ndarray, flows: ClipFlows | None = None, todo: np.ndarray | None = None
 ) -> Filled:
@@ -239,7 +228,7 @@ def fill_from_frames(
                 alive &= (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
                 hit = alive & _shown(todo[s], x, y)
                 if hit.any():  # a filled hole pixel is background by now; elsewhere the source must move like the background
-                    hit[hit] = _in(holes[s] & ~todo[s], x[hit], y[hit]) | moves_like_background(s, x[hit], y[hit])
+                    hit[hit] = nearest_in(holes[s] & ~todo[s], x[hit], y[hit]) | moves_like_background(s, x[hit], y[hit])
                 if hit.any():
                     colour[hit] = sample_points(frames[s], x[hit], y[hit])
                     distance[hit] = abs(s - t)
